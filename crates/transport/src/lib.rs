@@ -1,0 +1,31 @@
+//! How nekms processes reach each other.
+//!
+//! Production traffic between the parent instance and the enclave runs over
+//! AF_VSOCK; development, tests and CI carry the same bytes over Unix sockets or
+//! loopback TCP. This crate hides that seam behind three things:
+//!
+//! - [`Address`]: one typed value for `vsock://CID:PORT`, `unix:///path` and
+//!   `tcp://IP:PORT`, parsed once with precise errors.
+//! - [`Listener`] and [`connect`]: an async listener and connector for each
+//!   kind, yielding one [`Stream`] type the rest of the code is unaware of.
+//! - [`FrameCodec`]: length-prefixed frames with a hard maximum, so a peer can
+//!   never make us allocate more than that maximum or panic on a short read.
+//!
+//! It does not know what the frames mean; protocols live in the crates above.
+//!
+//! ```
+//! use nekms_transport::{Address, VsockCid};
+//!
+//! let addr: Address = "vsock://parent:8000".parse().unwrap();
+//! assert_eq!(addr, Address::Vsock { cid: VsockCid::PARENT, port: 8000 });
+//! assert!("vsock://parent".parse::<Address>().is_err());
+//! ```
+#![forbid(unsafe_code)]
+
+mod address;
+mod frame;
+mod stream;
+
+pub use address::{Address, AddressError, VsockCid};
+pub use frame::{FrameCodec, FrameError, DEFAULT_MAX_FRAME};
+pub use stream::{connect, Listener, Stream};

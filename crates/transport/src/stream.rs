@@ -1,0 +1,155 @@
+//! Listeners and connectors for every [`Address`] kind, behind one [`Stream`].
+
+use std::io;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio_vsock::{VsockAddr, VsockListener, VsockStream};
+
+use crate::address::Address;
+
+/// A connected byte stream over vsock, a Unix socket or TCP.
+#[derive(Debug)]
+pub enum Stream {
+    Vsock(VsockStream),
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+/// Connect to `addr`.
+///
+/// Errors name the address, so "connection refused" says which one.
+pub async fn connect(addr: &Address) -> io::Result<Stream> {
+    let result = match addr {
+        Address::Vsock { cid, port } => VsockStream::connect(VsockAddr::new(cid.0, *port)).await.map(Stream::Vsock),
+        Address::Unix(path) => UnixStream::connect(path).await.map(Stream::Unix),
+        Address::Tcp(sa) => TcpStream::connect(sa).await.map(|s| {
+            let _ = s.set_nodelay(true);
+            Stream::Tcp(s)
+        }),
+    };
+    result.map_err(|e| io::Error::new(e.kind(), format!("cannot connect to {addr}: {e}")))
+}
+
+/// A bound listener for any [`Address`] kind.
+#[derive(Debug)]
+pub struct Listener {
+    inner: ListenerKind,
+    local: Address,
+}
+
+#[derive(Debug)]
+enum ListenerKind {
+    Vsock(VsockListener),
+    /// The path is removed again when the listener is dropped.
+    Unix(UnixListener, PathBuf),
+    Tcp(TcpListener),
+}
+
+impl Listener {
+    /// Bind to `addr`.
+    ///
+    /// For a Unix socket, a stale socket file left by a process that died is
+    /// replaced; a socket somebody still listens on is an "address in use"
+    /// error, as with TCP. A TCP port of 0 picks a free port: see
+    /// [`Listener::local_address`].
+    pub async fn bind(addr: &Address) -> io::Result<Listener> {
+        let named = |e: io::Error| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"));
+        let (inner, local) = match addr {
+            Address::Vsock { cid, port } => {
+                let l = VsockListener::bind(VsockAddr::new(cid.0, *port)).map_err(named)?;
+                (ListenerKind::Vsock(l), addr.clone())
+            }
+            Address::Unix(path) => {
+                remove_stale_socket(path).await.map_err(named)?;
+                let l = UnixListener::bind(path).map_err(named)?;
+                (ListenerKind::Unix(l, path.clone()), addr.clone())
+            }
+            Address::Tcp(sa) => {
+                let l = TcpListener::bind(sa).await.map_err(named)?;
+                let local = Address::Tcp(l.local_addr()?);
+                (ListenerKind::Tcp(l), local)
+            }
+        };
+        Ok(Listener { inner, local })
+    }
+
+    /// The address actually bound (with the OS-chosen port for `tcp://IP:0`).
+    pub fn local_address(&self) -> &Address {
+        &self.local
+    }
+
+    /// Accept one connection; the string describes the peer for logs.
+    pub async fn accept(&self) -> io::Result<(Stream, String)> {
+        match &self.inner {
+            ListenerKind::Vsock(l) => {
+                let (s, peer) = l.accept().await?;
+                Ok((Stream::Vsock(s), format!("vsock://{}:{}", peer.cid(), peer.port())))
+            }
+            ListenerKind::Unix(l, path) => {
+                let (s, _) = l.accept().await?;
+                Ok((Stream::Unix(s), format!("unix://{}", path.display())))
+            }
+            ListenerKind::Tcp(l) => {
+                let (s, peer) = l.accept().await?;
+                let _ = s.set_nodelay(true);
+                Ok((Stream::Tcp(s), format!("tcp://{peer}")))
+            }
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let ListenerKind::Unix(_, path) = &self.inner {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+async fn remove_stale_socket(path: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(meta) = tokio::fs::symlink_metadata(path).await else {
+        return Ok(());
+    };
+    if !meta.file_type().is_socket() {
+        return Err(io::Error::new(io::ErrorKind::AlreadyExists, "a file that is not a socket is in the way"));
+    }
+    match UnixStream::connect(path).await {
+        Ok(_) => Err(io::Error::new(io::ErrorKind::AddrInUse, "another process is listening there")),
+        Err(_) => tokio::fs::remove_file(path).await,
+    }
+}
+
+macro_rules! each {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            Stream::Vsock($s) => $e,
+            Stream::Unix($s) => $e,
+            Stream::Tcp($s) => $e,
+        }
+    };
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        each!(self, s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        each!(self, s => Pin::new(s).poll_write(cx, buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each!(self, s => Pin::new(s).poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each!(self, s => Pin::new(s).poll_shutdown(cx))
+    }
+}
