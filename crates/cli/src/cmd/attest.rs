@@ -1,0 +1,182 @@
+//! `nekms attest verify|sim`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use nekms_attestation::{Pcr48, Verified, Verifier, VerifyOptions, AWS_NITRO_ROOT_G1_PEM};
+use nekms_nsm::measure::Measurement;
+use nekms_nsm::{AttestationRequest, Nsm, SimConfig, SimulatedNsm};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use super::hex_arg;
+use crate::DirArg;
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Verify an attestation document and print what it says
+    Verify(VerifyArgs),
+    /// Produce a simulated attestation document signed by the development PKI
+    Sim(SimArgs),
+}
+
+#[derive(clap::Args)]
+pub struct VerifyArgs {
+    /// The document (raw COSE_Sign1 bytes)
+    file: PathBuf,
+    /// Trust this root certificate (PEM) instead of the built-in AWS Nitro Enclaves Root-G1
+    #[arg(long, value_name = "PEM", conflicts_with = "dev_root")]
+    root: Option<PathBuf>,
+    /// Trust the development root of --dir
+    #[arg(long)]
+    dev_root: bool,
+    #[command(flatten)]
+    dir: DirArg,
+    /// Verification time (RFC 3339), or "document" for the document's own timestamp [default: now]
+    #[arg(long, value_name = "RFC3339")]
+    at: Option<String>,
+    /// Expected PCR value, as N=HEX (repeatable)
+    #[arg(long = "pcr", value_name = "N=HEX")]
+    pcrs: Vec<String>,
+    /// Expected nonce, hex
+    #[arg(long, value_name = "HEX")]
+    nonce: Option<String>,
+    /// Print the result as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct SimArgs {
+    #[command(flatten)]
+    dir: DirArg,
+    /// Nonce to include, hex
+    #[arg(long, value_name = "HEX")]
+    nonce: Option<String>,
+    /// User data to include, hex
+    #[arg(long, value_name = "HEX")]
+    user_data: Option<String>,
+    /// File whose bytes go in the public_key field (for KMS: an RSA-2048 SubjectPublicKeyInfo, DER)
+    #[arg(long, value_name = "FILE")]
+    public_key: Option<PathBuf>,
+    /// Report all-zero PCRs 0-8, like an enclave started with --debug-mode
+    #[arg(long)]
+    debug_mode: bool,
+    /// The enclave image to measure [default: nekms-enclave beside this binary]
+    #[arg(long, value_name = "FILE")]
+    image: Option<PathBuf>,
+    /// The image's configuration file, measured with it
+    #[arg(long, value_name = "FILE")]
+    image_config: Option<PathBuf>,
+    /// Where to write the document
+    #[arg(short, long, value_name = "FILE")]
+    output: PathBuf,
+}
+
+pub fn run(cmd: Command) -> anyhow::Result<()> {
+    match cmd {
+        Command::Verify(a) => verify(a),
+        Command::Sim(a) => sim(a),
+    }
+}
+
+/// Parse `N=HEX`.
+pub fn parse_pcr(s: &str) -> anyhow::Result<(u8, Pcr48)> {
+    let (n, hex) = s.split_once('=').with_context(|| format!("--pcr {s:?}: expected N=HEX"))?;
+    let n: u8 = n.trim().parse().ok().filter(|n| *n < 32).with_context(|| format!("--pcr {s:?}: index must be 0..31"))?;
+    let value = hex.parse::<Pcr48>().with_context(|| format!("--pcr {s:?}"))?;
+    Ok((n, value))
+}
+
+fn verify(a: VerifyArgs) -> anyhow::Result<()> {
+    let bytes = std::fs::read(&a.file).with_context(|| format!("cannot read {}", a.file.display()))?;
+    let (verifier, root_name) = if let Some(root) = &a.root {
+        let pem = std::fs::read_to_string(root).with_context(|| format!("cannot read {}", root.display()))?;
+        (Verifier::from_pem(&pem).with_context(|| format!("{} is not a usable root", root.display()))?, root.display().to_string())
+    } else if a.dev_root {
+        let dir = a.dir.resolve()?;
+        (Verifier::from_pem(&dir.root_pem()?)?, format!("development root {}", dir.root_cert_path().display()))
+    } else {
+        (Verifier::from_pem(AWS_NITRO_ROOT_G1_PEM)?, "AWS Nitro Enclaves Root-G1 (built in)".to_owned())
+    };
+    let mut opts = match a.at.as_deref() {
+        None => VerifyOptions::now(),
+        Some("document") => VerifyOptions::at_document_time(&bytes).map_err(|e| anyhow::anyhow!("verification failed: {e}"))?,
+        Some(t) => VerifyOptions::at(OffsetDateTime::parse(t, &Rfc3339).with_context(|| format!("--at {t:?} is not RFC 3339"))?),
+    };
+    for p in &a.pcrs {
+        let (n, v) = parse_pcr(p)?;
+        opts = opts.expect_pcr(n, v);
+    }
+    if let Some(n) = &a.nonce {
+        opts = opts.expect_nonce(hex_arg("--nonce", n)?);
+    }
+    let verified = verifier.verify(&bytes, &opts).map_err(|e| anyhow::anyhow!("verification failed: {e}"))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&verified)?);
+    } else {
+        println!("OK: signature, certificate chain to {root_name}, validity at {}", opts.at.format(&Rfc3339)?);
+        if !opts.expected_pcrs.is_empty() || opts.expected_nonce.is_some() {
+            println!("OK: expected PCRs and nonce match");
+        }
+        print_document(&verified);
+    }
+    Ok(())
+}
+
+/// Print a verified document for people.
+pub fn print_document(v: &Verified) {
+    let d = &v.document;
+    let when = OffsetDateTime::from_unix_timestamp_nanos(d.timestamp as i128 * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default();
+    println!("module_id:  {}", d.module_id);
+    println!("timestamp:  {} ({when})", d.timestamp);
+    println!("digest:     {}", d.digest);
+    println!("pcrs:");
+    for (i, p) in &d.pcrs {
+        println!("  PCR{i:<2} {p}");
+    }
+    for (name, field) in [("public_key", &d.public_key), ("user_data", &d.user_data), ("nonce", &d.nonce)] {
+        match field {
+            None => println!("{name:<11} (none)"),
+            Some(b) => println!("{:<11} {} bytes: {}", format!("{name}:"), b.len(), hex::encode(b)),
+        }
+    }
+    println!("chain:");
+    for (i, c) in v.chain.iter().enumerate() {
+        let role = if i == 0 { "root" } else if i + 1 == v.chain.len() { "leaf" } else { "ca  " };
+        println!("  {role} {} (until {})", c.subject, c.not_after);
+    }
+}
+
+fn sim(a: SimArgs) -> anyhow::Result<()> {
+    let dir = a.dir.resolve()?;
+    let config = dir.config()?;
+    let (image, label) = crate::image::enclave_image(a.image)?;
+    let measurement = Measurement::of_files(&image, a.image_config.as_deref())?;
+    let mut sim_config = SimConfig::new(measurement);
+    sim_config.debug_mode = a.debug_mode;
+    sim_config.parent_instance_id = Some(config.instance_id);
+    let nsm = SimulatedNsm::boot(sim_config, dir.document_signer()?);
+    let public_key = a
+        .public_key
+        .as_ref()
+        .map(|p| std::fs::read(p).with_context(|| format!("cannot read {}", p.display())))
+        .transpose()?;
+    let request = AttestationRequest {
+        user_data: a.user_data.as_deref().map(|h| hex_arg("--user-data", h)).transpose()?,
+        nonce: a.nonce.as_deref().map(|h| hex_arg("--nonce", h)).transpose()?,
+        public_key,
+    };
+    let doc = nsm.attestation(request)?;
+    if doc.is_empty() {
+        bail!("the simulator produced an empty document");
+    }
+    std::fs::write(&a.output, &doc).with_context(|| format!("cannot write {}", a.output.display()))?;
+    println!("wrote {} ({} bytes), module {}", a.output.display(), doc.len(), nsm.module_id());
+    println!("image measured: {} ({label})", image.display());
+    println!("verify with: nekms attest verify {} --root {}", a.output.display(), dir.root_cert_path().display());
+    Ok(())
+}

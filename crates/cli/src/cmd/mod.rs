@@ -1,0 +1,9 @@
+pub mod attest;
+pub mod demo;
+pub mod dev;
+pub mod pcr;
+
+/// Parse hex given on the command line, naming the option on error.
+pub fn hex_arg(option: &str, s: &str) -> anyhow::Result<Vec<u8>> {
+    hex::decode(s.trim()).map_err(|e| anyhow::anyhow!("{option}: not hex ({e})"))
+}

@@ -1,0 +1,60 @@
+//! `nekms`: the parent-side command line. It parses arguments and wires the
+//! libraries together; the work is done in the `nekms-*` crates.
+#![forbid(unsafe_code)]
+
+mod cmd;
+mod image;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "nekms", version, about = "Keys and secrets usable only inside an attested AWS Nitro Enclave")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the development world lives (shared by every command that needs it).
+#[derive(clap::Args, Clone, Debug)]
+pub struct DirArg {
+    /// Development directory [default: $XDG_DATA_HOME/nekms/dev or ~/.local/share/nekms/dev]
+    #[arg(long, env = nekms_devworld::DEV_DIR_ENV, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+impl DirArg {
+    pub fn resolve(&self) -> anyhow::Result<nekms_devworld::DevDir> {
+        Ok(nekms_devworld::DevDir::resolve(self.dir.as_deref())?)
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the main flows end to end on the embedded development world
+    Demo(cmd::demo::Args),
+    /// The development world (PKI and configuration)
+    #[command(subcommand)]
+    Dev(cmd::dev::Command),
+    /// PCR measurements
+    #[command(subcommand)]
+    Pcr(cmd::pcr::Command),
+    /// Attestation documents: verify real or simulated ones, make simulated ones
+    #[command(subcommand)]
+    Attest(cmd::attest::Command),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Demo(a) => cmd::demo::run(a),
+        Command::Dev(c) => cmd::dev::run(c),
+        Command::Pcr(c) => cmd::pcr::run(c),
+        Command::Attest(c) => cmd::attest::run(c),
+    };
+    if let Err(e) = result {
+        eprintln!("nekms: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,130 @@
+//! The `nekms` binary as a user runs it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn nekms(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_nekms")).env("NEKMS_DEV_DIR", dir).args(args).output().unwrap()
+}
+
+fn ok(out: Output) -> String {
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fail(out: Output) -> String {
+    assert!(!out.status.success(), "unexpectedly succeeded: {}", String::from_utf8_lossy(&out.stdout));
+    String::from_utf8(out.stderr).unwrap()
+}
+
+fn real(file: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../attestation/tests/data").join(file)
+}
+
+fn image(dir: &Path) -> PathBuf {
+    let p = dir.join("enclave.bin");
+    std::fs::write(&p, b"pretend enclave binary").unwrap();
+    p
+}
+
+#[test]
+fn dev_init_is_idempotent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = ok(nekms(tmp.path(), &["dev", "init"]));
+    assert!(first.contains("created root.pem"), "{first}");
+    let second = ok(nekms(tmp.path(), &["dev", "init"]));
+    assert!(!second.contains("created"), "{second}");
+    assert!(second.contains("kept    root.pem"), "{second}");
+}
+
+#[test]
+fn a_simulated_document_verifies_with_the_development_root_and_its_pcrs_match_pcr_sim() {
+    let tmp = tempfile::tempdir().unwrap();
+    ok(nekms(tmp.path(), &["dev", "init"]));
+    let img = image(tmp.path());
+    let doc = tmp.path().join("doc.cbor");
+    ok(nekms(
+        tmp.path(),
+        &["attest", "sim", "--image", img.to_str().unwrap(), "--nonce", "0a0b", "--user-data", "cafe", "-o", doc.to_str().unwrap()],
+    ));
+    let pcrs: serde_json::Value =
+        serde_json::from_str(&ok(nekms(tmp.path(), &["pcr", "sim", img.to_str().unwrap()]))).unwrap();
+    let pcr0 = pcrs["Measurements"]["PCR0"].as_str().unwrap();
+    let pcr2 = pcrs["Measurements"]["PCR2"].as_str().unwrap();
+
+    let out = ok(nekms(
+        tmp.path(),
+        &["attest", "verify", doc.to_str().unwrap(), "--dev-root", "--pcr", &format!("0={pcr0}"), "--pcr", &format!("2={pcr2}"), "--nonce", "0a0b"],
+    ));
+    assert!(out.contains("OK: expected PCRs and nonce match"), "{out}");
+    assert!(out.contains(&format!("PCR0  {pcr0}")), "{out}");
+    assert!(out.contains("user_data:  2 bytes: cafe"), "{out}");
+
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(nekms(tmp.path(), &["attest", "verify", doc.to_str().unwrap(), "--dev-root", "--json"]))).unwrap();
+    assert_eq!(json["document"]["pcrs"]["0"], pcr0);
+    assert_eq!(json["document"]["nonce"], "0a0b");
+
+    // A different image has different PCRs, and the expectation fails naming PCR0.
+    std::fs::write(&img, b"rebuilt enclave binary").unwrap();
+    let other: serde_json::Value =
+        serde_json::from_str(&ok(nekms(tmp.path(), &["pcr", "sim", img.to_str().unwrap()]))).unwrap();
+    let other0 = other["Measurements"]["PCR0"].as_str().unwrap();
+    assert_ne!(other0, pcr0);
+    let err = fail(nekms(tmp.path(), &["attest", "verify", doc.to_str().unwrap(), "--dev-root", "--pcr", &format!("0={other0}")]));
+    assert!(err.contains(&format!("PCR0 is {pcr0}; expected {other0}")), "{err}");
+
+    // The default root is AWS's: a simulated document is not trusted by it.
+    let err = fail(nekms(tmp.path(), &["attest", "verify", doc.to_str().unwrap()]));
+    assert!(err.contains("not a pinned root"), "{err}");
+}
+
+#[test]
+fn debug_mode_documents_have_zero_pcrs() {
+    let tmp = tempfile::tempdir().unwrap();
+    ok(nekms(tmp.path(), &["dev", "init"]));
+    let img = image(tmp.path());
+    let doc = tmp.path().join("debug.cbor");
+    ok(nekms(tmp.path(), &["attest", "sim", "--image", img.to_str().unwrap(), "--debug-mode", "-o", doc.to_str().unwrap()]));
+    let zero = "0".repeat(96);
+    ok(nekms(tmp.path(), &["attest", "verify", doc.to_str().unwrap(), "--dev-root", "--pcr", &format!("0={zero}"), "--pcr", &format!("8={zero}")]));
+}
+
+#[test]
+fn real_documents_verify_at_their_own_time_and_expire_later() {
+    let tmp = tempfile::tempdir().unwrap();
+    let doc = real("attestation-blocky-nitrite.cbor");
+    let out = ok(nekms(tmp.path(), &["attest", "verify", doc.to_str().unwrap(), "--at", "document"]));
+    assert!(out.contains("module_id:  i-0a22e5c5f24d22174-enc0191cceb4289903f"), "{out}");
+    let out = ok(nekms(tmp.path(), &["attest", "verify", doc.to_str().unwrap(), "--at", "2024-09-07T15:00:00Z"]));
+    assert!(out.contains("Root-G1"), "{out}");
+    let err = fail(nekms(tmp.path(), &["attest", "verify", doc.to_str().unwrap(), "--at", "2024-09-07T18:00:00Z"]));
+    assert!(err.contains("leaf certificate") && err.contains("expired"), "{err}");
+}
+
+#[test]
+fn bad_arguments_get_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let doc = real("attestation-evervault.cbor");
+    let d = doc.to_str().unwrap();
+    assert!(fail(nekms(tmp.path(), &["attest", "verify", d, "--pcr", "0=zz"])).contains("--pcr"));
+    assert!(fail(nekms(tmp.path(), &["attest", "verify", d, "--pcr", "40=00"])).contains("index must be 0..31"));
+    assert!(fail(nekms(tmp.path(), &["attest", "verify", d, "--at", "yesterday"])).contains("RFC 3339"));
+    assert!(fail(nekms(tmp.path(), &["attest", "verify", "/nonexistent"])).contains("cannot read /nonexistent"));
+    let err = fail(nekms(tmp.path(), &["attest", "sim", "-o", "/tmp/x.cbor", "--dir", tmp.path().join("none").to_str().unwrap()]));
+    assert!(err.contains("nekms dev init"), "{err}");
+    // Not a document at all.
+    let junk = tmp.path().join("junk");
+    std::fs::write(&junk, b"\xa0").unwrap();
+    assert!(fail(nekms(tmp.path(), &["attest", "verify", junk.to_str().unwrap()])).contains("COSE_Sign1 must be a 4-element array"));
+}
+
+#[test]
+fn the_demo_runs_and_says_what_it_did() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = ok(nekms(tmp.path(), &["demo"]));
+    for needle in ["[1] Development world", "OK: ES384 signature", "refused: COSE signature does not verify", "not a pinned root", "kms:RecipientAttestation:ImageSha384"] {
+        assert!(out.contains(needle), "missing {needle:?} in\n{out}");
+    }
+    assert!(tmp.path().join("demo-attestation.cbor").exists());
+}
