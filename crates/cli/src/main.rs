@@ -43,6 +43,9 @@ enum Command {
     /// Attestation documents: verify real or simulated ones, make simulated ones
     #[command(subcommand)]
     Attest(cmd::attest::Command),
+    /// CMS EnvelopedData (KMS CiphertextForRecipient): inspect and decrypt
+    #[command(subcommand)]
+    Cms(cmd::cms::Command),
 }
 
 fn main() {
@@ -52,6 +55,7 @@ fn main() {
         Command::Dev(c) => cmd::dev::run(c),
         Command::Pcr(c) => cmd::pcr::run(c),
         Command::Attest(c) => cmd::attest::run(c),
+        Command::Cms(c) => cmd::cms::run(c),
     };
     if let Err(e) = result {
         eprintln!("nekms: {e:#}");

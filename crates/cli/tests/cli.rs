@@ -128,3 +128,45 @@ fn the_demo_runs_and_says_what_it_did() {
     }
     assert!(tmp.path().join("demo-attestation.cbor").exists());
 }
+
+fn openssl(args: &[&str]) {
+    let o = Command::new("openssl").args(args).output().unwrap();
+    assert!(o.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn cms_inspect_shows_the_real_kms_responses_fields() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../cms/tests/data");
+    let out = ok(nekms(tmp.path(), &["cms", "inspect", dir.join("kms-ciphertext-for-recipient.ber").to_str().unwrap()]));
+    assert!(out.contains("IV                   688c6d5f7f31b0fecedf09f2e7c99ac9"), "{out}");
+    assert!(out.contains("subjectKeyIdentifier 7087b55df94ba3255cdf3c01840a2aa3ec93620625d601cf56f97bde7a3d2eb1 (32 bytes)"), "{out}");
+    let json: serde_json::Value = serde_json::from_str(&ok(nekms(
+        tmp.path(),
+        &["cms", "inspect", "--json", dir.join("kms-ciphertext-for-recipient-ctx.ber").to_str().unwrap()],
+    )))
+    .unwrap();
+    assert_eq!(json["iv"], "e66c1172aee0f2f7be34e3afc6b0e4fe");
+    assert_eq!(json["recipient"]["subject_key_identifier"], "4e61df69e443b8e25c8ae83318cfc72d9b6a5176d2167790fdf819c086e6967a");
+    assert_eq!(json["encrypted_content_len"], 16);
+    assert_eq!(json["ber_indefinite_lengths"], true);
+}
+
+#[test]
+fn cms_decrypt_opens_a_message_openssl_made() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |n: &str| tmp.path().join(n).to_str().unwrap().to_owned();
+    openssl(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &p("k.pem"), "-out", &p("c.pem"), "-subj", "/CN=enclave", "-days", "1"]);
+    std::fs::write(p("pt"), b"made by OpenSSL, opened by nekms").unwrap();
+    openssl(&[
+        "cms", "-encrypt", "-binary", "-in", &p("pt"), "-outform", "DER", "-out", &p("msg.der"), "-aes256", "-keyid",
+        "-recip", &p("c.pem"), "-keyopt", "rsa_padding_mode:oaep", "-keyopt", "rsa_oaep_md:sha256", "-keyopt", "rsa_mgf1_md:sha256",
+    ]);
+    let out = ok(nekms(tmp.path(), &["cms", "decrypt", "--key", &p("k.pem"), &p("msg.der")]));
+    assert_eq!(out, "made by OpenSSL, opened by nekms");
+
+    // Another key: refused, naming the recipient the message is for.
+    openssl(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", &p("other.pem")]);
+    let err = fail(nekms(tmp.path(), &["cms", "decrypt", "--key", &p("other.pem"), &p("msg.der")]));
+    assert!(err.contains("the message is for recipient"), "{err}");
+}

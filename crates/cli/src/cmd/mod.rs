@@ -1,4 +1,5 @@
 pub mod attest;
+pub mod cms;
 pub mod demo;
 pub mod dev;
 pub mod pcr;
