@@ -1,1 +1,490 @@
-//! Key policies (in progress).
+//! Key policies and identity policies, evaluated the way AWS does.
+//!
+//! - A request is allowed when some statement allows it and no statement
+//!   denies it: an explicit `Deny` always wins.
+//! - A key policy statement naming the account (`arn:aws:iam::ACCOUNT:root`
+//!   or `ACCOUNT`) allows the account's root user directly and delegates to
+//!   IAM for everyone else in the account: their identity policies must allow
+//!   the action too. A key policy without such a statement locks out even the
+//!   root user.
+//! - `Action`/`NotAction` and `Resource`/`NotResource` take `*` and `?`
+//!   wildcards, case-insensitively for actions.
+//! - Conditions: every operator and every key within it must hold (AND); any
+//!   one of a key's values suffices (OR). A key absent from the request makes
+//!   a positive operator fail and a negated one (`StringNot...`) hold;
+//!   `...IfExists` makes any operator hold when the key is absent. `Null`
+//!   tests presence. Condition key names are case-insensitive.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+/// Why a policy document is refused (`MalformedPolicyDocumentException`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct PolicyError(pub String);
+
+fn bad<T>(m: impl Into<String>) -> Result<T, PolicyError> {
+    Err(PolicyError(m.into()))
+}
+
+/// Longest policy document accepted (KMS's limit is 32 KiB).
+pub const MAX_POLICY: usize = 32 * 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Effect {
+    Allow,
+    Deny,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Principals {
+    /// No `Principal` element: an identity policy.
+    Implicit,
+    Any,
+    Aws(Vec<String>),
+    /// `Service`, `Federated`...: never an IAM caller of the emulator.
+    Other,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Matcher {
+    Only(Vec<String>),
+    AllBut(Vec<String>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    StringEquals,
+    StringNotEquals,
+    StringEqualsIgnoreCase,
+    StringNotEqualsIgnoreCase,
+    StringLike,
+    StringNotLike,
+    Bool,
+    Null,
+}
+
+impl Op {
+    fn parse(name: &str) -> Option<Op> {
+        Some(match name {
+            "StringEquals" => Op::StringEquals,
+            "StringNotEquals" => Op::StringNotEquals,
+            "StringEqualsIgnoreCase" => Op::StringEqualsIgnoreCase,
+            "StringNotEqualsIgnoreCase" => Op::StringNotEqualsIgnoreCase,
+            "StringLike" => Op::StringLike,
+            "StringNotLike" => Op::StringNotLike,
+            "Bool" => Op::Bool,
+            "Null" => Op::Null,
+            _ => return None,
+        })
+    }
+
+    fn negated(self) -> bool {
+        matches!(self, Op::StringNotEquals | Op::StringNotEqualsIgnoreCase | Op::StringNotLike)
+    }
+
+    /// Does one request value match one policy value (before negation)?
+    fn matches(self, request: &str, policy: &str) -> bool {
+        match self {
+            Op::StringEquals | Op::StringNotEquals => request == policy,
+            Op::StringEqualsIgnoreCase | Op::StringNotEqualsIgnoreCase => request.eq_ignore_ascii_case(policy),
+            Op::StringLike | Op::StringNotLike => glob(policy.as_bytes(), request.as_bytes(), false),
+            Op::Bool => request.eq_ignore_ascii_case(policy),
+            Op::Null => unreachable!("Null tests presence"),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SetOp {
+    Single,
+    ForAnyValue,
+    ForAllValues,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Condition {
+    op: Op,
+    set: SetOp,
+    if_exists: bool,
+    /// As written, for messages.
+    key: String,
+    values: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Statement {
+    sid: Option<String>,
+    effect: Effect,
+    principals: Principals,
+    actions: Matcher,
+    resources: Matcher,
+    conditions: Vec<Condition>,
+}
+
+/// A parsed policy document.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    statements: Vec<Statement>,
+}
+
+fn strings(v: &Value, what: &str) -> Result<Vec<String>, PolicyError> {
+    match v {
+        Value::String(s) => Ok(vec![s.clone()]),
+        Value::Array(items) if !items.is_empty() => items
+            .iter()
+            .map(|i| match i {
+                Value::String(s) => Ok(s.clone()),
+                _ => bad(format!("{what} must hold strings")),
+            })
+            .collect(),
+        _ => bad(format!("{what} must be a string or a non-empty list of strings")),
+    }
+}
+
+fn condition_values(v: &Value, key: &str) -> Result<Vec<String>, PolicyError> {
+    let one = |i: &Value| match i {
+        Value::String(s) => Ok(s.clone()),
+        Value::Bool(b) => Ok(b.to_string()),
+        Value::Number(n) => Ok(n.to_string()),
+        _ => bad(format!("condition value for {key} must be a string, boolean or number")),
+    };
+    match v {
+        Value::Array(items) if !items.is_empty() => items.iter().map(one).collect(),
+        Value::Array(_) => bad(format!("condition {key} has an empty value list")),
+        other => Ok(vec![one(other)?]),
+    }
+}
+
+impl Policy {
+    /// Parse a key policy (`key_policy = true`: every statement needs a
+    /// Principal) or an identity policy (no Principal allowed).
+    pub fn parse(text: &str, key_policy: bool) -> Result<Policy, PolicyError> {
+        if text.len() > MAX_POLICY {
+            return bad(format!("policy is {} bytes; the limit is {MAX_POLICY}", text.len()));
+        }
+        let doc: Value = serde_json::from_str(text).map_err(|e| PolicyError(format!("policy is not valid JSON: {e}")))?;
+        let Value::Object(doc) = doc else { return bad("policy must be a JSON object") };
+        if let Some(v) = doc.get("Version") {
+            if v != "2012-10-17" && v != "2008-10-17" {
+                return bad(format!("unsupported policy Version {v}"));
+            }
+        }
+        let statements = match doc.get("Statement") {
+            Some(Value::Array(s)) if !s.is_empty() => s.clone(),
+            Some(o @ Value::Object(_)) => vec![o.clone()],
+            _ => return bad("policy needs a Statement (an object or a non-empty list)"),
+        };
+        let statements = statements.iter().enumerate().map(|(i, s)| parse_statement(i, s, key_policy)).collect::<Result<_, _>>()?;
+        Ok(Policy { statements })
+    }
+}
+
+fn parse_statement(i: usize, s: &Value, key_policy: bool) -> Result<Statement, PolicyError> {
+    let Value::Object(s) = s else { return bad(format!("Statement {i} must be an object")) };
+    for k in s.keys() {
+        if !matches!(k.as_str(), "Sid" | "Effect" | "Principal" | "NotPrincipal" | "Action" | "NotAction" | "Resource" | "NotResource" | "Condition") {
+            return bad(format!("Statement {i} has unknown element {k:?}"));
+        }
+    }
+    if s.contains_key("NotPrincipal") {
+        return bad(format!("Statement {i}: NotPrincipal is not supported in key policies"));
+    }
+    let sid = s.get("Sid").and_then(Value::as_str).map(str::to_owned);
+    let effect = match s.get("Effect").and_then(Value::as_str) {
+        Some("Allow") => Effect::Allow,
+        Some("Deny") => Effect::Deny,
+        _ => return bad(format!("Statement {i}: Effect must be \"Allow\" or \"Deny\"")),
+    };
+    let principals = match (s.get("Principal"), key_policy) {
+        (None, false) => Principals::Implicit,
+        (None, true) => return bad(format!("Statement {i}: a key policy statement needs a Principal")),
+        (Some(_), false) => return bad(format!("Statement {i}: identity policies take no Principal")),
+        (Some(Value::String(star)), true) if star == "*" => Principals::Any,
+        (Some(Value::Object(m)), true) if !m.is_empty() => match m.get("AWS") {
+            Some(v) => {
+                let arns = strings(v, "Principal.AWS")?;
+                if arns.iter().any(|a| a == "*") {
+                    Principals::Any
+                } else {
+                    Principals::Aws(arns)
+                }
+            }
+            None => Principals::Other,
+        },
+        _ => return bad(format!("Statement {i}: Principal must be \"*\" or an object such as {{\"AWS\": ARN}}")),
+    };
+    let actions = match (s.get("Action"), s.get("NotAction")) {
+        (Some(a), None) => Matcher::Only(strings(a, "Action")?),
+        (None, Some(a)) => Matcher::AllBut(strings(a, "NotAction")?),
+        _ => return bad(format!("Statement {i} needs exactly one of Action and NotAction")),
+    };
+    let resources = match (s.get("Resource"), s.get("NotResource")) {
+        (Some(r), None) => Matcher::Only(strings(r, "Resource")?),
+        (None, Some(r)) => Matcher::AllBut(strings(r, "NotResource")?),
+        (None, None) => Matcher::Only(vec!["*".into()]),
+        _ => return bad(format!("Statement {i} has both Resource and NotResource")),
+    };
+    let mut conditions = Vec::new();
+    match s.get("Condition") {
+        None => {}
+        Some(Value::Object(ops)) => {
+            for (name, body) in ops {
+                let (set, rest) = match name.split_once(':') {
+                    Some(("ForAnyValue", r)) => (SetOp::ForAnyValue, r),
+                    Some(("ForAllValues", r)) => (SetOp::ForAllValues, r),
+                    Some(_) => return bad(format!("Statement {i}: unknown condition set operator in {name:?}")),
+                    None => (SetOp::Single, name.as_str()),
+                };
+                let (base, if_exists) = match rest.strip_suffix("IfExists") {
+                    Some(b) => (b, true),
+                    None => (rest, false),
+                };
+                let op = Op::parse(base).ok_or_else(|| PolicyError(format!("Statement {i}: unsupported condition operator {name:?}")))?;
+                if op == Op::Null && if_exists {
+                    return bad(format!("Statement {i}: NullIfExists is not an operator"));
+                }
+                let Value::Object(keys) = body else { return bad(format!("Statement {i}: {name} must map keys to values")) };
+                for (key, v) in keys {
+                    conditions.push(Condition { op, set, if_exists, key: key.clone(), values: condition_values(v, key)? });
+                }
+            }
+        }
+        Some(_) => return bad(format!("Statement {i}: Condition must be an object")),
+    }
+    Ok(Statement { sid, effect, principals, actions, resources, conditions })
+}
+
+/// `*` and `?` wildcards; `fold` compares ASCII case-insensitively.
+fn glob(pattern: &[u8], text: &[u8], fold: bool) -> bool {
+    let eq = |a: u8, b: u8| if fold { a.eq_ignore_ascii_case(&b) } else { a == b };
+    let (mut p, mut t) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while t < text.len() {
+        if p < pattern.len() && (pattern[p] == b'?' || (pattern[p] != b'*' && eq(pattern[p], text[t]))) {
+            p += 1;
+            t += 1;
+        } else if p < pattern.len() && pattern[p] == b'*' {
+            star = Some(p);
+            mark = t;
+            p += 1;
+        } else if let Some(s) = star {
+            p = s + 1;
+            mark += 1;
+            t = mark;
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|c| *c == b'*')
+}
+
+/// The facts of one request that policies are evaluated against.
+#[derive(Clone, Debug, Default)]
+pub struct RequestContext {
+    /// The caller (`arn:aws:iam::ACCOUNT:role/NAME`, `...:user/NAME`, `...:root`).
+    pub principal_arn: String,
+    /// The caller's account.
+    pub account: String,
+    /// `kms:Decrypt` and so on.
+    pub action: String,
+    /// The key ARN.
+    pub resource: String,
+    /// Condition keys, names in lower case; multi-valued keys have several values.
+    keys: BTreeMap<String, Vec<String>>,
+}
+
+impl RequestContext {
+    pub fn new(principal_arn: &str, account: &str, action: &str, resource: &str) -> RequestContext {
+        let mut ctx = RequestContext {
+            principal_arn: principal_arn.to_owned(),
+            account: account.to_owned(),
+            action: action.to_owned(),
+            resource: resource.to_owned(),
+            keys: BTreeMap::new(),
+        };
+        ctx.set("aws:PrincipalArn", principal_arn);
+        ctx.set("kms:CallerAccount", account);
+        ctx
+    }
+
+    /// Set a single-valued condition key.
+    pub fn set(&mut self, key: &str, value: impl Into<String>) {
+        self.keys.insert(normalise_key(key), vec![value.into()]);
+    }
+
+    /// Set a multi-valued condition key.
+    pub fn set_many(&mut self, key: &str, values: Vec<String>) {
+        self.keys.insert(normalise_key(key), values);
+    }
+
+    pub fn get(&self, key: &str) -> Option<&[String]> {
+        self.keys.get(&normalise_key(key)).map(Vec::as_slice)
+    }
+
+    fn is_account_root(&self) -> bool {
+        self.principal_arn == format!("arn:aws:iam::{}:root", self.account)
+    }
+}
+
+/// Condition key names are case-insensitive, except the context key inside
+/// `kms:EncryptionContext:<key>`, which is matched as written.
+fn normalise_key(key: &str) -> String {
+    const EC: &str = "kms:encryptioncontext:";
+    let lower = key.to_ascii_lowercase();
+    if lower.starts_with(EC) && key.len() > EC.len() {
+        format!("{EC}{}", &key[EC.len()..])
+    } else {
+        lower
+    }
+}
+
+impl Condition {
+    fn holds(&self, ctx: &RequestContext) -> bool {
+        let present = ctx.get(&self.key).filter(|v| !v.is_empty());
+        if self.op == Op::Null {
+            let want_absent = self.values.iter().any(|v| v.eq_ignore_ascii_case("true"));
+            return want_absent == present.is_none();
+        }
+        let Some(request) = present else {
+            return self.if_exists || self.op.negated() || self.set == SetOp::ForAllValues;
+        };
+        let one = |r: &String| {
+            let any = self.values.iter().any(|p| self.op.matches(r, p));
+            if self.op.negated() {
+                !any
+            } else {
+                any
+            }
+        };
+        match self.set {
+            SetOp::ForAllValues => request.iter().all(one),
+            SetOp::Single | SetOp::ForAnyValue => {
+                if self.op.negated() && self.set == SetOp::Single {
+                    request.iter().all(one)
+                } else {
+                    request.iter().any(one)
+                }
+            }
+        }
+    }
+}
+
+fn principal_matches(pattern: &str, ctx: &RequestContext) -> bool {
+    if pattern == ctx.principal_arn {
+        return true;
+    }
+    // A bare account id means that account's root.
+    if pattern.len() == 12 && pattern.bytes().all(|b| b.is_ascii_digit()) {
+        return ctx.principal_arn == format!("arn:aws:iam::{pattern}:root");
+    }
+    // A role matches its sessions.
+    if let Some(rest) = ctx.principal_arn.strip_prefix("arn:aws:sts::") {
+        if let Some((acct, session)) = rest.split_once(":assumed-role/") {
+            if let Some((role, _)) = session.split_once('/') {
+                return pattern == format!("arn:aws:iam::{acct}:role/{role}");
+            }
+        }
+    }
+    false
+}
+
+fn is_account_principal(pattern: &str, account: &str) -> bool {
+    pattern == account || pattern == format!("arn:aws:iam::{account}:root")
+}
+
+impl Statement {
+    fn covers_request(&self, ctx: &RequestContext) -> bool {
+        let action = match &self.actions {
+            Matcher::Only(a) => a.iter().any(|p| glob(p.as_bytes(), ctx.action.as_bytes(), true)),
+            Matcher::AllBut(a) => !a.iter().any(|p| glob(p.as_bytes(), ctx.action.as_bytes(), true)),
+        };
+        let resource = match &self.resources {
+            Matcher::Only(r) => r.iter().any(|p| glob(p.as_bytes(), ctx.resource.as_bytes(), false)),
+            Matcher::AllBut(r) => !r.iter().any(|p| glob(p.as_bytes(), ctx.resource.as_bytes(), false)),
+        };
+        action && resource && self.conditions.iter().all(|c| c.holds(ctx))
+    }
+}
+
+/// How a request was decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    /// A Deny statement matched (its Sid, when it has one).
+    ExplicitDeny { sid: Option<String>, in_key_policy: bool },
+    /// Nothing allowed it.
+    ImplicitDeny,
+}
+
+/// Evaluate a request against the key policy and the caller's identity
+/// policies.
+pub fn evaluate(key_policy: &Policy, identity: &[Policy], ctx: &RequestContext) -> Decision {
+    let mut direct_allow = false;
+    let mut delegated = false;
+    for s in &key_policy.statements {
+        let who = match &s.principals {
+            Principals::Any => Who::Direct,
+            Principals::Aws(arns) => {
+                if arns.iter().any(|a| principal_matches(a, ctx)) {
+                    Who::Direct
+                } else if arns.iter().any(|a| is_account_principal(a, &ctx.account)) {
+                    Who::Account
+                } else {
+                    Who::Nobody
+                }
+            }
+            Principals::Implicit | Principals::Other => Who::Nobody,
+        };
+        if who == Who::Nobody || !s.covers_request(ctx) {
+            continue;
+        }
+        match (s.effect, who) {
+            (Effect::Deny, _) => return Decision::ExplicitDeny { sid: s.sid.clone(), in_key_policy: true },
+            (Effect::Allow, Who::Direct) => direct_allow = true,
+            (Effect::Allow, _) => delegated = true,
+        }
+    }
+    let mut identity_allow = false;
+    if delegated || direct_allow {
+        for p in identity {
+            for s in &p.statements {
+                if s.covers_request(ctx) {
+                    match s.effect {
+                        Effect::Deny => return Decision::ExplicitDeny { sid: s.sid.clone(), in_key_policy: false },
+                        Effect::Allow => identity_allow = true,
+                    }
+                }
+            }
+        }
+    }
+    if direct_allow || (delegated && (identity_allow || ctx.is_account_root())) {
+        Decision::Allow
+    } else {
+        Decision::ImplicitDeny
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Who {
+    Direct,
+    Account,
+    Nobody,
+}
+
+/// The policy KMS attaches when CreateKey gives none: the account delegates to IAM.
+pub fn default_key_policy(account: &str) -> String {
+    serde_json::to_string_pretty(&serde_json::json!({
+        "Version": "2012-10-17",
+        "Id": "key-default-1",
+        "Statement": [{
+            "Sid": "Enable IAM User Permissions",
+            "Effect": "Allow",
+            "Principal": {"AWS": format!("arn:aws:iam::{account}:root")},
+            "Action": "kms:*",
+            "Resource": "*"
+        }]
+    }))
+    .expect("JSON")
+}

@@ -1,0 +1,271 @@
+//! Key policies behave as AWS evaluates them, and as the seed documents say.
+
+use nekms_kms::policy::{default_key_policy, evaluate, Decision, Policy, RequestContext};
+
+const ACCOUNT: &str = "111122223333";
+const ROOT: &str = "arn:aws:iam::111122223333:root";
+const ROLE: &str = "arn:aws:iam::111122223333:role/instance";
+const ADMIN: &str = "arn:aws:iam::111122223333:role/key-admin";
+const KEY: &str = "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+const PCR0: &str = "d425a8dddca64416b9bd2b1a352978198ee2cf2adfea7b899c3b91b441988ce40c867ed6f6234b8de88ec254d40c4bca";
+const OTHER: &str = "17b041934b2255ae55b07433012e4d41999feda85eb839970645458a35f8571360f32ca68b5178dca8bdecf9fd37c010";
+
+fn ctx(principal: &str, action: &str) -> RequestContext {
+    RequestContext::new(principal, ACCOUNT, action, KEY)
+}
+
+fn attested(principal: &str, action: &str, pcr0: &str) -> RequestContext {
+    let mut c = ctx(principal, action);
+    c.set("kms:RecipientAttestation:ImageSha384", pcr0);
+    c.set("kms:RecipientAttestation:PCR0", pcr0);
+    c
+}
+
+fn key_admin_statement() -> String {
+    format!(
+        r#"{{"Sid": "Allow access for Key Administrators", "Effect": "Allow", "Principal": {{"AWS": "{ADMIN}"}},
+            "Action": ["kms:Create*", "kms:Describe*", "kms:Enable*", "kms:List*", "kms:Put*", "kms:Update*",
+                       "kms:Revoke*", "kms:Disable*", "kms:Get*", "kms:Delete*", "kms:TagResource",
+                       "kms:UntagResource", "kms:ScheduleKeyDeletion", "kms:CancelKeyDeletion"],
+            "Resource": "*"}}"#
+    )
+}
+
+/// kms-lockout-demo.md, step 9: the enclave statement added, the root block
+/// deleted, kms:Decrypt removed from the administrators.
+fn lockout_policy() -> Policy {
+    let text = format!(
+        r#"{{"Version": "2012-10-17", "Statement": [
+            {{"Sid": "Enable decrypt from enclave", "Effect": "Allow", "Principal": {{"AWS": "{ROLE}"}},
+              "Action": "kms:Decrypt", "Resource": "*",
+              "Condition": {{"StringEqualsIgnoreCase": {{"kms:RecipientAttestation:ImageSha384": "{PCR0}"}}}}}},
+            {}
+        ]}}"#,
+        key_admin_statement()
+    );
+    Policy::parse(&text, true).unwrap()
+}
+
+#[test]
+fn lockout_the_root_user_is_denied_everything_including_changing_the_policy() {
+    let p = lockout_policy();
+    for action in ["kms:Decrypt", "kms:Encrypt", "kms:PutKeyPolicy", "kms:ScheduleKeyDeletion", "kms:DescribeKey"] {
+        assert_eq!(evaluate(&p, &[], &ctx(ROOT, action)), Decision::ImplicitDeny, "{action}");
+        assert_eq!(evaluate(&p, &[], &attested(ROOT, action, PCR0)), Decision::ImplicitDeny, "{action} with attestation");
+    }
+}
+
+#[test]
+fn lockout_the_instance_role_decrypts_only_from_the_enclave_image() {
+    let p = lockout_policy();
+    assert_eq!(evaluate(&p, &[], &ctx(ROLE, "kms:Decrypt")), Decision::ImplicitDeny, "no attestation");
+    assert_eq!(evaluate(&p, &[], &attested(ROLE, "kms:Decrypt", OTHER)), Decision::ImplicitDeny, "wrong PCR0");
+    assert_eq!(evaluate(&p, &[], &attested(ROLE, "kms:Decrypt", PCR0)), Decision::Allow);
+    assert_eq!(evaluate(&p, &[], &attested(ROLE, "kms:Decrypt", &PCR0.to_uppercase())), Decision::Allow, "IgnoreCase");
+    // Its identity policy (kms:Encrypt) does not help: the key policy no longer delegates to IAM.
+    let iam = Policy::parse(r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":["kms:Encrypt"],"Resource":["*"]}]}"#, false).unwrap();
+    assert_eq!(evaluate(&p, &[iam], &ctx(ROLE, "kms:Encrypt")), Decision::ImplicitDeny);
+}
+
+#[test]
+fn lockout_administrators_manage_but_cannot_decrypt() {
+    let p = lockout_policy();
+    assert_eq!(evaluate(&p, &[], &ctx(ADMIN, "kms:DescribeKey")), Decision::Allow);
+    assert_eq!(evaluate(&p, &[], &ctx(ADMIN, "kms:PutKeyPolicy")), Decision::Allow);
+    assert_eq!(evaluate(&p, &[], &ctx(ADMIN, "kms:Decrypt")), Decision::ImplicitDeny);
+    assert_eq!(evaluate(&p, &[], &attested(ADMIN, "kms:Decrypt", PCR0)), Decision::ImplicitDeny);
+}
+
+/// kmstool.md: Decrypt only from the enclave (debug mode: all-zero PCR0), Encrypt from the instance.
+#[test]
+fn kmstool_policy_encrypt_from_instance_decrypt_from_enclave() {
+    let zero = "0".repeat(96);
+    let text = format!(
+        r#"{{"Version": "2012-10-17", "Statement": [
+            {{"Sid": "Enable decrypt from enclave", "Effect": "Allow", "Principal": {{"AWS": "{ROLE}"}},
+              "Action": "kms:Decrypt", "Resource": "*",
+              "Condition": {{"StringEqualsIgnoreCase": {{"kms:RecipientAttestation:ImageSha384": "{zero}"}}}}}},
+            {{"Sid": "Enable encrypt from instance", "Effect": "Allow", "Principal": {{"AWS": "{ROLE}"}},
+              "Action": "kms:Encrypt", "Resource": "*"}},
+            {}
+        ]}}"#,
+        key_admin_statement()
+    );
+    let p = Policy::parse(&text, true).unwrap();
+    assert_eq!(evaluate(&p, &[], &ctx(ROLE, "kms:Encrypt")), Decision::Allow);
+    assert_eq!(evaluate(&p, &[], &ctx(ROLE, "kms:Decrypt")), Decision::ImplicitDeny);
+    assert_eq!(evaluate(&p, &[], &attested(ROLE, "kms:Decrypt", &zero)), Decision::Allow);
+    assert_eq!(evaluate(&p, &[], &attested(ROLE, "kms:Decrypt", PCR0)), Decision::ImplicitDeny);
+}
+
+/// two-enclave-attestation-demo.md: Deny statements with StringNotEqualsIgnoreCase
+/// on ImageSha384/PCR0/PCR1/PCR2, on top of a policy that otherwise allows the role.
+fn two_enclave_policy(e1: [&str; 3], e2: [&str; 3]) -> Policy {
+    let deny = |sid: &str, actions: &str, pcrs: [&str; 3]| {
+        format!(
+            r#"{{"Sid": "{sid}", "Effect": "Deny", "Principal": {{"AWS": "{ROLE}"}}, "Action": [{actions}], "Resource": "*",
+                "Condition": {{"StringNotEqualsIgnoreCase": {{
+                    "kms:RecipientAttestation:ImageSha384": "{}", "kms:RecipientAttestation:PCR0": "{}",
+                    "kms:RecipientAttestation:PCR1": "{}", "kms:RecipientAttestation:PCR2": "{}"}}}}}}"#,
+            pcrs[0], pcrs[0], pcrs[1], pcrs[2]
+        )
+    };
+    let text = format!(
+        r#"{{"Version": "2012-10-17", "Statement": [
+            {{"Sid": "Enable IAM User Permissions", "Effect": "Allow", "Principal": {{"AWS": "{ROOT}"}}, "Action": "kms:*", "Resource": "*"}},
+            {{"Sid": "Role", "Effect": "Allow", "Principal": {{"AWS": "{ROLE}"}}, "Action": "kms:*", "Resource": "*"}},
+            {},
+            {}
+        ]}}"#,
+        deny("Only Allow NitroEnclaveDemo-1", r#""kms:GenerateRandom", "kms:GenerateDataKey""#, e1),
+        deny("Only Allow NitroEnclaveDemo-2", r#""kms:Decrypt""#, e2),
+    );
+    Policy::parse(&text, true).unwrap()
+}
+
+fn enclave(action: &str, pcrs: [&str; 3]) -> RequestContext {
+    let mut c = ctx("arn:aws:sts::111122223333:assumed-role/instance/i-0e4fc2c648b901c7e", action);
+    c.set("kms:RecipientAttestation:ImageSha384", pcrs[0]);
+    for (i, v) in pcrs.iter().enumerate() {
+        c.set(&format!("kms:RecipientAttestation:PCR{i}"), *v);
+    }
+    c
+}
+
+#[test]
+fn two_enclave_each_image_does_only_its_own_operation() {
+    let a = |c: char| c.to_string().repeat(96);
+    let (e1, e2) = ([a('1').as_str(), &a('a'), &a('b')].map(str::to_owned), [a('2'), a('c'), a('d')]);
+    let e1 = [e1[0].as_str(), e1[1].as_str(), e1[2].as_str()];
+    let e2 = [e2[0].as_str(), e2[1].as_str(), e2[2].as_str()];
+    let p = two_enclave_policy(e1, e2);
+    assert_eq!(evaluate(&p, &[], &enclave("kms:GenerateDataKey", e1)), Decision::Allow);
+    assert_eq!(evaluate(&p, &[], &enclave("kms:Decrypt", e2)), Decision::Allow);
+    assert!(matches!(evaluate(&p, &[], &enclave("kms:GenerateDataKey", e2)), Decision::ExplicitDeny { .. }));
+    assert!(matches!(evaluate(&p, &[], &enclave("kms:Decrypt", e1)), Decision::ExplicitDeny { .. }));
+    // The instance role itself, without an attestation document: every
+    // negated condition holds for absent keys, so the Deny applies, as the
+    // document's "with an explicit deny" output shows.
+    let bare = ctx("arn:aws:sts::111122223333:assumed-role/instance/i-0e4fc2c648b901c7e", "kms:GenerateDataKey");
+    assert_eq!(
+        evaluate(&p, &[], &bare),
+        Decision::ExplicitDeny { sid: Some("Only Allow NitroEnclaveDemo-1".into()), in_key_policy: true }
+    );
+}
+
+#[test]
+fn two_enclave_keys_in_one_negated_operator_are_anded_as_in_aws() {
+    // Both images share PCR1 in the document. AWS ANDs the keys of one
+    // operator, so the Deny needs every listed PCR to differ: an image that
+    // shares PCR1 with enclave 1 escapes the "only enclave 1 generates" Deny.
+    let e1 = ["1".repeat(96), "f".repeat(96), "a".repeat(96)];
+    let e2 = ["2".repeat(96), "f".repeat(96), "b".repeat(96)];
+    let r1 = [e1[0].as_str(), e1[1].as_str(), e1[2].as_str()];
+    let r2 = [e2[0].as_str(), e2[1].as_str(), e2[2].as_str()];
+    let p = two_enclave_policy(r1, r2);
+    assert_eq!(evaluate(&p, &[], &enclave("kms:GenerateDataKey", r2)), Decision::Allow);
+}
+
+#[test]
+fn the_default_policy_delegates_to_identity_policies() {
+    let p = Policy::parse(&default_key_policy(ACCOUNT), true).unwrap();
+    assert_eq!(evaluate(&p, &[], &ctx(ROOT, "kms:Decrypt")), Decision::Allow, "root needs no identity policy");
+    assert_eq!(evaluate(&p, &[], &ctx(ROLE, "kms:Decrypt")), Decision::ImplicitDeny, "no identity policy");
+    let iam = Policy::parse(r#"{"Statement": {"Effect": "Allow", "Action": "kms:*", "Resource": "*"}}"#, false).unwrap();
+    assert_eq!(evaluate(&p, &[iam.clone()], &ctx(ROLE, "kms:Decrypt")), Decision::Allow);
+    let deny = Policy::parse(r#"{"Statement": {"Sid": "NoDecrypt", "Effect": "Deny", "Action": "kms:Decrypt"}}"#, false).unwrap();
+    assert_eq!(
+        evaluate(&p, &[iam, deny], &ctx(ROLE, "kms:Decrypt")),
+        Decision::ExplicitDeny { sid: Some("NoDecrypt".into()), in_key_policy: false }
+    );
+    // Another account's principal gets nothing from this account's delegation.
+    let other = RequestContext::new("arn:aws:iam::999999999999:role/x", "999999999999", "kms:Decrypt", KEY);
+    assert_eq!(evaluate(&p, &[], &other), Decision::ImplicitDeny);
+}
+
+fn one(condition: &str) -> Policy {
+    Policy::parse(
+        &format!(r#"{{"Statement": [{{"Effect": "Allow", "Principal": "*", "Action": "kms:*", "Resource": "*", "Condition": {condition}}}]}}"#),
+        true,
+    )
+    .unwrap()
+}
+
+#[test]
+fn condition_operators() {
+    let c = |f: &dyn Fn(&mut RequestContext)| {
+        let mut c = ctx(ROLE, "kms:Decrypt");
+        f(&mut c);
+        c
+    };
+    let allowed = |p: &Policy, c: &RequestContext| evaluate(p, &[], c) == Decision::Allow;
+
+    let p = one(r#"{"StringLike": {"kms:EncryptionContext:app": "web-*"}}"#);
+    assert!(allowed(&p, &c(&|c| c.set("kms:EncryptionContext:app", "web-1"))));
+    assert!(!allowed(&p, &c(&|c| c.set("kms:EncryptionContext:app", "db-1"))));
+    assert!(!allowed(&p, &c(&|c| c.set("kms:EncryptionContext:App", "web-1"))), "context keys are case-sensitive");
+    assert!(!allowed(&p, &c(&|_| {})), "absent key: positive operator fails");
+
+    let p = one(r#"{"StringNotLike": {"kms:EncryptionContext:app": "web-*"}}"#);
+    assert!(allowed(&p, &c(&|_| {})), "absent key: negated operator holds");
+    assert!(!allowed(&p, &c(&|c| c.set("kms:EncryptionContext:app", "web-2"))));
+
+    let p = one(r#"{"StringEqualsIfExists": {"kms:EncryptionContext:app": "web"}}"#);
+    assert!(allowed(&p, &c(&|_| {})));
+    assert!(!allowed(&p, &c(&|c| c.set("kms:EncryptionContext:app", "db"))));
+
+    let p = one(r#"{"Null": {"kms:RecipientAttestation:ImageSha384": "false"}}"#);
+    assert!(!allowed(&p, &c(&|_| {})));
+    assert!(allowed(&p, &c(&|c| c.set("kms:RecipientAttestation:ImageSha384", PCR0))));
+
+    let p = one(r#"{"Bool": {"aws:SecureTransport": true}}"#);
+    assert!(allowed(&p, &c(&|c| c.set("aws:SecureTransport", "true"))));
+    assert!(!allowed(&p, &c(&|c| c.set("aws:SecureTransport", "false"))));
+
+    // Several values of one key are ORed; several keys are ANDed.
+    let p = one(&format!(r#"{{"StringEquals": {{"kms:CallerAccount": ["000000000000", "{ACCOUNT}"], "aws:PrincipalArn": "{ROLE}"}}}}"#));
+    assert!(allowed(&p, &c(&|_| {})));
+    let p = one(&format!(r#"{{"StringEquals": {{"kms:CallerAccount": "{ACCOUNT}", "aws:PrincipalArn": "{ADMIN}"}}}}"#));
+    assert!(!allowed(&p, &c(&|_| {})));
+
+    // Condition key names are case-insensitive.
+    let p = one(&format!(r#"{{"StringEqualsIgnoreCase": {{"KMS:RecipientAttestation:IMAGESHA384": "{PCR0}"}}}}"#));
+    assert!(allowed(&p, &c(&|c| c.set("kms:RecipientAttestation:ImageSha384", PCR0))));
+
+    // Multi-valued keys with set operators.
+    let p = one(r#"{"ForAllValues:StringEquals": {"kms:EncryptionContextKeys": ["app", "env"]}}"#);
+    assert!(allowed(&p, &c(&|c| c.set_many("kms:EncryptionContextKeys", vec!["app".into()]))));
+    assert!(!allowed(&p, &c(&|c| c.set_many("kms:EncryptionContextKeys", vec!["app".into(), "user".into()]))));
+    let p = one(r#"{"ForAnyValue:StringEquals": {"kms:EncryptionContextKeys": "user"}}"#);
+    assert!(allowed(&p, &c(&|c| c.set_many("kms:EncryptionContextKeys", vec!["app".into(), "user".into()]))));
+}
+
+#[test]
+fn actions_and_resources_take_wildcards_and_negation() {
+    let p = Policy::parse(&format!(r#"{{"Statement": [{{"Effect": "Allow", "Principal": {{"AWS": ["{ROLE}"]}}, "NotAction": ["kms:Decrypt", "kms:ReEncrypt*"], "Resource": "arn:aws:kms:*:{ACCOUNT}:key/*"}}]}}"#), true).unwrap();
+    assert_eq!(evaluate(&p, &[], &ctx(ROLE, "kms:Encrypt")), Decision::Allow);
+    assert_eq!(evaluate(&p, &[], &ctx(ROLE, "KMS:encrypt")), Decision::Allow, "actions are case-insensitive");
+    assert_eq!(evaluate(&p, &[], &ctx(ROLE, "kms:Decrypt")), Decision::ImplicitDeny);
+    assert_eq!(evaluate(&p, &[], &ctx(ROLE, "kms:ReEncryptFrom")), Decision::ImplicitDeny);
+    let elsewhere = RequestContext::new(ROLE, ACCOUNT, "kms:Encrypt", "arn:aws:kms:us-east-1:999999999999:key/x");
+    assert_eq!(evaluate(&p, &[], &elsewhere), Decision::ImplicitDeny);
+}
+
+#[test]
+fn malformed_policies_are_refused_with_a_reason() {
+    for (text, needle) in [
+        ("not json", "not valid JSON"),
+        ("[]", "JSON object"),
+        (r#"{"Statement": []}"#, "needs a Statement"),
+        (r#"{"Statement": [{"Effect": "Maybe", "Principal": "*", "Action": "kms:*"}]}"#, "Effect"),
+        (r#"{"Statement": [{"Effect": "Allow", "Action": "kms:*"}]}"#, "needs a Principal"),
+        (r#"{"Statement": [{"Effect": "Allow", "Principal": "*"}]}"#, "Action and NotAction"),
+        (r#"{"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "kms:*", "Condition": {"NumericLessThan": {"a": "1"}}}]}"#, "unsupported condition operator"),
+        (r#"{"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "kms:*", "Shape": 1}]}"#, "unknown element"),
+        (r#"{"Version": "2099-01-01", "Statement": [{"Effect": "Allow", "Principal": "*", "Action": "kms:*"}]}"#, "Version"),
+    ] {
+        let err = Policy::parse(text, true).unwrap_err();
+        assert!(err.0.contains(needle), "{text}: {err}");
+    }
+    assert!(Policy::parse(&" ".repeat(40_000), true).unwrap_err().0.contains("limit"));
+}
