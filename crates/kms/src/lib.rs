@@ -8,9 +8,11 @@
 //! exists for (only the right enclave image gets the key) is exercised in
 //! every test.
 //!
-//! Built so far: SigV4 verification and the policy engine. The server and
-//! operations follow.
+//! Built so far: SigV4 verification ([`sigv4`]), the policy engine
+//! ([`policy`]) and the ciphertext blob format ([`blob`]). The server,
+//! state and operations follow.
 #![forbid(unsafe_code)]
 
+pub mod blob;
 pub mod policy;
 pub mod sigv4;
