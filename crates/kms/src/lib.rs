@@ -9,10 +9,13 @@
 //! every test.
 //!
 //! Built so far: SigV4 verification ([`sigv4`]), the policy engine
-//! ([`policy`]) and the ciphertext blob format ([`blob`]). The server,
-//! state and operations follow.
+//! ([`policy`]), the ciphertext blob format ([`blob`]), key metadata
+//! ([`model`]) and the SQLite state with key material sealed under a master
+//! key ([`store`]). The HTTP server and the operations follow.
 #![forbid(unsafe_code)]
 
 pub mod blob;
+pub mod model;
 pub mod policy;
+pub mod store;
 pub mod sigv4;
