@@ -123,6 +123,15 @@ fn two_enclave_policy(e1: [&str; 3], e2: [&str; 3]) -> Policy {
     Policy::parse(&text, true).unwrap()
 }
 
+/// PCR0, PCR1, PCR2 made of one repeated hex digit each.
+fn pcrs(p0: char, p1: char, p2: char) -> [String; 3] {
+    [p0, p1, p2].map(|c| c.to_string().repeat(96))
+}
+
+fn as_strs(p: &[String; 3]) -> [&str; 3] {
+    [p[0].as_str(), p[1].as_str(), p[2].as_str()]
+}
+
 fn enclave(action: &str, pcrs: [&str; 3]) -> RequestContext {
     let mut c = ctx("arn:aws:sts::111122223333:assumed-role/instance/i-0e4fc2c648b901c7e", action);
     c.set("kms:RecipientAttestation:ImageSha384", pcrs[0]);
@@ -134,10 +143,9 @@ fn enclave(action: &str, pcrs: [&str; 3]) -> RequestContext {
 
 #[test]
 fn two_enclave_each_image_does_only_its_own_operation() {
-    let a = |c: char| c.to_string().repeat(96);
-    let (e1, e2) = ([a('1').as_str(), &a('a'), &a('b')].map(str::to_owned), [a('2'), a('c'), a('d')]);
-    let e1 = [e1[0].as_str(), e1[1].as_str(), e1[2].as_str()];
-    let e2 = [e2[0].as_str(), e2[1].as_str(), e2[2].as_str()];
+    // Two images that differ in every PCR.
+    let (e1, e2) = (pcrs('1', 'a', 'b'), pcrs('2', 'c', 'd'));
+    let (e1, e2) = (as_strs(&e1), as_strs(&e2));
     let p = two_enclave_policy(e1, e2);
     assert_eq!(evaluate(&p, &[], &enclave("kms:GenerateDataKey", e1)), Decision::Allow);
     assert_eq!(evaluate(&p, &[], &enclave("kms:Decrypt", e2)), Decision::Allow);
@@ -158,12 +166,9 @@ fn two_enclave_keys_in_one_negated_operator_are_anded_as_in_aws() {
     // Both images share PCR1 in the document. AWS ANDs the keys of one
     // operator, so the Deny needs every listed PCR to differ: an image that
     // shares PCR1 with enclave 1 escapes the "only enclave 1 generates" Deny.
-    let e1 = ["1".repeat(96), "f".repeat(96), "a".repeat(96)];
-    let e2 = ["2".repeat(96), "f".repeat(96), "b".repeat(96)];
-    let r1 = [e1[0].as_str(), e1[1].as_str(), e1[2].as_str()];
-    let r2 = [e2[0].as_str(), e2[1].as_str(), e2[2].as_str()];
-    let p = two_enclave_policy(r1, r2);
-    assert_eq!(evaluate(&p, &[], &enclave("kms:GenerateDataKey", r2)), Decision::Allow);
+    let (e1, e2) = (pcrs('1', 'f', 'a'), pcrs('2', 'f', 'b'));
+    let p = two_enclave_policy(as_strs(&e1), as_strs(&e2));
+    assert_eq!(evaluate(&p, &[], &enclave("kms:GenerateDataKey", as_strs(&e2))), Decision::Allow);
 }
 
 #[test]
