@@ -118,19 +118,16 @@ impl Verifier {
     pub fn verify(&self, bytes: &[u8], opts: &VerifyOptions) -> Result<Verified, VerifyError> {
         let cose = CoseSign1::decode(bytes)?;
         let document = AttestationDocument::decode(&cose.payload)?;
-        let chain = self.verify_chain(&document, opts)?;
-        let leaf = Cert::parse(&document.certificate).expect("parsed during chain verification");
-        if leaf.curve != Curve::P384 {
-            return Err(VerifyError::LeafKey("P-256".into()));
-        }
-        UnparsedPublicKey::new(&ECDSA_P384_SHA384_FIXED, leaf.public_key_bytes())
+        let (chain, leaf_key) = self.verify_chain(&document, opts)?;
+        UnparsedPublicKey::new(&ECDSA_P384_SHA384_FIXED, &leaf_key)
             .verify(&cose.to_be_signed(), &cose.signature)
             .map_err(|_| VerifyError::Signature)?;
         check_expectations(&document, opts)?;
         Ok(Verified { document, chain })
     }
 
-    fn verify_chain(&self, doc: &AttestationDocument, opts: &VerifyOptions) -> Result<Vec<CertificateSummary>, VerifyError> {
+    /// Check the chain; return its summary and the leaf's P-384 public key.
+    fn verify_chain(&self, doc: &AttestationDocument, opts: &VerifyOptions) -> Result<(Vec<CertificateSummary>, Vec<u8>), VerifyError> {
         let at_unix = opts.at.unix_timestamp();
         let at_text = opts.at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
         let presented_root = &doc.cabundle[0];
@@ -169,7 +166,11 @@ impl Verifier {
                 cert.check_ca(below).map_err(fail)?;
             }
         }
-        Ok(certs.iter().map(Cert::summary).collect())
+        let leaf = &certs[last];
+        if leaf.curve != Curve::P384 {
+            return Err(VerifyError::LeafKey("P-256".into()));
+        }
+        Ok((certs.iter().map(Cert::summary).collect(), leaf.public_key_bytes().to_vec()))
     }
 }
 
