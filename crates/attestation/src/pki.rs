@@ -14,8 +14,8 @@ use std::fmt;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use aws_lc_rs::signature::{EcdsaKeyPair, ECDSA_P384_SHA384_FIXED_SIGNING};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    SerialNumber, PKCS_ECDSA_P384_SHA384,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType, SerialNumber, PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384,
 };
 use time::{Duration, OffsetDateTime};
 use zeroize::{Zeroize, Zeroizing};
@@ -115,6 +115,42 @@ pub fn generate_intermediate(root: &CaMaterial, now: OffsetDateTime) -> Result<C
     let issuer = load_issuer(root)?;
     let key = KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384)?;
     let cert = ca_params("nekms development intermediate", Some(0), now, 10)?.signed_by(&key, &issuer)?;
+    Ok(ca_material(cert, &key))
+}
+
+/// A new self-signed CA for the development world's TLS servers (the local
+/// KMS's HTTPS endpoint), valid for 30 years. It is deliberately separate
+/// from the attestation root: a TLS key can never vouch for a document.
+pub fn generate_tls_ca(now: OffsetDateTime) -> Result<CaMaterial, PkiError> {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384)?;
+    let mut params = ca_params("nekms development TLS CA", Some(0), now, 30)?;
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.use_authority_key_identifier_extension = false;
+    let cert = params.self_signed(&key)?;
+    Ok(ca_material(cert, &key))
+}
+
+/// A TLS server certificate (P-256, 2 years) for `names` (DNS names or IP
+/// addresses), issued by `ca`.
+pub fn generate_tls_server(ca: &CaMaterial, names: &[&str], now: OffsetDateTime) -> Result<CaMaterial, PkiError> {
+    let issuer = load_issuer(ca)?;
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let mut p = CertificateParams::default();
+    p.distinguished_name = name(names.first().copied().unwrap_or("localhost"), "development TLS server");
+    p.subject_alt_names = names
+        .iter()
+        .map(|n| match n.parse::<std::net::IpAddr>() {
+            Ok(ip) => Ok(SanType::IpAddress(ip)),
+            Err(_) => Ok(SanType::DnsName((*n).try_into()?)),
+        })
+        .collect::<Result<_, rcgen::Error>>()?;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    p.not_before = now - Duration::days(1);
+    p.not_after = now + Duration::days(730);
+    p.serial_number = Some(random_serial()?);
+    p.use_authority_key_identifier_extension = true;
+    let cert = p.signed_by(&key, &issuer)?;
     Ok(ca_material(cert, &key))
 }
 

@@ -257,13 +257,24 @@ fn sha256_alg() -> Vec<u8> {
     der(SEQUENCE, &[der(OID, OID_SHA256), der(NULL, &[])].concat())
 }
 
-/// Encrypt `plaintext` for the RSA-2048 key in `recipient_spki_der`, in
-/// exactly the form AWS KMS uses for `CiphertextForRecipient`.
-pub fn seal_for_recipient(plaintext: &[u8], recipient_spki_der: &[u8]) -> Result<Vec<u8>, CmsError> {
-    let public = PublicEncryptingKey::from_der(recipient_spki_der).map_err(|_| CmsError::PublicKey)?;
+fn recipient_public_key(spki_der: &[u8]) -> Result<PublicEncryptingKey, CmsError> {
+    let public = PublicEncryptingKey::from_der(spki_der).map_err(|_| CmsError::PublicKey)?;
     if public.key_size_bits() != 2048 {
         return Err(CmsError::KeySize(public.key_size_bits()));
     }
+    Ok(public)
+}
+
+/// Check that `spki_der` is an RSA-2048 public key, as KMS requires of a
+/// Recipient's key, before doing any work for it.
+pub fn check_recipient_key(spki_der: &[u8]) -> Result<(), CmsError> {
+    recipient_public_key(spki_der).map(|_| ())
+}
+
+/// Encrypt `plaintext` for the RSA-2048 key in `recipient_spki_der`, in
+/// exactly the form AWS KMS uses for `CiphertextForRecipient`.
+pub fn seal_for_recipient(plaintext: &[u8], recipient_spki_der: &[u8]) -> Result<Vec<u8>, CmsError> {
+    let public = recipient_public_key(recipient_spki_der)?;
     let oaep = OaepPublicEncryptingKey::new(public).map_err(|_| CmsError::PublicKey)?;
     let rng = SystemRandom::new();
     let mut cek = Zeroizing::new([0u8; 32]);

@@ -29,6 +29,7 @@ mod envelope;
 
 pub use ber::{parse as parse_ber, Body, BerError, Element};
 pub use envelope::{
+    check_recipient_key,
     seal_for_recipient, subject_key_identifier, CmsError, EnvelopedData, KeyTransRecipient, RecipientKey,
     MAX_CMS_SIZE,
 };

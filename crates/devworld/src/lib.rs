@@ -12,7 +12,11 @@
 //! | `root.key` | its private key, PKCS#8 PEM | 0600 |
 //! | `intermediate.pem` | intermediate certificate (P-384, pathlen 0) | 0644 |
 //! | `intermediate.key` | its private key | 0600 |
-//! | `config.toml` | region, account, simulated instance id | 0644 |
+//! | `config.toml` | region, account, simulated instance id, local KMS addresses | 0644 |
+//! | `principals.toml` | the account's principals: access keys and identity policies | 0600 |
+//! | `aws/credentials`, `aws/config` | an AWS shared credentials/config pair with a profile per principal | 0600, 0644 |
+//! | `tls-ca.pem`, `tls-ca.key` | CA for the development TLS servers (separate from the attestation root) | 0644, 0600 |
+//! | `kms-tls.pem`, `kms-tls.key` | the local KMS's HTTPS certificate (localhost, 127.0.0.1, ::1) | 0644, 0600 |
 //!
 //! [`DevDir::init`] is idempotent: it creates what is missing and keeps what
 //! is there. Files are written to a temporary name and renamed, so a crash
@@ -58,6 +62,10 @@ pub enum DevError {
     Config { path: PathBuf, source: toml::de::Error },
 }
 
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> DevError + '_ {
+    move |source| DevError::Io { path: path.to_owned(), source }
+}
+
 /// `config.toml`: settings of the development world.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DevConfig {
@@ -68,6 +76,118 @@ pub struct DevConfig {
     pub account_id: String,
     /// The simulated parent instance (PCR4 and the module id prefix).
     pub instance_id: String,
+    /// Where `nekms dev kms` listens for HTTP by default.
+    #[serde(default = "default_kms_http")]
+    pub kms_http: String,
+    /// Where `nekms dev kms` listens for HTTPS by default.
+    #[serde(default = "default_kms_https")]
+    pub kms_https: String,
+}
+
+fn default_kms_http() -> String {
+    "127.0.0.1:7700".into()
+}
+
+fn default_kms_https() -> String {
+    "127.0.0.1:7701".into()
+}
+
+/// One principal of the development account, as `principals.toml` holds it.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+pub struct DevPrincipal {
+    /// The profile name (`root`, `admin`, `instance`).
+    pub name: String,
+    /// The caller ARN requests signed with this key act as.
+    pub arn: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    /// Present for temporary credentials (the instance role's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_token: Option<String>,
+    /// Identity (IAM) policies attached to the principal, as JSON documents.
+    #[serde(default)]
+    pub policies: Vec<String>,
+}
+
+impl fmt::Debug for DevPrincipal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DevPrincipal")
+            .field("name", &self.name)
+            .field("arn", &self.arn)
+            .field("access_key_id", &self.access_key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for DevPrincipal {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.secret_access_key.zeroize();
+        if let Some(t) = self.session_token.as_mut() {
+            t.zeroize();
+        }
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PrincipalsFile {
+    #[serde(rename = "principal")]
+    principals: Vec<DevPrincipal>,
+}
+
+const BASE32: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+const SECRET_CHARS: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+fn random_string<const N: usize>(alphabet: &[u8]) -> String {
+    random::<N>().iter().map(|b| alphabet[*b as usize % alphabet.len()] as char).collect()
+}
+
+fn fresh_principals(config: &DevConfig) -> Vec<DevPrincipal> {
+    let account = &config.account_id;
+    let key = |prefix: &str| format!("{prefix}{}", random_string::<16>(BASE32));
+    let admin_policy = serde_json::json!({
+        "Version": "2012-10-17",
+        "Statement": [{"Sid": "KeyAdministration", "Effect": "Allow", "Action": "kms:*", "Resource": "*"}]
+    });
+    let instance_policy = serde_json::json!({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Sid": "UseKeys",
+            "Effect": "Allow",
+            "Action": [
+                "kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:GenerateRandom",
+                "kms:DeriveSharedSecret", "kms:Sign", "kms:Verify", "kms:GetPublicKey", "kms:DescribeKey",
+                "kms:ListKeys", "kms:ListAliases"
+            ],
+            "Resource": "*"
+        }]
+    });
+    vec![
+        DevPrincipal {
+            name: "root".into(),
+            arn: format!("arn:aws:iam::{account}:root"),
+            access_key_id: key("AKIA"),
+            secret_access_key: random_string::<40>(SECRET_CHARS),
+            session_token: None,
+            policies: vec![],
+        },
+        DevPrincipal {
+            name: "admin".into(),
+            arn: format!("arn:aws:iam::{account}:role/nekms-key-admin"),
+            access_key_id: key("AKIA"),
+            secret_access_key: random_string::<40>(SECRET_CHARS),
+            session_token: None,
+            policies: vec![serde_json::to_string_pretty(&admin_policy).expect("JSON")],
+        },
+        DevPrincipal {
+            name: "instance".into(),
+            arn: format!("arn:aws:sts::{account}:assumed-role/nekms-instance/{}", config.instance_id),
+            access_key_id: key("ASIA"),
+            secret_access_key: random_string::<40>(SECRET_CHARS),
+            session_token: Some(format!("IQoJb3JpZ2luX2VjE{}", random_string::<64>(SECRET_CHARS))),
+            policies: vec![serde_json::to_string_pretty(&instance_policy).expect("JSON")],
+        },
+    ]
 }
 
 impl DevConfig {
@@ -77,6 +197,8 @@ impl DevConfig {
             region: "us-east-1".into(),
             account_id: "111122223333".into(),
             instance_id: format!("i-0{}", &hex::encode(random::<9>())[..16]),
+            kms_http: default_kms_http(),
+            kms_https: default_kms_https(),
         }
     }
 }
@@ -189,7 +311,81 @@ impl DevDir {
             write_atomic(&self.file("config.toml"), text.as_bytes(), 0o644)?;
             report.created.push("config.toml");
         }
+        let config = self.config()?;
+        if self.file("principals.toml").exists() {
+            self.principals()?;
+            report.kept.push("principals.toml");
+        } else {
+            let file = PrincipalsFile { principals: fresh_principals(&config) };
+            let text = format!(
+                "# Principals of the development account {}: the local KMS accepts these access keys.\n\
+                 # `policies` are identity (IAM) policies; a key policy that names the account root delegates to them.\n{}",
+                config.account_id,
+                Zeroizing::new(toml::to_string(&file).expect("principals serialise")).as_str()
+            );
+            write_atomic(&self.file("principals.toml"), Zeroizing::new(text).as_bytes(), 0o600)?;
+            report.created.push("principals.toml (root, admin, instance)");
+        }
+        fs::create_dir_all(self.file("aws")).map_err(io_error(&self.file("aws")))?;
+        if self.file("aws/credentials").exists() && self.file("aws/config").exists() {
+            report.kept.push("aws/credentials, aws/config");
+        } else {
+            let (credentials, aws_config) = aws_files(&self.principals()?, &config);
+            write_atomic(&self.file("aws/credentials"), credentials.as_bytes(), 0o600)?;
+            write_atomic(&self.file("aws/config"), aws_config.as_bytes(), 0o644)?;
+            report.created.push("aws/credentials, aws/config (profiles root, admin, instance)");
+        }
+        let tls_ca_exists = self.file("tls-ca.pem").exists() && self.file("tls-ca.key").exists();
+        let tls_ca = if tls_ca_exists {
+            report.kept.push("tls-ca.pem, tls-ca.key");
+            self.load_ca("tls-ca")?
+        } else {
+            let ca = pki::generate_tls_ca(now).map_err(|source| DevError::Pki { path: self.file("tls-ca.pem"), source })?;
+            self.write_ca("tls-ca", &ca)?;
+            report.created.push("tls-ca.pem, tls-ca.key (development TLS CA)");
+            ca
+        };
+        if tls_ca_exists && self.file("kms-tls.pem").exists() && self.file("kms-tls.key").exists() {
+            report.kept.push("kms-tls.pem, kms-tls.key");
+        } else {
+            let server = pki::generate_tls_server(&tls_ca, &["localhost", "127.0.0.1", "::1"], now)
+                .map_err(|source| DevError::Pki { path: self.file("kms-tls.pem"), source })?;
+            self.write_ca("kms-tls", &server)?;
+            report.created.push("kms-tls.pem, kms-tls.key (local KMS HTTPS certificate)");
+        }
         Ok(report)
+    }
+
+    /// The account's principals from `principals.toml` (which must be 0600).
+    pub fn principals(&self) -> Result<Vec<DevPrincipal>, DevError> {
+        let path = self.file("principals.toml");
+        let text = Zeroizing::new(self.read("principals.toml")?);
+        let mode = fs::metadata(&path).map_err(io_error(&path))?.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(DevError::KeyPermissions { path, mode: mode & 0o777 });
+        }
+        let file: PrincipalsFile = toml::from_str(&text).map_err(|source| DevError::Config { path, source })?;
+        Ok(file.principals)
+    }
+
+    /// The AWS shared credentials file with a profile per principal.
+    pub fn aws_credentials_path(&self) -> PathBuf {
+        self.file("aws/credentials")
+    }
+
+    /// The AWS config file (region and local KMS endpoint per profile).
+    pub fn aws_config_path(&self) -> PathBuf {
+        self.file("aws/config")
+    }
+
+    /// The development TLS CA certificate (trust it to reach the local KMS over HTTPS).
+    pub fn tls_ca_path(&self) -> PathBuf {
+        self.file("tls-ca.pem")
+    }
+
+    /// The local KMS's TLS certificate and key, PEM.
+    pub fn kms_tls(&self) -> Result<CaMaterial, DevError> {
+        self.load_ca("kms-tls")
     }
 
     fn write_ca(&self, name: &str, ca: &CaMaterial) -> Result<(), DevError> {
@@ -232,6 +428,23 @@ impl DevDir {
         let root = self.root_pem()?;
         DocumentSigner::new(&root, &inter).map_err(|source| DevError::Pki { path: self.file("intermediate.key"), source })
     }
+}
+
+/// The shared credentials and config files for `principals`.
+fn aws_files(principals: &[DevPrincipal], config: &DevConfig) -> (Zeroizing<String>, String) {
+    let mut credentials = Zeroizing::new(String::from(
+        "# Credentials of the nekms development account (they work only against the local KMS).\n",
+    ));
+    let mut aws_config = String::from("# Profiles of the nekms development account. The kms endpoint is the local KMS.\n");
+    for p in principals {
+        credentials.push_str(&format!("\n[{}]\naws_access_key_id = {}\naws_secret_access_key = {}\n", p.name, p.access_key_id, p.secret_access_key));
+        if let Some(t) = &p.session_token {
+            credentials.push_str(&format!("aws_session_token = {t}\n"));
+        }
+        aws_config.push_str(&format!("\n[profile {}]\nregion = {}\nservices = nekms-local\n", p.name, config.region));
+    }
+    aws_config.push_str(&format!("\n[services nekms-local]\nkms =\n  endpoint_url = http://{}\n", config.kms_http));
+    (credentials, aws_config)
 }
 
 /// Write `bytes` to a temporary file with `mode`, sync it, then rename over `path`.

@@ -12,13 +12,37 @@ fn init_creates_the_pki_with_private_files_at_0600() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = DevDir::new(tmp.path().join("dev"));
     let report = dir.init().unwrap();
-    assert_eq!(report.created.len(), 3, "{report}");
-    assert_eq!(mode(&dir.path().join("root.key")), 0o600);
-    assert_eq!(mode(&dir.path().join("intermediate.key")), 0o600);
+    assert_eq!(report.created.len(), 7, "{report}");
+    for private in ["root.key", "intermediate.key", "principals.toml", "aws/credentials", "tls-ca.key", "kms-tls.key"] {
+        assert_eq!(mode(&dir.path().join(private)), 0o600, "{private}");
+    }
     assert_eq!(mode(dir.path()), 0o700);
     assert!(dir.root_cert_path().ends_with("root.pem"));
     let config = dir.config().unwrap();
     assert!(config.instance_id.starts_with("i-0") && config.instance_id.len() == 19, "{}", config.instance_id);
+}
+
+#[test]
+fn init_writes_three_principals_and_matching_aws_profiles() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = DevDir::new(tmp.path());
+    dir.init().unwrap();
+    let principals = dir.principals().unwrap();
+    let names: Vec<&str> = principals.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["root", "admin", "instance"]);
+    assert_eq!(principals[0].arn, "arn:aws:iam::111122223333:root");
+    let instance = &principals[2];
+    assert!(instance.arn.starts_with("arn:aws:sts::111122223333:assumed-role/nekms-instance/i-0"), "{}", instance.arn);
+    assert!(instance.session_token.is_some() && instance.access_key_id.starts_with("ASIA"));
+    assert!(!format!("{instance:?}").contains(&instance.secret_access_key), "Debug must not show the secret");
+    let credentials = std::fs::read_to_string(dir.aws_credentials_path()).unwrap();
+    for p in &principals {
+        assert!(credentials.contains(&format!("[{}]\naws_access_key_id = {}\naws_secret_access_key = {}\n", p.name, p.access_key_id, p.secret_access_key)));
+    }
+    let config = std::fs::read_to_string(dir.aws_config_path()).unwrap();
+    assert!(config.contains("[profile instance]\nregion = us-east-1") && config.contains("endpoint_url = http://127.0.0.1:7700"), "{config}");
+    std::fs::set_permissions(dir.path().join("principals.toml"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(matches!(dir.principals(), Err(DevError::KeyPermissions { .. })));
 }
 
 #[test]

@@ -8,14 +8,30 @@
 //! exists for (only the right enclave image gets the key) is exercised in
 //! every test.
 //!
-//! Built so far: SigV4 verification ([`sigv4`]), the policy engine
-//! ([`policy`]), the ciphertext blob format ([`blob`]), key metadata
-//! ([`model`]) and the SQLite state with key material sealed under a master
-//! key ([`store`]). The HTTP server and the operations follow.
+//! | module | what |
+//! |---|---|
+//! | [`server`] | HTTP(S) front end: bounded bodies, SigV4, dispatch, audit |
+//! | [`service`] | the operations, authorization, key states |
+//! | [`recipient`] | verifying `Recipient` documents, `CiphertextForRecipient` |
+//! | [`policy`] | key and identity policies, condition keys |
+//! | [`sigv4`] | signature verification (and signing, for tools) |
+//! | [`blob`] | the ciphertext blob format |
+//! | [`store`] | SQLite state, material sealed under a master key |
+//! | [`crypto`] | asymmetric keys: generate, sign, verify, ECDH |
+//! | [`audit`] | CloudTrail-shaped JSON lines |
+//! | [`run`] | settings from the development world; `nekms-kms` |
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod blob;
+pub mod crypto;
+pub mod error;
 pub mod model;
 pub mod policy;
-pub mod store;
+pub mod recipient;
+pub mod request;
+pub mod run;
+pub mod server;
+pub mod service;
 pub mod sigv4;
+pub mod store;

@@ -58,7 +58,7 @@ impl KeySpec {
         }
     }
 
-    fn is_rsa(self) -> bool {
+    pub fn is_rsa(self) -> bool {
         matches!(self, KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096)
     }
 
@@ -67,7 +67,7 @@ impl KeySpec {
         match usage {
             KeyUsage::EncryptDecrypt => self == KeySpec::SymmetricDefault,
             KeyUsage::SignVerify => self != KeySpec::SymmetricDefault,
-            KeyUsage::KeyAgreement => !self.is_rsa() && self != KeySpec::SymmetricDefault,
+            KeyUsage::KeyAgreement => matches!(self, KeySpec::EccNistP256 | KeySpec::EccNistP384 | KeySpec::EccNistP521),
         }
     }
 

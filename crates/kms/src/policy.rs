@@ -304,7 +304,7 @@ impl RequestContext {
             resource: resource.to_owned(),
             keys: BTreeMap::new(),
         };
-        ctx.set("aws:PrincipalArn", principal_arn);
+        ctx.set("aws:PrincipalArn", role_of_session(principal_arn).unwrap_or_else(|| principal_arn.to_owned()));
         ctx.set("kms:CallerAccount", account);
         ctx
     }
@@ -369,6 +369,14 @@ impl Condition {
             }
         }
     }
+}
+
+/// `arn:aws:iam::ACCOUNT:role/NAME` for an assumed-role session ARN.
+fn role_of_session(arn: &str) -> Option<String> {
+    let rest = arn.strip_prefix("arn:aws:sts::")?;
+    let (acct, session) = rest.split_once(":assumed-role/")?;
+    let (role, _) = session.split_once('/')?;
+    Some(format!("arn:aws:iam::{acct}:role/{role}"))
 }
 
 fn principal_matches(pattern: &str, ctx: &RequestContext) -> bool {
@@ -471,6 +479,28 @@ enum Who {
     Direct,
     Account,
     Nobody,
+}
+
+/// Evaluate a request that names no key (CreateKey, ListKeys, ListAliases,
+/// GenerateRandom): only identity policies apply, and the account root may
+/// do anything.
+pub fn evaluate_identity(identity: &[Policy], ctx: &RequestContext) -> Decision {
+    let mut allow = false;
+    for p in identity {
+        for s in &p.statements {
+            if s.covers_request(ctx) {
+                match s.effect {
+                    Effect::Deny => return Decision::ExplicitDeny { sid: s.sid.clone(), in_key_policy: false },
+                    Effect::Allow => allow = true,
+                }
+            }
+        }
+    }
+    if allow || ctx.is_account_root() {
+        Decision::Allow
+    } else {
+        Decision::ImplicitDeny
+    }
 }
 
 /// The policy KMS attaches when CreateKey gives none: the account delegates to IAM.

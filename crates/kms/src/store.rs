@@ -262,6 +262,17 @@ impl Store {
         Ok(version)
     }
 
+    /// Remove a key for good (after its deletion date): material, aliases, tags.
+    pub fn delete_key(&self, key_id: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        for table in ["material", "aliases", "tags", "keys"] {
+            tx.execute(&format!("DELETE FROM {table} WHERE key_id = ?1"), [key_id])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     pub fn create_alias(&self, name: &str, key_id: &str, now: f64) -> Result<(), StoreError> {
         match self.conn().execute("INSERT INTO aliases (name, key_id, creation_date) VALUES (?1, ?2, ?3)", params![name, key_id, now]) {
             Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
