@@ -124,7 +124,10 @@ pub fn render(event: &Value) -> String {
     let caller = event["userIdentity"]["arn"].as_str().map(short_arn).unwrap_or_else(|| "(unauthenticated)".into());
     let key = event["resources"].get(0).and_then(|r| r["ARN"].as_str()).map(short_arn).unwrap_or_else(|| "-".into());
     let outcome = match event["errorCode"].as_str() {
-        Some(code) => format!("DENIED {code}: {}", s(&event["errorMessage"])),
+        Some(code @ ("AccessDeniedException" | "UnrecognizedClientException" | "InvalidSignatureException" | "IncompleteSignatureException" | "MissingAuthenticationTokenException" | "ExpiredTokenException")) => {
+            format!("DENIED {code}: {}", s(&event["errorMessage"]))
+        }
+        Some(code) => format!("FAILED {code}: {}", s(&event["errorMessage"])),
         None => "ok".into(),
     };
     let mut line = format!("{}  {:<22} {:<40} {:<44} {}", s(&event["eventTime"]), s(&event["eventName"]), caller, key, outcome);

@@ -1,0 +1,248 @@
+"""The local KMS (nekms-kms, started here as its own process) driven by
+clients nobody on this project wrote: boto3 and the aws CLI, over HTTP and
+HTTPS, with the AWS profiles `nekms dev init` writes. Signatures are checked
+with `cryptography`, and CiphertextForRecipient is opened with OpenSSL
+`cms -decrypt`.
+"""
+
+import base64
+import json
+import os
+import pathlib
+import subprocess
+import time
+
+import boto3
+import botocore.exceptions
+import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+NEKMS = os.environ.get("NEKMS_BIN", str(ROOT / "target" / "debug" / "nekms"))
+NEKMS_KMS = os.environ.get("NEKMS_KMS_BIN", str(ROOT / "target" / "debug" / "nekms-kms"))
+ACCOUNT = "111122223333"
+
+
+class LocalKms:
+    def __init__(self, dev: pathlib.Path):
+        self.dev = dev
+        subprocess.run([NEKMS, "dev", "init", "--dir", str(dev)], check=True, capture_output=True)
+        ready = dev / "ready.json"
+        self.proc = subprocess.Popen(
+            [NEKMS_KMS, "--dir", str(dev), "--http", "127.0.0.1:0", "--https", "127.0.0.1:0",
+             "--exit-after", "900", "--ready-file", str(ready)],
+            stdout=subprocess.DEVNULL)
+        deadline = time.time() + 30
+        while not ready.exists():
+            assert self.proc.poll() is None, "nekms-kms exited"
+            assert time.time() < deadline, "nekms-kms did not become ready"
+            time.sleep(0.02)
+        info = json.loads(ready.read_text())
+        self.http, self.https, self.ca = info["http"], info["https"], info["ca"]
+        self.env = {**os.environ,
+                    "AWS_SHARED_CREDENTIALS_FILE": str(dev / "aws" / "credentials"),
+                    "AWS_CONFIG_FILE": str(dev / "aws" / "config"),
+                    "NEKMS_DEV_DIR": str(dev)}
+        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE"):
+            self.env.pop(k, None)
+
+    def client(self, profile, https=False):
+        """A boto3 client from the profile files alone (no keys passed in code)."""
+        old = {k: os.environ.get(k) for k in ("AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE")}
+        os.environ.update({k: self.env[k] for k in old})
+        try:
+            session = boto3.Session(profile_name=profile)
+            if https:
+                return session.client("kms", endpoint_url=self.https, verify=self.ca)
+            return session.client("kms", endpoint_url=self.http)
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    def aws(self, profile, *args, https=True):
+        endpoint = ["--endpoint-url", self.https, "--ca-bundle", self.ca] if https else ["--endpoint-url", self.http]
+        return subprocess.run(["aws", "--profile", profile, *endpoint, "--output", "json", "kms", *args],
+                              env=self.env, capture_output=True, text=True)
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@pytest.fixture(scope="module")
+def kms(tmp_path_factory):
+    k = LocalKms(tmp_path_factory.mktemp("kms") / "dev")
+    yield k
+    k.stop()
+
+
+def error_code(excinfo):
+    return excinfo.value.response["Error"]["Code"]
+
+
+def test_boto3_key_lifecycle_and_symmetric_cryptography(kms):
+    admin = kms.client("admin")
+    key = admin.create_key(Description="boto3", Tags=[{"TagKey": "team", "TagValue": "a"}])["KeyMetadata"]
+    assert key["KeySpec"] == "SYMMETRIC_DEFAULT" and key["KeyState"] == "Enabled"
+    admin.create_alias(AliasName="alias/boto3", TargetKeyId=key["KeyId"])
+    policy = json.loads(admin.get_key_policy(KeyId="alias/boto3", PolicyName="default")["Policy"])
+    assert policy["Statement"][0]["Principal"]["AWS"] == f"arn:aws:iam::{ACCOUNT}:root"
+    policy["Statement"].append({"Sid": "Admins", "Effect": "Allow",
+                                "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:role/nekms-key-admin"},
+                                "Action": "kms:*", "Resource": "*"})
+    admin.put_key_policy(KeyId=key["KeyId"], PolicyName="default", Policy=json.dumps(policy))
+    assert "Admins" in admin.get_key_policy(KeyId=key["Arn"])["Policy"]
+
+    ct = admin.encrypt(KeyId="alias/boto3", Plaintext=b"hello", EncryptionContext={"app": "test"})
+    assert ct["KeyId"] == key["Arn"]
+    pt = admin.decrypt(CiphertextBlob=ct["CiphertextBlob"], EncryptionContext={"app": "test"})
+    assert pt["Plaintext"] == b"hello"
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        admin.decrypt(CiphertextBlob=ct["CiphertextBlob"])
+    assert error_code(e) == "InvalidCiphertextException"
+
+    dk = admin.generate_data_key(KeyId=key["KeyId"], KeySpec="AES_256")
+    assert len(dk["Plaintext"]) == 32
+    assert admin.decrypt(CiphertextBlob=dk["CiphertextBlob"])["Plaintext"] == dk["Plaintext"]
+    pair = admin.generate_data_key_pair(KeyId=key["KeyId"], KeyPairSpec="RSA_2048")
+    private = serialization.load_der_private_key(pair["PrivateKeyPlaintext"], None)
+    public = private.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    assert public == pair["PublicKey"]
+    assert len(admin.generate_random(NumberOfBytes=100)["Plaintext"]) == 100
+
+    # Over HTTPS with the development CA.
+    secure = kms.client("admin", https=True)
+    assert secure.describe_key(KeyId="alias/boto3")["KeyMetadata"]["KeyId"] == key["KeyId"]
+    aliases = [a["AliasName"] for a in secure.list_aliases()["Aliases"]]
+    assert "alias/boto3" in aliases
+
+
+def test_boto3_signatures_verify_with_cryptography(kms):
+    admin = kms.client("admin")
+    for spec, alg, curve_hash in [("ECC_NIST_P256", "ECDSA_SHA_256", hashes.SHA256()),
+                                  ("ECC_SECG_P256K1", "ECDSA_SHA_256", hashes.SHA256()),
+                                  ("ECC_NIST_P384", "ECDSA_SHA_384", hashes.SHA384())]:
+        key = admin.create_key(KeyUsage="SIGN_VERIFY", KeySpec=spec)["KeyMetadata"]
+        sig = admin.sign(KeyId=key["KeyId"], Message=b"msg", SigningAlgorithm=alg)["Signature"]
+        public = serialization.load_der_public_key(admin.get_public_key(KeyId=key["KeyId"])["PublicKey"])
+        public.verify(sig, b"msg", ec.ECDSA(curve_hash))
+        assert admin.verify(KeyId=key["KeyId"], Message=b"msg", Signature=sig, SigningAlgorithm=alg)["SignatureValid"]
+    key = admin.create_key(KeyUsage="SIGN_VERIFY", KeySpec="RSA_2048")["KeyMetadata"]
+    from cryptography.hazmat.primitives.asymmetric import padding
+    sig = admin.sign(KeyId=key["KeyId"], Message=b"msg", SigningAlgorithm="RSASSA_PSS_SHA_256")["Signature"]
+    public = serialization.load_der_public_key(admin.get_public_key(KeyId=key["KeyId"])["PublicKey"])
+    public.verify(sig, b"msg", padding.PSS(padding.MGF1(hashes.SHA256()), 32), hashes.SHA256())
+    sig = admin.sign(KeyId=key["KeyId"], Message=b"msg", SigningAlgorithm="RSASSA_PKCS1_V1_5_SHA_512")["Signature"]
+    public.verify(sig, b"msg", padding.PKCS1v15(), hashes.SHA512())
+
+
+def test_aws_cli_with_the_dev_profiles_over_https(kms):
+    r = kms.aws("admin", "create-key", "--description", "cli")
+    assert r.returncode == 0, r.stderr
+    key = json.loads(r.stdout)["KeyMetadata"]
+    r = kms.aws("instance", "generate-random", "--number-of-bytes", "32")
+    assert r.returncode == 0, r.stderr
+    assert len(base64.b64decode(json.loads(r.stdout)["Plaintext"])) == 32
+    r = kms.aws("instance", "encrypt", "--key-id", key["Arn"], "--plaintext", "fileb:///dev/null")
+    assert r.returncode != 0 and "ValidationException" in r.stderr
+    msg = kms.dev / "msg.txt"
+    msg.write_bytes(b"from the cli")
+    r = kms.aws("instance", "encrypt", "--key-id", key["Arn"], "--plaintext", f"fileb://{msg}",
+                "--encryption-context", "k=v")
+    assert r.returncode == 0, r.stderr
+    blob = kms.dev / "blob.bin"
+    blob.write_bytes(base64.b64decode(json.loads(r.stdout)["CiphertextBlob"]))
+    r = kms.aws("instance", "decrypt", "--ciphertext-blob", f"fileb://{blob}", "--encryption-context", "k=v", https=False)
+    assert r.returncode == 0, r.stderr
+    assert base64.b64decode(json.loads(r.stdout)["Plaintext"]) == b"from the cli"
+    # Without the CA bundle, TLS verification fails: the endpoint really is HTTPS with our CA.
+    r = subprocess.run(["aws", "--profile", "admin", "--endpoint-url", kms.https, "kms", "list-keys"],
+                       env=kms.env, capture_output=True, text=True)
+    assert r.returncode != 0 and "SSL" in r.stderr
+
+
+def enclave(kms, name: str, image: bytes):
+    """A simulated enclave: an image, its RSA-2048 key, and a fresh document."""
+    d = kms.dev / name
+    d.mkdir(exist_ok=True)
+    (d / "image").write_bytes(image)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    (d / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                  serialization.NoEncryption()))
+    (d / "spki.der").write_bytes(key.public_key().public_bytes(serialization.Encoding.DER,
+                                                                serialization.PublicFormat.SubjectPublicKeyInfo))
+    pcrs = json.loads(subprocess.run([NEKMS, "pcr", "sim", str(d / "image")], check=True, capture_output=True,
+                                     text=True, env=kms.env).stdout)["Measurements"]
+    return d, pcrs["PCR0"]
+
+
+def document(kms, d):
+    subprocess.run([NEKMS, "attest", "sim", "--image", str(d / "image"), "--public-key", str(d / "spki.der"),
+                    "-o", str(d / "doc.cbor")], check=True, capture_output=True, env=kms.env)
+    return {"KeyEncryptionAlgorithm": "RSAES_OAEP_SHA_256", "AttestationDocument": (d / "doc.cbor").read_bytes()}
+
+
+def openssl_cms_decrypt(d, ciphertext_for_recipient: bytes) -> bytes:
+    (d / "cms.ber").write_bytes(ciphertext_for_recipient)
+    return subprocess.run(["openssl", "cms", "-decrypt", "-inform", "DER", "-in", str(d / "cms.ber"),
+                           "-inkey", str(d / "key.pem")], check=True, capture_output=True).stdout
+
+
+def test_lockout_seed_scenarios_with_boto3_and_simulated_enclaves(kms):
+    good, pcr0 = enclave(kms, "good", b"the image the key policy names")
+    bad, bad_pcr0 = enclave(kms, "bad", b"an image with another PCR0")
+    assert pcr0 != bad_pcr0
+    admin, instance, root = kms.client("admin"), kms.client("instance"), kms.client("root")
+    # kms-lockout-demo.md step 9: decrypt only from the enclave image, no root block,
+    # administrators manage but cannot decrypt.
+    policy = {"Version": "2012-10-17", "Statement": [
+        {"Sid": "Enable decrypt from enclave", "Effect": "Allow",
+         "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:role/nekms-instance"}, "Action": "kms:Decrypt", "Resource": "*",
+         "Condition": {"StringEqualsIgnoreCase": {"kms:RecipientAttestation:ImageSha384": pcr0.upper()}}},
+        {"Sid": "Enable encrypt from instance", "Effect": "Allow",
+         "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:role/nekms-instance"}, "Action": "kms:Encrypt", "Resource": "*"},
+        {"Sid": "Allow access for Key Administrators", "Effect": "Allow",
+         "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:role/nekms-key-admin"},
+         "Action": ["kms:Create*", "kms:Describe*", "kms:Enable*", "kms:List*", "kms:Put*", "kms:Update*",
+                    "kms:Revoke*", "kms:Disable*", "kms:Get*", "kms:Delete*", "kms:TagResource",
+                    "kms:UntagResource", "kms:ScheduleKeyDeletion", "kms:CancelKeyDeletion"], "Resource": "*"}]}
+    key = admin.create_key(Description="lockout", Policy=json.dumps(policy))["KeyMetadata"]["Arn"]
+    blob = instance.encrypt(KeyId=key, Plaintext=b"db password")["CiphertextBlob"]
+
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        root.decrypt(CiphertextBlob=blob)
+    assert error_code(e) == "AccessDeniedException"
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        root.describe_key(KeyId=key)
+    assert error_code(e) == "AccessDeniedException"
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        instance.decrypt(CiphertextBlob=blob)
+    assert error_code(e) == "AccessDeniedException"
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        instance.decrypt(CiphertextBlob=blob, Recipient=document(kms, bad))
+    assert error_code(e) == "AccessDeniedException"
+    out = instance.decrypt(CiphertextBlob=blob, Recipient=document(kms, good))
+    assert "Plaintext" not in out
+    assert openssl_cms_decrypt(good, out["CiphertextForRecipient"]) == b"db password"
+    with pytest.raises(subprocess.CalledProcessError):
+        openssl_cms_decrypt(bad, out["CiphertextForRecipient"])
+
+    # GenerateRandom with a Recipient (kmstool's genrandom) comes back sealed too.
+    r = instance.generate_random(NumberOfBytes=32, Recipient=document(kms, good))
+    assert "Plaintext" not in r and len(openssl_cms_decrypt(good, r["CiphertextForRecipient"])) == 32
+
+    # The audit log names the image of every Recipient request.
+    r = subprocess.run([NEKMS, "dev", "kms", "audit", "--json"], env=kms.env, check=True, capture_output=True, text=True)
+    events = [json.loads(l) for l in r.stdout.splitlines()]
+    decrypts = [e for e in events if e["eventName"] == "Decrypt" and "additionalEventData" in e]
+    digests = {e["additionalEventData"]["recipient"]["attestationDocumentEnclaveImageDigest"] for e in decrypts}
+    assert {pcr0, bad_pcr0} <= digests
+    readable = subprocess.run([NEKMS, "dev", "kms", "audit", "-n", "5"], env=kms.env, check=True, capture_output=True, text=True)
+    assert "GenerateRandom" in readable.stdout and "recipient" in readable.stdout
