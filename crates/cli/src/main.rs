@@ -46,6 +46,9 @@ enum Command {
     /// CMS EnvelopedData (KMS CiphertextForRecipient): inspect and decrypt
     #[command(subcommand)]
     Cms(cmd::cms::Command),
+    /// Measure nekms against a reference measured in the same run
+    #[command(subcommand)]
+    Bench(cmd::bench::Command),
 }
 
 fn main() {
@@ -56,6 +59,7 @@ fn main() {
         Command::Pcr(c) => cmd::pcr::run(c),
         Command::Attest(c) => cmd::attest::run(c),
         Command::Cms(c) => cmd::cms::run(c),
+        Command::Bench(c) => cmd::bench::run(c),
     };
     if let Err(e) = result {
         eprintln!("nekms: {e:#}");

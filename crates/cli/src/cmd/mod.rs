@@ -1,4 +1,5 @@
 pub mod attest;
+pub mod bench;
 pub mod cms;
 pub mod demo;
 pub mod dev;
