@@ -4,6 +4,7 @@
 
 mod cmd;
 mod image;
+mod kms_client;
 
 use std::path::PathBuf;
 

@@ -127,6 +127,11 @@ fn the_demo_runs_and_says_what_it_did() {
         assert!(out.contains(needle), "missing {needle:?} in\n{out}");
     }
     assert!(tmp.path().join("demo-attestation.cbor").exists());
+    // The KMS step: three refusals, then the enclave opens the secret.
+    assert_eq!(out.matches("refused: AccessDeniedException").count(), 3, "{out}");
+    assert!(out.contains("inside the enclave, its RSA key opens it: \"correct horse battery staple\""), "{out}");
+    let audit = std::fs::read_to_string(tmp.path().join("kms/audit.log")).unwrap();
+    assert_eq!(audit.lines().filter(|l| l.contains("\"eventName\":\"Decrypt\"")).count(), 4);
 }
 
 fn openssl(args: &[&str]) {

@@ -3,14 +3,14 @@
 
 use std::net::SocketAddr;
 use std::process::{Child, Command as Process, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use base64::Engine;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use nekms_kms::sigv4::{self, Credential};
+use nekms_kms::sigv4::Credential;
+
+use crate::kms_client::{Conn, Target};
+
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use zeroize::Zeroizing;
@@ -37,57 +37,6 @@ pub struct KmsArgs {
 pub fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Kms(a) => tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(bench_kms(a)),
-    }
-}
-
-/// One target: where it is and how to sign for it.
-#[derive(Clone)]
-struct Target {
-    name: &'static str,
-    addr: SocketAddr,
-    credential: Credential,
-}
-
-/// A keep-alive HTTP/1.1 connection that sends signed KMS requests.
-struct Conn {
-    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-    target: Target,
-}
-
-impl Conn {
-    async fn open(target: &Target) -> anyhow::Result<Conn> {
-        let stream = TcpStream::connect(target.addr).await?;
-        stream.set_nodelay(true)?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-        tokio::spawn(conn);
-        Ok(Conn { sender, target: target.clone() })
-    }
-
-    async fn call(&mut self, op: &str, body: &Value) -> anyhow::Result<Value> {
-        let body = serde_json::to_vec(body)?;
-        let mut headers = vec![
-            ("host".to_owned(), self.target.addr.to_string()),
-            ("content-type".to_owned(), "application/x-amz-json-1.1".to_owned()),
-            ("x-amz-target".to_owned(), format!("TrentService.{op}")),
-        ];
-        sigv4::sign("POST", "/", "", &mut headers, &body, &self.target.credential, "us-east-1", "kms", time::OffsetDateTime::now_utc());
-        let mut req = hyper::Request::post("/");
-        for (n, v) in &headers {
-            req = req.header(n, v);
-        }
-        // Servers that close after each response (moto's HTTP/1.0 server) get a new connection.
-        if self.sender.ready().await.is_err() {
-            *self = Conn::open(&self.target).await?;
-            self.sender.ready().await?;
-        }
-        let resp = self.sender.send_request(req.body(Full::new(Bytes::from(body)))?).await?;
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await?.to_bytes();
-        let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        if !status.is_success() {
-            bail!("{} {op}: HTTP {status}: {v}", self.target.name);
-        }
-        Ok(v)
     }
 }
 
@@ -181,26 +130,8 @@ async fn bench_kms(args: KmsArgs) -> anyhow::Result<()> {
 async fn bench_in(tmp: &std::path::Path, args: &KmsArgs) -> anyhow::Result<()> {
     let dev = nekms_devworld::DevDir::new(tmp.join("dev"));
     dev.init()?;
-    let config = nekms_kms::run::config_from_dev(&dev, false, Duration::from_secs(300)).map_err(anyhow::Error::msg)?;
-    let kms = nekms_kms::service::Kms::open(&tmp.join("kms"), config)?;
-    let server = Arc::new(nekms_kms::server::Server::new(kms, None));
-    let bound = nekms_kms::server::bind(&[nekms_kms::server::Listen::Http("127.0.0.1:0".parse()?)], None).await.map_err(anyhow::Error::msg)?;
-    let url = bound[0].url();
-    let addr: SocketAddr = url.trim_start_matches("http://").parse()?;
-    let serving = tokio::spawn(nekms_kms::server::serve(server, bound.into_iter().next().expect("one listener")));
-
-    let admin = dev.principals()?.into_iter().find(|p| p.name == "admin").ok_or_else(|| anyhow!("no admin principal"))?;
-    let ours = Target {
-        name: "nekms-kms",
-        addr,
-        credential: Credential {
-            access_key_id: admin.access_key_id.clone(),
-            secret_access_key: Zeroizing::new(admin.secret_access_key.clone()),
-            session_token: None,
-            expires: None,
-            principal_arn: admin.arn.clone(),
-        },
-    };
+    let local = crate::kms_client::InProcessKms::start(&dev, &tmp.join("kms"), false).await?;
+    let ours = local.target(&dev, "admin")?;
     // A simulated enclave's document, with a fresh RSA-2048 recipient key.
     let recipient_key = nekms_cms::RecipientKey::generate()?;
     let nsm = nekms_nsm::SimulatedNsm::boot(
@@ -264,7 +195,6 @@ async fn bench_in(tmp: &std::path::Path, args: &KmsArgs) -> anyhow::Result<()> {
             );
         }
     }
-    serving.abort();
     drop(moto);
     Ok(())
 }

@@ -1,10 +1,10 @@
 //! `nekms demo`: the main flows end to end on the development world.
 //!
-//! For now: the attestation foundation. It boots a simulated NSM measured
-//! from an enclave image, asks it for an attestation document, verifies the
-//! document against the development root, shows that tampering and the wrong
-//! root are caught, and prints the key-policy conditions that would admit
-//! exactly this image.
+//! It boots a simulated NSM measured from an enclave image, asks it for an
+//! attestation document, verifies the document against the development root,
+//! shows that tampering and the wrong root are caught, prints the key-policy
+//! conditions that admit exactly this image, and then has the local KMS
+//! release a secret to that enclave (and refuse everyone else).
 
 use std::path::PathBuf;
 
@@ -12,6 +12,7 @@ use anyhow::Context;
 use nekms_attestation::{Verifier, VerifyOptions, AWS_NITRO_ROOT_G1_PEM};
 use nekms_nsm::measure::Measurement;
 use nekms_nsm::{AttestationRequest, Nsm, SimConfig, SimulatedNsm};
+
 
 use crate::DirArg;
 
@@ -103,8 +104,75 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         println!("    {line}");
     }
 
+    step(7, "The local KMS releases a secret only to this enclave image");
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(kms_flow(&dir, &nsm, &measurement))?;
+
     println!("\nDone. Look again with:");
     println!("    nekms attest verify {} --root {}", out.display(), dir.root_cert_path().display());
     println!("    nekms pcr sim {}", image.display());
+    println!("    nekms dev kms audit --dir {}", dir.path().display());
+    Ok(())
+}
+
+fn refusal(v: &serde_json::Value) -> String {
+    v["__type"].as_str().unwrap_or("?").to_owned()
+}
+
+async fn kms_flow(dir: &nekms_devworld::DevDir, nsm: &SimulatedNsm, measurement: &Measurement) -> anyhow::Result<()> {
+    use base64::engine::general_purpose::STANDARD as B64;
+    use base64::Engine;
+    use serde_json::json;
+
+    let local = crate::kms_client::InProcessKms::start(dir, &dir.path().join("kms"), true).await?;
+    println!("    local KMS on http://{} (state and audit log in {})", local.addr, dir.path().join("kms").display());
+    let mut admin = crate::kms_client::Conn::open(&local.target(dir, "admin")?).await?;
+    let mut instance = crate::kms_client::Conn::open(&local.target(dir, "instance")?).await?;
+    let mut root = crate::kms_client::Conn::open(&local.target(dir, "root")?).await?;
+    let account = dir.config()?.account_id;
+    let policy = json!({
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Sid": "Decrypt only inside the enclave image", "Effect": "Allow",
+             "Principal": {"AWS": format!("arn:aws:iam::{account}:role/nekms-instance")}, "Action": "kms:Decrypt", "Resource": "*",
+             "Condition": {"StringEqualsIgnoreCase": {"kms:RecipientAttestation:ImageSha384": measurement.pcr0.to_hex()}}},
+            {"Sid": "Encrypt from the instance", "Effect": "Allow",
+             "Principal": {"AWS": format!("arn:aws:iam::{account}:role/nekms-instance")}, "Action": "kms:Encrypt", "Resource": "*"},
+            {"Sid": "Key administrators manage, never decrypt", "Effect": "Allow",
+             "Principal": {"AWS": format!("arn:aws:iam::{account}:role/nekms-key-admin")},
+             "Action": ["kms:Create*", "kms:Describe*", "kms:Enable*", "kms:List*", "kms:Put*", "kms:Update*", "kms:Disable*",
+                        "kms:Get*", "kms:Delete*", "kms:TagResource", "kms:UntagResource", "kms:ScheduleKeyDeletion", "kms:CancelKeyDeletion"],
+             "Resource": "*"}
+        ]
+    });
+    let key = admin.call("CreateKey", &json!({"Description": "nekms demo: decrypt only in the enclave", "Policy": policy.to_string()})).await?;
+    let arn = key["KeyMetadata"]["Arn"].as_str().unwrap_or_default().to_owned();
+    println!("    admin created {arn}");
+    println!("      with a policy that has no root statement: Decrypt only for role/nekms-instance with ImageSha384 = this PCR0");
+    let ct = instance.call("Encrypt", &json!({"KeyId": arn, "Plaintext": B64.encode("correct horse battery staple")})).await?;
+    let blob = ct["CiphertextBlob"].clone();
+    println!("    the instance encrypted a secret: {} bytes of ciphertext", B64.decode(blob.as_str().unwrap_or(""))?.len());
+
+    let (_, v) = instance.call_raw("Decrypt", &json!({"CiphertextBlob": blob})).await?;
+    println!("    instance decrypts without attestation   -> refused: {}", refusal(&v));
+    println!("        ({})", v["message"].as_str().unwrap_or(""));
+    let recipient_key = nekms_cms::RecipientKey::generate()?;
+    let other = SimulatedNsm::boot(SimConfig::new(Measurement::of_image(b"some other enclave image", None)), dir.document_signer()?);
+    let doc = |nsm: &SimulatedNsm| -> anyhow::Result<serde_json::Value> {
+        let d = nsm.attestation(AttestationRequest { public_key: Some(recipient_key.public_key_der()?), ..Default::default() })?;
+        Ok(json!({"KeyEncryptionAlgorithm": "RSAES_OAEP_SHA_256", "AttestationDocument": B64.encode(d)}))
+        // (each request carries a fresh document, as a real enclave does)
+    };
+    let (_, v) = instance.call_raw("Decrypt", &json!({"CiphertextBlob": blob, "Recipient": doc(&other)?})).await?;
+    println!("    an enclave with another image (PCR0)    -> refused: {}", refusal(&v));
+    let (_, v) = root.call_raw("Decrypt", &json!({"CiphertextBlob": blob, "Recipient": doc(nsm)?})).await?;
+    println!("    the account root, even with a document  -> refused: {}", refusal(&v));
+    let (status, v) = instance.call_raw("Decrypt", &json!({"CiphertextBlob": blob, "Recipient": doc(nsm)?})).await?;
+    anyhow::ensure!(status == 200, "the enclave's decrypt failed: {}", refusal(&v));
+    anyhow::ensure!(v.get("Plaintext").is_none(), "KMS returned plaintext to a Recipient request");
+    let sealed = B64.decode(v["CiphertextForRecipient"].as_str().unwrap_or(""))?;
+    println!("    this enclave image                       -> allowed: {} bytes of CiphertextForRecipient, no Plaintext", sealed.len());
+    let secret = recipient_key.open(&sealed)?;
+    println!("    inside the enclave, its RSA key opens it: {:?}", String::from_utf8_lossy(&secret));
     Ok(())
 }
