@@ -142,12 +142,13 @@ async fn serve_http(server: Arc<Server>, req: Request<Incoming>, peer: String, s
     let path = parts.uri.path().to_owned();
     let query = parts.uri.query().unwrap_or("").to_owned();
     let s = server.clone();
-    let handled = tokio::task::spawn_blocking(move || {
+    // The handler does short SQLite work (and an fsync on writes): run it on
+    // this worker without a thread hand-off, letting tokio move other tasks.
+    let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tokio::task::block_in_place(move || {
         let (status, body, rid) = s.handle(&method, &path, &query, &headers, &body, &peer, secure);
         let kind = (status != 200).then(|| serde_json::from_slice::<serde_json::Value>(&body).ok()).flatten().and_then(|v| v["__type"].as_str().map(str::to_owned));
         (status, body, rid, kind)
-    })
-    .await;
+    })));
     Ok(match handled {
         Ok((status, body, rid, kind)) => response(status, body, &rid, kind.as_deref()),
         Err(_) => {
