@@ -168,6 +168,43 @@ def test_aws_cli_with_the_dev_profiles_over_https(kms):
     assert r.returncode != 0 and "SSL" in r.stderr
 
 
+def test_aws_cli_policies_aliases_data_keys_signatures_and_lockout(kms):
+    def ok(*args, profile="admin"):
+        r = kms.aws(profile, *args)
+        assert r.returncode == 0, (args, r.stderr)
+        return json.loads(r.stdout) if r.stdout.strip() else None
+
+    key = ok("create-key", "--description", "cli policies")["KeyMetadata"]
+    ok("create-alias", "--alias-name", "alias/cli", "--target-key-id", key["KeyId"])
+    policy = json.loads(ok("get-key-policy", "--key-id", "alias/cli", "--policy-name", "default")["Policy"])
+    # Lock the root user out: only the administrators keep the key.
+    policy["Statement"] = [{"Sid": "Admins", "Effect": "Allow",
+                            "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:role/nekms-key-admin"},
+                            "Action": "kms:*", "Resource": "*"}]
+    policy_file = kms.dev / "cli-policy.json"
+    policy_file.write_text(json.dumps(policy))
+    ok("put-key-policy", "--key-id", key["KeyId"], "--policy-name", "default", "--policy", f"file://{policy_file}")
+    assert "Admins" in ok("get-key-policy", "--key-id", key["Arn"], "--policy-name", "default")["Policy"]
+    r = kms.aws("root", "describe-key", "--key-id", "alias/cli")
+    assert r.returncode != 0 and "AccessDeniedException" in r.stderr
+    dk = ok("generate-data-key", "--key-id", "alias/cli", "--key-spec", "AES_256")
+    assert len(base64.b64decode(dk["Plaintext"])) == 32
+
+    signing = ok("create-key", "--key-usage", "SIGN_VERIFY", "--key-spec", "ECC_NIST_P256")["KeyMetadata"]
+    msg = kms.dev / "to-sign.txt"
+    msg.write_bytes(b"sign me")
+    sig = ok("sign", "--key-id", signing["KeyId"], "--message", f"fileb://{msg}", "--signing-algorithm", "ECDSA_SHA_256")
+    sig_file = kms.dev / "sig.bin"
+    sig_file.write_bytes(base64.b64decode(sig["Signature"]))
+    v = ok("verify", "--key-id", signing["KeyId"], "--message", f"fileb://{msg}", "--signature", f"fileb://{sig_file}",
+           "--signing-algorithm", "ECDSA_SHA_256")
+    assert v["SignatureValid"] is True
+    msg.write_bytes(b"sign me!")
+    r = kms.aws("admin", "verify", "--key-id", signing["KeyId"], "--message", f"fileb://{msg}", "--signature",
+                f"fileb://{sig_file}", "--signing-algorithm", "ECDSA_SHA_256")
+    assert r.returncode != 0 and "KMSInvalidSignatureException" in r.stderr
+
+
 def enclave(kms, name: str, image: bytes):
     """A simulated enclave: an image, its RSA-2048 key, and a fresh document."""
     d = kms.dev / name
@@ -231,6 +268,18 @@ def test_lockout_seed_scenarios_with_boto3_and_simulated_enclaves(kms):
     out = instance.decrypt(CiphertextBlob=blob, Recipient=document(kms, good))
     assert "Plaintext" not in out
     assert openssl_cms_decrypt(good, out["CiphertextForRecipient"]) == b"db password"
+    # Same ASN.1 shape as a real KMS response.
+    (good / "ours.ber").write_bytes(out["CiphertextForRecipient"])
+    real = ROOT / "crates" / "cms" / "tests" / "data" / "kms-ciphertext-for-recipient.ber"
+    ours_shape, real_shape = (json.loads(subprocess.run([NEKMS, "cms", "inspect", "--json", str(f)], check=True,
+                                                        capture_output=True, text=True).stdout)
+                              for f in (good / "ours.ber", real))
+    for shape in (ours_shape, real_shape):
+        shape["ski_len"] = len(shape["recipient"].pop("subject_key_identifier")) // 2
+        shape["iv_len"] = len(shape.pop("iv")) // 2
+        for k in ("size", "encrypted_content_len"):
+            shape.pop(k)
+    assert ours_shape == real_shape
     with pytest.raises(subprocess.CalledProcessError):
         openssl_cms_decrypt(bad, out["CiphertextForRecipient"])
 
@@ -246,3 +295,29 @@ def test_lockout_seed_scenarios_with_boto3_and_simulated_enclaves(kms):
     assert {pcr0, bad_pcr0} <= digests
     readable = subprocess.run([NEKMS, "dev", "kms", "audit", "-n", "5"], env=kms.env, check=True, capture_output=True, text=True)
     assert "GenerateRandom" in readable.stdout and "recipient" in readable.stdout
+
+
+def test_kmstool_debug_mode_policy_admits_only_zero_pcrs(kms):
+    """kmstool.md's test policy names PCR0 = 48 zero bytes: an enclave started
+    with --debug-mode. A production-mode document of any image is refused."""
+    d, pcr0 = enclave(kms, "kmstool", b"kmstool enclave image")
+    admin, instance = kms.client("admin"), kms.client("instance")
+    policy = {"Version": "2012-10-17", "Statement": [
+        {"Sid": "Enable decrypt from enclave", "Effect": "Allow",
+         "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:role/nekms-instance"}, "Action": "kms:Decrypt", "Resource": "*",
+         "Condition": {"StringEqualsIgnoreCase": {"kms:RecipientAttestation:ImageSha384": "0" * 96}}},
+        {"Sid": "Enable encrypt from instance", "Effect": "Allow",
+         "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:role/nekms-instance"}, "Action": "kms:Encrypt", "Resource": "*"},
+        {"Sid": "Allow access for Key Administrators", "Effect": "Allow",
+         "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:role/nekms-key-admin"},
+         "Action": ["kms:Create*", "kms:Describe*", "kms:Put*", "kms:Get*"], "Resource": "*"}]}
+    key = admin.create_key(Description="Nitro Enclaves Test Key", Policy=json.dumps(policy))["KeyMetadata"]["Arn"]
+    blob = instance.encrypt(KeyId=key, Plaintext=b"Hello, KMS!")["CiphertextBlob"]
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        instance.decrypt(CiphertextBlob=blob, Recipient=document(kms, d))
+    assert error_code(e) == "AccessDeniedException"
+    subprocess.run([NEKMS, "attest", "sim", "--debug-mode", "--image", str(d / "image"), "--public-key",
+                    str(d / "spki.der"), "-o", str(d / "debug.cbor")], check=True, capture_output=True, env=kms.env)
+    out = instance.decrypt(CiphertextBlob=blob, Recipient={"KeyEncryptionAlgorithm": "RSAES_OAEP_SHA_256",
+                                                           "AttestationDocument": (d / "debug.cbor").read_bytes()})
+    assert openssl_cms_decrypt(d, out["CiphertextForRecipient"]) == b"Hello, KMS!"

@@ -142,3 +142,32 @@ pub fn render(event: &Value) -> String {
 fn short_arn(arn: &str) -> String {
     arn.rsplit_once(':').map(|(_, tail)| tail.to_owned()).unwrap_or_else(|| arn.to_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_have_cloudtrail_fields_and_render_in_one_readable_line() {
+        let mut facts = AuditFacts::default();
+        facts.request_parameters.insert("keyId".into(), "alias/x".into());
+        facts.resources.push("arn:aws:kms:us-east-1:111122223333:key/k1".into());
+        facts.recipient = Some(json!({"attestationDocumentModuleId": "i-0abc-enc0123", "attestationDocumentEnclaveImageDigest": "ab".repeat(48)}));
+        let who = Identity { arn: Some("arn:aws:sts::111122223333:assumed-role/nekms-instance/i-0abc"), account: "111122223333", access_key_id: Some("ASIAX") };
+        let at = time::macros::datetime!(2026-11-23 10:00:00.123 UTC);
+        let e = event(at, "Decrypt", "us-east-1", &who, "127.0.0.1", "test", "rid", &facts, Some(("AccessDeniedException", "no")));
+        assert_eq!(e["eventTime"], "2026-11-23T10:00:00Z");
+        assert_eq!(e["userIdentity"]["type"], "AssumedRole");
+        assert_eq!(e["resources"][0]["ARN"], "arn:aws:kms:us-east-1:111122223333:key/k1");
+        assert_eq!(e["additionalEventData"]["recipient"]["attestationDocumentModuleId"], "i-0abc-enc0123");
+        let line = render(&e);
+        assert!(line.starts_with("2026-11-23T10:00:00Z  Decrypt"), "{line}");
+        assert!(line.contains("assumed-role/nekms-instance/i-0abc") && line.contains("key/k1") && line.contains("DENIED AccessDeniedException"), "{line}");
+        assert!(line.contains("recipient i-0abc-enc0123 image abababababababab"), "{line}");
+        let ok = event(at, "GenerateRandom", "us-east-1", &who, "127.0.0.1", "t", "r", &AuditFacts::default(), None);
+        assert!(ok.get("errorCode").is_none());
+        assert!(render(&ok).ends_with(" ok"));
+        let failed = event(at, "Encrypt", "us-east-1", &who, "1", "t", "r", &AuditFacts::default(), Some(("ValidationException", "too long")));
+        assert!(render(&failed).contains("FAILED ValidationException: too long"));
+    }
+}

@@ -101,7 +101,7 @@ impl Request {
     pub fn opt_blob(&self, name: &str, min: usize, max: usize) -> Result<Option<Zeroizing<Vec<u8>>>, KmsError> {
         let Some(text) = self.opt_str(name)? else { return Ok(None) };
         // Bound the work before decoding: base64 is 4 characters per 3 bytes.
-        if text.len() > (max + 2) / 3 * 4 + 4 {
+        if text.len() > max.div_ceil(3) * 4 + 4 {
             return Err(KmsError::constraint(name, format!("Member must have length less than or equal to {max}")));
         }
         let bytes = Zeroizing::new(B64.decode(text).map_err(|e| KmsError::serialization(format!("{name} is not valid base64: {e}")))?);

@@ -50,6 +50,7 @@ impl Server {
     }
 
     /// Handle one HTTP request (the whole body already read).
+    #[allow(clippy::too_many_arguments)]
     pub fn handle(&self, method: &str, path: &str, query: &str, headers: &[(String, String)], body: &[u8], peer: &str, secure: bool) -> (u16, Vec<u8>, String) {
         let now = OffsetDateTime::now_utc();
         let request_id = uuid();

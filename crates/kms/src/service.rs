@@ -210,6 +210,8 @@ fn denied(caller: &Caller, action: &str, resource: &str, decision: &Decision) ->
     KmsError::new("AccessDeniedException", format!("User: {} is not authorized to perform: {action}{resource} {why}", caller.principal_arn))
 }
 
+type SigningRequest = (StoredKey, SigningAlgorithm, Zeroizing<Vec<u8>>, bool);
+
 const SECRET_MEMBERS: &[&str] = &["Plaintext", "CiphertextBlob", "Message", "Signature", "PublicKey", "Recipient", "Policy"];
 
 impl Call<'_> {
@@ -887,7 +889,8 @@ impl Call<'_> {
 
     // ---- asymmetric keys ----
 
-    fn signing(&mut self, action: &str, op: &str) -> Result<(StoredKey, SigningAlgorithm, Zeroizing<Vec<u8>>, bool), KmsError> {
+    /// Read and authorize a Sign/Verify request: key, algorithm, message, whether it is a digest.
+    fn signing(&mut self, action: &str, op: &str) -> Result<SigningRequest, KmsError> {
         self.req.no_grant_tokens()?;
         let message = self.req.blob("Message", 1, MAX_PLAINTEXT)?;
         let is_digest = match self.req.opt_str("MessageType")? {

@@ -138,6 +138,29 @@ fn sigv4_failures_get_the_error_types_aws_returns() {
 }
 
 #[test]
+fn the_unix_socket_serves_the_same_protocol() {
+    use std::os::unix::net::UnixStream;
+    let kms = LocalKms::start();
+    let body = br#"{"NumberOfBytes": 12}"#;
+    let headers = signed_headers(&kms, "GenerateRandom", body, &credential(&kms, "instance"), OffsetDateTime::now_utc());
+    let mut head = String::from("POST / HTTP/1.1\r\nconnection: close\r\n");
+    for (n, v) in &headers {
+        head.push_str(&format!("{n}: {v}\r\n"));
+    }
+    head.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
+    let mut s = UnixStream::connect(kms.dir.path().join("kms.sock")).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let json: serde_json::Value = serde_json::from_str(out.split_once("\r\n\r\n").unwrap().1).unwrap();
+    let random = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, json["Plaintext"].as_str().unwrap()).unwrap();
+    assert_eq!(random.len(), 12);
+    assert!(kms.audit_lines().iter().any(|l| l["sourceIPAddress"] == "unix"));
+}
+
+#[test]
 fn bad_input_gets_the_right_exception_and_changes_nothing() {
     let kms = LocalKms::start();
     let cases: &[(&str, &str, &str)] = &[

@@ -167,12 +167,23 @@ async fn key_management_and_symmetric_cryptography() {
     let aliases = admin.list_aliases().send().await.unwrap();
     assert_eq!(aliases.aliases().iter().filter_map(|a| a.alias_name()).collect::<Vec<_>>(), ["alias/sdk"]);
 
-    // The state survives a restart.
+    // The state survives a restart ...
     let mut kms = kms;
     kms.restart();
     let admin = kms.client("admin");
     let old = admin.decrypt().ciphertext_blob(blob).encryption_context("purpose", "test").send().await.unwrap();
     assert_eq!(old.plaintext().unwrap().as_ref(), b"attack at dawn");
+    // ... and a SIGKILL right after acknowledged writes loses none of them.
+    let mut acknowledged = Vec::new();
+    for i in 0..5 {
+        let k = admin.create_key().description(format!("crash {i}")).send().await.unwrap();
+        acknowledged.push(k.key_metadata().unwrap().key_id().to_owned());
+    }
+    kms.crash_and_restart();
+    let admin = kms.client("admin");
+    for id in acknowledged {
+        assert!(admin.describe_key().key_id(&id).send().await.is_ok(), "{id} lost in the crash");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -338,4 +349,58 @@ async fn recipient_documents_that_fail_verification_are_refused() {
     // With everything right, the same key decrypts for the enclave.
     let ok = admin.decrypt().ciphertext_blob(ct).recipient(enclave.recipient()).send().await.unwrap();
     assert_eq!(&enclave.key.open(ok.ciphertext_for_recipient().unwrap().as_ref()).unwrap()[..], b"x");
+}
+
+/// two-enclave-attestation-demo.md: enclave 1 makes data keys, enclave 2
+/// decrypts them, each denied the other's operation by a Deny statement
+/// listing ImageSha384/PCR0/PCR1/PCR2 under one StringNotEqualsIgnoreCase.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_enclave_policy_each_image_does_only_its_own_operation() {
+    let kms = LocalKms::start();
+    let dev = kms.dev();
+    // Two images whose PCR0, PCR1 and PCR2 all differ (the seed's Deny
+    // statements AND their keys, so a shared PCR would let the other image
+    // through; tests/policy.rs pins that).
+    let boot = |image: &[u8], kernel: &[u8]| {
+        let mut m = Measurement::of_image(image, None);
+        m.pcr1 = nekms_attestation::Pcr48::ZERO.extended(kernel);
+        let pcrs = [m.pcr0.to_hex(), m.pcr1.to_hex(), m.pcr2.to_hex()];
+        let nsm = SimulatedNsm::boot(SimConfig::new(m), dev.document_signer().unwrap());
+        (Enclave { nsm, key: RecipientKey::generate().unwrap(), pcr0: pcrs[0].clone() }, pcrs)
+    };
+    let (e1, p1) = boot(b"NitroEnclaveDemo-1 image", b"kernel 1");
+    let (e2, p2) = boot(b"NitroEnclaveDemo-2 image", b"kernel 2");
+    let deny = |sid: &str, actions: serde_json::Value, p: &[String; 3]| {
+        serde_json::json!({"Sid": sid, "Effect": "Deny", "Principal": {"AWS": instance_role()}, "Action": actions, "Resource": "*",
+            "Condition": {"StringNotEqualsIgnoreCase": {
+                "kms:RecipientAttestation:ImageSha384": p[0], "kms:RecipientAttestation:PCR0": p[0],
+                "kms:RecipientAttestation:PCR1": p[1], "kms:RecipientAttestation:PCR2": p[2]}}})
+    };
+    let policy = serde_json::json!({"Version": "2012-10-17", "Statement": [
+        {"Sid": "Enable IAM User Permissions", "Effect": "Allow", "Principal": {"AWS": format!("arn:aws:iam::{ACCOUNT}:root")}, "Action": "kms:*", "Resource": "*"},
+        {"Sid": "Role", "Effect": "Allow", "Principal": {"AWS": instance_role()}, "Action": "kms:*", "Resource": "*"},
+        deny("Only Allow NitroEnclaveDemo-1", serde_json::json!(["kms:GenerateRandom", "kms:GenerateDataKey"]), &p1),
+        deny("Only Allow NitroEnclaveDemo-2", serde_json::json!(["kms:Decrypt"]), &p2),
+    ]});
+    let admin = kms.client("admin");
+    let instance = kms.client("instance");
+    let arn = admin.create_key().policy(policy.to_string()).send().await.unwrap().key_metadata().unwrap().arn().unwrap().to_owned();
+
+    // Enclave 1 generates a data key; only it can read the plaintext copy.
+    let dk = instance.generate_data_key().key_id(&arn).key_spec(DataKeySpec::Aes256).recipient(e1.recipient()).send().await.unwrap();
+    let data_key = e1.key.open(dk.ciphertext_for_recipient().unwrap().as_ref()).unwrap();
+    // Enclave 2 decrypts the stored ciphertext of the data key.
+    let blob = dk.ciphertext_blob().unwrap().clone();
+    let out = instance.decrypt().ciphertext_blob(blob.clone()).recipient(e2.recipient()).send().await.unwrap();
+    assert_eq!(e2.key.open(out.ciphertext_for_recipient().unwrap().as_ref()).unwrap(), data_key);
+    // Each is denied the other's operation, explicitly; so is the bare instance role.
+    let e = instance.decrypt().ciphertext_blob(blob.clone()).recipient(e1.recipient()).send().await.unwrap_err();
+    let m = message(&e);
+    assert_eq!(code(e), "AccessDeniedException");
+    assert!(m.contains("with an explicit deny in a resource-based policy"), "{m}");
+    let e = instance.generate_data_key().key_id(&arn).key_spec(DataKeySpec::Aes256).recipient(e2.recipient()).send().await.unwrap_err();
+    assert_eq!(code(e), "AccessDeniedException");
+    let e = instance.generate_data_key().key_id(&arn).key_spec(DataKeySpec::Aes256).send().await.unwrap_err();
+    assert!(message(&e).contains("explicit deny"), "{}", message(&e));
+    let _ = (e1.pcr0, e2.pcr0);
 }

@@ -38,6 +38,16 @@ impl LocalKms {
         self.https = https;
     }
 
+    /// Kill the server with SIGKILL (no clean shutdown), then start it again.
+    pub fn crash_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, http, https) = spawn(self.dir.path());
+        self.child = child;
+        self.http = http;
+        self.https = https;
+    }
+
     /// An AWS SDK client signed as `profile` (root, admin, instance).
     pub fn client(&self, profile: &str) -> aws_sdk_kms::Client {
         let p = self.dev().principals().unwrap().into_iter().find(|p| p.name == profile).unwrap();
@@ -68,6 +78,8 @@ fn spawn(dir: &Path) -> (Child, String, String) {
         .arg(dir)
         .args(["--http", "127.0.0.1:0", "--https", "127.0.0.1:0", "--exit-after", "600", "--ready-file"])
         .arg(&ready)
+        .arg("--unix")
+        .arg(dir.join("kms.sock"))
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
