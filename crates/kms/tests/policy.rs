@@ -177,7 +177,7 @@ fn the_default_policy_delegates_to_identity_policies() {
     assert_eq!(evaluate(&p, &[], &ctx(ROOT, "kms:Decrypt")), Decision::Allow, "root needs no identity policy");
     assert_eq!(evaluate(&p, &[], &ctx(ROLE, "kms:Decrypt")), Decision::ImplicitDeny, "no identity policy");
     let iam = Policy::parse(r#"{"Statement": {"Effect": "Allow", "Action": "kms:*", "Resource": "*"}}"#, false).unwrap();
-    assert_eq!(evaluate(&p, &[iam.clone()], &ctx(ROLE, "kms:Decrypt")), Decision::Allow);
+    assert_eq!(evaluate(&p, std::slice::from_ref(&iam), &ctx(ROLE, "kms:Decrypt")), Decision::Allow);
     let deny = Policy::parse(r#"{"Statement": {"Sid": "NoDecrypt", "Effect": "Deny", "Action": "kms:Decrypt"}}"#, false).unwrap();
     assert_eq!(
         evaluate(&p, &[iam, deny], &ctx(ROLE, "kms:Decrypt")),

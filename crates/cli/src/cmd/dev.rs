@@ -19,7 +19,7 @@ pub enum Command {
         #[command(subcommand)]
         command: Option<KmsCommand>,
         #[command(flatten)]
-        serve: nekms_kms::run::ServeArgs,
+        serve: Box<nekms_kms::run::ServeArgs>,
     },
 }
 
@@ -61,7 +61,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Kms { command: None, serve } => nekms_kms::run::run(serve).map_err(anyhow::Error::msg),
+        Command::Kms { command: None, serve } => nekms_kms::run::run(*serve).map_err(anyhow::Error::msg),
         Command::Kms { command: Some(KmsCommand::Audit { dir, log, follow, json, lines }), .. } => {
             let log = match log {
                 Some(l) => l,

@@ -73,7 +73,7 @@ impl LocalKms {
 fn spawn(dir: &Path) -> (Child, String, String) {
     let ready: PathBuf = dir.join("ready.json");
     let _ = std::fs::remove_file(&ready);
-    let child = Command::new(env!("CARGO_BIN_EXE_nekms-kms"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nekms-kms"))
         .arg("--dir")
         .arg(dir)
         .args(["--http", "127.0.0.1:0", "--https", "127.0.0.1:0", "--exit-after", "600", "--ready-file"])
@@ -90,7 +90,10 @@ fn spawn(dir: &Path) -> (Child, String, String) {
             let v: serde_json::Value = serde_json::from_str(&text).unwrap();
             return (child, v["http"].as_str().unwrap().to_owned(), v["https"].as_str().unwrap().to_owned());
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "nekms-kms did not become ready");
+        if start.elapsed() > Duration::from_secs(30) || matches!(child.try_wait(), Ok(Some(_))) {
+            stop(&mut child);
+            panic!("nekms-kms did not become ready");
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
