@@ -456,15 +456,9 @@ pub fn evaluate(key_policy: &Policy, identity: &[Policy], ctx: &RequestContext) 
     }
     let mut identity_allow = false;
     if delegated || direct_allow {
-        for p in identity {
-            for s in &p.statements {
-                if s.covers_request(ctx) {
-                    match s.effect {
-                        Effect::Deny => return Decision::ExplicitDeny { sid: s.sid.clone(), in_key_policy: false },
-                        Effect::Allow => identity_allow = true,
-                    }
-                }
-            }
+        match identity_statements(identity, ctx) {
+            Err(deny) => return deny,
+            Ok(allow) => identity_allow = allow,
         }
     }
     if direct_allow || (delegated && (identity_allow || ctx.is_account_root())) {
@@ -481,21 +475,28 @@ enum Who {
     Nobody,
 }
 
+/// Whether identity policies allow the request; `Err` with the decision when one denies it.
+fn identity_statements(identity: &[Policy], ctx: &RequestContext) -> Result<bool, Decision> {
+    let mut allow = false;
+    for s in identity.iter().flat_map(|p| &p.statements) {
+        if s.covers_request(ctx) {
+            match s.effect {
+                Effect::Deny => return Err(Decision::ExplicitDeny { sid: s.sid.clone(), in_key_policy: false }),
+                Effect::Allow => allow = true,
+            }
+        }
+    }
+    Ok(allow)
+}
+
 /// Evaluate a request that names no key (CreateKey, ListKeys, ListAliases,
 /// GenerateRandom): only identity policies apply, and the account root may
 /// do anything.
 pub fn evaluate_identity(identity: &[Policy], ctx: &RequestContext) -> Decision {
-    let mut allow = false;
-    for p in identity {
-        for s in &p.statements {
-            if s.covers_request(ctx) {
-                match s.effect {
-                    Effect::Deny => return Decision::ExplicitDeny { sid: s.sid.clone(), in_key_policy: false },
-                    Effect::Allow => allow = true,
-                }
-            }
-        }
-    }
+    let allow = match identity_statements(identity, ctx) {
+        Err(deny) => return deny,
+        Ok(allow) => allow,
+    };
     if allow || ctx.is_account_root() {
         Decision::Allow
     } else {

@@ -320,6 +320,17 @@ impl Call<'_> {
         Ok(r)
     }
 
+    /// The Recipient, refused on operations that return no plaintext.
+    fn recipient_unless(&mut self, without_plaintext: bool, op: &str) -> Result<Option<Recipient>, KmsError> {
+        if without_plaintext {
+            if self.req.has("Recipient") {
+                return Err(KmsError::validation(format!("{op} does not take a Recipient")));
+            }
+            return Ok(None);
+        }
+        self.recipient()
+    }
+
     fn dry_run(&self) -> Result<(), KmsError> {
         if self.req.opt_bool("DryRun")? == Some(true) {
             return Err(KmsError::new("DryRunOperationException", "The request would have succeeded, but the DryRun option is set."));
@@ -793,14 +804,7 @@ impl Call<'_> {
             (None, None) => return Err(KmsError::validation("Please specify either number of bytes or key spec.")),
         };
         let context = self.req.context("EncryptionContext")?;
-        let recipient = if with_plaintext {
-            self.recipient()?
-        } else {
-            if self.req.has("Recipient") {
-                return Err(KmsError::validation("GenerateDataKeyWithoutPlaintext does not take a Recipient"));
-            }
-            None
-        };
+        let recipient = self.recipient_unless(!with_plaintext, "GenerateDataKeyWithoutPlaintext")?;
         let action = if with_plaintext { "kms:GenerateDataKey" } else { "kms:GenerateDataKeyWithoutPlaintext" };
         let keys = Self::context_keys(&context);
         let r = recipient.clone();
@@ -831,14 +835,7 @@ impl Call<'_> {
             KmsError::constraint("KeyPairSpec", format!("Member must satisfy enum value set: [RSA_2048, RSA_3072, RSA_4096, ECC_NIST_P256, ECC_NIST_P384, ECC_NIST_P521, ECC_SECG_P256K1] (got {spec_name:?})"))
         })?;
         let context = self.req.context("EncryptionContext")?;
-        let recipient = if with_plaintext {
-            self.recipient()?
-        } else {
-            if self.req.has("Recipient") {
-                return Err(KmsError::validation("GenerateDataKeyPairWithoutPlaintext does not take a Recipient"));
-            }
-            None
-        };
+        let recipient = self.recipient_unless(!with_plaintext, "GenerateDataKeyPairWithoutPlaintext")?;
         let action = if with_plaintext { "kms:GenerateDataKeyPair" } else { "kms:GenerateDataKeyPairWithoutPlaintext" };
         let keys = Self::context_keys(&context);
         let r = recipient.clone();
