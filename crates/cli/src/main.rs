@@ -47,6 +47,8 @@ enum Command {
     /// CMS EnvelopedData (KMS CiphertextForRecipient): inspect and decrypt
     #[command(subcommand)]
     Cms(cmd::cms::Command),
+    /// Forward the enclave's connections to an allowlisted remote (like vsock-proxy)
+    Proxy(cmd::proxy::Args),
     /// Measure nekms against a reference measured in the same run
     #[command(subcommand)]
     Bench(cmd::bench::Command),
@@ -61,6 +63,7 @@ fn main() {
         Command::Attest(c) => cmd::attest::run(c),
         Command::Cms(c) => cmd::cms::run(c),
         Command::Bench(c) => cmd::bench::run(c),
+        Command::Proxy(a) => cmd::proxy::run(a),
     };
     if let Err(e) = result {
         eprintln!("nekms: {e:#}");

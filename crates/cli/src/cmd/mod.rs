@@ -4,6 +4,7 @@ pub mod cms;
 pub mod demo;
 pub mod dev;
 pub mod pcr;
+pub mod proxy;
 
 /// Parse hex given on the command line, naming the option on error.
 pub fn hex_arg(option: &str, s: &str) -> anyhow::Result<Vec<u8>> {
