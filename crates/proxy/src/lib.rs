@@ -177,8 +177,15 @@ impl Proxy {
             config.remote_port,
             config.max_connections
         ));
+        // Connections live in this set: when the proxy stops (this future is
+        // dropped), every stream it forwards is cut, as when the process dies.
+        let mut streams = tokio::task::JoinSet::new();
         loop {
-            let (stream, peer) = match self.listener.accept().await {
+            let accepted = tokio::select! {
+                a = self.listener.accept() => a,
+                Some(_) = streams.join_next(), if !streams.is_empty() => continue,
+            };
+            let (stream, peer) = match accepted {
                 Ok(x) => x,
                 Err(e) => {
                     log(format_args!("accept failed: {e}"));
@@ -194,7 +201,7 @@ impl Proxy {
             };
             self.stats.accepted.fetch_add(1, Ordering::Relaxed);
             let (config, stats) = (config.clone(), self.stats.clone());
-            tokio::spawn(async move {
+            streams.spawn(async move {
                 let _permit = permit;
                 let mut inbound = stream;
                 let mut outbound = match connect_remote(&config).await {
