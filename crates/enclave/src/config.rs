@@ -1,0 +1,96 @@
+//! The enclave's settings: flags, over a TOML file (`--config`), over defaults.
+
+use std::path::PathBuf;
+
+/// Settings as given: every one optional, so a flag can override the file.
+#[derive(Clone, Debug, Default, serde::Deserialize, clap::Args)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct EnclaveArgs {
+    /// Use the simulated NSM (development); without it /dev/nsm is required
+    #[arg(long)]
+    #[serde(default)]
+    pub sim: bool,
+    /// Simulated NSM: report zero PCRs 0-8, like an enclave run with --debug-mode
+    #[arg(long)]
+    #[serde(default)]
+    pub debug_mode: bool,
+    /// Simulated NSM: the development world whose intermediate signs documents
+    #[arg(long, value_name = "DIR")]
+    pub dev_dir: Option<PathBuf>,
+    /// Simulated NSM: the image to measure for PCR0-2 [default: this executable]
+    #[arg(long, value_name = "FILE")]
+    pub image: Option<PathBuf>,
+    /// Where kmstool's protocol is served [default: vsock://any:3000]
+    #[arg(long, value_name = "ADDR")]
+    pub kmstool: Option<String>,
+    /// The parent's KMS proxy, as the enclave dials it [default: vsock://parent:8000]
+    #[arg(long, value_name = "ADDR")]
+    pub proxy: Option<String>,
+    /// KMS endpoint URL [default: https://kms.REGION.amazonaws.com]; the local KMS is https://localhost:PORT
+    #[arg(long, value_name = "URL")]
+    pub kms_endpoint: Option<String>,
+    /// CA certificates (PEM) for the KMS endpoint [default: the bundled web PKI roots]
+    #[arg(long, value_name = "PEM")]
+    pub kms_ca: Option<PathBuf>,
+    /// Region to use whatever the parent says (kmstool: the enclave's region wins)
+    #[arg(long, value_name = "REGION")]
+    pub region: Option<String>,
+    /// Largest kmstool message in bytes [default: 65536]
+    #[arg(long, value_name = "BYTES")]
+    pub max_message: Option<usize>,
+}
+
+/// Settings in force.
+#[derive(Clone, Debug)]
+pub struct EnclaveConfig {
+    pub sim: bool,
+    pub debug_mode: bool,
+    pub dev_dir: Option<PathBuf>,
+    pub image: Option<PathBuf>,
+    pub kmstool: String,
+    pub proxy: String,
+    pub kms_endpoint: Option<String>,
+    pub kms_ca: Option<PathBuf>,
+    pub region: Option<String>,
+    pub max_message: usize,
+}
+
+impl EnclaveArgs {
+    /// Read a TOML file of the same settings (`kms-endpoint = "..."`).
+    pub fn from_toml(text: &str) -> Result<EnclaveArgs, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// Flags win over the file; defaults fill the rest.
+    pub fn resolve(self, file: EnclaveArgs) -> EnclaveConfig {
+        EnclaveConfig {
+            sim: self.sim || file.sim,
+            debug_mode: self.debug_mode || file.debug_mode,
+            dev_dir: self.dev_dir.or(file.dev_dir),
+            image: self.image.or(file.image),
+            kmstool: self.kmstool.or(file.kmstool).unwrap_or_else(|| "vsock://any:3000".into()),
+            proxy: self.proxy.or(file.proxy).unwrap_or_else(|| "vsock://parent:8000".into()),
+            kms_endpoint: self.kms_endpoint.or(file.kms_endpoint),
+            kms_ca: self.kms_ca.or(file.kms_ca),
+            region: self.region.or(file.region),
+            max_message: self.max_message.or(file.max_message).unwrap_or(64 * 1024),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_and_defaults_fill_the_rest() {
+        let file = EnclaveArgs::from_toml("sim = true\nproxy = \"unix:///run/p.sock\"\nregion = \"eu-west-1\"\n").unwrap();
+        let flags = EnclaveArgs { region: Some("us-west-2".into()), ..Default::default() };
+        let c = flags.resolve(file);
+        assert!(c.sim);
+        assert_eq!(c.proxy, "unix:///run/p.sock");
+        assert_eq!(c.region.as_deref(), Some("us-west-2"));
+        assert_eq!(c.kmstool, "vsock://any:3000");
+        assert!(EnclaveArgs::from_toml("unknown = 1").is_err());
+    }
+}

@@ -1,0 +1,128 @@
+//! kmstool's protocol, exactly: JSON objects separated by a zero byte.
+//!
+//! Commands: `{"Operation": "SetClient", "AwsAccessKeyId", "AwsSecretAccessKey",
+//! "AwsSessionToken"?, "AwsRegion"?}` and `{"Operation": "Decrypt",
+//! "Ciphertext": base64, "EncryptionContext"?: {..}}`. Every command gets one
+//! reply `{"Status": "Ok"|"Error", "Message"?}`; a Decrypt's `Message` is the
+//! plaintext, base64-encoded. The region: the enclave's own setting if it has
+//! one, else the client's `AwsRegion`, else `us-east-1`.
+//!
+//! A message longer than the limit without a separator gets an `Error` reply
+//! and the connection is closed; invalid JSON and unknown operations get an
+//! `Error` reply and the connection stays open. One client's input never
+//! affects another's.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use nekms_kms_client::Credentials;
+use nekms_transport::{Listener, Stream};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use zeroize::Zeroizing;
+
+use crate::Enclave;
+
+fn error(message: impl Into<String>) -> Value {
+    json!({"Status": "Error", "Message": message.into()})
+}
+
+/// Serve kmstool clients on `listener` until the task is dropped.
+pub async fn serve(listener: Listener, enclave: Arc<Enclave>, max_message: usize) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let enclave = enclave.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = connection(stream, &enclave, max_message).await {
+                        eprintln!("nekms-enclave: kmstool client {peer}: {e}");
+                    }
+                });
+            }
+            Err(e) => {
+                eprintln!("nekms-enclave: kmstool accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn reply(stream: &mut Stream, v: &Value) -> std::io::Result<()> {
+    let mut out = serde_json::to_vec(v).expect("JSON");
+    out.push(0);
+    stream.write_all(&out).await
+}
+
+async fn connection(mut stream: Stream, enclave: &Enclave, max_message: usize) -> std::io::Result<()> {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        while let Some(end) = buf.iter().position(|b| *b == 0) {
+            let message: Zeroizing<Vec<u8>> = Zeroizing::new(buf.drain(..=end).take(end).collect());
+            let answer = handle(&message, enclave).await;
+            reply(&mut stream, &answer).await?;
+        }
+        if buf.len() > max_message {
+            reply(&mut stream, &error(format!("message exceeds {max_message} bytes without a zero-byte separator"))).await?;
+            return Ok(());
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// One command -> one reply.
+pub async fn handle(message: &[u8], enclave: &Enclave) -> Value {
+    let v: Value = match serde_json::from_slice(message) {
+        Ok(v @ Value::Object(_)) => v,
+        Ok(_) => return error("the message must be a JSON object"),
+        Err(e) => return error(format!("the message is not valid JSON: {e}")),
+    };
+    let field = |name: &str| v.get(name).and_then(Value::as_str);
+    match field("Operation") {
+        Some("SetClient") => {
+            let (Some(id), Some(secret)) = (field("AwsAccessKeyId"), field("AwsSecretAccessKey")) else {
+                return error("SetClient requires AwsAccessKeyId and AwsSecretAccessKey");
+            };
+            let region = enclave.region.clone().or_else(|| field("AwsRegion").map(str::to_owned)).unwrap_or_else(|| "us-east-1".into());
+            enclave.kms.set_credentials(Credentials {
+                access_key_id: id.to_owned(),
+                secret_access_key: Zeroizing::new(secret.to_owned()),
+                session_token: field("AwsSessionToken").map(|t| Zeroizing::new(t.to_owned())),
+                region,
+                expiration: None,
+            });
+            json!({"Status": "Ok"})
+        }
+        Some("Decrypt") => {
+            let Some(text) = field("Ciphertext") else { return error("Decrypt requires Ciphertext (base64)") };
+            let Ok(ciphertext) = B64.decode(text.trim()) else { return error("Ciphertext is not valid base64") };
+            let mut context = BTreeMap::new();
+            match v.get("EncryptionContext") {
+                None | Some(Value::Null) => {}
+                Some(Value::Object(m)) => {
+                    for (k, val) in m {
+                        match val.as_str() {
+                            Some(s) => {
+                                context.insert(k.clone(), s.to_owned());
+                            }
+                            None => return error(format!("EncryptionContext value of {k:?} must be a string")),
+                        }
+                    }
+                }
+                Some(_) => return error("EncryptionContext must be an object of strings"),
+            }
+            match enclave.kms.decrypt(&ciphertext, &context, None).await {
+                Ok(plaintext) => json!({"Status": "Ok", "Message": B64.encode(&plaintext[..])}),
+                Err(e) => error(e.to_string()),
+            }
+        }
+        Some(other) => error(format!("unknown Operation {other:?}; kmstool knows SetClient and Decrypt")),
+        None => error("the message has no Operation"),
+    }
+}
