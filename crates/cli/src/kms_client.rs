@@ -81,7 +81,7 @@ impl InProcessKms {
         let log = if audit { Some(nekms_kms::audit::AuditLog::open(&data.join("audit.log"))?) } else { None };
         let server = std::sync::Arc::new(nekms_kms::server::Server::new(kms, log));
         let bound = nekms_kms::server::bind(&[nekms_kms::server::Listen::Http("127.0.0.1:0".parse()?)], None).await.map_err(anyhow::Error::msg)?;
-        let addr: SocketAddr = bound[0].url().trim_start_matches("http://").parse()?;
+        let addr = bound[0].tcp_addr().expect("a TCP listener");
         let listener = bound.into_iter().next().expect("one listener");
         let task = tokio::spawn(nekms_kms::server::serve(server, listener));
         Ok(InProcessKms { addr, task })
@@ -93,13 +93,7 @@ impl InProcessKms {
         Ok(Target {
             name,
             addr: self.addr,
-            credential: Credential {
-                access_key_id: p.access_key_id.clone(),
-                secret_access_key: zeroize::Zeroizing::new(p.secret_access_key.clone()),
-                session_token: p.session_token.clone(),
-                expires: None,
-                principal_arn: p.arn.clone(),
-            },
+            credential: Credential::from(&p),
         })
     }
 }

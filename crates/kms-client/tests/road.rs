@@ -85,7 +85,7 @@ async fn world() -> World {
     let tls = dev.kms_tls().unwrap();
     let acceptor = nekms_kms::server::tls_acceptor(&tls.cert_pem, &tls.key_pem).unwrap();
     let bound = nekms_kms::server::bind(&[nekms_kms::server::Listen::Https("127.0.0.1:0".parse().unwrap())], Some(acceptor)).await.unwrap();
-    let port: u16 = bound[0].url().rsplit(':').next().unwrap().parse().unwrap();
+    let port = bound[0].tcp_addr().unwrap().port();
     tokio::spawn(nekms_kms::server::serve(Arc::new(nekms_kms::server::Server::new(kms, None)), bound.into_iter().next().unwrap()));
     let ca = std::fs::read_to_string(dev.tls_ca_path()).unwrap();
     World { dir, port, ca }

@@ -10,7 +10,6 @@ use std::time::Duration;
 use nekms_attestation::pki::pem_certificate_der;
 use nekms_attestation::{Verifier, AWS_NITRO_ROOT_G1_PEM};
 use nekms_devworld::DevDir;
-use zeroize::Zeroizing;
 
 use crate::audit::AuditLog;
 use crate::policy::Policy;
@@ -64,14 +63,7 @@ pub fn config_from_dev(dev: &DevDir, trust_aws_root: bool, max_age: Duration) ->
             .iter()
             .map(|text| Policy::parse(text, false).map_err(|e| format!("principals.toml: identity policy of {}: {e}", p.name)))
             .collect::<Result<Vec<_>, _>>()?;
-        let credential = Credential {
-            access_key_id: p.access_key_id.clone(),
-            secret_access_key: Zeroizing::new(p.secret_access_key.clone()),
-            session_token: p.session_token.clone(),
-            expires: None,
-            principal_arn: p.arn.clone(),
-        };
-        principals.insert(p.access_key_id.clone(), Principal { credential, identity_policies: policies });
+        principals.insert(p.access_key_id.clone(), Principal { credential: Credential::from(&p), identity_policies: policies });
     }
     let mut roots = vec![pem_certificate_der(&dev.root_pem().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?];
     if trust_aws_root {

@@ -35,6 +35,15 @@ pub struct Server {
     sigv4: sigv4::Verifier,
 }
 
+/// The answer to one request.
+pub struct Handled {
+    pub status: u16,
+    pub body: Vec<u8>,
+    pub request_id: String,
+    /// The exception name, for the `x-amzn-ErrorType` header.
+    pub error_type: Option<&'static str>,
+}
+
 /// Where to listen.
 #[derive(Clone, Debug)]
 pub enum Listen {
@@ -51,7 +60,7 @@ impl Server {
 
     /// Handle one HTTP request (the whole body already read).
     #[allow(clippy::too_many_arguments)]
-    pub fn handle(&self, method: &str, path: &str, query: &str, headers: &[(String, String)], body: &[u8], peer: &str, secure: bool) -> (u16, Vec<u8>, String) {
+    pub fn handle(&self, method: &str, path: &str, query: &str, headers: &[(String, String)], body: &[u8], peer: &str, secure: bool) -> Handled {
         let now = OffsetDateTime::now_utc();
         let request_id = uuid();
         let header = |name: &str| headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
@@ -86,8 +95,8 @@ impl Server {
             log.write(&audit::event(now, name, &self.kms.config.region, &who, peer, &user_agent, &request_id, &facts, error));
         }
         match result {
-            Ok(v) => (200, serde_json::to_vec(&v).expect("JSON"), request_id),
-            Err(e) => (e.status(), e.body(), request_id),
+            Ok(v) => Handled { status: 200, body: serde_json::to_vec(&v).expect("JSON"), request_id, error_type: None },
+            Err(e) => Handled { status: e.status(), body: e.body(), request_id, error_type: Some(e.kind) },
         }
     }
 }
@@ -146,12 +155,10 @@ async fn serve_http(server: Arc<Server>, req: Request<Incoming>, peer: String, s
     // The handler does short SQLite work (and an fsync on writes): run it on
     // this worker without a thread hand-off, letting tokio move other tasks.
     let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tokio::task::block_in_place(move || {
-        let (status, body, rid) = s.handle(&method, &path, &query, &headers, &body, &peer, secure);
-        let kind = (status != 200).then(|| serde_json::from_slice::<serde_json::Value>(&body).ok()).flatten().and_then(|v| v["__type"].as_str().map(str::to_owned));
-        (status, body, rid, kind)
+        s.handle(&method, &path, &query, &headers, &body, &peer, secure)
     })));
     Ok(match handled {
-        Ok((status, body, rid, kind)) => response(status, body, &rid, kind.as_deref()),
+        Ok(h) => response(h.status, h.body, &h.request_id, h.error_type),
         Err(_) => {
             let e = KmsError::internal("the request handler failed");
             response(e.status(), e.body(), &uuid(), Some(e.kind))
@@ -195,6 +202,14 @@ pub enum Bound {
 }
 
 impl Bound {
+    /// The TCP address actually bound (port 0 resolved).
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Bound::Tcp(l, _) => l.local_addr().ok(),
+            Bound::Unix(..) => None,
+        }
+    }
+
     /// The URL clients use.
     pub fn url(&self) -> String {
         match self {

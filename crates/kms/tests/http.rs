@@ -24,14 +24,7 @@ impl Reply {
 }
 
 fn credential(kms: &LocalKms, profile: &str) -> Credential {
-    let p = kms.dev().principals().unwrap().into_iter().find(|p| p.name == profile).unwrap();
-    Credential {
-        access_key_id: p.access_key_id.clone(),
-        secret_access_key: Zeroizing::new(p.secret_access_key.clone()),
-        session_token: p.session_token.clone(),
-        expires: None,
-        principal_arn: p.arn.clone(),
-    }
+    Credential::from(&kms.dev().principals().unwrap().into_iter().find(|p| p.name == profile).unwrap())
 }
 
 fn addr(kms: &LocalKms) -> String {

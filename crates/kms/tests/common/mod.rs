@@ -32,6 +32,10 @@ impl LocalKms {
     /// Stop and start again on the same state (new ports).
     pub fn restart(&mut self) {
         stop(&mut self.child);
+        self.respawn();
+    }
+
+    fn respawn(&mut self) {
         let (child, http, https) = spawn(self.dir.path());
         self.child = child;
         self.http = http;
@@ -42,10 +46,7 @@ impl LocalKms {
     pub fn crash_and_restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let (child, http, https) = spawn(self.dir.path());
-        self.child = child;
-        self.http = http;
-        self.https = https;
+        self.respawn();
     }
 
     /// An AWS SDK client signed as `profile` (root, admin, instance).
