@@ -1,0 +1,25 @@
+//! nekms's native RPC between the parent and the enclave.
+//!
+//! Length-prefixed CBOR frames ([`nekms_transport::FrameCodec`], 1 MiB by
+//! default) over any [`nekms_transport::Address`]. The client opens with a
+//! `Hello` naming the protocol versions it speaks and the server answers with
+//! the one it chose, or with a `Goodbye` saying why not. After that the client
+//! sends calls tagged with ids, as many as it likes without waiting; the server
+//! runs up to `max_in_flight` of them at once per connection and replies as
+//! each finishes. See [`protocol`] for the messages.
+//!
+//! Secrets (credentials going in, plaintext coming out) travel as
+//! [`protocol::Secret`] and [`protocol::SecretString`]: redacted in `Debug`,
+//! wiped on drop, and the frames that carried them are wiped after use.
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod protocol;
+pub mod server;
+mod wire;
+
+pub use client::{Client, ClientError};
+pub use protocol::{
+    CredentialsInfo, CredentialsUpdate, Description, ErrorCode, NsmInfo, PcrInfo, Request, Response, RpcError, Secret, SecretString,
+};
+pub use server::{serve, serve_connection, Handler, ServerOptions};

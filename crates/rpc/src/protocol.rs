@@ -1,0 +1,416 @@
+//! The messages, and how they are written on the wire.
+//!
+//! Every frame is a 4-byte big-endian length and a CBOR body
+//! ([`nekms_transport::FrameCodec`]). The client speaks first:
+//!
+//! ```text
+//! client: Hello { protocol: "nekms-rpc", versions: [1], agent }
+//! server: Welcome { version: 1, agent, max_frame, max_in_flight }   (or Goodbye { message }, then close)
+//! client: Call { id, request }   ... any number, without waiting
+//! server: Reply { id, outcome }  ... in the order they finish
+//! ```
+//!
+//! A call whose request the server does not understand (an unknown operation
+//! from a newer client, a field of the wrong type) gets an error reply with
+//! the same id and the connection stays up. A frame that is not a `Call` at
+//! all, or that exceeds the maximum, gets `Goodbye` and the connection closes.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+/// The name both sides put in the handshake.
+pub const PROTOCOL: &str = "nekms-rpc";
+/// Protocol versions this build speaks, oldest first.
+pub const VERSIONS: &[u16] = &[1];
+
+/// Bytes that must not linger: zeroized on drop, never shown by `Debug`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(Zeroizing<Vec<u8>>);
+
+impl Secret {
+    pub fn new(bytes: Vec<u8>) -> Secret {
+        Secret(Zeroizing::new(bytes))
+    }
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+    pub fn into_zeroizing(self) -> Zeroizing<Vec<u8>> {
+        self.0
+    }
+}
+
+impl From<Zeroizing<Vec<u8>>> for Secret {
+    fn from(z: Zeroizing<Vec<u8>>) -> Secret {
+        Secret(z)
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret({} bytes, redacted)", self.0.len())
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
+        let buf = serde_bytes::ByteBuf::deserialize(d)?;
+        Ok(Secret::new(buf.into_vec()))
+    }
+}
+
+/// A secret string (a secret access key, a session token).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretString(pub Zeroizing<String>);
+
+impl Serialize for SecretString {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretString {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {
+        Ok(SecretString(Zeroizing::new(String::deserialize(d)?)))
+    }
+}
+
+impl SecretString {
+    pub fn new(s: impl Into<String>) -> SecretString {
+        SecretString(Zeroizing::new(s.into()))
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretString(redacted)")
+    }
+}
+
+/// What the client sends first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol: String,
+    pub versions: Vec<u16>,
+    /// The client's name and version, for the server's log.
+    pub agent: String,
+}
+
+/// Every frame the client sends.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ClientFrame {
+    Hello(Hello),
+    /// `request` is kept as a CBOR value until the server interprets it, so a
+    /// request it cannot read costs that call only, not the connection.
+    Call { id: u64, request: ciborium::Value },
+}
+
+/// Every frame the server sends.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ServerFrame {
+    Welcome { version: u16, agent: String, max_frame: u32, max_in_flight: u32 },
+    Reply { id: u64, outcome: Result<Response, RpcError> },
+    /// The server is closing the connection, and why.
+    Goodbye { message: String },
+}
+
+/// The calls.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// Versions, the NSM, the PCRs, whether simulated, what the enclave is connected to.
+    Describe,
+    /// An attestation document with these fields (each at most the NSM's limit).
+    Attest {
+        #[serde(default, with = "serde_bytes")]
+        nonce: Option<Vec<u8>>,
+        #[serde(default, with = "serde_bytes")]
+        user_data: Option<Vec<u8>>,
+        #[serde(default, with = "serde_bytes")]
+        public_key: Option<Vec<u8>>,
+    },
+    /// Replace the enclave's AWS credentials.
+    SetCredentials(CredentialsUpdate),
+    /// KMS Decrypt with a Recipient; the plaintext comes back to the caller.
+    Decrypt {
+        #[serde(with = "serde_bytes")]
+        ciphertext: Vec<u8>,
+        #[serde(default)]
+        encryption_context: BTreeMap<String, String>,
+        #[serde(default)]
+        key_id: Option<String>,
+    },
+    /// KMS GenerateDataKey with a Recipient: `key_spec` (`AES_256`, `AES_128`) or `number_of_bytes`.
+    GenerateDataKey {
+        key_id: String,
+        #[serde(default)]
+        key_spec: Option<String>,
+        #[serde(default)]
+        number_of_bytes: Option<u32>,
+        #[serde(default)]
+        encryption_context: BTreeMap<String, String>,
+    },
+    /// KMS GenerateRandom with a Recipient.
+    GenerateRandom { length: u32 },
+}
+
+impl Request {
+    /// The operation's name, for logs and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Describe => "Describe",
+            Request::Attest { .. } => "Attest",
+            Request::SetCredentials(_) => "SetCredentials",
+            Request::Decrypt { .. } => "Decrypt",
+            Request::GenerateDataKey { .. } => "GenerateDataKey",
+            Request::GenerateRandom { .. } => "GenerateRandom",
+        }
+    }
+}
+
+/// AWS credentials pushed by the parent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CredentialsUpdate {
+    pub access_key_id: String,
+    pub secret_access_key: SecretString,
+    #[serde(default)]
+    pub session_token: Option<SecretString>,
+    /// The KMS region; the enclave's own setting wins, then this, then us-east-1.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Expiry, seconds since the Unix epoch.
+    #[serde(default)]
+    pub expiration: Option<u64>,
+}
+
+/// The answers, one per request kind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    Described(Description),
+    Attested {
+        #[serde(with = "serde_bytes")]
+        document: Vec<u8>,
+    },
+    CredentialsSet(CredentialsInfo),
+    Decrypted { plaintext: Secret },
+    DataKey {
+        key_id: String,
+        #[serde(with = "serde_bytes")]
+        ciphertext_blob: Vec<u8>,
+        plaintext: Secret,
+    },
+    Random { bytes: Secret },
+}
+
+/// What the enclave says about itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Description {
+    pub protocol_version: u16,
+    /// `nekms-enclave 0.1.0`.
+    pub agent: String,
+    pub simulated: bool,
+    pub nsm: NsmInfo,
+    /// PCRs 0-4 and 8, the ones KMS policies can name.
+    pub pcrs: Vec<PcrInfo>,
+    /// What the enclave uses to reach KMS.
+    pub kms_endpoint: String,
+    pub proxy: String,
+    /// The region the enclave insists on, if any.
+    pub region: Option<String>,
+    /// Where kmstool's protocol is served.
+    pub kmstool: Option<String>,
+    pub credentials: Option<CredentialsInfo>,
+    /// SHA-256 of the recipient public key (SPKI DER) KMS seals answers to.
+    #[serde(with = "serde_bytes")]
+    pub recipient_key_sha256: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NsmInfo {
+    pub module_id: String,
+    pub version: String,
+    pub max_pcrs: u16,
+    pub locked_pcrs: Vec<u16>,
+    pub digest: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PcrInfo {
+    pub index: u16,
+    pub locked: bool,
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
+}
+
+/// The credentials in force, without the secret.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CredentialsInfo {
+    pub access_key_id: String,
+    pub region: String,
+    pub temporary: bool,
+    /// Seconds since the Unix epoch.
+    pub expiration: Option<u64>,
+}
+
+/// Why a call failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The request is malformed or names an operation this enclave lacks.
+    BadRequest,
+    /// The enclave has no credentials yet.
+    NoCredentials,
+    /// The credentials expired.
+    CredentialsExpired,
+    /// KMS answered with an exception (`kms_code` names it).
+    Kms,
+    /// KMS, the proxy or the network is unreachable; retrying may help.
+    Unavailable,
+    /// The NSM could not produce a document.
+    Attestation,
+    /// Anything else inside the enclave.
+    Internal,
+}
+
+/// An error reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct RpcError {
+    pub code: ErrorCode,
+    /// The KMS exception name (`AccessDeniedException`), when `code` is `Kms`.
+    #[serde(default)]
+    pub kms_code: Option<String>,
+    pub message: String,
+}
+
+impl RpcError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> RpcError {
+        RpcError { code, kms_code: None, message: message.into() }
+    }
+    pub fn bad_request(message: impl Into<String>) -> RpcError {
+        RpcError::new(ErrorCode::BadRequest, message)
+    }
+}
+
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("undecodable frame: {0}")]
+pub struct DecodeError(String);
+
+/// CBOR for one frame body.
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    ciborium::into_writer(value, &mut out).expect("serializing to a Vec cannot fail");
+    out
+}
+
+/// Read one frame body; trailing bytes are an error.
+pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let mut reader = bytes;
+    let value = ciborium::de::from_reader_with_recursion_limit(&mut reader, 64).map_err(|e| DecodeError(e.to_string()))?;
+    if !reader.is_empty() {
+        return Err(DecodeError(format!("{} bytes after the CBOR item", reader.len())));
+    }
+    Ok(value)
+}
+
+/// Interpret a call's request value.
+pub fn request_from_value(value: ciborium::Value) -> Result<Request, RpcError> {
+    value.deserialized().map_err(|e| RpcError::bad_request(format!("unknown or malformed request: {e}")))
+}
+
+/// A request as the value a `Call` carries.
+pub fn request_to_value(request: &Request) -> ciborium::Value {
+    ciborium::Value::serialized(request).expect("every request serializes")
+}
+
+/// The highest version both sides speak.
+pub fn negotiate(offered: &[u16]) -> Option<u16> {
+    VERSIONS.iter().rev().copied().find(|v| offered.contains(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_request_survives_the_round_trip() {
+        let requests = vec![
+            Request::Describe,
+            Request::Attest { nonce: Some(vec![1, 2]), user_data: None, public_key: Some(vec![3; 300]) },
+            Request::SetCredentials(CredentialsUpdate {
+                access_key_id: "ASIAEXAMPLE".into(),
+                secret_access_key: SecretString::new("s3cr3t"),
+                session_token: Some(SecretString::new("tok")),
+                region: Some("eu-west-1".into()),
+                expiration: Some(1_900_000_000),
+            }),
+            Request::Decrypt { ciphertext: vec![9; 100], encryption_context: [("a".to_string(), "b".to_string())].into(), key_id: None },
+            Request::GenerateDataKey { key_id: "alias/x".into(), key_spec: Some("AES_256".into()), number_of_bytes: None, encryption_context: BTreeMap::new() },
+            Request::GenerateRandom { length: 32 },
+        ];
+        for (id, r) in requests.into_iter().enumerate() {
+            let frame = encode(&ClientFrame::Call { id: id as u64, request: request_to_value(&r) });
+            let ClientFrame::Call { id: back, request } = decode::<ClientFrame>(&frame).unwrap() else { panic!("not a call") };
+            assert_eq!(back, id as u64);
+            assert_eq!(request_from_value(request).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn bytes_travel_as_cbor_byte_strings_not_arrays() {
+        let frame = encode(&Request::GenerateRandom { length: 1 });
+        assert!(frame.len() < 32);
+        let r = Response::Random { bytes: Secret::new(vec![0xAB; 1000]) };
+        assert!(encode(&r).len() < 1030, "{}", encode(&r).len());
+    }
+
+    #[test]
+    fn an_unknown_operation_is_a_bad_request_not_a_broken_frame() {
+        let value = ciborium::Value::Map(vec![(ciborium::Value::Text("Frobnicate".into()), ciborium::Value::Integer(1.into()))]);
+        let frame = encode(&ClientFrame::Call { id: 7, request: value });
+        let ClientFrame::Call { id, request } = decode::<ClientFrame>(&frame).unwrap() else { panic!() };
+        assert_eq!(id, 7);
+        let e = request_from_value(request).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        assert!(e.message.contains("Frobnicate"), "{}", e.message);
+    }
+
+    #[test]
+    fn trailing_bytes_and_deep_nesting_are_refused() {
+        let mut frame = encode(&ClientFrame::Hello(Hello { protocol: PROTOCOL.into(), versions: vec![1], agent: "t".into() }));
+        frame.push(0);
+        assert!(decode::<ClientFrame>(&frame).is_err());
+        let deep = vec![0x81u8; 100_000];
+        assert!(decode::<ClientFrame>(&deep).is_err());
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug() {
+        let u = CredentialsUpdate {
+            access_key_id: "AKIA".into(),
+            secret_access_key: SecretString::new("wJalrXUtnFEMI"),
+            session_token: Some(SecretString::new("FwoGZXIvYXdz")),
+            region: None,
+            expiration: None,
+        };
+        let shown = format!("{u:?} {:?}", Response::Decrypted { plaintext: Secret::new(b"Hello, KMS!".to_vec()) });
+        assert!(!shown.contains("wJalr") && !shown.contains("FwoG") && !shown.contains("Hello"), "{shown}");
+    }
+
+    #[test]
+    fn negotiation_picks_the_highest_common_version() {
+        assert_eq!(negotiate(&[1, 2, 3]), Some(1));
+        assert_eq!(negotiate(&[2]), None);
+        assert_eq!(negotiate(&[]), None);
+    }
+}

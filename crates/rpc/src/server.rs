@@ -1,0 +1,212 @@
+//! Serving the RPC: one task per connection, one task per call.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use nekms_transport::{FrameCodec, FrameError, Listener, Stream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::codec::FramedRead;
+use zeroize::Zeroize;
+
+use crate::protocol::{self, ClientFrame, ErrorCode, Request, Response, RpcError, ServerFrame, PROTOCOL, VERSIONS};
+use crate::wire::{write_frames, Outgoing};
+
+/// What answers the calls.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, request: Request) -> impl Future<Output = Result<Response, RpcError>> + Send;
+}
+
+/// Limits and names for a server.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// `nekms-enclave 0.1.0`, sent in `Welcome`.
+    pub agent: String,
+    /// Largest frame accepted or sent.
+    pub max_frame: usize,
+    /// Calls one connection may have in flight; past it the server stops reading until one finishes.
+    pub max_in_flight: usize,
+    /// How long a new connection has to say Hello.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            agent: format!("nekms-rpc {}", env!("CARGO_PKG_VERSION")),
+            max_frame: 1 << 20,
+            max_in_flight: 64,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Serve every connection on `listener` until the task is dropped.
+pub async fn serve<H: Handler>(listener: Listener, handler: Arc<H>, options: ServerOptions) {
+    let options = Arc::new(options);
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let (handler, options) = (handler.clone(), options.clone());
+                    connections.spawn(async move {
+                        if let Err(e) = serve_connection(stream, handler, options).await {
+                            eprintln!("nekms-rpc: connection from {peer}: {e}");
+                        }
+                    });
+                }
+                Err(e) => {
+                    eprintln!("nekms-rpc: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = connections.join_next() => {}
+        }
+    }
+}
+
+/// Why a connection ended other than by the client closing it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    #[error("no Hello within {0:?}")]
+    HandshakeTimeout(Duration),
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("{0}")]
+    Frame(#[from] FrameError),
+}
+
+fn zeroized_after<T>(mut frame: Bytes, read: impl FnOnce(&[u8]) -> T) -> T {
+    let out = read(&frame);
+    // The frame is the only owner of its bytes (split from the read buffer), so they can be wiped.
+    match frame.try_into_mut() {
+        Ok(mut owned) => owned.zeroize(),
+        Err(shared) => frame = shared,
+    }
+    let _ = frame;
+    out
+}
+
+/// Encodes frames for the writer task, turning a reply too large to send into an error reply.
+#[derive(Clone)]
+struct Sender {
+    tx: mpsc::Sender<Outgoing>,
+    max_frame: usize,
+}
+
+impl Sender {
+    async fn send(&self, frame: ServerFrame) -> Result<(), ()> {
+        let mut body = Outgoing::new(protocol::encode(&frame));
+        if body.len() > self.max_frame {
+            if let ServerFrame::Reply { id, .. } = frame {
+                let e = RpcError::new(ErrorCode::Internal, format!("the reply ({} bytes) exceeds the frame limit of {} bytes", body.len(), self.max_frame));
+                body = Outgoing::new(protocol::encode(&ServerFrame::Reply { id, outcome: Err(e) }));
+            }
+        }
+        self.tx.send(body).await.map_err(|_| ())
+    }
+}
+
+/// Run the protocol on one accepted stream.
+pub async fn serve_connection<H: Handler>(stream: Stream, handler: Arc<H>, options: Arc<ServerOptions>) -> Result<(), ConnectionError> {
+    let (read, write) = tokio::io::split(stream);
+    let mut frames = FramedRead::new(read, FrameCodec::new(options.max_frame));
+    let (tx, rx) = mpsc::channel::<Outgoing>(options.max_in_flight.max(1) * 2);
+    let writer = tokio::spawn(write_frames(write, rx));
+    let max_frame = options.max_frame;
+    let tx = Sender { tx, max_frame };
+
+    let result = async {
+        let first = tokio::time::timeout(options.handshake_timeout, frames.next())
+            .await
+            .map_err(|_| ConnectionError::HandshakeTimeout(options.handshake_timeout))?;
+        let hello = match first {
+            None => return Ok(()),
+            Some(frame) => zeroized_after(frame?, protocol::decode::<ClientFrame>),
+        };
+        let version = match hello {
+            Ok(ClientFrame::Hello(h)) if h.protocol == PROTOCOL => protocol::negotiate(&h.versions)
+                .ok_or_else(|| format!("no common protocol version: the server speaks {VERSIONS:?}, the client offered {:?}", h.versions)),
+            Ok(ClientFrame::Hello(h)) => Err(format!("the client speaks {:?}, not {PROTOCOL}", h.protocol)),
+            Ok(ClientFrame::Call { .. }) => Err("the first frame must be Hello".to_string()),
+            Err(e) => Err(format!("the first frame must be Hello: {e}")),
+        };
+        let version = match version {
+            Ok(v) => v,
+            Err(message) => {
+                let _ = tx.send(ServerFrame::Goodbye { message: message.clone() }).await;
+                return Err(ConnectionError::Refused(message));
+            }
+        };
+        let welcome = ServerFrame::Welcome {
+            version,
+            agent: options.agent.clone(),
+            max_frame: options.max_frame as u32,
+            max_in_flight: options.max_in_flight as u32,
+        };
+        if tx.send(welcome).await.is_err() {
+            return Ok(());
+        }
+
+        let slots = Arc::new(Semaphore::new(options.max_in_flight.max(1)));
+        let in_flight: Arc<Mutex<HashSet<u64>>> = Arc::default();
+        let mut calls = JoinSet::new();
+        let outcome = loop {
+            let permit = slots.clone().acquire_owned().await.expect("the semaphore is never closed");
+            let frame = loop {
+                tokio::select! {
+                    frame = frames.next() => break frame,
+                    Some(_) = calls.join_next() => {}
+                }
+            };
+            let frame = match frame {
+                None => break Ok(()),
+                Some(Ok(frame)) => frame,
+                Some(Err(e)) => {
+                    let _ = tx.send(ServerFrame::Goodbye { message: e.to_string() }).await;
+                    break Err(e.into());
+                }
+            };
+            let (id, request) = match zeroized_after(frame, protocol::decode::<ClientFrame>) {
+                Ok(ClientFrame::Call { id, request }) => (id, request),
+                Ok(ClientFrame::Hello(_)) => {
+                    let message = "a second Hello on an open connection".to_string();
+                    let _ = tx.send(ServerFrame::Goodbye { message: message.clone() }).await;
+                    break Err(ConnectionError::Refused(message));
+                }
+                Err(e) => {
+                    let message = format!("the frame is not a Call: {e}");
+                    let _ = tx.send(ServerFrame::Goodbye { message: message.clone() }).await;
+                    break Err(ConnectionError::Refused(message));
+                }
+            };
+            if !in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert(id) {
+                let e = RpcError::bad_request(format!("call id {id} is already in flight on this connection"));
+                let _ = tx.send(ServerFrame::Reply { id, outcome: Err(e) }).await;
+                continue;
+            }
+            let (handler, tx, in_flight) = (handler.clone(), tx.clone(), in_flight.clone());
+            calls.spawn(async move {
+                let outcome = match protocol::request_from_value(request) {
+                    Ok(request) => handler.handle(request).await,
+                    Err(e) => Err(e),
+                };
+                in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                let _ = tx.send(ServerFrame::Reply { id, outcome }).await;
+                drop(permit);
+            });
+        };
+        // Calls already made still get their replies, even after the client stopped writing.
+        while calls.join_next().await.is_some() {}
+        outcome
+    }
+    .await;
+    drop(tx);
+    let _ = writer.await;
+    result
+}
