@@ -156,7 +156,7 @@ impl Client {
 
     pub async fn describe(&self) -> Result<Description, ClientError> {
         match self.call(&Request::Describe).await? {
-            Response::Described(d) => Ok(d),
+            Response::Described(d) => Ok(*d),
             _ => Err(ClientError::Unexpected { operation: "Describe" }),
         }
     }

@@ -196,7 +196,7 @@ pub struct CredentialsUpdate {
 /// The answers, one per request kind.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Response {
-    Described(Description),
+    Described(Box<Description>),
     Attested {
         #[serde(with = "serde_bytes")]
         document: Vec<u8>,
