@@ -49,6 +49,12 @@ enum Command {
     Cms(cmd::cms::Command),
     /// Forward the enclave's connections to an allowlisted remote (like vsock-proxy)
     Proxy(cmd::proxy::Args),
+    /// Talk to a running enclave: describe it, get attestation documents, push AWS credentials
+    #[command(subcommand)]
+    Enclave(cmd::enclave::Command),
+    /// kmstool-instance's job: credentials and a ciphertext to the enclave's kmstool port
+    #[command(subcommand)]
+    Kmstool(cmd::kmstool::Command),
     /// Measure nekms against a reference measured in the same run
     #[command(subcommand)]
     Bench(cmd::bench::Command),
@@ -64,6 +70,8 @@ fn main() {
         Command::Cms(c) => cmd::cms::run(c),
         Command::Bench(c) => cmd::bench::run(c),
         Command::Proxy(a) => cmd::proxy::run(a),
+        Command::Enclave(c) => cmd::enclave::run(c),
+        Command::Kmstool(c) => cmd::kmstool::run(c),
     };
     if let Err(e) = result {
         eprintln!("nekms: {e:#}");

@@ -20,6 +20,9 @@ pub struct EnclaveArgs {
     /// Simulated NSM: the image to measure for PCR0-2 [default: this executable]
     #[arg(long, value_name = "FILE")]
     pub image: Option<PathBuf>,
+    /// Where the native RPC is served [default: vsock://any:5000]
+    #[arg(long, value_name = "ADDR")]
+    pub rpc: Option<String>,
     /// Where kmstool's protocol is served [default: vsock://any:3000]
     #[arg(long, value_name = "ADDR")]
     pub kmstool: Option<String>,
@@ -47,6 +50,7 @@ pub struct EnclaveConfig {
     pub debug_mode: bool,
     pub dev_dir: Option<PathBuf>,
     pub image: Option<PathBuf>,
+    pub rpc: String,
     pub kmstool: String,
     pub proxy: String,
     pub kms_endpoint: Option<String>,
@@ -68,6 +72,7 @@ impl EnclaveArgs {
             debug_mode: self.debug_mode || file.debug_mode,
             dev_dir: self.dev_dir.or(file.dev_dir),
             image: self.image.or(file.image),
+            rpc: self.rpc.or(file.rpc).unwrap_or_else(|| "vsock://any:5000".into()),
             kmstool: self.kmstool.or(file.kmstool).unwrap_or_else(|| "vsock://any:3000".into()),
             proxy: self.proxy.or(file.proxy).unwrap_or_else(|| "vsock://parent:8000".into()),
             kms_endpoint: self.kms_endpoint.or(file.kms_endpoint),
@@ -91,6 +96,7 @@ mod tests {
         assert_eq!(c.proxy, "unix:///run/p.sock");
         assert_eq!(c.region.as_deref(), Some("us-west-2"));
         assert_eq!(c.kmstool, "vsock://any:3000");
+        assert_eq!(c.rpc, "vsock://any:5000");
         assert!(EnclaveArgs::from_toml("unknown = 1").is_err());
     }
 }

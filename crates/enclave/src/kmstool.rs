@@ -17,7 +17,6 @@ use std::sync::Arc;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use nekms_kms_client::Credentials;
 use nekms_transport::{Listener, Stream};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -89,14 +88,13 @@ pub async fn handle(message: &[u8], enclave: &Enclave) -> Value {
             let (Some(id), Some(secret)) = (field("AwsAccessKeyId"), field("AwsSecretAccessKey")) else {
                 return error("SetClient requires AwsAccessKeyId and AwsSecretAccessKey");
             };
-            let region = enclave.region.clone().or_else(|| field("AwsRegion").map(str::to_owned)).unwrap_or_else(|| "us-east-1".into());
-            enclave.kms.set_credentials(Credentials {
-                access_key_id: id.to_owned(),
-                secret_access_key: Zeroizing::new(secret.to_owned()),
-                session_token: field("AwsSessionToken").map(|t| Zeroizing::new(t.to_owned())),
-                region,
-                expiration: None,
-            });
+            enclave.set_credentials(
+                id.to_owned(),
+                Zeroizing::new(secret.to_owned()),
+                field("AwsSessionToken").map(|t| Zeroizing::new(t.to_owned())),
+                field("AwsRegion").map(str::to_owned),
+                None,
+            );
             json!({"Status": "Ok"})
         }
         Some("Decrypt") => {

@@ -2,19 +2,24 @@
 //!
 //! At start it opens the NSM (`/dev/nsm`, or the simulator when told),
 //! makes an ephemeral RSA-2048 recipient key that never leaves its memory,
-//! and serves kmstool's protocol ([`kmstool`]). KMS is reached through the
+//! and serves the native RPC ([`rpc`], [`nekms_rpc`]) and kmstool's protocol
+//! ([`kmstool`]). KMS is reached through the
 //! parent's proxy with TLS end to end ([`nekms_kms_client`]); every release
 //! of key material is sealed to the recipient key by KMS and opened here.
 //! Plaintext and credentials are never logged.
 #![forbid(unsafe_code)]
 
+pub mod app;
 pub mod config;
 pub mod kmstool;
+pub mod rpc;
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
-use nekms_kms_client::{ChannelHttpClient, EnclaveKms, TlsRoots};
+use nekms_kms_client::{ChannelHttpClient, Credentials, EnclaveKms, TlsRoots};
 use nekms_nsm::Nsm;
+use zeroize::Zeroizing;
 
 /// What every service of the enclave shares.
 pub struct Enclave {
@@ -22,6 +27,10 @@ pub struct Enclave {
     pub kms: EnclaveKms,
     /// A region fixed by the enclave's configuration wins over the parent's.
     pub region: Option<String>,
+    /// For Describe: the KMS endpoint if fixed, the proxy, kmstool's address.
+    pub kms_endpoint: Option<String>,
+    pub proxy: String,
+    pub kmstool: Option<String>,
 }
 
 impl Enclave {
@@ -32,6 +41,29 @@ impl Enclave {
         };
         let http = ChannelHttpClient::new(config.proxy.parse()?, roots).map_err(anyhow::Error::msg)?;
         let kms = EnclaveKms::new(nsm.clone(), http, config.kms_endpoint.clone())?;
-        Ok(Enclave { nsm, kms, region: config.region.clone() })
+        Ok(Enclave {
+            nsm,
+            kms,
+            region: config.region.clone(),
+            kms_endpoint: config.kms_endpoint.clone(),
+            proxy: config.proxy.clone(),
+            kmstool: Some(config.kmstool.clone()),
+        })
+    }
+
+    /// Install credentials from the parent (kmstool's SetClient or the RPC's
+    /// SetCredentials). The region: the enclave's own setting, else the
+    /// parent's, else us-east-1, as kmstool documents.
+    pub fn set_credentials(
+        &self,
+        access_key_id: String,
+        secret_access_key: Zeroizing<String>,
+        session_token: Option<Zeroizing<String>>,
+        region: Option<String>,
+        expiration: Option<SystemTime>,
+    ) -> nekms_rpc::CredentialsInfo {
+        let region = self.region.clone().or(region).unwrap_or_else(|| "us-east-1".into());
+        self.kms.set_credentials(Credentials { access_key_id, secret_access_key, session_token, region, expiration });
+        self.credentials_info().expect("credentials were just set")
     }
 }

@@ -133,7 +133,8 @@ impl EnclaveKms {
     pub fn credentials_summary(&self) -> Option<Credentials> {
         self.client.read().unwrap_or_else(|p| p.into_inner()).as_ref().map(|(_, c)| Credentials {
             secret_access_key: Zeroizing::new(String::new()),
-            session_token: None,
+            // Kept as a marker that the credentials are temporary; the token itself stays put.
+            session_token: c.session_token.as_ref().map(|_| Zeroizing::new(String::new())),
             ..c.clone()
         })
     }

@@ -15,4 +15,5 @@ mod http;
 mod kms;
 
 pub use http::{ChannelHttpClient, TlsRoots};
+pub use aws_sdk_kms::types::{DataKeyPairSpec, DataKeySpec};
 pub use kms::{Credentials, DataKey, DataKeyPair, EnclaveKms, EnclaveKmsError};

@@ -21,6 +21,11 @@ pub enum Command {
         #[command(flatten)]
         serve: Box<nekms_kms::run::ServeArgs>,
     },
+    /// Start the local KMS (HTTPS), the proxy and a simulated enclave as separate processes; Ctrl-C stops them
+    Up(Box<super::up::Args>),
+    /// Run the enclave program from this executable (what `dev up` uses when nekms-enclave is not built)
+    #[command(hide = true)]
+    Enclave(nekms_enclave::app::Cli),
 }
 
 #[derive(clap::Subcommand)]
@@ -61,6 +66,8 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Up(a) => super::up::run(*a),
+        Command::Enclave(cli) => nekms_enclave::app::run(cli),
         Command::Kms { command: None, serve } => nekms_kms::run::run(*serve).map_err(anyhow::Error::msg),
         Command::Kms { command: Some(KmsCommand::Audit { dir, log, follow, json, lines }), .. } => {
             let log = match log {

@@ -3,8 +3,11 @@ pub mod bench;
 pub mod cms;
 pub mod demo;
 pub mod dev;
+pub mod enclave;
+pub mod kmstool;
 pub mod pcr;
 pub mod proxy;
+pub mod up;
 
 /// Parse hex given on the command line, naming the option on error.
 pub fn hex_arg(option: &str, s: &str) -> anyhow::Result<Vec<u8>> {

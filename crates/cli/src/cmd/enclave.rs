@@ -1,0 +1,304 @@
+//! `nekms enclave ...`: talk to a running enclave over the native RPC.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use aws_credential_types::provider::ProvideCredentials;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use nekms_rpc::{Client, CredentialsInfo, CredentialsUpdate, SecretString};
+use nekms_transport::Address;
+use zeroize::Zeroizing;
+
+use super::hex_arg;
+
+/// Which enclave: `--enclave 16` (a CID; port 5000) or an address.
+#[derive(clap::Args, Clone, Debug)]
+pub struct EnclaveArg {
+    /// The enclave's RPC: a CID (port 5000, `nitro-cli describe-enclaves` shows it) or an address (unix:///run/nekms/rpc.sock)
+    #[arg(long, env = "NEKMS_ENCLAVE", value_name = "CID|ADDR")]
+    pub enclave: String,
+}
+
+impl EnclaveArg {
+    pub fn address(&self) -> anyhow::Result<Address> {
+        address_or_cid(&self.enclave, 5000)
+    }
+
+    pub async fn connect(&self) -> anyhow::Result<Client> {
+        Ok(Client::connect(&self.address()?, concat!("nekms ", env!("CARGO_PKG_VERSION"))).await?)
+    }
+}
+
+/// A bare number is a vsock CID on `port`; anything else is an address.
+pub fn address_or_cid(s: &str, port: u32) -> anyhow::Result<Address> {
+    match s.parse::<u32>() {
+        Ok(cid) => Ok(format!("vsock://{cid}:{port}").parse()?),
+        Err(_) => s.parse().with_context(|| format!("{s}: not a CID or an address")),
+    }
+}
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Versions, NSM, PCRs, whether simulated, credentials in force
+    Describe {
+        #[command(flatten)]
+        enclave: EnclaveArg,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Get an attestation document (check it with `nekms attest verify`)
+    Attest {
+        #[command(flatten)]
+        enclave: EnclaveArg,
+        /// Nonce, hex (up to 512 bytes)
+        #[arg(long, value_name = "HEX")]
+        nonce: Option<String>,
+        /// User data, hex (up to 512 bytes)
+        #[arg(long, value_name = "HEX")]
+        user_data: Option<String>,
+        /// Public key to include, a file (DER or PEM, up to 1024 bytes)
+        #[arg(long, value_name = "FILE")]
+        public_key: Option<PathBuf>,
+        /// Write the document (CBOR/COSE) here instead of printing it in base64
+        #[arg(long, short, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// KMS Decrypt inside the enclave (with attestation); prints the plaintext in base64
+    Decrypt {
+        #[command(flatten)]
+        enclave: EnclaveArg,
+        /// Encryption context pair (repeatable)
+        #[arg(long, value_name = "KEY=VALUE")]
+        encryption_context: Vec<String>,
+        /// The key the ciphertext must be under
+        #[arg(long)]
+        key_id: Option<String>,
+        /// The ciphertext, base64
+        ciphertext: String,
+    },
+    /// KMS GenerateDataKey inside the enclave; prints CIPHERTEXT and PLAINTEXT lines in base64
+    DataKey {
+        #[command(flatten)]
+        enclave: EnclaveArg,
+        #[arg(long)]
+        key_id: String,
+        /// AES_256 or AES_128
+        #[arg(long, default_value = "AES_256")]
+        key_spec: String,
+        /// Encryption context pair (repeatable)
+        #[arg(long, value_name = "KEY=VALUE")]
+        encryption_context: Vec<String>,
+    },
+    /// KMS GenerateRandom inside the enclave; prints the bytes in base64
+    Random {
+        #[command(flatten)]
+        enclave: EnclaveArg,
+        /// How many bytes (1-1024)
+        #[arg(long, default_value_t = 32)]
+        length: u32,
+    },
+    /// Push AWS credentials from the default chain (environment, profile, IMDS) to the enclave
+    Credentials {
+        #[command(flatten)]
+        enclave: EnclaveArg,
+        /// AWS profile [default: the chain's choice, e.g. $AWS_PROFILE]
+        #[arg(long)]
+        profile: Option<String>,
+        /// Region to tell the enclave [default: the profile's or environment's]
+        #[arg(long)]
+        region: Option<String>,
+        /// Keep the enclave supplied: push again before expiry and every --interval
+        #[arg(long)]
+        watch: bool,
+        /// Seconds between pushes with --watch (an enclave that restarted gets credentials again)
+        #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+        interval: u64,
+    },
+}
+
+pub fn run(cmd: Command) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async move {
+        match cmd {
+            Command::Describe { enclave, json } => describe(&enclave, json).await,
+            Command::Attest { enclave, nonce, user_data, public_key, out } => {
+                let nonce = nonce.map(|n| hex_arg("--nonce", &n)).transpose()?;
+                let user_data = user_data.map(|u| hex_arg("--user-data", &u)).transpose()?;
+                let public_key = match public_key {
+                    Some(p) => Some(read_public_key(&p)?),
+                    None => None,
+                };
+                let document = enclave.connect().await?.attest(nonce, user_data, public_key).await?;
+                match out {
+                    Some(path) => {
+                        std::fs::write(&path, &document).with_context(|| path.display().to_string())?;
+                        eprintln!("wrote {} bytes to {}", document.len(), path.display());
+                    }
+                    None => println!("{}", B64.encode(&document)),
+                }
+                Ok(())
+            }
+            Command::Decrypt { enclave, encryption_context, key_id, ciphertext } => {
+                let blob = B64.decode(ciphertext.trim()).context("the ciphertext is not base64")?;
+                let context = super::kmstool::pairs(&encryption_context)?;
+                let plaintext = enclave.connect().await?.decrypt(blob, context, key_id).await?;
+                println!("{}", Zeroizing::new(B64.encode(plaintext.expose())).as_str());
+                Ok(())
+            }
+            Command::DataKey { enclave, key_id, key_spec, encryption_context } => {
+                let context = super::kmstool::pairs(&encryption_context)?;
+                let (key_id, blob, plaintext) = enclave.connect().await?.generate_data_key(key_id, Some(key_spec), None, context).await?;
+                println!("KEY: {key_id}");
+                println!("CIPHERTEXT: {}", B64.encode(&blob));
+                println!("PLAINTEXT: {}", Zeroizing::new(B64.encode(plaintext.expose())).as_str());
+                Ok(())
+            }
+            Command::Random { enclave, length } => {
+                let bytes = enclave.connect().await?.generate_random(length).await?;
+                println!("{}", Zeroizing::new(B64.encode(bytes.expose())).as_str());
+                Ok(())
+            }
+            Command::Credentials { enclave, profile, region, watch, interval } => {
+                credentials(&enclave, profile, region, watch, Duration::from_secs(interval.max(1))).await
+            }
+        }
+    })
+}
+
+fn read_public_key(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    let bytes = std::fs::read(path).with_context(|| path.display().to_string())?;
+    if bytes.starts_with(b"-----BEGIN") {
+        let text = String::from_utf8_lossy(&bytes);
+        let body: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
+        return B64.decode(body.trim()).with_context(|| format!("{}: PEM body is not base64", path.display()));
+    }
+    Ok(bytes)
+}
+
+fn time_text(secs: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(secs as i64)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| secs.to_string())
+}
+
+fn credentials_text(c: &CredentialsInfo) -> String {
+    let kind = if c.temporary { "temporary" } else { "long-term" };
+    match c.expiration {
+        Some(e) => format!("{} ({kind}, region {}, expires {})", c.access_key_id, c.region, time_text(e)),
+        None => format!("{} ({kind}, region {})", c.access_key_id, c.region),
+    }
+}
+
+async fn describe(enclave: &EnclaveArg, json: bool) -> anyhow::Result<()> {
+    let client = enclave.connect().await?;
+    let d = client.describe().await?;
+    if json {
+        let v = serde_json::json!({
+            "protocol_version": d.protocol_version,
+            "agent": d.agent,
+            "simulated": d.simulated,
+            "nsm": {
+                "module_id": d.nsm.module_id,
+                "version": d.nsm.version,
+                "max_pcrs": d.nsm.max_pcrs,
+                "locked_pcrs": d.nsm.locked_pcrs,
+                "digest": d.nsm.digest,
+            },
+            "pcrs": d.pcrs.iter().map(|p| (format!("PCR{}", p.index), serde_json::Value::String(hex::encode(&p.value)))).collect::<serde_json::Map<_, _>>(),
+            "kms_endpoint": d.kms_endpoint,
+            "proxy": d.proxy,
+            "region": d.region,
+            "kmstool": d.kmstool,
+            "credentials": d.credentials.as_ref().map(|c| serde_json::json!({
+                "access_key_id": c.access_key_id, "region": c.region, "temporary": c.temporary, "expiration": c.expiration,
+            })),
+            "recipient_key_sha256": hex::encode(&d.recipient_key_sha256),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("enclave:     {} (protocol {}){}", d.agent, d.protocol_version, if d.simulated { ", SIMULATED NSM" } else { "" });
+    println!("NSM:         {} version {} digest {}, {} PCRs", d.nsm.module_id, d.nsm.version, d.nsm.digest, d.nsm.max_pcrs);
+    for p in &d.pcrs {
+        let locked = if d.nsm.locked_pcrs.contains(&p.index) || p.locked { " (locked)" } else { "" };
+        println!("PCR{:<2}        {}{locked}", p.index, hex::encode(&p.value));
+    }
+    println!("KMS:         {} through {}", d.kms_endpoint, d.proxy);
+    if let Some(r) = &d.region {
+        println!("region:      {r} (fixed by the enclave)");
+    }
+    if let Some(k) = &d.kmstool {
+        println!("kmstool:     {k}");
+    }
+    match &d.credentials {
+        Some(c) => println!("credentials: {}", credentials_text(c)),
+        None => println!("credentials: none yet (nekms enclave credentials)"),
+    }
+    println!("recipient:   RSA-2048, SPKI SHA-256 {}", hex::encode(&d.recipient_key_sha256));
+    Ok(())
+}
+
+/// Credentials from the default chain (environment, profile, IMDS), and the chain's region.
+pub async fn default_chain(profile: Option<&str>, region: Option<&str>) -> anyhow::Result<(aws_credential_types::provider::SharedCredentialsProvider, Option<String>)> {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(p) = profile {
+        loader = loader.profile_name(p);
+    }
+    if let Some(r) = region {
+        loader = loader.region(aws_config::Region::new(r.to_owned()));
+    }
+    let config = loader.load().await;
+    let provider = config.credentials_provider().context("the default chain has no credentials provider")?;
+    Ok((provider, config.region().map(|r| r.to_string())))
+}
+
+async fn credentials(enclave: &EnclaveArg, profile: Option<String>, region: Option<String>, watch: bool, interval: Duration) -> anyhow::Result<()> {
+    let (provider, region) = default_chain(profile.as_deref(), region.as_deref()).await?;
+    let mut client: Option<Client> = None;
+    loop {
+        let pushed = async {
+            let c = provider.provide_credentials().await.context("getting credentials from the default chain")?;
+            let expiration = c.expiry().map(|e| e.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0));
+            let update = CredentialsUpdate {
+                access_key_id: c.access_key_id().to_owned(),
+                secret_access_key: SecretString::new(c.secret_access_key()),
+                session_token: c.session_token().map(SecretString::new),
+                region: region.clone(),
+                expiration,
+            };
+            if client.is_none() {
+                client = Some(enclave.connect().await?);
+            }
+            let info = client.as_ref().expect("connected above").set_credentials(update).await;
+            if info.is_err() {
+                client = None;
+            }
+            anyhow::Ok((info?, c.expiry()))
+        }
+        .await;
+        let wait = match pushed {
+            Ok((info, expiry)) => {
+                println!("credentials set in the enclave: {}", credentials_text(&info));
+                if !watch {
+                    return Ok(());
+                }
+                // Push again five minutes before expiry, or at the interval, whichever is sooner.
+                let until_refresh = expiry
+                    .and_then(|e| e.duration_since(SystemTime::now()).ok())
+                    .map(|left| left.saturating_sub(Duration::from_secs(300)))
+                    .unwrap_or(interval);
+                until_refresh.min(interval).max(Duration::from_secs(1))
+            }
+            Err(e) if !watch => return Err(e),
+            Err(e) => {
+                eprintln!("nekms: pushing credentials failed, retrying in 5 s: {e:#}");
+                Duration::from_secs(5)
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
+}

@@ -1,0 +1,270 @@
+//! `nekms dev up`: the local KMS (HTTPS), the proxy and a simulated enclave,
+//! each its own process, under one supervisor.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use nekms_rpc::{CredentialsUpdate, SecretString};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::DirArg;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    dir: DirArg,
+    /// Where sockets, logs and the ready file go [default: DIR/up]
+    #[arg(long, value_name = "DIR")]
+    run_dir: Option<PathBuf>,
+    /// The local KMS's plain HTTP listener, for the parent's aws CLI [default: the dev config's, 127.0.0.1:7700]
+    #[arg(long, value_name = "IP:PORT")]
+    kms_http: Option<String>,
+    /// The local KMS's HTTPS listener, the enclave's endpoint [default: the dev config's, 127.0.0.1:7701]
+    #[arg(long, value_name = "IP:PORT")]
+    kms_https: Option<String>,
+    /// Simulate an enclave started with --debug-mode (PCRs all zero)
+    #[arg(long)]
+    debug_mode: bool,
+    /// The image the simulated enclave measures for PCR0-2 [default: the nekms-enclave executable]
+    #[arg(long, value_name = "FILE")]
+    image: Option<PathBuf>,
+    /// Do not push the instance role's credentials to the enclave
+    #[arg(long)]
+    no_credentials: bool,
+    /// Write the addresses as JSON here once everything is up
+    #[arg(long, value_name = "FILE")]
+    ready_file: Option<PathBuf>,
+}
+
+struct Supervised {
+    name: &'static str,
+    child: Child,
+}
+
+impl Supervised {
+    fn stop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The children, stopped in reverse order however `up` ends.
+struct Group(Vec<Supervised>);
+
+impl Group {
+    fn spawn(&mut self, name: &'static str, mut cmd: Command) -> anyhow::Result<u32> {
+        cmd.stdin(Stdio::null());
+        let child = cmd.spawn().with_context(|| format!("starting the {name}: {cmd:?}"))?;
+        let pid = child.id();
+        self.0.push(Supervised { name, child });
+        Ok(pid)
+    }
+
+    /// A child that has exited, if any.
+    fn exited(&mut self) -> Option<(&'static str, u32, ExitStatus)> {
+        self.0.iter_mut().find_map(|s| s.child.try_wait().ok().flatten().map(|st| (s.name, s.child.id(), st)))
+    }
+
+    fn check(&mut self) -> anyhow::Result<()> {
+        match self.exited() {
+            Some((name, pid, status)) => bail!("the {name} (pid {pid}) exited during start-up with {status}"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        for s in self.0.iter_mut().rev() {
+            s.stop();
+        }
+    }
+}
+
+/// The enclave program: `nekms-enclave` beside this executable, else this executable's `dev enclave`.
+fn enclave_program() -> anyhow::Result<(PathBuf, Vec<String>)> {
+    let me = std::env::current_exe()?;
+    let beside = me.with_file_name("nekms-enclave");
+    if beside.is_file() {
+        return Ok((beside, Vec::new()));
+    }
+    Ok((me, vec!["dev".into(), "enclave".into()]))
+}
+
+fn wait_for(what: &str, group: &mut Group, ready: impl Fn() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready() {
+        group.check()?;
+        if Instant::now() > deadline {
+            bail!("the {what} did not come up within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    Ok(())
+}
+
+fn unix(path: &Path) -> String {
+    format!("unix://{}", path.display())
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let dev = a.dir.resolve()?;
+    dev.init()?;
+    let config = dev.config()?;
+    let run_dir = a.run_dir.clone().unwrap_or_else(|| dev.path().join("up"));
+    std::fs::create_dir_all(&run_dir).with_context(|| run_dir.display().to_string())?;
+    let [kms_ready, proxy_sock, rpc_sock, kmstool_sock, allowlist] =
+        ["kms.ready.json", "proxy.sock", "rpc.sock", "kmstool.sock", "allowlist.yaml"].map(|n| run_dir.join(n));
+    for stale in [&kms_ready, &proxy_sock, &rpc_sock, &kmstool_sock] {
+        let _ = std::fs::remove_file(stale);
+    }
+    let me = std::env::current_exe()?;
+    let dir = dev.path().to_path_buf();
+    let mut group = Group(Vec::new());
+
+    // 1. The local KMS, HTTP for the parent and HTTPS for the enclave.
+    let http = a.kms_http.clone().unwrap_or_else(|| config.kms_http.to_string());
+    let https = a.kms_https.clone().unwrap_or_else(|| config.kms_https.to_string());
+    let mut kms = Command::new(&me);
+    kms.args(["dev", "kms", "--dir"]).arg(&dir).args(["--http", &http, "--https", &https, "--ready-file"]).arg(&kms_ready);
+    let kms_pid = group.spawn("local KMS", kms)?;
+    wait_for("local KMS", &mut group, || kms_ready.exists())?;
+    let ready: serde_json::Value = serde_json::from_slice(&std::fs::read(&kms_ready)?)?;
+    let url = |k: &str| ready[k].as_str().map(str::to_owned).with_context(|| format!("the KMS ready file lacks {k}"));
+    let (kms_http_url, kms_https_url) = (url("http")?, url("https")?);
+    let https_port: u16 = kms_https_url.rsplit(':').next().and_then(|p| p.trim_end_matches('/').parse().ok()).context("the KMS's HTTPS port")?;
+
+    // 2. The proxy, allowing exactly that endpoint.
+    std::fs::write(&allowlist, format!("allowlist:\n  - {{address: localhost, port: {https_port}}}\n"))?;
+    let mut proxy = Command::new(&me);
+    proxy.arg("proxy").arg(unix(&proxy_sock)).args(["localhost", &https_port.to_string(), "--config"]).arg(&allowlist);
+    let proxy_pid = group.spawn("proxy", proxy)?;
+    wait_for("proxy", &mut group, || proxy_sock.exists())?;
+
+    // 3. The simulated enclave.
+    let (program, prefix) = enclave_program()?;
+    let mut enclave = Command::new(&program);
+    enclave
+        .args(&prefix)
+        .args(["--sim", "--dev-dir"])
+        .arg(&dir)
+        .args(["--rpc", &unix(&rpc_sock), "--kmstool", &unix(&kmstool_sock), "--proxy", &unix(&proxy_sock)])
+        .args(["--kms-endpoint", &format!("https://localhost:{https_port}"), "--kms-ca"])
+        .arg(dev.tls_ca_path());
+    if a.debug_mode {
+        enclave.arg("--debug-mode");
+    }
+    let image = a.image.clone().unwrap_or_else(|| program.clone());
+    enclave.arg("--image").arg(&image);
+    let enclave_pid = group.spawn("enclave", enclave)?;
+    wait_for("enclave", &mut group, || rpc_sock.exists() && kmstool_sock.exists())?;
+
+    // 4. Credentials and a description, over the RPC.
+    let rpc_address = unix(&rpc_sock);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let description = rt.block_on(async {
+        let client = nekms_rpc::Client::connect(&rpc_address.parse()?, concat!("nekms ", env!("CARGO_PKG_VERSION"))).await?;
+        if !a.no_credentials {
+            let instance = dev.principals()?.into_iter().find(|p| p.name == "instance").context("principals.toml has no instance principal")?;
+            client
+                .set_credentials(CredentialsUpdate {
+                    access_key_id: instance.access_key_id.clone(),
+                    secret_access_key: SecretString::new(instance.secret_access_key.as_str()),
+                    session_token: instance.session_token.as_deref().map(SecretString::new),
+                    region: Some(config.region.clone()),
+                    expiration: None,
+                })
+                .await?;
+        }
+        anyhow::Ok(client.describe().await?)
+    })?;
+    let pcr = |i: u16| description.pcrs.iter().find(|p| p.index == i).map(|p| hex::encode(&p.value)).unwrap_or_default();
+
+    let env = [
+        ("NEKMS_ENCLAVE", rpc_address.clone()),
+        ("NEKMS_DEV_DIR", dir.display().to_string()),
+        ("AWS_CONFIG_FILE", dev.aws_config_path().display().to_string()),
+        ("AWS_SHARED_CREDENTIALS_FILE", dev.aws_credentials_path().display().to_string()),
+        ("AWS_PROFILE", "instance".to_string()),
+        ("AWS_ENDPOINT_URL_KMS", kms_http_url.clone()),
+        ("AWS_REGION", config.region.clone()),
+    ];
+    let env_text: String = env.iter().map(|(k, v)| format!("export {k}={v}\n")).collect();
+    std::fs::write(run_dir.join("env"), &env_text)?;
+    println!("nekms dev up: running; Ctrl-C stops everything");
+    println!("  local KMS   {kms_http_url} (parent) and {kms_https_url} (enclave), pid {kms_pid}");
+    println!("  proxy       {} -> localhost:{https_port}, pid {proxy_pid}", unix(&proxy_sock));
+    println!("  enclave     {} (image {}), pid {enclave_pid}", if description.simulated { "simulated" } else { "hardware" }, image.display());
+    println!("              RPC {rpc_address}");
+    println!("              kmstool {}", unix(&kmstool_sock));
+    for i in [0, 1, 2] {
+        println!("  PCR{i}        {}", pcr(i));
+    }
+    match &description.credentials {
+        Some(c) => println!("  credentials {} (the instance role) pushed to the enclave", c.access_key_id),
+        None => println!("  credentials none (push them with: nekms enclave credentials)"),
+    }
+    println!("environment (also in {}):", run_dir.join("env").display());
+    print!("{}", env_text.lines().map(|l| format!("  {l}\n")).collect::<String>());
+    println!("then try: nekms enclave describe; nekms kmstool decrypt --address {} CIPHERTEXT", unix(&kmstool_sock));
+    if let Some(path) = &a.ready_file {
+        let v = serde_json::json!({
+            "kms_http": kms_http_url, "kms_https": kms_https_url, "proxy": unix(&proxy_sock),
+            "rpc": rpc_address, "kmstool": unix(&kmstool_sock),
+            "pcr0": pcr(0), "pcr1": pcr(1), "pcr2": pcr(2),
+            "pids": {"kms": kms_pid, "proxy": proxy_pid, "enclave": enclave_pid, "supervisor": std::process::id()},
+            "env": env.iter().map(|(k, v)| (k.to_string(), serde_json::Value::String(v.clone()))).collect::<serde_json::Map<_, _>>(),
+        });
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&v)?)?;
+        std::fs::rename(&tmp, path)?;
+    }
+
+    // 5. Supervise: stop on a signal, or when any child dies.
+    let stop = rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                _ = int.recv() => return anyhow::Ok(None),
+                _ = term.recv() => return Ok(None),
+                _ = tick.tick() => {
+                    if let Some(dead) = group.exited() {
+                        // Ctrl-C in a terminal reaches the children too; one that stopped for it is not a death.
+                        if tokio::time::timeout(Duration::from_millis(300), int.recv()).await.is_ok() {
+                            return Ok(None);
+                        }
+                        return Ok(Some(dead));
+                    }
+                }
+            }
+        }
+    })?;
+    match stop {
+        None => {
+            println!("nekms dev up: stopping the enclave, the proxy and the local KMS");
+            drop(group);
+            Ok(())
+        }
+        Some((name, pid, status)) => {
+            eprintln!("nekms dev up: the {name} (pid {pid}) exited with {status}; stopping the others");
+            drop(group);
+            bail!("the {name} died")
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! The program: serve, or run one kmstool-enclave-cli verb and exit.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use nekms_kms_client::DataKeySpec;
+use nekms_nsm::measure::Measurement;
+use nekms_nsm::{Nsm, SimConfig, SimulatedNsm};
+use zeroize::Zeroizing;
+
+use crate::config::{EnclaveArgs, EnclaveConfig};
+use crate::Enclave;
+
+/// Everything `nekms-enclave` takes.
+#[derive(clap::Args)]
+pub struct Cli {
+    /// Settings file (TOML; the same names as the flags, e.g. kms-endpoint = "https://localhost:7701")
+    #[arg(long, value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub args: EnclaveArgs,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// One KMS call and exit, with kmstool-enclave-cli's options and output
+    #[command(subcommand)]
+    Cli(Verb),
+}
+
+/// kmstool-enclave-cli's verbs.
+#[derive(clap::Subcommand)]
+pub enum Verb {
+    /// Decrypt a KMS ciphertext; prints `PLAINTEXT: <base64>`
+    Decrypt {
+        #[command(flatten)]
+        common: VerbArgs,
+        /// The ciphertext, base64
+        #[arg(long)]
+        ciphertext: String,
+        /// The key the ciphertext must be under (ARN, id or alias)
+        #[arg(long)]
+        key_id: Option<String>,
+        /// Only SYMMETRIC_DEFAULT is supported
+        #[arg(long, default_value = "SYMMETRIC_DEFAULT")]
+        encryption_algorithm: String,
+        /// Encryption context pair (repeatable)
+        #[arg(long, value_name = "KEY=VALUE")]
+        encryption_context: Vec<String>,
+    },
+    /// Make a data key; prints `CIPHERTEXT: <base64>` and `PLAINTEXT: <base64>`
+    Genkey {
+        #[command(flatten)]
+        common: VerbArgs,
+        /// The KMS key (ARN, id or alias)
+        #[arg(long)]
+        key_id: String,
+        /// AES-256 or AES-128
+        #[arg(long, value_parser = ["AES-256", "AES-128"])]
+        key_spec: String,
+    },
+    /// Random bytes from KMS; prints `PLAINTEXT: <base64>`
+    Genrandom {
+        #[command(flatten)]
+        common: VerbArgs,
+        /// How many bytes (1-1024)
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+        length: u16,
+    },
+}
+
+/// The options every kmstool-enclave-cli verb takes.
+#[derive(clap::Args)]
+pub struct VerbArgs {
+    /// The KMS region
+    #[arg(long)]
+    region: String,
+    /// The parent's vsock-proxy port (`--proxy ADDR` overrides, e.g. a Unix socket in development)
+    #[arg(long, default_value_t = 8000)]
+    proxy_port: u32,
+    #[arg(long)]
+    aws_access_key_id: String,
+    #[arg(long)]
+    aws_secret_access_key: String,
+    #[arg(long)]
+    aws_session_token: Option<String>,
+}
+
+/// Open `/dev/nsm`, or boot the simulator when configured so.
+pub fn open_nsm(c: &EnclaveConfig) -> anyhow::Result<Arc<dyn Nsm>> {
+    if !c.sim {
+        let nsm = nekms_nsm::DeviceNsm::open().context("opening /dev/nsm (use --sim outside an enclave)")?;
+        return Ok(Arc::new(nsm));
+    }
+    let dev = nekms_devworld::DevDir::resolve(c.dev_dir.as_deref())?;
+    let image = match &c.image {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?,
+    };
+    let measurement = Measurement::of_files(&image, None).with_context(|| format!("measuring {}", image.display()))?;
+    let mut sim = SimConfig::new(measurement);
+    sim.debug_mode = c.debug_mode;
+    sim.parent_instance_id = dev.config().ok().map(|c| c.instance_id);
+    Ok(Arc::new(SimulatedNsm::boot(sim, dev.document_signer()?)))
+}
+
+/// Run what the command line asks for.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let file = match &cli.config {
+        Some(p) => EnclaveArgs::from_toml(&std::fs::read_to_string(p).with_context(|| p.display().to_string())?)
+            .with_context(|| p.display().to_string())?,
+        None => Default::default(),
+    };
+    let proxy_given = cli.args.proxy.is_some() || file.proxy.is_some();
+    let mut config = cli.args.resolve(file);
+    match cli.command {
+        None => serve(config),
+        Some(Command::Cli(verb)) => {
+            let common = match &verb {
+                Verb::Decrypt { common, .. } | Verb::Genkey { common, .. } | Verb::Genrandom { common, .. } => common,
+            };
+            if !proxy_given {
+                config.proxy = format!("vsock://parent:{}", common.proxy_port);
+            }
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(one_shot(&config, verb))
+        }
+    }
+}
+
+fn pairs(items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    items
+        .iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+            _ => bail!("{kv:?}: an encryption context pair is KEY=VALUE"),
+        })
+        .collect()
+}
+
+async fn one_shot(config: &EnclaveConfig, verb: Verb) -> anyhow::Result<()> {
+    let nsm = open_nsm(config)?;
+    let enclave = Enclave::new(nsm, config)?;
+    let common = match &verb {
+        Verb::Decrypt { common, .. } | Verb::Genkey { common, .. } | Verb::Genrandom { common, .. } => common,
+    };
+    enclave.set_credentials(
+        common.aws_access_key_id.clone(),
+        Zeroizing::new(common.aws_secret_access_key.clone()),
+        common.aws_session_token.clone().map(Zeroizing::new),
+        Some(common.region.clone()),
+        None,
+    );
+    match verb {
+        Verb::Decrypt { ciphertext, key_id, encryption_algorithm, encryption_context, .. } => {
+            if encryption_algorithm != "SYMMETRIC_DEFAULT" {
+                bail!("--encryption-algorithm {encryption_algorithm}: only SYMMETRIC_DEFAULT is supported");
+            }
+            let blob = B64.decode(ciphertext.trim()).context("--ciphertext is not valid base64")?;
+            let plaintext = enclave.kms.decrypt(&blob, &pairs(&encryption_context)?, key_id.as_deref()).await?;
+            println!("PLAINTEXT: {}", Zeroizing::new(B64.encode(&plaintext[..])).as_str());
+        }
+        Verb::Genkey { key_id, key_spec, .. } => {
+            let spec = if key_spec == "AES-128" { DataKeySpec::Aes128 } else { DataKeySpec::Aes256 };
+            let key = enclave.kms.generate_data_key(&key_id, Some(spec), None, &BTreeMap::new()).await?;
+            println!("CIPHERTEXT: {}", B64.encode(&key.ciphertext_blob));
+            println!("PLAINTEXT: {}", Zeroizing::new(B64.encode(&key.plaintext[..])).as_str());
+        }
+        Verb::Genrandom { length, .. } => {
+            let bytes = enclave.kms.generate_random(i32::from(length)).await?;
+            println!("PLAINTEXT: {}", Zeroizing::new(B64.encode(&bytes[..])).as_str());
+        }
+    }
+    Ok(())
+}
+
+/// Serve the RPC and kmstool's protocol until SIGINT or SIGTERM.
+pub fn serve(config: EnclaveConfig) -> anyhow::Result<()> {
+    let nsm = open_nsm(&config)?;
+    let pcrs: Vec<String> = (0..3).map(|i| nsm.describe_pcr(i).map(|p| p.value.to_hex()).unwrap_or_default()).collect();
+    let enclave = Arc::new(Enclave::new(nsm.clone(), &config)?);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let rpc = nekms_transport::Listener::bind(&config.rpc.parse()?).await.with_context(|| format!("listening on {}", config.rpc))?;
+        let kmstool =
+            nekms_transport::Listener::bind(&config.kmstool.parse()?).await.with_context(|| format!("listening on {}", config.kmstool))?;
+        eprintln!(
+            "nekms-enclave: {} NSM; PCR0 {} PCR1 {} PCR2 {}",
+            if nsm.is_simulated() { "simulated" } else { "hardware" },
+            pcrs[0],
+            pcrs[1],
+            pcrs[2]
+        );
+        eprintln!("nekms-enclave: RPC on {}; kmstool protocol on {}; KMS through {}", rpc.local_address(), kmstool.local_address(), config.proxy);
+        let options = nekms_rpc::ServerOptions { agent: format!("nekms-enclave {}", env!("CARGO_PKG_VERSION")), ..Default::default() };
+        let serving_rpc = tokio::spawn(nekms_rpc::serve(rpc, enclave.clone(), options));
+        let serving_kmstool = tokio::spawn(crate::kmstool::serve(kmstool, enclave, config.max_message));
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        serving_rpc.abort();
+        serving_kmstool.abort();
+        anyhow::Ok(())
+    })
+}

@@ -1,0 +1,165 @@
+//! The native RPC, served by the enclave ([`nekms_rpc`]).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use nekms_kms_client::{DataKeySpec, EnclaveKmsError};
+use nekms_nsm::{AttestationRequest, NsmError, MAX_NONCE, MAX_PUBLIC_KEY, MAX_USER_DATA};
+use nekms_rpc::{CredentialsUpdate, Description, ErrorCode, Handler, NsmInfo, PcrInfo, Request, Response, RpcError, Secret};
+
+use crate::Enclave;
+
+/// The PCRs a KMS policy can name.
+pub const POLICY_PCRS: [u16; 6] = [0, 1, 2, 3, 4, 8];
+
+/// Largest GenerateRandom KMS allows.
+const MAX_RANDOM: u32 = 1024;
+
+/// How a KMS failure inside the enclave reaches the caller.
+pub fn kms_error(e: EnclaveKmsError) -> RpcError {
+    {
+        let code = match &e {
+            EnclaveKmsError::NoCredentials => ErrorCode::NoCredentials,
+            EnclaveKmsError::CredentialsExpired => ErrorCode::CredentialsExpired,
+            EnclaveKmsError::Kms { .. } => ErrorCode::Kms,
+            EnclaveKmsError::Transport(_) => ErrorCode::Unavailable,
+            EnclaveKmsError::Attestation(_) => ErrorCode::Attestation,
+            EnclaveKmsError::Recipient(_) | EnclaveKmsError::Incomplete(_) => ErrorCode::Internal,
+        };
+        RpcError { code, kms_code: e.kms_code().map(str::to_owned), message: e.to_string() }
+    }
+}
+
+fn nsm_error(e: NsmError) -> RpcError {
+    RpcError::new(ErrorCode::Attestation, e.to_string())
+}
+
+fn unix_seconds(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn check_len(name: &str, field: &Option<Vec<u8>>, max: usize) -> Result<(), RpcError> {
+    match field {
+        Some(v) if v.len() > max => Err(RpcError::bad_request(format!("{name} is {} bytes; the NSM takes at most {max}", v.len()))),
+        _ => Ok(()),
+    }
+}
+
+impl Enclave {
+    /// What Describe answers.
+    pub fn description(&self) -> Result<Description, RpcError> {
+        let d = self.nsm.describe().map_err(nsm_error)?;
+        let mut pcrs = Vec::new();
+        for index in POLICY_PCRS {
+            let state = self.nsm.describe_pcr(index).map_err(nsm_error)?;
+            pcrs.push(PcrInfo { index, locked: state.locked, value: state.value.0.to_vec() });
+        }
+        let recipient = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &self.kms.recipient_public_key());
+        Ok(Description {
+            protocol_version: 1,
+            agent: format!("nekms-enclave {}", env!("CARGO_PKG_VERSION")),
+            simulated: self.nsm.is_simulated(),
+            nsm: NsmInfo {
+                module_id: d.module_id,
+                version: format!("{}.{}.{}", d.version.0, d.version.1, d.version.2),
+                max_pcrs: d.max_pcrs,
+                locked_pcrs: d.locked_pcrs.into_iter().collect(),
+                digest: d.digest,
+            },
+            pcrs,
+            kms_endpoint: self.kms_endpoint.clone().unwrap_or_else(|| "https://kms.<region>.amazonaws.com".into()),
+            proxy: self.proxy.clone(),
+            region: self.region.clone(),
+            kmstool: self.kmstool.clone(),
+            credentials: self.credentials_info(),
+            recipient_key_sha256: recipient.as_ref().to_vec(),
+        })
+    }
+
+    fn attest(&self, nonce: Option<Vec<u8>>, user_data: Option<Vec<u8>>, public_key: Option<Vec<u8>>) -> Result<Vec<u8>, RpcError> {
+        check_len("nonce", &nonce, MAX_NONCE)?;
+        check_len("user_data", &user_data, MAX_USER_DATA)?;
+        check_len("public_key", &public_key, MAX_PUBLIC_KEY)?;
+        self.nsm.attestation(AttestationRequest { user_data, nonce, public_key }).map_err(nsm_error)
+    }
+
+    fn credentials_from(&self, update: CredentialsUpdate) -> Result<nekms_rpc::CredentialsInfo, RpcError> {
+        if update.access_key_id.is_empty() || update.secret_access_key.expose().is_empty() {
+            return Err(RpcError::bad_request("SetCredentials requires an access key id and a secret access key"));
+        }
+        let expiration = update.expiration.map(|s| UNIX_EPOCH + Duration::from_secs(s));
+        if expiration.is_some_and(|e| e <= SystemTime::now()) {
+            return Err(RpcError::new(ErrorCode::CredentialsExpired, "these credentials have already expired"));
+        }
+        Ok(self.set_credentials(
+            update.access_key_id,
+            update.secret_access_key.0,
+            update.session_token.map(|t| t.0),
+            update.region,
+            expiration,
+        ))
+    }
+
+    /// The credentials in force, without their secrets.
+    pub fn credentials_info(&self) -> Option<nekms_rpc::CredentialsInfo> {
+        self.kms.credentials_summary().map(|c| nekms_rpc::CredentialsInfo {
+            access_key_id: c.access_key_id,
+            region: c.region,
+            temporary: c.session_token.is_some() || c.expiration.is_some(),
+            expiration: c.expiration.map(unix_seconds),
+        })
+    }
+}
+
+fn data_key_spec(spec: Option<&str>, bytes: Option<u32>) -> Result<Option<DataKeySpec>, RpcError> {
+    match (spec, bytes) {
+        (Some(_), Some(_)) => Err(RpcError::bad_request("give key_spec or number_of_bytes, not both")),
+        (None, None) => Err(RpcError::bad_request("GenerateDataKey requires key_spec (AES_256, AES_128) or number_of_bytes")),
+        (Some("AES_256" | "AES-256"), None) => Ok(Some(DataKeySpec::Aes256)),
+        (Some("AES_128" | "AES-128"), None) => Ok(Some(DataKeySpec::Aes128)),
+        (Some(other), None) => Err(RpcError::bad_request(format!("unknown key_spec {other:?}; use AES_256 or AES_128"))),
+        (None, Some(n)) if (1..=1024).contains(&n) => Ok(None),
+        (None, Some(n)) => Err(RpcError::bad_request(format!("number_of_bytes must be 1-1024, not {n}"))),
+    }
+}
+
+impl Handler for Enclave {
+    async fn handle(&self, request: Request) -> Result<Response, RpcError> {
+        match request {
+            Request::Describe => Ok(Response::Described(Box::new(self.description()?))),
+            Request::Attest { nonce, user_data, public_key } => Ok(Response::Attested { document: self.attest(nonce, user_data, public_key)? }),
+            Request::SetCredentials(update) => Ok(Response::CredentialsSet(self.credentials_from(update)?)),
+            Request::Decrypt { ciphertext, encryption_context, key_id } => {
+                let plaintext = self.kms.decrypt(&ciphertext, &encryption_context, key_id.as_deref()).await.map_err(kms_error)?;
+                Ok(Response::Decrypted { plaintext: Secret::from(plaintext) })
+            }
+            Request::GenerateDataKey { key_id, key_spec, number_of_bytes, encryption_context } => {
+                let spec = data_key_spec(key_spec.as_deref(), number_of_bytes)?;
+                let n = if spec.is_none() { number_of_bytes.map(|n| n as i32) } else { None };
+                let k = self.kms.generate_data_key(&key_id, spec, n, &encryption_context).await.map_err(kms_error)?;
+                Ok(Response::DataKey { key_id: k.key_id, ciphertext_blob: k.ciphertext_blob, plaintext: Secret::from(k.plaintext) })
+            }
+            Request::GenerateRandom { length } => {
+                if !(1..=MAX_RANDOM).contains(&length) {
+                    return Err(RpcError::bad_request(format!("length must be 1-{MAX_RANDOM}, not {length}")));
+                }
+                let bytes = self.kms.generate_random(length as i32).await.map_err(kms_error)?;
+                Ok(Response::Random { bytes: Secret::from(bytes) })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_key_specs_are_checked_before_kms_is_asked() {
+        assert!(matches!(data_key_spec(Some("AES_256"), None), Ok(Some(DataKeySpec::Aes256))));
+        assert!(matches!(data_key_spec(Some("AES-128"), None), Ok(Some(DataKeySpec::Aes128))));
+        assert!(matches!(data_key_spec(None, Some(64)), Ok(None)));
+        for (spec, n) in [(Some("AES_512"), None), (None, None), (Some("AES_256"), Some(32)), (None, Some(0)), (None, Some(5000))] {
+            assert_eq!(data_key_spec(spec, n).unwrap_err().code, ErrorCode::BadRequest, "{spec:?} {n:?}");
+        }
+    }
+}
