@@ -107,6 +107,7 @@ class World:
         sock = self.base / f"{name}.sock"
         sock.unlink(missing_ok=True)
         args = [NEKMS_ENCLAVE, "--sim", "--dev-dir", str(self.dev), "--kmstool", f"unix://{sock}",
+                "--rpc", f"unix://{self.base / (name + '.rpc.sock')}",
                 "--proxy", f"unix://{self.base / 'proxy.sock'}", "--kms-endpoint", f"https://localhost:{self.port}",
                 "--kms-ca", str(self.dev / "tls-ca.pem")]
         if image:
