@@ -67,10 +67,12 @@ impl Conn {
 }
 
 
-/// A local KMS served in this process on an ephemeral loopback port.
+/// A local KMS served in this process on ephemeral loopback ports, HTTP and HTTPS.
 pub struct InProcessKms {
     pub addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
+    /// HTTPS with the development TLS certificate (localhost), as the enclave reaches it.
+    pub https_addr: SocketAddr,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl InProcessKms {
@@ -80,11 +82,14 @@ impl InProcessKms {
         let kms = nekms_kms::service::Kms::open(data, config)?;
         let log = if audit { Some(nekms_kms::audit::AuditLog::open(&data.join("audit.log"))?) } else { None };
         let server = std::sync::Arc::new(nekms_kms::server::Server::new(kms, log));
-        let bound = nekms_kms::server::bind(&[nekms_kms::server::Listen::Http("127.0.0.1:0".parse()?)], None).await.map_err(anyhow::Error::msg)?;
+        let tls = dev.kms_tls()?;
+        let acceptor = nekms_kms::server::tls_acceptor(&tls.cert_pem, &tls.key_pem).map_err(anyhow::Error::msg)?;
+        let listen = [nekms_kms::server::Listen::Http("127.0.0.1:0".parse()?), nekms_kms::server::Listen::Https("127.0.0.1:0".parse()?)];
+        let bound = nekms_kms::server::bind(&listen, Some(acceptor)).await.map_err(anyhow::Error::msg)?;
         let addr = bound[0].tcp_addr().expect("a TCP listener");
-        let listener = bound.into_iter().next().expect("one listener");
-        let task = tokio::spawn(nekms_kms::server::serve(server, listener));
-        Ok(InProcessKms { addr, task })
+        let https_addr = bound[1].tcp_addr().expect("a TCP listener");
+        let tasks = bound.into_iter().map(|b| tokio::spawn(nekms_kms::server::serve(server.clone(), b))).collect();
+        Ok(InProcessKms { addr, https_addr, tasks })
     }
 
     /// A target signed as the development principal `name`.
@@ -100,6 +105,8 @@ impl InProcessKms {
 
 impl Drop for InProcessKms {
     fn drop(&mut self) {
-        self.task.abort();
+        for t in &self.tasks {
+            t.abort();
+        }
     }
 }

@@ -130,8 +130,11 @@ fn the_demo_runs_and_says_what_it_did() {
     // The KMS step: three refusals, then the enclave opens the secret.
     assert_eq!(out.matches("refused: AccessDeniedException").count(), 3, "{out}");
     assert!(out.contains("inside the enclave, its RSA key opens it: \"correct horse battery staple\""), "{out}");
+    assert!(out.contains("the instance's own Decrypt               -> refused: AccessDeniedException"), "{out}");
+    assert!(out.contains("kmstool client: Decrypt through the enclave -> \"Hello, KMS!\""), "{out}");
     let audit = std::fs::read_to_string(tmp.path().join("kms/audit.log")).unwrap();
-    assert_eq!(audit.lines().filter(|l| l.contains("\"eventName\":\"Decrypt\"")).count(), 4);
+    // Four in the lock-out step, two in the kmstool step (the instance's refusal, the enclave's Recipient decrypt).
+    assert_eq!(audit.lines().filter(|l| l.contains("\"eventName\":\"Decrypt\"")).count(), 6);
 }
 
 fn openssl(args: &[&str]) {
