@@ -127,8 +127,8 @@ fn the_demo_runs_and_says_what_it_did() {
         assert!(out.contains(needle), "missing {needle:?} in\n{out}");
     }
     assert!(tmp.path().join("demo-attestation.cbor").exists());
-    // The KMS step: three refusals, then the enclave opens the secret.
-    assert_eq!(out.matches("refused: AccessDeniedException").count(), 3, "{out}");
+    // The KMS step: three refusals, then the enclave opens the secret; the kmstool step: one more refusal.
+    assert_eq!(out.matches("refused: AccessDeniedException").count(), 4, "{out}");
     assert!(out.contains("inside the enclave, its RSA key opens it: \"correct horse battery staple\""), "{out}");
     assert!(out.contains("the instance's own Decrypt               -> refused: AccessDeniedException"), "{out}");
     assert!(out.contains("kmstool client: Decrypt through the enclave -> \"Hello, KMS!\""), "{out}");
