@@ -16,6 +16,8 @@ pub struct Target {
     pub name: &'static str,
     pub addr: SocketAddr,
     pub credential: Credential,
+    /// Connect here instead of `addr` (a proxy in front of it); `addr` still names the host signed for.
+    pub via: Option<nekms_transport::Address>,
 }
 
 /// A keep-alive HTTP/1.1 connection that sends signed KMS requests.
@@ -26,10 +28,21 @@ pub struct Conn {
 
 impl Conn {
     pub async fn open(target: &Target) -> anyhow::Result<Conn> {
-        let stream = TcpStream::connect(target.addr).await?;
-        stream.set_nodelay(true)?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-        tokio::spawn(conn);
+        let sender = match &target.via {
+            Some(address) => {
+                let stream = nekms_transport::connect(address).await?;
+                let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+                tokio::spawn(conn);
+                sender
+            }
+            None => {
+                let stream = TcpStream::connect(target.addr).await?;
+                stream.set_nodelay(true)?;
+                let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+                tokio::spawn(conn);
+                sender
+            }
+        };
         Ok(Conn { sender, target: target.clone() })
     }
 
@@ -99,6 +112,7 @@ impl InProcessKms {
             name,
             addr: self.addr,
             credential: Credential::from(&p),
+            via: None,
         })
     }
 }

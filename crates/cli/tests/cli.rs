@@ -178,3 +178,14 @@ fn cms_decrypt_opens_a_message_openssl_made() {
     let err = fail(nekms(tmp.path(), &["cms", "decrypt", "--key", &p("other.pem"), &p("msg.der")]));
     assert!(err.contains("the message is for recipient"), "{err}");
 }
+
+#[test]
+fn the_kmstool_benchmark_runs_every_path_and_prints_ratios() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = ok(nekms(tmp.path(), &["bench", "kmstool", "--seconds", "0.3", "--clients", "2"]));
+    for path in ["KMS HTTPS directly (ref)", "enclave KMS client -> proxy -> KMS HTTPS", "kmstool Decrypt -> enclave -> proxy -> KMS", "client -> proxy -> KMS TCP"] {
+        let line = out.lines().find(|l| l.contains(path)).unwrap_or_else(|| panic!("no {path:?} in\n{out}"));
+        let rps: f64 = line.split_whitespace().rev().nth(2).unwrap().parse().unwrap();
+        assert!(rps > 0.0, "{line}");
+    }
+}

@@ -19,6 +19,8 @@ use zeroize::Zeroizing;
 pub enum Command {
     /// Requests per second of the local KMS vs moto's KMS (Encrypt, Decrypt, GenerateDataKey, Decrypt with Recipient)
     Kms(KmsArgs),
+    /// kmstool Decrypt through enclave -> proxy -> local KMS, and the proxy against a direct connection
+    Kmstool(super::bench_kmstool::Args),
 }
 
 #[derive(clap::Args)]
@@ -37,6 +39,7 @@ pub struct KmsArgs {
 pub fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Kms(a) => tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(bench_kms(a)),
+        Command::Kmstool(a) => tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(super::bench_kmstool::run(a)),
     }
 }
 
@@ -153,6 +156,7 @@ async fn bench_in(tmp: &std::path::Path, args: &KmsArgs) -> anyhow::Result<()> {
             expires: None,
             principal_arn: String::new(),
         },
+        via: None,
     });
 
     let (our_key, our_blob) = prepare(&ours).await?;

@@ -1,5 +1,6 @@
 pub mod attest;
 pub mod bench;
+pub mod bench_kmstool;
 pub mod cms;
 pub mod demo;
 pub mod dev;

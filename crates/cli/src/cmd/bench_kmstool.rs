@@ -1,0 +1,219 @@
+//! `nekms bench kmstool`: kmstool Decrypt round trips through
+//! enclave -> proxy -> local KMS, and the proxy against a direct connection
+//! to the same KMS, all measured in one run in this process.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use nekms_kms_client::{ChannelHttpClient, EnclaveKms, TlsRoots};
+use nekms_nsm::measure::Measurement;
+use nekms_nsm::{Nsm, SimConfig, SimulatedNsm};
+use nekms_transport::{Address, Listener};
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use super::kmstool::KmstoolClient;
+use crate::kms_client::{Conn, InProcessKms, Target};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Seconds per cell
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Concurrent kmstool clients to measure with
+    #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
+    clients: Vec<usize>,
+}
+
+struct Cell {
+    per_second: f64,
+    p50: Duration,
+}
+
+/// One client's loop body.
+trait Worker: Send + 'static {
+    fn call(&mut self) -> impl std::future::Future<Output = anyhow::Result<()>> + Send;
+}
+
+struct Kmstool {
+    client: KmstoolClient,
+    ciphertext: String,
+}
+
+impl Worker for Kmstool {
+    async fn call(&mut self) -> anyhow::Result<()> {
+        let plaintext = self.client.decrypt(&self.ciphertext, &Default::default()).await?;
+        anyhow::ensure!(&plaintext[..] == b"Hello, KMS!", "wrong plaintext");
+        Ok(())
+    }
+}
+
+/// The enclave's own KMS client (Decrypt with a Recipient), over a given channel.
+struct Sealed {
+    kms: Arc<EnclaveKms>,
+    blob: Vec<u8>,
+}
+
+impl Worker for Sealed {
+    async fn call(&mut self) -> anyhow::Result<()> {
+        self.kms.decrypt(&self.blob, &Default::default(), None).await?;
+        Ok(())
+    }
+}
+
+/// A plain SigV4 KMS request over keep-alive HTTP.
+struct Plain {
+    conn: Conn,
+    body: serde_json::Value,
+}
+
+impl Worker for Plain {
+    async fn call(&mut self) -> anyhow::Result<()> {
+        self.conn.call("Encrypt", &self.body).await?;
+        Ok(())
+    }
+}
+
+/// Run every worker in its own task for `seconds`; every call must succeed.
+async fn measure<W: Worker>(workers: Vec<W>, seconds: f64) -> anyhow::Result<Cell> {
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let start = Instant::now();
+    let tasks: Vec<_> = workers
+        .into_iter()
+        .map(|mut w| {
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    w.call().await?;
+                    latencies.push(t.elapsed());
+                }
+                anyhow::Ok(latencies)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    all.sort();
+    Ok(Cell { per_second: all.len() as f64 / elapsed, p50: all.get(all.len() / 2).copied().unwrap_or_default() })
+}
+
+fn row(label: &str, clients: usize, cell: &Cell, reference: Option<&Cell>) {
+    let ratio = reference.map(|r| format!("{:.2}", cell.per_second / r.per_second)).unwrap_or_else(|| "-".into());
+    println!("{label:<48} {clients:>7} {:>10.0} {:>9.2}ms {ratio:>7}", cell.per_second, cell.p50.as_secs_f64() * 1000.0);
+}
+
+async fn proxy_to(listen: Address, port: u16) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let allowlist = nekms_proxy::Allowlist::parse(&format!("allowlist: [{{address: 127.0.0.1, port: {port}}}]"), "the bench's allowlist")?;
+    let config = nekms_proxy::ProxyConfig {
+        listen,
+        remote_host: "127.0.0.1".into(),
+        remote_port: port,
+        ip_version: nekms_proxy::IpVersion::V4,
+        max_connections: 1024,
+        connect_timeout: Duration::from_secs(5),
+    };
+    Ok(tokio::spawn(nekms_proxy::Proxy::bind(config, &allowlist).await?.run()))
+}
+
+pub async fn run(a: Args) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dev = nekms_devworld::DevDir::new(tmp.path().join("dev"));
+    dev.init()?;
+    let local = InProcessKms::start(&dev, &tmp.path().join("kms"), false).await?;
+    let https = local.https_addr.port();
+    let sock = |name: &str| -> anyhow::Result<Address> { Ok(format!("unix://{}", tmp.path().join(name).display()).parse()?) };
+    let (tls_proxy, plain_proxy, kmstool_at) = (sock("proxy.sock")?, sock("plain-proxy.sock")?, sock("kmstool.sock")?);
+    let _proxies = [proxy_to(tls_proxy.clone(), https).await?, proxy_to(plain_proxy.clone(), local.addr.port()).await?];
+
+    // The enclave, in this process, reaching KMS through the proxy.
+    let measurement = Measurement::of_image(b"nekms bench enclave", None);
+    let nsm: Arc<dyn Nsm> = Arc::new(SimulatedNsm::boot(SimConfig::new(measurement.clone()), dev.document_signer()?));
+    let endpoint = format!("https://localhost:{https}");
+    let args = nekms_enclave::config::EnclaveArgs {
+        sim: true,
+        proxy: Some(tls_proxy.to_string()),
+        kmstool: Some(kmstool_at.to_string()),
+        kms_endpoint: Some(endpoint.clone()),
+        kms_ca: Some(dev.tls_ca_path()),
+        ..Default::default()
+    };
+    let enclave = Arc::new(nekms_enclave::Enclave::new(nsm.clone(), &args.resolve(Default::default()))?);
+    let _serving = tokio::spawn(nekms_enclave::kmstool::serve(Listener::bind(&kmstool_at).await?, enclave, 64 * 1024));
+
+    // A key only this image may decrypt with, and "Hello, KMS!" under it.
+    let instance_target = local.target(&dev, "instance")?;
+    let mut admin = Conn::open(&local.target(&dev, "admin")?).await?;
+    let mut instance = Conn::open(&instance_target).await?;
+    let role = format!("arn:aws:iam::{}:role/nekms-instance", dev.config()?.account_id);
+    let policy = json!({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": role}, "Action": "kms:Decrypt", "Resource": "*",
+         "Condition": {"StringEqualsIgnoreCase": {"kms:RecipientAttestation:ImageSha384": measurement.pcr0.to_hex()}}},
+        {"Effect": "Allow", "Principal": {"AWS": role}, "Action": "kms:Encrypt", "Resource": "*"},
+        {"Effect": "Allow", "Principal": {"AWS": format!("arn:aws:iam::{}:role/nekms-key-admin", dev.config()?.account_id)}, "Action": "kms:*", "Resource": "*"}]});
+    let key = admin.call("CreateKey", &json!({"Policy": policy.to_string()})).await?;
+    let arn = key["KeyMetadata"]["Arn"].as_str().context("CreateKey gave no Arn")?.to_owned();
+    let ct = instance.call("Encrypt", &json!({"KeyId": arn, "Plaintext": B64.encode("Hello, KMS!")})).await?;
+    let ciphertext = ct["CiphertextBlob"].as_str().context("Encrypt gave no blob")?.to_owned();
+    let blob = B64.decode(&ciphertext)?;
+    let p = dev.principals()?.into_iter().find(|p| p.name == "instance").context("no instance principal")?;
+    let credentials = || nekms_kms_client::Credentials {
+        access_key_id: p.access_key_id.clone(),
+        secret_access_key: Zeroizing::new(p.secret_access_key.clone()),
+        session_token: p.session_token.clone().map(Zeroizing::new),
+        region: "us-east-1".into(),
+        expiration: None,
+    };
+    let ca = std::fs::read_to_string(dev.tls_ca_path())?;
+    let sealed_client = |channel: Address| -> anyhow::Result<Arc<EnclaveKms>> {
+        let http = ChannelHttpClient::new(channel, TlsRoots::Pem(ca.clone())).map_err(anyhow::Error::msg)?;
+        let kms = EnclaveKms::new(nsm.clone(), http, Some(endpoint.clone()))?;
+        kms.set_credentials(credentials());
+        Ok(Arc::new(kms))
+    };
+    let through_proxy = sealed_client(tls_proxy.clone())?;
+    let direct = sealed_client(format!("tcp://127.0.0.1:{https}").parse()?)?;
+
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    println!("nekms bench kmstool: {} s per cell, {cores} cores, everything in this process over Unix sockets and loopback TCP", a.seconds);
+    println!("every Decrypt carries a fresh attestation document; KMS answers with CiphertextForRecipient, opened in the enclave.");
+    println!("{:<48} {:>7} {:>10} {:>11} {:>7}", "path", "clients", "req/s", "p50", "ratio");
+    for &clients in &a.clients {
+        let reference = measure((0..clients).map(|_| Sealed { kms: direct.clone(), blob: blob.clone() }).collect(), a.seconds).await?;
+        let proxied = measure((0..clients).map(|_| Sealed { kms: through_proxy.clone(), blob: blob.clone() }).collect(), a.seconds).await?;
+        let mut workers = Vec::new();
+        for _ in 0..clients {
+            let mut client = KmstoolClient::connect(&kmstool_at).await?;
+            client.set_client(&p.access_key_id, &p.secret_access_key, p.session_token.as_deref(), Some("us-east-1")).await?;
+            workers.push(Kmstool { client, ciphertext: ciphertext.clone() });
+        }
+        let kmstool = measure(workers, a.seconds).await?;
+        row("enclave KMS client -> KMS HTTPS directly (ref)", clients, &reference, None);
+        row("enclave KMS client -> proxy -> KMS HTTPS", clients, &proxied, Some(&reference));
+        row("kmstool Decrypt -> enclave -> proxy -> KMS", clients, &kmstool, Some(&reference));
+    }
+    println!();
+    println!("the proxy alone, with light requests (Encrypt, SigV4 over keep-alive HTTP/1.1, no TLS):");
+    println!("{:<48} {:>7} {:>10} {:>11} {:>7}", "path", "clients", "req/s", "p50", "ratio");
+    let body = json!({"KeyId": arn, "Plaintext": B64.encode("Hello, KMS!")});
+    for &clients in &a.clients {
+        let mut direct_workers = Vec::new();
+        let mut proxied_workers = Vec::new();
+        for _ in 0..clients {
+            direct_workers.push(Plain { conn: Conn::open(&instance_target).await?, body: body.clone() });
+            let via = Target { via: Some(plain_proxy.clone()), ..instance_target.clone() };
+            proxied_workers.push(Plain { conn: Conn::open(&via).await?, body: body.clone() });
+        }
+        let reference = measure(direct_workers, a.seconds).await?;
+        let proxied = measure(proxied_workers, a.seconds).await?;
+        row("client -> KMS TCP directly (ref)", clients, &reference, None);
+        row("client -> proxy -> KMS TCP", clients, &proxied, Some(&reference));
+    }
+    Ok(())
+}
