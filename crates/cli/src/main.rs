@@ -54,7 +54,7 @@ enum Command {
     Enclave(cmd::enclave::Command),
     /// kmstool-instance's job: credentials and a ciphertext to the enclave's kmstool port
     #[command(subcommand)]
-    Kmstool(cmd::kmstool::Command),
+    Kmstool(Box<cmd::kmstool::Command>),
     /// Measure nekms against a reference measured in the same run
     #[command(subcommand)]
     Bench(cmd::bench::Command),
@@ -71,7 +71,7 @@ fn main() {
         Command::Bench(c) => cmd::bench::run(c),
         Command::Proxy(a) => cmd::proxy::run(a),
         Command::Enclave(c) => cmd::enclave::run(c),
-        Command::Kmstool(c) => cmd::kmstool::run(c),
+        Command::Kmstool(c) => cmd::kmstool::run(*c),
     };
     if let Err(e) = result {
         eprintln!("nekms: {e:#}");

@@ -75,31 +75,35 @@ async fn connection(mut stream: Stream, enclave: &Enclave, max_message: usize) -
     }
 }
 
-/// One command -> one reply.
-pub async fn handle(message: &[u8], enclave: &Enclave) -> Value {
+/// A command, parsed.
+pub enum Command {
+    SetClient { access_key_id: String, secret_access_key: Zeroizing<String>, session_token: Option<Zeroizing<String>>, region: Option<String> },
+    Decrypt { ciphertext: Vec<u8>, context: BTreeMap<String, String> },
+}
+
+/// Parse one message (without its zero byte); the error is the reply's Message.
+pub fn parse(message: &[u8]) -> Result<Command, String> {
     let v: Value = match serde_json::from_slice(message) {
         Ok(v @ Value::Object(_)) => v,
-        Ok(_) => return error("the message must be a JSON object"),
-        Err(e) => return error(format!("the message is not valid JSON: {e}")),
+        Ok(_) => return Err("the message must be a JSON object".into()),
+        Err(e) => return Err(format!("the message is not valid JSON: {e}")),
     };
     let field = |name: &str| v.get(name).and_then(Value::as_str);
     match field("Operation") {
         Some("SetClient") => {
             let (Some(id), Some(secret)) = (field("AwsAccessKeyId"), field("AwsSecretAccessKey")) else {
-                return error("SetClient requires AwsAccessKeyId and AwsSecretAccessKey");
+                return Err("SetClient requires AwsAccessKeyId and AwsSecretAccessKey".into());
             };
-            enclave.set_credentials(
-                id.to_owned(),
-                Zeroizing::new(secret.to_owned()),
-                field("AwsSessionToken").map(|t| Zeroizing::new(t.to_owned())),
-                field("AwsRegion").map(str::to_owned),
-                None,
-            );
-            json!({"Status": "Ok"})
+            Ok(Command::SetClient {
+                access_key_id: id.to_owned(),
+                secret_access_key: Zeroizing::new(secret.to_owned()),
+                session_token: field("AwsSessionToken").map(|t| Zeroizing::new(t.to_owned())),
+                region: field("AwsRegion").map(str::to_owned),
+            })
         }
         Some("Decrypt") => {
-            let Some(text) = field("Ciphertext") else { return error("Decrypt requires Ciphertext (base64)") };
-            let Ok(ciphertext) = B64.decode(text.trim()) else { return error("Ciphertext is not valid base64") };
+            let Some(text) = field("Ciphertext") else { return Err("Decrypt requires Ciphertext (base64)".into()) };
+            let Ok(ciphertext) = B64.decode(text.trim()) else { return Err("Ciphertext is not valid base64".into()) };
             let mut context = BTreeMap::new();
             match v.get("EncryptionContext") {
                 None | Some(Value::Null) => {}
@@ -109,18 +113,30 @@ pub async fn handle(message: &[u8], enclave: &Enclave) -> Value {
                             Some(s) => {
                                 context.insert(k.clone(), s.to_owned());
                             }
-                            None => return error(format!("EncryptionContext value of {k:?} must be a string")),
+                            None => return Err(format!("EncryptionContext value of {k:?} must be a string")),
                         }
                     }
                 }
-                Some(_) => return error("EncryptionContext must be an object of strings"),
+                Some(_) => return Err("EncryptionContext must be an object of strings".into()),
             }
-            match enclave.kms.decrypt(&ciphertext, &context, None).await {
-                Ok(plaintext) => json!({"Status": "Ok", "Message": B64.encode(&plaintext[..])}),
-                Err(e) => error(e.to_string()),
-            }
+            Ok(Command::Decrypt { ciphertext, context })
         }
-        Some(other) => error(format!("unknown Operation {other:?}; kmstool knows SetClient and Decrypt")),
-        None => error("the message has no Operation"),
+        Some(other) => Err(format!("unknown Operation {other:?}; kmstool knows SetClient and Decrypt")),
+        None => Err("the message has no Operation".into()),
+    }
+}
+
+/// One command -> one reply.
+pub async fn handle(message: &[u8], enclave: &Enclave) -> Value {
+    match parse(message) {
+        Err(e) => error(e),
+        Ok(Command::SetClient { access_key_id, secret_access_key, session_token, region }) => {
+            enclave.set_credentials(access_key_id, secret_access_key, session_token, region, None);
+            json!({"Status": "Ok"})
+        }
+        Ok(Command::Decrypt { ciphertext, context }) => match enclave.kms.decrypt(&ciphertext, &context, None).await {
+            Ok(plaintext) => json!({"Status": "Ok", "Message": B64.encode(&plaintext[..])}),
+            Err(e) => error(e.to_string()),
+        },
     }
 }

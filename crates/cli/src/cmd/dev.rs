@@ -25,7 +25,7 @@ pub enum Command {
     Up(Box<super::up::Args>),
     /// Run the enclave program from this executable (what `dev up` uses when nekms-enclave is not built)
     #[command(hide = true)]
-    Enclave(nekms_enclave::app::Cli),
+    Enclave(Box<nekms_enclave::app::Cli>),
 }
 
 #[derive(clap::Subcommand)]
@@ -67,7 +67,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Up(a) => super::up::run(*a),
-        Command::Enclave(cli) => nekms_enclave::app::run(cli),
+        Command::Enclave(cli) => nekms_enclave::app::run(*cli),
         Command::Kms { command: None, serve } => nekms_kms::run::run(*serve).map_err(anyhow::Error::msg),
         Command::Kms { command: Some(KmsCommand::Audit { dir, log, follow, json, lines }), .. } => {
             let log = match log {
