@@ -223,6 +223,16 @@ def test_credentials_come_from_the_default_chain_and_expiry_is_enforced(up, tmp_
     assert len(base64.b64decode(up.nekms("enclave", "random", "--length", "16").stdout)) == 16
 
 
+def test_no_secret_reaches_the_logs(up):
+    up.nekms("kmstool", "decrypt", "--address", up.info["kmstool"], up.ciphertext)
+    up.nekms("enclave", "credentials")
+    log = up.log.read_text()  # the supervisor's, the KMS's, the proxy's and the enclave's output
+    assert "nekms-enclave: RPC on" in log
+    inst = up.creds["instance"]
+    for secret in (inst["secret_access_key"], inst["session_token"], "Hello, KMS!", base64.b64encode(b"Hello, KMS!").decode()):
+        assert secret not in log
+
+
 def test_no_enclave_is_a_clear_error(up, tmp_path):
     r = up.nekms("enclave", "describe", "--enclave", f"unix://{tmp_path}/nothing.sock", check=False)
     assert r.returncode != 0 and "cannot connect to the enclave" in r.stderr
