@@ -134,7 +134,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn pairs(items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+/// `KEY=VALUE` arguments as an encryption context.
+pub fn encryption_context(items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     items
         .iter()
         .map(|kv| match kv.split_once('=') {
@@ -163,7 +164,7 @@ async fn one_shot(config: &EnclaveConfig, verb: Verb) -> anyhow::Result<()> {
                 bail!("--encryption-algorithm {encryption_algorithm}: only SYMMETRIC_DEFAULT is supported");
             }
             let blob = B64.decode(ciphertext.trim()).context("--ciphertext is not valid base64")?;
-            let plaintext = enclave.kms.decrypt(&blob, &pairs(&encryption_context)?, key_id.as_deref()).await?;
+            let plaintext = enclave.kms.decrypt(&blob, &crate::app::encryption_context(&encryption_context)?, key_id.as_deref()).await?;
             println!("PLAINTEXT: {}", Zeroizing::new(B64.encode(&plaintext[..])).as_str());
         }
         Verb::Genkey { key_id, key_spec, .. } => {

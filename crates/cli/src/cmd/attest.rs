@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use base64::Engine;
 use anyhow::{bail, Context};
 use nekms_attestation::{Pcr48, Verified, Verifier, VerifyOptions, AWS_NITRO_ROOT_G1_PEM};
 use nekms_nsm::measure::Measurement;
@@ -46,19 +47,49 @@ pub struct VerifyArgs {
     json: bool,
 }
 
+/// The fields a caller puts in a document (for `attest sim` and `enclave attest`).
+#[derive(clap::Args)]
+pub struct DocumentFields {
+    /// Nonce to include, hex (up to 512 bytes)
+    #[arg(long, value_name = "HEX")]
+    nonce: Option<String>,
+    /// User data to include, hex (up to 512 bytes)
+    #[arg(long, value_name = "HEX")]
+    user_data: Option<String>,
+    /// Public key for the public_key field, a file, DER or PEM (for KMS: an RSA-2048 SubjectPublicKeyInfo; up to 1024 bytes)
+    #[arg(long, value_name = "FILE")]
+    public_key: Option<PathBuf>,
+}
+
+impl DocumentFields {
+    pub fn request(&self) -> anyhow::Result<AttestationRequest> {
+        let public_key = match &self.public_key {
+            None => None,
+            Some(p) => {
+                let bytes = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
+                Some(if bytes.starts_with(b"-----BEGIN") {
+                    let text = String::from_utf8_lossy(&bytes);
+                    let body: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
+                    base64::engine::general_purpose::STANDARD.decode(body.trim()).with_context(|| format!("{}: PEM body is not base64", p.display()))?
+                } else {
+                    bytes
+                })
+            }
+        };
+        Ok(AttestationRequest {
+            user_data: self.user_data.as_deref().map(|h| hex_arg("--user-data", h)).transpose()?,
+            nonce: self.nonce.as_deref().map(|h| hex_arg("--nonce", h)).transpose()?,
+            public_key,
+        })
+    }
+}
+
 #[derive(clap::Args)]
 pub struct SimArgs {
     #[command(flatten)]
     dir: DirArg,
-    /// Nonce to include, hex
-    #[arg(long, value_name = "HEX")]
-    nonce: Option<String>,
-    /// User data to include, hex
-    #[arg(long, value_name = "HEX")]
-    user_data: Option<String>,
-    /// File whose bytes go in the public_key field (for KMS: an RSA-2048 SubjectPublicKeyInfo, DER)
-    #[arg(long, value_name = "FILE")]
-    public_key: Option<PathBuf>,
+    #[command(flatten)]
+    fields: DocumentFields,
     /// Report all-zero PCRs 0-8, like an enclave started with --debug-mode
     #[arg(long)]
     debug_mode: bool,
@@ -160,16 +191,7 @@ fn sim(a: SimArgs) -> anyhow::Result<()> {
     sim_config.debug_mode = a.debug_mode;
     sim_config.parent_instance_id = Some(config.instance_id);
     let nsm = SimulatedNsm::boot(sim_config, dir.document_signer()?);
-    let public_key = a
-        .public_key
-        .as_ref()
-        .map(|p| std::fs::read(p).with_context(|| format!("cannot read {}", p.display())))
-        .transpose()?;
-    let request = AttestationRequest {
-        user_data: a.user_data.as_deref().map(|h| hex_arg("--user-data", h)).transpose()?,
-        nonce: a.nonce.as_deref().map(|h| hex_arg("--nonce", h)).transpose()?,
-        public_key,
-    };
+    let request = a.fields.request()?;
     let doc = nsm.attestation(request)?;
     if doc.is_empty() {
         bail!("the simulator produced an empty document");

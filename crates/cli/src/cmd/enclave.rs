@@ -11,7 +11,6 @@ use nekms_rpc::{Client, CredentialsInfo, CredentialsUpdate, SecretString};
 use nekms_transport::Address;
 use zeroize::Zeroizing;
 
-use super::hex_arg;
 
 /// Which enclave: `--enclave 16` (a CID; port 5000) or an address.
 #[derive(clap::Args, Clone, Debug)]
@@ -53,15 +52,8 @@ pub enum Command {
     Attest {
         #[command(flatten)]
         enclave: EnclaveArg,
-        /// Nonce, hex (up to 512 bytes)
-        #[arg(long, value_name = "HEX")]
-        nonce: Option<String>,
-        /// User data, hex (up to 512 bytes)
-        #[arg(long, value_name = "HEX")]
-        user_data: Option<String>,
-        /// Public key to include, a file (DER or PEM, up to 1024 bytes)
-        #[arg(long, value_name = "FILE")]
-        public_key: Option<PathBuf>,
+        #[command(flatten)]
+        fields: super::attest::DocumentFields,
         /// Write the document (CBOR/COSE) here instead of printing it in base64
         #[arg(long, short, value_name = "FILE")]
         out: Option<PathBuf>,
@@ -124,14 +116,9 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
     rt.block_on(async move {
         match cmd {
             Command::Describe { enclave, json } => describe(&enclave, json).await,
-            Command::Attest { enclave, nonce, user_data, public_key, out } => {
-                let nonce = nonce.map(|n| hex_arg("--nonce", &n)).transpose()?;
-                let user_data = user_data.map(|u| hex_arg("--user-data", &u)).transpose()?;
-                let public_key = match public_key {
-                    Some(p) => Some(read_public_key(&p)?),
-                    None => None,
-                };
-                let document = enclave.connect().await?.attest(nonce, user_data, public_key).await?;
+            Command::Attest { enclave, fields, out } => {
+                let r = fields.request()?;
+                let document = enclave.connect().await?.attest(r.nonce, r.user_data, r.public_key).await?;
                 match out {
                     Some(path) => {
                         std::fs::write(&path, &document).with_context(|| path.display().to_string())?;
@@ -143,13 +130,13 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             }
             Command::Decrypt { enclave, encryption_context, key_id, ciphertext } => {
                 let blob = B64.decode(ciphertext.trim()).context("the ciphertext is not base64")?;
-                let context = super::kmstool::pairs(&encryption_context)?;
+                let context = nekms_enclave::app::encryption_context(&encryption_context)?;
                 let plaintext = enclave.connect().await?.decrypt(blob, context, key_id).await?;
                 println!("{}", Zeroizing::new(B64.encode(plaintext.expose())).as_str());
                 Ok(())
             }
             Command::DataKey { enclave, key_id, key_spec, encryption_context } => {
-                let context = super::kmstool::pairs(&encryption_context)?;
+                let context = nekms_enclave::app::encryption_context(&encryption_context)?;
                 let (key_id, blob, plaintext) = enclave.connect().await?.generate_data_key(key_id, Some(key_spec), None, context).await?;
                 println!("KEY: {key_id}");
                 println!("CIPHERTEXT: {}", B64.encode(&blob));
@@ -166,16 +153,6 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             }
         }
     })
-}
-
-fn read_public_key(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
-    let bytes = std::fs::read(path).with_context(|| path.display().to_string())?;
-    if bytes.starts_with(b"-----BEGIN") {
-        let text = String::from_utf8_lossy(&bytes);
-        let body: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
-        return B64.decode(body.trim()).with_context(|| format!("{}: PEM body is not base64", path.display()));
-    }
-    Ok(bytes)
 }
 
 fn time_text(secs: u64) -> String {

@@ -128,16 +128,6 @@ fn zeroize_json(v: Value) {
     }
 }
 
-pub fn pairs(items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
-    items
-        .iter()
-        .map(|kv| match kv.split_once('=') {
-            Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
-            _ => bail!("{kv:?}: an encryption context pair is KEY=VALUE"),
-        })
-        .collect()
-}
-
 pub fn run(cmd: Command) -> anyhow::Result<()> {
     let Command::Decrypt(a) = cmd;
     let address: Address = match (&a.cid, &a.address) {
@@ -149,7 +139,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
         }
         (None, None) => unreachable!("clap requires --cid or --address"),
     };
-    let context = pairs(&a.encryption_context)?;
+    let context = nekms_enclave::app::encryption_context(&a.encryption_context)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let plaintext = rt.block_on(async {
         let mut client = KmstoolClient::connect(&address).await?;
