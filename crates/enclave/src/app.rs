@@ -75,6 +75,14 @@ pub enum Verb {
     },
 }
 
+impl Verb {
+    fn common(&self) -> &VerbArgs {
+        match self {
+            Verb::Decrypt { common, .. } | Verb::Genkey { common, .. } | Verb::Genrandom { common, .. } => common,
+        }
+    }
+}
+
 /// The options every kmstool-enclave-cli verb takes.
 #[derive(clap::Args)]
 pub struct VerbArgs {
@@ -122,11 +130,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         None => serve(config),
         Some(Command::Cli(verb)) => {
-            let common = match &verb {
-                Verb::Decrypt { common, .. } | Verb::Genkey { common, .. } | Verb::Genrandom { common, .. } => common,
-            };
             if !proxy_given {
-                config.proxy = format!("vsock://parent:{}", common.proxy_port);
+                config.proxy = format!("vsock://parent:{}", verb.common().proxy_port);
             }
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             rt.block_on(one_shot(&config, verb))
@@ -148,9 +153,7 @@ pub fn encryption_context(items: &[String]) -> anyhow::Result<BTreeMap<String, S
 async fn one_shot(config: &EnclaveConfig, verb: Verb) -> anyhow::Result<()> {
     let nsm = open_nsm(config)?;
     let enclave = Enclave::new(nsm, config)?;
-    let common = match &verb {
-        Verb::Decrypt { common, .. } | Verb::Genkey { common, .. } | Verb::Genrandom { common, .. } => common,
-    };
+    let common = verb.common();
     enclave.set_credentials(
         common.aws_access_key_id.clone(),
         Zeroizing::new(common.aws_secret_access_key.clone()),

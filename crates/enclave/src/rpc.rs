@@ -55,7 +55,7 @@ impl Enclave {
         }
         let recipient = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &self.kms.recipient_public_key());
         Ok(Description {
-            protocol_version: 1,
+            protocol_version: *nekms_rpc::protocol::VERSIONS.last().expect("at least one version"),
             agent: format!("nekms-enclave {}", env!("CARGO_PKG_VERSION")),
             simulated: self.nsm.is_simulated(),
             nsm: NsmInfo {

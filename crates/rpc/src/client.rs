@@ -14,7 +14,7 @@ use crate::protocol::{
     self, ClientFrame, CredentialsInfo, CredentialsUpdate, Description, Hello, Request, Response, RpcError, Secret, ServerFrame, PROTOCOL,
     VERSIONS,
 };
-use crate::wire::{write_frames, Outgoing};
+use crate::wire::{write_frames, zeroized_after, Outgoing};
 
 /// Why a call did not get an answer from the enclave's handler.
 #[derive(Debug, thiserror::Error)]
@@ -223,7 +223,7 @@ async fn read_replies<R: tokio::io::AsyncRead + Unpin>(mut frames: FramedRead<R,
             Some(Err(e)) => break e.to_string(),
             Some(Ok(frame)) => frame,
         };
-        match protocol::decode::<ServerFrame>(&frame) {
+        match zeroized_after(frame, protocol::decode::<ServerFrame>) {
             Ok(ServerFrame::Reply { id, outcome }) => {
                 let waiter = pending.lock().unwrap_or_else(|p| p.into_inner()).waiting.remove(&id);
                 if let Some(waiter) = waiter {
@@ -234,7 +234,6 @@ async fn read_replies<R: tokio::io::AsyncRead + Unpin>(mut frames: FramedRead<R,
             Ok(ServerFrame::Welcome { .. }) => break "a second Welcome".to_string(),
             Err(e) => break e.to_string(),
         }
-        drop(frame);
     };
     let mut pending = pending.lock().unwrap_or_else(|p| p.into_inner());
     pending.closed = Some(reason);

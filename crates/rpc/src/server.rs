@@ -5,16 +5,14 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures::StreamExt;
 use nekms_transport::{FrameCodec, FrameError, Listener, Stream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::codec::FramedRead;
-use zeroize::Zeroize;
 
 use crate::protocol::{self, ClientFrame, ErrorCode, Request, Response, RpcError, ServerFrame, PROTOCOL, VERSIONS};
-use crate::wire::{write_frames, Outgoing};
+use crate::wire::{write_frames, zeroized_after, Outgoing};
 
 /// What answers the calls.
 pub trait Handler: Send + Sync + 'static {
@@ -79,17 +77,6 @@ pub enum ConnectionError {
     Refused(String),
     #[error("{0}")]
     Frame(#[from] FrameError),
-}
-
-fn zeroized_after<T>(mut frame: Bytes, read: impl FnOnce(&[u8]) -> T) -> T {
-    let out = read(&frame);
-    // The frame is the only owner of its bytes (split from the read buffer), so they can be wiped.
-    match frame.try_into_mut() {
-        Ok(mut owned) => owned.zeroize(),
-        Err(shared) => frame = shared,
-    }
-    let _ = frame;
-    out
 }
 
 /// Encodes frames for the writer task, turning a reply too large to send into an error reply.

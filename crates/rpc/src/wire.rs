@@ -1,5 +1,6 @@
-//! Writing frames: batched, and wiped once written.
+//! Frames on the wire: written in batches, and wiped once written or read.
 
+use bytes::Bytes;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use zeroize::Zeroizing;
@@ -39,4 +40,14 @@ fn push(batch: &mut Zeroizing<Vec<u8>>, body: &[u8]) {
     }
     batch.extend_from_slice(&(body.len() as u32).to_be_bytes());
     batch.extend_from_slice(body);
+}
+
+/// Read a received frame, then wipe it when it is the only owner of its
+/// bytes (as frames split from the read buffer are).
+pub fn zeroized_after<T>(frame: Bytes, read: impl FnOnce(&[u8]) -> T) -> T {
+    let out = read(&frame);
+    if let Ok(mut owned) = frame.try_into_mut() {
+        zeroize::Zeroize::zeroize(&mut owned[..]);
+    }
+    out
 }

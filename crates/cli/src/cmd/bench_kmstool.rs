@@ -11,12 +11,13 @@ use base64::Engine;
 use nekms_kms_client::{ChannelHttpClient, EnclaveKms, TlsRoots};
 use nekms_nsm::measure::Measurement;
 use nekms_nsm::{Nsm, SimConfig, SimulatedNsm};
-use nekms_transport::{Address, Listener};
+use nekms_transport::Address;
 use serde_json::json;
 use zeroize::Zeroizing;
 
 use super::kmstool::KmstoolClient;
 use crate::kms_client::{Conn, InProcessKms, Target};
+use crate::kmstool_path::{enclave_only_secret, proxy_to, KmstoolPath};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -109,59 +110,22 @@ fn row(label: &str, clients: usize, cell: &Cell, reference: Option<&Cell>) {
     println!("{label:<48} {clients:>7} {:>10.0} {:>9.2}ms {ratio:>7}", cell.per_second, cell.p50.as_secs_f64() * 1000.0);
 }
 
-async fn proxy_to(listen: Address, port: u16) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let allowlist = nekms_proxy::Allowlist::parse(&format!("allowlist: [{{address: 127.0.0.1, port: {port}}}]"), "the bench's allowlist")?;
-    let config = nekms_proxy::ProxyConfig {
-        listen,
-        remote_host: "127.0.0.1".into(),
-        remote_port: port,
-        ip_version: nekms_proxy::IpVersion::V4,
-        max_connections: 1024,
-        connect_timeout: Duration::from_secs(5),
-    };
-    Ok(tokio::spawn(nekms_proxy::Proxy::bind(config, &allowlist).await?.run()))
-}
-
 pub async fn run(a: Args) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let dev = nekms_devworld::DevDir::new(tmp.path().join("dev"));
     dev.init()?;
     let local = InProcessKms::start(&dev, &tmp.path().join("kms"), false).await?;
     let https = local.https_addr.port();
-    let sock = |name: &str| -> anyhow::Result<Address> { Ok(format!("unix://{}", tmp.path().join(name).display()).parse()?) };
-    let (tls_proxy, plain_proxy, kmstool_at) = (sock("proxy.sock")?, sock("plain-proxy.sock")?, sock("kmstool.sock")?);
-    let _proxies = [proxy_to(tls_proxy.clone(), https).await?, proxy_to(plain_proxy.clone(), local.addr.port()).await?];
+    let plain_proxy: Address = format!("unix://{}", tmp.path().join("plain-proxy.sock").display()).parse()?;
+    let _plain = proxy_to(plain_proxy.clone(), local.addr.port()).await?;
 
-    // The enclave, in this process, reaching KMS through the proxy.
+    // The enclave, in this process, reaching KMS through the proxy; a key only its image may decrypt with.
     let measurement = Measurement::of_image(b"nekms bench enclave", None);
     let nsm: Arc<dyn Nsm> = Arc::new(SimulatedNsm::boot(SimConfig::new(measurement.clone()), dev.document_signer()?));
-    let endpoint = format!("https://localhost:{https}");
-    let args = nekms_enclave::config::EnclaveArgs {
-        sim: true,
-        proxy: Some(tls_proxy.to_string()),
-        kmstool: Some(kmstool_at.to_string()),
-        kms_endpoint: Some(endpoint.clone()),
-        kms_ca: Some(dev.tls_ca_path()),
-        ..Default::default()
-    };
-    let enclave = Arc::new(nekms_enclave::Enclave::new(nsm.clone(), &args.resolve(Default::default()))?);
-    let _serving = tokio::spawn(nekms_enclave::kmstool::serve(Listener::bind(&kmstool_at).await?, enclave, 64 * 1024));
-
-    // A key only this image may decrypt with, and "Hello, KMS!" under it.
-    let instance_target = local.target(&dev, "instance")?;
-    let mut admin = Conn::open(&local.target(&dev, "admin")?).await?;
-    let mut instance = Conn::open(&instance_target).await?;
-    let role = format!("arn:aws:iam::{}:role/nekms-instance", dev.config()?.account_id);
-    let policy = json!({"Version": "2012-10-17", "Statement": [
-        {"Effect": "Allow", "Principal": {"AWS": role}, "Action": "kms:Decrypt", "Resource": "*",
-         "Condition": {"StringEqualsIgnoreCase": {"kms:RecipientAttestation:ImageSha384": measurement.pcr0.to_hex()}}},
-        {"Effect": "Allow", "Principal": {"AWS": role}, "Action": "kms:Encrypt", "Resource": "*"},
-        {"Effect": "Allow", "Principal": {"AWS": format!("arn:aws:iam::{}:role/nekms-key-admin", dev.config()?.account_id)}, "Action": "kms:*", "Resource": "*"}]});
-    let key = admin.call("CreateKey", &json!({"Policy": policy.to_string()})).await?;
-    let arn = key["KeyMetadata"]["Arn"].as_str().context("CreateKey gave no Arn")?.to_owned();
-    let ct = instance.call("Encrypt", &json!({"KeyId": arn, "Plaintext": B64.encode("Hello, KMS!")})).await?;
-    let ciphertext = ct["CiphertextBlob"].as_str().context("Encrypt gave no blob")?.to_owned();
+    let path = KmstoolPath::start(&dev, &local, nsm.clone(), tmp.path()).await?;
+    let (arn, ciphertext) = enclave_only_secret(&dev, &local, &measurement.pcr0.to_hex(), "nekms bench", b"Hello, KMS!").await?;
     let blob = B64.decode(&ciphertext)?;
+    let instance_target = local.target(&dev, "instance")?;
     let p = dev.principals()?.into_iter().find(|p| p.name == "instance").context("no instance principal")?;
     let credentials = || nekms_kms_client::Credentials {
         access_key_id: p.access_key_id.clone(),
@@ -173,11 +137,11 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let ca = std::fs::read_to_string(dev.tls_ca_path())?;
     let sealed_client = |channel: Address| -> anyhow::Result<Arc<EnclaveKms>> {
         let http = ChannelHttpClient::new(channel, TlsRoots::Pem(ca.clone())).map_err(anyhow::Error::msg)?;
-        let kms = EnclaveKms::new(nsm.clone(), http, Some(endpoint.clone()))?;
+        let kms = EnclaveKms::new(nsm.clone(), http, Some(path.endpoint.clone()))?;
         kms.set_credentials(credentials());
         Ok(Arc::new(kms))
     };
-    let through_proxy = sealed_client(tls_proxy.clone())?;
+    let through_proxy = sealed_client(path.proxy.clone())?;
     let direct = sealed_client(format!("tcp://127.0.0.1:{https}").parse()?)?;
 
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
@@ -189,7 +153,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         let proxied = measure((0..clients).map(|_| Sealed { kms: through_proxy.clone(), blob: blob.clone() }).collect(), a.seconds).await?;
         let mut workers = Vec::new();
         for _ in 0..clients {
-            let mut client = KmstoolClient::connect(&kmstool_at).await?;
+            let mut client = KmstoolClient::connect(&path.kmstool).await?;
             client.set_client(&p.access_key_id, &p.secret_access_key, p.session_token.as_deref(), Some("us-east-1")).await?;
             workers.push(Kmstool { client, ciphertext: ciphertext.clone() });
         }

@@ -131,32 +131,13 @@ async fn kms_flow(dir: &nekms_devworld::DevDir, local: &crate::kms_client::InPro
     use serde_json::json;
 
     println!("    local KMS on http://{} (state and audit log in {})", local.addr, dir.path().join("kms").display());
-    let mut admin = crate::kms_client::Conn::open(&local.target(dir, "admin")?).await?;
     let mut instance = crate::kms_client::Conn::open(&local.target(dir, "instance")?).await?;
     let mut root = crate::kms_client::Conn::open(&local.target(dir, "root")?).await?;
-    let account = dir.config()?.account_id;
-    let policy = json!({
-        "Version": "2012-10-17",
-        "Statement": [
-            {"Sid": "Decrypt only inside the enclave image", "Effect": "Allow",
-             "Principal": {"AWS": format!("arn:aws:iam::{account}:role/nekms-instance")}, "Action": "kms:Decrypt", "Resource": "*",
-             "Condition": {"StringEqualsIgnoreCase": {"kms:RecipientAttestation:ImageSha384": measurement.pcr0.to_hex()}}},
-            {"Sid": "Encrypt from the instance", "Effect": "Allow",
-             "Principal": {"AWS": format!("arn:aws:iam::{account}:role/nekms-instance")}, "Action": "kms:Encrypt", "Resource": "*"},
-            {"Sid": "Key administrators manage, never decrypt", "Effect": "Allow",
-             "Principal": {"AWS": format!("arn:aws:iam::{account}:role/nekms-key-admin")},
-             "Action": ["kms:Create*", "kms:Describe*", "kms:Enable*", "kms:List*", "kms:Put*", "kms:Update*", "kms:Disable*",
-                        "kms:Get*", "kms:Delete*", "kms:TagResource", "kms:UntagResource", "kms:ScheduleKeyDeletion", "kms:CancelKeyDeletion"],
-             "Resource": "*"}
-        ]
-    });
-    let key = admin.call("CreateKey", &json!({"Description": "nekms demo: decrypt only in the enclave", "Policy": policy.to_string()})).await?;
-    let arn = key["KeyMetadata"]["Arn"].as_str().unwrap_or_default().to_owned();
+    let (arn, blob) =
+        crate::kmstool_path::enclave_only_secret(dir, local, &measurement.pcr0.to_hex(), "nekms demo: decrypt only in the enclave", b"correct horse battery staple").await?;
     println!("    admin created {arn}");
     println!("      with a policy that has no root statement: Decrypt only for role/nekms-instance with ImageSha384 = this PCR0");
-    let ct = instance.call("Encrypt", &json!({"KeyId": arn, "Plaintext": B64.encode("correct horse battery staple")})).await?;
-    let blob = ct["CiphertextBlob"].clone();
-    println!("    the instance encrypted a secret: {} bytes of ciphertext", B64.decode(blob.as_str().unwrap_or(""))?.len());
+    println!("    the instance encrypted a secret: {} bytes of ciphertext", B64.decode(&blob)?.len());
 
     let (_, v) = instance.call_raw("Decrypt", &json!({"CiphertextBlob": blob})).await?;
     println!("    instance decrypts without attestation   -> refused: {}", refusal(&v));
@@ -185,77 +166,28 @@ async fn kms_flow(dir: &nekms_devworld::DevDir, local: &crate::kms_client::InPro
 async fn kmstool_flow(dir: &nekms_devworld::DevDir, local: &crate::kms_client::InProcessKms, measurement: &Measurement) -> anyhow::Result<()> {
     use std::sync::Arc;
 
-    use base64::engine::general_purpose::STANDARD as B64;
-    use base64::Engine;
-    use nekms_transport::{Address, Listener};
     use serde_json::json;
-
-    let run = dir.path().join("demo");
-    std::fs::create_dir_all(&run)?;
-    let sock = |name: &str| -> anyhow::Result<Address> {
-        let path = run.join(name);
-        let _ = std::fs::remove_file(&path);
-        Ok(format!("unix://{}", path.display()).parse()?)
-    };
-    let (proxy_at, kmstool_at) = (sock("proxy.sock")?, sock("kmstool.sock")?);
-
-    // The parent's proxy: the enclave's channel -> the local KMS's HTTPS port, and nowhere else.
-    let port = local.https_addr.port();
-    let allowlist = nekms_proxy::Allowlist::parse(&format!("allowlist: [{{address: 127.0.0.1, port: {port}}}]"), "the demo's allowlist")?;
-    let config = nekms_proxy::ProxyConfig {
-        listen: proxy_at.clone(),
-        remote_host: "127.0.0.1".into(),
-        remote_port: port,
-        ip_version: nekms_proxy::IpVersion::V4,
-        max_connections: 64,
-        connect_timeout: std::time::Duration::from_secs(5),
-    };
-    let proxy = tokio::spawn(nekms_proxy::Proxy::bind(config, &allowlist).await?.run());
-    println!("    proxy        {proxy_at} -> 127.0.0.1:{port} (allowlisted)");
 
     // The enclave: the same image's PCRs, its own RSA key, KMS only through the proxy with TLS to the dev CA.
     let mut sim = SimConfig::new(measurement.clone());
     sim.parent_instance_id = Some(dir.config()?.instance_id);
     let nsm: Arc<dyn Nsm> = Arc::new(SimulatedNsm::boot(sim, dir.document_signer()?));
-    let args = nekms_enclave::config::EnclaveArgs {
-        sim: true,
-        proxy: Some(proxy_at.to_string()),
-        kmstool: Some(kmstool_at.to_string()),
-        kms_endpoint: Some(format!("https://localhost:{port}")),
-        kms_ca: Some(dir.tls_ca_path()),
-        ..Default::default()
-    };
-    let enclave = Arc::new(nekms_enclave::Enclave::new(nsm, &args.resolve(Default::default()))?);
-    let serving = tokio::spawn(nekms_enclave::kmstool::serve(Listener::bind(&kmstool_at).await?, enclave, 64 * 1024));
-    println!("    enclave      kmstool protocol on {kmstool_at}, KMS https://localhost:{port} through the proxy");
+    let path = crate::kmstool_path::KmstoolPath::start(dir, local, nsm, &dir.path().join("demo")).await?;
+    println!("    proxy        {} -> 127.0.0.1:{} (allowlisted)", path.proxy, local.https_addr.port());
+    println!("    enclave      kmstool protocol on {}, KMS {} through the proxy", path.kmstool, path.endpoint);
 
-    // A key only this image may decrypt with; the instance encrypts "Hello, KMS!".
-    let mut admin = crate::kms_client::Conn::open(&local.target(dir, "admin")?).await?;
-    let mut instance = crate::kms_client::Conn::open(&local.target(dir, "instance")?).await?;
-    let role = format!("arn:aws:iam::{}:role/nekms-instance", dir.config()?.account_id);
-    let policy = json!({"Version": "2012-10-17", "Statement": [
-        {"Sid": "Enable decrypt from enclave", "Effect": "Allow", "Principal": {"AWS": role}, "Action": "kms:Decrypt", "Resource": "*",
-         "Condition": {"StringEqualsIgnoreCase": {"kms:RecipientAttestation:ImageSha384": measurement.pcr0.to_hex()}}},
-        {"Sid": "Enable encrypt from instance", "Effect": "Allow", "Principal": {"AWS": role}, "Action": "kms:Encrypt", "Resource": "*"},
-        {"Sid": "Administrators", "Effect": "Allow", "Principal": {"AWS": format!("arn:aws:iam::{}:role/nekms-key-admin", dir.config()?.account_id)},
-         "Action": ["kms:Create*", "kms:Describe*", "kms:Put*", "kms:Get*", "kms:ScheduleKeyDeletion"], "Resource": "*"}]});
-    let key = admin.call("CreateKey", &json!({"Description": "nekms demo: kmstool", "Policy": policy.to_string()})).await?;
-    let arn = key["KeyMetadata"]["Arn"].as_str().unwrap_or_default().to_owned();
-    let ct = instance.call("Encrypt", &json!({"KeyId": arn, "Plaintext": B64.encode("Hello, KMS!")})).await?;
-    let ciphertext = ct["CiphertextBlob"].as_str().unwrap_or_default().to_owned();
+    let (arn, ciphertext) = crate::kmstool_path::enclave_only_secret(dir, local, &measurement.pcr0.to_hex(), "nekms demo: kmstool", b"Hello, KMS!").await?;
     println!("    the instance encrypted \"Hello, KMS!\" under {arn}");
-
+    let mut instance = crate::kms_client::Conn::open(&local.target(dir, "instance")?).await?;
     let (_, v) = instance.call_raw("Decrypt", &json!({"CiphertextBlob": ciphertext})).await?;
     println!("    the instance's own Decrypt               -> refused: {}", refusal(&v));
 
     let p = dir.principals()?.into_iter().find(|p| p.name == "instance").context("no instance principal")?;
-    let mut client = crate::cmd::kmstool::KmstoolClient::connect(&kmstool_at).await?;
+    let mut client = crate::cmd::kmstool::KmstoolClient::connect(&path.kmstool).await?;
     client.set_client(&p.access_key_id, &p.secret_access_key, p.session_token.as_deref(), Some("us-east-1")).await?;
     println!("    kmstool client: SetClient with the instance role's credentials -> Ok");
     let plaintext = client.decrypt(&ciphertext, &Default::default()).await?;
     anyhow::ensure!(&plaintext[..] == b"Hello, KMS!", "the enclave returned something else");
     println!("    kmstool client: Decrypt through the enclave -> {:?}", String::from_utf8_lossy(&plaintext));
-    serving.abort();
-    proxy.abort();
     Ok(())
 }
