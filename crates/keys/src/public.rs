@@ -1,0 +1,158 @@
+//! Public keys: SubjectPublicKeyInfo DER, PEM, Ethereum addresses.
+
+use aws_lc_rs::encoding::AsDer;
+use base64::Engine;
+
+use crate::der;
+use crate::spec::KeySpec;
+use crate::KeyError;
+
+// SubjectPublicKeyInfo prefixes for the fixed-size keys; the point or key follows.
+pub(crate) const SPKI_SECP256K1: &[u8] =
+    &[0x30, 0x56, 0x30, 0x10, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0a, 0x03, 0x42, 0x00];
+pub(crate) const SPKI_P256: &[u8] = &[
+    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03,
+    0x42, 0x00,
+];
+pub(crate) const SPKI_P384: &[u8] =
+    &[0x30, 0x76, 0x30, 0x10, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22, 0x03, 0x62, 0x00];
+pub(crate) const SPKI_ED25519: &[u8] = &[0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
+
+/// A public key of a known spec, kept as SubjectPublicKeyInfo DER.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PublicKey {
+    spec: KeySpec,
+    spki: Vec<u8>,
+}
+
+impl std::fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PublicKey({}, {})", self.spec, hex::encode(&self.spki))
+    }
+}
+
+impl PublicKey {
+    /// Parse a SubjectPublicKeyInfo (DER) and learn its spec from it.
+    pub fn from_spki(spki: &[u8]) -> Result<PublicKey, KeyError> {
+        let fixed = [(SPKI_SECP256K1, 65, KeySpec::Secp256k1), (SPKI_P256, 65, KeySpec::P256), (SPKI_P384, 97, KeySpec::P384), (SPKI_ED25519, 32, KeySpec::Ed25519)];
+        for (prefix, len, spec) in fixed {
+            if spki.len() == prefix.len() + len && spki.starts_with(prefix) {
+                if spec.is_ecdsa() && spki[prefix.len()] != 0x04 {
+                    return Err(KeyError::PublicKey("only uncompressed EC points are accepted".into()));
+                }
+                if spec == KeySpec::Secp256k1 {
+                    secp256k1::PublicKey::from_slice(&spki[prefix.len()..]).map_err(|e| KeyError::PublicKey(format!("not a secp256k1 point: {e}")))?;
+                }
+                let key = PublicKey { spec, spki: spki.to_vec() };
+                if matches!(spec, KeySpec::P256 | KeySpec::P384) {
+                    key.ecdsa_check()?;
+                }
+                return Ok(key);
+            }
+        }
+        let rsa = aws_lc_rs::rsa::PublicEncryptingKey::from_der(spki).map_err(|_| {
+            KeyError::PublicKey("not a SubjectPublicKeyInfo for secp256k1, Ed25519, P-256, P-384 or RSA".into())
+        })?;
+        let spec = match rsa.key_size_bits() {
+            2048 => KeySpec::Rsa2048,
+            3072 => KeySpec::Rsa3072,
+            4096 => KeySpec::Rsa4096,
+            n => return Err(KeyError::PublicKey(format!("an RSA key of {n} bits; nekms keeps 2048, 3072 or 4096"))),
+        };
+        // Re-encode so the stored form is canonical whatever the input's framing.
+        let spki = rsa.as_der().map_err(|_| KeyError::PublicKey("RSA key cannot be encoded".into()))?.as_ref().to_vec();
+        Ok(PublicKey { spec, spki })
+    }
+
+    /// Parse PEM ("PUBLIC KEY") or DER.
+    pub fn parse(bytes: &[u8]) -> Result<PublicKey, KeyError> {
+        match pem_block(bytes) {
+            Some(("PUBLIC KEY", der)) => PublicKey::from_spki(&der),
+            Some((label, _)) => Err(KeyError::PublicKey(format!("a PEM {label}; give a PUBLIC KEY"))),
+            None => PublicKey::from_spki(bytes),
+        }
+    }
+
+    fn ecdsa_check(&self) -> Result<(), KeyError> {
+        let alg: &'static aws_lc_rs::signature::EcdsaVerificationAlgorithm = match self.spec {
+            KeySpec::P256 => &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1,
+            _ => &aws_lc_rs::signature::ECDSA_P384_SHA384_ASN1,
+        };
+        aws_lc_rs::signature::ParsedPublicKey::new(alg, self.point())
+            .map(|_| ())
+            .map_err(|_| KeyError::PublicKey(format!("not a point on {}", self.spec)))
+    }
+
+    pub fn spec(&self) -> KeySpec {
+        self.spec
+    }
+
+    pub fn spki(&self) -> &[u8] {
+        &self.spki
+    }
+
+    pub fn to_pem(&self) -> String {
+        pem_encode("PUBLIC KEY", &self.spki)
+    }
+
+    /// The raw key: an uncompressed SEC1 point, the 32 Ed25519 bytes, or for
+    /// RSA the whole SubjectPublicKeyInfo.
+    pub fn point(&self) -> &[u8] {
+        let prefix = match self.spec {
+            KeySpec::Secp256k1 => SPKI_SECP256K1.len(),
+            KeySpec::P256 => SPKI_P256.len(),
+            KeySpec::P384 => SPKI_P384.len(),
+            KeySpec::Ed25519 => SPKI_ED25519.len(),
+            _ => 0,
+        };
+        &self.spki[prefix..]
+    }
+
+    /// The Ethereum address of a secp256k1 key.
+    pub fn eth_address(&self) -> Option<alloy_primitives::Address> {
+        (self.spec == KeySpec::Secp256k1).then(|| alloy_primitives::Address::from_raw_public_key(&self.point()[1..]))
+    }
+
+    /// SHA-256 of the SubjectPublicKeyInfo: what an attestation commits to.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &self.spki);
+        d.as_ref().try_into().expect("SHA-256 is 32 bytes")
+    }
+
+    pub(crate) fn from_parts(spec: KeySpec, spki: Vec<u8>) -> PublicKey {
+        PublicKey { spec, spki }
+    }
+}
+
+/// The first PEM block in `bytes`: its label and decoded body.
+pub(crate) fn pem_block(bytes: &[u8]) -> Option<(&str, Vec<u8>)> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let start = text.find("-----BEGIN ")?;
+    let rest = &text[start + 11..];
+    let label_end = rest.find("-----")?;
+    let label = &rest[..label_end];
+    let body_start = &rest[label_end + 5..];
+    let end = body_start.find(&format!("-----END {label}-----"))?;
+    let b64: String = body_start[..end].chars().filter(|c| !c.is_whitespace()).collect();
+    let der = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    Some((label, der))
+}
+
+pub(crate) fn pem_encode(label: &str, der: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+/// Build the SubjectPublicKeyInfo of a secp256k1 point.
+pub(crate) fn secp256k1_spki(point: &[u8; 65]) -> Vec<u8> {
+    let mut spki = SPKI_SECP256K1.to_vec();
+    spki.extend_from_slice(point);
+    debug_assert_eq!(der::outer_len(&spki), Some(spki.len()));
+    spki
+}
