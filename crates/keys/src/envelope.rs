@@ -67,7 +67,7 @@ pub fn open(data_key: &[u8], record: &KeyRecord) -> Result<Zeroizing<Vec<u8>>, K
     let key = key(data_key)?;
     let nonce = Nonce::try_assume_unique_for_key(&sealed[1..1 + NONCE_LEN]).map_err(|_| tampered())?;
     let mut body = Zeroizing::new(sealed[1 + NONCE_LEN..].to_vec());
-    let len = key.open_in_place(nonce, Aad::from(associated_data(record)), &mut *body).map_err(|_| tampered())?.len();
+    let len = key.open_in_place(nonce, Aad::from(associated_data(record)), &mut body).map_err(|_| tampered())?.len();
     body.truncate(len);
     Ok(body)
 }

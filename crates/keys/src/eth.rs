@@ -57,7 +57,7 @@ fn number(obj: &Map<String, Value>, names: &[&str]) -> Result<Option<U256>, KeyE
     let parsed = match v {
         Value::Number(n) => n.as_u64().map(U256::from),
         Value::String(s) => match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-            Some(h) if h.is_empty() => Some(U256::ZERO),
+            Some("") => Some(U256::ZERO),
             Some(h) => U256::from_str_radix(h, 16).ok(),
             None => U256::from_str_radix(s, 10).ok(),
         },

@@ -46,8 +46,8 @@ fn prehash(scheme: Scheme, spec: KeySpec, payload: &Payload) -> Result<(Hash, Ve
     let hash = scheme.message_hash(spec).expect("ECDSA and RSA schemes name a hash");
     match payload {
         Payload::Message(m) => Ok((hash, hash.digest(m))),
-        Payload::Digest(d) if d.len() == hash.len() => Ok((hash, d.clone())),
-        Payload::Digest(d) => Err(KeyError::Payload(format!("{scheme} with a {spec} key signs a {}-byte {} digest, not {} bytes", hash.len(), hash.name(), d.len()))),
+        Payload::Digest(d) if d.len() == hash.output_len() => Ok((hash, d.clone())),
+        Payload::Digest(d) => Err(KeyError::Payload(format!("{scheme} with a {spec} key signs a {}-byte {} digest, not {} bytes", hash.output_len(), hash.name(), d.len()))),
         _ => Err(KeyError::Payload(format!("{scheme} signs a message or a digest"))),
     }
 }
