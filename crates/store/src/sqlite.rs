@@ -1,0 +1,168 @@
+//! SQLite: one file, one table, written through a single connection.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use nekms_keys::{KeyRecord, KeySpec, Origin};
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use crate::{checked, KeyStore, Page, StoreError};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS key_records (
+    key_id             TEXT PRIMARY KEY NOT NULL,
+    spec               TEXT NOT NULL,
+    public_key         BLOB NOT NULL,
+    kms_key_id         TEXT NOT NULL,
+    encryption_context TEXT NOT NULL,
+    encrypted_data_key BLOB NOT NULL,
+    sealed_private_key BLOB NOT NULL,
+    origin             TEXT NOT NULL,
+    created_at         INTEGER NOT NULL,
+    attestation        BLOB
+) STRICT;
+";
+
+const COLUMNS: &str =
+    "key_id, spec, public_key, kms_key_id, encryption_context, encrypted_data_key, sealed_private_key, origin, created_at, attestation";
+
+/// Key records in a SQLite file.
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+fn backend(e: rusqlite::Error) -> StoreError {
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _) if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+            StoreError::Unavailable(e.to_string())
+        }
+        _ => StoreError::Backend(e.to_string()),
+    }
+}
+
+fn from_row(row: &Row<'_>) -> rusqlite::Result<Result<KeyRecord, StoreError>> {
+    let key_id: String = row.get(0)?;
+    let spec: String = row.get(1)?;
+    let context: String = row.get(4)?;
+    let origin: String = row.get(7)?;
+    let corrupt = |reason: String| StoreError::Corrupt { key_id: key_id.clone(), reason };
+    let spec = match spec.parse::<KeySpec>() {
+        Ok(s) => s,
+        Err(e) => return Ok(Err(corrupt(e.to_string()))),
+    };
+    let encryption_context = match serde_json::from_str::<BTreeMap<String, String>>(&context) {
+        Ok(c) => c,
+        Err(e) => return Ok(Err(corrupt(format!("encryption context: {e}")))),
+    };
+    let origin = match origin.parse::<Origin>() {
+        Ok(o) => o,
+        Err(e) => return Ok(Err(corrupt(e))),
+    };
+    let created_at: i64 = row.get(8)?;
+    Ok(Ok(KeyRecord {
+        key_id: key_id.clone(),
+        spec,
+        public_key: row.get(2)?,
+        kms_key_id: row.get(3)?,
+        encryption_context,
+        encrypted_data_key: row.get(5)?,
+        sealed_private_key: row.get(6)?,
+        origin,
+        created_at: created_at.max(0) as u64,
+        attestation: row.get(9)?,
+    }))
+}
+
+impl SqliteStore {
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| StoreError::Backend(format!("{}: {e}", parent.display())))?;
+        }
+        let conn = Connection::open(path).map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(backend)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(backend)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(backend)?;
+        conn.execute_batch(SCHEMA).map_err(backend)?;
+        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)) })
+    }
+
+    async fn with<T: Send + 'static>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&guard)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
+    }
+}
+
+impl KeyStore for SqliteStore {
+    async fn create(&self, record: &KeyRecord) -> Result<(), StoreError> {
+        let r = record.clone();
+        self.with(move |c| {
+            let context = serde_json::to_string(&r.encryption_context).expect("a string map serializes");
+            let result = c.execute(
+                &format!("INSERT INTO key_records ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
+                params![
+                    r.key_id,
+                    r.spec.as_str(),
+                    r.public_key,
+                    r.kms_key_id,
+                    context,
+                    r.encrypted_data_key,
+                    r.sealed_private_key,
+                    r.origin.as_str(),
+                    r.created_at as i64,
+                    r.attestation
+                ],
+            );
+            match result {
+                Ok(_) => Ok(()),
+                Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => Err(StoreError::Exists(r.key_id.clone())),
+                Err(e) => Err(backend(e)),
+            }
+        })
+        .await
+    }
+
+    async fn get(&self, key_id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        let key_id = key_id.to_owned();
+        self.with(move |c| {
+            let row = c
+                .query_row(&format!("SELECT {COLUMNS} FROM key_records WHERE key_id = ?1"), params![key_id], from_row)
+                .optional()
+                .map_err(backend)?;
+            row.map(|r| r.and_then(checked)).transpose()
+        })
+        .await
+    }
+
+    async fn list(&self, after: Option<&str>, limit: usize) -> Result<Page, StoreError> {
+        let after = after.unwrap_or("").to_owned();
+        let limit = limit.clamp(1, 1000);
+        self.with(move |c| {
+            let mut stmt = c.prepare(&format!("SELECT {COLUMNS} FROM key_records WHERE key_id > ?1 ORDER BY key_id LIMIT ?2")).map_err(backend)?;
+            let rows = stmt.query_map(params![after, (limit + 1) as i64], from_row).map_err(backend)?;
+            let mut records = Vec::new();
+            for row in rows {
+                records.push(row.map_err(backend)?.and_then(checked)?);
+            }
+            let next = if records.len() > limit {
+                records.truncate(limit);
+                records.last().map(|r| r.key_id.clone())
+            } else {
+                None
+            };
+            Ok(Page { records, next })
+        })
+        .await
+    }
+
+    async fn delete(&self, key_id: &str) -> Result<bool, StoreError> {
+        let key_id = key_id.to_owned();
+        self.with(move |c| Ok(c.execute("DELETE FROM key_records WHERE key_id = ?1", params![key_id]).map_err(backend)? > 0)).await
+    }
+}

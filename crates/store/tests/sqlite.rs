@@ -1,0 +1,87 @@
+//! The SQLite store. (DynamoDB is tested against moto's server in tests/python.)
+
+use std::collections::BTreeMap;
+
+use nekms_keys::envelope::seal_record;
+use nekms_keys::record::binding_context;
+use nekms_keys::{KeyRecord, KeySpec, Origin, PrivateKey};
+use nekms_store::{list_all, KeyStore, SqliteStore, StoreError, StoreUrl};
+
+fn record(key_id: &str) -> KeyRecord {
+    let seed: Vec<u8> = key_id.bytes().cycle().take(64).collect();
+    let key = PrivateKey::generate(KeySpec::Secp256k1, &seed).unwrap();
+    let r = KeyRecord {
+        key_id: key_id.into(),
+        spec: key.spec(),
+        public_key: key.public_key().spki().to_vec(),
+        kms_key_id: "arn:aws:kms:us-east-1:111122223333:key/k".into(),
+        encryption_context: binding_context(key_id, key.spec(), &BTreeMap::new()).unwrap(),
+        encrypted_data_key: vec![7; 120],
+        sealed_private_key: Vec::new(),
+        origin: Origin::Generated,
+        created_at: 1_700_000_000,
+        attestation: Some(vec![1, 2, 3]),
+    };
+    seal_record(r, &[5u8; 32], &key).unwrap()
+}
+
+#[tokio::test]
+async fn records_are_written_once_and_read_back_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("sub/keys.db")).unwrap();
+    let r = record("u001");
+    store.create(&r).await.unwrap();
+    assert_eq!(store.get("u001").await.unwrap().unwrap(), r);
+    assert!(store.get("u002").await.unwrap().is_none());
+
+    let mut other = record("u001");
+    other.created_at += 1;
+    assert!(matches!(store.create(&other).await, Err(StoreError::Exists(id)) if id == "u001"));
+    assert_eq!(store.get("u001").await.unwrap().unwrap(), r, "a refused write changes nothing");
+
+    // A second handle on the same file (another process) sees the record.
+    drop(store);
+    let again = SqliteStore::open(&dir.path().join("sub/keys.db")).unwrap();
+    assert_eq!(again.get("u001").await.unwrap().unwrap(), r);
+    assert!(again.delete("u001").await.unwrap());
+    assert!(!again.delete("u001").await.unwrap());
+    assert!(again.get("u001").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn listing_pages_through_every_record_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
+    for i in (0..7).rev() {
+        store.create(&record(&format!("k{i}"))).await.unwrap();
+    }
+    let first = store.list(None, 3).await.unwrap();
+    assert_eq!(first.records.iter().map(|r| r.key_id.as_str()).collect::<Vec<_>>(), ["k0", "k1", "k2"]);
+    let second = store.list(first.next.as_deref(), 3).await.unwrap();
+    assert_eq!(second.records[0].key_id, "k3");
+    let last = store.list(Some("k5"), 3).await.unwrap();
+    assert_eq!(last.records.len(), 1);
+    assert!(last.next.is_none());
+    assert_eq!(list_all(&store).await.unwrap().len(), 7);
+}
+
+#[tokio::test]
+async fn a_damaged_row_is_reported_as_damaged() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys.db");
+    let store = SqliteStore::open(&path).unwrap();
+    store.create(&record("u001")).await.unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute("UPDATE key_records SET spec = 'ed25519' WHERE key_id = 'u001'", []).unwrap();
+    let err = store.get("u001").await.unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    assert!(!err.is_retryable());
+}
+
+#[test]
+fn store_urls_are_parsed_with_clear_errors() {
+    assert_eq!("sqlite:/tmp/k.db".parse::<StoreUrl>().unwrap(), StoreUrl::Sqlite("/tmp/k.db".into()));
+    assert_eq!("dynamodb:nekms-keys".parse::<StoreUrl>().unwrap(), StoreUrl::DynamoDb("nekms-keys".into()));
+    assert!("dynamodb:a".parse::<StoreUrl>().is_err());
+    assert!("postgres://x".parse::<StoreUrl>().unwrap_err().contains("sqlite:PATH"));
+}
