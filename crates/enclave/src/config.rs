@@ -41,6 +41,12 @@ pub struct EnclaveArgs {
     /// Largest kmstool message in bytes [default: 65536]
     #[arg(long, value_name = "BYTES")]
     pub max_message: Option<usize>,
+    /// Opened keys kept in memory for warm signing; 0 opens the record every time [default: 1024]
+    #[arg(long, value_name = "N")]
+    pub key_cache: Option<usize>,
+    /// Seconds an opened key stays cached [default: 300]
+    #[arg(long, value_name = "SECONDS")]
+    pub key_cache_ttl: Option<u64>,
 }
 
 /// Settings in force.
@@ -57,6 +63,8 @@ pub struct EnclaveConfig {
     pub kms_ca: Option<PathBuf>,
     pub region: Option<String>,
     pub max_message: usize,
+    pub key_cache: usize,
+    pub key_cache_ttl: u64,
 }
 
 impl EnclaveArgs {
@@ -79,6 +87,8 @@ impl EnclaveArgs {
             kms_ca: self.kms_ca.or(file.kms_ca),
             region: self.region.or(file.region),
             max_message: self.max_message.or(file.max_message).unwrap_or(64 * 1024),
+            key_cache: self.key_cache.or(file.key_cache).unwrap_or(1024),
+            key_cache_ttl: self.key_cache_ttl.or(file.key_cache_ttl).unwrap_or(300),
         }
     }
 }

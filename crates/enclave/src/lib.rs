@@ -11,6 +11,7 @@
 
 pub mod app;
 pub mod config;
+pub mod custody;
 pub mod kmstool;
 pub mod rpc;
 
@@ -31,6 +32,8 @@ pub struct Enclave {
     pub kms_endpoint: Option<String>,
     pub proxy: String,
     pub kmstool: Option<String>,
+    /// Opened keys ([`custody`]).
+    pub keys: custody::KeyCache,
 }
 
 impl Enclave {
@@ -48,6 +51,7 @@ impl Enclave {
             kms_endpoint: config.kms_endpoint.clone(),
             proxy: config.proxy.clone(),
             kmstool: Some(config.kmstool.clone()),
+            keys: custody::KeyCache::new(config.key_cache, std::time::Duration::from_secs(config.key_cache_ttl)),
         })
     }
 

@@ -72,6 +72,7 @@ impl Enclave {
             kmstool: self.kmstool.clone(),
             credentials: self.credentials_info(),
             recipient_key_sha256: recipient.as_ref().to_vec(),
+            key_cache: Some(self.keys.info()),
         })
     }
 
@@ -145,6 +146,9 @@ impl Handler for Enclave {
                 let bytes = self.kms.generate_random(length as i32).await.map_err(kms_error)?;
                 Ok(Response::Random { bytes: Secret::from(bytes) })
             }
+            Request::GenerateKey(req) => Ok(Response::KeyCreated { record: Box::new(self.generate_key(req).await?) }),
+            Request::ImportKey(req) => Ok(Response::KeyCreated { record: Box::new(self.import_key(req).await?) }),
+            Request::Sign { record, scheme, payload } => Ok(Response::Signed(self.sign(&record, scheme, &payload).await?)),
         }
     }
 }

@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use nekms_transport::{Address, FrameCodec};
+use nekms_keys::{KeyRecord, Payload, Scheme, Signature};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::FramedRead;
 
-use crate::protocol::{
+use crate::protocol::{GenerateKey, ImportKey, 
     self, ClientFrame, CredentialsInfo, CredentialsUpdate, Description, Hello, Request, Response, RpcError, Secret, ServerFrame, PROTOCOL,
     VERSIONS,
 };
@@ -200,6 +201,27 @@ impl Client {
         match self.call(&Request::GenerateRandom { length }).await? {
             Response::Random { bytes } => Ok(bytes),
             _ => Err(ClientError::Unexpected { operation: "GenerateRandom" }),
+        }
+    }
+
+    pub async fn generate_key(&self, request: GenerateKey) -> Result<KeyRecord, ClientError> {
+        match self.call(&Request::GenerateKey(request)).await? {
+            Response::KeyCreated { record } => Ok(*record),
+            _ => Err(ClientError::Unexpected { operation: "GenerateKey" }),
+        }
+    }
+
+    pub async fn import_key(&self, request: ImportKey) -> Result<KeyRecord, ClientError> {
+        match self.call(&Request::ImportKey(request)).await? {
+            Response::KeyCreated { record } => Ok(*record),
+            _ => Err(ClientError::Unexpected { operation: "ImportKey" }),
+        }
+    }
+
+    pub async fn sign(&self, record: KeyRecord, scheme: Option<Scheme>, payload: Payload) -> Result<Signature, ClientError> {
+        match self.call(&Request::Sign { record, scheme, payload }).await? {
+            Response::Signed(signature) => Ok(signature),
+            _ => Err(ClientError::Unexpected { operation: "Sign" }),
         }
     }
 }

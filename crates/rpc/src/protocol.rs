@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use nekms_keys::{KeyRecord, KeySpec, Payload, Scheme, Signature};
 use zeroize::Zeroizing;
 
 /// The name both sides put in the handshake.
@@ -162,6 +163,66 @@ pub enum Request {
     },
     /// KMS GenerateRandom with a Recipient.
     GenerateRandom { length: u32 },
+    /// Make a key inside the enclave and seal it into a record.
+    GenerateKey(GenerateKey),
+    /// Decrypt an administrator's KMS-encrypted private key and seal it into a record.
+    ImportKey(ImportKey),
+    /// Open a record's key (or find it in the cache) and sign.
+    Sign {
+        record: KeyRecord,
+        /// The spec's default when absent.
+        #[serde(default)]
+        scheme: Option<Scheme>,
+        payload: Payload,
+    },
+}
+
+/// Where a new key's entropy comes from. NSM GetRandom and the OS generator
+/// are always mixed in; `Kms` adds KMS GenerateRandom (with a Recipient).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Entropy {
+    #[default]
+    Nsm,
+    Kms,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerateKey {
+    pub key_id: String,
+    pub spec: KeySpec,
+    /// The KMS key the data key is generated under (id, ARN or alias).
+    pub kms_key_id: String,
+    #[serde(default)]
+    pub entropy: Entropy,
+    /// Extra encryption-context entries (the `nekms:` ones are added).
+    #[serde(default)]
+    pub encryption_context: BTreeMap<String, String>,
+    /// Put into the attestation document that vouches for the key.
+    #[serde(default, with = "serde_bytes")]
+    pub nonce: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImportKey {
+    pub key_id: String,
+    /// Required for raw secrets; checked against encoded keys.
+    #[serde(default)]
+    pub spec: Option<KeySpec>,
+    /// The KMS key the record's data key is generated under.
+    pub kms_key_id: String,
+    /// The administrator's KMS ciphertext of the private key.
+    #[serde(with = "serde_bytes")]
+    pub ciphertext: Vec<u8>,
+    /// The encryption context that ciphertext was made with.
+    #[serde(default)]
+    pub ciphertext_context: BTreeMap<String, String>,
+    #[serde(default)]
+    pub ciphertext_key_id: Option<String>,
+    #[serde(default)]
+    pub encryption_context: BTreeMap<String, String>,
+    #[serde(default, with = "serde_bytes")]
+    pub nonce: Option<Vec<u8>>,
 }
 
 impl Request {
@@ -174,6 +235,9 @@ impl Request {
             Request::Decrypt { .. } => "Decrypt",
             Request::GenerateDataKey { .. } => "GenerateDataKey",
             Request::GenerateRandom { .. } => "GenerateRandom",
+            Request::GenerateKey(_) => "GenerateKey",
+            Request::ImportKey(_) => "ImportKey",
+            Request::Sign { .. } => "Sign",
         }
     }
 }
@@ -210,6 +274,9 @@ pub enum Response {
         plaintext: Secret,
     },
     Random { bytes: Secret },
+    /// A new record; its `attestation` commits to the public key.
+    KeyCreated { record: Box<KeyRecord> },
+    Signed(Signature),
 }
 
 /// What the enclave says about itself.
@@ -233,6 +300,19 @@ pub struct Description {
     /// SHA-256 of the recipient public key (SPKI DER) KMS seals answers to.
     #[serde(with = "serde_bytes")]
     pub recipient_key_sha256: Vec<u8>,
+    /// The opened-key cache.
+    #[serde(default)]
+    pub key_cache: Option<CacheInfo>,
+}
+
+/// The enclave's cache of opened keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheInfo {
+    pub entries: u32,
+    pub capacity: u32,
+    pub ttl_seconds: u64,
+    pub hits: u64,
+    pub misses: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -277,6 +357,9 @@ pub enum ErrorCode {
     Unavailable,
     /// The NSM could not produce a document.
     Attestation,
+    /// A key record that fails its checks: tampered with, mixed with another
+    /// record, or not matching its public key.
+    RecordRejected,
     /// Anything else inside the enclave.
     Internal,
 }

@@ -1,0 +1,208 @@
+//! Key custody inside the enclave: making and importing keys, sealing them
+//! into records under a KMS data key, and signing with a record's key.
+//!
+//! The data key is generated and decrypted with a Recipient, so its
+//! plaintext exists only here. Opened keys are kept in [`KeyCache`]
+//! (bounded in count and age; a key is zeroized when it leaves), keyed by a
+//! digest of every sealed field, so a record changed in any way is opened
+//! afresh and checked afresh.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use nekms_keys::envelope::{open_record, seal_record};
+use nekms_keys::record::{binding_context, check_key_id};
+use nekms_keys::{parse_private_key, KeyError, KeyRecord, Origin, Payload, PrivateKey, Scheme, Signature};
+use nekms_kms_client::DataKeySpec;
+use nekms_nsm::AttestationRequest;
+use nekms_rpc::{CacheInfo, Entropy, ErrorCode, GenerateKey, ImportKey, RpcError};
+use zeroize::Zeroizing;
+
+use crate::rpc::kms_error;
+use crate::Enclave;
+
+/// Opened keys, most recently used kept.
+pub struct KeyCache {
+    entries: Mutex<HashMap<[u8; 32], (Arc<PrivateKey>, Instant, Instant)>>,
+    capacity: usize,
+    ttl: Duration,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl KeyCache {
+    /// `capacity` 0 disables caching: every signature opens the record.
+    pub fn new(capacity: usize, ttl: Duration) -> KeyCache {
+        KeyCache { entries: Mutex::new(HashMap::new()), capacity, ttl, hits: AtomicU64::new(0), misses: AtomicU64::new(0) }
+    }
+
+    fn get(&self, digest: &[u8; 32]) -> Option<Arc<PrivateKey>> {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        entries.retain(|_, (_, opened, _)| now.duration_since(*opened) < self.ttl);
+        let found = entries.get_mut(digest).map(|(key, _, used)| {
+            *used = now;
+            key.clone()
+        });
+        let counter = if found.is_some() { &self.hits } else { &self.misses };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    fn insert(&self, digest: [u8; 32], key: Arc<PrivateKey>) {
+        if self.capacity == 0 {
+            return;
+        }
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        while entries.len() >= self.capacity && !entries.contains_key(&digest) {
+            let oldest = entries.iter().min_by_key(|(_, (_, _, used))| *used).map(|(d, _)| *d).expect("not empty");
+            entries.remove(&oldest);
+        }
+        let now = Instant::now();
+        entries.insert(digest, (key, now, now));
+    }
+
+    /// Drop every opened key.
+    pub fn clear(&self) {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    pub fn info(&self) -> CacheInfo {
+        CacheInfo {
+            entries: self.entries.lock().unwrap_or_else(|p| p.into_inner()).len() as u32,
+            capacity: self.capacity as u32,
+            ttl_seconds: self.ttl.as_secs(),
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn key_error(e: KeyError) -> RpcError {
+    let code = match e {
+        KeyError::Record { .. } | KeyError::Sealed { .. } | KeyError::Mismatch { .. } => ErrorCode::RecordRejected,
+        KeyError::Crypto(_) | KeyError::Entropy(_) => ErrorCode::Internal,
+        _ => ErrorCode::BadRequest,
+    };
+    RpcError::new(code, e.to_string())
+}
+
+fn now_seconds() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl Enclave {
+    /// NSM GetRandom, the OS generator and, when asked, KMS GenerateRandom.
+    async fn entropy(&self, source: Entropy) -> Result<Zeroizing<Vec<u8>>, RpcError> {
+        let mut seed = Zeroizing::new(self.nsm.get_random().map_err(|e| RpcError::new(ErrorCode::Attestation, format!("NSM GetRandom: {e}")))?);
+        let mut os = Zeroizing::new([0u8; 32]);
+        SystemRandom::new().fill(&mut *os).map_err(|_| RpcError::new(ErrorCode::Internal, "the OS random generator failed"))?;
+        seed.extend_from_slice(&*os);
+        if source == Entropy::Kms {
+            let kms = self.kms.generate_random(32).await.map_err(kms_error)?;
+            seed.extend_from_slice(&kms);
+        }
+        Ok(seed)
+    }
+
+    /// Seal `private` into a new record under a fresh data key, with an
+    /// attestation document that commits to its public key.
+    async fn seal_new(
+        &self,
+        private: &PrivateKey,
+        key_id: &str,
+        kms_key_id: &str,
+        extra_context: &BTreeMap<String, String>,
+        origin: Origin,
+        nonce: Option<Vec<u8>>,
+    ) -> Result<KeyRecord, RpcError> {
+        let context = binding_context(key_id, private.spec(), extra_context).map_err(key_error)?;
+        let data_key = self.kms.generate_data_key(kms_key_id, Some(DataKeySpec::Aes256), None, &context).await.map_err(kms_error)?;
+        let template = KeyRecord {
+            key_id: key_id.to_owned(),
+            spec: private.spec(),
+            public_key: private.public_key().spki().to_vec(),
+            // The ARN KMS answered with, so the record names the key exactly.
+            kms_key_id: data_key.key_id.clone(),
+            encryption_context: context,
+            encrypted_data_key: data_key.ciphertext_blob.clone(),
+            sealed_private_key: Vec::new(),
+            origin,
+            created_at: now_seconds(),
+            attestation: None,
+        };
+        let mut record = seal_record(template, &data_key.plaintext, private).map_err(key_error)?;
+        let user_data = KeyRecord::attestation_user_data(key_id, private.public_key());
+        let document = self
+            .nsm
+            .attestation(AttestationRequest { user_data: Some(user_data), nonce, public_key: None })
+            .map_err(|e| RpcError::new(ErrorCode::Attestation, e.to_string()))?;
+        record.attestation = Some(document);
+        Ok(record)
+    }
+
+    pub async fn generate_key(&self, req: GenerateKey) -> Result<KeyRecord, RpcError> {
+        check_key_id(&req.key_id).map_err(key_error)?;
+        check_nonce(&req.nonce)?;
+        let seed = self.entropy(req.entropy).await?;
+        let spec = req.spec;
+        // RSA generation takes a while; keep it off the connection's task.
+        let private = tokio::task::spawn_blocking(move || PrivateKey::generate(spec, &seed))
+            .await
+            .map_err(|e| RpcError::new(ErrorCode::Internal, format!("key generation task: {e}")))?
+            .map_err(key_error)?;
+        self.seal_new(&private, &req.key_id, &req.kms_key_id, &req.encryption_context, Origin::Generated, req.nonce).await
+    }
+
+    pub async fn import_key(&self, req: ImportKey) -> Result<KeyRecord, RpcError> {
+        check_key_id(&req.key_id).map_err(key_error)?;
+        check_nonce(&req.nonce)?;
+        let material = self.kms.decrypt(&req.ciphertext, &req.ciphertext_context, req.ciphertext_key_id.as_deref()).await.map_err(kms_error)?;
+        let private = parse_private_key(&material, req.spec).map_err(key_error)?;
+        drop(material);
+        self.seal_new(&private, &req.key_id, &req.kms_key_id, &req.encryption_context, Origin::Imported, req.nonce).await
+    }
+
+    /// The record's key, from the cache or opened now.
+    async fn open(&self, record: &KeyRecord) -> Result<Arc<PrivateKey>, RpcError> {
+        record.check().map_err(key_error)?;
+        let digest = record.cache_digest();
+        if let Some(key) = self.keys.get(&digest) {
+            return Ok(key);
+        }
+        let data_key = self
+            .kms
+            .decrypt(&record.encrypted_data_key, &record.encryption_context, Some(&record.kms_key_id))
+            .await
+            .map_err(|e| {
+                let mut err = kms_error(e);
+                if err.kms_code.as_deref() == Some("InvalidCiphertextException") {
+                    err.message = format!(
+                        "key record {}: KMS refused its data key with this encryption context (tampered with, or taken from another record): {}",
+                        record.key_id, err.message
+                    );
+                }
+                err
+            })?;
+        let key = Arc::new(open_record(record, &data_key).map_err(key_error)?);
+        self.keys.insert(digest, key.clone());
+        Ok(key)
+    }
+
+    pub async fn sign(&self, record: &KeyRecord, scheme: Option<Scheme>, payload: &Payload) -> Result<Signature, RpcError> {
+        let scheme = scheme.unwrap_or_else(|| Scheme::default_for(record.spec));
+        scheme.check_spec(record.spec).map_err(key_error)?;
+        let key = self.open(record).await?;
+        key.sign(scheme, payload).map_err(key_error)
+    }
+}
+
+fn check_nonce(nonce: &Option<Vec<u8>>) -> Result<(), RpcError> {
+    match nonce {
+        Some(n) if n.len() > nekms_nsm::MAX_NONCE => Err(RpcError::bad_request(format!("nonce is {} bytes; the NSM takes at most {}", n.len(), nekms_nsm::MAX_NONCE))),
+        _ => Ok(()),
+    }
+}
