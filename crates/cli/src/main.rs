@@ -56,6 +56,16 @@ enum Command {
     /// kmstool-instance's job: credentials and a ciphertext to the enclave's kmstool port
     #[command(subcommand)]
     Kmstool(Box<cmd::kmstool::Command>),
+    /// Keys made or imported inside the enclave, stored on the parent as sealed records
+    #[command(subcommand)]
+    Key(Box<cmd::key::KeyCommand>),
+    /// Sign with a stored key, inside the enclave
+    Sign(Box<cmd::key::SignArgs>),
+    /// Check a signature with a stored key's public key, or a public key file
+    Verify(Box<cmd::key::VerifyArgs>),
+    /// The key store (create the DynamoDB table)
+    #[command(subcommand)]
+    Store(cmd::key::StoreCommand),
     /// Measure nekms against a reference measured in the same run
     #[command(subcommand)]
     Bench(cmd::bench::Command),
@@ -73,6 +83,10 @@ fn main() {
         Command::Proxy(a) => cmd::proxy::run(a),
         Command::Enclave(c) => cmd::enclave::run(c),
         Command::Kmstool(c) => cmd::kmstool::run(*c),
+        Command::Key(c) => cmd::key::run_key(*c),
+        Command::Sign(a) => cmd::key::run_sign(*a),
+        Command::Verify(a) => cmd::key::run_verify(*a),
+        Command::Store(c) => cmd::key::run_store(c),
     };
     if let Err(e) = result {
         eprintln!("nekms: {e:#}");

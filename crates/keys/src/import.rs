@@ -121,8 +121,11 @@ fn parse_der(der: &[u8], spec: Option<KeySpec>) -> Result<PrivateKey, KeyError> 
             return PrivateKey::from_rsa(spec, kp);
         }
     }
-    Err(KeyError::Import(match spec {
-        Some(s) => format!("DER that is not a {s} private key (PKCS#8, SEC1 or PKCS#1)"),
-        None => "DER that is not a private key nekms reads (PKCS#8, SEC1 or PKCS#1)".into(),
-    }))
+    if let Some(s) = spec {
+        if let Ok(actual) = parse_der(der, None) {
+            return Err(KeyError::Import(format!("the key is {}, not {s}", actual.spec())));
+        }
+        return Err(KeyError::Import(format!("DER that is not a {s} private key (PKCS#8, SEC1 or PKCS#1)")));
+    }
+    Err(KeyError::Import("DER that is not a private key nekms reads (PKCS#8, SEC1 or PKCS#1)".into()))
 }

@@ -30,8 +30,15 @@ pub enum ClientError {
     TooLarge { len: usize, max: usize },
     #[error("the enclave answered {operation} with an unexpected reply")]
     Unexpected { operation: &'static str },
+    /// The enclave's answer; shown once (it is not also reported as a source).
     #[error("{0}")]
-    Remote(#[from] RpcError),
+    Remote(RpcError),
+}
+
+impl From<RpcError> for ClientError {
+    fn from(e: RpcError) -> ClientError {
+        ClientError::Remote(e)
+    }
 }
 
 impl ClientError {

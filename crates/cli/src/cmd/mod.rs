@@ -5,6 +5,7 @@ pub mod cms;
 pub mod demo;
 pub mod dev;
 pub mod enclave;
+pub mod key;
 pub mod kmstool;
 pub mod pcr;
 pub mod proxy;

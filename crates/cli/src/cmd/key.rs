@@ -1,0 +1,541 @@
+//! `nekms key ...`, `nekms sign`, `nekms verify`, `nekms store ...`: key
+//! records made or imported by the enclave, kept in the parent's store,
+//! used by the enclave to sign.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use nekms_keys::{KeyRecord, KeySpec, Payload, PublicKey, Scheme, Signature};
+use nekms_rpc::{Entropy, GenerateKey, ImportKey};
+use nekms_store::{list_all, DynamoStore, KeyStore, Store, StoreUrl};
+use serde_json::json;
+
+use super::enclave::EnclaveArg;
+
+/// Where key records are kept.
+#[derive(clap::Args, Clone, Debug)]
+pub struct StoreArg {
+    /// sqlite:PATH or dynamodb:TABLE [default: sqlite:$XDG_DATA_HOME/nekms/keys.db or ~/.local/share/nekms/keys.db]
+    #[arg(long, env = "NEKMS_STORE", value_name = "URL")]
+    pub store: Option<String>,
+    /// DynamoDB endpoint (moto, DynamoDB Local) instead of the SDK's
+    #[arg(long, env = "NEKMS_STORE_ENDPOINT", value_name = "URL")]
+    pub endpoint_url: Option<String>,
+}
+
+impl StoreArg {
+    pub fn url(&self) -> anyhow::Result<StoreUrl> {
+        match &self.store {
+            Some(s) => s.parse().map_err(anyhow::Error::msg),
+            None => {
+                let base = std::env::var_os("XDG_DATA_HOME")
+                    .map(PathBuf::from)
+                    .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+                    .context("neither XDG_DATA_HOME nor HOME is set; give --store")?;
+                Ok(StoreUrl::Sqlite(base.join("nekms/keys.db")))
+            }
+        }
+    }
+
+    pub async fn open(&self) -> anyhow::Result<Store> {
+        let url = self.url()?;
+        Store::open(&url, self.endpoint_url.as_deref()).await.with_context(|| format!("opening {url}"))
+    }
+}
+
+#[derive(clap::Subcommand)]
+pub enum KeyCommand {
+    /// Make a key inside the enclave, sealed under a KMS data key, and store its record
+    Create {
+        #[command(flatten)]
+        enclave: EnclaveArg,
+        #[command(flatten)]
+        store: StoreArg,
+        /// The key's name (1-128 of letters, digits and ._-:@/)
+        #[arg(long)]
+        name: String,
+        /// secp256k1, ed25519, p256, p384, rsa2048, rsa3072 or rsa4096
+        #[arg(long)]
+        spec: KeySpec,
+        /// The KMS key (id, ARN or alias/NAME) whose policy names the enclave
+        #[arg(long, value_name = "KMS_KEY")]
+        kms_key: String,
+        /// Entropy: nsm (NSM GetRandom and the OS) or kms (also KMS GenerateRandom, with attestation)
+        #[arg(long, default_value = "nsm", value_parser = parse_entropy)]
+        entropy: Entropy,
+        /// Extra encryption-context pair for the data key (repeatable)
+        #[arg(long, value_name = "KEY=VALUE")]
+        context: Vec<String>,
+        /// Nonce (hex) for the attestation document that vouches for the key
+        #[arg(long, value_name = "HEX")]
+        nonce: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reseal a KMS-encrypted private key (raw secret, PKCS#8, SEC1, PKCS#1, tmkms softsign) into a record
+    Import {
+        #[command(flatten)]
+        enclave: EnclaveArg,
+        #[command(flatten)]
+        store: StoreArg,
+        #[arg(long)]
+        name: String,
+        /// Required for raw secrets (32 bytes could be secp256k1, ed25519 or p256)
+        #[arg(long)]
+        spec: Option<KeySpec>,
+        /// The KMS key the record's data key is generated under
+        #[arg(long, value_name = "KMS_KEY")]
+        kms_key: String,
+        /// The KMS ciphertext of the key: a file (binary or base64)
+        #[arg(long, value_name = "FILE", group = "source")]
+        ciphertext_file: Option<PathBuf>,
+        /// The KMS ciphertext of the key, base64
+        #[arg(long, value_name = "BASE64", group = "source")]
+        ciphertext: Option<String>,
+        /// A Secrets Manager secret holding the ciphertext (SecretBinary, or base64 in SecretString)
+        #[arg(long, value_name = "ID|ARN", group = "source")]
+        secret_id: Option<String>,
+        /// Secrets Manager endpoint (moto) instead of the SDK's
+        #[arg(long, env = "NEKMS_SECRETS_ENDPOINT", value_name = "URL")]
+        secrets_endpoint_url: Option<String>,
+        /// The encryption context the ciphertext was made with (repeatable)
+        #[arg(long, value_name = "KEY=VALUE")]
+        ciphertext_context: Vec<String>,
+        /// Extra encryption-context pair for the record's data key (repeatable)
+        #[arg(long, value_name = "KEY=VALUE")]
+        context: Vec<String>,
+        #[arg(long, value_name = "HEX")]
+        nonce: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a record (JSON, as `key show --json` prints it) to the store, e.g. to copy it to another store
+    Add {
+        #[command(flatten)]
+        store: StoreArg,
+        /// The record's JSON file, or - for standard input
+        record: PathBuf,
+    },
+    /// The stored keys
+    List {
+        #[command(flatten)]
+        store: StoreArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One record (all of it is public)
+    Show {
+        #[command(flatten)]
+        store: StoreArg,
+        name: String,
+        #[arg(long)]
+        json: bool,
+        /// Write the creating enclave's attestation document here (check it with `nekms attest verify`)
+        #[arg(long, value_name = "FILE")]
+        attestation_out: Option<PathBuf>,
+    },
+    /// The public key: PEM, DER (hex) or the Ethereum address
+    PublicKey {
+        #[command(flatten)]
+        store: StoreArg,
+        name: String,
+        #[arg(long, group = "form")]
+        pem: bool,
+        /// The Ethereum address (secp256k1)
+        #[arg(long, group = "form")]
+        address: bool,
+    },
+    /// Delete a record (the key becomes unusable unless another copy exists)
+    Delete {
+        #[command(flatten)]
+        store: StoreArg,
+        name: String,
+    },
+}
+
+/// What to sign or verify.
+#[derive(clap::Args, Clone, Debug)]
+#[group(required = true, multiple = false)]
+pub struct PayloadArg {
+    /// A message (UTF-8 text)
+    #[arg(long)]
+    message: Option<String>,
+    /// A message read from a file
+    #[arg(long, value_name = "FILE")]
+    message_file: Option<PathBuf>,
+    /// A prehashed digest (hex): ECDSA/RSA prehash, or an EIP-712 signing hash
+    #[arg(long, value_name = "HEX")]
+    digest: Option<String>,
+    /// An Ethereum transaction (JSON file: legacy with chainId, or EIP-1559)
+    #[arg(long, value_name = "FILE")]
+    eth_tx: Option<PathBuf>,
+    /// EIP-191 personal_sign of this text
+    #[arg(long, value_name = "TEXT")]
+    eth_personal: Option<String>,
+    /// EIP-712 typed data (JSON file)
+    #[arg(long, value_name = "FILE")]
+    eip712: Option<PathBuf>,
+}
+
+impl PayloadArg {
+    /// The payload and the scheme it implies, if any.
+    fn resolve(&self) -> anyhow::Result<(Payload, Option<Scheme>)> {
+        let read = |p: &Path| std::fs::read(p).with_context(|| p.display().to_string());
+        let read_text = |p: &Path| std::fs::read_to_string(p).with_context(|| p.display().to_string());
+        Ok(if let Some(m) = &self.message {
+            (Payload::Message(m.as_bytes().to_vec()), None)
+        } else if let Some(p) = &self.message_file {
+            (Payload::Message(read(p)?), None)
+        } else if let Some(d) = &self.digest {
+            (Payload::Digest(super::hex_arg("--digest", d.trim_start_matches("0x"))?), None)
+        } else if let Some(p) = &self.eth_tx {
+            (Payload::Transaction(read_text(p)?), Some(Scheme::EthTransaction))
+        } else if let Some(t) = &self.eth_personal {
+            (Payload::Message(t.as_bytes().to_vec()), Some(Scheme::EthPersonal))
+        } else if let Some(p) = &self.eip712 {
+            (Payload::TypedData(read_text(p)?), Some(Scheme::Eip712))
+        } else {
+            bail!("say what to sign: --message, --message-file, --digest, --eth-tx, --eth-personal or --eip712")
+        })
+    }
+}
+
+fn parse_entropy(s: &str) -> Result<Entropy, String> {
+    match s {
+        "nsm" => Ok(Entropy::Nsm),
+        "kms" => Ok(Entropy::Kms),
+        _ => Err(format!("{s:?}: use nsm or kms")),
+    }
+}
+
+#[derive(clap::Args)]
+pub struct SignArgs {
+    #[command(flatten)]
+    enclave: EnclaveArg,
+    #[command(flatten)]
+    store: StoreArg,
+    /// The key's name
+    #[arg(long)]
+    key: String,
+    #[command(flatten)]
+    payload: PayloadArg,
+    /// ecdsa, ecdsa-raw, ecdsa-recoverable, eth-personal, eip712, eth-tx, ed25519, rsa-pkcs1-sha256|384|512, rsa-pss-sha256|384|512 [default: by the key and payload]
+    #[arg(long)]
+    scheme: Option<Scheme>,
+    /// Write the raw signature bytes here
+    #[arg(long, short, value_name = "FILE")]
+    out: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    store: StoreArg,
+    /// The key's name in the store
+    #[arg(long, group = "public")]
+    key: Option<String>,
+    /// A public key file (PEM or DER SubjectPublicKeyInfo)
+    #[arg(long, value_name = "FILE", group = "public")]
+    public_key: Option<PathBuf>,
+    #[command(flatten)]
+    payload: PayloadArg,
+    #[arg(long)]
+    scheme: Option<Scheme>,
+    /// The signature, hex
+    #[arg(long, value_name = "HEX", group = "sig")]
+    signature: Option<String>,
+    /// The signature, a file of raw bytes
+    #[arg(long, value_name = "FILE", group = "sig")]
+    signature_file: Option<PathBuf>,
+}
+
+#[derive(clap::Subcommand)]
+pub enum StoreCommand {
+    /// Create the DynamoDB table (on-demand capacity; an existing table with the right key is fine)
+    CreateTable {
+        #[command(flatten)]
+        store: StoreArg,
+    },
+}
+
+async fn record(store: &Store, name: &str) -> anyhow::Result<KeyRecord> {
+    store.get(name).await?.with_context(|| format!("no key named {name:?} in the store"))
+}
+
+fn summary(r: &KeyRecord) -> serde_json::Value {
+    let public = PublicKey::from_spki(&r.public_key).ok();
+    json!({
+        "key_id": r.key_id,
+        "spec": r.spec,
+        "origin": r.origin,
+        "kms_key_id": r.kms_key_id,
+        "created_at": r.created_at,
+        "public_key_sha256": public.as_ref().map(|p| hex::encode(p.fingerprint())),
+        "eth_address": public.as_ref().and_then(|p| p.eth_address()).map(|a| a.to_checksum(None)),
+        "attested": r.attestation.is_some(),
+    })
+}
+
+/// Store a new record; if the store fails, keep the record in a file so the
+/// key is not lost.
+async fn keep(store: &Store, record: &KeyRecord, json_out: bool) -> anyhow::Result<()> {
+    if let Err(e) = store.create(record).await {
+        let path = PathBuf::from(format!("{}.record.json", record.key_id.replace('/', "_")));
+        std::fs::write(&path, serde_json::to_vec_pretty(record)?)?;
+        bail!("{e}; the new record (public data) was saved to {} — add it later with `nekms key add {}`", path.display(), path.display());
+    }
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(record)?);
+    } else {
+        let s = summary(record);
+        println!("created {} ({}, {})", record.key_id, record.spec, record.origin.as_str());
+        println!("public key sha256: {}", s["public_key_sha256"].as_str().unwrap_or("?"));
+        if let Some(a) = s["eth_address"].as_str() {
+            println!("ethereum address: {a}");
+        }
+        println!("kms key: {}", record.kms_key_id);
+    }
+    Ok(())
+}
+
+fn nonce(hex: &Option<String>) -> anyhow::Result<Option<Vec<u8>>> {
+    hex.as_deref().map(|h| super::hex_arg("--nonce", h)).transpose()
+}
+
+async fn ciphertext_from_secret(id: &str, endpoint: Option<&str>) -> anyhow::Result<Vec<u8>> {
+    let region = aws_config::meta::region::RegionProviderChain::default_provider().or_else("us-east-1");
+    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest()).region(region).load().await;
+    let mut config = aws_sdk_secretsmanager::config::Builder::from(&shared);
+    if let Some(e) = endpoint {
+        config = config.endpoint_url(e);
+    }
+    let client = aws_sdk_secretsmanager::Client::from_conf(config.build());
+    let out = client
+        .get_secret_value()
+        .secret_id(id)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("Secrets Manager GetSecretValue {id}: {}", aws_sdk_secretsmanager::error::DisplayErrorContext(&e)))?;
+    if let Some(b) = out.secret_binary() {
+        return Ok(b.as_ref().to_vec());
+    }
+    let s = out.secret_string().with_context(|| format!("secret {id} has neither SecretBinary nor SecretString"))?;
+    B64.decode(s.trim()).with_context(|| format!("secret {id}: SecretString is not base64 of a KMS ciphertext"))
+}
+
+fn ciphertext_arg(file: &Option<PathBuf>, b64: &Option<String>) -> anyhow::Result<Option<Vec<u8>>> {
+    if let Some(b) = b64 {
+        return Ok(Some(B64.decode(b.trim()).context("--ciphertext is not base64")?));
+    }
+    let Some(p) = file else { return Ok(None) };
+    let bytes = std::fs::read(p).with_context(|| p.display().to_string())?;
+    // A file from `aws kms encrypt --output text` is base64; from fileb:// or the SDK, binary.
+    let text = std::str::from_utf8(&bytes).ok().map(str::trim).filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"+/=\n\r".contains(&b)));
+    Ok(Some(match text.and_then(|t| B64.decode(t).ok()) {
+        Some(decoded) => decoded,
+        None => bytes,
+    }))
+}
+
+pub fn run_key(cmd: KeyCommand) -> anyhow::Result<()> {
+    runtime()?.block_on(async move {
+        match cmd {
+            KeyCommand::Create { enclave, store, name, spec, kms_key, entropy, context, nonce: n, json } => {
+                let store = store.open().await?;
+                if store.get(&name).await?.is_some() {
+                    bail!("a key named {name:?} already exists");
+                }
+                let request = GenerateKey {
+                    key_id: name,
+                    spec,
+                    kms_key_id: kms_key,
+                    entropy,
+                    encryption_context: nekms_enclave::app::encryption_context(&context)?,
+                    nonce: nonce(&n)?,
+                };
+                let record = enclave.connect().await?.generate_key(request).await?;
+                keep(&store, &record, json).await
+            }
+            KeyCommand::Import {
+                enclave,
+                store,
+                name,
+                spec,
+                kms_key,
+                ciphertext_file,
+                ciphertext,
+                secret_id,
+                secrets_endpoint_url,
+                ciphertext_context,
+                context,
+                nonce: n,
+                json,
+            } => {
+                let store = store.open().await?;
+                if store.get(&name).await?.is_some() {
+                    bail!("a key named {name:?} already exists");
+                }
+                let blob = match (ciphertext_arg(&ciphertext_file, &ciphertext)?, &secret_id) {
+                    (Some(b), _) => b,
+                    (None, Some(id)) => ciphertext_from_secret(id, secrets_endpoint_url.as_deref()).await?,
+                    (None, None) => bail!("give the key's KMS ciphertext: --ciphertext-file, --ciphertext or --secret-id"),
+                };
+                let request = ImportKey {
+                    key_id: name,
+                    spec,
+                    kms_key_id: kms_key,
+                    ciphertext: blob,
+                    ciphertext_context: nekms_enclave::app::encryption_context(&ciphertext_context)?,
+                    ciphertext_key_id: None,
+                    encryption_context: nekms_enclave::app::encryption_context(&context)?,
+                    nonce: nonce(&n)?,
+                };
+                let record = enclave.connect().await?.import_key(request).await?;
+                keep(&store, &record, json).await
+            }
+            KeyCommand::Add { store, record } => {
+                let text = if record.as_os_str() == "-" {
+                    std::io::read_to_string(std::io::stdin())?
+                } else {
+                    std::fs::read_to_string(&record).with_context(|| record.display().to_string())?
+                };
+                let r: KeyRecord = serde_json::from_str(&text).context("not a key record (JSON)")?;
+                r.check()?;
+                store.open().await?.create(&r).await?;
+                println!("added {}", r.key_id);
+                Ok(())
+            }
+            KeyCommand::List { store, json } => {
+                let records = list_all(&store.open().await?).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&records.iter().map(summary).collect::<Vec<_>>())?);
+                } else {
+                    for r in &records {
+                        let s = summary(r);
+                        println!("{:<24} {:<10} {:<9} {}", r.key_id, r.spec, r.origin.as_str(), s["eth_address"].as_str().unwrap_or(""));
+                    }
+                    if records.is_empty() {
+                        eprintln!("no keys");
+                    }
+                }
+                Ok(())
+            }
+            KeyCommand::Show { store, name, json, attestation_out } => {
+                let r = record(&store.open().await?, &name).await?;
+                if let Some(path) = attestation_out {
+                    let doc = r.attestation.as_ref().context("this record carries no attestation document")?;
+                    std::fs::write(&path, doc).with_context(|| path.display().to_string())?;
+                }
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&r)?);
+                } else {
+                    println!("{}", serde_json::to_string_pretty(&summary(&r))?);
+                }
+                Ok(())
+            }
+            KeyCommand::PublicKey { store, name, pem, address } => {
+                let r = record(&store.open().await?, &name).await?;
+                let public = r.public()?;
+                if address {
+                    let a = public.eth_address().with_context(|| format!("{name} is {}, not secp256k1: it has no Ethereum address", r.spec))?;
+                    println!("{}", a.to_checksum(None));
+                } else if pem {
+                    print!("{}", public.to_pem());
+                } else {
+                    println!("{}", hex::encode(public.spki()));
+                }
+                Ok(())
+            }
+            KeyCommand::Delete { store, name } => {
+                if store.open().await?.delete(&name).await? {
+                    println!("deleted {name}");
+                    Ok(())
+                } else {
+                    bail!("no key named {name:?} in the store")
+                }
+            }
+        }
+    })
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+}
+
+/// How a signature is printed: hex lines, or JSON.
+pub fn print_signature(sig: &Signature, json_out: bool) -> anyhow::Result<()> {
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(sig)?);
+        return Ok(());
+    }
+    println!("scheme: {}", sig.scheme);
+    println!("signature: {}", hex::encode(&sig.signature));
+    if !sig.digest.is_empty() {
+        println!("digest: {}", hex::encode(&sig.digest));
+    }
+    if let (Some(raw), Some(hash)) = (&sig.raw_transaction, &sig.transaction_hash) {
+        println!("raw_transaction: 0x{}", hex::encode(raw));
+        println!("transaction_hash: 0x{}", hex::encode(hash));
+    }
+    Ok(())
+}
+
+pub fn run_sign(a: SignArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(async move {
+        let r = record(&a.store.open().await?, &a.key).await?;
+        let (payload, implied) = a.payload.resolve()?;
+        let scheme = a.scheme.or(implied);
+        let sig = a.enclave.connect().await?.sign(r, scheme, payload).await?;
+        if let Some(path) = &a.out {
+            std::fs::write(path, &sig.signature).with_context(|| path.display().to_string())?;
+        }
+        print_signature(&sig, a.json)
+    })
+}
+
+pub fn run_verify(a: VerifyArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(async move {
+        let public = match (&a.key, &a.public_key) {
+            (Some(name), _) => record(&a.store.open().await?, name).await?.public()?,
+            (None, Some(path)) => PublicKey::parse(&std::fs::read(path).with_context(|| path.display().to_string())?)?,
+            (None, None) => bail!("give --key NAME or --public-key FILE"),
+        };
+        let signature = match (&a.signature, &a.signature_file) {
+            (Some(h), _) => super::hex_arg("--signature", h.trim_start_matches("0x"))?,
+            (None, Some(p)) => std::fs::read(p).with_context(|| p.display().to_string())?,
+            (None, None) => bail!("give --signature HEX or --signature-file FILE"),
+        };
+        let (payload, implied) = a.payload.resolve()?;
+        let scheme = a.scheme.or(implied).unwrap_or_else(|| Scheme::default_for(public.spec()));
+        public.verify(scheme, &payload, &signature)?;
+        println!("signature OK ({scheme}, {} key {})", public.spec(), hex::encode(public.fingerprint()));
+        Ok(())
+    })
+}
+
+pub fn run_store(cmd: StoreCommand) -> anyhow::Result<()> {
+    runtime()?.block_on(async move {
+        match cmd {
+            StoreCommand::CreateTable { store } => match store.url()? {
+                StoreUrl::DynamoDb(table) => {
+                    let s = DynamoStore::from_env(&table, store.endpoint_url.as_deref()).await;
+                    if s.create_table().await? {
+                        println!("created table {table}");
+                    } else {
+                        println!("table {table} already exists");
+                    }
+                    Ok(())
+                }
+                StoreUrl::Sqlite(p) => {
+                    nekms_store::SqliteStore::open(&p)?;
+                    println!("{} is ready (SQLite creates its table when opened)", p.display());
+                    Ok(())
+                }
+            },
+        }
+    })
+}
