@@ -154,12 +154,12 @@ impl KeyStore for Store {
     }
 }
 
-/// Every record, page after page.
-pub async fn list_all<S: KeyStore>(store: &S) -> Result<Vec<KeyRecord>, StoreError> {
+/// Every record, `page_size` per request.
+pub async fn list_all<S: KeyStore>(store: &S, page_size: usize) -> Result<Vec<KeyRecord>, StoreError> {
     let mut out = Vec::new();
     let mut after: Option<String> = None;
     loop {
-        let page = store.list(after.as_deref(), 100).await?;
+        let page = store.list(after.as_deref(), page_size).await?;
         out.extend(page.records);
         match page.next {
             Some(n) => after = Some(n),

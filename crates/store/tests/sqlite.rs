@@ -62,7 +62,7 @@ async fn listing_pages_through_every_record_in_order() {
     let last = store.list(Some("k5"), 3).await.unwrap();
     assert_eq!(last.records.len(), 1);
     assert!(last.next.is_none());
-    assert_eq!(list_all(&store).await.unwrap().len(), 7);
+    assert_eq!(list_all(&store, 2).await.unwrap().len(), 7);
 }
 
 #[tokio::test]

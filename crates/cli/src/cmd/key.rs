@@ -124,6 +124,9 @@ pub enum KeyCommand {
         store: StoreArg,
         #[arg(long)]
         json: bool,
+        /// Records fetched per request
+        #[arg(long, default_value_t = 100, hide = true)]
+        page_size: usize,
     },
     /// One record (all of it is public)
     Show {
@@ -409,8 +412,8 @@ pub fn run_key(cmd: KeyCommand) -> anyhow::Result<()> {
                 println!("added {}", r.key_id);
                 Ok(())
             }
-            KeyCommand::List { store, json } => {
-                let records = list_all(&store.open().await?).await?;
+            KeyCommand::List { store, json, page_size } => {
+                let records = list_all(&store.open().await?, page_size).await?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&records.iter().map(summary).collect::<Vec<_>>())?);
                 } else {

@@ -1,0 +1,205 @@
+"""The original documents' flows, with real processes:
+
+- two enclaves from two images under the two-enclave document's Deny policy:
+  enclave 1 generates, the parent stores the record in DynamoDB (moto's
+  server) and SQLite, enclave 2 signs, the parent verifies;
+- the lock-out document: a seed in Secrets Manager (moto) under a key with no
+  root statement, decrypted by the enclave and used to sign a transaction;
+- the DynamoDB store across moto going away and coming back.
+"""
+
+import base64
+import json
+import subprocess
+import time
+
+import boto3
+import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from eth_account import Account
+
+from test_dev_up import ACCOUNT, NEKMS_ENCLAVE, Up
+from test_keys import ADMIN, INSTANCE, Moto, enclave_policy
+
+TABLE = "nekms-keys"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    base = tmp_path_factory.mktemp("flows")
+    u = Up(base)
+    u.moto = Moto(base / "moto.log")
+    u.env["NEKMS_STORE_ENDPOINT"] = u.moto.url
+    u.env["NEKMS_SECRETS_ENDPOINT"] = u.moto.url
+    u.env["NEKMS_STORE"] = f"sqlite:{base / 'keys.db'}"
+    u.procs = []
+    yield u
+    for p in u.procs:
+        p.terminate()
+        p.wait(timeout=10)
+    u.moto.stop()
+    u.stop()
+
+
+def start_enclave(u, name, image_bytes):
+    """Another simulated enclave, from another image, on the same proxy."""
+    image = u.base / f"{name}.eif"
+    image.write_bytes(image_bytes)
+    rpc = u.base / f"{name}.sock"
+    https_port = u.info["kms_https"].rsplit(":", 1)[1]
+    p = subprocess.Popen([NEKMS_ENCLAVE, "--sim", "--dev-dir", str(u.dev), "--image", str(image), "--rpc", f"unix://{rpc}",
+                          "--kmstool", f"unix://{u.base / (name + '-kmstool.sock')}", "--proxy", u.info["proxy"],
+                          "--kms-endpoint", f"https://localhost:{https_port}", "--kms-ca", str(u.dev / "tls-ca.pem")],
+                         stdout=open(u.base / f"{name}.log", "wb"), stderr=subprocess.STDOUT)
+    u.procs.append(p)
+    deadline = time.time() + 30
+    while not rpc.exists():
+        assert p.poll() is None and time.time() < deadline, (u.base / f"{name}.log").read_text()
+        time.sleep(0.05)
+    address = f"unix://{rpc}"
+    u.nekms("enclave", "credentials", "--enclave", address)
+    pcrs = json.loads(u.nekms("enclave", "describe", "--json", "--enclave", address).stdout)["pcrs"]
+    return address, pcrs
+
+
+def deny_unless(actions, pcrs, one_statement):
+    """The two-enclave document's Deny: StringNotEqualsIgnoreCase on PCR0/1/2."""
+    keys = {f"kms:RecipientAttestation:PCR{i}": pcrs[f"PCR{i}"] for i in range(3)}
+    if one_statement:
+        return [{"Effect": "Deny", "Principal": {"AWS": INSTANCE}, "Action": actions, "Resource": "*",
+                 "Condition": {"StringNotEqualsIgnoreCase": keys}}]
+    return [{"Effect": "Deny", "Principal": {"AWS": INSTANCE}, "Action": actions, "Resource": "*",
+             "Condition": {"StringNotEqualsIgnoreCase": {k: v}}} for k, v in keys.items()]
+
+
+def two_enclave_policy(e1, e2, one_statement):
+    return {"Version": "2012-10-17", "Statement": [
+        {"Sid": "Instance role", "Effect": "Allow", "Principal": {"AWS": INSTANCE},
+         "Action": ["kms:Decrypt", "kms:GenerateDataKey", "kms:GenerateRandom", "kms:Encrypt"], "Resource": "*"},
+        {"Sid": "Admins", "Effect": "Allow", "Principal": {"AWS": ADMIN}, "Action": "kms:*", "Resource": "*"},
+        *deny_unless(["kms:GenerateDataKey", "kms:GenerateRandom"], e1, one_statement),
+        *deny_unless(["kms:Decrypt"], e2, one_statement)]}
+
+
+def test_two_enclaves_generate_store_sign_and_verify(world, tmp_path):
+    u = world
+    e1 = (u.info["rpc"], {f"PCR{i}": u.info[f"pcr{i}"] for i in range(3)})
+    e2 = start_enclave(u, "enclave2", b"the signing enclave's image")
+    assert e1[1]["PCR0"] != e2[1]["PCR0"] and e1[1]["PCR2"] != e2[1]["PCR2"]
+    assert e1[1]["PCR1"] == e2[1]["PCR1"], "simulated images share the kernel, as real ones built by one nitro-cli do"
+    admin = u.client("admin")
+    key = admin.create_key(Policy=json.dumps(two_enclave_policy(e1[1], e2[1], one_statement=False)))["KeyMetadata"]["Arn"]
+
+    dynamo = f"dynamodb:{TABLE}"
+    assert "created" in u.nekms("store", "create-table", "--store", dynamo).stdout
+    assert "already exists" in u.nekms("store", "create-table", "--store", dynamo).stdout
+
+    # Enclave 1 generates (with KMS GenerateRandom, as the document does); the parent stores the record.
+    rec = json.loads(u.nekms("key", "create", "--enclave", e1[0], "--store", dynamo, "--name", "u001", "--spec", "secp256k1",
+                             "--kms-key", key, "--entropy", "kms", "--json").stdout)
+    item = u.moto.client("dynamodb").get_item(TableName=TABLE, Key={"key_id": {"S": "u001"}})["Item"]
+    assert set(item) >= {"encrypted_data_key", "sealed_private_key", "public_key"}
+    assert base64.b64decode(rec["public_key"]) == item["public_key"]["B"]
+    # ... and the same record in SQLite.
+    f = tmp_path / "u001.json"
+    f.write_text(u.nekms("key", "show", "u001", "--store", dynamo, "--json").stdout)
+    sqlite = f"sqlite:{tmp_path / 'keys.db'}"
+    u.nekms("key", "add", "--store", sqlite, str(f))
+
+    # Enclave 2 signs "Hello World" from either store; the parent verifies with the public key.
+    for store in (dynamo, sqlite):
+        s = json.loads(u.nekms("sign", "--enclave", e2[0], "--store", store, "--key", "u001", "--message", "Hello World", "--json").stdout)
+        u.nekms("verify", "--store", store, "--key", "u001", "--message", "Hello World", "--signature", s["signature"])
+        public = serialization.load_der_public_key(item["public_key"]["B"])
+        public.verify(bytes.fromhex(s["signature"]), b"Hello World", ec.ECDSA(hashes.SHA256()))
+
+    # Enclave 1 cannot sign, enclave 2 cannot generate, the instance role alone cannot decrypt.
+    r = u.nekms("sign", "--enclave", e1[0], "--store", dynamo, "--key", "u001", "--message", "x", check=False)
+    assert r.returncode != 0 and "AccessDenied" in r.stderr, r.stderr
+    r = u.nekms("key", "create", "--enclave", e2[0], "--store", dynamo, "--name", "u002", "--spec", "secp256k1", "--kms-key", key, check=False)
+    assert r.returncode != 0 and "AccessDenied" in r.stderr, r.stderr
+    assert u.nekms("key", "show", "u002", "--store", dynamo, check=False).returncode != 0, "nothing stored after a refusal"
+    with pytest.raises(Exception) as denied:
+        u.client("instance").decrypt(CiphertextBlob=item["encrypted_data_key"]["B"], EncryptionContext=rec["encryption_context"])
+    assert "AccessDenied" in str(denied.value)
+
+    # The document's policy as written puts PCR0, PCR1 and PCR2 in one condition, which KMS
+    # ANDs: with the kernel (PCR1) shared, the Deny never matches another image of the same
+    # kernel, so enclave 1 can decrypt too. nekms's policy gives each PCR its own statement.
+    literal = admin.create_key(Policy=json.dumps(two_enclave_policy(e1[1], e2[1], one_statement=True)))["KeyMetadata"]["Arn"]
+    u.nekms("key", "create", "--enclave", e1[0], "--store", sqlite, "--name", "literal", "--spec", "p256", "--kms-key", literal)
+    r = u.nekms("sign", "--enclave", e1[0], "--store", sqlite, "--key", "literal", "--message", "x", check=False)
+    assert r.returncode == 0, "the one-statement Deny lets enclave 1 decrypt when PCR1 is shared"
+
+
+def test_lockout_seed_in_secrets_manager_signs_a_transaction(world, tmp_path):
+    u = world
+    pcr0 = u.info["pcr0"]
+    # No statement for the account root: once made, only the enclave can use the key.
+    policy = {"Version": "2012-10-17", "Statement": [
+        {"Sid": "Enable decrypt from enclave", "Effect": "Allow", "Principal": {"AWS": INSTANCE},
+         "Action": ["kms:Decrypt", "kms:GenerateDataKey"], "Resource": "*",
+         "Condition": {"StringEqualsIgnoreCase": {"kms:RecipientAttestation:ImageSha384": pcr0}}},
+        {"Sid": "Instance encrypts the seed", "Effect": "Allow", "Principal": {"AWS": INSTANCE}, "Action": "kms:Encrypt", "Resource": "*"},
+        {"Sid": "Administrators, without decrypt", "Effect": "Allow", "Principal": {"AWS": ADMIN},
+         "Action": ["kms:Describe*", "kms:List*", "kms:Get*", "kms:Put*", "kms:Create*", "kms:Enable*", "kms:Disable*"], "Resource": "*"}]}
+    key = u.client("admin").create_key(Policy=json.dumps(policy), BypassPolicyLockoutSafetyCheck=True)["KeyMetadata"]["Arn"]
+    seed = bytes.fromhex("8da4ef21b864d2cc526dbdb2a120bd2874c36c9d0a1fb7f8c63d7f7a8b41de8f")
+    blob = u.client("instance").encrypt(KeyId=key, Plaintext=seed.hex().encode())["CiphertextBlob"]
+    sm = u.moto.client("secretsmanager")
+    sm.create_secret(Name="secretlock", SecretString=base64.b64encode(blob).decode())
+
+    # Root and the instance role are both denied.
+    for who in ("root", "instance"):
+        with pytest.raises(Exception) as denied:
+            u.client(who).decrypt(CiphertextBlob=blob)
+        assert "AccessDenied" in str(denied.value), who
+
+    u.nekms("key", "import", "--name", "lockout", "--spec", "secp256k1", "--kms-key", key, "--secret-id", "secretlock")
+    address = u.nekms("key", "public-key", "lockout", "--address").stdout.strip()
+    assert address == Account.from_key(seed).address
+    tx = tmp_path / "tx.json"
+    tx.write_text(json.dumps({"chainId": 1, "nonce": 0, "to": "0x000000000000000000000000000000000000dEaD", "value": 1,
+                              "gas": 21000, "maxFeePerGas": 10**10, "maxPriorityFeePerGas": 10**9}))
+    s = json.loads(u.nekms("sign", "--key", "lockout", "--eth-tx", str(tx), "--json").stdout)
+    assert Account.recover_transaction(bytes.fromhex(s["raw_transaction"])) == address
+
+    r = u.nekms("key", "import", "--name", "lockout2", "--spec", "secp256k1", "--kms-key", key, "--secret-id", "no-such-secret", check=False)
+    assert r.returncode != 0 and "ResourceNotFound" in r.stderr, r.stderr
+
+    # No form of the seed in the table, the outputs or the logs.
+    for form in (seed, seed.hex().encode(), base64.b64encode(seed)):
+        assert form not in u.log.read_bytes()
+        assert form not in (u.base / "moto.log").read_bytes()
+
+
+def test_the_dynamodb_store_reports_moto_being_down_as_retryable(world, tmp_path):
+    u = world
+    store = "dynamodb:nekms-restart"
+    u.nekms("store", "create-table", "--store", store)
+    key = u.client("admin").create_key(Policy=json.dumps(enclave_policy(u.info["pcr0"])))["KeyMetadata"]["Arn"]
+    u.nekms("key", "create", "--store", store, "--name", "r1", "--spec", "ed25519", "--kms-key", key)
+    saved = tmp_path / "r1.json"
+    saved.write_text(u.nekms("key", "show", "r1", "--store", store, "--json").stdout)
+    # Listing pages through more records than a page holds.
+    for i in range(4):
+        u.nekms("key", "create", "--store", store, "--name", f"page{i}", "--spec", "ed25519", "--kms-key", key)
+    paged = json.loads(u.nekms("key", "list", "--store", store, "--page-size", "2", "--json").stdout)
+    assert sorted(k["key_id"] for k in paged) == ["page0", "page1", "page2", "page3", "r1"]
+    rec = json.loads(saved.read_text())
+    u.moto.stop()
+    r = u.nekms("key", "list", "--store", store, check=False)
+    assert r.returncode != 0 and "retry later" in r.stderr, r.stderr
+    # Creating a key while the store is down fails before the enclave makes anything.
+    r = u.nekms("key", "create", "--store", store, "--name", "r2", "--spec", "p256", "--kms-key", key, check=False)
+    assert r.returncode != 0 and "retry later" in r.stderr, r.stderr
+    u.moto.start()
+    # moto keeps nothing across a restart: recreate the table and put the records back.
+    u.nekms("store", "create-table", "--store", store)
+    u.nekms("key", "add", "--store", store, str(saved))
+    listed = json.loads(u.nekms("key", "list", "--store", store, "--json").stdout)
+    assert [k["key_id"] for k in listed] == ["r1"]
+    s = json.loads(u.nekms("sign", "--store", store, "--key", "r1", "--message", "back", "--json").stdout)
+    u.nekms("verify", "--store", store, "--key", "r1", "--message", "back", "--signature", s["signature"])
+    assert rec["key_id"] == "r1"
