@@ -63,6 +63,8 @@ enum Command {
     Sign(Box<cmd::key::SignArgs>),
     /// Check a signature with a stored key's public key, or a public key file
     Verify(Box<cmd::key::VerifyArgs>),
+    /// The HTTP API for applications on the parent (keys, signing, attestation, metrics), on 127.0.0.1
+    Agent(Box<cmd::agent::Args>),
     /// The key store (create the DynamoDB table)
     #[command(subcommand)]
     Store(cmd::key::StoreCommand),
@@ -87,6 +89,7 @@ fn main() {
         Command::Sign(a) => cmd::key::run_sign(*a),
         Command::Verify(a) => cmd::key::run_verify(*a),
         Command::Store(c) => cmd::key::run_store(c),
+        Command::Agent(a) => cmd::agent::run(*a),
     };
     if let Err(e) = result {
         eprintln!("nekms: {e:#}");

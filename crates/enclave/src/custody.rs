@@ -108,19 +108,29 @@ impl Enclave {
         Ok(seed)
     }
 
-    /// Seal `private` into a new record under a fresh data key, with an
+    /// A fresh data key whose encryption context binds the new record's id and spec.
+    async fn data_key_for(
+        &self,
+        key_id: &str,
+        spec: nekms_keys::KeySpec,
+        kms_key_id: &str,
+        extra_context: &BTreeMap<String, String>,
+    ) -> Result<(BTreeMap<String, String>, nekms_kms_client::DataKey), RpcError> {
+        let context = binding_context(key_id, spec, extra_context).map_err(key_error)?;
+        let data_key = self.kms.generate_data_key(kms_key_id, Some(DataKeySpec::Aes256), None, &context).await.map_err(kms_error)?;
+        Ok((context, data_key))
+    }
+
+    /// Seal `private` into a new record under `data_key`, with an
     /// attestation document that commits to its public key.
-    async fn seal_new(
+    fn seal_new(
         &self,
         private: &PrivateKey,
         key_id: &str,
-        kms_key_id: &str,
-        extra_context: &BTreeMap<String, String>,
+        (context, data_key): (BTreeMap<String, String>, nekms_kms_client::DataKey),
         origin: Origin,
         nonce: Option<Vec<u8>>,
     ) -> Result<KeyRecord, RpcError> {
-        let context = binding_context(key_id, private.spec(), extra_context).map_err(key_error)?;
-        let data_key = self.kms.generate_data_key(kms_key_id, Some(DataKeySpec::Aes256), None, &context).await.map_err(kms_error)?;
         let template = KeyRecord {
             key_id: key_id.to_owned(),
             spec: private.spec(),
@@ -147,6 +157,8 @@ impl Enclave {
     pub async fn generate_key(&self, req: GenerateKey) -> Result<KeyRecord, RpcError> {
         check_key_id(&req.key_id).map_err(key_error)?;
         check_nonce(&req.nonce)?;
+        // KMS first: a key it will not seal is not worth generating.
+        let data_key = self.data_key_for(&req.key_id, req.spec, &req.kms_key_id, &req.encryption_context).await?;
         let seed = self.entropy(req.entropy).await?;
         let spec = req.spec;
         // RSA generation takes a while; keep it off the connection's task.
@@ -154,7 +166,7 @@ impl Enclave {
             .await
             .map_err(|e| RpcError::new(ErrorCode::Internal, format!("key generation task: {e}")))?
             .map_err(key_error)?;
-        self.seal_new(&private, &req.key_id, &req.kms_key_id, &req.encryption_context, Origin::Generated, req.nonce).await
+        self.seal_new(&private, &req.key_id, data_key, Origin::Generated, req.nonce)
     }
 
     pub async fn import_key(&self, req: ImportKey) -> Result<KeyRecord, RpcError> {
@@ -163,7 +175,8 @@ impl Enclave {
         let material = self.kms.decrypt(&req.ciphertext, &req.ciphertext_context, req.ciphertext_key_id.as_deref()).await.map_err(kms_error)?;
         let private = parse_private_key(&material, req.spec).map_err(key_error)?;
         drop(material);
-        self.seal_new(&private, &req.key_id, &req.kms_key_id, &req.encryption_context, Origin::Imported, req.nonce).await
+        let data_key = self.data_key_for(&req.key_id, private.spec(), &req.kms_key_id, &req.encryption_context).await?;
+        self.seal_new(&private, &req.key_id, data_key, Origin::Imported, req.nonce)
     }
 
     /// The record's key, from the cache or opened now.

@@ -233,7 +233,7 @@ pub async fn default_chain(profile: Option<&str>, region: Option<&str>) -> anyho
     Ok((provider, config.region().map(|r| r.to_string())))
 }
 
-async fn credentials(enclave: &EnclaveArg, profile: Option<String>, region: Option<String>, watch: bool, interval: Duration) -> anyhow::Result<()> {
+pub async fn credentials(enclave: &EnclaveArg, profile: Option<String>, region: Option<String>, watch: bool, interval: Duration) -> anyhow::Result<()> {
     let (provider, region) = default_chain(profile.as_deref(), region.as_deref()).await?;
     let mut client: Option<Client> = None;
     loop {

@@ -309,7 +309,7 @@ fn nonce(hex: &Option<String>) -> anyhow::Result<Option<Vec<u8>>> {
     hex.as_deref().map(|h| super::hex_arg("--nonce", h)).transpose()
 }
 
-async fn ciphertext_from_secret(id: &str, endpoint: Option<&str>) -> anyhow::Result<Vec<u8>> {
+pub async fn ciphertext_from_secret(id: &str, endpoint: Option<&str>) -> anyhow::Result<Vec<u8>> {
     let region = aws_config::meta::region::RegionProviderChain::default_provider().or_else("us-east-1");
     let shared = aws_config::defaults(aws_config::BehaviorVersion::latest()).region(region).load().await;
     let mut config = aws_sdk_secretsmanager::config::Builder::from(&shared);

@@ -1,3 +1,4 @@
+pub mod agent;
 pub mod attest;
 pub mod bench;
 pub mod bench_kmstool;
