@@ -5,7 +5,7 @@
 mod cmd;
 mod image;
 mod kms_client;
-mod kmstool_path;
+mod enclave_path;
 
 use std::path::PathBuf;
 

@@ -486,6 +486,20 @@ fn router(state: Shared) -> Router {
         .with_state(state)
 }
 
+/// Serve the API on `listener` in this process (the benchmark and the demo
+/// do), with no credential relay; stops when the task is aborted.
+pub fn spawn(listener: tokio::net::TcpListener, enclave: Address, store: Store) -> tokio::task::JoinHandle<()> {
+    let state = Arc::new(AppState {
+        enclave: EnclaveConn { address: enclave, client: tokio::sync::Mutex::new(None) },
+        store,
+        metrics: Metrics::default(),
+        secrets_endpoint: None,
+    });
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router(state)).await;
+    })
+}
+
 pub fn run(a: Args) -> anyhow::Result<()> {
     if !a.listen.ip().is_loopback() {
         anyhow::bail!("the agent listens on loopback only (127.0.0.1 or ::1), not {}", a.listen.ip());

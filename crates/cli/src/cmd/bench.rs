@@ -21,6 +21,8 @@ pub enum Command {
     Kms(KmsArgs),
     /// kmstool Decrypt through enclave -> proxy -> local KMS, and the proxy against a direct connection
     Kmstool(super::bench_kmstool::Args),
+    /// Signatures per second in process vs through the enclave RPC vs through the agent, and cold-signature latency
+    Sign(super::bench_sign::Args),
 }
 
 #[derive(clap::Args)]
@@ -40,6 +42,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Kms(a) => tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(bench_kms(a)),
         Command::Kmstool(a) => tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(super::bench_kmstool::run(a)),
+        Command::Sign(a) => tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(super::bench_sign::run(a)),
     }
 }
 

@@ -17,7 +17,7 @@ use zeroize::Zeroizing;
 
 use super::kmstool::KmstoolClient;
 use crate::kms_client::{Conn, InProcessKms, Target};
-use crate::kmstool_path::{enclave_only_secret, proxy_to, KmstoolPath};
+use crate::enclave_path::{enclave_only_secret, proxy_to, EnclavePath};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -122,7 +122,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     // The enclave, in this process, reaching KMS through the proxy; a key only its image may decrypt with.
     let measurement = Measurement::of_image(b"nekms bench enclave", None);
     let nsm: Arc<dyn Nsm> = Arc::new(SimulatedNsm::boot(SimConfig::new(measurement.clone()), dev.document_signer()?));
-    let path = KmstoolPath::start(&dev, &local, nsm.clone(), tmp.path()).await?;
+    let path = EnclavePath::start(&dev, &local, nsm.clone(), tmp.path()).await?;
     let (arn, ciphertext) = enclave_only_secret(&dev, &local, &measurement.pcr0.to_hex(), "nekms bench", b"Hello, KMS!").await?;
     let blob = B64.decode(&ciphertext)?;
     let instance_target = local.target(&dev, "instance")?;

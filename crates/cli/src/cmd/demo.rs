@@ -134,7 +134,7 @@ async fn kms_flow(dir: &nekms_devworld::DevDir, local: &crate::kms_client::InPro
     let mut instance = crate::kms_client::Conn::open(&local.target(dir, "instance")?).await?;
     let mut root = crate::kms_client::Conn::open(&local.target(dir, "root")?).await?;
     let (arn, blob) =
-        crate::kmstool_path::enclave_only_secret(dir, local, &measurement.pcr0.to_hex(), "nekms demo: decrypt only in the enclave", b"correct horse battery staple").await?;
+        crate::enclave_path::enclave_only_secret(dir, local, &measurement.pcr0.to_hex(), "nekms demo: decrypt only in the enclave", b"correct horse battery staple").await?;
     println!("    admin created {arn}");
     println!("      with a policy that has no root statement: Decrypt only for role/nekms-instance with ImageSha384 = this PCR0");
     println!("    the instance encrypted a secret: {} bytes of ciphertext", B64.decode(&blob)?.len());
@@ -172,11 +172,11 @@ async fn kmstool_flow(dir: &nekms_devworld::DevDir, local: &crate::kms_client::I
     let mut sim = SimConfig::new(measurement.clone());
     sim.parent_instance_id = Some(dir.config()?.instance_id);
     let nsm: Arc<dyn Nsm> = Arc::new(SimulatedNsm::boot(sim, dir.document_signer()?));
-    let path = crate::kmstool_path::KmstoolPath::start(dir, local, nsm, &dir.path().join("demo")).await?;
+    let path = crate::enclave_path::EnclavePath::start(dir, local, nsm, &dir.path().join("demo")).await?;
     println!("    proxy        {} -> 127.0.0.1:{} (allowlisted)", path.proxy, local.https_addr.port());
     println!("    enclave      kmstool protocol on {}, KMS {} through the proxy", path.kmstool, path.endpoint);
 
-    let (arn, ciphertext) = crate::kmstool_path::enclave_only_secret(dir, local, &measurement.pcr0.to_hex(), "nekms demo: kmstool", b"Hello, KMS!").await?;
+    let (arn, ciphertext) = crate::enclave_path::enclave_only_secret(dir, local, &measurement.pcr0.to_hex(), "nekms demo: kmstool", b"Hello, KMS!").await?;
     println!("    the instance encrypted \"Hello, KMS!\" under {arn}");
     let mut instance = crate::kms_client::Conn::open(&local.target(dir, "instance")?).await?;
     let (_, v) = instance.call_raw("Decrypt", &json!({"CiphertextBlob": ciphertext})).await?;

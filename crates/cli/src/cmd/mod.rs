@@ -2,6 +2,7 @@ pub mod agent;
 pub mod attest;
 pub mod bench;
 pub mod bench_kmstool;
+pub mod bench_sign;
 pub mod cms;
 pub mod demo;
 pub mod dev;

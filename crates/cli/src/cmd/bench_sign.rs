@@ -1,0 +1,209 @@
+//! `nekms bench sign`: signatures per second with a key of each spec,
+//! (a) in this process with the key in hand (the reference), (b) through
+//! the enclave's RPC on a Unix socket, one pipelined connection shared by
+//! the clients, with the opened key cached in the enclave, and (c) through
+//! the agent's HTTP API; and the latency of a cold signature (KMS Decrypt
+//! with a Recipient, open the sealed key, sign) against the local KMS.
+//! Everything runs in this process and shares its cores.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper::body::Bytes;
+use http_body_util::{BodyExt, Full};
+use nekms_keys::{KeyRecord, KeySpec, Payload, PrivateKey, Scheme};
+use nekms_nsm::measure::Measurement;
+use nekms_nsm::{Nsm, SimConfig, SimulatedNsm};
+use nekms_rpc::{Client, Entropy, GenerateKey};
+use nekms_store::{KeyStore, SqliteStore, Store};
+
+use crate::enclave_path::{create_key, custody_policy, EnclavePath};
+use crate::kms_client::InProcessKms;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Key specs to measure
+    #[arg(long, value_delimiter = ',', default_value = "secp256k1,ed25519,p256,rsa2048")]
+    spec: Vec<KeySpec>,
+    /// Concurrent clients
+    #[arg(long, value_delimiter = ',', default_value = "2")]
+    clients: Vec<usize>,
+    /// Seconds per cell
+    #[arg(long, default_value_t = 2.0)]
+    seconds: f64,
+    /// Cold signatures to time per spec
+    #[arg(long, default_value_t = 50)]
+    cold: usize,
+}
+
+struct Cell {
+    per_second: f64,
+    p50: Duration,
+}
+
+async fn measure<F, Fut>(clients: usize, seconds: f64, make: impl Fn(usize) -> F) -> anyhow::Result<Cell>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|i| {
+            let mut call = make(i);
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    call().await?;
+                    latencies.push(t.elapsed());
+                }
+                anyhow::Ok(latencies)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    all.sort();
+    Ok(Cell { per_second: all.len() as f64 / elapsed, p50: all.get(all.len() / 2).copied().unwrap_or_default() })
+}
+
+/// A keep-alive HTTP/1.1 connection to the agent.
+struct Http {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    host: String,
+}
+
+impl Http {
+    async fn open(addr: std::net::SocketAddr) -> anyhow::Result<Http> {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        Ok(Http { sender, host: addr.to_string() })
+    }
+
+    async fn post(&mut self, path: &str, body: Bytes) -> anyhow::Result<()> {
+        self.sender.ready().await?;
+        let req = hyper::Request::post(path).header("host", &self.host).header("content-type", "application/json").body(Full::new(body))?;
+        let resp = self.sender.send_request(req).await?;
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        anyhow::ensure!(status == 200, "agent answered {status}: {}", String::from_utf8_lossy(&bytes));
+        Ok(())
+    }
+}
+
+fn row(label: &str, clients: usize, cell: &Cell, reference: Option<&Cell>) {
+    let ratio = reference.map(|r| format!("{:.2}", cell.per_second / r.per_second)).unwrap_or_else(|| "-".into());
+    println!("  {label:<40} {clients:>7} {:>10.0} {:>9.3}ms {ratio:>7}", cell.per_second, cell.p50.as_secs_f64() * 1000.0);
+}
+
+pub async fn run(a: Args) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dev = nekms_devworld::DevDir::new(tmp.path().join("dev"));
+    dev.init()?;
+    let local = InProcessKms::start(&dev, &tmp.path().join("kms"), false).await?;
+    let measurement = Measurement::of_image(b"nekms bench sign enclave", None);
+    let nsm: Arc<dyn Nsm> = Arc::new(SimulatedNsm::boot(SimConfig::new(measurement.clone()), dev.document_signer()?));
+    let warm = EnclavePath::start(&dev, &local, nsm.clone(), &tmp.path().join("warm")).await?;
+    let cold = EnclavePath::start_with(&dev, &local, nsm.clone(), &tmp.path().join("cold"), Some(0)).await?;
+    let p = dev.principals()?.into_iter().find(|p| p.name == "instance").ok_or_else(|| anyhow::anyhow!("no instance principal"))?;
+    for path in [&warm, &cold] {
+        path.enclave.set_credentials(
+            p.access_key_id.clone(),
+            zeroize::Zeroizing::new(p.secret_access_key.clone()),
+            p.session_token.clone().map(zeroize::Zeroizing::new),
+            Some("us-east-1".into()),
+            None,
+        );
+    }
+    let kms_key = create_key(&dev, &local, "nekms bench sign", &custody_policy(&dev.config()?.account_id, &measurement.pcr0.to_hex())).await?;
+    let agent_store = SqliteStore::open(&tmp.path().join("agent.db"))?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let agent_addr = listener.local_addr()?;
+    let _agent = super::agent::spawn(listener, warm.rpc.clone(), Store::Sqlite(agent_store.clone()));
+    let rpc = Client::connect(&warm.rpc, "nekms bench").await?;
+    let cold_rpc = Client::connect(&cold.rpc, "nekms bench").await?;
+
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    println!("nekms bench sign: {} s per cell, {cores} cores; the reference, the enclave and the agent share this process", a.seconds);
+    println!("  {:<40} {:>7} {:>10} {:>11} {:>7}", "path", "clients", "sig/s", "p50", "ratio");
+    for spec in &a.spec {
+        let spec = *spec;
+        let name = format!("bench-{spec}");
+        let mut record = rpc
+            .generate_key(GenerateKey {
+                key_id: name.clone(),
+                spec,
+                kms_key_id: kms_key.clone(),
+                entropy: Entropy::Nsm,
+                encryption_context: Default::default(),
+                nonce: None,
+            })
+            .await?;
+        agent_store.create(&record).await?;
+        // The creation document is for auditors, not for every signature.
+        record.attestation = None;
+        let record: Arc<KeyRecord> = Arc::new(record);
+        let message = b"nekms bench: a 32-byte message..".to_vec();
+        let local_key = Arc::new(PrivateKey::generate(spec, &[7u8; 64])?);
+        let scheme = Scheme::default_for(spec);
+        println!("{spec} ({scheme}):");
+        for &clients in &a.clients {
+            let reference = measure(clients, a.seconds, |_| {
+                let (key, payload) = (local_key.clone(), Payload::Message(message.clone()));
+                move || {
+                    let (key, payload) = (key.clone(), payload.clone());
+                    async move {
+                        key.sign(scheme, &payload)?;
+                        anyhow::Ok(())
+                    }
+                }
+            })
+            .await?;
+            let channel = measure(clients, a.seconds, |_| {
+                let (rpc, record, payload) = (rpc.clone(), record.clone(), Payload::Message(message.clone()));
+                move || {
+                    let (rpc, record, payload) = (rpc.clone(), record.clone(), payload.clone());
+                    async move {
+                        rpc.sign((*record).clone(), Some(scheme), payload).await?;
+                        anyhow::Ok(())
+                    }
+                }
+            })
+            .await?;
+            let mut conns = Vec::new();
+            for _ in 0..clients {
+                conns.push(Arc::new(tokio::sync::Mutex::new(Http::open(agent_addr).await?)));
+            }
+            let body = Bytes::from(serde_json::to_vec(&serde_json::json!({"message_hex": hex::encode(&message)}))?);
+            let path = format!("/v1/keys/{name}/sign");
+            let http = measure(clients, a.seconds, |i| {
+                let (conn, body, path) = (conns[i].clone(), body.clone(), path.clone());
+                move || {
+                    let (conn, body, path) = (conn.clone(), body.clone(), path.clone());
+                    async move { conn.lock().await.post(&path, body).await }
+                }
+            })
+            .await?;
+            row("(a) in process, key in hand (ref)", clients, &reference, None);
+            row("(b) enclave RPC, Unix socket, pipelined", clients, &channel, Some(&reference));
+            row("(c) agent HTTP -> enclave RPC", clients, &http, Some(&reference));
+        }
+        // Cold: the enclave keeps no opened key, so each signature decrypts the data key with KMS.
+        let mut latencies = Vec::with_capacity(a.cold);
+        for _ in 0..a.cold {
+            let t = Instant::now();
+            cold_rpc.sign((*record).clone(), Some(scheme), Payload::Message(message.clone())).await?;
+            latencies.push(t.elapsed());
+        }
+        latencies.sort();
+        let pct = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q) as usize].as_secs_f64() * 1000.0;
+        println!("  cold (KMS Decrypt with Recipient, open, sign): p50 {:.2} ms, p90 {:.2} ms over {}", pct(0.5), pct(0.9), a.cold);
+    }
+    Ok(())
+}
