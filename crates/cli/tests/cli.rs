@@ -127,14 +127,29 @@ fn the_demo_runs_and_says_what_it_did() {
         assert!(out.contains(needle), "missing {needle:?} in\n{out}");
     }
     assert!(tmp.path().join("demo-attestation.cbor").exists());
-    // The KMS step: three refusals, then the enclave opens the secret; the kmstool step: one more refusal.
-    assert_eq!(out.matches("refused: AccessDeniedException").count(), 4, "{out}");
+    // The KMS step: three refusals, then the enclave opens the secret; the kmstool step: one more refusal;
+    // two enclaves: three; the lock-out: two.
+    assert_eq!(out.matches("refused: AccessDeniedException").count(), 9, "{out}");
+    for needle in [
+        "enclave 2 signed \"Hello World\"",
+        "enclave 1 signing the same record   -> refused: AccessDeniedException",
+        "enclave 2 generating a key          -> refused: AccessDeniedException",
+        "the account root decrypting it      -> refused: AccessDeniedException",
+        // Ganache's first account, from its well-known key.
+        "address 0x90F8bf6A479f320ead074411a4B0e7944Ea8c9C1",
+        "it signed an EIP-1559 transaction: hash 0x",
+        "tmkms: an Ed25519 softsign key imported the same way signed a vote",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?} in\n{out}");
+    }
     assert!(out.contains("inside the enclave, its RSA key opens it: \"correct horse battery staple\""), "{out}");
     assert!(out.contains("the instance's own Decrypt               -> refused: AccessDeniedException"), "{out}");
     assert!(out.contains("kmstool client: Decrypt through the enclave -> \"Hello, KMS!\""), "{out}");
     let audit = std::fs::read_to_string(tmp.path().join("kms/audit.log")).unwrap();
-    // Four in the lock-out step, two in the kmstool step (the instance's refusal, the enclave's Recipient decrypt).
-    assert_eq!(audit.lines().filter(|l| l.contains("\"eventName\":\"Decrypt\"")).count(), 6);
+    // Four in the lock-out step, two in the kmstool step (the instance's refusal, the enclave's Recipient decrypt),
+    // three with two enclaves (enclave 1 and the instance refused, enclave 2's), four in step 10 (root and the
+    // instance refused, two imports).
+    assert_eq!(audit.lines().filter(|l| l.contains("\"eventName\":\"Decrypt\"")).count(), 13);
 }
 
 fn openssl(args: &[&str]) {

@@ -181,11 +181,13 @@ impl Enclave {
 
     /// The record's key, from the cache or opened now.
     async fn open(&self, record: &KeyRecord) -> Result<Arc<PrivateKey>, RpcError> {
-        record.check().map_err(key_error)?;
+        // The digest covers every field the checks read, so a hit is a record
+        // identical to one that passed them and opened.
         let digest = record.cache_digest();
         if let Some(key) = self.keys.get(&digest) {
             return Ok(key);
         }
+        record.check().map_err(key_error)?;
         let data_key = self
             .kms
             .decrypt(&record.encrypted_data_key, &record.encryption_context, Some(&record.kms_key_id))
@@ -217,5 +219,45 @@ fn check_nonce(nonce: &Option<Vec<u8>>) -> Result<(), RpcError> {
     match nonce {
         Some(n) if n.len() > nekms_nsm::MAX_NONCE => Err(RpcError::bad_request(format!("nonce is {} bytes; the NSM takes at most {}", n.len(), nekms_nsm::MAX_NONCE))),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nekms_keys::KeySpec;
+
+    fn key(n: u8) -> Arc<PrivateKey> {
+        Arc::new(PrivateKey::generate(KeySpec::Ed25519, &[n; 32]).unwrap())
+    }
+
+    #[test]
+    fn the_least_recently_used_key_leaves_when_the_cache_is_full() {
+        let cache = KeyCache::new(2, Duration::from_secs(60));
+        cache.insert([1; 32], key(1));
+        cache.insert([2; 32], key(2));
+        assert!(cache.get(&[1; 32]).is_some());
+        cache.insert([3; 32], key(3));
+        assert!(cache.get(&[2; 32]).is_none(), "2 was used least recently");
+        assert!(cache.get(&[1; 32]).is_some() && cache.get(&[3; 32]).is_some());
+        let info = cache.info();
+        assert_eq!((info.entries, info.capacity, info.hits, info.misses), (2, 2, 3, 1));
+    }
+
+    #[test]
+    fn keys_expire_after_the_ttl_and_a_zero_capacity_caches_nothing() {
+        let cache = KeyCache::new(8, Duration::from_millis(30));
+        cache.insert([1; 32], key(1));
+        assert!(cache.get(&[1; 32]).is_some());
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(cache.get(&[1; 32]).is_none());
+        assert_eq!(cache.info().entries, 0, "expired keys are dropped, and zeroized with them");
+
+        let none = KeyCache::new(0, Duration::from_secs(60));
+        none.insert([1; 32], key(1));
+        assert!(none.get(&[1; 32]).is_none());
+        cache.insert([2; 32], key(2));
+        cache.clear();
+        assert_eq!(cache.info().entries, 0);
     }
 }

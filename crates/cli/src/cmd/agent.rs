@@ -7,7 +7,7 @@
 //!
 //! Routes are listed in [`openapi`]; `/metrics` is Prometheus text.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -183,6 +183,7 @@ struct Histogram {
 struct AppState {
     enclave: EnclaveConn,
     store: Store,
+    records: Mutex<HashMap<String, (Arc<KeyRecord>, Instant)>>,
     metrics: Metrics,
     secrets_endpoint: Option<String>,
 }
@@ -285,6 +286,31 @@ struct ListQuery {
 async fn list_keys(State(state): State<Shared>, Query(q): Query<ListQuery>) -> Result<Json<Value>, ApiError> {
     let page = state.store.list(q.after.as_deref(), q.limit.unwrap_or(100).clamp(1, 1000)).await?;
     Ok(Json(json!({"keys": page.records.iter().map(summary).collect::<Vec<_>>(), "next": page.next})))
+}
+
+/// Records are never overwritten, so one read recently is still the record;
+/// a deleted key stops signing within [`RECORD_TTL`].
+const RECORD_TTL: Duration = Duration::from_secs(5);
+
+/// The record as the enclave needs it for signing (without the creation
+/// document), from a short-lived cache in front of the store.
+async fn signing_record(state: &AppState, name: &str) -> Result<Arc<KeyRecord>, ApiError> {
+    if let Some((r, at)) = state.records.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
+        if at.elapsed() < RECORD_TTL {
+            return Ok(r.clone());
+        }
+    }
+    let mut r = record(state, name).await?;
+    r.attestation = None;
+    let r = Arc::new(r);
+    let mut cache = state.records.lock().unwrap_or_else(|p| p.into_inner());
+    if cache.len() >= 4096 {
+        cache.retain(|_, (_, at)| at.elapsed() < RECORD_TTL);
+    }
+    if cache.len() < 4096 {
+        cache.insert(name.to_owned(), (r.clone(), Instant::now()));
+    }
+    Ok(r)
 }
 
 async fn record(state: &AppState, name: &str) -> Result<KeyRecord, ApiError> {
@@ -406,11 +432,11 @@ struct SignBody {
 }
 
 async fn sign_with(state: &AppState, name: &str, scheme: Option<Scheme>, payload: Payload) -> Result<nekms_keys::Signature, ApiError> {
-    let r = record(state, name).await?;
+    let r = signing_record(state, name).await?;
     if let Some(s) = scheme {
         s.check_spec(r.spec).map_err(|e| ApiError::bad(e.to_string()))?;
     }
-    Ok(state.enclave.call(|c| { let (r, p) = (r.clone(), payload.clone()); async move { c.sign(r, scheme, p).await } }).await?)
+    Ok(state.enclave.call(|c| { let (r, p) = ((*r).clone(), payload.clone()); async move { c.sign(r, scheme, p).await } }).await?)
 }
 
 async fn sign(State(state): State<Shared>, Path(name): Path<String>, Json(b): Json<SignBody>) -> Result<Json<Value>, ApiError> {
@@ -492,6 +518,7 @@ pub fn spawn(listener: tokio::net::TcpListener, enclave: Address, store: Store) 
     let state = Arc::new(AppState {
         enclave: EnclaveConn { address: enclave, client: tokio::sync::Mutex::new(None) },
         store,
+        records: Mutex::new(HashMap::new()),
         metrics: Metrics::default(),
         secrets_endpoint: None,
     });
@@ -510,6 +537,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let state = Arc::new(AppState {
             enclave: EnclaveConn { address: a.enclave.address()?, client: tokio::sync::Mutex::new(None) },
             store,
+            records: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
             secrets_endpoint: a.secrets_endpoint_url.clone(),
         });

@@ -1,9 +1,11 @@
 //! `nekms bench sign`: signatures per second with a key of each spec,
-//! (a) in this process with the key in hand (the reference), (b) through
-//! the enclave's RPC on a Unix socket, one pipelined connection shared by
-//! the clients, with the opened key cached in the enclave, and (c) through
-//! the agent's HTTP API; and the latency of a cold signature (KMS Decrypt
-//! with a Recipient, open the sealed key, sign) against the local KMS.
+//! (a) in this process with the key in hand (the reference: one signing
+//! loop per client), (b) through the enclave's RPC on a Unix socket, each
+//! client one connection with `--depth` calls pipelined on it, the opened
+//! key cached in the enclave, and (c) through the agent's HTTP API, each
+//! client `--depth` keep-alive connections (HTTP/1.1 cannot pipeline); and
+//! the latency of a cold signature (KMS Decrypt with a Recipient, open the
+//! sealed key, sign) against the local KMS, one call at a time.
 //! Everything runs in this process and shares its cores.
 
 use std::sync::Arc;
@@ -28,6 +30,9 @@ pub struct Args {
     /// Concurrent clients
     #[arg(long, value_delimiter = ',', default_value = "2")]
     clients: Vec<usize>,
+    /// Calls each client keeps outstanding in (b) and (c)
+    #[arg(long, default_value_t = 8)]
+    depth: usize,
     /// Seconds per cell
     #[arg(long, default_value_t = 2.0)]
     seconds: f64,
@@ -41,14 +46,15 @@ struct Cell {
     p50: Duration,
 }
 
-async fn measure<F, Fut>(clients: usize, seconds: f64, make: impl Fn(usize) -> F) -> anyhow::Result<Cell>
+/// Run `loops` loops of calls for `seconds`; every call must succeed.
+async fn measure<F, Fut>(loops: usize, seconds: f64, make: impl Fn(usize) -> F) -> anyhow::Result<Cell>
 where
     F: FnMut() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
 {
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let start = Instant::now();
-    let tasks: Vec<_> = (0..clients)
+    let tasks: Vec<_> = (0..loops)
         .map(|i| {
             let mut call = make(i);
             tokio::spawn(async move {
@@ -127,10 +133,17 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let agent_addr = listener.local_addr()?;
     let _agent = super::agent::spawn(listener, warm.rpc.clone(), Store::Sqlite(agent_store.clone()));
     let rpc = Client::connect(&warm.rpc, "nekms bench").await?;
+    let mut connections = Vec::new();
+    for _ in 0..a.clients.iter().copied().max().unwrap_or(1) {
+        connections.push(Client::connect(&warm.rpc, "nekms bench").await?);
+    }
     let cold_rpc = Client::connect(&cold.rpc, "nekms bench").await?;
 
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    println!("nekms bench sign: {} s per cell, {cores} cores; the reference, the enclave and the agent share this process", a.seconds);
+    println!(
+        "nekms bench sign: {} s per cell, {cores} cores, {} calls outstanding per client in (b) and (c); the reference, the enclave and the agent share this process",
+        a.seconds, a.depth
+    );
     println!("  {:<40} {:>7} {:>10} {:>11} {:>7}", "path", "clients", "sig/s", "p50", "ratio");
     for spec in &a.spec {
         let spec = *spec;
@@ -165,8 +178,9 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                 }
             })
             .await?;
-            let channel = measure(clients, a.seconds, |_| {
-                let (rpc, record, payload) = (rpc.clone(), record.clone(), Payload::Message(message.clone()));
+            let depth = a.depth.max(1);
+            let channel = measure(clients * depth, a.seconds, |i| {
+                let (rpc, record, payload) = (connections[i / depth].clone(), record.clone(), Payload::Message(message.clone()));
                 move || {
                     let (rpc, record, payload) = (rpc.clone(), record.clone(), payload.clone());
                     async move {
@@ -177,12 +191,12 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             })
             .await?;
             let mut conns = Vec::new();
-            for _ in 0..clients {
+            for _ in 0..clients * depth {
                 conns.push(Arc::new(tokio::sync::Mutex::new(Http::open(agent_addr).await?)));
             }
             let body = Bytes::from(serde_json::to_vec(&serde_json::json!({"message_hex": hex::encode(&message)}))?);
             let path = format!("/v1/keys/{name}/sign");
-            let http = measure(clients, a.seconds, |i| {
+            let http = measure(clients * depth, a.seconds, |i| {
                 let (conn, body, path) = (conns[i].clone(), body.clone(), path.clone());
                 move || {
                     let (conn, body, path) = (conn.clone(), body.clone(), path.clone());

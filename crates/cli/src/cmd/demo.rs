@@ -6,7 +6,9 @@
 //! conditions that admit exactly this image, and then has the local KMS
 //! release a secret to that enclave (and refuse everyone else). Last, the
 //! kmstool flow: the enclave, its proxy and the local KMS's HTTPS endpoint
-//! wired over Unix sockets, a kmstool client asking the enclave to decrypt.
+//! wired over Unix sockets, a kmstool client asking the enclave to decrypt;
+//! and key custody ([`super::demo_keys`]): two enclaves, the lock-out seed,
+//! a tmkms key.
 
 use std::path::PathBuf;
 
@@ -114,10 +116,18 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     step(8, "kmstool: the enclave decrypts through its proxy, over TLS to the local KMS");
     rt.block_on(kmstool_flow(&dir, &local, &measurement))?;
 
+    let store = nekms_store::SqliteStore::open(&dir.path().join("demo-keys/keys.db"))?;
+    step(9, "Two enclaves: enclave 1 generates a key, the parent stores it, enclave 2 signs");
+    rt.block_on(super::demo_keys::two_enclaves(&dir, &local, &store))?;
+
+    step(10, "Lock-out: a seed only the enclave can decrypt signs a transaction; a tmkms key is imported");
+    rt.block_on(super::demo_keys::lockout_and_tmkms(&dir, &local, &measurement, &store))?;
+
     println!("\nDone. Look again with:");
     println!("    nekms attest verify {} --root {}", out.display(), dir.root_cert_path().display());
     println!("    nekms pcr sim {}", image.display());
     println!("    nekms dev kms audit --dir {}", dir.path().display());
+    println!("    nekms key list --store sqlite:{}", dir.path().join("demo-keys/keys.db").display());
     Ok(())
 }
 

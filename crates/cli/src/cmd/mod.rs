@@ -5,6 +5,7 @@ pub mod bench_kmstool;
 pub mod bench_sign;
 pub mod cms;
 pub mod demo;
+pub mod demo_keys;
 pub mod dev;
 pub mod enclave;
 pub mod key;

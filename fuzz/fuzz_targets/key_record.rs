@@ -1,0 +1,25 @@
+//! Bytes the parent's store or a caller hands back as public key material:
+//! record JSON, SubjectPublicKeyInfo (DER or PEM), ECDSA signatures.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use nekms_keys::{ecdsa_der_to_fixed, ecdsa_fixed_to_der, KeyRecord, PublicKey};
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(record) = serde_json::from_slice::<KeyRecord>(data) {
+        if let Ok(public) = record.check() {
+            assert_eq!(public.spec(), record.spec);
+        }
+        let _ = record.cache_digest();
+    }
+    if let Ok(public) = PublicKey::parse(data) {
+        let again = PublicKey::from_spki(public.spki()).expect("a parsed key's SPKI parses");
+        assert_eq!(again, public);
+    }
+    for size in [32, 48] {
+        if let Some(fixed) = ecdsa_der_to_fixed(data, size) {
+            assert_eq!(fixed.len(), 2 * size);
+            assert_eq!(ecdsa_der_to_fixed(&ecdsa_fixed_to_der(&fixed), size), Some(fixed));
+        }
+    }
+});
