@@ -147,9 +147,9 @@ fn the_demo_runs_and_says_what_it_did() {
     assert!(out.contains("kmstool client: Decrypt through the enclave -> \"Hello, KMS!\""), "{out}");
     let audit = std::fs::read_to_string(tmp.path().join("kms/audit.log")).unwrap();
     // Four in the lock-out step, two in the kmstool step (the instance's refusal, the enclave's Recipient decrypt),
-    // three with two enclaves (enclave 1 and the instance refused, enclave 2's), four in step 10 (root and the
-    // instance refused, two imports).
-    assert_eq!(audit.lines().filter(|l| l.contains("\"eventName\":\"Decrypt\"")).count(), 13);
+    // three with two enclaves (enclave 1 and the instance refused, enclave 2's), six in step 10 (root and the
+    // instance refused, two imports, the first signature with each imported key).
+    assert_eq!(audit.lines().filter(|l| l.contains("\"eventName\":\"Decrypt\"")).count(), 15);
 }
 
 fn openssl(args: &[&str]) {

@@ -208,7 +208,7 @@ impl Enclave {
     }
 
     pub async fn sign(&self, record: &KeyRecord, scheme: Option<Scheme>, payload: &Payload) -> Result<Signature, RpcError> {
-        let scheme = scheme.unwrap_or_else(|| Scheme::default_for(record.spec));
+        let scheme = scheme.unwrap_or_else(|| Scheme::default_for_payload(record.spec, payload));
         scheme.check_spec(record.spec).map_err(key_error)?;
         let key = self.open(record).await?;
         key.sign(scheme, payload).map_err(key_error)

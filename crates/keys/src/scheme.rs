@@ -73,6 +73,16 @@ impl Scheme {
         }
     }
 
+    /// The scheme a payload implies (transactions and typed data have one),
+    /// else the spec's default.
+    pub fn default_for_payload(spec: KeySpec, payload: &Payload) -> Scheme {
+        match payload {
+            Payload::Transaction(_) => Scheme::EthTransaction,
+            Payload::TypedData(_) => Scheme::Eip712,
+            _ => Scheme::default_for(spec),
+        }
+    }
+
     pub fn name(self) -> String {
         match self {
             Scheme::EcdsaDer => "ecdsa".into(),
