@@ -156,7 +156,12 @@ def test_lockout_seed_in_secrets_manager_signs_a_transaction(world, tmp_path):
             u.client(who).decrypt(CiphertextBlob=blob)
         assert "AccessDenied" in str(denied.value), who
 
-    u.nekms("key", "import", "--name", "lockout", "--spec", "secp256k1", "--kms-key", key, "--secret-id", "secretlock")
+    dynamo = f"dynamodb:{TABLE}"
+    u.nekms("store", "create-table", "--store", dynamo)
+    u.nekms("key", "import", "--store", dynamo, "--name", "lockout", "--spec", "secp256k1", "--kms-key", key, "--secret-id", "secretlock")
+    f = tmp_path / "lockout.json"
+    f.write_text(u.nekms("key", "show", "lockout", "--store", dynamo, "--json").stdout)
+    u.nekms("key", "add", str(f))
     address = u.nekms("key", "public-key", "lockout", "--address").stdout.strip()
     assert address == Account.from_key(seed).address
     tx = tmp_path / "tx.json"
@@ -168,10 +173,13 @@ def test_lockout_seed_in_secrets_manager_signs_a_transaction(world, tmp_path):
     r = u.nekms("key", "import", "--name", "lockout2", "--spec", "secp256k1", "--kms-key", key, "--secret-id", "no-such-secret", check=False)
     assert r.returncode != 0 and "ResourceNotFound" in r.stderr, r.stderr
 
-    # No form of the seed in the table, the outputs or the logs.
-    for form in (seed, seed.hex().encode(), base64.b64encode(seed)):
-        assert form not in u.log.read_bytes()
-        assert form not in (u.base / "moto.log").read_bytes()
+    # No form of the seed in the DynamoDB items, the SQLite file, or the logs.
+    items = u.moto.client("dynamodb").scan(TableName=TABLE)["Items"]
+    item_bytes = b"".join(v.get("B", b"") or str(v).encode() for i in items for v in i.values())
+    assert any(i["key_id"]["S"] == "lockout" for i in items)
+    for form in (seed, seed.hex().encode(), seed.hex().upper().encode(), base64.b64encode(seed)):
+        for haystack in (item_bytes, u.log.read_bytes(), (u.base / "moto.log").read_bytes(), (u.base / "keys.db").read_bytes()):
+            assert form not in haystack
 
 
 def test_the_dynamodb_store_reports_moto_being_down_as_retryable(world, tmp_path):

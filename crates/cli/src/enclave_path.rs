@@ -17,6 +17,15 @@ use serde_json::json;
 
 use crate::kms_client::{Conn, InProcessKms};
 
+/// Key administrators manage the key and never use it.
+fn administrators(account: &str) -> serde_json::Value {
+    json!({"Sid": "Key administrators manage, never use", "Effect": "Allow",
+           "Principal": {"AWS": format!("arn:aws:iam::{account}:role/nekms-key-admin")},
+           "Action": ["kms:Create*", "kms:Describe*", "kms:Enable*", "kms:List*", "kms:Put*", "kms:Update*", "kms:Disable*",
+                      "kms:Get*", "kms:Delete*", "kms:TagResource", "kms:UntagResource", "kms:ScheduleKeyDeletion", "kms:CancelKeyDeletion"],
+           "Resource": "*"})
+}
+
 /// A key policy without a root statement: the instance role may encrypt, and
 /// decrypt only from an enclave whose PCR0 is `pcr0_hex`; administrators
 /// manage the key and never decrypt.
@@ -30,11 +39,7 @@ pub fn enclave_only_policy(account: &str, pcr0_hex: &str) -> serde_json::Value {
              "Condition": {"StringEqualsIgnoreCase": {"kms:RecipientAttestation:ImageSha384": pcr0_hex}}},
             {"Sid": "Encrypt from the instance", "Effect": "Allow",
              "Principal": {"AWS": instance}, "Action": "kms:Encrypt", "Resource": "*"},
-            {"Sid": "Key administrators manage, never decrypt", "Effect": "Allow",
-             "Principal": {"AWS": format!("arn:aws:iam::{account}:role/nekms-key-admin")},
-             "Action": ["kms:Create*", "kms:Describe*", "kms:Enable*", "kms:List*", "kms:Put*", "kms:Update*", "kms:Disable*",
-                        "kms:Get*", "kms:Delete*", "kms:TagResource", "kms:UntagResource", "kms:ScheduleKeyDeletion", "kms:CancelKeyDeletion"],
-             "Resource": "*"}
+            administrators(account)
         ]
     })
 }
@@ -63,11 +68,7 @@ pub fn custody_policy(account: &str, pcr0_hex: &str) -> serde_json::Value {
              "Condition": {"StringEqualsIgnoreCase": {"kms:RecipientAttestation:ImageSha384": pcr0_hex}}},
             {"Sid": "Encrypt from the instance (key import)", "Effect": "Allow",
              "Principal": {"AWS": instance}, "Action": "kms:Encrypt", "Resource": "*"},
-            {"Sid": "Key administrators manage, never use", "Effect": "Allow",
-             "Principal": {"AWS": format!("arn:aws:iam::{account}:role/nekms-key-admin")},
-             "Action": ["kms:Create*", "kms:Describe*", "kms:Enable*", "kms:List*", "kms:Put*", "kms:Update*", "kms:Disable*",
-                        "kms:Get*", "kms:Delete*", "kms:TagResource", "kms:UntagResource", "kms:ScheduleKeyDeletion", "kms:CancelKeyDeletion"],
-             "Resource": "*"}
+            administrators(account)
         ]
     })
 }
@@ -109,6 +110,20 @@ pub struct EnclavePath {
 }
 
 impl EnclavePath {
+    /// Give the enclave the development instance role's credentials, as
+    /// `nekms enclave credentials` would.
+    pub fn supply_instance_credentials(&self, dev: &DevDir) -> anyhow::Result<()> {
+        let p = dev.principals()?.into_iter().find(|p| p.name == "instance").context("no instance principal")?;
+        self.enclave.set_credentials(
+            p.access_key_id.clone(),
+            zeroize::Zeroizing::new(p.secret_access_key.clone()),
+            p.session_token.clone().map(zeroize::Zeroizing::new),
+            Some("us-east-1".into()),
+            None,
+        );
+        Ok(())
+    }
+
     /// Sockets go in `run_dir`; the enclave trusts the development TLS CA.
     pub async fn start(dev: &DevDir, local: &InProcessKms, nsm: Arc<dyn Nsm>, run_dir: &Path) -> anyhow::Result<EnclavePath> {
         EnclavePath::start_with(dev, local, nsm, run_dir, None).await

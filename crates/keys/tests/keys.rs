@@ -227,3 +227,16 @@ fn bad_signatures_and_payloads_get_clear_errors() {
     bad_v[64] = 5;
     assert!(k1.public_key().verify(Scheme::EthPersonal, &msg, &bad_v).unwrap_err().to_string().contains("recovery byte"));
 }
+
+#[test]
+fn rsa_4096_keys_are_made_sealed_and_sign_with_both_paddings() {
+    let key = PrivateKey::generate(KeySpec::Rsa4096, &seed(9)).unwrap();
+    let r = seal_record(record_for(&key, "rsa-4096"), &[4u8; 32], &key).unwrap();
+    let opened = open_record(&r, &[4u8; 32]).unwrap();
+    let msg = Payload::Message(b"four thousand ninety-six".to_vec());
+    for scheme in [Scheme::RsaPss(Hash::Sha512), Scheme::RsaPkcs1(Hash::Sha384)] {
+        let sig = opened.sign(scheme, &msg).unwrap();
+        assert_eq!(sig.signature.len(), 512);
+        key.public_key().verify(scheme, &msg, &sig.signature).unwrap();
+    }
+}

@@ -117,16 +117,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let nsm: Arc<dyn Nsm> = Arc::new(SimulatedNsm::boot(SimConfig::new(measurement.clone()), dev.document_signer()?));
     let warm = EnclavePath::start(&dev, &local, nsm.clone(), &tmp.path().join("warm")).await?;
     let cold = EnclavePath::start_with(&dev, &local, nsm.clone(), &tmp.path().join("cold"), Some(0)).await?;
-    let p = dev.principals()?.into_iter().find(|p| p.name == "instance").ok_or_else(|| anyhow::anyhow!("no instance principal"))?;
-    for path in [&warm, &cold] {
-        path.enclave.set_credentials(
-            p.access_key_id.clone(),
-            zeroize::Zeroizing::new(p.secret_access_key.clone()),
-            p.session_token.clone().map(zeroize::Zeroizing::new),
-            Some("us-east-1".into()),
-            None,
-        );
-    }
+    warm.supply_instance_credentials(&dev)?;
+    cold.supply_instance_credentials(&dev)?;
     let kms_key = create_key(&dev, &local, "nekms bench sign", &custody_policy(&dev.config()?.account_id, &measurement.pcr0.to_hex())).await?;
     let agent_store = SqliteStore::open(&tmp.path().join("agent.db"))?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

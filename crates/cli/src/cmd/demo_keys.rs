@@ -56,14 +56,7 @@ async fn enclave(dir: &DevDir, local: &InProcessKms, measurement: &Measurement, 
     sim.parent_instance_id = Some(dir.config()?.instance_id);
     let nsm: Arc<dyn Nsm> = Arc::new(SimulatedNsm::boot(sim, dir.document_signer()?));
     let path = EnclavePath::start(dir, local, nsm, run_dir).await?;
-    let p = dir.principals()?.into_iter().find(|p| p.name == "instance").context("no instance principal")?;
-    path.enclave.set_credentials(
-        p.access_key_id.clone(),
-        zeroize::Zeroizing::new(p.secret_access_key.clone()),
-        p.session_token.clone().map(zeroize::Zeroizing::new),
-        Some("us-east-1".into()),
-        None,
-    );
+    path.supply_instance_credentials(dir)?;
     let client = Client::connect(&path.rpc, "nekms demo").await?;
     Ok(Running { _path: path, client })
 }
