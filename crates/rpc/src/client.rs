@@ -130,13 +130,17 @@ impl Client {
 
     /// Send one request and wait for its reply.
     pub async fn call(&self, request: &Request) -> Result<Response, ClientError> {
-        self.call_value(protocol::request_to_value(request)).await
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        self.send(id, Outgoing::new(protocol::encode(&protocol::CallRef::Call { id, request }))).await
     }
 
     /// Send a request given as a raw CBOR value (for requests this build does not know).
     pub async fn call_value(&self, request: ciborium::Value) -> Result<Response, ClientError> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let body = Outgoing::new(protocol::encode(&ClientFrame::Call { id, request }));
+        self.send(id, Outgoing::new(protocol::encode(&ClientFrame::Call { id, request }))).await
+    }
+
+    async fn send(&self, id: u64, body: Outgoing) -> Result<Response, ClientError> {
         if body.len() > self.inner.max_frame {
             return Err(ClientError::TooLarge { len: body.len(), max: self.inner.max_frame });
         }

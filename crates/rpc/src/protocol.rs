@@ -117,6 +117,36 @@ pub enum ClientFrame {
     Call { id: u64, request: ciborium::Value },
 }
 
+/// A `Call` as the client writes it: the same bytes as
+/// `ClientFrame::Call { id, request: request_to_value(request) }`, without
+/// building the intermediate value.
+#[derive(Serialize)]
+pub(crate) enum CallRef<'a> {
+    Call { id: u64, request: &'a Request },
+}
+
+/// A frame as the server reads it when the request is one it knows; any
+/// other frame is read again as a [`ClientFrame`] to say what was wrong.
+#[derive(Deserialize)]
+pub(crate) enum KnownCall {
+    Call { id: u64, request: Request },
+}
+
+/// A frame read by the server: a call it can run, or a `ClientFrame` whose
+/// request it could not read (answered with BadRequest) or that is no call.
+pub(crate) enum Incoming {
+    Known { id: u64, request: Request },
+    Other(Result<ClientFrame, DecodeError>),
+}
+
+/// Read a frame body on the server.
+pub(crate) fn decode_incoming(bytes: &[u8]) -> Incoming {
+    match decode::<KnownCall>(bytes) {
+        Ok(KnownCall::Call { id, request }) => Incoming::Known { id, request },
+        Err(_) => Incoming::Other(decode::<ClientFrame>(bytes)),
+    }
+}
+
 /// Every frame the server sends.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ServerFrame {
@@ -447,6 +477,17 @@ mod tests {
             assert_eq!(back, id as u64);
             assert_eq!(request_from_value(request).unwrap(), r);
         }
+    }
+
+    #[test]
+    fn a_call_written_directly_is_the_call_written_through_a_value() {
+        let r = Request::Decrypt { ciphertext: vec![9; 100], encryption_context: [("a".to_string(), "b".to_string())].into(), key_id: Some("k".into()) };
+        let direct = encode(&CallRef::Call { id: 300, request: &r });
+        assert_eq!(direct, encode(&ClientFrame::Call { id: 300, request: request_to_value(&r) }));
+        assert!(matches!(decode_incoming(&direct), Incoming::Known { id: 300, request } if request == r));
+        let unknown = ciborium::Value::Map(vec![(ciborium::Value::Text("Frobnicate".into()), ciborium::Value::Integer(1.into()))]);
+        let frame = encode(&ClientFrame::Call { id: 8, request: unknown });
+        assert!(matches!(decode_incoming(&frame), Incoming::Other(Ok(ClientFrame::Call { id: 8, .. }))));
     }
 
     #[test]

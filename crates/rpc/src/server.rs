@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::codec::FramedRead;
 
-use crate::protocol::{self, ClientFrame, ErrorCode, Request, Response, RpcError, ServerFrame, PROTOCOL, VERSIONS};
+use crate::protocol::{self, ClientFrame, ErrorCode, Incoming, Request, Response, RpcError, ServerFrame, PROTOCOL, VERSIONS};
 use crate::wire::{write_frames, zeroized_after, Outgoing};
 
 /// What answers the calls.
@@ -159,14 +159,15 @@ pub async fn serve_connection<H: Handler>(stream: Stream, handler: Arc<H>, optio
                     break Err(e.into());
                 }
             };
-            let (id, request) = match zeroized_after(frame, protocol::decode::<ClientFrame>) {
-                Ok(ClientFrame::Call { id, request }) => (id, request),
-                Ok(ClientFrame::Hello(_)) => {
+            let (id, request) = match zeroized_after(frame, protocol::decode_incoming) {
+                Incoming::Known { id, request } => (id, Ok(request)),
+                Incoming::Other(Ok(ClientFrame::Call { id, request })) => (id, protocol::request_from_value(request)),
+                Incoming::Other(Ok(ClientFrame::Hello(_))) => {
                     let message = "a second Hello on an open connection".to_string();
                     let _ = tx.send(ServerFrame::Goodbye { message: message.clone() }).await;
                     break Err(ConnectionError::Refused(message));
                 }
-                Err(e) => {
+                Incoming::Other(Err(e)) => {
                     let message = format!("the frame is not a Call: {e}");
                     let _ = tx.send(ServerFrame::Goodbye { message: message.clone() }).await;
                     break Err(ConnectionError::Refused(message));
@@ -179,7 +180,7 @@ pub async fn serve_connection<H: Handler>(stream: Stream, handler: Arc<H>, optio
             }
             let (handler, tx, in_flight) = (handler.clone(), tx.clone(), in_flight.clone());
             calls.spawn(async move {
-                let outcome = match protocol::request_from_value(request) {
+                let outcome = match request {
                     Ok(request) => handler.handle(request).await,
                     Err(e) => Err(e),
                 };

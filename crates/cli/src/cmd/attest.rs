@@ -172,7 +172,13 @@ pub fn print_document(v: &Verified) {
     for (name, field) in [("public_key", &d.public_key), ("user_data", &d.user_data), ("nonce", &d.nonce)] {
         match field {
             None => println!("{name:<11} (none)"),
-            Some(b) => println!("{:<11} {} bytes: {}", format!("{name}:"), b.len(), hex::encode(b)),
+            Some(b) => {
+                println!("{:<11} {} bytes: {}", format!("{name}:"), b.len(), hex::encode(b));
+                // nekms's key documents commit to the key in readable text.
+                if let Some(text) = std::str::from_utf8(b).ok().filter(|t| t.chars().all(|c| c.is_ascii_graphic() || c == ' ')) {
+                    println!("{:<11} (text: {text})", "");
+                }
+            }
         }
     }
     println!("chain:");
