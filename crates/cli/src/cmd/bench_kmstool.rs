@@ -3,7 +3,6 @@
 //! to the same KMS, all measured in one run in this process.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -15,6 +14,7 @@ use nekms_transport::Address;
 use serde_json::json;
 use zeroize::Zeroizing;
 
+use super::bench_loop::{measure, Cell};
 use super::kmstool::KmstoolClient;
 use crate::kms_client::{Conn, InProcessKms, Target};
 use crate::enclave_path::{enclave_only_secret, proxy_to, EnclavePath};
@@ -27,11 +27,6 @@ pub struct Args {
     /// Concurrent kmstool clients to measure with
     #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
     clients: Vec<usize>,
-}
-
-struct Cell {
-    per_second: f64,
-    p50: Duration,
 }
 
 /// One client's loop body.
@@ -78,31 +73,17 @@ impl Worker for Plain {
     }
 }
 
-/// Run every worker in its own task for `seconds`; every call must succeed.
-async fn measure<W: Worker>(workers: Vec<W>, seconds: f64) -> anyhow::Result<Cell> {
-    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
-    let start = Instant::now();
-    let tasks: Vec<_> = workers
-        .into_iter()
-        .map(|mut w| {
-            tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                while Instant::now() < deadline {
-                    let t = Instant::now();
-                    w.call().await?;
-                    latencies.push(t.elapsed());
-                }
-                anyhow::Ok(latencies)
-            })
-        })
-        .collect();
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await??);
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    all.sort();
-    Ok(Cell { per_second: all.len() as f64 / elapsed, p50: all.get(all.len() / 2).copied().unwrap_or_default() })
+/// Run every worker in its own loop for `seconds`; every call must succeed.
+async fn measure_workers<W: Worker>(workers: Vec<W>, seconds: f64) -> anyhow::Result<Cell> {
+    let workers: Vec<_> = workers.into_iter().map(|w| Arc::new(tokio::sync::Mutex::new(w))).collect();
+    measure(workers.len(), seconds, |i| {
+        let w = workers[i].clone();
+        move || {
+            let w = w.clone();
+            async move { w.lock().await.call().await }
+        }
+    })
+    .await
 }
 
 fn row(label: &str, clients: usize, cell: &Cell, reference: Option<&Cell>) {
@@ -149,15 +130,15 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     println!("every Decrypt carries a fresh attestation document; KMS answers with CiphertextForRecipient, opened in the enclave.");
     println!("{:<48} {:>7} {:>10} {:>11} {:>7}", "path", "clients", "req/s", "p50", "ratio");
     for &clients in &a.clients {
-        let reference = measure((0..clients).map(|_| Sealed { kms: direct.clone(), blob: blob.clone() }).collect(), a.seconds).await?;
-        let proxied = measure((0..clients).map(|_| Sealed { kms: through_proxy.clone(), blob: blob.clone() }).collect(), a.seconds).await?;
+        let reference = measure_workers((0..clients).map(|_| Sealed { kms: direct.clone(), blob: blob.clone() }).collect(), a.seconds).await?;
+        let proxied = measure_workers((0..clients).map(|_| Sealed { kms: through_proxy.clone(), blob: blob.clone() }).collect(), a.seconds).await?;
         let mut workers = Vec::new();
         for _ in 0..clients {
             let mut client = KmstoolClient::connect(&path.kmstool).await?;
             client.set_client(&p.access_key_id, &p.secret_access_key, p.session_token.as_deref(), Some("us-east-1")).await?;
             workers.push(Kmstool { client, ciphertext: ciphertext.clone() });
         }
-        let kmstool = measure(workers, a.seconds).await?;
+        let kmstool = measure_workers(workers, a.seconds).await?;
         row("enclave KMS client -> KMS HTTPS directly (ref)", clients, &reference, None);
         row("enclave KMS client -> proxy -> KMS HTTPS", clients, &proxied, Some(&reference));
         row("kmstool Decrypt -> enclave -> proxy -> KMS", clients, &kmstool, Some(&reference));
@@ -174,8 +155,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             let via = Target { via: Some(plain_proxy.clone()), ..instance_target.clone() };
             proxied_workers.push(Plain { conn: Conn::open(&via).await?, body: body.clone() });
         }
-        let reference = measure(direct_workers, a.seconds).await?;
-        let proxied = measure(proxied_workers, a.seconds).await?;
+        let reference = measure_workers(direct_workers, a.seconds).await?;
+        let proxied = measure_workers(proxied_workers, a.seconds).await?;
         row("client -> KMS TCP directly (ref)", clients, &reference, None);
         row("client -> proxy -> KMS TCP", clients, &proxied, Some(&reference));
     }

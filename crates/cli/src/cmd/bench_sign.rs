@@ -9,7 +9,7 @@
 //! Everything runs in this process and shares its cores.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use hyper::body::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -19,6 +19,7 @@ use nekms_nsm::{Nsm, SimConfig, SimulatedNsm};
 use nekms_rpc::{Client, Entropy, GenerateKey};
 use nekms_store::{KeyStore, SqliteStore, Store};
 
+use super::bench_loop::{measure, Cell};
 use crate::enclave_path::{create_key, custody_policy, EnclavePath};
 use crate::kms_client::InProcessKms;
 
@@ -39,42 +40,6 @@ pub struct Args {
     /// Cold signatures to time per spec
     #[arg(long, default_value_t = 50)]
     cold: usize,
-}
-
-struct Cell {
-    per_second: f64,
-    p50: Duration,
-}
-
-/// Run `loops` loops of calls for `seconds`; every call must succeed.
-async fn measure<F, Fut>(loops: usize, seconds: f64, make: impl Fn(usize) -> F) -> anyhow::Result<Cell>
-where
-    F: FnMut() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
-{
-    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..loops)
-        .map(|i| {
-            let mut call = make(i);
-            tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                while Instant::now() < deadline {
-                    let t = Instant::now();
-                    call().await?;
-                    latencies.push(t.elapsed());
-                }
-                anyhow::Ok(latencies)
-            })
-        })
-        .collect();
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await??);
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    all.sort();
-    Ok(Cell { per_second: all.len() as f64 / elapsed, p50: all.get(all.len() / 2).copied().unwrap_or_default() })
 }
 
 /// A keep-alive HTTP/1.1 connection to the agent.

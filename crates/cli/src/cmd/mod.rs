@@ -1,6 +1,7 @@
 pub mod agent;
 pub mod attest;
 pub mod bench;
+pub mod bench_loop;
 pub mod bench_kmstool;
 pub mod bench_sign;
 pub mod cms;
