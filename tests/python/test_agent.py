@@ -7,6 +7,7 @@ the OpenAPI document.
 import base64
 import json
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -182,7 +183,8 @@ def test_schemathesis_finds_no_server_error(env):
     a = env.agent
     # Something to find behind the path parameters.
     a.call("POST", "/v1/keys", {"name": "fuzz-k1", "spec": "secp256k1", "kms_key_id": env.key})
-    r = subprocess.run(["schemathesis", "run", f"{a.url}/openapi.json", "--checks", "not_a_server_error", "--max-examples", "25",
+    cli = "import sys; from schemathesis.cli import schemathesis; sys.argv[0] = 'schemathesis'; schemathesis()"
+    r = subprocess.run([sys.executable, "-c", cli, "run", f"{a.url}/openapi.json", "--checks", "not_a_server_error", "--max-examples", "25",
                         "--workers", "1", "--seed", "1", "--request-timeout", "60", "--generation-codec", "ascii",
                         "--suppress-health-check", "all", "--phases", "examples,coverage,fuzzing"],
                        capture_output=True, text=True, timeout=900)

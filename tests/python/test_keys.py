@@ -9,10 +9,9 @@ import hashlib
 import json
 import os
 import pathlib
-import shutil
 import socket
-import sqlite3
 import subprocess
+import sys
 import time
 
 import boto3
@@ -44,7 +43,7 @@ class Moto:
         self.start()
 
     def start(self):
-        self.proc = subprocess.Popen([shutil.which("moto_server") or "moto_server", "-H", "127.0.0.1", "-p", str(self.port)],
+        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
                                      stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
         deadline = time.time() + 30
         while True:
