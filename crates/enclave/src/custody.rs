@@ -42,7 +42,10 @@ impl KeyCache {
     fn get(&self, digest: &[u8; 32]) -> Option<Arc<PrivateKey>> {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        entries.retain(|_, (_, opened, _)| now.duration_since(*opened) < self.ttl);
+        // Only the entry asked for is checked here; insert() sweeps the rest.
+        if entries.get(digest).is_some_and(|(_, opened, _)| now.duration_since(*opened) >= self.ttl) {
+            entries.remove(digest);
+        }
         let found = entries.get_mut(digest).map(|(key, _, used)| {
             *used = now;
             key.clone()
@@ -57,11 +60,12 @@ impl KeyCache {
             return;
         }
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        entries.retain(|_, (_, opened, _)| now.duration_since(*opened) < self.ttl);
         while entries.len() >= self.capacity && !entries.contains_key(&digest) {
             let oldest = entries.iter().min_by_key(|(_, (_, _, used))| *used).map(|(d, _)| *d).expect("not empty");
             entries.remove(&oldest);
         }
-        let now = Instant::now();
         entries.insert(digest, (key, now, now));
     }
 
@@ -71,8 +75,11 @@ impl KeyCache {
     }
 
     pub fn info(&self) -> CacheInfo {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        entries.retain(|_, (_, opened, _)| now.duration_since(*opened) < self.ttl);
         CacheInfo {
-            entries: self.entries.lock().unwrap_or_else(|p| p.into_inner()).len() as u32,
+            entries: entries.len() as u32,
             capacity: self.capacity as u32,
             ttl_seconds: self.ttl.as_secs(),
             hits: self.hits.load(Ordering::Relaxed),

@@ -229,7 +229,10 @@ impl Client {
         }
     }
 
-    pub async fn sign(&self, record: KeyRecord, scheme: Option<Scheme>, payload: Payload) -> Result<Signature, ClientError> {
+    /// The record's creation document is left out: the enclave does not
+    /// read it, and it is most of the record's size.
+    pub async fn sign(&self, mut record: KeyRecord, scheme: Option<Scheme>, payload: Payload) -> Result<Signature, ClientError> {
+        record.attestation = None;
         match self.call(&Request::Sign { record, scheme, payload }).await? {
             Response::Signed(signature) => Ok(signature),
             _ => Err(ClientError::Unexpected { operation: "Sign" }),

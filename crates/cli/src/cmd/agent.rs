@@ -292,8 +292,7 @@ async fn list_keys(State(state): State<Shared>, Query(q): Query<ListQuery>) -> R
 /// a deleted key stops signing within [`RECORD_TTL`].
 const RECORD_TTL: Duration = Duration::from_secs(5);
 
-/// The record as the enclave needs it for signing (without the creation
-/// document), from a short-lived cache in front of the store.
+/// The record for signing, from a short-lived cache in front of the store.
 async fn signing_record(state: &AppState, name: &str) -> Result<Arc<KeyRecord>, ApiError> {
     if let Some((r, at)) = state.records.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
         if at.elapsed() < RECORD_TTL {
@@ -301,6 +300,7 @@ async fn signing_record(state: &AppState, name: &str) -> Result<Arc<KeyRecord>, 
         }
     }
     let mut r = record(state, name).await?;
+    // Client::sign leaves it out anyway; dropping it here spares copying it per signature.
     r.attestation = None;
     let r = Arc::new(r);
     let mut cache = state.records.lock().unwrap_or_else(|p| p.into_inner());

@@ -116,7 +116,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             })
             .await?;
         agent_store.create(&record).await?;
-        // The creation document is for auditors, not for every signature.
+        // As the agent does: no creation document copied into every call.
         record.attestation = None;
         let record: Arc<KeyRecord> = Arc::new(record);
         let message = b"nekms bench: a 32-byte message..".to_vec();

@@ -109,12 +109,10 @@ pub async fn two_enclaves(dir: &DevDir, local: &InProcessKms, store: &SqliteStor
     println!("      stored in SQLite; Ethereum address {}", public.eth_address().expect("secp256k1").to_checksum(None));
 
     let message = Payload::Message(b"Hello World".to_vec());
-    let mut for_signing = record.clone();
-    for_signing.attestation = None;
-    let sig = e2.client.sign(for_signing.clone(), None, message.clone()).await?;
+    let sig = e2.client.sign(record.clone(), None, message.clone()).await?;
     public.verify(Scheme::EcdsaDer, &message, &sig.signature)?;
     println!("    enclave 2 signed \"Hello World\": {}…; the parent verified it with the public key", &hex::encode(&sig.signature)[..24]);
-    println!("    enclave 1 signing the same record   -> refused: {}", refused(e1.client.sign(for_signing, None, message.clone()).await));
+    println!("    enclave 1 signing the same record   -> refused: {}", refused(e1.client.sign(record.clone(), None, message.clone()).await));
     let again = GenerateKey {
         key_id: "u002".into(),
         spec: KeySpec::Secp256k1,
@@ -157,12 +155,11 @@ pub async fn lockout_and_tmkms(dir: &DevDir, local: &InProcessKms, measurement: 
         encryption_context: Default::default(),
         nonce: None,
     };
-    let mut record = e.client.import_key(import("lockout", KeySpec::Secp256k1, &blob)).await?;
+    let record = e.client.import_key(import("lockout", KeySpec::Secp256k1, &blob)).await?;
     let address = record.public()?.eth_address().expect("secp256k1").to_checksum(None);
     println!("    the enclave decrypted it with its attestation and resealed it as a record: address {address}");
     let _ = store.delete(&record.key_id).await?;
     store.create(&record).await?;
-    record.attestation = None;
     let tx = json!({"type": 2, "chainId": 1, "nonce": 0, "to": "0x000000000000000000000000000000000000dEaD", "value": "1000000000000000",
                     "gas": 21000, "maxFeePerGas": 30_000_000_000u64, "maxPriorityFeePerGas": 1_000_000_000u64});
     let sig = e.client.sign(record, None, Payload::Transaction(tx.to_string())).await?;
@@ -174,11 +171,10 @@ pub async fn lockout_and_tmkms(dir: &DevDir, local: &InProcessKms, measurement: 
     let softsign = B64.encode(seed);
     let ct = instance.call("Encrypt", &json!({"KeyId": key, "Plaintext": B64.encode(softsign.as_bytes())})).await?;
     let blob = ct["CiphertextBlob"].as_str().context("Encrypt gave no CiphertextBlob")?.to_owned();
-    let mut record = e.client.import_key(import("validator", KeySpec::Ed25519, &blob)).await?;
+    let record = e.client.import_key(import("validator", KeySpec::Ed25519, &blob)).await?;
     let public = record.public()?;
     let _ = store.delete(&record.key_id).await?;
     store.create(&record).await?;
-    record.attestation = None;
     let vote = Payload::Message(b"a canonical vote".to_vec());
     let sig = e.client.sign(record, None, vote.clone()).await?;
     public.verify(Scheme::Ed25519, &vote, &sig.signature)?;
