@@ -15,33 +15,23 @@ use nekms_nsm::Nsm;
 use nekms_transport::{Address, Listener};
 use serde_json::json;
 
+use crate::key_policy::{self, Roles};
 use crate::kms_client::{Conn, InProcessKms};
 
-/// Key administrators manage the key and never use it.
-fn administrators(account: &str) -> serde_json::Value {
-    json!({"Sid": "Key administrators manage, never use", "Effect": "Allow",
-           "Principal": {"AWS": format!("arn:aws:iam::{account}:role/nekms-key-admin")},
-           "Action": ["kms:Create*", "kms:Describe*", "kms:Enable*", "kms:List*", "kms:Put*", "kms:Update*", "kms:Disable*",
-                      "kms:Get*", "kms:Delete*", "kms:TagResource", "kms:UntagResource", "kms:ScheduleKeyDeletion", "kms:CancelKeyDeletion"],
-           "Resource": "*"})
-}
-
-/// A key policy without a root statement: the instance role may encrypt, and
-/// decrypt only from an enclave whose PCR0 is `pcr0_hex`; administrators
-/// manage the key and never decrypt.
+/// A key policy without a root statement for kmstool's flow: the instance
+/// role may encrypt, and decrypt only from an enclave whose PCR0 is
+/// `pcr0_hex`; the administrator manages the key, never decrypts, and cannot
+/// reopen it; nobody mints ciphertexts in nekms's reserved context.
 pub fn enclave_only_policy(account: &str, pcr0_hex: &str) -> serde_json::Value {
-    let instance = format!("arn:aws:iam::{account}:role/nekms-instance");
-    json!({
-        "Version": "2012-10-17",
-        "Statement": [
-            {"Sid": "Decrypt only inside the enclave image", "Effect": "Allow",
-             "Principal": {"AWS": instance}, "Action": "kms:Decrypt", "Resource": "*",
-             "Condition": {"StringEqualsIgnoreCase": {"kms:RecipientAttestation:ImageSha384": pcr0_hex}}},
-            {"Sid": "Encrypt from the instance", "Effect": "Allow",
-             "Principal": {"AWS": instance}, "Action": "kms:Encrypt", "Resource": "*"},
-            administrators(account)
-        ]
-    })
+    let roles = Roles::standard(account);
+    let mut policy = key_policy::custody(&roles, &[pcr0_hex.to_owned()]);
+    let statements = policy["Statement"].as_array_mut().expect("statements");
+    statements[0] = json!({"Sid": "Decrypt only inside the enclave image", "Effect": "Allow",
+             "Principal": {"AWS": roles.instance}, "Action": "kms:Decrypt", "Resource": "*",
+             "Condition": {"StringEqualsIgnoreCase": {"kms:RecipientAttestation:ImageSha384": pcr0_hex}}});
+    statements.insert(1, json!({"Sid": "Encrypt from the instance", "Effect": "Allow",
+             "Principal": {"AWS": roles.instance}, "Action": "kms:Encrypt", "Resource": "*"}));
+    policy
 }
 
 /// The admin creates a key with [`enclave_only_policy`] and the instance
@@ -55,29 +45,46 @@ pub async fn enclave_only_secret(dev: &DevDir, local: &InProcessKms, pcr0_hex: &
     Ok((arn, blob))
 }
 
-/// A key policy for key custody: the enclave image `pcr0_hex` (and only
-/// it) may generate data keys, decrypt them and ask for random bytes;
-/// administrators manage the key and never use it.
-pub fn custody_policy(account: &str, pcr0_hex: &str) -> serde_json::Value {
-    let instance = format!("arn:aws:iam::{account}:role/nekms-instance");
-    json!({
-        "Version": "2012-10-17",
-        "Statement": [
-            {"Sid": "Only inside the enclave image", "Effect": "Allow", "Principal": {"AWS": instance},
-             "Action": ["kms:Decrypt", "kms:GenerateDataKey", "kms:GenerateRandom"], "Resource": "*",
-             "Condition": {"StringEqualsIgnoreCase": {"kms:RecipientAttestation:ImageSha384": pcr0_hex}}},
-            {"Sid": "Encrypt from the instance (key import)", "Effect": "Allow",
-             "Principal": {"AWS": instance}, "Action": "kms:Encrypt", "Resource": "*"},
-            administrators(account)
-        ]
-    })
-}
-
-/// The admin creates a key with `policy`: its ARN.
+/// The admin creates a key with a final `policy` (one that locks the
+/// administrator out, hence the bypass): its ARN.
 pub async fn create_key(dev: &DevDir, local: &InProcessKms, description: &str, policy: &serde_json::Value) -> anyhow::Result<String> {
     let mut admin = Conn::open(&local.target(dev, "admin")?).await?;
-    let key = admin.call("CreateKey", &json!({"Description": description, "Policy": policy.to_string()})).await?;
+    let key = admin
+        .call("CreateKey", &json!({"Description": description, "Policy": policy.to_string(), "BypassPolicyLockoutSafetyCheck": true}))
+        .await?;
     Ok(key["KeyMetadata"]["Arn"].as_str().context("CreateKey gave no Arn")?.to_owned())
+}
+
+/// A custody key set up in the two steps of [`key_policy`]: the admin
+/// creates it with the bootstrap policy, `configure` turns its ARN into the
+/// enclave configuration(s) and their measurements, and the admin then puts
+/// the final policy `finish` makes from those, locking itself out.
+pub async fn custody_key<T>(
+    dev: &DevDir,
+    target: &crate::kms_client::Target,
+    description: &str,
+    configure: impl FnOnce(&str) -> anyhow::Result<T>,
+    finish: impl FnOnce(&Roles, &T) -> serde_json::Value,
+) -> anyhow::Result<(String, T)> {
+    let roles = Roles::standard(&dev.config()?.account_id);
+    let mut admin = Conn::open(target).await?;
+    let key = admin.call("CreateKey", &json!({"Description": description, "Policy": key_policy::bootstrap(&roles).to_string()})).await?;
+    let arn = key["KeyMetadata"]["Arn"].as_str().context("CreateKey gave no Arn")?.to_owned();
+    let configured = configure(&arn)?;
+    let policy = finish(&roles, &configured);
+    admin.call("PutKeyPolicy", &json!({"KeyId": arn, "PolicyName": "default", "Policy": policy.to_string(), "BypassPolicyLockoutSafetyCheck": true})).await?;
+    Ok((arn, configured))
+}
+
+/// The trust part of an enclave configuration (TOML): the custody keys and
+/// the other images whose records it accepts.
+pub fn trust_toml(custody: &[&str], origin_pcr0: &[String]) -> String {
+    let list = |v: Vec<String>| v.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ");
+    let mut out = format!("custody-kms-keys = [{}]\n", list(custody.iter().map(|s| s.to_string()).collect()));
+    if !origin_pcr0.is_empty() {
+        out.push_str(&format!("origin-pcr0 = [{}]\n", list(origin_pcr0.to_vec())));
+    }
+    out
 }
 
 /// A forwarder from `listen` to 127.0.0.1:`port`, allowing nothing else.
@@ -126,11 +133,20 @@ impl EnclavePath {
 
     /// Sockets go in `run_dir`; the enclave trusts the development TLS CA.
     pub async fn start(dev: &DevDir, local: &InProcessKms, nsm: Arc<dyn Nsm>, run_dir: &Path) -> anyhow::Result<EnclavePath> {
-        EnclavePath::start_with(dev, local, nsm, run_dir, None).await
+        EnclavePath::start_with(dev, local, nsm, run_dir, None, "").await
     }
 
-    /// As [`EnclavePath::start`], with `key_cache` opened keys at most (0: none).
-    pub async fn start_with(dev: &DevDir, local: &InProcessKms, nsm: Arc<dyn Nsm>, run_dir: &Path, key_cache: Option<usize>) -> anyhow::Result<EnclavePath> {
+    /// As [`EnclavePath::start`], with `key_cache` opened keys at most (0:
+    /// none) and the trust settings of `config` (TOML; the caller measured
+    /// it into the NSM's PCRs, as a real image would be).
+    pub async fn start_with(
+        dev: &DevDir,
+        local: &InProcessKms,
+        nsm: Arc<dyn Nsm>,
+        run_dir: &Path,
+        key_cache: Option<usize>,
+        config: &str,
+    ) -> anyhow::Result<EnclavePath> {
         std::fs::create_dir_all(run_dir)?;
         let sock = |name: &str| -> anyhow::Result<Address> {
             let path = run_dir.join(name);
@@ -141,8 +157,10 @@ impl EnclavePath {
         let port = local.https_addr.port();
         let endpoint = format!("https://localhost:{port}");
         let forwarding = proxy_to(proxy.clone(), port).await?;
+        let file = nekms_enclave::config::EnclaveArgs::from_toml(config)?;
         let args = nekms_enclave::config::EnclaveArgs {
             sim: true,
+            dev_dir: Some(dev.path().to_path_buf()),
             proxy: Some(proxy.to_string()),
             kmstool: Some(kmstool.to_string()),
             kms_endpoint: Some(endpoint.clone()),
@@ -150,7 +168,7 @@ impl EnclavePath {
             key_cache,
             ..Default::default()
         };
-        let enclave = Arc::new(nekms_enclave::Enclave::new(nsm, &args.resolve(Default::default()))?);
+        let enclave = Arc::new(nekms_enclave::Enclave::new(nsm, &args.resolve(file))?);
         let serving = tokio::spawn(nekms_enclave::kmstool::serve(Listener::bind(&kmstool).await?, enclave.clone(), 64 * 1024));
         let rpc_task = tokio::spawn(nekms_rpc::serve(Listener::bind(&rpc).await?, enclave.clone(), Default::default()));
         Ok(EnclavePath { proxy, kmstool, rpc, enclave, endpoint, tasks: vec![forwarding, serving, rpc_task] })

@@ -107,13 +107,15 @@ impl InProcessKms {
 
     /// A target signed as the development principal `name`.
     pub fn target(&self, dev: &nekms_devworld::DevDir, name: &'static str) -> anyhow::Result<Target> {
+        Target::principal(dev, self.addr, name)
+    }
+}
+
+impl Target {
+    /// The local KMS's plain HTTP listener at `addr`, signed as the development principal `name`.
+    pub fn principal(dev: &nekms_devworld::DevDir, addr: SocketAddr, name: &'static str) -> anyhow::Result<Target> {
         let p = dev.principals()?.into_iter().find(|p| p.name == name).ok_or_else(|| anyhow::anyhow!("no principal {name} in principals.toml"))?;
-        Ok(Target {
-            name,
-            addr: self.addr,
-            credential: Credential::from(&p),
-            via: None,
-        })
+        Ok(Target { name, addr, credential: Credential::from(&p), via: None })
     }
 }
 

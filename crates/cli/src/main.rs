@@ -6,6 +6,7 @@ mod cmd;
 mod image;
 mod kms_client;
 mod enclave_path;
+mod key_policy;
 
 use std::path::PathBuf;
 

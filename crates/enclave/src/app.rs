@@ -111,7 +111,8 @@ pub fn open_nsm(c: &EnclaveConfig) -> anyhow::Result<Arc<dyn Nsm>> {
         Some(p) => p.clone(),
         None => std::env::current_exe()?,
     };
-    let measurement = Measurement::of_files(&image, None).with_context(|| format!("measuring {}", image.display()))?;
+    // The configuration file is part of the image: it is measured with it.
+    let measurement = Measurement::of_files(&image, c.config_file.as_deref()).with_context(|| format!("measuring {}", image.display()))?;
     let mut sim = SimConfig::new(measurement);
     sim.debug_mode = c.debug_mode;
     sim.parent_instance_id = dev.config().ok().map(|c| c.instance_id);
@@ -127,6 +128,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let proxy_given = cli.args.proxy.is_some() || file.proxy.is_some();
     let mut config = cli.args.resolve(file);
+    config.config_file = cli.config.clone();
     match cli.command {
         None => serve(config),
         Some(Command::Cli(verb)) => {
@@ -139,15 +141,20 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// `KEY=VALUE` arguments as an encryption context.
+/// `KEY=VALUE` arguments as an encryption context; a key given twice is refused.
 pub fn encryption_context(items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
-    items
-        .iter()
-        .map(|kv| match kv.split_once('=') {
-            Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+    let mut context = BTreeMap::new();
+    for kv in items {
+        match kv.split_once('=') {
+            Some((k, v)) if !k.is_empty() => {
+                if context.insert(k.to_owned(), v.to_owned()).is_some() {
+                    bail!("rule duplicate-context-key: encryption-context key {k:?} is given twice");
+                }
+            }
             _ => bail!("{kv:?}: an encryption context pair is KEY=VALUE"),
-        })
-        .collect()
+        }
+    }
+    Ok(context)
 }
 
 async fn one_shot(config: &EnclaveConfig, verb: Verb) -> anyhow::Result<()> {
@@ -167,12 +174,12 @@ async fn one_shot(config: &EnclaveConfig, verb: Verb) -> anyhow::Result<()> {
                 bail!("--encryption-algorithm {encryption_algorithm}: only SYMMETRIC_DEFAULT is supported");
             }
             let blob = B64.decode(ciphertext.trim()).context("--ciphertext is not valid base64")?;
-            let plaintext = enclave.kms.decrypt(&blob, &crate::app::encryption_context(&encryption_context)?, key_id.as_deref()).await?;
+            let plaintext = enclave.parent_decrypt(&blob, &crate::app::encryption_context(&encryption_context)?, key_id.as_deref()).await?;
             println!("PLAINTEXT: {}", Zeroizing::new(B64.encode(&plaintext[..])).as_str());
         }
         Verb::Genkey { key_id, key_spec, .. } => {
             let spec = if key_spec == "AES-128" { DataKeySpec::Aes128 } else { DataKeySpec::Aes256 };
-            let key = enclave.kms.generate_data_key(&key_id, Some(spec), None, &BTreeMap::new()).await?;
+            let key = enclave.parent_data_key(&key_id, Some(spec), None, &BTreeMap::new()).await?;
             println!("CIPHERTEXT: {}", B64.encode(&key.ciphertext_blob));
             println!("PLAINTEXT: {}", Zeroizing::new(B64.encode(&key.plaintext[..])).as_str());
         }

@@ -47,6 +47,43 @@ pub struct EnclaveArgs {
     /// Seconds an opened key stays cached [default: 300]
     #[arg(long, value_name = "SECONDS")]
     pub key_cache_ttl: Option<u64>,
+    // What the enclave trusts ([`TrustArgs`]): in the configuration file
+    // only, which is measured into PCR0 with the image (a flag would not be).
+    #[arg(skip)]
+    #[serde(default)]
+    pub custody_kms_keys: Vec<String>,
+    #[arg(skip)]
+    #[serde(default)]
+    pub origin_pcr0: Vec<String>,
+    #[arg(skip)]
+    #[serde(default)]
+    pub parent_decrypt: Option<bool>,
+    #[arg(skip)]
+    #[serde(default)]
+    pub parent_decrypt_keys: Vec<String>,
+    #[arg(skip)]
+    #[serde(default)]
+    pub attestation_root: Option<PathBuf>,
+}
+
+/// The trust settings ([`crate::trust`]), read from the measured
+/// configuration file only.
+#[derive(Clone, Debug, Default)]
+pub struct TrustArgs {
+    /// The KMS keys (full ARNs) custody may seal under and open from. Their
+    /// region is the enclave's region. Empty: no custody at all.
+    pub custody_kms_keys: Vec<String>,
+    /// Other enclave images (PCR0, hex) whose origin documents this enclave
+    /// accepts on records, besides its own (the two-enclave flow).
+    pub origin_pcr0: Vec<String>,
+    /// Whether Decrypt/GenerateDataKey for the parent (kmstool's service,
+    /// the RPC's generic calls, the cli verbs) are offered [default: true].
+    pub parent_decrypt: Option<bool>,
+    /// If not empty, the only KMS keys (ARNs) parent decryption may use.
+    pub parent_decrypt_keys: Vec<String>,
+    /// PEM root(s) that origin documents must chain to [default: the AWS
+    /// Nitro Enclaves root, or the development root for a simulated NSM].
+    pub attestation_root: Option<PathBuf>,
 }
 
 /// Settings in force.
@@ -65,6 +102,9 @@ pub struct EnclaveConfig {
     pub max_message: usize,
     pub key_cache: usize,
     pub key_cache_ttl: u64,
+    pub trust: TrustArgs,
+    /// The configuration file, measured with the image by a simulated NSM.
+    pub config_file: Option<PathBuf>,
 }
 
 impl EnclaveArgs {
@@ -89,6 +129,14 @@ impl EnclaveArgs {
             max_message: self.max_message.or(file.max_message).unwrap_or(64 * 1024),
             key_cache: self.key_cache.or(file.key_cache).unwrap_or(1024),
             key_cache_ttl: self.key_cache_ttl.or(file.key_cache_ttl).unwrap_or(300),
+            trust: TrustArgs {
+                custody_kms_keys: file.custody_kms_keys,
+                origin_pcr0: file.origin_pcr0,
+                parent_decrypt: file.parent_decrypt,
+                parent_decrypt_keys: file.parent_decrypt_keys,
+                attestation_root: file.attestation_root,
+            },
+            config_file: None,
         }
     }
 }
@@ -108,5 +156,14 @@ mod tests {
         assert_eq!(c.kmstool, "vsock://any:3000");
         assert_eq!(c.rpc, "vsock://any:5000");
         assert!(EnclaveArgs::from_toml("unknown = 1").is_err());
+        assert!(c.trust.custody_kms_keys.is_empty());
+    }
+
+    #[test]
+    fn trust_comes_from_the_file() {
+        let file = EnclaveArgs::from_toml("custody-kms-keys = [\"arn:aws:kms:us-east-1:111122223333:key/k\"]\nparent-decrypt = false\n").unwrap();
+        let c = EnclaveArgs::default().resolve(file);
+        assert_eq!(c.trust.custody_kms_keys.len(), 1);
+        assert_eq!(c.trust.parent_decrypt, Some(false));
     }
 }

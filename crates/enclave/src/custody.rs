@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use nekms_keys::context::import_context;
 use nekms_keys::envelope::{open_record, seal_record};
 use nekms_keys::record::{binding_context, check_key_id};
 use nekms_keys::{parse_private_key, KeyError, KeyRecord, Origin, Payload, PrivateKey, Scheme, Signature};
@@ -115,21 +116,25 @@ impl Enclave {
         Ok(seed)
     }
 
-    /// A fresh data key whose encryption context binds the new record's id and spec.
+    /// A fresh data key under a pinned custody key, whose encryption context
+    /// binds the new record's id, spec and origin.
     async fn data_key_for(
         &self,
         key_id: &str,
         spec: nekms_keys::KeySpec,
-        kms_key_id: &str,
+        origin: Origin,
+        kms_key_id: Option<&str>,
         extra_context: &BTreeMap<String, String>,
     ) -> Result<(BTreeMap<String, String>, nekms_kms_client::DataKey), RpcError> {
-        let context = binding_context(key_id, spec, extra_context).map_err(key_error)?;
-        let data_key = self.kms.generate_data_key(kms_key_id, Some(DataKeySpec::Aes256), None, &context).await.map_err(kms_error)?;
+        let pinned = self.trust.custody_key(kms_key_id)?;
+        let context = binding_context(key_id, spec, origin, extra_context).map_err(|e| RpcError::refused(e.to_string()))?;
+        let data_key = self.kms.generate_data_key(pinned.as_str(), Some(DataKeySpec::Aes256), None, &context).await.map_err(kms_error)?;
+        self.trust.check_answered(pinned, &data_key.key_id)?;
         Ok((context, data_key))
     }
 
-    /// Seal `private` into a new record under `data_key`, with an
-    /// attestation document that commits to its public key.
+    /// Seal `private` into a new record under `data_key`, with an origin
+    /// document whose user_data is the record's origin commitment.
     fn seal_new(
         &self,
         private: &PrivateKey,
@@ -152,7 +157,7 @@ impl Enclave {
             attestation: None,
         };
         let mut record = seal_record(template, &data_key.plaintext, private).map_err(key_error)?;
-        let user_data = KeyRecord::attestation_user_data(key_id, private.public_key());
+        let user_data = record.origin_commitment(private.public_key());
         let document = self
             .nsm
             .attestation(AttestationRequest { user_data: Some(user_data), nonce, public_key: None })
@@ -165,7 +170,7 @@ impl Enclave {
         check_key_id(&req.key_id).map_err(key_error)?;
         check_nonce(&req.nonce)?;
         // KMS first: a key it will not seal is not worth generating.
-        let data_key = self.data_key_for(&req.key_id, req.spec, &req.kms_key_id, &req.encryption_context).await?;
+        let data_key = self.data_key_for(&req.key_id, req.spec, Origin::Generated, req.kms_key_id.as_deref(), &req.encryption_context).await?;
         let seed = self.entropy(req.entropy).await?;
         let spec = req.spec;
         // RSA generation takes a while; keep it off the connection's task.
@@ -176,13 +181,30 @@ impl Enclave {
         self.seal_new(&private, &req.key_id, data_key, Origin::Generated, req.nonce)
     }
 
+    /// Import an administrator's key: only an import ciphertext (made under
+    /// a pinned custody key with `nekms:purpose=import` and this key id in its
+    /// context) is accepted, so no other ciphertext, a record's data key
+    /// included, can be turned into a record the parent could open.
     pub async fn import_key(&self, req: ImportKey) -> Result<KeyRecord, RpcError> {
         check_key_id(&req.key_id).map_err(key_error)?;
         check_nonce(&req.nonce)?;
-        let material = self.kms.decrypt(&req.ciphertext, &req.ciphertext_context, req.ciphertext_key_id.as_deref()).await.map_err(kms_error)?;
-        let private = parse_private_key(&material, req.spec).map_err(key_error)?;
+        let source = self.trust.custody_key(req.ciphertext_key_id.as_deref().or(req.kms_key_id.as_deref()))?;
+        let context = import_context(&req.key_id, &req.ciphertext_context).map_err(|e| RpcError::refused(e.to_string()))?;
+        let material = self.kms.decrypt_under(&req.ciphertext, &context, Some(source.as_str())).await.map_err(|e| {
+            let mut err = kms_error(e);
+            if err.kms_code.as_deref() == Some("InvalidCiphertextException") {
+                err.message = format!(
+                    "rule import-ciphertext: KMS refused this ciphertext with the import context {{nekms:purpose=import, nekms:key-id={}}} under {source}; \
+                     import takes only ciphertexts made for it (nekms key encrypt-for-import): {}",
+                    req.key_id, err.message
+                );
+            }
+            err
+        })?;
+        self.trust.check_answered(source, &material.key_id)?;
+        let private = parse_private_key(&material.plaintext, req.spec).map_err(key_error)?;
         drop(material);
-        let data_key = self.data_key_for(&req.key_id, private.spec(), &req.kms_key_id, &req.encryption_context).await?;
+        let data_key = self.data_key_for(&req.key_id, private.spec(), Origin::Imported, req.kms_key_id.as_deref(), &req.encryption_context).await?;
         self.seal_new(&private, &req.key_id, data_key, Origin::Imported, req.nonce)
     }
 
@@ -190,14 +212,19 @@ impl Enclave {
     async fn open(&self, record: &KeyRecord) -> Result<Arc<PrivateKey>, RpcError> {
         // The digest covers every field the checks read, so a hit is a record
         // identical to one that passed them and opened.
+        // A hit is a record whose every sealed and bound field equals one that
+        // passed every check below, provenance included.
         let digest = record.cache_digest();
         if let Some(key) = self.keys.get(&digest) {
             return Ok(key);
         }
         record.check().map_err(key_error)?;
+        // Provenance before KMS is asked: a record no trusted enclave made is
+        // refused even if its seal would open.
+        let pinned = self.trust.check_record(record)?;
         let data_key = self
             .kms
-            .decrypt(&record.encrypted_data_key, &record.encryption_context, Some(&record.kms_key_id))
+            .decrypt_under(&record.encrypted_data_key, &record.encryption_context, Some(pinned.as_str()))
             .await
             .map_err(|e| {
                 let mut err = kms_error(e);
@@ -209,7 +236,8 @@ impl Enclave {
                 }
                 err
             })?;
-        let key = Arc::new(open_record(record, &data_key).map_err(key_error)?);
+        self.trust.check_answered(pinned, &data_key.key_id)?;
+        let key = Arc::new(open_record(record, &data_key.plaintext).map_err(key_error)?);
         self.keys.insert(digest, key.clone());
         Ok(key)
     }

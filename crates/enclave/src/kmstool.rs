@@ -11,6 +11,10 @@
 //! and the connection is closed; invalid JSON and unknown operations get an
 //! `Error` reply and the connection stays open. One client's input never
 //! affects another's.
+//!
+//! Decrypt follows the enclave's parent-decrypt rules ([`crate::trust`]): a
+//! reserved context key (any casing), a key given twice, a custody KMS key,
+//! or parent decryption turned off gets an `Error` naming the rule.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -119,6 +123,15 @@ pub fn parse(message: &[u8]) -> Result<Command, String> {
                 }
                 Some(_) => return Err("EncryptionContext must be an object of strings".into()),
             }
+            // JSON objects keep the last of a repeated key; refuse instead.
+            #[derive(serde::Deserialize)]
+            struct Strict {
+                #[serde(rename = "EncryptionContext", default, deserialize_with = "nekms_keys::context::unique_map")]
+                _context: BTreeMap<String, String>,
+            }
+            if let Err(e) = serde_json::from_slice::<Strict>(message) {
+                return Err(e.to_string());
+            }
             Ok(Command::Decrypt { ciphertext, context })
         }
         Some(other) => Err(format!("unknown Operation {other:?}; kmstool knows SetClient and Decrypt")),
@@ -134,9 +147,9 @@ pub async fn handle(message: &[u8], enclave: &Enclave) -> Value {
             enclave.set_credentials(access_key_id, secret_access_key, session_token, region, None);
             json!({"Status": "Ok"})
         }
-        Ok(Command::Decrypt { ciphertext, context }) => match enclave.kms.decrypt(&ciphertext, &context, None).await {
-            Ok(plaintext) => json!({"Status": "Ok", "Message": B64.encode(&plaintext[..])}),
-            Err(e) => error(e.to_string()),
+        Ok(Command::Decrypt { ciphertext, context }) => match enclave.parent_decrypt(&ciphertext, &context, None).await {
+            Ok(plaintext) => json!({"Status": "Ok", "Message": Zeroizing::new(B64.encode(&plaintext[..])).as_str()}),
+            Err(e) => error(e.message),
         },
     }
 }

@@ -14,6 +14,7 @@ pub mod config;
 pub mod custody;
 pub mod kmstool;
 pub mod rpc;
+pub mod trust;
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -34,6 +35,8 @@ pub struct Enclave {
     pub kmstool: Option<String>,
     /// Opened keys ([`custody`]).
     pub keys: custody::KeyCache,
+    /// What the enclave trusts and refuses ([`trust`]).
+    pub trust: trust::Trust,
 }
 
 impl Enclave {
@@ -44,14 +47,26 @@ impl Enclave {
         };
         let http = ChannelHttpClient::new(config.proxy.parse()?, roots).map_err(anyhow::Error::msg)?;
         let kms = EnclaveKms::new(nsm.clone(), http, config.kms_endpoint.clone())?;
+        let own_pcr0 = nsm.describe_pcr(0).map_err(|e| anyhow::anyhow!("reading PCR0: {e}"))?.value;
+        let verifier = origin_verifier(&*nsm, config)?;
+        let trust = trust::Trust::new(&config.trust, own_pcr0, verifier).map_err(|e| anyhow::anyhow!("the enclave's configuration: {e}"))?;
+        // The custody keys fix the region; a configured one must agree.
+        let region = match (trust.region(), &config.region) {
+            (Some(pinned), Some(given)) if pinned != given => {
+                anyhow::bail!("the enclave's configuration: region {given} differs from the custody keys' region {pinned}")
+            }
+            (Some(pinned), _) => Some(pinned.to_owned()),
+            (None, given) => given.clone(),
+        };
         Ok(Enclave {
             nsm,
             kms,
-            region: config.region.clone(),
+            region,
             kms_endpoint: config.kms_endpoint.clone(),
             proxy: config.proxy.clone(),
             kmstool: Some(config.kmstool.clone()),
             keys: custody::KeyCache::new(config.key_cache, std::time::Duration::from_secs(config.key_cache_ttl)),
+            trust,
         })
     }
 
@@ -70,4 +85,15 @@ impl Enclave {
         self.kms.set_credentials(Credentials { access_key_id, secret_access_key, session_token, region, expiration });
         self.credentials_info().expect("credentials were just set")
     }
+}
+
+/// The root origin documents must chain to: the configured one, else the
+/// development root for a simulated NSM, else AWS's.
+fn origin_verifier(nsm: &dyn Nsm, config: &config::EnclaveConfig) -> anyhow::Result<nekms_attestation::Verifier> {
+    let pem = match &config.trust.attestation_root {
+        Some(path) => std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("attestation-root {}: {e}", path.display()))?,
+        None if nsm.is_simulated() => nekms_devworld::DevDir::resolve(config.dev_dir.as_deref())?.root_pem()?,
+        None => return Ok(nekms_attestation::Verifier::aws()),
+    };
+    nekms_attestation::Verifier::from_pem(&pem).map_err(|e| anyhow::anyhow!("the attestation root: {e}"))
 }

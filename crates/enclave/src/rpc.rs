@@ -1,10 +1,14 @@
 //! The native RPC, served by the enclave ([`nekms_rpc`]).
 
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nekms_kms_client::{DataKeySpec, EnclaveKmsError};
-use nekms_nsm::{AttestationRequest, NsmError, MAX_NONCE, MAX_PUBLIC_KEY, MAX_USER_DATA};
+use nekms_keys::record::CALLER_PREFIX;
+use nekms_nsm::{AttestationRequest, NsmError, MAX_NONCE, MAX_USER_DATA};
 use nekms_rpc::{CredentialsUpdate, Description, ErrorCode, Handler, NsmInfo, PcrInfo, Request, Response, RpcError, Secret};
+
+use zeroize::Zeroizing;
 
 use crate::Enclave;
 
@@ -73,14 +77,59 @@ impl Enclave {
             credentials: self.credentials_info(),
             recipient_key_sha256: recipient.as_ref().to_vec(),
             key_cache: Some(self.keys.info()),
+            trust: Some(self.trust_info()),
         })
     }
 
+    /// The trust settings, for Describe.
+    pub fn trust_info(&self) -> nekms_rpc::TrustInfo {
+        let (parent_decrypt, keys) = self.trust.parent_decrypt();
+        nekms_rpc::TrustInfo {
+            custody_kms_keys: self.trust.custody_keys().iter().map(|k| k.to_string()).collect(),
+            origin_pcr0: self.trust.origin_pcr0().iter().map(|p| p.to_hex()).collect(),
+            parent_decrypt,
+            parent_decrypt_keys: keys.iter().map(|k| k.to_string()).collect(),
+        }
+    }
+
+    /// A document for a caller: its nonce, its user_data behind
+    /// [`CALLER_PREFIX`], and never a public key it chose (rule
+    /// attest-own-keys): such a document would be a KMS Recipient for
+    /// whoever holds the private half.
     fn attest(&self, nonce: Option<Vec<u8>>, user_data: Option<Vec<u8>>, public_key: Option<Vec<u8>>) -> Result<Vec<u8>, RpcError> {
+        if public_key.is_some() {
+            return Err(RpcError::refused(
+                "rule attest-own-keys: the enclave attests only keys it holds; a document over a caller's public key would let that caller receive what KMS releases to this enclave",
+            ));
+        }
         check_len("nonce", &nonce, MAX_NONCE)?;
-        check_len("user_data", &user_data, MAX_USER_DATA)?;
-        check_len("public_key", &public_key, MAX_PUBLIC_KEY)?;
-        self.nsm.attestation(AttestationRequest { user_data, nonce, public_key }).map_err(nsm_error)
+        check_len("user_data", &user_data, MAX_USER_DATA - CALLER_PREFIX.len())?;
+        let mut data = CALLER_PREFIX.to_vec();
+        data.extend_from_slice(user_data.as_deref().unwrap_or_default());
+        self.nsm.attestation(AttestationRequest { user_data: Some(data), nonce, public_key: None }).map_err(nsm_error)
+    }
+
+    /// KMS Decrypt for a caller, under the parent-decrypt rules ([`crate::trust`]).
+    pub async fn parent_decrypt(&self, ciphertext: &[u8], context: &BTreeMap<String, String>, key_id: Option<&str>) -> Result<Zeroizing<Vec<u8>>, RpcError> {
+        self.trust.check_parent_request(context, key_id)?;
+        let out = self.kms.decrypt_under(ciphertext, context, key_id).await.map_err(kms_error)?;
+        // Dropping `out` on refusal wipes the plaintext.
+        self.trust.check_parent_answer(&out.key_id)?;
+        Ok(out.plaintext)
+    }
+
+    /// KMS GenerateDataKey for a caller, under the same rules.
+    pub async fn parent_data_key(
+        &self,
+        key_id: &str,
+        spec: Option<DataKeySpec>,
+        number_of_bytes: Option<i32>,
+        context: &BTreeMap<String, String>,
+    ) -> Result<nekms_kms_client::DataKey, RpcError> {
+        self.trust.check_parent_request(context, Some(key_id))?;
+        let key = self.kms.generate_data_key(key_id, spec, number_of_bytes, context).await.map_err(kms_error)?;
+        self.trust.check_parent_answer(&key.key_id)?;
+        Ok(key)
     }
 
     fn credentials_from(&self, update: CredentialsUpdate) -> Result<nekms_rpc::CredentialsInfo, RpcError> {
@@ -130,13 +179,13 @@ impl Handler for Enclave {
             Request::Attest { nonce, user_data, public_key } => Ok(Response::Attested { document: self.attest(nonce, user_data, public_key)? }),
             Request::SetCredentials(update) => Ok(Response::CredentialsSet(self.credentials_from(update)?)),
             Request::Decrypt { ciphertext, encryption_context, key_id } => {
-                let plaintext = self.kms.decrypt(&ciphertext, &encryption_context, key_id.as_deref()).await.map_err(kms_error)?;
+                let plaintext = self.parent_decrypt(&ciphertext, &encryption_context, key_id.as_deref()).await?;
                 Ok(Response::Decrypted { plaintext: Secret::from(plaintext) })
             }
             Request::GenerateDataKey { key_id, key_spec, number_of_bytes, encryption_context } => {
                 let spec = data_key_spec(key_spec.as_deref(), number_of_bytes)?;
                 let n = if spec.is_none() { number_of_bytes.map(|n| n as i32) } else { None };
-                let k = self.kms.generate_data_key(&key_id, spec, n, &encryption_context).await.map_err(kms_error)?;
+                let k = self.parent_data_key(&key_id, spec, n, &encryption_context).await?;
                 Ok(Response::DataKey { key_id: k.key_id, ciphertext_blob: k.ciphertext_blob, plaintext: Secret::from(k.plaintext) })
             }
             Request::GenerateRandom { length } => {

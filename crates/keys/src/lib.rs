@@ -21,10 +21,12 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod context;
 mod der;
 pub mod envelope;
 pub mod eth;
 mod import;
+pub mod origin;
 mod private;
 mod public;
 pub mod record;

@@ -9,9 +9,15 @@ use crate::public::PublicKey;
 use crate::spec::KeySpec;
 use crate::KeyError;
 
-/// The encryption-context entries that bind a data key to one record.
-pub const CONTEXT_KEY_ID: &str = "nekms:key-id";
-pub const CONTEXT_SPEC: &str = "nekms:key-spec";
+pub use crate::context::{KEY_ID as CONTEXT_KEY_ID, KEY_SPEC as CONTEXT_SPEC, ORIGIN as CONTEXT_ORIGIN};
+use crate::context::{is_reserved, record_context};
+
+/// What an origin commitment starts with ([`KeyRecord::origin_commitment`]).
+pub const COMMITMENT_PREFIX: &str = "nekms-key:v2:";
+/// What every attestation document the enclave makes for a caller carries
+/// before the caller's user_data, so that caller data never reads as a
+/// statement the enclave makes itself.
+pub const CALLER_PREFIX: &[u8] = b"nekms-caller:v1:";
 
 /// How the key came to be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,15 +86,10 @@ pub fn check_key_id(key_id: &str) -> Result<(), KeyError> {
     }
 }
 
-/// The encryption context of a new record: the caller's entries plus the binding ones.
-pub fn binding_context(key_id: &str, spec: KeySpec, extra: &BTreeMap<String, String>) -> Result<BTreeMap<String, String>, KeyError> {
-    if extra.keys().any(|k| k.starts_with("nekms:")) {
-        return Err(KeyError::Record { key_id: key_id.into(), reason: "encryption-context keys starting with nekms: are reserved".into() });
-    }
-    let mut context = extra.clone();
-    context.insert(CONTEXT_KEY_ID.into(), key_id.into());
-    context.insert(CONTEXT_SPEC.into(), spec.as_str().into());
-    Ok(context)
+/// The encryption context of a new record: the caller's entries plus the
+/// reserved ones binding id, spec and origin.
+pub fn binding_context(key_id: &str, spec: KeySpec, origin: Origin, extra: &BTreeMap<String, String>) -> Result<BTreeMap<String, String>, KeyError> {
+    record_context(key_id, spec, origin, extra).map_err(|e| KeyError::Record { key_id: key_id.into(), reason: e.to_string() })
 }
 
 impl KeyRecord {
@@ -96,15 +97,20 @@ impl KeyRecord {
         KeyError::Record { key_id: self.key_id.clone(), reason: reason.into() }
     }
 
-    /// Checks that need no secret: a valid id, the binding context, a public
-    /// key of the stated spec, a sealed key of plausible size.
+    /// Checks that need no secret: a valid id, the binding context (exactly
+    /// the reserved entries for this id, spec and origin, and no other key in
+    /// the reserved namespace), a public key of the stated spec, a sealed key
+    /// of plausible size.
     pub fn check(&self) -> Result<PublicKey, KeyError> {
         check_key_id(&self.key_id)?;
-        if self.encryption_context.get(CONTEXT_KEY_ID).map(String::as_str) != Some(self.key_id.as_str()) {
-            return Err(self.err(format!("its encryption context does not bind {CONTEXT_KEY_ID} to this key id")));
+        let want = [(CONTEXT_KEY_ID, self.key_id.as_str()), (CONTEXT_SPEC, self.spec.as_str()), (CONTEXT_ORIGIN, self.origin.as_str())];
+        for (k, v) in want {
+            if self.encryption_context.get(k).map(String::as_str) != Some(v) {
+                return Err(self.err(format!("its encryption context does not bind {k} to {v:?} (a record made before nekms-key:v2 provenance, or altered)")));
+            }
         }
-        if self.encryption_context.get(CONTEXT_SPEC).map(String::as_str) != Some(self.spec.as_str()) {
-            return Err(self.err(format!("its encryption context does not bind {CONTEXT_SPEC} to {}", self.spec)));
+        if let Some(k) = self.encryption_context.keys().find(|k| is_reserved(k) && !want.iter().any(|(w, _)| w == k)) {
+            return Err(self.err(format!("its encryption context holds {k:?}, a reserved key no record carries")));
         }
         let public = PublicKey::from_spki(&self.public_key).map_err(|e| self.err(e.to_string()))?;
         if public.spec() != self.spec {
@@ -124,9 +130,32 @@ impl KeyRecord {
     }
 
     /// What the creating enclave's attestation carries as user_data:
-    /// `nekms-key:v1:<key id>:<spec>:<SHA-256 of the SubjectPublicKeyInfo, hex>`.
-    pub fn attestation_user_data(key_id: &str, public: &PublicKey) -> Vec<u8> {
-        format!("nekms-key:v1:{key_id}:{}:{}", public.spec(), hex::encode(public.fingerprint())).into_bytes()
+    /// `nekms-key:v2:<origin>:<key id>:<spec>:<SHA-256 of the SPKI, hex>:<binding, hex>`,
+    /// where the binding is SHA-256 over the KMS key ARN and the encryption
+    /// context, each length-prefixed. A verifier recomputes it from the
+    /// record ([`KeyRecord::origin_commitment`]); the enclave never puts a
+    /// caller's bytes after this prefix.
+    pub fn origin_commitment(&self, public: &PublicKey) -> Vec<u8> {
+        let mut binding = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        binding.update(b"nekms-key binding v2\0");
+        let mut put = |b: &[u8]| {
+            binding.update(&(b.len() as u64).to_be_bytes());
+            binding.update(b);
+        };
+        put(self.kms_key_id.as_bytes());
+        for (k, v) in &self.encryption_context {
+            put(k.as_bytes());
+            put(v.as_bytes());
+        }
+        format!(
+            "{COMMITMENT_PREFIX}{}:{}:{}:{}:{}",
+            self.origin.as_str(),
+            self.key_id,
+            public.spec(),
+            hex::encode(public.fingerprint()),
+            hex::encode(binding.finish().as_ref())
+        )
+        .into_bytes()
     }
 
     /// A stable digest of the sealed fields, used to cache opened keys: a

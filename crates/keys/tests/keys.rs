@@ -118,7 +118,7 @@ fn record_for(key: &PrivateKey, key_id: &str) -> KeyRecord {
         spec: key.spec(),
         public_key: key.public_key().spki().to_vec(),
         kms_key_id: "arn:aws:kms:us-east-1:111122223333:key/abc".into(),
-        encryption_context: binding_context(key_id, key.spec(), &BTreeMap::new()).unwrap(),
+        encryption_context: binding_context(key_id, key.spec(), Origin::Generated, &BTreeMap::new()).unwrap(),
         encrypted_data_key: vec![1; 100],
         sealed_private_key: Vec::new(),
         origin: Origin::Generated,

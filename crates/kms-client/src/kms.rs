@@ -76,6 +76,12 @@ fn sdk_error<E: ProvideErrorMetadata + std::error::Error + 'static, R: fmt::Debu
     }
 }
 
+/// A plaintext and the KMS key that released it (its ARN, as KMS answered).
+pub struct Decrypted {
+    pub plaintext: Zeroizing<Vec<u8>>,
+    pub key_id: String,
+}
+
 /// A data key: the plaintext (sealed to the enclave on the way) and its KMS ciphertext.
 pub struct DataKey {
     pub plaintext: Zeroizing<Vec<u8>>,
@@ -172,6 +178,12 @@ impl EnclaveKms {
 
     /// Decrypt a KMS ciphertext blob; the plaintext exists only here.
     pub async fn decrypt(&self, ciphertext: &[u8], context: &BTreeMap<String, String>, key_id: Option<&str>) -> Result<Zeroizing<Vec<u8>>, EnclaveKmsError> {
+        Ok(self.decrypt_under(ciphertext, context, key_id).await?.plaintext)
+    }
+
+    /// As [`EnclaveKms::decrypt`], with the ARN of the KMS key that KMS says
+    /// decrypted it, so the caller can check it against what it trusts.
+    pub async fn decrypt_under(&self, ciphertext: &[u8], context: &BTreeMap<String, String>, key_id: Option<&str>) -> Result<Decrypted, EnclaveKmsError> {
         let mut req = self.client()?.decrypt().ciphertext_blob(Blob::new(ciphertext)).recipient(self.recipient_info()?);
         for (k, v) in context {
             req = req.encryption_context(k, v);
@@ -180,7 +192,7 @@ impl EnclaveKms {
             req = req.key_id(k);
         }
         let out = req.send().await.map_err(sdk_error)?;
-        self.open(out.ciphertext_for_recipient())
+        Ok(Decrypted { plaintext: self.open(out.ciphertext_for_recipient())?, key_id: out.key_id().unwrap_or_default().to_owned() })
     }
 
     /// A new data key of `spec` (AES_256, AES_128) or `number_of_bytes`.

@@ -16,4 +16,4 @@ mod kms;
 
 pub use http::{ChannelHttpClient, TlsRoots};
 pub use aws_sdk_kms::types::{DataKeyPairSpec, DataKeySpec};
-pub use kms::{Credentials, DataKey, DataKeyPair, EnclaveKms, EnclaveKmsError};
+pub use kms::{Credentials, DataKey, DataKeyPair, Decrypted, EnclaveKms, EnclaveKmsError};

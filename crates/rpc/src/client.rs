@@ -229,10 +229,9 @@ impl Client {
         }
     }
 
-    /// The record's creation document is left out: the enclave does not
-    /// read it, and it is most of the record's size.
-    pub async fn sign(&self, mut record: KeyRecord, scheme: Option<Scheme>, payload: Payload) -> Result<Signature, ClientError> {
-        record.attestation = None;
+    /// The record goes whole: the enclave checks its origin document before
+    /// it opens a record it has not opened (and cached) already.
+    pub async fn sign(&self, record: KeyRecord, scheme: Option<Scheme>, payload: Payload) -> Result<Signature, ClientError> {
         match self.call(&Request::Sign { record, scheme, payload }).await? {
             Response::Signed(signature) => Ok(signature),
             _ => Err(ClientError::Unexpected { operation: "Sign" }),

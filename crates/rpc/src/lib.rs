@@ -20,6 +20,6 @@ mod wire;
 
 pub use client::{Client, ClientError};
 pub use protocol::{
-    CacheInfo, CredentialsInfo, CredentialsUpdate, Description, Entropy, GenerateKey, ImportKey, ErrorCode, NsmInfo, PcrInfo, Request, Response, RpcError, Secret, SecretString,
+    CacheInfo, CredentialsInfo, CredentialsUpdate, Description, Entropy, GenerateKey, ImportKey, ErrorCode, NsmInfo, PcrInfo, Request, Response, RpcError, Secret, SecretString, TrustInfo,
 };
 pub use server::{serve, serve_connection, Handler, ServerOptions};

@@ -161,7 +161,10 @@ pub enum ServerFrame {
 pub enum Request {
     /// Versions, the NSM, the PCRs, whether simulated, what the enclave is connected to.
     Describe,
-    /// An attestation document with these fields (each at most the NSM's limit).
+    /// An attestation document carrying the caller's nonce, and its
+    /// user_data after the prefix `nekms-caller:v1:` (at most the NSM's limit
+    /// less the prefix). The enclave attests only keys it holds: a
+    /// `public_key` is always refused.
     Attest {
         #[serde(default, with = "serde_bytes")]
         nonce: Option<Vec<u8>>,
@@ -172,11 +175,13 @@ pub enum Request {
     },
     /// Replace the enclave's AWS credentials.
     SetCredentials(CredentialsUpdate),
-    /// KMS Decrypt with a Recipient; the plaintext comes back to the caller.
+    /// KMS Decrypt with a Recipient; the plaintext comes back to the caller
+    /// unless the enclave's rules forbid it (a reserved context key, a
+    /// custody KMS key, parent decryption off or limited by configuration).
     Decrypt {
         #[serde(with = "serde_bytes")]
         ciphertext: Vec<u8>,
-        #[serde(default)]
+        #[serde(default, deserialize_with = "nekms_keys::context::unique_map")]
         encryption_context: BTreeMap<String, String>,
         #[serde(default)]
         key_id: Option<String>,
@@ -188,7 +193,7 @@ pub enum Request {
         key_spec: Option<String>,
         #[serde(default)]
         number_of_bytes: Option<u32>,
-        #[serde(default)]
+        #[serde(default, deserialize_with = "nekms_keys::context::unique_map")]
         encryption_context: BTreeMap<String, String>,
     },
     /// KMS GenerateRandom with a Recipient.
@@ -221,12 +226,16 @@ pub enum Entropy {
 pub struct GenerateKey {
     pub key_id: String,
     pub spec: KeySpec,
-    /// The KMS key the data key is generated under (id, ARN or alias).
-    pub kms_key_id: String,
+    /// The KMS key the data key is generated under: one of the custody keys
+    /// pinned in the enclave's configuration (ARN or key id); absent means
+    /// the only pinned key.
+    #[serde(default)]
+    pub kms_key_id: Option<String>,
     #[serde(default)]
     pub entropy: Entropy,
-    /// Extra encryption-context entries (the `nekms:` ones are added).
-    #[serde(default)]
+    /// Extra encryption-context entries (the `nekms:` ones are added; a
+    /// caller's key in that namespace, in any casing, is refused).
+    #[serde(default, deserialize_with = "nekms_keys::context::unique_map")]
     pub encryption_context: BTreeMap<String, String>,
     /// Put into the attestation document that vouches for the key.
     #[serde(default, with = "serde_bytes")]
@@ -239,17 +248,22 @@ pub struct ImportKey {
     /// Required for raw secrets; checked against encoded keys.
     #[serde(default)]
     pub spec: Option<KeySpec>,
-    /// The KMS key the record's data key is generated under.
-    pub kms_key_id: String,
-    /// The administrator's KMS ciphertext of the private key.
+    /// The KMS key the record's data key is generated under: a pinned
+    /// custody key, as for [`GenerateKey`].
+    #[serde(default)]
+    pub kms_key_id: Option<String>,
+    /// The administrator's import ciphertext (`nekms key encrypt-for-import`):
+    /// KMS Encrypt under a pinned custody key with the context
+    /// `nekms:purpose=import`, `nekms:key-id=<key_id>`.
     #[serde(with = "serde_bytes")]
     pub ciphertext: Vec<u8>,
-    /// The encryption context that ciphertext was made with.
-    #[serde(default)]
+    /// The administrator's own entries in that context, if any (never reserved ones).
+    #[serde(default, deserialize_with = "nekms_keys::context::unique_map")]
     pub ciphertext_context: BTreeMap<String, String>,
+    /// The KMS key of the ciphertext; absent means the record's.
     #[serde(default)]
     pub ciphertext_key_id: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nekms_keys::context::unique_map")]
     pub encryption_context: BTreeMap<String, String>,
     #[serde(default, with = "serde_bytes")]
     pub nonce: Option<Vec<u8>>,
@@ -333,6 +347,22 @@ pub struct Description {
     /// The opened-key cache.
     #[serde(default)]
     pub key_cache: Option<CacheInfo>,
+    /// What the enclave's measured configuration trusts.
+    #[serde(default)]
+    pub trust: Option<TrustInfo>,
+}
+
+/// The trust settings in force (from the measured configuration).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrustInfo {
+    /// KMS key ARNs custody seals under and opens from.
+    pub custody_kms_keys: Vec<String>,
+    /// PCR0 values (hex) whose origin documents records may carry; this image's first.
+    pub origin_pcr0: Vec<String>,
+    /// Whether Decrypt/GenerateDataKey serve the parent at all.
+    pub parent_decrypt: bool,
+    /// If not empty, the only keys they may use.
+    pub parent_decrypt_keys: Vec<String>,
 }
 
 /// The enclave's cache of opened keys.
@@ -390,6 +420,8 @@ pub enum ErrorCode {
     /// A key record that fails its checks: tampered with, mixed with another
     /// record, or not matching its public key.
     RecordRejected,
+    /// The enclave's rules forbid the operation; the message names the rule.
+    Refused,
     /// Anything else inside the enclave.
     Internal,
 }
@@ -411,6 +443,9 @@ impl RpcError {
     }
     pub fn bad_request(message: impl Into<String>) -> RpcError {
         RpcError::new(ErrorCode::BadRequest, message)
+    }
+    pub fn refused(message: impl Into<String>) -> RpcError {
+        RpcError::new(ErrorCode::Refused, message)
     }
 }
 

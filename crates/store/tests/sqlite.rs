@@ -15,7 +15,7 @@ fn record(key_id: &str) -> KeyRecord {
         spec: key.spec(),
         public_key: key.public_key().spki().to_vec(),
         kms_key_id: "arn:aws:kms:us-east-1:111122223333:key/k".into(),
-        encryption_context: binding_context(key_id, key.spec(), &BTreeMap::new()).unwrap(),
+        encryption_context: binding_context(key_id, key.spec(), Origin::Generated, &BTreeMap::new()).unwrap(),
         encrypted_data_key: vec![7; 120],
         sealed_private_key: Vec::new(),
         origin: Origin::Generated,

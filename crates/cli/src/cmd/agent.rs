@@ -114,6 +114,7 @@ impl From<ClientError> for ApiError {
             ErrorCode::NoCredentials | ErrorCode::CredentialsExpired => (StatusCode::SERVICE_UNAVAILABLE, "enclave_credentials"),
             ErrorCode::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "kms_unavailable"),
             ErrorCode::RecordRejected => (StatusCode::UNPROCESSABLE_ENTITY, "record_rejected"),
+            ErrorCode::Refused => (StatusCode::FORBIDDEN, "refused"),
             ErrorCode::Kms => match remote.kms_code.as_deref().unwrap_or_default() {
                 "AccessDeniedException" => (StatusCode::FORBIDDEN, "kms_access_denied"),
                 "NotFoundException" => (StatusCode::NOT_FOUND, "kms_key_not_found"),
@@ -299,10 +300,8 @@ async fn signing_record(state: &AppState, name: &str) -> Result<Arc<KeyRecord>, 
             return Ok(r.clone());
         }
     }
-    let mut r = record(state, name).await?;
-    // Client::sign leaves it out anyway; dropping it here spares copying it per signature.
-    r.attestation = None;
-    let r = Arc::new(r);
+    // Whole: the enclave checks the origin document before it opens a record.
+    let r = Arc::new(record(state, name).await?);
     let mut cache = state.records.lock().unwrap_or_else(|p| p.into_inner());
     if cache.len() >= 4096 {
         cache.retain(|_, (_, at)| at.elapsed() < RECORD_TTL);
@@ -335,18 +334,16 @@ fn hex_field(name: &str, s: &str) -> Result<Vec<u8>, ApiError> {
     hex::decode(s.trim_start_matches("0x")).map_err(|_| ApiError::bad(format!("{name} must be hex")))
 }
 
-fn parse_context(v: Option<BTreeMap<String, String>>) -> BTreeMap<String, String> {
-    v.unwrap_or_default()
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CreateBody {
     name: String,
     spec: String,
-    kms_key_id: String,
+    /// A custody key pinned in the enclave's configuration; absent: the only one.
+    kms_key_id: Option<String>,
     entropy: Option<String>,
-    encryption_context: Option<BTreeMap<String, String>>,
+    #[serde(default, deserialize_with = "nekms_keys::context::unique_map")]
+    encryption_context: BTreeMap<String, String>,
     nonce: Option<String>,
 }
 
@@ -374,7 +371,7 @@ async fn create_key(State(state): State<Shared>, Json(b): Json<CreateBody>) -> R
     };
     let nonce = b.nonce.as_deref().map(|n| hex_field("nonce", n)).transpose()?;
     check_new(&state, &b.name).await?;
-    let request = GenerateKey { key_id: b.name, spec, kms_key_id: b.kms_key_id, entropy, encryption_context: parse_context(b.encryption_context), nonce };
+    let request = GenerateKey { key_id: b.name, spec, kms_key_id: b.kms_key_id, entropy, encryption_context: b.encryption_context, nonce };
     let record = state.enclave.call(|c| { let r = request.clone(); async move { c.generate_key(r).await } }).await?;
     store_new(&state, record).await
 }
@@ -384,13 +381,15 @@ async fn create_key(State(state): State<Shared>, Json(b): Json<CreateBody>) -> R
 struct ImportBody {
     name: String,
     spec: Option<String>,
-    kms_key_id: String,
+    kms_key_id: Option<String>,
     /// Base64 KMS ciphertext of the key.
     ciphertext: Option<String>,
     /// A Secrets Manager secret holding it.
     secret_id: Option<String>,
-    ciphertext_context: Option<BTreeMap<String, String>>,
-    encryption_context: Option<BTreeMap<String, String>>,
+    #[serde(default, deserialize_with = "nekms_keys::context::unique_map")]
+    ciphertext_context: BTreeMap<String, String>,
+    #[serde(default, deserialize_with = "nekms_keys::context::unique_map")]
+    encryption_context: BTreeMap<String, String>,
 }
 
 async fn import_key(State(state): State<Shared>, Json(b): Json<ImportBody>) -> Result<Response, ApiError> {
@@ -411,9 +410,9 @@ async fn import_key(State(state): State<Shared>, Json(b): Json<ImportBody>) -> R
         spec,
         kms_key_id: b.kms_key_id,
         ciphertext,
-        ciphertext_context: parse_context(b.ciphertext_context),
+        ciphertext_context: b.ciphertext_context,
         ciphertext_key_id: None,
-        encryption_context: parse_context(b.encryption_context),
+        encryption_context: b.encryption_context,
         nonce: None,
     };
     let record = state.enclave.call(|c| { let r = request.clone(); async move { c.import_key(r).await } }).await?;
@@ -613,14 +612,14 @@ pub fn openapi() -> Value {
             "Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "retryable": {"type": "boolean"}}}}},
             "Key": {"type": "object", "properties": {"name": {"type": "string"}, "spec": {"type": "string"}, "origin": {"type": "string"}, "kms_key_id": {"type": "string"},
                     "created_at": {"type": "integer"}, "public_key_pem": {"type": "string"}, "eth_address": {"type": "string", "nullable": true}, "record": {"type": "object"}}},
-            "CreateKey": {"type": "object", "required": ["name", "spec", "kms_key_id"], "additionalProperties": false, "properties": {
+            "CreateKey": {"type": "object", "required": ["name", "spec"], "additionalProperties": false, "properties": {
                 "name": {"type": "string", "pattern": "^[A-Za-z0-9._:@-]{1,128}$"},
                 "spec": {"type": "string", "enum": ["secp256k1", "ed25519", "p256", "p384", "rsa2048", "rsa3072", "rsa4096"]},
                 "kms_key_id": {"type": "string", "minLength": 1, "maxLength": 2048},
                 "entropy": {"type": "string", "enum": ["nsm", "kms"]},
                 "encryption_context": {"type": "object", "additionalProperties": {"type": "string"}},
                 "nonce": {"type": "string", "pattern": "^([0-9a-f]{2}){0,64}$"}}},
-            "ImportKey": {"type": "object", "required": ["name", "kms_key_id"], "additionalProperties": false, "properties": {
+            "ImportKey": {"type": "object", "required": ["name"], "additionalProperties": false, "properties": {
                 "name": {"type": "string", "pattern": "^[A-Za-z0-9._:@-]{1,128}$"},
                 "spec": {"type": "string", "enum": ["secp256k1", "ed25519", "p256", "p384", "rsa2048", "rsa3072", "rsa4096"]},
                 "kms_key_id": {"type": "string", "minLength": 1, "maxLength": 2048},

@@ -53,10 +53,10 @@ pub struct DocumentFields {
     /// Nonce to include, hex (up to 512 bytes)
     #[arg(long, value_name = "HEX")]
     nonce: Option<String>,
-    /// User data to include, hex (up to 512 bytes)
+    /// User data to include, hex (up to 512 bytes; an enclave puts it behind "nekms-caller:v1:", so 496)
     #[arg(long, value_name = "HEX")]
     user_data: Option<String>,
-    /// Public key for the public_key field, a file, DER or PEM (for KMS: an RSA-2048 SubjectPublicKeyInfo; up to 1024 bytes)
+    /// Public key for the public_key field, a file, DER or PEM (attest sim only: an enclave refuses a caller's key, rule attest-own-keys)
     #[arg(long, value_name = "FILE")]
     public_key: Option<PathBuf>,
 }
@@ -155,6 +155,18 @@ fn verify(a: VerifyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Who a document's user_data speaks for.
+fn statement(user_data: Option<&[u8]>) -> &'static str {
+    match user_data {
+        Some(u) if u.starts_with(nekms_keys::record::CALLER_PREFIX) => "a caller's data (nekms-caller:v1), not a statement of the enclave",
+        Some(u) if u.starts_with(nekms_keys::record::COMMITMENT_PREFIX.as_bytes()) => {
+            "an origin commitment (nekms-key:v2); check it against its record with nekms key verify-origin"
+        }
+        Some(_) => "not in a form nekms writes",
+        None => "none",
+    }
+}
+
 /// Print a verified document for people.
 pub fn print_document(v: &Verified) {
     let d = &v.document;
@@ -181,6 +193,7 @@ pub fn print_document(v: &Verified) {
             }
         }
     }
+    println!("user_data is {}", statement(d.user_data.as_deref()));
     println!("chain:");
     for (i, c) in v.chain.iter().enumerate() {
         let role = if i == 0 { "root" } else if i + 1 == v.chain.len() { "leaf" } else { "ca  " };

@@ -20,7 +20,8 @@ use nekms_rpc::{Client, Entropy, GenerateKey};
 use nekms_store::{KeyStore, SqliteStore, Store};
 
 use super::bench_loop::{measure, Cell};
-use crate::enclave_path::{create_key, custody_policy, EnclavePath};
+use crate::enclave_path::{custody_key, trust_toml, EnclavePath};
+use crate::key_policy;
 use crate::kms_client::InProcessKms;
 
 #[derive(clap::Args)]
@@ -78,13 +79,23 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let dev = nekms_devworld::DevDir::new(tmp.path().join("dev"));
     dev.init()?;
     let local = InProcessKms::start(&dev, &tmp.path().join("kms"), false).await?;
-    let measurement = Measurement::of_image(b"nekms bench sign enclave", None);
+    let (_, (config, measurement)) = custody_key(
+        &dev,
+        &local.target(&dev, "admin")?,
+        "nekms bench sign",
+        |arn| {
+            let config = trust_toml(&[arn], &[]);
+            let m = Measurement::of_image(b"nekms bench sign enclave", Some(config.as_bytes()));
+            Ok((config, m))
+        },
+        |roles, (_, m)| key_policy::custody(roles, &[m.pcr0.to_hex()]),
+    )
+    .await?;
     let nsm: Arc<dyn Nsm> = Arc::new(SimulatedNsm::boot(SimConfig::new(measurement.clone()), dev.document_signer()?));
-    let warm = EnclavePath::start(&dev, &local, nsm.clone(), &tmp.path().join("warm")).await?;
-    let cold = EnclavePath::start_with(&dev, &local, nsm.clone(), &tmp.path().join("cold"), Some(0)).await?;
+    let warm = EnclavePath::start_with(&dev, &local, nsm.clone(), &tmp.path().join("warm"), None, &config).await?;
+    let cold = EnclavePath::start_with(&dev, &local, nsm.clone(), &tmp.path().join("cold"), Some(0), &config).await?;
     warm.supply_instance_credentials(&dev)?;
     cold.supply_instance_credentials(&dev)?;
-    let kms_key = create_key(&dev, &local, "nekms bench sign", &custody_policy(&dev.config()?.account_id, &measurement.pcr0.to_hex())).await?;
     let agent_store = SqliteStore::open(&tmp.path().join("agent.db"))?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let agent_addr = listener.local_addr()?;
@@ -105,19 +116,17 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     for spec in &a.spec {
         let spec = *spec;
         let name = format!("bench-{spec}");
-        let mut record = rpc
+        let record = rpc
             .generate_key(GenerateKey {
                 key_id: name.clone(),
                 spec,
-                kms_key_id: kms_key.clone(),
+                kms_key_id: None,
                 entropy: Entropy::Nsm,
                 encryption_context: Default::default(),
                 nonce: None,
             })
             .await?;
         agent_store.create(&record).await?;
-        // As the agent does: no creation document copied into every call.
-        record.attestation = None;
         let record: Arc<KeyRecord> = Arc::new(record);
         let message = b"nekms bench: a 32-byte message..".to_vec();
         let local_key = Arc::new(PrivateKey::generate(spec, &[7u8; 64])?);

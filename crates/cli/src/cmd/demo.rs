@@ -121,7 +121,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     rt.block_on(super::demo_keys::two_enclaves(&dir, &local, &store))?;
 
     step(10, "Lock-out: a seed only the enclave can decrypt signs a transaction; a tmkms key is imported");
-    rt.block_on(super::demo_keys::lockout_and_tmkms(&dir, &local, &measurement, &store))?;
+    rt.block_on(super::demo_keys::lockout_and_tmkms(&dir, &local, &image, &store))?;
 
     println!("\nDone. Look again with:");
     println!("    nekms attest verify {} --root {}", out.display(), dir.root_cert_path().display());

@@ -59,9 +59,9 @@ pub enum KeyCommand {
         /// secp256k1, ed25519, p256, p384, rsa2048, rsa3072 or rsa4096
         #[arg(long)]
         spec: KeySpec,
-        /// The KMS key (id, ARN or alias/NAME) whose policy names the enclave
+        /// A custody KMS key pinned in the enclave's configuration (ARN or key id) [default: the only one]
         #[arg(long, value_name = "KMS_KEY")]
-        kms_key: String,
+        kms_key: Option<String>,
         /// Entropy: nsm (NSM GetRandom and the OS) or kms (also KMS GenerateRandom, with attestation)
         #[arg(long, default_value = "nsm", value_parser = parse_entropy)]
         entropy: Entropy,
@@ -85,10 +85,10 @@ pub enum KeyCommand {
         /// Required for raw secrets (32 bytes could be secp256k1, ed25519 or p256)
         #[arg(long)]
         spec: Option<KeySpec>,
-        /// The KMS key the record's data key is generated under
+        /// A custody KMS key pinned in the enclave's configuration [default: the only one]
         #[arg(long, value_name = "KMS_KEY")]
-        kms_key: String,
-        /// The KMS ciphertext of the key: a file (binary or base64)
+        kms_key: Option<String>,
+        /// The import ciphertext (nekms key encrypt-for-import): a file (binary or base64)
         #[arg(long, value_name = "FILE", group = "source")]
         ciphertext_file: Option<PathBuf>,
         /// The KMS ciphertext of the key, base64
@@ -100,7 +100,7 @@ pub enum KeyCommand {
         /// Secrets Manager endpoint (moto) instead of the SDK's
         #[arg(long, env = "NEKMS_SECRETS_ENDPOINT", value_name = "URL")]
         secrets_endpoint_url: Option<String>,
-        /// The encryption context the ciphertext was made with (repeatable)
+        /// Entries the administrator added to the import context, besides nekms:purpose and nekms:key-id (repeatable)
         #[arg(long, value_name = "KEY=VALUE")]
         ciphertext_context: Vec<String>,
         /// Extra encryption-context pair for the record's data key (repeatable)
@@ -111,12 +111,51 @@ pub enum KeyCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Add a record (JSON, as `key show --json` prints it) to the store, e.g. to copy it to another store
+    /// As the administrator: KMS-encrypt a private key for `key import` (the import context binds it to one name)
+    EncryptForImport {
+        /// The name the key will be imported as
+        #[arg(long)]
+        name: String,
+        /// The key's spec, required for raw secrets (give the same to `key import`)
+        #[arg(long)]
+        spec: Option<KeySpec>,
+        /// The custody KMS key (ARN) the enclave pins
+        #[arg(long, value_name = "ARN")]
+        kms_key: String,
+        /// The private key: raw secret (binary, hex, base64), PKCS#8, SEC1 or PKCS#1 (DER or PEM), tmkms softsign, priv_validator_key.json
+        #[arg(value_name = "FILE")]
+        key_file: PathBuf,
+        /// Extra (non-reserved) context entries; give the same to `key import --ciphertext-context`
+        #[arg(long, value_name = "KEY=VALUE")]
+        context: Vec<String>,
+        /// Write the ciphertext here (binary) instead of printing base64
+        #[arg(long, short, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// KMS endpoint (the local KMS) instead of the SDK's
+        #[arg(long, env = "AWS_ENDPOINT_URL_KMS", value_name = "URL")]
+        endpoint_url: Option<String>,
+        /// AWS profile of the key administrator
+        #[arg(long)]
+        profile: Option<String>,
+    },
+    /// Add a record (JSON, as `key show --json` prints it) to the store, after checking its origin document
     Add {
         #[command(flatten)]
         store: StoreArg,
         /// The record's JSON file, or - for standard input
         record: PathBuf,
+        #[command(flatten)]
+        origin: OriginArgs,
+    },
+    /// Check a record's origin document: the chain, the image (PCR0), and that it commits to exactly this record
+    VerifyOrigin {
+        #[command(flatten)]
+        store: StoreArg,
+        name: String,
+        #[command(flatten)]
+        origin: OriginArgs,
+        #[arg(long)]
+        json: bool,
     },
     /// The stored keys
     List {
@@ -135,7 +174,7 @@ pub enum KeyCommand {
         name: String,
         #[arg(long)]
         json: bool,
-        /// Write the creating enclave's attestation document here (check it with `nekms attest verify`)
+        /// Write the creating enclave's origin document here (check it with `nekms key verify-origin`)
         #[arg(long, value_name = "FILE")]
         attestation_out: Option<PathBuf>,
     },
@@ -256,6 +295,73 @@ pub struct VerifyArgs {
     signature_file: Option<PathBuf>,
 }
 
+/// What an origin document must chain to and come from.
+#[derive(clap::Args, Clone, Debug)]
+pub struct OriginArgs {
+    /// PCR0 (hex) of an enclave image trusted to make keys (repeatable) [default: the list the enclave reports, which trusts this machine]
+    #[arg(long = "pcr0", value_name = "HEX")]
+    pcr0: Vec<String>,
+    /// The enclave to ask for its trusted PCR0 list when --pcr0 is not given
+    #[arg(long, env = "NEKMS_ENCLAVE", value_name = "CID|ADDR")]
+    enclave: Option<String>,
+    /// Trust this root certificate (PEM) instead of the AWS Nitro Enclaves Root-G1
+    #[arg(long, value_name = "PEM", conflicts_with = "dev_root")]
+    root: Option<PathBuf>,
+    /// Trust the development root (simulated enclaves)
+    #[arg(long)]
+    dev_root: bool,
+    #[command(flatten)]
+    dir: crate::DirArg,
+}
+
+impl OriginArgs {
+    /// Verify `r`'s origin document.
+    async fn verify(&self, r: &KeyRecord) -> anyhow::Result<nekms_keys::origin::Origin> {
+        let verifier = match (&self.root, self.dev_root) {
+            (Some(path), _) => nekms_attestation::Verifier::from_pem(&std::fs::read_to_string(path).with_context(|| path.display().to_string())?)?,
+            (None, true) => nekms_attestation::Verifier::from_pem(&self.dir.resolve()?.root_pem()?)?,
+            (None, false) => nekms_attestation::Verifier::aws(),
+        };
+        let pcr0: Vec<String> = if !self.pcr0.is_empty() {
+            self.pcr0.clone()
+        } else {
+            let Some(enclave) = &self.enclave else { bail!("give the trusted images with --pcr0 HEX, or --enclave to ask the enclave for its list") };
+            let described = super::enclave::EnclaveArg { enclave: enclave.clone() }.connect().await?.describe().await?;
+            described.trust.map(|t| t.origin_pcr0).unwrap_or_default()
+        };
+        let trusted = pcr0.iter().map(|h| h.parse::<nekms_attestation::Pcr48>().with_context(|| format!("--pcr0 {h}"))).collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(nekms_keys::origin::verify_origin(r, &verifier, &trusted)?)
+    }
+}
+
+/// KMS Encrypt of `secret` for import as `name` (the administrator's side).
+async fn encrypt_for_import(
+    name: &str,
+    kms_key: &str,
+    secret: &[u8],
+    extra: &std::collections::BTreeMap<String, String>,
+    endpoint: Option<&str>,
+    profile: Option<&str>,
+) -> anyhow::Result<Vec<u8>> {
+    let context = nekms_keys::context::import_context(name, extra)?;
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(p) = profile {
+        loader = loader.profile_name(p);
+    }
+    let shared = loader.load().await;
+    let mut config = aws_sdk_kms::config::Builder::from(&shared);
+    if let Some(e) = endpoint {
+        config = config.endpoint_url(e);
+    }
+    let client = aws_sdk_kms::Client::from_conf(config.build());
+    let mut req = client.encrypt().key_id(kms_key).plaintext(aws_sdk_kms::primitives::Blob::new(secret));
+    for (k, v) in &context {
+        req = req.encryption_context(k, v);
+    }
+    let out = req.send().await.map_err(|e| anyhow::anyhow!("KMS Encrypt under {kms_key}: {}", aws_sdk_kms::error::DisplayErrorContext(&e)))?;
+    Ok(out.ciphertext_blob().context("KMS Encrypt gave no CiphertextBlob")?.as_ref().to_vec())
+}
+
 #[derive(clap::Subcommand)]
 pub enum StoreCommand {
     /// Create the DynamoDB table (on-demand capacity; an existing table with the right key is fine)
@@ -279,7 +385,8 @@ fn summary(r: &KeyRecord) -> serde_json::Value {
         "created_at": r.created_at,
         "public_key_sha256": public.as_ref().map(|p| hex::encode(p.fingerprint())),
         "eth_address": public.as_ref().and_then(|p| p.eth_address()).map(|a| a.to_checksum(None)),
-        "attested": r.attestation.is_some(),
+        // Present, not checked: `key verify-origin` checks it.
+        "origin_document_bytes": r.attestation.as_ref().map_or(0, Vec::len),
     })
 }
 
@@ -400,16 +507,44 @@ pub fn run_key(cmd: KeyCommand) -> anyhow::Result<()> {
                 let record = enclave.connect().await?.import_key(request).await?;
                 keep(&store, &record, json).await
             }
-            KeyCommand::Add { store, record } => {
+            KeyCommand::Add { store, record, origin } => {
                 let text = if record.as_os_str() == "-" {
                     std::io::read_to_string(std::io::stdin())?
                 } else {
                     std::fs::read_to_string(&record).with_context(|| record.display().to_string())?
                 };
                 let r: KeyRecord = serde_json::from_str(&text).context("not a key record (JSON)")?;
-                r.check()?;
+                let origin = origin.verify(&r).await.with_context(|| format!("key record {} was not added", r.key_id))?;
                 store.open().await?.create(&r).await?;
-                println!("added {}", r.key_id);
+                println!("added {} (origin checked: made by the image with PCR0 {})", r.key_id, origin.pcr0);
+                Ok(())
+            }
+            KeyCommand::VerifyOrigin { store, name, origin, json } => {
+                let r = record(&store.open().await?, &name).await?;
+                let checked = origin.verify(&r).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&json!({"key_id": r.key_id, "origin_verified": true, "origin": r.origin, "document": checked}))?);
+                } else {
+                    println!("origin verified: {} ({}, {}) was made by the enclave image with PCR0 {}", r.key_id, r.spec, r.origin.as_str(), checked.pcr0);
+                    println!("  document signed at {} ms by {}", checked.timestamp, checked.module_id);
+                    println!("  commitment {}", checked.commitment);
+                }
+                Ok(())
+            }
+            KeyCommand::EncryptForImport { name, spec, kms_key, key_file, context, out, endpoint_url, profile } => {
+                nekms_keys::record::check_key_id(&name)?;
+                let secret = zeroize::Zeroizing::new(std::fs::read(&key_file).with_context(|| key_file.display().to_string())?);
+                // Refuse now what the enclave would refuse at import.
+                nekms_keys::parse_private_key(&secret, spec)?;
+                let extra = nekms_enclave::app::encryption_context(&context)?;
+                let blob = encrypt_for_import(&name, &kms_key, &secret, &extra, endpoint_url.as_deref(), profile.as_deref()).await?;
+                match out {
+                    Some(path) => {
+                        std::fs::write(&path, &blob).with_context(|| path.display().to_string())?;
+                        eprintln!("wrote the import ciphertext for {name} to {}", path.display());
+                    }
+                    None => println!("{}", B64.encode(&blob)),
+                }
                 Ok(())
             }
             KeyCommand::List { store, json, page_size } => {

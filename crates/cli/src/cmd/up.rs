@@ -37,6 +37,13 @@ pub struct Args {
     /// Write the addresses as JSON here once everything is up
     #[arg(long, value_name = "FILE")]
     ready_file: Option<PathBuf>,
+    /// Reuse this custody KMS key (ARN) from an earlier run instead of setting up a new one
+    /// (its final policy already names the image measured with the same configuration)
+    #[arg(long, value_name = "ARN")]
+    custody_kms_key: Option<String>,
+    /// Turn off decryption for the parent (kmstool's service, RPC Decrypt/GenerateDataKey) in the enclave's configuration
+    #[arg(long)]
+    no_parent_decrypt: bool,
 }
 
 struct Supervised {
@@ -155,11 +162,40 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let proxy_pid = group.spawn("proxy", proxy)?;
     wait_for("proxy", &mut group, || proxy_sock.exists())?;
 
-    // 3. The simulated enclave.
+    // 3. The custody key, in the two steps the ordering needs: the admin
+    //    creates it with the bootstrap policy; the enclave's configuration
+    //    pins its ARN and is measured with the image; the admin puts the
+    //    final policy naming that PCR0, locking itself out.
     let (program, prefix) = enclave_program()?;
+    let image = a.image.clone().unwrap_or_else(|| program.clone());
+    let enclave_config = run_dir.join("enclave.toml");
+    let http_addr: std::net::SocketAddr = kms_http_url.trim_start_matches("http://").trim_end_matches('/').parse().context("the KMS's HTTP address")?;
+    let admin = crate::kms_client::Target::principal(&dev, http_addr, "admin")?;
+    let configure = |arn: &str| -> anyhow::Result<nekms_nsm::measure::Measurement> {
+        let mut text = String::from("# nekms-enclave's measured configuration, written by nekms dev up: PCR0 covers it.\n");
+        text.push_str(&crate::enclave_path::trust_toml(&[arn], &[]));
+        if a.no_parent_decrypt {
+            text.push_str("parent-decrypt = false\n");
+        }
+        std::fs::write(&enclave_config, text)?;
+        Ok(nekms_nsm::measure::Measurement::of_files(&image, Some(&enclave_config))?)
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (custody_key, measurement) = match &a.custody_kms_key {
+        Some(arn) => (arn.clone(), configure(arn)?),
+        None => rt.block_on(crate::enclave_path::custody_key(&dev, &admin, "nekms dev up: custody", configure, |roles, m| {
+            // A debug-mode enclave reports zeros: the policy must name them (and so admits every debug image).
+            let pcr0 = if a.debug_mode { nekms_attestation::Pcr48::ZERO } else { m.pcr0 };
+            crate::key_policy::custody(roles, &[pcr0.to_hex()])
+        }))?,
+    };
+
+    // 4. The simulated enclave.
     let mut enclave = Command::new(&program);
     enclave
         .args(&prefix)
+        .arg("--config")
+        .arg(&enclave_config)
         .args(["--sim", "--dev-dir"])
         .arg(&dir)
         .args(["--rpc", &unix(&rpc_sock), "--kmstool", &unix(&kmstool_sock), "--proxy", &unix(&proxy_sock)])
@@ -168,14 +204,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if a.debug_mode {
         enclave.arg("--debug-mode");
     }
-    let image = a.image.clone().unwrap_or_else(|| program.clone());
     enclave.arg("--image").arg(&image);
     let enclave_pid = group.spawn("enclave", enclave)?;
     wait_for("enclave", &mut group, || rpc_sock.exists() && kmstool_sock.exists())?;
 
-    // 4. Credentials and a description, over the RPC.
+    // 5. Credentials and a description, over the RPC.
     let rpc_address = unix(&rpc_sock);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let description = rt.block_on(async {
         let client = nekms_rpc::Client::connect(&rpc_address.parse()?, concat!("nekms ", env!("CARGO_PKG_VERSION"))).await?;
         if !a.no_credentials {
@@ -193,6 +227,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         anyhow::Ok(client.describe().await?)
     })?;
     let pcr = |i: u16| description.pcrs.iter().find(|p| p.index == i).map(|p| hex::encode(&p.value)).unwrap_or_default();
+    if !a.debug_mode && pcr(0) != measurement.pcr0.to_hex() {
+        bail!("the enclave reports PCR0 {}, but its image and configuration measure {}", pcr(0), measurement.pcr0);
+    }
 
     let env = [
         ("NEKMS_ENCLAVE", rpc_address.clone()),
@@ -202,6 +239,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         ("AWS_PROFILE", "instance".to_string()),
         ("AWS_ENDPOINT_URL_KMS", kms_http_url.clone()),
         ("AWS_REGION", config.region.clone()),
+        ("NEKMS_CUSTODY_KMS_KEY", custody_key.clone()),
     ];
     let env_text: String = env.iter().map(|(k, v)| format!("export {k}={v}\n")).collect();
     std::fs::write(run_dir.join("env"), &env_text)?;
@@ -213,6 +251,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     println!("              kmstool {}", unix(&kmstool_sock));
     for i in [0, 1, 2] {
         println!("  PCR{i}        {}", pcr(i));
+    }
+    println!("  custody key {custody_key}");
+    println!("              pinned in {} (measured into PCR0); its final policy names this PCR0 and locks the administrator out", enclave_config.display());
+    if a.debug_mode {
+        println!("  WARNING     debug mode: PCRs are all zero, so a policy naming them admits every debug-mode image");
     }
     match &description.credentials {
         Some(c) => println!("  credentials {} (the instance role) pushed to the enclave", c.access_key_id),
@@ -226,6 +269,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             "kms_http": kms_http_url, "kms_https": kms_https_url, "proxy": unix(&proxy_sock),
             "rpc": rpc_address, "kmstool": unix(&kmstool_sock),
             "pcr0": pcr(0), "pcr1": pcr(1), "pcr2": pcr(2),
+            "custody_kms_key": custody_key, "enclave_config": enclave_config.display().to_string(),
             "pids": {"kms": kms_pid, "proxy": proxy_pid, "enclave": enclave_pid, "supervisor": std::process::id()},
             "env": env.iter().map(|(k, v)| (k.to_string(), serde_json::Value::String(v.clone()))).collect::<serde_json::Map<_, _>>(),
         });

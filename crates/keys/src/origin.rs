@@ -1,0 +1,77 @@
+//! Proof of origin: the attestation document an enclave puts in every record
+//! it makes, and how anyone checks it.
+//!
+//! The document's user_data is the record's origin commitment
+//! ([`KeyRecord::origin_commitment`]: `nekms-key:v2:` then the origin, key
+//! id, spec, SHA-256 of the public key and a digest of the KMS key ARN and
+//! encryption context). The enclave never places a caller's bytes behind
+//! that prefix (a caller's user_data goes behind `nekms-caller:v1:`) and
+//! never attests a caller's public key, so a document that verifies,
+//! comes from a trusted image and carries exactly this commitment was made
+//! by that image for this record.
+
+use nekms_attestation::{Pcr48, Verifier, VerifyOptions};
+
+use crate::record::KeyRecord;
+
+/// What a verified origin document says.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Origin {
+    /// PCR0 of the enclave image that made the record.
+    pub pcr0: String,
+    pub pcr1: String,
+    pub pcr2: String,
+    /// When the NSM signed (milliseconds since the Unix epoch).
+    pub timestamp: u64,
+    pub module_id: String,
+    /// The commitment, as text.
+    pub commitment: String,
+}
+
+/// Why a record's origin is not proven; each names the rule.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OriginError {
+    #[error("rule provenance: key record {0} has no origin document; only records an enclave made or imported are used")]
+    Missing(String),
+    #[error("rule provenance: key record {0}: the record itself is invalid: {1}")]
+    Record(String, String),
+    #[error("rule provenance: key record {0}: its origin document does not verify: {1}")]
+    Document(String, String),
+    #[error("rule provenance: key record {0}: its origin document carries a public key; origin documents never do")]
+    PublicKey(String),
+    #[error("rule provenance: key record {0}: its origin document comes from an enclave image (PCR0 {1}) that is not trusted")]
+    Image(String, String),
+    #[error("rule provenance: key record {0}: its origin document does not commit to this record (key id, spec, public key, KMS key, encryption context and origin): it says {1:?}")]
+    Commitment(String, String),
+}
+
+/// Check `record`'s origin document against `verifier`'s roots (at the
+/// document's own time: real leaf certificates last hours) and the trusted
+/// images' PCR0 values.
+pub fn verify_origin(record: &KeyRecord, verifier: &Verifier, trusted_pcr0: &[Pcr48]) -> Result<Origin, OriginError> {
+    let id = || record.key_id.clone();
+    let public = record.check().map_err(|e| OriginError::Record(id(), e.to_string()))?;
+    let document = record.attestation.as_deref().ok_or_else(|| OriginError::Missing(id()))?;
+    let opts = VerifyOptions::at_document_time(document).map_err(|e| OriginError::Document(id(), e.to_string()))?;
+    let doc = verifier.verify(document, &opts).map_err(|e| OriginError::Document(id(), e.to_string()))?.document;
+    if doc.public_key.is_some() {
+        return Err(OriginError::PublicKey(id()));
+    }
+    let pcr = |i: u8| doc.pcrs.get(&i).copied().unwrap_or(Pcr48::ZERO);
+    if !trusted_pcr0.contains(&pcr(0)) {
+        return Err(OriginError::Image(id(), pcr(0).to_hex()));
+    }
+    let commitment = record.origin_commitment(&public);
+    if doc.user_data.as_deref() != Some(&commitment[..]) {
+        let said = String::from_utf8_lossy(doc.user_data.as_deref().unwrap_or_default()).chars().take(200).collect();
+        return Err(OriginError::Commitment(id(), said));
+    }
+    Ok(Origin {
+        pcr0: pcr(0).to_hex(),
+        pcr1: pcr(1).to_hex(),
+        pcr2: pcr(2).to_hex(),
+        timestamp: doc.timestamp,
+        module_id: doc.module_id,
+        commitment: String::from_utf8_lossy(&commitment).into_owned(),
+    })
+}
