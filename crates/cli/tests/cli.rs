@@ -128,10 +128,11 @@ fn the_demo_runs_and_says_what_it_did() {
     }
     assert!(tmp.path().join("demo-attestation.cbor").exists());
     // The KMS step: three refusals, then the enclave opens the secret; the kmstool step: one more refusal;
-    // two enclaves: three; the lock-out: two.
-    assert_eq!(out.matches("refused: AccessDeniedException").count(), 9, "{out}");
+    // two enclaves: three; the lock-out: four (root, the instance, the administrator reopening the key, the
+    // instance minting an import ciphertext).
+    assert_eq!(out.matches("refused: AccessDeniedException").count(), 11, "{out}");
     for needle in [
-        "enclave 2 signed \"Hello World\"",
+        "enclave 2 checked the record's origin document, signed \"Hello World\"",
         "enclave 1 signing the same record   -> refused: AccessDeniedException",
         "enclave 2 generating a key          -> refused: AccessDeniedException",
         "the account root decrypting it      -> refused: AccessDeniedException",
@@ -139,6 +140,16 @@ fn the_demo_runs_and_says_what_it_did() {
         "address 0x90F8bf6A479f320ead074411a4B0e7944Ea8c9C1",
         "it signed an EIP-1559 transaction: hash 0x",
         "tmkms: an Ed25519 softsign key imported the same way signed a vote",
+        // The parent's attempts through the enclave itself.
+        "the parent asking the enclave (RPC Decrypt) for the import plaintext -> refused: rule reserved-context",
+        "the same with the context keys upper-cased                        -> refused: rule reserved-context",
+        "the same through kmstool's port                                  -> refused: rule reserved-context",
+        "importing it under another name     -> refused: rule import-ciphertext (InvalidCiphertextException)",
+        "the parent asking the enclave for the record's data key   -> refused: rule reserved-context",
+        "the parent asking for a document over its own RSA key     -> refused: rule attest-own-keys",
+        "the parent asking for a data key to plant its own record  -> refused: rule reserved-context",
+        "the record copied under another name                       -> refused: rule record-binding",
+        "the administrator reopening the key -> refused: AccessDeniedException",
     ] {
         assert!(out.contains(needle), "missing {needle:?} in\n{out}");
     }
@@ -147,9 +158,10 @@ fn the_demo_runs_and_says_what_it_did() {
     assert!(out.contains("kmstool client: Decrypt through the enclave -> \"Hello, KMS!\""), "{out}");
     let audit = std::fs::read_to_string(tmp.path().join("kms/audit.log")).unwrap();
     // Four in the lock-out step, two in the kmstool step (the instance's refusal, the enclave's Recipient decrypt),
-    // three with two enclaves (enclave 1 and the instance refused, enclave 2's), six in step 10 (root and the
-    // instance refused, two imports, the first signature with each imported key).
-    assert_eq!(audit.lines().filter(|l| l.contains("\"eventName\":\"Decrypt\"")).count(), 15);
+    // three with two enclaves (enclave 1 and the instance refused, enclave 2's), seven in step 10 (root and the
+    // instance refused, the import under another name refused, two imports, the first signature with each
+    // imported key). The parent's attempts through the enclave never reach KMS.
+    assert_eq!(audit.lines().filter(|l| l.contains("\"eventName\":\"Decrypt\"")).count(), 16);
 }
 
 fn openssl(args: &[&str]) {

@@ -218,7 +218,7 @@ impl Enclave {
         if let Some(key) = self.keys.get(&digest) {
             return Ok(key);
         }
-        record.check().map_err(key_error)?;
+        record.check().map_err(|e| RpcError::new(ErrorCode::RecordRejected, format!("rule record-binding: {e}")))?;
         // Provenance before KMS is asked: a record no trusted enclave made is
         // refused even if its seal would open.
         let pinned = self.trust.check_record(record)?;

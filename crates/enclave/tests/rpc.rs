@@ -28,14 +28,24 @@ impl Drop for Running {
 }
 
 async fn enclave(image: &[u8]) -> Running {
+    enclave_with(image, "").await
+}
+
+/// An enclave whose measured configuration is `config` (TOML).
+async fn enclave_with(image: &[u8], config: &str) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let dev = DevDir::new(dir.path().join("dev"));
     dev.init().unwrap();
-    let measurement = Measurement::of_image(image, None);
+    let measurement = Measurement::of_image(image, Some(config.as_bytes()));
     let nsm = Arc::new(SimulatedNsm::boot(SimConfig::new(measurement.clone()), dev.document_signer().unwrap()));
     // Nothing listens on this proxy address: KMS is unreachable.
-    let args = EnclaveArgs { proxy: Some(format!("unix://{}/no-proxy.sock", dir.path().display())), sim: true, ..Default::default() };
-    let config = args.resolve(EnclaveArgs::default());
+    let args = EnclaveArgs {
+        proxy: Some(format!("unix://{}/no-proxy.sock", dir.path().display())),
+        sim: true,
+        dev_dir: Some(dev.path().to_path_buf()),
+        ..Default::default()
+    };
+    let config = args.resolve(EnclaveArgs::from_toml(config).unwrap());
     let enclave = Arc::new(Enclave::new(nsm, &config).unwrap());
     let address: Address = format!("unix://{}/rpc.sock", dir.path().display()).parse().unwrap();
     let listener = Listener::bind(&address).await.unwrap();
@@ -61,7 +71,8 @@ async fn describe_and_documents_report_the_measured_pcrs() {
     let verifier = Verifier::from_pem(&std::fs::read_to_string(e.dev.root_cert_path()).unwrap()).unwrap();
     let options = VerifyOptions::now().expect_nonce(b"nonce-1".to_vec()).expect_pcr(0, e.measurement.pcr0).expect_pcr(1, e.measurement.pcr1).expect_pcr(2, e.measurement.pcr2);
     let verified = verifier.verify(&document, &options).unwrap();
-    assert_eq!(verified.document.user_data.as_deref(), Some(&b"hello"[..]));
+    assert_eq!(verified.document.user_data.as_deref(), Some(&b"nekms-caller:v1:hello"[..]), "caller data is domain-separated");
+    assert_eq!(verified.document.public_key, None);
 
     // Another image's enclave reports other PCRs.
     let other = enclave(b"a rebuilt enclave image").await;
@@ -76,7 +87,8 @@ async fn bad_calls_are_refused_before_kms_is_asked() {
         r.unwrap_err().remote().expect("an error reply").code
     }
     assert_eq!(code(e.client.attest(Some(vec![0; 513]), None, None).await), ErrorCode::BadRequest);
-    assert_eq!(code(e.client.attest(None, None, Some(vec![0; 1025])).await), ErrorCode::BadRequest);
+    assert_eq!(code(e.client.attest(None, Some(vec![0; 497]), None).await), ErrorCode::BadRequest, "512 less the caller prefix");
+    assert_eq!(code(e.client.attest(None, None, Some(vec![0; 294])).await), ErrorCode::Refused, "the enclave attests only keys it holds");
     assert_eq!(code(e.client.generate_random(0).await), ErrorCode::BadRequest);
     assert_eq!(code(e.client.generate_random(1025).await), ErrorCode::BadRequest);
     assert_eq!(code(e.client.generate_data_key("alias/k".into(), Some("AES_512".into()), None, Default::default()).await), ErrorCode::BadRequest);
@@ -102,4 +114,64 @@ async fn bad_calls_are_refused_before_kms_is_asked() {
     let err = e.client.generate_random(16).await.unwrap_err();
     assert_eq!(err.remote().unwrap().code, ErrorCode::Unavailable, "{err}");
     assert!(e.client.describe().await.is_ok());
+}
+
+const CUSTODY: &str = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_enclaves_rules_refuse_before_kms_is_asked() {
+    let e = enclave_with(b"image", &format!("custody-kms-keys = [\"{CUSTODY}\"]\n")).await;
+    let d = e.client.describe().await.unwrap();
+    let trust = d.trust.unwrap();
+    assert_eq!(trust.custody_kms_keys, vec![CUSTODY.to_owned()]);
+    assert_eq!(trust.origin_pcr0, vec![e.measurement.pcr0.to_hex()]);
+    assert_eq!(d.region.as_deref(), Some("eu-west-1"), "the custody key fixes the region");
+    let refused = |r: Result<nekms_rpc::Secret, nekms_rpc::ClientError>| {
+        let e = r.unwrap_err();
+        let remote = e.remote().expect("an error reply").clone();
+        assert_eq!(remote.code, ErrorCode::Refused, "{remote:?}");
+        remote.message
+    };
+    let ctx = |k: &str| std::collections::BTreeMap::from([(k.to_owned(), "victim".to_owned())]);
+    // No credentials are installed: a refusal here was decided before KMS.
+    for k in ["nekms:key-id", "NEKMS:KEY-ID", "Nekms:purpose", "nekms:anything"] {
+        assert!(refused(e.client.decrypt(vec![1; 40], ctx(k), None).await).contains("rule reserved-context"), "{k}");
+    }
+    assert!(refused(e.client.decrypt(vec![1; 40], Default::default(), Some(CUSTODY.into())).await).contains("rule custody-key"));
+    let dk = e.client.generate_data_key(CUSTODY.into(), Some("AES_256".into()), None, Default::default()).await.unwrap_err();
+    assert!(dk.remote().unwrap().message.contains("rule custody-key"));
+    let dk = e.client.generate_data_key("alias/any".into(), Some("AES_256".into()), None, ctx("nekms:key-id")).await.unwrap_err();
+    assert!(dk.remote().unwrap().message.contains("rule reserved-context"));
+
+    let generate = |kms: Option<&str>| nekms_rpc::GenerateKey {
+        key_id: "k".into(),
+        spec: nekms_keys::KeySpec::P256,
+        kms_key_id: kms.map(str::to_owned),
+        entropy: Default::default(),
+        encryption_context: Default::default(),
+        nonce: None,
+    };
+    for other in ["alias/custody", "arn:aws:kms:eu-west-1:444455556666:key/1234abcd-12ab-34cd-56ef-1234567890ab"] {
+        let err = e.client.generate_key(generate(Some(other))).await.unwrap_err();
+        assert!(err.remote().unwrap().message.contains("rule pinned-kms-key"), "{other}: {err}");
+    }
+    let mut reserved = generate(None);
+    reserved.encryption_context = ctx("NEKMS:origin");
+    assert!(e.client.generate_key(reserved).await.unwrap_err().remote().unwrap().message.contains("rule reserved-context"));
+    // The pinned key itself gets as far as KMS, which has no credentials yet.
+    assert_eq!(e.client.generate_key(generate(None)).await.unwrap_err().remote().unwrap().code, ErrorCode::NoCredentials);
+    assert!(e.client.describe().await.is_ok(), "the enclave keeps serving");
+
+    // Without custody keys, custody is off.
+    let plain = enclave(b"image").await;
+    let err = plain.client.generate_key(generate(None)).await.unwrap_err();
+    assert!(err.remote().unwrap().message.contains("pins no custody"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parent_decryption_can_be_turned_off_in_the_configuration() {
+    let e = enclave_with(b"image", "parent-decrypt = false\n").await;
+    let err = e.client.decrypt(vec![1; 40], Default::default(), None).await.unwrap_err();
+    assert!(err.remote().unwrap().message.contains("rule parent-decrypt"), "{err}");
+    assert!(!e.client.describe().await.unwrap().trust.unwrap().parent_decrypt);
 }

@@ -45,12 +45,23 @@ async fn enclave(dir: &DevDir, local: &InProcessKms, measurement: &Measurement, 
     Ok(Running { path, client })
 }
 
-/// What refused a call: the rule or KMS exception, and the message's head.
+/// The rule an error message names (`rule NAME: ...`), if any.
+fn rule(message: &str) -> Option<String> {
+    let at = message.find("rule ")?;
+    Some(message[at..].split(':').next().unwrap_or_default().to_owned())
+}
+
+/// What refused a call: the enclave's rule and/or KMS's exception.
 fn refused<T>(r: Result<T, nekms_rpc::ClientError>) -> String {
     match r {
         Ok(_) => "ALLOWED (unexpected)".into(),
         Err(e) => match e.remote() {
-            Some(r) => r.kms_code.clone().unwrap_or_else(|| r.message.split(':').next().unwrap_or("").to_owned()),
+            Some(r) => match (rule(&r.message), &r.kms_code) {
+                (Some(rule), Some(kms)) => format!("{rule} ({kms})"),
+                (Some(rule), None) => rule,
+                (None, Some(kms)) => kms.clone(),
+                (None, None) => r.message.clone(),
+            },
             None => e.to_string(),
         },
     }
@@ -149,7 +160,10 @@ pub async fn lockout_and_tmkms(dir: &DevDir, local: &InProcessKms, image: &Path,
     println!("    the account root decrypting it      -> refused: {}", v["__type"].as_str().unwrap_or("?"));
     let (_, v) = instance.call_raw("Decrypt", &json!({"CiphertextBlob": blob, "EncryptionContext": context})).await?;
     println!("    the instance role decrypting it     -> refused: {}", v["__type"].as_str().unwrap_or("?"));
-    let (_, v) = admin.call_raw("PutKeyPolicy", &json!({"KeyId": key, "PolicyName": "default", "Policy": "{}", "BypassPolicyLockoutSafetyCheck": true})).await?;
+    let open_policy = json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "kms:*", "Resource": "*"}]});
+    let (_, v) = admin
+        .call_raw("PutKeyPolicy", &json!({"KeyId": key, "PolicyName": "default", "Policy": open_policy.to_string(), "BypassPolicyLockoutSafetyCheck": true}))
+        .await?;
     println!("    the administrator reopening the key -> refused: {}", v["__type"].as_str().unwrap_or("?"));
     let (_, v) = instance.call_raw("Encrypt", &json!({"KeyId": key, "Plaintext": B64.encode([7u8; 32]), "EncryptionContext": context})).await?;
     println!("    the instance minting an import      -> refused: {}", v["__type"].as_str().unwrap_or("?"));
@@ -164,7 +178,7 @@ pub async fn lockout_and_tmkms(dir: &DevDir, local: &InProcessKms, image: &Path,
     let mut kmstool = crate::cmd::kmstool::KmstoolClient::connect(&e.path.kmstool).await?;
     kmstool.set_client(&p.access_key_id, &p.secret_access_key, p.session_token.as_deref(), Some("us-east-1")).await?;
     let why = kmstool.decrypt(&blob, &context).await.map(|_| ()).unwrap_err();
-    println!("      the same through kmstool's port                                  -> refused: {}", why.to_string().split(':').next().unwrap_or(""));
+    println!("      the same through kmstool's port                                  -> refused: {}", rule(&format!("{why:#}")).unwrap_or_else(|| format!("{why:#}")));
 
     let import = |name: &str, spec, blob: &str| ImportKey {
         key_id: name.into(),
