@@ -1,5 +1,6 @@
 //! `nekms agent`: the HTTP JSON API that applications on the parent use
-//! (127.0.0.1 only). It holds no secret: it reads records from the store,
+//! (127.0.0.1 or a Unix socket only; callers authenticated and limited to
+//! their keys by [`super::agent_access`]). It holds no secret: it reads records from the store,
 //! hands them to the enclave with the payload, and returns what the enclave
 //! signed. It also relays the instance's credentials to the enclave (and
 //! keeps them fresh) and Secrets Manager ciphertexts for import, which is
@@ -14,7 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, Path, Query, Request, State};
+use axum::Extension;
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -29,14 +31,25 @@ use nekms_transport::Address;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::agent_access::{loopback_host, Access, Caller};
 use super::enclave::EnclaveArg;
 use super::key::StoreArg;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Where to listen (loopback only)
+    /// Where to listen: IP:PORT on loopback, or unix:///PATH
     #[arg(long, default_value = "127.0.0.1:8080")]
-    listen: SocketAddr,
+    listen: String,
+    /// The callers: TOML with [[client]] name, token-file or uid, keys (globs), manage [default: one token, --token-file]
+    #[arg(long, value_name = "FILE")]
+    access: Option<PathBuf>,
+    /// Without --access: the bearer token granting everything, made (0600) if missing
+    /// [default: $XDG_RUNTIME_DIR/nekms/agent.token, else ~/.local/share/nekms/agent.token]
+    #[arg(long, value_name = "FILE", conflicts_with = "access")]
+    token_file: Option<PathBuf>,
+    /// Permissions of the Unix socket (octal)
+    #[arg(long, default_value = "600", value_name = "MODE")]
+    socket_mode: String,
     #[command(flatten)]
     enclave: EnclaveArg,
     #[command(flatten)]
@@ -184,6 +197,7 @@ struct Histogram {
 struct AppState {
     enclave: EnclaveConn,
     store: Store,
+    access: Access,
     records: Mutex<HashMap<String, (Arc<KeyRecord>, Instant)>>,
     metrics: Metrics,
     secrets_endpoint: Option<String>,
@@ -284,9 +298,21 @@ struct ListQuery {
     limit: Option<usize>,
 }
 
-async fn list_keys(State(state): State<Shared>, Query(q): Query<ListQuery>) -> Result<Json<Value>, ApiError> {
+async fn list_keys(State(state): State<Shared>, Extension(caller): Extension<Caller>, Query(q): Query<ListQuery>) -> Result<Json<Value>, ApiError> {
     let page = state.store.list(q.after.as_deref(), q.limit.unwrap_or(100).clamp(1, 1000)).await?;
-    Ok(Json(json!({"keys": page.records.iter().map(summary).collect::<Vec<_>>(), "next": page.next})))
+    let keys: Vec<Value> = page.records.iter().filter(|r| caller.may_use(&r.key_id)).map(summary).collect();
+    Ok(Json(json!({"keys": keys, "next": page.next})))
+}
+
+/// The caller may use key `name` (and, to make it, manage keys).
+fn allowed(caller: &Caller, name: &str, manage: bool) -> Result<(), ApiError> {
+    if manage && !caller.manage {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", format!("caller {:?} may not create or import keys", caller.name)));
+    }
+    if !caller.may_use(name) {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", format!("caller {:?} may not use key {name:?}", caller.name)));
+    }
+    Ok(())
 }
 
 /// Records are never overwritten, so one read recently is still the record;
@@ -316,14 +342,16 @@ async fn record(state: &AppState, name: &str) -> Result<KeyRecord, ApiError> {
     state.store.get(name).await?.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no key named {name:?}")))
 }
 
-async fn show_key(State(state): State<Shared>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn show_key(State(state): State<Shared>, Extension(caller): Extension<Caller>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    allowed(&caller, &name, false)?;
     let r = record(&state, &name).await?;
     let mut v = summary(&r);
     v["record"] = serde_json::to_value(&r).expect("a record serializes");
     Ok(Json(v))
 }
 
-async fn public_key(State(state): State<Shared>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn public_key(State(state): State<Shared>, Extension(caller): Extension<Caller>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    allowed(&caller, &name, false)?;
     let r = record(&state, &name).await?;
     let p = r.public().map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store_corrupt", e.to_string()))?;
     Ok(Json(json!({"name": r.key_id, "spec": r.spec, "pem": p.to_pem(), "spki": B64.encode(p.spki()),
@@ -362,7 +390,8 @@ async fn store_new(state: &AppState, record: KeyRecord) -> Result<Response, ApiE
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 
-async fn create_key(State(state): State<Shared>, Json(b): Json<CreateBody>) -> Result<Response, ApiError> {
+async fn create_key(State(state): State<Shared>, Extension(caller): Extension<Caller>, Json(b): Json<CreateBody>) -> Result<Response, ApiError> {
+    allowed(&caller, &b.name, true)?;
     let spec: KeySpec = b.spec.parse().map_err(|e: nekms_keys::UnknownSpec| ApiError::bad(e.to_string()))?;
     let entropy = match b.entropy.as_deref() {
         None | Some("nsm") => Entropy::Nsm,
@@ -392,7 +421,8 @@ struct ImportBody {
     encryption_context: BTreeMap<String, String>,
 }
 
-async fn import_key(State(state): State<Shared>, Json(b): Json<ImportBody>) -> Result<Response, ApiError> {
+async fn import_key(State(state): State<Shared>, Extension(caller): Extension<Caller>, Json(b): Json<ImportBody>) -> Result<Response, ApiError> {
+    allowed(&caller, &b.name, true)?;
     let spec = b.spec.as_deref().map(|s| s.parse::<KeySpec>().map_err(|e| ApiError::bad(e.to_string()))).transpose()?;
     let ciphertext = match (&b.ciphertext, &b.secret_id) {
         (Some(c), None) => B64.decode(c.trim()).map_err(|_| ApiError::bad("ciphertext must be base64"))?,
@@ -438,7 +468,8 @@ async fn sign_with(state: &AppState, name: &str, scheme: Option<Scheme>, payload
     Ok(state.enclave.call(|c| { let (r, p) = ((*r).clone(), payload.clone()); async move { c.sign(r, scheme, p).await } }).await?)
 }
 
-async fn sign(State(state): State<Shared>, Path(name): Path<String>, Json(b): Json<SignBody>) -> Result<Json<Value>, ApiError> {
+async fn sign(State(state): State<Shared>, Extension(caller): Extension<Caller>, Path(name): Path<String>, Json(b): Json<SignBody>) -> Result<Json<Value>, ApiError> {
+    allowed(&caller, &name, false)?;
     let mut scheme = b.scheme.as_deref().map(|s| s.parse::<Scheme>().map_err(|e| ApiError::bad(e.to_string()))).transpose()?;
     let given = [b.message.is_some(), b.message_hex.is_some(), b.message_base64.is_some(), b.digest.is_some(), b.typed_data.is_some()];
     if given.iter().filter(|g| **g).count() != 1 {
@@ -460,7 +491,8 @@ async fn sign(State(state): State<Shared>, Path(name): Path<String>, Json(b): Js
     Ok(Json(serde_json::to_value(&s).expect("a signature serializes")))
 }
 
-async fn sign_transaction(State(state): State<Shared>, Path(name): Path<String>, Json(tx): Json<Value>) -> Result<Json<Value>, ApiError> {
+async fn sign_transaction(State(state): State<Shared>, Extension(caller): Extension<Caller>, Path(name): Path<String>, Json(tx): Json<Value>) -> Result<Json<Value>, ApiError> {
+    allowed(&caller, &name, false)?;
     if !tx.is_object() {
         return Err(ApiError::bad("the body is a transaction object"));
     }
@@ -478,7 +510,7 @@ struct AttestBody {
     user_data: Option<String>,
 }
 
-async fn attestation(State(state): State<Shared>, Json(b): Json<AttestBody>) -> Result<Json<Value>, ApiError> {
+async fn attestation(State(state): State<Shared>, Extension(_caller): Extension<Caller>, Json(b): Json<AttestBody>) -> Result<Json<Value>, ApiError> {
     let nonce = b.nonce.as_deref().map(|n| hex_field("nonce", n)).transpose()?;
     let user_data = b.user_data.as_deref().map(|n| hex_field("user_data", n)).transpose()?;
     let doc = state.enclave.call(|c| { let (n, u) = (nonce.clone(), user_data.clone()); async move { c.attest(n, u, None).await } }).await?;
@@ -506,36 +538,115 @@ fn router(state: Shared) -> Router {
         .route("/v1/keys/{name}/eth/transaction", post(sign_transaction))
         .route("/v1/attestation", post(attestation))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .layer(axum::extract::DefaultBodyLimit::max(256 * 1024))
         .with_state(state)
 }
 
+/// Who connected: a Unix peer's uid (SO_PEERCRED), or nothing over TCP.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer {
+    uid: Option<u32>,
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>> for Peer {
+    fn connect_info(_: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Peer {
+        Peer { uid: None }
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::UnixListener>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::UnixListener>) -> Peer {
+        Peer { uid: stream.io().peer_cred().ok().map(|c| c.uid()) }
+    }
+}
+
+/// Routes that need no caller (they reveal no key).
+const PUBLIC: [&str; 3] = ["/healthz", "/metrics", "/openapi.json"];
+
+/// The `Host` check (TCP), then the caller: the Unix peer's uid, else a bearer token.
+async fn authenticate(State(state): State<Shared>, ConnectInfo(peer): ConnectInfo<Peer>, mut request: Request, next: Next) -> Response {
+    let unauthorized = |m: String| {
+        let mut r = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m).into_response();
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        r
+    };
+    if peer.uid.is_none() {
+        let host = request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+        if !loopback_host(host) {
+            return ApiError::new(StatusCode::MISDIRECTED_REQUEST, "bad_host", format!("Host {host:?} is not a loopback name; the agent answers only localhost, 127.0.0.1 and [::1]"))
+                .into_response();
+        }
+    }
+    if PUBLIC.contains(&request.uri().path()) {
+        return next.run(request).await;
+    }
+    let bearer = request.headers().get(header::AUTHORIZATION).and_then(|h| h.to_str().ok()).and_then(|h| h.strip_prefix("Bearer "));
+    let caller = match (bearer, peer.uid) {
+        (Some(token), _) => match state.access.by_token(token) {
+            Some(c) => c,
+            None => return unauthorized("the bearer token is not one the agent knows".into()),
+        },
+        (None, Some(uid)) => match state.access.by_uid(uid) {
+            Some(c) => c,
+            None => return unauthorized(format!("uid {uid} is not a caller of this agent; send a bearer token")),
+        },
+        (None, None) => return unauthorized("send Authorization: Bearer <token> (the agent's token file)".into()),
+    };
+    request.extensions_mut().insert(caller);
+    next.run(request).await
+}
+
 /// Serve the API on `listener` in this process (the benchmark and the demo
 /// do), with no credential relay; stops when the task is aborted.
-pub fn spawn(listener: tokio::net::TcpListener, enclave: Address, store: Store) -> tokio::task::JoinHandle<()> {
+pub fn spawn(listener: tokio::net::TcpListener, enclave: Address, store: Store, access: Access) -> tokio::task::JoinHandle<()> {
     let state = Arc::new(AppState {
         enclave: EnclaveConn { address: enclave, client: tokio::sync::Mutex::new(None) },
         store,
+        access,
         records: Mutex::new(HashMap::new()),
         metrics: Metrics::default(),
         secrets_endpoint: None,
     });
     tokio::spawn(async move {
-        let _ = axum::serve(listener, router(state)).await;
+        let _ = axum::serve(listener, router(state).into_make_service_with_connect_info::<Peer>()).await;
     })
 }
 
-pub fn run(a: Args) -> anyhow::Result<()> {
-    if !a.listen.ip().is_loopback() {
-        anyhow::bail!("the agent listens on loopback only (127.0.0.1 or ::1), not {}", a.listen.ip());
+fn default_token_file() -> anyhow::Result<PathBuf> {
+    if let Some(run) = std::env::var_os("XDG_RUNTIME_DIR") {
+        return Ok(PathBuf::from(run).join("nekms/agent.token"));
     }
+    let home = std::env::var_os("HOME").context("neither XDG_RUNTIME_DIR nor HOME is set; give --token-file")?;
+    Ok(PathBuf::from(home).join(".local/share/nekms/agent.token"))
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let unix_path = a.listen.strip_prefix("unix://").map(PathBuf::from);
+    let tcp: Option<SocketAddr> = match &unix_path {
+        Some(_) => None,
+        None => {
+            let addr: SocketAddr = a.listen.parse().with_context(|| format!("--listen {}: IP:PORT or unix:///PATH", a.listen))?;
+            if !addr.ip().is_loopback() {
+                anyhow::bail!("the agent listens on loopback only (127.0.0.1 or ::1), not {}", addr.ip());
+            }
+            Some(addr)
+        }
+    };
+    let access = match (&a.access, &a.token_file) {
+        (Some(file), _) => Access::from_file(file)?,
+        (None, Some(t)) => Access::single_token(t)?,
+        (None, None) => Access::single_token(&default_token_file()?)?,
+    };
+    let socket_mode = u32::from_str_radix(&a.socket_mode, 8).with_context(|| format!("--socket-mode {}: octal, e.g. 600", a.socket_mode))?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
         let store = a.store.open().await?;
         let state = Arc::new(AppState {
             enclave: EnclaveConn { address: a.enclave.address()?, client: tokio::sync::Mutex::new(None) },
             store,
+            access,
             records: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
             secrets_endpoint: a.secrets_endpoint_url.clone(),
@@ -548,12 +659,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 }
             });
         }
-        let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("binding {}", a.listen))?;
-        let url = format!("http://{}", listener.local_addr()?);
-        println!("nekms agent listening on {url} (store {}, enclave {})", a.store.url()?, a.enclave.enclave);
-        if let Some(path) = &a.ready_file {
-            std::fs::write(path, json!({"url": url}).to_string())?;
-        }
         let shutdown = async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
             tokio::select! {
@@ -561,7 +666,30 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 _ = term.recv() => {}
             }
         };
-        axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await?;
+        let app = router(state).into_make_service_with_connect_info::<Peer>();
+        let announce = |url: String| -> anyhow::Result<()> {
+            println!("nekms agent listening on {url} (store {}, enclave {})", a.store.url()?, a.enclave.enclave);
+            if let Some(path) = &a.ready_file {
+                std::fs::write(path, json!({"url": url}).to_string())?;
+            }
+            Ok(())
+        };
+        match (tcp, &unix_path) {
+            (Some(addr), _) => {
+                let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+                announce(format!("http://{}", listener.local_addr()?))?;
+                axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+            }
+            (None, Some(path)) => {
+                use std::os::unix::fs::PermissionsExt;
+                let _ = std::fs::remove_file(path);
+                let listener = tokio::net::UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(socket_mode))?;
+                announce(format!("unix://{}", path.display()))?;
+                axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+            }
+            (None, None) => unreachable!("one listener"),
+        }
         Ok(())
     })
 }

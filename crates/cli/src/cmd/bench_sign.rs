@@ -47,20 +47,21 @@ pub struct Args {
 struct Http {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
     host: String,
+    authorization: String,
 }
 
 impl Http {
-    async fn open(addr: std::net::SocketAddr) -> anyhow::Result<Http> {
+    async fn open(addr: std::net::SocketAddr, token: &str) -> anyhow::Result<Http> {
         let stream = tokio::net::TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
         tokio::spawn(conn);
-        Ok(Http { sender, host: addr.to_string() })
+        Ok(Http { sender, host: addr.to_string(), authorization: format!("Bearer {token}") })
     }
 
     async fn post(&mut self, path: &str, body: Bytes) -> anyhow::Result<()> {
         self.sender.ready().await?;
-        let req = hyper::Request::post(path).header("host", &self.host).header("content-type", "application/json").body(Full::new(body))?;
+        let req = hyper::Request::post(path).header("host", &self.host).header("authorization", &self.authorization).header("content-type", "application/json").body(Full::new(body))?;
         let resp = self.sender.send_request(req).await?;
         let status = resp.status();
         let bytes = resp.into_body().collect().await?.to_bytes();
@@ -99,7 +100,10 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let agent_store = SqliteStore::open(&tmp.path().join("agent.db"))?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let agent_addr = listener.local_addr()?;
-    let _agent = super::agent::spawn(listener, warm.rpc.clone(), Store::Sqlite(agent_store.clone()));
+    let token_file = tmp.path().join("agent.token");
+    let access = super::agent_access::Access::single_token(&token_file)?;
+    let token = std::fs::read_to_string(&token_file)?.trim().to_owned();
+    let _agent = super::agent::spawn(listener, warm.rpc.clone(), Store::Sqlite(agent_store.clone()), access);
     let rpc = Client::connect(&warm.rpc, "nekms bench").await?;
     let mut connections = Vec::new();
     for _ in 0..a.clients.iter().copied().max().unwrap_or(1) {
@@ -158,7 +162,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             .await?;
             let mut conns = Vec::new();
             for _ in 0..clients * depth {
-                conns.push(Arc::new(tokio::sync::Mutex::new(Http::open(agent_addr).await?)));
+                conns.push(Arc::new(tokio::sync::Mutex::new(Http::open(agent_addr, &token).await?)));
             }
             let body = Bytes::from(serde_json::to_vec(&serde_json::json!({"message_hex": hex::encode(&message)}))?);
             let path = format!("/v1/keys/{name}/sign");

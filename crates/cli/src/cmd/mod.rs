@@ -1,4 +1,5 @@
 pub mod agent;
+pub mod agent_access;
 pub mod attest;
 pub mod bench;
 pub mod bench_loop;

@@ -1,0 +1,219 @@
+//! Who may call the agent, and with which keys.
+//!
+//! - Over TCP (loopback only) every request but `/healthz`, `/metrics` and
+//!   `/openapi.json` carries `Authorization: Bearer <token>`, and the `Host`
+//!   header must name a loopback host, so a web page on the instance cannot
+//!   reach the agent by DNS rebinding.
+//! - Over a Unix socket (mode 0600 unless told otherwise) the kernel says who
+//!   connected (SO_PEERCRED): a uid listed in the access file, or the agent's
+//!   own uid, is a caller without a token; anyone else needs one.
+//! - The access file (`--access`, TOML, not writable by group or others)
+//!   names each caller: its token file or uid, the key names it may use
+//!   (globs), and whether it may create or import keys. Without one, a single
+//!   token (`--token-file`, made 0600 if missing) grants everything.
+//!
+//! None of this stops root on the instance, who can read any token and
+//! speak to the enclave directly: the enclave's own rules are what hold
+//! against root. This is for the other local users and processes.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use aws_lc_rs::constant_time::verify_slices_are_equal;
+use aws_lc_rs::digest::{digest, SHA256};
+
+/// One caller as the access file describes it.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct ClientEntry {
+    name: String,
+    #[serde(default)]
+    token_file: Option<PathBuf>,
+    #[serde(default)]
+    uid: Option<u32>,
+    #[serde(default)]
+    keys: Vec<String>,
+    #[serde(default)]
+    manage: bool,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccessFile {
+    #[serde(default)]
+    client: Vec<ClientEntry>,
+}
+
+/// An authenticated caller.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub name: String,
+    /// Key-name globs (`*`, `?`) this caller may see and use.
+    keys: Vec<String>,
+    /// May create and import keys (named within `keys`).
+    pub manage: bool,
+}
+
+impl Caller {
+    fn everything(name: &str) -> Caller {
+        Caller { name: name.to_owned(), keys: vec!["*".into()], manage: true }
+    }
+
+    /// Whether this caller may use (or, with `manage`, create) key `name`.
+    pub fn may_use(&self, name: &str) -> bool {
+        self.keys.iter().any(|g| glob(g.as_bytes(), name.as_bytes()))
+    }
+}
+
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    match (pattern.first(), text.first()) {
+        (None, None) => true,
+        (Some(b'*'), _) => glob(&pattern[1..], text) || (!text.is_empty() && glob(pattern, &text[1..])),
+        (Some(b'?'), Some(_)) => glob(&pattern[1..], &text[1..]),
+        (Some(p), Some(t)) if p == t => glob(&pattern[1..], &text[1..]),
+        _ => false,
+    }
+}
+
+/// The callers, by token digest and by uid.
+#[derive(Debug, Default)]
+pub struct Access {
+    tokens: Vec<([u8; 32], Caller)>,
+    uids: Vec<(u32, Caller)>,
+    /// The agent's own uid: a full caller over the Unix socket.
+    owner: u32,
+}
+
+/// A secret file must not be readable (or writable) by group or others.
+fn check_private(path: &Path, what: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).with_context(|| format!("{what} {}", path.display()))?;
+    if meta.mode() & 0o077 != 0 {
+        bail!("{what} {} is mode {:o}; make it 0600 (readable by its owner only)", path.display(), meta.mode() & 0o777);
+    }
+    Ok(())
+}
+
+fn token_digest(token: &str) -> [u8; 32] {
+    digest(&SHA256, token.trim().as_bytes()).as_ref().try_into().expect("SHA-256")
+}
+
+fn read_token(path: &Path) -> anyhow::Result<[u8; 32]> {
+    check_private(path, "token file")?;
+    let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).with_context(|| path.display().to_string())?);
+    if text.trim().len() < 16 {
+        bail!("token file {} holds fewer than 16 characters", path.display());
+    }
+    Ok(token_digest(&text))
+}
+
+impl Access {
+    /// From an access file.
+    pub fn from_file(path: &Path) -> anyhow::Result<Access> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).with_context(|| format!("access file {}", path.display()))?;
+        if meta.mode() & 0o022 != 0 {
+            bail!("access file {} is writable by group or others (mode {:o})", path.display(), meta.mode() & 0o777);
+        }
+        let file: AccessFile = toml::from_str(&std::fs::read_to_string(path)?).with_context(|| format!("access file {}", path.display()))?;
+        let mut access = Access { owner: nix::unistd::getuid().as_raw(), ..Default::default() };
+        for c in file.client {
+            let caller = Caller { name: c.name.clone(), keys: c.keys.clone(), manage: c.manage };
+            match (&c.token_file, c.uid) {
+                (None, None) => bail!("access file {}: client {:?} has neither token-file nor uid", path.display(), c.name),
+                (token, uid) => {
+                    if let Some(t) = token {
+                        access.tokens.push((read_token(t)?, caller.clone()));
+                    }
+                    if let Some(u) = uid {
+                        access.uids.push((u, caller));
+                    }
+                }
+            }
+        }
+        Ok(access)
+    }
+
+    /// One token granting everything: read from `path`, or made there (0600).
+    pub fn single_token(path: &Path) -> anyhow::Result<Access> {
+        if !path.exists() {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
+            aws_lc_rs::rand::fill(&mut *bytes).map_err(|_| anyhow::anyhow!("the random generator failed"))?;
+            let token = zeroize::Zeroizing::new(hex::encode(*bytes));
+            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).with_context(|| path.display().to_string())?;
+            f.write_all(token.as_bytes())?;
+            f.write_all(b"\n")?;
+        }
+        let digest = read_token(path)?;
+        Ok(Access { tokens: vec![(digest, Caller::everything("token"))], uids: vec![], owner: nix::unistd::getuid().as_raw() })
+    }
+
+    /// The caller a bearer token names.
+    pub fn by_token(&self, token: &str) -> Option<Caller> {
+        let d = token_digest(token);
+        // Every entry is compared, in constant time each.
+        let mut found = None;
+        for (digest, caller) in &self.tokens {
+            if verify_slices_are_equal(digest, &d).is_ok() && found.is_none() {
+                found = Some(caller.clone());
+            }
+        }
+        found
+    }
+
+    /// The caller a Unix peer's uid names.
+    pub fn by_uid(&self, uid: u32) -> Option<Caller> {
+        self.uids.iter().find(|(u, _)| *u == uid).map(|(_, c)| c.clone()).or_else(|| (uid == self.owner).then(|| Caller::everything("owner")))
+    }
+}
+
+/// Whether a `Host` header names a loopback host (with any port).
+pub fn loopback_host(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, port)| if port.chars().all(|c| c.is_ascii_digit()) { h } else { host })
+    };
+    matches!(name.to_ascii_lowercase().as_str(), "localhost" | "127.0.0.1" | "::1")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_host_headers_pass() {
+        for ok in ["127.0.0.1:8080", "localhost", "LOCALHOST:1", "[::1]:8080", "127.0.0.1"] {
+            assert!(loopback_host(ok), "{ok}");
+        }
+        for bad in ["evil.example:8080", "127.0.0.1.evil.example", "localhost.evil", "10.0.0.1:8080", "", "[::2]:80"] {
+            assert!(!loopback_host(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn globs_limit_a_caller_to_its_keys() {
+        let c = Caller { name: "w".into(), keys: vec!["wallet-*".into(), "k?".into()], manage: false };
+        assert!(c.may_use("wallet-1") && c.may_use("k1"));
+        assert!(!c.may_use("validator") && !c.may_use("k10") && !c.may_use("wallet"));
+    }
+
+    #[test]
+    fn tokens_are_made_private_and_files_readable_by_others_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t/agent.token");
+        let access = Access::single_token(&path).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let token = std::fs::read_to_string(&path).unwrap();
+        assert!(access.by_token(&token).is_some());
+        assert!(access.by_token("not the token at all").is_none());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(Access::single_token(&path).unwrap_err().to_string().contains("0600"));
+    }
+}
