@@ -192,7 +192,7 @@ impl Enclave {
         let context = import_context(&req.key_id, &req.ciphertext_context).map_err(|e| RpcError::refused(e.to_string()))?;
         let material = self.kms.decrypt_under(&req.ciphertext, &context, Some(source.as_str())).await.map_err(|e| {
             let mut err = kms_error(e);
-            if err.kms_code.as_deref() == Some("InvalidCiphertextException") {
+            if matches!(err.kms_code.as_deref(), Some("InvalidCiphertextException" | "IncorrectKeyException")) {
                 err.message = format!(
                     "rule import-ciphertext: KMS refused this ciphertext with the import context {{nekms:purpose=import, nekms:key-id={}}} under {source}; \
                      import takes only ciphertexts made for it (nekms key encrypt-for-import): {}",

@@ -54,7 +54,9 @@ impl Listener {
     ///
     /// For a Unix socket, a stale socket file left by a process that died is
     /// replaced; a socket somebody still listens on is an "address in use"
-    /// error, as with TCP. A TCP port of 0 picks a free port: see
+    /// error, as with TCP. A Unix socket is made mode 0600: only its owner
+    /// (and root) may connect, the development stand-in for vsock ports that
+    /// only the instance reaches. A TCP port of 0 picks a free port: see
     /// [`Listener::local_address`].
     pub async fn bind(addr: &Address) -> io::Result<Listener> {
         let named = |e: io::Error| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"));
@@ -66,6 +68,8 @@ impl Listener {
             Address::Unix(path) => {
                 remove_stale_socket(path).await.map_err(named)?;
                 let l = UnixListener::bind(path).map_err(named)?;
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(named)?;
                 (ListenerKind::Unix(l, path.clone()), addr.clone())
             }
             Address::Tcp(sa) => {
