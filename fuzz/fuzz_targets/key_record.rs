@@ -1,5 +1,7 @@
 //! Bytes the parent's store or a caller hands back as public key material:
-//! record JSON, SubjectPublicKeyInfo (DER or PEM), ECDSA signatures.
+//! record JSON (with its origin document checked as the enclave checks it,
+//! and its encryption context as the parent-decrypt rules check one),
+//! SubjectPublicKeyInfo (DER or PEM), ECDSA signatures.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -11,6 +13,10 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(public.spec(), record.spec);
         }
         let _ = record.cache_digest();
+        let verifier = nekms_attestation::Verifier::aws();
+        // Nothing the fuzzer makes is signed by AWS's root: the check must refuse, never panic.
+        assert!(nekms_keys::origin::verify_origin(&record, &verifier, &[nekms_attestation::Pcr48::ZERO]).is_err());
+        let _ = nekms_keys::context::check_caller_context(&record.encryption_context);
     }
     if let Ok(public) = PublicKey::parse(data) {
         let again = PublicKey::from_spki(public.spki()).expect("a parsed key's SPKI parses");

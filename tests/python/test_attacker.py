@@ -148,8 +148,8 @@ def enclave_cli(world, verb, *args):
     return r
 
 
-def import_context(name):
-    return {"nekms:purpose": "import", "nekms:key-id": name}
+def import_context(name, spec="secp256k1"):
+    return {"nekms:purpose": "import", "nekms:key-id": name, "nekms:key-spec": spec}
 
 
 def kms_error(fn, *args, **kwargs):
@@ -244,6 +244,13 @@ def test_import_takes_only_ciphertexts_made_for_import(world):
                       "--ciphertext-context", f"{k}={v}", rule="reserved-context")
     world.refused("key", "import", "--name", "imported2", "--spec", "secp256k1", "--ciphertext", world.import_blob,
                   rule="import-ciphertext")
+    # One secret, imported again as a key of another kind: the import context binds the spec.
+    world.nekms("key", "delete", "imported")
+    try:
+        for spec in ("p256", "ed25519"):
+            world.refused("key", "import", "--name", "imported", "--spec", spec, "--ciphertext", world.import_blob, rule="import-ciphertext")
+    finally:
+        world.nekms("key", "import", "--name", "imported", "--spec", "secp256k1", "--ciphertext", world.import_blob)
     own = world.kms("instance").encrypt(KeyId=world.parent_key, Plaintext=b"11" * 32, EncryptionContext=import_context("mine"))
     world.refused("key", "import", "--name", "mine", "--spec", "secp256k1",
                   "--ciphertext", base64.b64encode(own["CiphertextBlob"]).decode(), rule="import-ciphertext")
@@ -406,9 +413,14 @@ def test_planted_and_forged_records_are_refused(world, tmp_path):
         assert "attested" not in shown.stdout and (shown.returncode == 0 or "is damaged" in shown.stderr), shown
     # The genuine records pass the same check.
     for name in ("victim", "imported"):
-        out = world.nekms("key", "verify-origin", name, "--dev-root", "--dir", str(world.up.dev), "--pcr0", world.up.info["pcr0"]).stdout
+        out = world.nekms("key", "verify-origin", name, "--dev-root", "--dir", str(world.up.dev), "--pcr0", world.up.info["pcr0"],
+                          "--allow-imported").stdout
         assert "origin verified" in out, out
-        world.refused("key", "verify-origin", name, "--dev-root", "--dir", str(world.up.dev), "--pcr0", "00" * 48, rule="provenance")
+        world.refused("key", "verify-origin", name, "--dev-root", "--dir", str(world.up.dev), "--pcr0", "00" * 48, "--allow-imported",
+                      rule="provenance")
+    # An imported key is accepted only when asked for: its secret is the administrator's.
+    world.refused("key", "verify-origin", "imported", "--dev-root", "--dir", str(world.up.dev), "--pcr0", world.up.info["pcr0"],
+                  rule="import-disabled")
     world.nekms("sign", "--key", "victim", "--message", "still works")
     with sqlite3.connect(world.store_path) as db:
         db.executemany("DELETE FROM key_records WHERE key_id = ?", [(n,) for n in [*cases, "copied", "relabelled"]])

@@ -73,7 +73,29 @@ pub async fn custody_key<T>(
     let configured = configure(&arn)?;
     let policy = finish(&roles, &configured);
     admin.call("PutKeyPolicy", &json!({"KeyId": arn, "PolicyName": "default", "Policy": policy.to_string(), "BypassPolicyLockoutSafetyCheck": true})).await?;
+    check_custody_key(&mut admin, &arn, &policy).await?;
     Ok((arn, configured))
+}
+
+/// What the bootstrap window could have left behind is not there: the
+/// policy in force is `policy`, the key is a single-Region AWS_KMS symmetric
+/// key in no custom key store, and it has no grants.
+pub async fn check_custody_key(admin: &mut Conn, arn: &str, policy: &serde_json::Value) -> anyhow::Result<()> {
+    let got = admin.call("GetKeyPolicy", &json!({"KeyId": arn, "PolicyName": "default"})).await?;
+    let in_force: serde_json::Value = serde_json::from_str(got["Policy"].as_str().context("GetKeyPolicy gave no Policy")?)?;
+    anyhow::ensure!(&in_force == policy, "{arn}: the key policy in force is not the custody policy nekms wrote");
+    let meta = &admin.call("DescribeKey", &json!({"KeyId": arn})).await?["KeyMetadata"];
+    let field = |k: &str| meta[k].as_str().unwrap_or_default().to_owned();
+    anyhow::ensure!(field("KeySpec") == "SYMMETRIC_DEFAULT" && field("Origin") == "AWS_KMS", "{arn}: not an AWS_KMS symmetric key ({} {})", field("KeySpec"), field("Origin"));
+    anyhow::ensure!(meta["MultiRegion"].as_bool() != Some(true) && meta.get("CustomKeyStoreId").is_none_or(|v| v.is_null()), "{arn}: a multi-Region key or one in a custom key store");
+    let (status, grants) = admin.call_raw("ListGrants", &json!({"KeyId": arn})).await?;
+    match status {
+        200 => anyhow::ensure!(grants["Grants"].as_array().is_none_or(|g| g.is_empty()), "{arn} has grants: {}", grants["Grants"]),
+        // A KMS without grants (the local one today) cannot have left any.
+        _ if grants["__type"].as_str().is_some_and(|t| t.contains("UnknownOperation")) => {}
+        _ => anyhow::bail!("{arn}: ListGrants failed: {grants}"),
+    }
+    Ok(())
 }
 
 /// The trust part of an enclave configuration (TOML): the custody keys and

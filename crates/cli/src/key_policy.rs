@@ -13,15 +13,20 @@
 //!    `PutKeyPolicy`. From then on the policy cannot be reopened.
 //!
 //! What the final policies say:
-//! - Only a Recipient document whose PCR0 is a trusted image may decrypt,
-//!   generate data keys or random bytes (the instance role carries them).
-//! - Nobody may mint custody ciphertexts outside the enclave: Encrypt and
-//!   GenerateDataKey* with a `nekms:*` context key are denied unless they
-//!   are the administrator's import (`nekms:purpose=import`, Encrypt only),
-//!   respectively a Recipient with a trusted PCR0.
-//! - ReEncrypt*, CreateGrant and PutKeyPolicy are denied to every principal.
+//! - Only a Recipient document whose PCR0 is a trusted image may decrypt or
+//!   generate data keys (the instance role carries the calls); an explicit
+//!   Deny says so for every principal, so no grant made before the final
+//!   policy (during the bootstrap) can open the key either.
+//! - Nobody may mint custody ciphertexts outside the enclave: Encrypt with a
+//!   `nekms:*` context key is denied unless it is the administrator's import
+//!   (`nekms:purpose=import`).
+//! - PutKeyPolicy, CreateGrant, ReEncrypt*, ReplicateKey, ImportKeyMaterial
+//!   and UpdatePrimaryRegion are denied to every principal.
 //! - The administrator manages (describe, tags, rotation, enable/disable,
 //!   schedule deletion) and encrypts import ciphertexts; nothing else.
+//!
+//! GenerateRandom is not in these policies: it names no key, so only IAM
+//! policies govern it.
 
 use serde_json::{json, Value};
 
@@ -75,13 +80,14 @@ fn administrator(roles: &Roles) -> Vec<Value> {
 /// allowed to generate data keys with a reserved context.
 fn guards(roles: &Roles, pcr0: &[String]) -> Vec<Value> {
     vec![
-        json!({"Sid": "Nobody reopens the policy, grants, or re-encrypts custody ciphertexts",
+        json!({"Sid": "Nobody reopens the policy, grants, re-encrypts, replicates or replaces the key material",
                "Effect": "Deny", "Principal": {"AWS": "*"},
-               "Action": ["kms:PutKeyPolicy", "kms:CreateGrant", "kms:ReEncrypt*"], "Resource": "*"}),
-        json!({"Sid": "Custody data keys only for a trusted enclave image",
-               "Effect": "Deny", "Principal": {"AWS": "*"}, "Action": ["kms:GenerateDataKey*"], "Resource": "*",
-               "Condition": {"ForAnyValue:StringLike": {"kms:EncryptionContextKeys": "nekms:*"},
-                             "StringNotEqualsIgnoreCase": {"kms:RecipientAttestation:ImageSha384": pcr0}}}),
+               "Action": ["kms:PutKeyPolicy", "kms:CreateGrant", "kms:ReEncrypt*", "kms:ReplicateKey", "kms:ImportKeyMaterial",
+                          "kms:UpdatePrimaryRegion"],
+               "Resource": "*"}),
+        json!({"Sid": "Nothing decrypts or makes data keys outside a trusted enclave image, whatever a grant says",
+               "Effect": "Deny", "Principal": {"AWS": "*"}, "Action": ["kms:Decrypt", "kms:GenerateDataKey*"], "Resource": "*",
+               "Condition": {"StringNotEqualsIgnoreCase": {"kms:RecipientAttestation:ImageSha384": pcr0}}}),
         json!({"Sid": "Reserved-context Encrypt only as an import",
                "Effect": "Deny", "Principal": {"AWS": "*"}, "Action": "kms:Encrypt", "Resource": "*",
                "Condition": {"ForAnyValue:StringLike": {"kms:EncryptionContextKeys": "nekms:*"},
@@ -93,12 +99,12 @@ fn guards(roles: &Roles, pcr0: &[String]) -> Vec<Value> {
     ]
 }
 
-/// Step 3 for custody: the images `pcr0` (hex; one or more) may decrypt,
-/// generate data keys and random bytes, through the instance role.
+/// Step 3 for custody: the images `pcr0` (hex; one or more) may decrypt and
+/// generate data keys, through the instance role.
 pub fn custody(roles: &Roles, pcr0: &[String]) -> Value {
     let mut statements = vec![json!({
         "Sid": "Only inside a trusted enclave image", "Effect": "Allow", "Principal": {"AWS": roles.instance},
-        "Action": ["kms:Decrypt", "kms:GenerateDataKey", "kms:GenerateRandom"], "Resource": "*",
+        "Action": ["kms:Decrypt", "kms:GenerateDataKey"], "Resource": "*",
         "Condition": {"StringEqualsIgnoreCase": {"kms:RecipientAttestation:ImageSha384": pcr0}}
     })];
     statements.extend(administrator(roles));
@@ -106,8 +112,8 @@ pub fn custody(roles: &Roles, pcr0: &[String]) -> Value {
     json!({"Version": "2012-10-17", "Statement": statements})
 }
 
-/// Step 3 for the two-enclave flow: GenerateDataKey and GenerateRandom only
-/// for the generator's PCR0/1/2, Decrypt only for the signer's. One Deny per
+/// Step 3 for the two-enclave flow: GenerateDataKey only for the
+/// generator's PCR0/1/2, Decrypt only for the signer's. One Deny per
 /// PCR: KMS ANDs the keys of one condition, so a single statement naming
 /// PCR0/1/2 would let another image with the same kernel (PCR1) through.
 pub fn two_enclaves(roles: &Roles, generator: [String; 3], signer: [String; 3]) -> Value {
@@ -122,12 +128,12 @@ pub fn two_enclaves(roles: &Roles, generator: [String; 3], signer: [String; 3]) 
     };
     let mut statements = vec![json!({
         "Sid": "Instance role, within the Deny statements below", "Effect": "Allow", "Principal": {"AWS": roles.instance},
-        "Action": ["kms:GenerateDataKey", "kms:GenerateRandom", "kms:Decrypt"], "Resource": "*"
+        "Action": ["kms:GenerateDataKey", "kms:Decrypt"], "Resource": "*"
     })];
     statements.extend(administrator(roles));
-    statements.extend(deny(json!(["kms:GenerateDataKey", "kms:GenerateRandom"]), &generator));
+    statements.extend(deny(json!("kms:GenerateDataKey"), &generator));
     statements.extend(deny(json!("kms:Decrypt"), &signer));
-    statements.extend(guards(roles, &[generator[0].clone()]));
+    statements.extend(guards(roles, &[generator[0].clone(), signer[0].clone()]));
     json!({"Version": "2012-10-17", "Statement": statements})
 }
 
@@ -159,7 +165,7 @@ mod tests {
                 assert!(!allowed.contains(&forbidden.to_owned()), "{forbidden}");
             }
             let denied = actions(&policy, "Deny", &roles.admin);
-            for a in ["kms:PutKeyPolicy", "kms:CreateGrant", "kms:ReEncrypt*"] {
+            for a in ["kms:PutKeyPolicy", "kms:CreateGrant", "kms:ReEncrypt*", "kms:ReplicateKey", "kms:Decrypt"] {
                 assert!(denied.contains(&a.to_owned()), "{a} denied to everyone");
             }
         }

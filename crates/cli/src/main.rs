@@ -69,6 +69,9 @@ enum Command {
     /// The key store (create the DynamoDB table)
     #[command(subcommand)]
     Store(cmd::key::StoreCommand),
+    /// The custody key's policies: the bootstrap one, and the final one naming the measured image
+    #[command(subcommand)]
+    Policy(cmd::policy::Command),
     /// Measure nekms against a reference measured in the same run
     #[command(subcommand)]
     Bench(cmd::bench::Command),
@@ -78,6 +81,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(a) => cmd::demo::run(a),
+        Command::Policy(c) => cmd::policy::run(c),
         Command::Dev(c) => cmd::dev::run(c),
         Command::Pcr(c) => cmd::pcr::run(c),
         Command::Attest(c) => cmd::attest::run(c),

@@ -63,6 +63,9 @@ pub struct EnclaveArgs {
     pub parent_decrypt_keys: Vec<String>,
     #[arg(skip)]
     #[serde(default)]
+    pub allow_import: bool,
+    #[arg(skip)]
+    #[serde(default)]
     pub attestation_root: Option<PathBuf>,
 }
 
@@ -77,10 +80,15 @@ pub struct TrustArgs {
     /// accepts on records, besides its own (the two-enclave flow).
     pub origin_pcr0: Vec<String>,
     /// Whether Decrypt/GenerateDataKey for the parent (kmstool's service,
-    /// the RPC's generic calls, the cli verbs) are offered [default: true].
+    /// the RPC's generic calls, the cli verbs) are offered [default: only
+    /// when no custody key is pinned].
     pub parent_decrypt: Option<bool>,
     /// If not empty, the only KMS keys (ARNs) parent decryption may use.
     pub parent_decrypt_keys: Vec<String>,
+    /// Whether ImportKey is offered and imported records are opened
+    /// [default: false]: an imported key is as secret as its administrator
+    /// kept it, and the administrator may import at will.
+    pub allow_import: bool,
     /// PEM root(s) that origin documents must chain to [default: the AWS
     /// Nitro Enclaves root, or the development root for a simulated NSM].
     pub attestation_root: Option<PathBuf>,
@@ -134,6 +142,7 @@ impl EnclaveArgs {
                 origin_pcr0: file.origin_pcr0,
                 parent_decrypt: file.parent_decrypt,
                 parent_decrypt_keys: file.parent_decrypt_keys,
+                allow_import: file.allow_import,
                 attestation_root: file.attestation_root,
             },
             config_file: None,

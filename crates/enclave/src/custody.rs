@@ -188,13 +188,17 @@ impl Enclave {
     pub async fn import_key(&self, req: ImportKey) -> Result<KeyRecord, RpcError> {
         check_key_id(&req.key_id).map_err(key_error)?;
         check_nonce(&req.nonce)?;
+        self.trust.check_import()?;
+        let Some(spec) = req.spec else {
+            return Err(RpcError::bad_request("ImportKey requires the key's spec: the import context binds it (nekms:key-spec)"));
+        };
         let source = self.trust.custody_key(req.ciphertext_key_id.as_deref().or(req.kms_key_id.as_deref()))?;
-        let context = import_context(&req.key_id, &req.ciphertext_context).map_err(|e| RpcError::refused(e.to_string()))?;
+        let context = import_context(&req.key_id, spec, &req.ciphertext_context).map_err(|e| RpcError::refused(e.to_string()))?;
         let material = self.kms.decrypt_under(&req.ciphertext, &context, Some(source.as_str())).await.map_err(|e| {
             let mut err = kms_error(e);
             if matches!(err.kms_code.as_deref(), Some("InvalidCiphertextException" | "IncorrectKeyException")) {
                 err.message = format!(
-                    "rule import-ciphertext: KMS refused this ciphertext with the import context {{nekms:purpose=import, nekms:key-id={}}} under {source}; \
+                    "rule import-ciphertext: KMS refused this ciphertext with the import context {{nekms:purpose=import, nekms:key-id={}, nekms:key-spec={spec}}} under {source}; \
                      import takes only ciphertexts made for it (nekms key encrypt-for-import): {}",
                     req.key_id, err.message
                 );
@@ -202,7 +206,7 @@ impl Enclave {
             err
         })?;
         self.trust.check_answered(source, &material.key_id)?;
-        let private = parse_private_key(&material.plaintext, req.spec).map_err(key_error)?;
+        let private = parse_private_key(&material.plaintext, Some(spec)).map_err(key_error)?;
         drop(material);
         let data_key = self.data_key_for(&req.key_id, private.spec(), Origin::Imported, req.kms_key_id.as_deref(), &req.encryption_context).await?;
         self.seal_new(&private, &req.key_id, data_key, Origin::Imported, req.nonce)

@@ -144,6 +144,9 @@ pub async fn handle(message: &[u8], enclave: &Enclave) -> Value {
     match parse(message) {
         Err(e) => error(e),
         Ok(Command::SetClient { access_key_id, secret_access_key, session_token, region }) => {
+            if let Some(Err(e)) = region.as_deref().map(crate::check_region) {
+                return error(format!("AwsRegion: {e}"));
+            }
             enclave.set_credentials(access_key_id, secret_access_key, session_token, region, None);
             json!({"Status": "Ok"})
         }

@@ -49,7 +49,7 @@ impl Enclave {
         let kms = EnclaveKms::new(nsm.clone(), http, config.kms_endpoint.clone())?;
         let own_pcr0 = nsm.describe_pcr(0).map_err(|e| anyhow::anyhow!("reading PCR0: {e}"))?.value;
         let verifier = origin_verifier(&*nsm, config)?;
-        let trust = trust::Trust::new(&config.trust, own_pcr0, verifier).map_err(|e| anyhow::anyhow!("the enclave's configuration: {e}"))?;
+        let trust = trust::Trust::new(&config.trust, own_pcr0, verifier, nsm.is_simulated()).map_err(|e| anyhow::anyhow!("the enclave's configuration: {e}"))?;
         // The custody keys fix the region; a configured one must agree.
         let region = match (trust.region(), &config.region) {
             (Some(pinned), Some(given)) if pinned != given => {
@@ -84,6 +84,16 @@ impl Enclave {
         let region = self.region.clone().or(region).unwrap_or_else(|| "us-east-1".into());
         self.kms.set_credentials(Credentials { access_key_id, secret_access_key, session_token, region, expiration });
         self.credentials_info().expect("credentials were just set")
+    }
+}
+
+/// A region name as AWS spells them (`eu-west-1`): it becomes part of the KMS
+/// endpoint's host name, so nothing else is accepted from the parent.
+pub fn check_region(region: &str) -> Result<(), String> {
+    if !region.is_empty() && region.len() <= 32 && region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        Ok(())
+    } else {
+        Err(format!("{region:?} is not a region name (lowercase letters, digits and -)"))
     }
 }
 

@@ -136,6 +136,9 @@ impl Enclave {
         if update.access_key_id.is_empty() || update.secret_access_key.expose().is_empty() {
             return Err(RpcError::bad_request("SetCredentials requires an access key id and a secret access key"));
         }
+        if let Some(r) = &update.region {
+            crate::check_region(r).map_err(RpcError::bad_request)?;
+        }
         let expiration = update.expiration.map(|s| UNIX_EPOCH + Duration::from_secs(s));
         if expiration.is_some_and(|e| e <= SystemTime::now()) {
             return Err(RpcError::new(ErrorCode::CredentialsExpired, "these credentials have already expired"));

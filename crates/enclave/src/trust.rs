@@ -14,7 +14,10 @@
 //!   casing ([`nekms_keys::context`]), and refuses ciphertexts under a
 //!   custody key whatever their context.
 //! - **parent-decrypt**: the configuration can turn those paths off, or
-//!   limit them to listed KMS keys.
+//!   limit them to listed KMS keys; with custody keys pinned they are off
+//!   unless the configuration turns them on.
+//! - **import-disabled**: ImportKey, and opening imported records, only when
+//!   the configuration allows imports.
 //! - **provenance**: a record is opened only if its origin document verifies
 //!   (chain to the pinned root at the document's time), was made by this
 //!   image or one the configuration trusts (PCR0), carries no public key,
@@ -49,6 +52,9 @@ impl FromStr for KmsKeyArn {
         let bad = || format!("{s:?} is not a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID); pin keys by ARN, never by alias");
         let [arn, partition, service, region, account, resource] = parts[..] else { return Err(bad()) };
         let key_id = resource.strip_prefix("key/").ok_or_else(bad)?;
+        if key_id.starts_with("mrk-") {
+            return Err(format!("{s:?} is a multi-Region key: a replica in another Region could be given another policy; pin a single-Region key"));
+        }
         let ok = arn == "arn"
             && partition.starts_with("aws")
             && service == "kms"
@@ -94,6 +100,7 @@ pub struct Trust {
     origin_pcr0: Vec<Pcr48>,
     parent_decrypt: bool,
     parent_decrypt_keys: Vec<KmsKeyArn>,
+    allow_import: bool,
     verifier: Verifier,
 }
 
@@ -107,8 +114,9 @@ fn rejected(message: String) -> RpcError {
 
 impl Trust {
     /// Parse the settings; `own_pcr0` is this enclave's, `verifier` trusts
-    /// the root origin documents must chain to.
-    pub fn new(args: &TrustArgs, own_pcr0: Pcr48, verifier: Verifier) -> Result<Trust, String> {
+    /// the root origin documents must chain to. `simulated`: a development
+    /// NSM, whose debug mode (zero PCRs) may still run custody for tests.
+    pub fn new(args: &TrustArgs, own_pcr0: Pcr48, verifier: Verifier, simulated: bool) -> Result<Trust, String> {
         let arns = |list: &[String], what: &str| -> Result<Vec<KmsKeyArn>, String> {
             list.iter().map(|s| s.parse::<KmsKeyArn>().map_err(|e| format!("{what}: {e}"))).collect()
         };
@@ -120,11 +128,16 @@ impl Trust {
         for hex in &args.origin_pcr0 {
             origin_pcr0.push(hex.parse::<Pcr48>().map_err(|e| format!("origin-pcr0 {hex:?}: {e}"))?);
         }
+        // A zero PCR0 is a debug-mode enclave: any debug image anywhere reports it.
+        if !simulated && !custody.is_empty() && origin_pcr0.contains(&Pcr48::ZERO) {
+            return Err("PCR0 is all zero (a debug-mode enclave, or origin-pcr0 naming one): every debug-mode image reports it, so custody is refused".into());
+        }
         let parent_decrypt_keys = arns(&args.parent_decrypt_keys, "parent-decrypt-keys")?;
         if let Some(k) = parent_decrypt_keys.iter().find(|k| custody.contains(k)) {
             return Err(format!("parent-decrypt-keys names {k}, a custody key; custody keys never serve parent decryption"));
         }
-        Ok(Trust { custody, origin_pcr0, parent_decrypt: args.parent_decrypt.unwrap_or(true), parent_decrypt_keys, verifier })
+        let parent_decrypt = args.parent_decrypt.unwrap_or(custody.is_empty());
+        Ok(Trust { custody, origin_pcr0, parent_decrypt, parent_decrypt_keys, allow_import: args.allow_import, verifier })
     }
 
     /// The region the custody keys imply, if any are pinned.
@@ -142,6 +155,19 @@ impl Trust {
 
     pub fn parent_decrypt(&self) -> (bool, &[KmsKeyArn]) {
         (self.parent_decrypt, &self.parent_decrypt_keys)
+    }
+
+    pub fn allow_import(&self) -> bool {
+        self.allow_import
+    }
+
+    /// ImportKey is offered only when the configuration allows imports.
+    pub fn check_import(&self) -> Result<(), RpcError> {
+        if self.allow_import {
+            Ok(())
+        } else {
+            Err(refused("rule import-disabled: this enclave's configuration does not allow imports (allow-import = true)".into()))
+        }
     }
 
     fn is_custody(&self, id: &str) -> bool {
@@ -194,6 +220,9 @@ impl Trust {
     /// After KMS answered a plaintext-returning call for a caller, before the
     /// plaintext leaves: the key that released it.
     pub fn check_parent_answer(&self, answered: &str) -> Result<(), RpcError> {
+        if answered.is_empty() {
+            return Err(refused("rule custody-key: KMS did not say which key released this; nothing was returned".into()));
+        }
         if self.is_custody(answered) {
             return Err(refused(format!("rule custody-key: the ciphertext is under {answered}, a custody KMS key; nothing under it is ever decrypted for the parent")));
         }
@@ -213,6 +242,9 @@ impl Trust {
                 record.kms_key_id
             ))
         })?;
+        if record.origin == nekms_keys::Origin::Imported && !self.allow_import {
+            return Err(rejected(format!("rule import-disabled: key record {id} was imported, and this enclave's configuration does not allow imported keys")));
+        }
         nekms_keys::origin::verify_origin(record, &self.verifier, &self.origin_pcr0).map_err(|e| rejected(e.to_string()))?;
         Ok(pinned)
     }
@@ -226,14 +258,14 @@ mod tests {
 
     fn trust(custody: &[&str]) -> Trust {
         let args = TrustArgs { custody_kms_keys: custody.iter().map(|s| s.to_string()).collect(), ..Default::default() };
-        Trust::new(&args, Pcr48::ZERO, Verifier::aws()).unwrap()
+        Trust::new(&args, Pcr48::ZERO, Verifier::aws(), true).unwrap()
     }
 
     #[test]
     fn key_arns_are_parsed_strictly() {
         let k: KmsKeyArn = ARN.parse().unwrap();
         assert_eq!((k.region(), k.account()), ("eu-west-1", "111122223333"));
-        for bad in ["alias/custody", "1234abcd", "arn:aws:kms:eu-west-1:111122223333:alias/x", "arn:aws:s3:eu-west-1:111122223333:key/x", "arn:aws:kms::111122223333:key/x"] {
+        for bad in ["arn:aws:kms:eu-west-1:111122223333:key/mrk-1234abcd", "alias/custody", "1234abcd", "arn:aws:kms:eu-west-1:111122223333:alias/x", "arn:aws:s3:eu-west-1:111122223333:key/x", "arn:aws:kms::111122223333:key/x"] {
             assert!(bad.parse::<KmsKeyArn>().is_err(), "{bad}");
         }
     }
@@ -254,7 +286,8 @@ mod tests {
 
     #[test]
     fn the_parent_never_decrypts_under_custody_keys_or_reserved_contexts() {
-        let t = trust(&[ARN]);
+        let t = Trust::new(&TrustArgs { custody_kms_keys: vec![ARN.into()], parent_decrypt: Some(true), ..Default::default() }, Pcr48::ZERO, Verifier::aws(), true).unwrap();
+        assert!(t.check_parent_answer("").is_err(), "an answer naming no key is refused");
         let ctx = |k: &str| BTreeMap::from([(k.to_owned(), "v".to_owned())]);
         assert!(t.check_parent_request(&ctx("app"), None).is_ok());
         for k in ["nekms:key-id", "NEKMS:KEY-ID", "Nekms:purpose"] {
@@ -269,15 +302,34 @@ mod tests {
     fn parent_decryption_can_be_turned_off_or_limited() {
         let other = "arn:aws:kms:eu-west-1:111122223333:key/other";
         let off = TrustArgs { parent_decrypt: Some(false), ..Default::default() };
-        let t = Trust::new(&off, Pcr48::ZERO, Verifier::aws()).unwrap();
+        let t = Trust::new(&off, Pcr48::ZERO, Verifier::aws(), true).unwrap();
         assert!(t.check_parent_request(&BTreeMap::new(), None).unwrap_err().message.contains("parent-decrypt"));
         let listed = TrustArgs { parent_decrypt_keys: vec![other.into()], ..Default::default() };
-        let t = Trust::new(&listed, Pcr48::ZERO, Verifier::aws()).unwrap();
+        let t = Trust::new(&listed, Pcr48::ZERO, Verifier::aws(), true).unwrap();
         assert!(t.check_parent_answer(other).is_ok());
         assert!(t.check_parent_answer("arn:aws:kms:eu-west-1:111122223333:key/third").is_err());
         let both = TrustArgs { custody_kms_keys: vec![ARN.into()], parent_decrypt_keys: vec![ARN.into()], ..Default::default() };
-        assert!(Trust::new(&both, Pcr48::ZERO, Verifier::aws()).is_err(), "a custody key never serves the parent");
+        assert!(Trust::new(&both, Pcr48::ZERO, Verifier::aws(), true).is_err(), "a custody key never serves the parent");
         let mixed = TrustArgs { custody_kms_keys: vec![ARN.into(), "arn:aws:kms:us-east-1:111122223333:key/x".into()], ..Default::default() };
-        assert!(Trust::new(&mixed, Pcr48::ZERO, Verifier::aws()).is_err());
+        assert!(Trust::new(&mixed, Pcr48::ZERO, Verifier::aws(), true).is_err());
+    }
+}
+
+#[cfg(test)]
+mod more_tests {
+    use super::*;
+
+    const ARN: &str = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+
+    #[test]
+    fn custody_turns_parent_decryption_off_unless_configured_and_debug_images_are_refused() {
+        let custody = TrustArgs { custody_kms_keys: vec![ARN.into()], ..Default::default() };
+        let t = Trust::new(&custody, Pcr48([1; 48]), Verifier::aws(), false).unwrap();
+        assert!(!t.parent_decrypt().0, "custody pinned: off by default");
+        assert!(Trust::new(&TrustArgs::default(), Pcr48([1; 48]), Verifier::aws(), false).unwrap().parent_decrypt().0);
+        assert!(Trust::new(&custody, Pcr48::ZERO, Verifier::aws(), false).err().expect("refused").contains("debug-mode"));
+        let zero_origin = TrustArgs { origin_pcr0: vec!["00".repeat(48)], ..custody.clone() };
+        assert!(Trust::new(&zero_origin, Pcr48([1; 48]), Verifier::aws(), false).is_err());
+        assert!(t.check_import().unwrap_err().message.contains("import-disabled"));
     }
 }

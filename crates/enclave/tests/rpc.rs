@@ -120,7 +120,8 @@ const CUSTODY: &str = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_enclaves_rules_refuse_before_kms_is_asked() {
-    let e = enclave_with(b"image", &format!("custody-kms-keys = [\"{CUSTODY}\"]\n")).await;
+    // kmstool's service on, to see custody material refused on it anyway.
+    let e = enclave_with(b"image", &format!("custody-kms-keys = [\"{CUSTODY}\"]\nparent-decrypt = true\n")).await;
     let d = e.client.describe().await.unwrap();
     let trust = d.trust.unwrap();
     assert_eq!(trust.custody_kms_keys, vec![CUSTODY.to_owned()]);
@@ -161,6 +162,23 @@ async fn the_enclaves_rules_refuse_before_kms_is_asked() {
     // The pinned key itself gets as far as KMS, which has no credentials yet.
     assert_eq!(e.client.generate_key(generate(None)).await.unwrap_err().remote().unwrap().code, ErrorCode::NoCredentials);
     assert!(e.client.describe().await.is_ok(), "the enclave keeps serving");
+
+    // With custody keys and nothing said, the parent paths are off; imports too.
+    let default = enclave_with(b"image", &format!("custody-kms-keys = [\"{CUSTODY}\"]\n")).await;
+    let err = default.client.decrypt(vec![1; 40], Default::default(), None).await.unwrap_err();
+    assert!(err.remote().unwrap().message.contains("rule parent-decrypt"), "{err}");
+    let import = nekms_rpc::ImportKey {
+        key_id: "k".into(),
+        spec: Some(nekms_keys::KeySpec::P256),
+        kms_key_id: None,
+        ciphertext: vec![1; 40],
+        ciphertext_context: Default::default(),
+        ciphertext_key_id: None,
+        encryption_context: Default::default(),
+        nonce: None,
+    };
+    let err = default.client.import_key(import).await.unwrap_err();
+    assert!(err.remote().unwrap().message.contains("rule import-disabled"), "{err}");
 
     // Without custody keys, custody is off.
     let plain = enclave(b"image").await;

@@ -81,13 +81,15 @@ pub fn record_context(key_id: &str, spec: KeySpec, origin: Origin, extra: &BTree
     Ok(context)
 }
 
-/// The context of an import ciphertext made for the record `key_id`, plus
+/// The context of an import ciphertext made for the record `key_id` of
+/// `spec` (so one secret cannot be imported as keys of several kinds), plus
 /// the administrator's own (non-reserved) entries.
-pub fn import_context(key_id: &str, extra: &BTreeMap<String, String>) -> Result<BTreeMap<String, String>, ContextError> {
+pub fn import_context(key_id: &str, spec: KeySpec, extra: &BTreeMap<String, String>) -> Result<BTreeMap<String, String>, ContextError> {
     check_caller_context(extra)?;
     let mut context = extra.clone();
     context.insert(PURPOSE.into(), PURPOSE_IMPORT.into());
     context.insert(KEY_ID.into(), key_id.into());
+    context.insert(KEY_SPEC.into(), spec.as_str().into());
     Ok(context)
 }
 
@@ -153,8 +155,8 @@ mod tests {
     fn the_enclave_contexts_bind_their_purpose() {
         let r = record_context("a", KeySpec::P256, Origin::Generated, &ctx(&[("app", "x")])).unwrap();
         assert_eq!(r, ctx(&[("app", "x"), (KEY_ID, "a"), (KEY_SPEC, "p256"), (ORIGIN, "generated")]));
-        let i = import_context("a", &BTreeMap::new()).unwrap();
-        assert_eq!(i, ctx(&[(KEY_ID, "a"), (PURPOSE, "import")]));
+        let i = import_context("a", KeySpec::Ed25519, &BTreeMap::new()).unwrap();
+        assert_eq!(i, ctx(&[(KEY_ID, "a"), (KEY_SPEC, "ed25519"), (PURPOSE, "import")]));
         assert!(record_context("a", KeySpec::P256, Origin::Imported, &ctx(&[("NEKMS:origin", "generated")])).is_err());
     }
 

@@ -424,6 +424,9 @@ struct ImportBody {
 async fn import_key(State(state): State<Shared>, Extension(caller): Extension<Caller>, Json(b): Json<ImportBody>) -> Result<Response, ApiError> {
     allowed(&caller, &b.name, true)?;
     let spec = b.spec.as_deref().map(|s| s.parse::<KeySpec>().map_err(|e| ApiError::bad(e.to_string()))).transpose()?;
+    if spec.is_none() {
+        return Err(ApiError::bad("spec is required: the import ciphertext's context binds it (nekms:key-spec)"));
+    }
     let ciphertext = match (&b.ciphertext, &b.secret_id) {
         (Some(c), None) => B64.decode(c.trim()).map_err(|_| ApiError::bad("ciphertext must be base64"))?,
         (None, Some(id)) => super::key::ciphertext_from_secret(id, state.secrets_endpoint.as_deref())
@@ -747,7 +750,7 @@ pub fn openapi() -> Value {
                 "entropy": {"type": "string", "enum": ["nsm", "kms"]},
                 "encryption_context": {"type": "object", "additionalProperties": {"type": "string"}},
                 "nonce": {"type": "string", "pattern": "^([0-9a-f]{2}){0,64}$"}}},
-            "ImportKey": {"type": "object", "required": ["name"], "additionalProperties": false, "properties": {
+            "ImportKey": {"type": "object", "required": ["name", "spec"], "additionalProperties": false, "properties": {
                 "name": {"type": "string", "pattern": "^[A-Za-z0-9._:@-]{1,128}$"},
                 "spec": {"type": "string", "enum": ["secp256k1", "ed25519", "p256", "p384", "rsa2048", "rsa3072", "rsa4096"]},
                 "kms_key_id": {"type": "string", "minLength": 1, "maxLength": 2048},

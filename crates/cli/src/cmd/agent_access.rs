@@ -59,20 +59,39 @@ impl Caller {
         Caller { name: name.to_owned(), keys: vec!["*".into()], manage: true }
     }
 
-    /// Whether this caller may use (or, with `manage`, create) key `name`.
+    /// Whether this caller may use (or, with `manage`, create) key `name`
+    /// (a valid key name: at most 128 characters).
     pub fn may_use(&self, name: &str) -> bool {
-        self.keys.iter().any(|g| glob(g.as_bytes(), name.as_bytes()))
+        nekms_keys::record::check_key_id(name).is_ok() && self.keys.iter().any(|g| glob(g.as_bytes(), name.as_bytes()))
     }
 }
 
+/// `*` and `?` wildcards, in linear time (the last `*` is the only one
+/// ever backtracked to), so no pattern or name makes a caller slow.
 fn glob(pattern: &[u8], text: &[u8]) -> bool {
-    match (pattern.first(), text.first()) {
-        (None, None) => true,
-        (Some(b'*'), _) => glob(&pattern[1..], text) || (!text.is_empty() && glob(pattern, &text[1..])),
-        (Some(b'?'), Some(_)) => glob(&pattern[1..], &text[1..]),
-        (Some(p), Some(t)) if p == t => glob(&pattern[1..], &text[1..]),
-        _ => false,
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p, t));
+                p += 1;
+            }
+            Some(c) if *c == b'?' || *c == text[t] => {
+                p += 1;
+                t += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    p = sp + 1;
+                    t = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
     }
+    pattern[p..].iter().all(|c| *c == b'*')
 }
 
 /// The callers, by token digest and by uid.
@@ -80,8 +99,9 @@ fn glob(pattern: &[u8], text: &[u8]) -> bool {
 pub struct Access {
     tokens: Vec<([u8; 32], Caller)>,
     uids: Vec<(u32, Caller)>,
-    /// The agent's own uid: a full caller over the Unix socket.
-    owner: u32,
+    /// The agent's own uid: a full caller over the Unix socket when no
+    /// access file says who the callers are.
+    owner: Option<u32>,
 }
 
 /// A secret file must not be readable (or writable) by group or others.
@@ -116,7 +136,7 @@ impl Access {
             bail!("access file {} is writable by group or others (mode {:o})", path.display(), meta.mode() & 0o777);
         }
         let file: AccessFile = toml::from_str(&std::fs::read_to_string(path)?).with_context(|| format!("access file {}", path.display()))?;
-        let mut access = Access { owner: nix::unistd::getuid().as_raw(), ..Default::default() };
+        let mut access = Access::default();
         for c in file.client {
             let caller = Caller { name: c.name.clone(), keys: c.keys.clone(), manage: c.manage };
             match (&c.token_file, c.uid) {
@@ -150,7 +170,7 @@ impl Access {
             f.write_all(b"\n")?;
         }
         let digest = read_token(path)?;
-        Ok(Access { tokens: vec![(digest, Caller::everything("token"))], uids: vec![], owner: nix::unistd::getuid().as_raw() })
+        Ok(Access { tokens: vec![(digest, Caller::everything("token"))], uids: vec![], owner: Some(nix::unistd::getuid().as_raw()) })
     }
 
     /// The caller a bearer token names.
@@ -168,7 +188,7 @@ impl Access {
 
     /// The caller a Unix peer's uid names.
     pub fn by_uid(&self, uid: u32) -> Option<Caller> {
-        self.uids.iter().find(|(u, _)| *u == uid).map(|(_, c)| c.clone()).or_else(|| (uid == self.owner).then(|| Caller::everything("owner")))
+        self.uids.iter().find(|(u, _)| *u == uid).map(|(_, c)| c.clone()).or_else(|| (Some(uid) == self.owner).then(|| Caller::everything("owner")))
     }
 }
 
@@ -201,6 +221,15 @@ mod tests {
         let c = Caller { name: "w".into(), keys: vec!["wallet-*".into(), "k?".into()], manage: false };
         assert!(c.may_use("wallet-1") && c.may_use("k1"));
         assert!(!c.may_use("validator") && !c.may_use("k10") && !c.may_use("wallet"));
+        let star = Caller { name: "s".into(), keys: vec!["a*b*c*d*e*f*g*h*z".into(), "*x*".into()], manage: false };
+        let long = "a".repeat(128);
+        let started = std::time::Instant::now();
+        assert!(!star.may_use(&long) && star.may_use("axe"));
+        assert!(started.elapsed() < std::time::Duration::from_millis(50), "no exponential backtracking");
+        assert!(!Caller::everything("all").may_use(&"a".repeat(129)), "not a key name");
+        for (p, t, want) in [("*", "", true), ("a*", "a", true), ("*a", "ba", true), ("a?c", "abc", true), ("a?c", "ac", false), ("**b", "ab", true)] {
+            assert_eq!(glob(p.as_bytes(), t.as_bytes()), want, "{p} {t}");
+        }
     }
 
     #[test]

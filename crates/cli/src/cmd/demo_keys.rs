@@ -135,7 +135,8 @@ pub async fn lockout_and_tmkms(dir: &DevDir, local: &InProcessKms, image: &Path,
         &local.target(dir, "admin")?,
         "nekms demo: lock-out",
         |arn| {
-            let config = trust_toml(&[arn], &[]);
+            // kmstool's service stays on, to show custody material refused on it anyway.
+            let config = trust_toml(&[arn], &[]) + "allow-import = true\nparent-decrypt = true\n";
             let m = Measurement::of_image(&binary, Some(config.as_bytes()));
             Ok((config, m))
         },
@@ -152,10 +153,11 @@ pub async fn lockout_and_tmkms(dir: &DevDir, local: &InProcessKms, image: &Path,
 
     // A well-known test key (Ganache's first account); use your own seed in real life.
     let seed = b"0x4f3edf983ac636a65a842ce7c78d9aa706d3b113bce9c46f30d7d21715b23b1d";
-    let context = import_context("lockout", &Default::default())?;
+    let context = import_context("lockout", KeySpec::Secp256k1, &Default::default())?;
     let ct = admin.call("Encrypt", &json!({"KeyId": key, "Plaintext": B64.encode(seed), "EncryptionContext": context})).await?;
     let blob = ct["CiphertextBlob"].as_str().context("Encrypt gave no CiphertextBlob")?.to_owned();
-    println!("    the administrator encrypted a seed for import ({PURPOSE}={PURPOSE_IMPORT}, {KEY_ID}=lockout), as nekms key encrypt-for-import does");
+    println!("    the administrator encrypted a seed for import ({PURPOSE}={PURPOSE_IMPORT}, {KEY_ID}=lockout, nekms:key-spec=secp256k1), as nekms key encrypt-for-import does");
+    println!("      (this enclave's measured configuration says allow-import = true, and keeps kmstool's decrypt service on)");
     let (_, v) = root.call_raw("Decrypt", &json!({"CiphertextBlob": blob, "EncryptionContext": context})).await?;
     println!("    the account root decrypting it      -> refused: {}", v["__type"].as_str().unwrap_or("?"));
     let (_, v) = instance.call_raw("Decrypt", &json!({"CiphertextBlob": blob, "EncryptionContext": context})).await?;
@@ -219,7 +221,7 @@ pub async fn lockout_and_tmkms(dir: &DevDir, local: &InProcessKms, image: &Path,
 
     // tmkms: `tmkms softsign keygen` writes base64 of the Ed25519 seed.
     let softsign = B64.encode([0x5au8; 32]);
-    let context = import_context("validator", &Default::default())?;
+    let context = import_context("validator", KeySpec::Ed25519, &Default::default())?;
     let ct = admin.call("Encrypt", &json!({"KeyId": key, "Plaintext": B64.encode(softsign.as_bytes()), "EncryptionContext": context})).await?;
     let blob = ct["CiphertextBlob"].as_str().context("Encrypt gave no CiphertextBlob")?.to_owned();
     let record = e.client.import_key(import("validator", KeySpec::Ed25519, &blob)).await?;

@@ -82,9 +82,9 @@ pub enum KeyCommand {
         store: StoreArg,
         #[arg(long)]
         name: String,
-        /// Required for raw secrets (32 bytes could be secp256k1, ed25519 or p256)
+        /// The key's spec, as given to encrypt-for-import (the import context binds it)
         #[arg(long)]
-        spec: Option<KeySpec>,
+        spec: KeySpec,
         /// A custody KMS key pinned in the enclave's configuration [default: the only one]
         #[arg(long, value_name = "KMS_KEY")]
         kms_key: Option<String>,
@@ -295,15 +295,17 @@ pub struct VerifyArgs {
     signature_file: Option<PathBuf>,
 }
 
-/// What an origin document must chain to and come from.
+/// What an origin document must chain to and come from. The trusted images
+/// are given here, never asked of an enclave over the parent's channel,
+/// which root on the parent could answer itself.
 #[derive(clap::Args, Clone, Debug)]
 pub struct OriginArgs {
-    /// PCR0 (hex) of an enclave image trusted to make keys (repeatable) [default: the list the enclave reports, which trusts this machine]
-    #[arg(long = "pcr0", value_name = "HEX")]
+    /// PCR0 (hex) of an enclave image trusted to make keys (repeatable; `nekms enclave describe` or nitro-cli shows it)
+    #[arg(long = "pcr0", value_name = "HEX", required = true)]
     pcr0: Vec<String>,
-    /// The enclave to ask for its trusted PCR0 list when --pcr0 is not given
-    #[arg(long, env = "NEKMS_ENCLAVE", value_name = "CID|ADDR")]
-    enclave: Option<String>,
+    /// Accept imported keys too (their secret is as safe as the administrator who imported them kept it)
+    #[arg(long)]
+    allow_imported: bool,
     /// Trust this root certificate (PEM) instead of the AWS Nitro Enclaves Root-G1
     #[arg(long, value_name = "PEM", conflicts_with = "dev_root")]
     root: Option<PathBuf>,
@@ -316,20 +318,16 @@ pub struct OriginArgs {
 
 impl OriginArgs {
     /// Verify `r`'s origin document.
-    async fn verify(&self, r: &KeyRecord) -> anyhow::Result<nekms_keys::origin::Origin> {
+    fn verify(&self, r: &KeyRecord) -> anyhow::Result<nekms_keys::origin::Origin> {
         let verifier = match (&self.root, self.dev_root) {
             (Some(path), _) => nekms_attestation::Verifier::from_pem(&std::fs::read_to_string(path).with_context(|| path.display().to_string())?)?,
             (None, true) => nekms_attestation::Verifier::from_pem(&self.dir.resolve()?.root_pem()?)?,
             (None, false) => nekms_attestation::Verifier::aws(),
         };
-        let pcr0: Vec<String> = if !self.pcr0.is_empty() {
-            self.pcr0.clone()
-        } else {
-            let Some(enclave) = &self.enclave else { bail!("give the trusted images with --pcr0 HEX, or --enclave to ask the enclave for its list") };
-            let described = super::enclave::EnclaveArg { enclave: enclave.clone() }.connect().await?.describe().await?;
-            described.trust.map(|t| t.origin_pcr0).unwrap_or_default()
-        };
-        let trusted = pcr0.iter().map(|h| h.parse::<nekms_attestation::Pcr48>().with_context(|| format!("--pcr0 {h}"))).collect::<anyhow::Result<Vec<_>>>()?;
+        if r.origin == nekms_keys::Origin::Imported && !self.allow_imported {
+            bail!("rule import-disabled: key record {} was imported by an administrator; pass --allow-imported to accept imported keys", r.key_id);
+        }
+        let trusted = self.pcr0.iter().map(|h| h.parse::<nekms_attestation::Pcr48>().with_context(|| format!("--pcr0 {h}"))).collect::<anyhow::Result<Vec<_>>>()?;
         Ok(nekms_keys::origin::verify_origin(r, &verifier, &trusted)?)
     }
 }
@@ -337,13 +335,14 @@ impl OriginArgs {
 /// KMS Encrypt of `secret` for import as `name` (the administrator's side).
 async fn encrypt_for_import(
     name: &str,
+    spec: KeySpec,
     kms_key: &str,
     secret: &[u8],
     extra: &std::collections::BTreeMap<String, String>,
     endpoint: Option<&str>,
     profile: Option<&str>,
 ) -> anyhow::Result<Vec<u8>> {
-    let context = nekms_keys::context::import_context(name, extra)?;
+    let context = nekms_keys::context::import_context(name, spec, extra)?;
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
     if let Some(p) = profile {
         loader = loader.profile_name(p);
@@ -434,7 +433,8 @@ pub async fn ciphertext_from_secret(id: &str, endpoint: Option<&str>) -> anyhow:
         return Ok(b.as_ref().to_vec());
     }
     let s = out.secret_string().with_context(|| format!("secret {id} has neither SecretBinary nor SecretString"))?;
-    B64.decode(s.trim()).with_context(|| format!("secret {id}: SecretString is not base64 of a KMS ciphertext"))
+    // The decoder's error would quote the offending byte: say only what was wrong.
+    B64.decode(s.trim()).map_err(|_| anyhow::anyhow!("secret {id}: SecretString is not base64 of a KMS ciphertext"))
 }
 
 fn ciphertext_arg(file: &Option<PathBuf>, b64: &Option<String>) -> anyhow::Result<Option<Vec<u8>>> {
@@ -496,7 +496,7 @@ pub fn run_key(cmd: KeyCommand) -> anyhow::Result<()> {
                 };
                 let request = ImportKey {
                     key_id: name,
-                    spec,
+                    spec: Some(spec),
                     kms_key_id: kms_key,
                     ciphertext: blob,
                     ciphertext_context: nekms_enclave::app::encryption_context(&ciphertext_context)?,
@@ -514,14 +514,14 @@ pub fn run_key(cmd: KeyCommand) -> anyhow::Result<()> {
                     std::fs::read_to_string(&record).with_context(|| record.display().to_string())?
                 };
                 let r: KeyRecord = serde_json::from_str(&text).context("not a key record (JSON)")?;
-                let origin = origin.verify(&r).await.with_context(|| format!("key record {} was not added", r.key_id))?;
+                let origin = origin.verify(&r).with_context(|| format!("key record {} was not added", r.key_id))?;
                 store.open().await?.create(&r).await?;
                 println!("added {} (origin checked: made by the image with PCR0 {})", r.key_id, origin.pcr0);
                 Ok(())
             }
             KeyCommand::VerifyOrigin { store, name, origin, json } => {
                 let r = record(&store.open().await?, &name).await?;
-                let checked = origin.verify(&r).await?;
+                let checked = origin.verify(&r)?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&json!({"key_id": r.key_id, "origin_verified": true, "origin": r.origin, "document": checked}))?);
                 } else {
@@ -534,10 +534,10 @@ pub fn run_key(cmd: KeyCommand) -> anyhow::Result<()> {
             KeyCommand::EncryptForImport { name, spec, kms_key, key_file, context, out, endpoint_url, profile } => {
                 nekms_keys::record::check_key_id(&name)?;
                 let secret = zeroize::Zeroizing::new(std::fs::read(&key_file).with_context(|| key_file.display().to_string())?);
-                // Refuse now what the enclave would refuse at import.
-                nekms_keys::parse_private_key(&secret, spec)?;
+                // Refuse now what the enclave would refuse at import; the spec goes into the context.
+                let spec = nekms_keys::parse_private_key(&secret, spec)?.spec();
                 let extra = nekms_enclave::app::encryption_context(&context)?;
-                let blob = encrypt_for_import(&name, &kms_key, &secret, &extra, endpoint_url.as_deref(), profile.as_deref()).await?;
+                let blob = encrypt_for_import(&name, spec, &kms_key, &secret, &extra, endpoint_url.as_deref(), profile.as_deref()).await?;
                 match out {
                     Some(path) => {
                         std::fs::write(&path, &blob).with_context(|| path.display().to_string())?;
@@ -545,6 +545,7 @@ pub fn run_key(cmd: KeyCommand) -> anyhow::Result<()> {
                     }
                     None => println!("{}", B64.encode(&blob)),
                 }
+                eprintln!("import it with: nekms key import --name {name} --spec {spec} --ciphertext ...");
                 Ok(())
             }
             KeyCommand::List { store, json, page_size } => {

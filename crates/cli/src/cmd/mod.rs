@@ -13,6 +13,7 @@ pub mod enclave;
 pub mod key;
 pub mod kmstool;
 pub mod pcr;
+pub mod policy;
 pub mod proxy;
 pub mod up;
 

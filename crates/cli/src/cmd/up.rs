@@ -42,8 +42,12 @@ pub struct Args {
     #[arg(long, value_name = "ARN")]
     custody_kms_key: Option<String>,
     /// Turn off decryption for the parent (kmstool's service, RPC Decrypt/GenerateDataKey) in the enclave's configuration
+    /// (dev up turns it on for kmstool's flow; an enclave with custody keys has it off unless its configuration says otherwise)
     #[arg(long)]
     no_parent_decrypt: bool,
+    /// Do not allow imports (allow-import) in the enclave's configuration
+    #[arg(long)]
+    no_import: bool,
 }
 
 struct Supervised {
@@ -174,15 +178,25 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let configure = |arn: &str| -> anyhow::Result<nekms_nsm::measure::Measurement> {
         let mut text = String::from("# nekms-enclave's measured configuration, written by nekms dev up: PCR0 covers it.\n");
         text.push_str(&crate::enclave_path::trust_toml(&[arn], &[]));
-        if a.no_parent_decrypt {
-            text.push_str("parent-decrypt = false\n");
-        }
+        text.push_str(&format!("parent-decrypt = {}\n", !a.no_parent_decrypt));
+        text.push_str(&format!("allow-import = {}\n", !a.no_import));
         std::fs::write(&enclave_config, text)?;
         Ok(nekms_nsm::measure::Measurement::of_files(&image, Some(&enclave_config))?)
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let (custody_key, measurement) = match &a.custody_kms_key {
-        Some(arn) => (arn.clone(), configure(arn)?),
+        Some(arn) => {
+            // Reuse only a key whose policy in force is exactly the custody policy for this image.
+            let m = configure(arn)?;
+            let pcr0 = if a.debug_mode { nekms_attestation::Pcr48::ZERO } else { m.pcr0 };
+            let policy = crate::key_policy::custody(&crate::key_policy::Roles::standard(&config.account_id), &[pcr0.to_hex()]);
+            rt.block_on(async {
+                let mut conn = crate::kms_client::Conn::open(&admin).await?;
+                crate::enclave_path::check_custody_key(&mut conn, arn, &policy).await
+            })
+            .with_context(|| format!("--custody-kms-key {arn}"))?;
+            (arn.clone(), m)
+        }
         None => rt.block_on(crate::enclave_path::custody_key(&dev, &admin, "nekms dev up: custody", configure, |roles, m| {
             // A debug-mode enclave reports zeros: the policy must name them (and so admits every debug image).
             let pcr0 = if a.debug_mode { nekms_attestation::Pcr48::ZERO } else { m.pcr0 };

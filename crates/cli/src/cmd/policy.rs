@@ -1,0 +1,66 @@
+//! `nekms policy bootstrap|custody`: print the key policies of the two-step
+//! custody setup ([`crate::key_policy`]) for an account and its roles, to
+//! put on a real KMS key (`aws kms create-key --policy file://...`,
+//! `aws kms put-key-policy ... --bypass-policy-lockout-safety-check`).
+
+use crate::key_policy::{self, Roles};
+
+#[derive(clap::Args)]
+pub struct RoleArgs {
+    /// The AWS account id
+    #[arg(long, value_name = "ID")]
+    account: String,
+    /// The instance role that carries the enclave's KMS calls [default: arn:aws:iam::ACCOUNT:role/nekms-instance]
+    #[arg(long, value_name = "ARN")]
+    instance_role: Option<String>,
+    /// The key administrator's role [default: arn:aws:iam::ACCOUNT:role/nekms-key-admin]
+    #[arg(long, value_name = "ARN")]
+    admin_role: Option<String>,
+}
+
+impl RoleArgs {
+    fn roles(&self) -> anyhow::Result<Roles> {
+        if self.account.len() != 12 || !self.account.bytes().all(|b| b.is_ascii_digit()) {
+            anyhow::bail!("--account {}: an AWS account id is 12 digits", self.account);
+        }
+        let mut roles = Roles::standard(&self.account);
+        if let Some(r) = &self.instance_role {
+            roles.instance = r.clone();
+        }
+        if let Some(r) = &self.admin_role {
+            roles.admin = r.clone();
+        }
+        Ok(roles)
+    }
+}
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Step 1: the policy to create the custody key with (nobody may use it; the administrator may put the final policy)
+    Bootstrap(RoleArgs),
+    /// Step 3: the final custody policy naming the measured image(s), which locks the administrator out
+    Custody {
+        #[command(flatten)]
+        roles: RoleArgs,
+        /// PCR0 of a trusted enclave image, hex (repeatable: every image that makes or opens records)
+        #[arg(long = "pcr0", value_name = "HEX", required = true)]
+        pcr0: Vec<String>,
+    },
+}
+
+pub fn run(cmd: Command) -> anyhow::Result<()> {
+    let policy = match cmd {
+        Command::Bootstrap(r) => key_policy::bootstrap(&r.roles()?),
+        Command::Custody { roles, pcr0 } => {
+            for p in &pcr0 {
+                p.parse::<nekms_attestation::Pcr48>().map_err(|e| anyhow::anyhow!("--pcr0 {p}: {e}"))?;
+                if p.bytes().all(|b| b == b'0') {
+                    eprintln!("nekms policy: warning: PCR0 all zero admits every debug-mode enclave image");
+                }
+            }
+            key_policy::custody(&roles.roles()?, &pcr0.iter().map(|p| p.to_ascii_lowercase()).collect::<Vec<_>>())
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&policy)?);
+    Ok(())
+}
