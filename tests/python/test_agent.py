@@ -2,10 +2,19 @@
 `nekms dev up`), a SQLite or DynamoDB (moto) store, with outside verifiers:
 cryptography, eth-account, `nekms attest verify`; and schemathesis driving
 the OpenAPI document.
+
+Callers authenticate with the bearer token from the agent's 0600 token file
+(only /healthz, /metrics and /openapi.json answer without it), and the Host
+header must be a loopback name. Keys are sealed under the custody KMS key dev
+up pinned in the enclave's configuration; the enclave's refusals (another KMS
+key, a ciphertext not made for this import) come back as 403 "refused" with
+the rule's name.
 """
 
 import base64
 import json
+import os
+import stat
 import subprocess
 import sys
 import time
@@ -19,14 +28,17 @@ from eth_account import Account
 from eth_account.messages import encode_defunct
 
 from test_dev_up import NEKMS, Up
-from test_keys import Moto, enclave_policy, secret_forms
+from test_keys import Moto, secret_forms
 
 
 class Agent:
     def __init__(self, up, name, *args, env=None):
         self.ready = up.base / f"{name}.json"
         self.log = up.base / f"{name}.log"
-        self.proc = subprocess.Popen([NEKMS, "agent", "--listen", "127.0.0.1:0", "--ready-file", str(self.ready), *args],
+        # The agent makes the token file (0600, a random token) if it is missing; every agent here shares it.
+        self.token_file = up.base / "agent.token"
+        self.proc = subprocess.Popen([NEKMS, "agent", "--listen", "127.0.0.1:0", "--token-file", str(self.token_file),
+                                      "--ready-file", str(self.ready), *args],
                                      env=env or up.env, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT)
         deadline = time.time() + 30
         while not self.ready.exists():
@@ -34,11 +46,16 @@ class Agent:
             assert time.time() < deadline
             time.sleep(0.05)
         self.url = json.loads(self.ready.read_text())["url"]
+        self.token = self.token_file.read_text().strip()
         self.responses = []
 
-    def call(self, method, path, body=None, raw=None):
+    def call(self, method, path, body=None, raw=None, token=True, headers=None):
+        """`token`: True sends the agent's bearer token, False none, a string that one."""
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        req = urllib.request.Request(self.url + path, data=data, method=method, headers={"content-type": "application/json"})
+        h = {"content-type": "application/json", **(headers or {})}
+        if token:
+            h["Authorization"] = f"Bearer {self.token if token is True else token}"
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers=h)
         try:
             with urllib.request.urlopen(req, timeout=60) as r:
                 status, text = r.status, r.read().decode()
@@ -64,7 +81,8 @@ def env(tmp_path_factory):
     u.moto = Moto(base / "moto.log")
     u.env["NEKMS_SECRETS_ENDPOINT"] = u.moto.url
     u.env["NEKMS_STORE_ENDPOINT"] = u.moto.url
-    u.key = u.client("admin").create_key(Policy=json.dumps(enclave_policy(u.info["pcr0"])))["KeyMetadata"]["Arn"]
+    # The custody key dev up pinned in the enclave's measured configuration.
+    u.key = u.info["custody_kms_key"]
     u.agent = Agent(u, "agent")
     yield u
     u.agent.stop()
@@ -72,13 +90,37 @@ def env(tmp_path_factory):
     u.stop()
 
 
+def test_callers_need_the_token_and_a_loopback_host(env):
+    a = env.agent
+    mode = a.token_file.stat().st_mode
+    assert stat.S_IMODE(mode) == 0o600 and len(a.token) >= 16, oct(mode)
+    # Without a token, or with a wrong one: 401, for reads, signing and making keys alike.
+    for token in (False, "0" * 64, a.token[:-1]):
+        for method, path, body in (("GET", "/v1/keys", None), ("POST", "/v1/keys", {"name": "intruder", "spec": "p256"}),
+                                   ("POST", "/v1/attestation", {"nonce": "00"})):
+            status, e = a.call(method, path, body, token=token)
+            assert status == 401 and e["error"]["code"] == "unauthorized", (token, path, status, e)
+    assert a.call("GET", "/v1/keys/intruder")[0] == 404, "nothing made without a token"
+    # The public routes answer without one.
+    for path in ("/healthz", "/metrics", "/openapi.json"):
+        assert a.call("GET", path, token=False)[0] == 200, path
+    # A Host that is not a loopback name (DNS rebinding) is refused even with the token, and on public routes.
+    for path in ("/v1/keys", "/healthz"):
+        status, e = a.call("GET", path, headers={"Host": "attacker.example"})
+        assert status == 421 and e["error"]["code"] == "bad_host", (path, status, e)
+    for host in ("localhost", "127.0.0.1", "localhost:8080"):
+        assert a.call("GET", "/v1/keys", headers={"Host": host})[0] == 200, host
+
+
 def test_keys_are_made_listed_and_used_through_the_api(env):
     a = env.agent
     status, health = a.call("GET", "/healthz")
     assert status == 200 and health["enclave"]["credentials"] is True, health
-    status, created = a.call("POST", "/v1/keys", {"name": "app-1", "spec": "secp256k1", "kms_key_id": env.key})
+    # The kms key defaults to the only custody key pinned in the enclave's configuration.
+    status, created = a.call("POST", "/v1/keys", {"name": "app-1", "spec": "secp256k1"})
     assert status == 201, created
     assert created["eth_address"] and "sealed_private_key" in created["record"]
+    assert created["record"]["kms_key_id"] == env.key
     status, _ = a.call("POST", "/v1/keys", {"name": "app-2", "spec": "p256", "kms_key_id": env.key, "entropy": "kms"})
     assert status == 201
     status, page = a.call("GET", "/v1/keys?limit=1")
@@ -101,11 +143,19 @@ def test_keys_are_made_listed_and_used_through_the_api(env):
     status, s = a.call("POST", "/v1/keys/app-1/sign", {"message": "gm", "scheme": "eth-personal"})
     assert Account.recover_message(encode_defunct(text="gm"), signature=bytes.fromhex(s["signature"])) == address
 
-    # Attestation for a nonce, checked by `nekms attest verify`.
-    status, att = a.call("POST", "/v1/attestation", {"nonce": "abcdef01"})
+    # Attestation for a nonce, checked by `nekms attest verify`; the caller's user_data sits behind the caller prefix.
+    status, att = a.call("POST", "/v1/attestation", {"nonce": "abcdef01", "user_data": b"app".hex()})
+    assert status == 200, att
     doc = env.base / "agent-doc.cbor"
     doc.write_bytes(base64.b64decode(att["document"]))
-    env.nekms("attest", "verify", "--dev-root", "--dir", str(env.dev), "--nonce", "abcdef01", "--pcr", f"0={env.info['pcr0']}", str(doc))
+    out = json.loads(env.nekms("attest", "verify", "--dev-root", "--dir", str(env.dev), "--nonce", "abcdef01",
+                               "--pcr", f"0={env.info['pcr0']}", "--json", str(doc)).stdout)
+    user_data = out["document"]["user_data"]
+    user_data = bytes.fromhex(user_data) if isinstance(user_data, str) else bytes(user_data)
+    assert user_data == b"nekms-caller:v1:app", user_data
+    # A caller's public key is never attested.
+    status, _ = a.call("POST", "/v1/attestation", {"nonce": "abcdef01", "public_key": base64.b64encode(b"k" * 91).decode()})
+    assert 400 <= status < 500
 
 
 def test_errors_are_clear_and_change_nothing(env):
@@ -116,8 +166,11 @@ def test_errors_are_clear_and_change_nothing(env):
     assert a.call("GET", "/v1/keys/nope")[0] == 404
     status, e = a.call("POST", "/v1/keys", {"name": "x", "spec": "rsa1024", "kms_key_id": env.key})
     assert status == 400 and "rsa1024" in e["error"]["message"]
-    status, e = a.call("POST", "/v1/keys", {"name": "x", "spec": "p256", "kms_key_id": "alias/no-such-key"})
-    assert status == 404 and e["error"]["code"] == "kms_key_not_found", e
+    # A KMS key other than the pinned custody key is refused by the enclave before KMS is asked, existing or not.
+    other = env.client("admin").create_key()["KeyMetadata"]["Arn"]
+    for kms_key in ("alias/no-such-key", other):
+        status, e = a.call("POST", "/v1/keys", {"name": "x", "spec": "p256", "kms_key_id": kms_key})
+        assert status == 403 and e["error"]["code"] == "refused" and "rule pinned-kms-key" in e["error"]["message"], e
     assert a.call("GET", "/v1/keys/x")[0] == 404, "nothing stored after a refusal"
     status, e = a.call("POST", "/v1/keys/dup/sign", {"message": "a", "digest": "00"})
     assert status == 400
@@ -132,7 +185,7 @@ def test_errors_are_clear_and_change_nothing(env):
 
 def test_metrics_count_requests_errors_latency_and_cache_hits(env):
     a = env.agent
-    a.call("POST", "/v1/keys", {"name": "metered", "spec": "ed25519", "kms_key_id": env.key})
+    a.call("POST", "/v1/keys", {"name": "metered", "spec": "ed25519"})
     _, before = a.call("GET", "/metrics")
     hits = lambda text: int(next(l for l in text.splitlines() if l.startswith("nekms_enclave_key_cache_hits_total")).split()[1])
     for _ in range(3):
@@ -147,12 +200,22 @@ def test_metrics_count_requests_errors_latency_and_cache_hits(env):
 def test_lockout_relay_imports_from_secrets_manager_and_no_secret_reaches_the_parent(env):
     a = env.agent
     seed = bytes.fromhex("1f2e3d4c5b6a79880102030405060708090a0b0c0d0e0f1011121314151617ff")
-    blob = env.client("instance").encrypt(KeyId=env.key, Plaintext=seed)["CiphertextBlob"]
+    # The administrator's import ciphertext for the name "relayed" (the instance may not Encrypt under the custody key).
+    blob = env.client("admin").encrypt(KeyId=env.key, Plaintext=seed,
+                                       EncryptionContext={"nekms:purpose": "import", "nekms:key-id": "relayed",
+                                                          "nekms:key-spec": "secp256k1"})["CiphertextBlob"]
     env.moto.client("secretsmanager").create_secret(Name="agent-seed", SecretBinary=blob)
+    # Imported under another name: refused, the import context binds "relayed".
+    status, e = a.call("POST", "/v1/keys/import", {"name": "relayed-copy", "spec": "secp256k1", "secret_id": "agent-seed"})
+    assert 400 <= status < 500 and "rule import-ciphertext" in e["error"]["message"], e
+    assert a.call("GET", "/v1/keys/relayed-copy")[0] == 404
     status, created = a.call("POST", "/v1/keys/import", {"name": "relayed", "spec": "secp256k1", "kms_key_id": env.key, "secret_id": "agent-seed"})
     assert status == 201, created
     assert created["eth_address"] == Account.from_key(seed).address
-    status, e = a.call("POST", "/v1/keys/import", {"name": "relayed2", "kms_key_id": env.key, "secret_id": "missing"})
+    assert created["record"]["origin"] == "imported"
+    status, e = a.call("POST", "/v1/keys/import", {"name": "relayed2", "secret_id": "agent-seed"})
+    assert status == 400 and "spec" in e["error"]["message"], e
+    status, e = a.call("POST", "/v1/keys/import", {"name": "relayed2", "spec": "secp256k1", "kms_key_id": env.key, "secret_id": "missing"})
     assert status == 400 and e["error"]["code"] == "secret_unreadable"
     haystacks = [r.encode() for r in a.responses] + [a.log.read_bytes(), env.log.read_bytes(), (env.base / "keys.db").read_bytes()]
     for form in secret_forms(seed):
@@ -164,7 +227,7 @@ def test_a_dynamodb_backed_agent_survives_moto_restarting(env):
     env.nekms("store", "create-table", "--store", "dynamodb:agent-keys")
     dyn = Agent(env, "agent-dynamo", "--store", "dynamodb:agent-keys", "--no-credentials")
     try:
-        assert dyn.call("POST", "/v1/keys", {"name": "d1", "spec": "ed25519", "kms_key_id": env.key})[0] == 201
+        assert dyn.call("POST", "/v1/keys", {"name": "d1", "spec": "ed25519"})[0] == 201
         env.moto.stop()
         status, e = dyn.call("GET", "/v1/keys")
         assert status == 503 and e["error"]["retryable"] is True and "retry later" in e["error"]["message"], e
@@ -182,9 +245,11 @@ def test_a_dynamodb_backed_agent_survives_moto_restarting(env):
 def test_schemathesis_finds_no_server_error(env):
     a = env.agent
     # Something to find behind the path parameters.
-    a.call("POST", "/v1/keys", {"name": "fuzz-k1", "spec": "secp256k1", "kms_key_id": env.key})
+    a.call("POST", "/v1/keys", {"name": "fuzz-k1", "spec": "secp256k1"})
     cli = "import sys; from schemathesis.cli import schemathesis; sys.argv[0] = 'schemathesis'; schemathesis()"
-    r = subprocess.run([sys.executable, "-c", cli, "run", f"{a.url}/openapi.json", "--checks", "not_a_server_error", "--max-examples", "25",
+    # With the token: otherwise every request stops at 401 and nothing behind it is exercised.
+    r = subprocess.run([sys.executable, "-c", cli, "run", f"{a.url}/openapi.json", "-H", f"Authorization: Bearer {a.token}",
+                        "--checks", "not_a_server_error", "--max-examples", "25",
                         "--workers", "1", "--seed", "1", "--request-timeout", "60", "--generation-codec", "ascii",
                         "--suppress-health-check", "all", "--phases", "examples,coverage,fuzzing"],
                        capture_output=True, text=True, timeout=900)

@@ -5,7 +5,9 @@
 
 all started by one `nekms dev up` supervisor. Checks that the PCRs the running
 enclave reports (Describe and its documents) are what `nekms pcr sim` prints
-for its image, the kmstool flow with the instance denied, the enclave-CLI
+for its image together with its measured configuration (which pins the
+custody KMS key dev up set up), the kmstool flow with the instance denied, the
+generic flow refused the custody key (rule custody-key), the enclave-CLI
 verbs, credentials from aws-config's default chain (profiles, environment,
 credential_process with an expiry), and the supervisor's handling of a dying
 child and of SIGTERM.
@@ -80,7 +82,8 @@ class Up:
     def enclave_cli(self, verb, *args, profile="instance"):
         c = self.creds[profile]
         https_port = self.info["kms_https"].rsplit(":", 1)[1]
-        cmd = [NEKMS_ENCLAVE, "--sim", "--dev-dir", str(self.dev), "--proxy", self.info["proxy"],
+        # The same image with the same measured configuration as the running enclave (so the same PCR0).
+        cmd = [NEKMS_ENCLAVE, "--config", self.info["enclave_config"], "--sim", "--dev-dir", str(self.dev), "--proxy", self.info["proxy"],
                "--kms-endpoint", f"https://localhost:{https_port}", "--kms-ca", str(self.dev / "tls-ca.pem"),
                "cli", verb, "--region", "us-east-1", "--aws-access-key-id", c["access_key_id"],
                "--aws-secret-access-key", c["secret_access_key"], *args]
@@ -97,7 +100,7 @@ class Up:
 @pytest.fixture(scope="module")
 def up(tmp_path_factory):
     u = Up(tmp_path_factory.mktemp("up"))
-    pcr0 = json.loads(u.nekms("pcr", "sim", NEKMS_ENCLAVE).stdout)["Measurements"]["PCR0"]
+    pcr0 = json.loads(u.nekms("pcr", "sim", NEKMS_ENCLAVE, "--config", u.info["enclave_config"]).stdout)["Measurements"]["PCR0"]
     policy = {"Version": "2012-10-17", "Statement": [
         {"Sid": "Enclave", "Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:role/nekms-instance"},
          "Action": ["kms:Decrypt", "kms:GenerateDataKey", "kms:GenerateRandom"], "Resource": "*",
@@ -113,20 +116,29 @@ def up(tmp_path_factory):
 
 
 def test_describe_and_documents_carry_the_pcrs_nekms_pcr_sim_prints(up, tmp_path):
-    sim = json.loads(up.nekms("pcr", "sim", NEKMS_ENCLAVE).stdout)["Measurements"]
+    # The enclave's configuration pins the custody key dev up set up, and is measured with the image.
+    config = tomllib.loads(pathlib.Path(up.info["enclave_config"]).read_text())
+    assert config["custody-kms-keys"] == [up.info["custody_kms_key"]]
+    assert up.info["env"]["NEKMS_CUSTODY_KMS_KEY"] == up.info["custody_kms_key"]
+    sim = json.loads(up.nekms("pcr", "sim", NEKMS_ENCLAVE, "--config", up.info["enclave_config"]).stdout)["Measurements"]
     described = json.loads(up.nekms("enclave", "describe", "--json").stdout)
     assert described["simulated"] is True and described["protocol_version"] == 1
     for i in range(3):
         assert described["pcrs"][f"PCR{i}"] == sim[f"PCR{i}"].lower(), i
         assert up.info[f"pcr{i}"] == sim[f"PCR{i}"].lower()
     assert described["credentials"]["access_key_id"] == up.creds["instance"]["access_key_id"]
+    # The image alone measures differently: PCR0 covers the configuration too.
+    image_only = json.loads(up.nekms("pcr", "sim", NEKMS_ENCLAVE).stdout)["Measurements"]
+    assert image_only["PCR0"].lower() != described["pcrs"]["PCR0"]
 
     doc = tmp_path / "doc.cbor"
     up.nekms("enclave", "attest", "--nonce", "00112233", "--user-data", "6869", "-o", str(doc))
     pcr_args = [a for i in range(3) for a in ("--pcr", f"{i}={sim[f'PCR{i}']}")]
     verified = json.loads(up.nekms("attest", "verify", "--dev-root", "--dir", str(up.dev), "--nonce", "00112233",
                                    *pcr_args, "--json", str(doc)).stdout)
-    assert verified["document"]["user_data"] in ("6869", [0x68, 0x69], "aGk="), verified["document"]["user_data"]
+    # The caller's user_data is stored behind the caller prefix, so it never passes for the enclave's own.
+    caller = b"nekms-caller:v1:hi"
+    assert verified["document"]["user_data"] in (caller.hex(), list(caller), base64.b64encode(caller).decode()), verified["document"]["user_data"]
     # A different PCR0 expectation is refused.
     wrong = up.nekms("attest", "verify", "--dev-root", "--dir", str(up.dev), "--pcr", "0=" + "00" * 48, str(doc), check=False)
     assert wrong.returncode != 0 and "PCR0" in wrong.stderr
@@ -180,6 +192,9 @@ def test_enclave_cli_verbs_print_kmstool_enclave_cli_lines(up):
     assert r.returncode != 0 and "base64" in r.stderr
     r = up.enclave_cli("genkey", "--key-id", up.key, "--key-spec", "AES-512")
     assert r.returncode != 0
+    # The custody key never serves the parent, whatever the verb.
+    r = up.enclave_cli("genkey", "--key-id", up.info["custody_kms_key"], "--key-spec", "AES-256")
+    assert r.returncode != 0 and "rule custody-key" in r.stderr and "PLAINTEXT" not in r.stdout, r.stderr
 
 
 def test_credentials_come_from_the_default_chain_and_expiry_is_enforced(up, tmp_path):

@@ -149,6 +149,7 @@ fn the_demo_runs_and_says_what_it_did() {
         "the parent asking for a document over its own RSA key     -> refused: rule attest-own-keys",
         "the parent asking for a data key to plant its own record  -> refused: rule reserved-context",
         "the record copied under another name                       -> refused: rule record-binding",
+        "the parent asking enclave 2 itself for it -> refused: rule parent-decrypt",
         "the administrator reopening the key -> refused: AccessDeniedException",
     ] {
         assert!(out.contains(needle), "missing {needle:?} in\n{out}");

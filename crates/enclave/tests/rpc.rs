@@ -139,6 +139,8 @@ async fn the_enclaves_rules_refuse_before_kms_is_asked() {
         assert!(refused(e.client.decrypt(vec![1; 40], ctx(k), None).await).contains("rule reserved-context"), "{k}");
     }
     assert!(refused(e.client.decrypt(vec![1; 40], Default::default(), Some(CUSTODY.into())).await).contains("rule custody-key"));
+    let big: std::collections::BTreeMap<String, String> = (0..65).map(|i| (format!("k{i}"), "v".into())).collect();
+    assert!(refused(e.client.decrypt(vec![1; 40], big, None).await).contains("rule context-size"));
     let dk = e.client.generate_data_key(CUSTODY.into(), Some("AES_256".into()), None, Default::default()).await.unwrap_err();
     assert!(dk.remote().unwrap().message.contains("rule custody-key"));
     let dk = e.client.generate_data_key("alias/any".into(), Some("AES_256".into()), None, ctx("nekms:key-id")).await.unwrap_err();

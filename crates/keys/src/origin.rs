@@ -28,10 +28,14 @@ pub struct Origin {
     pub commitment: String,
 }
 
+/// What [`OriginError::Missing`] says, so a client that sent a record
+/// without its document (to spare the bytes) knows to send it whole.
+pub const MISSING: &str = "has no origin document";
+
 /// Why a record's origin is not proven; each names the rule.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum OriginError {
-    #[error("rule provenance: key record {0} has no origin document; only records an enclave made or imported are used")]
+    #[error("rule provenance: key record {0} {missing}; only records an enclave made or imported are used", missing = MISSING)]
     Missing(String),
     #[error("rule provenance: key record {0}: the record itself is invalid: {1}")]
     Record(String, String),

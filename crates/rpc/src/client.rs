@@ -11,7 +11,7 @@ use nekms_keys::{KeyRecord, Payload, Scheme, Signature};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::FramedRead;
 
-use crate::protocol::{GenerateKey, ImportKey, 
+use crate::protocol::{GenerateKey, ImportKey, ErrorCode,
     self, ClientFrame, CredentialsInfo, CredentialsUpdate, Description, Hello, Request, Response, RpcError, Secret, ServerFrame, PROTOCOL,
     VERSIONS,
 };
@@ -229,10 +229,20 @@ impl Client {
         }
     }
 
-    /// The record goes whole: the enclave checks its origin document before
-    /// it opens a record it has not opened (and cached) already.
-    pub async fn sign(&self, record: KeyRecord, scheme: Option<Scheme>, payload: Payload) -> Result<Signature, ClientError> {
-        match self.call(&Request::Sign { record, scheme, payload }).await? {
+    /// The record is sent first without its origin document, which is most
+    /// of its size: an enclave that has this exact record opened (and so
+    /// checked) signs from its cache. One that has not answers that the
+    /// document is missing, and the record goes again, whole.
+    pub async fn sign(&self, mut record: KeyRecord, scheme: Option<Scheme>, payload: Payload) -> Result<Signature, ClientError> {
+        let document = record.attestation.take();
+        let mut request = Request::Sign { record, scheme, payload };
+        let mut outcome = self.call(&request).await;
+        let missing = matches!(&outcome, Err(e) if e.remote().is_some_and(|r| r.code == ErrorCode::RecordRejected && r.message.contains(nekms_keys::origin::MISSING)));
+        if let (true, Some(doc), Request::Sign { record, .. }) = (missing, document, &mut request) {
+            record.attestation = Some(doc);
+            outcome = self.call(&request).await;
+        }
+        match outcome? {
             Response::Signed(signature) => Ok(signature),
             _ => Err(ClientError::Unexpected { operation: "Sign" }),
         }

@@ -31,6 +31,17 @@ impl Handler for TestHandler {
                 Ok(Response::Random { bytes: Secret::new(vec![length as u8; length as usize]) })
             }
             Request::Decrypt { ciphertext, .. } => Ok(Response::Decrypted { plaintext: Secret::new(ciphertext) }),
+            // As an enclave that has not opened the record: the origin document is needed.
+            Request::Sign { record, .. } => match record.attestation {
+                None => Err(RpcError::new(ErrorCode::RecordRejected, format!("rule provenance: key record {} {}", record.key_id, nekms_keys::origin::MISSING))),
+                Some(doc) => Ok(Response::Signed(nekms_keys::Signature {
+                    scheme: nekms_keys::Scheme::Ed25519,
+                    signature: doc,
+                    digest: vec![],
+                    raw_transaction: None,
+                    transaction_hash: None,
+                })),
+            },
             other => Err(RpcError::new(ErrorCode::Internal, format!("{} is not served here", other.name()))),
         };
         self.running.fetch_sub(1, Ordering::SeqCst);
@@ -215,4 +226,28 @@ async fn calls_waiting_when_the_server_goes_away_fail_with_closed() {
     assert!(matches!(e, ClientError::Closed(_)), "{e}");
     let e = client.generate_random(1).await.unwrap_err();
     assert!(matches!(e, ClientError::Closed(_)), "{e}");
+}
+
+#[tokio::test]
+async fn sign_sends_the_origin_document_only_when_the_enclave_asks_for_it() {
+    let s = server(ServerOptions::default()).await;
+    let client = Client::connect(&s.address, "test").await.unwrap();
+    let key = nekms_keys::PrivateKey::generate(nekms_keys::KeySpec::Ed25519, &[1; 32]).unwrap();
+    let record = nekms_keys::KeyRecord {
+        key_id: "k".into(),
+        spec: key.spec(),
+        public_key: key.public_key().spki().to_vec(),
+        kms_key_id: "arn".into(),
+        encryption_context: BTreeMap::new(),
+        encrypted_data_key: vec![1],
+        sealed_private_key: vec![2],
+        origin: nekms_keys::Origin::Generated,
+        created_at: 0,
+        attestation: Some(b"the document".to_vec()),
+    };
+    let payload = nekms_keys::Payload::Message(b"m".to_vec());
+    let sig = client.sign(record.clone(), None, payload.clone()).await.unwrap();
+    assert_eq!(sig.signature, b"the document", "sent again, whole, after the enclave asked");
+    let err = client.sign(nekms_keys::KeyRecord { attestation: None, ..record }, None, payload).await.unwrap_err();
+    assert_eq!(err.remote().unwrap().code, ErrorCode::RecordRejected, "no document to send: the refusal stands");
 }

@@ -125,6 +125,8 @@ pub async fn two_enclaves(dir: &DevDir, local: &InProcessKms, store: &SqliteStor
         .call_raw("Decrypt", &json!({"CiphertextBlob": B64.encode(&record.encrypted_data_key), "EncryptionContext": record.encryption_context}))
         .await?;
     println!("    the instance role decrypting the data key -> refused: {}", v["__type"].as_str().unwrap_or("?"));
+    let ask = Request::Decrypt { ciphertext: record.encrypted_data_key.clone(), encryption_context: record.encryption_context.clone(), key_id: None };
+    println!("    the parent asking enclave 2 itself for it -> refused: {}", refused(e2.client.call(&ask).await));
     Ok(())
 }
 

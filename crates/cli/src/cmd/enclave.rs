@@ -194,6 +194,7 @@ async fn describe(enclave: &EnclaveArg, json: bool) -> anyhow::Result<()> {
                 "access_key_id": c.access_key_id, "region": c.region, "temporary": c.temporary, "expiration": c.expiration,
             })),
             "recipient_key_sha256": hex::encode(&d.recipient_key_sha256),
+            "trust": d.trust,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -216,6 +217,20 @@ async fn describe(enclave: &EnclaveArg, json: bool) -> anyhow::Result<()> {
         None => println!("credentials: none yet (nekms enclave credentials)"),
     }
     println!("recipient:   RSA-2048, SPKI SHA-256 {}", hex::encode(&d.recipient_key_sha256));
+    if let Some(t) = &d.trust {
+        if t.custody_kms_keys.is_empty() {
+            println!("custody:     off (no custody-kms-keys in the measured configuration)");
+        }
+        for k in &t.custody_kms_keys {
+            println!("custody:     {k}");
+        }
+        println!("origins:     records made by PCR0 {}", t.origin_pcr0.join(", "));
+        let keys = if t.parent_decrypt_keys.is_empty() { "any non-custody key".to_owned() } else { t.parent_decrypt_keys.join(", ") };
+        println!("parent:      decryption for the parent {}", if t.parent_decrypt { format!("on ({keys})") } else { "off".into() });
+        if t.origin_pcr0.first().is_some_and(|p| p.bytes().all(|b| b == b'0')) {
+            println!("WARNING:     PCR0 is all zero (debug mode): a key policy naming it admits every debug-mode image");
+        }
+    }
     Ok(())
 }
 
