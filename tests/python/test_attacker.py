@@ -524,9 +524,9 @@ def test_an_old_record_is_refused_after_re_pinning(world, tmp_path):
         args = [a for k, v in record["encryption_context"].items() for a in ("--encryption-context", f"{k}={v}")]
         r = run("enclave", "decrypt", *args, record["encrypted_data_key"], check=False)
         assert r.returncode != 0 and "rule reserved-context" in r.stderr, r.stderr
-        r = run("enclave", "decrypt", "--key-id", old_key, record["encrypted_data_key"], check=False)
-        # The old key's policy names the old image (its PCR0 covered the old pin), and KMS wants the context anyway.
-        assert r.returncode != 0 and ("AccessDeniedException" in r.stderr or "InvalidCiphertextException" in r.stderr), r.stderr
+        # The old key's policy names the old image: its PCR0 covered the old pin.
+        r = run("enclave", "data-key", "--key-id", old_key, check=False)
+        assert r.returncode != 0 and "AccessDeniedException" in r.stderr, r.stderr
     finally:
         second.stop()
     (base / "up.json").unlink()
@@ -534,8 +534,14 @@ def test_an_old_record_is_refused_after_re_pinning(world, tmp_path):
     try:
         assert third.info["pcr0"] == first.info["pcr0"], "the same image and configuration measure the same"
         run("sign", "--key", "old", "--message", "m")
+        open_policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"AWS": [INSTANCE, ADMIN]}, "Action": "kms:*", "Resource": "*"}]}
+        loose = third.client("admin").create_key(Policy=json.dumps(open_policy))["KeyMetadata"]["Arn"]
     finally:
         third.stop()
+    # Reusing a key whose policy is not the custody policy for this image is refused before anything starts.
+    r = subprocess.run([NEKMS, "dev", "up", "--dir", str(first.dev), "--kms-http", "127.0.0.1:0", "--kms-https", "127.0.0.1:0",
+                        "--custody-kms-key", loose], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "not the custody policy" in r.stderr, r.stderr
 
 
 def test_parent_decryption_can_be_turned_off(tmp_path):

@@ -331,5 +331,22 @@ mod more_tests {
         let zero_origin = TrustArgs { origin_pcr0: vec!["00".repeat(48)], ..custody.clone() };
         assert!(Trust::new(&zero_origin, Pcr48([1; 48]), Verifier::aws(), false).is_err());
         assert!(t.check_import().unwrap_err().message.contains("import-disabled"));
+
+        // An imported record under the pinned key is not opened while imports are off.
+        let key = nekms_keys::PrivateKey::generate(nekms_keys::KeySpec::Ed25519, &[3; 32]).unwrap();
+        let origin = nekms_keys::Origin::Imported;
+        let record = KeyRecord {
+            key_id: "imp".into(),
+            spec: key.spec(),
+            public_key: key.public_key().spki().to_vec(),
+            kms_key_id: ARN.into(),
+            encryption_context: nekms_keys::record::binding_context("imp", key.spec(), origin, &BTreeMap::new()).unwrap(),
+            encrypted_data_key: vec![1; 100],
+            sealed_private_key: vec![0; 80],
+            origin,
+            created_at: 0,
+            attestation: None,
+        };
+        assert!(t.check_record(&record).unwrap_err().message.contains("rule import-disabled"));
     }
 }

@@ -127,6 +127,17 @@ async fn the_enclaves_rules_refuse_before_kms_is_asked() {
     assert_eq!(trust.custody_kms_keys, vec![CUSTODY.to_owned()]);
     assert_eq!(trust.origin_pcr0, vec![e.measurement.pcr0.to_hex()]);
     assert_eq!(d.region.as_deref(), Some("eu-west-1"), "the custody key fixes the region");
+    let update = CredentialsUpdate {
+        access_key_id: "ASIAEXAMPLE".into(),
+        secret_access_key: SecretString::new("secret"),
+        session_token: None,
+        region: Some("us-west-2".into()),
+        expiration: None,
+    };
+    let info = e.client.set_credentials(update.clone()).await.unwrap();
+    assert_eq!(info.region, "eu-west-1", "the parent's region does not move custody");
+    let bad = CredentialsUpdate { region: Some("x.evil.example/".into()), ..update };
+    assert_eq!(e.client.set_credentials(bad).await.unwrap_err().remote().unwrap().code, ErrorCode::BadRequest);
     let refused = |r: Result<nekms_rpc::Secret, nekms_rpc::ClientError>| {
         let e = r.unwrap_err();
         let remote = e.remote().expect("an error reply").clone();
@@ -161,8 +172,8 @@ async fn the_enclaves_rules_refuse_before_kms_is_asked() {
     let mut reserved = generate(None);
     reserved.encryption_context = ctx("NEKMS:origin");
     assert!(e.client.generate_key(reserved).await.unwrap_err().remote().unwrap().message.contains("rule reserved-context"));
-    // The pinned key itself gets as far as KMS, which has no credentials yet.
-    assert_eq!(e.client.generate_key(generate(None)).await.unwrap_err().remote().unwrap().code, ErrorCode::NoCredentials);
+    // The pinned key itself gets as far as KMS, which is unreachable here.
+    assert_eq!(e.client.generate_key(generate(None)).await.unwrap_err().remote().unwrap().code, ErrorCode::Unavailable);
     assert!(e.client.describe().await.is_ok(), "the enclave keeps serving");
 
     // With custody keys and nothing said, the parent paths are off; imports too.

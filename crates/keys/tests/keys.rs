@@ -155,6 +155,16 @@ fn sealed_keys_open_only_in_their_own_record() {
     assert!(matches!(open_record(&r1, &[8u8; 32]), Err(KeyError::Sealed { .. })));
     // Sealing a key under a record that describes another key is refused.
     assert!(seal_record(record_for(&k1, "u003"), &data_key, &k2).is_err());
+
+    // Another key sealed under r1's public fields opens, and is refused as not r1's key.
+    let mut foreign = r1.clone();
+    foreign.sealed_private_key = nekms_keys::envelope::seal(&data_key, &r1, &k2.secret_bytes().unwrap()).unwrap();
+    assert!(matches!(open_record(&foreign, &data_key), Err(KeyError::Mismatch { .. })));
+
+    // A record carrying another reserved context key (an import's) is refused before anything opens.
+    let mut reserved = r1.clone();
+    reserved.encryption_context.insert("nekms:purpose".into(), "import".into());
+    assert!(matches!(reserved.check(), Err(KeyError::Record { .. })));
 }
 
 #[test]

@@ -233,6 +233,26 @@ mod tests {
     }
 
     #[test]
+    fn an_access_file_names_callers_by_token_or_uid_and_nobody_else() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("w.token");
+        std::fs::write(&token, "a-token-for-the-wallet-0000\n").unwrap();
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let file = dir.path().join("access.toml");
+        std::fs::write(&file, format!("[[client]]\nname = \"w\"\nuid = 1001\nkeys = [\"w-*\"]\n\n[[client]]\nname = \"t\"\ntoken-file = {token:?}\nkeys = [\"t\"]\nmanage = true\n")).unwrap();
+        let access = Access::from_file(&file).unwrap();
+        let w = access.by_uid(1001).unwrap();
+        assert!(w.may_use("w-1") && !w.may_use("v") && !w.manage);
+        assert!(access.by_uid(1002).is_none());
+        assert!(access.by_uid(nix::unistd::getuid().as_raw()).is_none(), "with an access file the owner is a caller only if listed");
+        let t = access.by_token("a-token-for-the-wallet-0000").unwrap();
+        assert!(t.manage && t.may_use("t") && !t.may_use("w-1"));
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(Access::from_file(&file).is_err(), "an access file others can write is refused");
+    }
+
+    #[test]
     fn tokens_are_made_private_and_files_readable_by_others_are_refused() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
