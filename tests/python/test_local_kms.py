@@ -321,3 +321,45 @@ def test_kmstool_debug_mode_policy_admits_only_zero_pcrs(kms):
     out = instance.decrypt(CiphertextBlob=blob, Recipient={"KeyEncryptionAlgorithm": "RSAES_OAEP_SHA_256",
                                                            "AttestationDocument": (d / "debug.cbor").read_bytes()})
     assert openssl_cms_decrypt(d, out["CiphertextForRecipient"]) == b"Hello, KMS!"
+
+
+def test_a_signed_request_cannot_be_replayed_as_another_operation(kms):
+    """SigV4 as AWS enforces it: the operation (x-amz-target) and the body's
+    type are signed, so a DescribeKey cannot become a ScheduleKeyDeletion;
+    a request whose signature leaves them out is incomplete. Signed by
+    botocore, sent over HTTP as a replaying attacker would."""
+    import urllib.error
+    import urllib.request
+
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+
+    admin = kms.client("admin")
+    key = admin.create_key(Description="replay target")["KeyMetadata"]["KeyId"]
+    creds = admin._request_signer._credentials.get_frozen_credentials()
+    body = json.dumps({"KeyId": key}).encode()
+
+    def send(headers):
+        req = urllib.request.Request(kms.http + "/", data=body, method="POST", headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    def signed(headers):
+        r = AWSRequest(method="POST", url=kms.http + "/", data=body, headers=headers)
+        SigV4Auth(creds, "kms", "us-east-1").add_auth(r)
+        return dict(r.headers.items())
+
+    h = signed({"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": "TrentService.DescribeKey"})
+    assert send(h)[0] == 200
+    h["X-Amz-Target"] = "TrentService.ScheduleKeyDeletion"
+    status, err = send(h)
+    assert status == 400 and err["__type"] == "InvalidSignatureException", err
+    # Signed without the target, which is added afterwards.
+    h = signed({"Content-Type": "application/x-amz-json-1.1"})
+    h["X-Amz-Target"] = "TrentService.ScheduleKeyDeletion"
+    status, err = send(h)
+    assert status == 400 and err["__type"] == "IncompleteSignatureException" and "x-amz-target" in err["message"], err
+    assert admin.describe_key(KeyId=key)["KeyMetadata"]["KeyState"] == "Enabled", "nothing changed"

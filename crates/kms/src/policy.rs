@@ -12,8 +12,10 @@
 //! - Conditions: every operator and every key within it must hold (AND); any
 //!   one of a key's values suffices (OR). A key absent from the request makes
 //!   a positive operator fail and a negated one (`StringNot...`) hold;
-//!   `...IfExists` makes any operator hold when the key is absent. `Null`
-//!   tests presence. Condition key names are case-insensitive.
+//!   `...IfExists` makes any operator hold when the key is absent; but under
+//!   a set operator an absent key makes `ForAnyValue:` false and
+//!   `ForAllValues:` true, whatever the operator. `Null` tests presence, its
+//!   values ORed. Condition key names are case-insensitive.
 
 use std::collections::BTreeMap;
 
@@ -305,6 +307,7 @@ impl RequestContext {
             keys: BTreeMap::new(),
         };
         ctx.set("aws:PrincipalArn", role_of_session(principal_arn).unwrap_or_else(|| principal_arn.to_owned()));
+        ctx.set("aws:PrincipalAccount", account);
         ctx.set("kms:CallerAccount", account);
         ctx
     }
@@ -344,11 +347,20 @@ impl Condition {
     fn holds(&self, ctx: &RequestContext) -> bool {
         let present = ctx.get(&self.key).filter(|v| !v.is_empty());
         if self.op == Op::Null {
-            let want_absent = self.values.iter().any(|v| v.eq_ignore_ascii_case("true"));
-            return want_absent == present.is_none();
+            // The values are ORed like any other: ["true", "false"] always holds.
+            // https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_elements_condition_operators.html#Conditions_Null
+            return self.values.iter().any(|v| if v.eq_ignore_ascii_case("true") { present.is_none() } else { present.is_some() });
         }
         let Some(request) = present else {
-            return self.if_exists || self.op.negated() || self.set == SetOp::ForAllValues;
+            // An absent key: a set operator decides first, whatever the operator and
+            // IfExists say (ForAnyValue: false, ForAllValues: true); a single-valued
+            // operator holds only if negated or ...IfExists.
+            // https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_condition-single-vs-multi-valued-context-keys.html
+            return match self.set {
+                SetOp::ForAnyValue => false,
+                SetOp::ForAllValues => true,
+                SetOp::Single => self.if_exists || self.op.negated(),
+            };
         };
         let one = |r: &String| {
             let any = self.values.iter().any(|p| self.op.matches(r, p));

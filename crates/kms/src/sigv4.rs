@@ -330,8 +330,13 @@ impl Verifier {
                 return Err(AuthError::Incomplete(format!("'{required}' must be a signed header")));
             }
         }
-        if req.header("x-amz-security-token").is_some() && !auth.signed_headers.iter().any(|h| h == "x-amz-security-token") {
-            return Err(AuthError::Incomplete("'x-amz-security-token' must be a signed header".into()));
+        // Headers that change what the request means must be signed when present: the
+        // operation (x-amz-target), the body's type, the session token. Otherwise a request
+        // signed as DescribeKey could be replayed as ScheduleKeyDeletion within the skew window.
+        for must in ["x-amz-target", "content-type", "x-amz-security-token", "x-amz-content-sha256"] {
+            if req.header(must).is_some() && !auth.signed_headers.iter().any(|h| h == must) {
+                return Err(AuthError::Incomplete(format!("'{must}' must be a signed header")));
+            }
         }
         let mut sorted = auth.signed_headers.clone();
         sorted.sort();
@@ -516,6 +521,38 @@ mod tests {
         let mut expired = cred.clone();
         expired.expires = Some(now - time::Duration::seconds(1));
         assert_eq!(v.verify(&req, now, |_| Some(expired)).unwrap_err(), AuthError::ExpiredToken);
+    }
+
+    #[test]
+    fn the_operation_cannot_be_swapped_under_a_signature() {
+        let (_, cred) = aws_example();
+        let now = OffsetDateTime::now_utc();
+        let v = Verifier::new("us-east-1", "kms");
+        let body = br#"{"KeyId": "k"}"#;
+        // Signed as DescribeKey, replayed as ScheduleKeyDeletion: the signature covers the target.
+        let mut headers = vec![
+            ("host".to_owned(), "127.0.0.1:4000".to_owned()),
+            ("content-type".to_owned(), "application/x-amz-json-1.1".to_owned()),
+            ("x-amz-target".to_owned(), "TrentService.DescribeKey".to_owned()),
+        ];
+        sign("POST", "/", "", &mut headers, body, &cred, "us-east-1", "kms", now);
+        let swapped: Vec<(String, String)> = headers
+            .iter()
+            .map(|(n, val)| if n == "x-amz-target" { (n.clone(), "TrentService.ScheduleKeyDeletion".into()) } else { (n.clone(), val.clone()) })
+            .collect();
+        let req = SignedRequest { method: "POST", path: "/", query: "", headers: &swapped, body };
+        assert_eq!(v.verify(&req, now, |_| Some(cred.clone())).unwrap_err(), AuthError::Mismatch);
+        // Signed without the target, which is then added: refused as incomplete, whatever it says.
+        let mut unsigned = vec![("host".to_owned(), "127.0.0.1:4000".to_owned())];
+        sign("POST", "/", "", &mut unsigned, body, &cred, "us-east-1", "kms", now);
+        for extra in [("x-amz-target", "TrentService.ScheduleKeyDeletion"), ("content-type", "application/x-amz-json-1.1")] {
+            let mut h = unsigned.clone();
+            h.push((extra.0.into(), extra.1.into()));
+            let req = SignedRequest { method: "POST", path: "/", query: "", headers: &h, body };
+            let e = v.verify(&req, now, |_| Some(cred.clone())).unwrap_err();
+            assert!(matches!(&e, AuthError::Incomplete(m) if m.contains(extra.0)), "{e:?}");
+            assert_eq!(e.aws_type(), "IncompleteSignatureException");
+        }
     }
 
     proptest::proptest! {

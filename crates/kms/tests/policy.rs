@@ -274,3 +274,60 @@ fn malformed_policies_are_refused_with_a_reason() {
     }
     assert!(Policy::parse(&" ".repeat(40_000), true).unwrap_err().0.contains("limit"));
 }
+
+/// One row per documented AWS behaviour that a development KMS must not
+/// decide differently: (condition block, what the request carries, allowed).
+/// The instance calls plain Decrypt (no Recipient) unless the row says so.
+#[test]
+fn absent_keys_set_operators_and_null_as_aws_documents() {
+    type Setup = fn(&mut RequestContext);
+    let plain: Setup = |_| {};
+    let enclave: Setup = |c| c.set("kms:RecipientAttestation:ImageSha384", PCR0);
+    let rows: Vec<(&str, String, Setup, bool)> = vec![
+        // Set operators on an absent key: ForAnyValue is false, ForAllValues true, whatever
+        // the operator (negated or ...IfExists included).
+        // https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_condition-single-vs-multi-valued-context-keys.html
+        ("ForAnyValue negated, absent: false", format!(r#"{{"ForAnyValue:StringNotEquals": {{"kms:RecipientAttestation:ImageSha384": "{PCR0}"}}}}"#), plain, false),
+        ("ForAnyValue IfExists, absent: false", format!(r#"{{"ForAnyValue:StringEqualsIfExists": {{"kms:RecipientAttestation:ImageSha384": "{PCR0}"}}}}"#), plain, false),
+        ("ForAnyValue IfExists, present and equal", format!(r#"{{"ForAnyValue:StringEqualsIfExists": {{"kms:RecipientAttestation:ImageSha384": "{PCR0}"}}}}"#), enclave, true),
+        ("ForAllValues, absent: true", format!(r#"{{"ForAllValues:StringEquals": {{"kms:RecipientAttestation:ImageSha384": "{OTHER}"}}}}"#), plain, true),
+        ("ForAllValues negated, absent: true", r#"{"ForAllValues:StringNotLike": {"kms:EncryptionContextKeys": "nekms:*"}}"#.to_owned(), plain, true),
+        // Single-valued operators on an absent key: positive fails, negated and IfExists hold.
+        // https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_elements_condition_operators.html#Conditions_IfExists
+        ("positive, absent: false", format!(r#"{{"StringEquals": {{"kms:RecipientAttestation:ImageSha384": "{PCR0}"}}}}"#), plain, false),
+        ("negated, absent: true", format!(r#"{{"StringNotEquals": {{"kms:RecipientAttestation:ImageSha384": "{PCR0}"}}}}"#), plain, true),
+        ("IfExists, absent: true", format!(r#"{{"StringEqualsIfExists": {{"kms:RecipientAttestation:ImageSha384": "{OTHER}"}}}}"#), plain, true),
+        // Null: the values are ORed like any other operator's.
+        // https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_elements_condition_operators.html#Conditions_Null
+        ("Null [false, true], absent: true", r#"{"Null": {"kms:RecipientAttestation:ImageSha384": ["false", "true"]}}"#.to_owned(), plain, true),
+        ("Null [false, true], present: true", r#"{"Null": {"kms:RecipientAttestation:ImageSha384": ["false", "true"]}}"#.to_owned(), enclave, true),
+        ("Null true, present: false", r#"{"Null": {"kms:RecipientAttestation:ImageSha384": "true"}}"#.to_owned(), enclave, false),
+        // aws:PrincipalAccount is set on every request.
+        // https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_condition-keys.html#condition-keys-principalaccount
+        ("aws:PrincipalAccount is the caller's account", format!(r#"{{"StringEquals": {{"aws:PrincipalAccount": "{ACCOUNT}"}}}}"#), plain, true),
+    ];
+    for (what, condition, setup, want) in rows {
+        let mut c = ctx(ROLE, "kms:Decrypt");
+        setup(&mut c);
+        assert_eq!(evaluate(&one(&condition), &[], &c) == Decision::Allow, want, "{what}: {condition}");
+    }
+
+    // The issue's dangerous direction, as a Deny: a lock-out written with ForAnyValue does not
+    // refuse the instance without attestation, on AWS or here.
+    let deny = |condition: &str| {
+        Policy::parse(
+            &format!(
+                r#"{{"Statement": [{{"Effect": "Allow", "Principal": {{"AWS": "{ROLE}"}}, "Action": "kms:Decrypt", "Resource": "*"}},
+                    {{"Effect": "Deny", "Principal": "*", "Action": "kms:Decrypt", "Resource": "*", "Condition": {condition}}}]}}"#
+            ),
+            true,
+        )
+        .unwrap()
+    };
+    let written_with_for_any = deny(&format!(r#"{{"ForAnyValue:StringNotEquals": {{"kms:RecipientAttestation:ImageSha384": "{PCR0}"}}}}"#));
+    assert_eq!(evaluate(&written_with_for_any, &[], &ctx(ROLE, "kms:Decrypt")), Decision::Allow, "not denied: the lock-out is open");
+    let written_right = deny(&format!(r#"{{"StringNotEquals": {{"kms:RecipientAttestation:ImageSha384": "{PCR0}"}}}}"#));
+    assert!(matches!(evaluate(&written_right, &[], &ctx(ROLE, "kms:Decrypt")), Decision::ExplicitDeny { .. }));
+    let denied_account = deny(&format!(r#"{{"StringNotEquals": {{"aws:PrincipalAccount": "{ACCOUNT}"}}}}"#));
+    assert_eq!(evaluate(&denied_account, &[], &ctx(ROLE, "kms:Decrypt")), Decision::Allow, "aws:PrincipalAccount is set, so not denied");
+}
