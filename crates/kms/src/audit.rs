@@ -135,6 +135,9 @@ pub fn render(event: &Value) -> String {
         let image = r.get("attestationDocumentEnclaveImageDigest").and_then(Value::as_str).unwrap_or("-");
         let module = r.get("attestationDocumentModuleId").and_then(Value::as_str).unwrap_or("-");
         line.push_str(&format!("\n    recipient {module} image {}…", &image[..image.len().min(16)]));
+        if let Some(note) = r.get("nekmsNote").and_then(Value::as_str) {
+            line.push_str(&format!("\n    WARNING {note}"));
+        }
     }
     line
 }
@@ -164,6 +167,13 @@ mod tests {
         assert!(line.starts_with("2026-11-23T10:00:00Z  Decrypt"), "{line}");
         assert!(line.contains("assumed-role/nekms-instance/i-0abc") && line.contains("key/k1") && line.contains("DENIED AccessDeniedException"), "{line}");
         assert!(line.contains("recipient i-0abc-enc0123 image abababababababab"), "{line}");
+        let debug = AuditFacts {
+            recipient: Some(json!({"attestationDocumentModuleId": "m", "attestationDocumentEnclaveImageDigest": "00".repeat(48),
+                                   "nekmsNote": "debug-mode document: all-zero PCRs"})),
+            ..AuditFacts::default()
+        };
+        let line = render(&event(at, "Decrypt", "us-east-1", &who, "127.0.0.1", "t", "r", &debug, None));
+        assert!(line.contains("WARNING debug-mode document"), "{line}");
         let ok = event(at, "GenerateRandom", "us-east-1", &who, "127.0.0.1", "t", "r", &AuditFacts::default(), None);
         assert!(ok.get("errorCode").is_none());
         assert!(render(&ok).ends_with(" ok"));

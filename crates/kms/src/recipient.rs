@@ -91,6 +91,11 @@ impl Recipient {
         if let Some(p) = self.pcrs.get(&0) {
             m.insert("attestationDocumentEnclaveImageDigest".into(), p.to_hex().into());
         }
+        // AWS accepts a debug-mode document (all-zero PCRs); say so, because a policy
+        // naming zeros admits every debug-mode image. (nekms's own field, not CloudTrail's.)
+        if self.pcrs.get(&0).is_some_and(|p| *p == nekms_attestation::Pcr48::ZERO) {
+            m.insert("nekmsNote".into(), "debug-mode document: all-zero PCRs, as every debug-mode enclave reports".into());
+        }
         // CloudTrail records PCR1, 2, 3, 4 and 8 besides the image digest (PCR0).
         for i in [1u8, 2, 3, 4, 8] {
             if let Some(v) = self.pcrs.get(&i) {
