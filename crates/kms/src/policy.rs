@@ -63,39 +63,167 @@ enum Op {
     StringNotEqualsIgnoreCase,
     StringLike,
     StringNotLike,
+    NumericEquals,
+    NumericNotEquals,
+    NumericLessThan,
+    NumericLessThanEquals,
+    NumericGreaterThan,
+    NumericGreaterThanEquals,
+    DateEquals,
+    DateNotEquals,
+    DateLessThan,
+    DateLessThanEquals,
+    DateGreaterThan,
+    DateGreaterThanEquals,
     Bool,
+    BinaryEquals,
+    IpAddress,
+    NotIpAddress,
+    ArnEquals,
+    ArnLike,
+    ArnNotEquals,
+    ArnNotLike,
     Null,
 }
 
+/// The operator families AWS documents, with what a policy value must look like.
+/// https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_elements_condition_operators.html
 impl Op {
     fn parse(name: &str) -> Option<Op> {
+        use Op::*;
         Some(match name {
-            "StringEquals" => Op::StringEquals,
-            "StringNotEquals" => Op::StringNotEquals,
-            "StringEqualsIgnoreCase" => Op::StringEqualsIgnoreCase,
-            "StringNotEqualsIgnoreCase" => Op::StringNotEqualsIgnoreCase,
-            "StringLike" => Op::StringLike,
-            "StringNotLike" => Op::StringNotLike,
-            "Bool" => Op::Bool,
-            "Null" => Op::Null,
+            "StringEquals" => StringEquals,
+            "StringNotEquals" => StringNotEquals,
+            "StringEqualsIgnoreCase" => StringEqualsIgnoreCase,
+            "StringNotEqualsIgnoreCase" => StringNotEqualsIgnoreCase,
+            "StringLike" => StringLike,
+            "StringNotLike" => StringNotLike,
+            "NumericEquals" => NumericEquals,
+            "NumericNotEquals" => NumericNotEquals,
+            "NumericLessThan" => NumericLessThan,
+            "NumericLessThanEquals" => NumericLessThanEquals,
+            "NumericGreaterThan" => NumericGreaterThan,
+            "NumericGreaterThanEquals" => NumericGreaterThanEquals,
+            "DateEquals" => DateEquals,
+            "DateNotEquals" => DateNotEquals,
+            "DateLessThan" => DateLessThan,
+            "DateLessThanEquals" => DateLessThanEquals,
+            "DateGreaterThan" => DateGreaterThan,
+            "DateGreaterThanEquals" => DateGreaterThanEquals,
+            "Bool" => Bool,
+            "BinaryEquals" => BinaryEquals,
+            "IpAddress" => IpAddress,
+            "NotIpAddress" => NotIpAddress,
+            "ArnEquals" => ArnEquals,
+            "ArnLike" => ArnLike,
+            "ArnNotEquals" => ArnNotEquals,
+            "ArnNotLike" => ArnNotLike,
+            "Null" => Null,
             _ => return None,
         })
     }
 
     fn negated(self) -> bool {
-        matches!(self, Op::StringNotEquals | Op::StringNotEqualsIgnoreCase | Op::StringNotLike)
+        use Op::*;
+        matches!(self, StringNotEquals | StringNotEqualsIgnoreCase | StringNotLike | NumericNotEquals | DateNotEquals | NotIpAddress | ArnNotEquals | ArnNotLike)
+    }
+
+    /// A policy value this operator cannot compare with is a malformed policy.
+    fn check_value(self, value: &str) -> Result<(), String> {
+        use Op::*;
+        let ok = match self {
+            NumericEquals | NumericNotEquals | NumericLessThan | NumericLessThanEquals | NumericGreaterThan | NumericGreaterThanEquals => number(value).is_some(),
+            DateEquals | DateNotEquals | DateLessThan | DateLessThanEquals | DateGreaterThan | DateGreaterThanEquals => date(value).is_some(),
+            Bool => value.eq_ignore_ascii_case("true") || value.eq_ignore_ascii_case("false"),
+            Null => value.eq_ignore_ascii_case("true") || value.eq_ignore_ascii_case("false"),
+            BinaryEquals => base64::Engine::decode(&base64::engine::general_purpose::STANDARD, value).is_ok(),
+            IpAddress | NotIpAddress => cidr(value).is_some(),
+            _ => true,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("{value:?} is not a value {self:?} compares"))
+        }
     }
 
     /// Does one request value match one policy value (before negation)?
+    /// A request value of the wrong kind matches nothing.
     fn matches(self, request: &str, policy: &str) -> bool {
+        use Op::*;
+        let numbers = || number(request).zip(number(policy));
+        let dates = || date(request).zip(date(policy));
         match self {
-            Op::StringEquals | Op::StringNotEquals => request == policy,
-            Op::StringEqualsIgnoreCase | Op::StringNotEqualsIgnoreCase => request.eq_ignore_ascii_case(policy),
-            Op::StringLike | Op::StringNotLike => glob(policy.as_bytes(), request.as_bytes(), false),
-            Op::Bool => request.eq_ignore_ascii_case(policy),
-            Op::Null => unreachable!("Null tests presence"),
+            StringEquals | StringNotEquals => request == policy,
+            StringEqualsIgnoreCase | StringNotEqualsIgnoreCase => request.eq_ignore_ascii_case(policy),
+            StringLike | StringNotLike => glob(policy.as_bytes(), request.as_bytes(), false),
+            NumericEquals | NumericNotEquals => numbers().is_some_and(|(r, p)| r == p),
+            NumericLessThan => numbers().is_some_and(|(r, p)| r < p),
+            NumericLessThanEquals => numbers().is_some_and(|(r, p)| r <= p),
+            NumericGreaterThan => numbers().is_some_and(|(r, p)| r > p),
+            NumericGreaterThanEquals => numbers().is_some_and(|(r, p)| r >= p),
+            DateEquals | DateNotEquals => dates().is_some_and(|(r, p)| r == p),
+            DateLessThan => dates().is_some_and(|(r, p)| r < p),
+            DateLessThanEquals => dates().is_some_and(|(r, p)| r <= p),
+            DateGreaterThan => dates().is_some_and(|(r, p)| r > p),
+            DateGreaterThanEquals => dates().is_some_and(|(r, p)| r >= p),
+            Bool => request.eq_ignore_ascii_case(policy),
+            BinaryEquals => request == policy,
+            IpAddress | NotIpAddress => request.parse::<std::net::IpAddr>().ok().zip(cidr(policy)).is_some_and(|(ip, net)| in_cidr(ip, net)),
+            ArnEquals | ArnNotEquals | ArnLike | ArnNotLike => arn_matches(request, policy),
+            Null => unreachable!("Null tests presence"),
         }
     }
+}
+
+fn number(s: &str) -> Option<f64> {
+    s.trim().parse::<f64>().ok().filter(|n| n.is_finite())
+}
+
+/// ISO 8601 (RFC 3339) or seconds since the epoch, as IAM takes dates.
+fn date(s: &str) -> Option<i128> {
+    if let Ok(t) = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
+        return Some(t.unix_timestamp_nanos());
+    }
+    if let Ok(d) = time::Date::parse(s, time::macros::format_description!("[year]-[month]-[day]")) {
+        return Some(d.midnight().assume_utc().unix_timestamp_nanos());
+    }
+    s.parse::<i64>().ok().map(|secs| i128::from(secs) * 1_000_000_000)
+}
+
+fn cidr(s: &str) -> Option<(std::net::IpAddr, u8)> {
+    let (ip, len) = match s.split_once('/') {
+        Some((ip, len)) => (ip.parse::<std::net::IpAddr>().ok()?, len.parse::<u8>().ok()?),
+        None => {
+            let ip = s.parse::<std::net::IpAddr>().ok()?;
+            (ip, if ip.is_ipv4() { 32 } else { 128 })
+        }
+    };
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    (len <= max).then_some((ip, len))
+}
+
+fn in_cidr(ip: std::net::IpAddr, (net, len): (std::net::IpAddr, u8)) -> bool {
+    let bits = |a: std::net::IpAddr| -> (u128, u32) {
+        match a {
+            std::net::IpAddr::V4(v) => (u128::from(u32::from(v)), 32),
+            std::net::IpAddr::V6(v) => (u128::from(v), 128),
+        }
+    };
+    let ((a, wa), (b, wb)) = (bits(ip), bits(net));
+    if wa != wb {
+        return false;
+    }
+    let shift = wa - u32::from(len);
+    len == 0 || (a >> shift) == (b >> shift)
+}
+
+/// ARN operators compare the six colon-separated parts each on its own, with
+/// `*` and `?` wildcards, case-sensitively.
+fn arn_matches(request: &str, policy: &str) -> bool {
+    let r: Vec<&str> = request.splitn(6, ':').collect();
+    let p: Vec<&str> = policy.splitn(6, ':').collect();
+    r.len() == 6 && p.len() == 6 && r.iter().zip(&p).all(|(r, p)| glob(p.as_bytes(), r.as_bytes(), false))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -249,7 +377,11 @@ fn parse_statement(i: usize, s: &Value, key_policy: bool) -> Result<Statement, P
                 }
                 let Value::Object(keys) = body else { return bad(format!("Statement {i}: {name} must map keys to values")) };
                 for (key, v) in keys {
-                    conditions.push(Condition { op, set, if_exists, key: key.clone(), values: condition_values(v, key)? });
+                    let values = condition_values(v, key)?;
+                    for value in &values {
+                        op.check_value(value).map_err(|e| PolicyError(format!("Statement {i}: {name} {key}: {e}")))?;
+                    }
+                    conditions.push(Condition { op, set, if_exists, key: key.clone(), values });
                 }
             }
         }

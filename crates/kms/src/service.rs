@@ -255,6 +255,9 @@ impl Call<'_> {
         let mut ctx = RequestContext::new(&self.caller.principal_arn, self.account(), action, resource);
         ctx.set("aws:SecureTransport", if self.caller.secure_transport { "true" } else { "false" });
         ctx.set("aws:SourceIp", self.caller.source_ip.clone());
+        ctx.set("aws:RequestedRegion", self.region().to_owned());
+        ctx.set("aws:CurrentTime", self.now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default());
+        ctx.set("aws:EpochTime", self.now.unix_timestamp().to_string());
         ctx
     }
 

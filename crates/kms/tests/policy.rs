@@ -265,7 +265,11 @@ fn malformed_policies_are_refused_with_a_reason() {
         (r#"{"Statement": [{"Effect": "Maybe", "Principal": "*", "Action": "kms:*"}]}"#, "Effect"),
         (r#"{"Statement": [{"Effect": "Allow", "Action": "kms:*"}]}"#, "needs a Principal"),
         (r#"{"Statement": [{"Effect": "Allow", "Principal": "*"}]}"#, "Action and NotAction"),
-        (r#"{"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "kms:*", "Condition": {"NumericLessThan": {"a": "1"}}}]}"#, "unsupported condition operator"),
+        (r#"{"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "kms:*", "Condition": {"NumericLessThanOrSo": {"a": "1"}}}]}"#, "unsupported condition operator"),
+        (r#"{"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "kms:*", "Condition": {"NumericLessThan": {"a": "one"}}}]}"#, "not a value NumericLessThan compares"),
+        (r#"{"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "kms:*", "Condition": {"DateLessThan": {"aws:CurrentTime": "soon"}}}]}"#, "not a value"),
+        (r#"{"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "kms:*", "Condition": {"IpAddress": {"aws:SourceIp": "10.0.0.0/33"}}}]}"#, "not a value"),
+        (r#"{"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "kms:*", "Condition": {"Bool": {"aws:SecureTransport": "yes"}}}]}"#, "not a value"),
         (r#"{"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "kms:*", "Shape": 1}]}"#, "unknown element"),
         (r#"{"Version": "2099-01-01", "Statement": [{"Effect": "Allow", "Principal": "*", "Action": "kms:*"}]}"#, "Version"),
     ] {
@@ -306,6 +310,28 @@ fn absent_keys_set_operators_and_null_as_aws_documents() {
         // https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_condition-keys.html#condition-keys-principalaccount
         ("aws:PrincipalAccount is the caller's account", format!(r#"{{"StringEquals": {{"aws:PrincipalAccount": "{ACCOUNT}"}}}}"#), plain, true),
     ];
+    // The other operator families, on the global keys the emulator sets.
+    // https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_elements_condition_operators.html
+    let src: Setup = |c| c.set("aws:SourceIp", "10.1.2.3");
+    let when: Setup = |c| {
+        c.set("aws:CurrentTime", "2026-11-26T08:00:00Z");
+        c.set("aws:EpochTime", "1795680000");
+    };
+    let mut rows = rows;
+    rows.extend([
+        ("IpAddress in the CIDR", r#"{"IpAddress": {"aws:SourceIp": "10.0.0.0/8"}}"#.to_owned(), src, true),
+        ("IpAddress outside", r#"{"IpAddress": {"aws:SourceIp": "192.168.0.0/16"}}"#.to_owned(), src, false),
+        ("NotIpAddress outside", r#"{"NotIpAddress": {"aws:SourceIp": "192.168.0.0/16"}}"#.to_owned(), src, true),
+        ("DateLessThan, ISO 8601", r#"{"DateLessThan": {"aws:CurrentTime": "2027-01-01T00:00:00Z"}}"#.to_owned(), when, true),
+        ("DateGreaterThan, ISO 8601", r#"{"DateGreaterThan": {"aws:CurrentTime": "2027-01-01T00:00:00Z"}}"#.to_owned(), when, false),
+        ("DateGreaterThanEquals, epoch seconds", r#"{"DateGreaterThanEquals": {"aws:CurrentTime": "1700000000"}}"#.to_owned(), when, true),
+        ("NumericLessThan", r#"{"NumericLessThan": {"aws:EpochTime": "1800000000"}}"#.to_owned(), when, true),
+        ("NumericGreaterThan", r#"{"NumericGreaterThan": {"aws:EpochTime": "1800000000"}}"#.to_owned(), when, false),
+        ("ArnLike, per part", format!(r#"{{"ArnLike": {{"aws:PrincipalArn": "arn:aws:iam::{ACCOUNT}:role/inst*"}}}}"#), plain, true),
+        ("ArnLike, a wildcard does not cross parts", r#"{"ArnLike": {"aws:PrincipalArn": "arn:aws:iam::*"}}"#.to_owned(), plain, false),
+        ("ArnNotEquals, another role", format!(r#"{{"ArnNotEquals": {{"aws:PrincipalArn": "{ADMIN}"}}}}"#), plain, true),
+        ("Bool false", r#"{"Bool": {"aws:SecureTransport": "false"}}"#.to_owned(), |c| c.set("aws:SecureTransport", "false"), true),
+    ]);
     for (what, condition, setup, want) in rows {
         let mut c = ctx(ROLE, "kms:Decrypt");
         setup(&mut c);
