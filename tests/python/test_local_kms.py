@@ -363,3 +363,20 @@ def test_a_signed_request_cannot_be_replayed_as_another_operation(kms):
     status, err = send(h)
     assert status == 400 and err["__type"] == "IncompleteSignatureException" and "x-amz-target" in err["message"], err
     assert admin.describe_key(KeyId=key)["KeyMetadata"]["KeyState"] == "Enabled", "nothing changed"
+
+
+def test_a_policy_naming_a_condition_key_this_kms_does_not_set_is_refused(kms):
+    """Otherwise the key would always be absent here while AWS sets it, and
+    the policy would decide differently in development."""
+    admin = kms.client("admin")
+    policy = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::111122223333:role/nekms-key-admin"}, "Action": "kms:*", "Resource": "*"},
+        {"Effect": "Deny", "Principal": "*", "Action": "kms:Decrypt", "Resource": "*",
+         "Condition": {"StringNotEquals": {"aws:PrincipalTag/team": "payments"}}}]}
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        admin.create_key(Policy=json.dumps(policy))
+    assert error_code(e) == "UnsupportedOperationException" and "aws:PrincipalTag/team" in str(e.value)
+    key = admin.create_key()["KeyMetadata"]["KeyId"]
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        admin.put_key_policy(KeyId=key, PolicyName="default", Policy=json.dumps(policy))
+    assert error_code(e) == "UnsupportedOperationException"

@@ -287,7 +287,52 @@ fn condition_values(v: &Value, key: &str) -> Result<Vec<String>, PolicyError> {
     }
 }
 
+/// Condition keys this KMS sets when AWS would (or, like `kms:ViaService`
+/// on a direct call, leaves absent exactly when AWS does). Any other key
+/// would always be absent here while AWS sets it: [`Policy::unmodelled_keys`].
+const MODELLED: &[&str] = &[
+    "aws:principalarn",
+    "aws:principalaccount",
+    "aws:principaltype",
+    "aws:securetransport",
+    "aws:sourceip",
+    "aws:requestedregion",
+    "aws:currenttime",
+    "aws:epochtime",
+    "kms:calleraccount",
+    "kms:viaservice",
+    "kms:grantisforawsresource",
+    "kms:encryptioncontextkeys",
+    "kms:recipientattestation:imagesha384",
+    "kms:keyspec",
+    "kms:keyusage",
+    "kms:keyorigin",
+    "kms:bypasspolicylockoutsafetycheck",
+    "kms:encryptionalgorithm",
+    "kms:datakeypairspec",
+    "kms:signingalgorithm",
+    "kms:messagetype",
+    "kms:keyagreementalgorithm",
+];
+
 impl Policy {
+    /// Condition keys this policy names that this KMS does not model, so
+    /// that a policy relying on them is not silently evaluated as if AWS
+    /// never set them.
+    pub fn unmodelled_keys(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for c in self.statements.iter().flat_map(|s| &s.conditions) {
+            let lower = c.key.to_ascii_lowercase();
+            let known = MODELLED.contains(&lower.as_str())
+                || lower.starts_with("kms:encryptioncontext:")
+                || lower.strip_prefix("kms:recipientattestation:pcr").is_some_and(|n| n.parse::<u8>().is_ok_and(|n| n < 32));
+            if !known && !out.contains(&c.key) {
+                out.push(c.key.clone());
+            }
+        }
+        out
+    }
+
     /// Parse a key policy (`key_policy = true`: every statement needs a
     /// Principal) or an identity policy (no Principal allowed).
     pub fn parse(text: &str, key_policy: bool) -> Result<Policy, PolicyError> {
@@ -440,6 +485,15 @@ impl RequestContext {
         };
         ctx.set("aws:PrincipalArn", role_of_session(principal_arn).unwrap_or_else(|| principal_arn.to_owned()));
         ctx.set("aws:PrincipalAccount", account);
+        // https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_condition-keys.html#condition-keys-principaltype
+        let kind = if principal_arn == format!("arn:aws:iam::{account}:root") {
+            "Account"
+        } else if principal_arn.contains(":assumed-role/") || principal_arn.contains(":role/") {
+            "AssumedRole"
+        } else {
+            "User"
+        };
+        ctx.set("aws:PrincipalType", kind);
         ctx.set("kms:CallerAccount", account);
         ctx
     }

@@ -452,6 +452,7 @@ impl Call<'_> {
             None => default_key_policy(self.account()),
         };
         let policy = Policy::parse(&policy_text, true).map_err(|e| KmsError::new("MalformedPolicyDocumentException", e.to_string()))?;
+        refuse_unmodelled(&policy)?;
         let bypass = self.req.opt_bool("BypassPolicyLockoutSafetyCheck")?.unwrap_or(false);
         let spec_for_ctx = spec.name();
         self.authorize_identity("kms:CreateKey", &|ctx| {
@@ -680,6 +681,7 @@ impl Call<'_> {
         self.policy_name()?;
         let text = self.req.str_len("Policy", 1, 32768)?.ok_or_else(|| KmsError::constraint("Policy", "Member must not be null"))?.to_owned();
         let policy = Policy::parse(&text, true).map_err(|e| KmsError::new("MalformedPolicyDocumentException", e.to_string()))?;
+        refuse_unmodelled(&policy)?;
         let bypass = self.req.opt_bool("BypassPolicyLockoutSafetyCheck")?.unwrap_or(false);
         let key = self.authorized_key("KeyId", "kms:PutKeyPolicy", &|_| {})?;
         if key.metadata.key_state == KeyState::PendingDeletion {
@@ -1047,4 +1049,18 @@ fn usage_name(u: KeyUsage) -> &'static str {
 fn camel(name: &str) -> String {
     let mut c = name.chars();
     c.next().map(|f| f.to_lowercase().chain(c).collect()).unwrap_or_default()
+}
+
+/// A policy naming a condition key this KMS does not set is refused: here it
+/// would always be absent, while AWS sets it, and the two would decide
+/// differently.
+fn refuse_unmodelled(policy: &Policy) -> Result<(), KmsError> {
+    let keys = policy.unmodelled_keys();
+    if keys.is_empty() {
+        return Ok(());
+    }
+    Err(KmsError::unsupported(format!(
+        "this local KMS does not model the condition key(s) {}: they would always be absent here, while AWS sets them, so the policy would not decide as it does on AWS",
+        keys.join(", ")
+    )))
 }

@@ -357,3 +357,14 @@ fn absent_keys_set_operators_and_null_as_aws_documents() {
     let denied_account = deny(&format!(r#"{{"StringNotEquals": {{"aws:PrincipalAccount": "{ACCOUNT}"}}}}"#));
     assert_eq!(evaluate(&denied_account, &[], &ctx(ROLE, "kms:Decrypt")), Decision::Allow, "aws:PrincipalAccount is set, so not denied");
 }
+
+#[test]
+fn condition_keys_this_kms_does_not_set_are_named() {
+    let p = one(r#"{"StringEquals": {"aws:PrincipalTag/team": "payments", "kms:EncryptionContext:app": "x", "kms:RecipientAttestation:PCR8": "00"}}"#);
+    assert_eq!(p.unmodelled_keys(), vec!["aws:PrincipalTag/team".to_owned()]);
+    assert!(one(r#"{"StringEquals": {"aws:PrincipalType": "AssumedRole", "kms:ViaService": "x"}}"#).unmodelled_keys().is_empty());
+    // aws:PrincipalType as AWS sets it.
+    let p = one(r#"{"StringEquals": {"aws:PrincipalType": "AssumedRole"}}"#);
+    assert_eq!(evaluate(&p, &[], &ctx(ROLE, "kms:Decrypt")), Decision::Allow);
+    assert_eq!(evaluate(&p, &[], &ctx(ROOT, "kms:Decrypt")), Decision::ImplicitDeny, "the root user is an Account");
+}
