@@ -217,3 +217,58 @@ fn the_kmstool_benchmark_runs_every_path_and_prints_ratios() {
         assert!(rps > 0.0, "{line}");
     }
 }
+
+/// `nekms policy check` on policies shaped like the seeds' (written here)
+/// and on nekms's own custody template.
+#[test]
+fn policy_check_says_who_can_do_what_and_flags_what_aws_reads_differently() {
+    let tmp = tempfile::tempdir().unwrap();
+    let check = |name: &str, policy: serde_json::Value| -> String {
+        let f = tmp.path().join(name);
+        std::fs::write(&f, policy.to_string()).unwrap();
+        ok(nekms(tmp.path(), &["policy", "check", "--account", "111122223333", f.to_str().unwrap()]))
+    };
+    let instance = "arn:aws:iam::111122223333:role/instance";
+    let admin = "arn:aws:iam::111122223333:role/admin";
+    let zeros = "0".repeat(96);
+    let pcr0 = "ab".repeat(48);
+    let admin_wildcards = serde_json::json!({"Effect": "Allow", "Principal": {"AWS": admin},
+        "Action": ["kms:Create*", "kms:Describe*", "kms:Put*", "kms:Disable*", "kms:Get*", "kms:ScheduleKeyDeletion"], "Resource": "*"});
+    let enclave_decrypt = |pcr: &str| serde_json::json!({"Effect": "Allow", "Principal": {"AWS": instance}, "Action": "kms:Decrypt", "Resource": "*",
+        "Condition": {"StringEqualsIgnoreCase": {"kms:RecipientAttestation:ImageSha384": pcr}}});
+    let root = serde_json::json!({"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::111122223333:root"}, "Action": "kms:*", "Resource": "*"});
+
+    // kmstool's: debug-mode zeros, the administrator with Put*/Create*.
+    let out = check("kmstool.json", serde_json::json!({"Statement": [enclave_decrypt(&zeros),
+        {"Effect": "Allow", "Principal": {"AWS": instance}, "Action": "kms:Encrypt", "Resource": "*"}, admin_wildcards.clone()]}));
+    assert!(out.contains("names an all-zero PCR"), "{out}");
+    assert!(out.contains("WARNING: whoever can change the policy can reopen the key") && out.contains("WARNING: whoever can create grants"), "{out}");
+
+    // The lock-out's: no root statement, yet the administrator can still reopen the key.
+    let out = check("lockout.json", serde_json::json!({"Statement": [enclave_decrypt(&pcr0), admin_wildcards.clone()]}));
+    assert!(out.contains(&format!("Who can decrypt: {instance}, when StringEqualsIgnoreCase kms:RecipientAttestation:ImageSha384 {pcr0}")), "{out}");
+    assert!(out.contains("Who can change the policy: arn:aws:iam::111122223333:role/admin"), "{out}");
+
+    // The two-enclave document's: three PCRs ANDed in one Deny.
+    let out = check("two-enclave.json", serde_json::json!({"Statement": [root.clone(),
+        {"Effect": "Deny", "Principal": {"AWS": instance}, "Action": "kms:Decrypt", "Resource": "*",
+         "Condition": {"StringNotEqualsIgnoreCase": {"kms:RecipientAttestation:PCR0": "aa", "kms:RecipientAttestation:PCR1": "bb", "kms:RecipientAttestation:PCR2": "cc"}}}]}));
+    assert!(out.contains("fires only when every one differs"), "{out}");
+    assert!(out.contains("may decrypt without an attestation document"), "the root statement: {out}");
+
+    // tmkms's: the default root statement beside the enclave's Decrypt.
+    let out = check("tmkms.json", serde_json::json!({"Statement": [root.clone(), enclave_decrypt(&pcr0)]}));
+    assert!(out.contains("the account root, and whoever the account's IAM policies allow") && out.contains("may decrypt without an attestation document"), "{out}");
+
+    // A lock-out Deny written with ForAnyValue does not apply without a Recipient.
+    let out = check("for-any.json", serde_json::json!({"Statement": [root,
+        {"Effect": "Deny", "Principal": "*", "Action": "kms:Decrypt", "Resource": "*",
+         "Condition": {"ForAnyValue:StringNotEquals": {"kms:RecipientAttestation:ImageSha384": pcr0}}}]}));
+    assert!(out.contains("ForAnyValue on the single-valued key kms:RecipientAttestation:ImageSha384"), "{out}");
+
+    // nekms's own template: nobody reopens it, nothing misleading.
+    let template = ok(nekms(tmp.path(), &["policy", "custody", "--account", "111122223333", "--pcr0", &pcr0]));
+    let out = check("custody.json", serde_json::from_str(&template).unwrap());
+    assert!(out.contains("Who can change the policy: nobody") && out.contains("Who can create grants: nobody") && out.ends_with("0 warning(s)\n"), "{out}");
+    assert!(fail(nekms(tmp.path(), &["policy", "check", tmp.path().join("missing.json").to_str().unwrap()])).contains("missing.json"));
+}

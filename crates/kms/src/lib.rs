@@ -28,6 +28,7 @@ pub mod crypto;
 pub mod error;
 pub mod model;
 pub mod policy;
+pub mod policy_check;
 pub mod recipient;
 pub mod request;
 pub mod run;

@@ -2,6 +2,8 @@
 //! custody setup ([`crate::key_policy`]) for an account and its roles, to
 //! put on a real KMS key (`aws kms create-key --policy file://...`,
 //! `aws kms put-key-policy ... --bypass-policy-lockout-safety-check`).
+//! `nekms policy check FILE`: what a key policy lets whom do, in plain
+//! words, and where it is written in a form AWS evaluates differently.
 
 use crate::key_policy::{self, Roles};
 
@@ -46,10 +48,36 @@ pub enum Command {
         #[arg(long = "pcr0", value_name = "HEX", required = true)]
         pcr0: Vec<String>,
     },
+    /// Say who can decrypt, mint ciphertext, change the policy or create grants, and flag forms AWS reads differently
+    Check {
+        /// The key policy (JSON), or - for standard input
+        file: std::path::PathBuf,
+        /// The account the policy belongs to (to recognise its root) [default: from the ARNs]
+        #[arg(long, value_name = "ID")]
+        account: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn run(cmd: Command) -> anyhow::Result<()> {
+    if let Command::Check { file, account, json } = &cmd {
+        let text = if file.as_os_str() == "-" { std::io::read_to_string(std::io::stdin())? } else { std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))? };
+        let policy = nekms_kms::policy::Policy::parse(&text, true).map_err(|e| anyhow::anyhow!("not a key policy AWS would take: {e}"))?;
+        let findings = nekms_kms::policy_check::check(&policy, account.as_deref());
+        if *json {
+            println!("{}", serde_json::to_string_pretty(&findings)?);
+        } else {
+            for f in &findings {
+                println!("{}{}", if f.warning { "WARNING: " } else { "" }, f.text);
+            }
+            let warnings = findings.iter().filter(|f| f.warning).count();
+            println!("{} warning(s)", warnings);
+        }
+        return Ok(());
+    }
     let policy = match cmd {
+        Command::Check { .. } => unreachable!("answered above"),
         Command::Bootstrap(r) => key_policy::bootstrap(&r.roles()?),
         Command::Custody { roles, pcr0 } => {
             for p in &pcr0 {

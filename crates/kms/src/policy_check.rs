@@ -1,0 +1,60 @@
+//! `nekms policy check`: what a key policy lets whom do, in plain words, and
+//! where it is written in a form AWS evaluates differently from how it reads.
+//!
+//! It reads the statements as AWS would apply them: an Allow is limited by
+//! its conditions, a Deny by its; a statement naming the account root
+//! delegates to IAM. It does not know the account's IAM policies, so it
+//! says where they decide.
+
+use crate::policy::{Effect, Policy};
+
+/// One finding: `warning` for a policy that does not do what it reads as.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Finding {
+    pub warning: bool,
+    pub text: String,
+}
+
+/// What the policy allows and denies for each question that matters to
+/// custody, and the forms AWS evaluates differently.
+pub fn check(policy: &Policy, account: Option<&str>) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let say = |out: &mut Vec<Finding>, warning: bool, text: String| out.push(Finding { warning, text });
+    let questions: [(&str, &[&str]); 4] = [
+        ("decrypt", &["kms:Decrypt"]),
+        ("mint ciphertext (Encrypt, GenerateDataKey*, ReEncrypt*)", &["kms:Encrypt", "kms:GenerateDataKey", "kms:GenerateDataKeyWithoutPlaintext", "kms:GenerateDataKeyPair", "kms:ReEncryptTo"]),
+        ("change the policy", &["kms:PutKeyPolicy"]),
+        ("create grants", &["kms:CreateGrant"]),
+    ];
+    for (what, actions) in questions {
+        let allows: Vec<String> = policy.statements_for(Effect::Allow, actions).map(|s| s.describe(account)).collect();
+        let denies: Vec<String> = policy.statements_for(Effect::Deny, actions).map(|s| s.describe(account)).collect();
+        if allows.is_empty() {
+            say(&mut out, false, format!("Who can {what}: nobody (no statement allows it)."));
+            continue;
+        }
+        say(&mut out, false, format!("Who can {what}: {}.", allows.join("; or ")));
+        for d in denies {
+            say(&mut out, false, format!("  ... except as denied: {d}."));
+        }
+        if what == "decrypt" && policy.mentions_recipient() && !policy.denied_without_attestation("kms:Decrypt") {
+            for s in policy.statements_for(Effect::Allow, actions).filter(|s| !s.requires_attestation()) {
+                say(&mut out, true, format!("{} may decrypt without an attestation document (no positive Recipient condition, and no Deny for every principal without one)", s.describe(account)));
+            }
+        }
+        if what == "change the policy" || what == "create grants" {
+            if policy.denied_to_everyone(actions[0]) {
+                say(&mut out, false, format!("  A Deny for every principal closes it: nobody can {what}."));
+            } else {
+                say(&mut out, true, format!("whoever can {what} can reopen the key: a custody key denies {} to every principal", actions[0]));
+            }
+        }
+    }
+    for w in policy.misleading_forms() {
+        say(&mut out, true, w);
+    }
+    if policy.mentions_recipient() && !policy.denies_reserved_context() {
+        say(&mut out, true, "no Deny keeps ciphertexts with nekms's reserved context (nekms:*) from being minted outside the enclave (Encrypt and GenerateDataKey* with kms:EncryptionContextKeys like nekms:*)".into());
+    }
+    out
+}
