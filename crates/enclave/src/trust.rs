@@ -157,10 +157,6 @@ impl Trust {
         (self.parent_decrypt, &self.parent_decrypt_keys)
     }
 
-    pub fn allow_import(&self) -> bool {
-        self.allow_import
-    }
-
     /// ImportKey is offered only when the configuration allows imports.
     pub fn check_import(&self) -> Result<(), RpcError> {
         if self.allow_import {
@@ -313,13 +309,6 @@ mod tests {
         let mixed = TrustArgs { custody_kms_keys: vec![ARN.into(), "arn:aws:kms:us-east-1:111122223333:key/x".into()], ..Default::default() };
         assert!(Trust::new(&mixed, Pcr48::ZERO, Verifier::aws(), true).is_err());
     }
-}
-
-#[cfg(test)]
-mod more_tests {
-    use super::*;
-
-    const ARN: &str = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
 
     #[test]
     fn custody_turns_parent_decryption_off_unless_configured_and_debug_images_are_refused() {

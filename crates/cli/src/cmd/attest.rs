@@ -21,18 +21,40 @@ pub enum Command {
     Sim(SimArgs),
 }
 
-#[derive(clap::Args)]
-pub struct VerifyArgs {
-    /// The document (raw COSE_Sign1 bytes)
-    file: PathBuf,
+/// Which root a document must chain to.
+#[derive(clap::Args, Clone, Debug)]
+pub struct RootArgs {
     /// Trust this root certificate (PEM) instead of the built-in AWS Nitro Enclaves Root-G1
     #[arg(long, value_name = "PEM", conflicts_with = "dev_root")]
     root: Option<PathBuf>,
-    /// Trust the development root of --dir
+    /// Trust the development root of --dir (simulated enclaves)
     #[arg(long)]
     dev_root: bool,
     #[command(flatten)]
     dir: DirArg,
+}
+
+impl RootArgs {
+    /// The verifier, and the root's name for messages.
+    pub fn verifier(&self) -> anyhow::Result<(Verifier, String)> {
+        Ok(if let Some(root) = &self.root {
+            let pem = std::fs::read_to_string(root).with_context(|| format!("cannot read {}", root.display()))?;
+            (Verifier::from_pem(&pem).with_context(|| format!("{} is not a usable root", root.display()))?, root.display().to_string())
+        } else if self.dev_root {
+            let dir = self.dir.resolve()?;
+            (Verifier::from_pem(&dir.root_pem()?)?, format!("development root {}", dir.root_cert_path().display()))
+        } else {
+            (Verifier::from_pem(AWS_NITRO_ROOT_G1_PEM)?, "AWS Nitro Enclaves Root-G1 (built in)".to_owned())
+        })
+    }
+}
+
+#[derive(clap::Args)]
+pub struct VerifyArgs {
+    /// The document (raw COSE_Sign1 bytes)
+    file: PathBuf,
+    #[command(flatten)]
+    root: RootArgs,
     /// Verification time (RFC 3339), or "document" for the document's own timestamp [default: now]
     #[arg(long, value_name = "RFC3339")]
     at: Option<String>,
@@ -121,15 +143,7 @@ pub fn parse_pcr(s: &str) -> anyhow::Result<(u8, Pcr48)> {
 
 fn verify(a: VerifyArgs) -> anyhow::Result<()> {
     let bytes = std::fs::read(&a.file).with_context(|| format!("cannot read {}", a.file.display()))?;
-    let (verifier, root_name) = if let Some(root) = &a.root {
-        let pem = std::fs::read_to_string(root).with_context(|| format!("cannot read {}", root.display()))?;
-        (Verifier::from_pem(&pem).with_context(|| format!("{} is not a usable root", root.display()))?, root.display().to_string())
-    } else if a.dev_root {
-        let dir = a.dir.resolve()?;
-        (Verifier::from_pem(&dir.root_pem()?)?, format!("development root {}", dir.root_cert_path().display()))
-    } else {
-        (Verifier::from_pem(AWS_NITRO_ROOT_G1_PEM)?, "AWS Nitro Enclaves Root-G1 (built in)".to_owned())
-    };
+    let (verifier, root_name) = a.root.verifier()?;
     let mut opts = match a.at.as_deref() {
         None => VerifyOptions::now(),
         Some("document") => VerifyOptions::at_document_time(&bytes).map_err(|e| anyhow::anyhow!("verification failed: {e}"))?,

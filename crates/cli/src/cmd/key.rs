@@ -306,24 +306,14 @@ pub struct OriginArgs {
     /// Accept imported keys too (their secret is as safe as the administrator who imported them kept it)
     #[arg(long)]
     allow_imported: bool,
-    /// Trust this root certificate (PEM) instead of the AWS Nitro Enclaves Root-G1
-    #[arg(long, value_name = "PEM", conflicts_with = "dev_root")]
-    root: Option<PathBuf>,
-    /// Trust the development root (simulated enclaves)
-    #[arg(long)]
-    dev_root: bool,
     #[command(flatten)]
-    dir: crate::DirArg,
+    root: super::attest::RootArgs,
 }
 
 impl OriginArgs {
     /// Verify `r`'s origin document.
     fn verify(&self, r: &KeyRecord) -> anyhow::Result<nekms_keys::origin::Origin> {
-        let verifier = match (&self.root, self.dev_root) {
-            (Some(path), _) => nekms_attestation::Verifier::from_pem(&std::fs::read_to_string(path).with_context(|| path.display().to_string())?)?,
-            (None, true) => nekms_attestation::Verifier::from_pem(&self.dir.resolve()?.root_pem()?)?,
-            (None, false) => nekms_attestation::Verifier::aws(),
-        };
+        let (verifier, _) = self.root.verifier()?;
         if r.origin == nekms_keys::Origin::Imported && !self.allow_imported {
             bail!("rule import-disabled: key record {} was imported by an administrator; pass --allow-imported to accept imported keys", r.key_id);
         }

@@ -184,12 +184,16 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         Ok(nekms_nsm::measure::Measurement::of_files(&image, Some(&enclave_config))?)
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    // A debug-mode enclave reports zeros: the policy must name them (and so admits every debug image).
+    let final_policy = |roles: &crate::key_policy::Roles, m: &nekms_nsm::measure::Measurement| {
+        let pcr0 = if a.debug_mode { nekms_attestation::Pcr48::ZERO } else { m.pcr0 };
+        crate::key_policy::custody(roles, &[pcr0.to_hex()])
+    };
     let (custody_key, measurement) = match &a.custody_kms_key {
         Some(arn) => {
             // Reuse only a key whose policy in force is exactly the custody policy for this image.
             let m = configure(arn)?;
-            let pcr0 = if a.debug_mode { nekms_attestation::Pcr48::ZERO } else { m.pcr0 };
-            let policy = crate::key_policy::custody(&crate::key_policy::Roles::standard(&config.account_id), &[pcr0.to_hex()]);
+            let policy = final_policy(&crate::key_policy::Roles::standard(&config.account_id), &m);
             rt.block_on(async {
                 let mut conn = crate::kms_client::Conn::open(&admin).await?;
                 crate::enclave_path::check_custody_key(&mut conn, arn, &policy).await
@@ -197,11 +201,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             .with_context(|| format!("--custody-kms-key {arn}"))?;
             (arn.clone(), m)
         }
-        None => rt.block_on(crate::enclave_path::custody_key(&dev, &admin, "nekms dev up: custody", configure, |roles, m| {
-            // A debug-mode enclave reports zeros: the policy must name them (and so admits every debug image).
-            let pcr0 = if a.debug_mode { nekms_attestation::Pcr48::ZERO } else { m.pcr0 };
-            crate::key_policy::custody(roles, &[pcr0.to_hex()])
-        }))?,
+        None => rt.block_on(crate::enclave_path::custody_key(&dev, &admin, "nekms dev up: custody", configure, final_policy))?,
     };
 
     // 4. The simulated enclave.
