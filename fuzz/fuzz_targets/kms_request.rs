@@ -1,4 +1,4 @@
-//! Any request body for any read-only or cryptographic KMS operation, as an
+//! Any request body for any read-only, cryptographic or grant KMS operation, as an
 //! authenticated caller: a KMS error or a response, never a panic. The
 //! state holds a symmetric, a signing and a key-agreement key (aliases
 //! alias/sym, alias/sig, alias/ka) so inputs can reach the cryptography.
@@ -15,7 +15,8 @@ use nekms_kms::service::{Caller, Kms};
 const OPS: &[&str] = &[
     "Encrypt", "Decrypt", "ReEncrypt", "GenerateDataKey", "GenerateDataKeyWithoutPlaintext", "GenerateRandom", "DescribeKey",
     "ListKeys", "ListAliases", "GetKeyPolicy", "Sign", "Verify", "GetPublicKey", "DeriveSharedSecret", "ListResourceTags",
-    "GetKeyRotationStatus", "ListKeyPolicies", "NoSuchOperation",
+    "GetKeyRotationStatus", "ListKeyPolicies", "CreateGrant", "ListGrants", "ListRetirableGrants", "RetireGrant", "RevokeGrant",
+    "NoSuchOperation",
 ];
 
 fn kms() -> &'static (Kms, Caller) {

@@ -380,3 +380,139 @@ def test_a_policy_naming_a_condition_key_this_kms_does_not_set_is_refused(kms):
     with pytest.raises(botocore.exceptions.ClientError) as e:
         admin.put_key_policy(KeyId=key, PolicyName="default", Policy=json.dumps(policy))
     assert error_code(e) == "UnsupportedOperationException"
+
+
+def test_a_grant_opens_a_key_its_policy_keeps_closed_until_retired_or_revoked(kms):
+    """Grants as AWS documents them (Developer Guide, "Grants in AWS KMS";
+    API reference for CreateGrant, GrantConstraints, RetireGrant,
+    RevokeGrant): a grant only adds permissions, carries no condition keys
+    (so no attestation condition), is bound by its encryption-context
+    constraint, and an explicit Deny in the key policy still wins."""
+    admin, instance = kms.client("admin"), kms.client("instance")
+    admin_arn = f"arn:aws:iam::{ACCOUNT}:role/nekms-key-admin"
+    instance_arn = f"arn:aws:iam::{ACCOUNT}:role/nekms-instance"
+    manage = {"Sid": "Administrators", "Effect": "Allow", "Principal": {"AWS": admin_arn},
+              "Action": ["kms:Create*", "kms:Describe*", "kms:List*", "kms:Put*", "kms:Get*", "kms:Revoke*",
+                         "kms:Encrypt"], "Resource": "*"}
+    encrypt_only = {"Sid": "Instance encrypts", "Effect": "Allow", "Principal": {"AWS": instance_arn},
+                    "Action": "kms:Encrypt", "Resource": "*"}
+    policy = {"Version": "2012-10-17", "Statement": [manage, encrypt_only]}
+    key = admin.create_key(Description="grants", Policy=json.dumps(policy))["KeyMetadata"]["Arn"]
+    blob = instance.encrypt(KeyId=key, Plaintext=b"payroll db", EncryptionContext={"app": "billing"})["CiphertextBlob"]
+    other = instance.encrypt(KeyId=key, Plaintext=b"other", EncryptionContext={"app": "crm"})["CiphertextBlob"]
+
+    def refused(code, f, *args, **kwargs):
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            f(*args, **kwargs)
+        assert error_code(e) == code, e.value
+        return e.value
+
+    refused("AccessDeniedException", instance.decrypt, CiphertextBlob=blob, EncryptionContext={"app": "billing"})
+
+    g = admin.create_grant(KeyId=key, GranteePrincipal=instance_arn, Operations=["Decrypt"],
+                           RetiringPrincipal=admin_arn, Constraints={"EncryptionContextSubset": {"APP": "billing"}})
+    token, grant_id = g["GrantToken"], g["GrantId"]
+    assert len(grant_id) == 64
+    # Open now: with the grant token (as AWS asks before the grant propagates) and without.
+    out = instance.decrypt(CiphertextBlob=blob, EncryptionContext={"app": "billing"}, GrantTokens=[token])
+    assert out["Plaintext"] == b"payroll db"
+    assert instance.decrypt(CiphertextBlob=blob, EncryptionContext={"app": "billing"})["Plaintext"] == b"payroll db"
+    # The constraint binds: another context stays closed. Keys compare case-insensitively.
+    refused("AccessDeniedException", instance.decrypt, CiphertextBlob=other, EncryptionContext={"app": "crm"})
+    # Not an operation of the grant.
+    refused("AccessDeniedException", instance.generate_data_key, KeyId=key, KeySpec="AES_256",
+            EncryptionContext={"app": "billing"})
+    # A token this KMS never issued.
+    refused("InvalidGrantTokenException", instance.decrypt, CiphertextBlob=blob, EncryptionContext={"app": "billing"},
+            GrantTokens=["AQpAM2RhZTk1MGMyNTk2ZmZmMzEyYWVhOWViN2I1MWM4Mzc0MWFiYjc0ZDE1ODkyNGFlNTIzODZhMzgy"])
+
+    listed = admin.list_grants(KeyId=key)["Grants"]
+    assert len(listed) == 1
+    entry = listed[0]
+    assert (entry["GrantId"], entry["KeyId"], entry["GranteePrincipal"], entry["RetiringPrincipal"]) == \
+        (grant_id, key, instance_arn, admin_arn)
+    assert entry["Operations"] == ["Decrypt"] and entry["IssuingAccount"] == f"arn:aws:iam::{ACCOUNT}:root"
+    assert entry["Constraints"] == {"EncryptionContextSubset": {"APP": "billing"}}
+    assert [x["GrantId"] for x in admin.list_retirable_grants(RetiringPrincipal=admin_arn)["Grants"]] == [grant_id]
+
+    # A grant carries no attestation condition: only a Deny in the key policy binds a grantee.
+    deny = {"Sid": "Decrypt only in the enclave", "Effect": "Deny", "Principal": "*", "Action": "kms:Decrypt",
+            "Resource": "*", "Condition": {"StringNotEqualsIgnoreCase": {"kms:RecipientAttestation:ImageSha384": "ab" * 48}}}
+    admin.put_key_policy(KeyId=key, PolicyName="default",
+                         Policy=json.dumps({"Version": "2012-10-17", "Statement": [manage, encrypt_only, deny]}))
+    refused("AccessDeniedException", instance.decrypt, CiphertextBlob=blob, EncryptionContext={"app": "billing"})
+    admin.put_key_policy(KeyId=key, PolicyName="default", Policy=json.dumps(policy))
+    assert instance.decrypt(CiphertextBlob=blob, EncryptionContext={"app": "billing"})["Plaintext"] == b"payroll db"
+
+    # The grantee cannot retire a grant that does not give it RetireGrant; the retiring principal can.
+    refused("AccessDeniedException", instance.retire_grant, GrantToken=token)
+    admin.retire_grant(GrantToken=token)
+    refused("AccessDeniedException", instance.decrypt, CiphertextBlob=blob, EncryptionContext={"app": "billing"},
+            GrantTokens=[token])
+    assert admin.list_grants(KeyId=key)["Grants"] == []
+    refused("NotFoundException", admin.retire_grant, KeyId=key, GrantId=grant_id)
+
+    # A Name makes CreateGrant idempotent: the same parameters give the same grant.
+    named = dict(KeyId=key, GranteePrincipal=instance_arn, Operations=["Decrypt", "RetireGrant"], Name="billing-reader",
+                 Constraints={"EncryptionContextEquals": {"app": "billing"}})
+    first, again = admin.create_grant(**named), admin.create_grant(**named)
+    assert first["GrantId"] == again["GrantId"] and first["GrantToken"] != again["GrantToken"]
+    assert instance.decrypt(CiphertextBlob=blob, EncryptionContext={"app": "billing"})["Plaintext"] == b"payroll db"
+    admin.revoke_grant(KeyId=key, GrantId=first["GrantId"])
+    refused("AccessDeniedException", instance.decrypt, CiphertextBlob=blob, EncryptionContext={"app": "billing"})
+
+    # A grant that lets its grantee create grants: only narrower ones.
+    parent = admin.create_grant(KeyId=key, GranteePrincipal=instance_arn, Operations=["Decrypt", "CreateGrant"],
+                                Constraints={"EncryptionContextSubset": {"app": "billing"}})
+    child = instance.create_grant(KeyId=key, GranteePrincipal=admin_arn, Operations=["Decrypt"],
+                                  Constraints={"EncryptionContextEquals": {"app": "billing"}})
+    assert admin.decrypt(CiphertextBlob=blob, EncryptionContext={"app": "billing"})["Plaintext"] == b"payroll db"
+    refused("AccessDeniedException", instance.create_grant, KeyId=key, GranteePrincipal=admin_arn,
+            Operations=["Decrypt", "Encrypt"], Constraints={"EncryptionContextSubset": {"app": "billing"}})
+    refused("AccessDeniedException", instance.create_grant, KeyId=key, GranteePrincipal=admin_arn, Operations=["Decrypt"])
+    for g in (parent, child):
+        admin.revoke_grant(KeyId=key, GrantId=g["GrantId"])
+
+    # The audit log names the grant that allowed a request.
+    r = subprocess.run([NEKMS, "dev", "kms", "audit", "--json"], env=kms.env, check=True, capture_output=True, text=True)
+    assert any(json.loads(l).get("additionalEventData", {}).get("grantId") == grant_id for l in r.stdout.splitlines())
+
+    # Bad input: AWS's exceptions, and nothing changed.
+    for code, kwargs in [
+        ("ValidationException", dict(GranteePrincipal=instance_arn, Operations=["Fly"])),
+        ("ValidationException", dict(GranteePrincipal=instance_arn, Operations=["Sign"])),
+        ("ValidationException", dict(GranteePrincipal="not a principal", Operations=["Decrypt"])),
+        ("ValidationException", dict(GranteePrincipal=instance_arn, Operations=["Decrypt"],
+                                     Constraints={"EncryptionContextSubset": {f"k{i}": "v" for i in range(9)}})),
+        ("ValidationException", dict(GranteePrincipal=instance_arn, Operations=["Decrypt"],
+                                     Constraints={"EncryptionContextEquals": {"k": "v" * 385}})),
+    ]:
+        refused(code, admin.create_grant, KeyId=key, **kwargs)
+    refused("InvalidGrantIdException", admin.revoke_grant, KeyId=key, GrantId="not-a-grant")
+    refused("NotFoundException", admin.revoke_grant, KeyId=key, GrantId="0" * 64)
+    refused("InvalidGrantTokenException", admin.retire_grant, GrantToken="made-up")
+    refused("ValidationException", admin.retire_grant, GrantId="0" * 64)
+    assert admin.list_grants(KeyId=key)["Grants"] == []
+
+
+def test_a_policy_limits_what_grants_a_principal_may_create(kms):
+    """kms:GrantOperations and kms:GranteePrincipal in a key policy: the
+    instance may hand out Encrypt to one role and nothing else."""
+    admin, instance = kms.client("admin"), kms.client("instance")
+    admin_arn = f"arn:aws:iam::{ACCOUNT}:role/nekms-key-admin"
+    instance_arn = f"arn:aws:iam::{ACCOUNT}:role/nekms-instance"
+    policy = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": admin_arn}, "Action": "kms:*", "Resource": "*"},
+        {"Effect": "Allow", "Principal": {"AWS": instance_arn}, "Action": "kms:CreateGrant", "Resource": "*",
+         "Condition": {"ForAllValues:StringEquals": {"kms:GrantOperations": ["Encrypt"]},
+                       "StringEquals": {"kms:GranteePrincipal": admin_arn},
+                       "Bool": {"kms:GrantIsForAWSResource": "false"}}}]}
+    key = admin.create_key(Policy=json.dumps(policy))["KeyMetadata"]["Arn"]
+    instance.create_grant(KeyId=key, GranteePrincipal=admin_arn, Operations=["Encrypt"])
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        instance.create_grant(KeyId=key, GranteePrincipal=admin_arn, Operations=["Encrypt", "Decrypt"])
+    assert error_code(e) == "AccessDeniedException"
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        instance.create_grant(KeyId=key, GranteePrincipal=instance_arn, Operations=["Encrypt"])
+    assert error_code(e) == "AccessDeniedException"
+    assert len(admin.list_grants(KeyId=key)["Grants"]) == 1

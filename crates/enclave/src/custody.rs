@@ -25,9 +25,12 @@ use zeroize::Zeroizing;
 use crate::rpc::kms_error;
 use crate::Enclave;
 
+/// An opened key, when it was opened and when it was last used.
+type CacheEntry = (Arc<PrivateKey>, Instant, Instant);
+
 /// Opened keys, most recently used kept.
 pub struct KeyCache {
-    entries: Mutex<HashMap<[u8; 32], (Arc<PrivateKey>, Instant, Instant)>>,
+    entries: Mutex<HashMap<[u8; 32], CacheEntry>>,
     capacity: usize,
     ttl: Duration,
     hits: AtomicU64,

@@ -52,6 +52,8 @@ pub struct AuditFacts {
     pub request_parameters: Map<String, Value>,
     pub resources: Vec<String>,
     pub recipient: Option<Value>,
+    /// The grant that allowed the request, when the policies alone did not.
+    pub grant_id: Option<String>,
     pub read_only: bool,
 }
 
@@ -113,6 +115,9 @@ pub fn event(
     }
     if let Some(r) = &facts.recipient {
         e["additionalEventData"] = json!({ "recipient": r });
+    }
+    if let Some(g) = &facts.grant_id {
+        e["additionalEventData"]["grantId"] = g.clone().into();
     }
     e
 }

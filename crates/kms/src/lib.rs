@@ -14,6 +14,7 @@
 //! | [`service`] | the operations, authorization, key states |
 //! | [`recipient`] | verifying `Recipient` documents, `CiphertextForRecipient` |
 //! | [`policy`] | key and identity policies, condition keys |
+//! | [`grant`] | grants: operations, constraints, grants made under grants |
 //! | [`sigv4`] | signature verification (and signing, for tools) |
 //! | [`blob`] | the ciphertext blob format |
 //! | [`store`] | SQLite state, material sealed under a master key |
@@ -26,6 +27,7 @@ pub mod audit;
 pub mod blob;
 pub mod crypto;
 pub mod error;
+pub mod grant;
 pub mod model;
 pub mod policy;
 pub mod policy_check;

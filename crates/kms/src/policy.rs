@@ -302,6 +302,10 @@ const MODELLED: &[&str] = &[
     "kms:calleraccount",
     "kms:viaservice",
     "kms:grantisforawsresource",
+    "kms:grantoperations",
+    "kms:granteeprincipal",
+    "kms:retiringprincipal",
+    "kms:grantconstrainttype",
     "kms:encryptioncontextkeys",
     "kms:recipientattestation:imagesha384",
     "kms:keyspec",
@@ -637,6 +641,16 @@ impl RequestContext {
 
     pub fn get(&self, key: &str) -> Option<&[String]> {
         self.keys.get(&normalise_key(key)).map(Vec::as_slice)
+    }
+
+    /// The request's encryption context, from its `kms:EncryptionContext:` keys
+    /// (which keep the context keys' case).
+    pub fn encryption_context(&self) -> crate::blob::EncryptionContext {
+        const EC: &str = "kms:encryptioncontext:";
+        self.keys
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix(EC)?.to_owned(), v.first()?.clone())))
+            .collect()
     }
 
     fn is_account_root(&self) -> bool {

@@ -187,16 +187,17 @@ impl Request {
         }
     }
 
-    /// Refuse grant tokens: this KMS issues no grants, so none is valid.
-    pub fn no_grant_tokens(&self) -> Result<(), KmsError> {
+    /// `GrantTokens`: at most 10, each 1 to 8192 characters. Whether each
+    /// was issued here is the service's check.
+    pub fn grant_tokens(&self) -> Result<Vec<String>, KmsError> {
         let tokens = self.str_list("GrantTokens")?;
         if tokens.len() > 10 {
             return Err(KmsError::constraint("GrantTokens", "Member must have length less than or equal to 10"));
         }
-        if !tokens.is_empty() {
-            return Err(KmsError::new("InvalidGrantTokenException", "The grant token is not valid: this KMS does not issue grants"));
+        if tokens.iter().any(|t| t.is_empty() || t.len() > 8192) {
+            return Err(KmsError::constraint("GrantTokens", "Member must have length between 1 and 8192"));
         }
-        Ok(())
+        Ok(tokens)
     }
 }
 

@@ -18,6 +18,7 @@ use crate::audit::AuditFacts;
 use crate::blob::{self, EncryptionContext};
 use crate::crypto::{self, SigningAlgorithm};
 use crate::error::KmsError;
+use crate::grant::Grant;
 use crate::model::{KeyMetadata, KeySpec, KeyState, KeyUsage};
 use crate::policy::{default_key_policy, evaluate, evaluate_identity, Decision, Policy, RequestContext};
 use crate::recipient::{Recipient, RecipientPolicy};
@@ -66,6 +67,7 @@ pub struct Kms {
 pub const OPERATIONS: &[&str] = &[
     "CancelKeyDeletion",
     "CreateAlias",
+    "CreateGrant",
     "CreateKey",
     "Decrypt",
     "DeleteAlias",
@@ -85,12 +87,16 @@ pub const OPERATIONS: &[&str] = &[
     "GetKeyRotationStatus",
     "GetPublicKey",
     "ListAliases",
+    "ListGrants",
     "ListKeyPolicies",
     "ListKeyRotations",
     "ListKeys",
     "ListResourceTags",
+    "ListRetirableGrants",
     "PutKeyPolicy",
     "ReEncrypt",
+    "RetireGrant",
+    "RevokeGrant",
     "RotateKeyOnDemand",
     "ScheduleKeyDeletion",
     "Sign",
@@ -100,6 +106,8 @@ pub const OPERATIONS: &[&str] = &[
     "UpdateKeyDescription",
     "Verify",
 ];
+
+mod grants;
 
 /// A random (version 4) UUID, as KMS uses for key ids and request ids.
 pub fn uuid() -> String {
@@ -122,6 +130,8 @@ struct Call<'a> {
     req: Request,
     now: OffsetDateTime,
     audit: &'a mut AuditFacts,
+    /// The grant that allowed the last authorization, when the policies did not.
+    via_grant: Option<Grant>,
 }
 
 impl Kms {
@@ -138,7 +148,7 @@ impl Kms {
     /// Handle operation `op` for `caller`. Fills `audit` as it learns facts.
     pub fn call(&self, op: &str, caller: &Caller, body: &[u8], now: OffsetDateTime, audit: &mut AuditFacts) -> Result<Value, KmsError> {
         let req = Request::parse(body)?;
-        let mut c = Call { kms: self, caller, req, now, audit };
+        let mut c = Call { kms: self, caller, req, now, audit, via_grant: None };
         c.record_parameters(op);
         match op {
             "CreateKey" => c.create_key(),
@@ -176,6 +186,11 @@ impl Kms {
             "GetKeyRotationStatus" => c.get_rotation_status(),
             "RotateKeyOnDemand" => c.rotate_on_demand(),
             "ListKeyRotations" => c.list_key_rotations(),
+            "CreateGrant" => c.create_grant(),
+            "ListGrants" => c.list_grants(),
+            "ListRetirableGrants" => c.list_retirable_grants(),
+            "RetireGrant" => c.retire_grant(),
+            "RevokeGrant" => c.revoke_grant(),
             other => Err(KmsError::new("UnknownOperationException", format!("Operation {other} is not supported by this KMS"))),
         }
     }
@@ -222,7 +237,7 @@ impl Call<'_> {
         for name in [
             "KeyId", "AliasName", "TargetKeyId", "KeySpec", "KeyUsage", "NumberOfBytes", "KeyPairSpec", "EncryptionAlgorithm",
             "SigningAlgorithm", "MessageType", "PolicyName", "PendingWindowInDays", "Description", "DestinationKeyId", "SourceKeyId",
-            "KeyAgreementAlgorithm",
+            "KeyAgreementAlgorithm", "GrantId", "GranteePrincipal", "RetiringPrincipal", "Name",
         ] {
             if let Ok(Some(v)) = self.req.opt_str(name).map(|o| o.map(str::to_owned)) {
                 m.insert(camel(name), v.into());
@@ -300,8 +315,18 @@ impl Call<'_> {
         ctx.set("kms:KeyOrigin", "AWS_KMS");
         extra(&mut ctx);
         let policy = self.kms.policy_of(key)?;
+        self.via_grant = None;
         match evaluate(&policy, self.kms.identity_policies(self.caller), &ctx) {
             Decision::Allow => Ok(()),
+            // Grants only add permissions: an explicit Deny still wins.
+            Decision::ImplicitDeny => match self.grant_for(key, action, &ctx)? {
+                Some(g) => {
+                    self.audit.grant_id = Some(g.grant_id.clone());
+                    self.via_grant = Some(g);
+                    Ok(())
+                }
+                None => Err(denied(self.caller, action, &key.metadata.arn, &Decision::ImplicitDeny)),
+            },
             d => Err(denied(self.caller, action, &key.metadata.arn, &d)),
         }
     }
@@ -487,6 +512,7 @@ impl Call<'_> {
     }
 
     fn describe_key(&mut self) -> Result<Value, KmsError> {
+        self.grant_tokens()?;
         let key = self.authorized_key("KeyId", "kms:DescribeKey", &|_| {})?;
         Ok(json!({ "KeyMetadata": key.metadata }))
     }
@@ -736,7 +762,7 @@ impl Call<'_> {
     }
 
     fn encrypt(&mut self) -> Result<Value, KmsError> {
-        self.req.no_grant_tokens()?;
+        self.grant_tokens()?;
         let plaintext = self.req.blob("Plaintext", 1, MAX_PLAINTEXT)?;
         let context = self.req.context("EncryptionContext")?;
         self.check_encryption_algorithm("EncryptionAlgorithm")?;
@@ -752,7 +778,7 @@ impl Call<'_> {
     }
 
     fn decrypt(&mut self) -> Result<Value, KmsError> {
-        self.req.no_grant_tokens()?;
+        self.grant_tokens()?;
         let blob_bytes = self.req.blob("CiphertextBlob", 1, blob::MAX_BLOB)?;
         let context = self.req.context("EncryptionContext")?;
         self.check_encryption_algorithm("EncryptionAlgorithm")?;
@@ -776,7 +802,7 @@ impl Call<'_> {
     }
 
     fn re_encrypt(&mut self) -> Result<Value, KmsError> {
-        self.req.no_grant_tokens()?;
+        self.grant_tokens()?;
         let blob_bytes = self.req.blob("CiphertextBlob", 1, blob::MAX_BLOB)?;
         let source_context = self.req.context("SourceEncryptionContext")?;
         let dest_context = self.req.context("DestinationEncryptionContext")?;
@@ -799,7 +825,7 @@ impl Call<'_> {
     }
 
     fn generate_data_key(&mut self, with_plaintext: bool) -> Result<Value, KmsError> {
-        self.req.no_grant_tokens()?;
+        self.grant_tokens()?;
         let length = match (self.req.opt_str("KeySpec")?, self.req.opt_int("NumberOfBytes", 1, 1024)?) {
             (Some(_), Some(_)) => return Err(KmsError::validation("Please specify either number of bytes or key spec.")),
             (Some("AES_256"), None) => 32,
@@ -834,7 +860,7 @@ impl Call<'_> {
     }
 
     fn generate_data_key_pair(&mut self, with_plaintext: bool) -> Result<Value, KmsError> {
-        self.req.no_grant_tokens()?;
+        self.grant_tokens()?;
         let spec_name = self.req.str("KeyPairSpec")?.to_owned();
         let spec = KeySpec::parse(&spec_name).filter(|s| *s != KeySpec::SymmetricDefault).ok_or_else(|| {
             KmsError::constraint("KeyPairSpec", format!("Member must satisfy enum value set: [RSA_2048, RSA_3072, RSA_4096, ECC_NIST_P256, ECC_NIST_P384, ECC_NIST_P521, ECC_SECG_P256K1] (got {spec_name:?})"))
@@ -893,7 +919,7 @@ impl Call<'_> {
 
     /// Read and authorize a Sign/Verify request: key, algorithm, message, whether it is a digest.
     fn signing(&mut self, action: &str, op: &str) -> Result<SigningRequest, KmsError> {
-        self.req.no_grant_tokens()?;
+        self.grant_tokens()?;
         let message = self.req.blob("Message", 1, MAX_PLAINTEXT)?;
         let is_digest = match self.req.opt_str("MessageType")? {
             None | Some("RAW") => false,
@@ -937,7 +963,7 @@ impl Call<'_> {
     }
 
     fn get_public_key(&mut self) -> Result<Value, KmsError> {
-        self.req.no_grant_tokens()?;
+        self.grant_tokens()?;
         let key = self.authorized_key("KeyId", "kms:GetPublicKey", &|_| {})?;
         self.usable(&key)?;
         let m = &key.metadata;
@@ -966,7 +992,7 @@ impl Call<'_> {
     }
 
     fn derive_shared_secret(&mut self) -> Result<Value, KmsError> {
-        self.req.no_grant_tokens()?;
+        self.grant_tokens()?;
         match self.req.str("KeyAgreementAlgorithm")? {
             "ECDH" => {}
             a => return Err(KmsError::constraint("KeyAgreementAlgorithm", format!("Member must satisfy enum value set: [ECDH] (got {a:?})"))),

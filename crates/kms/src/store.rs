@@ -18,6 +18,7 @@ use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use rusqlite::{params, Connection, OptionalExtension};
 use zeroize::Zeroizing;
 
+use crate::grant::Grant;
 use crate::model::KeyMetadata;
 
 /// What went wrong with the state.
@@ -89,6 +90,18 @@ CREATE TABLE IF NOT EXISTS tags (
     tag_key TEXT NOT NULL,
     tag_value TEXT NOT NULL,
     PRIMARY KEY (key_id, tag_key)
+);
+CREATE TABLE IF NOT EXISTS grants (
+    grant_id TEXT PRIMARY KEY,
+    key_id TEXT NOT NULL REFERENCES keys(key_id),
+    retiring_principal TEXT,
+    grant TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS grants_by_key ON grants(key_id);
+CREATE INDEX IF NOT EXISTS grants_by_retiring ON grants(retiring_principal);
+CREATE TABLE IF NOT EXISTS grant_tokens (
+    token TEXT PRIMARY KEY,
+    grant_id TEXT NOT NULL
 );
 ";
 
@@ -262,11 +275,74 @@ impl Store {
         Ok(version)
     }
 
-    /// Remove a key for good (after its deletion date): material, aliases, tags.
+    /// Store a new grant of key `key_id` with its first token, in one
+    /// transaction. Refused (false) when the key already has `max` grants.
+    pub fn insert_grant(&self, key_id: &str, grant: &Grant, token: &str, max: usize) -> Result<bool, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let n: i64 = tx.query_row("SELECT COUNT(*) FROM grants WHERE key_id = ?1", [key_id], |r| r.get(0))?;
+        if n as usize >= max {
+            return Ok(false);
+        }
+        tx.execute(
+            "INSERT INTO grants (grant_id, key_id, retiring_principal, grant) VALUES (?1, ?2, ?3, ?4)",
+            params![grant.grant_id, key_id, grant.retiring_principal, serde_json::to_string(grant)?],
+        )?;
+        tx.execute("INSERT INTO grant_tokens (token, grant_id) VALUES (?1, ?2)", params![token, grant.grant_id])?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Another token for an existing grant (CreateGrant repeated with the same Name).
+    pub fn add_grant_token(&self, grant_id: &str, token: &str) -> Result<(), StoreError> {
+        self.conn().execute("INSERT INTO grant_tokens (token, grant_id) VALUES (?1, ?2)", params![token, grant_id])?;
+        Ok(())
+    }
+
+    fn grants_where(&self, clause: &str, arg: &str) -> Result<Vec<Grant>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!("SELECT grant FROM grants WHERE {clause} ORDER BY rowid"))?;
+        let rows = stmt.query_map([arg], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
+        rows.iter().map(|t| Ok(serde_json::from_str(t)?)).collect()
+    }
+
+    /// The grants of key `key_id`, oldest first.
+    pub fn grants(&self, key_id: &str) -> Result<Vec<Grant>, StoreError> {
+        self.grants_where("key_id = ?1", key_id)
+    }
+
+    /// The grants whose retiring principal is `principal`, oldest first.
+    pub fn grants_retirable_by(&self, principal: &str) -> Result<Vec<Grant>, StoreError> {
+        self.grants_where("retiring_principal = ?1", principal)
+    }
+
+    /// A grant and its key id.
+    pub fn grant(&self, grant_id: &str) -> Result<Option<(String, Grant)>, StoreError> {
+        let row = self
+            .conn()
+            .query_row("SELECT key_id, grant FROM grants WHERE grant_id = ?1", [grant_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .optional()?;
+        row.map(|(k, g)| Ok((k, serde_json::from_str(&g)?))).transpose()
+    }
+
+    /// The grant a token was issued for (the grant may since have been retired).
+    pub fn token_grant(&self, token: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.conn().query_row("SELECT grant_id FROM grant_tokens WHERE token = ?1", [token], |r| r.get(0)).optional()?)
+    }
+
+    /// Delete a grant; false when there was none. Its tokens stay known, so a
+    /// later use of one is a grant that no longer allows anything rather than
+    /// an invalid token.
+    pub fn delete_grant(&self, grant_id: &str) -> Result<bool, StoreError> {
+        Ok(self.conn().execute("DELETE FROM grants WHERE grant_id = ?1", [grant_id])? > 0)
+    }
+
+    /// Remove a key for good (after its deletion date): material, aliases, tags, grants.
     pub fn delete_key(&self, key_id: &str) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        for table in ["material", "aliases", "tags", "keys"] {
+        tx.execute("DELETE FROM grant_tokens WHERE grant_id IN (SELECT grant_id FROM grants WHERE key_id = ?1)", [key_id])?;
+        for table in ["material", "aliases", "tags", "grants", "keys"] {
             tx.execute(&format!("DELETE FROM {table} WHERE key_id = ?1"), [key_id])?;
         }
         tx.commit()?;
