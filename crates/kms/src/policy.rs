@@ -150,13 +150,28 @@ impl Op {
     /// Does one request value match one policy value (before negation)?
     /// A request value of the wrong kind matches nothing.
     fn matches(self, request: &str, policy: &str) -> bool {
+        self.matches_marked(request, policy, &|_| true)
+    }
+
+    /// Whether policy variables are substituted in this operator's values:
+    /// string and ARN operators only.
+    /// https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_variables.html
+    fn takes_variables(self) -> bool {
+        use Op::*;
+        matches!(self, StringEquals | StringNotEquals | StringEqualsIgnoreCase | StringNotEqualsIgnoreCase | StringLike | StringNotLike | ArnEquals | ArnLike | ArnNotEquals | ArnNotLike)
+    }
+
+    /// As [`Op::matches`]; `wild(i)` says whether a `*` or `?` at byte `i`
+    /// of `policy` is a wildcard (false where it came from a variable or
+    /// from `${*}`/`${?}`).
+    fn matches_marked(self, request: &str, policy: &str, wild: &dyn Fn(usize) -> bool) -> bool {
         use Op::*;
         let numbers = || number(request).zip(number(policy));
         let dates = || date(request).zip(date(policy));
         match self {
             StringEquals | StringNotEquals => request == policy,
             StringEqualsIgnoreCase | StringNotEqualsIgnoreCase => request.eq_ignore_ascii_case(policy),
-            StringLike | StringNotLike => glob(policy.as_bytes(), request.as_bytes(), false),
+            StringLike | StringNotLike => glob_marked(policy.as_bytes(), wild, request.as_bytes(), false),
             NumericEquals | NumericNotEquals => numbers().is_some_and(|(r, p)| r == p),
             NumericLessThan => numbers().is_some_and(|(r, p)| r < p),
             NumericLessThanEquals => numbers().is_some_and(|(r, p)| r <= p),
@@ -170,7 +185,7 @@ impl Op {
             Bool => request.eq_ignore_ascii_case(policy),
             BinaryEquals => request == policy,
             IpAddress | NotIpAddress => request.parse::<std::net::IpAddr>().ok().zip(cidr(policy)).is_some_and(|(ip, net)| in_cidr(ip, net)),
-            ArnEquals | ArnNotEquals | ArnLike | ArnNotLike => arn_matches(request, policy),
+            ArnEquals | ArnNotEquals | ArnLike | ArnNotLike => arn_matches(request, policy, wild),
             Null => unreachable!("Null tests presence"),
         }
     }
@@ -220,10 +235,74 @@ fn in_cidr(ip: std::net::IpAddr, (net, len): (std::net::IpAddr, u8)) -> bool {
 
 /// ARN operators compare the six colon-separated parts each on its own, with
 /// `*` and `?` wildcards, case-sensitively.
-fn arn_matches(request: &str, policy: &str) -> bool {
+fn arn_matches(request: &str, policy: &str, wild: &dyn Fn(usize) -> bool) -> bool {
     let r: Vec<&str> = request.splitn(6, ':').collect();
-    let p: Vec<&str> = policy.splitn(6, ':').collect();
-    r.len() == 6 && p.len() == 6 && r.iter().zip(&p).all(|(r, p)| glob(p.as_bytes(), r.as_bytes(), false))
+    let mut parts = Vec::new();
+    let mut start = 0;
+    for (i, _) in policy.match_indices(':').take(5) {
+        parts.push((start, &policy[start..i]));
+        start = i + 1;
+    }
+    parts.push((start, &policy[start..]));
+    r.len() == 6 && parts.len() == 6 && r.iter().zip(&parts).all(|(r, (off, p))| glob_marked(p.as_bytes(), &|i| wild(off + i), r.as_bytes(), false))
+}
+
+/// A policy value with its variables substituted: the text, and for each
+/// byte whether it came from the policy itself (so `*` and `?` there are
+/// wildcards). `${*}`, `${?}` and `${$}` stand for those characters taken
+/// literally; `${key, 'default'}` gives a default. None when a variable
+/// names a key the request lacks (or holds several values) and has no
+/// default: the value then matches nothing.
+/// https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_variables.html
+fn substitute(value: &str, ctx: &RequestContext) -> Option<(String, Vec<bool>)> {
+    let (mut text, mut wild) = (String::new(), Vec::new());
+    let mut push = |s: &str, w: bool, text: &mut String| {
+        text.push_str(s);
+        wild.extend(std::iter::repeat_n(w, s.len()));
+    };
+    let mut rest = value;
+    while let Some(i) = rest.find("${") {
+        let Some(end) = rest[i + 2..].find('}') else { break };
+        push(&rest[..i], true, &mut text);
+        let (name, default) = variable(&rest[i + 2..i + 2 + end]);
+        match name {
+            "*" | "?" | "$" => push(name, false, &mut text),
+            key => match (ctx.get(key), default) {
+                (Some([v]), _) => push(v, false, &mut text),
+                (_, Some(d)) => push(d, false, &mut text),
+                _ => return None,
+            },
+        }
+        rest = &rest[i + 2 + end + 1..];
+    }
+    push(rest, true, &mut text);
+    Some((text, wild))
+}
+
+/// `key` or `key, 'default'` inside `${...}`.
+fn variable(inner: &str) -> (&str, Option<&str>) {
+    if let Some((k, d)) = inner.split_once(',') {
+        let d = d.trim();
+        if d.len() >= 2 && d.starts_with('\'') && d.ends_with('\'') {
+            return (k.trim(), Some(&d[1..d.len() - 1]));
+        }
+    }
+    (inner.trim(), None)
+}
+
+/// The condition keys a value's variables name.
+fn variable_keys(value: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = value;
+    while let Some(i) = rest.find("${") {
+        let Some(end) = rest[i + 2..].find('}') else { break };
+        let (name, _) = variable(&rest[i + 2..i + 2 + end]);
+        if !matches!(name, "*" | "?" | "$") {
+            out.push(name.to_owned());
+        }
+        rest = &rest[i + 2 + end + 1..];
+    }
+    out
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -241,6 +320,9 @@ struct Condition {
     /// As written, for messages.
     key: String,
     values: Vec<String>,
+    /// Values hold policy variables to substitute (Version 2012-10-17, a
+    /// string or ARN operator, and `${` in some value).
+    variables: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -250,6 +332,8 @@ pub struct Statement {
     principals: Principals,
     actions: Matcher,
     resources: Matcher,
+    /// Resource patterns hold policy variables to substitute.
+    resource_variables: bool,
     conditions: Vec<Condition>,
 }
 
@@ -451,14 +535,27 @@ impl Policy {
     /// that a policy relying on them is not silently evaluated as if AWS
     /// never set them.
     pub fn unmodelled_keys(&self) -> Vec<String> {
+        let mut named: Vec<String> = Vec::new();
+        for s in &self.statements {
+            for c in &s.conditions {
+                named.push(c.key.clone());
+                if c.variables {
+                    named.extend(c.values.iter().flat_map(|v| variable_keys(v)));
+                }
+            }
+            if s.resource_variables {
+                let (Matcher::Only(r) | Matcher::AllBut(r)) = &s.resources;
+                named.extend(r.iter().flat_map(|v| variable_keys(v)));
+            }
+        }
         let mut out: Vec<String> = Vec::new();
-        for c in self.statements.iter().flat_map(|s| &s.conditions) {
-            let lower = c.key.to_ascii_lowercase();
+        for key in named {
+            let lower = key.to_ascii_lowercase();
             let known = MODELLED.contains(&lower.as_str())
                 || lower.starts_with("kms:encryptioncontext:")
                 || lower.strip_prefix("kms:recipientattestation:pcr").is_some_and(|n| n.parse::<u8>().is_ok_and(|n| n < 32));
-            if !known && !out.contains(&c.key) {
-                out.push(c.key.clone());
+            if !known && !out.contains(&key) {
+                out.push(key);
             }
         }
         out
@@ -482,12 +579,14 @@ impl Policy {
             Some(o @ Value::Object(_)) => vec![o.clone()],
             _ => return bad("policy needs a Statement (an object or a non-empty list)"),
         };
-        let statements = statements.iter().enumerate().map(|(i, s)| parse_statement(i, s, key_policy)).collect::<Result<_, _>>()?;
+        // Policy variables are recognised only in Version 2012-10-17; otherwise `${...}` is literal text.
+        let variables = doc.get("Version").is_some_and(|v| v == "2012-10-17");
+        let statements = statements.iter().enumerate().map(|(i, s)| parse_statement(i, s, key_policy, variables)).collect::<Result<_, _>>()?;
         Ok(Policy { statements })
     }
 }
 
-fn parse_statement(i: usize, s: &Value, key_policy: bool) -> Result<Statement, PolicyError> {
+fn parse_statement(i: usize, s: &Value, key_policy: bool, variables: bool) -> Result<Statement, PolicyError> {
     let Value::Object(s) = s else { return bad(format!("Statement {i} must be an object")) };
     for k in s.keys() {
         if !matches!(k.as_str(), "Sid" | "Effect" | "Principal" | "NotPrincipal" | "Action" | "NotAction" | "Resource" | "NotResource" | "Condition") {
@@ -557,25 +656,35 @@ fn parse_statement(i: usize, s: &Value, key_policy: bool) -> Result<Statement, P
                     for value in &values {
                         op.check_value(value).map_err(|e| PolicyError(format!("Statement {i}: {name} {key}: {e}")))?;
                     }
-                    conditions.push(Condition { op, set, if_exists, key: key.clone(), values });
+                    let variables = variables && op.takes_variables() && values.iter().any(|v| v.contains("${"));
+                    conditions.push(Condition { op, set, if_exists, key: key.clone(), values, variables });
                 }
             }
         }
         Some(_) => return bad(format!("Statement {i}: Condition must be an object")),
     }
-    Ok(Statement { sid, effect, principals, actions, resources, conditions })
+    let resource_variables = variables && matches!(&resources, Matcher::Only(r) | Matcher::AllBut(r) if r.iter().any(|r| r.contains("${")));
+    Ok(Statement { sid, effect, principals, actions, resources, resource_variables, conditions })
 }
 
 /// `*` and `?` wildcards; `fold` compares ASCII case-insensitively.
 fn glob(pattern: &[u8], text: &[u8], fold: bool) -> bool {
+    glob_marked(pattern, &|_| true, text, fold)
+}
+
+/// [`glob`], where `wild(i)` says whether a `*` or `?` at `pattern[i]` is a
+/// wildcard or a literal character.
+fn glob_marked(pattern: &[u8], wild: &dyn Fn(usize) -> bool, text: &[u8], fold: bool) -> bool {
     let eq = |a: u8, b: u8| if fold { a.eq_ignore_ascii_case(&b) } else { a == b };
+    let is_star = |p: usize| pattern[p] == b'*' && wild(p);
+    let is_any = |p: usize| pattern[p] == b'?' && wild(p);
     let (mut p, mut t) = (0, 0);
     let (mut star, mut mark) = (None, 0);
     while t < text.len() {
-        if p < pattern.len() && (pattern[p] == b'?' || (pattern[p] != b'*' && eq(pattern[p], text[t]))) {
+        if p < pattern.len() && (is_any(p) || (!is_star(p) && eq(pattern[p], text[t]))) {
             p += 1;
             t += 1;
-        } else if p < pattern.len() && pattern[p] == b'*' {
+        } else if p < pattern.len() && is_star(p) {
             star = Some(p);
             mark = t;
             p += 1;
@@ -587,7 +696,7 @@ fn glob(pattern: &[u8], text: &[u8], fold: bool) -> bool {
             return false;
         }
     }
-    pattern[p..].iter().all(|c| *c == b'*')
+    (p..pattern.len()).all(is_star)
 }
 
 /// The facts of one request that policies are evaluated against.
@@ -689,8 +798,15 @@ impl Condition {
                 SetOp::Single => self.if_exists || self.op.negated(),
             };
         };
+        let substituted: Vec<Option<(String, Vec<bool>)>> =
+            if self.variables { self.values.iter().map(|v| substitute(v, ctx)).collect() } else { Vec::new() };
+        let matches = |r: &str, i: usize| match substituted.get(i) {
+            None => self.op.matches(r, &self.values[i]),
+            Some(None) => false,
+            Some(Some((text, wild))) => self.op.matches_marked(r, text, &|b| wild[b]),
+        };
         let one = |r: &String| {
-            let any = self.values.iter().any(|p| self.op.matches(r, p));
+            let any = (0..self.values.len()).any(|i| matches(r, i));
             if self.op.negated() {
                 !any
             } else {
@@ -747,9 +863,15 @@ impl Statement {
             Matcher::Only(a) => a.iter().any(|p| glob(p.as_bytes(), ctx.action.as_bytes(), true)),
             Matcher::AllBut(a) => !a.iter().any(|p| glob(p.as_bytes(), ctx.action.as_bytes(), true)),
         };
+        let resource_matches = |p: &String| {
+            if !self.resource_variables {
+                return glob(p.as_bytes(), ctx.resource.as_bytes(), false);
+            }
+            substitute(p, ctx).is_some_and(|(text, wild)| glob_marked(text.as_bytes(), &|b| wild[b], ctx.resource.as_bytes(), false))
+        };
         let resource = match &self.resources {
-            Matcher::Only(r) => r.iter().any(|p| glob(p.as_bytes(), ctx.resource.as_bytes(), false)),
-            Matcher::AllBut(r) => !r.iter().any(|p| glob(p.as_bytes(), ctx.resource.as_bytes(), false)),
+            Matcher::Only(r) => r.iter().any(resource_matches),
+            Matcher::AllBut(r) => !r.iter().any(resource_matches),
         };
         action && resource && self.conditions.iter().all(|c| c.holds(ctx))
     }

@@ -368,3 +368,49 @@ fn condition_keys_this_kms_does_not_set_are_named() {
     assert_eq!(evaluate(&p, &[], &ctx(ROLE, "kms:Decrypt")), Decision::Allow);
     assert_eq!(evaluate(&p, &[], &ctx(ROOT, "kms:Decrypt")), Decision::ImplicitDeny, "the root user is an Account");
 }
+
+fn versioned(version: &str, condition: &str, resource: &str) -> Policy {
+    Policy::parse(
+        &format!(r#"{{{version} "Statement": [{{"Effect": "Allow", "Principal": "*", "Action": "kms:*", "Resource": "{resource}", "Condition": {condition}}}]}}"#),
+        true,
+    )
+    .unwrap()
+}
+
+/// Policy variables, one row per documented rule:
+/// https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_variables.html
+/// (substituted only under Version 2012-10-17, only in string and ARN
+/// operators and in Resource; a default with `${key, 'text'}`; `${*}`,
+/// `${?}` and `${$}` stand for the characters themselves; a variable whose
+/// key the request lacks matches nothing).
+#[test]
+fn policy_variables_as_aws_documents() {
+    const V: &str = r#""Version": "2012-10-17","#;
+    let mut with_ctx = ctx(ROLE, "kms:Decrypt");
+    with_ctx.set("kms:EncryptionContext:owner", "arn:aws:iam::111122223333:role/instance");
+    with_ctx.set("kms:EncryptionContext:tenant", "t-*");
+    type Row<'a> = (&'a str, String, &'a str, &'a RequestContext, bool, &'a str);
+    let rows: &[Row] = &[
+        (V, r#"{"StringEquals": {"kms:EncryptionContext:owner": "${aws:PrincipalArn}"}}"#.into(), "*", &with_ctx, true, "substituted"),
+        ("", r#"{"StringEquals": {"kms:EncryptionContext:owner": "${aws:PrincipalArn}"}}"#.into(), "*", &with_ctx, false, "no Version: literal text"),
+        (r#""Version": "2008-10-17","#, r#"{"StringEquals": {"kms:EncryptionContext:owner": "${aws:PrincipalArn}"}}"#.into(), "*", &with_ctx, false, "Version 2008-10-17: literal text"),
+        (V, r#"{"ArnLike": {"aws:PrincipalArn": "arn:aws:iam::${aws:PrincipalAccount}:role/*"}}"#.into(), "*", &with_ctx, true, "ARN operator, wildcard kept"),
+        (V, r#"{"StringLike": {"aws:PrincipalArn": "${kms:EncryptionContext:tenant}"}}"#.into(), "*", &with_ctx, false, "a substituted * is literal, not a wildcard"),
+        (V, r#"{"StringEquals": {"kms:EncryptionContext:tenant": "t-${*}"}}"#.into(), "*", &with_ctx, true, "${*} is a literal *"),
+        (V, r#"{"StringLike": {"aws:PrincipalArn": "${*}"}}"#.into(), "*", &with_ctx, false, "${*} under StringLike matches only a *"),
+        (V, r#"{"StringEquals": {"kms:EncryptionContext:owner": "${kms:EncryptionContext:missing}"}}"#.into(), "*", &with_ctx, false, "a missing key matches nothing"),
+        (V, r#"{"StringNotEquals": {"kms:EncryptionContext:owner": "${kms:EncryptionContext:missing}"}}"#.into(), "*", &with_ctx, true, "... so its negation holds"),
+        (V, r#"{"StringEquals": {"kms:EncryptionContext:tenant": "${kms:EncryptionContext:missing, 't-*'}"}}"#.into(), "*", &with_ctx, true, "a default value"),
+        (V, format!(r#"{{"StringEquals": {{"aws:PrincipalAccount": "{ACCOUNT}"}}}}"#), "arn:aws:kms:*:${aws:PrincipalAccount}:key/*", &with_ctx, true, "in Resource"),
+        (V, format!(r#"{{"StringEquals": {{"aws:PrincipalAccount": "{ACCOUNT}"}}}}"#), "arn:aws:kms:*:${kms:EncryptionContext:missing}:key/*", &with_ctx, false, "in Resource, a missing key matches nothing"),
+    ];
+    for (version, condition, resource, request, allowed, why) in rows {
+        let p = versioned(version, condition, resource);
+        assert!(p.unmodelled_keys().is_empty(), "{why}");
+        assert_eq!(evaluate(&p, &[], request) == Decision::Allow, *allowed, "{why}: {condition} on {resource}");
+    }
+    // A variable naming a key this KMS does not set is named, like a condition key.
+    let p = versioned(V, r#"{"StringEquals": {"kms:EncryptionContext:owner": "${aws:username}"}}"#, "*");
+    assert_eq!(p.unmodelled_keys(), vec!["aws:username".to_owned()]);
+    assert!(versioned("", r#"{"StringEquals": {"kms:EncryptionContext:owner": "${aws:username}"}}"#, "*").unmodelled_keys().is_empty());
+}
