@@ -25,9 +25,12 @@ ACCOUNT = "111122223333"
 
 
 class LocalKms:
-    def __init__(self, dev: pathlib.Path):
+    def __init__(self, dev: pathlib.Path, principals_extra: str = ""):
         self.dev = dev
         subprocess.run([NEKMS, "dev", "init", "--dir", str(dev)], check=True, capture_output=True)
+        if principals_extra:
+            with open(dev / "principals.toml", "a") as f:
+                f.write(principals_extra)
         ready = dev / "ready.json"
         self.proc = subprocess.Popen(
             [NEKMS_KMS, "--dir", str(dev), "--http", "127.0.0.1:0", "--https", "127.0.0.1:0",
@@ -372,10 +375,10 @@ def test_a_policy_naming_a_condition_key_this_kms_does_not_set_is_refused(kms):
     policy = {"Version": "2012-10-17", "Statement": [
         {"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::111122223333:role/nekms-key-admin"}, "Action": "kms:*", "Resource": "*"},
         {"Effect": "Deny", "Principal": "*", "Action": "kms:Decrypt", "Resource": "*",
-         "Condition": {"StringNotEquals": {"aws:PrincipalTag/team": "payments"}}}]}
+         "Condition": {"StringNotEquals": {"aws:SourceVpc": "vpc-1a2b3c4d"}}}]}
     with pytest.raises(botocore.exceptions.ClientError) as e:
         admin.create_key(Policy=json.dumps(policy))
-    assert error_code(e) == "UnsupportedOperationException" and "aws:PrincipalTag/team" in str(e.value)
+    assert error_code(e) == "UnsupportedOperationException" and "aws:SourceVpc" in str(e.value)
     key = admin.create_key()["KeyMetadata"]["KeyId"]
     with pytest.raises(botocore.exceptions.ClientError) as e:
         admin.put_key_policy(KeyId=key, PolicyName="default", Policy=json.dumps(policy))
@@ -516,3 +519,39 @@ def test_a_policy_limits_what_grants_a_principal_may_create(kms):
         instance.create_grant(KeyId=key, GranteePrincipal=instance_arn, Operations=["Encrypt"])
     assert error_code(e) == "AccessDeniedException"
     assert len(admin.list_grants(KeyId=key)["Grants"]) == 1
+
+
+def test_principal_tags_and_userid_decide_as_on_aws(tmp_path):
+    """aws:PrincipalTag/<key> from principals.toml, aws:userid as AWS forms
+    it for a role session (AROA...:<session>), and both as policy variables:
+    attribute-based access where the caller's team must be the ciphertext's."""
+    local = LocalKms(tmp_path / "dev", principals_extra='\n[principal.tags]\nteam = "payments"\n')
+    try:
+        admin, instance = local.client("admin"), local.client("instance")
+        admin_arn = f"arn:aws:iam::{ACCOUNT}:role/nekms-key-admin"
+        instance_arn = f"arn:aws:iam::{ACCOUNT}:role/nekms-instance"
+
+        def key_with(condition):
+            return admin.create_key(Policy=json.dumps({"Version": "2012-10-17", "Statement": [
+                {"Effect": "Allow", "Principal": {"AWS": admin_arn}, "Action": "kms:*", "Resource": "*"},
+                {"Effect": "Allow", "Principal": {"AWS": instance_arn}, "Action": ["kms:Encrypt", "kms:Decrypt"],
+                 "Resource": "*", "Condition": condition}]}))["KeyMetadata"]["Arn"]
+
+        def decrypts(key, context):
+            blob = admin.encrypt(KeyId=key, Plaintext=b"x", EncryptionContext=context)["CiphertextBlob"]
+            try:
+                instance.decrypt(CiphertextBlob=blob, EncryptionContext=context)
+                return True
+            except botocore.exceptions.ClientError as e:
+                assert e.response["Error"]["Code"] == "AccessDeniedException", e
+                return False
+
+        assert decrypts(key_with({"StringEquals": {"aws:PrincipalTag/team": "payments"}}), {})
+        assert not decrypts(key_with({"StringEquals": {"aws:PrincipalTag/team": "billing"}}), {})
+        assert not decrypts(key_with({"StringEquals": {"aws:PrincipalTag/project": "x"}}), {}), "an absent tag"
+        assert decrypts(key_with({"StringLike": {"aws:userid": "AROA*:i-*"}}), {}), "a role session's userid"
+        abac = key_with({"StringEquals": {"kms:EncryptionContext:team": "${aws:PrincipalTag/team}"}})
+        assert decrypts(abac, {"team": "payments"})
+        assert not decrypts(abac, {"team": "billing"})
+    finally:
+        local.stop()

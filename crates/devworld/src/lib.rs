@@ -107,6 +107,12 @@ pub struct DevPrincipal {
     /// Identity (IAM) policies attached to the principal, as JSON documents.
     #[serde(default)]
     pub policies: Vec<String>,
+    /// Principal tags (`aws:PrincipalTag/<key>` in policies).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub tags: std::collections::BTreeMap<String, String>,
+    /// `aws:userid`; derived from the ARN when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
 }
 
 impl fmt::Debug for DevPrincipal {
@@ -170,6 +176,8 @@ fn fresh_principals(config: &DevConfig) -> Vec<DevPrincipal> {
             secret_access_key: random_string::<40>(SECRET_CHARS),
             session_token: None,
             policies: vec![],
+            tags: Default::default(),
+            user_id: None,
         },
         DevPrincipal {
             name: "admin".into(),
@@ -178,6 +186,8 @@ fn fresh_principals(config: &DevConfig) -> Vec<DevPrincipal> {
             secret_access_key: random_string::<40>(SECRET_CHARS),
             session_token: None,
             policies: vec![serde_json::to_string_pretty(&admin_policy).expect("JSON")],
+            tags: Default::default(),
+            user_id: None,
         },
         DevPrincipal {
             name: "instance".into(),
@@ -186,6 +196,8 @@ fn fresh_principals(config: &DevConfig) -> Vec<DevPrincipal> {
             secret_access_key: random_string::<40>(SECRET_CHARS),
             session_token: Some(format!("IQoJb3JpZ2luX2VjE{}", random_string::<64>(SECRET_CHARS))),
             policies: vec![serde_json::to_string_pretty(&instance_policy).expect("JSON")],
+            tags: Default::default(),
+            user_id: None,
         },
     ]
 }

@@ -378,6 +378,8 @@ const MODELLED: &[&str] = &[
     "aws:principalarn",
     "aws:principalaccount",
     "aws:principaltype",
+    "aws:userid",
+    "aws:username",
     "aws:securetransport",
     "aws:sourceip",
     "aws:requestedregion",
@@ -553,6 +555,7 @@ impl Policy {
             let lower = key.to_ascii_lowercase();
             let known = MODELLED.contains(&lower.as_str())
                 || lower.starts_with("kms:encryptioncontext:")
+                || lower.strip_prefix("aws:principaltag/").is_some_and(|t| !t.is_empty())
                 || lower.strip_prefix("kms:recipientattestation:pcr").is_some_and(|n| n.parse::<u8>().is_ok_and(|n| n < 32));
             if !known && !out.contains(&key) {
                 out.push(key);

@@ -63,7 +63,7 @@ pub fn config_from_dev(dev: &DevDir, trust_aws_root: bool, max_age: Duration) ->
             .iter()
             .map(|text| Policy::parse(text, false).map_err(|e| format!("principals.toml: identity policy of {}: {e}", p.name)))
             .collect::<Result<Vec<_>, _>>()?;
-        principals.insert(p.access_key_id.clone(), Principal { credential: Credential::from(&p), identity_policies: policies });
+        principals.insert(p.access_key_id.clone(), Principal { credential: Credential::from(&p), identity_policies: policies, tags: p.tags.clone(), user_id: p.user_id.clone() });
     }
     let mut roots = vec![pem_certificate_der(&dev.root_pem().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?];
     if trust_aws_root {

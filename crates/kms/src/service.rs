@@ -34,6 +34,35 @@ pub const MAX_PLAINTEXT: usize = 4096;
 pub struct Principal {
     pub credential: Credential,
     pub identity_policies: Vec<Policy>,
+    /// `aws:PrincipalTag/<key>`.
+    pub tags: std::collections::BTreeMap<String, String>,
+    /// `aws:userid`; derived from the ARN when None.
+    pub user_id: Option<String>,
+}
+
+/// `aws:userid` as AWS forms it: the account id for the root user, a
+/// unique id (`AIDA...`) for an IAM user, `AROA...:<session>` for a role
+/// session. The unique ids are derived from the ARN, so they are stable.
+/// https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_variables.html#principaltable
+pub fn derived_user_id(arn: &str, account: &str) -> String {
+    let unique = |prefix: &str| {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, arn.as_bytes());
+        let tail: String = digest.as_ref().iter().take(17).map(|b| ALPHABET[usize::from(b % 32)] as char).collect();
+        format!("{prefix}{tail}")
+    };
+    if arn == format!("arn:aws:iam::{account}:root") {
+        return account.to_owned();
+    }
+    if let Some(rest) = arn.split_once(":assumed-role/").map(|(_, r)| r) {
+        let session = rest.split_once('/').map(|(_, s)| s).unwrap_or(rest);
+        return format!("{}:{session}", unique("AROA"));
+    }
+    if let Some(role) = arn.split_once(":role/").map(|(_, r)| r) {
+        let name = role.rsplit('/').next().unwrap_or(role);
+        return format!("{}:{name}", unique("AROA"));
+    }
+    unique("AIDA")
 }
 
 /// What the local KMS is configured with.
@@ -273,6 +302,15 @@ impl Call<'_> {
         ctx.set("aws:RequestedRegion", self.region().to_owned());
         ctx.set("aws:CurrentTime", self.now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default());
         ctx.set("aws:EpochTime", self.now.unix_timestamp().to_string());
+        let principal = self.kms.config.principals.get(&self.caller.access_key_id);
+        let user_id = principal.and_then(|p| p.user_id.clone()).unwrap_or_else(|| derived_user_id(&self.caller.principal_arn, self.account()));
+        ctx.set("aws:userid", user_id);
+        if let Some(name) = self.caller.principal_arn.split_once(":user/").map(|(_, n)| n.rsplit('/').next().unwrap_or(n)) {
+            ctx.set("aws:username", name.to_owned());
+        }
+        for (k, v) in principal.map(|p| &p.tags).into_iter().flatten() {
+            ctx.set(&format!("aws:PrincipalTag/{k}"), v.clone());
+        }
         ctx
     }
 

@@ -360,8 +360,8 @@ fn absent_keys_set_operators_and_null_as_aws_documents() {
 
 #[test]
 fn condition_keys_this_kms_does_not_set_are_named() {
-    let p = one(r#"{"StringEquals": {"aws:PrincipalTag/team": "payments", "kms:EncryptionContext:app": "x", "kms:RecipientAttestation:PCR8": "00"}}"#);
-    assert_eq!(p.unmodelled_keys(), vec!["aws:PrincipalTag/team".to_owned()]);
+    let p = one(r#"{"StringEquals": {"aws:SourceVpc": "vpc-1", "aws:PrincipalTag/team": "payments", "kms:EncryptionContext:app": "x", "kms:RecipientAttestation:PCR8": "00"}}"#);
+    assert_eq!(p.unmodelled_keys(), vec!["aws:SourceVpc".to_owned()]);
     assert!(one(r#"{"StringEquals": {"aws:PrincipalType": "AssumedRole", "kms:ViaService": "x"}}"#).unmodelled_keys().is_empty());
     // aws:PrincipalType as AWS sets it.
     let p = one(r#"{"StringEquals": {"aws:PrincipalType": "AssumedRole"}}"#);
@@ -410,7 +410,7 @@ fn policy_variables_as_aws_documents() {
         assert_eq!(evaluate(&p, &[], request) == Decision::Allow, *allowed, "{why}: {condition} on {resource}");
     }
     // A variable naming a key this KMS does not set is named, like a condition key.
-    let p = versioned(V, r#"{"StringEquals": {"kms:EncryptionContext:owner": "${aws:username}"}}"#, "*");
-    assert_eq!(p.unmodelled_keys(), vec!["aws:username".to_owned()]);
-    assert!(versioned("", r#"{"StringEquals": {"kms:EncryptionContext:owner": "${aws:username}"}}"#, "*").unmodelled_keys().is_empty());
+    let p = versioned(V, r#"{"StringEquals": {"kms:EncryptionContext:owner": "${aws:SourceVpc}"}}"#, "*");
+    assert_eq!(p.unmodelled_keys(), vec!["aws:SourceVpc".to_owned()]);
+    assert!(versioned("", r#"{"StringEquals": {"kms:EncryptionContext:owner": "${aws:SourceVpc}"}}"#, "*").unmodelled_keys().is_empty());
 }
