@@ -72,6 +72,9 @@ enum Command {
     /// The custody key's policies: the bootstrap one, and the final one naming the measured image
     #[command(subcommand)]
     Policy(cmd::policy::Command),
+    /// PKCS#11 tokens in the enclave (for libnekms_p11.so behind p11-kit): add, update, remove, restore, slots
+    #[command(subcommand)]
+    P11(cmd::p11::Command),
     /// Measure nekms against a reference measured in the same run
     #[command(subcommand)]
     Bench(cmd::bench::Command),
@@ -82,6 +85,7 @@ fn main() {
     let result = match cli.command {
         Command::Demo(a) => cmd::demo::run(a),
         Command::Policy(c) => cmd::policy::run(c),
+        Command::P11(c) => cmd::p11::run(c),
         Command::Dev(c) => cmd::dev::run(c),
         Command::Pcr(c) => cmd::pcr::run(c),
         Command::Attest(c) => cmd::attest::run(c),

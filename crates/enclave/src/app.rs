@@ -210,6 +210,14 @@ pub fn serve(config: EnclaveConfig) -> anyhow::Result<()> {
         );
         eprintln!("nekms-enclave: RPC on {}; kmstool protocol on {}; KMS through {}", rpc.local_address(), kmstool.local_address(), config.proxy);
         let options = nekms_rpc::ServerOptions { agent: format!("nekms-enclave {}", env!("CARGO_PKG_VERSION")), ..Default::default() };
+        let serving_p11 = match &config.p11 {
+            Some(addr) => {
+                let listener = nekms_transport::Listener::bind(&addr.parse()?).await.with_context(|| format!("listening on {addr}"))?;
+                eprintln!("nekms-enclave: PKCS#11 module socket on {}", listener.local_address());
+                Some(tokio::spawn(nekms_rpc::serve(listener, enclave.clone(), options.clone())))
+            }
+            None => None,
+        };
         let serving_rpc = tokio::spawn(nekms_rpc::serve(rpc, enclave.clone(), options));
         let serving_kmstool = tokio::spawn(crate::kmstool::serve(kmstool, enclave, config.max_message));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -219,6 +227,9 @@ pub fn serve(config: EnclaveConfig) -> anyhow::Result<()> {
         }
         serving_rpc.abort();
         serving_kmstool.abort();
+        if let Some(p) = serving_p11 {
+            p.abort();
+        }
         anyhow::Ok(())
     })
 }

@@ -26,6 +26,11 @@ pub struct EnclaveArgs {
     /// Where kmstool's protocol is served [default: vsock://any:3000]
     #[arg(long, value_name = "ADDR")]
     pub kmstool: Option<String>,
+    /// Where the PKCS#11 module inside the enclave reaches the enclave (the
+    /// native RPC again, on an in-enclave Unix socket such as
+    /// unix:///run/nekms/p11.sock) [default: not served]
+    #[arg(long, value_name = "ADDR")]
+    pub p11: Option<String>,
     /// The parent's KMS proxy, as the enclave dials it [default: vsock://parent:8000]
     #[arg(long, value_name = "ADDR")]
     pub proxy: Option<String>,
@@ -103,6 +108,7 @@ pub struct EnclaveConfig {
     pub image: Option<PathBuf>,
     pub rpc: String,
     pub kmstool: String,
+    pub p11: Option<String>,
     pub proxy: String,
     pub kms_endpoint: Option<String>,
     pub kms_ca: Option<PathBuf>,
@@ -130,6 +136,7 @@ impl EnclaveArgs {
             image: self.image.or(file.image),
             rpc: self.rpc.or(file.rpc).unwrap_or_else(|| "vsock://any:5000".into()),
             kmstool: self.kmstool.or(file.kmstool).unwrap_or_else(|| "vsock://any:3000".into()),
+            p11: self.p11.or(file.p11),
             proxy: self.proxy.or(file.proxy).unwrap_or_else(|| "vsock://parent:8000".into()),
             kms_endpoint: self.kms_endpoint.or(file.kms_endpoint),
             kms_ca: self.kms_ca.or(file.kms_ca),

@@ -216,7 +216,7 @@ impl Enclave {
     }
 
     /// The record's key, from the cache or opened now.
-    async fn open(&self, record: &KeyRecord) -> Result<Arc<PrivateKey>, RpcError> {
+    pub(crate) async fn open(&self, record: &KeyRecord) -> Result<Arc<PrivateKey>, RpcError> {
         // The digest covers every field the checks read, so a hit is a record
         // identical to one that passed them and opened.
         // A hit is a record whose every sealed and bound field equals one that

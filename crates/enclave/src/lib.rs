@@ -13,6 +13,7 @@ pub mod app;
 pub mod config;
 pub mod custody;
 pub mod kmstool;
+pub mod p11;
 pub mod rpc;
 pub mod trust;
 
@@ -37,6 +38,8 @@ pub struct Enclave {
     pub keys: custody::KeyCache,
     /// What the enclave trusts and refuses ([`trust`]).
     pub trust: trust::Trust,
+    /// PKCS#11 tokens ([`p11`]).
+    pub p11: p11::Tokens,
 }
 
 impl Enclave {
@@ -67,6 +70,7 @@ impl Enclave {
             kmstool: Some(config.kmstool.clone()),
             keys: custody::KeyCache::new(config.key_cache, std::time::Duration::from_secs(config.key_cache_ttl)),
             trust,
+            p11: p11::Tokens::default(),
         })
     }
 

@@ -29,7 +29,7 @@ pub fn kms_error(e: EnclaveKmsError) -> RpcError {
             EnclaveKmsError::Attestation(_) => ErrorCode::Attestation,
             EnclaveKmsError::Recipient(_) | EnclaveKmsError::Incomplete(_) => ErrorCode::Internal,
         };
-        RpcError { code, kms_code: e.kms_code().map(str::to_owned), message: e.to_string() }
+        RpcError { code, kms_code: e.kms_code().map(str::to_owned), message: e.to_string(), pkcs11: None }
     }
 }
 
@@ -201,6 +201,7 @@ impl Handler for Enclave {
             Request::GenerateKey(req) => Ok(Response::KeyCreated { record: Box::new(self.generate_key(req).await?) }),
             Request::ImportKey(req) => Ok(Response::KeyCreated { record: Box::new(self.import_key(req).await?) }),
             Request::Sign { record, scheme, payload } => Ok(Response::Signed(self.sign(&record, scheme, &payload).await?)),
+            Request::P11(request) => Ok(Response::P11(self.p11_call(request).await?)),
         }
     }
 }

@@ -210,6 +210,101 @@ pub enum Request {
         scheme: Option<Scheme>,
         payload: Payload,
     },
+    /// PKCS#11 tokens: provisioning from the parent, and the calls of the
+    /// PKCS#11 module (`libnekms_p11.so`).
+    P11(P11Request),
+}
+
+/// PKCS#11 calls. A token's keys are custody records; the enclave keeps
+/// the tokens, the PIN checks and their failure counters, and each module
+/// process's login state, so every process p11-kit's server forks shares them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum P11Request {
+    /// Add (or, with `replace`, update) a token. A new token takes `pin`;
+    /// one restored from the parent's token database takes the
+    /// `pin_verifier` the enclave gave when it was added.
+    AddToken { token: P11Token, #[serde(default)] replace: bool },
+    RemoveToken { label: String },
+    /// Every token's public description.
+    Slots,
+    /// A module process opens its own handle on a slot; login state lives there.
+    Open { slot: u64 },
+    Close { handle: Secret },
+    Login { handle: Secret, pin: SecretString },
+    Logout { handle: Secret },
+    /// Sign with the key whose CKA_ID is `id`, on a handle that is logged in.
+    Sign { handle: Secret, #[serde(with = "serde_bytes")] id: Vec<u8>, scheme: Scheme, payload: Payload },
+    /// Random bytes from the NSM (C_GenerateRandom).
+    Random { length: u32 },
+}
+
+/// A token as provisioned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct P11Token {
+    pub label: String,
+    #[serde(default)]
+    pub pin: Option<SecretString>,
+    #[serde(default)]
+    pub pin_verifier: Option<PinVerifier>,
+    pub keys: Vec<P11Key>,
+}
+
+/// A token key: a custody record, its CKA_ID and CKA_LABEL, and the
+/// certificate chain (DER, leaf first) whose leaf is for its public key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct P11Key {
+    #[serde(with = "serde_bytes")]
+    pub id: Vec<u8>,
+    pub label: String,
+    pub record: KeyRecord,
+    #[serde(default)]
+    pub certificates: Vec<serde_bytes::ByteBuf>,
+}
+
+/// PBKDF2-HMAC-SHA256 of the PIN: what the parent's token database keeps
+/// instead of the PIN.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinVerifier {
+    #[serde(with = "serde_bytes")]
+    pub salt: Vec<u8>,
+    pub iterations: u32,
+    #[serde(with = "serde_bytes")]
+    pub hash: Vec<u8>,
+}
+
+/// A token's public description, as a slot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct P11Slot {
+    pub slot: u64,
+    pub label: String,
+    /// Too many wrong PINs: no login until the token is provisioned again.
+    pub locked: bool,
+    /// Wrong PINs since the last good one.
+    pub failures: u32,
+    pub keys: Vec<P11PublicKey>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct P11PublicKey {
+    #[serde(with = "serde_bytes")]
+    pub id: Vec<u8>,
+    pub label: String,
+    pub spec: KeySpec,
+    /// SubjectPublicKeyInfo, DER.
+    #[serde(with = "serde_bytes")]
+    pub public_key: Vec<u8>,
+    pub certificates: Vec<serde_bytes::ByteBuf>,
+}
+
+/// PKCS#11 answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum P11Response {
+    TokenAdded { slot: u64, pin_verifier: PinVerifier },
+    Slots(Vec<P11Slot>),
+    Opened { handle: Secret },
+    Done,
+    Signature(#[serde(with = "serde_bytes")] Vec<u8>),
+    Random(Secret),
 }
 
 /// Where a new key's entropy comes from. NSM GetRandom and the OS generator
@@ -282,6 +377,7 @@ impl Request {
             Request::GenerateKey(_) => "GenerateKey",
             Request::ImportKey(_) => "ImportKey",
             Request::Sign { .. } => "Sign",
+            Request::P11(_) => "P11",
         }
     }
 }
@@ -321,6 +417,7 @@ pub enum Response {
     /// A new record; its `attestation` commits to the public key.
     KeyCreated { record: Box<KeyRecord> },
     Signed(Signature),
+    P11(P11Response),
 }
 
 /// What the enclave says about itself.
@@ -424,6 +521,8 @@ pub enum ErrorCode {
     Refused,
     /// Anything else inside the enclave.
     Internal,
+    /// A PKCS#11 failure; `pkcs11` holds the CKR_ value.
+    Pkcs11,
 }
 
 /// An error reply.
@@ -435,11 +534,18 @@ pub struct RpcError {
     #[serde(default)]
     pub kms_code: Option<String>,
     pub message: String,
+    /// The CK_RV, when `code` is `Pkcs11`.
+    #[serde(default)]
+    pub pkcs11: Option<u64>,
 }
 
 impl RpcError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> RpcError {
-        RpcError { code, kms_code: None, message: message.into() }
+        RpcError { code, kms_code: None, message: message.into(), pkcs11: None }
+    }
+    /// A PKCS#11 failure with its CKR_ value.
+    pub fn pkcs11(rv: u64, message: impl Into<String>) -> RpcError {
+        RpcError { code: ErrorCode::Pkcs11, kms_code: None, message: message.into(), pkcs11: Some(rv) }
     }
     pub fn bad_request(message: impl Into<String>) -> RpcError {
         RpcError::new(ErrorCode::BadRequest, message)

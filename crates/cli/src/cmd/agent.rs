@@ -138,6 +138,7 @@ impl From<ClientError> for ApiError {
                 _ => (StatusCode::BAD_REQUEST, "kms_refused"),
             },
             ErrorCode::Attestation | ErrorCode::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "enclave_internal"),
+            ErrorCode::Pkcs11 => (StatusCode::BAD_REQUEST, "pkcs11"),
         };
         ApiError::new(status, code, remote.message.clone())
     }

@@ -12,6 +12,7 @@ pub mod dev;
 pub mod enclave;
 pub mod key;
 pub mod kmstool;
+pub mod p11;
 pub mod pcr;
 pub mod policy;
 pub mod proxy;

@@ -1,0 +1,344 @@
+//! `nekms p11 ...`: PKCS#11 tokens in the enclave, provisioned from the parent.
+//!
+//! A token is a label, a PIN and keys from the key store (custody records)
+//! with their certificate chains. The enclave turns the PIN into a verifier
+//! (PBKDF2); the parent's token database keeps that verifier, the key names
+//! and the certificates, never the PIN, so `nekms p11 token restore` can put
+//! every token back after the enclave restarts.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use nekms_store::KeyStore;
+use nekms_rpc::{P11Key, P11Request, P11Response, P11Token, PinVerifier, Request, Response, SecretString};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use super::enclave::EnclaveArg;
+use super::key::StoreArg;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct DbArg {
+    /// The token database [default: $XDG_DATA_HOME/nekms/p11-tokens.json or ~/.local/share/nekms/p11-tokens.json]
+    #[arg(long, env = "NEKMS_P11_DB", value_name = "FILE")]
+    db: Option<PathBuf>,
+}
+
+impl DbArg {
+    fn path(&self) -> anyhow::Result<PathBuf> {
+        if let Some(p) = &self.db {
+            return Ok(p.clone());
+        }
+        let base = std::env::var_os("XDG_DATA_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+            .context("neither XDG_DATA_HOME nor HOME is set; give --db")?;
+        Ok(base.join("nekms/p11-tokens.json"))
+    }
+}
+
+#[derive(clap::Args)]
+pub struct TokenArgs {
+    #[command(flatten)]
+    enclave: EnclaveArg,
+    #[command(flatten)]
+    store: StoreArg,
+    #[command(flatten)]
+    db: DbArg,
+    /// The token label (1-32 characters)
+    #[arg(long)]
+    label: String,
+    /// A file whose first line is the PIN (4-64 bytes); `-` reads standard input
+    #[arg(long, value_name = "FILE")]
+    pin_file: Option<PathBuf>,
+    /// A key from the store and its CKA_ID in hex: NAME:ID (repeat for more keys)
+    #[arg(long = "key", value_name = "NAME:ID", required = true)]
+    keys: Vec<String>,
+    /// A key's certificate chain, PEM, leaf first: NAME:FILE
+    #[arg(long = "cert", value_name = "NAME:FILE")]
+    certs: Vec<String>,
+}
+
+#[derive(clap::Subcommand)]
+pub enum TokenCommand {
+    /// Add a token
+    Add(TokenArgs),
+    /// Replace a token's keys and certificates (and its PIN, given --pin-file)
+    Update(TokenArgs),
+    /// Remove a token: its sessions end
+    Remove {
+        #[command(flatten)]
+        enclave: EnclaveArg,
+        #[command(flatten)]
+        db: DbArg,
+        #[arg(long)]
+        label: String,
+    },
+    /// Put every token of the database back into the enclave (after it restarted)
+    Restore {
+        #[command(flatten)]
+        enclave: EnclaveArg,
+        #[command(flatten)]
+        store: StoreArg,
+        #[command(flatten)]
+        db: DbArg,
+    },
+}
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// The enclave's tokens as slots: labels, keys, certificates, PIN state
+    Slots {
+        #[command(flatten)]
+        enclave: EnclaveArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The parent's p11-kit module file (/etc/pkcs11/modules/nekms.module) for a p11-kit server address
+    ModuleConfig {
+        /// What p11-kit's client dials: vsock:cid=16;port=9999 in production, unix:path=/run/nekms/p11-kit.sock in development
+        #[arg(long, default_value = "vsock:cid=16;port=9999")]
+        remote: String,
+    },
+}
+
+/// One token as the parent keeps it.
+#[derive(Serialize, Deserialize, Clone)]
+struct DbToken {
+    label: String,
+    pin_verifier: DbVerifier,
+    keys: Vec<DbKey>,
+}
+
+#[derive(Serialize, Deserialize, Clone)]
+struct DbVerifier {
+    salt: String,
+    iterations: u32,
+    hash: String,
+}
+
+#[derive(Serialize, Deserialize, Clone)]
+struct DbKey {
+    /// CKA_ID, hex.
+    id: String,
+    /// The key's name in the key store (also its CKA_LABEL).
+    key: String,
+    /// DER certificates, base64, leaf first.
+    certificates: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct Db {
+    tokens: Vec<DbToken>,
+}
+
+fn load(path: &PathBuf) -> anyhow::Result<Db> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b).with_context(|| format!("{}: not a token database", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Db::default()),
+        Err(e) => Err(e).with_context(|| path.display().to_string()),
+    }
+}
+
+fn save(path: &PathBuf, db: &Db) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).with_context(|| tmp.display().to_string())?;
+    f.write_all(&serde_json::to_vec_pretty(db)?)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| path.display().to_string())?;
+    Ok(())
+}
+
+fn read_pin(path: &PathBuf) -> anyhow::Result<SecretString> {
+    let text = Zeroizing::new(if path.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::stdin().read_line(&mut s)?;
+        s
+    } else {
+        std::fs::read_to_string(path).with_context(|| path.display().to_string())?
+    });
+    let line = text.lines().next().unwrap_or_default();
+    Ok(SecretString(Zeroizing::new(line.to_owned())))
+}
+
+/// The DER certificates of a PEM file, in order.
+fn pem_certificates(text: &str) -> anyhow::Result<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    let mut body: Option<String> = None;
+    for line in text.lines() {
+        let line = line.trim();
+        if line == "-----BEGIN CERTIFICATE-----" {
+            body = Some(String::new());
+        } else if line == "-----END CERTIFICATE-----" {
+            let b = body.take().context("END CERTIFICATE without BEGIN")?;
+            out.push(B64.decode(b).context("a certificate's base64")?);
+        } else if let Some(b) = body.as_mut() {
+            b.push_str(line);
+        }
+    }
+    if out.is_empty() {
+        bail!("no CERTIFICATE in the PEM file");
+    }
+    Ok(out)
+}
+
+fn split_pair<'a>(s: &'a str, what: &str) -> anyhow::Result<(&'a str, &'a str)> {
+    s.rsplit_once(':').filter(|(a, b)| !a.is_empty() && !b.is_empty()).with_context(|| format!("{what} {s:?}: write NAME:VALUE"))
+}
+
+fn db_token(a: &TokenArgs, verifier: Option<DbVerifier>) -> anyhow::Result<DbToken> {
+    let mut certs: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for c in &a.certs {
+        let (name, file) = split_pair(c, "--cert")?;
+        let text = std::fs::read_to_string(file).with_context(|| file.to_owned())?;
+        let ders = pem_certificates(&text).with_context(|| file.to_owned())?;
+        if certs.insert(name, ders.iter().map(|d| B64.encode(d)).collect()).is_some() {
+            bail!("--cert names {name} twice");
+        }
+    }
+    let mut keys = Vec::new();
+    for k in &a.keys {
+        let (name, id) = split_pair(k, "--key")?;
+        hex::decode(id).with_context(|| format!("--key {k}: the CKA_ID is not hex"))?;
+        keys.push(DbKey { id: id.to_ascii_lowercase(), key: name.to_owned(), certificates: certs.remove(name).unwrap_or_default() });
+    }
+    if let Some(name) = certs.keys().next() {
+        bail!("--cert names {name}, which no --key names");
+    }
+    let pin_verifier = verifier.unwrap_or(DbVerifier { salt: String::new(), iterations: 0, hash: String::new() });
+    Ok(DbToken { label: a.label.clone(), pin_verifier, keys })
+}
+
+/// The request for a token: its records from the store.
+async fn token_request(store: &nekms_store::Store, t: &DbToken, pin: Option<SecretString>) -> anyhow::Result<P11Token> {
+    let mut keys = Vec::new();
+    for k in &t.keys {
+        let record = store.get(&k.key).await?.with_context(|| format!("no key named {:?} in the store", k.key))?;
+        let certificates = k.certificates.iter().map(|c| B64.decode(c).map(serde_bytes::ByteBuf::from)).collect::<Result<_, _>>()?;
+        keys.push(P11Key { id: hex::decode(&k.id)?, label: k.key.clone(), record, certificates });
+    }
+    let pin_verifier = match pin {
+        Some(_) => None,
+        None => Some(PinVerifier { salt: hex::decode(&t.pin_verifier.salt)?, iterations: t.pin_verifier.iterations, hash: hex::decode(&t.pin_verifier.hash)? }),
+    };
+    Ok(P11Token { label: t.label.clone(), pin, pin_verifier, keys })
+}
+
+async fn p11(enclave: &EnclaveArg, request: P11Request) -> anyhow::Result<P11Response> {
+    match enclave.connect().await?.call(&Request::P11(request)).await? {
+        Response::P11(r) => Ok(r),
+        other => bail!("the enclave answered {other:?}"),
+    }
+}
+
+async fn add(a: TokenArgs, replace: bool) -> anyhow::Result<()> {
+    let path = a.db.path()?;
+    let mut db = load(&path)?;
+    let existing = db.tokens.iter().position(|t| t.label == a.label);
+    match (existing, replace) {
+        (Some(_), false) => bail!("the token database already has a token labelled {:?}; use `nekms p11 token update`", a.label),
+        (None, true) => bail!("the token database has no token labelled {:?}", a.label),
+        _ => {}
+    }
+    let pin = match &a.pin_file {
+        Some(p) => Some(read_pin(p)?),
+        None if replace => None,
+        None => bail!("a new token needs --pin-file"),
+    };
+    let old_verifier = existing.map(|i| db.tokens[i].pin_verifier.clone());
+    let token = db_token(&a, old_verifier)?;
+    let store = a.store.open().await?;
+    let request = token_request(&store, &token, pin).await?;
+    let (slot, v) = match p11(&a.enclave, P11Request::AddToken { token: request, replace }).await? {
+        P11Response::TokenAdded { slot, pin_verifier } => (slot, pin_verifier),
+        other => bail!("the enclave answered {other:?}"),
+    };
+    let token = DbToken { pin_verifier: DbVerifier { salt: hex::encode(v.salt), iterations: v.iterations, hash: hex::encode(v.hash) }, ..token };
+    match existing {
+        Some(i) => db.tokens[i] = token,
+        None => db.tokens.push(token),
+    }
+    save(&path, &db)?;
+    println!("token {:?} in slot {slot} ({} key(s)); database {}", a.label, a.keys.len(), path.display());
+    Ok(())
+}
+
+pub fn run(c: Command) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async move {
+        match c {
+            Command::Token(TokenCommand::Add(a)) => add(a, false).await,
+            Command::Token(TokenCommand::Update(a)) => add(a, true).await,
+            Command::Token(TokenCommand::Remove { enclave, db, label }) => {
+                let path = db.path()?;
+                let mut tokens = load(&path)?;
+                p11(&enclave, P11Request::RemoveToken { label: label.clone() }).await?;
+                tokens.tokens.retain(|t| t.label != label);
+                save(&path, &tokens)?;
+                println!("token {label:?} removed");
+                Ok(())
+            }
+            Command::Token(TokenCommand::Restore { enclave, store, db }) => {
+                let tokens = load(&db.path()?)?;
+                let store = store.open().await?;
+                let have: Vec<String> = match p11(&enclave, P11Request::Slots).await? {
+                    P11Response::Slots(s) => s.into_iter().map(|s| s.label).collect(),
+                    other => bail!("the enclave answered {other:?}"),
+                };
+                for t in &tokens.tokens {
+                    let request = token_request(&store, t, None).await?;
+                    let replace = have.contains(&t.label);
+                    p11(&enclave, P11Request::AddToken { token: request, replace }).await.with_context(|| format!("token {:?}", t.label))?;
+                    println!("token {:?} restored", t.label);
+                }
+                Ok(())
+            }
+            Command::Slots { enclave, json } => {
+                let slots = match p11(&enclave, P11Request::Slots).await? {
+                    P11Response::Slots(s) => s,
+                    other => bail!("the enclave answered {other:?}"),
+                };
+                if json {
+                    let v: Vec<serde_json::Value> = slots
+                        .iter()
+                        .map(|s| {
+                            serde_json::json!({
+                                "slot": s.slot, "label": s.label, "locked": s.locked, "failures": s.failures,
+                                "keys": s.keys.iter().map(|k| serde_json::json!({
+                                    "id": hex::encode(&k.id), "label": k.label, "spec": k.spec.as_str(),
+                                    "public_key": B64.encode(&k.public_key), "certificates": k.certificates.len(),
+                                })).collect::<Vec<_>>(),
+                            })
+                        })
+                        .collect();
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                } else {
+                    for s in &slots {
+                        let state = if s.locked { "LOCKED".to_owned() } else { format!("{} wrong PIN(s)", s.failures) };
+                        println!("slot {}: {} ({state})", s.slot, s.label);
+                        for k in &s.keys {
+                            println!("  id {} {} {} ({} certificate(s))", hex::encode(&k.id), k.label, k.spec.as_str(), k.certificates.len());
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Command::ModuleConfig { remote } => {
+                println!("# /etc/pkcs11/modules/nekms.module: p11-kit's client reaches the enclave's p11-kit server");
+                println!("remote: {remote}");
+                println!("# The PIN is not here: give it to libp11 with pin-source=file:/path (mode 0600).");
+                Ok(())
+            }
+        }
+    })
+}

@@ -1,0 +1,411 @@
+//! PKCS#11 tokens, kept by the enclave for `libnekms_p11.so`.
+//!
+//! p11-kit's server forks one module process per client connection, so what
+//! must be shared lives here, in the one enclave process: the tokens (label,
+//! PIN verifier, keys as custody records, certificate chains), the wrong-PIN
+//! counters, and each module process's login state ("handles", one per
+//! process and slot, named by 32 random bytes the process keeps).
+//!
+//! What the parent can do through this interface, and why it obtains no key:
+//! - provisioning (`AddToken`, `RemoveToken`) takes custody records, which
+//!   the enclave opens under its own rules before accepting them (pinned KMS
+//!   key, reserved context, provenance); a record it would not open for
+//!   signing is refused here too;
+//! - `Slots` returns public keys and certificates only;
+//! - `Sign` signs with a token key after a login, and never returns key
+//!   material: there is no call that does.
+//!
+//! The PIN guards a token against local users who can reach the p11-kit
+//! socket. Root on the parent can provision a token with a PIN it chooses
+//! (it can already make the enclave sign with a custody key over the native
+//! RPC), but not extract a key.
+
+use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroU32;
+use std::sync::Mutex;
+
+use aws_lc_rs::pbkdf2;
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use nekms_keys::KeyRecord;
+use nekms_rpc::protocol::{P11PublicKey, P11Request, P11Response, P11Slot, P11Token, PinVerifier};
+use nekms_rpc::{RpcError, Secret};
+
+use crate::Enclave;
+
+/// Most tokens one enclave holds.
+pub const MAX_TOKENS: usize = 1024;
+/// Most module handles (processes) open on one token.
+pub const MAX_HANDLES_PER_TOKEN: usize = 1024;
+/// Wrong PINs in a row before a token locks.
+pub const MAX_PIN_FAILURES: u32 = 10;
+/// Most keys on one token, and certificates per key.
+pub const MAX_KEYS: usize = 64;
+pub const MAX_CHAIN: usize = 8;
+const PBKDF2_ITERATIONS: u32 = 100_000;
+
+/// The CK_RV values the enclave answers with.
+pub mod ckr {
+    pub const ARGUMENTS_BAD: u64 = 0x07;
+    pub const SLOT_ID_INVALID: u64 = 0x03;
+    pub const DATA_INVALID: u64 = 0x20;
+    pub const KEY_HANDLE_INVALID: u64 = 0x60;
+    pub const PIN_INCORRECT: u64 = 0xA0;
+    pub const PIN_LEN_RANGE: u64 = 0xA2;
+    pub const PIN_LOCKED: u64 = 0xA4;
+    pub const SESSION_COUNT: u64 = 0xB1;
+    pub const SESSION_HANDLE_INVALID: u64 = 0xB3;
+    pub const TOKEN_NOT_PRESENT: u64 = 0xE0;
+    pub const USER_ALREADY_LOGGED_IN: u64 = 0x100;
+    pub const USER_NOT_LOGGED_IN: u64 = 0x101;
+}
+
+struct Token {
+    label: String,
+    verifier: PinVerifier,
+    failures: u32,
+    keys: Vec<TokenKey>,
+}
+
+struct TokenKey {
+    id: Vec<u8>,
+    label: String,
+    record: KeyRecord,
+    certificates: Vec<Vec<u8>>,
+}
+
+struct Handle {
+    slot: u64,
+    logged_in: bool,
+}
+
+#[derive(Default)]
+struct State {
+    tokens: BTreeMap<u64, Token>,
+    next_slot: u64,
+    handles: HashMap<[u8; 32], Handle>,
+}
+
+/// The tokens and the handles on them.
+#[derive(Default)]
+pub struct Tokens {
+    state: Mutex<State>,
+}
+
+fn err(rv: u64, message: impl Into<String>) -> RpcError {
+    RpcError::pkcs11(rv, message)
+}
+
+fn handle_id(handle: &Secret) -> Result<[u8; 32], RpcError> {
+    handle.expose().try_into().map_err(|_| err(ckr::SESSION_HANDLE_INVALID, "a handle is 32 bytes"))
+}
+
+fn pbkdf2_iterations(n: u32) -> Result<NonZeroU32, RpcError> {
+    NonZeroU32::new(n).filter(|n| n.get() <= 10_000_000).ok_or_else(|| RpcError::bad_request("a PIN verifier takes 1 to 10,000,000 iterations"))
+}
+
+/// A new verifier for `pin`.
+pub fn make_verifier(pin: &[u8]) -> Result<PinVerifier, RpcError> {
+    if !(4..=64).contains(&pin.len()) {
+        return Err(err(ckr::PIN_LEN_RANGE, "a PIN is 4 to 64 bytes"));
+    }
+    let mut salt = vec![0u8; 16];
+    SystemRandom::new().fill(&mut salt).map_err(|_| RpcError::new(nekms_rpc::ErrorCode::Internal, "no randomness"))?;
+    let mut hash = vec![0u8; 32];
+    pbkdf2::derive(pbkdf2::PBKDF2_HMAC_SHA256, pbkdf2_iterations(PBKDF2_ITERATIONS)?, &salt, pin, &mut hash);
+    Ok(PinVerifier { salt, iterations: PBKDF2_ITERATIONS, hash })
+}
+
+/// Whether `pin` matches, compared in constant time.
+fn pin_matches(verifier: &PinVerifier, pin: &[u8]) -> bool {
+    match pbkdf2_iterations(verifier.iterations) {
+        Ok(n) => pbkdf2::verify(pbkdf2::PBKDF2_HMAC_SHA256, n, &verifier.salt, pin, &verifier.hash).is_ok(),
+        Err(_) => false,
+    }
+}
+
+fn check_label(label: &str) -> Result<(), RpcError> {
+    let ok = !label.is_empty() && label.len() <= 32 && label.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-:@/ ".contains(&b)) && !label.ends_with(' ');
+    if ok {
+        Ok(())
+    } else {
+        Err(RpcError::bad_request(format!("token label {label:?}: 1 to 32 characters of letters, digits, spaces and ._-:@/ (no trailing space)")))
+    }
+}
+
+/// The SubjectPublicKeyInfo of a DER certificate.
+fn certificate_spki(der: &[u8]) -> Result<Vec<u8>, String> {
+    let (rest, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| format!("not a DER X.509 certificate: {e}"))?;
+    if !rest.is_empty() {
+        return Err("trailing bytes after the certificate".into());
+    }
+    Ok(cert.tbs_certificate.subject_pki.raw.to_vec())
+}
+
+impl Tokens {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn slots(&self) -> Vec<P11Slot> {
+        let state = self.lock();
+        state
+            .tokens
+            .iter()
+            .map(|(slot, t)| P11Slot {
+                slot: *slot,
+                label: t.label.clone(),
+                locked: t.failures >= MAX_PIN_FAILURES,
+                failures: t.failures,
+                keys: t
+                    .keys
+                    .iter()
+                    .map(|k| P11PublicKey {
+                        id: k.id.clone(),
+                        label: k.label.clone(),
+                        spec: k.record.spec,
+                        public_key: k.record.public_key.clone(),
+                        certificates: k.certificates.iter().cloned().map(serde_bytes::ByteBuf::from).collect(),
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    fn open(&self, slot: u64) -> Result<Secret, RpcError> {
+        let mut state = self.lock();
+        if !state.tokens.contains_key(&slot) {
+            return Err(err(ckr::SLOT_ID_INVALID, format!("no token in slot {slot}")));
+        }
+        if state.handles.values().filter(|h| h.slot == slot).count() >= MAX_HANDLES_PER_TOKEN {
+            return Err(err(ckr::SESSION_COUNT, format!("slot {slot} already has {MAX_HANDLES_PER_TOKEN} open handles")));
+        }
+        let mut id = [0u8; 32];
+        SystemRandom::new().fill(&mut id).map_err(|_| RpcError::new(nekms_rpc::ErrorCode::Internal, "no randomness"))?;
+        state.handles.insert(id, Handle { slot, logged_in: false });
+        Ok(Secret::new(id.to_vec()))
+    }
+
+    fn close(&self, handle: &Secret) -> Result<(), RpcError> {
+        self.lock().handles.remove(&handle_id(handle)?);
+        Ok(())
+    }
+
+    /// The token a handle is on (a removed token's handles are gone).
+    fn token_of<'a>(state: &'a mut State, handle: &[u8; 32]) -> Result<(u64, bool), RpcError> {
+        let h = state.handles.get(handle).ok_or_else(|| err(ckr::SESSION_HANDLE_INVALID, "no such handle (closed, or its token was removed)"))?;
+        if !state.tokens.contains_key(&h.slot) {
+            return Err(err(ckr::TOKEN_NOT_PRESENT, format!("the token of slot {} was removed", h.slot)));
+        }
+        Ok((h.slot, h.logged_in))
+    }
+
+    fn login(&self, handle: &Secret, pin: &[u8]) -> Result<(), RpcError> {
+        let id = handle_id(handle)?;
+        let verifier = {
+            let mut state = self.lock();
+            let (slot, logged_in) = Self::token_of(&mut state, &id)?;
+            if logged_in {
+                return Err(err(ckr::USER_ALREADY_LOGGED_IN, "already logged in"));
+            }
+            let token = &state.tokens[&slot];
+            if token.failures >= MAX_PIN_FAILURES {
+                return Err(err(ckr::PIN_LOCKED, format!("token {:?} is locked after {MAX_PIN_FAILURES} wrong PINs; provision it again", token.label)));
+            }
+            token.verifier.clone()
+        };
+        let good = pin_matches(&verifier, pin);
+        let mut state = self.lock();
+        let (slot, _) = Self::token_of(&mut state, &id)?;
+        let token = state.tokens.get_mut(&slot).expect("checked");
+        if token.verifier != verifier {
+            return Err(err(ckr::PIN_INCORRECT, "the token's PIN changed during the login; try again"));
+        }
+        if !good {
+            token.failures += 1;
+            let left = MAX_PIN_FAILURES.saturating_sub(token.failures);
+            return Err(if left == 0 {
+                err(ckr::PIN_LOCKED, format!("wrong PIN; token {:?} is now locked", token.label))
+            } else {
+                err(ckr::PIN_INCORRECT, format!("wrong PIN; {left} tries left before token {:?} locks", token.label))
+            });
+        }
+        token.failures = 0;
+        state.handles.get_mut(&id).expect("checked").logged_in = true;
+        Ok(())
+    }
+
+    fn logout(&self, handle: &Secret) -> Result<(), RpcError> {
+        let id = handle_id(handle)?;
+        let mut state = self.lock();
+        let (_, logged_in) = Self::token_of(&mut state, &id)?;
+        if !logged_in {
+            return Err(err(ckr::USER_NOT_LOGGED_IN, "not logged in"));
+        }
+        state.handles.get_mut(&id).expect("checked").logged_in = false;
+        Ok(())
+    }
+
+    /// The record of key `key_id` for a logged-in handle.
+    fn signing_record(&self, handle: &Secret, key_id: &[u8]) -> Result<KeyRecord, RpcError> {
+        let id = handle_id(handle)?;
+        let mut state = self.lock();
+        let (slot, logged_in) = Self::token_of(&mut state, &id)?;
+        if !logged_in {
+            return Err(err(ckr::USER_NOT_LOGGED_IN, "log in before signing"));
+        }
+        let token = &state.tokens[&slot];
+        token.keys.iter().find(|k| k.id == key_id).map(|k| k.record.clone()).ok_or_else(|| err(ckr::KEY_HANDLE_INVALID, format!("token {:?} has no key with that CKA_ID", token.label)))
+    }
+
+    /// Check a token's shape (not its records, which the enclave opens).
+    fn check(token: &P11Token) -> Result<(), RpcError> {
+        check_label(&token.label)?;
+        if token.keys.is_empty() || token.keys.len() > MAX_KEYS {
+            return Err(RpcError::bad_request(format!("a token holds 1 to {MAX_KEYS} keys, not {}", token.keys.len())));
+        }
+        for (i, k) in token.keys.iter().enumerate() {
+            if k.id.is_empty() || k.id.len() > 64 {
+                return Err(RpcError::bad_request(format!("key {i}: CKA_ID is 1 to 64 bytes")));
+            }
+            if token.keys[..i].iter().any(|o| o.id == k.id) {
+                return Err(RpcError::bad_request(format!("key {i}: CKA_ID {} is used twice", hex::encode(&k.id))));
+            }
+            if k.label.len() > 64 {
+                return Err(RpcError::bad_request(format!("key {i}: a key label is at most 64 bytes")));
+            }
+            if k.certificates.len() > MAX_CHAIN || k.certificates.iter().any(|c| c.len() > 16 * 1024) {
+                return Err(RpcError::bad_request(format!("key {i}: at most {MAX_CHAIN} certificates of 16 KiB each")));
+            }
+            if let Some(leaf) = k.certificates.first() {
+                let spki = certificate_spki(leaf).map_err(|e| RpcError::bad_request(format!("key {i} ({}): the leaf certificate: {e}", k.label)))?;
+                if spki != k.record.public_key {
+                    return Err(RpcError::bad_request(format!("key {i} ({}): the leaf certificate is for another public key than the key's", k.label)));
+                }
+            }
+            for (j, c) in k.certificates.iter().enumerate().skip(1) {
+                certificate_spki(c).map_err(|e| RpcError::bad_request(format!("key {i} ({}): certificate {j}: {e}", k.label)))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn add(&self, token: P11Token, verifier: PinVerifier, replace: bool) -> Result<u64, RpcError> {
+        let mut state = self.lock();
+        let existing = state.tokens.iter().find(|(_, t)| t.label == token.label).map(|(s, _)| *s);
+        let keys = token
+            .keys
+            .into_iter()
+            .map(|k| TokenKey { id: k.id, label: k.label, record: k.record, certificates: k.certificates.into_iter().map(|c| c.into_vec()).collect() })
+            .collect();
+        match (existing, replace) {
+            (Some(_), false) => Err(RpcError::bad_request(format!("a token labelled {:?} exists; update it instead", token.label))),
+            (None, true) => Err(RpcError::bad_request(format!("no token labelled {:?} to update", token.label))),
+            (Some(slot), true) => {
+                let t = state.tokens.get_mut(&slot).expect("found");
+                let pin_changed = t.verifier != verifier;
+                *t = Token { label: token.label, verifier, failures: 0, keys };
+                if pin_changed {
+                    state.handles.values_mut().filter(|h| h.slot == slot).for_each(|h| h.logged_in = false);
+                }
+                Ok(slot)
+            }
+            (None, false) => {
+                if state.tokens.len() >= MAX_TOKENS {
+                    return Err(RpcError::refused(format!("this enclave already holds {MAX_TOKENS} tokens, the most it takes")));
+                }
+                let slot = state.next_slot;
+                state.next_slot += 1;
+                state.tokens.insert(slot, Token { label: token.label, verifier, failures: 0, keys });
+                Ok(slot)
+            }
+        }
+    }
+
+    fn remove(&self, label: &str) -> Result<(), RpcError> {
+        let mut state = self.lock();
+        let slot = state.tokens.iter().find(|(_, t)| t.label == label).map(|(s, _)| *s).ok_or_else(|| RpcError::bad_request(format!("no token labelled {label:?}")))?;
+        state.tokens.remove(&slot);
+        state.handles.retain(|_, h| h.slot != slot);
+        Ok(())
+    }
+}
+
+impl Enclave {
+    /// Answer a PKCS#11 call.
+    pub async fn p11_call(&self, request: P11Request) -> Result<P11Response, RpcError> {
+        let tokens = &self.p11;
+        match request {
+            P11Request::AddToken { token, replace } => {
+                Tokens::check(&token)?;
+                let verifier = match (&token.pin, &token.pin_verifier) {
+                    (Some(pin), None) => make_verifier(pin.0.as_bytes())?,
+                    (None, Some(v)) => {
+                        pbkdf2_iterations(v.iterations)?;
+                        if v.salt.len() < 16 || v.hash.len() != 32 {
+                            return Err(RpcError::bad_request("a PIN verifier has a salt of 16 bytes or more and a 32-byte hash"));
+                        }
+                        v.clone()
+                    }
+                    _ => return Err(RpcError::bad_request("give a new token's PIN, or the PIN verifier the enclave gave for it, not both")),
+                };
+                // Each record must open under the enclave's custody rules,
+                // exactly as it would to sign.
+                for k in &token.keys {
+                    self.open(&k.record).await.map_err(|e| RpcError { message: format!("key {} ({}): {}", hex::encode(&k.id), k.label, e.message), ..e })?;
+                }
+                let slot = tokens.add(token, verifier.clone(), replace)?;
+                Ok(P11Response::TokenAdded { slot, pin_verifier: verifier })
+            }
+            P11Request::RemoveToken { label } => tokens.remove(&label).map(|_| P11Response::Done),
+            P11Request::Slots => Ok(P11Response::Slots(tokens.slots())),
+            P11Request::Open { slot } => tokens.open(slot).map(|handle| P11Response::Opened { handle }),
+            P11Request::Close { handle } => tokens.close(&handle).map(|_| P11Response::Done),
+            P11Request::Login { handle, pin } => tokens.login(&handle, pin.0.as_bytes()).map(|_| P11Response::Done),
+            P11Request::Logout { handle } => tokens.logout(&handle).map(|_| P11Response::Done),
+            P11Request::Sign { handle, id, scheme, payload } => {
+                let record = tokens.signing_record(&handle, &id)?;
+                let sig = self.sign(&record, Some(scheme), &payload).await.map_err(|e| match e.code {
+                    nekms_rpc::ErrorCode::BadRequest => err(ckr::DATA_INVALID, e.message),
+                    _ => e,
+                })?;
+                Ok(P11Response::Signature(sig.signature))
+            }
+            P11Request::Random { length } => {
+                if !(1..=4096).contains(&length) {
+                    return Err(err(ckr::ARGUMENTS_BAD, "C_GenerateRandom through nekms gives 1 to 4096 bytes per call"));
+                }
+                let mut out = Vec::with_capacity(length as usize);
+                while out.len() < length as usize {
+                    let chunk = self.nsm.get_random().map_err(|e| RpcError::new(nekms_rpc::ErrorCode::Attestation, format!("NSM GetRandom: {e}")))?;
+                    out.extend_from_slice(&chunk);
+                }
+                out.truncate(length as usize);
+                Ok(P11Response::Random(Secret::from(zeroize::Zeroizing::new(out))))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pin_verifier_matches_its_pin_only() {
+        let v = make_verifier(b"1234-secret").unwrap();
+        assert!(pin_matches(&v, b"1234-secret"));
+        assert!(!pin_matches(&v, b"1234-secreT"));
+        assert_eq!(make_verifier(b"123").unwrap_err().pkcs11, Some(ckr::PIN_LEN_RANGE));
+        assert!(!pin_matches(&PinVerifier { iterations: 0, ..v }, b"1234-secret"), "a zero iteration count never matches");
+    }
+
+    #[test]
+    fn labels_are_checked() {
+        for ok in ["web", "web-01.example.com", "a b"] {
+            check_label(ok).unwrap();
+        }
+        for bad in ["", "x".repeat(33).as_str(), "trailing ", "semi;colon", "ünïcode"] {
+            assert!(check_label(bad).is_err(), "{bad:?}");
+        }
+    }
+}

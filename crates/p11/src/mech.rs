@@ -1,0 +1,184 @@
+//! Signing mechanisms: which a key takes, and how each becomes the
+//! enclave's scheme and payload.
+
+use cryptoki_sys::*;
+use nekms_keys::{Hash, KeySpec, Payload, Scheme};
+
+/// The mechanisms this module offers, with their CK_MECHANISM_INFO.
+pub const MECHANISMS: &[(CK_MECHANISM_TYPE, CK_ULONG, CK_ULONG, CK_FLAGS)] = &[
+    (CKM_RSA_PKCS, 2048, 4096, CKF_SIGN),
+    (CKM_SHA256_RSA_PKCS, 2048, 4096, CKF_SIGN),
+    (CKM_SHA384_RSA_PKCS, 2048, 4096, CKF_SIGN),
+    (CKM_SHA512_RSA_PKCS, 2048, 4096, CKF_SIGN),
+    (CKM_RSA_PKCS_PSS, 2048, 4096, CKF_SIGN),
+    (CKM_SHA256_RSA_PKCS_PSS, 2048, 4096, CKF_SIGN),
+    (CKM_SHA384_RSA_PKCS_PSS, 2048, 4096, CKF_SIGN),
+    (CKM_SHA512_RSA_PKCS_PSS, 2048, 4096, CKF_SIGN),
+    (CKM_ECDSA, 256, 384, CKF_SIGN | CKF_EC_F_P | CKF_EC_NAMEDCURVE | CKF_EC_UNCOMPRESS),
+    (CKM_ECDSA_SHA256, 256, 384, CKF_SIGN | CKF_EC_F_P | CKF_EC_NAMEDCURVE | CKF_EC_UNCOMPRESS),
+    (CKM_ECDSA_SHA384, 256, 384, CKF_SIGN | CKF_EC_F_P | CKF_EC_NAMEDCURVE | CKF_EC_UNCOMPRESS),
+    (CKM_ECDSA_SHA512, 256, 384, CKF_SIGN | CKF_EC_F_P | CKF_EC_NAMEDCURVE | CKF_EC_UNCOMPRESS),
+    (CKM_EDDSA, 255, 255, CKF_SIGN),
+];
+
+/// A signing operation's mechanism, read and checked at SignInit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mech {
+    /// Raw ECDSA over a hash the caller computed.
+    Ecdsa,
+    EcdsaWith(Hash),
+    /// PKCS#1 v1.5 over a DigestInfo the caller built.
+    RsaPkcs,
+    RsaPkcsWith(Hash),
+    /// PSS over a hash the caller computed (the hash named by the parameters).
+    RsaPss(Hash),
+    RsaPssWith(Hash),
+    EdDsa,
+}
+
+fn hash_of(m: CK_MECHANISM_TYPE) -> Option<Hash> {
+    match m {
+        CKM_SHA256 => Some(Hash::Sha256),
+        CKM_SHA384 => Some(Hash::Sha384),
+        CKM_SHA512 => Some(Hash::Sha512),
+        _ => None,
+    }
+}
+
+fn mgf_of(h: Hash) -> CK_RSA_PKCS_MGF_TYPE {
+    match h {
+        Hash::Sha256 => CKG_MGF1_SHA256,
+        Hash::Sha384 => CKG_MGF1_SHA384,
+        Hash::Sha512 => CKG_MGF1_SHA512,
+    }
+}
+
+fn is_rsa(spec: KeySpec) -> bool {
+    matches!(spec, KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096)
+}
+
+/// The mechanism for a key, from its type and parameters (`params`: the
+/// PSS parameters, when given). Errors are CK_RVs.
+pub fn mechanism(spec: KeySpec, mechanism: CK_MECHANISM_TYPE, params: Option<&CK_RSA_PKCS_PSS_PARAMS>, param_len: usize) -> Result<Mech, CK_RV> {
+    let ec = matches!(spec, KeySpec::P256 | KeySpec::P384 | KeySpec::Secp256k1);
+    let pss = |fixed: Option<Hash>| -> Result<Hash, CK_RV> {
+        let p = params.filter(|_| param_len == std::mem::size_of::<CK_RSA_PKCS_PSS_PARAMS>()).ok_or(CKR_MECHANISM_PARAM_INVALID)?;
+        let h = hash_of(p.hashAlg).ok_or(CKR_MECHANISM_PARAM_INVALID)?;
+        // The enclave signs PSS with a salt as long as the hash, as TLS does.
+        if fixed.is_some_and(|f| f != h) || p.mgf != mgf_of(h) || p.sLen as usize != h.output_len() {
+            return Err(CKR_MECHANISM_PARAM_INVALID);
+        }
+        Ok(h)
+    };
+    let m = match mechanism {
+        CKM_ECDSA if ec => Mech::Ecdsa,
+        CKM_ECDSA_SHA256 if ec => Mech::EcdsaWith(Hash::Sha256),
+        CKM_ECDSA_SHA384 if ec => Mech::EcdsaWith(Hash::Sha384),
+        CKM_ECDSA_SHA512 if ec => Mech::EcdsaWith(Hash::Sha512),
+        CKM_EDDSA if spec == KeySpec::Ed25519 => {
+            // CK_EDDSA_PARAMS may ask for Ed25519ph or a context: not offered.
+            if param_len != 0 {
+                return Err(CKR_MECHANISM_PARAM_INVALID);
+            }
+            Mech::EdDsa
+        }
+        CKM_RSA_PKCS if is_rsa(spec) => Mech::RsaPkcs,
+        CKM_SHA256_RSA_PKCS if is_rsa(spec) => Mech::RsaPkcsWith(Hash::Sha256),
+        CKM_SHA384_RSA_PKCS if is_rsa(spec) => Mech::RsaPkcsWith(Hash::Sha384),
+        CKM_SHA512_RSA_PKCS if is_rsa(spec) => Mech::RsaPkcsWith(Hash::Sha512),
+        CKM_RSA_PKCS_PSS if is_rsa(spec) => Mech::RsaPss(pss(None)?),
+        CKM_SHA256_RSA_PKCS_PSS if is_rsa(spec) => Mech::RsaPssWith(pss(Some(Hash::Sha256))?),
+        CKM_SHA384_RSA_PKCS_PSS if is_rsa(spec) => Mech::RsaPssWith(pss(Some(Hash::Sha384))?),
+        CKM_SHA512_RSA_PKCS_PSS if is_rsa(spec) => Mech::RsaPssWith(pss(Some(Hash::Sha512))?),
+        m if MECHANISMS.iter().any(|x| x.0 == m) => return Err(CKR_KEY_TYPE_INCONSISTENT),
+        _ => return Err(CKR_MECHANISM_INVALID),
+    };
+    Ok(m)
+}
+
+impl Mech {
+    /// Whether C_SignUpdate may feed it (the mechanisms that hash).
+    pub fn multi_part(self) -> bool {
+        matches!(self, Mech::EcdsaWith(_) | Mech::RsaPkcsWith(_) | Mech::RsaPssWith(_))
+    }
+}
+
+/// DigestInfo prefixes (RFC 8017, section 9.2, note 1).
+const DIGEST_INFO: &[(Hash, &[u8])] = &[
+    (Hash::Sha256, &[0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20]),
+    (Hash::Sha384, &[0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02, 0x05, 0x00, 0x04, 0x30]),
+    (Hash::Sha512, &[0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x03, 0x05, 0x00, 0x04, 0x40]),
+];
+
+/// ECDSA's input as the enclave takes it: a digest as long as the curve's
+/// hash. A longer hash keeps its leftmost bytes and a shorter one is padded
+/// on the left with zeros, which is what ECDSA does with it for these
+/// curves (their orders are a whole number of bytes).
+fn ecdsa_digest(spec: KeySpec, hash: &[u8]) -> Vec<u8> {
+    let n = if spec == KeySpec::P384 { 48 } else { 32 };
+    if hash.len() >= n {
+        hash[..n].to_vec()
+    } else {
+        let mut out = vec![0u8; n - hash.len()];
+        out.extend_from_slice(hash);
+        out
+    }
+}
+
+/// The scheme and payload the enclave signs for `data`.
+pub fn to_scheme(spec: KeySpec, mech: Mech, data: &[u8]) -> Result<(Scheme, Payload), CK_RV> {
+    Ok(match mech {
+        Mech::Ecdsa => {
+            if data.is_empty() || data.len() > 64 {
+                return Err(CKR_DATA_LEN_RANGE);
+            }
+            (Scheme::EcdsaRaw, Payload::Digest(ecdsa_digest(spec, data)))
+        }
+        Mech::EcdsaWith(h) => (Scheme::EcdsaRaw, Payload::Digest(ecdsa_digest(spec, &h.digest(data)))),
+        Mech::EdDsa => (Scheme::Ed25519, Payload::Message(data.to_vec())),
+        Mech::RsaPkcs => {
+            let (h, digest) = DIGEST_INFO
+                .iter()
+                .find_map(|(h, prefix)| data.strip_prefix(*prefix).filter(|d| d.len() == h.output_len()).map(|d| (*h, d)))
+                .ok_or(CKR_DATA_INVALID)?;
+            (Scheme::RsaPkcs1(h), Payload::Digest(digest.to_vec()))
+        }
+        Mech::RsaPkcsWith(h) => (Scheme::RsaPkcs1(h), Payload::Digest(h.digest(data))),
+        Mech::RsaPss(h) => {
+            if data.len() != h.output_len() {
+                return Err(CKR_DATA_LEN_RANGE);
+            }
+            (Scheme::RsaPss(h), Payload::Digest(data.to_vec()))
+        }
+        Mech::RsaPssWith(h) => (Scheme::RsaPss(h), Payload::Digest(h.digest(data))),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mechanisms_fit_their_keys() {
+        assert_eq!(mechanism(KeySpec::P256, CKM_ECDSA, None, 0), Ok(Mech::Ecdsa));
+        assert_eq!(mechanism(KeySpec::Rsa2048, CKM_ECDSA, None, 0), Err(CKR_KEY_TYPE_INCONSISTENT));
+        assert_eq!(mechanism(KeySpec::P256, 0x9999, None, 0), Err(CKR_MECHANISM_INVALID));
+        let good = CK_RSA_PKCS_PSS_PARAMS { hashAlg: CKM_SHA256, mgf: CKG_MGF1_SHA256, sLen: 32 };
+        let n = std::mem::size_of::<CK_RSA_PKCS_PSS_PARAMS>();
+        assert_eq!(mechanism(KeySpec::Rsa2048, CKM_RSA_PKCS_PSS, Some(&good), n), Ok(Mech::RsaPss(Hash::Sha256)));
+        assert_eq!(mechanism(KeySpec::Rsa2048, CKM_RSA_PKCS_PSS, None, 0), Err(CKR_MECHANISM_PARAM_INVALID));
+        let salt = CK_RSA_PKCS_PSS_PARAMS { sLen: 20, ..good };
+        assert_eq!(mechanism(KeySpec::Rsa2048, CKM_RSA_PKCS_PSS, Some(&salt), n), Err(CKR_MECHANISM_PARAM_INVALID));
+        assert_eq!(mechanism(KeySpec::Rsa2048, CKM_SHA384_RSA_PKCS_PSS, Some(&good), n), Err(CKR_MECHANISM_PARAM_INVALID));
+    }
+
+    #[test]
+    fn a_digest_info_names_its_hash() {
+        let mut di = DIGEST_INFO[0].1.to_vec();
+        di.extend_from_slice(&[7u8; 32]);
+        assert!(matches!(to_scheme(KeySpec::Rsa2048, Mech::RsaPkcs, &di), Ok((Scheme::RsaPkcs1(Hash::Sha256), Payload::Digest(d))) if d == [7u8; 32]));
+        assert_eq!(to_scheme(KeySpec::Rsa2048, Mech::RsaPkcs, &[1, 2, 3]).unwrap_err(), CKR_DATA_INVALID);
+        assert_eq!(ecdsa_digest(KeySpec::P256, &[1u8; 48]), vec![1u8; 32]);
+        assert_eq!(ecdsa_digest(KeySpec::P384, &[1u8; 32])[..16], [0u8; 16]);
+    }
+}

@@ -1,0 +1,314 @@
+"""libnekms_p11.so against tools nobody on this project wrote: OpenSC's
+pkcs11-tool, PyKCS11 and OpenSSL, loaded direct and through p11-kit's
+server and client (as ACM for Nitro Enclaves runs it), with tokens
+provisioned by `nekms p11 token` under `nekms dev up`.
+
+The attacker tests play root on the parent: it has the p11-kit socket, the
+token database, the key store and the enclave's RPC, and tries to get a
+token key out, change its attributes, copy or wrap it, guess the PIN, and
+slip in a record the enclave did not make.
+"""
+
+import base64
+import datetime
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, utils
+from cryptography.x509.oid import NameOID
+
+from test_dev_up import NEKMS, ROOT, Up
+
+MODULE = os.environ.get("NEKMS_P11_MODULE", str(ROOT / "target" / "debug" / "libnekms_p11.so"))
+P11KIT_CLIENT = "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so"
+PIN = "1234-pin"
+
+pytestmark = pytest.mark.skipif(shutil.which("pkcs11-tool") is None or shutil.which("p11-kit") is None,
+                                reason="scripts/test installs opensc and p11-kit")
+
+
+class Tokens:
+    """`nekms dev up`, keys in a store, and a token database."""
+
+    def __init__(self, base):
+        self.base = base
+        self.up = Up(base)
+        self.env = {**self.up.env, "NEKMS_STORE": f"sqlite:{base / 'keys.db'}", "NEKMS_P11_DB": str(base / "tokens.json"),
+                    "NEKMS_P11_RPC": self.up.info["rpc"]}
+        self.pin_file = base / "pin"
+        self.pin_file.write_text(PIN + "\n")
+        os.chmod(self.pin_file, 0o600)
+        self.ca = ec.generate_private_key(ec.SECP256R1())
+        self.kit = None
+
+    def nekms(self, *args, check=True):
+        r = subprocess.run([NEKMS, *args], env=self.env, capture_output=True, text=True, timeout=120)
+        if check:
+            assert r.returncode == 0, f"nekms {' '.join(args)}: {r.stderr}"
+        return r
+
+    def public_key(self, name):
+        return serialization.load_der_public_key(base64.b64decode(json.loads(self.nekms("key", "show", name, "--json").stdout)["public_key"]))
+
+    def key(self, name, spec):
+        """A key in the store and a certificate for it (leaf, then the CA)."""
+        self.nekms("key", "create", "--name", name, "--spec", spec)
+        now = datetime.datetime.now(datetime.timezone.utc)
+        ca_cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "nekms test CA")]))
+                   .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "nekms test CA")]))
+                   .public_key(self.ca.public_key()).serial_number(1).not_valid_before(now)
+                   .not_valid_after(now + datetime.timedelta(days=1)).sign(self.ca, hashes.SHA256()))
+        leaf = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+                .issuer_name(ca_cert.subject).public_key(self.public_key(name))
+                .serial_number(x509.random_serial_number()).not_valid_before(now)
+                .not_valid_after(now + datetime.timedelta(days=1))
+                .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+                .sign(self.ca, hashes.SHA256()))
+        path = self.base / f"{name}.pem"
+        path.write_bytes(leaf.public_bytes(serialization.Encoding.PEM) + ca_cert.public_bytes(serialization.Encoding.PEM))
+        return path
+
+    def tool(self, *args, module=MODULE, check=True, env=None):
+        r = subprocess.run(["pkcs11-tool", "--module", module, *args], env=env or self.env, capture_output=True, timeout=120)
+        if check:
+            assert r.returncode == 0, f"pkcs11-tool {' '.join(args)}: {r.stderr.decode()}"
+        return r
+
+    def start_kit(self):
+        """p11-kit's server loading the module, as the enclave runs it."""
+        sock = self.base / "p11-kit.sock"
+        self.kit = subprocess.Popen(["p11-kit", "server", "-f", "-p", MODULE, "-n", str(sock), "pkcs11:"],
+                                    env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 20
+        while not sock.exists():
+            assert self.kit.poll() is None, "p11-kit server exited"
+            assert time.time() < deadline
+            time.sleep(0.05)
+        return {**self.env, "P11_KIT_SERVER_ADDRESS": f"unix:path={sock}"}
+
+    def stop(self):
+        if self.kit and self.kit.poll() is None:
+            self.kit.send_signal(signal.SIGTERM)
+            self.kit.wait(10)
+        self.up.stop()
+
+
+@pytest.fixture(scope="module")
+def tokens(tmp_path_factory):
+    t = Tokens(tmp_path_factory.mktemp("p11"))
+    chains = {name: t.key(name, spec) for name, spec in [("web-rsa", "rsa2048"), ("web-ec", "p256"), ("web-p384", "p384"),
+                                                          ("web-rsa4k", "rsa4096"), ("web-ed", "ed25519"), ("web-k1", "secp256k1")]}
+    args = ["p11", "token", "add", "--label", "web", "--pin-file", str(t.pin_file)]
+    for i, name in enumerate(chains, 1):
+        args += ["--key", f"{name}:{i:02x}", "--cert", f"{name}:{chains[name]}"]
+    t.nekms(*args)
+    t.chains = chains
+    yield t
+    t.stop()
+
+
+def verify(public, mech, data, sig):
+    """Check a signature with `cryptography` (for ECDSA, `sig` is r || s)."""
+    if mech.startswith("ECDSA"):
+        half = len(sig) // 2
+        der = utils.encode_dss_signature(int.from_bytes(sig[:half], "big"), int.from_bytes(sig[half:], "big"))
+        if mech == "ECDSA":
+            public.verify(der, data, ec.ECDSA(utils.Prehashed(hashes.SHA256() if len(data) == 32 else hashes.SHA384())))
+        else:
+            public.verify(der, data, ec.ECDSA(getattr(hashes, mech.split("-")[1])()))
+    elif mech == "EDDSA":
+        public.verify(sig, data)
+    elif "PSS" in mech:
+        h = getattr(hashes, mech.split("-")[0])()
+        public.verify(sig, data, padding.PSS(mgf=padding.MGF1(h), salt_length=h.digest_size), h)
+    else:
+        public.verify(sig, data, padding.PKCS1v15(), getattr(hashes, mech.split("-")[0])())
+
+
+def test_pkcs11_tool_lists_the_token_its_mechanisms_and_objects(tokens):
+    out = tokens.tool("-L").stdout.decode()
+    assert "token label        : web" in out and "login required" in out and "readonly" in out
+    mechs = tokens.tool("-M").stdout.decode()
+    for m in ["RSA-PKCS,", "SHA256-RSA-PKCS,", "RSA-PKCS-PSS,", "SHA256-RSA-PKCS-PSS", "ECDSA,", "ECDSA-SHA256", "EDDSA"]:
+        assert m in mechs, m
+    public = tokens.tool("-O").stdout.decode()
+    assert "Private Key Object" not in public, "private keys appear only after login"
+    assert public.count("Certificate Object") == 12
+    private = tokens.tool("--login", "--pin", PIN, "-O").stdout.decode()
+    assert private.count("Private Key Object") == 6
+    assert private.count("sensitive, always sensitive, never extractable") == 6
+
+
+@pytest.mark.parametrize("name,key_id,mech", [
+    ("web-rsa", "01", "SHA256-RSA-PKCS"), ("web-rsa", "01", "SHA384-RSA-PKCS-PSS"), ("web-rsa4k", "04", "SHA512-RSA-PKCS"),
+    ("web-ec", "02", "ECDSA"), ("web-ec", "02", "ECDSA-SHA256"), ("web-p384", "03", "ECDSA-SHA384"),
+    ("web-ed", "05", "EDDSA"), ("web-k1", "06", "ECDSA-SHA256"),
+])
+def test_signatures_verify_with_cryptography(tokens, name, key_id, mech):
+    data = b"nekms signs inside the enclave"
+    if mech == "ECDSA":
+        data = hashes.Hash(hashes.SHA256())
+        data.update(b"prehashed")
+        data = data.finalize()
+    (tokens.base / "in").write_bytes(data)
+    extra = []
+    if "PSS" in mech:
+        h = mech.split("-")[0]
+        extra = ["--mgf", f"MGF1-{h}", "--salt-len", str(int(h[3:]) // 8)]
+    tokens.tool("--login", "--pin", PIN, "--sign", "-m", mech, "--id", key_id, "-i", str(tokens.base / "in"),
+                "-o", str(tokens.base / "sig"), *extra)
+    verify(tokens.public_key(name), mech, data, (tokens.base / "sig").read_bytes())
+
+
+def test_openssl_verifies_and_random_comes_from_the_nsm(tokens):
+    b = tokens.base
+    (b / "msg").write_bytes(b"hello from openssl")
+    tokens.tool("--login", "--pin", PIN, "--sign", "-m", "SHA256-RSA-PKCS", "--id", "01", "-i", str(b / "msg"), "-o", str(b / "rsa.sig"))
+    subprocess.run(["openssl", "x509", "-in", str(tokens.chains["web-rsa"]), "-pubkey", "-noout", "-out", str(b / "rsa.pub")], check=True)
+    r = subprocess.run(["openssl", "dgst", "-sha256", "-verify", str(b / "rsa.pub"), "-signature", str(b / "rsa.sig"), str(b / "msg")],
+                       capture_output=True, text=True)
+    assert "Verified OK" in r.stdout, r.stderr
+    random = tokens.tool("--generate-random", "64").stdout
+    assert len(random) == 64 and random != tokens.tool("--generate-random", "64").stdout
+
+
+def test_through_p11_kit_server_and_client(tokens):
+    env = tokens.start_kit()
+    out = tokens.tool("-L", module=P11KIT_CLIENT, env=env).stdout.decode()
+    assert "token label        : web" in out
+    b = tokens.base
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(b"through p11-kit")
+    h = digest.finalize()
+    (b / "h").write_bytes(h)
+    for name, key_id, mech in [("web-ec", "02", "ECDSA"), ("web-rsa", "01", "RSA-PKCS-PSS")]:
+        extra = ["--hash-algorithm", "SHA256", "--mgf", "MGF1-SHA256", "--salt-len", "32"] if "PSS" in mech else []
+        tokens.tool("--login", "--pin", PIN, "--sign", "-m", mech, "--id", key_id, "-i", str(b / "h"), "-o", str(b / "kit.sig"),
+                    *extra, module=P11KIT_CLIENT, env=env)
+        sig = (b / "kit.sig").read_bytes()
+        public = tokens.public_key(name)
+        if mech == "ECDSA":
+            verify(public, "ECDSA", h, sig)
+        else:
+            public.verify(sig, h, padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32), utils.Prehashed(hashes.SHA256()))
+
+
+def pykcs11(tokens, module=MODULE):
+    import PyKCS11
+    os.environ["NEKMS_P11_RPC"] = tokens.env["NEKMS_P11_RPC"]
+    lib = PyKCS11.PyKCS11Lib()
+    lib.load(module)
+    return PyKCS11, lib
+
+
+def test_the_parent_cannot_get_a_token_key_out(tokens):
+    """CKA_VALUE and the private exponent are sensitive; the key cannot be
+    made extractable, copied, wrapped or destroyed; the CKA_EXTRACTABLE the
+    tools read stays false."""
+    P, lib = pykcs11(tokens)
+    slot = lib.getSlotList(tokenPresent=True)[0]
+    s = lib.openSession(slot)
+    s.login(PIN)
+    key = s.findObjects([(P.CKA_CLASS, P.CKO_PRIVATE_KEY), (P.CKA_ID, (1,))])[0]
+    # PyKCS11 turns CKR_ATTRIBUTE_SENSITIVE into None; the raw call says which error it was.
+    for attr in (P.CKA_VALUE, P.CKA_PRIVATE_EXPONENT, P.CKA_PRIME_1, P.CKA_COEFFICIENT):
+        assert s.getAttributeValue(key, [attr], allAsBinary=True) == [None]
+        template = P.LowLevel.ckattrlist(1)
+        template[0].SetType(attr)
+        assert lib.lib.C_GetAttributeValue(s.session, key, template) == P.CKR_ATTRIBUTE_SENSITIVE
+    assert s.getAttributeValue(key, [P.CKA_EXTRACTABLE, P.CKA_SENSITIVE]) == [False, True]
+    with pytest.raises(P.PyKCS11Error) as e:
+        s.setAttributeValue(key, [(P.CKA_EXTRACTABLE, True)])
+    assert e.value.value == P.CKR_ATTRIBUTE_READ_ONLY
+    with pytest.raises(P.PyKCS11Error) as e:
+        s.destroyObject(key)
+    assert e.value.value == P.CKR_ACTION_PROHIBITED
+    with pytest.raises(P.PyKCS11Error) as e:
+        s.wrapKey(key, key, P.Mechanism(P.CKM_RSA_PKCS))
+    assert e.value.value == P.CKR_KEY_NOT_WRAPPABLE
+    assert s.getAttributeValue(key, [P.CKA_EXTRACTABLE]) == [False]
+    # Signing still works: the key is usable, never readable.
+    sig = bytes(s.sign(key, b"still usable", P.Mechanism(P.CKM_SHA256_RSA_PKCS)))
+    verify(tokens.public_key("web-rsa"), "SHA256-RSA-PKCS", b"still usable", sig)
+    s.logout()
+    s.closeSession()
+
+
+def test_wrong_pins_lock_the_token_across_processes(tokens, tmp_path):
+    """The counter lives in the enclave: each pkcs11-tool run is a new
+    process (a new p11-kit connection in production), and the tenth wrong
+    PIN in a row locks the token until it is provisioned again."""
+    pem = tokens.key("lock-ec", "p256")
+    tokens.nekms("p11", "token", "add", "--label", "lockme", "--pin-file", str(tokens.pin_file), "--key", "lock-ec:01", "--cert", f"lock-ec:{pem}")
+    slot = next(s for s in json.loads(tokens.nekms("p11", "slots", "--json").stdout) if s["label"] == "lockme")["slot"]
+    for i in range(10):
+        r = tokens.tool("--slot", str(slot), "--login", "--pin", f"wrong-{i}", "-O", check=False)
+        assert r.returncode != 0
+        want = "CKR_PIN_LOCKED" if i == 9 else "CKR_PIN_INCORRECT"
+        assert want in r.stderr.decode(), r.stderr.decode()
+    r = tokens.tool("--slot", str(slot), "--login", "--pin", PIN, "-O", check=False)
+    assert r.returncode != 0 and "CKR_PIN_LOCKED" in r.stderr.decode(), "the right PIN does not open a locked token"
+    assert "user PIN locked" in tokens.tool("--slot", str(slot), "-T").stdout.decode()
+    # Provisioning it again (a new PIN) unlocks it.
+    (tmp_path / "pin2").write_text("another-pin\n")
+    tokens.nekms("p11", "token", "update", "--label", "lockme", "--pin-file", str(tmp_path / "pin2"), "--key", "lock-ec:01", "--cert", f"lock-ec:{pem}")
+    tokens.tool("--slot", str(slot), "--login", "--pin", "another-pin", "-O")
+    tokens.nekms("p11", "token", "remove", "--label", "lockme")
+
+
+def test_a_running_client_sees_new_tokens_and_loses_removed_ones(tokens):
+    P, lib = pykcs11(tokens)
+    before = len(lib.getSlotList(tokenPresent=True))
+    pem = tokens.key("hot-ec", "p256")
+    tokens.nekms("p11", "token", "add", "--label", "hot", "--pin-file", str(tokens.pin_file), "--key", "hot-ec:07", "--cert", f"hot-ec:{pem}")
+    slots = lib.getSlotList(tokenPresent=True)
+    assert len(slots) == before + 1, "the same loaded module sees the new token at its next C_GetSlotList"
+    hot = next(s for s in slots if lib.getTokenInfo(s).label.strip() == "hot")
+    s = lib.openSession(hot)
+    s.login(PIN)
+    key = s.findObjects([(P.CKA_CLASS, P.CKO_PRIVATE_KEY)])[0]
+    sig = bytes(s.sign(key, b"hot", P.Mechanism(P.CKM_ECDSA_SHA256)))
+    verify(tokens.public_key("hot-ec"), "ECDSA-SHA256", b"hot", sig)
+    tokens.nekms("p11", "token", "remove", "--label", "hot")
+    with pytest.raises(P.PyKCS11Error) as e:
+        s.sign(key, b"hot", P.Mechanism(P.CKM_ECDSA_SHA256))
+    assert e.value.value in (P.CKR_TOKEN_NOT_PRESENT, P.CKR_SESSION_HANDLE_INVALID)
+    assert len(lib.getSlotList(tokenPresent=True)) == before
+
+
+def test_provisioning_refuses_what_the_enclave_would_not_sign_with(tokens, tmp_path):
+    """A duplicate label, a certificate for another key, a key the store
+    does not have, and a record the parent wrote itself (a key it knows,
+    sealed under nothing the enclave accepts): refused, nothing added."""
+    before = tokens.nekms("p11", "slots", "--json").stdout
+    ec_pem = tokens.chains["web-ec"]
+
+    def refused(*args, says):
+        r = tokens.nekms("p11", "token", *args, check=False)
+        assert r.returncode != 0 and says in r.stderr, r.stderr
+
+    refused("add", "--label", "web", "--pin-file", str(tokens.pin_file), "--key", "web-ec:01", says="already has a token labelled")
+    refused("add", "--label", "mismatch", "--pin-file", str(tokens.pin_file), "--key", "web-rsa:01", "--cert", f"web-rsa:{ec_pem}",
+            says="another public key")
+    refused("add", "--label", "nokey", "--pin-file", str(tokens.pin_file), "--key", "absent:01", says="no key named")
+    (tmp_path / "short").write_text("12\n")
+    refused("add", "--label", "shortpin", "--pin-file", str(tmp_path / "short"), "--key", "web-ec:01", says="4 to 64 bytes")
+    # Past the CLI (which checks the store's rows), straight to the enclave's
+    # RPC: a record renamed, and a record whose sealed key is another's.
+    from test_attacker import Rpc, cbor_record
+    ec_record = json.loads(tokens.nekms("key", "show", "web-ec", "--json").stdout)
+    rsa_record = json.loads(tokens.nekms("key", "show", "web-rsa", "--json").stdout)
+    renamed = {**ec_record, "key_id": "planted"}
+    swapped = {**ec_record, "sealed_private_key": rsa_record["sealed_private_key"]}
+    for record, rule in [(renamed, "record-binding"), (swapped, "")]:
+        token = {"label": "planted", "pin": PIN, "keys": [{"id": b"\x01", "label": "planted", "record": cbor_record(record)}]}
+        kind, err = Rpc(tokens.up.info["rpc"]).call({"P11": {"AddToken": {"token": token, "replace": False}}})
+        assert kind == "Err" and f"rule {rule}" in err["message"] if rule else kind == "Err", err
+    assert tokens.nekms("p11", "slots", "--json").stdout == before
