@@ -191,7 +191,7 @@ impl Tokens {
     }
 
     /// The token a handle is on (a removed token's handles are gone).
-    fn token_of<'a>(state: &'a mut State, handle: &[u8; 32]) -> Result<(u64, bool), RpcError> {
+    fn token_of(state: &mut State, handle: &[u8; 32]) -> Result<(u64, bool), RpcError> {
         let h = state.handles.get(handle).ok_or_else(|| err(ckr::SESSION_HANDLE_INVALID, "no such handle (closed, or its token was removed)"))?;
         if !state.tokens.contains_key(&h.slot) {
             return Err(err(ckr::TOKEN_NOT_PRESENT, format!("the token of slot {} was removed", h.slot)));
