@@ -488,3 +488,131 @@ def test_nginx_serves_tls_with_token_keys_through_p11_kit(tokens):
             os.kill(master, signal.SIGTERM)
         except OSError:
             pass
+
+
+def test_error_codes_of_the_module_loaded_direct(tokens):
+    """What p11-kit's client would answer itself (NULL pointers) reaches the
+    module only when it is loaded direct: every entry point answers with the
+    PKCS#11 error, and nothing crashes."""
+    import ctypes as C
+    ul = C.c_ulong
+    lib = C.CDLL(MODULE)
+    os.environ["NEKMS_P11_RPC"] = tokens.env["NEKMS_P11_RPC"]
+    OK, ARGS, SLOT, PROTECTED, PARALLEL, HANDLE, NOT_INIT, ACTIVE = 0, 0x7, 0x3, 0xE2, 0xB4, 0xB3, 0x91, 0x90
+    info = C.create_string_buffer(256)
+    assert lib.C_GetInfo(info) == 0x190, "before C_Initialize"
+    assert lib.C_Initialize(None) == OK
+    assert lib.C_Initialize(None) == 0x191, "a second C_Initialize"
+    try:
+        assert lib.C_GetInfo(None) == ARGS
+        count = ul(0)
+        assert lib.C_GetSlotList(0, None, None) == ARGS
+        assert lib.C_GetSlotList(0, None, C.byref(count)) == OK and count.value >= 2
+        one = (ul * 1)()
+        short = ul(1)
+        assert lib.C_GetSlotList(0, one, C.byref(short)) == 0x150 and short.value == count.value, "CKR_BUFFER_TOO_SMALL with the length"
+        slots = (ul * count.value)()
+        assert lib.C_GetSlotList(0, slots, C.byref(count)) == OK
+        assert lib.C_GetSlotInfo(99999, info) == SLOT
+        web = next(s for s in slots if lib.C_GetTokenInfo(s, info) == OK and info.raw[:32].rstrip() == b"web")
+        session = ul(0)
+        assert lib.C_OpenSession(web, 0x4 | 0x2, None, None, C.byref(session)) == PROTECTED, "RW on a write-protected token"
+        assert lib.C_OpenSession(web, 0x2, None, None, C.byref(session)) == PARALLEL
+        assert lib.C_OpenSession(web, 0x4, None, None, None) == ARGS
+        assert lib.C_OpenSession(web, 0x4, None, None, C.byref(session)) == OK
+        s = session.value
+        sig_len = ul(0)
+        assert lib.C_Sign(s + 1000, b"x", 1, None, C.byref(sig_len)) == HANDLE
+        assert lib.C_Sign(s, b"x", 1, None, C.byref(sig_len)) == NOT_INIT, "C_Sign before C_SignInit"
+        assert lib.C_GenerateRandom(s, None, 0) == OK, "a zero-length buffer is what p11-kit's server passes as NULL"
+        assert lib.C_GenerateRandom(s, None, 16) == ARGS
+
+        class Attr(C.Structure):
+            _fields_ = [("type", ul), ("value", C.c_void_p), ("len", ul)]
+
+        class Mech(C.Structure):
+            _fields_ = [("mechanism", ul), ("param", C.c_void_p), ("len", ul)]
+
+        def find(cls, key_id):
+            c, i = ul(cls), C.c_ubyte(key_id)
+            t = (Attr * 2)(Attr(0x0, C.cast(C.byref(c), C.c_void_p), C.sizeof(c)), Attr(0x102, C.cast(C.byref(i), C.c_void_p), 1))
+            assert lib.C_FindObjectsInit(s, t, 2) == OK
+            assert lib.C_FindObjectsInit(s, t, 2) == ACTIVE
+            found, n = (ul * 4)(), ul(0)
+            assert lib.C_FindObjects(s, found, 4, C.byref(n)) == OK
+            assert lib.C_FindObjectsFinal(s) == OK
+            return list(found[:n.value])
+
+        assert find(3, 1) == [], "no private key before login"
+        pub = find(2, 1)[0]
+        mech = Mech(0x40, None, 0)  # CKM_SHA256_RSA_PKCS
+        assert lib.C_SignInit(s, C.byref(mech), pub) == 0x101, "sign before login"
+        assert lib.C_Login(s, 1, b"wrong-pin", 9) == 0xA0
+        assert lib.C_Login(s, 1, None, 4) == ARGS
+        assert lib.C_Login(s, 1, PIN.encode(), len(PIN)) == OK
+        assert lib.C_Login(s, 1, PIN.encode(), len(PIN)) == 0x100
+        key = find(3, 1)[0]
+        assert lib.C_SignInit(s, C.byref(mech), pub) == 0x68, "a public key does not sign"
+        assert lib.C_SignInit(s, None, key) == ARGS
+        assert lib.C_SignInit(s, C.byref(Mech(0x1041, None, 0)), key) == 0x63, "ECDSA on an RSA key"
+        assert lib.C_SignInit(s, C.byref(Mech(0x9999, None, 0)), key) == 0x70, "an unknown mechanism"
+        assert lib.C_SignInit(s, C.byref(Mech(0x0D, None, 0)), key) == 0x71, "PSS without parameters"
+        assert lib.C_SignInit(s, C.byref(mech), key) == OK
+        assert lib.C_SignInit(s, C.byref(mech), key) == ACTIVE, "a second C_SignInit"
+        data = b"error codes"
+        assert lib.C_Sign(s, data, len(data), None, None) == ARGS
+        assert lib.C_SignInit(s, C.byref(mech), key) == OK
+        assert lib.C_Sign(s, data, len(data), None, C.byref(sig_len)) == OK and sig_len.value == 256, "a NULL buffer asks for the length"
+        small, small_len = C.create_string_buffer(10), ul(10)
+        assert lib.C_Sign(s, data, len(data), small, C.byref(small_len)) == 0x150 and small_len.value == 256
+        sig = C.create_string_buffer(256)
+        assert lib.C_Sign(s, data, len(data), sig, C.byref(sig_len)) == OK
+        verify(tokens.public_key("web-rsa"), "SHA256-RSA-PKCS", data, sig.raw[:sig_len.value])
+        value = Attr(0x11, None, 0)  # CKA_VALUE
+        assert lib.C_GetAttributeValue(s, key, C.byref(value), 1) == 0x11 and value.len == 2**64 - 1, "CKR_ATTRIBUTE_SENSITIVE"
+        assert lib.C_GetAttributeValue(s, key + 77, C.byref(value), 1) == 0x82, "CKR_OBJECT_HANDLE_INVALID"
+        assert lib.C_GetAttributeValue(s, key, None, 1) == ARGS
+        assert lib.C_CloseSession(s) == OK
+        assert lib.C_CloseSession(s) == HANDLE
+        assert lib.C_Finalize(C.c_void_p(1)) == ARGS
+    finally:
+        assert lib.C_Finalize(None) == OK
+    assert lib.C_GetInfo(info) == 0x190, "after C_Finalize"
+
+
+def test_the_1025th_token_is_refused_and_1024_fit(tokens):
+    """1024 tokens, each with a key and a two-certificate chain, added over
+    the RPC; the 1025th is refused. The enclave's memory is reported."""
+    from test_attacker import Rpc, cbor_record
+    record = cbor_record(json.loads(tokens.nekms("key", "show", "web-rsa", "--json").stdout))
+    chain = tokens.chains["web-rsa"].read_text()
+    ders = [x509.load_pem_x509_certificate(p.encode()).public_bytes(serialization.Encoding.DER)
+            for p in chain.split("-----END CERTIFICATE-----")[:2] for p in [p + "-----END CERTIFICATE-----"]]
+    rpc = Rpc(tokens.up.info["rpc"])
+    kind, slots = rpc.call({"P11": "Slots"})
+    have = len(slots["P11"]["Slots"])
+    pid = int(subprocess.run(["pgrep", "-f", "nekms-enclave.*" + str(tokens.up.dev)], capture_output=True, text=True).stdout.split()[0])
+
+    def rss():
+        return int(next(l for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS")).split()[1])
+
+    before = rss()
+    verifier = None
+    added = []
+    for i in range(1024 - have):
+        token = {"label": f"bulk-{i}", "keys": [{"id": b"\x01", "label": "k", "record": record, "certificates": ders}]}
+        if verifier:
+            token["pin_verifier"] = verifier
+        else:
+            token["pin"] = PIN
+        kind, out = rpc.call({"P11": {"AddToken": {"token": token, "replace": False}}})
+        assert kind == "Ok", out
+        verifier = out["P11"]["TokenAdded"]["pin_verifier"]
+        added.append(f"bulk-{i}")
+    after = rss()
+    token = {"label": "one-too-many", "pin_verifier": verifier, "keys": [{"id": b"\x01", "label": "k", "record": record}]}
+    kind, err = rpc.call({"P11": {"AddToken": {"token": token, "replace": False}}})
+    assert kind == "Err" and "1024 tokens" in err["message"], err
+    print(f"\n1024 tokens: nekms-enclave RSS {before // 1024} MiB -> {after // 1024} MiB")
+    for label in added:
+        assert rpc.call({"P11": {"RemoveToken": {"label": label}}})[0] == "Ok"
