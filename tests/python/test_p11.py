@@ -616,3 +616,26 @@ def test_the_1025th_token_is_refused_and_1024_fit(tokens):
     print(f"\n1024 tokens: nekms-enclave RSS {before // 1024} MiB -> {after // 1024} MiB")
     for label in added:
         assert rpc.call({"P11": {"RemoveToken": {"label": label}}})[0] == "Ok"
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/lib/softhsm/libsofthsm2.so"), reason="scripts/test installs softhsm2")
+def test_the_p11_benchmark_measures_both_modules_on_every_path(tmp_path):
+    r = subprocess.run([NEKMS, "bench", "p11", "--seconds", "0.3", "--module", MODULE], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "HOME": str(tmp_path)})
+    assert r.returncode == 0, r.stderr
+    for row in ["through p11-kit", "two connections / one", "direct (no p11-kit)", "p11-kit's cost", "first signature through p11-kit"]:
+        assert r.stdout.count(row) >= 2, (row, r.stdout)
+    for line in r.stdout.splitlines():
+        if line.strip().startswith(("through p11-kit", "direct")):
+            nekms_rate, hsm_rate = (float(x) for x in line.split()[-3:-1])
+            assert nekms_rate > 0 and hsm_rate > 0, line
+
+
+def test_dev_up_serves_the_module_through_p11_kit(tokens):
+    """`nekms dev up` runs p11-kit's server with the module, on the enclave's
+    own PKCS#11 socket, and says where in its environment."""
+    address = tokens.up.info["env"].get("P11_KIT_SERVER_ADDRESS")
+    assert address and tokens.up.info["p11_kit"] == address, tokens.up.info
+    env = {**tokens.env, "P11_KIT_SERVER_ADDRESS": address}
+    out = tokens.tool("-L", module=P11KIT_CLIENT, env=env).stdout.decode()
+    assert "token label        : web" in out and "token label        : other" in out

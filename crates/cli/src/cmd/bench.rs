@@ -23,6 +23,11 @@ pub enum Command {
     Kmstool(super::bench_kmstool::Args),
     /// Signatures per second in process vs through the enclave RPC vs through the agent, and cold-signature latency
     Sign(super::bench_sign::Args),
+    /// PKCS#11 C_Sign per second through p11-kit: libnekms_p11.so vs SoftHSM2, one and two connections, direct, first signature
+    P11(super::bench_p11::Args),
+    /// One client process of `bench p11`
+    #[command(hide = true)]
+    P11Worker(super::bench_p11::WorkerArgs),
 }
 
 #[derive(clap::Args)]
@@ -43,6 +48,8 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Kms(a) => tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(bench_kms(a)),
         Command::Kmstool(a) => tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(super::bench_kmstool::run(a)),
         Command::Sign(a) => tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(super::bench_sign::run(a)),
+        Command::P11(a) => tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(super::bench_p11::run(a)),
+        Command::P11Worker(a) => super::bench_p11::worker(a),
     }
 }
 

@@ -138,9 +138,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let config = dev.config()?;
     let run_dir = a.run_dir.clone().unwrap_or_else(|| dev.path().join("up"));
     std::fs::create_dir_all(&run_dir).with_context(|| run_dir.display().to_string())?;
-    let [kms_ready, proxy_sock, rpc_sock, kmstool_sock, allowlist] =
-        ["kms.ready.json", "proxy.sock", "rpc.sock", "kmstool.sock", "allowlist.yaml"].map(|n| run_dir.join(n));
-    for stale in [&kms_ready, &proxy_sock, &rpc_sock, &kmstool_sock] {
+    let [kms_ready, proxy_sock, rpc_sock, kmstool_sock, allowlist, p11_sock, p11kit_sock] =
+        ["kms.ready.json", "proxy.sock", "rpc.sock", "kmstool.sock", "allowlist.yaml", "p11.sock", "p11-kit.sock"].map(|n| run_dir.join(n));
+    for stale in [&kms_ready, &proxy_sock, &rpc_sock, &kmstool_sock, &p11_sock, &p11kit_sock] {
         let _ = std::fs::remove_file(stale);
     }
     let me = std::env::current_exe()?;
@@ -212,7 +212,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .arg(&enclave_config)
         .args(["--sim", "--dev-dir"])
         .arg(&dir)
-        .args(["--rpc", &unix(&rpc_sock), "--kmstool", &unix(&kmstool_sock), "--proxy", &unix(&proxy_sock)])
+        .args(["--rpc", &unix(&rpc_sock), "--kmstool", &unix(&kmstool_sock), "--proxy", &unix(&proxy_sock), "--p11", &unix(&p11_sock)])
         .args(["--kms-endpoint", &format!("https://localhost:{https_port}"), "--kms-ca"])
         .arg(dev.tls_ca_path());
     if a.debug_mode {
@@ -220,7 +220,25 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     enclave.arg("--image").arg(&image);
     let enclave_pid = group.spawn("enclave", enclave)?;
-    wait_for("enclave", &mut group, || rpc_sock.exists() && kmstool_sock.exists())?;
+    wait_for("enclave", &mut group, || rpc_sock.exists() && kmstool_sock.exists() && p11_sock.exists())?;
+
+    // PKCS#11: p11-kit's server loading libnekms_p11.so, as in the enclave image.
+    let p11_module = std::env::var_os("NEKMS_P11_MODULE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::current_exe().ok().and_then(|e| e.parent().map(|d| d.join("libnekms_p11.so"))))
+        .filter(|m| m.exists());
+    let p11kit = which("p11-kit");
+    let p11 = match (&p11_module, &p11kit) {
+        (Some(module), Some(kit)) => {
+            let mut server = Command::new(kit);
+            server.args(["server", "-f", "-p"]).arg(module).arg("-n").arg(&p11kit_sock).arg("pkcs11:").env("NEKMS_P11_RPC", unix(&p11_sock));
+            let pid = group.spawn("p11-kit server", server)?;
+            wait_for("p11-kit server", &mut group, || p11kit_sock.exists())?;
+            Ok((format!("unix:path={}", p11kit_sock.display()), pid))
+        }
+        (None, _) => Err("libnekms_p11.so is not built beside nekms (cargo build -p nekms-p11, or set NEKMS_P11_MODULE)"),
+        (_, None) => Err("p11-kit is not installed (apt install p11-kit p11-kit-modules)"),
+    };
 
     // 5. Credentials and a description, over the RPC.
     let rpc_address = unix(&rpc_sock);
@@ -254,7 +272,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         ("AWS_ENDPOINT_URL_KMS", kms_http_url.clone()),
         ("AWS_REGION", config.region.clone()),
         ("NEKMS_CUSTODY_KMS_KEY", custody_key.clone()),
+        ("NEKMS_P11_RPC", unix(&p11_sock)),
     ];
+    let mut env = env.to_vec();
+    if let Ok((address, _)) = &p11 {
+        env.push(("P11_KIT_SERVER_ADDRESS", address.clone()));
+    }
     let env_text: String = env.iter().map(|(k, v)| format!("export {k}={v}\n")).collect();
     std::fs::write(run_dir.join("env"), &env_text)?;
     println!("nekms dev up: running; Ctrl-C stops everything");
@@ -263,6 +286,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     println!("  enclave     {} (image {}), pid {enclave_pid}", if description.simulated { "simulated" } else { "hardware" }, image.display());
     println!("              RPC {rpc_address}");
     println!("              kmstool {}", unix(&kmstool_sock));
+    match &p11 {
+        Ok((address, pid)) => println!("  PKCS#11     p11-kit server {address} (module {}), pid {pid}; add tokens with nekms p11 token add", p11_module.as_ref().map(|m| m.display().to_string()).unwrap_or_default()),
+        Err(why) => println!("  PKCS#11     not served: {why}"),
+    }
     for i in [0, 1, 2] {
         println!("  PCR{i}        {}", pcr(i));
     }
@@ -281,7 +308,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if let Some(path) = &a.ready_file {
         let v = serde_json::json!({
             "kms_http": kms_http_url, "kms_https": kms_https_url, "proxy": unix(&proxy_sock),
-            "rpc": rpc_address, "kmstool": unix(&kmstool_sock),
+            "rpc": rpc_address, "kmstool": unix(&kmstool_sock), "p11": unix(&p11_sock),
+            "p11_kit": p11.as_ref().ok().map(|(a, _)| a.clone()),
             "pcr0": pcr(0), "pcr1": pcr(1), "pcr2": pcr(2),
             "custody_kms_key": custody_key, "enclave_config": enclave_config.display().to_string(),
             "pids": {"kms": kms_pid, "proxy": proxy_pid, "enclave": enclave_pid, "supervisor": std::process::id()},
@@ -325,4 +353,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             bail!("the {name} died")
         }
     }
+}
+
+/// The first `name` on PATH.
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.is_file()))
 }
