@@ -179,6 +179,44 @@ def test_signatures_verify_with_cryptography(tokens, name, key_id, mech):
     verify(tokens.public_key(name), mech, data, (tokens.base / "sig").read_bytes())
 
 
+def test_the_module_verifies_and_digests(tokens):
+    import hashlib
+    b = tokens.base
+    (b / "v.msg").write_bytes(b"verify me")
+    for key_id, mech in [("01", "SHA256-RSA-PKCS"), ("02", "ECDSA-SHA256"), ("03", "ECDSA-SHA384")]:
+        tokens.tool("--token-label", "web", "--login", "--pin", PIN, "--sign", "-m", mech, "--id", key_id, "-i", str(b / "v.msg"), "-o", str(b / "v.sig"))
+        out = tokens.tool("--token-label", "web", "--verify", "-m", mech, "--id", key_id, "-i", str(b / "v.msg"), "--signature-file", str(b / "v.sig"))
+        assert "Signature is valid" in out.stdout.decode(), out
+        sig = bytearray((b / "v.sig").read_bytes())
+        sig[5] ^= 1
+        (b / "bad.sig").write_bytes(sig)
+        r = tokens.tool("--token-label", "web", "--verify", "-m", mech, "--id", key_id, "-i", str(b / "v.msg"), "--signature-file", str(b / "bad.sig"), check=False)
+        assert "Invalid signature" in (r.stdout + r.stderr).decode() or "CKR_SIGNATURE_INVALID" in r.stderr.decode(), r
+    for mech, h in [("SHA-1", hashlib.sha1), ("SHA224", hashlib.sha224), ("SHA256", hashlib.sha256), ("SHA384", hashlib.sha384), ("SHA512", hashlib.sha512)]:
+        out = tokens.tool("--token-label", "web", "--hash", "-m", mech, "-i", str(b / "v.msg")).stdout
+        assert out == h(b"verify me").digest(), mech
+
+
+def test_rsa_decryption_pkcs1_and_oaep(tokens):
+    """OpenSSL encrypts to the token key's certificate; the module decrypts
+    in the enclave (PKCS#1 v1.5 and OAEP with SHA-1 and SHA-256)."""
+    b = tokens.base
+    subprocess.run(["openssl", "x509", "-in", str(tokens.chains["web-rsa"]), "-pubkey", "-noout", "-out", str(b / "enc.pub")], check=True)
+    (b / "secret").write_bytes(b"a premaster secret, say")
+    for mech, opts, extra in [("RSA-PKCS", [], []),
+                              ("RSA-PKCS-OAEP", ["-pkeyopt", "rsa_padding_mode:oaep", "-pkeyopt", "rsa_oaep_md:sha256", "-pkeyopt", "rsa_mgf1_md:sha256"],
+                               ["--hash-algorithm", "SHA256", "--mgf", "MGF1-SHA256"]),
+                              ("RSA-PKCS-OAEP", ["-pkeyopt", "rsa_padding_mode:oaep"], ["--hash-algorithm", "SHA-1", "--mgf", "MGF1-SHA1"])]:
+        subprocess.run(["openssl", "pkeyutl", "-encrypt", "-pubin", "-inkey", str(b / "enc.pub"), "-in", str(b / "secret"),
+                        "-out", str(b / "secret.enc"), *opts], check=True)
+        out = tokens.tool("--token-label", "web", "--login", "--pin", PIN, "--decrypt", "-m", mech, "--id", "01",
+                          "-i", str(b / "secret.enc"), *extra).stdout
+        assert out == b"a premaster secret, say", (mech, extra, out)
+    # An EC key does not decrypt.
+    r = tokens.tool("--token-label", "web", "--login", "--pin", PIN, "--decrypt", "-m", "RSA-PKCS", "--id", "02", "-i", str(b / "secret.enc"), check=False)
+    assert r.returncode != 0
+
+
 def test_openssl_verifies_and_random_comes_from_the_nsm(tokens):
     b = tokens.base
     (b / "msg").write_bytes(b"hello from openssl")

@@ -12,8 +12,10 @@
 //!   key, reserved context, provenance); a record it would not open for
 //!   signing is refused here too;
 //! - `Slots` returns public keys and certificates only;
-//! - `Sign` signs with a token key after a login, and never returns key
-//!   material: there is no call that does.
+//! - `Sign` signs, and `Decrypt` decrypts with an RSA token key, after a
+//!   login; neither returns key material, and no call does. A PKCS#1 v1.5
+//!   decryption oracle on an RSA key is worth no more to the parent than
+//!   the signatures it can already ask that key for.
 //!
 //! The PIN guards a token against local users who can reach the p11-kit
 //! socket. Root on the parent can provision a token with a PIN it chooses
@@ -49,6 +51,8 @@ pub mod ckr {
     pub const SLOT_ID_INVALID: u64 = 0x03;
     pub const DATA_INVALID: u64 = 0x20;
     pub const KEY_HANDLE_INVALID: u64 = 0x60;
+    pub const KEY_TYPE_INCONSISTENT: u64 = 0x63;
+    pub const ENCRYPTED_DATA_INVALID: u64 = 0x40;
     pub const PIN_INCORRECT: u64 = 0xA0;
     pub const PIN_LEN_RANGE: u64 = 0xA2;
     pub const PIN_LOCKED: u64 = 0xA4;
@@ -369,6 +373,15 @@ impl Enclave {
                     _ => e,
                 })?;
                 Ok(P11Response::Signature(sig.signature))
+            }
+            P11Request::Decrypt { handle, id, padding, ciphertext, label } => {
+                let record = tokens.signing_record(&handle, &id)?;
+                let key = self.open(&record).await?;
+                let plaintext = key.rsa_decrypt(padding, &ciphertext, label.as_deref()).map_err(|e| match e {
+                    nekms_keys::KeyError::Scheme(m) => err(ckr::KEY_TYPE_INCONSISTENT, m),
+                    e => err(ckr::ENCRYPTED_DATA_INVALID, e.to_string()),
+                })?;
+                Ok(P11Response::Plaintext(Secret::from(plaintext)))
             }
             P11Request::Random { length } => {
                 if !(1..=4096).contains(&length) {

@@ -36,7 +36,7 @@ mod spec;
 
 pub use der::{ecdsa_der_to_fixed, ecdsa_fixed_to_der};
 pub use import::parse_private_key;
-pub use private::PrivateKey;
+pub use private::{OaepHash, PrivateKey, RsaPadding};
 pub use public::PublicKey;
 pub use record::{KeyRecord, Origin};
 pub use scheme::{Hash, Payload, Scheme};

@@ -146,7 +146,54 @@ impl PrivateKey {
         &self.public
     }
 
+    /// RSA decryption (PKCS#11's C_Decrypt): PKCS#1 v1.5, or OAEP with MGF1
+    /// over the same hash and an optional label. Only RSA keys decrypt.
+    pub fn rsa_decrypt(&self, padding: RsaPadding, ciphertext: &[u8], label: Option<&[u8]>) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        use aws_lc_rs::rsa::{OaepPrivateDecryptingKey, Pkcs1PrivateDecryptingKey, PrivateDecryptingKey};
+        let Inner::Rsa(kp) = &self.inner else {
+            return Err(KeyError::Scheme(format!("a {} key does not decrypt", self.spec())));
+        };
+        let der = Zeroizing::new(AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(kp).map_err(|_| KeyError::Crypto("RSA PKCS#8"))?.as_ref().to_vec());
+        let key = PrivateDecryptingKey::from_pkcs8(&der).map_err(|_| KeyError::Crypto("RSA decryption key"))?;
+        let failed = || KeyError::Payload("the ciphertext does not decrypt with this key and padding".into());
+        let mut out = Zeroizing::new(vec![0u8; key.key_size_bytes()]);
+        let n = match padding {
+            RsaPadding::Pkcs1 => {
+                let k = Pkcs1PrivateDecryptingKey::new(key).map_err(|_| KeyError::Crypto("RSA decryption key"))?;
+                k.decrypt(ciphertext, &mut out).map_err(|_| failed())?.len()
+            }
+            RsaPadding::Oaep(hash) => {
+                let k = OaepPrivateDecryptingKey::new(key).map_err(|_| KeyError::Crypto("RSA decryption key"))?;
+                let alg = match hash {
+                    OaepHash::Sha1 => &aws_lc_rs::rsa::OAEP_SHA1_MGF1SHA1,
+                    OaepHash::Sha256 => &aws_lc_rs::rsa::OAEP_SHA256_MGF1SHA256,
+                    OaepHash::Sha384 => &aws_lc_rs::rsa::OAEP_SHA384_MGF1SHA384,
+                    OaepHash::Sha512 => &aws_lc_rs::rsa::OAEP_SHA512_MGF1SHA512,
+                };
+                k.decrypt(alg, ciphertext, &mut out, label).map_err(|_| failed())?.len()
+            }
+        };
+        out.truncate(n);
+        Ok(out)
+    }
+
     pub fn spec(&self) -> KeySpec {
         self.public.spec()
     }
+}
+
+/// RSA decryption padding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum RsaPadding {
+    Pkcs1,
+    Oaep(OaepHash),
+}
+
+/// OAEP's hash (MGF1 uses the same).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum OaepHash {
+    Sha1,
+    Sha256,
+    Sha384,
+    Sha512,
 }

@@ -16,7 +16,8 @@
 //!
 //! What this first version implements: information, slots, tokens,
 //! mechanisms, read-only sessions, login, objects and attributes, signing
-//! (RSA PKCS#1 v1.5 and PSS, ECDSA, EdDSA; single- and multi-part), and
+//! (RSA PKCS#1 v1.5 and PSS, ECDSA, EdDSA; single- and multi-part) in the
+//! enclave, verification and digests (SHA-1, SHA-224/256/384/512) here, and
 //! C_GenerateRandom from the NSM. Everything else answers
 //! CKR_FUNCTION_NOT_SUPPORTED, and the calls that would copy, change, wrap
 //! or destroy a key answer CKR_ACTION_PROHIBITED, CKR_ATTRIBUTE_READ_ONLY
@@ -56,10 +57,32 @@ struct SignOp {
     updated: bool,
 }
 
+struct VerifyOp {
+    public_key: Vec<u8>,
+    spec: nekms_keys::KeySpec,
+    sig_len: usize,
+    mech: Mech,
+    data: Vec<u8>,
+    updated: bool,
+}
+
+struct DecryptOp {
+    slot: u64,
+    key_id: Vec<u8>,
+    modulus_len: usize,
+    padding: nekms_keys::RsaPadding,
+    label: Option<Vec<u8>>,
+    /// A plaintext already computed for a caller whose buffer was too short.
+    done: Option<Zeroizing<Vec<u8>>>,
+}
+
 struct Session {
     slot: u64,
     find: Option<(Vec<CK_OBJECT_HANDLE>, usize)>,
     sign: Option<SignOp>,
+    verify: Option<VerifyOp>,
+    digest: Option<aws_lc_rs::digest::Context>,
+    decrypt: Option<DecryptOp>,
 }
 
 struct Module {
@@ -398,7 +421,7 @@ pub unsafe extern "C" fn C_OpenSession(slot: CK_SLOT_ID, flags: CK_FLAGS, _app: 
         m.handle(slot)?;
         let h = m.next_session;
         m.next_session += 1;
-        m.sessions.insert(h, Session { slot, find: None, sign: None });
+        m.sessions.insert(h, Session { slot, find: None, sign: None, verify: None, digest: None, decrypt: None });
         *session = h;
         Ok(())
     })
@@ -751,6 +774,278 @@ pub unsafe extern "C" fn C_SignFinal(session: CK_SESSION_HANDLE, sig: *mut u8, s
     })
 }
 
+// ---- decryption (RSA, in the enclave) ----
+
+#[no_mangle]
+pub unsafe extern "C" fn C_DecryptInit(session: CK_SESSION_HANDLE, mechanism: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE) -> CK_RV {
+    with_module(|m| {
+        if mechanism.is_null() {
+            return Err(CKR_ARGUMENTS_BAD);
+        }
+        let slot = m.session(session)?.slot;
+        if m.session(session)?.decrypt.is_some() {
+            return Err(CKR_OPERATION_ACTIVE);
+        }
+        if !m.logged_in.contains(&slot) {
+            return Err(CKR_USER_NOT_LOGGED_IN);
+        }
+        let o = object(m, slot, key).map_err(|_| CKR_KEY_HANDLE_INVALID)?;
+        if o.kind != Kind::Private {
+            return Err(CKR_KEY_FUNCTION_NOT_PERMITTED);
+        }
+        if objects::key_type(o.key.spec) != CKK_RSA {
+            return Err(CKR_KEY_TYPE_INCONSISTENT);
+        }
+        let (padding, label) = mech::decryption(&*mechanism)?;
+        let op = DecryptOp { slot, key_id: o.key.id.clone(), modulus_len: objects::signature_len(o.key), padding, label, done: None };
+        m.session(session)?.decrypt = Some(op);
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn C_Decrypt(session: CK_SESSION_HANDLE, data: *mut u8, data_len: CK_ULONG, out: *mut u8, out_len: *mut CK_ULONG) -> CK_RV {
+    with_module(|m| {
+        let s = m.session(session)?;
+        let op = s.decrypt.as_mut().ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
+        if out_len.is_null() {
+            s.decrypt = None;
+            return Err(CKR_ARGUMENTS_BAD);
+        }
+        if op.done.is_none() {
+            if out.is_null() {
+                // A length query: the modulus is enough for any plaintext.
+                *out_len = op.modulus_len as CK_ULONG;
+                return Ok(());
+            }
+            let ciphertext = match bytes(data, data_len) {
+                Ok(c) if c.len() == op.modulus_len => c.to_vec(),
+                Ok(_) => {
+                    s.decrypt = None;
+                    return Err(CKR_ENCRYPTED_DATA_LEN_RANGE);
+                }
+                Err(rv) => {
+                    s.decrypt = None;
+                    return Err(rv);
+                }
+            };
+            let (slot, key_id, padding, label) = (op.slot, op.key_id.clone(), op.padding, op.label.clone());
+            let handle = match m.handle(slot) {
+                Ok(h) => h,
+                Err(rv) => {
+                    m.session(session)?.decrypt = None;
+                    return Err(rv);
+                }
+            };
+            let plaintext = match m.call(P11Request::Decrypt { handle, id: key_id, padding, ciphertext, label }) {
+                Ok(P11Response::Plaintext(p)) => p.into_zeroizing(),
+                Ok(_) => {
+                    m.session(session)?.decrypt = None;
+                    return Err(CKR_DEVICE_ERROR);
+                }
+                Err(rv) => {
+                    m.session(session)?.decrypt = None;
+                    return Err(gone(m, slot, rv));
+                }
+            };
+            m.session(session)?.decrypt.as_mut().expect("active").done = Some(plaintext);
+        }
+        let s = m.session(session)?;
+        let plaintext = s.decrypt.as_ref().and_then(|o| o.done.as_ref()).expect("decrypted");
+        if out.is_null() {
+            *out_len = plaintext.len() as CK_ULONG;
+            return Ok(());
+        }
+        if (*out_len as usize) < plaintext.len() {
+            *out_len = plaintext.len() as CK_ULONG;
+            return Err(CKR_BUFFER_TOO_SMALL);
+        }
+        std::ptr::copy_nonoverlapping(plaintext.as_ptr(), out, plaintext.len());
+        *out_len = plaintext.len() as CK_ULONG;
+        s.decrypt = None;
+        Ok(())
+    })
+}
+
+// ---- verification and digests, on this side ----
+
+#[no_mangle]
+pub unsafe extern "C" fn C_VerifyInit(session: CK_SESSION_HANDLE, mechanism: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE) -> CK_RV {
+    with_module(|m| {
+        if mechanism.is_null() {
+            return Err(CKR_ARGUMENTS_BAD);
+        }
+        let slot = m.session(session)?.slot;
+        if m.session(session)?.verify.is_some() {
+            return Err(CKR_OPERATION_ACTIVE);
+        }
+        let o = object(m, slot, key).map_err(|_| CKR_KEY_HANDLE_INVALID)?;
+        if matches!(o.kind, Kind::Certificate(_)) {
+            return Err(CKR_KEY_TYPE_INCONSISTENT);
+        }
+        let mech = &*mechanism;
+        let params = if mech.pParameter.is_null() || mech.ulParameterLen as usize != std::mem::size_of::<CK_RSA_PKCS_PSS_PARAMS>() {
+            None
+        } else {
+            Some(&*(mech.pParameter as *const CK_RSA_PKCS_PSS_PARAMS))
+        };
+        let param_len = if mech.pParameter.is_null() { 0 } else { mech.ulParameterLen as usize };
+        let chosen = mech::mechanism(o.key.spec, mech.mechanism, params, param_len)?;
+        let op = VerifyOp { public_key: o.key.public_key.clone(), spec: o.key.spec, sig_len: objects::signature_len(o.key), mech: chosen, data: Vec::new(), updated: false };
+        m.session(session)?.verify = Some(op);
+        Ok(())
+    })
+}
+
+/// Check a signature with the key's public key, here (no enclave call).
+fn finish_verify(op: VerifyOp, data: &[u8], signature: &[u8]) -> Result<(), CK_RV> {
+    if signature.len() != op.sig_len {
+        return Err(CKR_SIGNATURE_LEN_RANGE);
+    }
+    let (scheme, payload) = mech::to_scheme(op.spec, op.mech, data)?;
+    let public = nekms_keys::PublicKey::from_spki(&op.public_key).map_err(|_| CKR_DEVICE_ERROR)?;
+    public.verify(scheme, &payload, signature).map_err(|_| CKR_SIGNATURE_INVALID)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn C_Verify(session: CK_SESSION_HANDLE, data: *mut u8, data_len: CK_ULONG, sig: *mut u8, sig_len: CK_ULONG) -> CK_RV {
+    with_module(|m| {
+        let s = m.session(session)?;
+        let op = s.verify.take().ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
+        if op.updated {
+            return Err(CKR_OPERATION_ACTIVE);
+        }
+        finish_verify(op, bytes(data, data_len)?, bytes(sig, sig_len)?)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn C_VerifyUpdate(session: CK_SESSION_HANDLE, part: *mut u8, part_len: CK_ULONG) -> CK_RV {
+    with_module(|m| {
+        let s = m.session(session)?;
+        let op = s.verify.as_mut().ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
+        let part = bytes(part, part_len);
+        match part {
+            Ok(p) if op.mech.multi_part() && op.data.len() + p.len() <= MAX_SIGN_DATA => {
+                op.data.extend_from_slice(p);
+                op.updated = true;
+                Ok(())
+            }
+            Ok(_) if !op.mech.multi_part() => {
+                s.verify = None;
+                Err(CKR_FUNCTION_NOT_SUPPORTED)
+            }
+            Ok(_) => {
+                s.verify = None;
+                Err(CKR_DATA_LEN_RANGE)
+            }
+            Err(rv) => {
+                s.verify = None;
+                Err(rv)
+            }
+        }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn C_VerifyFinal(session: CK_SESSION_HANDLE, sig: *mut u8, sig_len: CK_ULONG) -> CK_RV {
+    with_module(|m| {
+        let s = m.session(session)?;
+        let mut op = s.verify.take().ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
+        if !op.mech.multi_part() {
+            return Err(CKR_FUNCTION_NOT_SUPPORTED);
+        }
+        let data = std::mem::take(&mut op.data);
+        finish_verify(op, &data, bytes(sig, sig_len)?)
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn C_DigestInit(session: CK_SESSION_HANDLE, mechanism: *mut CK_MECHANISM) -> CK_RV {
+    with_module(|m| {
+        if mechanism.is_null() {
+            return Err(CKR_ARGUMENTS_BAD);
+        }
+        let s = m.session(session)?;
+        if s.digest.is_some() {
+            return Err(CKR_OPERATION_ACTIVE);
+        }
+        let alg = mech::digest_algorithm((*mechanism).mechanism).ok_or(CKR_MECHANISM_INVALID)?;
+        s.digest = Some(aws_lc_rs::digest::Context::new(alg));
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn C_Digest(session: CK_SESSION_HANDLE, data: *mut u8, data_len: CK_ULONG, out: *mut u8, out_len: *mut CK_ULONG) -> CK_RV {
+    with_module(|m| {
+        let s = m.session(session)?;
+        let ctx = s.digest.as_ref().ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
+        let need = ctx.algorithm().output_len();
+        if out_len.is_null() {
+            s.digest = None;
+            return Err(CKR_ARGUMENTS_BAD);
+        }
+        if out.is_null() {
+            *out_len = need as CK_ULONG;
+            return Ok(());
+        }
+        if (*out_len as usize) < need {
+            *out_len = need as CK_ULONG;
+            return Err(CKR_BUFFER_TOO_SMALL);
+        }
+        let mut ctx = s.digest.take().expect("checked");
+        ctx.update(bytes(data, data_len)?);
+        let d = ctx.finish();
+        std::ptr::copy_nonoverlapping(d.as_ref().as_ptr(), out, need);
+        *out_len = need as CK_ULONG;
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn C_DigestUpdate(session: CK_SESSION_HANDLE, part: *mut u8, part_len: CK_ULONG) -> CK_RV {
+    with_module(|m| {
+        let s = m.session(session)?;
+        let ctx = s.digest.as_mut().ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
+        match bytes(part, part_len) {
+            Ok(p) => {
+                ctx.update(p);
+                Ok(())
+            }
+            Err(rv) => {
+                s.digest = None;
+                Err(rv)
+            }
+        }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn C_DigestFinal(session: CK_SESSION_HANDLE, out: *mut u8, out_len: *mut CK_ULONG) -> CK_RV {
+    with_module(|m| {
+        let s = m.session(session)?;
+        let ctx = s.digest.as_ref().ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
+        let need = ctx.algorithm().output_len();
+        if out_len.is_null() {
+            s.digest = None;
+            return Err(CKR_ARGUMENTS_BAD);
+        }
+        if out.is_null() {
+            *out_len = need as CK_ULONG;
+            return Ok(());
+        }
+        if (*out_len as usize) < need {
+            *out_len = need as CK_ULONG;
+            return Err(CKR_BUFFER_TOO_SMALL);
+        }
+        let d = s.digest.take().expect("checked").finish();
+        std::ptr::copy_nonoverlapping(d.as_ref().as_ptr(), out, need);
+        *out_len = need as CK_ULONG;
+        Ok(())
+    })
+}
+
 // ---- random ----
 
 #[no_mangle]
@@ -865,21 +1160,11 @@ unsupported! {
     c_encrypt(H, B, U, B, L);
     c_encrypt_update(H, B, U, B, L);
     c_encrypt_final(H, B, L);
-    c_decrypt_init(H, M, O);
-    c_decrypt(H, B, U, B, L);
     c_decrypt_update(H, B, U, B, L);
     c_decrypt_final(H, B, L);
-    c_digest_init(H, M);
-    c_digest(H, B, U, B, L);
-    c_digest_update(H, B, U);
     c_digest_key(H, O);
-    c_digest_final(H, B, L);
     c_sign_recover_init(H, M, O);
     c_sign_recover(H, B, U, B, L);
-    c_verify_init(H, M, O);
-    c_verify(H, B, U, B, U);
-    c_verify_update(H, B, U);
-    c_verify_final(H, B, U);
     c_verify_recover_init(H, M, O);
     c_verify_recover(H, B, U, B, L);
     c_digest_encrypt_update(H, B, U, B, L);
@@ -929,25 +1214,25 @@ static FUNCTIONS: CK_FUNCTION_LIST = CK_FUNCTION_LIST {
     C_Encrypt: Some(c_encrypt),
     C_EncryptUpdate: Some(c_encrypt_update),
     C_EncryptFinal: Some(c_encrypt_final),
-    C_DecryptInit: Some(c_decrypt_init),
-    C_Decrypt: Some(c_decrypt),
+    C_DecryptInit: Some(C_DecryptInit),
+    C_Decrypt: Some(C_Decrypt),
     C_DecryptUpdate: Some(c_decrypt_update),
     C_DecryptFinal: Some(c_decrypt_final),
-    C_DigestInit: Some(c_digest_init),
-    C_Digest: Some(c_digest),
-    C_DigestUpdate: Some(c_digest_update),
+    C_DigestInit: Some(C_DigestInit),
+    C_Digest: Some(C_Digest),
+    C_DigestUpdate: Some(C_DigestUpdate),
     C_DigestKey: Some(c_digest_key),
-    C_DigestFinal: Some(c_digest_final),
+    C_DigestFinal: Some(C_DigestFinal),
     C_SignInit: Some(C_SignInit),
     C_Sign: Some(C_Sign),
     C_SignUpdate: Some(C_SignUpdate),
     C_SignFinal: Some(C_SignFinal),
     C_SignRecoverInit: Some(c_sign_recover_init),
     C_SignRecover: Some(c_sign_recover),
-    C_VerifyInit: Some(c_verify_init),
-    C_Verify: Some(c_verify),
-    C_VerifyUpdate: Some(c_verify_update),
-    C_VerifyFinal: Some(c_verify_final),
+    C_VerifyInit: Some(C_VerifyInit),
+    C_Verify: Some(C_Verify),
+    C_VerifyUpdate: Some(C_VerifyUpdate),
+    C_VerifyFinal: Some(C_VerifyFinal),
     C_VerifyRecoverInit: Some(c_verify_recover_init),
     C_VerifyRecover: Some(c_verify_recover),
     C_DigestEncryptUpdate: Some(c_digest_encrypt_update),

@@ -5,21 +5,43 @@ use cryptoki_sys::*;
 use nekms_keys::{Hash, KeySpec, Payload, Scheme};
 
 /// The mechanisms this module offers, with their CK_MECHANISM_INFO.
+const SV: CK_FLAGS = CKF_SIGN | CKF_VERIFY;
+const EC: CK_FLAGS = SV | CKF_EC_F_P | CKF_EC_NAMEDCURVE | CKF_EC_UNCOMPRESS;
+
 pub const MECHANISMS: &[(CK_MECHANISM_TYPE, CK_ULONG, CK_ULONG, CK_FLAGS)] = &[
-    (CKM_RSA_PKCS, 2048, 4096, CKF_SIGN),
-    (CKM_SHA256_RSA_PKCS, 2048, 4096, CKF_SIGN),
-    (CKM_SHA384_RSA_PKCS, 2048, 4096, CKF_SIGN),
-    (CKM_SHA512_RSA_PKCS, 2048, 4096, CKF_SIGN),
-    (CKM_RSA_PKCS_PSS, 2048, 4096, CKF_SIGN),
-    (CKM_SHA256_RSA_PKCS_PSS, 2048, 4096, CKF_SIGN),
-    (CKM_SHA384_RSA_PKCS_PSS, 2048, 4096, CKF_SIGN),
-    (CKM_SHA512_RSA_PKCS_PSS, 2048, 4096, CKF_SIGN),
-    (CKM_ECDSA, 256, 384, CKF_SIGN | CKF_EC_F_P | CKF_EC_NAMEDCURVE | CKF_EC_UNCOMPRESS),
-    (CKM_ECDSA_SHA256, 256, 384, CKF_SIGN | CKF_EC_F_P | CKF_EC_NAMEDCURVE | CKF_EC_UNCOMPRESS),
-    (CKM_ECDSA_SHA384, 256, 384, CKF_SIGN | CKF_EC_F_P | CKF_EC_NAMEDCURVE | CKF_EC_UNCOMPRESS),
-    (CKM_ECDSA_SHA512, 256, 384, CKF_SIGN | CKF_EC_F_P | CKF_EC_NAMEDCURVE | CKF_EC_UNCOMPRESS),
-    (CKM_EDDSA, 255, 255, CKF_SIGN),
+    (CKM_RSA_PKCS, 2048, 4096, SV | CKF_DECRYPT),
+    (CKM_RSA_PKCS_OAEP, 2048, 4096, CKF_DECRYPT),
+    (CKM_SHA256_RSA_PKCS, 2048, 4096, SV),
+    (CKM_SHA384_RSA_PKCS, 2048, 4096, SV),
+    (CKM_SHA512_RSA_PKCS, 2048, 4096, SV),
+    (CKM_RSA_PKCS_PSS, 2048, 4096, SV),
+    (CKM_SHA256_RSA_PKCS_PSS, 2048, 4096, SV),
+    (CKM_SHA384_RSA_PKCS_PSS, 2048, 4096, SV),
+    (CKM_SHA512_RSA_PKCS_PSS, 2048, 4096, SV),
+    (CKM_ECDSA, 256, 384, EC),
+    (CKM_ECDSA_SHA256, 256, 384, EC),
+    (CKM_ECDSA_SHA384, 256, 384, EC),
+    (CKM_ECDSA_SHA512, 256, 384, EC),
+    (CKM_EDDSA, 255, 255, SV),
+    (CKM_SHA_1, 0, 0, CKF_DIGEST),
+    (CKM_SHA224, 0, 0, CKF_DIGEST),
+    (CKM_SHA256, 0, 0, CKF_DIGEST),
+    (CKM_SHA384, 0, 0, CKF_DIGEST),
+    (CKM_SHA512, 0, 0, CKF_DIGEST),
 ];
+
+/// A digest mechanism's algorithm.
+pub fn digest_algorithm(m: CK_MECHANISM_TYPE) -> Option<&'static aws_lc_rs::digest::Algorithm> {
+    use aws_lc_rs::digest;
+    Some(match m {
+        CKM_SHA_1 => &digest::SHA1_FOR_LEGACY_USE_ONLY,
+        CKM_SHA224 => &digest::SHA224,
+        CKM_SHA256 => &digest::SHA256,
+        CKM_SHA384 => &digest::SHA384,
+        CKM_SHA512 => &digest::SHA512,
+        _ => return None,
+    })
+}
 
 /// A signing operation's mechanism, read and checked at SignInit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,7 +112,7 @@ pub fn mechanism(spec: KeySpec, mechanism: CK_MECHANISM_TYPE, params: Option<&CK
         CKM_SHA256_RSA_PKCS_PSS if is_rsa(spec) => Mech::RsaPssWith(pss(Some(Hash::Sha256))?),
         CKM_SHA384_RSA_PKCS_PSS if is_rsa(spec) => Mech::RsaPssWith(pss(Some(Hash::Sha384))?),
         CKM_SHA512_RSA_PKCS_PSS if is_rsa(spec) => Mech::RsaPssWith(pss(Some(Hash::Sha512))?),
-        m if MECHANISMS.iter().any(|x| x.0 == m) => return Err(CKR_KEY_TYPE_INCONSISTENT),
+        m if MECHANISMS.iter().any(|x| x.0 == m && x.3 & CKF_SIGN != 0) => return Err(CKR_KEY_TYPE_INCONSISTENT),
         _ => return Err(CKR_MECHANISM_INVALID),
     };
     Ok(m)
@@ -152,6 +174,44 @@ pub fn to_scheme(spec: KeySpec, mech: Mech, data: &[u8]) -> Result<(Scheme, Payl
         }
         Mech::RsaPssWith(h) => (Scheme::RsaPss(h), Payload::Digest(h.digest(data))),
     })
+}
+
+/// A decryption mechanism: CKM_RSA_PKCS, or CKM_RSA_PKCS_OAEP with
+/// CK_RSA_PKCS_OAEP_PARAMS (SHA-1/256/384/512, MGF1 over the same hash, an
+/// optional label as CKZ_DATA_SPECIFIED source data).
+///
+/// # Safety
+/// `m.pParameter` must point to `m.ulParameterLen` readable bytes.
+pub unsafe fn decryption(m: &CK_MECHANISM) -> Result<(nekms_keys::RsaPadding, Option<Vec<u8>>), CK_RV> {
+    use nekms_keys::{OaepHash, RsaPadding};
+    match m.mechanism {
+        CKM_RSA_PKCS if m.ulParameterLen == 0 => Ok((RsaPadding::Pkcs1, None)),
+        CKM_RSA_PKCS_OAEP => {
+            if m.pParameter.is_null() || m.ulParameterLen as usize != std::mem::size_of::<CK_RSA_PKCS_OAEP_PARAMS>() {
+                return Err(CKR_MECHANISM_PARAM_INVALID);
+            }
+            let p = &*(m.pParameter as *const CK_RSA_PKCS_OAEP_PARAMS);
+            let (hash, mgf) = match p.hashAlg {
+                CKM_SHA_1 => (OaepHash::Sha1, CKG_MGF1_SHA1),
+                CKM_SHA256 => (OaepHash::Sha256, CKG_MGF1_SHA256),
+                CKM_SHA384 => (OaepHash::Sha384, CKG_MGF1_SHA384),
+                CKM_SHA512 => (OaepHash::Sha512, CKG_MGF1_SHA512),
+                _ => return Err(CKR_MECHANISM_PARAM_INVALID),
+            };
+            if p.mgf != mgf {
+                return Err(CKR_MECHANISM_PARAM_INVALID);
+            }
+            let label = match (p.source, p.ulSourceDataLen) {
+                (_, 0) => None,
+                (CKZ_DATA_SPECIFIED, n) if !p.pSourceData.is_null() && n <= 4096 => Some(std::slice::from_raw_parts(p.pSourceData as *const u8, n as usize).to_vec()),
+                _ => return Err(CKR_MECHANISM_PARAM_INVALID),
+            };
+            Ok((RsaPadding::Oaep(hash), label))
+        }
+        CKM_RSA_PKCS => Err(CKR_MECHANISM_PARAM_INVALID),
+        m if MECHANISMS.iter().any(|x| x.0 == m) => Err(CKR_KEY_FUNCTION_NOT_PERMITTED),
+        _ => Err(CKR_MECHANISM_INVALID),
+    }
 }
 
 #[cfg(test)]

@@ -236,6 +236,17 @@ pub enum P11Request {
     Sign { handle: Secret, #[serde(with = "serde_bytes")] id: Vec<u8>, scheme: Scheme, payload: Payload },
     /// Random bytes from the NSM (C_GenerateRandom).
     Random { length: u32 },
+    /// RSA decryption with the key whose CKA_ID is `id`, on a logged-in handle.
+    Decrypt {
+        handle: Secret,
+        #[serde(with = "serde_bytes")]
+        id: Vec<u8>,
+        padding: nekms_keys::RsaPadding,
+        #[serde(with = "serde_bytes")]
+        ciphertext: Vec<u8>,
+        #[serde(default, with = "serde_bytes")]
+        label: Option<Vec<u8>>,
+    },
 }
 
 /// A token as provisioned.
@@ -305,6 +316,7 @@ pub enum P11Response {
     Done,
     Signature(#[serde(with = "serde_bytes")] Vec<u8>),
     Random(Secret),
+    Plaintext(Secret),
 }
 
 /// Where a new key's entropy comes from. NSM GetRandom and the OS generator
