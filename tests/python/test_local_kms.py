@@ -555,3 +555,39 @@ def test_principal_tags_and_userid_decide_as_on_aws(tmp_path):
         assert not decrypts(abac, {"team": "billing"})
     finally:
         local.stop()
+
+
+DENIED = """
+[[principal]]
+name = "denied"
+arn = "arn:aws:iam::111122223333:user/denied"
+access_key_id = "AKIANEKMSDENIEDUSER1"
+secret_access_key = "denied/secret/key/for/the/grant/test/0000"
+policies = ['{"Version": "2012-10-17", "Statement": [{"Effect": "Deny", "Action": ["kms:Decrypt", "kms:RetireGrant"], "Resource": "*"}]}']
+"""
+
+
+def test_an_identity_policy_deny_beats_a_grant(tmp_path):
+    """A grant only adds permissions: an explicit Deny in the grantee's IAM
+    policy still refuses Decrypt, and stops it retiring a grant that names
+    it as the retiring principal, even when the key policy does not
+    delegate to IAM."""
+    local = LocalKms(tmp_path / "dev", principals_extra=DENIED)
+    try:
+        admin = local.client("admin")
+        denied = boto3.client("kms", region_name="us-east-1", endpoint_url=local.http,
+                              aws_access_key_id="AKIANEKMSDENIEDUSER1", aws_secret_access_key="denied/secret/key/for/the/grant/test/0000")
+        user = "arn:aws:iam::111122223333:user/denied"
+        policy = {"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::111122223333:role/nekms-key-admin"}, "Action": "kms:*", "Resource": "*"}]}
+        key = admin.create_key(Policy=json.dumps(policy))["KeyMetadata"]["Arn"]
+        blob = admin.encrypt(KeyId=key, Plaintext=b"x")["CiphertextBlob"]
+        g = admin.create_grant(KeyId=key, GranteePrincipal=user, RetiringPrincipal=user, Operations=["Decrypt", "DescribeKey"])
+        assert denied.describe_key(KeyId=key)["KeyMetadata"]["Arn"] == key, "the grant works where IAM says nothing"
+        for call, kwargs in [(denied.decrypt, {"CiphertextBlob": blob}), (denied.retire_grant, {"GrantToken": g["GrantToken"]})]:
+            with pytest.raises(botocore.exceptions.ClientError) as e:
+                call(**kwargs)
+            assert error_code(e) == "AccessDeniedException" and "identity-based policy" in str(e.value), e.value
+        assert len(admin.list_grants(KeyId=key)["Grants"]) == 1
+    finally:
+        local.stop()

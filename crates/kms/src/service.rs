@@ -356,15 +356,22 @@ impl Call<'_> {
         self.via_grant = None;
         match evaluate(&policy, self.kms.identity_policies(self.caller), &ctx) {
             Decision::Allow => Ok(()),
-            // Grants only add permissions: an explicit Deny still wins.
-            Decision::ImplicitDeny => match self.grant_for(key, action, &ctx)? {
+            // Grants only add permissions: an explicit Deny in the key policy
+            // or in the caller's identity policies still wins (the key policy
+            // may not delegate to IAM, so its Deny statements were not read yet).
+            Decision::ImplicitDeny => {
+                if let d @ Decision::ExplicitDeny { .. } = evaluate_identity(self.kms.identity_policies(self.caller), &ctx) {
+                    return Err(denied(self.caller, action, &key.metadata.arn, &d));
+                }
+                match self.grant_for(key, action, &ctx)? {
                 Some(g) => {
                     self.audit.grant_id = Some(g.grant_id.clone());
                     self.via_grant = Some(g);
                     Ok(())
                 }
                 None => Err(denied(self.caller, action, &key.metadata.arn, &Decision::ImplicitDeny)),
-            },
+                }
+            }
             d => Err(denied(self.caller, action, &key.metadata.arn, &d)),
         }
     }

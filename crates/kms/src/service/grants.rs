@@ -94,9 +94,15 @@ impl Call<'_> {
     /// A grant to the account (its root ARN) is delegated to IAM: it allows a
     /// caller whose identity policies allow the action.
     pub(super) fn grant_for(&self, key: &StoredKey, action: &str, ctx: &RequestContext) -> Result<Option<Grant>, KmsError> {
-        let Some(op) = action.strip_prefix("kms:") else { return Ok(None) };
+        Ok(self.grants_for(key, action, ctx)?.into_iter().next())
+    }
+
+    /// Every grant of `key` that allows `action` for this caller and request.
+    fn grants_for(&self, key: &StoredKey, action: &str, ctx: &RequestContext) -> Result<Vec<Grant>, KmsError> {
+        let mut out = Vec::new();
+        let Some(op) = action.strip_prefix("kms:") else { return Ok(out) };
         if !GRANT_OPERATIONS.contains(&op) {
-            return Ok(None);
+            return Ok(out);
         }
         let context = ctx.encryption_context();
         let root = format!("arn:aws:iam::{}:root", self.account());
@@ -108,10 +114,10 @@ impl Call<'_> {
                 || g.grantee_principal == root
                     && (self.caller.principal_arn == root || evaluate_identity(self.kms.identity_policies(self.caller), ctx) == Decision::Allow);
             if grantee {
-                return Ok(Some(g));
+                out.push(g);
             }
         }
-        Ok(None)
+        Ok(out)
     }
 
     pub(super) fn create_grant(&mut self) -> Result<Value, KmsError> {
@@ -145,7 +151,11 @@ impl Call<'_> {
                 ctx.set_many("kms:EncryptionContextKeys", pairs.keys().cloned().collect());
             }
         })?;
-        if let Some(parent) = self.via_grant.take() {
+        if let Some(first) = self.via_grant.take() {
+            // Any one of the caller's grants that allows CreateGrant may cover the new one.
+            let ctx = self.context("kms:CreateGrant", &key.metadata.arn);
+            let parents = self.grants_for(&key, "kms:CreateGrant", &ctx)?;
+            let parent = parents.iter().find(|p| p.covers(&ops, constraints.as_ref())).cloned().unwrap_or(first);
             if !parent.covers(&ops, constraints.as_ref()) {
                 return Err(KmsError::new(
                     "AccessDeniedException",
@@ -265,9 +275,19 @@ impl Call<'_> {
         };
         let ctx = self.context("kms:RetireGrant", &grant.key_id);
         let root = format!("arn:aws:iam::{}:root", self.account());
-        let may = grant.retiring_principal.as_deref().is_some_and(|r| self.caller_is(r, &ctx))
+        // IAM still applies: an explicit Deny on kms:RetireGrant stops even
+        // the retiring principal, and the key's account may give
+        // kms:RetireGrant to its principals in identity policies.
+        // https://docs.aws.amazon.com/kms/latest/developerguide/grant-delete.html
+        let identity = evaluate_identity(self.kms.identity_policies(self.caller), &ctx);
+        if let d @ Decision::ExplicitDeny { .. } = identity {
+            return Err(super::denied(self.caller, "kms:RetireGrant", &grant.key_id, &d));
+        }
+        let in_account = grant.key_id.split(':').nth(4) == Some(self.account());
+        let may = grant.retiring_principal.as_deref().is_some_and(|r| self.caller_is(r, &ctx) || r == root && in_account && identity == Decision::Allow)
             || self.caller_is(&grant.grantee_principal, &ctx) && grant.operations.iter().any(|o| o == "RetireGrant")
-            || self.caller.principal_arn == root;
+            || self.caller.principal_arn == root
+            || in_account && identity == Decision::Allow;
         if !may {
             return Err(KmsError::new(
                 "AccessDeniedException",
