@@ -119,6 +119,8 @@ def tokens(tmp_path_factory):
         for name in names:
             i = [n for n, _ in specs].index(name) + 1
             args += ["--key", f"{name}:{i:02x}", "--cert", f"{name}:{chains[name]}"]
+        if label == "web":
+            args += ["--decrypt", "web-rsa"]
         t.nekms(*args)
     t.chains = chains
     yield t
@@ -212,9 +214,10 @@ def test_rsa_decryption_pkcs1_and_oaep(tokens):
         out = tokens.tool("--token-label", "web", "--login", "--pin", PIN, "--decrypt", "-m", mech, "--id", "01",
                           "-i", str(b / "secret.enc"), *extra).stdout
         assert out == b"a premaster secret, say", (mech, extra, out)
-    # An EC key does not decrypt.
-    r = tokens.tool("--token-label", "web", "--login", "--pin", PIN, "--decrypt", "-m", "RSA-PKCS", "--id", "02", "-i", str(b / "secret.enc"), check=False)
-    assert r.returncode != 0
+    # An EC key does not decrypt; nor does an RSA key provisioned to sign only (the default).
+    for key_id in ("02", "04"):
+        r = tokens.tool("--token-label", "web", "--login", "--pin", PIN, "--decrypt", "-m", "RSA-PKCS", "--id", key_id, "-i", str(b / "secret.enc"), check=False)
+        assert r.returncode != 0, key_id
 
 
 def test_openssl_verifies_and_random_comes_from_the_nsm(tokens):
@@ -651,6 +654,10 @@ def test_the_1025th_token_is_refused_and_1024_fit(tokens):
     token = {"label": "one-too-many", "pin_verifier": verifier, "keys": [{"id": b"\x01", "label": "k", "record": record}]}
     kind, err = rpc.call({"P11": {"AddToken": {"token": token, "replace": False}}})
     assert kind == "Err" and "1024 tokens" in err["message"], err
+    # All 1024 still list, in one frame (certificates come per slot), and a client sees them.
+    kind, slots = rpc.call({"P11": "Slots"})
+    assert kind == "Ok" and len(slots["P11"]["Slots"]) == 1024
+    assert tokens.tool("-L").stdout.decode().count("token label") == 1024
     print(f"\n1024 tokens: nekms-enclave RSS {before // 1024} MiB -> {after // 1024} MiB")
     for label in added:
         assert rpc.call({"P11": {"RemoveToken": {"label": label}}})[0] == "Ok"

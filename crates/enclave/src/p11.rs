@@ -12,10 +12,11 @@
 //!   key, reserved context, provenance); a record it would not open for
 //!   signing is refused here too;
 //! - `Slots` returns public keys and certificates only;
-//! - `Sign` signs, and `Decrypt` decrypts with an RSA token key, after a
-//!   login; neither returns key material, and no call does. A PKCS#1 v1.5
-//!   decryption oracle on an RSA key is worth no more to the parent than
-//!   the signatures it can already ask that key for.
+//! - `Sign` signs after a login, and `Decrypt` decrypts with an RSA token
+//!   key provisioned to decrypt (sign-only by default: an RSA decryption
+//!   oracle, PKCS#1 v1.5 above all, computes raw private-key operations and
+//!   would get around any rule on what a key signs); neither returns key
+//!   material, and no call does.
 //!
 //! The PIN guards a token against local users who can reach the p11-kit
 //! socket. Root on the parent can provision a token with a PIN it chooses
@@ -52,6 +53,7 @@ pub mod ckr {
     pub const DATA_INVALID: u64 = 0x20;
     pub const KEY_HANDLE_INVALID: u64 = 0x60;
     pub const KEY_TYPE_INCONSISTENT: u64 = 0x63;
+    pub const KEY_FUNCTION_NOT_PERMITTED: u64 = 0x68;
     pub const ENCRYPTED_DATA_INVALID: u64 = 0x40;
     pub const PIN_INCORRECT: u64 = 0xA0;
     pub const PIN_LEN_RANGE: u64 = 0xA2;
@@ -71,6 +73,7 @@ struct Token {
 }
 
 struct TokenKey {
+    decrypt: bool,
     id: Vec<u8>,
     label: String,
     record: KeyRecord,
@@ -80,7 +83,11 @@ struct TokenKey {
 struct Handle {
     slot: u64,
     logged_in: bool,
+    last_used: std::time::Instant,
 }
+
+/// A handle not logged in and unused this long may be dropped to make room.
+const IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[derive(Default)]
 struct State {
@@ -150,11 +157,13 @@ impl Tokens {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn slots(&self) -> Vec<P11Slot> {
+    fn slots(&self, only: Option<u64>) -> Vec<P11Slot> {
         let state = self.lock();
+        let with_certificates = only.is_some();
         state
             .tokens
             .iter()
+            .filter(|(slot, _)| only.is_none_or(|o| o == **slot))
             .map(|(slot, t)| P11Slot {
                 slot: *slot,
                 label: t.label.clone(),
@@ -168,7 +177,9 @@ impl Tokens {
                         label: k.label.clone(),
                         spec: k.record.spec,
                         public_key: k.record.public_key.clone(),
-                        certificates: k.certificates.iter().cloned().map(serde_bytes::ByteBuf::from).collect(),
+                        certificates: if with_certificates { k.certificates.iter().cloned().map(serde_bytes::ByteBuf::from).collect() } else { Vec::new() },
+                        certificate_count: k.certificates.len() as u32,
+                        decrypt: k.decrypt,
                     })
                     .collect(),
             })
@@ -181,11 +192,24 @@ impl Tokens {
             return Err(err(ckr::SLOT_ID_INVALID, format!("no token in slot {slot}")));
         }
         if state.handles.values().filter(|h| h.slot == slot).count() >= MAX_HANDLES_PER_TOKEN {
-            return Err(err(ckr::SESSION_COUNT, format!("slot {slot} already has {MAX_HANDLES_PER_TOKEN} open handles")));
+            // Make room by dropping the longest-idle handle that is not logged
+            // in (a flood of Opens needs no PIN; keeping logged-in ones does).
+            let idle = state
+                .handles
+                .iter()
+                .filter(|(_, h)| h.slot == slot && !h.logged_in && h.last_used.elapsed() >= IDLE)
+                .min_by_key(|(_, h)| h.last_used)
+                .map(|(id, _)| *id);
+            match idle {
+                Some(id) => {
+                    state.handles.remove(&id);
+                }
+                None => return Err(err(ckr::SESSION_COUNT, format!("slot {slot} already has {MAX_HANDLES_PER_TOKEN} open handles"))),
+            }
         }
         let mut id = [0u8; 32];
         SystemRandom::new().fill(&mut id).map_err(|_| RpcError::new(nekms_rpc::ErrorCode::Internal, "no randomness"))?;
-        state.handles.insert(id, Handle { slot, logged_in: false });
+        state.handles.insert(id, Handle { slot, logged_in: false, last_used: std::time::Instant::now() });
         Ok(Secret::new(id.to_vec()))
     }
 
@@ -196,7 +220,8 @@ impl Tokens {
 
     /// The token a handle is on (a removed token's handles are gone).
     fn token_of(state: &mut State, handle: &[u8; 32]) -> Result<(u64, bool), RpcError> {
-        let h = state.handles.get(handle).ok_or_else(|| err(ckr::SESSION_HANDLE_INVALID, "no such handle (closed, or its token was removed)"))?;
+        let h = state.handles.get_mut(handle).ok_or_else(|| err(ckr::SESSION_HANDLE_INVALID, "no such handle (closed, dropped while idle, or its token was removed)"))?;
+        h.last_used = std::time::Instant::now();
         if !state.tokens.contains_key(&h.slot) {
             return Err(err(ckr::TOKEN_NOT_PRESENT, format!("the token of slot {} was removed", h.slot)));
         }
@@ -224,6 +249,10 @@ impl Tokens {
         if token.verifier != verifier {
             return Err(err(ckr::PIN_INCORRECT, "the token's PIN changed during the login; try again"));
         }
+        // Checked again: wrong PINs tried at the same time may have locked it meanwhile.
+        if token.failures >= MAX_PIN_FAILURES {
+            return Err(err(ckr::PIN_LOCKED, format!("token {:?} is locked after {MAX_PIN_FAILURES} wrong PINs; provision it again", token.label)));
+        }
         if !good {
             token.failures += 1;
             let left = MAX_PIN_FAILURES.saturating_sub(token.failures);
@@ -249,8 +278,12 @@ impl Tokens {
         Ok(())
     }
 
-    /// The record of key `key_id` for a logged-in handle.
+    /// The record of key `key_id` for a logged-in handle, and whether it may decrypt.
     fn signing_record(&self, handle: &Secret, key_id: &[u8]) -> Result<KeyRecord, RpcError> {
+        self.usable_record(handle, key_id).map(|(r, _)| r)
+    }
+
+    fn usable_record(&self, handle: &Secret, key_id: &[u8]) -> Result<(KeyRecord, bool), RpcError> {
         let id = handle_id(handle)?;
         let mut state = self.lock();
         let (slot, logged_in) = Self::token_of(&mut state, &id)?;
@@ -258,7 +291,7 @@ impl Tokens {
             return Err(err(ckr::USER_NOT_LOGGED_IN, "log in before signing"));
         }
         let token = &state.tokens[&slot];
-        token.keys.iter().find(|k| k.id == key_id).map(|k| k.record.clone()).ok_or_else(|| err(ckr::KEY_HANDLE_INVALID, format!("token {:?} has no key with that CKA_ID", token.label)))
+        token.keys.iter().find(|k| k.id == key_id).map(|k| (k.record.clone(), k.decrypt)).ok_or_else(|| err(ckr::KEY_HANDLE_INVALID, format!("token {:?} has no key with that CKA_ID", token.label)))
     }
 
     /// Check a token's shape (not its records, which the enclave opens).
@@ -299,7 +332,7 @@ impl Tokens {
         let keys = token
             .keys
             .into_iter()
-            .map(|k| TokenKey { id: k.id, label: k.label, record: k.record, certificates: k.certificates.into_iter().map(|c| c.into_vec()).collect() })
+            .map(|k| TokenKey { decrypt: k.decrypt, id: k.id, label: k.label, record: k.record, certificates: k.certificates.into_iter().map(|c| c.into_vec()).collect() })
             .collect();
         match (existing, replace) {
             (Some(_), false) => Err(RpcError::bad_request(format!("a token labelled {:?} exists; update it instead", token.label))),
@@ -361,7 +394,8 @@ impl Enclave {
                 Ok(P11Response::TokenAdded { slot, pin_verifier: verifier })
             }
             P11Request::RemoveToken { label } => tokens.remove(&label).map(|_| P11Response::Done),
-            P11Request::Slots => Ok(P11Response::Slots(tokens.slots())),
+            P11Request::Slots => Ok(P11Response::Slots(tokens.slots(None))),
+            P11Request::Slot { slot } => tokens.slots(Some(slot)).pop().map(P11Response::Slot).ok_or_else(|| err(ckr::SLOT_ID_INVALID, format!("no token in slot {slot}"))),
             P11Request::Open { slot } => tokens.open(slot).map(|handle| P11Response::Opened { handle }),
             P11Request::Close { handle } => tokens.close(&handle).map(|_| P11Response::Done),
             P11Request::Login { handle, pin } => tokens.login(&handle, pin.0.as_bytes()).map(|_| P11Response::Done),
@@ -375,7 +409,10 @@ impl Enclave {
                 Ok(P11Response::Signature(sig.signature))
             }
             P11Request::Decrypt { handle, id, padding, ciphertext, label } => {
-                let record = tokens.signing_record(&handle, &id)?;
+                let (record, may_decrypt) = tokens.usable_record(&handle, &id)?;
+                if !may_decrypt {
+                    return Err(err(ckr::KEY_FUNCTION_NOT_PERMITTED, "this token key was provisioned to sign only (nekms p11 token add --decrypt NAME allows decryption)"));
+                }
                 let key = self.open(&record).await?;
                 let plaintext = key.rsa_decrypt(padding, &ciphertext, label.as_deref()).map_err(|e| match e {
                     nekms_keys::KeyError::Scheme(m) => err(ckr::KEY_TYPE_INCONSISTENT, m),

@@ -51,7 +51,7 @@ impl Hash {
             Hash::Sha512 => "sha512",
         }
     }
-    pub(crate) fn algorithm(self) -> &'static aws_lc_rs::digest::Algorithm {
+    pub fn algorithm(self) -> &'static aws_lc_rs::digest::Algorithm {
         match self {
             Hash::Sha256 => &aws_lc_rs::digest::SHA256,
             Hash::Sha384 => &aws_lc_rs::digest::SHA384,

@@ -44,8 +44,10 @@ use objects::{Kind, Object, Value};
 
 /// Where the module finds the enclave when `NEKMS_P11_RPC` is not set.
 pub const DEFAULT_RPC: &str = "unix:///run/nekms/p11.sock";
-/// Longest message fed to a multi-part signature.
-const MAX_SIGN_DATA: usize = 16 * 1024 * 1024;
+/// Most sessions one process keeps open.
+const MAX_SESSIONS: usize = 4096;
+/// Most random bytes one C_GenerateRandom gives.
+const MAX_RANDOM: usize = 64 * 1024;
 
 struct SignOp {
     slot: u64,
@@ -53,8 +55,8 @@ struct SignOp {
     spec: nekms_keys::KeySpec,
     sig_len: usize,
     mech: Mech,
-    data: Zeroizing<Vec<u8>>,
-    updated: bool,
+    /// The running hash of C_SignUpdate's parts.
+    hasher: Option<aws_lc_rs::digest::Context>,
 }
 
 struct VerifyOp {
@@ -62,8 +64,7 @@ struct VerifyOp {
     spec: nekms_keys::KeySpec,
     sig_len: usize,
     mech: Mech,
-    data: Vec<u8>,
-    updated: bool,
+    hasher: Option<aws_lc_rs::digest::Context>,
 }
 
 struct DecryptOp {
@@ -90,6 +91,8 @@ struct Module {
     address: String,
     conn: Option<Conn>,
     slots: Vec<P11Slot>,
+    /// Slots whose certificates are in `slots` (the summary has none).
+    full: std::collections::HashSet<u64>,
     /// The enclave handle of each slot this process opened.
     handles: HashMap<u64, Secret>,
     logged_in: std::collections::HashSet<u64>,
@@ -138,9 +141,33 @@ impl Module {
         match self.call(P11Request::Slots)? {
             P11Response::Slots(s) => {
                 self.slots = s;
+                self.full.clear();
                 Ok(())
             }
             _ => Err(CKR_DEVICE_ERROR),
+        }
+    }
+
+    /// Make sure a slot's entry carries its certificates.
+    fn load(&mut self, slot: u64) -> Result<(), CK_RV> {
+        if self.full.contains(&slot) {
+            return Ok(());
+        }
+        match self.call(P11Request::Slot { slot }) {
+            Ok(P11Response::Slot(full)) => {
+                match self.slots.iter_mut().find(|s| s.slot == slot) {
+                    Some(s) => *s = full,
+                    None => self.slots.push(full),
+                }
+                self.full.insert(slot);
+                Ok(())
+            }
+            Ok(_) => Err(CKR_DEVICE_ERROR),
+            Err(CKR_SLOT_ID_INVALID) => {
+                self.slots.retain(|s| s.slot != slot);
+                Err(CKR_TOKEN_NOT_PRESENT)
+            }
+            Err(rv) => Err(rv),
         }
     }
 
@@ -238,6 +265,7 @@ pub unsafe extern "C" fn C_Initialize(args: *mut c_void) -> CK_RV {
             address: std::env::var("NEKMS_P11_RPC").unwrap_or_else(|_| DEFAULT_RPC.into()),
             conn: None,
             slots: Vec::new(),
+            full: Default::default(),
             handles: HashMap::new(),
             logged_in: Default::default(),
             sessions: HashMap::new(),
@@ -418,6 +446,9 @@ pub unsafe extern "C" fn C_OpenSession(slot: CK_SLOT_ID, flags: CK_FLAGS, _app: 
         if flags & CKF_RW_SESSION != 0 {
             return Err(CKR_TOKEN_WRITE_PROTECTED);
         }
+        if m.sessions.len() >= MAX_SESSIONS {
+            return Err(CKR_SESSION_COUNT);
+        }
         m.handle(slot)?;
         let h = m.next_session;
         m.next_session += 1;
@@ -544,6 +575,10 @@ pub unsafe extern "C" fn C_FindObjectsInit(session: CK_SESSION_HANDLE, t: *mut C
             .map(|a| bytes(a.pValue as *const u8, a.ulValueLen).map(|v| (a.type_, v.to_vec())))
             .collect::<Result<_, _>>()?;
         m.refresh()?;
+        if let Err(rv) = m.load(slot) {
+            m.token_gone(slot);
+            return Err(rv);
+        }
         let logged_in = m.logged_in.contains(&slot);
         let found: Vec<CK_OBJECT_HANDLE> = match m.slot(slot) {
             Some(s) => objects::objects(s, logged_in)
@@ -608,6 +643,7 @@ pub unsafe extern "C" fn C_GetAttributeValue(session: CK_SESSION_HANDLE, h: CK_O
     with_module(|m| {
         let slot = m.session(session)?.slot;
         let attrs = template(t, n)?;
+        m.load(slot)?;
         let o = object(m, slot, h)?;
         // Every attribute is answered; the worst error is returned (PKCS#11 5.7).
         let mut rv = CKR_OK;
@@ -659,6 +695,7 @@ pub unsafe extern "C" fn C_SignInit(session: CK_SESSION_HANDLE, mechanism: *mut 
         if !m.logged_in.contains(&slot) {
             return Err(CKR_USER_NOT_LOGGED_IN);
         }
+        m.load(slot)?;
         let o = object(m, slot, key).map_err(|_| CKR_KEY_HANDLE_INVALID)?;
         if o.kind != Kind::Private {
             return Err(CKR_KEY_FUNCTION_NOT_PERMITTED);
@@ -677,8 +714,7 @@ pub unsafe extern "C" fn C_SignInit(session: CK_SESSION_HANDLE, mechanism: *mut 
             spec: o.key.spec,
             sig_len: objects::signature_len(o.key),
             mech: chosen,
-            data: Zeroizing::new(Vec::new()),
-            updated: false,
+            hasher: None,
         };
         m.session(session)?.sign = Some(op);
         Ok(())
@@ -703,8 +739,14 @@ unsafe fn finish_sign(m: &mut Module, session: CK_SESSION_HANDLE, data: Option<&
         return Err(CKR_BUFFER_TOO_SMALL);
     }
     let op = m.session(session)?.sign.take().expect("checked");
-    let input: &[u8] = data.unwrap_or(&op.data);
-    let (scheme, payload) = mech::to_scheme(op.spec, op.mech, input)?;
+    let (scheme, payload) = match (data, op.hasher) {
+        (Some(input), _) => mech::to_scheme(op.spec, op.mech, input)?,
+        (None, Some(h)) => mech::to_scheme_hashed(op.spec, op.mech, h.finish().as_ref())?,
+        (None, None) => {
+            let h = mech::running_hash(op.mech).ok_or(CKR_FUNCTION_NOT_SUPPORTED)?;
+            mech::to_scheme_hashed(op.spec, op.mech, &h.digest(&[]))?
+        }
+    };
     let handle = m.handle(op.slot)?;
     let signature = match m.call(P11Request::Sign { handle, id: op.key_id.clone(), scheme, payload }) {
         Ok(P11Response::Signature(s)) => s,
@@ -723,7 +765,7 @@ unsafe fn finish_sign(m: &mut Module, session: CK_SESSION_HANDLE, data: Option<&
 pub unsafe extern "C" fn C_Sign(session: CK_SESSION_HANDLE, data: *mut u8, data_len: CK_ULONG, sig: *mut u8, sig_len: *mut CK_ULONG) -> CK_RV {
     with_module(|m| {
         let op = m.session(session)?.sign.as_ref().ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
-        if op.updated {
+        if op.hasher.is_some() {
             return Err(CKR_OPERATION_ACTIVE);
         }
         let input = match bytes(data, data_len) {
@@ -753,11 +795,8 @@ pub unsafe extern "C" fn C_SignUpdate(session: CK_SESSION_HANDLE, part: *mut u8,
             Ok(p) => p,
             Err(rv) => return failed(s, rv),
         };
-        if op.data.len() + part.len() > MAX_SIGN_DATA {
-            return failed(s, CKR_DATA_LEN_RANGE);
-        }
-        op.data.extend_from_slice(part);
-        op.updated = true;
+        let hash = mech::running_hash(op.mech).expect("multi-part mechanisms hash");
+        op.hasher.get_or_insert_with(|| aws_lc_rs::digest::Context::new(hash.algorithm())).update(part);
         Ok(())
     })
 }
@@ -789,12 +828,17 @@ pub unsafe extern "C" fn C_DecryptInit(session: CK_SESSION_HANDLE, mechanism: *m
         if !m.logged_in.contains(&slot) {
             return Err(CKR_USER_NOT_LOGGED_IN);
         }
+        m.load(slot)?;
         let o = object(m, slot, key).map_err(|_| CKR_KEY_HANDLE_INVALID)?;
         if o.kind != Kind::Private {
             return Err(CKR_KEY_FUNCTION_NOT_PERMITTED);
         }
         if objects::key_type(o.key.spec) != CKK_RSA {
             return Err(CKR_KEY_TYPE_INCONSISTENT);
+        }
+        if !o.key.decrypt {
+            // Provisioned to sign only (CKA_DECRYPT false).
+            return Err(CKR_KEY_FUNCTION_NOT_PERMITTED);
         }
         let (padding, label) = mech::decryption(&*mechanism)?;
         let op = DecryptOp { slot, key_id: o.key.id.clone(), modulus_len: objects::signature_len(o.key), padding, label, done: None };
@@ -879,6 +923,7 @@ pub unsafe extern "C" fn C_VerifyInit(session: CK_SESSION_HANDLE, mechanism: *mu
         if m.session(session)?.verify.is_some() {
             return Err(CKR_OPERATION_ACTIVE);
         }
+        m.load(slot)?;
         let o = object(m, slot, key).map_err(|_| CKR_KEY_HANDLE_INVALID)?;
         if matches!(o.kind, Kind::Certificate(_)) {
             return Err(CKR_KEY_TYPE_INCONSISTENT);
@@ -891,18 +936,26 @@ pub unsafe extern "C" fn C_VerifyInit(session: CK_SESSION_HANDLE, mechanism: *mu
         };
         let param_len = if mech.pParameter.is_null() { 0 } else { mech.ulParameterLen as usize };
         let chosen = mech::mechanism(o.key.spec, mech.mechanism, params, param_len)?;
-        let op = VerifyOp { public_key: o.key.public_key.clone(), spec: o.key.spec, sig_len: objects::signature_len(o.key), mech: chosen, data: Vec::new(), updated: false };
+        let op = VerifyOp { public_key: o.key.public_key.clone(), spec: o.key.spec, sig_len: objects::signature_len(o.key), mech: chosen, hasher: None };
         m.session(session)?.verify = Some(op);
         Ok(())
     })
 }
 
-/// Check a signature with the key's public key, here (no enclave call).
-fn finish_verify(op: VerifyOp, data: &[u8], signature: &[u8]) -> Result<(), CK_RV> {
+/// Check a signature with the key's public key, here (no enclave call):
+/// over `data`, or over the parts hashed so far.
+fn finish_verify(op: VerifyOp, data: Option<&[u8]>, signature: &[u8]) -> Result<(), CK_RV> {
     if signature.len() != op.sig_len {
         return Err(CKR_SIGNATURE_LEN_RANGE);
     }
-    let (scheme, payload) = mech::to_scheme(op.spec, op.mech, data)?;
+    let (scheme, payload) = match (data, op.hasher) {
+        (Some(d), _) => mech::to_scheme(op.spec, op.mech, d)?,
+        (None, Some(h)) => mech::to_scheme_hashed(op.spec, op.mech, h.finish().as_ref())?,
+        (None, None) => {
+            let h = mech::running_hash(op.mech).ok_or(CKR_FUNCTION_NOT_SUPPORTED)?;
+            mech::to_scheme_hashed(op.spec, op.mech, &h.digest(&[]))?
+        }
+    };
     let public = nekms_keys::PublicKey::from_spki(&op.public_key).map_err(|_| CKR_DEVICE_ERROR)?;
     public.verify(scheme, &payload, signature).map_err(|_| CKR_SIGNATURE_INVALID)
 }
@@ -912,10 +965,10 @@ pub unsafe extern "C" fn C_Verify(session: CK_SESSION_HANDLE, data: *mut u8, dat
     with_module(|m| {
         let s = m.session(session)?;
         let op = s.verify.take().ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
-        if op.updated {
+        if op.hasher.is_some() {
             return Err(CKR_OPERATION_ACTIVE);
         }
-        finish_verify(op, bytes(data, data_len)?, bytes(sig, sig_len)?)
+        finish_verify(op, Some(bytes(data, data_len)?), bytes(sig, sig_len)?)
     })
 }
 
@@ -925,21 +978,16 @@ pub unsafe extern "C" fn C_VerifyUpdate(session: CK_SESSION_HANDLE, part: *mut u
         let s = m.session(session)?;
         let op = s.verify.as_mut().ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
         let part = bytes(part, part_len);
-        match part {
-            Ok(p) if op.mech.multi_part() && op.data.len() + p.len() <= MAX_SIGN_DATA => {
-                op.data.extend_from_slice(p);
-                op.updated = true;
+        match (part, mech::running_hash(op.mech)) {
+            (Ok(p), Some(hash)) => {
+                op.hasher.get_or_insert_with(|| aws_lc_rs::digest::Context::new(hash.algorithm())).update(p);
                 Ok(())
             }
-            Ok(_) if !op.mech.multi_part() => {
+            (Ok(_), None) => {
                 s.verify = None;
                 Err(CKR_FUNCTION_NOT_SUPPORTED)
             }
-            Ok(_) => {
-                s.verify = None;
-                Err(CKR_DATA_LEN_RANGE)
-            }
-            Err(rv) => {
+            (Err(rv), _) => {
                 s.verify = None;
                 Err(rv)
             }
@@ -951,12 +999,11 @@ pub unsafe extern "C" fn C_VerifyUpdate(session: CK_SESSION_HANDLE, part: *mut u
 pub unsafe extern "C" fn C_VerifyFinal(session: CK_SESSION_HANDLE, sig: *mut u8, sig_len: CK_ULONG) -> CK_RV {
     with_module(|m| {
         let s = m.session(session)?;
-        let mut op = s.verify.take().ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
+        let op = s.verify.take().ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
         if !op.mech.multi_part() {
             return Err(CKR_FUNCTION_NOT_SUPPORTED);
         }
-        let data = std::mem::take(&mut op.data);
-        finish_verify(op, &data, bytes(sig, sig_len)?)
+        finish_verify(op, None, bytes(sig, sig_len)?)
     })
 }
 
@@ -1058,6 +1105,9 @@ pub unsafe extern "C" fn C_GenerateRandom(session: CK_SESSION_HANDLE, out: *mut 
         }
         if out.is_null() {
             return Err(CKR_ARGUMENTS_BAD);
+        }
+        if len as usize > MAX_RANDOM {
+            return Err(CKR_DATA_LEN_RANGE);
         }
         let mut done = 0usize;
         while done < len as usize {

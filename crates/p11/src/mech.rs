@@ -147,6 +147,25 @@ fn ecdsa_digest(spec: KeySpec, hash: &[u8]) -> Vec<u8> {
     }
 }
 
+/// The hash a multi-part mechanism feeds C_SignUpdate/C_VerifyUpdate into.
+pub fn running_hash(mech: Mech) -> Option<Hash> {
+    match mech {
+        Mech::EcdsaWith(h) | Mech::RsaPkcsWith(h) | Mech::RsaPssWith(h) => Some(h),
+        _ => None,
+    }
+}
+
+/// The scheme and payload for a hashing mechanism whose message was hashed
+/// part by part into `digest`.
+pub fn to_scheme_hashed(spec: KeySpec, mech: Mech, digest: &[u8]) -> Result<(Scheme, Payload), CK_RV> {
+    Ok(match mech {
+        Mech::EcdsaWith(_) => (Scheme::EcdsaRaw, Payload::Digest(ecdsa_digest(spec, digest))),
+        Mech::RsaPkcsWith(h) => (Scheme::RsaPkcs1(h), Payload::Digest(digest.to_vec())),
+        Mech::RsaPssWith(h) => (Scheme::RsaPss(h), Payload::Digest(digest.to_vec())),
+        _ => return Err(CKR_FUNCTION_NOT_SUPPORTED),
+    })
+}
+
 /// The scheme and payload the enclave signs for `data`.
 pub fn to_scheme(spec: KeySpec, mech: Mech, data: &[u8]) -> Result<(Scheme, Payload), CK_RV> {
     Ok(match mech {

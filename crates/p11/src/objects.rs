@@ -216,7 +216,7 @@ impl Object<'_> {
             match t {
                 CKA_SIGN => boolean(true),
                 CKA_SENSITIVE | CKA_ALWAYS_SENSITIVE | CKA_NEVER_EXTRACTABLE => boolean(true),
-                CKA_DECRYPT => boolean(key_type(key.spec) == CKK_RSA),
+                CKA_DECRYPT => boolean(key.decrypt && key_type(key.spec) == CKK_RSA),
                 CKA_EXTRACTABLE | CKA_ALWAYS_AUTHENTICATE | CKA_WRAP_WITH_TRUSTED | CKA_SIGN_RECOVER | CKA_UNWRAP => boolean(false),
                 CKA_VALUE | CKA_PRIVATE_EXPONENT | CKA_PRIME_1 | CKA_PRIME_2 | CKA_EXPONENT_1 | CKA_EXPONENT_2 | CKA_COEFFICIENT => Value::Sensitive,
                 _ => Value::Invalid,

@@ -225,8 +225,10 @@ pub enum P11Request {
     /// `pin_verifier` the enclave gave when it was added.
     AddToken { token: P11Token, #[serde(default)] replace: bool },
     RemoveToken { label: String },
-    /// Every token's public description.
+    /// Every token's public description, without certificates (so 1024
+    /// tokens fit one frame); `Slot` gives one token with them.
     Slots,
+    Slot { slot: u64 },
     /// A module process opens its own handle on a slot; login state lives there.
     Open { slot: u64 },
     Close { handle: Secret },
@@ -270,6 +272,9 @@ pub struct P11Key {
     pub record: KeyRecord,
     #[serde(default)]
     pub certificates: Vec<serde_bytes::ByteBuf>,
+    /// The key may decrypt (RSA, C_Decrypt) as well as sign.
+    #[serde(default)]
+    pub decrypt: bool,
 }
 
 /// PBKDF2-HMAC-SHA256 of the PIN: what the parent's token database keeps
@@ -304,7 +309,12 @@ pub struct P11PublicKey {
     /// SubjectPublicKeyInfo, DER.
     #[serde(with = "serde_bytes")]
     pub public_key: Vec<u8>,
+    /// Empty in `Slots`, whose answer counts them in `certificate_count`.
     pub certificates: Vec<serde_bytes::ByteBuf>,
+    #[serde(default)]
+    pub certificate_count: u32,
+    #[serde(default)]
+    pub decrypt: bool,
 }
 
 /// PKCS#11 answers.
@@ -312,6 +322,7 @@ pub struct P11PublicKey {
 pub enum P11Response {
     TokenAdded { slot: u64, pin_verifier: PinVerifier },
     Slots(Vec<P11Slot>),
+    Slot(P11Slot),
     Opened { handle: Secret },
     Done,
     Signature(#[serde(with = "serde_bytes")] Vec<u8>),

@@ -200,7 +200,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         let record = rpc
             .generate_key(GenerateKey { key_id: format!("bench-{spec}"), spec, kms_key_id: None, entropy: Entropy::Nsm, encryption_context: Default::default(), nonce: None })
             .await?;
-        keys.push(P11Key { id: vec![id], label: record.key_id.clone(), record, certificates: vec![] });
+        keys.push(P11Key { id: vec![id], label: record.key_id.clone(), record, certificates: vec![], decrypt: false });
     }
     let token = P11Token { label: "bench".into(), pin: Some(SecretString(zeroize::Zeroizing::new(PIN.into()))), pin_verifier: None, keys };
     rpc.call(&Request::P11(P11Request::AddToken { token, replace: false })).await?;

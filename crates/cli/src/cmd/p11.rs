@@ -62,6 +62,9 @@ pub struct TokenArgs {
     /// A key's certificate chain, PEM, leaf first: NAME:FILE
     #[arg(long = "cert", value_name = "NAME:FILE")]
     certs: Vec<String>,
+    /// Let this RSA key decrypt as well as sign (C_Decrypt); keys sign only by default
+    #[arg(long = "decrypt", value_name = "NAME")]
+    decrypt: Vec<String>,
 }
 
 #[derive(clap::Subcommand)]
@@ -132,6 +135,9 @@ struct DbKey {
     key: String,
     /// DER certificates, base64, leaf first.
     certificates: Vec<String>,
+    /// The key may decrypt as well as sign.
+    #[serde(default)]
+    decrypt: bool,
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -210,7 +216,10 @@ fn db_token(a: &TokenArgs, verifier: Option<DbVerifier>) -> anyhow::Result<DbTok
     for k in &a.keys {
         let (name, id) = split_pair(k, "--key")?;
         hex::decode(id).with_context(|| format!("--key {k}: the CKA_ID is not hex"))?;
-        keys.push(DbKey { id: id.to_ascii_lowercase(), key: name.to_owned(), certificates: certs.remove(name).unwrap_or_default() });
+        keys.push(DbKey { id: id.to_ascii_lowercase(), key: name.to_owned(), certificates: certs.remove(name).unwrap_or_default(), decrypt: a.decrypt.iter().any(|d| d == name) });
+    }
+    if let Some(d) = a.decrypt.iter().find(|d| !keys.iter().any(|k| k.key == **d)) {
+        bail!("--decrypt names {d}, which no --key names");
     }
     if let Some(name) = certs.keys().next() {
         bail!("--cert names {name}, which no --key names");
@@ -225,7 +234,7 @@ async fn token_request(store: &nekms_store::Store, t: &DbToken, pin: Option<Secr
     for k in &t.keys {
         let record = store.get(&k.key).await?.with_context(|| format!("no key named {:?} in the store", k.key))?;
         let certificates = k.certificates.iter().map(|c| B64.decode(c).map(serde_bytes::ByteBuf::from)).collect::<Result<_, _>>()?;
-        keys.push(P11Key { id: hex::decode(&k.id)?, label: k.key.clone(), record, certificates });
+        keys.push(P11Key { id: hex::decode(&k.id)?, label: k.key.clone(), record, certificates, decrypt: k.decrypt });
     }
     let pin_verifier = match pin {
         Some(_) => None,
@@ -316,7 +325,7 @@ pub fn run(c: Command) -> anyhow::Result<()> {
                                 "slot": s.slot, "label": s.label, "locked": s.locked, "failures": s.failures,
                                 "keys": s.keys.iter().map(|k| serde_json::json!({
                                     "id": hex::encode(&k.id), "label": k.label, "spec": k.spec.as_str(),
-                                    "public_key": B64.encode(&k.public_key), "certificates": k.certificates.len(),
+                                    "public_key": B64.encode(&k.public_key), "certificates": k.certificate_count, "decrypt": k.decrypt,
                                 })).collect::<Vec<_>>(),
                             })
                         })
@@ -327,7 +336,7 @@ pub fn run(c: Command) -> anyhow::Result<()> {
                         let state = if s.locked { "LOCKED".to_owned() } else { format!("{} wrong PIN(s)", s.failures) };
                         println!("slot {}: {} ({state})", s.slot, s.label);
                         for k in &s.keys {
-                            println!("  id {} {} {} ({} certificate(s))", hex::encode(&k.id), k.label, k.spec.as_str(), k.certificates.len());
+                            println!("  id {} {} {} ({} certificate(s){})", hex::encode(&k.id), k.label, k.spec.as_str(), k.certificate_count, if k.decrypt { ", decrypts" } else { "" });
                         }
                     }
                 }
