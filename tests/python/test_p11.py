@@ -684,3 +684,10 @@ def test_dev_up_serves_the_module_through_p11_kit(tokens):
     env = {**tokens.env, "P11_KIT_SERVER_ADDRESS": address}
     out = tokens.tool("-L", module=P11KIT_CLIENT, env=env).stdout.decode()
     assert "token label        : web" in out and "token label        : other" in out
+    # The module's socket serves the module's calls only: no provisioning, no other RPC.
+    from test_attacker import Rpc
+    p11 = Rpc(tokens.up.info["p11"])
+    for request in ({"P11": {"RemoveToken": {"label": "web"}}}, "Describe", {"GenerateRandom": {"length": 16}}):
+        kind, err = p11.call(request)
+        assert kind == "Err" and "not served on the PKCS#11 module's socket" in err["message"], (request, err)
+    assert p11.call({"P11": "Slots"})[0] == "Ok"

@@ -175,6 +175,24 @@ fn data_key_spec(spec: Option<&str>, bytes: Option<u32>) -> Result<Option<DataKe
     }
 }
 
+/// The enclave as the PKCS#11 module's socket serves it: the module's
+/// calls only (slots, handles, login, sign, decrypt, random), never
+/// provisioning or the rest of the RPC, so p11-kit's server (C code that
+/// parses what any client sends) cannot reach more than a token user can.
+pub struct P11Only(pub std::sync::Arc<Enclave>);
+
+impl Handler for P11Only {
+    async fn handle(&self, request: Request) -> Result<Response, RpcError> {
+        use nekms_rpc::P11Request as P;
+        match request {
+            Request::P11(r @ (P::Slots | P::Slot { .. } | P::Open { .. } | P::Close { .. } | P::Login { .. } | P::Logout { .. } | P::Sign { .. } | P::Decrypt { .. } | P::Random { .. })) => {
+                Ok(Response::P11(self.0.p11_call(r).await?))
+            }
+            other => Err(RpcError::refused(format!("{} is not served on the PKCS#11 module's socket", other.name()))),
+        }
+    }
+}
+
 impl Handler for Enclave {
     async fn handle(&self, request: Request) -> Result<Response, RpcError> {
         match request {
