@@ -691,3 +691,49 @@ def test_dev_up_serves_the_module_through_p11_kit(tokens):
         kind, err = p11.call(request)
         assert kind == "Err" and "not served on the PKCS#11 module's socket" in err["message"], (request, err)
     assert p11.call({"P11": "Slots"})[0] == "Ok"
+
+
+def test_key_pairs_generated_in_a_token_sign_at_once_and_survive_a_restart(tmp_path):
+    """pkcs11-tool --keypairgen on a writable token: the enclave makes the
+    key as a custody record with an origin document; it signs at once;
+    `nekms p11 token sync` stores it; after `nekms dev up` restarts (same
+    custody key), `nekms p11 token restore` brings the token back and the key
+    still signs. Read-only sessions, write-protected tokens and small RSA
+    keys are refused."""
+    t = Tokens(tmp_path / "gen")
+    try:
+        pem = t.key("seed-ec", "p256")
+        t.nekms("p11", "token", "add", "--label", "gen", "--writable", "--pin-file", str(t.pin_file), "--key", "seed-ec:01", "--cert", f"seed-ec:{pem}")
+        t.nekms("p11", "token", "add", "--label", "ro", "--pin-file", str(t.pin_file), "--key", "seed-ec:01")
+        login = ["--login", "--pin", PIN]
+        for kind, key_id in [("EC:prime256v1", "0a"), ("rsa:2048", "0b"), ("EC:secp384r1", "0c")]:
+            out = t.tool("--token-label", "gen", *login, "--keypairgen", "--key-type", kind, "--id", key_id, "--label", f"gen-{key_id}")
+            assert "Private Key Object" in out.stdout.decode(), out
+        r = t.tool("--token-label", "gen", *login, "--keypairgen", "--key-type", "rsa:1024", "--id", "0d", check=False)
+        assert r.returncode != 0 and "CKR_KEY_SIZE_RANGE" in r.stderr.decode()
+        r = t.tool("--token-label", "ro", *login, "--keypairgen", "--key-type", "EC:prime256v1", "--id", "0e", check=False)
+        assert r.returncode != 0 and "CKR_TOKEN_WRITE_PROTECTED" in r.stderr.decode()
+        keys = {k["id"]: k for s in json.loads(t.nekms("p11", "slots", "--json").stdout) if s["label"] == "gen" for k in s["keys"]}
+        (t.base / "m").write_bytes(b"made inside the enclave")
+        for key_id, mech in [("0a", "ECDSA-SHA256"), ("0b", "SHA256-RSA-PKCS")]:
+            t.tool("--token-label", "gen", *login, "--sign", "-m", mech, "--id", key_id, "-i", str(t.base / "m"), "-o", str(t.base / "s"))
+            public = serialization.load_der_public_key(base64.b64decode(keys[key_id]["public_key"]))
+            verify(public, mech, b"made inside the enclave", (t.base / "s").read_bytes())
+        # Stored on the parent, with an origin document any verifier can check.
+        t.nekms("p11", "token", "sync", "--label", "gen")
+        names = [k["key"] for tok in json.loads((t.base / "tokens.json").read_text())["tokens"] if tok["label"] == "gen" for k in tok["keys"]]
+        assert {"p11/gen/0a", "p11/gen/0b", "p11/gen/0c"} <= set(names), names
+        pcr0 = t.up.info["pcr0"]
+        t.nekms("key", "verify-origin", "p11/gen/0a", "--pcr0", pcr0, "--dev-root", "--dir", str(t.up.dev))
+        custody = t.up.info["custody_kms_key"]
+        t.up.stop()
+        (t.base / "up.json").unlink()
+        t.up = Up(t.base, "--custody-kms-key", custody)
+        t.env.update({"NEKMS_ENCLAVE": t.up.info["rpc"], "NEKMS_P11_RPC": t.up.info["rpc"]})
+        assert "gen" not in t.nekms("p11", "slots").stdout, "tokens live in the enclave's memory"
+        t.nekms("p11", "token", "restore")
+        t.tool("--token-label", "gen", *login, "--sign", "-m", "ECDSA-SHA256", "--id", "0a", "-i", str(t.base / "m"), "-o", str(t.base / "s2"))
+        public = serialization.load_der_public_key(base64.b64decode(keys["0a"]["public_key"]))
+        verify(public, "ECDSA-SHA256", b"made inside the enclave", (t.base / "s2").read_bytes())
+    finally:
+        t.stop()

@@ -63,9 +63,13 @@ pub mod ckr {
     pub const TOKEN_NOT_PRESENT: u64 = 0xE0;
     pub const USER_ALREADY_LOGGED_IN: u64 = 0x100;
     pub const USER_NOT_LOGGED_IN: u64 = 0x101;
+    pub const TOKEN_WRITE_PROTECTED: u64 = 0xE2;
+    pub const TEMPLATE_INCONSISTENT: u64 = 0xD1;
+    pub const DEVICE_MEMORY: u64 = 0x31;
 }
 
 struct Token {
+    writable: bool,
     label: String,
     verifier: PinVerifier,
     failures: u32,
@@ -169,6 +173,7 @@ impl Tokens {
                 label: t.label.clone(),
                 locked: t.failures >= MAX_PIN_FAILURES,
                 failures: t.failures,
+                writable: t.writable,
                 keys: t
                     .keys
                     .iter()
@@ -340,7 +345,7 @@ impl Tokens {
             (Some(slot), true) => {
                 let t = state.tokens.get_mut(&slot).expect("found");
                 let pin_changed = t.verifier != verifier;
-                *t = Token { label: token.label, verifier, failures: 0, keys };
+                *t = Token { writable: token.writable, label: token.label, verifier, failures: 0, keys };
                 if pin_changed {
                     state.handles.values_mut().filter(|h| h.slot == slot).for_each(|h| h.logged_in = false);
                 }
@@ -352,10 +357,62 @@ impl Tokens {
                 }
                 let slot = state.next_slot;
                 state.next_slot += 1;
-                state.tokens.insert(slot, Token { label: token.label, verifier, failures: 0, keys });
+                state.tokens.insert(slot, Token { writable: token.writable, label: token.label, verifier, failures: 0, keys });
                 Ok(slot)
             }
         }
+    }
+
+    /// Where a new key pair goes: the token of a logged-in handle, writable,
+    /// with room and without that CKA_ID. Its label.
+    fn generation_target(&self, handle: &Secret, id: &[u8]) -> Result<String, RpcError> {
+        let hid = handle_id(handle)?;
+        let mut state = self.lock();
+        let (slot, logged_in) = Self::token_of(&mut state, &hid)?;
+        if !logged_in {
+            return Err(err(ckr::USER_NOT_LOGGED_IN, "log in before generating a key pair"));
+        }
+        let token = &state.tokens[&slot];
+        if !token.writable {
+            return Err(err(ckr::TOKEN_WRITE_PROTECTED, format!("token {:?} is write-protected (provision it with --writable)", token.label)));
+        }
+        if id.is_empty() || id.len() > 64 {
+            return Err(err(ckr::TEMPLATE_INCONSISTENT, "CKA_ID is 1 to 64 bytes"));
+        }
+        if token.keys.iter().any(|k| k.id == id) {
+            return Err(err(ckr::TEMPLATE_INCONSISTENT, format!("token {:?} already has a key with CKA_ID {}", token.label, hex::encode(id))));
+        }
+        if token.keys.len() >= MAX_KEYS {
+            return Err(err(ckr::DEVICE_MEMORY, format!("token {:?} holds {MAX_KEYS} keys, the most it takes", token.label)));
+        }
+        Ok(token.label.clone())
+    }
+
+    /// Add a generated key to a token (checked again: the token may have changed meanwhile).
+    fn add_generated(&self, label: &str, key: TokenKey) -> Result<(), RpcError> {
+        let mut state = self.lock();
+        let token = state.tokens.values_mut().find(|t| t.label == label).ok_or_else(|| err(ckr::TOKEN_NOT_PRESENT, format!("token {label:?} was removed")))?;
+        if token.keys.iter().any(|k| k.id == key.id) || token.keys.len() >= MAX_KEYS {
+            return Err(err(ckr::TEMPLATE_INCONSISTENT, format!("token {label:?} changed while the key was made")));
+        }
+        token.keys.push(key);
+        Ok(())
+    }
+
+    fn keys_of(&self, label: &str) -> Result<Vec<nekms_rpc::P11Key>, RpcError> {
+        let state = self.lock();
+        let token = state.tokens.values().find(|t| t.label == label).ok_or_else(|| RpcError::bad_request(format!("no token labelled {label:?}")))?;
+        Ok(token
+            .keys
+            .iter()
+            .map(|k| nekms_rpc::P11Key {
+                id: k.id.clone(),
+                label: k.label.clone(),
+                record: k.record.clone(),
+                certificates: k.certificates.iter().cloned().map(serde_bytes::ByteBuf::from).collect(),
+                decrypt: k.decrypt,
+            })
+            .collect())
     }
 
     fn remove(&self, label: &str) -> Result<(), RpcError> {
@@ -408,6 +465,22 @@ impl Enclave {
                 })?;
                 Ok(P11Response::Signature(sig.signature))
             }
+            P11Request::GenerateKeyPair { handle, spec, id, label } => {
+                let token = tokens.generation_target(&handle, &id)?;
+                // The record's name in the parent's store: token and CKA_ID.
+                let safe: String = token.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect();
+                let key_id = format!("p11/{safe}/{}", hex::encode(&id));
+                let mut context = std::collections::BTreeMap::new();
+                context.insert("p11-token".to_owned(), token.clone());
+                let record = self
+                    .generate_key(nekms_rpc::GenerateKey { key_id, spec, kms_key_id: None, entropy: nekms_rpc::Entropy::Nsm, encryption_context: context, nonce: None })
+                    .await?;
+                let public_key = serde_bytes::ByteBuf::from(record.public_key.clone());
+                let label = if label.is_empty() { record.key_id.clone() } else { label };
+                tokens.add_generated(&token, TokenKey { decrypt: false, id, label, record, certificates: Vec::new() })?;
+                Ok(P11Response::KeyPair { public_key })
+            }
+            P11Request::Keys { label } => tokens.keys_of(&label).map(P11Response::Keys),
             P11Request::Decrypt { handle, id, padding, ciphertext, label } => {
                 let (record, may_decrypt) = tokens.usable_record(&handle, &id)?;
                 if !may_decrypt {

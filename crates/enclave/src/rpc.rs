@@ -185,7 +185,7 @@ impl Handler for P11Only {
     async fn handle(&self, request: Request) -> Result<Response, RpcError> {
         use nekms_rpc::P11Request as P;
         match request {
-            Request::P11(r @ (P::Slots | P::Slot { .. } | P::Open { .. } | P::Close { .. } | P::Login { .. } | P::Logout { .. } | P::Sign { .. } | P::Decrypt { .. } | P::Random { .. })) => {
+            Request::P11(r @ (P::Slots | P::Slot { .. } | P::Open { .. } | P::Close { .. } | P::Login { .. } | P::Logout { .. } | P::Sign { .. } | P::Decrypt { .. } | P::Random { .. } | P::GenerateKeyPair { .. })) => {
                 Ok(Response::P11(self.0.p11_call(r).await?))
             }
             other => Err(RpcError::refused(format!("{} is not served on the PKCS#11 module's socket", other.name()))),

@@ -79,6 +79,7 @@ struct DecryptOp {
 
 struct Session {
     slot: u64,
+    rw: bool,
     find: Option<(Vec<CK_OBJECT_HANDLE>, usize)>,
     sign: Option<SignOp>,
     verify: Option<VerifyOp>,
@@ -366,7 +367,10 @@ pub unsafe extern "C" fn C_GetTokenInfo(slot: CK_SLOT_ID, info: *mut CK_TOKEN_IN
         m.refresh()?;
         let s = m.slot(slot).cloned().ok_or(CKR_SLOT_ID_INVALID)?;
         let sessions = m.sessions.values().filter(|x| x.slot == slot).count() as CK_ULONG;
-        let mut flags = CKF_RNG | CKF_WRITE_PROTECTED | CKF_LOGIN_REQUIRED | CKF_USER_PIN_INITIALIZED | CKF_TOKEN_INITIALIZED;
+        let mut flags = CKF_RNG | CKF_LOGIN_REQUIRED | CKF_USER_PIN_INITIALIZED | CKF_TOKEN_INITIALIZED;
+        if !s.writable {
+            flags |= CKF_WRITE_PROTECTED;
+        }
         if s.locked {
             flags |= CKF_USER_PIN_LOCKED;
         } else if s.failures > 0 {
@@ -380,7 +384,7 @@ pub unsafe extern "C" fn C_GetTokenInfo(slot: CK_SLOT_ID, info: *mut CK_TOKEN_IN
             flags,
             ulMaxSessionCount: CK_EFFECTIVELY_INFINITE,
             ulSessionCount: sessions,
-            ulMaxRwSessionCount: 0,
+            ulMaxRwSessionCount: if s.writable { CK_EFFECTIVELY_INFINITE } else { 0 },
             ulRwSessionCount: 0,
             ulMaxPinLen: 64,
             ulMinPinLen: 4,
@@ -442,8 +446,9 @@ pub unsafe extern "C" fn C_OpenSession(slot: CK_SLOT_ID, flags: CK_FLAGS, _app: 
         if flags & CKF_SERIAL_SESSION == 0 {
             return Err(CKR_SESSION_PARALLEL_NOT_SUPPORTED);
         }
-        known_slot(m, slot)?;
-        if flags & CKF_RW_SESSION != 0 {
+        let s = known_slot(m, slot)?;
+        let rw = flags & CKF_RW_SESSION != 0;
+        if rw && !s.writable {
             return Err(CKR_TOKEN_WRITE_PROTECTED);
         }
         if m.sessions.len() >= MAX_SESSIONS {
@@ -452,7 +457,7 @@ pub unsafe extern "C" fn C_OpenSession(slot: CK_SLOT_ID, flags: CK_FLAGS, _app: 
         m.handle(slot)?;
         let h = m.next_session;
         m.next_session += 1;
-        m.sessions.insert(h, Session { slot, find: None, sign: None, verify: None, digest: None, decrypt: None });
+        m.sessions.insert(h, Session { slot, rw, find: None, sign: None, verify: None, digest: None, decrypt: None });
         *session = h;
         Ok(())
     })
@@ -493,9 +498,15 @@ pub unsafe extern "C" fn C_GetSessionInfo(session: CK_SESSION_HANDLE, info: *mut
         if info.is_null() {
             return Err(CKR_ARGUMENTS_BAD);
         }
-        let slot = m.session(session)?.slot;
-        let state = if m.logged_in.contains(&slot) { CKS_RO_USER_FUNCTIONS } else { CKS_RO_PUBLIC_SESSION };
-        *info = CK_SESSION_INFO { slotID: slot, state, flags: CKF_SERIAL_SESSION, ulDeviceError: 0 };
+        let (slot, rw) = (m.session(session)?.slot, m.session(session)?.rw);
+        let state = match (rw, m.logged_in.contains(&slot)) {
+            (false, false) => CKS_RO_PUBLIC_SESSION,
+            (false, true) => CKS_RO_USER_FUNCTIONS,
+            (true, false) => CKS_RW_PUBLIC_SESSION,
+            (true, true) => CKS_RW_USER_FUNCTIONS,
+        };
+        let flags = CKF_SERIAL_SESSION | if rw { CKF_RW_SESSION } else { 0 };
+        *info = CK_SESSION_INFO { slotID: slot, state, flags, ulDeviceError: 0 };
         Ok(())
     })
 }
@@ -810,6 +821,99 @@ pub unsafe extern "C" fn C_SignFinal(session: CK_SESSION_HANDLE, sig: *mut u8, s
             return Err(CKR_FUNCTION_NOT_SUPPORTED);
         }
         finish_sign(m, session, None, sig, sig_len)
+    })
+}
+
+// ---- key-pair generation (in the enclave) ----
+
+/// What a key-pair template asks for: CKA_ID, CKA_LABEL, CKA_MODULUS_BITS, CKA_EC_PARAMS.
+type Asked = (Option<Vec<u8>>, Option<String>, Option<CK_ULONG>, Option<Vec<u8>>);
+
+/// The attributes a key-pair template may set, and what they must say.
+unsafe fn generation_template(t: &[CK_ATTRIBUTE]) -> Result<Asked, CK_RV> {
+    let (mut id, mut label, mut bits, mut params) = (None, None, None, None);
+    for a in t {
+        let v = bytes(a.pValue as *const u8, a.ulValueLen)?;
+        let flag = || v.first().copied().unwrap_or(0) != 0;
+        let ulong = || -> Result<CK_ULONG, CK_RV> { v.try_into().map(CK_ULONG::from_ne_bytes).map_err(|_| CKR_ATTRIBUTE_VALUE_INVALID) };
+        match a.type_ {
+            CKA_ID => id = Some(v.to_vec()),
+            CKA_LABEL => label = Some(String::from_utf8(v.to_vec()).map_err(|_| CKR_ATTRIBUTE_VALUE_INVALID)?),
+            CKA_MODULUS_BITS => bits = Some(ulong()?),
+            CKA_EC_PARAMS => params = Some(v.to_vec()),
+            CKA_PUBLIC_EXPONENT if v.iter().skip_while(|b| **b == 0).copied().collect::<Vec<_>>() != [1, 0, 1] => return Err(CKR_TEMPLATE_INCONSISTENT),
+            // Token objects only; private keys are always sensitive and never extractable.
+            CKA_TOKEN if !flag() => return Err(CKR_TEMPLATE_INCONSISTENT),
+            CKA_EXTRACTABLE if flag() => return Err(CKR_ATTRIBUTE_VALUE_INVALID),
+            CKA_SENSITIVE if !flag() => return Err(CKR_ATTRIBUTE_VALUE_INVALID),
+            // Usage flags (CKA_SIGN, CKA_DECRYPT, CKA_DERIVE, ...) that tools
+            // set by default are not honoured: a generated key signs only.
+            _ => {}
+        }
+    }
+    Ok((id, label, bits, params))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn C_GenerateKeyPair(
+    session: CK_SESSION_HANDLE,
+    mechanism: *mut CK_MECHANISM,
+    public_template: *mut CK_ATTRIBUTE,
+    public_count: CK_ULONG,
+    private_template: *mut CK_ATTRIBUTE,
+    private_count: CK_ULONG,
+    public_out: *mut CK_OBJECT_HANDLE,
+    private_out: *mut CK_OBJECT_HANDLE,
+) -> CK_RV {
+    with_module(|m| {
+        if mechanism.is_null() || public_out.is_null() || private_out.is_null() {
+            return Err(CKR_ARGUMENTS_BAD);
+        }
+        let (slot, rw) = (m.session(session)?.slot, m.session(session)?.rw);
+        if !rw {
+            return Err(CKR_SESSION_READ_ONLY);
+        }
+        if !m.logged_in.contains(&slot) {
+            return Err(CKR_USER_NOT_LOGGED_IN);
+        }
+        let (pub_id, pub_label, bits, params) = generation_template(template(public_template, public_count)?)?;
+        let (priv_id, priv_label, _, _) = generation_template(template(private_template, private_count)?)?;
+        let spec = match (*mechanism).mechanism {
+            CKM_RSA_PKCS_KEY_PAIR_GEN => match bits {
+                Some(2048) => nekms_keys::KeySpec::Rsa2048,
+                Some(3072) => nekms_keys::KeySpec::Rsa3072,
+                Some(4096) => nekms_keys::KeySpec::Rsa4096,
+                Some(_) => return Err(CKR_KEY_SIZE_RANGE),
+                None => return Err(CKR_TEMPLATE_INCOMPLETE),
+            },
+            CKM_EC_KEY_PAIR_GEN => {
+                let p = params.ok_or(CKR_TEMPLATE_INCOMPLETE)?;
+                [nekms_keys::KeySpec::P256, nekms_keys::KeySpec::P384, nekms_keys::KeySpec::Secp256k1]
+                    .into_iter()
+                    .find(|s| objects::ec_params(*s) == Some(p.as_slice()))
+                    .ok_or(CKR_CURVE_NOT_SUPPORTED)?
+            }
+            _ => return Err(CKR_MECHANISM_INVALID),
+        };
+        let id = match (pub_id, priv_id) {
+            (Some(a), Some(b)) if a != b => return Err(CKR_TEMPLATE_INCONSISTENT),
+            (Some(a), _) | (None, Some(a)) => a,
+            (None, None) => return Err(CKR_TEMPLATE_INCOMPLETE),
+        };
+        let label = priv_label.or(pub_label).unwrap_or_default();
+        let handle = m.handle(slot)?;
+        match m.call(P11Request::GenerateKeyPair { handle, spec, id: id.clone(), label }) {
+            Ok(P11Response::KeyPair { .. }) => {}
+            Ok(_) => return Err(CKR_DEVICE_ERROR),
+            Err(rv) => return Err(gone(m, slot, rv)),
+        }
+        m.full.remove(&slot);
+        m.refresh()?;
+        m.load(slot)?;
+        let index = m.slot(slot).and_then(|s| s.keys.iter().position(|k| k.id == id)).ok_or(CKR_DEVICE_ERROR)?;
+        *public_out = objects::handle(slot, index, Kind::Public);
+        *private_out = objects::handle(slot, index, Kind::Private);
+        Ok(())
     })
 }
 
@@ -1222,7 +1326,6 @@ unsupported! {
     c_sign_encrypt_update(H, B, U, B, L);
     c_decrypt_verify_update(H, B, U, B, L);
     c_generate_key(H, M, T, U, OH);
-    c_generate_key_pair(H, M, T, U, T, U, OH, OH);
     c_unwrap_key(H, M, O, B, U, T, U, OH);
     c_derive_key(H, M, O, T, U, OH);
     c_get_function_status(H);
@@ -1290,7 +1393,7 @@ static FUNCTIONS: CK_FUNCTION_LIST = CK_FUNCTION_LIST {
     C_SignEncryptUpdate: Some(c_sign_encrypt_update),
     C_DecryptVerifyUpdate: Some(c_decrypt_verify_update),
     C_GenerateKey: Some(c_generate_key),
-    C_GenerateKeyPair: Some(c_generate_key_pair),
+    C_GenerateKeyPair: Some(C_GenerateKeyPair),
     C_WrapKey: Some(C_WrapKey),
     C_UnwrapKey: Some(c_unwrap_key),
     C_DeriveKey: Some(c_derive_key),

@@ -238,6 +238,18 @@ pub enum P11Request {
     Sign { handle: Secret, #[serde(with = "serde_bytes")] id: Vec<u8>, scheme: Scheme, payload: Payload },
     /// Random bytes from the NSM (C_GenerateRandom).
     Random { length: u32 },
+    /// A key pair made in the enclave as a custody record (with its origin
+    /// document) and added to the handle's token, which must be writable.
+    GenerateKeyPair {
+        handle: Secret,
+        spec: KeySpec,
+        #[serde(with = "serde_bytes")]
+        id: Vec<u8>,
+        label: String,
+    },
+    /// A token's keys with their records, for the parent's store and token
+    /// database (records are sealed: public).
+    Keys { label: String },
     /// RSA decryption with the key whose CKA_ID is `id`, on a logged-in handle.
     Decrypt {
         handle: Secret,
@@ -260,6 +272,9 @@ pub struct P11Token {
     #[serde(default)]
     pub pin_verifier: Option<PinVerifier>,
     pub keys: Vec<P11Key>,
+    /// Read-write sessions may generate key pairs on it.
+    #[serde(default)]
+    pub writable: bool,
 }
 
 /// A token key: a custody record, its CKA_ID and CKA_LABEL, and the
@@ -297,6 +312,8 @@ pub struct P11Slot {
     pub locked: bool,
     /// Wrong PINs since the last good one.
     pub failures: u32,
+    #[serde(default)]
+    pub writable: bool,
     pub keys: Vec<P11PublicKey>,
 }
 
@@ -328,6 +345,8 @@ pub enum P11Response {
     Signature(#[serde(with = "serde_bytes")] Vec<u8>),
     Random(Secret),
     Plaintext(Secret),
+    KeyPair { public_key: serde_bytes::ByteBuf },
+    Keys(Vec<P11Key>),
 }
 
 /// Where a new key's entropy comes from. NSM GetRandom and the OS generator

@@ -65,6 +65,9 @@ pub struct TokenArgs {
     /// Let this RSA key decrypt as well as sign (C_Decrypt); keys sign only by default
     #[arg(long = "decrypt", value_name = "NAME")]
     decrypt: Vec<String>,
+    /// Let read-write sessions generate key pairs on the token (C_GenerateKeyPair); `nekms p11 token sync` stores them
+    #[arg(long)]
+    writable: bool,
 }
 
 #[derive(clap::Subcommand)]
@@ -82,6 +85,17 @@ pub enum TokenCommand {
         #[arg(long)]
         label: String,
     },
+    /// Store the key pairs generated on a token (C_GenerateKeyPair) in the key store and the token database
+    Sync {
+        #[command(flatten)]
+        enclave: EnclaveArg,
+        #[command(flatten)]
+        store: StoreArg,
+        #[command(flatten)]
+        db: DbArg,
+        #[arg(long)]
+        label: String,
+    },
     /// Put every token of the database back into the enclave (after it restarted)
     Restore {
         #[command(flatten)]
@@ -94,6 +108,7 @@ pub enum TokenCommand {
 }
 
 #[derive(clap::Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per run
 pub enum Command {
     #[command(subcommand)]
     Token(TokenCommand),
@@ -118,6 +133,8 @@ struct DbToken {
     label: String,
     pin_verifier: DbVerifier,
     keys: Vec<DbKey>,
+    #[serde(default)]
+    writable: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone)]
@@ -225,7 +242,7 @@ fn db_token(a: &TokenArgs, verifier: Option<DbVerifier>) -> anyhow::Result<DbTok
         bail!("--cert names {name}, which no --key names");
     }
     let pin_verifier = verifier.unwrap_or(DbVerifier { salt: String::new(), iterations: 0, hash: String::new() });
-    Ok(DbToken { label: a.label.clone(), pin_verifier, keys })
+    Ok(DbToken { label: a.label.clone(), pin_verifier, keys, writable: a.writable })
 }
 
 /// The request for a token: its records from the store.
@@ -240,7 +257,7 @@ async fn token_request(store: &nekms_store::Store, t: &DbToken, pin: Option<Secr
         Some(_) => None,
         None => Some(PinVerifier { salt: hex::decode(&t.pin_verifier.salt)?, iterations: t.pin_verifier.iterations, hash: hex::decode(&t.pin_verifier.hash)? }),
     };
-    Ok(P11Token { label: t.label.clone(), pin, pin_verifier, keys })
+    Ok(P11Token { label: t.label.clone(), pin, pin_verifier, keys, writable: t.writable })
 }
 
 async fn p11(enclave: &EnclaveArg, request: P11Request) -> anyhow::Result<P11Response> {
@@ -295,6 +312,34 @@ pub fn run(c: Command) -> anyhow::Result<()> {
                 tokens.tokens.retain(|t| t.label != label);
                 save(&path, &tokens)?;
                 println!("token {label:?} removed");
+                Ok(())
+            }
+            Command::Token(TokenCommand::Sync { enclave, store, db, label }) => {
+                let path = db.path()?;
+                let mut tokens = load(&path)?;
+                let i = tokens.tokens.iter().position(|t| t.label == label).with_context(|| format!("the token database has no token labelled {label:?}"))?;
+                let keys = match p11(&enclave, P11Request::Keys { label: label.clone() }).await? {
+                    P11Response::Keys(k) => k,
+                    other => bail!("the enclave answered {other:?}"),
+                };
+                let store = store.open().await?;
+                let mut added = 0;
+                for k in keys {
+                    let id = hex::encode(&k.id);
+                    if tokens.tokens[i].keys.iter().any(|d| d.id == id) {
+                        continue;
+                    }
+                    match store.get(&k.record.key_id).await? {
+                        Some(existing) if existing.public_key == k.record.public_key => {}
+                        Some(_) => bail!("the store already has another key named {:?}", k.record.key_id),
+                        None => store.create(&k.record).await?,
+                    }
+                    tokens.tokens[i].keys.push(DbKey { id: id.clone(), key: k.record.key_id.clone(), certificates: vec![], decrypt: k.decrypt });
+                    println!("key {} (CKA_ID {id}) stored", k.record.key_id);
+                    added += 1;
+                }
+                save(&path, &tokens)?;
+                println!("token {label:?}: {added} generated key(s) stored");
                 Ok(())
             }
             Command::Token(TokenCommand::Restore { enclave, store, db }) => {
