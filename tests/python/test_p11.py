@@ -181,6 +181,27 @@ def test_signatures_verify_with_cryptography(tokens, name, key_id, mech):
     verify(tokens.public_key(name), mech, data, (tokens.base / "sig").read_bytes())
 
 
+@pytest.mark.skipif(shutil.which("p11tool") is None, reason="scripts/test installs gnutls-bin")
+def test_gnutls_p11tool_lists_and_test_signs(tokens):
+    out = subprocess.run(["p11tool", "--provider", MODULE, "--list-all", "pkcs11:token=web"], env=tokens.env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "type=cert" in out.stdout and "Public key (RSA-2048)" in out.stdout, out.stderr
+    for key_id, algorithm in [("%01", "RSA-SHA256"), ("%02", "ECDSA-SHA256")]:
+        r = subprocess.run(["p11tool", "--provider", MODULE, "--login", "--test-sign", f"pkcs11:token=web;id={key_id};type=private"],
+                           env={**tokens.env, "GNUTLS_PIN": PIN}, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and f"Signing using {algorithm}... ok" in r.stdout + r.stderr, r.stdout + r.stderr
+        assert "Verifying against public key in the token... ok" in r.stdout + r.stderr
+
+
+def test_pkcs11_tool_fork_and_thread_tests(tokens):
+    """libp11 re-initialises after fork, as nginx's workers need; several
+    threads call into the module at once."""
+    r = tokens.tool("--token-label", "web", "--login", "--pin", PIN, "--test-fork")
+    assert b"Calling C_Initialize in forked child process" in r.stdout + r.stderr
+    # Each thread: C_Initialize (a second one is CKR_CRYPTOKI_ALREADY_INITIALIZED, which the tool accepts), then slot calls.
+    r = tokens.tool("--test-threads", "INGISLGISL", "--test-threads", "INGISLGISL", "--test-threads", "INGISLGISL")
+    assert b"all threads have ended with CKR_OK" in r.stdout + r.stderr, r
+
+
 def test_the_module_verifies_and_digests(tokens):
     import hashlib
     b = tokens.base
