@@ -80,19 +80,37 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
     use cryptoki::session::UserType;
     use cryptoki::types::AuthPin;
     let start = Instant::now();
-    let p11 = Pkcs11::new(&a.module).with_context(|| a.module.display().to_string())?;
-    p11.initialize(CInitializeArgs::OsThreads)?;
-    let slot = p11
-        .get_slots_with_token()?
-        .into_iter()
-        .find(|s| p11.get_token_info(*s).map(|t| t.label().trim() == a.label).unwrap_or(false))
-        .with_context(|| format!("no token labelled {}", a.label))?;
-    let session = p11.open_ro_session(slot)?;
-    session.login(UserType::User, Some(&AuthPin::new(PIN.into())))?;
-    let key = *session
-        .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::Id(hex::decode(&a.id)?)])?
-        .first()
-        .context("no such key")?;
+    // SoftHSM2's file store answers CKR_GENERAL_ERROR or "token not
+    // initialized" now and then when processes open it at once: the setup
+    // (not timed) is tried again, the same way for every module.
+    let setup = || -> anyhow::Result<_> {
+        let p11 = Pkcs11::new(&a.module).with_context(|| a.module.display().to_string())?;
+        p11.initialize(CInitializeArgs::OsThreads)?;
+        let slot = p11
+            .get_slots_with_token()?
+            .into_iter()
+            .find(|s| p11.get_token_info(*s).map(|t| t.label().trim() == a.label).unwrap_or(false))
+            .with_context(|| format!("no token labelled {}", a.label))?;
+        let session = p11.open_ro_session(slot)?;
+        session.login(UserType::User, Some(&AuthPin::new(PIN.into())))?;
+        let key = *session
+            .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::Id(hex::decode(&a.id)?)])?
+            .first()
+            .context("no such key")?;
+        Ok((p11, session, key))
+    };
+    let mut attempt = 0;
+    let (_p11, session, key) = loop {
+        match setup() {
+            Ok(ready) => break ready,
+            Err(e) if attempt < 5 => {
+                attempt += 1;
+                eprintln!("setup failed ({e:#}); trying again");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => return Err(e),
+        }
+    };
     let (mechanism, data): (Mechanism, Vec<u8>) = match a.mech.as_str() {
         "rsa" => (Mechanism::Sha256RsaPkcs, b"nekms bench p11: TLS handshake transcript".to_vec()),
         "ecdsa" => (Mechanism::Ecdsa, vec![0x5a; 32]),
