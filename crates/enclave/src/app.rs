@@ -209,7 +209,11 @@ pub fn serve(config: EnclaveConfig) -> anyhow::Result<()> {
             pcrs[2]
         );
         eprintln!("nekms-enclave: RPC on {}; kmstool protocol on {}; KMS through {}", rpc.local_address(), kmstool.local_address(), config.proxy);
-        let options = nekms_rpc::ServerOptions { agent: format!("nekms-enclave {}", env!("CARGO_PKG_VERSION")), ..Default::default() };
+        let options = nekms_rpc::ServerOptions {
+            agent: format!("nekms-enclave {}", env!("CARGO_PKG_VERSION")),
+            reserved_vsock_ports_only: !config.trust.rpc_any_vsock_peer,
+            ..Default::default()
+        };
         let serving_p11 = match &config.p11 {
             Some(addr) => {
                 let listener = nekms_transport::Listener::bind(&addr.parse()?).await.with_context(|| format!("listening on {addr}"))?;

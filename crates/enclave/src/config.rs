@@ -72,6 +72,9 @@ pub struct EnclaveArgs {
     #[arg(skip)]
     #[serde(default)]
     pub attestation_root: Option<PathBuf>,
+    #[arg(skip)]
+    #[serde(default)]
+    pub rpc_any_vsock_peer: bool,
 }
 
 /// The trust settings ([`crate::trust`]), read from the measured
@@ -97,6 +100,9 @@ pub struct TrustArgs {
     /// PEM root(s) that origin documents must chain to [default: the AWS
     /// Nitro Enclaves root, or the development root for a simulated NSM].
     pub attestation_root: Option<PathBuf>,
+    /// Serve the native RPC to vsock peers on any port [default: false:
+    /// only peers on a port below 1024, which only root can bind].
+    pub rpc_any_vsock_peer: bool,
 }
 
 /// Settings in force.
@@ -151,6 +157,7 @@ impl EnclaveArgs {
                 parent_decrypt_keys: file.parent_decrypt_keys,
                 allow_import: file.allow_import,
                 attestation_root: file.attestation_root,
+                rpc_any_vsock_peer: file.rpc_any_vsock_peer,
             },
             config_file: None,
         }

@@ -30,6 +30,11 @@ pub struct ServerOptions {
     pub max_in_flight: usize,
     /// How long a new connection has to say Hello.
     pub handshake_timeout: Duration,
+    /// Refuse vsock peers whose port is not below 1024. vsock carries no
+    /// peer credentials; a reserved port, which only root (or
+    /// `CAP_NET_BIND_SERVICE`) can bind, is how the enclave tells root on the
+    /// parent from any local user. Unix and TCP peers are not affected.
+    pub reserved_vsock_ports_only: bool,
 }
 
 impl Default for ServerOptions {
@@ -39,6 +44,7 @@ impl Default for ServerOptions {
             max_frame: 1 << 20,
             max_in_flight: 64,
             handshake_timeout: Duration::from_secs(10),
+            reserved_vsock_ports_only: true,
         }
     }
 }
@@ -52,8 +58,14 @@ pub async fn serve<H: Handler>(listener: Listener, handler: Arc<H>, options: Ser
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let (handler, options) = (handler.clone(), options.clone());
+                    let refusal = match (options.reserved_vsock_ports_only, nekms_transport::from_reserved_vsock_port(&peer)) {
+                        (true, Some(false)) => Some(format!(
+                            "{peer}: this port serves only connections from a vsock port below 1024, which only root (or CAP_NET_BIND_SERVICE) can bind; run the client as root"
+                        )),
+                        _ => None,
+                    };
                     connections.spawn(async move {
-                        if let Err(e) = serve_connection(stream, handler, options).await {
+                        if let Err(e) = serve_checked(stream, handler, options, refusal).await {
                             eprintln!("nekms-rpc: connection from {peer}: {e}");
                         }
                     });
@@ -101,6 +113,12 @@ impl Sender {
 
 /// Run the protocol on one accepted stream.
 pub async fn serve_connection<H: Handler>(stream: Stream, handler: Arc<H>, options: Arc<ServerOptions>) -> Result<(), ConnectionError> {
+    serve_checked(stream, handler, options, None).await
+}
+
+/// Run the protocol on one accepted stream; with a `refusal`, answer the
+/// client's Hello with a Goodbye saying it, and close.
+pub async fn serve_checked<H: Handler>(stream: Stream, handler: Arc<H>, options: Arc<ServerOptions>, refusal: Option<String>) -> Result<(), ConnectionError> {
     let (read, write) = tokio::io::split(stream);
     let mut frames = FramedRead::new(read, FrameCodec::new(options.max_frame));
     let (tx, rx) = mpsc::channel::<Outgoing>(options.max_in_flight.max(1) * 2);
@@ -122,6 +140,10 @@ pub async fn serve_connection<H: Handler>(stream: Stream, handler: Arc<H>, optio
             Ok(ClientFrame::Hello(h)) => Err(format!("the client speaks {:?}, not {PROTOCOL}", h.protocol)),
             Ok(ClientFrame::Call { .. }) => Err("the first frame must be Hello".to_string()),
             Err(e) => Err(format!("the first frame must be Hello: {e}")),
+        };
+        let version = match (version, refusal) {
+            (Ok(_), Some(message)) => Err(message),
+            (v, _) => v,
         };
         let version = match version {
             Ok(v) => v,

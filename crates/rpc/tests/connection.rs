@@ -251,3 +251,23 @@ async fn sign_sends_the_origin_document_only_when_the_enclave_asks_for_it() {
     let err = client.sign(nekms_keys::KeyRecord { attestation: None, ..record }, None, payload).await.unwrap_err();
     assert_eq!(err.remote().unwrap().code, ErrorCode::RecordRejected, "no document to send: the refusal stands");
 }
+
+/// A vsock peer on an ordinary port is refused with a reason (the check on
+/// the port itself is `nekms_transport::from_reserved_vsock_port`; vsock is
+/// not available to tests, so the refusal is driven over a Unix socket).
+#[tokio::test]
+async fn a_refused_peer_gets_a_goodbye_saying_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let address: Address = format!("unix://{}", dir.path().join("r.sock").display()).parse().unwrap();
+    let listener = Listener::bind(&address).await.unwrap();
+    let task = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let refusal = Some("vsock://3:49152: only root".to_string());
+        nekms_rpc::server::serve_checked(stream, Arc::new(TestHandler::default()), Arc::new(ServerOptions::default()), refusal).await
+    });
+    let mut c = raw(&address).await;
+    c.send(hello(vec![1])).await.unwrap();
+    assert!(matches!(next_frame(&mut c).await, Some(ServerFrame::Goodbye { message }) if message.contains("only root")));
+    assert!(next_frame(&mut c).await.is_none(), "the connection closes");
+    assert!(task.await.unwrap().is_err());
+}

@@ -28,4 +28,4 @@ mod stream;
 
 pub use address::{Address, AddressError, VsockCid};
 pub use frame::{FrameCodec, FrameError, DEFAULT_MAX_FRAME};
-pub use stream::{connect, Listener, Stream};
+pub use stream::{connect, from_reserved_vsock_port, Listener, Stream, RESERVED_PORTS};

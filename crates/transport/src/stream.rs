@@ -24,7 +24,7 @@ pub enum Stream {
 /// Errors name the address, so "connection refused" says which one.
 pub async fn connect(addr: &Address) -> io::Result<Stream> {
     let result = match addr {
-        Address::Vsock { cid, port } => VsockStream::connect(VsockAddr::new(cid.0, *port)).await.map(Stream::Vsock),
+        Address::Vsock { cid, port } => vsock_connect(cid.0, *port).await.map(Stream::Vsock),
         Address::Unix(path) => UnixStream::connect(path).await.map(Stream::Unix),
         Address::Tcp(sa) => TcpStream::connect(sa).await.map(|s| {
             let _ = s.set_nodelay(true);
@@ -32,6 +32,52 @@ pub async fn connect(addr: &Address) -> io::Result<Stream> {
         }),
     };
     result.map_err(|e| io::Error::new(e.kind(), format!("cannot connect to {addr}: {e}")))
+}
+
+/// Connect over vsock, from a local port below 1024 when this process may
+/// bind one (root, or `CAP_NET_BIND_SERVICE`): vsock carries no peer
+/// credentials, so such a port is how a listener tells root on the parent
+/// from any other local user (the enclave's RPC accepts only those). Other
+/// processes connect from an ordinary port.
+async fn vsock_connect(cid: u32, port: u32) -> io::Result<VsockStream> {
+    match tokio::task::spawn_blocking(move || connect_from_reserved_port(cid, port)).await.map_err(io::Error::other)?? {
+        Some(stream) => VsockStream::new(stream),
+        None => VsockStream::connect(VsockAddr::new(cid, port)).await,
+    }
+}
+
+/// The reserved local ports tried, highest first.
+pub const RESERVED_PORTS: std::ops::Range<u32> = 512..1024;
+
+/// A blocking connect from the first free reserved port; `None` when this
+/// process may not bind one.
+fn connect_from_reserved_port(cid: u32, port: u32) -> io::Result<Option<vsock::VsockStream>> {
+    use nix::errno::Errno;
+    use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, VsockAddr as Sockaddr};
+    use std::os::fd::AsRawFd;
+    const VMADDR_CID_ANY: u32 = u32::MAX;
+    for local in RESERVED_PORTS.rev() {
+        let fd = socket(AddressFamily::Vsock, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+        match bind(fd.as_raw_fd(), &Sockaddr::new(VMADDR_CID_ANY, local)) {
+            Ok(()) => {
+                connect(fd.as_raw_fd(), &Sockaddr::new(cid, port))?;
+                return Ok(Some(vsock::VsockStream::from(fd)));
+            }
+            Err(Errno::EADDRINUSE) => continue,
+            Err(Errno::EACCES | Errno::EPERM) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(None)
+}
+
+/// Whether a connection from `peer` (as [`Listener::accept`] names it) comes
+/// from a reserved vsock port, which only a privileged process can bind.
+/// Unix sockets and TCP are governed otherwise (file modes, loopback).
+pub fn from_reserved_vsock_port(peer: &str) -> Option<bool> {
+    let rest = peer.strip_prefix("vsock://")?;
+    let port: u32 = rest.rsplit(':').next()?.parse().ok()?;
+    Some(port < 1024)
 }
 
 /// A bound listener for any [`Address`] kind.
@@ -155,5 +201,21 @@ impl AsyncWrite for Stream {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         each!(self, s => Pin::new(s).poll_shutdown(cx))
+    }
+}
+
+#[cfg(test)]
+mod reserved_port_tests {
+    use super::from_reserved_vsock_port;
+
+    #[test]
+    fn only_vsock_peers_on_reserved_ports_count_as_privileged() {
+        assert_eq!(from_reserved_vsock_port("vsock://3:1023"), Some(true));
+        assert_eq!(from_reserved_vsock_port("vsock://3:512"), Some(true));
+        assert_eq!(from_reserved_vsock_port("vsock://3:1024"), Some(false));
+        assert_eq!(from_reserved_vsock_port("vsock://4294967295:49152"), Some(false));
+        assert_eq!(from_reserved_vsock_port("unix:///run/nekms/rpc.sock"), None);
+        assert_eq!(from_reserved_vsock_port("tcp://127.0.0.1:80"), None);
+        assert_eq!(from_reserved_vsock_port("vsock://3:garbage"), None);
     }
 }
