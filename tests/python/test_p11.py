@@ -90,8 +90,11 @@ class Tokens:
     def start_kit(self):
         """p11-kit's server loading the module, as the enclave runs it."""
         sock = self.base / "p11-kit.sock"
+        if self.kit is not None:
+            return {**self.env, "P11_KIT_SERVER_ADDRESS": f"unix:path={sock}"}
+        # Its own process group: `p11-kit server` runs the real server as a child, which must stop with it.
         self.kit = subprocess.Popen(["p11-kit", "server", "-f", "-p", MODULE, "-n", str(sock), "pkcs11:"],
-                                    env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                    env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.time() + 20
         while not sock.exists():
             assert self.kit.poll() is None, "p11-kit server exited"
@@ -100,8 +103,11 @@ class Tokens:
         return {**self.env, "P11_KIT_SERVER_ADDRESS": f"unix:path={sock}"}
 
     def stop(self):
-        if self.kit and self.kit.poll() is None:
-            self.kit.send_signal(signal.SIGTERM)
+        if self.kit:
+            try:
+                os.killpg(self.kit.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
             self.kit.wait(10)
         self.up.stop()
 

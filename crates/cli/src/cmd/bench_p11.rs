@@ -154,6 +154,7 @@ impl Kit {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let child = cmd.spawn().context("p11-kit server (apt install p11-kit p11-kit-modules)")?;
         let deadline = Instant::now() + Duration::from_secs(20);
         while !socket.exists() {
@@ -166,9 +167,27 @@ impl Kit {
 
 impl Drop for Kit {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop(&mut self.child);
     }
+}
+
+/// SIGTERM to the child's process group (each is started as a group
+/// leader), so a server takes its children with it: nginx's workers,
+/// p11-kit's server behind its front end. SIGKILL after 5 s.
+fn stop(child: &mut std::process::Child) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let group = Pid::from_raw(-(child.id() as i32));
+    let _ = kill(group, Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = kill(group, Signal::SIGKILL);
+    let _ = child.wait();
 }
 
 /// Run `clients` worker processes at once; total signatures per second, and the first signature's time.
@@ -327,8 +346,7 @@ struct Nginx(std::process::Child);
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        stop(&mut self.0);
     }
 }
 
@@ -372,6 +390,7 @@ impl Tls {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let mut nginx = Nginx(cmd.spawn()?);
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {

@@ -60,7 +60,10 @@ impl Supervised {
         if self.child.try_wait().ok().flatten().is_some() {
             return;
         }
-        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        // Each child leads its own process group: the signal reaches what it
+        // started too (p11-kit's front end runs the server as a child).
+        let group = Pid::from_raw(-(self.child.id() as i32));
+        let _ = kill(group, Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if self.child.try_wait().ok().flatten().is_some() {
@@ -68,7 +71,7 @@ impl Supervised {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = self.child.kill();
+        let _ = kill(group, Signal::SIGKILL);
         let _ = self.child.wait();
     }
 }
@@ -79,6 +82,7 @@ struct Group(Vec<Supervised>);
 impl Group {
     fn spawn(&mut self, name: &'static str, mut cmd: Command) -> anyhow::Result<u32> {
         cmd.stdin(Stdio::null());
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let child = cmd.spawn().with_context(|| format!("starting the {name}: {cmd:?}"))?;
         let pid = child.id();
         self.0.push(Supervised { name, child });
