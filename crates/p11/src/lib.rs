@@ -693,6 +693,17 @@ pub unsafe extern "C" fn C_GetAttributeValue(session: CK_SESSION_HANDLE, h: CK_O
 
 // ---- signing ----
 
+/// A sign or verify mechanism for a key, with its PSS parameters if any.
+unsafe fn signing_mechanism(mech: &CK_MECHANISM, spec: nekms_keys::KeySpec) -> Result<Mech, CK_RV> {
+    let params = if mech.pParameter.is_null() || mech.ulParameterLen as usize != std::mem::size_of::<CK_RSA_PKCS_PSS_PARAMS>() {
+        None
+    } else {
+        Some(&*(mech.pParameter as *const CK_RSA_PKCS_PSS_PARAMS))
+    };
+    let param_len = if mech.pParameter.is_null() { 0 } else { mech.ulParameterLen as usize };
+    mech::mechanism(spec, mech.mechanism, params, param_len)
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn C_SignInit(session: CK_SESSION_HANDLE, mechanism: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE) -> CK_RV {
     with_module(|m| {
@@ -711,14 +722,7 @@ pub unsafe extern "C" fn C_SignInit(session: CK_SESSION_HANDLE, mechanism: *mut 
         if o.kind != Kind::Private {
             return Err(CKR_KEY_FUNCTION_NOT_PERMITTED);
         }
-        let mech = &*mechanism;
-        let params = if mech.pParameter.is_null() || mech.ulParameterLen as usize != std::mem::size_of::<CK_RSA_PKCS_PSS_PARAMS>() {
-            None
-        } else {
-            Some(&*(mech.pParameter as *const CK_RSA_PKCS_PSS_PARAMS))
-        };
-        let param_len = if mech.pParameter.is_null() { 0 } else { mech.ulParameterLen as usize };
-        let chosen = mech::mechanism(o.key.spec, mech.mechanism, params, param_len)?;
+        let chosen = signing_mechanism(&*mechanism, o.key.spec)?;
         let op = SignOp {
             slot,
             key_id: o.key.id.clone(),
@@ -1032,14 +1036,7 @@ pub unsafe extern "C" fn C_VerifyInit(session: CK_SESSION_HANDLE, mechanism: *mu
         if matches!(o.kind, Kind::Certificate(_)) {
             return Err(CKR_KEY_TYPE_INCONSISTENT);
         }
-        let mech = &*mechanism;
-        let params = if mech.pParameter.is_null() || mech.ulParameterLen as usize != std::mem::size_of::<CK_RSA_PKCS_PSS_PARAMS>() {
-            None
-        } else {
-            Some(&*(mech.pParameter as *const CK_RSA_PKCS_PSS_PARAMS))
-        };
-        let param_len = if mech.pParameter.is_null() { 0 } else { mech.ulParameterLen as usize };
-        let chosen = mech::mechanism(o.key.spec, mech.mechanism, params, param_len)?;
+        let chosen = signing_mechanism(&*mechanism, o.key.spec)?;
         let op = VerifyOp { public_key: o.key.public_key.clone(), spec: o.key.spec, sig_len: objects::signature_len(o.key), mech: chosen, hasher: None };
         m.session(session)?.verify = Some(op);
         Ok(())
