@@ -25,6 +25,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(m) = mech::mechanism(spec, mechanism, params.as_ref(), if params.is_some() { size } else { rest.len() % 3 }) {
         let _ = mech::to_scheme(spec, m, rest);
     }
+    let _ = mech::x509_block(spec, rest);
     // The same bytes as a public key and as a certificate.
     let (spki, cert) = rest.split_at(rest.len() / 2);
     let key = P11PublicKey { id: vec![1], label: "k".into(), spec, public_key: spki.to_vec(), certificates: vec![serde_bytes::ByteBuf::from(cert.to_vec())], certificate_count: 1, decrypt: data[2] & 1 == 1 };

@@ -169,6 +169,9 @@ def test_pkcs11_tool_lists_the_token_its_mechanisms_and_objects(tokens):
     ("web-rsa", "01", "SHA256-RSA-PKCS"), ("web-rsa", "01", "SHA384-RSA-PKCS-PSS"), ("web-rsa4k", "04", "SHA512-RSA-PKCS"),
     ("web-ec", "02", "ECDSA"), ("web-ec", "02", "ECDSA-SHA256"), ("web-p384", "03", "ECDSA-SHA384"),
     ("web-ed", "05", "EDDSA"), ("web-k1", "06", "ECDSA-SHA256"),
+    # The legacy hashes of ACM's list.
+    ("web-rsa", "01", "SHA1-RSA-PKCS"), ("web-rsa4k", "04", "SHA224-RSA-PKCS"), ("web-rsa", "01", "SHA1-RSA-PKCS-PSS"),
+    ("web-rsa", "01", "SHA224-RSA-PKCS-PSS"), ("web-ec", "02", "ECDSA-SHA1"), ("web-p384", "03", "ECDSA-SHA224"),
 ])
 def test_signatures_verify_with_cryptography(tokens, name, key_id, mech):
     data = b"nekms signs inside the enclave"
@@ -180,7 +183,7 @@ def test_signatures_verify_with_cryptography(tokens, name, key_id, mech):
     extra = []
     if "PSS" in mech:
         h = mech.split("-")[0]
-        extra = ["--mgf", f"MGF1-{h}", "--salt-len", str(int(h[3:]) // 8)]
+        extra = ["--mgf", f"MGF1-{h}", "--salt-len", str(getattr(hashes, h)().digest_size)]
     token = "other" if name in ("web-ed", "web-k1") else "web"
     tokens.tool("--token-label", token, "--login", "--pin", PIN, "--sign", "-m", mech, "--id", key_id, "-i", str(tokens.base / "in"),
                 "-o", str(tokens.base / "sig"), *extra)
@@ -769,3 +772,78 @@ def test_key_pairs_generated_in_a_token_sign_at_once_and_survive_a_restart(tmp_p
         verify(public, "ECDSA-SHA256", b"made inside the enclave", (t.base / "s2").read_bytes())
     finally:
         t.stop()
+
+
+def test_pkcs11_tool_self_test(tokens):
+    """`pkcs11-tool -t`: digests, signatures with every mechanism it tries
+    (raw CKM_RSA_PKCS over arbitrary bytes, CKM_RSA_X_509, SHA-1 and
+    SHA-224 ones included), verification, decryption and random."""
+    # pkcs11-tool -t opens a read-write session: a writable token with the same keys.
+    tokens.nekms("p11", "token", "add", "--label", "selftest", "--pin-file", str(tokens.pin_file), "--writable", "--decrypt", "web-rsa",
+                 "--key", "web-rsa:01", "--cert", f"web-rsa:{tokens.chains['web-rsa']}", "--key", "web-ec:02", "--cert", f"web-ec:{tokens.chains['web-ec']}")
+    r = tokens.tool("--token-label", "selftest", "--login", "--pin", PIN, "-t", check=False)
+    out = (r.stdout + r.stderr).decode()
+    print(out)
+    assert r.returncode == 0 and "No errors" in out, out
+    env = tokens.start_kit()
+    r = tokens.tool("--token-label", "selftest", "--login", "--pin", PIN, "-t", module=P11KIT_CLIENT, env=env, check=False)
+    out = (r.stdout + r.stderr).decode()
+    try:
+        # Through p11-kit 0.24.1, one error that its client makes itself
+        # (it turns an empty answer into CKR_BUFFER_TOO_SMALL; see the README).
+        assert "1 errors" in out and "C_GenerateRandom(buf1,0) failed: CKR_BUFFER_TOO_SMALL" in out, out
+        for line in ["RSA-X-509: OK", "SHA1-RSA-PKCS: OK", "SHA256-RSA-PKCS: OK"]:
+            assert line in out, line
+    finally:
+        tokens.nekms("p11", "token", "remove", "--label", "selftest")
+
+
+def test_acm_mechanisms_and_raw_rsa(tokens):
+    """Loaded direct, the module lists all 24 of ACM's mechanisms; raw
+    CKM_RSA_PKCS signs any bytes up to k-11, PSS takes any hash, MGF1 hash
+    and salt that fit, and CKM_RSA_X_509 (the raw private operation, which
+    decrypts) works only for a key provisioned to decrypt."""
+    mechs = tokens.tool("-M").stdout.decode()
+    acm = ["SHA-1", "SHA224", "SHA256", "SHA384", "SHA512", "RSA-PKCS,", "RSA-X-509", "RSA-PKCS-PSS,", "ECDSA,"]
+    acm += [f"{h}-RSA-PKCS," for h in ("SHA1", "SHA224", "SHA256", "SHA384", "SHA512")]
+    acm += [f"{h}-RSA-PKCS-PSS" for h in ("SHA1", "SHA224", "SHA256", "SHA384", "SHA512")]
+    acm += [f"ECDSA-{h}" for h in ("SHA1", "SHA224", "SHA256", "SHA384", "SHA512")]
+    assert len(acm) == 24
+    for m in acm:
+        assert m in mechs, (m, mechs)
+    b = tokens.base
+    rsa = tokens.public_key("web-rsa")
+    sign = ["--token-label", "web", "--login", "--pin", PIN, "--sign", "-i", str(b / "raw.in"), "-o", str(b / "raw.sig")]
+    (b / "raw.in").write_bytes(b"not a DigestInfo at all: just bytes")
+    tokens.tool(*sign, "-m", "RSA-PKCS", "--id", "01")
+    assert rsa.recover_data_from_signature((b / "raw.sig").read_bytes(), padding.PKCS1v15(), None) == b"not a DigestInfo at all: just bytes"
+    # One byte more than k-11 (pkcs11-tool feeds that much part by part, so PyKCS11 asks).
+    P, lib = pykcs11(tokens)
+    slot = next(s for s in lib.getSlotList(tokenPresent=True) if lib.getTokenInfo(s).label.strip() == "web")
+    session = lib.openSession(slot)
+    session.login(PIN)
+    key = session.findObjects([(P.CKA_CLASS, P.CKO_PRIVATE_KEY), (P.CKA_ID, (1,))])[0]
+    with pytest.raises(P.PyKCS11Error) as e:
+        session.sign(key, b"x" * 246, P.Mechanism(P.CKM_RSA_PKCS))
+    assert e.value.value == P.CKR_DATA_LEN_RANGE
+    assert bytes(session.sign(key, b"x" * 245, P.Mechanism(P.CKM_RSA_PKCS)))
+    session.logout()
+    session.closeSession()
+    # PSS with MGF1-SHA1 and no salt, and with the largest salt that fits.
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(b"pss")
+    (b / "raw.in").write_bytes(digest.finalize())
+    for mgf, salt in [("SHA1", 0), ("SHA256", 256 - 32 - 2)]:
+        tokens.tool(*sign, "-m", "RSA-PKCS-PSS", "--id", "01", "--hash-algorithm", "SHA256", "--mgf", f"MGF1-{mgf}",
+                    "--salt-len", str(salt))
+        rsa.verify((b / "raw.sig").read_bytes(), (b / "raw.in").read_bytes(),
+                   padding.PSS(mgf=padding.MGF1(getattr(hashes, mgf)()), salt_length=salt), utils.Prehashed(hashes.SHA256()))
+    r = tokens.tool(*sign, "-m", "RSA-PKCS-PSS", "--id", "01", "--hash-algorithm", "SHA256", "--mgf", "MGF1-SHA256", "--salt-len", "223", check=False)
+    assert b"CKR_MECHANISM_PARAM_INVALID" in r.stderr, r.stderr
+    # CKM_RSA_X_509: m^d mod n for the key that may decrypt, refused for a sign-only one.
+    (b / "raw.in").write_bytes(b"\x01" * 40)
+    tokens.tool(*sign, "-m", "RSA-X-509", "--id", "01")
+    n = rsa.public_numbers()
+    assert pow(int.from_bytes((b / "raw.sig").read_bytes(), "big"), n.e, n.n) == int.from_bytes(b"\x01" * 40, "big")
+    r = tokens.tool(*sign, "-m", "RSA-X-509", "--id", "04", check=False)
+    assert b"CKR_KEY_FUNCTION_NOT_PERMITTED" in r.stderr, r.stderr

@@ -146,14 +146,18 @@ impl PrivateKey {
         &self.public
     }
 
-    /// RSA decryption (PKCS#11's C_Decrypt): PKCS#1 v1.5, or OAEP with MGF1
-    /// over the same hash and an optional label. Only RSA keys decrypt.
+    /// RSA decryption (PKCS#11's C_Decrypt): PKCS#1 v1.5, OAEP with MGF1
+    /// over the same hash and an optional label, or the raw operation
+    /// (`CKM_RSA_X_509`, k bytes in and out). Only RSA keys decrypt.
     pub fn rsa_decrypt(&self, padding: RsaPadding, ciphertext: &[u8], label: Option<&[u8]>) -> Result<Zeroizing<Vec<u8>>, KeyError> {
         use aws_lc_rs::rsa::{OaepPrivateDecryptingKey, Pkcs1PrivateDecryptingKey, PrivateDecryptingKey};
         let Inner::Rsa(kp) = &self.inner else {
             return Err(KeyError::Scheme(format!("a {} key does not decrypt", self.spec())));
         };
         let der = Zeroizing::new(AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(kp).map_err(|_| KeyError::Crypto("RSA PKCS#8"))?.as_ref().to_vec());
+        if padding == RsaPadding::Raw {
+            return crate::rsa_raw::private_raw(&der, ciphertext);
+        }
         let key = PrivateDecryptingKey::from_pkcs8(&der).map_err(|_| KeyError::Crypto("RSA decryption key"))?;
         let failed = || KeyError::Payload("the ciphertext does not decrypt with this key and padding".into());
         let mut out = Zeroizing::new(vec![0u8; key.key_size_bytes()]);
@@ -162,6 +166,7 @@ impl PrivateKey {
                 let k = Pkcs1PrivateDecryptingKey::new(key).map_err(|_| KeyError::Crypto("RSA decryption key"))?;
                 k.decrypt(ciphertext, &mut out).map_err(|_| failed())?.len()
             }
+            RsaPadding::Raw => unreachable!("returned above"),
             RsaPadding::Oaep(hash) => {
                 let k = OaepPrivateDecryptingKey::new(key).map_err(|_| KeyError::Crypto("RSA decryption key"))?;
                 let alg = match hash {
@@ -187,6 +192,8 @@ impl PrivateKey {
 pub enum RsaPadding {
     Pkcs1,
     Oaep(OaepHash),
+    /// None: the raw private operation (PKCS#11's `CKM_RSA_X_509`).
+    Raw,
 }
 
 /// OAEP's hash (MGF1 uses the same).

@@ -26,11 +26,20 @@ pub enum Scheme {
     EthTransaction,
     Ed25519,
     RsaPkcs1(Hash),
+    /// PKCS#1 v1.5 over bytes the caller built (a DigestInfo, or anything
+    /// up to the modulus length less 11): PKCS#11's raw `CKM_RSA_PKCS`.
+    RsaPkcs1Raw,
+    /// PSS with MGF1 over the same hash and a salt as long as the hash.
     RsaPss(Hash),
+    /// PSS with its parameters spelled out: hash, MGF1's hash, salt length.
+    RsaPssParams(Hash, Hash, u16),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Hash {
+    /// Legacy: for PKCS#11 clients that still ask for it.
+    Sha1,
+    Sha224,
     Sha256,
     Sha384,
     Sha512,
@@ -39,6 +48,8 @@ pub enum Hash {
 impl Hash {
     pub fn output_len(self) -> usize {
         match self {
+            Hash::Sha1 => 20,
+            Hash::Sha224 => 28,
             Hash::Sha256 => 32,
             Hash::Sha384 => 48,
             Hash::Sha512 => 64,
@@ -46,6 +57,8 @@ impl Hash {
     }
     pub fn name(self) -> &'static str {
         match self {
+            Hash::Sha1 => "sha1",
+            Hash::Sha224 => "sha224",
             Hash::Sha256 => "sha256",
             Hash::Sha384 => "sha384",
             Hash::Sha512 => "sha512",
@@ -53,6 +66,8 @@ impl Hash {
     }
     pub fn algorithm(self) -> &'static aws_lc_rs::digest::Algorithm {
         match self {
+            Hash::Sha1 => &aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY,
+            Hash::Sha224 => &aws_lc_rs::digest::SHA224,
             Hash::Sha256 => &aws_lc_rs::digest::SHA256,
             Hash::Sha384 => &aws_lc_rs::digest::SHA384,
             Hash::Sha512 => &aws_lc_rs::digest::SHA512,
@@ -93,7 +108,9 @@ impl Scheme {
             Scheme::EthTransaction => "eth-tx".into(),
             Scheme::Ed25519 => "ed25519".into(),
             Scheme::RsaPkcs1(h) => format!("rsa-pkcs1-{}", h.name()),
+            Scheme::RsaPkcs1Raw => "rsa-pkcs1-raw".into(),
             Scheme::RsaPss(h) => format!("rsa-pss-{}", h.name()),
+            Scheme::RsaPssParams(h, m, salt) => format!("rsa-pss-{}-mgf1-{}-salt-{salt}", h.name(), m.name()),
         }
     }
 
@@ -103,7 +120,7 @@ impl Scheme {
             Scheme::EcdsaDer | Scheme::EcdsaRaw => spec.is_ecdsa(),
             Scheme::EcdsaRecoverable | Scheme::EthPersonal | Scheme::Eip712 | Scheme::EthTransaction => spec == KeySpec::Secp256k1,
             Scheme::Ed25519 => spec == KeySpec::Ed25519,
-            Scheme::RsaPkcs1(_) | Scheme::RsaPss(_) => spec.is_rsa(),
+            Scheme::RsaPkcs1(_) | Scheme::RsaPkcs1Raw | Scheme::RsaPss(_) | Scheme::RsaPssParams(..) => spec.is_rsa(),
         };
         if ok {
             Ok(())
@@ -116,7 +133,7 @@ impl Scheme {
     pub fn message_hash(self, spec: KeySpec) -> Option<Hash> {
         match self {
             Scheme::EcdsaDer | Scheme::EcdsaRaw | Scheme::EcdsaRecoverable => Some(if spec == KeySpec::P384 { Hash::Sha384 } else { Hash::Sha256 }),
-            Scheme::RsaPkcs1(h) | Scheme::RsaPss(h) => Some(h),
+            Scheme::RsaPkcs1(h) | Scheme::RsaPss(h) | Scheme::RsaPssParams(h, _, _) => Some(h),
             _ => None,
         }
     }
@@ -132,6 +149,8 @@ impl FromStr for Scheme {
     type Err = KeyError;
     fn from_str(s: &str) -> Result<Scheme, KeyError> {
         let hash = |h: &str| match h {
+            "sha1" => Some(Hash::Sha1),
+            "sha224" => Some(Hash::Sha224),
             "sha256" => Some(Hash::Sha256),
             "sha384" => Some(Hash::Sha384),
             "sha512" => Some(Hash::Sha512),
@@ -146,14 +165,23 @@ impl FromStr for Scheme {
             "eip712" => Scheme::Eip712,
             "eth-tx" | "eth-transaction" => Scheme::EthTransaction,
             "ed25519" | "eddsa" => Scheme::Ed25519,
+            "rsa-pkcs1-raw" => Scheme::RsaPkcs1Raw,
             other => {
+                let pss_params = || -> Option<Scheme> {
+                    let rest = other.strip_prefix("rsa-pss-")?;
+                    let (h, rest) = rest.split_once("-mgf1-")?;
+                    let (m, salt) = rest.split_once("-salt-")?;
+                    Some(Scheme::RsaPssParams(hash(h)?, hash(m)?, salt.parse().ok()?))
+                };
                 if let Some(h) = other.strip_prefix("rsa-pkcs1-").and_then(hash) {
                     Scheme::RsaPkcs1(h)
                 } else if let Some(h) = other.strip_prefix("rsa-pss-").and_then(hash) {
                     Scheme::RsaPss(h)
+                } else if let Some(s) = pss_params() {
+                    s
                 } else {
                     return Err(KeyError::Scheme(format!(
-                        "unknown scheme {s:?}; use ecdsa, ecdsa-raw, ecdsa-recoverable, eth-personal, eip712, eth-tx, ed25519, rsa-pkcs1-sha256|384|512 or rsa-pss-sha256|384|512"
+                        "unknown scheme {s:?}; use ecdsa, ecdsa-raw, ecdsa-recoverable, eth-personal, eip712, eth-tx, ed25519, rsa-pkcs1-sha1|224|256|384|512, rsa-pkcs1-raw, rsa-pss-sha1|224|256|384|512 or rsa-pss-HASH-mgf1-HASH-salt-N"
                     )));
                 }
             }

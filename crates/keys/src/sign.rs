@@ -8,6 +8,7 @@ use crate::der::{ecdsa_der_to_fixed, ecdsa_fixed_to_der};
 use crate::eth::{personal_hash, typed_data_hash, SignedTransaction, TxRequest};
 use crate::private::{Inner, PrivateKey};
 use crate::public::PublicKey;
+use crate::rsa_raw;
 use crate::scheme::{serde_bytes_compat, Hash, Payload, Scheme};
 use crate::spec::KeySpec;
 use crate::KeyError;
@@ -122,12 +123,28 @@ impl PrivateKey {
                 };
                 Ok(done(out, d))
             }
-            (Inner::Rsa(kp), Scheme::RsaPkcs1(_) | Scheme::RsaPss(_)) => {
+            (Inner::Rsa(_), Scheme::RsaPkcs1Raw) => {
+                let t = raw_input(payload)?;
+                let pkcs8 = self.secret_bytes()?;
+                Ok(done(rsa_raw::sign_pkcs1(&pkcs8, t)?, Vec::new()))
+            }
+            (Inner::Rsa(kp), Scheme::RsaPkcs1(_) | Scheme::RsaPss(_) | Scheme::RsaPssParams(..)) => {
                 let (hash, d) = prehash(scheme, spec, payload)?;
-                let padding: &'static dyn sig::RsaEncoding = rsa_padding(scheme);
-                let digest = Digest::import_less_safe(&d, hash.algorithm()).map_err(crypto("digest"))?;
-                let mut out = vec![0u8; kp.public_modulus_len()];
-                kp.sign_digest(padding, &digest, &mut out).map_err(crypto("RSA signing"))?;
+                if let Some(padding) = rsa_padding(scheme) {
+                    let digest = Digest::import_less_safe(&d, hash.algorithm()).map_err(crypto("digest"))?;
+                    let mut out = vec![0u8; kp.public_modulus_len()];
+                    kp.sign_digest(padding, &digest, &mut out).map_err(crypto("RSA signing"))?;
+                    return Ok(done(out, d));
+                }
+                // What aws-lc-rs does not sign: SHA-1 and SHA-224, and PSS
+                // with other parameters.
+                let pkcs8 = self.secret_bytes()?;
+                let out = match scheme {
+                    Scheme::RsaPkcs1(h) => rsa_raw::sign_pkcs1(&pkcs8, &rsa_raw::digest_info(h, &d))?,
+                    Scheme::RsaPss(h) => rsa_raw::sign_pss(&pkcs8, &d, h, h, h.output_len())?,
+                    Scheme::RsaPssParams(h, m, salt) => rsa_raw::sign_pss(&pkcs8, &d, h, m, salt.into())?,
+                    _ => unreachable!("matched above"),
+                };
                 Ok(done(out, d))
             }
             _ => Err(KeyError::Scheme(format!("a {spec} key cannot sign with {scheme}"))),
@@ -135,26 +152,37 @@ impl PrivateKey {
     }
 }
 
-fn rsa_padding(scheme: Scheme) -> &'static dyn sig::RsaEncoding {
-    match scheme {
+/// The bytes a raw PKCS#1 v1.5 signature pads.
+fn raw_input(payload: &Payload) -> Result<&[u8], KeyError> {
+    match payload {
+        Payload::Digest(t) | Payload::Message(t) if !t.is_empty() => Ok(t),
+        _ => Err(KeyError::Payload("rsa-pkcs1-raw signs the bytes it is given (a DigestInfo, or up to the modulus length less 11)".into())),
+    }
+}
+
+/// aws-lc-rs's encoding for a scheme, where it has one (else `rsa_raw`).
+fn rsa_padding(scheme: Scheme) -> Option<&'static dyn sig::RsaEncoding> {
+    Some(match scheme {
         Scheme::RsaPkcs1(Hash::Sha256) => &sig::RSA_PKCS1_SHA256,
         Scheme::RsaPkcs1(Hash::Sha384) => &sig::RSA_PKCS1_SHA384,
         Scheme::RsaPkcs1(Hash::Sha512) => &sig::RSA_PKCS1_SHA512,
         Scheme::RsaPss(Hash::Sha256) => &sig::RSA_PSS_SHA256,
         Scheme::RsaPss(Hash::Sha384) => &sig::RSA_PSS_SHA384,
-        _ => &sig::RSA_PSS_SHA512,
-    }
+        Scheme::RsaPss(Hash::Sha512) => &sig::RSA_PSS_SHA512,
+        _ => return None,
+    })
 }
 
-fn rsa_verification(scheme: Scheme) -> &'static dyn sig::VerificationAlgorithm {
-    match scheme {
+fn rsa_verification(scheme: Scheme) -> Option<&'static dyn sig::VerificationAlgorithm> {
+    Some(match scheme {
         Scheme::RsaPkcs1(Hash::Sha256) => &sig::RSA_PKCS1_2048_8192_SHA256,
         Scheme::RsaPkcs1(Hash::Sha384) => &sig::RSA_PKCS1_2048_8192_SHA384,
         Scheme::RsaPkcs1(Hash::Sha512) => &sig::RSA_PKCS1_2048_8192_SHA512,
         Scheme::RsaPss(Hash::Sha256) => &sig::RSA_PSS_2048_8192_SHA256,
         Scheme::RsaPss(Hash::Sha384) => &sig::RSA_PSS_2048_8192_SHA384,
-        _ => &sig::RSA_PSS_2048_8192_SHA512,
-    }
+        Scheme::RsaPss(Hash::Sha512) => &sig::RSA_PSS_2048_8192_SHA512,
+        _ => return None,
+    })
 }
 
 impl PublicKey {
@@ -171,10 +199,20 @@ impl PublicKey {
                 Payload::Message(m) => UnparsedPublicKey::new(&sig::ED25519, self.point()).verify(m, signature).map_err(|_| invalid()),
                 _ => Err(KeyError::Payload("Ed25519 signs the message itself".into())),
             },
-            Scheme::RsaPkcs1(_) | Scheme::RsaPss(_) => {
+            Scheme::RsaPkcs1Raw => rsa_raw::verify_pkcs1(self.spki(), raw_input(payload)?, signature).then_some(()).ok_or_else(invalid),
+            Scheme::RsaPkcs1(_) | Scheme::RsaPss(_) | Scheme::RsaPssParams(..) => {
                 let (hash, d) = prehash(scheme, spec, payload)?;
-                let digest = Digest::import_less_safe(&d, hash.algorithm()).map_err(crypto("digest"))?;
-                UnparsedPublicKey::new(rsa_verification(scheme), self.spki()).verify_digest(&digest, signature).map_err(|_| invalid())
+                if let Some(alg) = rsa_verification(scheme) {
+                    let digest = Digest::import_less_safe(&d, hash.algorithm()).map_err(crypto("digest"))?;
+                    return UnparsedPublicKey::new(alg, self.spki()).verify_digest(&digest, signature).map_err(|_| invalid());
+                }
+                let ok = match scheme {
+                    Scheme::RsaPkcs1(h) => rsa_raw::verify_pkcs1(self.spki(), &rsa_raw::digest_info(h, &d), signature),
+                    Scheme::RsaPss(h) => rsa_raw::verify_pss(self.spki(), &d, h, h, h.output_len(), signature),
+                    Scheme::RsaPssParams(h, m, salt) => rsa_raw::verify_pss(self.spki(), &d, h, m, salt.into(), signature),
+                    _ => unreachable!("matched above"),
+                };
+                ok.then_some(()).ok_or_else(invalid)
             }
             _ if spec == KeySpec::Secp256k1 => {
                 let pk = secp256k1::PublicKey::from_slice(self.point()).map_err(|_| KeyError::PublicKey("not a secp256k1 point".into()))?;

@@ -20,7 +20,17 @@ fn schemes(spec: KeySpec) -> Vec<Scheme> {
         KeySpec::Secp256k1 => vec![Scheme::EcdsaDer, Scheme::EcdsaRaw, Scheme::EcdsaRecoverable, Scheme::EthPersonal],
         KeySpec::Ed25519 => vec![Scheme::Ed25519],
         KeySpec::P256 | KeySpec::P384 => vec![Scheme::EcdsaDer, Scheme::EcdsaRaw],
-        _ => vec![Scheme::RsaPkcs1(Hash::Sha256), Scheme::RsaPss(Hash::Sha384), Scheme::RsaPkcs1(Hash::Sha512)],
+        _ => vec![
+            Scheme::RsaPkcs1(Hash::Sha256),
+            Scheme::RsaPss(Hash::Sha384),
+            Scheme::RsaPkcs1(Hash::Sha512),
+            Scheme::RsaPkcs1(Hash::Sha1),
+            Scheme::RsaPkcs1(Hash::Sha224),
+            Scheme::RsaPss(Hash::Sha1),
+            Scheme::RsaPss(Hash::Sha224),
+            Scheme::RsaPssParams(Hash::Sha256, Hash::Sha1, 0),
+            Scheme::RsaPssParams(Hash::Sha512, Hash::Sha256, 100),
+        ],
     }
 }
 
@@ -248,5 +258,43 @@ fn rsa_4096_keys_are_made_sealed_and_sign_with_both_paddings() {
         let sig = opened.sign(scheme, &msg).unwrap();
         assert_eq!(sig.signature.len(), 512);
         key.public_key().verify(scheme, &msg, &sig.signature).unwrap();
+    }
+}
+
+#[test]
+fn raw_rsa_operations_agree_with_the_hashing_schemes() {
+    use nekms_keys::rsa_raw::{digest_info, parse_digest_info};
+    use nekms_keys::RsaPadding;
+    let key = PrivateKey::generate(KeySpec::Rsa2048, &seed(3)).unwrap();
+    let public = key.public_key();
+    let digest = Hash::Sha256.digest(b"raw");
+    // PKCS#1 v1.5 is deterministic: raw over the DigestInfo is the hashing scheme's signature.
+    let t = digest_info(Hash::Sha256, &digest);
+    assert_eq!(parse_digest_info(&t), Some((Hash::Sha256, digest.as_slice())));
+    let raw = key.sign(Scheme::RsaPkcs1Raw, &Payload::Digest(t.clone())).unwrap();
+    let hashed = key.sign(Scheme::RsaPkcs1(Hash::Sha256), &Payload::Digest(digest.clone())).unwrap();
+    assert_eq!(raw.signature, hashed.signature);
+    public.verify(Scheme::RsaPkcs1Raw, &Payload::Digest(t.clone()), &raw.signature).unwrap();
+    // Arbitrary bytes up to k-11, and not one more.
+    let any = Payload::Digest(vec![0x5a; 245]);
+    let sig = key.sign(Scheme::RsaPkcs1Raw, &any).unwrap();
+    public.verify(Scheme::RsaPkcs1Raw, &any, &sig.signature).unwrap();
+    assert!(matches!(key.sign(Scheme::RsaPkcs1Raw, &Payload::Digest(vec![0x5a; 246])), Err(KeyError::Payload(_))));
+    assert!(public.verify(Scheme::RsaPkcs1Raw, &Payload::Digest(vec![0x5b; 245]), &sig.signature).is_err());
+    // The raw private operation inverts the public one on a signature's padded block.
+    let mut em = vec![0u8, 1];
+    em.extend(std::iter::repeat_n(0xff, 256 - 3 - t.len()));
+    em.push(0);
+    em.extend_from_slice(&t);
+    let s = key.rsa_decrypt(RsaPadding::Raw, &em, None).unwrap();
+    assert_eq!(s.as_slice(), raw.signature.as_slice());
+    // A value at or above the modulus is refused.
+    assert!(key.rsa_decrypt(RsaPadding::Raw, &[0xff; 256], None).is_err());
+    assert!(key.rsa_decrypt(RsaPadding::Raw, &[1; 255], None).is_err());
+    // A salt that does not fit is a scheme error, not a panic.
+    let too_long = Scheme::RsaPssParams(Hash::Sha512, Hash::Sha512, 200);
+    assert!(matches!(key.sign(too_long, &Payload::Message(b"x".to_vec())), Err(KeyError::Scheme(_))));
+    for s in ["rsa-pss-sha256-mgf1-sha1-salt-0", "rsa-pkcs1-raw", "rsa-pkcs1-sha224", "rsa-pss-sha1"] {
+        assert_eq!(s.parse::<Scheme>().unwrap().name(), s);
     }
 }

@@ -723,6 +723,11 @@ pub unsafe extern "C" fn C_SignInit(session: CK_SESSION_HANDLE, mechanism: *mut 
             return Err(CKR_KEY_FUNCTION_NOT_PERMITTED);
         }
         let chosen = signing_mechanism(&*mechanism, o.key.spec)?;
+        if chosen == Mech::RsaX509 && !o.key.decrypt {
+            // The raw private operation decrypts: only for keys provisioned
+            // to decrypt.
+            return Err(CKR_KEY_FUNCTION_NOT_PERMITTED);
+        }
         let op = SignOp {
             slot,
             key_id: o.key.id.clone(),
@@ -754,6 +759,22 @@ unsafe fn finish_sign(m: &mut Module, session: CK_SESSION_HANDLE, data: Option<&
         return Err(CKR_BUFFER_TOO_SMALL);
     }
     let op = m.session(session)?.sign.take().expect("checked");
+    if op.mech == Mech::RsaX509 {
+        let block = mech::x509_block(op.spec, data.unwrap_or_default())?;
+        let handle = m.handle(op.slot)?;
+        let out = match m.call(P11Request::Decrypt { handle, id: op.key_id.clone(), padding: nekms_keys::RsaPadding::Raw, ciphertext: block, label: None }) {
+            Ok(P11Response::Plaintext(p)) => p.into_zeroizing(),
+            Ok(_) => return Err(CKR_DEVICE_ERROR),
+            Err(CKR_ENCRYPTED_DATA_INVALID) => return Err(CKR_DATA_INVALID),
+            Err(rv) => return Err(gone(m, op.slot, rv)),
+        };
+        if out.len() != need {
+            return Err(CKR_DEVICE_ERROR);
+        }
+        std::ptr::copy_nonoverlapping(out.as_ptr(), sig, out.len());
+        *sig_len = out.len() as CK_ULONG;
+        return Ok(());
+    }
     let (scheme, payload) = match (data, op.hasher) {
         (Some(input), _) => mech::to_scheme(op.spec, op.mech, input)?,
         (None, Some(h)) => mech::to_scheme_hashed(op.spec, op.mech, h.finish().as_ref())?,
@@ -1048,6 +1069,11 @@ pub unsafe extern "C" fn C_VerifyInit(session: CK_SESSION_HANDLE, mechanism: *mu
 fn finish_verify(op: VerifyOp, data: Option<&[u8]>, signature: &[u8]) -> Result<(), CK_RV> {
     if signature.len() != op.sig_len {
         return Err(CKR_SIGNATURE_LEN_RANGE);
+    }
+    if op.mech == Mech::RsaX509 {
+        let block = mech::x509_block(op.spec, data.unwrap_or_default())?;
+        let recovered = nekms_keys::rsa_raw::public_raw(&op.public_key, signature).ok_or(CKR_SIGNATURE_INVALID)?;
+        return if recovered == block { Ok(()) } else { Err(CKR_SIGNATURE_INVALID) };
     }
     let (scheme, payload) = match (data, op.hasher) {
         (Some(d), _) => mech::to_scheme(op.spec, op.mech, d)?,

@@ -2,29 +2,39 @@
 //! enclave's scheme and payload.
 
 use cryptoki_sys::*;
+use nekms_keys::rsa_raw::parse_digest_info;
 use nekms_keys::{Hash, KeySpec, Payload, Scheme};
 
-/// The mechanisms this module offers, with their CK_MECHANISM_INFO.
-const SV: CK_FLAGS = CKF_SIGN | CKF_VERIFY;
+/// The mechanisms this module offers, with their CK_MECHANISM_INFO. Those
+/// the enclave performs (signing, decryption, key-pair generation) carry
+/// CKF_HW: the enclave is the device; verification and digests run here.
+const SV: CK_FLAGS = CKF_HW | CKF_SIGN | CKF_VERIFY;
 const EC: CK_FLAGS = SV | CKF_EC_F_P | CKF_EC_NAMEDCURVE | CKF_EC_UNCOMPRESS;
 
 pub const MECHANISMS: &[(CK_MECHANISM_TYPE, CK_ULONG, CK_ULONG, CK_FLAGS)] = &[
     (CKM_RSA_PKCS, 2048, 4096, SV | CKF_DECRYPT),
-    (CKM_RSA_PKCS_OAEP, 2048, 4096, CKF_DECRYPT),
+    (CKM_RSA_PKCS_OAEP, 2048, 4096, CKF_HW | CKF_DECRYPT),
+    (CKM_RSA_X_509, 2048, 4096, SV | CKF_DECRYPT),
+    (CKM_SHA1_RSA_PKCS, 2048, 4096, SV),
+    (CKM_SHA224_RSA_PKCS, 2048, 4096, SV),
     (CKM_SHA256_RSA_PKCS, 2048, 4096, SV),
     (CKM_SHA384_RSA_PKCS, 2048, 4096, SV),
     (CKM_SHA512_RSA_PKCS, 2048, 4096, SV),
     (CKM_RSA_PKCS_PSS, 2048, 4096, SV),
+    (CKM_SHA1_RSA_PKCS_PSS, 2048, 4096, SV),
+    (CKM_SHA224_RSA_PKCS_PSS, 2048, 4096, SV),
     (CKM_SHA256_RSA_PKCS_PSS, 2048, 4096, SV),
     (CKM_SHA384_RSA_PKCS_PSS, 2048, 4096, SV),
     (CKM_SHA512_RSA_PKCS_PSS, 2048, 4096, SV),
     (CKM_ECDSA, 256, 384, EC),
+    (CKM_ECDSA_SHA1, 256, 384, EC),
+    (CKM_ECDSA_SHA224, 256, 384, EC),
     (CKM_ECDSA_SHA256, 256, 384, EC),
     (CKM_ECDSA_SHA384, 256, 384, EC),
     (CKM_ECDSA_SHA512, 256, 384, EC),
     (CKM_EDDSA, 255, 255, SV),
-    (CKM_RSA_PKCS_KEY_PAIR_GEN, 2048, 4096, CKF_GENERATE_KEY_PAIR),
-    (CKM_EC_KEY_PAIR_GEN, 256, 384, CKF_GENERATE_KEY_PAIR | CKF_EC_F_P | CKF_EC_NAMEDCURVE | CKF_EC_UNCOMPRESS),
+    (CKM_RSA_PKCS_KEY_PAIR_GEN, 2048, 4096, CKF_HW | CKF_GENERATE_KEY_PAIR),
+    (CKM_EC_KEY_PAIR_GEN, 256, 384, CKF_HW | CKF_GENERATE_KEY_PAIR | CKF_EC_F_P | CKF_EC_NAMEDCURVE | CKF_EC_UNCOMPRESS),
     (CKM_SHA_1, 0, 0, CKF_DIGEST),
     (CKM_SHA224, 0, 0, CKF_DIGEST),
     (CKM_SHA256, 0, 0, CKF_DIGEST),
@@ -51,17 +61,48 @@ pub enum Mech {
     /// Raw ECDSA over a hash the caller computed.
     Ecdsa,
     EcdsaWith(Hash),
-    /// PKCS#1 v1.5 over a DigestInfo the caller built.
+    /// PKCS#1 v1.5 over bytes the caller built (a DigestInfo, or any
+    /// other bytes up to the modulus length less 11).
     RsaPkcs,
     RsaPkcsWith(Hash),
     /// PSS over a hash the caller computed (the hash named by the parameters).
-    RsaPss(Hash),
-    RsaPssWith(Hash),
+    RsaPss(Pss),
+    RsaPssWith(Pss),
+    /// The raw private operation: only for keys provisioned to decrypt,
+    /// since it is a decryption.
+    RsaX509,
     EdDsa,
+}
+
+/// PSS parameters: the message hash, MGF1's hash, the salt length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pss {
+    pub hash: Hash,
+    pub mgf: Hash,
+    pub salt: u16,
+}
+
+impl Pss {
+    /// TLS's parameters (MGF1 over the message hash, a salt as long as the
+    /// hash) take AWS-LC's usual path; others are spelled out.
+    fn scheme(self) -> Scheme {
+        if self.mgf == self.hash && usize::from(self.salt) == self.hash.output_len() {
+            Scheme::RsaPss(self.hash)
+        } else {
+            Scheme::RsaPssParams(self.hash, self.mgf, self.salt)
+        }
+    }
+}
+
+/// An RSA key's modulus length in bytes (k).
+pub fn modulus_len(spec: KeySpec) -> usize {
+    spec.rsa_bits().unwrap_or(0) / 8
 }
 
 fn hash_of(m: CK_MECHANISM_TYPE) -> Option<Hash> {
     match m {
+        CKM_SHA_1 => Some(Hash::Sha1),
+        CKM_SHA224 => Some(Hash::Sha224),
         CKM_SHA256 => Some(Hash::Sha256),
         CKM_SHA384 => Some(Hash::Sha384),
         CKM_SHA512 => Some(Hash::Sha512),
@@ -69,11 +110,14 @@ fn hash_of(m: CK_MECHANISM_TYPE) -> Option<Hash> {
     }
 }
 
-fn mgf_of(h: Hash) -> CK_RSA_PKCS_MGF_TYPE {
-    match h {
-        Hash::Sha256 => CKG_MGF1_SHA256,
-        Hash::Sha384 => CKG_MGF1_SHA384,
-        Hash::Sha512 => CKG_MGF1_SHA512,
+fn mgf_hash(mgf: CK_RSA_PKCS_MGF_TYPE) -> Option<Hash> {
+    match mgf {
+        CKG_MGF1_SHA1 => Some(Hash::Sha1),
+        CKG_MGF1_SHA224 => Some(Hash::Sha224),
+        CKG_MGF1_SHA256 => Some(Hash::Sha256),
+        CKG_MGF1_SHA384 => Some(Hash::Sha384),
+        CKG_MGF1_SHA512 => Some(Hash::Sha512),
+        _ => None,
     }
 }
 
@@ -85,17 +129,21 @@ fn is_rsa(spec: KeySpec) -> bool {
 /// PSS parameters, when given). Errors are CK_RVs.
 pub fn mechanism(spec: KeySpec, mechanism: CK_MECHANISM_TYPE, params: Option<&CK_RSA_PKCS_PSS_PARAMS>, param_len: usize) -> Result<Mech, CK_RV> {
     let ec = matches!(spec, KeySpec::P256 | KeySpec::P384 | KeySpec::Secp256k1);
-    let pss = |fixed: Option<Hash>| -> Result<Hash, CK_RV> {
+    let pss = |fixed: Option<Hash>| -> Result<Pss, CK_RV> {
         let p = params.filter(|_| param_len == std::mem::size_of::<CK_RSA_PKCS_PSS_PARAMS>()).ok_or(CKR_MECHANISM_PARAM_INVALID)?;
-        let h = hash_of(p.hashAlg).ok_or(CKR_MECHANISM_PARAM_INVALID)?;
-        // The enclave signs PSS with a salt as long as the hash, as TLS does.
-        if fixed.is_some_and(|f| f != h) || p.mgf != mgf_of(h) || p.sLen as usize != h.output_len() {
+        let hash = hash_of(p.hashAlg).ok_or(CKR_MECHANISM_PARAM_INVALID)?;
+        let mgf = mgf_hash(p.mgf).ok_or(CKR_MECHANISM_PARAM_INVALID)?;
+        // The encoded message holds the hash, the salt and two more bytes
+        // (RFC 8017, 9.1.1; every key here is a whole number of bytes).
+        if fixed.is_some_and(|f| f != hash) || (p.sLen as usize).saturating_add(hash.output_len() + 2) > modulus_len(spec) {
             return Err(CKR_MECHANISM_PARAM_INVALID);
         }
-        Ok(h)
+        Ok(Pss { hash, mgf, salt: p.sLen as u16 })
     };
     let m = match mechanism {
         CKM_ECDSA if ec => Mech::Ecdsa,
+        CKM_ECDSA_SHA1 if ec => Mech::EcdsaWith(Hash::Sha1),
+        CKM_ECDSA_SHA224 if ec => Mech::EcdsaWith(Hash::Sha224),
         CKM_ECDSA_SHA256 if ec => Mech::EcdsaWith(Hash::Sha256),
         CKM_ECDSA_SHA384 if ec => Mech::EcdsaWith(Hash::Sha384),
         CKM_ECDSA_SHA512 if ec => Mech::EcdsaWith(Hash::Sha512),
@@ -107,10 +155,15 @@ pub fn mechanism(spec: KeySpec, mechanism: CK_MECHANISM_TYPE, params: Option<&CK
             Mech::EdDsa
         }
         CKM_RSA_PKCS if is_rsa(spec) => Mech::RsaPkcs,
+        CKM_RSA_X_509 if is_rsa(spec) => Mech::RsaX509,
+        CKM_SHA1_RSA_PKCS if is_rsa(spec) => Mech::RsaPkcsWith(Hash::Sha1),
+        CKM_SHA224_RSA_PKCS if is_rsa(spec) => Mech::RsaPkcsWith(Hash::Sha224),
         CKM_SHA256_RSA_PKCS if is_rsa(spec) => Mech::RsaPkcsWith(Hash::Sha256),
         CKM_SHA384_RSA_PKCS if is_rsa(spec) => Mech::RsaPkcsWith(Hash::Sha384),
         CKM_SHA512_RSA_PKCS if is_rsa(spec) => Mech::RsaPkcsWith(Hash::Sha512),
         CKM_RSA_PKCS_PSS if is_rsa(spec) => Mech::RsaPss(pss(None)?),
+        CKM_SHA1_RSA_PKCS_PSS if is_rsa(spec) => Mech::RsaPssWith(pss(Some(Hash::Sha1))?),
+        CKM_SHA224_RSA_PKCS_PSS if is_rsa(spec) => Mech::RsaPssWith(pss(Some(Hash::Sha224))?),
         CKM_SHA256_RSA_PKCS_PSS if is_rsa(spec) => Mech::RsaPssWith(pss(Some(Hash::Sha256))?),
         CKM_SHA384_RSA_PKCS_PSS if is_rsa(spec) => Mech::RsaPssWith(pss(Some(Hash::Sha384))?),
         CKM_SHA512_RSA_PKCS_PSS if is_rsa(spec) => Mech::RsaPssWith(pss(Some(Hash::Sha512))?),
@@ -126,13 +179,6 @@ impl Mech {
         matches!(self, Mech::EcdsaWith(_) | Mech::RsaPkcsWith(_) | Mech::RsaPssWith(_))
     }
 }
-
-/// DigestInfo prefixes (RFC 8017, section 9.2, note 1).
-const DIGEST_INFO: &[(Hash, &[u8])] = &[
-    (Hash::Sha256, &[0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20]),
-    (Hash::Sha384, &[0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02, 0x05, 0x00, 0x04, 0x30]),
-    (Hash::Sha512, &[0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x03, 0x05, 0x00, 0x04, 0x40]),
-];
 
 /// ECDSA's input as the enclave takes it: a digest as long as the curve's
 /// hash. A longer hash keeps its leftmost bytes and a shorter one is padded
@@ -152,7 +198,8 @@ fn ecdsa_digest(spec: KeySpec, hash: &[u8]) -> Vec<u8> {
 /// The hash a multi-part mechanism feeds C_SignUpdate/C_VerifyUpdate into.
 pub fn running_hash(mech: Mech) -> Option<Hash> {
     match mech {
-        Mech::EcdsaWith(h) | Mech::RsaPkcsWith(h) | Mech::RsaPssWith(h) => Some(h),
+        Mech::EcdsaWith(h) | Mech::RsaPkcsWith(h) => Some(h),
+        Mech::RsaPssWith(p) => Some(p.hash),
         _ => None,
     }
 }
@@ -163,7 +210,7 @@ pub fn to_scheme_hashed(spec: KeySpec, mech: Mech, digest: &[u8]) -> Result<(Sch
     Ok(match mech {
         Mech::EcdsaWith(_) => (Scheme::EcdsaRaw, Payload::Digest(ecdsa_digest(spec, digest))),
         Mech::RsaPkcsWith(h) => (Scheme::RsaPkcs1(h), Payload::Digest(digest.to_vec())),
-        Mech::RsaPssWith(h) => (Scheme::RsaPss(h), Payload::Digest(digest.to_vec())),
+        Mech::RsaPssWith(p) => (p.scheme(), Payload::Digest(digest.to_vec())),
         _ => return Err(CKR_FUNCTION_NOT_SUPPORTED),
     })
 }
@@ -179,22 +226,35 @@ pub fn to_scheme(spec: KeySpec, mech: Mech, data: &[u8]) -> Result<(Scheme, Payl
         }
         Mech::EcdsaWith(h) => (Scheme::EcdsaRaw, Payload::Digest(ecdsa_digest(spec, &h.digest(data)))),
         Mech::EdDsa => (Scheme::Ed25519, Payload::Message(data.to_vec())),
-        Mech::RsaPkcs => {
-            let (h, digest) = DIGEST_INFO
-                .iter()
-                .find_map(|(h, prefix)| data.strip_prefix(*prefix).filter(|d| d.len() == h.output_len()).map(|d| (*h, d)))
-                .ok_or(CKR_DATA_INVALID)?;
-            (Scheme::RsaPkcs1(h), Payload::Digest(digest.to_vec()))
-        }
+        Mech::RsaPkcs => match parse_digest_info(data) {
+            // A DigestInfo of a hash AWS-LC signs directly takes that path
+            // (the signature is the same: PKCS#1 v1.5 is deterministic).
+            Some((h @ (Hash::Sha256 | Hash::Sha384 | Hash::Sha512), digest)) => (Scheme::RsaPkcs1(h), Payload::Digest(digest.to_vec())),
+            _ if data.is_empty() || data.len() + 11 > modulus_len(spec) => return Err(CKR_DATA_LEN_RANGE),
+            _ => (Scheme::RsaPkcs1Raw, Payload::Digest(data.to_vec())),
+        },
         Mech::RsaPkcsWith(h) => (Scheme::RsaPkcs1(h), Payload::Digest(h.digest(data))),
-        Mech::RsaPss(h) => {
-            if data.len() != h.output_len() {
+        Mech::RsaPss(p) => {
+            if data.len() != p.hash.output_len() {
                 return Err(CKR_DATA_LEN_RANGE);
             }
-            (Scheme::RsaPss(h), Payload::Digest(data.to_vec()))
+            (p.scheme(), Payload::Digest(data.to_vec()))
         }
-        Mech::RsaPssWith(h) => (Scheme::RsaPss(h), Payload::Digest(h.digest(data))),
+        Mech::RsaPssWith(p) => (p.scheme(), Payload::Digest(p.hash.digest(data))),
+        Mech::RsaX509 => return Err(CKR_FUNCTION_NOT_SUPPORTED),
     })
+}
+
+/// CKM_RSA_X_509's input as the raw operation takes it: up to k bytes,
+/// padded on the left with zeros to k (PKCS#11 2.40, 2.1.10).
+pub fn x509_block(spec: KeySpec, data: &[u8]) -> Result<Vec<u8>, CK_RV> {
+    let k = modulus_len(spec);
+    if data.is_empty() || data.len() > k {
+        return Err(CKR_DATA_LEN_RANGE);
+    }
+    let mut block = vec![0u8; k - data.len()];
+    block.extend_from_slice(data);
+    Ok(block)
 }
 
 /// A decryption mechanism: CKM_RSA_PKCS, or CKM_RSA_PKCS_OAEP with
@@ -207,6 +267,7 @@ pub unsafe fn decryption(m: &CK_MECHANISM) -> Result<(nekms_keys::RsaPadding, Op
     use nekms_keys::{OaepHash, RsaPadding};
     match m.mechanism {
         CKM_RSA_PKCS if m.ulParameterLen == 0 => Ok((RsaPadding::Pkcs1, None)),
+        CKM_RSA_X_509 if m.ulParameterLen == 0 => Ok((RsaPadding::Raw, None)),
         CKM_RSA_PKCS_OAEP => {
             if m.pParameter.is_null() || m.ulParameterLen as usize != std::mem::size_of::<CK_RSA_PKCS_OAEP_PARAMS>() {
                 return Err(CKR_MECHANISM_PARAM_INVALID);
@@ -229,7 +290,7 @@ pub unsafe fn decryption(m: &CK_MECHANISM) -> Result<(nekms_keys::RsaPadding, Op
             };
             Ok((RsaPadding::Oaep(hash), label))
         }
-        CKM_RSA_PKCS => Err(CKR_MECHANISM_PARAM_INVALID),
+        CKM_RSA_PKCS | CKM_RSA_X_509 => Err(CKR_MECHANISM_PARAM_INVALID),
         m if MECHANISMS.iter().any(|x| x.0 == m) => Err(CKR_KEY_FUNCTION_NOT_PERMITTED),
         _ => Err(CKR_MECHANISM_INVALID),
     }
@@ -246,19 +307,40 @@ mod tests {
         assert_eq!(mechanism(KeySpec::P256, 0x9999, None, 0), Err(CKR_MECHANISM_INVALID));
         let good = CK_RSA_PKCS_PSS_PARAMS { hashAlg: CKM_SHA256, mgf: CKG_MGF1_SHA256, sLen: 32 };
         let n = std::mem::size_of::<CK_RSA_PKCS_PSS_PARAMS>();
-        assert_eq!(mechanism(KeySpec::Rsa2048, CKM_RSA_PKCS_PSS, Some(&good), n), Ok(Mech::RsaPss(Hash::Sha256)));
+        let tls = Pss { hash: Hash::Sha256, mgf: Hash::Sha256, salt: 32 };
+        assert_eq!(mechanism(KeySpec::Rsa2048, CKM_RSA_PKCS_PSS, Some(&good), n), Ok(Mech::RsaPss(tls)));
+        assert_eq!(tls.scheme(), Scheme::RsaPss(Hash::Sha256));
         assert_eq!(mechanism(KeySpec::Rsa2048, CKM_RSA_PKCS_PSS, None, 0), Err(CKR_MECHANISM_PARAM_INVALID));
-        let salt = CK_RSA_PKCS_PSS_PARAMS { sLen: 20, ..good };
-        assert_eq!(mechanism(KeySpec::Rsa2048, CKM_RSA_PKCS_PSS, Some(&salt), n), Err(CKR_MECHANISM_PARAM_INVALID));
+        let salt = CK_RSA_PKCS_PSS_PARAMS { sLen: 20, mgf: CKG_MGF1_SHA1, ..good };
+        let other = Pss { hash: Hash::Sha256, mgf: Hash::Sha1, salt: 20 };
+        assert_eq!(mechanism(KeySpec::Rsa2048, CKM_RSA_PKCS_PSS, Some(&salt), n), Ok(Mech::RsaPss(other)));
+        assert_eq!(other.scheme(), Scheme::RsaPssParams(Hash::Sha256, Hash::Sha1, 20));
+        // The largest salt that fits a 2048-bit key, and one byte more.
+        let max = CK_RSA_PKCS_PSS_PARAMS { sLen: 256 - 32 - 2, ..good };
+        assert!(mechanism(KeySpec::Rsa2048, CKM_RSA_PKCS_PSS, Some(&max), n).is_ok());
+        for sLen in [256 - 32 - 1, CK_ULONG::MAX] {
+            let over = CK_RSA_PKCS_PSS_PARAMS { sLen, ..good };
+            assert_eq!(mechanism(KeySpec::Rsa2048, CKM_RSA_PKCS_PSS, Some(&over), n), Err(CKR_MECHANISM_PARAM_INVALID));
+        }
+        let bad_mgf = CK_RSA_PKCS_PSS_PARAMS { mgf: 0x77, ..good };
+        assert_eq!(mechanism(KeySpec::Rsa2048, CKM_RSA_PKCS_PSS, Some(&bad_mgf), n), Err(CKR_MECHANISM_PARAM_INVALID));
         assert_eq!(mechanism(KeySpec::Rsa2048, CKM_SHA384_RSA_PKCS_PSS, Some(&good), n), Err(CKR_MECHANISM_PARAM_INVALID));
+        assert_eq!(mechanism(KeySpec::Rsa2048, CKM_RSA_X_509, None, 0), Ok(Mech::RsaX509));
+        assert_eq!(mechanism(KeySpec::P256, CKM_ECDSA_SHA1, None, 0), Ok(Mech::EcdsaWith(Hash::Sha1)));
     }
 
     #[test]
     fn a_digest_info_names_its_hash() {
-        let mut di = DIGEST_INFO[0].1.to_vec();
-        di.extend_from_slice(&[7u8; 32]);
+        let di = nekms_keys::rsa_raw::digest_info(Hash::Sha256, &[7u8; 32]);
         assert!(matches!(to_scheme(KeySpec::Rsa2048, Mech::RsaPkcs, &di), Ok((Scheme::RsaPkcs1(Hash::Sha256), Payload::Digest(d))) if d == [7u8; 32]));
-        assert_eq!(to_scheme(KeySpec::Rsa2048, Mech::RsaPkcs, &[1, 2, 3]).unwrap_err(), CKR_DATA_INVALID);
+        // Other bytes are signed as they are, up to k-11.
+        assert!(matches!(to_scheme(KeySpec::Rsa2048, Mech::RsaPkcs, &[1, 2, 3]), Ok((Scheme::RsaPkcs1Raw, _))));
+        let sha1 = nekms_keys::rsa_raw::digest_info(Hash::Sha1, &[7u8; 20]);
+        assert!(matches!(to_scheme(KeySpec::Rsa2048, Mech::RsaPkcs, &sha1), Ok((Scheme::RsaPkcs1Raw, _))));
+        assert_eq!(to_scheme(KeySpec::Rsa2048, Mech::RsaPkcs, &[1; 246]).unwrap_err(), CKR_DATA_LEN_RANGE);
+        assert_eq!(to_scheme(KeySpec::Rsa2048, Mech::RsaPkcs, &[]).unwrap_err(), CKR_DATA_LEN_RANGE);
+        assert_eq!(x509_block(KeySpec::Rsa2048, &[9; 3]).unwrap()[253..], [9; 3]);
+        assert_eq!(x509_block(KeySpec::Rsa2048, &[9; 257]).unwrap_err(), CKR_DATA_LEN_RANGE);
         assert_eq!(ecdsa_digest(KeySpec::P256, &[1u8; 48]), vec![1u8; 32]);
         assert_eq!(ecdsa_digest(KeySpec::P384, &[1u8; 32])[..16], [0u8; 16]);
     }
