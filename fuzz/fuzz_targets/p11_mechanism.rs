@@ -26,6 +26,9 @@ fuzz_target!(|data: &[u8]| {
         let _ = mech::to_scheme(spec, m, rest);
     }
     let _ = mech::x509_block(spec, rest);
+    for m in [mech::Mech::RsaPkcs, mech::Mech::RsaX509] {
+        let _ = mech::raw_block(spec, m, rest);
+    }
     // The same bytes as a public key and as a certificate.
     let (spki, cert) = rest.split_at(rest.len() / 2);
     let key = P11PublicKey { id: vec![1], label: "k".into(), spec, public_key: spki.to_vec(), certificates: vec![serde_bytes::ByteBuf::from(cert.to_vec())], certificate_count: 1, decrypt: data[2] & 1 == 1 };

@@ -847,3 +847,78 @@ def test_acm_mechanisms_and_raw_rsa(tokens):
     assert pow(int.from_bytes((b / "raw.sig").read_bytes(), "big"), n.e, n.n) == int.from_bytes(b"\x01" * 40, "big")
     r = tokens.tool(*sign, "-m", "RSA-X-509", "--id", "04", check=False)
     assert b"CKR_KEY_FUNCTION_NOT_PERMITTED" in r.stderr, r.stderr
+
+
+def _lattice_split(c, n, k):
+    """Two type-1 blocks whose signatures combine into c^d mod n: find x, y
+    below W = 2^(8(k-11)) with A + y = c (A + x) mod n, where A is the fixed
+    head 00 01 FF*8 00 of a block whose k-11 trailing bytes are free. The
+    pairs (x, c x mod n) form a lattice of determinant n; Gauss reduction
+    gives a basis of vectors about sqrt(n) long, far shorter than W, and
+    rounding the target's coordinates in it gives a point inside the box."""
+    from fractions import Fraction
+    w = 1 << (8 * (k - 11))
+    a = int.from_bytes(b"\x00\x01" + b"\xff" * 8 + b"\x00", "big") << (8 * (k - 11))
+    b = (c - 1) * a % n  # y - c x = b (mod n)
+    u, v = (1, c % n), (0, n)
+    dot = lambda p, q: p[0] * q[0] + p[1] * q[1]
+    while True:
+        if dot(u, u) > dot(v, v):
+            u, v = v, u
+        m = round(Fraction(dot(u, v), dot(u, u)))
+        if m == 0:
+            break
+        v = (v[0] - m * u[0], v[1] - m * u[1])
+    t = (w // 2, w // 2 - b)
+    det = u[0] * v[1] - u[1] * v[0]
+    a1 = round(Fraction(t[0] * v[1] - t[1] * v[0], det))
+    a2 = round(Fraction(u[0] * t[1] - u[1] * t[0], det))
+    x, y = a1 * u[0] + a2 * v[0], a1 * u[1] + a2 * v[1] + b
+    assert 0 <= x < w and 0 <= y < w and (a + y - c * (a + x)) % n == 0
+    return x.to_bytes(k - 11, "big"), y.to_bytes(k - 11, "big")
+
+
+def test_raw_pkcs1_signing_is_no_decryption_oracle_for_sign_only_keys(tokens, tmp_path):
+    """The attacker holds a token's PIN (or is root on the parent) and a
+    ciphertext made for a sign-only RSA key. Raw CKM_RSA_PKCS signing of
+    freely chosen bytes would decrypt it: two signatures over the lattice
+    split of the ciphertext multiply into c^d. The enclave signs a
+    DigestInfo for such a key and nothing else, so the attack stops at its
+    first signature; the same attack against the key provisioned to decrypt
+    succeeds, which shows the attack itself is sound."""
+    P, lib = pykcs11(tokens)
+    slot = next(s for s in lib.getSlotList(tokenPresent=True) if lib.getTokenInfo(s).label.strip() == "web")
+    session = lib.openSession(slot)
+    session.login(PIN)
+    try:
+        for name, key_id, decrypts in [("web-rsa", 1, True), ("web-rsa4k", 4, False)]:
+            public = tokens.public_key(name)
+            n, e = public.public_numbers().n, public.public_numbers().e
+            k = (n.bit_length() + 7) // 8
+            ciphertext = public.encrypt(b"the session key of someone else", padding.PKCS1v15())
+            c = int.from_bytes(ciphertext, "big")
+            x, y = _lattice_split(c, n, k)
+            key = session.findObjects([(P.CKA_CLASS, P.CKO_PRIVATE_KEY), (P.CKA_ID, (key_id,))])[0]
+            if not decrypts:
+                with pytest.raises(P.PyKCS11Error) as err:
+                    session.sign(key, y, P.Mechanism(P.CKM_RSA_PKCS))
+                assert err.value.value == P.CKR_DATA_INVALID, name
+                # A DigestInfo is still signed (what TLS and openssl ask for).
+                digest_info = bytes.fromhex("3031300d060960864801650304020105000420") + bytes(32)
+                sig = bytes(session.sign(key, digest_info, P.Mechanism(P.CKM_RSA_PKCS)))
+                public.verify(sig, bytes(32), padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
+                continue
+            s1 = int.from_bytes(bytes(session.sign(key, y, P.Mechanism(P.CKM_RSA_PKCS))), "big")
+            s2 = int.from_bytes(bytes(session.sign(key, x, P.Mechanism(P.CKM_RSA_PKCS))), "big")
+            block = (s1 * pow(s2, -1, n) % n).to_bytes(k, "big")
+            assert block.endswith(b"\x00the session key of someone else") and block[:2] == b"\x00\x02", name
+    finally:
+        session.logout()
+        session.closeSession()
+    # Over the raw RPC there is no scheme that signs caller-chosen bytes at all.
+    from test_attacker import Rpc, cbor_record
+    record = json.loads(tokens.nekms("key", "show", "web-rsa4k", "--json").stdout)
+    rpc = Rpc(tokens.up.info["rpc"])
+    for scheme in ("rsa-pkcs1-raw", "rsa-x509", "raw"):
+        kind, err = rpc.call({"Sign": {"record": cbor_record(record), "scheme": scheme, "payload": {"digest": y}}})
+        assert kind == "Err" and "unknown scheme" in err["message"], (scheme, err)

@@ -104,8 +104,10 @@ fn private_op(pkcs8: &[u8], input: &[u8], padding: i32) -> Result<Zeroizing<Vec<
     Ok(out)
 }
 
-/// PKCS#1 v1.5 (type 1) signature over `t`, the caller's DigestInfo or any
-/// other bytes up to k-11.
+/// PKCS#1 v1.5 (type 1) signature over `t`, a DigestInfo. Never give it
+/// bytes a caller chose freely: with most of the block chosen, two such
+/// signatures combine into a raw private operation (a decryption), by
+/// lattice reduction.
 pub(crate) fn sign_pkcs1(pkcs8: &[u8], t: &[u8]) -> Result<Vec<u8>, KeyError> {
     Ok(private_op(pkcs8, t, sys::RSA_PKCS1_PADDING)?.to_vec())
 }

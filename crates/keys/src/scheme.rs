@@ -26,9 +26,6 @@ pub enum Scheme {
     EthTransaction,
     Ed25519,
     RsaPkcs1(Hash),
-    /// PKCS#1 v1.5 over bytes the caller built (a DigestInfo, or anything
-    /// up to the modulus length less 11): PKCS#11's raw `CKM_RSA_PKCS`.
-    RsaPkcs1Raw,
     /// PSS with MGF1 over the same hash and a salt as long as the hash.
     RsaPss(Hash),
     /// PSS with its parameters spelled out: hash, MGF1's hash, salt length.
@@ -108,7 +105,6 @@ impl Scheme {
             Scheme::EthTransaction => "eth-tx".into(),
             Scheme::Ed25519 => "ed25519".into(),
             Scheme::RsaPkcs1(h) => format!("rsa-pkcs1-{}", h.name()),
-            Scheme::RsaPkcs1Raw => "rsa-pkcs1-raw".into(),
             Scheme::RsaPss(h) => format!("rsa-pss-{}", h.name()),
             Scheme::RsaPssParams(h, m, salt) => format!("rsa-pss-{}-mgf1-{}-salt-{salt}", h.name(), m.name()),
         }
@@ -120,7 +116,7 @@ impl Scheme {
             Scheme::EcdsaDer | Scheme::EcdsaRaw => spec.is_ecdsa(),
             Scheme::EcdsaRecoverable | Scheme::EthPersonal | Scheme::Eip712 | Scheme::EthTransaction => spec == KeySpec::Secp256k1,
             Scheme::Ed25519 => spec == KeySpec::Ed25519,
-            Scheme::RsaPkcs1(_) | Scheme::RsaPkcs1Raw | Scheme::RsaPss(_) | Scheme::RsaPssParams(..) => spec.is_rsa(),
+            Scheme::RsaPkcs1(_) | Scheme::RsaPss(_) | Scheme::RsaPssParams(..) => spec.is_rsa(),
         };
         if ok {
             Ok(())
@@ -165,7 +161,6 @@ impl FromStr for Scheme {
             "eip712" => Scheme::Eip712,
             "eth-tx" | "eth-transaction" => Scheme::EthTransaction,
             "ed25519" | "eddsa" => Scheme::Ed25519,
-            "rsa-pkcs1-raw" => Scheme::RsaPkcs1Raw,
             other => {
                 let pss_params = || -> Option<Scheme> {
                     let rest = other.strip_prefix("rsa-pss-")?;
@@ -181,7 +176,7 @@ impl FromStr for Scheme {
                     s
                 } else {
                     return Err(KeyError::Scheme(format!(
-                        "unknown scheme {s:?}; use ecdsa, ecdsa-raw, ecdsa-recoverable, eth-personal, eip712, eth-tx, ed25519, rsa-pkcs1-sha1|224|256|384|512, rsa-pkcs1-raw, rsa-pss-sha1|224|256|384|512 or rsa-pss-HASH-mgf1-HASH-salt-N"
+                        "unknown scheme {s:?}; use ecdsa, ecdsa-raw, ecdsa-recoverable, eth-personal, eip712, eth-tx, ed25519, rsa-pkcs1-sha1|224|256|384|512, rsa-pss-sha1|224|256|384|512 or rsa-pss-HASH-mgf1-HASH-salt-N"
                     )));
                 }
             }

@@ -123,11 +123,6 @@ impl PrivateKey {
                 };
                 Ok(done(out, d))
             }
-            (Inner::Rsa(_), Scheme::RsaPkcs1Raw) => {
-                let t = raw_input(payload)?;
-                let pkcs8 = self.secret_bytes()?;
-                Ok(done(rsa_raw::sign_pkcs1(&pkcs8, t)?, Vec::new()))
-            }
             (Inner::Rsa(kp), Scheme::RsaPkcs1(_) | Scheme::RsaPss(_) | Scheme::RsaPssParams(..)) => {
                 let (hash, d) = prehash(scheme, spec, payload)?;
                 if let Some(padding) = rsa_padding(scheme) {
@@ -149,14 +144,6 @@ impl PrivateKey {
             }
             _ => Err(KeyError::Scheme(format!("a {spec} key cannot sign with {scheme}"))),
         }
-    }
-}
-
-/// The bytes a raw PKCS#1 v1.5 signature pads.
-fn raw_input(payload: &Payload) -> Result<&[u8], KeyError> {
-    match payload {
-        Payload::Digest(t) | Payload::Message(t) if !t.is_empty() => Ok(t),
-        _ => Err(KeyError::Payload("rsa-pkcs1-raw signs the bytes it is given (a DigestInfo, or up to the modulus length less 11)".into())),
     }
 }
 
@@ -199,7 +186,6 @@ impl PublicKey {
                 Payload::Message(m) => UnparsedPublicKey::new(&sig::ED25519, self.point()).verify(m, signature).map_err(|_| invalid()),
                 _ => Err(KeyError::Payload("Ed25519 signs the message itself".into())),
             },
-            Scheme::RsaPkcs1Raw => rsa_raw::verify_pkcs1(self.spki(), raw_input(payload)?, signature).then_some(()).ok_or_else(invalid),
             Scheme::RsaPkcs1(_) | Scheme::RsaPss(_) | Scheme::RsaPssParams(..) => {
                 let (hash, d) = prehash(scheme, spec, payload)?;
                 if let Some(alg) = rsa_verification(scheme) {

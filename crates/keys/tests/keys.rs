@@ -263,38 +263,32 @@ fn rsa_4096_keys_are_made_sealed_and_sign_with_both_paddings() {
 
 #[test]
 fn raw_rsa_operations_agree_with_the_hashing_schemes() {
-    use nekms_keys::rsa_raw::{digest_info, parse_digest_info};
+    use nekms_keys::rsa_raw::{digest_info, parse_digest_info, public_raw};
     use nekms_keys::RsaPadding;
     let key = PrivateKey::generate(KeySpec::Rsa2048, &seed(3)).unwrap();
     let public = key.public_key();
-    let digest = Hash::Sha256.digest(b"raw");
-    // PKCS#1 v1.5 is deterministic: raw over the DigestInfo is the hashing scheme's signature.
-    let t = digest_info(Hash::Sha256, &digest);
-    assert_eq!(parse_digest_info(&t), Some((Hash::Sha256, digest.as_slice())));
-    let raw = key.sign(Scheme::RsaPkcs1Raw, &Payload::Digest(t.clone())).unwrap();
-    let hashed = key.sign(Scheme::RsaPkcs1(Hash::Sha256), &Payload::Digest(digest.clone())).unwrap();
-    assert_eq!(raw.signature, hashed.signature);
-    public.verify(Scheme::RsaPkcs1Raw, &Payload::Digest(t.clone()), &raw.signature).unwrap();
-    // Arbitrary bytes up to k-11, and not one more.
-    let any = Payload::Digest(vec![0x5a; 245]);
-    let sig = key.sign(Scheme::RsaPkcs1Raw, &any).unwrap();
-    public.verify(Scheme::RsaPkcs1Raw, &any, &sig.signature).unwrap();
-    assert!(matches!(key.sign(Scheme::RsaPkcs1Raw, &Payload::Digest(vec![0x5a; 246])), Err(KeyError::Payload(_))));
-    assert!(public.verify(Scheme::RsaPkcs1Raw, &Payload::Digest(vec![0x5b; 245]), &sig.signature).is_err());
-    // The raw private operation inverts the public one on a signature's padded block.
-    let mut em = vec![0u8, 1];
-    em.extend(std::iter::repeat_n(0xff, 256 - 3 - t.len()));
-    em.push(0);
-    em.extend_from_slice(&t);
-    let s = key.rsa_decrypt(RsaPadding::Raw, &em, None).unwrap();
-    assert_eq!(s.as_slice(), raw.signature.as_slice());
-    // A value at or above the modulus is refused.
+    for h in [Hash::Sha1, Hash::Sha224, Hash::Sha256, Hash::Sha384, Hash::Sha512] {
+        let digest = h.digest(b"raw");
+        let t = digest_info(h, &digest);
+        assert_eq!(parse_digest_info(&t), Some((h, digest.as_slice())));
+        // PKCS#1 v1.5 is deterministic: the public operation gives back the padded DigestInfo.
+        let sig = key.sign(Scheme::RsaPkcs1(h), &Payload::Digest(digest.clone())).unwrap();
+        let em = public_raw(public.spki(), &sig.signature).unwrap();
+        assert_eq!(&em[..2], &[0, 1]);
+        assert!(em.ends_with(&t));
+        // The raw private operation inverts it.
+        let s = key.rsa_decrypt(RsaPadding::Raw, &em, None).unwrap();
+        assert_eq!(s.as_slice(), sig.signature.as_slice());
+    }
+    assert_eq!(parse_digest_info(b"not a DigestInfo"), None);
+    // A value at or above the modulus, or not k bytes, is refused.
     assert!(key.rsa_decrypt(RsaPadding::Raw, &[0xff; 256], None).is_err());
     assert!(key.rsa_decrypt(RsaPadding::Raw, &[1; 255], None).is_err());
     // A salt that does not fit is a scheme error, not a panic.
     let too_long = Scheme::RsaPssParams(Hash::Sha512, Hash::Sha512, 200);
     assert!(matches!(key.sign(too_long, &Payload::Message(b"x".to_vec())), Err(KeyError::Scheme(_))));
-    for s in ["rsa-pss-sha256-mgf1-sha1-salt-0", "rsa-pkcs1-raw", "rsa-pkcs1-sha224", "rsa-pss-sha1"] {
+    for s in ["rsa-pss-sha256-mgf1-sha1-salt-0", "rsa-pkcs1-sha224", "rsa-pss-sha1"] {
         assert_eq!(s.parse::<Scheme>().unwrap().name(), s);
     }
+    assert!("rsa-pkcs1-raw".parse::<Scheme>().is_err(), "no scheme signs caller-chosen bytes");
 }

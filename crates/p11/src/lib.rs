@@ -57,6 +57,8 @@ struct SignOp {
     mech: Mech,
     /// The running hash of C_SignUpdate's parts.
     hasher: Option<aws_lc_rs::digest::Context>,
+    /// The key was provisioned to decrypt (raw operations allowed).
+    decrypt: bool,
 }
 
 struct VerifyOp {
@@ -735,6 +737,7 @@ pub unsafe extern "C" fn C_SignInit(session: CK_SESSION_HANDLE, mechanism: *mut 
             sig_len: objects::signature_len(o.key),
             mech: chosen,
             hasher: None,
+            decrypt: o.key.decrypt,
         };
         m.session(session)?.sign = Some(op);
         Ok(())
@@ -759,8 +762,12 @@ unsafe fn finish_sign(m: &mut Module, session: CK_SESSION_HANDLE, data: Option<&
         return Err(CKR_BUFFER_TOO_SMALL);
     }
     let op = m.session(session)?.sign.take().expect("checked");
-    if op.mech == Mech::RsaX509 {
-        let block = mech::x509_block(op.spec, data.unwrap_or_default())?;
+    if let Some(block) = mech::raw_block(op.spec, op.mech, data.unwrap_or_default())? {
+        if !op.decrypt {
+            // Freely chosen bytes, signed raw, decrypt: only for keys
+            // provisioned to decrypt. A DigestInfo is always signed.
+            return Err(CKR_DATA_INVALID);
+        }
         let handle = m.handle(op.slot)?;
         let out = match m.call(P11Request::Decrypt { handle, id: op.key_id.clone(), padding: nekms_keys::RsaPadding::Raw, ciphertext: block, label: None }) {
             Ok(P11Response::Plaintext(p)) => p.into_zeroizing(),
@@ -1070,8 +1077,7 @@ fn finish_verify(op: VerifyOp, data: Option<&[u8]>, signature: &[u8]) -> Result<
     if signature.len() != op.sig_len {
         return Err(CKR_SIGNATURE_LEN_RANGE);
     }
-    if op.mech == Mech::RsaX509 {
-        let block = mech::x509_block(op.spec, data.unwrap_or_default())?;
+    if let Some(block) = mech::raw_block(op.spec, op.mech, data.unwrap_or_default())? {
         let recovered = nekms_keys::rsa_raw::public_raw(&op.public_key, signature).ok_or(CKR_SIGNATURE_INVALID)?;
         return if recovered == block { Ok(()) } else { Err(CKR_SIGNATURE_INVALID) };
     }

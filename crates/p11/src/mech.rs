@@ -61,8 +61,11 @@ pub enum Mech {
     /// Raw ECDSA over a hash the caller computed.
     Ecdsa,
     EcdsaWith(Hash),
-    /// PKCS#1 v1.5 over bytes the caller built (a DigestInfo, or any
-    /// other bytes up to the modulus length less 11).
+    /// PKCS#1 v1.5 over bytes the caller built: a DigestInfo for any key;
+    /// other bytes (up to the modulus length less 11) only for keys
+    /// provisioned to decrypt, since signing freely chosen bytes is a
+    /// decryption by another name (two such signatures combine into a raw
+    /// private operation).
     RsaPkcs,
     RsaPkcsWith(Hash),
     /// PSS over a hash the caller computed (the hash named by the parameters).
@@ -227,11 +230,8 @@ pub fn to_scheme(spec: KeySpec, mech: Mech, data: &[u8]) -> Result<(Scheme, Payl
         Mech::EcdsaWith(h) => (Scheme::EcdsaRaw, Payload::Digest(ecdsa_digest(spec, &h.digest(data)))),
         Mech::EdDsa => (Scheme::Ed25519, Payload::Message(data.to_vec())),
         Mech::RsaPkcs => match parse_digest_info(data) {
-            // A DigestInfo of a hash AWS-LC signs directly takes that path
-            // (the signature is the same: PKCS#1 v1.5 is deterministic).
-            Some((h @ (Hash::Sha256 | Hash::Sha384 | Hash::Sha512), digest)) => (Scheme::RsaPkcs1(h), Payload::Digest(digest.to_vec())),
-            _ if data.is_empty() || data.len() + 11 > modulus_len(spec) => return Err(CKR_DATA_LEN_RANGE),
-            _ => (Scheme::RsaPkcs1Raw, Payload::Digest(data.to_vec())),
+            Some((h, digest)) => (Scheme::RsaPkcs1(h), Payload::Digest(digest.to_vec())),
+            None => return Err(CKR_DATA_INVALID),
         },
         Mech::RsaPkcsWith(h) => (Scheme::RsaPkcs1(h), Payload::Digest(h.digest(data))),
         Mech::RsaPss(p) => {
@@ -243,6 +243,29 @@ pub fn to_scheme(spec: KeySpec, mech: Mech, data: &[u8]) -> Result<(Scheme, Payl
         Mech::RsaPssWith(p) => (p.scheme(), Payload::Digest(p.hash.digest(data))),
         Mech::RsaX509 => return Err(CKR_FUNCTION_NOT_SUPPORTED),
     })
+}
+
+/// The block a raw RSA mechanism needs the raw private operation on, if
+/// it needs one: CKM_RSA_X_509's input, or CKM_RSA_PKCS's when it is not a
+/// DigestInfo (padded here with PKCS#1 v1.5 type 1). The enclave performs
+/// it only for keys provisioned to decrypt.
+pub fn raw_block(spec: KeySpec, mech: Mech, data: &[u8]) -> Result<Option<Vec<u8>>, CK_RV> {
+    match mech {
+        Mech::RsaX509 => x509_block(spec, data).map(Some),
+        Mech::RsaPkcs if parse_digest_info(data).is_none() => {
+            let k = modulus_len(spec);
+            if data.is_empty() || data.len() + 11 > k {
+                return Err(CKR_DATA_LEN_RANGE);
+            }
+            // 00 01 FF..FF 00 T (RFC 8017, 9.2, steps 4-5).
+            let mut block = vec![0u8, 1];
+            block.resize(k - data.len() - 1, 0xff);
+            block.push(0);
+            block.extend_from_slice(data);
+            Ok(Some(block))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// CKM_RSA_X_509's input as the raw operation takes it: up to k bytes,
@@ -333,12 +356,16 @@ mod tests {
     fn a_digest_info_names_its_hash() {
         let di = nekms_keys::rsa_raw::digest_info(Hash::Sha256, &[7u8; 32]);
         assert!(matches!(to_scheme(KeySpec::Rsa2048, Mech::RsaPkcs, &di), Ok((Scheme::RsaPkcs1(Hash::Sha256), Payload::Digest(d))) if d == [7u8; 32]));
-        // Other bytes are signed as they are, up to k-11.
-        assert!(matches!(to_scheme(KeySpec::Rsa2048, Mech::RsaPkcs, &[1, 2, 3]), Ok((Scheme::RsaPkcs1Raw, _))));
         let sha1 = nekms_keys::rsa_raw::digest_info(Hash::Sha1, &[7u8; 20]);
-        assert!(matches!(to_scheme(KeySpec::Rsa2048, Mech::RsaPkcs, &sha1), Ok((Scheme::RsaPkcs1Raw, _))));
-        assert_eq!(to_scheme(KeySpec::Rsa2048, Mech::RsaPkcs, &[1; 246]).unwrap_err(), CKR_DATA_LEN_RANGE);
-        assert_eq!(to_scheme(KeySpec::Rsa2048, Mech::RsaPkcs, &[]).unwrap_err(), CKR_DATA_LEN_RANGE);
+        assert!(matches!(to_scheme(KeySpec::Rsa2048, Mech::RsaPkcs, &sha1), Ok((Scheme::RsaPkcs1(Hash::Sha1), _))));
+        assert_eq!(raw_block(KeySpec::Rsa2048, Mech::RsaPkcs, &sha1), Ok(None));
+        // Other bytes need the raw operation, on a type-1 block, up to k-11.
+        assert_eq!(to_scheme(KeySpec::Rsa2048, Mech::RsaPkcs, &[1, 2, 3]).unwrap_err(), CKR_DATA_INVALID);
+        let block = raw_block(KeySpec::Rsa2048, Mech::RsaPkcs, &[1, 2, 3]).unwrap().unwrap();
+        assert_eq!((block.len(), &block[..3], &block[250..]), (256, &[0, 1, 0xff][..], &[0xff, 0xff, 0, 1, 2, 3][..]));
+        assert_eq!(raw_block(KeySpec::Rsa2048, Mech::RsaPkcs, &[1; 246]).unwrap_err(), CKR_DATA_LEN_RANGE);
+        assert_eq!(raw_block(KeySpec::Rsa2048, Mech::RsaPkcs, &[]).unwrap_err(), CKR_DATA_LEN_RANGE);
+        assert!(raw_block(KeySpec::Rsa2048, Mech::RsaPkcs, &[1; 245]).unwrap().is_some());
         assert_eq!(x509_block(KeySpec::Rsa2048, &[9; 3]).unwrap()[253..], [9; 3]);
         assert_eq!(x509_block(KeySpec::Rsa2048, &[9; 257]).unwrap_err(), CKR_DATA_LEN_RANGE);
         assert_eq!(ecdsa_digest(KeySpec::P256, &[1u8; 48]), vec![1u8; 32]);

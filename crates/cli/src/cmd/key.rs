@@ -263,7 +263,7 @@ pub struct SignArgs {
     key: String,
     #[command(flatten)]
     payload: PayloadArg,
-    /// ecdsa, ecdsa-raw, ecdsa-recoverable, eth-personal, eip712, eth-tx, ed25519, rsa-pkcs1-sha1|224|256|384|512, rsa-pkcs1-raw, rsa-pss-sha1|224|256|384|512, rsa-pss-HASH-mgf1-HASH-salt-N [default: by the key and payload]
+    /// ecdsa, ecdsa-raw, ecdsa-recoverable, eth-personal, eip712, eth-tx, ed25519, rsa-pkcs1-sha1|224|256|384|512, rsa-pss-sha1|224|256|384|512, rsa-pss-HASH-mgf1-HASH-salt-N [default: by the key and payload]
     #[arg(long)]
     scheme: Option<Scheme>,
     /// Write the raw signature bytes here
