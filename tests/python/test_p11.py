@@ -66,9 +66,9 @@ class Tokens:
     def public_key(self, name):
         return serialization.load_der_public_key(base64.b64decode(json.loads(self.nekms("key", "show", name, "--json").stdout)["public_key"]))
 
-    def key(self, name, spec):
+    def key(self, name, spec, *extra):
         """A key in the store and a certificate for it (leaf, then the CA)."""
-        self.nekms("key", "create", "--name", name, "--spec", spec)
+        self.nekms("key", "create", "--name", name, "--spec", spec, *extra)
         now = datetime.datetime.now(datetime.timezone.utc)
         ca_cert = self.ca_cert
         leaf = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
@@ -116,7 +116,8 @@ class Tokens:
 def tokens(tmp_path_factory):
     t = Tokens(tmp_path_factory.mktemp("p11"))
     specs = [("web-rsa", "rsa2048"), ("web-ec", "p256"), ("web-p384", "p384"), ("web-rsa4k", "rsa4096"), ("web-ed", "ed25519"), ("web-k1", "secp256k1")]
-    chains = {name: t.key(name, spec) for name, spec in specs}
+    # web-rsa is made to decrypt as well as sign (fixed in its record); the others sign only.
+    chains = {name: t.key(name, spec, *(["--decrypt"] if name == "web-rsa" else [])) for name, spec in specs}
     # Ed25519 and secp256k1 keys on a token of their own: libp11 0.4.12
     # (Debian bookworm's OpenSSL engine) stops enumerating a token's keys at
     # the first CKK_EC_EDWARDS key, so a web server's token holds none.
@@ -368,8 +369,10 @@ def test_a_running_client_sees_new_tokens_and_loses_removed_ones(tokens):
 
 def test_provisioning_refuses_what_the_enclave_would_not_sign_with(tokens, tmp_path):
     """A duplicate label, a certificate for another key, a key the store
-    does not have, and a record the parent wrote itself (a key it knows,
-    sealed under nothing the enclave accepts): refused, nothing added."""
+    does not have, a record the parent wrote itself (a key it knows,
+    sealed under nothing the enclave accepts), and decryption for a key
+    made to sign only (the parent granting itself a decryption oracle):
+    refused, nothing added."""
     before = tokens.nekms("p11", "slots", "--json").stdout
     ec_pem = tokens.chains["web-ec"]
 
@@ -381,6 +384,10 @@ def test_provisioning_refuses_what_the_enclave_would_not_sign_with(tokens, tmp_p
     refused("add", "--label", "mismatch", "--pin-file", str(tokens.pin_file), "--key", "web-rsa:01", "--cert", f"web-rsa:{ec_pem}",
             says="another public key")
     refused("add", "--label", "nokey", "--pin-file", str(tokens.pin_file), "--key", "absent:01", says="no key named")
+    refused("add", "--label", "oracle", "--pin-file", str(tokens.pin_file), "--key", "web-rsa4k:01", "--decrypt", "web-rsa4k", says="rule key-usage")
+    # Only RSA keys are made to decrypt.
+    r = tokens.nekms("key", "create", "--name", "not-rsa", "--spec", "p256", "--decrypt", check=False)
+    assert r.returncode != 0 and "only RSA keys" in r.stderr, r.stderr
     (tmp_path / "short").write_text("12\n")
     refused("add", "--label", "shortpin", "--pin-file", str(tmp_path / "short"), "--key", "web-ec:01", says="4 to 64 bytes")
     # Past the CLI (which checks the store's rows), straight to the enclave's
@@ -390,8 +397,12 @@ def test_provisioning_refuses_what_the_enclave_would_not_sign_with(tokens, tmp_p
     rsa_record = json.loads(tokens.nekms("key", "show", "web-rsa", "--json").stdout)
     renamed = {**ec_record, "key_id": "planted"}
     swapped = {**ec_record, "sealed_private_key": rsa_record["sealed_private_key"]}
-    for record, rule in [(renamed, "record-binding"), (swapped, "")]:
-        token = {"label": "planted", "pin": PIN, "keys": [{"id": b"\x01", "label": "planted", "record": cbor_record(record)}]}
+    # The usage is in the record's sealed context: a record edited to claim it no longer opens.
+    rsa4k = json.loads(tokens.nekms("key", "show", "web-rsa4k", "--json").stdout)
+    claims = {**rsa4k, "encryption_context": {**rsa4k["encryption_context"], "nekms:usage": "sign,decrypt"}}
+    for record, rule in [(renamed, "record-binding"), (swapped, ""), (claims, "")]:
+        decrypt = record is claims
+        token = {"label": "planted", "pin": PIN, "keys": [{"id": b"\x01", "label": "planted", "record": cbor_record(record), "decrypt": decrypt}]}
         kind, err = Rpc(tokens.up.info["rpc"]).call({"P11": {"AddToken": {"token": token, "replace": False}}})
         assert kind == "Err" and f"rule {rule}" in err["message"] if rule else kind == "Err", err
     assert tokens.nekms("p11", "slots", "--json").stdout == before
@@ -922,3 +933,43 @@ def test_raw_pkcs1_signing_is_no_decryption_oracle_for_sign_only_keys(tokens, tm
     for scheme in ("rsa-pkcs1-raw", "rsa-x509", "raw"):
         kind, err = rpc.call({"Sign": {"record": cbor_record(record), "scheme": scheme, "payload": {"digest": y}}})
         assert kind == "Err" and "unknown scheme" in err["message"], (scheme, err)
+
+
+def test_describe_device_and_a_database_packed_without_the_enclave(tokens, tmp_path):
+    """`nekms p11 token describe` and `nekms p11 device` show what the
+    enclave holds and where the database differs; `nekms p11 db pack`
+    writes a token (PIN verifier, never the PIN) without the enclave, and
+    `token restore` provisions it."""
+    d = json.loads(tokens.nekms("p11", "token", "describe", "--label", "web", "--json").stdout)
+    assert d["label"] == "web" and len(d["keys"]) == 4 and d["database"]["differences"] == [], d
+    rsa = next(k for k in d["keys"] if k["label"] == "web-rsa")
+    assert rsa["decrypt"] and len(rsa["certificates"]) == 2
+    assert "localhost" in rsa["certificates"][0]["subject"] and "nekms test CA" in rsa["certificates"][0]["issuer"]
+    assert "agrees" in tokens.nekms("p11", "token", "describe", "--label", "web").stdout
+    r = tokens.nekms("p11", "token", "describe", "--label", "absent", check=False)
+    assert r.returncode != 0 and "no token labelled" in r.stderr
+    device = json.loads(tokens.nekms("p11", "device", "--json").stdout)
+    assert device["max_tokens"] == 1024 and device["tokens"] >= 2 and device["simulated"] and len(device["pcr0"]) == 96, device
+
+    db = tmp_path / "packed.json"
+    pack = ["p11", "db", "pack", "--db", str(db), "--label", "packed", "--pin-file", str(tokens.pin_file)]
+    tokens.nekms(*pack, "--key", "web-ec:0a", "--cert", f"web-ec:{tokens.chains['web-ec']}")
+    assert PIN not in db.read_text() and oct(db.stat().st_mode & 0o777) == "0o600"
+    for extra, says in [([], "already has a token labelled"),
+                        (["--replace", "--cert", f"web-ec:{tokens.chains['web-rsa']}"], "not for that key's public key"),
+                        (["--replace", "--key", "absent:01"], "no key named")]:
+        args = extra if "--key" in extra else [*extra, "--key", "web-ec:0a"]
+        r = tokens.nekms(*pack, *args, check=False)
+        assert r.returncode != 0 and says in r.stderr, (extra, r.stderr)
+    try:
+        tokens.nekms("p11", "token", "restore", "--db", str(db))
+        (tmp_path / "h").write_bytes(bytes(32))
+        tokens.tool("--token-label", "packed", "--login", "--pin", PIN, "--sign", "-m", "ECDSA", "--id", "0a", "-i", str(tmp_path / "h"),
+                    "-o", str(tmp_path / "sig"))
+        verify(tokens.public_key("web-ec"), "ECDSA", bytes(32), (tmp_path / "sig").read_bytes())
+        assert json.loads(tokens.nekms("p11", "token", "describe", "--label", "packed", "--db", str(db), "--json").stdout)["database"]["differences"] == []
+        # Against the other database, the token is one it does not know.
+        other = json.loads(tokens.nekms("p11", "token", "describe", "--label", "packed", "--json").stdout)
+        assert other["database"]["differences"] == ["the database has no entry for it"], other
+    finally:
+        tokens.nekms("p11", "token", "remove", "--label", "packed", "--db", str(db))

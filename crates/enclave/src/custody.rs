@@ -128,9 +128,16 @@ impl Enclave {
         origin: Origin,
         kms_key_id: Option<&str>,
         extra_context: &BTreeMap<String, String>,
+        decrypt: bool,
     ) -> Result<(BTreeMap<String, String>, nekms_kms_client::DataKey), RpcError> {
         let pinned = self.trust.custody_key(kms_key_id)?;
-        let context = binding_context(key_id, spec, origin, extra_context).map_err(|e| RpcError::refused(e.to_string()))?;
+        let mut context = binding_context(key_id, spec, origin, extra_context).map_err(|e| RpcError::refused(e.to_string()))?;
+        if decrypt {
+            if !spec.is_rsa() {
+                return Err(RpcError::bad_request(format!("a {spec} key does not decrypt; only RSA keys may be made with decrypt")));
+            }
+            context.insert(nekms_keys::context::USAGE.into(), nekms_keys::context::USAGE_SIGN_DECRYPT.into());
+        }
         let data_key = self.kms.generate_data_key(pinned.as_str(), Some(DataKeySpec::Aes256), None, &context).await.map_err(kms_error)?;
         self.trust.check_answered(pinned, &data_key.key_id)?;
         Ok((context, data_key))
@@ -173,7 +180,7 @@ impl Enclave {
         check_key_id(&req.key_id).map_err(key_error)?;
         check_nonce(&req.nonce)?;
         // KMS first: a key it will not seal is not worth generating.
-        let data_key = self.data_key_for(&req.key_id, req.spec, Origin::Generated, req.kms_key_id.as_deref(), &req.encryption_context).await?;
+        let data_key = self.data_key_for(&req.key_id, req.spec, Origin::Generated, req.kms_key_id.as_deref(), &req.encryption_context, req.decrypt).await?;
         let seed = self.entropy(req.entropy).await?;
         let spec = req.spec;
         // RSA generation takes a while; keep it off the connection's task.
@@ -211,7 +218,7 @@ impl Enclave {
         self.trust.check_answered(source, &material.key_id)?;
         let private = parse_private_key(&material.plaintext, Some(spec)).map_err(key_error)?;
         drop(material);
-        let data_key = self.data_key_for(&req.key_id, private.spec(), Origin::Imported, req.kms_key_id.as_deref(), &req.encryption_context).await?;
+        let data_key = self.data_key_for(&req.key_id, private.spec(), Origin::Imported, req.kms_key_id.as_deref(), &req.encryption_context, req.decrypt).await?;
         self.seal_new(&private, &req.key_id, data_key, Origin::Imported, req.nonce)
     }
 

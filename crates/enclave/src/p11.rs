@@ -13,7 +13,8 @@
 //!   signing is refused here too;
 //! - `Slots` returns public keys and certificates only;
 //! - `Sign` signs after a login, and `Decrypt` decrypts with an RSA token
-//!   key provisioned to decrypt (sign-only by default: an RSA decryption
+//!   key provisioned to decrypt, which its record must allow (sign-only by
+//!   default, and fixed when the key was made: an RSA decryption
 //!   oracle, PKCS#1 v1.5 above all, computes raw private-key operations and
 //!   would get around any rule on what a key signs); neither returns key
 //!   material, and no call does.
@@ -24,10 +25,8 @@
 //! RPC), but not extract a key.
 
 use std::collections::{BTreeMap, HashMap};
-use std::num::NonZeroU32;
 use std::sync::Mutex;
 
-use aws_lc_rs::pbkdf2;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use nekms_keys::KeyRecord;
 use nekms_rpc::protocol::{P11PublicKey, P11Request, P11Response, P11Slot, P11Token, PinVerifier};
@@ -44,7 +43,6 @@ pub const MAX_PIN_FAILURES: u32 = 10;
 /// Most keys on one token, and certificates per key.
 pub const MAX_KEYS: usize = 64;
 pub const MAX_CHAIN: usize = 8;
-const PBKDF2_ITERATIONS: u32 = 100_000;
 
 /// The CK_RV values the enclave answers with.
 pub mod ckr {
@@ -114,28 +112,17 @@ fn handle_id(handle: &Secret) -> Result<[u8; 32], RpcError> {
     handle.expose().try_into().map_err(|_| err(ckr::SESSION_HANDLE_INVALID, "a handle is 32 bytes"))
 }
 
-fn pbkdf2_iterations(n: u32) -> Result<NonZeroU32, RpcError> {
-    NonZeroU32::new(n).filter(|n| n.get() <= 10_000_000).ok_or_else(|| RpcError::bad_request("a PIN verifier takes 1 to 10,000,000 iterations"))
-}
-
 /// A new verifier for `pin`.
 pub fn make_verifier(pin: &[u8]) -> Result<PinVerifier, RpcError> {
     if !(4..=64).contains(&pin.len()) {
         return Err(err(ckr::PIN_LEN_RANGE, "a PIN is 4 to 64 bytes"));
     }
-    let mut salt = vec![0u8; 16];
-    SystemRandom::new().fill(&mut salt).map_err(|_| RpcError::new(nekms_rpc::ErrorCode::Internal, "no randomness"))?;
-    let mut hash = vec![0u8; 32];
-    pbkdf2::derive(pbkdf2::PBKDF2_HMAC_SHA256, pbkdf2_iterations(PBKDF2_ITERATIONS)?, &salt, pin, &mut hash);
-    Ok(PinVerifier { salt, iterations: PBKDF2_ITERATIONS, hash })
+    PinVerifier::new(pin).ok_or_else(|| RpcError::new(nekms_rpc::ErrorCode::Internal, "no randomness"))
 }
 
 /// Whether `pin` matches, compared in constant time.
 fn pin_matches(verifier: &PinVerifier, pin: &[u8]) -> bool {
-    match pbkdf2_iterations(verifier.iterations) {
-        Ok(n) => pbkdf2::verify(pbkdf2::PBKDF2_HMAC_SHA256, n, &verifier.salt, pin, &verifier.hash).is_ok(),
-        Err(_) => false,
-    }
+    verifier.matches(pin)
 }
 
 fn check_label(label: &str) -> Result<(), RpcError> {
@@ -315,6 +302,14 @@ impl Tokens {
             if k.label.len() > 64 {
                 return Err(RpcError::bad_request(format!("key {i}: a key label is at most 64 bytes")));
             }
+            if k.decrypt && !k.record.may_decrypt() {
+                // A decryption oracle on a key made to sign would be one the
+                // parent grants itself: only keys made to decrypt may.
+                return Err(RpcError::refused(format!(
+                    "rule key-usage: key {i} ({}) was made to sign only; only a key made with decrypt (nekms key create|import --decrypt, bound in its record as nekms:usage=sign,decrypt) may decrypt in a token",
+                    k.label
+                )));
+            }
             if k.certificates.len() > MAX_CHAIN || k.certificates.iter().any(|c| c.len() > 16 * 1024) {
                 return Err(RpcError::bad_request(format!("key {i}: at most {MAX_CHAIN} certificates of 16 KiB each")));
             }
@@ -434,7 +429,9 @@ impl Enclave {
                 let verifier = match (&token.pin, &token.pin_verifier) {
                     (Some(pin), None) => make_verifier(pin.0.as_bytes())?,
                     (None, Some(v)) => {
-                        pbkdf2_iterations(v.iterations)?;
+                        if !v.iterations_in_range() {
+                            return Err(RpcError::bad_request("a PIN verifier takes 1 to 10,000,000 iterations"));
+                        }
                         if v.salt.len() < 16 || v.hash.len() != 32 {
                             return Err(RpcError::bad_request("a PIN verifier has a salt of 16 bytes or more and a 32-byte hash"));
                         }
@@ -473,7 +470,7 @@ impl Enclave {
                 let mut context = std::collections::BTreeMap::new();
                 context.insert("p11-token".to_owned(), token.clone());
                 let record = self
-                    .generate_key(nekms_rpc::GenerateKey { key_id, spec, kms_key_id: None, entropy: nekms_rpc::Entropy::Nsm, encryption_context: context, nonce: None })
+                    .generate_key(nekms_rpc::GenerateKey { key_id, spec, kms_key_id: None, entropy: nekms_rpc::Entropy::Nsm, encryption_context: context, nonce: None, decrypt: false })
                     .await?;
                 let public_key = serde_bytes::ByteBuf::from(record.public_key.clone());
                 let label = if label.is_empty() { record.key_id.clone() } else { label };

@@ -164,6 +164,7 @@ async fn the_enclaves_rules_refuse_before_kms_is_asked() {
         entropy: Default::default(),
         encryption_context: Default::default(),
         nonce: None,
+        decrypt: false,
     };
     for other in ["alias/custody", "arn:aws:kms:eu-west-1:444455556666:key/1234abcd-12ab-34cd-56ef-1234567890ab"] {
         let err = e.client.generate_key(generate(Some(other))).await.unwrap_err();
@@ -189,6 +190,7 @@ async fn the_enclaves_rules_refuse_before_kms_is_asked() {
         ciphertext_key_id: None,
         encryption_context: Default::default(),
         nonce: None,
+        decrypt: false,
     };
     let err = default.client.import_key(import).await.unwrap_err();
     assert!(err.remote().unwrap().message.contains("rule import-disabled"), "{err}");

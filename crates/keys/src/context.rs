@@ -30,6 +30,10 @@ pub const ORIGIN: &str = "nekms:origin";
 /// `import` on an administrator's import ciphertext.
 pub const PURPOSE: &str = "nekms:purpose";
 pub const PURPOSE_IMPORT: &str = "import";
+/// What a record's key may do besides signing: present only on RSA keys
+/// made to decrypt too ([`USAGE_SIGN_DECRYPT`]).
+pub const USAGE: &str = "nekms:usage";
+pub const USAGE_SIGN_DECRYPT: &str = "sign,decrypt";
 
 /// Most pairs a caller's encryption context may hold.
 pub const MAX_PAIRS: usize = 64;

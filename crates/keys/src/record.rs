@@ -109,7 +109,12 @@ impl KeyRecord {
                 return Err(self.err(format!("its encryption context does not bind {k} to {v:?} (a record made before nekms-key:v2 provenance, or altered)")));
             }
         }
-        if let Some(k) = self.encryption_context.keys().find(|k| is_reserved(k) && !want.iter().any(|(w, _)| w == k)) {
+        match self.encryption_context.get(crate::context::USAGE).map(String::as_str) {
+            None => {}
+            Some(crate::context::USAGE_SIGN_DECRYPT) if self.spec.is_rsa() => {}
+            Some(u) => return Err(self.err(format!("its encryption context says {}={u:?}, which only an RSA key may carry, as {:?}", crate::context::USAGE, crate::context::USAGE_SIGN_DECRYPT))),
+        }
+        if let Some(k) = self.encryption_context.keys().find(|k| is_reserved(k) && k.as_str() != crate::context::USAGE && !want.iter().any(|(w, _)| w == k)) {
             return Err(self.err(format!("its encryption context holds {k:?}, a reserved key no record carries")));
         }
         let public = PublicKey::from_spki(&self.public_key).map_err(|e| self.err(e.to_string()))?;
@@ -123,6 +128,12 @@ impl KeyRecord {
             return Err(self.err("the data key or the KMS key id is missing"));
         }
         Ok(public)
+    }
+
+    /// Whether the record's key was made to decrypt as well as sign
+    /// (`nekms:usage`, bound into its data key's context and its seal).
+    pub fn may_decrypt(&self) -> bool {
+        self.spec.is_rsa() && self.encryption_context.get(crate::context::USAGE).map(String::as_str) == Some(crate::context::USAGE_SIGN_DECRYPT)
     }
 
     pub fn public(&self) -> Result<PublicKey, KeyError> {

@@ -292,3 +292,31 @@ fn raw_rsa_operations_agree_with_the_hashing_schemes() {
     }
     assert!("rsa-pkcs1-raw".parse::<Scheme>().is_err(), "no scheme signs caller-chosen bytes");
 }
+
+#[test]
+fn a_records_usage_is_sealed_with_it_and_only_rsa_keys_decrypt() {
+    use nekms_keys::context::{USAGE, USAGE_SIGN_DECRYPT};
+    let data_key = [9u8; 32];
+    let rsa = PrivateKey::generate(KeySpec::Rsa2048, &seed(4)).unwrap();
+    let mut template = record_for(&rsa, "tls");
+    template.encryption_context.insert(USAGE.into(), USAGE_SIGN_DECRYPT.into());
+    let r = seal_record(template, &data_key, &rsa).unwrap();
+    r.check().unwrap();
+    assert!(r.may_decrypt());
+    assert!(open_record(&r, &data_key).is_ok());
+    // The same key sealed to sign only cannot be relabelled afterwards: the context is in the seal's associated data.
+    let sign_only = seal_record(record_for(&rsa, "tls"), &data_key, &rsa).unwrap();
+    assert!(!sign_only.may_decrypt());
+    let mut claimed = sign_only.clone();
+    claimed.encryption_context.insert(USAGE.into(), USAGE_SIGN_DECRYPT.into());
+    assert!(claimed.may_decrypt(), "the claim reads as decrypt...");
+    assert!(open_record(&claimed, &data_key).is_err(), "...but the record no longer opens");
+    // Other values, and the usage on a non-RSA key, are not records.
+    let ec = PrivateKey::generate(KeySpec::P256, &seed(5)).unwrap();
+    let mut ec_record = seal_record(record_for(&ec, "ec"), &data_key, &ec).unwrap();
+    ec_record.encryption_context.insert(USAGE.into(), USAGE_SIGN_DECRYPT.into());
+    assert!(ec_record.check().is_err() && !ec_record.may_decrypt());
+    let mut odd = r.clone();
+    odd.encryption_context.insert(USAGE.into(), "decrypt".into());
+    assert!(odd.check().is_err());
+}

@@ -303,6 +303,42 @@ pub struct PinVerifier {
     pub hash: Vec<u8>,
 }
 
+impl PinVerifier {
+    /// The iterations new verifiers get.
+    pub const ITERATIONS: u32 = 100_000;
+    /// The most a verifier may ask for (a bound on one login's work).
+    pub const MAX_ITERATIONS: u32 = 10_000_000;
+
+    /// A new verifier for `pin` (4-64 bytes) with a random salt; `None`
+    /// for a PIN out of range or no randomness.
+    pub fn new(pin: &[u8]) -> Option<PinVerifier> {
+        use aws_lc_rs::rand::SecureRandom;
+        if !(4..=64).contains(&pin.len()) {
+            return None;
+        }
+        let mut salt = vec![0u8; 16];
+        aws_lc_rs::rand::SystemRandom::new().fill(&mut salt).ok()?;
+        let mut hash = vec![0u8; 32];
+        let n = std::num::NonZeroU32::new(Self::ITERATIONS)?;
+        aws_lc_rs::pbkdf2::derive(aws_lc_rs::pbkdf2::PBKDF2_HMAC_SHA256, n, &salt, pin, &mut hash);
+        Some(PinVerifier { salt, iterations: Self::ITERATIONS, hash })
+    }
+
+    /// Whether `pin` matches, compared in constant time. A verifier with
+    /// iterations out of range matches nothing.
+    pub fn matches(&self, pin: &[u8]) -> bool {
+        match std::num::NonZeroU32::new(self.iterations).filter(|n| n.get() <= Self::MAX_ITERATIONS) {
+            Some(n) => aws_lc_rs::pbkdf2::verify(aws_lc_rs::pbkdf2::PBKDF2_HMAC_SHA256, n, &self.salt, pin, &self.hash).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Whether its iterations are in range.
+    pub fn iterations_in_range(&self) -> bool {
+        (1..=Self::MAX_ITERATIONS).contains(&self.iterations)
+    }
+}
+
 /// A token's public description, as a slot.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct P11Slot {
@@ -377,6 +413,11 @@ pub struct GenerateKey {
     /// Put into the attestation document that vouches for the key.
     #[serde(default, with = "serde_bytes")]
     pub nonce: Option<Vec<u8>>,
+    /// An RSA key that may decrypt as well as sign (a PKCS#11 token's
+    /// `--decrypt`): fixed now, in the record's context (`nekms:usage`),
+    /// and never granted later.
+    #[serde(default)]
+    pub decrypt: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -404,6 +445,9 @@ pub struct ImportKey {
     pub encryption_context: BTreeMap<String, String>,
     #[serde(default, with = "serde_bytes")]
     pub nonce: Option<Vec<u8>>,
+    /// As for [`GenerateKey`].
+    #[serde(default)]
+    pub decrypt: bool,
 }
 
 impl Request {

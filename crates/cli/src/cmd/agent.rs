@@ -401,7 +401,7 @@ async fn create_key(State(state): State<Shared>, Extension(caller): Extension<Ca
     };
     let nonce = b.nonce.as_deref().map(|n| hex_field("nonce", n)).transpose()?;
     check_new(&state, &b.name).await?;
-    let request = GenerateKey { key_id: b.name, spec, kms_key_id: b.kms_key_id, entropy, encryption_context: b.encryption_context, nonce };
+    let request = GenerateKey { key_id: b.name, spec, kms_key_id: b.kms_key_id, entropy, encryption_context: b.encryption_context, nonce, decrypt: false };
     let record = state.enclave.call(|c| { let r = request.clone(); async move { c.generate_key(r).await } }).await?;
     store_new(&state, record).await
 }
@@ -448,6 +448,7 @@ async fn import_key(State(state): State<Shared>, Extension(caller): Extension<Ca
         ciphertext_key_id: None,
         encryption_context: b.encryption_context,
         nonce: None,
+        decrypt: false,
     };
     let record = state.enclave.call(|c| { let r = request.clone(); async move { c.import_key(r).await } }).await?;
     store_new(&state, record).await

@@ -128,6 +128,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                 entropy: Entropy::Nsm,
                 encryption_context: Default::default(),
                 nonce: None,
+                decrypt: false,
             })
             .await?;
         agent_store.create(&record).await?;

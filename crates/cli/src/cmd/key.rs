@@ -71,6 +71,9 @@ pub enum KeyCommand {
         /// Nonce (hex) for the attestation document that vouches for the key
         #[arg(long, value_name = "HEX")]
         nonce: Option<String>,
+        /// An RSA key that may also decrypt (a PKCS#11 token's --decrypt); fixed in the record, never granted later
+        #[arg(long)]
+        decrypt: bool,
         #[arg(long)]
         json: bool,
     },
@@ -108,6 +111,9 @@ pub enum KeyCommand {
         context: Vec<String>,
         #[arg(long, value_name = "HEX")]
         nonce: Option<String>,
+        /// An RSA key that may also decrypt (a PKCS#11 token's --decrypt); fixed in the record, never granted later
+        #[arg(long)]
+        decrypt: bool,
         #[arg(long)]
         json: bool,
     },
@@ -444,7 +450,7 @@ fn ciphertext_arg(file: &Option<PathBuf>, b64: &Option<String>) -> anyhow::Resul
 pub fn run_key(cmd: KeyCommand) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
         match cmd {
-            KeyCommand::Create { enclave, store, name, spec, kms_key, entropy, context, nonce: n, json } => {
+            KeyCommand::Create { enclave, store, name, spec, kms_key, entropy, context, nonce: n, decrypt, json } => {
                 let store = store.open().await?;
                 if store.get(&name).await?.is_some() {
                     bail!("a key named {name:?} already exists");
@@ -456,6 +462,7 @@ pub fn run_key(cmd: KeyCommand) -> anyhow::Result<()> {
                     entropy,
                     encryption_context: nekms_enclave::app::encryption_context(&context)?,
                     nonce: nonce(&n)?,
+                    decrypt,
                 };
                 let record = enclave.connect().await?.generate_key(request).await?;
                 keep(&store, &record, json).await
@@ -473,6 +480,7 @@ pub fn run_key(cmd: KeyCommand) -> anyhow::Result<()> {
                 ciphertext_context,
                 context,
                 nonce: n,
+                decrypt,
                 json,
             } => {
                 let store = store.open().await?;
@@ -493,6 +501,7 @@ pub fn run_key(cmd: KeyCommand) -> anyhow::Result<()> {
                     ciphertext_key_id: None,
                     encryption_context: nekms_enclave::app::encryption_context(&context)?,
                     nonce: nonce(&n)?,
+                    decrypt,
                 };
                 let record = enclave.connect().await?.import_key(request).await?;
                 keep(&store, &record, json).await

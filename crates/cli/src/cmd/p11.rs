@@ -47,6 +47,13 @@ pub struct TokenArgs {
     #[command(flatten)]
     enclave: EnclaveArg,
     #[command(flatten)]
+    spec: TokenSpec,
+}
+
+/// What makes a token: its label, PIN, keys and certificates.
+#[derive(clap::Args)]
+pub struct TokenSpec {
+    #[command(flatten)]
     store: StoreArg,
     #[command(flatten)]
     db: DbArg,
@@ -96,6 +103,17 @@ pub enum TokenCommand {
         #[arg(long)]
         label: String,
     },
+    /// One token as the enclave holds it (keys, certificates, PIN state) and whether the database agrees
+    Describe {
+        #[command(flatten)]
+        enclave: EnclaveArg,
+        #[command(flatten)]
+        db: DbArg,
+        #[arg(long)]
+        label: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Put every token of the database back into the enclave (after it restarted)
     Restore {
         #[command(flatten)]
@@ -112,6 +130,16 @@ pub enum TokenCommand {
 pub enum Command {
     #[command(subcommand)]
     Token(TokenCommand),
+    /// The enclave's PKCS#11 device: tokens in use of the most it takes, keys, locked tokens, the enclave's version and PCR0
+    Device {
+        #[command(flatten)]
+        enclave: EnclaveArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The token database without the enclave
+    #[command(subcommand)]
+    Db(DbCommand),
     /// The enclave's tokens as slots: labels, keys, certificates, PIN state
     Slots {
         #[command(flatten)]
@@ -126,6 +154,22 @@ pub enum Command {
         remote: String,
     },
 }
+
+#[derive(clap::Subcommand)]
+pub enum DbCommand {
+    /// Write a token into the database, checked against the key store, without the enclave (the PIN verifier is made
+    /// here); `nekms p11 token restore` then provisions every token of the database
+    Pack {
+        #[command(flatten)]
+        spec: TokenSpec,
+        /// Replace a token of that label already in the database
+        #[arg(long)]
+        replace: bool,
+    },
+}
+
+/// The most tokens an enclave holds.
+const MAX_TOKENS: usize = 1024;
 
 /// One token as the parent keeps it.
 #[derive(Serialize, Deserialize, Clone)]
@@ -219,7 +263,7 @@ fn split_pair<'a>(s: &'a str, what: &str) -> anyhow::Result<(&'a str, &'a str)> 
     s.rsplit_once(':').filter(|(a, b)| !a.is_empty() && !b.is_empty()).with_context(|| format!("{what} {s:?}: write NAME:VALUE"))
 }
 
-fn db_token(a: &TokenArgs, verifier: Option<DbVerifier>) -> anyhow::Result<DbToken> {
+fn db_token(a: &TokenSpec, verifier: Option<DbVerifier>) -> anyhow::Result<DbToken> {
     let mut certs: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for c in &a.certs {
         let (name, file) = split_pair(c, "--cert")?;
@@ -267,7 +311,8 @@ async fn p11(enclave: &EnclaveArg, request: P11Request) -> anyhow::Result<P11Res
     }
 }
 
-async fn add(a: TokenArgs, replace: bool) -> anyhow::Result<()> {
+async fn add(t: TokenArgs, replace: bool) -> anyhow::Result<()> {
+    let a = &t.spec;
     let path = a.db.path()?;
     let mut db = load(&path)?;
     let existing = db.tokens.iter().position(|t| t.label == a.label);
@@ -282,10 +327,10 @@ async fn add(a: TokenArgs, replace: bool) -> anyhow::Result<()> {
         None => bail!("a new token needs --pin-file"),
     };
     let old_verifier = existing.map(|i| db.tokens[i].pin_verifier.clone());
-    let token = db_token(&a, old_verifier)?;
+    let token = db_token(a, old_verifier)?;
     let store = a.store.open().await?;
     let request = token_request(&store, &token, pin).await?;
-    let (slot, v) = match p11(&a.enclave, P11Request::AddToken { token: request, replace }).await? {
+    let (slot, v) = match p11(&t.enclave, P11Request::AddToken { token: request, replace }).await? {
         P11Response::TokenAdded { slot, pin_verifier } => (slot, pin_verifier),
         other => bail!("the enclave answered {other:?}"),
     };
@@ -299,12 +344,178 @@ async fn add(a: TokenArgs, replace: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `nekms p11 db pack`: the database entry `token add` would write, made
+/// here. Every key must be in the store and every leaf certificate for its
+/// key; the enclave checks both again when the token is restored.
+async fn pack(a: TokenSpec, replace: bool) -> anyhow::Result<()> {
+    let path = a.db.path()?;
+    let mut db = load(&path)?;
+    let existing = db.tokens.iter().position(|t| t.label == a.label);
+    if existing.is_some() && !replace {
+        bail!("the token database already has a token labelled {:?}; give --replace", a.label);
+    }
+    if existing.is_none() && db.tokens.len() >= MAX_TOKENS {
+        bail!("the token database already has {MAX_TOKENS} tokens, the most an enclave holds");
+    }
+    let pin = read_pin(a.pin_file.as_ref().context("a packed token needs --pin-file")?)?;
+    let v = PinVerifier::new(pin.0.as_bytes()).context("a PIN is 4 to 64 bytes")?;
+    let token = db_token(&a, Some(DbVerifier { salt: hex::encode(v.salt), iterations: v.iterations, hash: hex::encode(v.hash) }))?;
+    let store = a.store.open().await?;
+    for k in &token.keys {
+        let record = store.get(&k.key).await?.with_context(|| format!("no key named {:?} in the store", k.key))?;
+        if k.decrypt && !record.spec.is_rsa() {
+            bail!("--decrypt {}: only RSA keys decrypt", k.key);
+        }
+        if let Some(leaf) = k.certificates.first() {
+            let der = B64.decode(leaf)?;
+            let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| anyhow::anyhow!("{}: not a DER certificate: {e}", k.key))?;
+            if cert.tbs_certificate.subject_pki.raw != record.public_key.as_slice() {
+                bail!("the first certificate given for {} is not for that key's public key", k.key);
+            }
+        }
+    }
+    match existing {
+        Some(i) => db.tokens[i] = token,
+        None => db.tokens.push(token),
+    }
+    save(&path, &db)?;
+    println!("token {:?} packed into {} ({} key(s)); `nekms p11 token restore` provisions it", a.label, path.display(), a.keys.len());
+    Ok(())
+}
+
+/// A certificate's subject, issuer, serial and validity, for people.
+fn certificate_summary(der: &[u8]) -> serde_json::Value {
+    match x509_parser::parse_x509_certificate(der) {
+        Ok((_, c)) => serde_json::json!({
+            "subject": c.subject().to_string(), "issuer": c.issuer().to_string(), "serial": c.raw_serial_as_string(),
+            "not_before": c.validity().not_before.to_rfc2822().unwrap_or_default(),
+            "not_after": c.validity().not_after.to_rfc2822().unwrap_or_default(),
+        }),
+        Err(e) => serde_json::json!({ "error": format!("not a DER certificate: {e}") }),
+    }
+}
+
+/// `nekms p11 token describe`.
+async fn describe(enclave: &EnclaveArg, db: &DbArg, label: &str, json: bool) -> anyhow::Result<()> {
+    let slots = match p11(enclave, P11Request::Slots).await? {
+        P11Response::Slots(s) => s,
+        other => bail!("the enclave answered {other:?}"),
+    };
+    let slot = slots.iter().find(|s| s.label == label).map(|s| s.slot);
+    let database = load(&db.path()?)?;
+    let entry = database.tokens.iter().find(|t| t.label == label);
+    let Some(slot) = slot else {
+        match entry {
+            Some(_) => bail!("the enclave has no token labelled {label:?}, but the database does: `nekms p11 token restore` puts it back"),
+            None => bail!("no token labelled {label:?} in the enclave or the database"),
+        }
+    };
+    let s = match p11(enclave, P11Request::Slot { slot }).await? {
+        P11Response::Slot(s) => s,
+        other => bail!("the enclave answered {other:?}"),
+    };
+    // Where the enclave and the database differ (a token changed by another database, or not stored).
+    let mut differences = Vec::new();
+    match entry {
+        None => differences.push("the database has no entry for it".to_owned()),
+        Some(t) => {
+            let ours: Vec<(String, usize, bool)> = t.keys.iter().map(|k| (k.id.clone(), k.certificates.len(), k.decrypt)).collect();
+            let theirs: Vec<(String, usize, bool)> = s.keys.iter().map(|k| (hex::encode(&k.id), k.certificates.len(), k.decrypt)).collect();
+            for k in &theirs {
+                if !ours.contains(k) {
+                    differences.push(format!("key {} (with {} certificate(s){}) is not so in the database", k.0, k.1, if k.2 { ", decrypts" } else { "" }));
+                }
+            }
+            for k in &ours {
+                if !theirs.iter().any(|t| t.0 == k.0) {
+                    differences.push(format!("the database's key {} is not in the enclave", k.0));
+                }
+            }
+            if t.writable != s.writable {
+                differences.push(format!("writable: enclave {}, database {}", s.writable, t.writable));
+            }
+        }
+    }
+    let keys: Vec<serde_json::Value> = s
+        .keys
+        .iter()
+        .map(|k| {
+            serde_json::json!({
+                "id": hex::encode(&k.id), "label": k.label, "spec": k.spec.as_str(), "decrypt": k.decrypt,
+                "public_key_sha256": hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &k.public_key)),
+                "certificates": k.certificates.iter().map(|c| certificate_summary(c)).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    if json {
+        let v = serde_json::json!({
+            "slot": s.slot, "label": s.label, "writable": s.writable, "locked": s.locked, "failures": s.failures,
+            "keys": keys, "database": { "file": db.path()?.display().to_string(), "differences": differences },
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let state = if s.locked { "LOCKED: provision it again to unlock".to_owned() } else { format!("{} wrong PIN(s) since the last good one", s.failures) };
+    println!("token {:?} in slot {} ({}, {state})", s.label, s.slot, if s.writable { "writable" } else { "write-protected" });
+    for k in &keys {
+        println!("  key id {} {} {}{}, public key SHA-256 {}", k["id"].as_str().unwrap_or(""), k["label"].as_str().unwrap_or(""), k["spec"].as_str().unwrap_or(""),
+            if k["decrypt"] == true { ", decrypts" } else { "" }, k["public_key_sha256"].as_str().unwrap_or(""));
+        for c in k["certificates"].as_array().into_iter().flatten() {
+            match c.get("error") {
+                Some(e) => println!("    certificate: {e}"),
+                None => println!("    certificate {} (issuer {}), valid until {}", c["subject"].as_str().unwrap_or(""), c["issuer"].as_str().unwrap_or(""), c["not_after"].as_str().unwrap_or("")),
+            }
+        }
+    }
+    if differences.is_empty() {
+        println!("database {}: agrees", db.path()?.display());
+    } else {
+        println!("database {} differs:", db.path()?.display());
+        for d in &differences {
+            println!("  {d}");
+        }
+    }
+    Ok(())
+}
+
+/// `nekms p11 device`.
+async fn device(enclave: &EnclaveArg, json: bool) -> anyhow::Result<()> {
+    let client = enclave.connect().await?;
+    let d = match client.call(&Request::Describe).await? {
+        Response::Described(d) => d,
+        other => bail!("the enclave answered {other:?}"),
+    };
+    let slots = match client.call(&Request::P11(P11Request::Slots)).await? {
+        Response::P11(P11Response::Slots(s)) => s,
+        other => bail!("the enclave answered {other:?}"),
+    };
+    let keys: usize = slots.iter().map(|s| s.keys.len()).sum();
+    let locked = slots.iter().filter(|s| s.locked).count();
+    let writable = slots.iter().filter(|s| s.writable).count();
+    let pcr0 = d.pcrs.iter().find(|p| p.index == 0).map(|p| hex::encode(&p.value)).unwrap_or_default();
+    if json {
+        let v = serde_json::json!({
+            "enclave": d.agent, "simulated": d.simulated, "pcr0": pcr0, "tokens": slots.len(), "max_tokens": MAX_TOKENS,
+            "keys": keys, "locked_tokens": locked, "writable_tokens": writable,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("{}{}", d.agent, if d.simulated { " (simulated NSM: not a real enclave)" } else { "" });
+    println!("PCR0 {pcr0}");
+    println!("tokens: {} of {MAX_TOKENS} ({writable} writable, {locked} locked); keys: {keys}", slots.len());
+    Ok(())
+}
+
 pub fn run(c: Command) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
         match c {
             Command::Token(TokenCommand::Add(a)) => add(a, false).await,
             Command::Token(TokenCommand::Update(a)) => add(a, true).await,
+            Command::Token(TokenCommand::Describe { enclave, db, label, json }) => describe(&enclave, &db, &label, json).await,
+            Command::Device { enclave, json } => device(&enclave, json).await,
+            Command::Db(DbCommand::Pack { spec, replace }) => pack(spec, replace).await,
             Command::Token(TokenCommand::Remove { enclave, db, label }) => {
                 let path = db.path()?;
                 let mut tokens = load(&path)?;
