@@ -973,3 +973,69 @@ def test_describe_device_and_a_database_packed_without_the_enclave(tokens, tmp_p
         assert other["database"]["differences"] == ["the database has no entry for it"], other
     finally:
         tokens.nekms("p11", "token", "remove", "--label", "packed", "--db", str(db))
+
+
+PROVIDER = "/usr/lib/x86_64-linux-gnu/ossl-modules/pkcs11.so"
+PROVIDER_CNF = """openssl_conf = openssl_init
+[openssl_init]
+providers = provider_sect
+[provider_sect]
+default = default_sect
+pkcs11 = pkcs11_sect
+[default_sect]
+activate = 1
+[pkcs11_sect]
+module = {provider}
+pkcs11-module-path = {module}
+pkcs11-module-token-pin = file:{pin}
+activate = 1
+"""
+
+
+@pytest.mark.skipif(not os.path.exists(PROVIDER), reason="pkcs11-provider is in bookworm-backports; scripts/test installs it where it can")
+def test_openssl_3_provider_signs_and_serves_tls_through_p11_kit(tokens, tmp_path):
+    """OpenSSL 3's provider path (pkcs11-provider, not the deprecated
+    engine), through p11-kit's client and server: `openssl dgst -sign`
+    with the RSA and P-256 token keys, checked with `cryptography`, and a
+    TLS 1.3 handshake of `openssl s_server` holding the key in the token."""
+    env = tokens.start_kit()
+    pin = tmp_path / "pin"
+    pin.write_text(PIN)
+    os.chmod(pin, 0o600)
+    cnf = tmp_path / "provider.cnf"
+    cnf.write_text(PROVIDER_CNF.format(provider=PROVIDER, module=P11KIT_CLIENT, pin=pin))
+    env = {**env, "OPENSSL_CONF": str(cnf)}
+    (tmp_path / "msg").write_bytes(b"signed through OpenSSL 3's provider")
+    for name, key_id in [("web-rsa", "%01"), ("web-ec", "%02")]:
+        r = subprocess.run(["openssl", "dgst", "-sha256", "-sign", f"pkcs11:token=web;id={key_id};type=private", "-out", str(tmp_path / "sig"),
+                            str(tmp_path / "msg")], env=env, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        sig = (tmp_path / "sig").read_bytes()
+        public = tokens.public_key(name)
+        if name == "web-rsa":
+            public.verify(sig, (tmp_path / "msg").read_bytes(), padding.PKCS1v15(), hashes.SHA256())
+        else:
+            public.verify(sig, (tmp_path / "msg").read_bytes(), ec.ECDSA(hashes.SHA256()))
+    # s_server with the token's P-256 key; s_client checks the handshake against the CA.
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-cert", str(tokens.chains["web-ec"]),
+                               "-key", "pkcs11:token=web;id=%02;type=private", "-tls1_3", "-naccept", "1", "-www"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        # Wait until it listens, without connecting (a probe would use up its one accept).
+        listening = f"0100007F:{port:04X}"
+        deadline = time.time() + 20
+        while not any(line.split()[1] == listening and line.split()[3] == "0A" for line in open("/proc/net/tcp").readlines()[1:]):
+            assert server.poll() is None, server.stderr.read()
+            assert time.time() < deadline, "s_server did not listen"
+            time.sleep(0.1)
+        r = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-CAfile", str(tokens.ca_pem), "-verify_return_error",
+                            "-servername", "localhost", "-tls1_3"], input="GET / HTTP/1.0\r\n\r\n", capture_output=True, text=True, timeout=30,
+                           env={k: v for k, v in os.environ.items() if k != "OPENSSL_CONF"})
+        assert "Verify return code: 0 (ok)" in r.stdout and "TLSv1.3" in r.stdout, r.stdout + r.stderr
+    finally:
+        server.kill()
+        server.wait(10)
