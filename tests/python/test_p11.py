@@ -1039,3 +1039,66 @@ def test_openssl_3_provider_signs_and_serves_tls_through_p11_kit(tokens, tmp_pat
     finally:
         server.kill()
         server.wait(10)
+
+
+def test_an_acm_token_database_moves_over_and_its_swaps_are_refused(tokens, tmp_path):
+    """An ACM for Nitro Enclaves key database (p11ne-db: each key's PEM
+    encrypted under a KMS key with no encryption context) moves to nekms:
+    the administrator converts it (each PEM opened in KMS, checked against
+    its certificate, encrypted again for the import path, bound to its new
+    name and spec), the parent imports the bundle. ACM's format binds
+    nothing, so an entry's ciphertext swapped for another's is accepted by
+    KMS; the conversion refuses it by its certificate, and a swap inside
+    nekms's bundle is refused by the import context."""
+    admin = tokens.up.client("admin")
+    acm_key = admin.create_key(Description="ACM for Nitro Enclaves p11ne-db")["KeyMetadata"]["Arn"]
+    custody = tokens.up.info["custody_kms_key"]
+    entries, privates = [], {}
+    for i, algorithm in [(1, ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"]), (2, ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"])]:
+        pem = subprocess.run(["openssl", "genpkey", *algorithm], check=True, capture_output=True).stdout
+        private = serialization.load_pem_private_key(pem, None)
+        privates[i] = private
+        now = datetime.datetime.now(datetime.timezone.utc)
+        leaf = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"acm-{i}.example")]))
+                .issuer_name(tokens.ca_cert.subject).public_key(private.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+                .sign(tokens.ca, hashes.SHA256()))
+        chain = (leaf.public_bytes(serialization.Encoding.PEM) + tokens.ca_cert.public_bytes(serialization.Encoding.PEM)).decode()
+        # What `p11ne-db pack-key` writes: aws kms encrypt of the PEM text, no context; id a number.
+        blob = admin.encrypt(KeyId=acm_key, Plaintext=pem)["CiphertextBlob"]
+        entries.append({"encrypted_pem_b64": base64.b64encode(blob).decode(), "id": i, "label": f"acm-key-{i}", "cert_pem": chain})
+    db = tmp_path / "p11ne.db"
+    convert = ["p11", "acm", "convert", "--in", str(db), "--token-label", "acm-web", "--kms-key", custody, "--profile", "admin",
+               "--out", str(tmp_path / "bundle.json")]
+    # The attack ACM's format allows: one entry's ciphertext under another's label and certificate.
+    swapped = [{**entries[0], "encrypted_pem_b64": entries[1]["encrypted_pem_b64"]}, {**entries[1], "encrypted_pem_b64": entries[0]["encrypted_pem_b64"]}]
+    db.write_text(json.dumps(swapped))
+    r = tokens.nekms(*convert, check=False)
+    assert r.returncode != 0 and "another public key" in r.stderr, r.stderr
+    assert not (tmp_path / "bundle.json").exists()
+    db.write_text(json.dumps(entries))
+    tokens.nekms(*convert)
+    bundle = json.loads((tmp_path / "bundle.json").read_text())
+    text = (tmp_path / "bundle.json").read_text()
+    assert "PRIVATE KEY" not in text and [k["name"] for k in bundle["keys"]] == ["acm-acm-web-01", "acm-acm-web-02"]
+    # The parent swaps the import ciphertexts in the bundle: the import context (name and spec) refuses it, nothing stays.
+    before = tokens.nekms("key", "list").stdout
+    bad = {**bundle, "keys": [{**bundle["keys"][0], "import_ciphertext": bundle["keys"][1]["import_ciphertext"]}, bundle["keys"][1]]}
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    r = tokens.nekms("p11", "acm", "import", "--in", str(tmp_path / "bad.json"), "--pin-file", str(tokens.pin_file), check=False)
+    assert r.returncode != 0 and "rule import-ciphertext" in r.stderr, r.stderr
+    assert tokens.nekms("key", "list").stdout == before
+    try:
+        tokens.nekms("p11", "acm", "import", "--in", str(tmp_path / "bundle.json"), "--pin-file", str(tokens.pin_file))
+        (tmp_path / "m").write_bytes(b"served by the moved key")
+        for i, mech in [(1, "SHA256-RSA-PKCS"), (2, "ECDSA-SHA256")]:
+            tokens.tool("--token-label", "acm-web", "--login", "--pin", PIN, "--sign", "-m", mech, "--id", f"{i:02x}",
+                        "-i", str(tmp_path / "m"), "-o", str(tmp_path / "s"))
+            verify(privates[i].public_key(), mech, b"served by the moved key", (tmp_path / "s").read_bytes())
+        # The records say they were imported, and their origin is accepted only when told so.
+        record = json.loads(tokens.nekms("key", "show", "acm-acm-web-01", "--json").stdout)
+        assert record["origin"] == "imported"
+        r = tokens.nekms("key", "verify-origin", "acm-acm-web-01", "--dev-root", "--pcr0", tokens.up.info["pcr0"], check=False)
+        assert r.returncode != 0 and "import" in r.stderr
+    finally:
+        tokens.nekms("p11", "token", "remove", "--label", "acm-web", check=False)

@@ -328,17 +328,9 @@ impl OriginArgs {
     }
 }
 
-/// KMS Encrypt of `secret` for import as `name` (the administrator's side).
-async fn encrypt_for_import(
-    name: &str,
-    spec: KeySpec,
-    kms_key: &str,
-    secret: &[u8],
-    extra: &std::collections::BTreeMap<String, String>,
-    endpoint: Option<&str>,
-    profile: Option<&str>,
-) -> anyhow::Result<Vec<u8>> {
-    let context = nekms_keys::context::import_context(name, spec, extra)?;
+/// A KMS client with the administrator's credentials (a profile, or
+/// aws-config's default chain) and endpoint.
+pub(crate) async fn admin_kms(endpoint: Option<&str>, profile: Option<&str>) -> aws_sdk_kms::Client {
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
     if let Some(p) = profile {
         loader = loader.profile_name(p);
@@ -348,7 +340,19 @@ async fn encrypt_for_import(
     if let Some(e) = endpoint {
         config = config.endpoint_url(e);
     }
-    let client = aws_sdk_kms::Client::from_conf(config.build());
+    aws_sdk_kms::Client::from_conf(config.build())
+}
+
+/// KMS Encrypt of `secret` for import as `name` (the administrator's side).
+pub(crate) async fn encrypt_for_import(
+    client: &aws_sdk_kms::Client,
+    name: &str,
+    spec: KeySpec,
+    kms_key: &str,
+    secret: &[u8],
+    extra: &std::collections::BTreeMap<String, String>,
+) -> anyhow::Result<Vec<u8>> {
+    let context = nekms_keys::context::import_context(name, spec, extra)?;
     let mut req = client.encrypt().key_id(kms_key).plaintext(aws_sdk_kms::primitives::Blob::new(secret));
     for (k, v) in &context {
         req = req.encryption_context(k, v);
@@ -536,7 +540,7 @@ pub fn run_key(cmd: KeyCommand) -> anyhow::Result<()> {
                 // Refuse now what the enclave would refuse at import; the spec goes into the context.
                 let spec = nekms_keys::parse_private_key(&secret, spec)?.spec();
                 let extra = nekms_enclave::app::encryption_context(&context)?;
-                let blob = encrypt_for_import(&name, spec, &kms_key, &secret, &extra, endpoint_url.as_deref(), profile.as_deref()).await?;
+                let blob = encrypt_for_import(&admin_kms(endpoint_url.as_deref(), profile.as_deref()).await, &name, spec, &kms_key, &secret, &extra).await?;
                 match out {
                     Some(path) => {
                         std::fs::write(&path, &blob).with_context(|| path.display().to_string())?;

@@ -15,6 +15,7 @@ use anyhow::{bail, Context};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use nekms_store::KeyStore;
+use nekms_keys::KeySpec;
 use nekms_rpc::{P11Key, P11Request, P11Response, P11Token, PinVerifier, Request, Response, SecretString};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -140,6 +141,9 @@ pub enum Command {
     /// The token database without the enclave
     #[command(subcommand)]
     Db(DbCommand),
+    /// Move an ACM for Nitro Enclaves token (a p11ne-db key database) to nekms
+    #[command(subcommand)]
+    Acm(AcmCommand),
     /// The enclave's tokens as slots: labels, keys, certificates, PIN state
     Slots {
         #[command(flatten)]
@@ -166,6 +170,204 @@ pub enum DbCommand {
         #[arg(long)]
         replace: bool,
     },
+}
+
+#[derive(clap::Subcommand)]
+pub enum AcmCommand {
+    /// As the administrator: read a p11ne-db key database, open each key's PEM with KMS (under ACM's key, which has no
+    /// encryption context), check it against its certificate, and encrypt it again for nekms's import path (under the
+    /// custody key, bound to the new key's name and spec); the PEM stays in this process's memory
+    Convert {
+        /// The p11ne-db file: a JSON list of {encrypted_pem_b64, id, label, cert_pem}
+        #[arg(long = "in", value_name = "FILE")]
+        input: PathBuf,
+        /// The nekms token the keys go to
+        #[arg(long)]
+        token_label: String,
+        /// The custody KMS key (ARN) the import ciphertexts are made under
+        #[arg(long)]
+        kms_key: String,
+        /// The bundle for `nekms p11 acm import` (no secret in it)
+        #[arg(short, long, value_name = "FILE")]
+        out: PathBuf,
+        #[arg(long)]
+        profile: Option<String>,
+        /// KMS endpoint (the local KMS) instead of the SDK's
+        #[arg(long)]
+        endpoint_url: Option<String>,
+    },
+    /// On the parent: import a converted bundle's keys through the enclave's import path and provision the token
+    Import {
+        #[command(flatten)]
+        enclave: EnclaveArg,
+        #[command(flatten)]
+        store: StoreArg,
+        #[command(flatten)]
+        db: DbArg,
+        #[arg(long = "in", value_name = "FILE")]
+        input: PathBuf,
+        /// A file whose first line is the new token's PIN (ACM kept it in nginx.conf; nekms keeps only a verifier)
+        #[arg(long, value_name = "FILE")]
+        pin_file: PathBuf,
+    },
+}
+
+/// One key of ACM's p11ne-db.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AcmKey {
+    encrypted_pem_b64: String,
+    id: u64,
+    label: String,
+    #[serde(default)]
+    cert_pem: Option<String>,
+}
+
+/// What `acm convert` hands to `acm import`: public material and import
+/// ciphertexts only.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AcmBundle {
+    token: String,
+    kms_key: String,
+    keys: Vec<AcmBundleKey>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AcmBundleKey {
+    /// The record's name in the key store.
+    name: String,
+    spec: KeySpec,
+    /// CKA_ID, hex (ACM's one-byte ids).
+    id: String,
+    /// ACM's key label.
+    acm_label: String,
+    /// The import ciphertext, base64.
+    import_ciphertext: String,
+    /// DER certificates, base64, leaf first.
+    certificates: Vec<String>,
+}
+
+/// The key-store name of an ACM key: `acm-<token>-<id>`.
+fn acm_key_name(token: &str, id: u8) -> String {
+    let safe: String = token.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect();
+    format!("acm-{safe}-{id:02x}")
+}
+
+async fn acm_convert(input: &PathBuf, token: &str, kms_key: &str, out: &PathBuf, profile: Option<&str>, endpoint: Option<&str>) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(input).with_context(|| input.display().to_string())?;
+    let keys: Vec<AcmKey> = serde_json::from_str(&text).with_context(|| format!("{}: not a p11ne-db key database", input.display()))?;
+    if keys.is_empty() {
+        bail!("{}: no keys", input.display());
+    }
+    let client = super::key::admin_kms(endpoint, profile).await;
+    let mut out_keys = Vec::new();
+    for k in &keys {
+        let id = u8::try_from(k.id).map_err(|_| anyhow::anyhow!("key {:?}: ACM ids are one byte, not {}", k.label, k.id))?;
+        if keys.iter().filter(|o| o.id == k.id).count() > 1 {
+            bail!("id {} appears twice in {}", k.id, input.display());
+        }
+        let certificates = match &k.cert_pem {
+            Some(pem) => pem_certificates(pem).with_context(|| format!("key {:?}: cert_pem", k.label))?,
+            None => Vec::new(),
+        };
+        let blob = B64.decode(k.encrypted_pem_b64.trim()).with_context(|| format!("key {:?}: encrypted_pem_b64 is not base64", k.label))?;
+        // ACM encrypted the PEM with no encryption context.
+        let opened = client
+            .decrypt()
+            .ciphertext_blob(aws_sdk_kms::primitives::Blob::new(blob))
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("key {:?}: KMS Decrypt of ACM's ciphertext: {}", k.label, aws_sdk_kms::error::DisplayErrorContext(&e)))?;
+        let pem = Zeroizing::new(opened.plaintext().context("KMS Decrypt gave no plaintext")?.as_ref().to_vec());
+        let private = nekms_keys::parse_private_key(&pem, None).with_context(|| format!("key {:?}: ACM's plaintext", k.label))?;
+        let spec = private.spec();
+        if let Some(leaf) = certificates.first() {
+            let (_, cert) = x509_parser::parse_x509_certificate(leaf).map_err(|e| anyhow::anyhow!("key {:?}: not a DER certificate: {e}", k.label))?;
+            if cert.tbs_certificate.subject_pki.raw != private.public_key().spki() {
+                bail!("key {:?}: its certificate is for another public key than the key in encrypted_pem_b64", k.label);
+            }
+        }
+        drop(private);
+        let name = acm_key_name(token, id);
+        let ciphertext = super::key::encrypt_for_import(&client, &name, spec, kms_key, &pem, &BTreeMap::new()).await?;
+        drop(pem);
+        out_keys.push(AcmBundleKey {
+            name,
+            spec,
+            id: format!("{id:02x}"),
+            acm_label: k.label.clone(),
+            import_ciphertext: B64.encode(ciphertext),
+            certificates: certificates.iter().map(|d| B64.encode(d)).collect(),
+        });
+    }
+    let bundle = AcmBundle { token: token.to_owned(), kms_key: kms_key.to_owned(), keys: out_keys };
+    std::fs::write(out, serde_json::to_vec_pretty(&bundle)?).with_context(|| out.display().to_string())?;
+    println!("{} key(s) converted for token {token:?}: {}; on the parent: nekms p11 acm import --in {} --pin-file PIN", bundle.keys.len(), out.display(), out.display());
+    Ok(())
+}
+
+async fn acm_import(enclave: &EnclaveArg, store: &StoreArg, db: &DbArg, input: &PathBuf, pin_file: &PathBuf) -> anyhow::Result<()> {
+    let bundle: AcmBundle = serde_json::from_slice(&std::fs::read(input).with_context(|| input.display().to_string())?)
+        .with_context(|| format!("{}: not a bundle from `nekms p11 acm convert`", input.display()))?;
+    let path = db.path()?;
+    let mut database = load(&path)?;
+    if database.tokens.iter().any(|t| t.label == bundle.token) {
+        bail!("the token database already has a token labelled {:?}", bundle.token);
+    }
+    let pin = read_pin(pin_file)?;
+    let store = store.open().await?;
+    for k in &bundle.keys {
+        if store.get(&k.name).await?.is_some() {
+            bail!("the store already has a key named {:?}", k.name);
+        }
+    }
+    let client = enclave.connect().await?;
+    let mut imported: Vec<String> = Vec::new();
+    let result: anyhow::Result<DbToken> = async {
+        let mut keys = Vec::new();
+        for k in &bundle.keys {
+            let request = nekms_rpc::ImportKey {
+                key_id: k.name.clone(),
+                spec: Some(k.spec),
+                kms_key_id: Some(bundle.kms_key.clone()),
+                ciphertext: B64.decode(&k.import_ciphertext)?,
+                ciphertext_context: BTreeMap::new(),
+                ciphertext_key_id: None,
+                encryption_context: BTreeMap::new(),
+                nonce: None,
+                decrypt: false,
+            };
+            let record = client.import_key(request).await.with_context(|| format!("key {} ({})", k.name, k.acm_label))?;
+            store.create(&record).await?;
+            imported.push(k.name.clone());
+            keys.push(DbKey { id: k.id.clone(), key: k.name.clone(), certificates: k.certificates.clone(), decrypt: false });
+        }
+        let token = DbToken { label: bundle.token.clone(), pin_verifier: DbVerifier { salt: String::new(), iterations: 0, hash: String::new() }, keys, writable: false };
+        let request = token_request(&store, &token, Some(pin)).await?;
+        let v = match client.call(&Request::P11(P11Request::AddToken { token: request, replace: false })).await? {
+            Response::P11(P11Response::TokenAdded { pin_verifier, .. }) => pin_verifier,
+            other => bail!("the enclave answered {other:?}"),
+        };
+        Ok(DbToken { pin_verifier: DbVerifier { salt: hex::encode(v.salt), iterations: v.iterations, hash: hex::encode(v.hash) }, ..token })
+    }
+    .await;
+    match result {
+        Ok(token) => {
+            database.tokens.push(token);
+            save(&path, &database)?;
+            println!("token {:?} provisioned from ACM's database with {} key(s) (records {}); the database {}", bundle.token, imported.len(), imported.join(", "), path.display());
+            Ok(())
+        }
+        Err(e) => {
+            // Nothing half-done: the records this run stored go again.
+            for name in &imported {
+                let _ = store.delete(name).await;
+            }
+            Err(e)
+        }
+    }
 }
 
 /// The most tokens an enclave holds.
@@ -516,6 +718,10 @@ pub fn run(c: Command) -> anyhow::Result<()> {
             Command::Token(TokenCommand::Describe { enclave, db, label, json }) => describe(&enclave, &db, &label, json).await,
             Command::Device { enclave, json } => device(&enclave, json).await,
             Command::Db(DbCommand::Pack { spec, replace }) => pack(spec, replace).await,
+            Command::Acm(AcmCommand::Convert { input, token_label, kms_key, out, profile, endpoint_url }) => {
+                acm_convert(&input, &token_label, &kms_key, &out, profile.as_deref(), endpoint_url.as_deref()).await
+            }
+            Command::Acm(AcmCommand::Import { enclave, store, db, input, pin_file }) => acm_import(&enclave, &store, &db, &input, &pin_file).await,
             Command::Token(TokenCommand::Remove { enclave, db, label }) => {
                 let path = db.path()?;
                 let mut tokens = load(&path)?;
