@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -699,7 +700,43 @@ def test_the_1025th_token_is_refused_and_1024_fit(tokens):
     kind, slots = rpc.call({"P11": "Slots"})
     assert kind == "Ok" and len(slots["P11"]["Slots"]) == 1024
     assert tokens.tool("-L").stdout.decode().count("token label") == 1024
-    print(f"\n1024 tokens: nekms-enclave RSS {before // 1024} MiB -> {after // 1024} MiB")
+    # Eight p11-kit connections, each a module process that listed the 1024
+    # slots, logged in and signed, held open while the memory is measured:
+    # the enclave and every p11-kit process together (PSS, so shared pages
+    # count once) must fit ACM's default 256 MiB enclave.
+    env = tokens.start_kit()
+    client = (
+        "import os, sys, PyKCS11\n"
+        "lib = PyKCS11.PyKCS11Lib(); lib.load(sys.argv[1])\n"
+        "slots = lib.getSlotList(tokenPresent=True); assert len(slots) == 1024, len(slots)\n"
+        "slot = next(x for x in slots if lib.getTokenInfo(x).label.strip() == 'web')\n"
+        "s = lib.openSession(slot); s.login(sys.argv[2])\n"
+        "k = s.findObjects([(PyKCS11.CKA_CLASS, PyKCS11.CKO_PRIVATE_KEY), (PyKCS11.CKA_ID, (1,))])[0]\n"
+        "s.sign(k, bytes(32), PyKCS11.Mechanism(PyKCS11.CKM_SHA256_RSA_PKCS))\n"
+        "print('ready', flush=True); sys.stdin.read()\n"
+    )
+    holders = [subprocess.Popen([sys.executable, "-c", client, P11KIT_CLIENT, PIN], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+               for _ in range(8)]
+    try:
+        for h in holders:
+            assert h.stdout.readline().strip() == "ready"
+
+        def pss(p):
+            try:
+                return int(next(l for l in open(f"/proc/{p}/smaps_rollup") if l.startswith("Pss:")).split()[1])
+            except (FileNotFoundError, StopIteration, ProcessLookupError):
+                return 0
+        kit = [int(p) for p in os.listdir("/proc") if p.isdigit() and os.path.exists(f"/proc/{p}/stat")
+               and open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[2] == str(tokens.kit.pid)]
+        assert len(kit) >= 9, kit  # the server and one module process per connection
+        total = pss(pid) + sum(pss(p) for p in kit)
+        print(f"\n1024 tokens: nekms-enclave RSS {before // 1024} MiB -> {after // 1024} MiB; with 8 p11-kit connections, "
+              f"the enclave and {len(kit)} p11-kit processes: {total // 1024} MiB PSS")
+        assert total < 256 * 1024, total
+    finally:
+        for h in holders:
+            h.stdin.close()
+            h.wait(30)
     for label in added:
         assert rpc.call({"P11": {"RemoveToken": {"label": label}}})[0] == "Ok"
 

@@ -174,6 +174,18 @@ impl Module {
         }
     }
 
+    /// One slot's description fetched again (PIN state, keys,
+    /// certificates): one Slot call, not the whole list, so a client that
+    /// asks every slot's token info costs one call per slot.
+    fn fresh_slot(&mut self, slot: u64) -> Result<(), CK_RV> {
+        let known = self.slot(slot).is_some();
+        self.full.remove(&slot);
+        match self.load(slot) {
+            Err(CKR_TOKEN_NOT_PRESENT) if !known => Err(CKR_SLOT_ID_INVALID),
+            r => r,
+        }
+    }
+
     fn slot(&self, slot: u64) -> Option<&P11Slot> {
         self.slots.iter().find(|s| s.slot == slot)
     }
@@ -366,7 +378,7 @@ pub unsafe extern "C" fn C_GetTokenInfo(slot: CK_SLOT_ID, info: *mut CK_TOKEN_IN
         if info.is_null() {
             return Err(CKR_ARGUMENTS_BAD);
         }
-        m.refresh()?;
+        m.fresh_slot(slot)?;
         let s = m.slot(slot).cloned().ok_or(CKR_SLOT_ID_INVALID)?;
         let sessions = m.sessions.values().filter(|x| x.slot == slot).count() as CK_ULONG;
         let mut flags = CKF_RNG | CKF_LOGIN_REQUIRED | CKF_USER_PIN_INITIALIZED | CKF_TOKEN_INITIALIZED;
@@ -587,8 +599,7 @@ pub unsafe extern "C" fn C_FindObjectsInit(session: CK_SESSION_HANDLE, t: *mut C
             .iter()
             .map(|a| bytes(a.pValue as *const u8, a.ulValueLen).map(|v| (a.type_, v.to_vec())))
             .collect::<Result<_, _>>()?;
-        m.refresh()?;
-        if let Err(rv) = m.load(slot) {
+        if let Err(rv) = m.fresh_slot(slot) {
             m.token_gone(slot);
             return Err(rv);
         }
