@@ -246,6 +246,27 @@ def test_rsa_decryption_pkcs1_and_oaep(tokens):
         out = tokens.tool("--token-label", "web", "--login", "--pin", PIN, "--decrypt", "-m", mech, "--id", "01",
                           "-i", str(b / "secret.enc"), *extra).stdout
         assert out == b"a premaster secret, say", (mech, extra, out)
+    # C_Encrypt runs in the module with the public key (pkcs11-tool encrypts with secret keys only: PyKCS11 asks);
+    # the enclave decrypts what it made, and a raw CKM_RSA_X_509 encryption is c = m^e mod n.
+    P, lib = pykcs11(tokens)
+    slot = next(x for x in lib.getSlotList(tokenPresent=True) if lib.getTokenInfo(x).label.strip() == "web")
+    session = lib.openSession(slot)
+    session.login(PIN)
+    try:
+        public = session.findObjects([(P.CKA_CLASS, P.CKO_PUBLIC_KEY), (P.CKA_ID, (1,))])[0]
+        private = session.findObjects([(P.CKA_CLASS, P.CKO_PRIVATE_KEY), (P.CKA_ID, (1,))])[0]
+        for m in [P.Mechanism(P.CKM_RSA_PKCS), P.RSAOAEPMechanism(P.CKM_SHA256, P.CKG_MGF1_SHA256), P.RSAOAEPMechanism(P.CKM_SHA_1, P.CKG_MGF1_SHA1)]:
+            ct = bytes(session.encrypt(public, b"a premaster secret, say", m))
+            assert len(ct) == 256 and bytes(session.decrypt(private, ct, m)) == b"a premaster secret, say"
+        raw = bytes(session.encrypt(public, b"\x07" * 10, P.Mechanism(P.CKM_RSA_X_509)))
+        n = tokens.public_key("web-rsa").public_numbers()
+        assert int.from_bytes(raw, "big") == pow(int.from_bytes(b"\x07" * 10, "big"), n.e, n.n)
+        with pytest.raises(P.PyKCS11Error) as e:
+            session.encrypt(public, b"x" * 246, P.Mechanism(P.CKM_RSA_PKCS))
+        assert e.value.value == P.CKR_DATA_LEN_RANGE
+    finally:
+        session.logout()
+        session.closeSession()
     # An EC key does not decrypt; nor does an RSA key provisioned to sign only (the default).
     for key_id in ("02", "04"):
         r = tokens.tool("--token-label", "web", "--login", "--pin", PIN, "--decrypt", "-m", "RSA-PKCS", "--id", key_id, "-i", str(b / "secret.enc"), check=False)

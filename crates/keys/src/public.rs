@@ -32,6 +32,49 @@ impl std::fmt::Debug for PublicKey {
 }
 
 impl PublicKey {
+    /// RSA encryption to this key (PKCS#11's C_Encrypt, done by whoever
+    /// holds the public key): PKCS#1 v1.5, OAEP with MGF1 over the same hash
+    /// and an optional label, or the raw operation (k bytes in, below the
+    /// modulus).
+    pub fn rsa_encrypt(&self, padding: crate::RsaPadding, plaintext: &[u8], label: Option<&[u8]>) -> Result<Vec<u8>, KeyError> {
+        use aws_lc_rs::rsa::{OaepPublicEncryptingKey, Pkcs1PublicEncryptingKey, PublicEncryptingKey};
+        use crate::{OaepHash, RsaPadding};
+        if !self.spec().is_rsa() {
+            return Err(KeyError::Scheme(format!("a {} key does not encrypt", self.spec())));
+        }
+        let too_long = |max: usize| KeyError::Payload(format!("this key and padding encrypt at most {max} bytes, not {}", plaintext.len()));
+        if padding == RsaPadding::Raw {
+            return crate::rsa_raw::public_raw(self.spki(), plaintext).ok_or_else(|| KeyError::Payload("the raw RSA operation takes as many bytes as the modulus, below it".into()));
+        }
+        let key = PublicEncryptingKey::from_der(self.spki()).map_err(|_| KeyError::Crypto("RSA public key"))?;
+        let mut out = vec![0u8; key.key_size_bytes()];
+        let n = match padding {
+            RsaPadding::Pkcs1 => {
+                let k = Pkcs1PublicEncryptingKey::new(key).map_err(|_| KeyError::Crypto("RSA public key"))?;
+                if plaintext.len() > k.max_plaintext_size() {
+                    return Err(too_long(k.max_plaintext_size()));
+                }
+                k.encrypt(plaintext, &mut out).map_err(|_| KeyError::Crypto("RSA encryption"))?.len()
+            }
+            RsaPadding::Oaep(hash) => {
+                let k = OaepPublicEncryptingKey::new(key).map_err(|_| KeyError::Crypto("RSA public key"))?;
+                let alg = match hash {
+                    OaepHash::Sha1 => &aws_lc_rs::rsa::OAEP_SHA1_MGF1SHA1,
+                    OaepHash::Sha256 => &aws_lc_rs::rsa::OAEP_SHA256_MGF1SHA256,
+                    OaepHash::Sha384 => &aws_lc_rs::rsa::OAEP_SHA384_MGF1SHA384,
+                    OaepHash::Sha512 => &aws_lc_rs::rsa::OAEP_SHA512_MGF1SHA512,
+                };
+                if plaintext.len() > k.max_plaintext_size(alg) {
+                    return Err(too_long(k.max_plaintext_size(alg)));
+                }
+                k.encrypt(alg, plaintext, &mut out, label).map_err(|_| KeyError::Crypto("RSA encryption"))?.len()
+            }
+            RsaPadding::Raw => unreachable!("returned above"),
+        };
+        out.truncate(n);
+        Ok(out)
+    }
+
     /// Parse a SubjectPublicKeyInfo (DER) and learn its spec from it.
     pub fn from_spki(spki: &[u8]) -> Result<PublicKey, KeyError> {
         let fixed = [(SPKI_SECP256K1, 65, KeySpec::Secp256k1), (SPKI_P256, 65, KeySpec::P256), (SPKI_P384, 97, KeySpec::P384), (SPKI_ED25519, 32, KeySpec::Ed25519)];

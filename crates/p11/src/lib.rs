@@ -79,6 +79,14 @@ struct DecryptOp {
     done: Option<Zeroizing<Vec<u8>>>,
 }
 
+/// An encryption with a key's public half, done here (no enclave call).
+struct EncryptOp {
+    public_key: Vec<u8>,
+    modulus_len: usize,
+    padding: nekms_keys::RsaPadding,
+    label: Option<Vec<u8>>,
+}
+
 struct Session {
     slot: u64,
     rw: bool,
@@ -87,6 +95,7 @@ struct Session {
     verify: Option<VerifyOp>,
     digest: Option<aws_lc_rs::digest::Context>,
     decrypt: Option<DecryptOp>,
+    encrypt: Option<EncryptOp>,
 }
 
 struct Module {
@@ -471,7 +480,7 @@ pub unsafe extern "C" fn C_OpenSession(slot: CK_SLOT_ID, flags: CK_FLAGS, _app: 
         m.handle(slot)?;
         let h = m.next_session;
         m.next_session += 1;
-        m.sessions.insert(h, Session { slot, rw, find: None, sign: None, verify: None, digest: None, decrypt: None });
+        m.sessions.insert(h, Session { slot, rw, find: None, sign: None, verify: None, digest: None, decrypt: None, encrypt: None });
         *session = h;
         Ok(())
     })
@@ -1058,6 +1067,80 @@ pub unsafe extern "C" fn C_Decrypt(session: CK_SESSION_HANDLE, data: *mut u8, da
     })
 }
 
+// ---- encryption, on this side ----
+
+#[no_mangle]
+pub unsafe extern "C" fn C_EncryptInit(session: CK_SESSION_HANDLE, mechanism: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE) -> CK_RV {
+    with_module(|m| {
+        if mechanism.is_null() {
+            return Err(CKR_ARGUMENTS_BAD);
+        }
+        let slot = m.session(session)?.slot;
+        if m.session(session)?.encrypt.is_some() {
+            return Err(CKR_OPERATION_ACTIVE);
+        }
+        m.load(slot)?;
+        let o = object(m, slot, key).map_err(|_| CKR_KEY_HANDLE_INVALID)?;
+        if matches!(o.kind, Kind::Certificate(_)) {
+            return Err(CKR_KEY_TYPE_INCONSISTENT);
+        }
+        if objects::key_type(o.key.spec) != CKK_RSA {
+            return Err(CKR_KEY_TYPE_INCONSISTENT);
+        }
+        // The mechanisms and parameters C_Decrypt takes.
+        let (padding, label) = mech::decryption(&*mechanism)?;
+        let op = EncryptOp { public_key: o.key.public_key.clone(), modulus_len: objects::signature_len(o.key), padding, label };
+        m.session(session)?.encrypt = Some(op);
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn C_Encrypt(session: CK_SESSION_HANDLE, data: *mut u8, data_len: CK_ULONG, out: *mut u8, out_len: *mut CK_ULONG) -> CK_RV {
+    with_module(|m| {
+        let s = m.session(session)?;
+        let op = s.encrypt.as_ref().ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
+        if out_len.is_null() {
+            s.encrypt = None;
+            return Err(CKR_ARGUMENTS_BAD);
+        }
+        // Every ciphertext is as long as the modulus.
+        let need = op.modulus_len;
+        if out.is_null() {
+            *out_len = need as CK_ULONG;
+            return Ok(());
+        }
+        if (*out_len as usize) < need {
+            *out_len = need as CK_ULONG;
+            return Err(CKR_BUFFER_TOO_SMALL);
+        }
+        let op = s.encrypt.take().expect("checked");
+        let input = bytes(data, data_len)?;
+        let block;
+        let plaintext = if op.padding == nekms_keys::RsaPadding::Raw {
+            // CKM_RSA_X_509: up to k bytes, padded on the left with zeros.
+            if input.len() > need {
+                return Err(CKR_DATA_LEN_RANGE);
+            }
+            block = [vec![0u8; need - input.len()], input.to_vec()].concat();
+            &block[..]
+        } else {
+            input
+        };
+        let public = nekms_keys::PublicKey::from_spki(&op.public_key).map_err(|_| CKR_DEVICE_ERROR)?;
+        let ciphertext = public.rsa_encrypt(op.padding, plaintext, op.label.as_deref()).map_err(|e| match e {
+            nekms_keys::KeyError::Payload(_) => CKR_DATA_LEN_RANGE,
+            _ => CKR_DEVICE_ERROR,
+        })?;
+        if ciphertext.len() != need {
+            return Err(CKR_DEVICE_ERROR);
+        }
+        std::ptr::copy_nonoverlapping(ciphertext.as_ptr(), out, need);
+        *out_len = need as CK_ULONG;
+        Ok(())
+    })
+}
+
 // ---- verification and digests, on this side ----
 
 #[no_mangle]
@@ -1350,8 +1433,6 @@ unsupported! {
     c_set_operation_state(H, B, U, O, O);
     c_create_object(H, T, U, OH);
     c_get_object_size(H, O, L);
-    c_encrypt_init(H, M, O);
-    c_encrypt(H, B, U, B, L);
     c_encrypt_update(H, B, U, B, L);
     c_encrypt_final(H, B, L);
     c_decrypt_update(H, B, U, B, L);
@@ -1403,8 +1484,8 @@ static FUNCTIONS: CK_FUNCTION_LIST = CK_FUNCTION_LIST {
     C_FindObjectsInit: Some(C_FindObjectsInit),
     C_FindObjects: Some(C_FindObjects),
     C_FindObjectsFinal: Some(C_FindObjectsFinal),
-    C_EncryptInit: Some(c_encrypt_init),
-    C_Encrypt: Some(c_encrypt),
+    C_EncryptInit: Some(C_EncryptInit),
+    C_Encrypt: Some(C_Encrypt),
     C_EncryptUpdate: Some(c_encrypt_update),
     C_EncryptFinal: Some(c_encrypt_final),
     C_DecryptInit: Some(C_DecryptInit),

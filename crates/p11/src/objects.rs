@@ -224,7 +224,9 @@ impl Object<'_> {
         } else {
             match t {
                 CKA_VERIFY => boolean(true),
-                CKA_ENCRYPT | CKA_WRAP | CKA_VERIFY_RECOVER | CKA_TRUSTED => boolean(false),
+                // Encryption runs in the module with the public key.
+                CKA_ENCRYPT => boolean(key_type(key.spec) == CKK_RSA),
+                CKA_WRAP | CKA_VERIFY_RECOVER | CKA_TRUSTED => boolean(false),
                 _ => Value::Invalid,
             }
         }
