@@ -1126,7 +1126,7 @@ def test_an_acm_token_database_moves_over_and_its_swaps_are_refused(tokens, tmp_
         blob = admin.encrypt(KeyId=acm_key, Plaintext=pem)["CiphertextBlob"]
         entries.append({"encrypted_pem_b64": base64.b64encode(blob).decode(), "id": i, "label": f"acm-key-{i}", "cert_pem": chain})
     db = tmp_path / "p11ne.db"
-    convert = ["p11", "acm", "convert", "--in", str(db), "--token-label", "acm-web", "--kms-key", custody, "--profile", "admin",
+    convert = ["p11", "acm", "convert", "--in", str(db), "--token-label", "acm-web", "--kms-key", custody, "--acm-kms-key", acm_key, "--profile", "admin",
                "--out", str(tmp_path / "bundle.json")]
     # The attack ACM's format allows: one entry's ciphertext under another's label and certificate.
     swapped = [{**entries[0], "encrypted_pem_b64": entries[1]["encrypted_pem_b64"]}, {**entries[1], "encrypted_pem_b64": entries[0]["encrypted_pem_b64"]}]
@@ -1160,3 +1160,40 @@ def test_an_acm_token_database_moves_over_and_its_swaps_are_refused(tokens, tmp_
         assert r.returncode != 0 and "import" in r.stderr
     finally:
         tokens.nekms("p11", "token", "remove", "--label", "acm-web", check=False)
+
+
+def test_an_imported_keys_decryption_is_the_administrators_choice(tokens, tmp_path):
+    """Decryption is fixed when a key is made, also for an imported key: the
+    administrator binds it into the import ciphertext's context
+    (`encrypt-for-import --decrypt`). The parent holds the ciphertext and
+    may replay it, but asking for decryption the administrator did not
+    grant fails in KMS, and so does the token provisioned from it."""
+    key_pem = tmp_path / "rsa.pem"
+    subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", str(key_pem)], check=True)
+    custody = tokens.up.info["custody_kms_key"]
+
+    def encrypt(name, *extra):
+        out = tmp_path / f"{name}.ct"
+        tokens.nekms("key", "encrypt-for-import", "--name", name, "--spec", "rsa2048", "--kms-key", custody, "--profile", "admin",
+                     "-o", str(out), *extra, str(key_pem))
+        return out
+
+    sign_only = encrypt("imp-sign")
+    r = tokens.nekms("key", "import", "--name", "imp-sign", "--spec", "rsa2048", "--ciphertext-file", str(sign_only), "--decrypt", check=False)
+    assert r.returncode != 0 and "rule import-ciphertext" in r.stderr and "nekms:usage=sign,decrypt" in r.stderr, r.stderr
+    tokens.nekms("key", "import", "--name", "imp-sign", "--spec", "rsa2048", "--ciphertext-file", str(sign_only))
+    r = tokens.nekms("p11", "token", "add", "--label", "imp", "--pin-file", str(tokens.pin_file), "--key", "imp-sign:01", "--decrypt", "imp-sign",
+                     check=False)
+    assert r.returncode != 0 and "rule key-usage" in r.stderr, r.stderr
+    both = encrypt("imp-both", "--decrypt")
+    r = tokens.nekms("key", "import", "--name", "imp-both", "--spec", "rsa2048", "--ciphertext-file", str(both), check=False)
+    assert r.returncode != 0 and "rule import-ciphertext" in r.stderr, r.stderr
+    tokens.nekms("key", "import", "--name", "imp-both", "--spec", "rsa2048", "--ciphertext-file", str(both), "--decrypt")
+    try:
+        tokens.nekms("p11", "token", "add", "--label", "imp", "--pin-file", str(tokens.pin_file), "--key", "imp-both:01", "--decrypt", "imp-both")
+        private = serialization.load_pem_private_key(key_pem.read_bytes(), None)
+        (tmp_path / "ct").write_bytes(private.public_key().encrypt(b"for the administrator's key", padding.PKCS1v15()))
+        out = tokens.tool("--token-label", "imp", "--login", "--pin", PIN, "--decrypt", "-m", "RSA-PKCS", "--id", "01", "-i", str(tmp_path / "ct")).stdout
+        assert out == b"for the administrator's key"
+    finally:
+        tokens.nekms("p11", "token", "remove", "--label", "imp", check=False)

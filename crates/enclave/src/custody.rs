@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
-use nekms_keys::context::import_context;
+use nekms_keys::context::import_context_with_usage;
 use nekms_keys::envelope::{open_record, seal_record};
 use nekms_keys::record::{binding_context, check_key_id};
 use nekms_keys::{parse_private_key, KeyError, KeyRecord, Origin, Payload, PrivateKey, Scheme, Signature};
@@ -203,14 +203,18 @@ impl Enclave {
             return Err(RpcError::bad_request("ImportKey requires the key's spec: the import context binds it (nekms:key-spec)"));
         };
         let source = self.trust.custody_key(req.ciphertext_key_id.as_deref().or(req.kms_key_id.as_deref()))?;
-        let context = import_context(&req.key_id, spec, &req.ciphertext_context).map_err(|e| RpcError::refused(e.to_string()))?;
+        // The administrator's ciphertext says whether the key may decrypt:
+        // asking for it without (or with, for one that may not) is refused by KMS.
+        let context = import_context_with_usage(&req.key_id, spec, &req.ciphertext_context, req.decrypt).map_err(|e| RpcError::refused(e.to_string()))?;
         let material = self.kms.decrypt_under(&req.ciphertext, &context, Some(source.as_str())).await.map_err(|e| {
             let mut err = kms_error(e);
             if matches!(err.kms_code.as_deref(), Some("InvalidCiphertextException" | "IncorrectKeyException")) {
                 err.message = format!(
-                    "rule import-ciphertext: KMS refused this ciphertext with the import context {{nekms:purpose=import, nekms:key-id={}, nekms:key-spec={spec}}} under {source}; \
+                    "rule import-ciphertext: KMS refused this ciphertext with the import context {{nekms:purpose=import, nekms:key-id={}, nekms:key-spec={spec}{}}} under {source}; \
                      import takes only ciphertexts made for it (nekms key encrypt-for-import): {}",
-                    req.key_id, err.message
+                    req.key_id,
+                    if req.decrypt { ", nekms:usage=sign,decrypt" } else { "" },
+                    err.message
                 );
             }
             err

@@ -89,12 +89,27 @@ pub fn record_context(key_id: &str, spec: KeySpec, origin: Origin, extra: &BTree
 /// `spec` (so one secret cannot be imported as keys of several kinds), plus
 /// the administrator's own (non-reserved) entries.
 pub fn import_context(key_id: &str, spec: KeySpec, extra: &BTreeMap<String, String>) -> Result<BTreeMap<String, String>, ContextError> {
+    import_context_with_usage(key_id, spec, extra, false)
+}
+
+/// The same, for a key the administrator makes to decrypt as well as sign
+/// (`decrypt`): [`USAGE`] is then in the context too, so a ciphertext made
+/// for a signing key cannot be imported again as one that decrypts.
+pub fn import_context_with_usage(key_id: &str, spec: KeySpec, extra: &BTreeMap<String, String>, decrypt: bool) -> Result<BTreeMap<String, String>, ContextError> {
     check_caller_context(extra)?;
+    let mut context = import_context_inner(key_id, spec, extra);
+    if decrypt {
+        context.insert(USAGE.into(), USAGE_SIGN_DECRYPT.into());
+    }
+    Ok(context)
+}
+
+fn import_context_inner(key_id: &str, spec: KeySpec, extra: &BTreeMap<String, String>) -> BTreeMap<String, String> {
     let mut context = extra.clone();
     context.insert(PURPOSE.into(), PURPOSE_IMPORT.into());
     context.insert(KEY_ID.into(), key_id.into());
     context.insert(KEY_SPEC.into(), spec.as_str().into());
-    Ok(context)
+    context
 }
 
 /// Deserialize a map of strings, refusing a key given twice (JSON and CBOR

@@ -1081,8 +1081,9 @@ pub unsafe extern "C" fn C_EncryptInit(session: CK_SESSION_HANDLE, mechanism: *m
         }
         m.load(slot)?;
         let o = object(m, slot, key).map_err(|_| CKR_KEY_HANDLE_INVALID)?;
-        if matches!(o.kind, Kind::Certificate(_)) {
-            return Err(CKR_KEY_TYPE_INCONSISTENT);
+        if o.kind != Kind::Public {
+            // Only the public key object has CKA_ENCRYPT.
+            return Err(CKR_KEY_FUNCTION_NOT_PERMITTED);
         }
         if objects::key_type(o.key.spec) != CKK_RSA {
             return Err(CKR_KEY_TYPE_INCONSISTENT);

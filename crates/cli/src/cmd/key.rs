@@ -143,6 +143,9 @@ pub enum KeyCommand {
         /// AWS profile of the key administrator
         #[arg(long)]
         profile: Option<String>,
+        /// An RSA key that may also decrypt once imported (bound into the ciphertext's context; give `key import --decrypt`)
+        #[arg(long)]
+        decrypt: bool,
     },
     /// Add a record (JSON, as `key show --json` prints it) to the store, after checking its origin document
     Add {
@@ -351,8 +354,12 @@ pub(crate) async fn encrypt_for_import(
     kms_key: &str,
     secret: &[u8],
     extra: &std::collections::BTreeMap<String, String>,
+    decrypt: bool,
 ) -> anyhow::Result<Vec<u8>> {
-    let context = nekms_keys::context::import_context(name, spec, extra)?;
+    if decrypt && !spec.is_rsa() {
+        anyhow::bail!("a {spec} key does not decrypt; only RSA keys may be imported with --decrypt");
+    }
+    let context = nekms_keys::context::import_context_with_usage(name, spec, extra, decrypt)?;
     let mut req = client.encrypt().key_id(kms_key).plaintext(aws_sdk_kms::primitives::Blob::new(secret));
     for (k, v) in &context {
         req = req.encryption_context(k, v);
@@ -534,13 +541,13 @@ pub fn run_key(cmd: KeyCommand) -> anyhow::Result<()> {
                 }
                 Ok(())
             }
-            KeyCommand::EncryptForImport { name, spec, kms_key, key_file, context, out, endpoint_url, profile } => {
+            KeyCommand::EncryptForImport { name, spec, kms_key, key_file, context, out, endpoint_url, profile, decrypt } => {
                 nekms_keys::record::check_key_id(&name)?;
                 let secret = zeroize::Zeroizing::new(std::fs::read(&key_file).with_context(|| key_file.display().to_string())?);
                 // Refuse now what the enclave would refuse at import; the spec goes into the context.
                 let spec = nekms_keys::parse_private_key(&secret, spec)?.spec();
                 let extra = nekms_enclave::app::encryption_context(&context)?;
-                let blob = encrypt_for_import(&admin_kms(endpoint_url.as_deref(), profile.as_deref()).await, &name, spec, &kms_key, &secret, &extra).await?;
+                let blob = encrypt_for_import(&admin_kms(endpoint_url.as_deref(), profile.as_deref()).await, &name, spec, &kms_key, &secret, &extra, decrypt).await?;
                 match out {
                     Some(path) => {
                         std::fs::write(&path, &blob).with_context(|| path.display().to_string())?;

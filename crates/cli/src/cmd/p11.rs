@@ -187,6 +187,9 @@ pub enum AcmCommand {
         /// The custody KMS key (ARN) the import ciphertexts are made under
         #[arg(long)]
         kms_key: String,
+        /// The KMS key (ARN) ACM's ciphertexts were made under: nothing else is decrypted
+        #[arg(long)]
+        acm_kms_key: String,
         /// The bundle for `nekms p11 acm import` (no secret in it)
         #[arg(short, long, value_name = "FILE")]
         out: PathBuf,
@@ -255,7 +258,7 @@ fn acm_key_name(token: &str, id: u8) -> String {
     format!("acm-{safe}-{id:02x}")
 }
 
-async fn acm_convert(input: &PathBuf, token: &str, kms_key: &str, out: &PathBuf, profile: Option<&str>, endpoint: Option<&str>) -> anyhow::Result<()> {
+async fn acm_convert(input: &PathBuf, token: &str, kms_key: &str, acm_kms_key: &str, out: &PathBuf, profile: Option<&str>, endpoint: Option<&str>) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(input).with_context(|| input.display().to_string())?;
     let keys: Vec<AcmKey> = serde_json::from_str(&text).with_context(|| format!("{}: not a p11ne-db key database", input.display()))?;
     if keys.is_empty() {
@@ -268,14 +271,17 @@ async fn acm_convert(input: &PathBuf, token: &str, kms_key: &str, out: &PathBuf,
         if keys.iter().filter(|o| o.id == k.id).count() > 1 {
             bail!("id {} appears twice in {}", k.id, input.display());
         }
+        // The certificate is what binds an entry's key to it (ACM's
+        // ciphertexts carry no context): an entry without one is refused.
         let certificates = match &k.cert_pem {
             Some(pem) => pem_certificates(pem).with_context(|| format!("key {:?}: cert_pem", k.label))?,
-            None => Vec::new(),
+            None => bail!("key {:?} has no cert_pem: nothing binds its ciphertext to it; add its certificate chain to the database", k.label),
         };
         let blob = B64.decode(k.encrypted_pem_b64.trim()).with_context(|| format!("key {:?}: encrypted_pem_b64 is not base64", k.label))?;
         // ACM encrypted the PEM with no encryption context.
         let opened = client
             .decrypt()
+            .key_id(acm_kms_key)
             .ciphertext_blob(aws_sdk_kms::primitives::Blob::new(blob))
             .send()
             .await
@@ -283,15 +289,13 @@ async fn acm_convert(input: &PathBuf, token: &str, kms_key: &str, out: &PathBuf,
         let pem = Zeroizing::new(opened.plaintext().context("KMS Decrypt gave no plaintext")?.as_ref().to_vec());
         let private = nekms_keys::parse_private_key(&pem, None).with_context(|| format!("key {:?}: ACM's plaintext", k.label))?;
         let spec = private.spec();
-        if let Some(leaf) = certificates.first() {
-            let (_, cert) = x509_parser::parse_x509_certificate(leaf).map_err(|e| anyhow::anyhow!("key {:?}: not a DER certificate: {e}", k.label))?;
-            if cert.tbs_certificate.subject_pki.raw != private.public_key().spki() {
-                bail!("key {:?}: its certificate is for another public key than the key in encrypted_pem_b64", k.label);
-            }
+        let (_, cert) = x509_parser::parse_x509_certificate(&certificates[0]).map_err(|e| anyhow::anyhow!("key {:?}: not a DER certificate: {e}", k.label))?;
+        if cert.tbs_certificate.subject_pki.raw != private.public_key().spki() {
+            bail!("key {:?}: its certificate is for another public key than the key in encrypted_pem_b64", k.label);
         }
         drop(private);
         let name = acm_key_name(token, id);
-        let ciphertext = super::key::encrypt_for_import(&client, &name, spec, kms_key, &pem, &BTreeMap::new()).await?;
+        let ciphertext = super::key::encrypt_for_import(&client, &name, spec, kms_key, &pem, &BTreeMap::new(), false).await?;
         drop(pem);
         out_keys.push(AcmBundleKey {
             name,
@@ -565,8 +569,8 @@ async fn pack(a: TokenSpec, replace: bool) -> anyhow::Result<()> {
     let store = a.store.open().await?;
     for k in &token.keys {
         let record = store.get(&k.key).await?.with_context(|| format!("no key named {:?} in the store", k.key))?;
-        if k.decrypt && !record.spec.is_rsa() {
-            bail!("--decrypt {}: only RSA keys decrypt", k.key);
+        if k.decrypt && !record.may_decrypt() {
+            bail!("--decrypt {}: the key was made to sign only (rule key-usage: only a key made with --decrypt may decrypt)", k.key);
         }
         if let Some(leaf) = k.certificates.first() {
             let der = B64.decode(leaf)?;
@@ -718,8 +722,8 @@ pub fn run(c: Command) -> anyhow::Result<()> {
             Command::Token(TokenCommand::Describe { enclave, db, label, json }) => describe(&enclave, &db, &label, json).await,
             Command::Device { enclave, json } => device(&enclave, json).await,
             Command::Db(DbCommand::Pack { spec, replace }) => pack(spec, replace).await,
-            Command::Acm(AcmCommand::Convert { input, token_label, kms_key, out, profile, endpoint_url }) => {
-                acm_convert(&input, &token_label, &kms_key, &out, profile.as_deref(), endpoint_url.as_deref()).await
+            Command::Acm(AcmCommand::Convert { input, token_label, kms_key, acm_kms_key, out, profile, endpoint_url }) => {
+                acm_convert(&input, &token_label, &kms_key, &acm_kms_key, &out, profile.as_deref(), endpoint_url.as_deref()).await
             }
             Command::Acm(AcmCommand::Import { enclave, store, db, input, pin_file }) => acm_import(&enclave, &store, &db, &input, &pin_file).await,
             Command::Token(TokenCommand::Remove { enclave, db, label }) => {
