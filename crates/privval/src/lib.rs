@@ -8,6 +8,8 @@
 //! - [`state`]: the double-sign rules (CometBFT's FilePV semantics) as a
 //!   pure decision over the last signed height, round and step, plus the
 //!   limits a parent cannot use to brick the signer.
+//! - [`wire`]: requests decoded and checked (both wire shapes), replies in
+//!   the shape the chain's version reads.
 //!
 //! The signer itself (in the enclave), its state custody and the parent's
 //! proxy build on these; see `docs/privval-design.md`.
@@ -15,5 +17,6 @@
 pub mod frame;
 pub mod sign_bytes;
 pub mod state;
+pub mod wire;
 
 pub use tendermint_proto::v0_38 as proto;
