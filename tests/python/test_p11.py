@@ -599,8 +599,14 @@ def test_error_codes_of_the_module_loaded_direct(tokens):
     module only when it is loaded direct: every entry point answers with the
     PKCS#11 error, and nothing crashes."""
     import ctypes as C
+    import gc
     ul = C.c_ulong
+    # PyKCS11 in earlier tests loaded this same library into this process;
+    # its objects finalize the module when collected, which must happen now,
+    # not in the middle of this test. Then the module starts uninitialised.
+    gc.collect()
     lib = C.CDLL(MODULE)
+    lib.C_Finalize(None)
     os.environ["NEKMS_P11_RPC"] = tokens.env["NEKMS_P11_RPC"]
     OK, ARGS, SLOT, PROTECTED, PARALLEL, HANDLE, NOT_INIT, ACTIVE = 0, 0x7, 0x3, 0xE2, 0xB4, 0xB3, 0x91, 0x90
     info = C.create_string_buffer(256)
