@@ -8,6 +8,9 @@
 //! - [`state`]: the double-sign rules (CometBFT's FilePV semantics) as a
 //!   pure decision over the last signed height, round and step, plus the
 //!   limits a parent cannot use to brick the signer.
+//! - [`record`]: the state as the parent keeps it, authenticated with a
+//!   key only the enclave holds; [`import`]: tmkms's and CometBFT's state
+//!   files, read so a validator does not start again from height 0.
 //! - [`wire`]: requests decoded and checked (both wire shapes), replies in
 //!   the shape the chain's version reads.
 //!
@@ -15,6 +18,8 @@
 //! proxy build on these; see `docs/privval-design.md`.
 
 pub mod frame;
+pub mod import;
+pub mod record;
 pub mod sign_bytes;
 pub mod state;
 pub mod wire;
