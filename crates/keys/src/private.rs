@@ -169,12 +169,7 @@ impl PrivateKey {
             RsaPadding::Raw => unreachable!("returned above"),
             RsaPadding::Oaep(hash) => {
                 let k = OaepPrivateDecryptingKey::new(key).map_err(|_| KeyError::Crypto("RSA decryption key"))?;
-                let alg = match hash {
-                    OaepHash::Sha1 => &aws_lc_rs::rsa::OAEP_SHA1_MGF1SHA1,
-                    OaepHash::Sha256 => &aws_lc_rs::rsa::OAEP_SHA256_MGF1SHA256,
-                    OaepHash::Sha384 => &aws_lc_rs::rsa::OAEP_SHA384_MGF1SHA384,
-                    OaepHash::Sha512 => &aws_lc_rs::rsa::OAEP_SHA512_MGF1SHA512,
-                };
+                let alg = hash.algorithm();
                 k.decrypt(alg, ciphertext, &mut out, label).map_err(|_| failed())?.len()
             }
         };
@@ -203,4 +198,16 @@ pub enum OaepHash {
     Sha256,
     Sha384,
     Sha512,
+}
+
+impl OaepHash {
+    /// AWS-LC's OAEP with this hash and MGF1 over the same.
+    pub(crate) fn algorithm(self) -> &'static aws_lc_rs::rsa::OaepAlgorithm {
+        match self {
+            OaepHash::Sha1 => &aws_lc_rs::rsa::OAEP_SHA1_MGF1SHA1,
+            OaepHash::Sha256 => &aws_lc_rs::rsa::OAEP_SHA256_MGF1SHA256,
+            OaepHash::Sha384 => &aws_lc_rs::rsa::OAEP_SHA384_MGF1SHA384,
+            OaepHash::Sha512 => &aws_lc_rs::rsa::OAEP_SHA512_MGF1SHA512,
+        }
+    }
 }

@@ -38,7 +38,7 @@ impl PublicKey {
     /// modulus).
     pub fn rsa_encrypt(&self, padding: crate::RsaPadding, plaintext: &[u8], label: Option<&[u8]>) -> Result<Vec<u8>, KeyError> {
         use aws_lc_rs::rsa::{OaepPublicEncryptingKey, Pkcs1PublicEncryptingKey, PublicEncryptingKey};
-        use crate::{OaepHash, RsaPadding};
+        use crate::RsaPadding;
         if !self.spec().is_rsa() {
             return Err(KeyError::Scheme(format!("a {} key does not encrypt", self.spec())));
         }
@@ -58,12 +58,7 @@ impl PublicKey {
             }
             RsaPadding::Oaep(hash) => {
                 let k = OaepPublicEncryptingKey::new(key).map_err(|_| KeyError::Crypto("RSA public key"))?;
-                let alg = match hash {
-                    OaepHash::Sha1 => &aws_lc_rs::rsa::OAEP_SHA1_MGF1SHA1,
-                    OaepHash::Sha256 => &aws_lc_rs::rsa::OAEP_SHA256_MGF1SHA256,
-                    OaepHash::Sha384 => &aws_lc_rs::rsa::OAEP_SHA384_MGF1SHA384,
-                    OaepHash::Sha512 => &aws_lc_rs::rsa::OAEP_SHA512_MGF1SHA512,
-                };
+                let alg = hash.algorithm();
                 if plaintext.len() > k.max_plaintext_size(alg) {
                     return Err(too_long(k.max_plaintext_size(alg)));
                 }
