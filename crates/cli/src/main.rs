@@ -75,6 +75,9 @@ enum Command {
     /// PKCS#11 tokens in the enclave (for libnekms_p11.so behind p11-kit): add, update, remove, restore, slots
     #[command(subcommand)]
     P11(cmd::p11::Command),
+    /// The validator signer (CometBFT privval): push tmkms.toml, proxy validators, persist its state, status
+    #[command(subcommand)]
+    Privval(cmd::privval::Command),
     /// Measure nekms against a reference measured in the same run
     #[command(subcommand)]
     Bench(cmd::bench::Command),
@@ -86,6 +89,7 @@ fn main() {
         Command::Demo(a) => cmd::demo::run(a),
         Command::Policy(c) => cmd::policy::run(c),
         Command::P11(c) => cmd::p11::run(c),
+        Command::Privval(c) => cmd::privval::run(c),
         Command::Dev(c) => cmd::dev::run(c),
         Command::Pcr(c) => cmd::pcr::run(c),
         Command::Attest(c) => cmd::attest::run(c),

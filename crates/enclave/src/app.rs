@@ -222,6 +222,18 @@ pub fn serve(config: EnclaveConfig) -> anyhow::Result<()> {
             }
             None => None,
         };
+        let serving_privval = match &config.privval {
+            Some(addr) => {
+                let listener = nekms_transport::Listener::bind(&addr.parse()?).await.with_context(|| format!("listening on {addr}"))?;
+                eprintln!(
+                    "nekms-enclave: validator signer on {}; state store {}",
+                    listener.local_address(),
+                    config.privval_state.as_deref().unwrap_or("(none: chains cannot be served)")
+                );
+                Some(tokio::spawn(crate::privval::serve(listener, enclave.clone())))
+            }
+            None => None,
+        };
         let serving_rpc = tokio::spawn(nekms_rpc::serve(rpc, enclave.clone(), options));
         let serving_kmstool = tokio::spawn(crate::kmstool::serve(kmstool, enclave, config.max_message));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -231,7 +243,7 @@ pub fn serve(config: EnclaveConfig) -> anyhow::Result<()> {
         }
         serving_rpc.abort();
         serving_kmstool.abort();
-        if let Some(p) = serving_p11 {
+        for p in [serving_p11, serving_privval].into_iter().flatten() {
             p.abort();
         }
         anyhow::Ok(())

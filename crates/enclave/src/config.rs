@@ -31,6 +31,14 @@ pub struct EnclaveArgs {
     /// unix:///run/nekms/p11.sock) [default: not served]
     #[arg(long, value_name = "ADDR")]
     pub p11: Option<String>,
+    /// Where the parent's `nekms privval proxy` connects validators to the
+    /// signer [default: not served]
+    #[arg(long, value_name = "ADDR")]
+    pub privval: Option<String>,
+    /// The parent's state store (`nekms privval persist`), as the enclave
+    /// dials it, e.g. vsock://parent:5101 [default: none]
+    #[arg(long, value_name = "ADDR")]
+    pub privval_state: Option<String>,
     /// The parent's KMS proxy, as the enclave dials it [default: vsock://parent:8000]
     #[arg(long, value_name = "ADDR")]
     pub proxy: Option<String>,
@@ -75,6 +83,9 @@ pub struct EnclaveArgs {
     #[arg(skip)]
     #[serde(default)]
     pub rpc_any_vsock_peer: bool,
+    #[arg(skip)]
+    #[serde(default)]
+    pub privval_max_height_jump: Option<i64>,
 }
 
 /// The trust settings ([`crate::trust`]), read from the measured
@@ -103,6 +114,10 @@ pub struct TrustArgs {
     /// Serve the native RPC to vsock peers on any port [default: false:
     /// only peers on a port below 1024, which only root can bind].
     pub rpc_any_vsock_peer: bool,
+    /// The most heights above the last signed one the validator signer
+    /// signs in one request [default: 1,000,000]; a pushed chain may only
+    /// lower it.
+    pub privval_max_height_jump: Option<i64>,
 }
 
 /// Settings in force.
@@ -115,6 +130,8 @@ pub struct EnclaveConfig {
     pub rpc: String,
     pub kmstool: String,
     pub p11: Option<String>,
+    pub privval: Option<String>,
+    pub privval_state: Option<String>,
     pub proxy: String,
     pub kms_endpoint: Option<String>,
     pub kms_ca: Option<PathBuf>,
@@ -143,6 +160,8 @@ impl EnclaveArgs {
             rpc: self.rpc.or(file.rpc).unwrap_or_else(|| "vsock://any:5000".into()),
             kmstool: self.kmstool.or(file.kmstool).unwrap_or_else(|| "vsock://any:3000".into()),
             p11: self.p11.or(file.p11),
+            privval: self.privval.or(file.privval),
+            privval_state: self.privval_state.or(file.privval_state),
             proxy: self.proxy.or(file.proxy).unwrap_or_else(|| "vsock://parent:8000".into()),
             kms_endpoint: self.kms_endpoint.or(file.kms_endpoint),
             kms_ca: self.kms_ca.or(file.kms_ca),
@@ -158,6 +177,7 @@ impl EnclaveArgs {
                 allow_import: file.allow_import,
                 attestation_root: file.attestation_root,
                 rpc_any_vsock_peer: file.rpc_any_vsock_peer,
+                privval_max_height_jump: file.privval_max_height_jump,
             },
             config_file: None,
         }

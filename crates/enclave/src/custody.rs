@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
-use nekms_keys::context::import_context_with_usage;
+use nekms_keys::context::{import_context_with_usage, Usage};
 use nekms_keys::envelope::{open_record, seal_record};
 use nekms_keys::record::{binding_context, check_key_id};
 use nekms_keys::{parse_private_key, KeyError, KeyRecord, Origin, Payload, PrivateKey, Scheme, Signature};
@@ -128,15 +128,13 @@ impl Enclave {
         origin: Origin,
         kms_key_id: Option<&str>,
         extra_context: &BTreeMap<String, String>,
-        decrypt: bool,
+        usage: Usage,
     ) -> Result<(BTreeMap<String, String>, nekms_kms_client::DataKey), RpcError> {
         let pinned = self.trust.custody_key(kms_key_id)?;
         let mut context = binding_context(key_id, spec, origin, extra_context).map_err(|e| RpcError::refused(e.to_string()))?;
-        if decrypt {
-            if !spec.is_rsa() {
-                return Err(RpcError::bad_request(format!("a {spec} key does not decrypt; only RSA keys may be made with decrypt")));
-            }
-            context.insert(nekms_keys::context::USAGE.into(), nekms_keys::context::USAGE_SIGN_DECRYPT.into());
+        usage.check_spec(spec).map_err(RpcError::bad_request)?;
+        if let Some(v) = usage.context_value() {
+            context.insert(nekms_keys::context::USAGE.into(), v.into());
         }
         let data_key = self.kms.generate_data_key(pinned.as_str(), Some(DataKeySpec::Aes256), None, &context).await.map_err(kms_error)?;
         self.trust.check_answered(pinned, &data_key.key_id)?;
@@ -180,7 +178,8 @@ impl Enclave {
         check_key_id(&req.key_id).map_err(key_error)?;
         check_nonce(&req.nonce)?;
         // KMS first: a key it will not seal is not worth generating.
-        let data_key = self.data_key_for(&req.key_id, req.spec, Origin::Generated, req.kms_key_id.as_deref(), &req.encryption_context, req.decrypt).await?;
+        let usage = Usage::from_flags(req.decrypt, req.privval).map_err(RpcError::bad_request)?;
+        let data_key = self.data_key_for(&req.key_id, req.spec, Origin::Generated, req.kms_key_id.as_deref(), &req.encryption_context, usage).await?;
         let seed = self.entropy(req.entropy).await?;
         let spec = req.spec;
         // RSA generation takes a while; keep it off the connection's task.
@@ -205,7 +204,9 @@ impl Enclave {
         let source = self.trust.custody_key(req.ciphertext_key_id.as_deref().or(req.kms_key_id.as_deref()))?;
         // The administrator's ciphertext says whether the key may decrypt:
         // asking for it without (or with, for one that may not) is refused by KMS.
-        let context = import_context_with_usage(&req.key_id, spec, &req.ciphertext_context, req.decrypt).map_err(|e| RpcError::refused(e.to_string()))?;
+        let usage = Usage::from_flags(req.decrypt, req.privval).map_err(RpcError::bad_request)?;
+        usage.check_spec(spec).map_err(RpcError::bad_request)?;
+        let context = import_context_with_usage(&req.key_id, spec, &req.ciphertext_context, usage).map_err(|e| RpcError::refused(e.to_string()))?;
         let material = self.kms.decrypt_under(&req.ciphertext, &context, Some(source.as_str())).await.map_err(|e| {
             let mut err = kms_error(e);
             if matches!(err.kms_code.as_deref(), Some("InvalidCiphertextException" | "IncorrectKeyException")) {
@@ -213,7 +214,7 @@ impl Enclave {
                     "rule import-ciphertext: KMS refused this ciphertext with the import context {{nekms:purpose=import, nekms:key-id={}, nekms:key-spec={spec}{}}} under {source}; \
                      import takes only ciphertexts made for it (nekms key encrypt-for-import): {}",
                     req.key_id,
-                    if req.decrypt { ", nekms:usage=sign,decrypt" } else { "" },
+                    usage.context_value().map(|v| format!(", nekms:usage={v}")).unwrap_or_default(),
                     err.message
                 );
             }
@@ -222,7 +223,7 @@ impl Enclave {
         self.trust.check_answered(source, &material.key_id)?;
         let private = parse_private_key(&material.plaintext, Some(spec)).map_err(key_error)?;
         drop(material);
-        let data_key = self.data_key_for(&req.key_id, private.spec(), Origin::Imported, req.kms_key_id.as_deref(), &req.encryption_context, req.decrypt).await?;
+        let data_key = self.data_key_for(&req.key_id, private.spec(), Origin::Imported, req.kms_key_id.as_deref(), &req.encryption_context, usage).await?;
         self.seal_new(&private, &req.key_id, data_key, Origin::Imported, req.nonce)
     }
 
@@ -260,12 +261,27 @@ impl Enclave {
         Ok(key)
     }
 
+    /// The general Sign (the RPC, the agent, PKCS#11): never with a
+    /// consensus key, which signs only under the validator signer's
+    /// double-sign rules (rule key-usage).
     pub async fn sign(&self, record: &KeyRecord, scheme: Option<Scheme>, payload: &Payload) -> Result<Signature, RpcError> {
+        refuse_privval(record)?;
         let scheme = scheme.unwrap_or_else(|| Scheme::default_for_payload(record.spec, payload));
         scheme.check_spec(record.spec).map_err(key_error)?;
         let key = self.open(record).await?;
         key.sign(scheme, payload).map_err(key_error)
     }
+}
+
+/// Refuse a consensus key anywhere but the validator signer.
+pub(crate) fn refuse_privval(record: &KeyRecord) -> Result<(), RpcError> {
+    if record.is_privval() {
+        return Err(RpcError::refused(format!(
+            "rule key-usage: key {} is a validator's consensus key (nekms:usage=privval); only the validator signer signs with it, under its double-sign rules",
+            record.key_id
+        )));
+    }
+    Ok(())
 }
 
 fn check_nonce(nonce: &Option<Vec<u8>>) -> Result<(), RpcError> {

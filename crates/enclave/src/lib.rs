@@ -14,6 +14,7 @@ pub mod config;
 pub mod custody;
 pub mod kmstool;
 pub mod p11;
+pub mod privval;
 pub mod rpc;
 pub mod trust;
 
@@ -40,6 +41,8 @@ pub struct Enclave {
     pub trust: trust::Trust,
     /// PKCS#11 tokens ([`p11`]).
     pub p11: p11::Tokens,
+    /// The validator signer ([`privval`]).
+    pub privval: privval::Signer,
 }
 
 impl Enclave {
@@ -71,6 +74,10 @@ impl Enclave {
             keys: custody::KeyCache::new(config.key_cache, std::time::Duration::from_secs(config.key_cache_ttl)),
             trust,
             p11: p11::Tokens::default(),
+            privval: privval::Signer::new(
+                config.privval_state.as_deref().map(str::parse).transpose().map_err(|e| anyhow::anyhow!("--privval-state: {e}"))?,
+                config.trust.privval_max_height_jump,
+            ),
         })
     }
 

@@ -442,6 +442,7 @@ impl Enclave {
                 // Each record must open under the enclave's custody rules,
                 // exactly as it would to sign.
                 for k in &token.keys {
+                    crate::custody::refuse_privval(&k.record)?;
                     self.open(&k.record).await.map_err(|e| RpcError { message: format!("key {} ({}): {}", hex::encode(&k.id), k.label, e.message), ..e })?;
                 }
                 let slot = tokens.add(token, verifier.clone(), replace)?;
@@ -470,7 +471,7 @@ impl Enclave {
                 let mut context = std::collections::BTreeMap::new();
                 context.insert("p11-token".to_owned(), token.clone());
                 let record = self
-                    .generate_key(nekms_rpc::GenerateKey { key_id, spec, kms_key_id: None, entropy: nekms_rpc::Entropy::Nsm, encryption_context: context, nonce: None, decrypt: false })
+                    .generate_key(nekms_rpc::GenerateKey { key_id, spec, kms_key_id: None, entropy: nekms_rpc::Entropy::Nsm, encryption_context: context, nonce: None, decrypt: false, privval: false })
                     .await?;
                 let public_key = serde_bytes::ByteBuf::from(record.public_key.clone());
                 let label = if label.is_empty() { record.key_id.clone() } else { label };

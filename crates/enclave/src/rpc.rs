@@ -220,6 +220,7 @@ impl Handler for Enclave {
             Request::ImportKey(req) => Ok(Response::KeyCreated { record: Box::new(self.import_key(req).await?) }),
             Request::Sign { record, scheme, payload } => Ok(Response::Signed(self.sign(&record, scheme, &payload).await?)),
             Request::P11(request) => Ok(Response::P11(self.p11_call(request).await?)),
+            Request::Privval(request) => Ok(Response::Privval(self.privval_call(request).await?)),
         }
     }
 }

@@ -165,6 +165,7 @@ async fn the_enclaves_rules_refuse_before_kms_is_asked() {
         encryption_context: Default::default(),
         nonce: None,
         decrypt: false,
+        privval: false,
     };
     for other in ["alias/custody", "arn:aws:kms:eu-west-1:444455556666:key/1234abcd-12ab-34cd-56ef-1234567890ab"] {
         let err = e.client.generate_key(generate(Some(other))).await.unwrap_err();
@@ -191,6 +192,7 @@ async fn the_enclaves_rules_refuse_before_kms_is_asked() {
         encryption_context: Default::default(),
         nonce: None,
         decrypt: false,
+        privval: false,
     };
     let err = default.client.import_key(import).await.unwrap_err();
     assert!(err.remote().unwrap().message.contains("rule import-disabled"), "{err}");

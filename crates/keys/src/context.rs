@@ -30,10 +30,71 @@ pub const ORIGIN: &str = "nekms:origin";
 /// `import` on an administrator's import ciphertext.
 pub const PURPOSE: &str = "nekms:purpose";
 pub const PURPOSE_IMPORT: &str = "import";
-/// What a record's key may do besides signing: present only on RSA keys
-/// made to decrypt too ([`USAGE_SIGN_DECRYPT`]).
+/// What a record's key may do, when it is not plain signing: present only on
+/// RSA keys made to decrypt too ([`USAGE_SIGN_DECRYPT`]) and on consensus
+/// keys, which only the validator signer uses ([`USAGE_PRIVVAL`]).
 pub const USAGE: &str = "nekms:usage";
 pub const USAGE_SIGN_DECRYPT: &str = "sign,decrypt";
+pub const USAGE_PRIVVAL: &str = "privval";
+
+/// What a key is made for, fixed when it is made: bound into its record's
+/// data-key context and, for an imported key, into the administrator's
+/// import ciphertext, so that it is never granted later.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Usage {
+    /// Signing through the general Sign and the PKCS#11 module.
+    #[default]
+    Sign,
+    /// An RSA key that decrypts too (a PKCS#11 token's `--decrypt`).
+    SignDecrypt,
+    /// A validator's consensus key (Ed25519 or secp256k1): signed with only
+    /// by the validator signer, under its double-sign rules; the general
+    /// Sign, the agent and PKCS#11 refuse it.
+    Privval,
+}
+
+impl Usage {
+    /// The value of [`USAGE`] in a context, if any.
+    pub fn context_value(self) -> Option<&'static str> {
+        match self {
+            Usage::Sign => None,
+            Usage::SignDecrypt => Some(USAGE_SIGN_DECRYPT),
+            Usage::Privval => Some(USAGE_PRIVVAL),
+        }
+    }
+
+    /// From the request flags `decrypt` and `privval`; both at once is refused.
+    pub fn from_flags(decrypt: bool, privval: bool) -> Result<Usage, String> {
+        match (decrypt, privval) {
+            (false, false) => Ok(Usage::Sign),
+            (true, false) => Ok(Usage::SignDecrypt),
+            (false, true) => Ok(Usage::Privval),
+            (true, true) => Err("a key is made to decrypt or as a consensus key, not both".into()),
+        }
+    }
+
+    /// Whether a key of `spec` may be made with this usage.
+    pub fn check_spec(self, spec: KeySpec) -> Result<(), String> {
+        match self {
+            Usage::Sign => Ok(()),
+            Usage::SignDecrypt if spec.is_rsa() => Ok(()),
+            Usage::SignDecrypt => Err(format!("a {spec} key does not decrypt; only RSA keys may be made with decrypt")),
+            Usage::Privval if matches!(spec, KeySpec::Ed25519 | KeySpec::Secp256k1) => Ok(()),
+            Usage::Privval => Err(format!("a consensus key is ed25519 or secp256k1, not {spec}")),
+        }
+    }
+
+    /// The usage a record's context states, if it is one a key of `spec` may carry.
+    pub fn of_context(context: &BTreeMap<String, String>, spec: KeySpec) -> Result<Usage, String> {
+        let usage = match context.get(USAGE).map(String::as_str) {
+            None => Usage::Sign,
+            Some(USAGE_SIGN_DECRYPT) => Usage::SignDecrypt,
+            Some(USAGE_PRIVVAL) => Usage::Privval,
+            Some(other) => return Err(format!("{USAGE}={other:?} is no usage nekms makes")),
+        };
+        usage.check_spec(spec).map(|()| usage)
+    }
+}
 
 /// Most pairs a caller's encryption context may hold.
 pub const MAX_PAIRS: usize = 64;
@@ -89,17 +150,18 @@ pub fn record_context(key_id: &str, spec: KeySpec, origin: Origin, extra: &BTree
 /// `spec` (so one secret cannot be imported as keys of several kinds), plus
 /// the administrator's own (non-reserved) entries.
 pub fn import_context(key_id: &str, spec: KeySpec, extra: &BTreeMap<String, String>) -> Result<BTreeMap<String, String>, ContextError> {
-    import_context_with_usage(key_id, spec, extra, false)
+    import_context_with_usage(key_id, spec, extra, Usage::Sign)
 }
 
-/// The same, for a key the administrator makes to decrypt as well as sign
-/// (`decrypt`): [`USAGE`] is then in the context too, so a ciphertext made
-/// for a signing key cannot be imported again as one that decrypts.
-pub fn import_context_with_usage(key_id: &str, spec: KeySpec, extra: &BTreeMap<String, String>, decrypt: bool) -> Result<BTreeMap<String, String>, ContextError> {
+/// The same, for a key the administrator makes to decrypt as well as sign,
+/// or as a consensus key: [`USAGE`] is then in the context too, so a
+/// ciphertext made for a signing key cannot be imported again as one that
+/// decrypts, nor a consensus key's as a key the general Sign uses.
+pub fn import_context_with_usage(key_id: &str, spec: KeySpec, extra: &BTreeMap<String, String>, usage: Usage) -> Result<BTreeMap<String, String>, ContextError> {
     check_caller_context(extra)?;
     let mut context = import_context_inner(key_id, spec, extra);
-    if decrypt {
-        context.insert(USAGE.into(), USAGE_SIGN_DECRYPT.into());
+    if let Some(v) = usage.context_value() {
+        context.insert(USAGE.into(), v.into());
     }
     Ok(context)
 }

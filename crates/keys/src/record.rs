@@ -109,11 +109,7 @@ impl KeyRecord {
                 return Err(self.err(format!("its encryption context does not bind {k} to {v:?} (a record made before nekms-key:v2 provenance, or altered)")));
             }
         }
-        match self.encryption_context.get(crate::context::USAGE).map(String::as_str) {
-            None => {}
-            Some(crate::context::USAGE_SIGN_DECRYPT) if self.spec.is_rsa() => {}
-            Some(u) => return Err(self.err(format!("its encryption context says {}={u:?}, which only an RSA key may carry, as {:?}", crate::context::USAGE, crate::context::USAGE_SIGN_DECRYPT))),
-        }
+        crate::context::Usage::of_context(&self.encryption_context, self.spec).map_err(|e| self.err(format!("its encryption context's usage: {e}")))?;
         if let Some(k) = self.encryption_context.keys().find(|k| is_reserved(k) && k.as_str() != crate::context::USAGE && !want.iter().any(|(w, _)| w == k)) {
             return Err(self.err(format!("its encryption context holds {k:?}, a reserved key no record carries")));
         }
@@ -133,7 +129,19 @@ impl KeyRecord {
     /// Whether the record's key was made to decrypt as well as sign
     /// (`nekms:usage`, bound into its data key's context and its seal).
     pub fn may_decrypt(&self) -> bool {
-        self.spec.is_rsa() && self.encryption_context.get(crate::context::USAGE).map(String::as_str) == Some(crate::context::USAGE_SIGN_DECRYPT)
+        self.usage() == crate::context::Usage::SignDecrypt
+    }
+
+    /// What the record's key was made for (`nekms:usage`); a usage its spec
+    /// may not carry reads as plain signing here and is refused by [`KeyRecord::check`].
+    pub fn usage(&self) -> crate::context::Usage {
+        crate::context::Usage::of_context(&self.encryption_context, self.spec).unwrap_or_default()
+    }
+
+    /// Whether the record holds a validator's consensus key, which only the
+    /// validator signer signs with.
+    pub fn is_privval(&self) -> bool {
+        self.encryption_context.get(crate::context::USAGE).map(String::as_str) == Some(crate::context::USAGE_PRIVVAL)
     }
 
     pub fn public(&self) -> Result<PublicKey, KeyError> {

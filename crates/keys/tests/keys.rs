@@ -320,3 +320,37 @@ fn a_records_usage_is_sealed_with_it_and_only_rsa_keys_decrypt() {
     odd.encryption_context.insert(USAGE.into(), "decrypt".into());
     assert!(odd.check().is_err());
 }
+
+#[test]
+fn a_consensus_keys_usage_is_sealed_with_it_and_only_ed25519_and_secp256k1_carry_it() {
+    use nekms_keys::context::{import_context_with_usage, Usage, USAGE, USAGE_PRIVVAL};
+    let data_key = [9u8; 32];
+    for spec in [KeySpec::Ed25519, KeySpec::Secp256k1] {
+        let k = PrivateKey::generate(spec, &seed(6)).unwrap();
+        let mut template = record_for(&k, "validator");
+        template.encryption_context.insert(USAGE.into(), USAGE_PRIVVAL.into());
+        let r = seal_record(template, &data_key, &k).unwrap();
+        r.check().unwrap();
+        assert!(r.is_privval() && !r.may_decrypt() && r.usage() == Usage::Privval, "{spec}");
+        assert!(open_record(&r, &data_key).is_ok());
+        // A plain signing key relabelled as a consensus key, or the reverse, no longer opens.
+        let plain = seal_record(record_for(&k, "validator"), &data_key, &k).unwrap();
+        assert!(!plain.is_privval());
+        let mut relabelled = r.clone();
+        relabelled.encryption_context.remove(USAGE);
+        assert!(!relabelled.is_privval() && open_record(&relabelled, &data_key).is_err(), "{spec}: the usage is in the seal");
+    }
+    // Other specs never carry it.
+    let p256 = PrivateKey::generate(KeySpec::P256, &seed(7)).unwrap();
+    let mut wrong = seal_record(record_for(&p256, "p"), &data_key, &p256).unwrap();
+    wrong.encryption_context.insert(USAGE.into(), USAGE_PRIVVAL.into());
+    assert!(wrong.check().is_err());
+    assert!(wrong.is_privval(), "still read as a consensus key, so the general Sign refuses it whatever its spec");
+    // The import context names the usage, so a ciphertext made for one usage imports as no other.
+    let plain = import_context_with_usage("v", KeySpec::Ed25519, &Default::default(), Usage::Sign).unwrap();
+    let consensus = import_context_with_usage("v", KeySpec::Ed25519, &Default::default(), Usage::Privval).unwrap();
+    assert_ne!(plain, consensus);
+    assert_eq!(consensus.get(USAGE).map(String::as_str), Some(USAGE_PRIVVAL));
+    assert!(Usage::from_flags(true, true).is_err());
+    assert!(Usage::Privval.check_spec(KeySpec::Rsa2048).is_err() && Usage::SignDecrypt.check_spec(KeySpec::Ed25519).is_err());
+}

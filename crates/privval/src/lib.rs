@@ -13,6 +13,8 @@
 //!   files, read so a validator does not start again from height 0.
 //! - [`wire`]: requests decoded and checked (both wire shapes), replies in
 //!   the shape the chain's version reads.
+//! - [`store`]: the messages between the enclave and the parent's state
+//!   process, which keeps the records durably.
 //!
 //! The signer itself (in the enclave), its state custody and the parent's
 //! proxy build on these; see `docs/privval-design.md`.
@@ -22,6 +24,8 @@ pub mod import;
 pub mod record;
 pub mod sign_bytes;
 pub mod state;
+pub mod store;
 pub mod wire;
 
+pub use tendermint_proto::google::protobuf::Timestamp;
 pub use tendermint_proto::v0_38 as proto;

@@ -7,11 +7,18 @@
 //! still verifies. Freshness comes from elsewhere (the anchor, see
 //! `docs/privval-design.md`); the counter is what the anchor compares.
 //!
+//! The record keeps the sign bytes but never the signature: the parent
+//! receives the record before it acknowledges it, and a signature in it
+//! would leave the enclave before the state holding it is durable (root
+//! could keep it, withhold the acknowledgement, and ask again). Both
+//! consensus signatures are deterministic (Ed25519; RFC 6979 ECDSA), so the
+//! enclave signs the kept bytes again when it needs the signature back.
+//!
 //! Layout (all integers big-endian): the magic `nekms-privval-state v1\0`,
 //! then the key id and the chain id (u16 length and bytes each), the
 //! counter (u64), height (i64), round (i32), step (u8: 0-3), the sign bytes
-//! and the signature (u32 length and bytes each; empty when absent), then
-//! the 32-byte tag over everything before it.
+//! (u32 length and bytes; empty when absent), then the 32-byte tag over
+//! everything before it.
 
 use aws_lc_rs::hmac;
 
@@ -66,15 +73,13 @@ impl StateRecord {
         out.extend_from_slice(&self.last.height.to_be_bytes());
         out.extend_from_slice(&self.last.round.to_be_bytes());
         out.push(step_byte(self.last.step));
-        for b in [&self.last.sign_bytes, &self.last.signature] {
-            let b = b.as_deref().unwrap_or_default();
-            out.extend_from_slice(&(b.len() as u32).to_be_bytes());
-            out.extend_from_slice(b);
-        }
+        let b = self.last.sign_bytes.as_deref().unwrap_or_default();
+        out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+        out.extend_from_slice(b);
         out
     }
 
-    /// The record's bytes with its tag under `mac_key`.
+    /// The record's bytes with its tag under `mac_key` (the signature left out).
     pub fn seal(&self, mac_key: &hmac::Key) -> Vec<u8> {
         let mut out = self.body();
         let tag = hmac::sign(mac_key, &out);
@@ -96,6 +101,12 @@ impl StateRecord {
     }
 }
 
+/// Read a record without its tag checked: for display on the parent, which
+/// cannot check it. Nothing decides on what this returns.
+pub fn peek(bytes: &[u8]) -> Option<StateRecord> {
+    parse(&bytes[..bytes.len().checked_sub(TAG)?])
+}
+
 fn parse(body: &[u8]) -> Option<StateRecord> {
     let mut r = Reader(body);
     if r.take(MAGIC.len())? != MAGIC {
@@ -108,11 +119,10 @@ fn parse(body: &[u8]) -> Option<StateRecord> {
     let round = i32::from_be_bytes(r.take(4)?.try_into().ok()?);
     let step = step_of_byte(r.take(1)?[0])?;
     let sign_bytes = r.bytes()?;
-    let signature = r.bytes()?;
-    if !r.0.is_empty() || sign_bytes.is_some() != signature.is_some() {
+    if !r.0.is_empty() {
         return None;
     }
-    Some(StateRecord { key_id, chain_id, counter, last: LastSigned { height, round, step, sign_bytes, signature } })
+    Some(StateRecord { key_id, chain_id, counter, last: LastSigned { height, round, step, sign_bytes, signature: None } })
 }
 
 struct Reader<'a>(&'a [u8]);

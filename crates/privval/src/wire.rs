@@ -108,6 +108,11 @@ fn check_block_id(id: Option<&BlockId>) -> Result<bool, WireError> {
 /// Decode and check one request (a frame's body) for a chain speaking `version`.
 pub fn decode_request(body: &[u8], version: ProtocolVersion) -> Result<Request, WireError> {
     let envelope = Envelope::decode(body).map_err(|e| WireError::Decode(e.to_string()))?;
+    check_request(envelope, version)
+}
+
+/// Check a request already decoded (a SecretConnection's reader decodes it).
+pub fn check_request(envelope: Envelope, version: ProtocolVersion) -> Result<Request, WireError> {
     match envelope.sum.ok_or(WireError::NotARequest)? {
         Sum::PingRequest(_) => Ok(Request::Ping),
         Sum::PubKeyRequest(r) => Ok(Request::PubKey { chain_id: r.chain_id }),

@@ -229,6 +229,14 @@ impl Client {
         }
     }
 
+    /// A validator signer call.
+    pub async fn privval(&self, request: crate::PrivvalRequest) -> Result<crate::PrivvalResponse, ClientError> {
+        match self.call(&Request::Privval(request)).await? {
+            Response::Privval(r) => Ok(r),
+            _ => Err(ClientError::Unexpected { operation: "Privval" }),
+        }
+    }
+
     /// The record is sent first without its origin document, which is most
     /// of its size: an enclave that has this exact record opened (and so
     /// checked) signs from its cache. One that has not answers that the

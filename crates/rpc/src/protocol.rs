@@ -213,6 +213,104 @@ pub enum Request {
     /// PKCS#11 tokens: provisioning from the parent, and the calls of the
     /// PKCS#11 module (`libnekms_p11.so`).
     P11(P11Request),
+    /// The validator signer: its chains, their double-sign state, its figures.
+    Privval(PrivvalRequest),
+}
+
+/// The validator signer's configuration and state calls. Validators'
+/// requests themselves arrive on the enclave's privval socket, not here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum PrivvalRequest {
+    /// Serve a chain (or change how it is served). The chain's double-sign
+    /// state is the one the enclave already holds for this key and chain,
+    /// else the state store's record, which must exist and verify.
+    Configure(Box<PrivvalChain>),
+    /// Stop serving a chain; the enclave keeps its state in memory, so
+    /// configuring the chain again never goes back.
+    Remove { chain_id: String },
+    /// Write a chain's first state record: start at `height`, or from an
+    /// imported tmkms or CometBFT state file (`import`, its JSON). Refused
+    /// when the store already holds one or the enclave holds this state.
+    InitState {
+        key: Box<KeyRecord>,
+        chain_id: String,
+        #[serde(default)]
+        height: Option<i64>,
+        #[serde(default)]
+        import: Option<String>,
+    },
+    /// Every chain's state and figures.
+    Status,
+}
+
+/// A chain as the parent pushes it (from tmkms.toml's `[[chain]]`,
+/// `[[providers.softsign]]` and `[[validator]]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrivvalChain {
+    pub chain_id: String,
+    /// The consensus key: a custody record made with `nekms:usage=privval`.
+    pub key: KeyRecord,
+    /// `v0.34`, `v0.37`, `v0.38`, `v0.39` or `v0.40`.
+    pub protocol_version: String,
+    /// Never sign above this height.
+    #[serde(default)]
+    pub max_height: Option<i64>,
+    /// Never sign more than this many heights above the last signed one;
+    /// at most the enclave's own limit, which applies when absent.
+    #[serde(default)]
+    pub max_height_jump: Option<i64>,
+    /// The SecretConnection identity for `tcp://` validators: an Ed25519
+    /// custody record (never a consensus key).
+    #[serde(default)]
+    pub identity: Option<KeyRecord>,
+}
+
+/// One chain as the signer reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrivvalStatus {
+    pub chain_id: String,
+    pub key_id: String,
+    /// SHA-256 of the consensus key's SPKI, hex: the state's name.
+    pub key_fingerprint: String,
+    /// `ed25519` or `secp256k1`, and the public key as the validator reads it.
+    pub key_type: String,
+    #[serde(with = "serde_bytes")]
+    pub public_key: Vec<u8>,
+    pub protocol_version: String,
+    pub served: bool,
+    pub height: i64,
+    pub round: i32,
+    /// FilePV's numbering: 0 none, 1 proposal, 2 prevote, 3 precommit.
+    pub step: u8,
+    /// The state record's counter, and the last one the store acknowledged.
+    pub counter: u64,
+    pub committed: u64,
+    /// `local` (no freshness: see the README) or `anchored`.
+    pub freshness: String,
+    pub max_height: Option<i64>,
+    pub max_height_jump: i64,
+    pub signatures: u64,
+    pub extension_signatures: u64,
+    /// Refusals by reason (`double-sign`, `regression`, `max-height`, ...).
+    pub refusals: BTreeMap<String, u64>,
+    /// Failed state commits (nothing was released for them).
+    pub store_failures: u64,
+    pub connections: u32,
+    pub connections_total: u64,
+    /// Sign latency histogram: upper bounds in seconds and cumulative counts.
+    pub latency_buckets: Vec<(f64, u64)>,
+    pub latency_sum: f64,
+    pub latency_count: u64,
+}
+
+/// The signer's answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum PrivvalResponse {
+    Configured(Box<PrivvalStatus>),
+    Removed,
+    /// The first state record, as written: its height, round and step.
+    StateInitialized { height: i64, round: i32, step: u8 },
+    Status(Vec<PrivvalStatus>),
 }
 
 /// PKCS#11 calls. A token's keys are custody records; the enclave keeps
@@ -418,6 +516,10 @@ pub struct GenerateKey {
     /// and never granted later.
     #[serde(default)]
     pub decrypt: bool,
+    /// A validator's consensus key (`nekms:usage=privval`): only the
+    /// validator signer signs with it; the general Sign refuses it.
+    #[serde(default)]
+    pub privval: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -448,6 +550,8 @@ pub struct ImportKey {
     /// As for [`GenerateKey`].
     #[serde(default)]
     pub decrypt: bool,
+    #[serde(default)]
+    pub privval: bool,
 }
 
 impl Request {
@@ -464,6 +568,7 @@ impl Request {
             Request::ImportKey(_) => "ImportKey",
             Request::Sign { .. } => "Sign",
             Request::P11(_) => "P11",
+            Request::Privval(_) => "Privval",
         }
     }
 }
@@ -504,6 +609,7 @@ pub enum Response {
     KeyCreated { record: Box<KeyRecord> },
     Signed(Signature),
     P11(P11Response),
+    Privval(PrivvalResponse),
 }
 
 /// What the enclave says about itself.

@@ -401,7 +401,7 @@ async fn create_key(State(state): State<Shared>, Extension(caller): Extension<Ca
     };
     let nonce = b.nonce.as_deref().map(|n| hex_field("nonce", n)).transpose()?;
     check_new(&state, &b.name).await?;
-    let request = GenerateKey { key_id: b.name, spec, kms_key_id: b.kms_key_id, entropy, encryption_context: b.encryption_context, nonce, decrypt: false };
+    let request = GenerateKey { key_id: b.name, spec, kms_key_id: b.kms_key_id, entropy, encryption_context: b.encryption_context, nonce, decrypt: false, privval: false };
     let record = state.enclave.call(|c| { let r = request.clone(); async move { c.generate_key(r).await } }).await?;
     store_new(&state, record).await
 }
@@ -449,6 +449,7 @@ async fn import_key(State(state): State<Shared>, Extension(caller): Extension<Ca
         encryption_context: b.encryption_context,
         nonce: None,
         decrypt: false,
+        privval: false,
     };
     let record = state.enclave.call(|c| { let r = request.clone(); async move { c.import_key(r).await } }).await?;
     store_new(&state, record).await

@@ -248,7 +248,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let mut rpc_keys = Vec::new();
     for (spec, id) in [(KeySpec::Rsa2048, 1u8), (KeySpec::P256, 2)] {
         let record = rpc
-            .generate_key(GenerateKey { key_id: format!("bench-{spec}"), spec, kms_key_id: None, entropy: Entropy::Nsm, encryption_context: Default::default(), nonce: None, decrypt: false })
+            .generate_key(GenerateKey { key_id: format!("bench-{spec}"), spec, kms_key_id: None, entropy: Entropy::Nsm, encryption_context: Default::default(), nonce: None, decrypt: false, privval: false })
             .await?;
         rpc_keys.push((id, record.public_key.clone()));
         keys.push(P11Key { id: vec![id], label: record.key_id.clone(), record, certificates: vec![], decrypt: false });

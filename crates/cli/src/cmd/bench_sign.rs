@@ -129,6 +129,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                 encryption_context: Default::default(),
                 nonce: None,
                 decrypt: false,
+                privval: false,
             })
             .await?;
         agent_store.create(&record).await?;

@@ -80,7 +80,7 @@ fn describe(r: &KeyRecord) {
 }
 
 fn generate(key_id: &str, entropy: Entropy) -> GenerateKey {
-    GenerateKey { key_id: key_id.into(), spec: KeySpec::Secp256k1, kms_key_id: None, entropy, encryption_context: Default::default(), nonce: None, decrypt: false }
+    GenerateKey { key_id: key_id.into(), spec: KeySpec::Secp256k1, kms_key_id: None, entropy, encryption_context: Default::default(), nonce: None, decrypt: false, privval: false }
 }
 
 pub async fn two_enclaves(dir: &DevDir, local: &InProcessKms, store: &SqliteStore) -> anyhow::Result<()> {
@@ -194,6 +194,7 @@ pub async fn lockout_and_tmkms(dir: &DevDir, local: &InProcessKms, image: &Path,
         encryption_context: Default::default(),
         nonce: None,
         decrypt: false,
+        privval: false,
     };
     println!("    importing it under another name     -> refused: {}", refused(e.client.import_key(import("other", KeySpec::Secp256k1, &blob)).await));
     let record = e.client.import_key(import("lockout", KeySpec::Secp256k1, &blob)).await?;

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
+use nekms_keys::context::Usage;
 use nekms_keys::{KeyRecord, KeySpec, Payload, PublicKey, Scheme, Signature};
 use nekms_rpc::{Entropy, GenerateKey, ImportKey};
 use nekms_store::{list_all, DynamoStore, KeyStore, Store, StoreUrl};
@@ -74,6 +75,9 @@ pub enum KeyCommand {
         /// An RSA key that may also decrypt (a PKCS#11 token's --decrypt); fixed in the record, never granted later
         #[arg(long)]
         decrypt: bool,
+        /// A validator's consensus key (ed25519, secp256k1): only the validator signer signs with it; fixed in the record
+        #[arg(long, conflicts_with = "decrypt")]
+        privval: bool,
         #[arg(long)]
         json: bool,
     },
@@ -114,6 +118,9 @@ pub enum KeyCommand {
         /// An RSA key that may also decrypt (a PKCS#11 token's --decrypt); fixed in the record, never granted later
         #[arg(long)]
         decrypt: bool,
+        /// A validator's consensus key (ed25519, secp256k1): only the validator signer signs with it; fixed in the record
+        #[arg(long, conflicts_with = "decrypt")]
+        privval: bool,
         #[arg(long)]
         json: bool,
     },
@@ -146,6 +153,9 @@ pub enum KeyCommand {
         /// An RSA key that may also decrypt once imported (bound into the ciphertext's context; give `key import --decrypt`)
         #[arg(long)]
         decrypt: bool,
+        /// A validator's consensus key once imported (bound into the ciphertext's context; give `key import --privval`)
+        #[arg(long, conflicts_with = "decrypt")]
+        privval: bool,
     },
     /// Add a record (JSON, as `key show --json` prints it) to the store, after checking its origin document
     Add {
@@ -354,12 +364,10 @@ pub(crate) async fn encrypt_for_import(
     kms_key: &str,
     secret: &[u8],
     extra: &std::collections::BTreeMap<String, String>,
-    decrypt: bool,
+    usage: Usage,
 ) -> anyhow::Result<Vec<u8>> {
-    if decrypt && !spec.is_rsa() {
-        anyhow::bail!("a {spec} key does not decrypt; only RSA keys may be imported with --decrypt");
-    }
-    let context = nekms_keys::context::import_context_with_usage(name, spec, extra, decrypt)?;
+    usage.check_spec(spec).map_err(anyhow::Error::msg)?;
+    let context = nekms_keys::context::import_context_with_usage(name, spec, extra, usage)?;
     let mut req = client.encrypt().key_id(kms_key).plaintext(aws_sdk_kms::primitives::Blob::new(secret));
     for (k, v) in &context {
         req = req.encryption_context(k, v);
@@ -377,7 +385,7 @@ pub enum StoreCommand {
     },
 }
 
-async fn record(store: &Store, name: &str) -> anyhow::Result<KeyRecord> {
+pub(crate) async fn record(store: &Store, name: &str) -> anyhow::Result<KeyRecord> {
     store.get(name).await?.with_context(|| format!("no key named {name:?} in the store"))
 }
 
@@ -398,7 +406,7 @@ fn summary(r: &KeyRecord) -> serde_json::Value {
 
 /// Store a new record; if the store fails, keep the record in a file so the
 /// key is not lost.
-async fn keep(store: &Store, record: &KeyRecord, json_out: bool) -> anyhow::Result<()> {
+pub(crate) async fn keep(store: &Store, record: &KeyRecord, json_out: bool) -> anyhow::Result<()> {
     if let Err(e) = store.create(record).await {
         let path = PathBuf::from(format!("{}.record.json", record.key_id.replace('/', "_")));
         std::fs::write(&path, serde_json::to_vec_pretty(record)?)?;
@@ -461,7 +469,7 @@ fn ciphertext_arg(file: &Option<PathBuf>, b64: &Option<String>) -> anyhow::Resul
 pub fn run_key(cmd: KeyCommand) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
         match cmd {
-            KeyCommand::Create { enclave, store, name, spec, kms_key, entropy, context, nonce: n, decrypt, json } => {
+            KeyCommand::Create { enclave, store, name, spec, kms_key, entropy, context, nonce: n, decrypt, privval, json } => {
                 let store = store.open().await?;
                 if store.get(&name).await?.is_some() {
                     bail!("a key named {name:?} already exists");
@@ -474,6 +482,7 @@ pub fn run_key(cmd: KeyCommand) -> anyhow::Result<()> {
                     encryption_context: nekms_enclave::app::encryption_context(&context)?,
                     nonce: nonce(&n)?,
                     decrypt,
+                    privval,
                 };
                 let record = enclave.connect().await?.generate_key(request).await?;
                 keep(&store, &record, json).await
@@ -492,6 +501,7 @@ pub fn run_key(cmd: KeyCommand) -> anyhow::Result<()> {
                 context,
                 nonce: n,
                 decrypt,
+                privval,
                 json,
             } => {
                 let store = store.open().await?;
@@ -513,6 +523,7 @@ pub fn run_key(cmd: KeyCommand) -> anyhow::Result<()> {
                     encryption_context: nekms_enclave::app::encryption_context(&context)?,
                     nonce: nonce(&n)?,
                     decrypt,
+                    privval,
                 };
                 let record = enclave.connect().await?.import_key(request).await?;
                 keep(&store, &record, json).await
@@ -541,13 +552,13 @@ pub fn run_key(cmd: KeyCommand) -> anyhow::Result<()> {
                 }
                 Ok(())
             }
-            KeyCommand::EncryptForImport { name, spec, kms_key, key_file, context, out, endpoint_url, profile, decrypt } => {
+            KeyCommand::EncryptForImport { name, spec, kms_key, key_file, context, out, endpoint_url, profile, decrypt, privval } => {
                 nekms_keys::record::check_key_id(&name)?;
                 let secret = zeroize::Zeroizing::new(std::fs::read(&key_file).with_context(|| key_file.display().to_string())?);
                 // Refuse now what the enclave would refuse at import; the spec goes into the context.
                 let spec = nekms_keys::parse_private_key(&secret, spec)?.spec();
                 let extra = nekms_enclave::app::encryption_context(&context)?;
-                let blob = encrypt_for_import(&admin_kms(endpoint_url.as_deref(), profile.as_deref()).await, &name, spec, &kms_key, &secret, &extra, decrypt).await?;
+                let blob = encrypt_for_import(&admin_kms(endpoint_url.as_deref(), profile.as_deref()).await, &name, spec, &kms_key, &secret, &extra, Usage::from_flags(decrypt, privval).map_err(anyhow::Error::msg)?).await?;
                 match out {
                     Some(path) => {
                         std::fs::write(&path, &blob).with_context(|| path.display().to_string())?;
@@ -555,7 +566,8 @@ pub fn run_key(cmd: KeyCommand) -> anyhow::Result<()> {
                     }
                     None => println!("{}", B64.encode(&blob)),
                 }
-                eprintln!("import it with: nekms key import --name {name} --spec {spec} --ciphertext ...");
+                let flag = if decrypt { " --decrypt" } else if privval { " --privval" } else { "" };
+                eprintln!("import it with: nekms key import --name {name} --spec {spec}{flag} --ciphertext ...");
                 Ok(())
             }
             KeyCommand::List { store, json, page_size } => {
@@ -611,7 +623,7 @@ pub fn run_key(cmd: KeyCommand) -> anyhow::Result<()> {
     })
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
 }
 

@@ -16,6 +16,7 @@ pub mod kmstool;
 pub mod p11;
 pub mod pcr;
 pub mod policy;
+pub mod privval;
 pub mod proxy;
 pub mod up;
 

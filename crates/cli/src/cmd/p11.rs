@@ -295,7 +295,7 @@ async fn acm_convert(input: &PathBuf, token: &str, kms_key: &str, acm_kms_key: &
         }
         drop(private);
         let name = acm_key_name(token, id);
-        let ciphertext = super::key::encrypt_for_import(&client, &name, spec, kms_key, &pem, &BTreeMap::new(), false).await?;
+        let ciphertext = super::key::encrypt_for_import(&client, &name, spec, kms_key, &pem, &BTreeMap::new(), nekms_keys::context::Usage::Sign).await?;
         drop(pem);
         out_keys.push(AcmBundleKey {
             name,
@@ -342,6 +342,7 @@ async fn acm_import(enclave: &EnclaveArg, store: &StoreArg, db: &DbArg, input: &
                 encryption_context: BTreeMap::new(),
                 nonce: None,
                 decrypt: false,
+                privval: false,
             };
             let record = client.import_key(request).await.with_context(|| format!("key {} ({})", k.name, k.acm_label))?;
             store.create(&record).await?;

@@ -48,6 +48,10 @@ pub struct Args {
     /// Do not allow imports (allow-import) in the enclave's configuration
     #[arg(long)]
     no_import: bool,
+    /// Run a validator signer: push this tmkms.toml (its keys as custody records, states initialised or
+    /// imported beforehand) and proxy its [[validator]] entries
+    #[arg(long, value_name = "TMKMS_TOML")]
+    privval_config: Option<PathBuf>,
 }
 
 struct Supervised {
@@ -142,9 +146,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let config = dev.config()?;
     let run_dir = a.run_dir.clone().unwrap_or_else(|| dev.path().join("up"));
     std::fs::create_dir_all(&run_dir).with_context(|| run_dir.display().to_string())?;
-    let [kms_ready, proxy_sock, rpc_sock, kmstool_sock, allowlist, p11_sock, p11kit_sock] =
-        ["kms.ready.json", "proxy.sock", "rpc.sock", "kmstool.sock", "allowlist.yaml", "p11.sock", "p11-kit.sock"].map(|n| run_dir.join(n));
-    for stale in [&kms_ready, &proxy_sock, &rpc_sock, &kmstool_sock, &p11_sock, &p11kit_sock] {
+    let [kms_ready, proxy_sock, rpc_sock, kmstool_sock, allowlist, p11_sock, p11kit_sock, privval_sock, state_sock] =
+        ["kms.ready.json", "proxy.sock", "rpc.sock", "kmstool.sock", "allowlist.yaml", "p11.sock", "p11-kit.sock", "privval.sock", "privval-state.sock"].map(|n| run_dir.join(n));
+    let state_dir = dev.path().join("privval-state");
+    for stale in [&kms_ready, &proxy_sock, &rpc_sock, &kmstool_sock, &p11_sock, &p11kit_sock, &privval_sock, &state_sock] {
         let _ = std::fs::remove_file(stale);
     }
     let me = std::env::current_exe()?;
@@ -208,7 +213,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         None => rt.block_on(crate::enclave_path::custody_key(&dev, &admin, "nekms dev up: custody", configure, final_policy))?,
     };
 
-    // 4. The simulated enclave.
+    // 4. The validator signer's state store, then the simulated enclave.
+    let mut persist = Command::new(&me);
+    persist.args(["privval", "persist", "--listen", &unix(&state_sock), "--dir"]).arg(&state_dir);
+    let persist_pid = group.spawn("privval persist", persist)?;
+    wait_for("privval persist", &mut group, || state_sock.exists())?;
     let mut enclave = Command::new(&program);
     enclave
         .args(&prefix)
@@ -217,6 +226,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .args(["--sim", "--dev-dir"])
         .arg(&dir)
         .args(["--rpc", &unix(&rpc_sock), "--kmstool", &unix(&kmstool_sock), "--proxy", &unix(&proxy_sock), "--p11", &unix(&p11_sock)])
+        .args(["--privval", &unix(&privval_sock), "--privval-state", &unix(&state_sock)])
         .args(["--kms-endpoint", &format!("https://localhost:{https_port}"), "--kms-ca"])
         .arg(dev.tls_ca_path());
     if a.debug_mode {
@@ -224,7 +234,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     enclave.arg("--image").arg(&image);
     let enclave_pid = group.spawn("enclave", enclave)?;
-    wait_for("enclave", &mut group, || rpc_sock.exists() && kmstool_sock.exists() && p11_sock.exists())?;
+    wait_for("enclave", &mut group, || rpc_sock.exists() && kmstool_sock.exists() && p11_sock.exists() && privval_sock.exists())?;
 
     // PKCS#11: p11-kit's server loading libnekms_p11.so, as in the enclave image.
     let p11_module = std::env::var_os("NEKMS_P11_MODULE")
@@ -277,11 +287,28 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         ("AWS_REGION", config.region.clone()),
         ("NEKMS_CUSTODY_KMS_KEY", custody_key.clone()),
         ("NEKMS_P11_RPC", unix(&p11_sock)),
+        ("NEKMS_PRIVVAL", unix(&privval_sock)),
     ];
     let mut env = env.to_vec();
     if let Ok((address, _)) = &p11 {
         env.push(("P11_KIT_SERVER_ADDRESS", address.clone()));
     }
+    // The validator signer for a chain, when asked.
+    let privval_proxy = match &a.privval_config {
+        Some(toml) => {
+            let mut push = Command::new(&me);
+            push.args(["privval", "push-config", "-c"]).arg(toml).env("NEKMS_ENCLAVE", &rpc_address);
+            let out = push.output()?;
+            if !out.status.success() {
+                bail!("nekms privval push-config -c {}: {}", toml.display(), String::from_utf8_lossy(&out.stderr));
+            }
+            print!("{}", String::from_utf8_lossy(&out.stdout));
+            let mut proxy = Command::new(&me);
+            proxy.args(["privval", "proxy", "--privval", &unix(&privval_sock), "-c"]).arg(toml);
+            Some(group.spawn("privval proxy", proxy)?)
+        }
+        None => None,
+    };
     let env_text: String = env.iter().map(|(k, v)| format!("export {k}={v}\n")).collect();
     std::fs::write(run_dir.join("env"), &env_text)?;
     println!("nekms dev up: running; Ctrl-C stops everything");
@@ -293,6 +320,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     match &p11 {
         Ok((address, pid)) => println!("  PKCS#11     p11-kit server {address} (module {}), pid {pid}; add tokens with nekms p11 token add", p11_module.as_ref().map(|m| m.display().to_string()).unwrap_or_default()),
         Err(why) => println!("  PKCS#11     not served: {why}"),
+    }
+    println!("  validator signer {} (state store {}, pid {persist_pid}, records in {})", unix(&privval_sock), unix(&state_sock), state_dir.display());
+    if let Some(pid) = privval_proxy {
+        println!("              privval proxy pid {pid}; nekms privval status shows the chains");
     }
     for i in [0, 1, 2] {
         println!("  PCR{i}        {}", pcr(i));
@@ -313,10 +344,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let v = serde_json::json!({
             "kms_http": kms_http_url, "kms_https": kms_https_url, "proxy": unix(&proxy_sock),
             "rpc": rpc_address, "kmstool": unix(&kmstool_sock), "p11": unix(&p11_sock),
+            "privval": unix(&privval_sock), "privval_state": unix(&state_sock), "privval_state_dir": state_dir.display().to_string(),
             "p11_kit": p11.as_ref().ok().map(|(a, _)| a.clone()),
             "pcr0": pcr(0), "pcr1": pcr(1), "pcr2": pcr(2),
             "custody_kms_key": custody_key, "enclave_config": enclave_config.display().to_string(),
-            "pids": {"kms": kms_pid, "proxy": proxy_pid, "enclave": enclave_pid, "supervisor": std::process::id()},
+            "pids": {"kms": kms_pid, "proxy": proxy_pid, "enclave": enclave_pid, "privval_persist": persist_pid, "privval_proxy": privval_proxy, "supervisor": std::process::id()},
             "env": env.iter().map(|(k, v)| (k.to_string(), serde_json::Value::String(v.clone()))).collect::<serde_json::Map<_, _>>(),
         });
         let tmp = path.with_extension("tmp");
