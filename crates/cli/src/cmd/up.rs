@@ -52,6 +52,9 @@ pub struct Args {
     /// imported beforehand) and proxy its [[validator]] entries
     #[arg(long, value_name = "TMKMS_TOML")]
     privval_config: Option<PathBuf>,
+    /// The validator signer's limit on one height jump, in the enclave's measured configuration [default: the enclave's, 1000000]
+    #[arg(long, value_name = "HEIGHTS")]
+    privval_max_height_jump: Option<i64>,
 }
 
 struct Supervised {
@@ -189,6 +192,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         text.push_str(&crate::enclave_path::trust_toml(&[arn], &[]));
         text.push_str(&format!("parent-decrypt = {}\n", !a.no_parent_decrypt));
         text.push_str(&format!("allow-import = {}\n", !a.no_import));
+        if let Some(j) = a.privval_max_height_jump {
+            text.push_str(&format!("privval-max-height-jump = {j}\n"));
+        }
         std::fs::write(&enclave_config, text)?;
         Ok(nekms_nsm::measure::Measurement::of_files(&image, Some(&enclave_config))?)
     };

@@ -1,0 +1,241 @@
+"""The validator signer across real processes: `nekms dev up` (local KMS,
+simulated enclave, the state store `nekms privval persist`), `nekms privval
+proxy` dialling a validator emulator (privval_emu.py, written here from the
+.proto files), and tmkms 0.15.0 built from crates.io with the same Ed25519
+seed, driven by the same script.
+
+The parent here is root: it drives the enclave's RPC and CLI, owns the state
+store's directory and its process, and tries to get a second signature for
+one height, round and step, or any signature, with the consensus key by
+another path.
+"""
+
+import base64
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+import privval_emu as emu
+from test_dev_up import NEKMS, Up
+
+TMKMS = pathlib.Path(os.environ.get("NEKMS_TMKMS_BIN", pathlib.Path.home() / ".cache/nekms/peers/tmkms-0.15.0/bin/tmkms"))
+CHAIN_A = "a"
+CHAIN_B = "chain-" + "b" * 44  # 50 characters
+assert len(CHAIN_B) == 50
+
+
+class World:
+    def __init__(self, base):
+        self.base = base
+        # Heights up to 2**40 in one script: the measured configuration allows such jumps; chains lower it.
+        self.up = Up(base / "up", "--privval-max-height-jump", str(2**41))
+        self.env = {**self.up.env, "NEKMS_STORE": f"sqlite:{base / 'keys.db'}"}
+        self.custody = self.up.info["custody_kms_key"]
+        self.procs = []
+        self.outputs = []
+
+    def nekms(self, *args, check=True):
+        r = subprocess.run([NEKMS, *args], capture_output=True, text=True, env=self.env, timeout=60)
+        self.outputs.append(r.stdout + r.stderr)
+        if check:
+            assert r.returncode == 0, f"nekms {' '.join(args)}: {r.stderr}"
+        return r
+
+    def import_consensus_key(self, name, seed):
+        path = self.base / f"{name}.softsign"
+        path.write_bytes(base64.b64encode(seed))
+        ct = self.nekms("key", "encrypt-for-import", "--privval", "--name", name, "--spec", "ed25519", "--kms-key", self.custody,
+                        "--profile", "admin", str(path)).stdout.strip()
+        self.nekms("key", "import", "--privval", "--name", name, "--spec", "ed25519", "--ciphertext", ct)
+        return path
+
+    def spawn(self, args, log):
+        p = subprocess.Popen(args, stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=self.env)
+        self.procs.append(p)
+        return p
+
+    def stop(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        self.up.stop()
+
+
+def tmkms_toml(chains, key_line, validators, state_dir=None):
+    """A tmkms.toml; `chains` is a list of chain ids, `validators` (chain, addr)."""
+    out = ""
+    for c in chains:
+        out += f'[[chain]]\nid = "{c}"\nkey_format = {{ type = "hex" }}\n'
+        if state_dir:
+            out += f'state_file = "{state_dir}/{c}_priv_validator_state.json"\n'
+        out += "\n"
+    out += f"[[providers.softsign]]\nchain_ids = {json.dumps(chains)}\nkey_type = \"consensus\"\n{key_line}\n\n"
+    for c, addr in validators:
+        out += f'[[validator]]\nchain_id = "{c}"\naddr = "{addr}"\nprotocol_version = "v0.38"\nreconnect = true\n\n'
+    return out
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    w = World(tmp_path_factory.mktemp("privval"))
+    w.seed = os.urandom(32)
+    w.softsign = w.import_consensus_key("validator", w.seed)
+    yield w
+    w.stop()
+
+
+def connect_nekms(w, name, chains, key="validator"):
+    """Validators for `chains` (one each), the configuration pushed, the proxy started and connected."""
+    validators = {c: emu.Validator(w.base / f"{name}-{i}.sock") for i, c in enumerate(chains)}
+    toml = w.base / f"{name}.toml"
+    toml.write_text(tmkms_toml(chains, f'key = "{key}"', [(c, v.addr) for c, v in validators.items()]))
+    w.nekms("privval", "push-config", "-c", str(toml))
+    w.spawn([NEKMS, "privval", "proxy", "--privval", w.up.info["privval"], "-c", str(toml)], w.base / f"{name}.proxy.log")
+    for v in validators.values():
+        v.accept()
+    return validators
+
+
+def run_script(validators, steps):
+    """Send each request to its chain's validator connection; the decoded replies."""
+    replies = []
+    for chain, kind, msg in steps:
+        body = validators[chain].request(emu.encode(chain, kind, msg))
+        assert body is not None, f"the signer closed the connection at {chain} {kind} {msg['height']}/{msg['round']}"
+        replies.append(emu.decode_reply(body))
+    return replies
+
+
+def pubkey(v, chain):
+    kind, value, err = emu.decode_reply(v.request(emu.pubkey_request(chain)))
+    assert kind == "pubkey" and err is None, err
+    return value
+
+
+def test_the_general_sign_pkcs11_and_a_relabelled_record_refuse_a_consensus_key(world, tmp_path):
+    w = world
+    r = w.nekms("sign", "--key", "validator", "--message", "a canonical vote", check=False)
+    assert r.returncode != 0 and "rule key-usage" in r.stderr and "consensus key" in r.stderr, r.stderr
+    pin = tmp_path / "pin"
+    pin.write_text("1234")
+    r = w.nekms("p11", "token", "add", "--label", "val", "--pin-file", str(pin), "--key", "validator:01", check=False)
+    assert r.returncode != 0 and "rule key-usage" in r.stderr, r.stderr
+    # The record with its usage removed: the usage is in KMS's context and the seal, so it no longer opens.
+    record = json.loads(w.nekms("key", "show", "validator", "--json").stdout)
+    assert record["encryption_context"]["nekms:usage"] == "privval"
+    del record["encryption_context"]["nekms:usage"]
+    record["key_id"] = "validator-plain"
+    record["encryption_context"]["nekms:key-id"] = "validator-plain"
+    (tmp_path / "plain.json").write_text(json.dumps(record))
+    r = w.nekms("key", "add", str(tmp_path / "plain.json"), "--dev-root", "--pcr0", w.up.info["pcr0"], "--allow-imported", check=False)
+    assert r.returncode != 0, "the origin document commits to the record as made"
+    # Imported again as a plain key from the same ciphertext: KMS refuses the context.
+    ct = w.nekms("key", "encrypt-for-import", "--privval", "--name", "v2", "--spec", "ed25519", "--kms-key", w.custody,
+                 "--profile", "admin", str(w.softsign)).stdout.strip()
+    r = w.nekms("key", "import", "--name", "v2", "--spec", "ed25519", "--ciphertext", ct, check=False)
+    assert r.returncode != 0 and "rule import-ciphertext" in r.stderr, r.stderr
+    # And the signer refuses a key not made for it.
+    w.nekms("key", "create", "--name", "plain-ed", "--spec", "ed25519")
+    r = w.nekms("privval", "state", "init", "--key", "plain-ed", "--chain-id", "x", "--height", "1", check=False)
+    assert r.returncode != 0 and "rule key-usage" in r.stderr, r.stderr
+
+
+def test_a_chain_never_starts_from_nothing_and_a_state_is_never_overwritten(world):
+    w = world
+    toml = w.base / "nostate.toml"
+    toml.write_text(tmkms_toml(["nostate"], 'key = "validator"', []))
+    r = w.nekms("privval", "push-config", "-c", str(toml), check=False)
+    assert r.returncode != 0 and "rule privval-state" in r.stderr and "state init" in r.stderr, r.stderr
+    r = w.nekms("privval", "state", "init", "--key", "validator", "--chain-id", "nostate", "--height", "0", check=False)
+    assert r.returncode != 0 and "heights start at 1" in r.stderr, r.stderr
+    w.nekms("privval", "state", "init", "--key", "validator", "--chain-id", "nostate", "--height", "5")
+    r = w.nekms("privval", "state", "init", "--key", "validator", "--chain-id", "nostate", "--height", "1", check=False)
+    assert r.returncode != 0 and "not overwritten" in r.stderr, r.stderr
+    # A key file in the clear on the parent is refused: the key lives in custody.
+    toml.write_text(tmkms_toml(["nostate"], f'path = "{w.softsign}"', []))
+    r = w.nekms("privval", "push-config", "-c", str(toml), check=False)
+    assert r.returncode != 0 and "in the clear" in r.stderr, r.stderr
+    toml.write_text(tmkms_toml(["nostate"], 'key = "validator"', []) + "[unknown]\nx = 1\n")
+    r = w.nekms("privval", "push-config", "-c", str(toml), check=False)
+    assert r.returncode != 0 and "unknown" in r.stderr, r.stderr
+
+
+@pytest.fixture(scope="module")
+def compared(world):
+    """The same script through nekms (proxy -> enclave) and through tmkms 0.15.0."""
+    w = world
+    if not TMKMS.exists():
+        pytest.skip(f"tmkms 0.15.0 is not built at {TMKMS} (./scripts/test builds it)")
+    for c in (CHAIN_A, CHAIN_B):
+        w.nekms("privval", "state", "init", "--key", "validator", "--chain-id", c, "--height", "1")
+    steps = emu.script([CHAIN_A, CHAIN_B])
+    assert len(steps) >= 200
+    nekms_validators = connect_nekms(w, "cmp", [CHAIN_A, CHAIN_B])
+    nekms_keys = {c: pubkey(v, c) for c, v in nekms_validators.items()}
+    nekms_replies = run_script(nekms_validators, steps)
+
+    tdir = w.base / "tmkms"
+    tdir.mkdir()
+    tm_validators = {c: emu.Validator(tdir / f"{i}.sock") for i, c in enumerate((CHAIN_A, CHAIN_B))}
+    (tdir / "tmkms.toml").write_text(tmkms_toml([CHAIN_A, CHAIN_B], f'path = "{w.softsign}"',
+                                                [(c, v.addr) for c, v in tm_validators.items()], state_dir=tdir))
+    w.spawn([str(TMKMS), "start", "-c", str(tdir / "tmkms.toml")], tdir / "tmkms.log")
+    for v in tm_validators.values():
+        v.accept()
+    tm_keys = {c: pubkey(v, c) for c, v in tm_validators.items()}
+    tm_replies = run_script(tm_validators, steps)
+    return steps, nekms_keys, nekms_replies, tm_keys, tm_replies, nekms_validators, tm_validators
+
+
+def test_every_signature_is_byte_identical_to_tmkms_and_verifies_over_rebuilt_canonical_bytes(world, compared):
+    steps, nekms_keys, nekms_replies, tm_keys, tm_replies, _, _ = compared
+    assert nekms_keys == tm_keys
+    assert nekms_keys[CHAIN_A] == ("ed25519", ed25519.Ed25519PrivateKey.from_private_bytes(world.seed).public_key().public_bytes_raw())
+    for (chain, kind, msg), (k1, v1, e1), (k2, v2, e2) in zip(steps, nekms_replies, tm_replies):
+        assert e1 is None, (chain, kind, msg["height"], msg["round"], e1)
+        assert e2 is None, ("tmkms", e2)
+        assert v1["signature"] == v2["signature"], (chain, kind, msg["height"], msg["round"])
+        assert v1["timestamp"] == msg["timestamp"]
+        canonical = emu.canonical_proposal(chain, msg) if kind == "proposal" else emu.canonical_vote(chain, msg)
+        emu.verify(nekms_keys[chain], canonical, v1["signature"])
+    assert max(m["height"] for _, _, m in steps) == 2**40 and max(m["round"] for _, _, m in steps) == 1000
+
+
+def test_extensions_are_signed_on_non_nil_precommits_only_and_tmkms_0_15_drops_them(world, compared):
+    steps, nekms_keys, _, _, _, nv, tv = compared
+    key = nekms_keys[CHAIN_A]
+    height = max(m["height"] for c, _, m in steps if c == CHAIN_A) + 1
+    bid = (os.urandom(32), 1, os.urandom(32))
+    for ext in (b"", b"\x01", os.urandom(8192)):
+        ts = (1_800_000_000, 123456789)
+        precommit = {"type": emu.PRECOMMIT, "height": height, "round": 0, "block_id": bid, "timestamp": ts, "extension": ext}
+        prevote = {"type": emu.PREVOTE, "height": height, "round": 0, "block_id": bid, "timestamp": ts}
+        for v, who in ((nv[CHAIN_A], "nekms"), (tv[CHAIN_A], "tmkms")):
+            _, pv, err = emu.decode_reply(v.request(emu.sign_vote_request(CHAIN_A, prevote)))
+            assert err is None and not pv["extension_signature"], (who, err)
+            _, pc, err = emu.decode_reply(v.request(emu.sign_vote_request(CHAIN_A, precommit)))
+            assert err is None, (who, err)
+            if who == "nekms":
+                emu.verify(key, emu.canonical_vote(CHAIN_A, precommit), pc["signature"])
+                emu.verify(key, emu.canonical_vote_extension(CHAIN_A, precommit), pc["extension_signature"])
+                assert pc["extension"] == ext
+            else:
+                # tmkms 0.15.0 decodes v0.34-shaped votes: the extension and its signature are gone.
+                assert not pc["extension_signature"] and not pc["extension"], "tmkms 0.15.0 was expected to drop extensions"
+        height += 1
+    # A nil precommit gets no extension signature; a prevote carrying extension bytes is refused (the connection closes).
+    nil = {"type": emu.PRECOMMIT, "height": height, "round": 0, "block_id": None, "timestamp": (1_800_000_001, 0)}
+    _, pc, err = emu.decode_reply(nv[CHAIN_A].request(emu.sign_vote_request(CHAIN_A, nil)))
+    assert err is None and not pc["extension_signature"]
