@@ -239,3 +239,121 @@ def test_extensions_are_signed_on_non_nil_precommits_only_and_tmkms_0_15_drops_t
     nil = {"type": emu.PRECOMMIT, "height": height, "round": 0, "block_id": None, "timestamp": (1_800_000_001, 0)}
     _, pc, err = emu.decode_reply(nv[CHAIN_A].request(emu.sign_vote_request(CHAIN_A, nil)))
     assert err is None and not pc["extension_signature"]
+
+
+def status(w, chain):
+    rows = json.loads(w.nekms("privval", "status", "--json").stdout)
+    (row,) = [r for r in rows if r["chain_id"] == chain]
+    return row
+
+
+def hrs(w, chain):
+    s = status(w, chain)
+    return s["height"], s["round"], s["step"], s["counter"]
+
+
+def ask(v, chain, kind, msg):
+    body = v.request(emu.encode(chain, kind, msg))
+    return None if body is None else emu.decode_reply(body)
+
+
+def block():
+    return (os.urandom(32), 1, os.urandom(32))
+
+
+def test_the_double_sign_matrix_row_by_row(world):
+    """Each row: a request, what the signer answers, and the state after it."""
+    w = world
+    chain = "matrix"
+    w.nekms("privval", "state", "init", "--key", "validator", "--chain-id", chain, "--height", "100")
+    toml = w.base / "matrix.toml"
+    v1, v2 = emu.Validator(w.base / "m1.sock"), emu.Validator(w.base / "m2.sock")
+    text = tmkms_toml([chain], 'key = "validator"', [(chain, v1.addr), (chain, v2.addr)])
+    text = text.replace('[[chain]]\nid = "matrix"\n', '[[chain]]\nid = "matrix"\nmax_height_jump = 1000\n')
+    text = text.replace('reconnect = true\n', 'reconnect = true\nmax_height = "5000"\n')
+    toml.write_text(text)
+    w.nekms("privval", "push-config", "-c", str(toml))
+    w.spawn([NEKMS, "privval", "proxy", "--privval", w.up.info["privval"], "-c", str(toml)], w.base / "matrix.proxy.log")
+    v1.accept()
+    v2.accept()
+    key = pubkey(v1, chain)
+    B, C = block(), block()
+    ts = (1_750_000_000, 5)
+
+    def pv(h, r, bid, t=ts, **kw):
+        return {"type": emu.PREVOTE, "height": h, "round": r, "block_id": bid, "timestamp": t, **kw}
+
+    def pc(h, r, bid, t=ts, **kw):
+        return {"type": emu.PRECOMMIT, "height": h, "round": r, "block_id": bid, "timestamp": t, **kw}
+
+    def signed(reply, msg):
+        kind, value, err = reply
+        assert err is None, err
+        emu.verify(key, emu.canonical_vote(chain, msg, value["timestamp"]), value["signature"])
+        return value
+
+    def refused(reply, says, code=None):
+        kind, value, err = reply
+        assert value is None and err is not None and says in err[1], (says, reply)
+        if code is not None:
+            assert err[0] == code, err
+
+    assert hrs(w, chain) == (100, 0, 0, 1)
+    first = signed(ask(v1, chain, "vote", pv(100, 0, B)), pv(100, 0, B))
+    assert hrs(w, chain) == (100, 0, 2, 2)
+    # The identical request again: the signature already given, no new state.
+    again = signed(ask(v1, chain, "vote", pv(100, 0, B)), pv(100, 0, B))
+    assert again["signature"] == first["signature"] and hrs(w, chain) == (100, 0, 2, 2)
+    # Only the timestamp differs: the same signature and the old timestamp back.
+    later = ask(v1, chain, "vote", pv(100, 0, B, t=(1_750_000_099, 7)))
+    assert later[1]["signature"] == first["signature"] and later[1]["timestamp"] == ts and hrs(w, chain) == (100, 0, 2, 2)
+    # Another block, or nil, at the same height, round and step: the double sign, refused.
+    refused(ask(v1, chain, "vote", pv(100, 0, C)), "double sign refused", code=2)
+    refused(ask(v1, chain, "vote", pv(100, 0, None)), "double sign refused", code=2)
+    assert hrs(w, chain) == (100, 0, 2, 2)
+    # A precommit for C after a prevote for B: another step, signed (FilePV; tmkms refuses it).
+    signed(ask(v1, chain, "vote", pc(100, 0, C)), pc(100, 0, C))
+    assert hrs(w, chain) == (100, 0, 3, 3)
+    # Nil then a block at one height, round and step: refused.
+    signed(ask(v1, chain, "vote", pc(100, 1, None)), pc(100, 1, None))
+    refused(ask(v1, chain, "vote", pc(100, 1, B)), "double sign refused", code=2)
+    # Regressions: height, round, step.
+    refused(ask(v1, chain, "vote", pv(99, 5, B)), "height regression")
+    refused(ask(v1, chain, "vote", pc(100, 0, C)), "round regression")
+    refused(ask(v1, chain, "vote", pv(100, 1, B)), "step regression")
+    assert hrs(w, chain) == (100, 1, 3, 4)
+    # A huge jump, and beyond max_height: refused, nothing moves.
+    refused(ask(v1, chain, "vote", pv(100 + 1001, 0, B)), "more than 1000 above")
+    refused(ask(v1, chain, "vote", pv(5001, 0, B)), "above max_height 5000")
+    refused(ask(v1, chain, "proposal", {"height": 2**62, "round": 0, "pol_round": -1, "block_id": B, "timestamp": ts}), "above max_height")
+    assert hrs(w, chain) == (100, 1, 3, 4)
+    # Another chain's id: an error reply, and the connection stays up.
+    refused(emu.decode_reply(v1.request(emu.sign_vote_request("other-chain", pv(101, 0, B)))), "this connection serves")
+    assert emu.decode_reply(v1.request(emu.ping_request()))[0] == "ping"
+    assert hrs(w, chain) == (100, 1, 3, 4)
+
+    # Two sentries ask for one height, round and step with different blocks at once: exactly one is signed.
+    for h in range(200, 210):
+        results = {}
+        barrier = threading.Barrier(2)
+
+        def go(name, v, bid):
+            barrier.wait()
+            results[name] = ask(v, chain, "vote", pv(h, 0, bid))
+
+        threads = [threading.Thread(target=go, args=("one", v1, block())), threading.Thread(target=go, args=("two", v2, block()))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        ok = [r for r in results.values() if r[2] is None]
+        assert len(ok) == 1, results
+        assert hrs(w, chain)[:3] == (h, 0, 2)
+
+    # A prevote carrying extension bytes is no request: the connection closes and nothing moves.
+    before = hrs(w, chain)
+    assert ask(v1, chain, "vote", pv(300, 0, B, extension=b"x")) is None
+    assert hrs(w, chain) == before
+    refusals = status(w, chain)["refusals"]
+    assert refusals["double-sign"] == 13 and refusals["regression"] == 3 and refusals["max-height"] == 2 and refusals["height-jump"] == 1, refusals
+    assert refusals["malformed"] == 1 and refusals["chain-id"] == 1, refusals
