@@ -357,3 +357,187 @@ def test_the_double_sign_matrix_row_by_row(world):
     refusals = status(w, chain)["refusals"]
     assert refusals["double-sign"] == 13 and refusals["regression"] == 3 and refusals["max-height"] == 2 and refusals["height-jump"] == 1, refusals
     assert refusals["malformed"] == 1 and refusals["chain-id"] == 1, refusals
+
+
+class OwnSigner:
+    """An enclave and a state store of this test's own, beside dev up's (the
+    same image, measured configuration, KMS and proxy), so that they can be
+    killed and started again."""
+
+    def __init__(self, w, name, chain, **toml_extra):
+        self.w, self.chain = w, chain
+        self.dir = w.base / name
+        self.dir.mkdir()
+        self.state_dir = self.dir / "state"
+        self.rpc, self.privval, self.state = (f"unix://{self.dir / n}" for n in ("rpc.sock", "privval.sock", "state.sock"))
+        self.enclave = self.persist = None
+        self.validator = emu.Validator(self.dir / "validator.sock")
+        self.toml = self.dir / "tmkms.toml"
+        self.toml.write_text(tmkms_toml([chain], 'key = "validator"', [(chain, self.validator.addr)]))
+        self.start_persist()
+        self.start_enclave()
+        w.nekms("privval", "state", "init", "--enclave", self.rpc, "--key", "validator", "--chain-id", chain, "--height", "1")
+        self.configure()
+        w.spawn([NEKMS, "privval", "proxy", "--privval", self.privval, "-c", str(self.toml)], self.dir / "proxy.log")
+        self.validator.accept()
+
+    def start_persist(self):
+        path = self.state.removeprefix("unix://")
+        if os.path.exists(path):
+            os.unlink(path)
+        self.persist = self.w.spawn([NEKMS, "privval", "persist", "--listen", self.state, "--dir", str(self.state_dir)], self.dir / "persist.log")
+        emu.wait_for(path)
+
+    def start_enclave(self):
+        up = self.w.up
+        for s in (self.rpc, self.privval):
+            if os.path.exists(s.removeprefix("unix://")):
+                os.unlink(s.removeprefix("unix://"))
+        https_port = up.info["kms_https"].rsplit(":", 1)[1]
+        self.enclave = self.w.spawn(
+            [os.environ.get("NEKMS_ENCLAVE_BIN", str(pathlib.Path(NEKMS).with_name("nekms-enclave"))), "--config", up.info["enclave_config"],
+             "--sim", "--dev-dir", str(up.dev), "--proxy", up.info["proxy"], "--kms-endpoint", f"https://localhost:{https_port}",
+             "--kms-ca", str(up.dev / "tls-ca.pem"), "--rpc", self.rpc, "--kmstool", f"unix://{self.dir / 'kmstool.sock'}",
+             "--privval", self.privval, "--privval-state", self.state], self.dir / "enclave.log")
+        emu.wait_for(self.privval.removeprefix("unix://"))
+        self.w.nekms("enclave", "credentials", "--enclave", self.rpc)
+
+    def configure(self, check=True):
+        return self.w.nekms("privval", "push-config", "--enclave", self.rpc, "-c", str(self.toml), check=check)
+
+    def restart_enclave(self, configure=True):
+        self.enclave.kill()
+        self.enclave.wait()
+        self.start_enclave()
+        if configure:
+            self.configure()
+
+    def status(self):
+        (row,) = json.loads(self.w.nekms("privval", "status", "--enclave", self.rpc, "--json").stdout)
+        return row
+
+    def state_file(self):
+        (f,) = self.state_dir.glob("*.state")
+        return f
+
+    def ask(self, kind, msg):
+        """The reply, reconnecting first if the proxy's connection was closed."""
+        body = self.validator.request(emu.encode(self.chain, kind, msg))
+        return None if body is None else emu.decode_reply(body)
+
+
+def test_crashes_a_failing_store_and_tampered_state(world):
+    w = world
+    s = OwnSigner(w, "crash", "crash-chain")
+    key = pubkey(s.validator, s.chain)
+    B, C = block(), block()
+    vote = {"type": emu.PREVOTE, "height": 10, "round": 0, "block_id": B, "timestamp": (1_760_000_000, 1)}
+    _, first, err = s.ask("vote", vote)
+    assert err is None
+    emu.verify(key, emu.canonical_vote(s.chain, vote), first["signature"])
+
+    # A crash after the state was acknowledged (whatever was released): the retry gets the same signature,
+    # and another block at that height, round and step is refused.
+    s.restart_enclave()
+    s.validator.accept()
+    _, again, err = s.ask("vote", vote)
+    assert err is None and again["signature"] == first["signature"]
+    _, _, err = s.ask("vote", {**vote, "block_id": C})
+    assert err and "double sign" in err[1]
+
+    # A crash before the acknowledgement: the store is stopped, so nothing is released; the enclave dies waiting.
+    os.kill(s.persist.pid, signal.SIGSTOP)
+    pending = {"type": emu.PRECOMMIT, "height": 11, "round": 0, "block_id": B, "timestamp": (1_760_000_001, 0)}
+    got = {}
+    t = threading.Thread(target=lambda: got.setdefault("reply", s.ask("vote", pending)))
+    t.start()
+    time.sleep(1)
+    assert "reply" not in got, "a signature left before its state was acknowledged"
+    s.enclave.kill()
+    t.join(timeout=30)
+    assert got["reply"] is None, "nothing is released when the enclave dies before the acknowledgement"
+    os.kill(s.persist.pid, signal.SIGCONT)
+    s.start_enclave()
+    s.configure()
+    s.validator.accept()
+
+    # The store failing: an error, no signature; a conflicting request is still refused; the store back, the retry is signed.
+    s.persist.kill()
+    s.persist.wait()
+    failing = {"type": emu.PREVOTE, "height": 12, "round": 0, "block_id": B, "timestamp": (1_760_000_002, 0)}
+    _, value, err = s.ask("vote", failing)
+    assert value is None and "not committed" in err[1], err
+    row = s.status()
+    assert row["counter"] == row["committed"] + 1 and row["store_failures"] == 1 and row["height"] == 12
+    _, value, err = s.ask("vote", {**failing, "block_id": C})
+    assert value is None and "double sign" in err[1], "the uncommitted state already binds"
+    s.start_persist()
+    _, value, err = s.ask("vote", failing)
+    assert err is None
+    emu.verify(key, emu.canonical_vote(s.chain, failing), value["signature"])
+    row = s.status()
+    assert row["counter"] == row["committed"]
+
+    # The state record on the parent: while the enclave runs, replacing the file changes nothing (it holds the state).
+    good = s.state_file().read_bytes()
+    older = good  # keep a valid copy from this point
+    _, value, err = s.ask("vote", {**failing, "type": emu.PRECOMMIT, "height": 13})
+    assert err is None
+    s.state_file().write_bytes(older)
+    s.configure()
+    _, value, err = s.ask("vote", {**failing, "type": emu.PRECOMMIT, "height": 13, "block_id": C})
+    assert err and "double sign" in err[1], "the enclave kept its state, not the file's"
+
+    # After a restart: a tampered, truncated or deleted record is refused (the chain is not served).
+    current = s.state_file().read_bytes()
+    for name, bad in (("tampered", current[:40] + bytes([current[40] ^ 1]) + current[41:]), ("truncated", current[:-5])):
+        s.state_file().write_bytes(bad)
+        s.restart_enclave(configure=False)
+        r = s.configure(check=False)
+        assert r.returncode != 0 and "rule privval-state" in r.stderr, (name, r.stderr)
+    name = s.state_file().name
+    s.state_file().unlink()
+    s.restart_enclave(configure=False)
+    r = s.configure(check=False)
+    assert r.returncode != 0 and "no state" in r.stderr, r.stderr
+    # An older valid copy after a restart: accepted. Local mode has no freshness, and says so.
+    (s.state_dir / name).write_bytes(older)
+    s.configure()
+    row = s.status()
+    assert row["height"] == 12 and row["freshness"] == "local", row
+
+
+def test_an_imported_state_cannot_smuggle_other_bytes_to_sign(world):
+    """CometBFT's priv_validator_state.json keeps the last sign bytes and
+    signature; the enclave signs such bytes again when the same request
+    returns, so it takes only canonical bytes for exactly the state's height,
+    round, step and chain, with the key's own signature over them."""
+    w = world
+    seed_key = ed25519.Ed25519PrivateKey.from_private_bytes(w.seed)
+    msg = {"type": emu.PREVOTE, "height": 7, "round": 0, "block_id": block(), "timestamp": (1_770_000_000, 0)}
+
+    def state(chain, signbytes, signature):
+        path = w.base / f"{chain}.json"
+        path.write_text(json.dumps({"height": "7", "round": 0, "step": 2, "signature": base64.b64encode(signature).decode(),
+                                    "signbytes": signbytes.hex().upper()}))
+        return w.nekms("privval", "state", "import", "--key", "validator", "--chain-id", chain, str(path), check=False)
+
+    canonical = emu.canonical_vote("imp", msg)
+    smuggled = canonical + b"attacker's payload"
+    r = state("imp", smuggled, seed_key.sign(smuggled))
+    assert r.returncode != 0 and "canonical" in r.stderr, r.stderr
+    unknown = emu.uvarint(len(canonical) - 1 + 6) + canonical[1:] + emu.bytes_field(15, b"evil")
+    r = state("imp", unknown, seed_key.sign(unknown))
+    assert r.returncode != 0 and "rule privval-state" in r.stderr, r.stderr
+    other_chain = emu.canonical_vote("other", msg)
+    r = state("imp", other_chain, seed_key.sign(other_chain))
+    assert r.returncode != 0 and "rule privval-state" in r.stderr, r.stderr
+    r = state("imp", canonical, os.urandom(64))
+    assert r.returncode != 0 and "not this key's" in r.stderr, r.stderr
+    # The file CometBFT would have written is taken.
+    r = state("imp", canonical, seed_key.sign(canonical))
+    assert r.returncode == 0, r.stderr
+    # A tmkms state file (no sign bytes): nothing at its height, round and step is signed again.
+    path = w.base / "tmkms-state.json"
+    path.write_text(json.dumps({"height": "9", "round": "1", "step": 1, "block_id": None}))
+    w.nekms("privval", "state", "import", "--key", "validator", "--chain-id", "imp-tmkms", str(path))

@@ -77,7 +77,7 @@ impl Enclave {
             privval: privval::Signer::new(
                 config.privval_state.as_deref().map(str::parse).transpose().map_err(|e| anyhow::anyhow!("--privval-state: {e}"))?,
                 config.trust.privval_max_height_jump,
-            ),
+            )?,
         })
     }
 

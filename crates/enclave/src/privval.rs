@@ -145,13 +145,16 @@ pub struct Signer {
 }
 
 impl Signer {
-    pub fn new(store: Option<Address>, max_jump: Option<i64>) -> Signer {
-        Signer {
+    pub fn new(store: Option<Address>, max_jump: Option<i64>) -> anyhow::Result<Signer> {
+        if max_jump.is_some_and(|j| j < 1) {
+            anyhow::bail!("privval-max-height-jump is at least 1");
+        }
+        Ok(Signer {
             chains: Mutex::default(),
             slots: Mutex::default(),
             store: StateStore { address: store, conn: tokio::sync::Mutex::new(None) },
             max_jump: max_jump.unwrap_or(DEFAULT_MAX_HEIGHT_JUMP),
-        }
+        })
     }
 
     fn chain(&self, chain_id: &str) -> Option<Arc<Chain>> {
@@ -444,7 +447,21 @@ impl Enclave {
         let last = match (height, import) {
             (Some(h), None) if h >= 1 => LastSigned { height: h, round: 0, step: None, sign_bytes: None, signature: None },
             (Some(h), None) => return Err(RpcError::bad_request(format!("height {h}: heights start at 1"))),
-            (None, Some(json)) => nekms_privval::import::import_state(json.as_bytes()).map_err(|e| RpcError::bad_request(e.to_string()))?,
+            (None, Some(json)) => {
+                let last = nekms_privval::import::import_state(json.as_bytes()).map_err(|e| RpcError::bad_request(e.to_string()))?;
+                // Sign bytes from a file are signed again whenever the same
+                // request comes back: only canonical bytes for exactly this
+                // height, round, step and chain, with the key's own signature.
+                if let (Some(bytes), Some(step)) = (&last.sign_bytes, last.step) {
+                    nekms_privval::sign_bytes::check_canonical(bytes, chain_id, last.height, last.round, step)
+                        .map_err(|e| RpcError::refused(format!("rule privval-state: the imported signbytes: {e}")))?;
+                    let again = consensus_sign(&key, bytes).map_err(RpcError::bad_request)?;
+                    if last.signature.as_deref() != Some(again.as_slice()) {
+                        return Err(RpcError::refused("rule privval-state: the imported signature is not this key's over the imported signbytes"));
+                    }
+                }
+                last
+            }
             _ => return Err(RpcError::bad_request("give the height to start at or a state file to import, one of them")),
         };
         let name = nekms_privval::store::name(&fp, chain_id);

@@ -65,3 +65,35 @@ pub fn vote_extension(chain_id: &str, vote: &Vote) -> Vec<u8> {
     CanonicalVoteExtension { extension: vote.extension.clone(), height: vote.height, round: i64::from(vote.round), chain_id: chain_id.to_owned() }
         .encode_length_delimited_to_vec()
 }
+
+/// Whether `bytes` are sign bytes this crate could have built for `chain_id`
+/// at `height`, `round` and `step`: a length-prefixed `CanonicalVote` (a
+/// prevote or precommit) or `CanonicalProposal` that decodes and encodes
+/// again to exactly these bytes, with nothing after it. Bytes from outside
+/// (an imported state file) are held to this before the enclave would ever
+/// sign them again.
+pub fn check_canonical(bytes: &[u8], chain_id: &str, height: i64, round: i32, step: crate::state::Step) -> Result<(), String> {
+    use crate::state::Step;
+    let again = match step {
+        Step::Prevote | Step::Precommit => {
+            let v = CanonicalVote::decode_length_delimited(bytes).map_err(|e| format!("not a canonical vote: {e}"))?;
+            let want = if step == Step::Prevote { SignedMsgType::Prevote } else { SignedMsgType::Precommit } as i32;
+            if v.r#type != want || v.height != height || v.round != i64::from(round) || v.chain_id != chain_id || v.timestamp.is_none() {
+                return Err(format!("a canonical vote for another type, height, round or chain than the state's ({height}/{round}/{step:?} on {chain_id:?})"));
+            }
+            v.encode_length_delimited_to_vec()
+        }
+        Step::Propose => {
+            let p = CanonicalProposal::decode_length_delimited(bytes).map_err(|e| format!("not a canonical proposal: {e}"))?;
+            if p.r#type != SignedMsgType::Proposal as i32 || p.height != height || p.round != i64::from(round) || p.chain_id != chain_id || p.timestamp.is_none() {
+                return Err(format!("a canonical proposal for another height, round or chain than the state's ({height}/{round} on {chain_id:?})"));
+            }
+            p.encode_length_delimited_to_vec()
+        }
+        Step::None => return Err("sign bytes with no step".into()),
+    };
+    if again != bytes {
+        return Err("the sign bytes are not in canonical form (extra, unknown or reordered fields, or trailing bytes)".into());
+    }
+    Ok(())
+}

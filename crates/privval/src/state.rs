@@ -141,21 +141,30 @@ pub fn decide(last: &LastSigned, limits: Limits, kind: Kind, height: i64, round:
 }
 
 /// When two sign bytes differ only in their timestamp: the old timestamp.
+/// Both must be canonical (they encode again to themselves) and carry a
+/// timestamp, so the signature handed back is over exactly the message the
+/// reply describes.
 fn only_timestamps_differ(kind: Kind, old: &[u8], new: &[u8]) -> Option<Option<Timestamp>> {
     match kind {
         Kind::Vote => {
             let mut a = CanonicalVote::decode_length_delimited(old).ok()?;
             let mut b = CanonicalVote::decode_length_delimited(new).ok()?;
-            let stamp = a.timestamp.take();
-            b.timestamp = None;
-            (a == b).then_some(stamp)
+            if a.encode_length_delimited_to_vec() != old || b.encode_length_delimited_to_vec() != new {
+                return None;
+            }
+            let stamp = a.timestamp.take()?;
+            b.timestamp.take()?;
+            (a == b).then_some(Some(stamp))
         }
         Kind::Proposal => {
             let mut a = CanonicalProposal::decode_length_delimited(old).ok()?;
             let mut b = CanonicalProposal::decode_length_delimited(new).ok()?;
-            let stamp = a.timestamp.take();
-            b.timestamp = None;
-            (a == b).then_some(stamp)
+            if a.encode_length_delimited_to_vec() != old || b.encode_length_delimited_to_vec() != new {
+                return None;
+            }
+            let stamp = a.timestamp.take()?;
+            b.timestamp.take()?;
+            (a == b).then_some(Some(stamp))
         }
     }
 }

@@ -64,7 +64,7 @@ pub enum WireError {
     Round(i32),
     #[error("pol_round {0}: -1 or a round")]
     PolRound(i32),
-    #[error("a timestamp outside 0001-01-01 to 9999-12-31, or with nanoseconds out of range")]
+    #[error("no timestamp, or one outside 0001-01-01 to 9999-12-31, or with nanoseconds out of range")]
     Timestamp,
     #[error("a block id that is neither nil nor a 32-byte hash with a part-set header (at least one part, a 32-byte hash)")]
     BlockId,
@@ -77,10 +77,13 @@ pub enum WireError {
 const MIN_SECONDS: i64 = -62_135_596_800; // 0001-01-01T00:00:00Z
 const MAX_SECONDS: i64 = 253_402_300_799; // 9999-12-31T23:59:59Z
 
+/// Every vote and proposal CometBFT sends has a timestamp (the field is
+/// non-nullable in Go); one without is refused, so that "only the
+/// timestamp differs" always has a timestamp to hand back.
 fn check_timestamp(t: Option<&Timestamp>) -> Result<(), WireError> {
     match t {
-        Some(t) if !(MIN_SECONDS..=MAX_SECONDS).contains(&t.seconds) || !(0..1_000_000_000).contains(&t.nanos) => Err(WireError::Timestamp),
-        _ => Ok(()),
+        Some(t) if (MIN_SECONDS..=MAX_SECONDS).contains(&t.seconds) && (0..1_000_000_000).contains(&t.nanos) => Ok(()),
+        _ => Err(WireError::Timestamp),
     }
 }
 

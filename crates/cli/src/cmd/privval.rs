@@ -70,7 +70,8 @@ pub enum Command {
 
 #[derive(clap::Subcommand)]
 pub enum StateCommand {
-    /// Start a chain's state at a height (nothing below it is ever signed)
+    /// Start a chain's state at a height: the first the signer may sign (nothing below it, ever). Give the
+    /// height after the last one any earlier signer signed, or import that signer's state file
     Init {
         #[command(flatten)]
         enclave: EnclaveArg,
@@ -421,7 +422,11 @@ async fn init(enclave: &EnclaveArg, store: &StoreArg, key: &str, chain_id: &str,
     let request = PrivvalRequest::InitState { key: Box::new(record), chain_id: chain_id.into(), height, import };
     match enclave.connect().await?.privval(request).await? {
         PrivvalResponse::StateInitialized { height, round, step } => {
-            println!("state of {key} on {chain_id}: height {height} round {round} step {step}; nothing at or below it is signed again");
+            if step == 0 {
+                println!("state of {key} on {chain_id}: starts at height {height}; no height below it is ever signed");
+            } else {
+                println!("state of {key} on {chain_id}: last signed height {height} round {round} step {step}; nothing before it is ever signed, nor anything else at it");
+            }
             Ok(())
         }
         _ => bail!("the enclave answered InitState with something else"),
@@ -611,7 +616,7 @@ async fn proxy(enclave: Address, validators: Vec<ValidatorConfig>) -> anyhow::Re
                     return;
                 }
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                backoff = (backoff * 2).min(Duration::from_millis(500));
             }
         }));
     }
@@ -633,7 +638,8 @@ async fn futures_all(tasks: Vec<tokio::task::JoinHandle<()>>) {
 /// Dial the validator, open the enclave's signer for its chain, and relay until either side closes.
 async fn relay_once(enclave: &Address, v: &ValidatorConfig) -> anyhow::Result<()> {
     let (addr, node_id) = parse_validator_addr(&v.addr)?;
-    let mut validator = nekms_transport::connect(&addr).await?;
+    // The signer first: the validator sees a connection only once the
+    // enclave serves its chain.
     let mut signer = nekms_transport::connect(enclave).await?;
     let hello = serde_json::to_vec(&Hello { chain_id: &v.chain_id, validator: &v.addr, node_id: node_id.as_deref() })?;
     let mut out = (hello.len() as u32).to_be_bytes().to_vec();
@@ -644,7 +650,15 @@ async fn relay_once(enclave: &Address, v: &ValidatorConfig) -> anyhow::Result<()
     if answer != b"ok" {
         bail!("the enclave: {}", String::from_utf8_lossy(&answer));
     }
+    let validator = nekms_transport::connect(&addr).await?;
     eprintln!("nekms privval proxy: {} ({}): connected", v.addr, v.chain_id);
-    tokio::io::copy_bidirectional(&mut validator, &mut signer).await?;
+    // Either side closing ends the relay: a validator must not wait on a
+    // signer that went away (it reconnects), nor the reverse.
+    let (mut vr, mut vw) = tokio::io::split(validator);
+    let (mut sr, mut sw) = tokio::io::split(signer);
+    tokio::select! {
+        r = tokio::io::copy(&mut vr, &mut sw) => { r?; }
+        r = tokio::io::copy(&mut sr, &mut vw) => { r?; }
+    }
     Ok(())
 }
