@@ -541,3 +541,90 @@ def test_an_imported_state_cannot_smuggle_other_bytes_to_sign(world):
     path = w.base / "tmkms-state.json"
     path.write_text(json.dumps({"height": "9", "round": "1", "step": 1, "block_id": None}))
     w.nekms("privval", "state", "import", "--key", "validator", "--chain-id", "imp-tmkms", str(path))
+
+
+def test_durability_ten_thousand_requests_two_hundred_sigkills(world):
+    """10,000 requests, many of them conflicting on purpose, while the enclave
+    and the state store are SIGKILLed 200 times at random moments (often in
+    the middle of a request). An independent check over every reply: no two
+    signatures for one (type, height, round) over different block ids, and
+    every signature verifies over the canonical bytes of the request it answers."""
+    import random
+    w = world
+    rng = random.Random(20261126)
+    s = OwnSigner(w, "durable", "durable-chain")
+    key = pubkey(s.validator, s.chain)
+    total, n_kills = 10_000, 200
+    kill_at = set(rng.sample(range(total), n_kills))
+    blocks = [block() for _ in range(4)] + [None]
+    height, rnd = 1, 0
+    signed_blocks = {}  # (type, height, round) -> {block id}
+    signatures = errors = closed = 0
+    kills = {"enclave": 0, "persist": 0}
+    restart_seconds = []
+
+    def kill(which):
+        p = s.enclave if which == "enclave" else s.persist
+        if p.poll() is None:
+            p.kill()
+
+    def ensure_alive():
+        if s.persist.poll() is not None:
+            s.start_persist()
+        if s.enclave.poll() is not None:
+            started = time.time()
+            s.start_enclave()
+            s.configure()
+            s.validator.accept()
+            restart_seconds.append(time.time() - started)
+
+    for i in range(total):
+        timer = None
+        if i in kill_at:
+            which = rng.choice(["enclave", "persist"])
+            kills[which] += 1
+            timer = threading.Timer(rng.uniform(0, 0.0015), kill, args=(which,))
+            timer.start()
+        # Mostly forward, sometimes a retry, a conflicting block, nil, or a new timestamp.
+        roll = rng.random()
+        if roll < 0.45:
+            height += rng.choice([0, 1, 1, 2])
+            rnd = 0 if roll < 0.3 else rnd + rng.randrange(0, 3)
+        kind = "proposal" if rng.random() < 0.1 else "vote"
+        bid = rng.choice(blocks)
+        ts = (1_780_000_000 + i // 10, rng.choice([0, 1, 999_999_999]))
+        if kind == "proposal":
+            msg = {"height": height, "round": rnd, "pol_round": -1, "block_id": bid or blocks[0], "timestamp": ts}
+            mtype = emu.PROPOSAL
+        else:
+            mtype = rng.choice([emu.PREVOTE, emu.PRECOMMIT])
+            msg = {"type": mtype, "height": height, "round": rnd, "block_id": bid, "timestamp": ts}
+        try:
+            reply = s.ask(kind, msg)
+        except OSError:
+            reply = None
+        if reply is None:
+            closed += 1
+        else:
+            _, value, err = reply
+            if err is not None:
+                errors += 1
+            else:
+                canonical = (emu.canonical_proposal(s.chain, msg, value["timestamp"]) if kind == "proposal"
+                             else emu.canonical_vote(s.chain, msg, value["timestamp"]))
+                emu.verify(key, canonical, value["signature"])
+                signed_blocks.setdefault((mtype, height, rnd), set()).add(msg["block_id"])
+                signatures += 1
+        if timer:
+            timer.join()
+            time.sleep(0.01)
+        ensure_alive()
+    time.sleep(0.05)
+    ensure_alive()
+    doubles = {k: v for k, v in signed_blocks.items() if len(v) > 1}
+    assert not doubles, f"double signs: {list(doubles)[:5]}"
+    assert sum(kills.values()) == n_kills
+    assert signatures > 2000 and len(signed_blocks) > 1000, (signatures, len(signed_blocks))
+    print(f"durability: {total} requests, {signatures} signatures over {len(signed_blocks)} (type, height, round), "
+          f"{errors} refusals or store errors, {closed} closed mid-request; kills {kills}; "
+          f"enclave restarts {len(restart_seconds)} (median {sorted(restart_seconds)[len(restart_seconds) // 2] if restart_seconds else 0:.2f} s)")
