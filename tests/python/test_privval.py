@@ -11,6 +11,7 @@ another path.
 """
 
 import base64
+import hashlib
 import json
 import os
 import pathlib
@@ -628,3 +629,69 @@ def test_durability_ten_thousand_requests_two_hundred_sigkills(world):
     print(f"durability: {total} requests, {signatures} signatures over {len(signed_blocks)} (type, height, round), "
           f"{errors} refusals or store errors, {closed} closed mid-request; kills {kills}; "
           f"enclave restarts {len(restart_seconds)} (median {sorted(restart_seconds)[len(restart_seconds) // 2] if restart_seconds else 0:.2f} s)")
+
+
+SC_BRIDGE = os.environ.get("NEKMS_SC_BRIDGE_BIN", str(pathlib.Path(NEKMS).with_name("nekms-sc-bridge")))
+
+
+def bridge(w, name, emulator):
+    """A validator's TCP priv_validator_laddr with SecretConnection (tendermint-p2p), relaying to `emulator`."""
+    ready = w.base / f"{name}.bridge.json"
+    seed = os.urandom(32).hex()
+    w.spawn([SC_BRIDGE, "127.0.0.1:0", seed, emulator.path, str(ready)], w.base / f"{name}.bridge.log")
+    emu.wait_for(str(ready))
+    info = json.loads(ready.read_text())
+    return f"tcp://{info['node_id']}@127.0.0.1:{info['port']}", ready.with_name(ready.name + ".peers")
+
+
+def node_id(raw_public):
+    return hashlib.sha256(raw_public).digest()[:20].hex()
+
+
+def test_over_tcp_with_secretconnection_byte_identical_to_tmkms(world):
+    """The same script over TCP: SecretConnection terminated inside the
+    enclave (cometbft-p2p) against the validator side of tendermint-p2p;
+    tmkms 0.15.0 likewise. The signer's identity is a custody record."""
+    w = world
+    if not TMKMS.exists():
+        pytest.skip(f"tmkms 0.15.0 is not built at {TMKMS}")
+    chains = ["t", "tcp-" + "c" * 46]
+    steps = emu.script(chains, seed=2)
+    identity = json.loads(w.nekms("key", "create", "--name", "sc-identity", "--spec", "ed25519", "--json").stdout)
+    identity_raw = base64.b64decode(identity["public_key"])[-32:]
+    for c in chains:
+        w.nekms("privval", "state", "init", "--key", "validator", "--chain-id", c, "--height", "1")
+
+    def setup(who, key_line, identity_line, state_dir=None):
+        emus = {c: emu.Validator(w.base / f"{who}-tcp-{i}.sock") for i, c in enumerate(chains)}
+        addrs = {c: bridge(w, f"{who}-{i}", emus[c]) for i, c in enumerate(chains)}
+        text = tmkms_toml(chains, key_line, [(c, addrs[c][0]) for c in chains], state_dir=state_dir)
+        text = text.replace("reconnect = true\n", f"reconnect = true\n{identity_line}\n")
+        toml = w.base / f"{who}-tcp.toml"
+        toml.write_text(text)
+        return emus, addrs, toml
+
+    emus, addrs, toml = setup("nekms", 'key = "validator"', 'identity = "sc-identity"')
+    w.nekms("privval", "push-config", "-c", str(toml))
+    w.spawn([NEKMS, "privval", "proxy", "--privval", w.up.info["privval"], "-c", str(toml)], w.base / "nekms-tcp.proxy.log")
+    for v in emus.values():
+        v.accept()
+    nekms_keys = {c: pubkey(v, c) for c, v in emus.items()}
+    nekms_replies = run_script(emus, steps)
+    for _, peers in addrs.values():
+        assert peers.read_text().split() == [node_id(identity_raw)], "the enclave's SecretConnection key is the identity record's"
+
+    tdir = w.base / "tmkms-tcp"
+    tdir.mkdir()
+    (tdir / "identity.key").write_bytes(base64.b64encode(os.urandom(32)))
+    temus, _, ttoml = setup("tmkms", f'path = "{w.softsign}"', f'secret_key = "{tdir / "identity.key"}"', state_dir=tdir)
+    w.spawn([str(TMKMS), "start", "-c", str(ttoml)], tdir / "tmkms.log")
+    for v in temus.values():
+        v.accept()
+    assert {c: pubkey(v, c) for c, v in temus.items()} == nekms_keys
+    tm_replies = run_script(temus, steps)
+    for (chain, kind, msg), (_, v1, e1), (_, v2, e2) in zip(steps, nekms_replies, tm_replies):
+        assert e1 is None and e2 is None, (chain, kind, msg["height"], e1, e2)
+        assert v1["signature"] == v2["signature"], (chain, kind, msg["height"], msg["round"])
+        canonical = emu.canonical_proposal(chain, msg) if kind == "proposal" else emu.canonical_vote(chain, msg)
+        emu.verify(nekms_keys[chain], canonical, v1["signature"])
