@@ -695,3 +695,56 @@ def test_over_tcp_with_secretconnection_byte_identical_to_tmkms(world):
         assert v1["signature"] == v2["signature"], (chain, kind, msg["height"], msg["round"])
         canonical = emu.canonical_proposal(chain, msg) if kind == "proposal" else emu.canonical_vote(chain, msg)
         emu.verify(nekms_keys[chain], canonical, v1["signature"])
+
+
+def test_a_secp256k1_consensus_key_signs_sha256_low_s_and_matches_tmkms_where_it_signs(world):
+    """secp256k1 consensus keys: ECDSA over SHA-256 of the sign bytes, 64
+    bytes r||s, low s (CometBFT refuses a high s). tmkms's softsign has no
+    secp256k1 consensus keys; its only secp256k1 path is an `account` key,
+    which its keyring uses when it is the chain's only key. Where tmkms
+    signs, the signatures are compared (RFC 6979 makes both deterministic)."""
+    w = world
+    secret = os.urandom(32)
+    path = w.base / "k1.key"
+    path.write_bytes(base64.b64encode(secret))
+    ct = w.nekms("key", "encrypt-for-import", "--privval", "--name", "validator-k1", "--spec", "secp256k1", "--kms-key", w.custody,
+                 "--profile", "admin", str(path)).stdout.strip()
+    w.nekms("key", "import", "--privval", "--name", "validator-k1", "--spec", "secp256k1", "--ciphertext", ct)
+    chain = "k1-chain"
+    w.nekms("privval", "state", "init", "--key", "validator-k1", "--chain-id", chain, "--height", "1")
+    (v,) = connect_nekms(w, "k1", [chain], key="validator-k1").values()
+    key = pubkey(v, chain)
+    assert key[0] == "secp256k1" and len(key[1]) == 33
+    steps = [s for s in emu.script([chain], heights=20, seed=3)]
+    replies = run_script({chain: v}, steps)
+    for (c, kind, msg), (_, value, err) in zip(steps, replies):
+        assert err is None, err
+        canonical = emu.canonical_proposal(c, msg) if kind == "proposal" else emu.canonical_vote(c, msg)
+        emu.verify(key, canonical, value["signature"])  # asserts low s too
+
+    if not TMKMS.exists():
+        return
+    tdir = w.base / "tmkms-k1"
+    tdir.mkdir()
+    tv = emu.Validator(tdir / "v.sock")
+    text = tmkms_toml([chain], f'path = "{path}"\nkey_format = "base64"', [(chain, tv.addr)], state_dir=tdir)
+    (tdir / "tmkms.toml").write_text(text.replace('key_type = "consensus"', 'key_type = "account"'))
+    proc = w.spawn([str(TMKMS), "start", "-c", str(tdir / "tmkms.toml")], tdir / "tmkms.log")
+    try:
+        tv.accept(timeout=10)
+    except OSError:
+        print(f"tmkms 0.15.0 with a secp256k1 account key did not connect: {(tdir / 'tmkms.log').read_text()[-500:]}")
+        return
+    same = differ = 0
+    for (c, kind, msg), (_, value, _) in zip(steps, replies):
+        body = tv.request(emu.encode(c, kind, msg), timeout=10)
+        if body is None:
+            break
+        _, tm, err = emu.decode_reply(body)
+        if err is None and tm["signature"]:
+            if tm["signature"] == value["signature"]:
+                same += 1
+            else:
+                differ += 1
+    print(f"secp256k1: tmkms 0.15.0 (account key) signed {same + differ} of {len(steps)}; identical {same}, different {differ}")
+    assert differ == 0, "tmkms and nekms differ on secp256k1 signatures"
