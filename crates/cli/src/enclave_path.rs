@@ -131,6 +131,8 @@ pub struct EnclavePath {
     pub kmstool: Address,
     /// Where the native RPC is served.
     pub rpc: Address,
+    /// Where the validator signer is served (its state store beside it).
+    pub privval: Address,
     pub enclave: Arc<nekms_enclave::Enclave>,
     /// The KMS endpoint the enclave uses (`https://localhost:PORT`).
     pub endpoint: String,
@@ -175,6 +177,7 @@ impl EnclavePath {
             Ok(format!("unix://{}", path.display()).parse()?)
         };
         let (proxy, kmstool, rpc) = (sock("proxy.sock")?, sock("kmstool.sock")?, sock("rpc.sock")?);
+        let (privval, state) = (sock("privval.sock")?, sock("privval-state.sock")?);
         let port = local.https_addr.port();
         let endpoint = format!("https://localhost:{port}");
         let forwarding = proxy_to(proxy.clone(), port).await?;
@@ -187,12 +190,22 @@ impl EnclavePath {
             kms_endpoint: Some(endpoint.clone()),
             kms_ca: Some(dev.tls_ca_path()),
             key_cache,
+            privval_state: Some(state.to_string()),
             ..Default::default()
         };
         let enclave = Arc::new(nekms_enclave::Enclave::new(nsm, &args.resolve(file))?);
         let serving = tokio::spawn(nekms_enclave::kmstool::serve(Listener::bind(&kmstool).await?, enclave.clone(), 64 * 1024));
         let rpc_task = tokio::spawn(nekms_rpc::serve(Listener::bind(&rpc).await?, enclave.clone(), Default::default()));
-        Ok(EnclavePath { proxy, kmstool, rpc, enclave, endpoint, tasks: vec![forwarding, serving, rpc_task] })
+        // The validator signer and its state store (records in run_dir/privval-state).
+        let store = Listener::bind(&state).await?;
+        // This enclave lives as long as the caller (the demo, a bench): its signer's states go with it.
+        let store_dir = run_dir.join("privval-state");
+        let _ = std::fs::remove_dir_all(&store_dir);
+        let store_task = tokio::spawn(async move {
+            let _ = crate::cmd::privval::serve_store(store, store_dir, true).await;
+        });
+        let privval_task = tokio::spawn(nekms_enclave::privval::serve(Listener::bind(&privval).await?, enclave.clone()));
+        Ok(EnclavePath { proxy, kmstool, rpc, privval, enclave, endpoint, tasks: vec![forwarding, serving, rpc_task, store_task, privval_task] })
     }
 }
 

@@ -139,7 +139,13 @@ fn the_demo_runs_and_says_what_it_did() {
         // Ganache's first account, from its well-known key.
         "address 0x90F8bf6A479f320ead074411a4B0e7944Ea8c9C1",
         "it signed an EIP-1559 transaction: hash 0x",
-        "tmkms: an Ed25519 softsign key imported the same way signed a vote",
+        // A tmkms key as the validator signer's consensus key.
+        "imported as a plain signing key      -> refused: rule import-ciphertext (InvalidCiphertextException)",
+        "the general Sign with it             -> refused: rule key-usage",
+        "the same prevote again               -> the same signature: true",
+        "prevote for block B2 at 1/0          -> refused: conflicting data at height 1 round 0 step Prevote: already signed something else there (double sign refused)",
+        "prevote at height 5000               -> refused: height 5000 is more than 1000 above",
+        "precommit for B1 with an extension   -> signed, and its extension signed too (verified)",
         // The parent's attempts through the enclave itself.
         "the parent asking the enclave (RPC Decrypt) for the import plaintext -> refused: rule reserved-context",
         "the same with the context keys upper-cased                        -> refused: rule reserved-context",
@@ -159,10 +165,11 @@ fn the_demo_runs_and_says_what_it_did() {
     assert!(out.contains("kmstool client: Decrypt through the enclave -> \"Hello, KMS!\""), "{out}");
     let audit = std::fs::read_to_string(tmp.path().join("kms/audit.log")).unwrap();
     // Four in the lock-out step, two in the kmstool step (the instance's refusal, the enclave's Recipient decrypt),
-    // three with two enclaves (enclave 1 and the instance refused, enclave 2's), seven in step 10 (root and the
-    // instance refused, the import under another name refused, two imports, the first signature with each
-    // imported key). The parent's attempts through the enclave never reach KMS.
-    assert_eq!(audit.lines().filter(|l| l.contains("\"eventName\":\"Decrypt\"")).count(), 16);
+    // three with two enclaves (enclave 1 and the instance refused, enclave 2's), eight in step 10 (root and the
+    // instance refused, the import under another name and the consensus key's import as a plain key refused,
+    // two imports, the first signature with the lock-out key, the signer opening the consensus key). The
+    // parent's attempts through the enclave never reach KMS, nor the general Sign with the consensus key.
+    assert_eq!(audit.lines().filter(|l| l.contains("\"eventName\":\"Decrypt\"")).count(), 17);
 }
 
 fn openssl(args: &[&str]) {

@@ -27,5 +27,6 @@ pub mod state;
 pub mod store;
 pub mod wire;
 
+pub use prost;
 pub use tendermint_proto::google::protobuf::Timestamp;
 pub use tendermint_proto::v0_38 as proto;

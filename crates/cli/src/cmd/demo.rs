@@ -8,7 +8,7 @@
 //! kmstool flow: the enclave, its proxy and the local KMS's HTTPS endpoint
 //! wired over Unix sockets, a kmstool client asking the enclave to decrypt;
 //! and key custody ([`super::demo_keys`]): two enclaves, the lock-out seed,
-//! a tmkms key.
+//! a tmkms key as the validator signer's consensus key.
 
 use std::path::PathBuf;
 
@@ -120,7 +120,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     step(9, "Two enclaves: enclave 1 generates a key, the parent stores it, enclave 2 signs");
     rt.block_on(super::demo_keys::two_enclaves(&dir, &local, &store))?;
 
-    step(10, "Lock-out: a seed only the enclave can decrypt signs a transaction; a tmkms key is imported");
+    step(10, "Lock-out: a seed only the enclave can decrypt signs a transaction; a tmkms key becomes a validator signer's");
     rt.block_on(super::demo_keys::lockout_and_tmkms(&dir, &local, &image, &store))?;
 
     println!("\nDone. Look again with:");

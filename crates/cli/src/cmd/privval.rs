@@ -494,16 +494,22 @@ async fn persist(listen: &str, dir: &Path, sync: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
     let listener = nekms_transport::Listener::bind(&listen.parse()?).await.with_context(|| format!("listening on {listen}"))?;
     eprintln!("nekms privval persist: state records in {} ({}); listening on {}", dir.display(), if sync { "fsync of file and directory before each acknowledgement" } else { "NO fsync" }, listener.local_address());
-    let dir = Arc::new(dir.to_path_buf());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = serve_store(listener, dir.to_path_buf(), sync) => r,
+        _ = term.recv() => Ok(()),
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    }
+}
+
+/// The state store on `listener`, records in `dir` (the demo runs it in process).
+pub async fn serve_store(listener: nekms_transport::Listener, dir: PathBuf, sync: bool) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
+    let dir = Arc::new(dir);
     // One write at a time: the enclave sends one, and a second enclave must not interleave.
     let lock = Arc::new(tokio::sync::Mutex::new(()));
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
-        let (mut stream, peer) = tokio::select! {
-            r = listener.accept() => r?,
-            _ = term.recv() => return Ok(()),
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-        };
+        let (mut stream, peer) = listener.accept().await?;
         let (dir, lock) = (dir.clone(), lock.clone());
         tokio::spawn(async move {
             let mut buf = Vec::new();
