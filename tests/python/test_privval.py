@@ -748,3 +748,30 @@ def test_a_secp256k1_consensus_key_signs_sha256_low_s_and_matches_tmkms_where_it
                 differ += 1
     print(f"secp256k1: tmkms 0.15.0 (account key) signed {same + differ} of {len(steps)}; identical {same}, different {differ}")
     assert differ == 0, "tmkms and nekms differ on secp256k1 signatures"
+
+
+def test_the_agent_shows_the_signers_figures_and_refuses_consensus_keys(world):
+    """Prometheus /metrics on the agent: last height/round/step per chain,
+    signatures, refusals by reason, the sign latency histogram,
+    connections. And the agent's sign route is the general Sign: refused."""
+    import urllib.request
+    w = world
+    ready, token = w.base / "agent.json", w.base / "agent.token"
+    w.spawn([NEKMS, "agent", "--listen", "127.0.0.1:0", "--token-file", str(token), "--ready-file", str(ready)], w.base / "agent.log")
+    emu.wait_for(str(ready))
+    url = json.loads(ready.read_text())["url"]
+    text = urllib.request.urlopen(f"{url}/metrics", timeout=30).read().decode()
+    assert 'nekms_privval_last_height{chain_id="matrix"} 209' in text, text
+    assert 'nekms_privval_refusals_total{chain_id="matrix",reason="double-sign"} 13' in text
+    assert 'nekms_privval_last_step{chain_id="matrix"} 2' in text
+    assert f'nekms_privval_signatures_total{{chain_id="{CHAIN_A}"}}' in text
+    assert 'nekms_privval_sign_duration_seconds_bucket{chain_id="matrix",le="+Inf"}' in text
+    assert 'nekms_privval_connections{chain_id="matrix"}' in text
+    req = urllib.request.Request(f"{url}/v1/keys/validator/sign", method="POST", data=json.dumps({"message": "aGk="}).encode(),
+                                 headers={"Authorization": f"Bearer {token.read_text().strip()}", "Content-Type": "application/json"})
+    try:
+        urllib.request.urlopen(req, timeout=30)
+        raise AssertionError("the agent signed with a consensus key")
+    except urllib.error.HTTPError as e:
+        body = e.read().decode()
+        assert "rule key-usage" in body, (e.code, body)

@@ -264,7 +264,45 @@ async fn metrics(State(state): State<Shared>) -> Response {
         out.push_str("# HELP nekms_enclave_key_cache_entries Opened keys held now.\n# TYPE nekms_enclave_key_cache_entries gauge\n");
         out.push_str(&format!("nekms_enclave_key_cache_entries {}\n", c.entries));
     }
+    if let Ok(nekms_rpc::PrivvalResponse::Status(chains)) = state.enclave.call(|c| async move { c.privval(nekms_rpc::PrivvalRequest::Status).await }).await {
+        privval_metrics(&mut out, &chains);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// The validator signer's figures, per chain (tmkms #692's list).
+fn privval_metrics(out: &mut String, chains: &[nekms_rpc::PrivvalStatus]) {
+    let gauge = |out: &mut String, name: &str, help: &str, kind: &str, value: &dyn Fn(&nekms_rpc::PrivvalStatus) -> String| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for c in chains {
+            out.push_str(&format!("{name}{{chain_id=\"{}\"}} {}\n", label(&c.chain_id), value(c)));
+        }
+    };
+    gauge(out, "nekms_privval_last_height", "Last signed height (or the height the state starts at).", "gauge", &|c| c.height.to_string());
+    gauge(out, "nekms_privval_last_round", "Last signed round.", "gauge", &|c| c.round.to_string());
+    gauge(out, "nekms_privval_last_step", "Last signed step: 0 none, 1 proposal, 2 prevote, 3 precommit.", "gauge", &|c| c.step.to_string());
+    gauge(out, "nekms_privval_signatures_total", "Consensus signatures released.", "counter", &|c| c.signatures.to_string());
+    gauge(out, "nekms_privval_extension_signatures_total", "Vote-extension signatures released.", "counter", &|c| c.extension_signatures.to_string());
+    gauge(out, "nekms_privval_store_failures_total", "State commits that failed (nothing released for them).", "counter", &|c| c.store_failures.to_string());
+    gauge(out, "nekms_privval_state_uncommitted", "1 while the newest state has not been acknowledged by the store.", "gauge", &|c| ((c.counter > c.committed) as u8).to_string());
+    gauge(out, "nekms_privval_connections", "Validator connections open now.", "gauge", &|c| c.connections.to_string());
+    gauge(out, "nekms_privval_connections_total", "Validator connections accepted.", "counter", &|c| c.connections_total.to_string());
+    out.push_str("# HELP nekms_privval_refusals_total Requests refused, by reason.\n# TYPE nekms_privval_refusals_total counter\n");
+    for c in chains {
+        for (reason, n) in &c.refusals {
+            out.push_str(&format!("nekms_privval_refusals_total{{chain_id=\"{}\",reason=\"{}\"}} {n}\n", label(&c.chain_id), label(reason)));
+        }
+    }
+    out.push_str("# HELP nekms_privval_sign_duration_seconds Time from request to signed reply inside the enclave (state commit included).\n# TYPE nekms_privval_sign_duration_seconds histogram\n");
+    for c in chains {
+        let chain = label(&c.chain_id);
+        for (le, n) in &c.latency_buckets {
+            out.push_str(&format!("nekms_privval_sign_duration_seconds_bucket{{chain_id=\"{chain}\",le=\"{le}\"}} {n}\n"));
+        }
+        out.push_str(&format!("nekms_privval_sign_duration_seconds_bucket{{chain_id=\"{chain}\",le=\"+Inf\"}} {}\n", c.latency_count));
+        out.push_str(&format!("nekms_privval_sign_duration_seconds_sum{{chain_id=\"{chain}\"}} {}\n", c.latency_sum));
+        out.push_str(&format!("nekms_privval_sign_duration_seconds_count{{chain_id=\"{chain}\"}} {}\n", c.latency_count));
+    }
 }
 
 async fn healthz(State(state): State<Shared>) -> Response {
