@@ -34,10 +34,10 @@ assert len(CHAIN_B) == 50
 
 
 class World:
-    def __init__(self, base):
+    def __init__(self, base, *up_args):
         self.base = base
         # Heights up to 2**40 in one script: the measured configuration allows such jumps; chains lower it.
-        self.up = Up(base / "up", "--privval-max-height-jump", str(2**41))
+        self.up = Up(base / "up", "--privval-max-height-jump", str(2**41), *up_args)
         self.env = {**self.up.env, "NEKMS_STORE": f"sqlite:{base / 'keys.db'}"}
         self.custody = self.up.info["custody_kms_key"]
         self.procs = []
@@ -365,7 +365,7 @@ class OwnSigner:
     same image, measured configuration, KMS and proxy), so that they can be
     killed and started again."""
 
-    def __init__(self, w, name, chain, **toml_extra):
+    def __init__(self, w, name, chain, init=True):
         self.w, self.chain = w, chain
         self.dir = w.base / name
         self.dir.mkdir()
@@ -377,7 +377,8 @@ class OwnSigner:
         self.toml.write_text(tmkms_toml([chain], 'key = "validator"', [(chain, self.validator.addr)]))
         self.start_persist()
         self.start_enclave()
-        w.nekms("privval", "state", "init", "--enclave", self.rpc, "--key", "validator", "--chain-id", chain, "--height", "1")
+        if init:
+            w.nekms("privval", "state", "init", "--enclave", self.rpc, "--key", "validator", "--chain-id", chain, "--height", "1")
         self.configure()
         w.spawn([NEKMS, "privval", "proxy", "--privval", self.privval, "-c", str(self.toml)], self.dir / "proxy.log")
         self.validator.accept()
@@ -399,9 +400,12 @@ class OwnSigner:
             [os.environ.get("NEKMS_ENCLAVE_BIN", str(pathlib.Path(NEKMS).with_name("nekms-enclave"))), "--config", up.info["enclave_config"],
              "--sim", "--dev-dir", str(up.dev), "--proxy", up.info["proxy"], "--kms-endpoint", f"https://localhost:{https_port}",
              "--kms-ca", str(up.dev / "tls-ca.pem"), "--rpc", self.rpc, "--kmstool", f"unix://{self.dir / 'kmstool.sock'}",
-             "--privval", self.privval, "--privval-state", self.state], self.dir / "enclave.log")
+             "--privval", self.privval, "--privval-state", self.state, "--privval-anchor-proxy", up.info["privval_anchor_proxy"]],
+            self.dir / "enclave.log")
         emu.wait_for(self.privval.removeprefix("unix://"))
         self.w.nekms("enclave", "credentials", "--enclave", self.rpc)
+        if up.info.get("privval_anchor_table"):
+            self.w.nekms("privval", "anchor", "credentials", "--enclave", self.rpc, "--ciphertext-file", str(self.w.anchor_credentials))
 
     def configure(self, check=True):
         return self.w.nekms("privval", "push-config", "--enclave", self.rpc, "-c", str(self.toml), check=check)

@@ -19,7 +19,8 @@
 //!   policy (during the bootstrap) can open the key either.
 //! - Nobody may mint custody ciphertexts outside the enclave: Encrypt with a
 //!   `nekms:*` context key is denied unless it is the administrator's import
-//!   (`nekms:purpose=import`).
+//!   (`nekms:purpose=import`) or the validator signer's anchor credentials
+//!   (`nekms:purpose=privval-anchor-credentials`).
 //! - PutKeyPolicy, CreateGrant, ReEncrypt*, ReplicateKey, ImportKeyMaterial
 //!   and UpdatePrimaryRegion are denied to every principal.
 //! - The administrator manages (describe, tags, rotation, enable/disable,
@@ -61,6 +62,12 @@ pub fn bootstrap(roles: &Roles) -> Value {
     })
 }
 
+/// What an administrator's ciphertext for the enclave may be: an import
+/// (`nekms key encrypt-for-import`) or the validator signer's anchor
+/// credentials (`nekms privval anchor encrypt-credentials`). Only the
+/// enclave opens either, and it returns neither.
+const ADMIN_PURPOSES: [&str; 2] = ["import", "privval-anchor-credentials"];
+
 /// The administrator's statements: manage, and encrypt import ciphertexts.
 fn administrator(roles: &Roles) -> Vec<Value> {
     vec![
@@ -70,9 +77,9 @@ fn administrator(roles: &Roles) -> Vec<Value> {
                           "kms:GetKeyRotationStatus", "kms:EnableKeyRotation", "kms:TagResource", "kms:UntagResource",
                           "kms:EnableKey", "kms:DisableKey", "kms:ScheduleKeyDeletion", "kms:CancelKeyDeletion"],
                "Resource": "*"}),
-        json!({"Sid": "Administrator encrypts import ciphertexts (nekms key encrypt-for-import)",
+        json!({"Sid": "Administrator encrypts import ciphertexts (nekms key encrypt-for-import) and the validator signer's anchor credentials",
                "Effect": "Allow", "Principal": {"AWS": roles.admin}, "Action": "kms:Encrypt", "Resource": "*",
-               "Condition": {"StringEquals": {"kms:EncryptionContext:nekms:purpose": "import"}}}),
+               "Condition": {"StringEquals": {"kms:EncryptionContext:nekms:purpose": ADMIN_PURPOSES}}}),
     ]
 }
 
@@ -91,7 +98,7 @@ fn guards(roles: &Roles, pcr0: &[String]) -> Vec<Value> {
         json!({"Sid": "Reserved-context Encrypt only as an import",
                "Effect": "Deny", "Principal": {"AWS": "*"}, "Action": "kms:Encrypt", "Resource": "*",
                "Condition": {"ForAnyValue:StringLike": {"kms:EncryptionContextKeys": "nekms:*"},
-                             "StringNotEquals": {"kms:EncryptionContext:nekms:purpose": "import"}}}),
+                             "StringNotEquals": {"kms:EncryptionContext:nekms:purpose": ADMIN_PURPOSES}}}),
         json!({"Sid": "Reserved-context Encrypt only by the administrator",
                "Effect": "Deny", "Principal": {"AWS": "*"}, "Action": "kms:Encrypt", "Resource": "*",
                "Condition": {"ForAnyValue:StringLike": {"kms:EncryptionContextKeys": "nekms:*"},

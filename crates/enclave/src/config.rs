@@ -86,6 +86,19 @@ pub struct EnclaveArgs {
     #[arg(skip)]
     #[serde(default)]
     pub privval_max_height_jump: Option<i64>,
+    #[arg(skip)]
+    #[serde(default)]
+    pub privval_anchor_table: Option<String>,
+    #[arg(skip)]
+    #[serde(default)]
+    pub privval_anchor_endpoint: Option<String>,
+    #[arg(skip)]
+    #[serde(default)]
+    pub privval_anchor_region: Option<String>,
+    /// The parent's proxy to the anchor's DynamoDB endpoint, as the enclave
+    /// dials it [default: vsock://parent:8001 when an anchor is configured]
+    #[arg(long, value_name = "ADDR")]
+    pub privval_anchor_proxy: Option<String>,
 }
 
 /// The trust settings ([`crate::trust`]), read from the measured
@@ -118,6 +131,13 @@ pub struct TrustArgs {
     /// signs in one request [default: 1,000,000]; a pushed chain may only
     /// lower it.
     pub privval_max_height_jump: Option<i64>,
+    /// The validator signer's freshness anchor: a DynamoDB table (its name,
+    /// endpoint URL and region) the enclave writes each new state to with a
+    /// conditional write, under credentials only it holds. Absent: local
+    /// mode, no freshness.
+    pub privval_anchor_table: Option<String>,
+    pub privval_anchor_endpoint: Option<String>,
+    pub privval_anchor_region: Option<String>,
 }
 
 /// Settings in force.
@@ -132,6 +152,7 @@ pub struct EnclaveConfig {
     pub p11: Option<String>,
     pub privval: Option<String>,
     pub privval_state: Option<String>,
+    pub privval_anchor_proxy: Option<String>,
     pub proxy: String,
     pub kms_endpoint: Option<String>,
     pub kms_ca: Option<PathBuf>,
@@ -162,6 +183,7 @@ impl EnclaveArgs {
             p11: self.p11.or(file.p11),
             privval: self.privval.or(file.privval),
             privval_state: self.privval_state.or(file.privval_state),
+            privval_anchor_proxy: self.privval_anchor_proxy.or(file.privval_anchor_proxy),
             proxy: self.proxy.or(file.proxy).unwrap_or_else(|| "vsock://parent:8000".into()),
             kms_endpoint: self.kms_endpoint.or(file.kms_endpoint),
             kms_ca: self.kms_ca.or(file.kms_ca),
@@ -178,6 +200,9 @@ impl EnclaveArgs {
                 attestation_root: file.attestation_root,
                 rpc_any_vsock_peer: file.rpc_any_vsock_peer,
                 privval_max_height_jump: file.privval_max_height_jump,
+                privval_anchor_table: file.privval_anchor_table,
+                privval_anchor_endpoint: file.privval_anchor_endpoint,
+                privval_anchor_region: file.privval_anchor_region,
             },
             config_file: None,
         }

@@ -15,6 +15,7 @@ pub mod custody;
 pub mod kmstool;
 pub mod p11;
 pub mod privval;
+pub mod privval_anchor;
 pub mod rpc;
 pub mod trust;
 
@@ -64,6 +65,7 @@ impl Enclave {
             (Some(pinned), _) => Some(pinned.to_owned()),
             (None, given) => given.clone(),
         };
+        let anchor = anchor(config, &region)?;
         Ok(Enclave {
             nsm,
             kms,
@@ -77,6 +79,7 @@ impl Enclave {
             privval: privval::Signer::new(
                 config.privval_state.as_deref().map(str::parse).transpose().map_err(|e| anyhow::anyhow!("--privval-state: {e}"))?,
                 config.trust.privval_max_height_jump,
+                anchor,
             )?,
         })
     }
@@ -96,6 +99,21 @@ impl Enclave {
         self.kms.set_credentials(Credentials { access_key_id, secret_access_key, session_token, region, expiration });
         self.credentials_info().expect("credentials were just set")
     }
+}
+
+/// The validator signer's anchor, when the measured configuration names one.
+fn anchor(config: &config::EnclaveConfig, region: &Option<String>) -> anyhow::Result<Option<privval_anchor::Anchor>> {
+    let Some(table) = &config.trust.privval_anchor_table else {
+        return Ok(None);
+    };
+    let region = config.trust.privval_anchor_region.clone().or(region.clone()).unwrap_or_else(|| "us-east-1".into());
+    check_region(&region).map_err(anyhow::Error::msg)?;
+    let proxy = config.privval_anchor_proxy.clone().unwrap_or_else(|| "vsock://parent:8001".into());
+    let roots = match &config.kms_ca {
+        Some(path) => TlsRoots::Pem(std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?),
+        None => TlsRoots::WebPki,
+    };
+    Ok(Some(privval_anchor::Anchor::new(table.clone(), config.trust.privval_anchor_endpoint.clone(), region, &proxy.parse()?, roots)?))
 }
 
 /// A region name as AWS spells them (`eu-west-1`): it becomes part of the KMS

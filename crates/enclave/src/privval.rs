@@ -141,11 +141,20 @@ pub struct Signer {
     chains: Mutex<BTreeMap<String, Arc<Chain>>>,
     slots: Mutex<HashMap<(String, String), Arc<Slot>>>,
     store: StateStore,
+    /// When configured, states live in the anchor, not the parent's store.
+    pub anchor: Option<crate::privval_anchor::Anchor>,
     max_jump: i64,
 }
 
+/// Why a commit did not happen.
+enum CommitError {
+    /// The anchor holds a newer state than this enclave knew (another signer's).
+    Moved,
+    Failed(String),
+}
+
 impl Signer {
-    pub fn new(store: Option<Address>, max_jump: Option<i64>) -> anyhow::Result<Signer> {
+    pub fn new(store: Option<Address>, max_jump: Option<i64>, anchor: Option<crate::privval_anchor::Anchor>) -> anyhow::Result<Signer> {
         if max_jump.is_some_and(|j| j < 1) {
             anyhow::bail!("privval-max-height-jump is at least 1");
         }
@@ -153,12 +162,53 @@ impl Signer {
             chains: Mutex::default(),
             slots: Mutex::default(),
             store: StateStore { address: store, conn: tokio::sync::Mutex::new(None) },
+            anchor,
             max_jump: max_jump.unwrap_or(DEFAULT_MAX_HEIGHT_JUMP),
         })
     }
 
     fn chain(&self, chain_id: &str) -> Option<Arc<Chain>> {
         self.chains.lock().unwrap_or_else(|p| p.into_inner()).get(chain_id).cloned()
+    }
+
+    fn freshness(&self) -> String {
+        match &self.anchor {
+            Some(a) => format!("anchored (DynamoDB table {})", a.table),
+            None => "local".into(),
+        }
+    }
+
+    /// A state record by name: from the anchor, else the parent's store.
+    async fn read(&self, name: &str) -> Result<Option<Vec<u8>>, RpcError> {
+        match &self.anchor {
+            Some(a) => a.get(name).await.map_err(unavailable),
+            None => match self.store.call(StoreRequest::Get { name: name.to_owned() }).await.map_err(unavailable)? {
+                StoreReply::Found(b) => Ok(Some(b)),
+                StoreReply::None => Ok(None),
+                StoreReply::Failed(why) => Err(unavailable(format!("the state store: {why}"))),
+                StoreReply::Stored => Err(unavailable("the state store answered a read with an acknowledgement")),
+            },
+        }
+    }
+
+    /// Write a chain's first record; refused if one exists.
+    async fn create(&self, name: &str, record: Vec<u8>) -> Result<(), RpcError> {
+        let exists = || RpcError::refused(format!("rule privval-state: a state for {name} exists already; it is not overwritten"));
+        match &self.anchor {
+            Some(a) => match a.create(name, 1, record).await.map_err(unavailable)? {
+                true => Ok(()),
+                false => Err(exists()),
+            },
+            None => {
+                if self.read(name).await?.is_some() {
+                    return Err(exists());
+                }
+                match self.store.call(StoreRequest::Put { name: name.to_owned(), record }).await.map_err(unavailable)? {
+                    StoreReply::Stored => Ok(()),
+                    other => Err(unavailable(format!("the state store did not store the record: {other:?}"))),
+                }
+            }
+        }
     }
 }
 
@@ -326,6 +376,7 @@ impl Enclave {
                 }
             }
             PrivvalRequest::InitState { key, chain_id, height, import } => self.privval_init(&key, &chain_id, height, import).await,
+            PrivvalRequest::SetAnchorCredentials { ciphertext } => self.privval_anchor_credentials(&ciphertext).await,
             PrivvalRequest::Status => {
                 let chains: Vec<Arc<Chain>> = self.privval.chains.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
                 let mut out = Vec::new();
@@ -335,6 +386,29 @@ impl Enclave {
                 Ok(PrivvalResponse::Status(out))
             }
         }
+    }
+
+    /// The anchor's credentials: a KMS ciphertext an administrator made under
+    /// a pinned custody key with the context nekms:purpose=privval-anchor-credentials,
+    /// which only this image can open; JSON {"access_key_id", "secret_access_key"}.
+    async fn privval_anchor_credentials(&self, ciphertext: &[u8]) -> Result<PrivvalResponse, RpcError> {
+        let Some(anchor) = &self.privval.anchor else {
+            return Err(RpcError::bad_request("this enclave's measured configuration names no anchor (privval-anchor-table)"));
+        };
+        let pinned = self.trust.custody_key(None)?;
+        let mut context = BTreeMap::new();
+        context.insert(nekms_keys::context::PURPOSE.to_owned(), crate::privval_anchor::PURPOSE_ANCHOR_CREDENTIALS.to_owned());
+        let out = self.kms.decrypt_under(ciphertext, &context, Some(pinned.as_str())).await.map_err(crate::rpc::kms_error)?;
+        self.trust.check_answered(pinned, &out.key_id)?;
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct AnchorCredentials {
+            access_key_id: String,
+            secret_access_key: nekms_rpc::SecretString,
+        }
+        let creds: AnchorCredentials = serde_json::from_slice(&out.plaintext).map_err(|_| RpcError::bad_request("the anchor's credentials are JSON {access_key_id, secret_access_key}"))?;
+        anchor.set_credentials(creds.access_key_id.clone(), creds.secret_access_key.0);
+        Ok(PrivvalResponse::AnchorCredentialsSet { access_key_id: creds.access_key_id })
     }
 
     /// Open a consensus key under the custody rules, refusing any other.
@@ -411,15 +485,11 @@ impl Enclave {
         }
         let mac = mac_key(key, chain_id)?;
         let store_name = nekms_privval::store::name(fp, chain_id);
-        let bytes = match self.privval.store.call(StoreRequest::Get { name: store_name.clone() }).await.map_err(unavailable)? {
-            StoreReply::Found(b) => b,
-            StoreReply::None => {
-                return Err(RpcError::refused(format!(
-                    "rule privval-state: no state for key {key_id} on chain {chain_id:?} in the state store; the signer never starts from nothing: nekms privval state init --height H, or state import FILE"
-                )))
-            }
-            StoreReply::Failed(why) => return Err(unavailable(format!("the state store: {why}"))),
-            StoreReply::Stored => return Err(unavailable("the state store answered a read with an acknowledgement")),
+        let Some(bytes) = self.privval.read(&store_name).await? else {
+            return Err(RpcError::refused(format!(
+                "rule privval-state: no state for key {key_id} on chain {chain_id:?} in the {}; the signer never starts from nothing: nekms privval state init --height H, or state import FILE",
+                if self.privval.anchor.is_some() { "anchor" } else { "state store" }
+            )));
         };
         let record = StateRecord::open(&bytes, &mac, fp, chain_id)
             .map_err(|e| RpcError::refused(format!("rule privval-state: the state record {store_name} is refused: {e}")))?;
@@ -465,22 +535,10 @@ impl Enclave {
             _ => return Err(RpcError::bad_request("give the height to start at or a state file to import, one of them")),
         };
         let name = nekms_privval::store::name(&fp, chain_id);
-        match self.privval.store.call(StoreRequest::Get { name: name.clone() }).await.map_err(unavailable)? {
-            StoreReply::None => {}
-            StoreReply::Found(_) => {
-                return Err(RpcError::refused(format!(
-                    "rule privval-state: the state store already holds a state for key {} on chain {chain_id:?}; it is not overwritten",
-                    record.key_id
-                )))
-            }
-            other => return Err(unavailable(format!("the state store: {other:?}"))),
-        }
         let mac = mac_key(&key, chain_id)?;
-        let sealed = StateRecord { key_id: fp, chain_id: chain_id.to_owned(), counter: 1, last: last.clone() }.seal(&mac);
-        match self.privval.store.call(StoreRequest::Put { name, record: sealed }).await.map_err(unavailable)? {
-            StoreReply::Stored => Ok(PrivvalResponse::StateInitialized { height: last.height, round: last.round, step: step_number(last.step) }),
-            other => Err(unavailable(format!("the state store did not store the record: {other:?}"))),
-        }
+        let sealed = StateRecord { key_id: fp, chain_id: chain_id.to_owned(), counter: 1, last: LastSigned { signature: None, ..last.clone() } }.seal(&mac);
+        self.privval.create(&name, sealed).await?;
+        Ok(PrivvalResponse::StateInitialized { height: last.height, round: last.round, step: step_number(last.step) })
     }
 
     async fn privval_status(&self, c: &Chain) -> PrivvalStatus {
@@ -500,7 +558,7 @@ impl Enclave {
             step: step_number(st.last.step),
             counter: st.counter,
             committed: st.committed,
-            freshness: "local".into(),
+            freshness: self.privval.freshness(),
             max_height: c.limits.max_height,
             max_height_jump: c.limits.max_height_jump.unwrap_or(self.privval.max_jump),
             signatures: m.signatures.load(Ordering::Relaxed),
@@ -515,8 +573,8 @@ impl Enclave {
         }
     }
 
-    /// Commit the state's newest record if the store has not acknowledged it.
-    async fn commit(&self, c: &Chain, st: &mut State) -> Result<(), String> {
+    /// Commit the state's newest record if the store (or the anchor) has not acknowledged it.
+    async fn commit(&self, c: &Chain, st: &mut State) -> Result<(), CommitError> {
         if st.committed >= st.counter {
             return Ok(());
         }
@@ -527,42 +585,89 @@ impl Enclave {
             last: LastSigned { signature: None, ..st.last.clone() },
         };
         let name = nekms_privval::store::name(&c.fingerprint, &c.chain_id);
+        if let Some(anchor) = &self.privval.anchor {
+            return match anchor.update(&name, st.committed, st.counter, record.seal(&st.mac)).await {
+                Ok(crate::privval_anchor::Written::Done) => {
+                    st.committed = st.counter;
+                    Ok(())
+                }
+                Ok(crate::privval_anchor::Written::Moved) => Err(CommitError::Moved),
+                Err(e) => Err(CommitError::Failed(e)),
+            };
+        }
         match self.privval.store.call(StoreRequest::Put { name, record: record.seal(&st.mac) }).await {
             Ok(StoreReply::Stored) => {
                 st.committed = st.counter;
                 Ok(())
             }
-            Ok(other) => Err(format!("the state store did not acknowledge the new state: {other:?}")),
-            Err(e) => Err(e),
+            Ok(other) => Err(CommitError::Failed(format!("the state store did not acknowledge the new state: {other:?}"))),
+            Err(e) => Err(CommitError::Failed(e)),
         }
+    }
+
+    /// After a conditional write lost: take the anchor's newer state as this
+    /// enclave's (what this enclave signed and did not release is dropped).
+    async fn adopt_anchor(&self, c: &Chain, st: &mut State) -> Result<(), String> {
+        let name = nekms_privval::store::name(&c.fingerprint, &c.chain_id);
+        let anchor = self.privval.anchor.as_ref().expect("anchored");
+        let bytes = anchor.get(&name).await?.ok_or("the anchor's item is gone")?;
+        let record = StateRecord::open(&bytes, &st.mac, &c.fingerprint, &c.chain_id).map_err(|e| format!("the anchor's record: {e}"))?;
+        if record.counter < st.committed {
+            return Err(format!(
+                "the anchor's record ({}) is older than the state this enclave committed ({}): refusing it; someone with write access to the table rolled it back",
+                record.counter, st.committed
+            ));
+        }
+        let mut last = record.last;
+        if let Some(b) = &last.sign_bytes {
+            last.signature = Some(consensus_sign(&c.key, b)?);
+        }
+        st.last = last;
+        st.counter = record.counter;
+        st.committed = record.counter;
+        Ok(())
     }
 
     /// Decide, sign, commit; the signature (and the timestamp to put back) only once committed.
     async fn sign_consensus(&self, c: &Chain, kind: Kind, height: i64, round: i32, step: Step, bytes: Vec<u8>) -> Result<(Vec<u8>, Option<nekms_privval::Timestamp>), RemoteSignerError> {
         let m = &c.slot.metrics;
         let mut st = c.slot.state.lock().await;
-        let (signature, timestamp) = match decide(&st.last, c.limits, kind, height, round, step, &bytes) {
-            Decision::Refuse(r) => {
-                m.refused(refusal_label(&r));
-                let code = if matches!(r, Refusal::Conflict { .. }) { CODE_DOUBLE_SIGN } else { CODE_OTHER };
-                return Err(signer_error(code, r.to_string()));
+        // Anchored: a lost conditional write means another signer moved the
+        // state; take it and decide again (a few times at most).
+        for _ in 0..4 {
+            let (signature, timestamp) = match decide(&st.last, c.limits, kind, height, round, step, &bytes) {
+                Decision::Refuse(r) => {
+                    m.refused(refusal_label(&r));
+                    let code = if matches!(r, Refusal::Conflict { .. }) { CODE_DOUBLE_SIGN } else { CODE_OTHER };
+                    return Err(signer_error(code, r.to_string()));
+                }
+                Decision::Reuse { signature, timestamp } => (signature, timestamp),
+                Decision::Sign => {
+                    let signature = consensus_sign(&c.key, &bytes).map_err(|e| signer_error(CODE_OTHER, e))?;
+                    // The state moves now, before the store has it: from here a
+                    // conflicting request is refused even if the commit fails.
+                    st.last = LastSigned { height, round, step: Some(step), sign_bytes: Some(bytes.clone()), signature: Some(signature.clone()) };
+                    st.counter = st.committed.max(st.counter) + 1;
+                    (signature, None)
+                }
+            };
+            match self.commit(c, &mut st).await {
+                Ok(()) => return Ok((signature, timestamp)),
+                Err(CommitError::Moved) => {
+                    m.refused("anchor-moved");
+                    self.adopt_anchor(c, &mut st).await.map_err(|e| {
+                        m.store_failures.fetch_add(1, Ordering::Relaxed);
+                        signer_error(CODE_OTHER, format!("nothing is released: {e}"))
+                    })?;
+                }
+                Err(CommitError::Failed(e)) => {
+                    m.store_failures.fetch_add(1, Ordering::Relaxed);
+                    m.refused("store");
+                    return Err(signer_error(CODE_OTHER, format!("the new state was not committed, so nothing is released: {e}")));
+                }
             }
-            Decision::Reuse { signature, timestamp } => (signature, timestamp),
-            Decision::Sign => {
-                let signature = consensus_sign(&c.key, &bytes).map_err(|e| signer_error(CODE_OTHER, e))?;
-                // The state moves now, before the store has it: from here a
-                // conflicting request is refused even if the commit fails.
-                st.last = LastSigned { height, round, step: Some(step), sign_bytes: Some(bytes), signature: Some(signature.clone()) };
-                st.counter += 1;
-                (signature, None)
-            }
-        };
-        if let Err(e) = self.commit(c, &mut st).await {
-            m.store_failures.fetch_add(1, Ordering::Relaxed);
-            m.refused("store");
-            return Err(signer_error(CODE_OTHER, format!("the new state was not committed, so nothing is released: {e}")));
         }
-        Ok((signature, timestamp))
+        Err(signer_error(CODE_OTHER, "the anchor kept moving; nothing is released"))
     }
 
     async fn sign_vote(&self, c: &Chain, mut vote: Vote, step: Step) -> Result<Vote, RemoteSignerError> {

@@ -241,6 +241,13 @@ pub enum PrivvalRequest {
     },
     /// Every chain's state and figures.
     Status,
+    /// The freshness anchor's DynamoDB credentials, as a KMS ciphertext made
+    /// under a pinned custody key with the context
+    /// `nekms:purpose=privval-anchor-credentials` (only the enclave opens it).
+    SetAnchorCredentials {
+        #[serde(with = "serde_bytes")]
+        ciphertext: Vec<u8>,
+    },
 }
 
 /// A chain as the parent pushes it (from tmkms.toml's `[[chain]]`,
@@ -311,6 +318,7 @@ pub enum PrivvalResponse {
     /// The first state record, as written: its height, round and step.
     StateInitialized { height: i64, round: i32, step: u8 },
     Status(Vec<PrivvalStatus>),
+    AnchorCredentialsSet { access_key_id: String },
 }
 
 /// PKCS#11 calls. A token's keys are custody records; the enclave keeps

@@ -59,12 +59,46 @@ pub enum Command {
     /// A chain's first state
     #[command(subcommand)]
     State(StateCommand),
+    /// The freshness anchor's credentials
+    #[command(subcommand)]
+    Anchor(AnchorCommand),
     /// Every served chain: last signed height/round/step, counters, signatures, refusals
     Status {
         #[command(flatten)]
         enclave: EnclaveArg,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(clap::Subcommand)]
+pub enum AnchorCommand {
+    /// As the administrator: KMS-encrypt the anchor's DynamoDB credentials so only the enclave opens them
+    EncryptCredentials {
+        /// The custody KMS key (ARN) the enclave pins
+        #[arg(long, value_name = "ARN")]
+        kms_key: String,
+        /// The IAM identity allowed GetItem, PutItem and UpdateItem on the anchor table, and nothing else
+        #[arg(long)]
+        access_key_id: String,
+        /// A file holding its secret access key
+        #[arg(long, value_name = "FILE")]
+        secret_access_key_file: PathBuf,
+        /// Write the ciphertext here (binary) instead of printing base64
+        #[arg(long, short, value_name = "FILE")]
+        out: Option<PathBuf>,
+        #[arg(long, env = "AWS_ENDPOINT_URL_KMS", value_name = "URL")]
+        endpoint_url: Option<String>,
+        #[arg(long)]
+        profile: Option<String>,
+    },
+    /// Give the enclave the anchor's credentials (the ciphertext encrypt-credentials made)
+    Credentials {
+        #[command(flatten)]
+        enclave: EnclaveArg,
+        /// The ciphertext: a file (binary or base64)
+        #[arg(long, value_name = "FILE")]
+        ciphertext_file: PathBuf,
     },
 }
 
@@ -275,6 +309,39 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                 init(&enclave, &store, &key, &chain_id, None, Some(json)).await
             }
             Command::State(StateCommand::Show { dir, json }) => show(&dir, json),
+            Command::Anchor(AnchorCommand::EncryptCredentials { kms_key, access_key_id, secret_access_key_file, out, endpoint_url, profile }) => {
+                use base64::Engine;
+                let secret = zeroize::Zeroizing::new(std::fs::read_to_string(&secret_access_key_file).with_context(|| secret_access_key_file.display().to_string())?);
+                let plaintext = zeroize::Zeroizing::new(serde_json::to_vec(&serde_json::json!({"access_key_id": access_key_id, "secret_access_key": secret.trim()}))?);
+                let client = super::key::admin_kms(endpoint_url.as_deref(), profile.as_deref()).await;
+                let sent = client
+                    .encrypt()
+                    .key_id(&kms_key)
+                    .plaintext(aws_sdk_kms::primitives::Blob::new(plaintext.as_slice()))
+                    .encryption_context(nekms_keys::context::PURPOSE, nekms_enclave::privval_anchor::PURPOSE_ANCHOR_CREDENTIALS)
+                    .send()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("KMS Encrypt under {kms_key}: {}", aws_sdk_kms::error::DisplayErrorContext(&e)))?;
+                let blob = sent.ciphertext_blob().context("KMS Encrypt gave no CiphertextBlob")?.as_ref().to_vec();
+                match out {
+                    Some(path) => std::fs::write(&path, &blob).with_context(|| path.display().to_string())?,
+                    None => println!("{}", base64::engine::general_purpose::STANDARD.encode(&blob)),
+                }
+                Ok(())
+            }
+            Command::Anchor(AnchorCommand::Credentials { enclave, ciphertext_file }) => {
+                use base64::Engine;
+                let raw = std::fs::read(&ciphertext_file).with_context(|| ciphertext_file.display().to_string())?;
+                let text = String::from_utf8_lossy(&raw);
+                let blob = base64::engine::general_purpose::STANDARD.decode(text.trim()).unwrap_or(raw);
+                match enclave.connect().await?.privval(PrivvalRequest::SetAnchorCredentials { ciphertext: blob }).await? {
+                    PrivvalResponse::AnchorCredentialsSet { access_key_id } => {
+                        println!("the anchor's credentials ({access_key_id}) are set in the enclave");
+                        Ok(())
+                    }
+                    _ => bail!("the enclave answered SetAnchorCredentials with something else"),
+                }
+            }
             Command::Status { enclave, json } => {
                 let PrivvalResponse::Status(chains) = enclave.connect().await?.privval(PrivvalRequest::Status).await? else {
                     bail!("the enclave answered Status with something else");

@@ -55,6 +55,12 @@ pub struct Args {
     /// The validator signer's limit on one height jump, in the enclave's measured configuration [default: the enclave's, 1000000]
     #[arg(long, value_name = "HEIGHTS")]
     privval_max_height_jump: Option<i64>,
+    /// The validator signer's freshness anchor: this DynamoDB table (in the measured configuration)
+    #[arg(long, value_name = "TABLE", requires = "privval_anchor_endpoint")]
+    privval_anchor_table: Option<String>,
+    /// The anchor's DynamoDB endpoint (http://127.0.0.1:PORT for moto); dev up proxies the enclave to it
+    #[arg(long, value_name = "URL")]
+    privval_anchor_endpoint: Option<String>,
 }
 
 struct Supervised {
@@ -192,6 +198,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         text.push_str(&crate::enclave_path::trust_toml(&[arn], &[]));
         text.push_str(&format!("parent-decrypt = {}\n", !a.no_parent_decrypt));
         text.push_str(&format!("allow-import = {}\n", !a.no_import));
+        if let (Some(t), Some(e)) = (&a.privval_anchor_table, &a.privval_anchor_endpoint) {
+            text.push_str(&format!("privval-anchor-table = {t:?}\nprivval-anchor-endpoint = {e:?}\nprivval-anchor-region = {:?}\n", config.region));
+        }
         if let Some(j) = a.privval_max_height_jump {
             text.push_str(&format!("privval-max-height-jump = {j}\n"));
         }
@@ -219,6 +228,18 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         None => rt.block_on(crate::enclave_path::custody_key(&dev, &admin, "nekms dev up: custody", configure, final_policy))?,
     };
 
+    // The anchor's proxy, allowing exactly its endpoint.
+    let anchor_sock = run_dir.join("privval-anchor-proxy.sock");
+    let _ = std::fs::remove_file(&anchor_sock);
+    if let Some(endpoint) = &a.privval_anchor_endpoint {
+        let url: anchor_url::Url = endpoint.parse().map_err(|e| anyhow::anyhow!("--privval-anchor-endpoint {endpoint}: {e}"))?;
+        let allow = run_dir.join("anchor-allowlist.yaml");
+        std::fs::write(&allow, format!("allowlist:\n  - {{address: {}, port: {}}}\n", url.host, url.port))?;
+        let mut p = Command::new(&me);
+        p.arg("proxy").arg(unix(&anchor_sock)).args([url.host.as_str(), &url.port.to_string(), "--config"]).arg(&allow);
+        group.spawn("anchor proxy", p)?;
+        wait_for("anchor proxy", &mut group, || anchor_sock.exists())?;
+    }
     // 4. The validator signer's state store, then the simulated enclave.
     let mut persist = Command::new(&me);
     persist.args(["privval", "persist", "--listen", &unix(&state_sock), "--dir"]).arg(&state_dir);
@@ -232,7 +253,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .args(["--sim", "--dev-dir"])
         .arg(&dir)
         .args(["--rpc", &unix(&rpc_sock), "--kmstool", &unix(&kmstool_sock), "--proxy", &unix(&proxy_sock), "--p11", &unix(&p11_sock)])
-        .args(["--privval", &unix(&privval_sock), "--privval-state", &unix(&state_sock)])
+        .args(["--privval", &unix(&privval_sock), "--privval-state", &unix(&state_sock), "--privval-anchor-proxy", &unix(&anchor_sock)])
         .args(["--kms-endpoint", &format!("https://localhost:{https_port}"), "--kms-ca"])
         .arg(dev.tls_ca_path());
     if a.debug_mode {
@@ -350,7 +371,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let v = serde_json::json!({
             "kms_http": kms_http_url, "kms_https": kms_https_url, "proxy": unix(&proxy_sock),
             "rpc": rpc_address, "kmstool": unix(&kmstool_sock), "p11": unix(&p11_sock),
-            "privval": unix(&privval_sock), "privval_state": unix(&state_sock), "privval_state_dir": state_dir.display().to_string(),
+            "privval": unix(&privval_sock), "privval_state": unix(&state_sock), "privval_anchor_proxy": unix(&anchor_sock), "privval_anchor_table": a.privval_anchor_table, "privval_state_dir": state_dir.display().to_string(),
             "p11_kit": p11.as_ref().ok().map(|(a, _)| a.clone()),
             "pcr0": pcr(0), "pcr1": pcr(1), "pcr2": pcr(2),
             "custody_kms_key": custody_key, "enclave_config": enclave_config.display().to_string(),
@@ -400,4 +421,33 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 /// The first `name` on PATH.
 fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.is_file()))
+}
+
+/// Just enough of a URL for the anchor's proxy: host and port.
+mod anchor_url {
+    pub struct Url {
+        pub host: String,
+        pub port: u16,
+    }
+
+    impl std::str::FromStr for Url {
+        type Err = String;
+        fn from_str(s: &str) -> Result<Url, String> {
+            let (scheme, rest) = s.split_once("://").ok_or("a URL is scheme://host[:port]")?;
+            let authority = rest.split('/').next().unwrap_or_default();
+            let default = match scheme {
+                "http" => 80,
+                "https" => 443,
+                other => return Err(format!("scheme {other}: http or https")),
+            };
+            let (host, port) = match authority.rsplit_once(':') {
+                Some((h, p)) => (h.to_owned(), p.parse().map_err(|_| format!("port {p:?}"))?),
+                None => (authority.to_owned(), default),
+            };
+            if host.is_empty() {
+                return Err("no host".into());
+            }
+            Ok(Url { host, port })
+        }
+    }
 }

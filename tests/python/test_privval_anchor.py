@@ -1,0 +1,163 @@
+"""The validator signer's freshness anchor, on moto's DynamoDB with IAM
+enforced: each new state is a conditional write by the enclave under
+credentials only it opens (an administrator's KMS ciphertext), while the
+instance role may read the table but not write it. Two enclaves with one
+key and one anchor, sent the same heights at once with different blocks,
+sign exactly one of each; a restarted enclave starts from the anchor, not
+from anything the parent keeps.
+"""
+
+import base64
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import boto3
+import pytest
+
+import privval_emu as emu
+from test_attacker import Rpc
+from test_keys import free_port
+from test_privval import NEKMS, OwnSigner, World, block, connect_nekms, pubkey, status
+
+TABLE = "nekms-privval-anchor"
+
+
+class IamMoto:
+    """moto's server with IAM enforced once the setup's `setup_actions` calls are made."""
+
+    def __init__(self, log, setup_actions):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(setup_actions)}
+        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)], env=env,
+                                     stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+        import socket
+        deadline = time.time() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                assert self.proc.poll() is None and time.time() < deadline, "moto did not start"
+                time.sleep(0.1)
+
+    def client(self, service, key_id="testing", secret="testing"):
+        return boto3.client(service, region_name="us-east-1", endpoint_url=self.url, aws_access_key_id=key_id, aws_secret_access_key=secret)
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def anchored(tmp_path_factory):
+    base = tmp_path_factory.mktemp("anchor")
+    moto = IamMoto(base / "moto.log", setup_actions=7)
+    root_ddb, iam = moto.client("dynamodb"), moto.client("iam")
+    root_ddb.create_table(TableName=TABLE, KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+                          AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}], BillingMode="PAY_PER_REQUEST")
+    # moto's IAM checks match the action but not a table ARN as the resource (it denies then), so the
+    # policies name "*"; on AWS they name the table. The difference that matters is the actions.
+    users = {}
+    for name, actions in (("anchor-writer", ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"]),
+                          ("instance", ["dynamodb:GetItem", "dynamodb:DescribeTable"])):
+        iam.create_user(UserName=name)
+        iam.put_user_policy(UserName=name, PolicyName="anchor", PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}]}))
+        users[name] = iam.create_access_key(UserName=name)["AccessKey"]
+    # From here moto enforces IAM.
+    w = World(base, "--privval-anchor-table", TABLE, "--privval-anchor-endpoint", moto.url)
+    w.moto, w.users = moto, users
+    secret = base / "writer.secret"
+    secret.write_text(users["anchor-writer"]["SecretAccessKey"])
+    w.anchor_credentials = base / "anchor.ct"
+    w.nekms("privval", "anchor", "encrypt-credentials", "--kms-key", w.custody, "--access-key-id", users["anchor-writer"]["AccessKeyId"],
+            "--secret-access-key-file", str(secret), "--profile", "admin", "-o", str(w.anchor_credentials))
+    w.nekms("privval", "anchor", "credentials", "--ciphertext-file", str(w.anchor_credentials))
+    w.seed = os.urandom(32)
+    w.softsign = w.import_consensus_key("validator", w.seed)
+    yield w
+    w.stop()
+    moto.stop()
+
+
+def test_only_the_enclave_writes_the_watermark(anchored):
+    w = anchored
+    # The parent cannot have the enclave open the credentials' ciphertext: their context is reserved.
+    rpc = Rpc(w.up.info["rpc"])
+    outcome, err = rpc.call({"Decrypt": {"ciphertext": w.anchor_credentials.read_bytes(),
+                                         "encryption_context": {"nekms:purpose": "privval-anchor-credentials"}}})
+    assert outcome == "Err" and "rule reserved-context" in err["message"], err
+    w.nekms("privval", "state", "init", "--key", "validator", "--chain-id", "anchored", "--height", "10")
+    r = w.nekms("privval", "state", "init", "--key", "validator", "--chain-id", "anchored", "--height", "1", check=False)
+    assert r.returncode != 0 and "not overwritten" in r.stderr, r.stderr
+    inst = w.moto.client("dynamodb", w.users["instance"]["AccessKeyId"], w.users["instance"]["SecretAccessKey"])
+    spki = base64.b64decode(json.loads(w.nekms("key", "show", "validator", "--json").stdout)["public_key"])
+    key_fp = hashlib.sha256(spki).hexdigest()
+    item = inst.get_item(TableName=TABLE, Key={"pk": {"S": f"{key_fp}/anchored"}}, ConsistentRead=True)["Item"]
+    assert item["counter"]["N"] == "1"
+    with pytest.raises(Exception) as e:
+        inst.update_item(TableName=TABLE, Key={"pk": {"S": f"{key_fp}/anchored"}}, UpdateExpression="SET #c = :c",
+                         ExpressionAttributeNames={"#c": "counter"}, ExpressionAttributeValues={":c": {"N": "0"}})
+    assert "AccessDenied" in str(e.value) or "not authorized" in str(e.value), e.value
+    with pytest.raises(Exception) as e:
+        inst.put_item(TableName=TABLE, Item={"pk": {"S": f"{key_fp}/anchored"}, "counter": {"N": "0"}})
+    assert "AccessDenied" in str(e.value) or "not authorized" in str(e.value), e.value
+
+
+def test_two_signers_one_anchor_one_signature_per_height_round_step(anchored):
+    """Two enclaves (dev up's and one of this test's), one consensus key, one
+    anchor; 1,000 heights sent to both at once with different blocks: the
+    anchor's conditional write lets exactly one sign each; the other reads
+    the anchor again and refuses. A restarted enclave starts from the anchor."""
+    w = anchored
+    chain = "two-signers"
+    w.nekms("privval", "state", "init", "--key", "validator", "--chain-id", chain, "--height", "1")
+    (v1,) = connect_nekms(w, "first", [chain]).values()
+    second = OwnSigner(w, "second", chain, init=False)
+    v2 = second.validator
+    key = pubkey(v1, chain)
+    assert pubkey(v2, chain) == key
+    assert status(w, chain)["freshness"].startswith("anchored")
+    signed = {}
+    started = time.time()
+    for h in range(1, 1001):
+        msgs = [{"type": emu.PREVOTE, "height": h, "round": 0, "block_id": block(), "timestamp": (1_790_000_000 + h, 0)} for _ in range(2)]
+        replies = [None, None]
+        barrier = threading.Barrier(2)
+
+        def go(i, v):
+            barrier.wait()
+            replies[i] = emu.decode_reply(v.request(emu.sign_vote_request(chain, msgs[i])))
+
+        threads = [threading.Thread(target=go, args=(i, v)) for i, v in enumerate((v1, v2))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        ok = [(i, r[1]) for i, r in enumerate(replies) if r[2] is None]
+        assert len(ok) == 1, (h, replies)
+        i, value = ok[0]
+        emu.verify(key, emu.canonical_vote(chain, msgs[i]), value["signature"])
+        loser = replies[1 - i][2]
+        assert "double sign" in loser[1], loser
+        signed[h] = i
+    elapsed = time.time() - started
+    wins = [sum(1 for i in signed.values() if i == k) for k in (0, 1)]
+    print(f"two signers, one anchor: 1000 heights in {elapsed:.1f} s; signer wins {wins}")
+    assert min(wins) > 0, "both signers won some heights (the race was real)"
+
+    # Restarted, the second enclave takes the anchor's state: nothing at or below height 1000 again.
+    second.restart_enclave()
+    second.validator.accept()
+    row = second.status()
+    assert (row["height"], row["step"]) == (1000, 2) and row["freshness"].startswith("anchored"), row
+    _, value, err = second.ask("vote", {"type": emu.PREVOTE, "height": 999, "round": 0, "block_id": block(), "timestamp": (1, 0)})
+    assert value is None and "regression" in err[1], err
+    # The parent's own state store saw no record: in anchored mode the anchor is the only copy.
+    assert not list(second.state_dir.glob("*.state"))
