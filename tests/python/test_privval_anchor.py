@@ -76,7 +76,7 @@ def anchored(tmp_path_factory):
     secret = base / "writer.secret"
     secret.write_text(users["anchor-writer"]["SecretAccessKey"])
     w.anchor_credentials = base / "anchor.ct"
-    w.nekms("privval", "anchor", "encrypt-credentials", "--kms-key", w.custody, "--access-key-id", users["anchor-writer"]["AccessKeyId"],
+    w.nekms("privval", "anchor", "encrypt-credentials", "--kms-key", w.custody, "--table", TABLE, "--access-key-id", users["anchor-writer"]["AccessKeyId"],
             "--secret-access-key-file", str(secret), "--profile", "admin", "-o", str(w.anchor_credentials))
     w.nekms("privval", "anchor", "credentials", "--ciphertext-file", str(w.anchor_credentials))
     w.seed = os.urandom(32)
@@ -93,6 +93,12 @@ def test_only_the_enclave_writes_the_watermark(anchored):
     outcome, err = rpc.call({"Decrypt": {"ciphertext": w.anchor_credentials.read_bytes(),
                                          "encryption_context": {"nekms:purpose": "privval-anchor-credentials"}}})
     assert outcome == "Err" and "rule reserved-context" in err["message"], err
+    # Credentials made for another table are not taken for this one (the table is in their context).
+    other = w.base / "other.ct"
+    w.nekms("privval", "anchor", "encrypt-credentials", "--kms-key", w.custody, "--table", "another-table", "--access-key-id", "AKIAOTHER",
+            "--secret-access-key-file", str(w.base / "writer.secret"), "--profile", "admin", "-o", str(other))
+    r = w.nekms("privval", "anchor", "credentials", "--ciphertext-file", str(other), check=False)
+    assert r.returncode != 0 and "InvalidCiphertextException" in r.stderr, r.stderr
     w.nekms("privval", "state", "init", "--key", "validator", "--chain-id", "anchored", "--height", "10")
     r = w.nekms("privval", "state", "init", "--key", "validator", "--chain-id", "anchored", "--height", "1", check=False)
     assert r.returncode != 0 and "not overwritten" in r.stderr, r.stderr

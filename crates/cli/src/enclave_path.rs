@@ -170,6 +170,20 @@ impl EnclavePath {
         key_cache: Option<usize>,
         config: &str,
     ) -> anyhow::Result<EnclavePath> {
+        EnclavePath::start_full(dev, local, nsm, run_dir, key_cache, config, true).await
+    }
+
+    /// As [`EnclavePath::start_with`]; `store_sync` false runs the signer's
+    /// state store without fsync (`nekms privval persist --no-fsync`).
+    pub async fn start_full(
+        dev: &DevDir,
+        local: &InProcessKms,
+        nsm: Arc<dyn Nsm>,
+        run_dir: &Path,
+        key_cache: Option<usize>,
+        config: &str,
+        store_sync: bool,
+    ) -> anyhow::Result<EnclavePath> {
         std::fs::create_dir_all(run_dir)?;
         let sock = |name: &str| -> anyhow::Result<Address> {
             let path = run_dir.join(name);
@@ -202,7 +216,7 @@ impl EnclavePath {
         let store_dir = run_dir.join("privval-state");
         let _ = std::fs::remove_dir_all(&store_dir);
         let store_task = tokio::spawn(async move {
-            let _ = crate::cmd::privval::serve_store(store, store_dir, true).await;
+            let _ = crate::cmd::privval::serve_store(store, store_dir, store_sync).await;
         });
         let privval_task = tokio::spawn(nekms_enclave::privval::serve(Listener::bind(&privval).await?, enclave.clone()));
         Ok(EnclavePath { proxy, kmstool, rpc, privval, enclave, endpoint, tasks: vec![forwarding, serving, rpc_task, store_task, privval_task] })

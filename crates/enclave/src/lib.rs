@@ -65,7 +65,7 @@ impl Enclave {
             (Some(pinned), _) => Some(pinned.to_owned()),
             (None, given) => given.clone(),
         };
-        let anchor = anchor(config, &region)?;
+        let anchor = anchor(config, &region, nsm.is_simulated())?;
         Ok(Enclave {
             nsm,
             kms,
@@ -102,10 +102,22 @@ impl Enclave {
 }
 
 /// The validator signer's anchor, when the measured configuration names one.
-fn anchor(config: &config::EnclaveConfig, region: &Option<String>) -> anyhow::Result<Option<privval_anchor::Anchor>> {
+///
+/// On hardware the table must be an ARN (DynamoDB takes one as the table
+/// name, so the account is fixed whatever credentials arrive) and the
+/// endpoint HTTPS; a simulated enclave may name a local table over HTTP (moto).
+fn anchor(config: &config::EnclaveConfig, region: &Option<String>, simulated: bool) -> anyhow::Result<Option<privval_anchor::Anchor>> {
     let Some(table) = &config.trust.privval_anchor_table else {
         return Ok(None);
     };
+    if !simulated {
+        if !table.starts_with("arn:aws:dynamodb:") || !table.contains(":table/") {
+            anyhow::bail!("privval-anchor-table {table:?}: give the table's ARN (arn:aws:dynamodb:REGION:ACCOUNT:table/NAME), so the account is pinned");
+        }
+        if config.trust.privval_anchor_endpoint.as_deref().is_some_and(|e| !e.starts_with("https://")) {
+            anyhow::bail!("privval-anchor-endpoint: HTTPS only outside a simulated enclave");
+        }
+    }
     let region = config.trust.privval_anchor_region.clone().or(region.clone()).unwrap_or_else(|| "us-east-1".into());
     check_region(&region).map_err(anyhow::Error::msg)?;
     let proxy = config.privval_anchor_proxy.clone().unwrap_or_else(|| "vsock://parent:8001".into());
@@ -135,4 +147,27 @@ fn origin_verifier(nsm: &dyn Nsm, config: &config::EnclaveConfig) -> anyhow::Res
         None => return Ok(nekms_attestation::Verifier::aws()),
     };
     nekms_attestation::Verifier::from_pem(&pem).map_err(|e| anyhow::anyhow!("the attestation root: {e}"))
+}
+
+#[cfg(test)]
+mod anchor_tests {
+    use super::*;
+
+    fn config(table: &str, endpoint: &str) -> config::EnclaveConfig {
+        let file = config::EnclaveArgs::from_toml(&format!("privval-anchor-table = {table:?}\nprivval-anchor-endpoint = {endpoint:?}\n")).unwrap();
+        config::EnclaveArgs { privval_anchor_proxy: Some("unix:///tmp/anchor.sock".into()), ..Default::default() }.resolve(file)
+    }
+
+    #[test]
+    fn on_hardware_the_anchor_is_a_table_arn_over_https() {
+        let arn = "arn:aws:dynamodb:eu-west-1:111122223333:table/nekms-privval-anchor";
+        assert!(anchor(&config(arn, "https://dynamodb.eu-west-1.amazonaws.com"), &None, false).unwrap().is_some());
+        let e = anchor(&config("nekms-privval-anchor", "https://dynamodb.eu-west-1.amazonaws.com"), &None, false).err().unwrap();
+        assert!(e.to_string().contains("ARN"), "{e}");
+        let e = anchor(&config(arn, "http://127.0.0.1:5000"), &None, false).err().unwrap();
+        assert!(e.to_string().contains("HTTPS only"), "{e}");
+        // A simulated enclave may use moto: a bare name over HTTP.
+        assert!(anchor(&config("nekms-privval-anchor", "http://127.0.0.1:5000"), &None, true).unwrap().is_some());
+        assert!(anchor(&config::EnclaveArgs::default().resolve(Default::default()), &None, false).unwrap().is_none());
+    }
 }

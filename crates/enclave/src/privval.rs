@@ -398,6 +398,7 @@ impl Enclave {
         let pinned = self.trust.custody_key(None)?;
         let mut context = BTreeMap::new();
         context.insert(nekms_keys::context::PURPOSE.to_owned(), crate::privval_anchor::PURPOSE_ANCHOR_CREDENTIALS.to_owned());
+        context.insert(crate::privval_anchor::ANCHOR_TABLE.to_owned(), anchor.table.clone());
         let out = self.kms.decrypt_under(ciphertext, &context, Some(pinned.as_str())).await.map_err(crate::rpc::kms_error)?;
         self.trust.check_answered(pinned, &out.key_id)?;
         #[derive(serde::Deserialize)]

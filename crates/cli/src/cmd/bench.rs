@@ -25,6 +25,8 @@ pub enum Command {
     Sign(super::bench_sign::Args),
     /// PKCS#11 C_Sign per second through p11-kit: libnekms_p11.so vs SoftHSM2, one and two connections, direct, first signature
     P11(super::bench_p11::Args),
+    /// Validator signing: prevote/precommit latency and signatures/s, nekms (with and without fsync) vs tmkms 0.15.0, Unix and TCP+SecretConnection, two chains
+    Privval(super::bench_privval::Args),
     /// One client process of `bench p11`
     #[command(hide = true)]
     P11Worker(super::bench_p11::WorkerArgs),
@@ -50,6 +52,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Sign(a) => tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(super::bench_sign::run(a)),
         Command::P11(a) => tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(super::bench_p11::run(a)),
         Command::P11Worker(a) => super::bench_p11::worker(a),
+        Command::Privval(a) => tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(super::bench_privval::run(a)),
     }
 }
 

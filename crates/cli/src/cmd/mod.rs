@@ -4,6 +4,7 @@ pub mod attest;
 pub mod bench;
 pub mod bench_loop;
 pub mod bench_p11;
+pub mod bench_privval;
 pub mod bench_kmstool;
 pub mod bench_sign;
 pub mod cms;

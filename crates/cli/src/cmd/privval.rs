@@ -78,6 +78,9 @@ pub enum AnchorCommand {
         /// The custody KMS key (ARN) the enclave pins
         #[arg(long, value_name = "ARN")]
         kms_key: String,
+        /// The anchor table exactly as the enclave's measured configuration names it (privval-anchor-table)
+        #[arg(long)]
+        table: String,
         /// The IAM identity allowed GetItem, PutItem and UpdateItem on the anchor table, and nothing else
         #[arg(long)]
         access_key_id: String,
@@ -243,6 +246,22 @@ fn yes() -> bool {
     true
 }
 
+impl ValidatorConfig {
+    /// A validator entry for the relay alone (the bench).
+    pub(crate) fn for_relay(chain_id: &str, addr: &str) -> ValidatorConfig {
+        ValidatorConfig {
+            chain_id: chain_id.into(),
+            addr: addr.into(),
+            protocol_version: None,
+            reconnect: false,
+            timeout: None,
+            secret_key: None,
+            identity: None,
+            max_height: None,
+        }
+    }
+}
+
 impl TmkmsConfig {
     pub fn read(path: &Path) -> anyhow::Result<TmkmsConfig> {
         let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
@@ -309,7 +328,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                 init(&enclave, &store, &key, &chain_id, None, Some(json)).await
             }
             Command::State(StateCommand::Show { dir, json }) => show(&dir, json),
-            Command::Anchor(AnchorCommand::EncryptCredentials { kms_key, access_key_id, secret_access_key_file, out, endpoint_url, profile }) => {
+            Command::Anchor(AnchorCommand::EncryptCredentials { kms_key, table, access_key_id, secret_access_key_file, out, endpoint_url, profile }) => {
                 use base64::Engine;
                 let secret = zeroize::Zeroizing::new(std::fs::read_to_string(&secret_access_key_file).with_context(|| secret_access_key_file.display().to_string())?);
                 let plaintext = zeroize::Zeroizing::new(serde_json::to_vec(&serde_json::json!({"access_key_id": access_key_id, "secret_access_key": secret.trim()}))?);
@@ -319,6 +338,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                     .key_id(&kms_key)
                     .plaintext(aws_sdk_kms::primitives::Blob::new(plaintext.as_slice()))
                     .encryption_context(nekms_keys::context::PURPOSE, nekms_enclave::privval_anchor::PURPOSE_ANCHOR_CREDENTIALS)
+                    .encryption_context(nekms_enclave::privval_anchor::ANCHOR_TABLE, &table)
                     .send()
                     .await
                     .map_err(|e| anyhow::anyhow!("KMS Encrypt under {kms_key}: {}", aws_sdk_kms::error::DisplayErrorContext(&e)))?;
@@ -709,7 +729,7 @@ async fn futures_all(tasks: Vec<tokio::task::JoinHandle<()>>) {
 }
 
 /// Dial the validator, open the enclave's signer for its chain, and relay until either side closes.
-async fn relay_once(enclave: &Address, v: &ValidatorConfig) -> anyhow::Result<()> {
+pub(crate) async fn relay_once(enclave: &Address, v: &ValidatorConfig) -> anyhow::Result<()> {
     let (addr, node_id) = parse_validator_addr(&v.addr)?;
     // The signer first: the validator sees a connection only once the
     // enclave serves its chain.
