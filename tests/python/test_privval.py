@@ -779,3 +779,31 @@ def test_the_agent_shows_the_signers_figures_and_refuses_consensus_keys(world):
     except urllib.error.HTTPError as e:
         body = e.read().decode()
         assert "rule key-usage" in body, (e.code, body)
+
+
+def secret_forms(secret):
+    return {secret, secret.hex().encode(), secret.hex().upper().encode(), base64.b64encode(secret), base64.b64encode(secret).rstrip(b"=")}
+
+
+def scan_parent(w, secrets, skip=()):
+    """Every output the parent saw and every file under the test's directory
+    (logs, state records, the key store, dev up's run directory), for each
+    secret in raw, hex and base64 forms."""
+    seen = [o.encode() for o in w.outputs]
+    for path in w.base.rglob("*"):
+        if path.is_file() and not path.is_socket() and path not in skip:
+            seen.append(path.read_bytes())
+    for name, secret in secrets.items():
+        for form in secret_forms(secret):
+            for blob in seen:
+                assert form not in blob, f"{name} found on the parent"
+
+
+def test_no_consensus_key_or_state_mac_key_reaches_the_parent(world):
+    import hmac as std_hmac
+    w = world
+    secrets = {"consensus seed": w.seed}
+    for chain in (CHAIN_A, CHAIN_B, "matrix", "crash-chain", "durable-chain", "t"):
+        secrets[f"MAC key of {chain}"] = std_hmac.new(w.seed, b"nekms-privval-state-mac:v1\0" + chain.encode(), "sha256").digest()
+    # The softsign file is the administrator's input to encrypt-for-import (and tmkms's key file): not the parent's.
+    scan_parent(w, secrets, skip={w.softsign})

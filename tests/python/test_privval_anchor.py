@@ -22,7 +22,7 @@ import pytest
 import privval_emu as emu
 from test_attacker import Rpc
 from test_keys import free_port
-from test_privval import NEKMS, OwnSigner, World, block, connect_nekms, pubkey, status
+from test_privval import NEKMS, OwnSigner, World, block, connect_nekms, pubkey, scan_parent, status
 
 TABLE = "nekms-privval-anchor"
 
@@ -167,3 +167,11 @@ def test_two_signers_one_anchor_one_signature_per_height_round_step(anchored):
     assert value is None and "regression" in err[1], err
     # The parent's own state store saw no record: in anchored mode the anchor is the only copy.
     assert not list(second.state_dir.glob("*.state"))
+
+
+def test_the_anchors_credentials_never_reach_the_parent(anchored):
+    w = anchored
+    secret = w.users["anchor-writer"]["SecretAccessKey"].encode()
+    # writer.secret is the administrator's input to encrypt-credentials; moto's log is AWS's side.
+    scan_parent(w, {"the anchor's secret access key": secret, "consensus seed": w.seed},
+                skip={w.base / "writer.secret", w.base / "moto.log", w.softsign})

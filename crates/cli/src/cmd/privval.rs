@@ -743,8 +743,13 @@ pub(crate) async fn relay_once(enclave: &Address, v: &ValidatorConfig) -> anyhow
     if answer != b"ok" {
         bail!("the enclave: {}", String::from_utf8_lossy(&answer));
     }
-    let validator = nekms_transport::connect(&addr).await?;
+    let mut validator = nekms_transport::connect(&addr).await?;
     eprintln!("nekms privval proxy: {} ({}): connected", v.addr, v.chain_id);
+    // What the enclave sent after its answer (the start of a SecretConnection
+    // handshake) was read with it: the validator gets it first.
+    if !buf.is_empty() {
+        validator.write_all(&buf).await?;
+    }
     // Either side closing ends the relay: a validator must not wait on a
     // signer that went away (it reconnects), nor the reverse.
     let (mut vr, mut vw) = tokio::io::split(validator);
