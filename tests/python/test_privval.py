@@ -421,9 +421,18 @@ class OwnSigner:
         (row,) = json.loads(self.w.nekms("privval", "status", "--enclave", self.rpc, "--json").stdout)
         return row
 
-    def state_file(self):
-        (f,) = self.state_dir.glob("*.state")
-        return f
+    def slots(self):
+        """The store's two slot files for this chain (the newest valid record counts)."""
+        files = sorted(self.state_dir.glob("*.state.[01]"))
+        assert len(files) == 2, files
+        return files
+
+    def snapshot(self):
+        return {f: f.read_bytes() for f in self.slots()}
+
+    def restore(self, snapshot):
+        for f, b in snapshot.items():
+            f.write_bytes(b)
 
     def ask(self, kind, msg):
         """The reply, reconnecting first if the proxy's connection was closed."""
@@ -483,30 +492,30 @@ def test_crashes_a_failing_store_and_tampered_state(world):
     row = s.status()
     assert row["counter"] == row["committed"]
 
-    # The state record on the parent: while the enclave runs, replacing the file changes nothing (it holds the state).
-    good = s.state_file().read_bytes()
-    older = good  # keep a valid copy from this point
+    # The state records on the parent: while the enclave runs, replacing them changes nothing (it holds the state).
+    older = s.snapshot()  # a valid copy from this point (height 12)
     _, value, err = s.ask("vote", {**failing, "type": emu.PRECOMMIT, "height": 13})
     assert err is None
-    s.state_file().write_bytes(older)
+    s.restore(older)
     s.configure()
     _, value, err = s.ask("vote", {**failing, "type": emu.PRECOMMIT, "height": 13, "block_id": C})
     assert err and "double sign" in err[1], "the enclave kept its state, not the file's"
+    s.ask("vote", {**failing, "type": emu.PRECOMMIT, "height": 13})  # committed again: the slots hold height 13
 
-    # After a restart: a tampered, truncated or deleted record is refused (the chain is not served).
-    current = s.state_file().read_bytes()
-    for name, bad in (("tampered", current[:40] + bytes([current[40] ^ 1]) + current[41:]), ("truncated", current[:-5])):
-        s.state_file().write_bytes(bad)
+    # After a restart: tampered, truncated or deleted records are refused (the chain is not served).
+    current = s.snapshot()
+    for name, spoil in (("tampered", lambda b: b[:44] + bytes([b[44] ^ 1]) + b[45:]), ("truncated", lambda b: b[:30])):
+        s.restore({f: spoil(b) for f, b in current.items()})
         s.restart_enclave(configure=False)
         r = s.configure(check=False)
         assert r.returncode != 0 and "rule privval-state" in r.stderr, (name, r.stderr)
-    name = s.state_file().name
-    s.state_file().unlink()
+    for f in current:
+        f.unlink()
     s.restart_enclave(configure=False)
     r = s.configure(check=False)
     assert r.returncode != 0 and "no state" in r.stderr, r.stderr
     # An older valid copy after a restart: accepted. Local mode has no freshness, and says so.
-    (s.state_dir / name).write_bytes(older)
+    s.restore(older)
     s.configure()
     row = s.status()
     assert row["height"] == 12 and row["freshness"] == "local", row

@@ -178,13 +178,15 @@ impl Signer {
         }
     }
 
-    /// A state record by name: from the anchor, else the parent's store.
-    async fn read(&self, name: &str) -> Result<Option<Vec<u8>>, RpcError> {
+    /// A state record's candidates by name: the anchor's item, else what the
+    /// parent's store holds (up to two slots). Empty: no state.
+    async fn read(&self, name: &str) -> Result<Vec<Vec<u8>>, RpcError> {
         match &self.anchor {
-            Some(a) => a.get(name).await.map_err(unavailable),
+            Some(a) => Ok(a.get(name).await.map_err(unavailable)?.into_iter().collect()),
             None => match self.store.call(StoreRequest::Get { name: name.to_owned() }).await.map_err(unavailable)? {
-                StoreReply::Found(b) => Ok(Some(b)),
-                StoreReply::None => Ok(None),
+                StoreReply::Found(b) => Ok(vec![b]),
+                StoreReply::Slots(records) => Ok(records),
+                StoreReply::None => Ok(Vec::new()),
                 StoreReply::Failed(why) => Err(unavailable(format!("the state store: {why}"))),
                 StoreReply::Stored => Err(unavailable("the state store answered a read with an acknowledgement")),
             },
@@ -200,7 +202,7 @@ impl Signer {
                 false => Err(exists()),
             },
             None => {
-                if self.read(name).await?.is_some() {
+                if !self.read(name).await?.is_empty() {
                     return Err(exists());
                 }
                 match self.store.call(StoreRequest::Put { name: name.to_owned(), record }).await.map_err(unavailable)? {
@@ -486,14 +488,25 @@ impl Enclave {
         }
         let mac = mac_key(key, chain_id)?;
         let store_name = nekms_privval::store::name(fp, chain_id);
-        let Some(bytes) = self.privval.read(&store_name).await? else {
+        let candidates = self.privval.read(&store_name).await?;
+        if candidates.is_empty() {
             return Err(RpcError::refused(format!(
                 "rule privval-state: no state for key {key_id} on chain {chain_id:?} in the {}; the signer never starts from nothing: nekms privval state init --height H, or state import FILE",
                 if self.privval.anchor.is_some() { "anchor" } else { "state store" }
             )));
-        };
-        let record = StateRecord::open(&bytes, &mac, fp, chain_id)
-            .map_err(|e| RpcError::refused(format!("rule privval-state: the state record {store_name} is refused: {e}")))?;
+        }
+        // The newest record whose tag verifies (a slot torn by a crash held an
+        // unacknowledged state; the other slot holds the one before).
+        let mut refusals = Vec::new();
+        let mut record: Option<StateRecord> = None;
+        for bytes in &candidates {
+            match StateRecord::open(bytes, &mac, fp, chain_id) {
+                Ok(r) if record.as_ref().is_none_or(|best| r.counter > best.counter) => record = Some(r),
+                Ok(_) => {}
+                Err(e) => refusals.push(e.to_string()),
+            }
+        }
+        let record = record.ok_or_else(|| RpcError::refused(format!("rule privval-state: the state record {store_name} is refused: {}", refusals.join("; "))))?;
         let mut last = record.last;
         if let Some(b) = &last.sign_bytes {
             last.signature = Some(consensus_sign(key, b).map_err(RpcError::bad_request)?);

@@ -6,7 +6,15 @@
 //! ```text
 //! request: 1 (get) | 2 (put), name (u16 length and UTF-8), then for put the record (the rest)
 //! reply:   0 (none) | 1 (found, the record follows) | 2 (stored: durable) | 3 (failed, UTF-8 reason follows)
+//!          | 4 (slots: each a u32 length and a record; what a two-slot store holds)
 //! ```
+//!
+//! `nekms privval persist` keeps two slots per name and writes each new
+//! record over the older one (the slot is the record's counter modulo 2),
+//! with one `fdatasync` of a fixed-size file: a write torn by a crash spoils
+//! only the record being written, which was not acknowledged, and the other
+//! slot still holds the one before. A read returns both; the enclave takes
+//! the newest whose tag verifies.
 //!
 //! "Stored" is the acknowledgement: the parent answers it only after the
 //! record is on disk (file and directory synced). Nothing here is trusted
@@ -30,6 +38,7 @@ pub enum StoreReply {
     Found(Vec<u8>),
     Stored,
     Failed(String),
+    Slots(Vec<Vec<u8>>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -105,6 +114,14 @@ impl StoreReply {
             StoreReply::Found(r) => [&[1u8][..], r].concat(),
             StoreReply::Stored => vec![2],
             StoreReply::Failed(why) => [&[3u8][..], why.as_bytes()].concat(),
+            StoreReply::Slots(records) => {
+                let mut out = vec![4u8];
+                for r in records {
+                    out.extend_from_slice(&(r.len() as u32).to_be_bytes());
+                    out.extend_from_slice(r);
+                }
+                out
+            }
         }
     }
 
@@ -115,6 +132,22 @@ impl StoreReply {
             1 if !rest.is_empty() && rest.len() <= MAX_RECORD => Ok(StoreReply::Found(rest.to_vec())),
             2 if rest.is_empty() => Ok(StoreReply::Stored),
             3 => Ok(StoreReply::Failed(String::from_utf8_lossy(&rest[..rest.len().min(1024)]).into_owned())),
+            4 => {
+                let mut records = Vec::new();
+                let mut rest = rest;
+                while !rest.is_empty() {
+                    if rest.len() < 4 || records.len() == 2 {
+                        return Err(StoreError::Malformed("slots"));
+                    }
+                    let n = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+                    if n == 0 || n > MAX_RECORD || rest.len() < 4 + n {
+                        return Err(StoreError::Malformed("a slot's length"));
+                    }
+                    records.push(rest[4..4 + n].to_vec());
+                    rest = &rest[4 + n..];
+                }
+                Ok(StoreReply::Slots(records))
+            }
             _ => Err(StoreError::Malformed("unknown reply")),
         }
     }
@@ -130,7 +163,7 @@ mod tests {
         for r in [StoreRequest::Get { name: name.clone() }, StoreRequest::Put { name: name.clone(), record: vec![1, 2, 3] }] {
             assert_eq!(StoreRequest::decode(&r.encode()), Ok(r));
         }
-        for r in [StoreReply::None, StoreReply::Found(vec![7]), StoreReply::Stored, StoreReply::Failed("disk full".into())] {
+        for r in [StoreReply::None, StoreReply::Found(vec![7]), StoreReply::Stored, StoreReply::Failed("disk full".into()), StoreReply::Slots(vec![vec![1], vec![2, 3]])] {
             assert_eq!(StoreReply::decode(&r.encode()), Ok(r));
         }
         for bad in [&b""[..], b"\x01", b"\x01\x00\x05abc", b"\x09\x00\x00", b"\x02\x00\x03a/b"] {

@@ -44,7 +44,7 @@ pub enum Command {
         #[arg(short = 'c', long, value_name = "FILE")]
         config: PathBuf,
     },
-    /// Keep the enclave's state records on disk (fsync of file and directory before each acknowledgement)
+    /// Keep the enclave's state records on disk (two slots per chain, written in place and fdatasynced before each acknowledgement)
     Persist {
         /// Where the enclave dials it (vsock://any:PORT, unix:///run/nekms/privval-state.sock)
         #[arg(long, value_name = "ADDR")]
@@ -522,7 +522,8 @@ async fn init(enclave: &EnclaveArg, store: &StoreArg, key: &str, chain_id: &str,
 
 // The state store.
 
-fn file_name(name: &str) -> anyhow::Result<String> {
+/// A name's two slot files: `<chain id, escaped>@<fingerprint>.state.0` and `.1`.
+fn file_names(name: &str) -> anyhow::Result<[String; 2]> {
     let (fp, chain) = nekms_privval::store::check_name(name).map_err(anyhow::Error::msg)?;
     let mut escaped = String::new();
     for b in chain.bytes() {
@@ -532,21 +533,41 @@ fn file_name(name: &str) -> anyhow::Result<String> {
             escaped.push_str(&format!("%{b:02X}"));
         }
     }
-    Ok(format!("{escaped}@{fp}.state"))
+    Ok([0, 1].map(|i| format!("{escaped}@{fp}.state.{i}")))
 }
 
-fn write_durably(dir: &Path, file: &str, bytes: &[u8], sync: bool) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = dir.join(format!("{file}.tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
+/// A slot file: a 4-byte length, the record, zeros to a fixed size, so an
+/// overwrite changes no metadata and one fdatasync makes it durable.
+const SLOT: usize = 4096;
+
+fn read_slot(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let n = bytes.get(..4).map(|p| u32::from_be_bytes(p.try_into().expect("4 bytes")) as usize).unwrap_or(0);
+    // A torn or emptied slot reads as whatever bytes it holds; the enclave's tag check decides.
+    Ok(Some(bytes.get(4..4 + n).map(<[u8]>::to_vec).unwrap_or_else(|| bytes.clone())))
+}
+
+fn write_slot(dir: &Path, file: &str, record: &[u8], sync: bool) -> std::io::Result<()> {
+    use std::io::{Seek, Write};
+    let path = dir.join(file);
+    let new = !path.exists();
+    let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(false).open(&path)?;
+    let mut block = (record.len() as u32).to_be_bytes().to_vec();
+    block.extend_from_slice(record);
+    block.resize(block.len().max(SLOT), 0);
+    f.seek(std::io::SeekFrom::Start(0))?;
+    f.write_all(&block)?;
     if sync {
-        f.sync_all()?;
-    }
-    drop(f);
-    std::fs::rename(&tmp, dir.join(file))?;
-    if sync {
-        std::fs::File::open(dir)?.sync_all()?;
+        if new {
+            f.sync_all()?;
+            std::fs::File::open(dir)?.sync_all()?;
+        } else {
+            f.sync_data()?;
+        }
     }
     Ok(())
 }
@@ -556,31 +577,48 @@ fn answer(dir: &Path, sync: bool, body: &[u8]) -> StoreReply {
         Ok(r) => r,
         Err(e) => return StoreReply::Failed(e.to_string()),
     };
-    let result = match &request {
-        StoreRequest::Get { name } | StoreRequest::Put { name, .. } => file_name(name),
+    let files = match &request {
+        StoreRequest::Get { name } | StoreRequest::Put { name, .. } => file_names(name),
     };
-    let file = match result {
+    let files = match files {
         Ok(f) => f,
         Err(e) => return StoreReply::Failed(e.to_string()),
     };
     match request {
-        StoreRequest::Get { .. } => match std::fs::read(dir.join(&file)) {
-            Ok(b) if b.is_empty() => StoreReply::Failed(format!("{file} is empty")),
-            Ok(b) => StoreReply::Found(b),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => StoreReply::None,
-            Err(e) => StoreReply::Failed(format!("{file}: {e}")),
-        },
-        StoreRequest::Put { record, .. } => match write_durably(dir, &file, &record, sync) {
-            Ok(()) => StoreReply::Stored,
-            Err(e) => StoreReply::Failed(format!("{file}: {e}")),
-        },
+        StoreRequest::Get { .. } => {
+            let mut slots = Vec::new();
+            for f in &files {
+                match read_slot(&dir.join(f)) {
+                    Ok(Some(b)) if !b.is_empty() => slots.push(b),
+                    Ok(_) => {}
+                    Err(e) => return StoreReply::Failed(format!("{f}: {e}")),
+                }
+            }
+            if slots.is_empty() {
+                StoreReply::None
+            } else {
+                StoreReply::Slots(slots)
+            }
+        }
+        StoreRequest::Put { record, .. } => {
+            // The slot is the record's counter modulo 2, so the newest and
+            // the one before are always both on disk.
+            let Some(counter) = nekms_privval::record::peek(&record).map(|r| r.counter) else {
+                return StoreReply::Failed("not a state record".into());
+            };
+            let file = &files[(counter % 2) as usize];
+            match write_slot(dir, file, &record, sync) {
+                Ok(()) => StoreReply::Stored,
+                Err(e) => StoreReply::Failed(format!("{file}: {e}")),
+            }
+        }
     }
 }
 
 async fn persist(listen: &str, dir: &Path, sync: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
     let listener = nekms_transport::Listener::bind(&listen.parse()?).await.with_context(|| format!("listening on {listen}"))?;
-    eprintln!("nekms privval persist: state records in {} ({}); listening on {}", dir.display(), if sync { "fsync of file and directory before each acknowledgement" } else { "NO fsync" }, listener.local_address());
+    eprintln!("nekms privval persist: state records in {} ({}); listening on {}", dir.display(), if sync { "two slots per chain, fdatasync before each acknowledgement" } else { "NO fsync" }, listener.local_address());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         r = serve_store(listener, dir.to_path_buf(), sync) => r,
@@ -652,26 +690,27 @@ async fn read_frame(stream: &mut Stream, buf: &mut Vec<u8>, max: usize) -> anyho
 
 fn show(dir: &Path, json: bool) -> anyhow::Result<()> {
     let mut rows = Vec::new();
-    for entry in std::fs::read_dir(dir).with_context(|| dir.display().to_string())? {
-        let path = entry?.path();
-        if path.extension().and_then(|e| e.to_str()) != Some("state") {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir).with_context(|| dir.display().to_string())?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    for path in paths {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+        if !(name.ends_with(".state.0") || name.ends_with(".state.1")) {
             continue;
         }
-        let bytes = std::fs::read(&path)?;
-        let parsed = nekms_privval::record::peek(&bytes);
-        rows.push(match parsed {
+        let bytes = read_slot(&path)?.unwrap_or_default();
+        rows.push(match nekms_privval::record::peek(&bytes) {
             Some(r) => serde_json::json!({
-                "file": path.file_name().and_then(|n| n.to_str()), "chain_id": r.chain_id, "key_fingerprint": r.key_id,
+                "file": name, "chain_id": r.chain_id, "key_fingerprint": r.key_id,
                 "counter": r.counter, "height": r.last.height, "round": r.last.round, "step": r.last.step.map_or(0, |s| s as u8),
                 "sign_bytes": r.last.sign_bytes.as_deref().map(hex::encode), "verified": false,
             }),
-            None => serde_json::json!({"file": path.file_name().and_then(|n| n.to_str()), "error": "not a nekms privval state record"}),
+            None => serde_json::json!({"file": name, "error": "not a nekms privval state record"}),
         });
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
-        println!("(as the parent reads them: only the enclave can check their tags; `nekms privval status` shows what it holds)");
+        println!("(as the parent reads them, two slots per chain, the newest valid one counts: only the enclave can check their tags; `nekms privval status` shows what it holds)");
         for r in rows {
             println!("{r}");
         }
