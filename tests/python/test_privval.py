@@ -808,11 +808,138 @@ def scan_parent(w, secrets, skip=()):
                 assert form not in blob, f"{name} found on the parent"
 
 
+def test_bad_input_closes_or_errors_and_changes_nothing(world):
+    """Malformed frames and requests from a validator: the connection closes
+    (or an error comes back), the state does not move, and the enclave keeps
+    signing for other chains."""
+    w = world
+    chain, other = "bad-input", "bad-input-other"
+    for c in (chain, other):
+        w.nekms("privval", "state", "init", "--key", "validator", "--chain-id", c, "--height", "50")
+    vs = connect_nekms(w, "bad", [chain, other])
+    v, o = vs[chain], vs[other]
+    key = pubkey(v, chain)
+    good = {"type": emu.PREVOTE, "height": 50, "round": 0, "block_id": block(), "timestamp": (1_760_000_000, 0)}
+    assert emu.decode_reply(v.request(emu.sign_vote_request(chain, good)))[2] is None
+    before = hrs(w, chain)
+    vote_body = lambda **kw: emu.sign_vote_request(chain, {**good, "height": 60, **kw})
+    cases = {
+        "garbage": b"\xff\xff\xff\xff",
+        "unknown tag": emu.envelope(15, b"\x0a\x01x"),
+        "a reply, not a request": emu.envelope(8, b""),
+        "negative height": vote_body(height=-5),
+        "round -1": vote_body(round=-1),
+        "nanos out of range": vote_body(timestamp=(1_760_000_000, 2_000_000_000)),
+        "year 10000": vote_body(timestamp=(253_402_300_800, 0)),
+        "31-byte block hash": vote_body(block_id=(b"\x01" * 31, 1, b"\x02" * 32)),
+        "a vote of type 3": vote_body(type=3),
+        "a prevote with extension bytes": vote_body(extension=b"x"),
+    }
+    for name, body in cases.items():
+        assert v.request(body) is None, f"{name}: the connection stays open"
+        v.accept()
+        assert hrs(w, chain) == before, name
+    # Frames: a prefix announcing more than 1 MiB, and a non-minimal prefix.
+    for name, raw in (("over 1 MiB", emu.uvarint((1 << 20) + 1) + b"x" * 16), ("non-minimal prefix", b"\x85\x00" + b"x" * 5)):
+        v.send_raw(raw)
+        assert v.read_frame() is None, name
+        v.accept()
+    # A request for a chain the connection does not serve: an error reply; the connection stays.
+    kind, value, err = emu.decode_reply(v.request(emu.sign_vote_request(other, {**good, "height": 61})))
+    assert value is None and "this connection serves" in err[1]
+    assert hrs(w, chain) == before
+    # The other chain signed throughout, and this one signs again.
+    for c, conn in ((other, o), (chain, v)):
+        msg = {**good, "height": 70}
+        _, value, err = emu.decode_reply(conn.request(emu.sign_vote_request(c, msg)))
+        assert err is None, (c, err)
+        emu.verify(key, emu.canonical_vote(c, msg), value["signature"])
+    assert status(w, chain)["refusals"]["malformed"] >= 7
+
+
+def test_a_v0_34_chain_gets_replies_without_extension_fields(world):
+    w = world
+    chain = "old-chain"
+    w.nekms("privval", "state", "init", "--key", "validator", "--chain-id", chain, "--height", "1")
+    toml = w.base / "v034.toml"
+    v = emu.Validator(w.base / "v034.sock")
+    toml.write_text(tmkms_toml([chain], 'key = "validator"', [(chain, v.addr)]).replace('protocol_version = "v0.38"', 'protocol_version = "v0.34"'))
+    w.nekms("privval", "push-config", "-c", str(toml))
+    w.spawn([NEKMS, "privval", "proxy", "--privval", w.up.info["privval"], "-c", str(toml)], w.base / "v034.proxy.log")
+    v.accept()
+    key = pubkey(v, chain)
+    pc = {"type": emu.PRECOMMIT, "height": 1, "round": 0, "block_id": block(), "timestamp": (1_760_000_000, 0)}
+    _, value, err = emu.decode_reply(v.request(emu.sign_vote_request(chain, pc)))
+    assert err is None and not value["has_extension_signature_field"] and not value["extension_signature"]
+    emu.verify(key, emu.canonical_vote(chain, pc), value["signature"])
+    # An extension on a v0.34 chain is no request there.
+    assert v.request(emu.sign_vote_request(chain, {**pc, "height": 2, "extension": b"x"})) is None
+
+
+def test_tmkms_agrees_on_the_rows_where_its_rules_are_filepvs(world, compared):
+    """The double-sign rows tmkms answers as FilePV does, run against tmkms
+    0.15.0 and nekms side by side: the identical request again, another
+    block at the same height, round and step (code 2 from both)."""
+    steps, nekms_keys, _, _, _, nv, tv = compared
+    height = 2**41
+    bid, other = block(), block()
+    for v, who in ((nv[CHAIN_B], "nekms"), (tv[CHAIN_B], "tmkms")):
+        pv = {"type": emu.PREVOTE, "height": height, "round": 0, "block_id": bid, "timestamp": (1_800_000_000, 0), "address": b"\x11" * 20}
+        _, first, err = emu.decode_reply(v.request(emu.sign_vote_request(CHAIN_B, pv)))
+        assert err is None, (who, err)
+        _, again, err = emu.decode_reply(v.request(emu.sign_vote_request(CHAIN_B, pv)))
+        assert err is None and again["signature"] == first["signature"], who
+        _, value, err = emu.decode_reply(v.request(emu.sign_vote_request(CHAIN_B, {**pv, "block_id": other})))
+        assert value is None and err[0] == 2, (who, err)
+
+
+def test_push_config_reads_pr_229s_nitro_fields(world):
+    """tmkms PR 229's tmkms.toml: the key as `encrypted_key_b64` with
+    `aws_region`, the chain's `state_vsock_port`. The ciphertext must be an
+    import ciphertext for a consensus key (`encrypt-for-import --privval`);
+    push-config imports it once, as a record in the store."""
+    w = world
+    seed = os.urandom(32)
+    path = w.base / "pr229.softsign"
+    path.write_bytes(base64.b64encode(seed))
+    ct = w.nekms("key", "encrypt-for-import", "--privval", "--name", "pr229", "--spec", "ed25519", "--kms-key", w.custody,
+                 "--profile", "admin", str(path)).stdout.strip()
+    v = emu.Validator(w.base / "pr229.sock")
+    toml = w.base / "pr229.toml"
+    toml.write_text(f'''[[chain]]
+id = "pr229-chain"
+key_format = {{ type = "bech32", account_key_prefix = "cosmospub", consensus_key_prefix = "cosmosvalconspub" }}
+state_vsock_port = 5101
+
+[[providers.softsign]]
+chain_ids = ["pr229-chain"]
+key_type = "consensus"
+key = "pr229"
+encrypted_key_b64 = "{ct}"
+aws_region = "us-east-1"
+
+[[validator]]
+chain_id = "pr229-chain"
+addr = "{v.addr}"
+protocol_version = "v0.38"
+reconnect = true
+''')
+    r = w.nekms("privval", "push-config", "-c", str(toml), check=False)
+    assert r.returncode != 0 and "rule privval-state" in r.stderr, r.stderr
+    record = json.loads(w.nekms("key", "show", "pr229", "--json").stdout)
+    assert record["encryption_context"]["nekms:usage"] == "privval" and record["origin"] == "imported"
+    w.nekms("privval", "state", "init", "--key", "pr229", "--chain-id", "pr229-chain", "--height", "1")
+    w.nekms("privval", "push-config", "-c", str(toml))
+    w.spawn([NEKMS, "privval", "proxy", "--privval", w.up.info["privval"], "-c", str(toml)], w.base / "pr229.proxy.log")
+    v.accept()
+    assert pubkey(v, "pr229-chain") == ("ed25519", ed25519.Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes_raw())
+
+
 def test_no_consensus_key_or_state_mac_key_reaches_the_parent(world):
     import hmac as std_hmac
     w = world
     secrets = {"consensus seed": w.seed}
-    for chain in (CHAIN_A, CHAIN_B, "matrix", "crash-chain", "durable-chain", "t"):
+    for chain in (CHAIN_A, CHAIN_B, "matrix", "crash-chain", "durable-chain", "t", "bad-input", "old-chain"):
         secrets[f"MAC key of {chain}"] = std_hmac.new(w.seed, b"nekms-privval-state-mac:v1\0" + chain.encode(), "sha256").digest()
     # The softsign file is the administrator's input to encrypt-for-import (and tmkms's key file): not the parent's.
     scan_parent(w, secrets, skip={w.softsign})
