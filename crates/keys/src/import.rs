@@ -55,18 +55,35 @@ fn parse_text(text: &str, spec: Option<KeySpec>) -> Result<PrivateKey, KeyError>
     parse_binary(&bytes, spec)
 }
 
-/// Tendermint's priv_validator_key.json: priv_key.value is base64 of the
-/// 64-byte Ed25519 seed followed by the public key.
+/// Tendermint's and CometBFT's priv_validator_key.json: priv_key.value is
+/// base64 of the 64-byte Ed25519 seed followed by the public key
+/// (`tendermint/PrivKeyEd25519`), or of the 32-byte secp256k1 scalar
+/// (`tendermint/PrivKeySecp256k1`). A pub_key that is not the key's is refused.
 fn parse_priv_validator_json(text: &str) -> Result<PrivateKey, KeyError> {
     let v: serde_json::Value = serde_json::from_str(text).map_err(|e| KeyError::Import(format!("JSON key file: {e}")))?;
     let priv_key = &v["priv_key"];
     let kind = priv_key["type"].as_str().unwrap_or_default();
-    if !kind.contains("Ed25519") {
-        return Err(KeyError::Import(format!("priv_key.type is {kind:?}; only Ed25519 validator keys are read")));
-    }
+    let spec = match kind {
+        "tendermint/PrivKeyEd25519" | "cometbft/PrivKeyEd25519" => KeySpec::Ed25519,
+        "tendermint/PrivKeySecp256k1" | "cometbft/PrivKeySecp256k1" => KeySpec::Secp256k1,
+        other => return Err(KeyError::Import(format!("priv_key.type is {other:?}; Ed25519 and secp256k1 validator keys are read"))),
+    };
     let b64 = priv_key["value"].as_str().ok_or_else(|| KeyError::Import("priv_key.value is missing".into()))?;
     let bytes = Zeroizing::new(base64::engine::general_purpose::STANDARD.decode(b64).map_err(|_| KeyError::Import("priv_key.value is not base64".into()))?);
-    parse_binary(&bytes, Some(KeySpec::Ed25519))
+    let key = parse_binary(&bytes, Some(spec))?;
+    if let Some(public) = v["pub_key"]["value"].as_str() {
+        let public = base64::engine::general_purpose::STANDARD.decode(public).map_err(|_| KeyError::Import("pub_key.value is not base64".into()))?;
+        let point = key.public_key().point();
+        let matches = match spec {
+            // Compressed SEC1 in the file; the key's point is uncompressed.
+            KeySpec::Secp256k1 => public.len() == 33 && public[1..] == point[1..33] && public[0] == 2 + (point[64] & 1),
+            _ => public == point,
+        };
+        if !matches {
+            return Err(KeyError::Import("pub_key is not the public key of priv_key: the file is damaged or pieced together".into()));
+        }
+    }
+    Ok(key)
 }
 
 fn parse_binary(bytes: &[u8], spec: Option<KeySpec>) -> Result<PrivateKey, KeyError> {
@@ -78,7 +95,9 @@ fn parse_binary(bytes: &[u8], spec: Option<KeySpec>) -> Result<PrivateKey, KeyEr
         (64, None | Some(KeySpec::Ed25519)) => {
             let key = PrivateKey::from_secret(KeySpec::Ed25519, &bytes[..32])?;
             if key.public_key().point() != &bytes[32..] {
-                return Err(KeyError::Import("a 64-byte Ed25519 key whose second half is not its public key".into()));
+                return Err(KeyError::Import(
+                    "a 64-byte Ed25519 key whose second half is not its public key (tmkms writes an expanded key in 64-byte softsign files: give the 32-byte seed)".into(),
+                ));
             }
             Ok(key)
         }

@@ -219,11 +219,32 @@ fn imports_read_every_format_an_administrator_brings() {
     assert_eq!(parse_private_key(softsign.as_bytes(), Some(KeySpec::Ed25519)).unwrap().public_key(), ed.public_key());
     let mut both = vec![0x42u8; 32];
     both.extend_from_slice(ed.public_key().point());
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
     let json = format!(
-        r#"{{"address":"X","pub_key":{{"type":"tendermint/PubKeyEd25519","value":"x"}},"priv_key":{{"type":"tendermint/PrivKeyEd25519","value":"{}"}}}}"#,
-        base64::engine::general_purpose::STANDARD.encode(&both)
+        r#"{{"address":"X","pub_key":{{"type":"tendermint/PubKeyEd25519","value":"{}"}},"priv_key":{{"type":"tendermint/PrivKeyEd25519","value":"{}"}}}}"#,
+        b64(ed.public_key().point()),
+        b64(&both)
     );
     assert_eq!(parse_private_key(json.as_bytes(), None).unwrap().public_key(), ed.public_key());
+    // secp256k1 validator keys: the 32-byte scalar, the compressed public key.
+    let k1 = PrivateKey::from_secret(KeySpec::Secp256k1, &[0x11; 32]).unwrap();
+    let point = k1.public_key().point();
+    let mut compressed = vec![2 + (point[64] & 1)];
+    compressed.extend_from_slice(&point[1..33]);
+    let k1_json = |public: &[u8]| {
+        format!(
+            r#"{{"address":"X","pub_key":{{"type":"tendermint/PubKeySecp256k1","value":"{}"}},"priv_key":{{"type":"tendermint/PrivKeySecp256k1","value":"{}"}}}}"#,
+            b64(public),
+            b64(&[0x11; 32])
+        )
+    };
+    assert_eq!(parse_private_key(k1_json(&compressed).as_bytes(), None).unwrap().public_key(), k1.public_key());
+    let mut wrong = compressed.clone();
+    wrong[0] ^= 1;
+    assert!(parse_private_key(k1_json(&wrong).as_bytes(), None).unwrap_err().to_string().contains("pub_key is not the public key"));
+    let pieced = json.replace(&b64(ed.public_key().point()), &b64(&[7u8; 32]));
+    assert!(parse_private_key(pieced.as_bytes(), None).is_err());
+    assert!(parse_private_key(br#"{"priv_key":{"type":"tendermint/PrivKeySr25519","value":"AA=="}}"#, None).unwrap_err().to_string().contains("Sr25519"));
     both[40] ^= 1;
     assert!(parse_private_key(&both, None).is_err());
 
