@@ -320,3 +320,58 @@ def wait_for(path, timeout=30):
     while not os.path.exists(path):
         assert time.time() < deadline, f"{path} did not appear"
         time.sleep(0.05)
+
+
+class Recorder:
+    """A relay that keeps every byte it carries, both ways: the test's
+    traffic capture between two parent-side endpoints (Unix paths, or TCP
+    ("host", port) pairs)."""
+
+    def __init__(self, listen, target):
+        import threading
+        self.target = target
+        self.captured = bytearray()
+        self.lock = threading.Lock()
+        if isinstance(listen, str):
+            if os.path.exists(listen):
+                os.unlink(listen)
+            self.listener = socket.socket(socket.AF_UNIX)
+        else:
+            self.listener = socket.socket()
+        self.listener.bind(listen)
+        self.listener.listen(16)
+        self.address = self.listener.getsockname()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import threading
+        while True:
+            try:
+                a, _ = self.listener.accept()
+            except OSError:
+                return
+            b = socket.socket(socket.AF_UNIX if isinstance(self.target, str) else socket.AF_INET)
+            try:
+                b.connect(self.target)
+            except OSError:
+                a.close()
+                continue
+            for src, dst in ((a, b), (b, a)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src, dst):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                with self.lock:
+                    self.captured += data
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass

@@ -365,12 +365,18 @@ class OwnSigner:
     same image, measured configuration, KMS and proxy), so that they can be
     killed and started again."""
 
-    def __init__(self, w, name, chain, init=True):
+    def __init__(self, w, name, chain, init=True, record=False):
         self.w, self.chain = w, chain
         self.dir = w.base / name
         self.dir.mkdir()
         self.state_dir = self.dir / "state"
         self.rpc, self.privval, self.state = (f"unix://{self.dir / n}" for n in ("rpc.sock", "privval.sock", "state.sock"))
+        # With record=True the enclave's state-store traffic and the proxy's privval traffic pass through recorders.
+        self.enclave_state, self.proxy_privval, self.recorders = self.state, self.privval, []
+        if record:
+            self.enclave_state, self.proxy_privval = f"unix://{self.dir / 'state-rec.sock'}", f"unix://{self.dir / 'privval-rec.sock'}"
+            for listen, target in ((self.enclave_state, self.state), (self.proxy_privval, self.privval)):
+                self.recorders.append(emu.Recorder(listen.removeprefix("unix://"), target.removeprefix("unix://")))
         self.enclave = self.persist = None
         self.validator = emu.Validator(self.dir / "validator.sock")
         self.toml = self.dir / "tmkms.toml"
@@ -380,7 +386,7 @@ class OwnSigner:
         if init:
             w.nekms("privval", "state", "init", "--enclave", self.rpc, "--key", "validator", "--chain-id", chain, "--height", "1")
         self.configure()
-        w.spawn([NEKMS, "privval", "proxy", "--privval", self.privval, "-c", str(self.toml)], self.dir / "proxy.log")
+        w.spawn([NEKMS, "privval", "proxy", "--privval", self.proxy_privval, "-c", str(self.toml)], self.dir / "proxy.log")
         self.validator.accept()
 
     def start_persist(self):
@@ -400,7 +406,7 @@ class OwnSigner:
             [os.environ.get("NEKMS_ENCLAVE_BIN", str(pathlib.Path(NEKMS).with_name("nekms-enclave"))), "--config", up.info["enclave_config"],
              "--sim", "--dev-dir", str(up.dev), "--proxy", up.info["proxy"], "--kms-endpoint", f"https://localhost:{https_port}",
              "--kms-ca", str(up.dev / "tls-ca.pem"), "--rpc", self.rpc, "--kmstool", f"unix://{self.dir / 'kmstool.sock'}",
-             "--privval", self.privval, "--privval-state", self.state, "--privval-anchor-proxy", up.info["privval_anchor_proxy"]],
+             "--privval", self.privval, "--privval-state", self.enclave_state, "--privval-anchor-proxy", up.info["privval_anchor_proxy"]],
             self.dir / "enclave.log")
         emu.wait_for(self.privval.removeprefix("unix://"))
         self.w.nekms("enclave", "credentials", "--enclave", self.rpc)
@@ -935,11 +941,40 @@ reconnect = true
     assert pubkey(v, "pr229-chain") == ("ed25519", ed25519.Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes_raw())
 
 
-def test_no_consensus_key_or_state_mac_key_reaches_the_parent(world):
+def mac_keys(seed, chains):
     import hmac as std_hmac
+    return {f"MAC key of {c}": std_hmac.new(seed, b"nekms-privval-state-mac:v1\0" + c.encode(), "sha256").digest() for c in chains}
+
+
+def test_the_parents_traffic_carries_no_key_and_no_signature_before_its_state(world):
+    """A capture of the enclave's state-store traffic and the proxy's privval
+    traffic: no consensus seed, no state MAC key; and no record holds a
+    signature (the signatures seen are the replies')."""
     w = world
-    secrets = {"consensus seed": w.seed}
-    for chain in (CHAIN_A, CHAIN_B, "matrix", "crash-chain", "durable-chain", "t", "bad-input", "old-chain"):
-        secrets[f"MAC key of {chain}"] = std_hmac.new(w.seed, b"nekms-privval-state-mac:v1\0" + chain.encode(), "sha256").digest()
+    s = OwnSigner(w, "captured", "captured-chain", record=True)
+    key = pubkey(s.validator, s.chain)
+    sigs = []
+    for h in range(2, 12):
+        for t in (emu.PREVOTE, emu.PRECOMMIT):
+            msg = {"type": t, "height": h, "round": 0, "block_id": block(), "timestamp": (1_770_000_000 + h, 0)}
+            _, value, err = s.ask("vote", msg)
+            assert err is None, err
+            sigs.append(value["signature"])
+    s.restart_enclave()
+    s.validator.accept()
+    store_traffic, privval_traffic = (bytes(r.captured) for r in s.recorders)
+    assert len(store_traffic) > 20 * 300 and len(privval_traffic) > 20 * 100
+    for name, secret in {"consensus seed": w.seed, **mac_keys(w.seed, [s.chain])}.items():
+        for form in secret_forms(secret):
+            assert form not in store_traffic and form not in privval_traffic, name
+    for sig in sigs:
+        assert sig not in store_traffic, "a signature went to the state store"
+        assert sig in privval_traffic
+
+
+def test_no_consensus_key_or_state_mac_key_reaches_the_parent(world):
+    w = world
+    secrets = {"consensus seed": w.seed,
+               **mac_keys(w.seed, [CHAIN_A, CHAIN_B, "matrix", "crash-chain", "durable-chain", "t", "bad-input", "old-chain", "captured-chain"])}
     # The softsign file is the administrator's input to encrypt-for-import (and tmkms's key file): not the parent's.
     scan_parent(w, secrets, skip={w.softsign})

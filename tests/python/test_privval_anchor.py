@@ -22,9 +22,23 @@ import pytest
 import privval_emu as emu
 from test_attacker import Rpc
 from test_keys import free_port
-from test_privval import NEKMS, OwnSigner, World, block, connect_nekms, pubkey, scan_parent, status
+from test_privval import NEKMS, OwnSigner, World, block, connect_nekms, pubkey, scan_parent, secret_forms, status
 
 TABLE = "nekms-privval-anchor"
+
+
+# moto's own server is threaded, and its DynamoDB does not make a conditional
+# write atomic: two UpdateItems at once can both pass their condition (this
+# test caught two signers each signing one height that way). DynamoDB makes
+# each item's conditional writes atomic, so moto is served one request at a
+# time here, which is what the anchor relies on.
+MOTO_SERIAL = """
+import os, sys
+from werkzeug.serving import run_simple
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+os.environ.setdefault("MOTO_PORT", sys.argv[1])
+run_simple("127.0.0.1", int(sys.argv[1]), DomainDispatcherApplication(create_backend_app), threaded=False)
+"""
 
 
 class IamMoto:
@@ -34,7 +48,7 @@ class IamMoto:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(setup_actions)}
-        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)], env=env,
+        self.proc = subprocess.Popen([sys.executable, "-c", MOTO_SERIAL, str(self.port)], env=env,
                                      stdout=open(log, "ab"), stderr=subprocess.STDOUT)
         import socket
         deadline = time.time() + 30
@@ -70,9 +84,10 @@ def anchored(tmp_path_factory):
         iam.put_user_policy(UserName=name, PolicyName="anchor", PolicyDocument=json.dumps(
             {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}]}))
         users[name] = iam.create_access_key(UserName=name)["AccessKey"]
-    # From here moto enforces IAM.
-    w = World(base, "--privval-anchor-table", TABLE, "--privval-anchor-endpoint", moto.url)
-    w.moto, w.users = moto, users
+    # From here moto enforces IAM. The enclave's traffic to it goes through a recorder (the capture).
+    recorder = emu.Recorder(("127.0.0.1", 0), ("127.0.0.1", moto.port))
+    w = World(base, "--privval-anchor-table", TABLE, "--privval-anchor-endpoint", f"http://127.0.0.1:{recorder.address[1]}")
+    w.moto, w.users, w.recorder = moto, users, recorder
     secret = base / "writer.secret"
     secret.write_text(users["anchor-writer"]["SecretAccessKey"])
     w.anchor_credentials = base / "anchor.ct"
@@ -188,3 +203,8 @@ def test_the_anchors_credentials_never_reach_the_parent(anchored):
     # writer.secret is the administrator's input to encrypt-credentials; moto's log is AWS's side.
     scan_parent(w, {"the anchor's secret access key": secret, "consensus seed": w.seed},
                 skip={w.base / "writer.secret", w.base / "moto.log", w.softsign})
+    # The capture of the enclave's DynamoDB traffic: signed requests (the access key id, SigV4), never the secret.
+    traffic = bytes(w.recorder.captured)
+    assert b"UpdateItem" in traffic and w.users["anchor-writer"]["AccessKeyId"].encode() in traffic
+    for form in secret_forms(secret) | secret_forms(w.seed):
+        assert form not in traffic
