@@ -941,6 +941,35 @@ reconnect = true
     assert pubkey(v, "pr229-chain") == ("ed25519", ed25519.Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes_raw())
 
 
+def test_dev_up_runs_a_signer_for_a_chain(world):
+    """`nekms dev up --privval-config tmkms.toml`: a second dev up on the same
+    development world (its KMS state, its custody key, so the same consensus
+    record opens) pushes the configuration and runs the proxy itself."""
+    w = world
+    chain = "dev-up-chain"
+    w.nekms("privval", "state", "init", "--key", "validator", "--chain-id", chain, "--height", "1")
+    v = emu.Validator(w.base / "devup-validator.sock")
+    toml = w.base / "devup.toml"
+    toml.write_text(tmkms_toml([chain], 'key = "validator"', [(chain, v.addr)]))
+    run, ready = w.base / "devup-run", w.base / "devup.json"
+    proc = subprocess.Popen([NEKMS, "dev", "up", "--dir", str(w.up.dev), "--run-dir", str(run), "--kms-http", "127.0.0.1:0",
+                             "--kms-https", "127.0.0.1:0", "--ready-file", str(ready), "--custody-kms-key", w.custody,
+                             "--privval-max-height-jump", str(2**41), "--privval-config", str(toml)],
+                            stdout=open(w.base / "devup.log", "wb"), stderr=subprocess.STDOUT, env=w.env)
+    w.procs.append(proc)
+    try:
+        v.accept(timeout=90)
+        key = pubkey(v, chain)
+        msg = {"type": emu.PREVOTE, "height": 1, "round": 0, "block_id": block(), "timestamp": (1_770_000_000, 0)}
+        _, value, err = emu.decode_reply(v.request(emu.sign_vote_request(chain, msg)))
+        assert err is None, err
+        emu.verify(key, emu.canonical_vote(chain, msg), value["signature"])
+        assert "validator signer" in (w.base / "devup.log").read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
 def mac_keys(seed, chains):
     import hmac as std_hmac
     return {f"MAC key of {c}": std_hmac.new(seed, b"nekms-privval-state-mac:v1\0" + c.encode(), "sha256").digest() for c in chains}
