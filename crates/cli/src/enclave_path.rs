@@ -218,7 +218,7 @@ impl EnclavePath {
         let store_task = tokio::spawn(async move {
             let _ = crate::cmd::privval::serve_store(store, store_dir, store_sync).await;
         });
-        let privval_task = tokio::spawn(nekms_enclave::privval::serve(Listener::bind(&privval).await?, enclave.clone()));
+        let privval_task = tokio::spawn(nekms_enclave::privval::serve(Listener::bind(&privval).await?, enclave.clone(), true));
         Ok(EnclavePath { proxy, kmstool, rpc, privval, enclave, endpoint, tasks: vec![forwarding, serving, rpc_task, store_task, privval_task] })
     }
 }

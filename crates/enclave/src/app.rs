@@ -230,7 +230,7 @@ pub fn serve(config: EnclaveConfig) -> anyhow::Result<()> {
                     listener.local_address(),
                     config.privval_state.as_deref().unwrap_or("(none: chains cannot be served)")
                 );
-                Some(tokio::spawn(crate::privval::serve(listener, enclave.clone())))
+                Some(tokio::spawn(crate::privval::serve(listener, enclave.clone(), !config.trust.rpc_any_vsock_peer)))
             }
             None => None,
         };

@@ -814,8 +814,11 @@ impl Link {
     }
 }
 
-/// Serve proxies' connections on the privval socket.
-pub async fn serve(listener: nekms_transport::Listener, enclave: Arc<Enclave>) {
+/// Serve proxies' connections on the privval socket. Over vsock only peers
+/// on a port below 1024 (which only root on the parent can bind) are served,
+/// as on the RPC: any other local user could otherwise take heights ahead
+/// of the validator with requests of its own (`reserved_vsock_ports_only`).
+pub async fn serve(listener: nekms_transport::Listener, enclave: Arc<Enclave>, reserved_vsock_ports_only: bool) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -825,6 +828,10 @@ pub async fn serve(listener: nekms_transport::Listener, enclave: Arc<Enclave>) {
                 continue;
             }
         };
+        if reserved_vsock_ports_only && nekms_transport::from_reserved_vsock_port(&peer) == Some(false) {
+            eprintln!("nekms-enclave: privval: refused {peer}: not from a reserved vsock port (below 1024, root's)");
+            continue;
+        }
         let enclave = enclave.clone();
         tokio::spawn(async move {
             if let Err(e) = connection(stream, &enclave).await {
