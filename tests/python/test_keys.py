@@ -52,9 +52,12 @@ class Moto:
         self.log = log
         self.start()
 
+    def spawn(self):
+        return subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                                stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+
     def start(self):
-        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                                     stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+        self.proc = self.spawn()
         deadline = time.time() + 30
         while True:
             try:

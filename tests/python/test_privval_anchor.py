@@ -21,7 +21,7 @@ import pytest
 
 import privval_emu as emu
 from test_attacker import Rpc
-from test_keys import free_port
+from test_keys import Moto
 from test_privval import NEKMS, OwnSigner, World, block, connect_nekms, pubkey, scan_parent, secret_forms, status
 
 TABLE = "nekms-privval-anchor"
@@ -41,31 +41,21 @@ run_simple("127.0.0.1", int(sys.argv[1]), DomainDispatcherApplication(create_bac
 """
 
 
-class IamMoto:
-    """moto's server with IAM enforced once the setup's `setup_actions` calls are made."""
+class IamMoto(Moto):
+    """moto's server, one request at a time, with IAM enforced once the
+    setup's `setup_actions` calls are made."""
 
     def __init__(self, log, setup_actions):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(setup_actions)}
-        self.proc = subprocess.Popen([sys.executable, "-c", MOTO_SERIAL, str(self.port)], env=env,
-                                     stdout=open(log, "ab"), stderr=subprocess.STDOUT)
-        import socket
-        deadline = time.time() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                assert self.proc.poll() is None and time.time() < deadline, "moto did not start"
-                time.sleep(0.1)
+        self.setup_actions = setup_actions
+        super().__init__(log)
+
+    def spawn(self):
+        env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(self.setup_actions)}
+        return subprocess.Popen([sys.executable, "-c", MOTO_SERIAL, str(self.port)], env=env,
+                                stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
 
     def client(self, service, key_id="testing", secret="testing"):
         return boto3.client(service, region_name="us-east-1", endpoint_url=self.url, aws_access_key_id=key_id, aws_secret_access_key=secret)
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")

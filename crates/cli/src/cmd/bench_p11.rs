@@ -17,18 +17,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use nekms_keys::KeySpec;
-use nekms_nsm::measure::Measurement;
-use nekms_nsm::{Nsm, SimConfig, SimulatedNsm};
 use nekms_rpc::{Client, Entropy, GenerateKey, P11Key, P11Request, P11Token, Request, SecretString};
 
-use crate::enclave_path::{custody_key, trust_toml, EnclavePath};
-use crate::key_policy;
-use crate::kms_client::InProcessKms;
+use crate::enclave_path::EnclavePath;
 
 const PIN: &str = "bench-pin-1234";
 const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
@@ -224,25 +219,10 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     for (file, package) in [(SOFTHSM, "softhsm2"), (P11KIT_CLIENT, "p11-kit-modules")] {
         anyhow::ensure!(Path::new(file).exists(), "{file} is missing: apt install {package}");
     }
-    let tmp = tempfile::tempdir()?;
-    let dev = nekms_devworld::DevDir::new(tmp.path().join("dev"));
-    dev.init()?;
-    let local = InProcessKms::start(&dev, &tmp.path().join("kms"), false).await?;
-    let (_, (config, measurement)) = custody_key(
-        &dev,
-        &local.target(&dev, "admin")?,
-        "nekms bench p11",
-        |arn| {
-            let config = trust_toml(&[arn], &[]);
-            let m = Measurement::of_image(b"nekms bench p11 enclave", Some(config.as_bytes()));
-            Ok((config, m))
-        },
-        |roles, (_, m)| key_policy::custody(roles, &[m.pcr0.to_hex()]),
-    )
-    .await?;
-    let nsm: Arc<dyn Nsm> = Arc::new(SimulatedNsm::boot(SimConfig::new(measurement), dev.document_signer()?));
-    let enclave = EnclavePath::start_with(&dev, &local, nsm, &tmp.path().join("enclave"), None, &config).await?;
-    enclave.supply_instance_credentials(&dev)?;
+    let world = crate::enclave_path::BenchWorld::new("nekms bench p11").await?;
+    let (tmp, dev, local, config, nsm) = (&world.tmp, &world.dev, &world.local, &world.config, world.nsm.clone());
+    let enclave = EnclavePath::start_with(dev, local, nsm, &tmp.path().join("enclave"), None, config).await?;
+    enclave.supply_instance_credentials(dev)?;
     let rpc = Client::connect(&enclave.rpc, "nekms bench p11").await?;
     let mut keys = Vec::new();
     let mut rpc_keys = Vec::new();

@@ -8,22 +8,17 @@
 //! validator is this process too.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use cometbft_p2p::{AsyncReadMsg, AsyncSecretConnection, AsyncWriteMsg};
-use nekms_nsm::measure::Measurement;
-use nekms_nsm::{Nsm, SimConfig, SimulatedNsm};
 use nekms_privval::prost::Message as _;
 use nekms_privval::proto::privval::{message::Sum, Message as Envelope, SignVoteRequest};
 use nekms_privval::proto::types::{BlockId, PartSetHeader, Vote};
 use nekms_rpc::{Client, Entropy, GenerateKey, PrivvalChain, PrivvalRequest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::enclave_path::{custody_key, trust_toml, EnclavePath};
-use crate::key_policy;
-use crate::kms_client::InProcessKms;
+use crate::enclave_path::EnclavePath;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -210,27 +205,12 @@ fn start_tmkms(bin: &std::path::Path, dir: &std::path::Path, name: &str, chain: 
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let dev = nekms_devworld::DevDir::new(tmp.path().join("dev"));
-    dev.init()?;
-    let local = InProcessKms::start(&dev, &tmp.path().join("kms"), false).await?;
-    let (_, (config, measurement)) = custody_key(
-        &dev,
-        &local.target(&dev, "admin")?,
-        "nekms bench privval",
-        |arn| {
-            let config = trust_toml(&[arn], &[]);
-            let m = Measurement::of_image(b"nekms bench privval enclave", Some(config.as_bytes()));
-            Ok((config, m))
-        },
-        |roles, (_, m)| key_policy::custody(roles, &[m.pcr0.to_hex()]),
-    )
-    .await?;
-    let nsm: Arc<dyn Nsm> = Arc::new(SimulatedNsm::boot(SimConfig::new(measurement), dev.document_signer()?));
-    let durable = EnclavePath::start_full(&dev, &local, nsm.clone(), &tmp.path().join("durable"), None, &config, true).await?;
-    let fast = EnclavePath::start_full(&dev, &local, nsm.clone(), &tmp.path().join("nofsync"), None, &config, false).await?;
-    durable.supply_instance_credentials(&dev)?;
-    fast.supply_instance_credentials(&dev)?;
+    let world = crate::enclave_path::BenchWorld::new("nekms bench privval").await?;
+    let (tmp, dev, local, config, nsm) = (&world.tmp, &world.dev, &world.local, &world.config, &world.nsm);
+    let durable = EnclavePath::start_full(dev, local, nsm.clone(), &tmp.path().join("durable"), None, config, true).await?;
+    let fast = EnclavePath::start_full(dev, local, nsm.clone(), &tmp.path().join("nofsync"), None, config, false).await?;
+    durable.supply_instance_credentials(dev)?;
+    fast.supply_instance_credentials(dev)?;
     let durable_rpc = Client::connect(&durable.rpc, "nekms bench").await?;
     let fast_rpc = Client::connect(&fast.rpc, "nekms bench").await?;
     let generate = |name: &str, privval: bool| GenerateKey {

@@ -14,15 +14,11 @@ use std::time::Instant;
 use hyper::body::Bytes;
 use http_body_util::{BodyExt, Full};
 use nekms_keys::{KeyRecord, KeySpec, Payload, PrivateKey, Scheme};
-use nekms_nsm::measure::Measurement;
-use nekms_nsm::{Nsm, SimConfig, SimulatedNsm};
 use nekms_rpc::{Client, Entropy, GenerateKey};
 use nekms_store::{KeyStore, SqliteStore, Store};
 
 use super::bench_loop::{measure, Cell};
-use crate::enclave_path::{custody_key, trust_toml, EnclavePath};
-use crate::key_policy;
-use crate::kms_client::InProcessKms;
+use crate::enclave_path::EnclavePath;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -76,27 +72,12 @@ fn row(label: &str, clients: usize, cell: &Cell, reference: Option<&Cell>) {
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let dev = nekms_devworld::DevDir::new(tmp.path().join("dev"));
-    dev.init()?;
-    let local = InProcessKms::start(&dev, &tmp.path().join("kms"), false).await?;
-    let (_, (config, measurement)) = custody_key(
-        &dev,
-        &local.target(&dev, "admin")?,
-        "nekms bench sign",
-        |arn| {
-            let config = trust_toml(&[arn], &[]);
-            let m = Measurement::of_image(b"nekms bench sign enclave", Some(config.as_bytes()));
-            Ok((config, m))
-        },
-        |roles, (_, m)| key_policy::custody(roles, &[m.pcr0.to_hex()]),
-    )
-    .await?;
-    let nsm: Arc<dyn Nsm> = Arc::new(SimulatedNsm::boot(SimConfig::new(measurement.clone()), dev.document_signer()?));
-    let warm = EnclavePath::start_with(&dev, &local, nsm.clone(), &tmp.path().join("warm"), None, &config).await?;
-    let cold = EnclavePath::start_with(&dev, &local, nsm.clone(), &tmp.path().join("cold"), Some(0), &config).await?;
-    warm.supply_instance_credentials(&dev)?;
-    cold.supply_instance_credentials(&dev)?;
+    let world = crate::enclave_path::BenchWorld::new("nekms bench sign").await?;
+    let (tmp, dev, local, config, nsm) = (&world.tmp, &world.dev, &world.local, &world.config, world.nsm.clone());
+    let warm = EnclavePath::start_with(dev, local, nsm.clone(), &tmp.path().join("warm"), None, config).await?;
+    let cold = EnclavePath::start_with(dev, local, nsm.clone(), &tmp.path().join("cold"), Some(0), config).await?;
+    warm.supply_instance_credentials(dev)?;
+    cold.supply_instance_credentials(dev)?;
     let agent_store = SqliteStore::open(&tmp.path().join("agent.db"))?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let agent_addr = listener.local_addr()?;
