@@ -282,6 +282,7 @@ pub struct BenchWorld {
     pub local: InProcessKms,
     pub config: String,
     pub nsm: Arc<dyn Nsm>,
+    pub custody_key: String,
 }
 
 impl BenchWorld {
@@ -291,7 +292,7 @@ impl BenchWorld {
         dev.init()?;
         let local = InProcessKms::start(&dev, &tmp.path().join("kms"), false).await?;
         let image = format!("{label} enclave");
-        let (_, (config, measurement)) = custody_key(
+        let (custody_key, (config, measurement)) = custody_key(
             &dev,
             &local.target(&dev, "admin")?,
             label,
@@ -304,6 +305,6 @@ impl BenchWorld {
         )
         .await?;
         let nsm: Arc<dyn Nsm> = Arc::new(nekms_nsm::SimulatedNsm::boot(nekms_nsm::SimConfig::new(measurement), dev.document_signer()?));
-        Ok(BenchWorld { tmp, dev, local, config, nsm })
+        Ok(BenchWorld { tmp, dev, local, config, nsm, custody_key })
     }
 }

@@ -273,7 +273,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             }
             None => None,
         };
-        for (label, rpc, enclave) in [("nekms, state committed with fsync", &durable_rpc, &durable), ("nekms, state committed without fsync", &fast_rpc, &fast)] {
+        for (label, rpc, enclave) in [("nekms, state committed with fdatasync", &durable_rpc, &durable), ("nekms, state committed without fsync", &fast_rpc, &fast)] {
             let chain = format!("{}-{}", if enclave.privval == durable.privval { "durable" } else { "nofsync" }, if tcp { "tcp" } else { "unix" });
             let (mut link, relay, _laddr) = nekms_row(rpc, enclave, tcp, chain.clone()).await?;
             let row = summarise(closed_loop(&mut link, &chain, a.seconds).await?, a.seconds);
@@ -281,6 +281,37 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             drop(link);
             relay.abort();
         }
+    }
+
+    // The anchor on moto's DynamoDB (reported, not budgeted), when moto is installed.
+    match Moto::start(tmp.path()).await {
+        Ok(moto) => {
+            let table = "nekms-bench-anchor";
+            let anchor_proxy = tmp.path().join("anchor-proxy.sock");
+            let _forward = crate::enclave_path::proxy_to(format!("unix://{}", anchor_proxy.display()).parse()?, moto.port).await?;
+            let anchored_config = format!(
+                "{config}privval-anchor-table = {table:?}\nprivval-anchor-endpoint = \"http://127.0.0.1:{}\"\nprivval-anchor-proxy = \"unix://{}\"\n",
+                moto.port,
+                anchor_proxy.display()
+            );
+            let anchored = EnclavePath::start_full(dev, local, nsm.clone(), &tmp.path().join("anchored"), None, &anchored_config, true).await?;
+            anchored.supply_instance_credentials(dev)?;
+            let anchored_rpc = Client::connect(&anchored.rpc, "nekms bench").await?;
+            // The administrator's ciphertext of the anchor's credentials (moto takes any).
+            let mut admin = crate::kms_client::Conn::open(&local.target(dev, "admin")?).await?;
+            let context = serde_json::json!({"nekms:purpose": nekms_enclave::privval_anchor::PURPOSE_ANCHOR_CREDENTIALS, "nekms:anchor-table": table});
+            use base64::Engine;
+            let plaintext = base64::engine::general_purpose::STANDARD.encode(br#"{"access_key_id":"testing","secret_access_key":"testing"}"#);
+            let ct = admin.call("Encrypt", &serde_json::json!({"KeyId": world.custody_key, "Plaintext": plaintext, "EncryptionContext": context})).await?;
+            let blob = base64::engine::general_purpose::STANDARD.decode(ct["CiphertextBlob"].as_str().context("no CiphertextBlob")?)?;
+            anchored_rpc.privval(PrivvalRequest::SetAnchorCredentials { ciphertext: blob }).await?;
+            let (mut link, relay, _laddr) = nekms_row(&anchored_rpc, &anchored, false, "anchored-unix".into()).await?;
+            let row = summarise(closed_loop(&mut link, "anchored-unix", a.seconds).await?, a.seconds);
+            print("nekms, state committed to the anchor on moto (Unix)", &row, None);
+            drop(link);
+            relay.abort();
+        }
+        Err(e) => println!("  (the anchor row is skipped: {e:#})"),
     }
 
     // Two chains at once on the durable signer, over Unix.
@@ -305,7 +336,48 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     for t in tasks {
         all.extend(t.await??);
     }
-    print("nekms, two chains at once, fsync (Unix; both chains)", &summarise(all, a.seconds), None);
+    print("nekms, two chains at once, fdatasync (Unix; both chains)", &summarise(all, a.seconds), None);
     println!("  budget: nekms p99 under 20 ms (CometBFT waits 5 s), p50 within 2x of tmkms's in the same run");
     Ok(())
+}
+
+/// moto's server for the anchor row, one request at a time (as DynamoDB
+/// makes an item's conditional writes atomic), with the table made.
+struct Moto {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Moto {
+    async fn start(dir: &std::path::Path) -> anyhow::Result<Moto> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let script = "import os, sys\nfrom werkzeug.serving import run_simple\nfrom moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app\nos.environ.setdefault('MOTO_PORT', sys.argv[1])\nrun_simple('127.0.0.1', int(sys.argv[1]), DomainDispatcherApplication(create_backend_app), threaded=False)\n";
+        let child = std::process::Command::new("python3")
+            .args(["-c", script, &port.to_string()])
+            .stdout(std::fs::File::create(dir.join("moto.log"))?)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("python3")?;
+        let moto = Moto { child, port };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            if Instant::now() > deadline {
+                bail!("moto's server did not start (pip install 'moto[server]')");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let create = format!(
+            "import boto3; boto3.client('dynamodb', region_name='us-east-1', endpoint_url='http://127.0.0.1:{port}', aws_access_key_id='testing', aws_secret_access_key='testing').create_table(TableName='nekms-bench-anchor', KeySchema=[{{'AttributeName': 'pk', 'KeyType': 'HASH'}}], AttributeDefinitions=[{{'AttributeName': 'pk', 'AttributeType': 'S'}}], BillingMode='PAY_PER_REQUEST')"
+        );
+        let out = std::process::Command::new("python3").args(["-c", &create]).output()?;
+        anyhow::ensure!(out.status.success(), "creating the table on moto: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(moto)
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
