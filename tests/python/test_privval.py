@@ -28,6 +28,7 @@ import privval_emu as emu
 from test_dev_up import NEKMS, Up
 
 TMKMS = pathlib.Path(os.environ.get("NEKMS_TMKMS_BIN", pathlib.Path.home() / ".cache/nekms/peers/tmkms-0.15.0/bin/tmkms"))
+TMKMS_014 = pathlib.Path(os.environ.get("NEKMS_TMKMS014_BIN", pathlib.Path.home() / ".cache/nekms/peers/tmkms-0.14.0/bin/tmkms"))
 CHAIN_A = "a"
 CHAIN_B = "chain-" + "b" * 44  # 50 characters
 assert len(CHAIN_B) == 50
@@ -880,6 +881,38 @@ def test_a_v0_34_chain_gets_replies_without_extension_fields(world):
     emu.verify(key, emu.canonical_vote(chain, pc), value["signature"])
     # An extension on a v0.34 chain is no request there.
     assert v.request(emu.sign_vote_request(chain, {**pc, "height": 2, "extension": b"x"})) is None
+
+
+def test_tmkms_0_14_signs_the_same_vote_extensions(world, compared):
+    """tmkms 0.14.0 (`sign_extensions = true`, "v0.34" in its configuration,
+    which names the SecretConnection version) signs vote extensions; its
+    extension signatures are nekms's, byte for byte, for extensions of 0
+    bytes, 1 byte and 8 KiB."""
+    w = world
+    if not TMKMS_014.exists():
+        pytest.skip(f"tmkms 0.14.0 is not built at {TMKMS_014} (./scripts/test builds it where it builds)")
+    _, nekms_keys, _, _, _, nv, _ = compared
+    chain = "ext-014"
+    w.nekms("privval", "state", "init", "--key", "validator", "--chain-id", chain, "--height", "1")
+    (v,) = connect_nekms(w, "ext014", [chain]).values()
+    tdir = w.base / "tmkms-014"
+    tdir.mkdir()
+    tv = emu.Validator(tdir / "v.sock")
+    text = tmkms_toml([chain], f'path = "{w.softsign}"', [(chain, tv.addr)], state_dir=tdir)
+    text = text.replace('protocol_version = "v0.38"', 'protocol_version = "v0.34"').replace('key_format = { type = "hex" }\n', 'key_format = { type = "hex" }\nsign_extensions = true\n')
+    (tdir / "tmkms.toml").write_text(text)
+    w.spawn([str(TMKMS_014), "start", "-c", str(tdir / "tmkms.toml")], tdir / "tmkms.log")
+    tv.accept()
+    key = pubkey(v, chain)
+    for h, ext in enumerate((b"", b"\x01", os.urandom(8192)), start=1):
+        pc = {"type": emu.PRECOMMIT, "height": h, "round": 0, "block_id": block(), "timestamp": (1_800_000_000 + h, 7), "extension": ext}
+        _, mine, err = emu.decode_reply(v.request(emu.sign_vote_request(chain, pc)))
+        assert err is None, err
+        _, theirs, err = emu.decode_reply(tv.request(emu.sign_vote_request(chain, pc)))
+        assert err is None, ("tmkms 0.14.0", err)
+        assert theirs["signature"] == mine["signature"]
+        assert theirs["extension_signature"] == mine["extension_signature"] != b"", len(ext)
+        emu.verify(key, emu.canonical_vote_extension(chain, pc), mine["extension_signature"])
 
 
 def test_tmkms_agrees_on_the_rows_where_its_rules_are_filepvs(world, compared):
