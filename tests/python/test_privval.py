@@ -92,10 +92,12 @@ def tmkms_toml(chains, key_line, validators, state_dir=None):
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     w = World(tmp_path_factory.mktemp("privval"))
-    w.seed = os.urandom(32)
-    w.softsign = w.import_consensus_key("validator", w.seed)
-    yield w
-    w.stop()
+    try:
+        w.seed = os.urandom(32)
+        w.softsign = w.import_consensus_key("validator", w.seed)
+        yield w
+    finally:
+        w.stop()
 
 
 def connect_nekms(w, name, chains, key="validator"):

@@ -62,6 +62,18 @@ class IamMoto(Moto):
 def anchored(tmp_path_factory):
     base = tmp_path_factory.mktemp("anchor")
     moto = IamMoto(base / "moto.log", setup_actions=7)
+    w = None
+    try:
+        w = setup_anchored(base, moto)
+        yield w
+    finally:
+        # Whatever failed during the setup, nothing is left running.
+        if w is not None:
+            w.stop()
+        moto.stop()
+
+
+def setup_anchored(base, moto):
     root_ddb, iam = moto.client("dynamodb"), moto.client("iam")
     root_ddb.create_table(TableName=TABLE, KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
                           AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}], BillingMode="PAY_PER_REQUEST")
@@ -77,18 +89,20 @@ def anchored(tmp_path_factory):
     # From here moto enforces IAM. The enclave's traffic to it goes through a recorder (the capture).
     recorder = emu.Recorder(("127.0.0.1", 0), ("127.0.0.1", moto.port))
     w = World(base, "--privval-anchor-table", TABLE, "--privval-anchor-endpoint", f"http://127.0.0.1:{recorder.address[1]}")
-    w.moto, w.users, w.recorder = moto, users, recorder
-    secret = base / "writer.secret"
-    secret.write_text(users["anchor-writer"]["SecretAccessKey"])
-    w.anchor_credentials = base / "anchor.ct"
-    w.nekms("privval", "anchor", "encrypt-credentials", "--kms-key", w.custody, "--table", TABLE, "--access-key-id", users["anchor-writer"]["AccessKeyId"],
-            "--secret-access-key-file", str(secret), "--profile", "admin", "-o", str(w.anchor_credentials))
-    w.nekms("privval", "anchor", "credentials", "--ciphertext-file", str(w.anchor_credentials))
-    w.seed = os.urandom(32)
-    w.softsign = w.import_consensus_key("validator", w.seed)
-    yield w
-    w.stop()
-    moto.stop()
+    try:
+        w.moto, w.users, w.recorder = moto, users, recorder
+        secret = base / "writer.secret"
+        secret.write_text(users["anchor-writer"]["SecretAccessKey"])
+        w.anchor_credentials = base / "anchor.ct"
+        w.nekms("privval", "anchor", "encrypt-credentials", "--kms-key", w.custody, "--table", TABLE, "--access-key-id", users["anchor-writer"]["AccessKeyId"],
+                "--secret-access-key-file", str(secret), "--profile", "admin", "-o", str(w.anchor_credentials))
+        w.nekms("privval", "anchor", "credentials", "--ciphertext-file", str(w.anchor_credentials))
+        w.seed = os.urandom(32)
+        w.softsign = w.import_consensus_key("validator", w.seed)
+    except BaseException:
+        w.stop()
+        raise
+    return w
 
 
 def test_only_the_enclave_writes_the_watermark(anchored):
