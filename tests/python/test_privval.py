@@ -51,12 +51,17 @@ class World:
             assert r.returncode == 0, f"nekms {' '.join(args)}: {r.stderr}"
         return r
 
-    def import_consensus_key(self, name, seed):
+    def encrypt_consensus_key(self, name, secret, spec="ed25519"):
+        """As the administrator: the key as a softsign-style file (base64) and its import ciphertext."""
         path = self.base / f"{name}.softsign"
-        path.write_bytes(base64.b64encode(seed))
-        ct = self.nekms("key", "encrypt-for-import", "--privval", "--name", name, "--spec", "ed25519", "--kms-key", self.custody,
+        path.write_bytes(base64.b64encode(secret))
+        ct = self.nekms("key", "encrypt-for-import", "--privval", "--name", name, "--spec", spec, "--kms-key", self.custody,
                         "--profile", "admin", str(path)).stdout.strip()
-        self.nekms("key", "import", "--privval", "--name", name, "--spec", "ed25519", "--ciphertext", ct)
+        return path, ct
+
+    def import_consensus_key(self, name, secret, spec="ed25519"):
+        path, ct = self.encrypt_consensus_key(name, secret, spec)
+        self.nekms("key", "import", "--privval", "--name", name, "--spec", spec, "--ciphertext", ct)
         return path
 
     def spawn(self, args, log):
@@ -726,12 +731,7 @@ def test_a_secp256k1_consensus_key_signs_sha256_low_s_and_matches_tmkms_where_it
     which its keyring uses when it is the chain's only key. Where tmkms
     signs, the signatures are compared (RFC 6979 makes both deterministic)."""
     w = world
-    secret = os.urandom(32)
-    path = w.base / "k1.key"
-    path.write_bytes(base64.b64encode(secret))
-    ct = w.nekms("key", "encrypt-for-import", "--privval", "--name", "validator-k1", "--spec", "secp256k1", "--kms-key", w.custody,
-                 "--profile", "admin", str(path)).stdout.strip()
-    w.nekms("key", "import", "--privval", "--name", "validator-k1", "--spec", "secp256k1", "--ciphertext", ct)
+    path = w.import_consensus_key("validator-k1", os.urandom(32), "secp256k1")
     chain = "k1-chain"
     w.nekms("privval", "state", "init", "--key", "validator-k1", "--chain-id", chain, "--height", "1")
     (v,) = connect_nekms(w, "k1", [chain], key="validator-k1").values()
@@ -941,10 +941,7 @@ def test_push_config_reads_pr_229s_nitro_fields(world):
     push-config imports it once, as a record in the store."""
     w = world
     seed = os.urandom(32)
-    path = w.base / "pr229.softsign"
-    path.write_bytes(base64.b64encode(seed))
-    ct = w.nekms("key", "encrypt-for-import", "--privval", "--name", "pr229", "--spec", "ed25519", "--kms-key", w.custody,
-                 "--profile", "admin", str(path)).stdout.strip()
+    _, ct = w.encrypt_consensus_key("pr229", seed)
     v = emu.Validator(w.base / "pr229.sock")
     toml = w.base / "pr229.toml"
     toml.write_text(f'''[[chain]]
