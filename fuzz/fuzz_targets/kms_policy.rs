@@ -9,7 +9,12 @@ fuzz_target!(|data: &[u8]| {
     let _ = nekms_kms::sigv4::parse_authorization(text);
     for key_policy in [true, false] {
         if let Ok(p) = Policy::parse(text, key_policy) {
-            let mut ctx = RequestContext::new("arn:aws:iam::111122223333:role/r", "111122223333", "kms:Decrypt", "arn:aws:kms:us-east-1:111122223333:key/k");
+            let mut ctx = RequestContext::new(
+                "arn:aws:iam::111122223333:role/r",
+                "111122223333",
+                "kms:Decrypt",
+                "arn:aws:kms:us-east-1:111122223333:key/k",
+            );
             ctx.set("kms:RecipientAttestation:ImageSha384", "00");
             let _ = evaluate(&p, &[p.clone()], &ctx);
         }

@@ -13,9 +13,28 @@ use nekms_kms::audit::AuditFacts;
 use nekms_kms::service::{Caller, Kms};
 
 const OPS: &[&str] = &[
-    "Encrypt", "Decrypt", "ReEncrypt", "GenerateDataKey", "GenerateDataKeyWithoutPlaintext", "GenerateRandom", "DescribeKey",
-    "ListKeys", "ListAliases", "GetKeyPolicy", "Sign", "Verify", "GetPublicKey", "DeriveSharedSecret", "ListResourceTags",
-    "GetKeyRotationStatus", "ListKeyPolicies", "CreateGrant", "ListGrants", "ListRetirableGrants", "RetireGrant", "RevokeGrant",
+    "Encrypt",
+    "Decrypt",
+    "ReEncrypt",
+    "GenerateDataKey",
+    "GenerateDataKeyWithoutPlaintext",
+    "GenerateRandom",
+    "DescribeKey",
+    "ListKeys",
+    "ListAliases",
+    "GetKeyPolicy",
+    "Sign",
+    "Verify",
+    "GetPublicKey",
+    "DeriveSharedSecret",
+    "ListResourceTags",
+    "GetKeyRotationStatus",
+    "ListKeyPolicies",
+    "CreateGrant",
+    "ListGrants",
+    "ListRetirableGrants",
+    "RetireGrant",
+    "RevokeGrant",
     "NoSuchOperation",
 ];
 

@@ -31,7 +31,15 @@ fuzz_target!(|data: &[u8]| {
     }
     // The same bytes as a public key and as a certificate.
     let (spki, cert) = rest.split_at(rest.len() / 2);
-    let key = P11PublicKey { id: vec![1], label: "k".into(), spec, public_key: spki.to_vec(), certificates: vec![serde_bytes::ByteBuf::from(cert.to_vec())], certificate_count: 1, decrypt: data[2] & 1 == 1 };
+    let key = P11PublicKey {
+        id: vec![1],
+        label: "k".into(),
+        spec,
+        public_key: spki.to_vec(),
+        certificates: vec![serde_bytes::ByteBuf::from(cert.to_vec())],
+        certificate_count: 1,
+        decrypt: data[2] & 1 == 1,
+    };
     for kind in [objects::Kind::Private, objects::Kind::Public, objects::Kind::Certificate(0)] {
         let o = objects::Object { key: &key, kind };
         for t in 0..0x200 {

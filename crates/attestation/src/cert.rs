@@ -59,12 +59,7 @@ impl<'a> Cert<'a> {
         if alg != EC_PUBLIC_KEY {
             return Err(CertError::UnsupportedKey(format!("algorithm {alg}")));
         }
-        let curve = spki
-            .algorithm
-            .parameters
-            .as_ref()
-            .and_then(|p| p.as_oid().ok())
-            .map(|o| o.to_id_string());
+        let curve = spki.algorithm.parameters.as_ref().and_then(|p| p.as_oid().ok()).map(|o| o.to_id_string());
         let curve = match curve.as_deref() {
             Some(P256) => Curve::P256,
             Some(P384) => Curve::P384,
@@ -135,10 +130,7 @@ impl<'a> Cert<'a> {
     /// Check that `issuer` issued and signed this certificate.
     pub fn check_issued_by(&self, issuer: &Cert<'_>) -> Result<(), CertError> {
         if self.x509.issuer().as_raw() != issuer.x509.subject().as_raw() {
-            return Err(CertError::IssuerMismatch {
-                found: self.x509.issuer().to_string(),
-                expected: issuer.subject(),
-            });
+            return Err(CertError::IssuerMismatch { found: self.x509.issuer().to_string(), expected: issuer.subject() });
         }
         let sig_alg = self.x509.signature_algorithm.algorithm.to_id_string();
         let alg: &'static dyn VerificationAlgorithm = match (sig_alg.as_str(), issuer.curve) {

@@ -56,8 +56,7 @@ fn hex_opt<S: serde::Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::
     }
 }
 
-const FIELDS: [&str; 9] =
-    ["module_id", "digest", "timestamp", "pcrs", "certificate", "cabundle", "public_key", "user_data", "nonce"];
+const FIELDS: [&str; 9] = ["module_id", "digest", "timestamp", "pcrs", "certificate", "cabundle", "public_key", "user_data", "nonce"];
 
 impl AttestationDocument {
     /// Decode a payload. Every field is checked for type and size.
@@ -72,12 +71,7 @@ impl AttestationDocument {
             _ => return Err(DecodeError::FieldType { field: "payload", expected: "a definite-length map" }),
         };
         if entries > FIELDS.len() as u64 {
-            return Err(DecodeError::FieldSize {
-                field: "payload",
-                len: entries as usize,
-                min: 6,
-                max: FIELDS.len(),
-            });
+            return Err(DecodeError::FieldSize { field: "payload", len: entries as usize, min: 6, max: FIELDS.len() });
         }
         let mut seen = [false; FIELDS.len()];
         let mut doc = Partial::default();

@@ -145,8 +145,11 @@ impl Verifier {
             .collect();
         let mut certs = Vec::with_capacity(ders.len());
         for (which, der) in &ders {
-            let cert = Cert::parse(der)
-                .map_err(|error| VerifyError::Certificate { which: which.clone(), subject: "unparseable".into(), error })?;
+            let cert = Cert::parse(der).map_err(|error| VerifyError::Certificate {
+                which: which.clone(),
+                subject: "unparseable".into(),
+                error,
+            })?;
             certs.push(cert);
         }
         let last = certs.len() - 1;

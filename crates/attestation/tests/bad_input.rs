@@ -5,9 +5,7 @@ use std::collections::BTreeMap;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{EcdsaKeyPair, ECDSA_P384_SHA384_FIXED_SIGNING};
 use nekms_attestation::pki::{self, sign_payload};
-use nekms_attestation::{
-    AttestationDocument, CertError, CoseSign1, DecodeError, Pcr48, Verifier, VerifyError, VerifyOptions,
-};
+use nekms_attestation::{AttestationDocument, CertError, CoseSign1, DecodeError, Pcr48, Verifier, VerifyError, VerifyOptions};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use time::OffsetDateTime;
 
@@ -161,7 +159,12 @@ fn key() -> KeyPair {
 }
 
 /// Sign a document whose chain is `root -> intermediates... -> leaf`.
-fn document(root: &CertifiedIssuer<'_, KeyPair>, inters: &[Vec<u8>], leaf_params: CertificateParams, issuer: &Issuer<'_, KeyPair>) -> Vec<u8> {
+fn document(
+    root: &CertifiedIssuer<'_, KeyPair>,
+    inters: &[Vec<u8>],
+    leaf_params: CertificateParams,
+    issuer: &Issuer<'_, KeyPair>,
+) -> Vec<u8> {
     let leaf_key = key();
     let leaf = leaf_params.signed_by(&leaf_key, issuer).unwrap();
     let mut cabundle = vec![root.der().to_vec()];

@@ -3,9 +3,7 @@
 
 use std::path::PathBuf;
 
-use nekms_attestation::{
-    pki, CertError, DecodeError, Pcr48, Verifier, VerifyError, VerifyOptions, AWS_NITRO_ROOT_G1_PEM,
-};
+use nekms_attestation::{pki, CertError, DecodeError, Pcr48, Verifier, VerifyError, VerifyOptions, AWS_NITRO_ROOT_G1_PEM};
 use time::{Duration, OffsetDateTime};
 
 struct Vector {
@@ -64,9 +62,7 @@ fn every_real_document_verifies_at_its_own_timestamp() {
     let verifier = Verifier::aws();
     for v in VECTORS {
         let bytes = load(v.file);
-        let verified = verifier
-            .verify(&bytes, &VerifyOptions::at(at(v.timestamp)))
-            .unwrap_or_else(|e| panic!("{}: {e}", v.file));
+        let verified = verifier.verify(&bytes, &VerifyOptions::at(at(v.timestamp))).unwrap_or_else(|e| panic!("{}: {e}", v.file));
         let doc = &verified.document;
         assert_eq!(doc.module_id, v.module_id, "{}", v.file);
         assert_eq!(doc.timestamp, v.timestamp);
@@ -127,10 +123,7 @@ fn a_real_document_is_expired_three_hours_after_its_timestamp() {
 fn a_real_document_is_not_yet_valid_before_its_certificates() {
     let v = &VECTORS[0];
     let err = Verifier::aws().verify(&load(v.file), &VerifyOptions::at(at(v.timestamp) - Duration::days(60))).unwrap_err();
-    assert!(
-        matches!(&err, VerifyError::Certificate { error: CertError::NotYetValid { .. }, .. }),
-        "expected not-yet-valid, got {err}"
-    );
+    assert!(matches!(&err, VerifyError::Certificate { error: CertError::NotYetValid { .. }, .. }), "expected not-yet-valid, got {err}");
 }
 
 #[test]
@@ -178,10 +171,7 @@ fn a_wrong_expected_pcr_names_the_register_and_both_values() {
 
     let opts = VerifyOptions::at(at(v.timestamp)).expect_pcr(0, Pcr48::ZERO);
     let err = Verifier::aws().verify(&load(v.file), &opts).unwrap_err();
-    assert_eq!(
-        err,
-        VerifyError::PcrMismatch { index: 0, expected: ZERO.into(), actual: v.pcr0.into() }
-    );
+    assert_eq!(err, VerifyError::PcrMismatch { index: 0, expected: ZERO.into(), actual: v.pcr0.into() });
     assert!(err.to_string().starts_with("PCR0 is f4d48b81"), "{err}");
 
     let opts = VerifyOptions::at(at(v.timestamp)).expect_pcr(20, Pcr48::ZERO);
@@ -205,9 +195,7 @@ fn a_wrong_expected_nonce_is_refused() {
 
     // A document without a nonce fails an expectation of one.
     let v = &VECTORS[2];
-    let err = Verifier::aws()
-        .verify(&load(v.file), &VerifyOptions::at(at(v.timestamp)).expect_nonce(vec![1, 2, 3]))
-        .unwrap_err();
+    let err = Verifier::aws().verify(&load(v.file), &VerifyOptions::at(at(v.timestamp)).expect_nonce(vec![1, 2, 3])).unwrap_err();
     assert_eq!(err, VerifyError::NonceMismatch { expected: "010203".into(), actual: "absent".into() });
 }
 

@@ -29,14 +29,23 @@ pub fn enclave_only_policy(account: &str, pcr0_hex: &str) -> serde_json::Value {
     statements[0] = json!({"Sid": "Decrypt only inside the enclave image", "Effect": "Allow",
              "Principal": {"AWS": roles.instance}, "Action": "kms:Decrypt", "Resource": "*",
              "Condition": {"StringEqualsIgnoreCase": {"kms:RecipientAttestation:ImageSha384": pcr0_hex}}});
-    statements.insert(1, json!({"Sid": "Encrypt from the instance", "Effect": "Allow",
-             "Principal": {"AWS": roles.instance}, "Action": "kms:Encrypt", "Resource": "*"}));
+    statements.insert(
+        1,
+        json!({"Sid": "Encrypt from the instance", "Effect": "Allow",
+             "Principal": {"AWS": roles.instance}, "Action": "kms:Encrypt", "Resource": "*"}),
+    );
     policy
 }
 
 /// The admin creates a key with [`enclave_only_policy`] and the instance
 /// encrypts `plaintext` under it: (key ARN, base64 ciphertext blob).
-pub async fn enclave_only_secret(dev: &DevDir, local: &InProcessKms, pcr0_hex: &str, description: &str, plaintext: &[u8]) -> anyhow::Result<(String, String)> {
+pub async fn enclave_only_secret(
+    dev: &DevDir,
+    local: &InProcessKms,
+    pcr0_hex: &str,
+    description: &str,
+    plaintext: &[u8],
+) -> anyhow::Result<(String, String)> {
     let mut instance = Conn::open(&local.target(dev, "instance")?).await?;
     let policy = enclave_only_policy(&dev.config()?.account_id, pcr0_hex);
     let arn = create_key(dev, local, description, &policy).await?;
@@ -72,7 +81,12 @@ pub async fn custody_key<T>(
     let arn = key["KeyMetadata"]["Arn"].as_str().context("CreateKey gave no Arn")?.to_owned();
     let configured = configure(&arn)?;
     let policy = finish(&roles, &configured);
-    admin.call("PutKeyPolicy", &json!({"KeyId": arn, "PolicyName": "default", "Policy": policy.to_string(), "BypassPolicyLockoutSafetyCheck": true})).await?;
+    admin
+        .call(
+            "PutKeyPolicy",
+            &json!({"KeyId": arn, "PolicyName": "default", "Policy": policy.to_string(), "BypassPolicyLockoutSafetyCheck": true}),
+        )
+        .await?;
     check_custody_key(&mut admin, &arn, &policy).await?;
     Ok((arn, configured))
 }
@@ -86,8 +100,16 @@ pub async fn check_custody_key(admin: &mut Conn, arn: &str, policy: &serde_json:
     anyhow::ensure!(&in_force == policy, "{arn}: the key policy in force is not the custody policy nekms wrote");
     let meta = &admin.call("DescribeKey", &json!({"KeyId": arn})).await?["KeyMetadata"];
     let field = |k: &str| meta[k].as_str().unwrap_or_default().to_owned();
-    anyhow::ensure!(field("KeySpec") == "SYMMETRIC_DEFAULT" && field("Origin") == "AWS_KMS", "{arn}: not an AWS_KMS symmetric key ({} {})", field("KeySpec"), field("Origin"));
-    anyhow::ensure!(meta["MultiRegion"].as_bool() != Some(true) && meta.get("CustomKeyStoreId").is_none_or(|v| v.is_null()), "{arn}: a multi-Region key or one in a custom key store");
+    anyhow::ensure!(
+        field("KeySpec") == "SYMMETRIC_DEFAULT" && field("Origin") == "AWS_KMS",
+        "{arn}: not an AWS_KMS symmetric key ({} {})",
+        field("KeySpec"),
+        field("Origin")
+    );
+    anyhow::ensure!(
+        meta["MultiRegion"].as_bool() != Some(true) && meta.get("CustomKeyStoreId").is_none_or(|v| v.is_null()),
+        "{arn}: a multi-Region key or one in a custom key store"
+    );
     let grants = admin.call("ListGrants", &json!({"KeyId": arn, "Limit": 100})).await?;
     anyhow::ensure!(
         grants["Grants"].as_array().is_some_and(|g| g.is_empty()),
@@ -110,7 +132,8 @@ pub fn trust_toml(custody: &[&str], origin_pcr0: &[String]) -> String {
 
 /// A forwarder from `listen` to 127.0.0.1:`port`, allowing nothing else.
 pub async fn proxy_to(listen: Address, port: u16) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let allowlist = nekms_proxy::Allowlist::parse(&format!("allowlist: [{{address: 127.0.0.1, port: {port}}}]"), "the in-process allowlist")?;
+    let allowlist =
+        nekms_proxy::Allowlist::parse(&format!("allowlist: [{{address: 127.0.0.1, port: {port}}}]"), "the in-process allowlist")?;
     let config = nekms_proxy::ProxyConfig {
         listen,
         remote_host: "127.0.0.1".into(),
@@ -219,7 +242,15 @@ impl EnclavePath {
             let _ = crate::cmd::privval::serve_store(store, store_dir, store_sync).await;
         });
         let privval_task = tokio::spawn(nekms_enclave::privval::serve(Listener::bind(&privval).await?, enclave.clone(), true));
-        Ok(EnclavePath { proxy, kmstool, rpc, privval, enclave, endpoint, tasks: vec![forwarding, serving, rpc_task, store_task, privval_task] })
+        Ok(EnclavePath {
+            proxy,
+            kmstool,
+            rpc,
+            privval,
+            enclave,
+            endpoint,
+            tasks: vec![forwarding, serving, rpc_task, store_task, privval_task],
+        })
     }
 }
 
@@ -258,7 +289,8 @@ mod tests {
         let open = json!({"Version": "2012-10-17", "Statement": [
             {"Effect": "Allow", "Principal": {"AWS": [roles.admin, roles.instance]}, "Action": "kms:*", "Resource": "*"}]});
         admin.call("PutKeyPolicy", &json!({"KeyId": arn, "PolicyName": "default", "Policy": open.to_string()})).await.unwrap();
-        let blob = instance.call("Encrypt", &json!({"KeyId": arn, "Plaintext": B64.encode(b"planted")})).await.unwrap()["CiphertextBlob"].clone();
+        let blob =
+            instance.call("Encrypt", &json!({"KeyId": arn, "Plaintext": B64.encode(b"planted")})).await.unwrap()["CiphertextBlob"].clone();
         admin.call("CreateGrant", &grant).await.unwrap();
 
         let policy = key_policy::custody(&roles, &["ab".repeat(48)]);

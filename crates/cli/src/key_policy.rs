@@ -165,7 +165,10 @@ mod tests {
     #[test]
     fn no_template_lets_the_administrator_reopen_the_key() {
         let roles = Roles::standard("111122223333");
-        for policy in [custody(&roles, &["aa".into()]), two_enclaves(&roles, ["a".into(), "b".into(), "c".into()], ["d".into(), "e".into(), "f".into()])] {
+        for policy in [
+            custody(&roles, &["aa".into()]),
+            two_enclaves(&roles, ["a".into(), "b".into(), "c".into()], ["d".into(), "e".into(), "f".into()]),
+        ] {
             let allowed = actions(&policy, "Allow", &roles.admin);
             assert!(allowed.iter().all(|a| !a.contains('*')), "no wildcards: {allowed:?}");
             for forbidden in ["kms:PutKeyPolicy", "kms:CreateGrant", "kms:Decrypt", "kms:ReEncryptFrom"] {

@@ -79,7 +79,6 @@ impl Conn {
     }
 }
 
-
 /// A local KMS served in this process on ephemeral loopback ports, HTTP and HTTPS.
 pub struct InProcessKms {
     pub addr: SocketAddr,
@@ -114,7 +113,11 @@ impl InProcessKms {
 impl Target {
     /// The local KMS's plain HTTP listener at `addr`, signed as the development principal `name`.
     pub fn principal(dev: &nekms_devworld::DevDir, addr: SocketAddr, name: &'static str) -> anyhow::Result<Target> {
-        let p = dev.principals()?.into_iter().find(|p| p.name == name).ok_or_else(|| anyhow::anyhow!("no principal {name} in principals.toml"))?;
+        let p = dev
+            .principals()?
+            .into_iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| anyhow::anyhow!("no principal {name} in principals.toml"))?;
         Ok(Target { name, addr, credential: Credential::from(&p), via: None })
     }
 }

@@ -3,10 +3,10 @@
 #![forbid(unsafe_code)]
 
 mod cmd;
-mod image;
-mod kms_client;
 mod enclave_path;
+mod image;
 mod key_policy;
+mod kms_client;
 
 use std::path::PathBuf;
 

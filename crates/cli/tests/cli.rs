@@ -47,14 +47,24 @@ fn a_simulated_document_verifies_with_the_development_root_and_its_pcrs_match_pc
         tmp.path(),
         &["attest", "sim", "--image", img.to_str().unwrap(), "--nonce", "0a0b", "--user-data", "cafe", "-o", doc.to_str().unwrap()],
     ));
-    let pcrs: serde_json::Value =
-        serde_json::from_str(&ok(nekms(tmp.path(), &["pcr", "sim", img.to_str().unwrap()]))).unwrap();
+    let pcrs: serde_json::Value = serde_json::from_str(&ok(nekms(tmp.path(), &["pcr", "sim", img.to_str().unwrap()]))).unwrap();
     let pcr0 = pcrs["Measurements"]["PCR0"].as_str().unwrap();
     let pcr2 = pcrs["Measurements"]["PCR2"].as_str().unwrap();
 
     let out = ok(nekms(
         tmp.path(),
-        &["attest", "verify", doc.to_str().unwrap(), "--dev-root", "--pcr", &format!("0={pcr0}"), "--pcr", &format!("2={pcr2}"), "--nonce", "0a0b"],
+        &[
+            "attest",
+            "verify",
+            doc.to_str().unwrap(),
+            "--dev-root",
+            "--pcr",
+            &format!("0={pcr0}"),
+            "--pcr",
+            &format!("2={pcr2}"),
+            "--nonce",
+            "0a0b",
+        ],
     ));
     assert!(out.contains("OK: expected PCRs and nonce match"), "{out}");
     assert!(out.contains(&format!("PCR0  {pcr0}")), "{out}");
@@ -67,8 +77,7 @@ fn a_simulated_document_verifies_with_the_development_root_and_its_pcrs_match_pc
 
     // A different image has different PCRs, and the expectation fails naming PCR0.
     std::fs::write(&img, b"rebuilt enclave binary").unwrap();
-    let other: serde_json::Value =
-        serde_json::from_str(&ok(nekms(tmp.path(), &["pcr", "sim", img.to_str().unwrap()]))).unwrap();
+    let other: serde_json::Value = serde_json::from_str(&ok(nekms(tmp.path(), &["pcr", "sim", img.to_str().unwrap()]))).unwrap();
     let other0 = other["Measurements"]["PCR0"].as_str().unwrap();
     assert_ne!(other0, pcr0);
     let err = fail(nekms(tmp.path(), &["attest", "verify", doc.to_str().unwrap(), "--dev-root", "--pcr", &format!("0={other0}")]));
@@ -87,7 +96,10 @@ fn debug_mode_documents_have_zero_pcrs() {
     let doc = tmp.path().join("debug.cbor");
     ok(nekms(tmp.path(), &["attest", "sim", "--image", img.to_str().unwrap(), "--debug-mode", "-o", doc.to_str().unwrap()]));
     let zero = "0".repeat(96);
-    ok(nekms(tmp.path(), &["attest", "verify", doc.to_str().unwrap(), "--dev-root", "--pcr", &format!("0={zero}"), "--pcr", &format!("8={zero}")]));
+    ok(nekms(
+        tmp.path(),
+        &["attest", "verify", doc.to_str().unwrap(), "--dev-root", "--pcr", &format!("0={zero}"), "--pcr", &format!("8={zero}")],
+    ));
 }
 
 #[test]
@@ -123,7 +135,13 @@ fn bad_arguments_get_clear_errors() {
 fn the_demo_runs_and_says_what_it_did() {
     let tmp = tempfile::tempdir().unwrap();
     let out = ok(nekms(tmp.path(), &["demo"]));
-    for needle in ["[1] Development world", "OK: ES384 signature", "refused: COSE signature does not verify", "not a pinned root", "kms:RecipientAttestation:ImageSha384"] {
+    for needle in [
+        "[1] Development world",
+        "OK: ES384 signature",
+        "refused: COSE signature does not verify",
+        "not a pinned root",
+        "kms:RecipientAttestation:ImageSha384",
+    ] {
         assert!(out.contains(needle), "missing {needle:?} in\n{out}");
     }
     assert!(tmp.path().join("demo-attestation.cbor").exists());
@@ -199,11 +217,42 @@ fn cms_inspect_shows_the_real_kms_responses_fields() {
 fn cms_decrypt_opens_a_message_openssl_made() {
     let tmp = tempfile::tempdir().unwrap();
     let p = |n: &str| tmp.path().join(n).to_str().unwrap().to_owned();
-    openssl(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &p("k.pem"), "-out", &p("c.pem"), "-subj", "/CN=enclave", "-days", "1"]);
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        &p("k.pem"),
+        "-out",
+        &p("c.pem"),
+        "-subj",
+        "/CN=enclave",
+        "-days",
+        "1",
+    ]);
     std::fs::write(p("pt"), b"made by OpenSSL, opened by nekms").unwrap();
     openssl(&[
-        "cms", "-encrypt", "-binary", "-in", &p("pt"), "-outform", "DER", "-out", &p("msg.der"), "-aes256", "-keyid",
-        "-recip", &p("c.pem"), "-keyopt", "rsa_padding_mode:oaep", "-keyopt", "rsa_oaep_md:sha256", "-keyopt", "rsa_mgf1_md:sha256",
+        "cms",
+        "-encrypt",
+        "-binary",
+        "-in",
+        &p("pt"),
+        "-outform",
+        "DER",
+        "-out",
+        &p("msg.der"),
+        "-aes256",
+        "-keyid",
+        "-recip",
+        &p("c.pem"),
+        "-keyopt",
+        "rsa_padding_mode:oaep",
+        "-keyopt",
+        "rsa_oaep_md:sha256",
+        "-keyopt",
+        "rsa_mgf1_md:sha256",
     ]);
     let out = ok(nekms(tmp.path(), &["cms", "decrypt", "--key", &p("k.pem"), &p("msg.der")]));
     assert_eq!(out, "made by OpenSSL, opened by nekms");
@@ -218,7 +267,12 @@ fn cms_decrypt_opens_a_message_openssl_made() {
 fn the_kmstool_benchmark_runs_every_path_and_prints_ratios() {
     let tmp = tempfile::tempdir().unwrap();
     let out = ok(nekms(tmp.path(), &["bench", "kmstool", "--seconds", "0.3", "--clients", "2"]));
-    for path in ["KMS HTTPS directly (ref)", "enclave KMS client -> proxy -> KMS HTTPS", "kmstool Decrypt -> enclave -> proxy -> KMS", "client -> proxy -> KMS TCP"] {
+    for path in [
+        "KMS HTTPS directly (ref)",
+        "enclave KMS client -> proxy -> KMS HTTPS",
+        "kmstool Decrypt -> enclave -> proxy -> KMS",
+        "client -> proxy -> KMS TCP",
+    ] {
         let line = out.lines().find(|l| l.contains(path)).unwrap_or_else(|| panic!("no {path:?} in\n{out}"));
         let rps: f64 = line.split_whitespace().rev().nth(2).unwrap().parse().unwrap();
         assert!(rps > 0.0, "{line}");
@@ -241,41 +295,68 @@ fn policy_check_says_who_can_do_what_and_flags_what_aws_reads_differently() {
     let pcr0 = "ab".repeat(48);
     let admin_wildcards = serde_json::json!({"Effect": "Allow", "Principal": {"AWS": admin},
         "Action": ["kms:Create*", "kms:Describe*", "kms:Put*", "kms:Disable*", "kms:Get*", "kms:ScheduleKeyDeletion"], "Resource": "*"});
-    let enclave_decrypt = |pcr: &str| serde_json::json!({"Effect": "Allow", "Principal": {"AWS": instance}, "Action": "kms:Decrypt", "Resource": "*",
-        "Condition": {"StringEqualsIgnoreCase": {"kms:RecipientAttestation:ImageSha384": pcr}}});
-    let root = serde_json::json!({"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::111122223333:root"}, "Action": "kms:*", "Resource": "*"});
+    let enclave_decrypt = |pcr: &str| {
+        serde_json::json!({"Effect": "Allow", "Principal": {"AWS": instance}, "Action": "kms:Decrypt", "Resource": "*",
+        "Condition": {"StringEqualsIgnoreCase": {"kms:RecipientAttestation:ImageSha384": pcr}}})
+    };
+    let root =
+        serde_json::json!({"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::111122223333:root"}, "Action": "kms:*", "Resource": "*"});
 
     // kmstool's: debug-mode zeros, the administrator with Put*/Create*.
-    let out = check("kmstool.json", serde_json::json!({"Statement": [enclave_decrypt(&zeros),
-        {"Effect": "Allow", "Principal": {"AWS": instance}, "Action": "kms:Encrypt", "Resource": "*"}, admin_wildcards.clone()]}));
+    let out = check(
+        "kmstool.json",
+        serde_json::json!({"Statement": [enclave_decrypt(&zeros),
+        {"Effect": "Allow", "Principal": {"AWS": instance}, "Action": "kms:Encrypt", "Resource": "*"}, admin_wildcards.clone()]}),
+    );
     assert!(out.contains("names an all-zero PCR"), "{out}");
-    assert!(out.contains("WARNING: whoever can change the policy can reopen the key") && out.contains("WARNING: whoever can create grants"), "{out}");
+    assert!(
+        out.contains("WARNING: whoever can change the policy can reopen the key") && out.contains("WARNING: whoever can create grants"),
+        "{out}"
+    );
 
     // The lock-out's: no root statement, yet the administrator can still reopen the key.
     let out = check("lockout.json", serde_json::json!({"Statement": [enclave_decrypt(&pcr0), admin_wildcards.clone()]}));
-    assert!(out.contains(&format!("Who can decrypt: {instance}, when StringEqualsIgnoreCase kms:RecipientAttestation:ImageSha384 {pcr0}")), "{out}");
+    assert!(
+        out.contains(&format!("Who can decrypt: {instance}, when StringEqualsIgnoreCase kms:RecipientAttestation:ImageSha384 {pcr0}")),
+        "{out}"
+    );
     assert!(out.contains("Who can change the policy: arn:aws:iam::111122223333:role/admin"), "{out}");
 
     // The two-enclave document's: three PCRs ANDed in one Deny.
-    let out = check("two-enclave.json", serde_json::json!({"Statement": [root.clone(),
+    let out = check(
+        "two-enclave.json",
+        serde_json::json!({"Statement": [root.clone(),
         {"Effect": "Deny", "Principal": {"AWS": instance}, "Action": "kms:Decrypt", "Resource": "*",
-         "Condition": {"StringNotEqualsIgnoreCase": {"kms:RecipientAttestation:PCR0": "aa", "kms:RecipientAttestation:PCR1": "bb", "kms:RecipientAttestation:PCR2": "cc"}}}]}));
+         "Condition": {"StringNotEqualsIgnoreCase": {"kms:RecipientAttestation:PCR0": "aa", "kms:RecipientAttestation:PCR1": "bb", "kms:RecipientAttestation:PCR2": "cc"}}}]}),
+    );
     assert!(out.contains("fires only when every one differs"), "{out}");
     assert!(out.contains("may decrypt without an attestation document"), "the root statement: {out}");
 
     // tmkms's: the default root statement beside the enclave's Decrypt.
     let out = check("tmkms.json", serde_json::json!({"Statement": [root.clone(), enclave_decrypt(&pcr0)]}));
-    assert!(out.contains("the account root, and whoever the account's IAM policies allow") && out.contains("may decrypt without an attestation document"), "{out}");
+    assert!(
+        out.contains("the account root, and whoever the account's IAM policies allow")
+            && out.contains("may decrypt without an attestation document"),
+        "{out}"
+    );
 
     // A lock-out Deny written with ForAnyValue does not apply without a Recipient.
-    let out = check("for-any.json", serde_json::json!({"Statement": [root,
+    let out = check(
+        "for-any.json",
+        serde_json::json!({"Statement": [root,
         {"Effect": "Deny", "Principal": "*", "Action": "kms:Decrypt", "Resource": "*",
-         "Condition": {"ForAnyValue:StringNotEquals": {"kms:RecipientAttestation:ImageSha384": pcr0}}}]}));
+         "Condition": {"ForAnyValue:StringNotEquals": {"kms:RecipientAttestation:ImageSha384": pcr0}}}]}),
+    );
     assert!(out.contains("ForAnyValue on the single-valued key kms:RecipientAttestation:ImageSha384"), "{out}");
 
     // nekms's own template: nobody reopens it, nothing misleading.
     let template = ok(nekms(tmp.path(), &["policy", "custody", "--account", "111122223333", "--pcr0", &pcr0]));
     let out = check("custody.json", serde_json::from_str(&template).unwrap());
-    assert!(out.contains("Who can change the policy: nobody") && out.contains("Who can create grants: nobody") && out.ends_with("0 warning(s)\n"), "{out}");
+    assert!(
+        out.contains("Who can change the policy: nobody")
+            && out.contains("Who can create grants: nobody")
+            && out.ends_with("0 warning(s)\n"),
+        "{out}"
+    );
     assert!(fail(nekms(tmp.path(), &["policy", "check", tmp.path().join("missing.json").to_str().unwrap()])).contains("missing.json"));
 }

@@ -8,8 +8,7 @@ use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::iv::FixedLength;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use aws_lc_rs::rsa::{
-    KeySize, OaepPrivateDecryptingKey, OaepPublicEncryptingKey, PrivateDecryptingKey, PublicEncryptingKey,
-    OAEP_SHA256_MGF1SHA256,
+    KeySize, OaepPrivateDecryptingKey, OaepPublicEncryptingKey, PrivateDecryptingKey, PublicEncryptingKey, OAEP_SHA256_MGF1SHA256,
 };
 use base64::Engine;
 use zeroize::Zeroizing;
@@ -194,10 +193,7 @@ impl EnvelopedData {
         let content_type = oid_text(oid(take(eci, 0, OID, "EncryptedContentInfo.contentType")?, "contentType")?);
         let alg = seq(take(eci, 1, SEQUENCE, "contentEncryptionAlgorithm")?, "contentEncryptionAlgorithm")?;
         let alg_oid = oid(take(alg, 0, OID, "contentEncryptionAlgorithm.algorithm")?, "algorithm")?;
-        let iv = take(alg, 1, OCTET_STRING, "contentEncryptionAlgorithm IV")?
-            .primitive()
-            .ok_or(CmsError::Structure("IV"))?
-            .to_vec();
+        let iv = take(alg, 1, OCTET_STRING, "contentEncryptionAlgorithm IV")?.primitive().ok_or(CmsError::Structure("IV"))?.to_vec();
         let content = eci.get(2).ok_or(CmsError::Structure("encryptedContent (absent)"))?;
         if content.tag != CTX0_PRIMITIVE && content.tag != CTX0_CONSTRUCTED {
             return Err(CmsError::Structure("encryptedContent"));
@@ -290,11 +286,8 @@ pub fn seal_for_recipient(plaintext: &[u8], recipient_spki_der: &[u8]) -> Result
 
     let oaep_params = der(
         SEQUENCE,
-        &[
-            der(CTX0_CONSTRUCTED, &sha256_alg()),
-            der(CTX1_CONSTRUCTED, &der(SEQUENCE, &[der(OID, OID_MGF1), sha256_alg()].concat())),
-        ]
-        .concat(),
+        &[der(CTX0_CONSTRUCTED, &sha256_alg()), der(CTX1_CONSTRUCTED, &der(SEQUENCE, &[der(OID, OID_MGF1), sha256_alg()].concat()))]
+            .concat(),
     );
     let ktri = der(
         SEQUENCE,
@@ -348,12 +341,7 @@ impl RecipientKey {
         let text = std::str::from_utf8(bytes).ok();
         match text.and_then(|t| t.find("-----BEGIN PRIVATE KEY-----").map(|i| &t[i..])) {
             Some(pem) => {
-                let body: String = pem
-                    .lines()
-                    .skip(1)
-                    .take_while(|l| !l.starts_with("-----END"))
-                    .collect::<Vec<_>>()
-                    .concat();
+                let body: String = pem.lines().skip(1).take_while(|l| !l.starts_with("-----END")).collect::<Vec<_>>().concat();
                 let der = Zeroizing::new(base64::engine::general_purpose::STANDARD.decode(body.trim()).map_err(|_| CmsError::PrivateKey)?);
                 Self::from_pkcs8_der(&der)
             }
@@ -402,10 +390,7 @@ impl RecipientKey {
             Err(_) => {
                 let ours = subject_key_identifier(&self.public_der);
                 if r.subject_key_identifier != ours {
-                    return Err(CmsError::RecipientMismatch {
-                        found: hex::encode(&r.subject_key_identifier),
-                        ours: hex::encode(ours),
-                    });
+                    return Err(CmsError::RecipientMismatch { found: hex::encode(&r.subject_key_identifier), ours: hex::encode(ours) });
                 }
                 return Err(CmsError::Unwrap);
             }

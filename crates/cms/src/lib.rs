@@ -27,9 +27,7 @@
 mod ber;
 mod envelope;
 
-pub use ber::{parse as parse_ber, Body, BerError, Element};
+pub use ber::{parse as parse_ber, BerError, Body, Element};
 pub use envelope::{
-    check_recipient_key,
-    seal_for_recipient, subject_key_identifier, CmsError, EnvelopedData, KeyTransRecipient, RecipientKey,
-    MAX_CMS_SIZE,
+    check_recipient_key, seal_for_recipient, subject_key_identifier, CmsError, EnvelopedData, KeyTransRecipient, RecipientKey, MAX_CMS_SIZE,
 };

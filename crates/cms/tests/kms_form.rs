@@ -13,8 +13,18 @@ fn real(name: &str) -> Vec<u8> {
 #[test]
 fn the_real_kms_responses_parse_to_the_documented_fields() {
     for (file, iv, ski, content_len) in [
-        ("kms-ciphertext-for-recipient.ber", "688c6d5f7f31b0fecedf09f2e7c99ac9", "7087b55df94ba3255cdf3c01840a2aa3ec93620625d601cf56f97bde7a3d2eb1", 48),
-        ("kms-ciphertext-for-recipient-ctx.ber", "e66c1172aee0f2f7be34e3afc6b0e4fe", "4e61df69e443b8e25c8ae83318cfc72d9b6a5176d2167790fdf819c086e6967a", 16),
+        (
+            "kms-ciphertext-for-recipient.ber",
+            "688c6d5f7f31b0fecedf09f2e7c99ac9",
+            "7087b55df94ba3255cdf3c01840a2aa3ec93620625d601cf56f97bde7a3d2eb1",
+            48,
+        ),
+        (
+            "kms-ciphertext-for-recipient-ctx.ber",
+            "e66c1172aee0f2f7be34e3afc6b0e4fe",
+            "4e61df69e443b8e25c8ae83318cfc72d9b6a5176d2167790fdf819c086e6967a",
+            16,
+        ),
     ] {
         let e = EnvelopedData::parse(&real(file)).unwrap();
         assert_eq!(e.version, 2);
@@ -96,8 +106,21 @@ fn a_non_rsa_2048_recipient_is_refused() {
     let out = tempfile::tempdir().unwrap();
     let k = out.path().join("k.pem");
     let p = out.path().join("p.der");
-    assert!(Command::new("openssl").args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:3072", "-out"]).arg(&k).output().unwrap().status.success());
-    assert!(Command::new("openssl").args(["pkey", "-pubout", "-outform", "DER", "-in"]).arg(&k).arg("-out").arg(&p).status().unwrap().success());
+    assert!(Command::new("openssl")
+        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:3072", "-out"])
+        .arg(&k)
+        .output()
+        .unwrap()
+        .status
+        .success());
+    assert!(Command::new("openssl")
+        .args(["pkey", "-pubout", "-outform", "DER", "-in"])
+        .arg(&k)
+        .arg("-out")
+        .arg(&p)
+        .status()
+        .unwrap()
+        .success());
     assert_eq!(seal_for_recipient(b"x", &std::fs::read(&p).unwrap()).unwrap_err(), CmsError::KeySize(3072));
     assert_eq!(seal_for_recipient(b"x", b"not a key").unwrap_err(), CmsError::PublicKey);
 }
@@ -109,8 +132,21 @@ fn openssl_decrypts_what_we_seal_and_we_open_with_its_key() {
     let pub_der = dir.path().join("pub.der");
     let msg = dir.path().join("msg.ber");
     let out = dir.path().join("out.bin");
-    assert!(Command::new("openssl").args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"]).arg(&key_pem).output().unwrap().status.success());
-    assert!(Command::new("openssl").args(["pkey", "-pubout", "-outform", "DER", "-in"]).arg(&key_pem).arg("-out").arg(&pub_der).status().unwrap().success());
+    assert!(Command::new("openssl")
+        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
+        .arg(&key_pem)
+        .output()
+        .unwrap()
+        .status
+        .success());
+    assert!(Command::new("openssl")
+        .args(["pkey", "-pubout", "-outform", "DER", "-in"])
+        .arg(&key_pem)
+        .arg("-out")
+        .arg(&pub_der)
+        .status()
+        .unwrap()
+        .success());
     let plaintext = b"the data key that KMS releases only to the enclave";
     std::fs::write(&msg, seal_for_recipient(plaintext, &std::fs::read(&pub_der).unwrap()).unwrap()).unwrap();
     let o = Command::new("openssl")

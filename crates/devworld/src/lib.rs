@@ -307,8 +307,8 @@ impl DevDir {
         if root_exists && self.file("intermediate.pem").exists() && self.file("intermediate.key").exists() {
             report.kept.push("intermediate.pem, intermediate.key");
         } else {
-            let inter = pki::generate_intermediate(&root, now)
-                .map_err(|source| DevError::Pki { path: self.file("intermediate.pem"), source })?;
+            let inter =
+                pki::generate_intermediate(&root, now).map_err(|source| DevError::Pki { path: self.file("intermediate.pem"), source })?;
             self.write_ca("intermediate", &inter)?;
             report.created.push("intermediate.pem, intermediate.key (development intermediate CA, P-384)");
         }
@@ -444,12 +444,14 @@ impl DevDir {
 
 /// The shared credentials and config files for `principals`.
 fn aws_files(principals: &[DevPrincipal], config: &DevConfig) -> (Zeroizing<String>, String) {
-    let mut credentials = Zeroizing::new(String::from(
-        "# Credentials of the nekms development account (they work only against the local KMS).\n",
-    ));
+    let mut credentials =
+        Zeroizing::new(String::from("# Credentials of the nekms development account (they work only against the local KMS).\n"));
     let mut aws_config = String::from("# Profiles of the nekms development account. The kms endpoint is the local KMS.\n");
     for p in principals {
-        credentials.push_str(&format!("\n[{}]\naws_access_key_id = {}\naws_secret_access_key = {}\n", p.name, p.access_key_id, p.secret_access_key));
+        credentials.push_str(&format!(
+            "\n[{}]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            p.name, p.access_key_id, p.secret_access_key
+        ));
         if let Some(t) = &p.session_token {
             credentials.push_str(&format!("aws_session_token = {t}\n"));
         }

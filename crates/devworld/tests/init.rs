@@ -37,10 +37,16 @@ fn init_writes_three_principals_and_matching_aws_profiles() {
     assert!(!format!("{instance:?}").contains(&instance.secret_access_key), "Debug must not show the secret");
     let credentials = std::fs::read_to_string(dir.aws_credentials_path()).unwrap();
     for p in &principals {
-        assert!(credentials.contains(&format!("[{}]\naws_access_key_id = {}\naws_secret_access_key = {}\n", p.name, p.access_key_id, p.secret_access_key)));
+        assert!(credentials.contains(&format!(
+            "[{}]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            p.name, p.access_key_id, p.secret_access_key
+        )));
     }
     let config = std::fs::read_to_string(dir.aws_config_path()).unwrap();
-    assert!(config.contains("[profile instance]\nregion = us-east-1") && config.contains("endpoint_url = http://127.0.0.1:7700"), "{config}");
+    assert!(
+        config.contains("[profile instance]\nregion = us-east-1") && config.contains("endpoint_url = http://127.0.0.1:7700"),
+        "{config}"
+    );
     std::fs::set_permissions(dir.path().join("principals.toml"), std::fs::Permissions::from_mode(0o644)).unwrap();
     assert!(matches!(dir.principals(), Err(DevError::KeyPermissions { .. })));
 }

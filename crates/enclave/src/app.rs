@@ -208,7 +208,12 @@ pub fn serve(config: EnclaveConfig) -> anyhow::Result<()> {
             pcrs[1],
             pcrs[2]
         );
-        eprintln!("nekms-enclave: RPC on {}; kmstool protocol on {}; KMS through {}", rpc.local_address(), kmstool.local_address(), config.proxy);
+        eprintln!(
+            "nekms-enclave: RPC on {}; kmstool protocol on {}; KMS through {}",
+            rpc.local_address(),
+            kmstool.local_address(),
+            config.proxy
+        );
         let options = nekms_rpc::ServerOptions {
             agent: format!("nekms-enclave {}", env!("CARGO_PKG_VERSION")),
             reserved_vsock_ports_only: !config.trust.rpc_any_vsock_peer,

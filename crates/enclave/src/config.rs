@@ -229,7 +229,8 @@ mod tests {
 
     #[test]
     fn trust_comes_from_the_file() {
-        let file = EnclaveArgs::from_toml("custody-kms-keys = [\"arn:aws:kms:us-east-1:111122223333:key/k\"]\nparent-decrypt = false\n").unwrap();
+        let file =
+            EnclaveArgs::from_toml("custody-kms-keys = [\"arn:aws:kms:us-east-1:111122223333:key/k\"]\nparent-decrypt = false\n").unwrap();
         let c = EnclaveArgs::default().resolve(file);
         assert_eq!(c.trust.custody_kms_keys.len(), 1);
         assert_eq!(c.trust.parent_decrypt, Some(false));

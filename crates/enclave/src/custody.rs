@@ -108,7 +108,8 @@ fn now_seconds() -> u64 {
 impl Enclave {
     /// NSM GetRandom, the OS generator and, when asked, KMS GenerateRandom.
     async fn entropy(&self, source: Entropy) -> Result<Zeroizing<Vec<u8>>, RpcError> {
-        let mut seed = Zeroizing::new(self.nsm.get_random().map_err(|e| RpcError::new(ErrorCode::Attestation, format!("NSM GetRandom: {e}")))?);
+        let mut seed =
+            Zeroizing::new(self.nsm.get_random().map_err(|e| RpcError::new(ErrorCode::Attestation, format!("NSM GetRandom: {e}")))?);
         let mut os = Zeroizing::new([0u8; 32]);
         SystemRandom::new().fill(&mut *os).map_err(|_| RpcError::new(ErrorCode::Internal, "the OS random generator failed"))?;
         seed.extend_from_slice(&*os);
@@ -179,7 +180,8 @@ impl Enclave {
         check_nonce(&req.nonce)?;
         // KMS first: a key it will not seal is not worth generating.
         let usage = Usage::from_flags(req.decrypt, req.privval).map_err(RpcError::bad_request)?;
-        let data_key = self.data_key_for(&req.key_id, req.spec, Origin::Generated, req.kms_key_id.as_deref(), &req.encryption_context, usage).await?;
+        let data_key =
+            self.data_key_for(&req.key_id, req.spec, Origin::Generated, req.kms_key_id.as_deref(), &req.encryption_context, usage).await?;
         let seed = self.entropy(req.entropy).await?;
         let spec = req.spec;
         // RSA generation takes a while; keep it off the connection's task.
@@ -206,7 +208,8 @@ impl Enclave {
         // asking for it without (or with, for one that may not) is refused by KMS.
         let usage = Usage::from_flags(req.decrypt, req.privval).map_err(RpcError::bad_request)?;
         usage.check_spec(spec).map_err(RpcError::bad_request)?;
-        let context = import_context_with_usage(&req.key_id, spec, &req.ciphertext_context, usage).map_err(|e| RpcError::refused(e.to_string()))?;
+        let context =
+            import_context_with_usage(&req.key_id, spec, &req.ciphertext_context, usage).map_err(|e| RpcError::refused(e.to_string()))?;
         let material = self.kms.decrypt_under(&req.ciphertext, &context, Some(source.as_str())).await.map_err(|e| {
             let mut err = kms_error(e);
             if matches!(err.kms_code.as_deref(), Some("InvalidCiphertextException" | "IncorrectKeyException")) {
@@ -223,7 +226,9 @@ impl Enclave {
         self.trust.check_answered(source, &material.key_id)?;
         let private = parse_private_key(&material.plaintext, Some(spec)).map_err(key_error)?;
         drop(material);
-        let data_key = self.data_key_for(&req.key_id, private.spec(), Origin::Imported, req.kms_key_id.as_deref(), &req.encryption_context, usage).await?;
+        let data_key = self
+            .data_key_for(&req.key_id, private.spec(), Origin::Imported, req.kms_key_id.as_deref(), &req.encryption_context, usage)
+            .await?;
         self.seal_new(&private, &req.key_id, data_key, Origin::Imported, req.nonce)
     }
 
@@ -286,7 +291,9 @@ pub(crate) fn refuse_privval(record: &KeyRecord) -> Result<(), RpcError> {
 
 fn check_nonce(nonce: &Option<Vec<u8>>) -> Result<(), RpcError> {
     match nonce {
-        Some(n) if n.len() > nekms_nsm::MAX_NONCE => Err(RpcError::bad_request(format!("nonce is {} bytes; the NSM takes at most {}", n.len(), nekms_nsm::MAX_NONCE))),
+        Some(n) if n.len() > nekms_nsm::MAX_NONCE => {
+            Err(RpcError::bad_request(format!("nonce is {} bytes; the NSM takes at most {}", n.len(), nekms_nsm::MAX_NONCE)))
+        }
         _ => Ok(()),
     }
 }

@@ -81,8 +81,16 @@ async fn connection(mut stream: Stream, enclave: &Enclave, max_message: usize) -
 
 /// A command, parsed.
 pub enum Command {
-    SetClient { access_key_id: String, secret_access_key: Zeroizing<String>, session_token: Option<Zeroizing<String>>, region: Option<String> },
-    Decrypt { ciphertext: Vec<u8>, context: BTreeMap<String, String> },
+    SetClient {
+        access_key_id: String,
+        secret_access_key: Zeroizing<String>,
+        session_token: Option<Zeroizing<String>>,
+        region: Option<String>,
+    },
+    Decrypt {
+        ciphertext: Vec<u8>,
+        context: BTreeMap<String, String>,
+    },
 }
 
 /// Parse one message (without its zero byte); the error is the reply's Message.

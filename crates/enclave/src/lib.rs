@@ -56,7 +56,8 @@ impl Enclave {
         let kms = EnclaveKms::new(nsm.clone(), http, config.kms_endpoint.clone())?;
         let own_pcr0 = nsm.describe_pcr(0).map_err(|e| anyhow::anyhow!("reading PCR0: {e}"))?.value;
         let verifier = origin_verifier(&*nsm, config)?;
-        let trust = trust::Trust::new(&config.trust, own_pcr0, verifier, nsm.is_simulated()).map_err(|e| anyhow::anyhow!("the enclave's configuration: {e}"))?;
+        let trust = trust::Trust::new(&config.trust, own_pcr0, verifier, nsm.is_simulated())
+            .map_err(|e| anyhow::anyhow!("the enclave's configuration: {e}"))?;
         // The custody keys fix the region; a configured one must agree.
         let region = match (trust.region(), &config.region) {
             (Some(pinned), Some(given)) if pinned != given => {
@@ -154,7 +155,8 @@ mod anchor_tests {
     use super::*;
 
     fn config(table: &str, endpoint: &str) -> config::EnclaveConfig {
-        let file = config::EnclaveArgs::from_toml(&format!("privval-anchor-table = {table:?}\nprivval-anchor-endpoint = {endpoint:?}\n")).unwrap();
+        let file =
+            config::EnclaveArgs::from_toml(&format!("privval-anchor-table = {table:?}\nprivval-anchor-endpoint = {endpoint:?}\n")).unwrap();
         config::EnclaveArgs { privval_anchor_proxy: Some("unix:///tmp/anchor.sock".into()), ..Default::default() }.resolve(file)
     }
 

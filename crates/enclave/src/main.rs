@@ -3,7 +3,11 @@
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(name = "nekms-enclave", version, about = "The nekms enclave: the native RPC and kmstool's protocol, KMS through the parent's proxy with attestation")]
+#[command(
+    name = "nekms-enclave",
+    version,
+    about = "The nekms enclave: the native RPC and kmstool's protocol, KMS through the parent's proxy with attestation"
+)]
 struct Main {
     #[command(flatten)]
     cli: nekms_enclave::app::Cli,

@@ -126,11 +126,16 @@ fn pin_matches(verifier: &PinVerifier, pin: &[u8]) -> bool {
 }
 
 fn check_label(label: &str) -> Result<(), RpcError> {
-    let ok = !label.is_empty() && label.len() <= 32 && label.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-:@/ ".contains(&b)) && !label.ends_with(' ');
+    let ok = !label.is_empty()
+        && label.len() <= 32
+        && label.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-:@/ ".contains(&b))
+        && !label.ends_with(' ');
     if ok {
         Ok(())
     } else {
-        Err(RpcError::bad_request(format!("token label {label:?}: 1 to 32 characters of letters, digits, spaces and ._-:@/ (no trailing space)")))
+        Err(RpcError::bad_request(format!(
+            "token label {label:?}: 1 to 32 characters of letters, digits, spaces and ._-:@/ (no trailing space)"
+        )))
     }
 }
 
@@ -169,7 +174,11 @@ impl Tokens {
                         label: k.label.clone(),
                         spec: k.record.spec,
                         public_key: k.record.public_key.clone(),
-                        certificates: if with_certificates { k.certificates.iter().cloned().map(serde_bytes::ByteBuf::from).collect() } else { Vec::new() },
+                        certificates: if with_certificates {
+                            k.certificates.iter().cloned().map(serde_bytes::ByteBuf::from).collect()
+                        } else {
+                            Vec::new()
+                        },
                         certificate_count: k.certificates.len() as u32,
                         decrypt: k.decrypt,
                     })
@@ -212,7 +221,10 @@ impl Tokens {
 
     /// The token a handle is on (a removed token's handles are gone).
     fn token_of(state: &mut State, handle: &[u8; 32]) -> Result<(u64, bool), RpcError> {
-        let h = state.handles.get_mut(handle).ok_or_else(|| err(ckr::SESSION_HANDLE_INVALID, "no such handle (closed, dropped while idle, or its token was removed)"))?;
+        let h = state
+            .handles
+            .get_mut(handle)
+            .ok_or_else(|| err(ckr::SESSION_HANDLE_INVALID, "no such handle (closed, dropped while idle, or its token was removed)"))?;
         h.last_used = std::time::Instant::now();
         if !state.tokens.contains_key(&h.slot) {
             return Err(err(ckr::TOKEN_NOT_PRESENT, format!("the token of slot {} was removed", h.slot)));
@@ -230,7 +242,10 @@ impl Tokens {
             }
             let token = &state.tokens[&slot];
             if token.failures >= MAX_PIN_FAILURES {
-                return Err(err(ckr::PIN_LOCKED, format!("token {:?} is locked after {MAX_PIN_FAILURES} wrong PINs; provision it again", token.label)));
+                return Err(err(
+                    ckr::PIN_LOCKED,
+                    format!("token {:?} is locked after {MAX_PIN_FAILURES} wrong PINs; provision it again", token.label),
+                ));
             }
             token.verifier.clone()
         };
@@ -243,7 +258,10 @@ impl Tokens {
         }
         // Checked again: wrong PINs tried at the same time may have locked it meanwhile.
         if token.failures >= MAX_PIN_FAILURES {
-            return Err(err(ckr::PIN_LOCKED, format!("token {:?} is locked after {MAX_PIN_FAILURES} wrong PINs; provision it again", token.label)));
+            return Err(err(
+                ckr::PIN_LOCKED,
+                format!("token {:?} is locked after {MAX_PIN_FAILURES} wrong PINs; provision it again", token.label),
+            ));
         }
         if !good {
             token.failures += 1;
@@ -283,7 +301,12 @@ impl Tokens {
             return Err(err(ckr::USER_NOT_LOGGED_IN, "log in before signing"));
         }
         let token = &state.tokens[&slot];
-        token.keys.iter().find(|k| k.id == key_id).map(|k| (k.record.clone(), k.decrypt)).ok_or_else(|| err(ckr::KEY_HANDLE_INVALID, format!("token {:?} has no key with that CKA_ID", token.label)))
+        token
+            .keys
+            .iter()
+            .find(|k| k.id == key_id)
+            .map(|k| (k.record.clone(), k.decrypt))
+            .ok_or_else(|| err(ckr::KEY_HANDLE_INVALID, format!("token {:?} has no key with that CKA_ID", token.label)))
     }
 
     /// Check a token's shape (not its records, which the enclave opens).
@@ -314,9 +337,13 @@ impl Tokens {
                 return Err(RpcError::bad_request(format!("key {i}: at most {MAX_CHAIN} certificates of 16 KiB each")));
             }
             if let Some(leaf) = k.certificates.first() {
-                let spki = certificate_spki(leaf).map_err(|e| RpcError::bad_request(format!("key {i} ({}): the leaf certificate: {e}", k.label)))?;
+                let spki = certificate_spki(leaf)
+                    .map_err(|e| RpcError::bad_request(format!("key {i} ({}): the leaf certificate: {e}", k.label)))?;
                 if spki != k.record.public_key {
-                    return Err(RpcError::bad_request(format!("key {i} ({}): the leaf certificate is for another public key than the key's", k.label)));
+                    return Err(RpcError::bad_request(format!(
+                        "key {i} ({}): the leaf certificate is for another public key than the key's",
+                        k.label
+                    )));
                 }
             }
             for (j, c) in k.certificates.iter().enumerate().skip(1) {
@@ -332,7 +359,13 @@ impl Tokens {
         let keys = token
             .keys
             .into_iter()
-            .map(|k| TokenKey { decrypt: k.decrypt, id: k.id, label: k.label, record: k.record, certificates: k.certificates.into_iter().map(|c| c.into_vec()).collect() })
+            .map(|k| TokenKey {
+                decrypt: k.decrypt,
+                id: k.id,
+                label: k.label,
+                record: k.record,
+                certificates: k.certificates.into_iter().map(|c| c.into_vec()).collect(),
+            })
             .collect();
         match (existing, replace) {
             (Some(_), false) => Err(RpcError::bad_request(format!("a token labelled {:?} exists; update it instead", token.label))),
@@ -369,13 +402,19 @@ impl Tokens {
         }
         let token = &state.tokens[&slot];
         if !token.writable {
-            return Err(err(ckr::TOKEN_WRITE_PROTECTED, format!("token {:?} is write-protected (provision it with --writable)", token.label)));
+            return Err(err(
+                ckr::TOKEN_WRITE_PROTECTED,
+                format!("token {:?} is write-protected (provision it with --writable)", token.label),
+            ));
         }
         if id.is_empty() || id.len() > 64 {
             return Err(err(ckr::TEMPLATE_INCONSISTENT, "CKA_ID is 1 to 64 bytes"));
         }
         if token.keys.iter().any(|k| k.id == id) {
-            return Err(err(ckr::TEMPLATE_INCONSISTENT, format!("token {:?} already has a key with CKA_ID {}", token.label, hex::encode(id))));
+            return Err(err(
+                ckr::TEMPLATE_INCONSISTENT,
+                format!("token {:?} already has a key with CKA_ID {}", token.label, hex::encode(id)),
+            ));
         }
         if token.keys.len() >= MAX_KEYS {
             return Err(err(ckr::DEVICE_MEMORY, format!("token {:?} holds {MAX_KEYS} keys, the most it takes", token.label)));
@@ -386,7 +425,11 @@ impl Tokens {
     /// Add a generated key to a token (checked again: the token may have changed meanwhile).
     fn add_generated(&self, label: &str, key: TokenKey) -> Result<(), RpcError> {
         let mut state = self.lock();
-        let token = state.tokens.values_mut().find(|t| t.label == label).ok_or_else(|| err(ckr::TOKEN_NOT_PRESENT, format!("token {label:?} was removed")))?;
+        let token = state
+            .tokens
+            .values_mut()
+            .find(|t| t.label == label)
+            .ok_or_else(|| err(ckr::TOKEN_NOT_PRESENT, format!("token {label:?} was removed")))?;
         if token.keys.iter().any(|k| k.id == key.id) || token.keys.len() >= MAX_KEYS {
             return Err(err(ckr::TEMPLATE_INCONSISTENT, format!("token {label:?} changed while the key was made")));
         }
@@ -396,7 +439,11 @@ impl Tokens {
 
     fn keys_of(&self, label: &str) -> Result<Vec<nekms_rpc::P11Key>, RpcError> {
         let state = self.lock();
-        let token = state.tokens.values().find(|t| t.label == label).ok_or_else(|| RpcError::bad_request(format!("no token labelled {label:?}")))?;
+        let token = state
+            .tokens
+            .values()
+            .find(|t| t.label == label)
+            .ok_or_else(|| RpcError::bad_request(format!("no token labelled {label:?}")))?;
         Ok(token
             .keys
             .iter()
@@ -412,7 +459,12 @@ impl Tokens {
 
     fn remove(&self, label: &str) -> Result<(), RpcError> {
         let mut state = self.lock();
-        let slot = state.tokens.iter().find(|(_, t)| t.label == label).map(|(s, _)| *s).ok_or_else(|| RpcError::bad_request(format!("no token labelled {label:?}")))?;
+        let slot = state
+            .tokens
+            .iter()
+            .find(|(_, t)| t.label == label)
+            .map(|(s, _)| *s)
+            .ok_or_else(|| RpcError::bad_request(format!("no token labelled {label:?}")))?;
         state.tokens.remove(&slot);
         state.handles.retain(|_, h| h.slot != slot);
         Ok(())
@@ -437,20 +489,28 @@ impl Enclave {
                         }
                         v.clone()
                     }
-                    _ => return Err(RpcError::bad_request("give a new token's PIN, or the PIN verifier the enclave gave for it, not both")),
+                    _ => {
+                        return Err(RpcError::bad_request("give a new token's PIN, or the PIN verifier the enclave gave for it, not both"))
+                    }
                 };
                 // Each record must open under the enclave's custody rules,
                 // exactly as it would to sign.
                 for k in &token.keys {
                     crate::custody::refuse_privval(&k.record)?;
-                    self.open(&k.record).await.map_err(|e| RpcError { message: format!("key {} ({}): {}", hex::encode(&k.id), k.label, e.message), ..e })?;
+                    self.open(&k.record)
+                        .await
+                        .map_err(|e| RpcError { message: format!("key {} ({}): {}", hex::encode(&k.id), k.label, e.message), ..e })?;
                 }
                 let slot = tokens.add(token, verifier.clone(), replace)?;
                 Ok(P11Response::TokenAdded { slot, pin_verifier: verifier })
             }
             P11Request::RemoveToken { label } => tokens.remove(&label).map(|_| P11Response::Done),
             P11Request::Slots => Ok(P11Response::Slots(tokens.slots(None))),
-            P11Request::Slot { slot } => tokens.slots(Some(slot)).pop().map(P11Response::Slot).ok_or_else(|| err(ckr::SLOT_ID_INVALID, format!("no token in slot {slot}"))),
+            P11Request::Slot { slot } => tokens
+                .slots(Some(slot))
+                .pop()
+                .map(P11Response::Slot)
+                .ok_or_else(|| err(ckr::SLOT_ID_INVALID, format!("no token in slot {slot}"))),
             P11Request::Open { slot } => tokens.open(slot).map(|handle| P11Response::Opened { handle }),
             P11Request::Close { handle } => tokens.close(&handle).map(|_| P11Response::Done),
             P11Request::Login { handle, pin } => tokens.login(&handle, pin.0.as_bytes()).map(|_| P11Response::Done),
@@ -471,7 +531,16 @@ impl Enclave {
                 let mut context = std::collections::BTreeMap::new();
                 context.insert("p11-token".to_owned(), token.clone());
                 let record = self
-                    .generate_key(nekms_rpc::GenerateKey { key_id, spec, kms_key_id: None, entropy: nekms_rpc::Entropy::Nsm, encryption_context: context, nonce: None, decrypt: false, privval: false })
+                    .generate_key(nekms_rpc::GenerateKey {
+                        key_id,
+                        spec,
+                        kms_key_id: None,
+                        entropy: nekms_rpc::Entropy::Nsm,
+                        encryption_context: context,
+                        nonce: None,
+                        decrypt: false,
+                        privval: false,
+                    })
                     .await?;
                 let public_key = serde_bytes::ByteBuf::from(record.public_key.clone());
                 let label = if label.is_empty() { record.key_id.clone() } else { label };
@@ -482,7 +551,10 @@ impl Enclave {
             P11Request::Decrypt { handle, id, padding, ciphertext, label } => {
                 let (record, may_decrypt) = tokens.usable_record(&handle, &id)?;
                 if !may_decrypt {
-                    return Err(err(ckr::KEY_FUNCTION_NOT_PERMITTED, "this token key was provisioned to sign only (nekms p11 token add --decrypt NAME allows decryption)"));
+                    return Err(err(
+                        ckr::KEY_FUNCTION_NOT_PERMITTED,
+                        "this token key was provisioned to sign only (nekms p11 token add --decrypt NAME allows decryption)",
+                    ));
                 }
                 let key = self.open(&record).await?;
                 let plaintext = key.rsa_decrypt(padding, &ciphertext, label.as_deref()).map_err(|e| match e {
@@ -497,7 +569,10 @@ impl Enclave {
                 }
                 let mut out = Vec::with_capacity(length as usize);
                 while out.len() < length as usize {
-                    let chunk = self.nsm.get_random().map_err(|e| RpcError::new(nekms_rpc::ErrorCode::Attestation, format!("NSM GetRandom: {e}")))?;
+                    let chunk = self
+                        .nsm
+                        .get_random()
+                        .map_err(|e| RpcError::new(nekms_rpc::ErrorCode::Attestation, format!("NSM GetRandom: {e}")))?;
                     out.extend_from_slice(&chunk);
                 }
                 out.truncate(length as usize);

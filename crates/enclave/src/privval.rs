@@ -409,7 +409,8 @@ impl Enclave {
             access_key_id: String,
             secret_access_key: nekms_rpc::SecretString,
         }
-        let creds: AnchorCredentials = serde_json::from_slice(&out.plaintext).map_err(|_| RpcError::bad_request("the anchor's credentials are JSON {access_key_id, secret_access_key}"))?;
+        let creds: AnchorCredentials = serde_json::from_slice(&out.plaintext)
+            .map_err(|_| RpcError::bad_request("the anchor's credentials are JSON {access_key_id, secret_access_key}"))?;
         anchor.set_credentials(creds.access_key_id.clone(), creds.secret_access_key.0);
         Ok(PrivvalResponse::AnchorCredentialsSet { access_key_id: creds.access_key_id })
     }
@@ -506,17 +507,28 @@ impl Enclave {
                 Err(e) => refusals.push(e.to_string()),
             }
         }
-        let record = record.ok_or_else(|| RpcError::refused(format!("rule privval-state: the state record {store_name} is refused: {}", refusals.join("; "))))?;
+        let record = record.ok_or_else(|| {
+            RpcError::refused(format!("rule privval-state: the state record {store_name} is refused: {}", refusals.join("; ")))
+        })?;
         let mut last = record.last;
         if let Some(b) = &last.sign_bytes {
             last.signature = Some(consensus_sign(key, b).map_err(RpcError::bad_request)?);
         }
-        let slot = Arc::new(Slot { state: tokio::sync::Mutex::new(State { last, counter: record.counter, committed: record.counter, mac }), metrics: Metrics::default() });
+        let slot = Arc::new(Slot {
+            state: tokio::sync::Mutex::new(State { last, counter: record.counter, committed: record.counter, mac }),
+            metrics: Metrics::default(),
+        });
         // Another configure may have won the race: keep the first.
         Ok(self.privval.slots.lock().unwrap_or_else(|p| p.into_inner()).entry(name).or_insert(slot).clone())
     }
 
-    async fn privval_init(&self, record: &KeyRecord, chain_id: &str, height: Option<i64>, import: Option<String>) -> Result<PrivvalResponse, RpcError> {
+    async fn privval_init(
+        &self,
+        record: &KeyRecord,
+        chain_id: &str,
+        height: Option<i64>,
+        import: Option<String>,
+    ) -> Result<PrivvalResponse, RpcError> {
         if chain_id.is_empty() || chain_id.len() > 50 {
             return Err(RpcError::bad_request(format!("chain id {chain_id:?}: 1 to 50 bytes")));
         }
@@ -541,7 +553,9 @@ impl Enclave {
                         .map_err(|e| RpcError::refused(format!("rule privval-state: the imported signbytes: {e}")))?;
                     let again = consensus_sign(&key, bytes).map_err(RpcError::bad_request)?;
                     if last.signature.as_deref() != Some(again.as_slice()) {
-                        return Err(RpcError::refused("rule privval-state: the imported signature is not this key's over the imported signbytes"));
+                        return Err(RpcError::refused(
+                            "rule privval-state: the imported signature is not this key's over the imported signbytes",
+                        ));
                     }
                 }
                 last
@@ -550,7 +564,9 @@ impl Enclave {
         };
         let name = nekms_privval::store::name(&fp, chain_id);
         let mac = mac_key(&key, chain_id)?;
-        let sealed = StateRecord { key_id: fp, chain_id: chain_id.to_owned(), counter: 1, last: LastSigned { signature: None, ..last.clone() } }.seal(&mac);
+        let sealed =
+            StateRecord { key_id: fp, chain_id: chain_id.to_owned(), counter: 1, last: LastSigned { signature: None, ..last.clone() } }
+                .seal(&mac);
         self.privval.create(&name, sealed).await?;
         Ok(PrivvalResponse::StateInitialized { height: last.height, round: last.round, step: step_number(last.step) })
     }
@@ -643,7 +659,15 @@ impl Enclave {
     }
 
     /// Decide, sign, commit; the signature (and the timestamp to put back) only once committed.
-    async fn sign_consensus(&self, c: &Chain, kind: Kind, height: i64, round: i32, step: Step, bytes: Vec<u8>) -> Result<(Vec<u8>, Option<nekms_privval::Timestamp>), RemoteSignerError> {
+    async fn sign_consensus(
+        &self,
+        c: &Chain,
+        kind: Kind,
+        height: i64,
+        round: i32,
+        step: Step,
+        bytes: Vec<u8>,
+    ) -> Result<(Vec<u8>, Option<nekms_privval::Timestamp>), RemoteSignerError> {
         let m = &c.slot.metrics;
         let mut st = c.slot.state.lock().await;
         // Anchored: a lost conditional write means another signer moved the
@@ -660,7 +684,8 @@ impl Enclave {
                     let signature = consensus_sign(&c.key, &bytes).map_err(|e| signer_error(CODE_OTHER, e))?;
                     // The state moves now, before the store has it: from here a
                     // conflicting request is refused even if the commit fails.
-                    st.last = LastSigned { height, round, step: Some(step), sign_bytes: Some(bytes.clone()), signature: Some(signature.clone()) };
+                    st.last =
+                        LastSigned { height, round, step: Some(step), sign_bytes: Some(bytes.clone()), signature: Some(signature.clone()) };
                     st.counter = st.committed.max(st.counter) + 1;
                     (signature, None)
                 }
@@ -843,7 +868,10 @@ pub async fn serve(listener: nekms_transport::Listener, enclave: Arc<Enclave>, r
 
 async fn connection(mut stream: Stream, enclave: &Enclave) -> Result<(), String> {
     let mut framed = tokio_util_frames::Framed { stream, buf: Vec::new() };
-    let hello = tokio::time::timeout(Duration::from_secs(10), framed.recv(MAX_HELLO)).await.map_err(|_| "no hello".to_string())?.map_err(|e| e.to_string())?;
+    let hello = tokio::time::timeout(Duration::from_secs(10), framed.recv(MAX_HELLO))
+        .await
+        .map_err(|_| "no hello".to_string())?
+        .map_err(|e| e.to_string())?;
     let hello: Hello = serde_json::from_slice(&hello).map_err(|e| format!("the hello: {e}"))?;
     let Some(chain) = enclave.privval.chain(&hello.chain_id) else {
         let _ = framed.send(format!("refused: chain {:?} is not served", hello.chain_id).as_bytes()).await;

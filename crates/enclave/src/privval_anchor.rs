@@ -43,7 +43,9 @@ pub enum Written {
     Moved,
 }
 
-fn sdk_error<E: std::error::Error + aws_sdk_dynamodb::error::ProvideErrorMetadata + 'static, R: std::fmt::Debug>(e: SdkError<E, R>) -> String {
+fn sdk_error<E: std::error::Error + aws_sdk_dynamodb::error::ProvideErrorMetadata + 'static, R: std::fmt::Debug>(
+    e: SdkError<E, R>,
+) -> String {
     match &e {
         SdkError::ServiceError(s) => {
             let m = s.err();

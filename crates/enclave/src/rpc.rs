@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use nekms_kms_client::{DataKeySpec, EnclaveKmsError};
 use nekms_keys::record::CALLER_PREFIX;
+use nekms_kms_client::{DataKeySpec, EnclaveKmsError};
 use nekms_nsm::{AttestationRequest, NsmError, MAX_NONCE, MAX_USER_DATA};
 use nekms_rpc::{CredentialsUpdate, Description, ErrorCode, Handler, NsmInfo, PcrInfo, Request, Response, RpcError, Secret};
 
@@ -110,7 +110,12 @@ impl Enclave {
     }
 
     /// KMS Decrypt for a caller, under the parent-decrypt rules ([`crate::trust`]).
-    pub async fn parent_decrypt(&self, ciphertext: &[u8], context: &BTreeMap<String, String>, key_id: Option<&str>) -> Result<Zeroizing<Vec<u8>>, RpcError> {
+    pub async fn parent_decrypt(
+        &self,
+        ciphertext: &[u8],
+        context: &BTreeMap<String, String>,
+        key_id: Option<&str>,
+    ) -> Result<Zeroizing<Vec<u8>>, RpcError> {
         self.trust.check_parent_request(context, key_id)?;
         let out = self.kms.decrypt_under(ciphertext, context, key_id).await.map_err(kms_error)?;
         // Dropping `out` on refusal wipes the plaintext.
@@ -185,9 +190,18 @@ impl Handler for P11Only {
     async fn handle(&self, request: Request) -> Result<Response, RpcError> {
         use nekms_rpc::P11Request as P;
         match request {
-            Request::P11(r @ (P::Slots | P::Slot { .. } | P::Open { .. } | P::Close { .. } | P::Login { .. } | P::Logout { .. } | P::Sign { .. } | P::Decrypt { .. } | P::Random { .. } | P::GenerateKeyPair { .. })) => {
-                Ok(Response::P11(self.0.p11_call(r).await?))
-            }
+            Request::P11(
+                r @ (P::Slots
+                | P::Slot { .. }
+                | P::Open { .. }
+                | P::Close { .. }
+                | P::Login { .. }
+                | P::Logout { .. }
+                | P::Sign { .. }
+                | P::Decrypt { .. }
+                | P::Random { .. }
+                | P::GenerateKeyPair { .. }),
+            ) => Ok(Response::P11(self.0.p11_call(r).await?)),
             other => Err(RpcError::refused(format!("{} is not served on the PKCS#11 module's socket", other.name()))),
         }
     }
@@ -197,7 +211,9 @@ impl Handler for Enclave {
     async fn handle(&self, request: Request) -> Result<Response, RpcError> {
         match request {
             Request::Describe => Ok(Response::Described(Box::new(self.description()?))),
-            Request::Attest { nonce, user_data, public_key } => Ok(Response::Attested { document: self.attest(nonce, user_data, public_key)? }),
+            Request::Attest { nonce, user_data, public_key } => {
+                Ok(Response::Attested { document: self.attest(nonce, user_data, public_key)? })
+            }
             Request::SetCredentials(update) => Ok(Response::CredentialsSet(self.credentials_from(update)?)),
             Request::Decrypt { ciphertext, encryption_context, key_id } => {
                 let plaintext = self.parent_decrypt(&ciphertext, &encryption_context, key_id.as_deref()).await?;

@@ -53,7 +53,9 @@ impl FromStr for KmsKeyArn {
         let [arn, partition, service, region, account, resource] = parts[..] else { return Err(bad()) };
         let key_id = resource.strip_prefix("key/").ok_or_else(bad)?;
         if key_id.starts_with("mrk-") {
-            return Err(format!("{s:?} is a multi-Region key: a replica in another Region could be given another policy; pin a single-Region key"));
+            return Err(format!(
+                "{s:?} is a multi-Region key: a replica in another Region could be given another policy; pin a single-Region key"
+            ));
         }
         let ok = arn == "arn"
             && partition.starts_with("aws")
@@ -122,7 +124,10 @@ impl Trust {
         };
         let custody = arns(&args.custody_kms_keys, "custody-kms-keys")?;
         if let Some(k) = custody.iter().find(|k| k.region != custody[0].region) {
-            return Err(format!("custody-kms-keys: {k} is in {}, {} in {}; custody keys share one region", k.region, custody[0], custody[0].region));
+            return Err(format!(
+                "custody-kms-keys: {k} is in {}, {} in {}; custody keys share one region",
+                k.region, custody[0], custody[0].region
+            ));
         }
         let mut origin_pcr0 = vec![own_pcr0];
         for hex in &args.origin_pcr0 {
@@ -202,12 +207,16 @@ impl Trust {
     /// Before a plaintext-returning call for a caller.
     pub fn check_parent_request(&self, context: &BTreeMap<String, String>, key_id: Option<&str>) -> Result<(), RpcError> {
         if !self.parent_decrypt {
-            return Err(refused("rule parent-decrypt: this enclave's configuration turns off decryption for the parent (parent-decrypt = false)".into()));
+            return Err(refused(
+                "rule parent-decrypt: this enclave's configuration turns off decryption for the parent (parent-decrypt = false)".into(),
+            ));
         }
         check_caller_context(context).map_err(|e| refused(e.to_string()))?;
         if let Some(id) = key_id {
             if self.is_custody(id) {
-                return Err(refused(format!("rule custody-key: {id} is a custody KMS key; nothing under it is ever decrypted for the parent")));
+                return Err(refused(format!(
+                    "rule custody-key: {id} is a custody KMS key; nothing under it is ever decrypted for the parent"
+                )));
             }
         }
         Ok(())
@@ -239,7 +248,9 @@ impl Trust {
             ))
         })?;
         if record.origin == nekms_keys::Origin::Imported && !self.allow_import {
-            return Err(rejected(format!("rule import-disabled: key record {id} was imported, and this enclave's configuration does not allow imported keys")));
+            return Err(rejected(format!(
+                "rule import-disabled: key record {id} was imported, and this enclave's configuration does not allow imported keys"
+            )));
         }
         nekms_keys::origin::verify_origin(record, &self.verifier, &self.origin_pcr0).map_err(|e| rejected(e.to_string()))?;
         Ok(pinned)
@@ -261,7 +272,14 @@ mod tests {
     fn key_arns_are_parsed_strictly() {
         let k: KmsKeyArn = ARN.parse().unwrap();
         assert_eq!((k.region(), k.account()), ("eu-west-1", "111122223333"));
-        for bad in ["arn:aws:kms:eu-west-1:111122223333:key/mrk-1234abcd", "alias/custody", "1234abcd", "arn:aws:kms:eu-west-1:111122223333:alias/x", "arn:aws:s3:eu-west-1:111122223333:key/x", "arn:aws:kms::111122223333:key/x"] {
+        for bad in [
+            "arn:aws:kms:eu-west-1:111122223333:key/mrk-1234abcd",
+            "alias/custody",
+            "1234abcd",
+            "arn:aws:kms:eu-west-1:111122223333:alias/x",
+            "arn:aws:s3:eu-west-1:111122223333:key/x",
+            "arn:aws:kms::111122223333:key/x",
+        ] {
             assert!(bad.parse::<KmsKeyArn>().is_err(), "{bad}");
         }
     }
@@ -272,7 +290,10 @@ mod tests {
         assert_eq!(t.custody_key(None).unwrap().as_str(), ARN);
         assert_eq!(t.custody_key(Some("1234abcd-12ab-34cd-56ef-1234567890ab")).unwrap().as_str(), ARN);
         assert_eq!(t.custody_key(Some("alias/custody")).unwrap_err().code, ErrorCode::Refused);
-        assert_eq!(t.custody_key(Some("arn:aws:kms:eu-west-1:444455556666:key/1234abcd-12ab-34cd-56ef-1234567890ab")).unwrap_err().code, ErrorCode::Refused);
+        assert_eq!(
+            t.custody_key(Some("arn:aws:kms:eu-west-1:444455556666:key/1234abcd-12ab-34cd-56ef-1234567890ab")).unwrap_err().code,
+            ErrorCode::Refused
+        );
         let pinned = t.custody_key(None).unwrap();
         assert!(t.check_answered(pinned, ARN).is_ok());
         assert!(t.check_answered(pinned, "arn:aws:kms:eu-west-1:111122223333:key/other").is_err());
@@ -282,7 +303,13 @@ mod tests {
 
     #[test]
     fn the_parent_never_decrypts_under_custody_keys_or_reserved_contexts() {
-        let t = Trust::new(&TrustArgs { custody_kms_keys: vec![ARN.into()], parent_decrypt: Some(true), ..Default::default() }, Pcr48::ZERO, Verifier::aws(), true).unwrap();
+        let t = Trust::new(
+            &TrustArgs { custody_kms_keys: vec![ARN.into()], parent_decrypt: Some(true), ..Default::default() },
+            Pcr48::ZERO,
+            Verifier::aws(),
+            true,
+        )
+        .unwrap();
         assert!(t.check_parent_answer("").is_err(), "an answer naming no key is refused");
         let ctx = |k: &str| BTreeMap::from([(k.to_owned(), "v".to_owned())]);
         assert!(t.check_parent_request(&ctx("app"), None).is_ok());
@@ -306,7 +333,8 @@ mod tests {
         assert!(t.check_parent_answer("arn:aws:kms:eu-west-1:111122223333:key/third").is_err());
         let both = TrustArgs { custody_kms_keys: vec![ARN.into()], parent_decrypt_keys: vec![ARN.into()], ..Default::default() };
         assert!(Trust::new(&both, Pcr48::ZERO, Verifier::aws(), true).is_err(), "a custody key never serves the parent");
-        let mixed = TrustArgs { custody_kms_keys: vec![ARN.into(), "arn:aws:kms:us-east-1:111122223333:key/x".into()], ..Default::default() };
+        let mixed =
+            TrustArgs { custody_kms_keys: vec![ARN.into(), "arn:aws:kms:us-east-1:111122223333:key/x".into()], ..Default::default() };
         assert!(Trust::new(&mixed, Pcr48::ZERO, Verifier::aws(), true).is_err());
     }
 

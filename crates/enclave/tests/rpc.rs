@@ -69,7 +69,11 @@ async fn describe_and_documents_report_the_measured_pcrs() {
 
     let document = e.client.attest(Some(b"nonce-1".to_vec()), Some(b"hello".to_vec()), None).await.unwrap();
     let verifier = Verifier::from_pem(&std::fs::read_to_string(e.dev.root_cert_path()).unwrap()).unwrap();
-    let options = VerifyOptions::now().expect_nonce(b"nonce-1".to_vec()).expect_pcr(0, e.measurement.pcr0).expect_pcr(1, e.measurement.pcr1).expect_pcr(2, e.measurement.pcr2);
+    let options = VerifyOptions::now()
+        .expect_nonce(b"nonce-1".to_vec())
+        .expect_pcr(0, e.measurement.pcr0)
+        .expect_pcr(1, e.measurement.pcr1)
+        .expect_pcr(2, e.measurement.pcr2);
     let verified = verifier.verify(&document, &options).unwrap();
     assert_eq!(verified.document.user_data.as_deref(), Some(&b"nekms-caller:v1:hello"[..]), "caller data is domain-separated");
     assert_eq!(verified.document.public_key, None);
@@ -91,7 +95,10 @@ async fn bad_calls_are_refused_before_kms_is_asked() {
     assert_eq!(code(e.client.attest(None, None, Some(vec![0; 294])).await), ErrorCode::Refused, "the enclave attests only keys it holds");
     assert_eq!(code(e.client.generate_random(0).await), ErrorCode::BadRequest);
     assert_eq!(code(e.client.generate_random(1025).await), ErrorCode::BadRequest);
-    assert_eq!(code(e.client.generate_data_key("alias/k".into(), Some("AES_512".into()), None, Default::default()).await), ErrorCode::BadRequest);
+    assert_eq!(
+        code(e.client.generate_data_key("alias/k".into(), Some("AES_512".into()), None, Default::default()).await),
+        ErrorCode::BadRequest
+    );
     // No credentials yet.
     assert_eq!(code(e.client.decrypt(vec![1; 40], Default::default(), None).await), ErrorCode::NoCredentials);
 

@@ -137,7 +137,12 @@ pub fn check_caller_context(context: &BTreeMap<String, String>) -> Result<(), Co
 
 /// A record's data-key context: the caller's entries (checked) plus the
 /// reserved ones binding id, spec and origin.
-pub fn record_context(key_id: &str, spec: KeySpec, origin: Origin, extra: &BTreeMap<String, String>) -> Result<BTreeMap<String, String>, ContextError> {
+pub fn record_context(
+    key_id: &str,
+    spec: KeySpec,
+    origin: Origin,
+    extra: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, ContextError> {
     check_caller_context(extra)?;
     let mut context = extra.clone();
     context.insert(KEY_ID.into(), key_id.into());
@@ -157,7 +162,12 @@ pub fn import_context(key_id: &str, spec: KeySpec, extra: &BTreeMap<String, Stri
 /// or as a consensus key: [`USAGE`] is then in the context too, so a
 /// ciphertext made for a signing key cannot be imported again as one that
 /// decrypts, nor a consensus key's as a key the general Sign uses.
-pub fn import_context_with_usage(key_id: &str, spec: KeySpec, extra: &BTreeMap<String, String>, usage: Usage) -> Result<BTreeMap<String, String>, ContextError> {
+pub fn import_context_with_usage(
+    key_id: &str,
+    spec: KeySpec,
+    extra: &BTreeMap<String, String>,
+    usage: Usage,
+) -> Result<BTreeMap<String, String>, ContextError> {
     check_caller_context(extra)?;
     let mut context = import_context_inner(key_id, spec, extra);
     if let Some(v) = usage.context_value() {
@@ -190,7 +200,9 @@ pub fn unique_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, St
                     return Err(serde::de::Error::custom(format!("rule context-size: more than {MAX_PAIRS} encryption-context pairs")));
                 }
                 if out.insert(k.clone(), v).is_some() {
-                    return Err(serde::de::Error::custom(format!("rule duplicate-context-key: encryption-context key {k:?} is given twice")));
+                    return Err(serde::de::Error::custom(format!(
+                        "rule duplicate-context-key: encryption-context key {k:?} is given twice"
+                    )));
                 }
             }
             Ok(out)

@@ -133,8 +133,17 @@ impl TxRequest {
                 if obj.contains_key("maxFeePerGas") {
                     return Err(bad("a legacy transaction has gasPrice, not maxFeePerGas"));
                 }
-                let chain_id = chain_id.ok_or_else(|| bad("chainId is required: a legacy transaction without EIP-155 can be replayed on any chain"))?;
-                Ok(TxRequest::Legacy(TxLegacy { chain_id: Some(chain_id), nonce, gas_price: required(obj, &["gasPrice"])?, gas_limit, to, value, input }))
+                let chain_id = chain_id
+                    .ok_or_else(|| bad("chainId is required: a legacy transaction without EIP-155 can be replayed on any chain"))?;
+                Ok(TxRequest::Legacy(TxLegacy {
+                    chain_id: Some(chain_id),
+                    nonce,
+                    gas_price: required(obj, &["gasPrice"])?,
+                    gas_limit,
+                    to,
+                    value,
+                    input,
+                }))
             }
             2 => {
                 if obj.contains_key("gasPrice") {
@@ -166,7 +175,8 @@ impl TxRequest {
 
     /// Attach `r || s` and the recovery id, and encode for broadcast.
     pub fn into_signed(self, rs: &[u8; 64], recovery_id: bool) -> SignedTransaction {
-        let sig = alloy_primitives::Signature::from_scalars_and_parity(B256::from_slice(&rs[..32]), B256::from_slice(&rs[32..]), recovery_id);
+        let sig =
+            alloy_primitives::Signature::from_scalars_and_parity(B256::from_slice(&rs[..32]), B256::from_slice(&rs[32..]), recovery_id);
         let envelope: TxEnvelope = match self {
             TxRequest::Legacy(tx) => tx.into_signed(sig).into(),
             TxRequest::Eip1559(tx) => tx.into_signed(sig).into(),
@@ -191,7 +201,8 @@ mod tests {
         assert!(matches!(ok, TxRequest::Eip1559(_)));
         let legacy_without_chain = TxRequest::from_json(r#"{"nonce":0,"gas":21000,"gasPrice":1}"#).err().unwrap();
         assert!(legacy_without_chain.to_string().contains("chainId"));
-        let bad_to = TxRequest::from_json(r#"{"chainId":1,"nonce":0,"gas":1,"maxFeePerGas":1,"maxPriorityFeePerGas":1,"to":"0x12"}"#).err().unwrap();
+        let bad_to =
+            TxRequest::from_json(r#"{"chainId":1,"nonce":0,"gas":1,"maxFeePerGas":1,"maxPriorityFeePerGas":1,"to":"0x12"}"#).err().unwrap();
         assert!(bad_to.to_string().contains("address"));
         assert!(TxRequest::from_json(r#"{"chainId":1,"nonce":-1,"gas":1,"gasPrice":1}"#).is_err());
         assert!(TxRequest::from_json(r#"{"type":3,"chainId":1,"nonce":0,"gas":1}"#).is_err());

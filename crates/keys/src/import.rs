@@ -18,7 +18,11 @@ use crate::KeyError;
 /// (32 bytes could be secp256k1, Ed25519 or P-256) and, when given, must
 /// match what an encoded key says it is.
 pub fn parse_private_key(material: &[u8], spec: Option<KeySpec>) -> Result<PrivateKey, KeyError> {
-    let key = match std::str::from_utf8(material).ok().map(str::trim).filter(|t| !t.is_empty() && t.chars().all(|c| !c.is_control() || c.is_whitespace())) {
+    let key = match std::str::from_utf8(material)
+        .ok()
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && t.chars().all(|c| !c.is_control() || c.is_whitespace()))
+    {
         Some(text) => parse_text(text, spec)?,
         None => parse_binary(material, spec)?,
     };
@@ -34,7 +38,9 @@ fn parse_text(text: &str, spec: Option<KeySpec>) -> Result<PrivateKey, KeyError>
         let der = Zeroizing::new(der);
         return match label {
             "PRIVATE KEY" | "EC PRIVATE KEY" | "RSA PRIVATE KEY" => parse_der(&der, spec),
-            "ENCRYPTED PRIVATE KEY" => Err(KeyError::Import("an encrypted PKCS#8 key; decrypt it (openssl pkcs8) and encrypt it with KMS instead".into())),
+            "ENCRYPTED PRIVATE KEY" => {
+                Err(KeyError::Import("an encrypted PKCS#8 key; decrypt it (openssl pkcs8) and encrypt it with KMS instead".into()))
+            }
             other => Err(KeyError::Import(format!("a PEM {other}; give a PRIVATE KEY"))),
         };
     }
@@ -69,10 +75,13 @@ fn parse_priv_validator_json(text: &str) -> Result<PrivateKey, KeyError> {
         other => return Err(KeyError::Import(format!("priv_key.type is {other:?}; Ed25519 and secp256k1 validator keys are read"))),
     };
     let b64 = priv_key["value"].as_str().ok_or_else(|| KeyError::Import("priv_key.value is missing".into()))?;
-    let bytes = Zeroizing::new(base64::engine::general_purpose::STANDARD.decode(b64).map_err(|_| KeyError::Import("priv_key.value is not base64".into()))?);
+    let bytes = Zeroizing::new(
+        base64::engine::general_purpose::STANDARD.decode(b64).map_err(|_| KeyError::Import("priv_key.value is not base64".into()))?,
+    );
     let key = parse_binary(&bytes, Some(spec))?;
     if let Some(public) = v["pub_key"]["value"].as_str() {
-        let public = base64::engine::general_purpose::STANDARD.decode(public).map_err(|_| KeyError::Import("pub_key.value is not base64".into()))?;
+        let public =
+            base64::engine::general_purpose::STANDARD.decode(public).map_err(|_| KeyError::Import("pub_key.value is not base64".into()))?;
         let point = key.public_key().point();
         let matches = match spec {
             // Compressed SEC1 in the file; the key's point is uncompressed.

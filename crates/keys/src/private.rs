@@ -136,9 +136,17 @@ impl PrivateKey {
     pub fn secret_bytes(&self) -> Result<Zeroizing<Vec<u8>>, KeyError> {
         Ok(Zeroizing::new(match &self.inner {
             Inner::Secp256k1(sk) => sk.secret_bytes().to_vec(),
-            Inner::Ed25519(kp) => kp.seed().map_err(|_| KeyError::Crypto("Ed25519 seed"))?.as_be_bytes().map_err(|_| KeyError::Crypto("Ed25519 seed"))?.as_ref().to_vec(),
+            Inner::Ed25519(kp) => kp
+                .seed()
+                .map_err(|_| KeyError::Crypto("Ed25519 seed"))?
+                .as_be_bytes()
+                .map_err(|_| KeyError::Crypto("Ed25519 seed"))?
+                .as_ref()
+                .to_vec(),
             Inner::Ecdsa(kp) => kp.private_key().as_be_bytes().map_err(|_| KeyError::Crypto("EC scalar"))?.as_ref().to_vec(),
-            Inner::Rsa(kp) => AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(kp).map_err(|_| KeyError::Crypto("RSA PKCS#8"))?.as_ref().to_vec(),
+            Inner::Rsa(kp) => {
+                AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(kp).map_err(|_| KeyError::Crypto("RSA PKCS#8"))?.as_ref().to_vec()
+            }
         }))
     }
 
@@ -154,7 +162,9 @@ impl PrivateKey {
         let Inner::Rsa(kp) = &self.inner else {
             return Err(KeyError::Scheme(format!("a {} key does not decrypt", self.spec())));
         };
-        let der = Zeroizing::new(AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(kp).map_err(|_| KeyError::Crypto("RSA PKCS#8"))?.as_ref().to_vec());
+        let der = Zeroizing::new(
+            AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(kp).map_err(|_| KeyError::Crypto("RSA PKCS#8"))?.as_ref().to_vec(),
+        );
         if padding == RsaPadding::Raw {
             return crate::rsa_raw::private_raw(&der, ciphertext);
         }

@@ -8,14 +8,18 @@ use crate::spec::KeySpec;
 use crate::KeyError;
 
 // SubjectPublicKeyInfo prefixes for the fixed-size keys; the point or key follows.
-pub(crate) const SPKI_SECP256K1: &[u8] =
-    &[0x30, 0x56, 0x30, 0x10, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0a, 0x03, 0x42, 0x00];
-pub(crate) const SPKI_P256: &[u8] = &[
-    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03,
-    0x42, 0x00,
+pub(crate) const SPKI_SECP256K1: &[u8] = &[
+    0x30, 0x56, 0x30, 0x10, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0a, 0x03, 0x42,
+    0x00,
 ];
-pub(crate) const SPKI_P384: &[u8] =
-    &[0x30, 0x76, 0x30, 0x10, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22, 0x03, 0x62, 0x00];
+pub(crate) const SPKI_P256: &[u8] = &[
+    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01,
+    0x07, 0x03, 0x42, 0x00,
+];
+pub(crate) const SPKI_P384: &[u8] = &[
+    0x30, 0x76, 0x30, 0x10, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22, 0x03, 0x62,
+    0x00,
+];
 pub(crate) const SPKI_ED25519: &[u8] = &[0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
 
 /// A public key of a known spec, kept as SubjectPublicKeyInfo DER.
@@ -37,14 +41,15 @@ impl PublicKey {
     /// and an optional label, or the raw operation (k bytes in, below the
     /// modulus).
     pub fn rsa_encrypt(&self, padding: crate::RsaPadding, plaintext: &[u8], label: Option<&[u8]>) -> Result<Vec<u8>, KeyError> {
-        use aws_lc_rs::rsa::{OaepPublicEncryptingKey, Pkcs1PublicEncryptingKey, PublicEncryptingKey};
         use crate::RsaPadding;
+        use aws_lc_rs::rsa::{OaepPublicEncryptingKey, Pkcs1PublicEncryptingKey, PublicEncryptingKey};
         if !self.spec().is_rsa() {
             return Err(KeyError::Scheme(format!("a {} key does not encrypt", self.spec())));
         }
         let too_long = |max: usize| KeyError::Payload(format!("this key and padding encrypt at most {max} bytes, not {}", plaintext.len()));
         if padding == RsaPadding::Raw {
-            return crate::rsa_raw::public_raw(self.spki(), plaintext).ok_or_else(|| KeyError::Payload("the raw RSA operation takes as many bytes as the modulus, below it".into()));
+            return crate::rsa_raw::public_raw(self.spki(), plaintext)
+                .ok_or_else(|| KeyError::Payload("the raw RSA operation takes as many bytes as the modulus, below it".into()));
         }
         let key = PublicEncryptingKey::from_der(self.spki()).map_err(|_| KeyError::Crypto("RSA public key"))?;
         let mut out = vec![0u8; key.key_size_bytes()];
@@ -72,14 +77,20 @@ impl PublicKey {
 
     /// Parse a SubjectPublicKeyInfo (DER) and learn its spec from it.
     pub fn from_spki(spki: &[u8]) -> Result<PublicKey, KeyError> {
-        let fixed = [(SPKI_SECP256K1, 65, KeySpec::Secp256k1), (SPKI_P256, 65, KeySpec::P256), (SPKI_P384, 97, KeySpec::P384), (SPKI_ED25519, 32, KeySpec::Ed25519)];
+        let fixed = [
+            (SPKI_SECP256K1, 65, KeySpec::Secp256k1),
+            (SPKI_P256, 65, KeySpec::P256),
+            (SPKI_P384, 97, KeySpec::P384),
+            (SPKI_ED25519, 32, KeySpec::Ed25519),
+        ];
         for (prefix, len, spec) in fixed {
             if spki.len() == prefix.len() + len && spki.starts_with(prefix) {
                 if spec.is_ecdsa() && spki[prefix.len()] != 0x04 {
                     return Err(KeyError::PublicKey("only uncompressed EC points are accepted".into()));
                 }
                 if spec == KeySpec::Secp256k1 {
-                    secp256k1::PublicKey::from_slice(&spki[prefix.len()..]).map_err(|e| KeyError::PublicKey(format!("not a secp256k1 point: {e}")))?;
+                    secp256k1::PublicKey::from_slice(&spki[prefix.len()..])
+                        .map_err(|e| KeyError::PublicKey(format!("not a secp256k1 point: {e}")))?;
                 }
                 let key = PublicKey { spec, spki: spki.to_vec() };
                 if matches!(spec, KeySpec::P256 | KeySpec::P384) {
@@ -88,9 +99,8 @@ impl PublicKey {
                 return Ok(key);
             }
         }
-        let rsa = aws_lc_rs::rsa::PublicEncryptingKey::from_der(spki).map_err(|_| {
-            KeyError::PublicKey("not a SubjectPublicKeyInfo for secp256k1, Ed25519, P-256, P-384 or RSA".into())
-        })?;
+        let rsa = aws_lc_rs::rsa::PublicEncryptingKey::from_der(spki)
+            .map_err(|_| KeyError::PublicKey("not a SubjectPublicKeyInfo for secp256k1, Ed25519, P-256, P-384 or RSA".into()))?;
         let spec = match rsa.key_size_bits() {
             2048 => KeySpec::Rsa2048,
             3072 => KeySpec::Rsa3072,

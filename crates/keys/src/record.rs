@@ -9,8 +9,8 @@ use crate::public::PublicKey;
 use crate::spec::KeySpec;
 use crate::KeyError;
 
-pub use crate::context::{KEY_ID as CONTEXT_KEY_ID, KEY_SPEC as CONTEXT_SPEC, ORIGIN as CONTEXT_ORIGIN};
 use crate::context::{is_reserved, record_context};
+pub use crate::context::{KEY_ID as CONTEXT_KEY_ID, KEY_SPEC as CONTEXT_SPEC, ORIGIN as CONTEXT_ORIGIN};
 
 /// What an origin commitment starts with ([`KeyRecord::origin_commitment`]).
 pub const COMMITMENT_PREFIX: &str = "nekms-key:v2:";
@@ -82,13 +82,21 @@ pub fn check_key_id(key_id: &str) -> Result<(), KeyError> {
     if ok {
         Ok(())
     } else {
-        Err(KeyError::Record { key_id: key_id.chars().take(140).collect(), reason: "a key id is 1-128 characters of letters, digits and ._-:@/".into() })
+        Err(KeyError::Record {
+            key_id: key_id.chars().take(140).collect(),
+            reason: "a key id is 1-128 characters of letters, digits and ._-:@/".into(),
+        })
     }
 }
 
 /// The encryption context of a new record: the caller's entries plus the
 /// reserved ones binding id, spec and origin.
-pub fn binding_context(key_id: &str, spec: KeySpec, origin: Origin, extra: &BTreeMap<String, String>) -> Result<BTreeMap<String, String>, KeyError> {
+pub fn binding_context(
+    key_id: &str,
+    spec: KeySpec,
+    origin: Origin,
+    extra: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, KeyError> {
     record_context(key_id, spec, origin, extra).map_err(|e| KeyError::Record { key_id: key_id.into(), reason: e.to_string() })
 }
 
@@ -106,11 +114,18 @@ impl KeyRecord {
         let want = [(CONTEXT_KEY_ID, self.key_id.as_str()), (CONTEXT_SPEC, self.spec.as_str()), (CONTEXT_ORIGIN, self.origin.as_str())];
         for (k, v) in want {
             if self.encryption_context.get(k).map(String::as_str) != Some(v) {
-                return Err(self.err(format!("its encryption context does not bind {k} to {v:?} (a record made before nekms-key:v2 provenance, or altered)")));
+                return Err(self.err(format!(
+                    "its encryption context does not bind {k} to {v:?} (a record made before nekms-key:v2 provenance, or altered)"
+                )));
             }
         }
-        crate::context::Usage::of_context(&self.encryption_context, self.spec).map_err(|e| self.err(format!("its encryption context's usage: {e}")))?;
-        if let Some(k) = self.encryption_context.keys().find(|k| is_reserved(k) && k.as_str() != crate::context::USAGE && !want.iter().any(|(w, _)| w == k)) {
+        crate::context::Usage::of_context(&self.encryption_context, self.spec)
+            .map_err(|e| self.err(format!("its encryption context's usage: {e}")))?;
+        if let Some(k) = self
+            .encryption_context
+            .keys()
+            .find(|k| is_reserved(k) && k.as_str() != crate::context::USAGE && !want.iter().any(|(w, _)| w == k))
+        {
             return Err(self.err(format!("its encryption context holds {k:?}, a reserved key no record carries")));
         }
         let public = PublicKey::from_spki(&self.public_key).map_err(|e| self.err(e.to_string()))?;

@@ -80,24 +80,10 @@ fn private_op(pkcs8: &[u8], input: &[u8], padding: i32) -> Result<Zeroizing<Vec<
     let mut out = Zeroizing::new(vec![0u8; k]);
     let mut len = 0usize;
     // SAFETY: `out` has k writable bytes, `input` is readable for its length.
-    let ok = unsafe {
-        sys::RSA_sign_raw(
-            key.rsa(),
-            &mut len,
-            out.as_mut_ptr(),
-            k,
-            input.as_ptr(),
-            input.len(),
-            padding,
-        )
-    };
+    let ok = unsafe { sys::RSA_sign_raw(key.rsa(), &mut len, out.as_mut_ptr(), k, input.as_ptr(), input.len(), padding) };
     if ok != 1 || len != k {
         return Err(KeyError::Payload(match padding {
-            sys::RSA_PKCS1_PADDING => format!(
-                "PKCS#1 v1.5 signs at most {} bytes with this key, not {}",
-                k - 11,
-                input.len()
-            ),
+            sys::RSA_PKCS1_PADDING => format!("PKCS#1 v1.5 signs at most {} bytes with this key, not {}", k - 11, input.len()),
             _ => format!("the raw RSA operation takes {k} bytes below the modulus"),
         }));
     }
@@ -118,47 +104,21 @@ pub(crate) fn private_raw(pkcs8: &[u8], input: &[u8]) -> Result<Zeroizing<Vec<u8
 }
 
 /// PSS over `digest` (a `hash` digest), MGF1 over `mgf`, `salt` bytes.
-pub(crate) fn sign_pss(
-    pkcs8: &[u8],
-    digest: &[u8],
-    hash: Hash,
-    mgf: Hash,
-    salt: usize,
-) -> Result<Vec<u8>, KeyError> {
+pub(crate) fn sign_pss(pkcs8: &[u8], digest: &[u8], hash: Hash, mgf: Hash, salt: usize) -> Result<Vec<u8>, KeyError> {
     if digest.len() != hash.output_len() {
-        return Err(KeyError::Payload(format!(
-            "PSS with {} signs a {}-byte digest, not {}",
-            hash.name(),
-            hash.output_len(),
-            digest.len()
-        )));
+        return Err(KeyError::Payload(format!("PSS with {} signs a {}-byte digest, not {}", hash.name(), hash.output_len(), digest.len())));
     }
     let key = Pkey::parse(pkcs8, true)?;
     let k = key.size();
     if salt + hash.output_len() + 2 > k {
-        return Err(KeyError::Scheme(format!(
-            "a {}-byte salt with {} does not fit a {}-bit key",
-            salt,
-            hash.name(),
-            k * 8
-        )));
+        return Err(KeyError::Scheme(format!("a {}-byte salt with {} does not fit a {}-bit key", salt, hash.name(), k * 8)));
     }
     let mut out = vec![0u8; k];
     let mut len = 0usize;
     // SAFETY: `out` has k writable bytes; the digest length matches `md`;
     // the salt length was checked against the key.
     let ok = unsafe {
-        sys::RSA_sign_pss_mgf1(
-            key.rsa(),
-            &mut len,
-            out.as_mut_ptr(),
-            k,
-            digest.as_ptr(),
-            digest.len(),
-            md(hash),
-            md(mgf),
-            salt as i32,
-        )
+        sys::RSA_sign_pss_mgf1(key.rsa(), &mut len, out.as_mut_ptr(), k, digest.as_ptr(), digest.len(), md(hash), md(mgf), salt as i32)
     };
     if ok != 1 || len != k {
         return Err(KeyError::Crypto("RSA-PSS signing"));
@@ -177,17 +137,7 @@ fn public_op(spki: &[u8], signature: &[u8], padding: i32) -> Option<Vec<u8>> {
     let mut out = vec![0u8; k];
     let mut len = 0usize;
     // SAFETY: `out` has k writable bytes, `signature` k readable ones.
-    let ok = unsafe {
-        sys::RSA_verify_raw(
-            key.rsa(),
-            &mut len,
-            out.as_mut_ptr(),
-            k,
-            signature.as_ptr(),
-            k,
-            padding,
-        )
-    };
+    let ok = unsafe { sys::RSA_verify_raw(key.rsa(), &mut len, out.as_mut_ptr(), k, signature.as_ptr(), k, padding) };
     (ok == 1).then(|| {
         out.truncate(len);
         out
@@ -206,21 +156,11 @@ pub fn public_raw(spki: &[u8], input: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// Whether `signature` is a PSS signature over `digest`.
-pub(crate) fn verify_pss(
-    spki: &[u8],
-    digest: &[u8],
-    hash: Hash,
-    mgf: Hash,
-    salt: usize,
-    signature: &[u8],
-) -> bool {
+pub(crate) fn verify_pss(spki: &[u8], digest: &[u8], hash: Hash, mgf: Hash, salt: usize, signature: &[u8]) -> bool {
     let Ok(key) = Pkey::parse(spki, false) else {
         return false;
     };
-    if digest.len() != hash.output_len()
-        || signature.len() != key.size()
-        || salt + hash.output_len() + 2 > key.size()
-    {
+    if digest.len() != hash.output_len() || signature.len() != key.size() || salt + hash.output_len() + 2 > key.size() {
         return false;
     }
     // SAFETY: the lengths were checked; the key is live.
@@ -240,50 +180,16 @@ pub(crate) fn verify_pss(
 
 /// DigestInfo prefixes (RFC 8017, section 9.2, note 1).
 pub const DIGEST_INFO: &[(Hash, &[u8])] = &[
-    (
-        Hash::Sha1,
-        &[
-            0x30, 0x21, 0x30, 0x09, 0x06, 0x05, 0x2b, 0x0e, 0x03, 0x02, 0x1a, 0x05, 0x00, 0x04,
-            0x14,
-        ],
-    ),
-    (
-        Hash::Sha224,
-        &[
-            0x30, 0x2d, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
-            0x04, 0x05, 0x00, 0x04, 0x1c,
-        ],
-    ),
-    (
-        Hash::Sha256,
-        &[
-            0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
-            0x01, 0x05, 0x00, 0x04, 0x20,
-        ],
-    ),
-    (
-        Hash::Sha384,
-        &[
-            0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
-            0x02, 0x05, 0x00, 0x04, 0x30,
-        ],
-    ),
-    (
-        Hash::Sha512,
-        &[
-            0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
-            0x03, 0x05, 0x00, 0x04, 0x40,
-        ],
-    ),
+    (Hash::Sha1, &[0x30, 0x21, 0x30, 0x09, 0x06, 0x05, 0x2b, 0x0e, 0x03, 0x02, 0x1a, 0x05, 0x00, 0x04, 0x14]),
+    (Hash::Sha224, &[0x30, 0x2d, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x04, 0x05, 0x00, 0x04, 0x1c]),
+    (Hash::Sha256, &[0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20]),
+    (Hash::Sha384, &[0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02, 0x05, 0x00, 0x04, 0x30]),
+    (Hash::Sha512, &[0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x03, 0x05, 0x00, 0x04, 0x40]),
 ];
 
 /// The DigestInfo of `digest` under `hash`.
 pub fn digest_info(hash: Hash, digest: &[u8]) -> Vec<u8> {
-    let prefix = DIGEST_INFO
-        .iter()
-        .find(|(h, _)| *h == hash)
-        .expect("every hash has a prefix")
-        .1;
+    let prefix = DIGEST_INFO.iter().find(|(h, _)| *h == hash).expect("every hash has a prefix").1;
     let mut t = prefix.to_vec();
     t.extend_from_slice(digest);
     t
@@ -291,9 +197,5 @@ pub fn digest_info(hash: Hash, digest: &[u8]) -> Vec<u8> {
 
 /// The hash and digest of a DigestInfo, if it is one of ours.
 pub fn parse_digest_info(t: &[u8]) -> Option<(Hash, &[u8])> {
-    DIGEST_INFO.iter().find_map(|(h, prefix)| {
-        t.strip_prefix(*prefix)
-            .filter(|d| d.len() == h.output_len())
-            .map(|d| (*h, d))
-    })
+    DIGEST_INFO.iter().find_map(|(h, prefix)| t.strip_prefix(*prefix).filter(|d| d.len() == h.output_len()).map(|d| (*h, d)))
 }

@@ -128,7 +128,9 @@ impl Scheme {
     /// The hash a message is reduced with before an ECDSA or RSA signature.
     pub fn message_hash(self, spec: KeySpec) -> Option<Hash> {
         match self {
-            Scheme::EcdsaDer | Scheme::EcdsaRaw | Scheme::EcdsaRecoverable => Some(if spec == KeySpec::P384 { Hash::Sha384 } else { Hash::Sha256 }),
+            Scheme::EcdsaDer | Scheme::EcdsaRaw | Scheme::EcdsaRecoverable => {
+                Some(if spec == KeySpec::P384 { Hash::Sha384 } else { Hash::Sha256 })
+            }
             Scheme::RsaPkcs1(h) | Scheme::RsaPss(h) | Scheme::RsaPssParams(h, _, _) => Some(h),
             _ => None,
         }

@@ -48,7 +48,12 @@ fn prehash(scheme: Scheme, spec: KeySpec, payload: &Payload) -> Result<(Hash, Ve
     match payload {
         Payload::Message(m) => Ok((hash, hash.digest(m))),
         Payload::Digest(d) if d.len() == hash.output_len() => Ok((hash, d.clone())),
-        Payload::Digest(d) => Err(KeyError::Payload(format!("{scheme} with a {spec} key signs a {}-byte {} digest, not {} bytes", hash.output_len(), hash.name(), d.len()))),
+        Payload::Digest(d) => Err(KeyError::Payload(format!(
+            "{scheme} with a {spec} key signs a {}-byte {} digest, not {} bytes",
+            hash.output_len(),
+            hash.name(),
+            d.len()
+        ))),
         _ => Err(KeyError::Payload(format!("{scheme} signs a message or a digest"))),
     }
 }
@@ -58,9 +63,10 @@ fn eth_hash(scheme: Scheme, payload: &Payload) -> Result<([u8; 32], Option<TxReq
     match (scheme, payload) {
         (Scheme::EthPersonal, Payload::Message(m)) => Ok((personal_hash(m), None)),
         (Scheme::Eip712, Payload::TypedData(json)) => Ok((typed_data_hash(json)?, None)),
-        (Scheme::Eip712, Payload::Digest(d)) => {
-            Ok((d.as_slice().try_into().map_err(|_| KeyError::Payload(format!("an EIP-712 signing hash is 32 bytes, not {}", d.len())))?, None))
-        }
+        (Scheme::Eip712, Payload::Digest(d)) => Ok((
+            d.as_slice().try_into().map_err(|_| KeyError::Payload(format!("an EIP-712 signing hash is 32 bytes, not {}", d.len())))?,
+            None,
+        )),
         (Scheme::EthTransaction, Payload::Transaction(json)) => {
             let tx = TxRequest::from_json(json)?;
             Ok((tx.signature_hash(), Some(tx)))
@@ -84,7 +90,8 @@ impl PrivateKey {
     pub fn sign(&self, scheme: Scheme, payload: &Payload) -> Result<Signature, KeyError> {
         let spec = self.spec();
         scheme.check_spec(spec)?;
-        let done = |signature: Vec<u8>, digest: Vec<u8>| Signature { scheme, signature, digest, raw_transaction: None, transaction_hash: None };
+        let done =
+            |signature: Vec<u8>, digest: Vec<u8>| Signature { scheme, signature, digest, raw_transaction: None, transaction_hash: None };
         match (&self.inner, scheme) {
             (Inner::Secp256k1(sk), Scheme::EcdsaDer | Scheme::EcdsaRaw) => {
                 let (_, d) = prehash(scheme, spec, payload)?;
@@ -102,7 +109,13 @@ impl PrivateKey {
                     let SignedTransaction { raw, hash: tx_hash } = tx.into_signed(&rs, parity);
                     let mut out = rs.to_vec();
                     out.push(parity as u8);
-                    return Ok(Signature { scheme, signature: out, digest: hash.to_vec(), raw_transaction: Some(raw), transaction_hash: Some(tx_hash.to_vec()) });
+                    return Ok(Signature {
+                        scheme,
+                        signature: out,
+                        digest: hash.to_vec(),
+                        raw_transaction: Some(raw),
+                        transaction_hash: Some(tx_hash.to_vec()),
+                    });
                 }
                 let mut out = rs.to_vec();
                 out.push(if scheme == Scheme::EcdsaRecoverable { parity as u8 } else { 27 + parity as u8 });
@@ -181,7 +194,9 @@ impl PublicKey {
         scheme.check_spec(spec)?;
         let invalid = || KeyError::BadSignature(format!("the {scheme} signature does not verify with this {spec} key"));
         match scheme {
-            Scheme::EthTransaction => Err(KeyError::Scheme("verify a signed transaction by recovering its sender with an Ethereum library".into())),
+            Scheme::EthTransaction => {
+                Err(KeyError::Scheme("verify a signed transaction by recovering its sender with an Ethereum library".into()))
+            }
             Scheme::Ed25519 => match payload {
                 Payload::Message(m) => UnparsedPublicKey::new(&sig::ED25519, self.point()).verify(m, signature).map_err(|_| invalid()),
                 _ => Err(KeyError::Payload("Ed25519 signs the message itself".into())),

@@ -88,7 +88,10 @@ fn debug_output_never_shows_the_secret() {
 fn legacy_transaction_matches_the_eip155_example() {
     let key = PrivateKey::from_secret(KeySpec::Secp256k1, &[0x46; 32]).unwrap();
     let tx = r#"{"type":0,"nonce":9,"gasPrice":20000000000,"gas":21000,"to":"0x3535353535353535353535353535353535353535","value":"1000000000000000000","data":"0x","chainId":1}"#;
-    assert_eq!(hex::encode(TxRequest::from_json(tx).unwrap().signature_hash()), "daf5a779ae972f972197303d7b574746c7ef83eadac0f2791ad23db92e4c8e53");
+    assert_eq!(
+        hex::encode(TxRequest::from_json(tx).unwrap().signature_hash()),
+        "daf5a779ae972f972197303d7b574746c7ef83eadac0f2791ad23db92e4c8e53"
+    );
     let sig = key.sign(Scheme::EthTransaction, &Payload::Transaction(tx.into())).unwrap();
     assert_eq!(
         hex::encode(sig.raw_transaction.unwrap()),
@@ -102,7 +105,11 @@ fn ethereum_address_matches_the_known_one() {
     let key = PrivateKey::from_secret(KeySpec::Secp256k1, &secret).unwrap();
     assert_eq!(key.public_key().eth_address().unwrap().to_checksum(None), "0x2c7536E3605D9C16a7a3D7b1898e529396a65c23");
     // eth-account's documentation signs this message with this key.
-    let doc_key = PrivateKey::from_secret(KeySpec::Secp256k1, &hex::decode("b25c7db31feed9122727bf0939dc769a96564b2de4c4726d035b36ecf1e5b364").unwrap()).unwrap();
+    let doc_key = PrivateKey::from_secret(
+        KeySpec::Secp256k1,
+        &hex::decode("b25c7db31feed9122727bf0939dc769a96564b2de4c4726d035b36ecf1e5b364").unwrap(),
+    )
+    .unwrap();
     let msg = Payload::Message("I\u{2665}SF".as_bytes().to_vec());
     let sig = doc_key.sign(Scheme::EthPersonal, &msg).unwrap();
     assert_eq!(
@@ -194,7 +201,10 @@ fn imports_read_every_format_an_administrator_brings() {
     let der = p256.to_pkcs8v1().unwrap();
     let from_der = parse_private_key(der.as_ref(), None).unwrap();
     assert_eq!(from_der.spec(), KeySpec::P256);
-    let pem = format!("-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n", base64::engine::general_purpose::STANDARD.encode(der.as_ref()));
+    let pem = format!(
+        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+        base64::engine::general_purpose::STANDARD.encode(der.as_ref())
+    );
     assert_eq!(parse_private_key(pem.as_bytes(), Some(KeySpec::P256)).unwrap().public_key(), from_der.public_key());
     assert!(parse_private_key(pem.as_bytes(), Some(KeySpec::P384)).unwrap_err().to_string().contains("p384"));
 
@@ -244,11 +254,17 @@ fn imports_read_every_format_an_administrator_brings() {
     assert!(parse_private_key(k1_json(&wrong).as_bytes(), None).unwrap_err().to_string().contains("pub_key is not the public key"));
     let pieced = json.replace(&b64(ed.public_key().point()), &b64(&[7u8; 32]));
     assert!(parse_private_key(pieced.as_bytes(), None).is_err());
-    assert!(parse_private_key(br#"{"priv_key":{"type":"tendermint/PrivKeySr25519","value":"AA=="}}"#, None).unwrap_err().to_string().contains("Sr25519"));
+    assert!(parse_private_key(br#"{"priv_key":{"type":"tendermint/PrivKeySr25519","value":"AA=="}}"#, None)
+        .unwrap_err()
+        .to_string()
+        .contains("Sr25519"));
     both[40] ^= 1;
     assert!(parse_private_key(&both, None).is_err());
 
-    assert!(parse_private_key(b"-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n", None).unwrap_err().to_string().contains("encrypted"));
+    assert!(parse_private_key(b"-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n", None)
+        .unwrap_err()
+        .to_string()
+        .contains("encrypted"));
     assert!(parse_private_key(b"not a key at all!", None).is_err());
     assert!(parse_private_key(&[0u8; 32], Some(KeySpec::Secp256k1)).is_err(), "a zero scalar is not a key");
 }

@@ -4,9 +4,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aws_smithy_runtime_api::client::http::{
-    HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpConnector,
-};
+use aws_smithy_runtime_api::client::http::{HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpConnector};
 use aws_smithy_runtime_api::client::orchestrator::{HttpRequest, HttpResponse};
 use aws_smithy_runtime_api::client::result::ConnectorError;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
@@ -72,7 +70,12 @@ impl ChannelHttpClient {
             .with_no_client_auth();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(ChannelHttpClient {
-            inner: Arc::new(Inner { channel, tls: TlsConnector::from(Arc::new(config)), timeout: Duration::from_secs(10), idle: Mutex::new(Vec::new()) }),
+            inner: Arc::new(Inner {
+                channel,
+                tls: TlsConnector::from(Arc::new(config)),
+                timeout: Duration::from_secs(10),
+                idle: Mutex::new(Vec::new()),
+            }),
         })
     }
 
@@ -124,12 +127,15 @@ impl Inner {
     async fn send(&self, request: HttpRequest) -> Result<HttpResponse, ConnectorError> {
         let uri: hyper::Uri = request.uri().parse().map_err(|e| ConnectorError::other(format!("bad request URI: {e}").into(), None))?;
         let scheme = uri.scheme_str().unwrap_or("https").to_owned();
-        let host = uri.host().ok_or_else(|| ConnectorError::other("request URI has no host".into(), None))?.trim_matches(['[', ']']).to_owned();
+        let host =
+            uri.host().ok_or_else(|| ConnectorError::other("request URI has no host".into(), None))?.trim_matches(['[', ']']).to_owned();
         let authority = format!("{scheme}://{}", uri.authority().map(|a| a.as_str()).unwrap_or(&host));
-        let body = request.body().bytes().ok_or_else(|| ConnectorError::other("streaming request bodies are not supported".into(), None))?.to_vec();
-        let mut builder = hyper::Request::builder()
-            .method(request.method())
-            .uri(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+        let body = request
+            .body()
+            .bytes()
+            .ok_or_else(|| ConnectorError::other("streaming request bodies are not supported".into(), None))?
+            .to_vec();
+        let mut builder = hyper::Request::builder().method(request.method()).uri(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
         let mut has_host = false;
         for (name, value) in request.headers() {
             has_host |= name.eq_ignore_ascii_case("host");
@@ -165,7 +171,8 @@ impl Inner {
                 idle.push((authority, sender));
             }
         }
-        let mut out = HttpResponse::new(StatusCode::try_from(status).map_err(|e| ConnectorError::other(e.into(), None))?, SdkBody::from(bytes));
+        let mut out =
+            HttpResponse::new(StatusCode::try_from(status).map_err(|e| ConnectorError::other(e.into(), None))?, SdkBody::from(bytes));
         for (name, value) in headers.iter() {
             if let Ok(v) = value.to_str() {
                 out.headers_mut().append(name.as_str().to_owned(), v.to_owned());

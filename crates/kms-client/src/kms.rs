@@ -177,13 +177,23 @@ impl EnclaveKms {
     }
 
     /// Decrypt a KMS ciphertext blob; the plaintext exists only here.
-    pub async fn decrypt(&self, ciphertext: &[u8], context: &BTreeMap<String, String>, key_id: Option<&str>) -> Result<Zeroizing<Vec<u8>>, EnclaveKmsError> {
+    pub async fn decrypt(
+        &self,
+        ciphertext: &[u8],
+        context: &BTreeMap<String, String>,
+        key_id: Option<&str>,
+    ) -> Result<Zeroizing<Vec<u8>>, EnclaveKmsError> {
         Ok(self.decrypt_under(ciphertext, context, key_id).await?.plaintext)
     }
 
     /// As [`EnclaveKms::decrypt`], with the ARN of the KMS key that KMS says
     /// decrypted it, so the caller can check it against what it trusts.
-    pub async fn decrypt_under(&self, ciphertext: &[u8], context: &BTreeMap<String, String>, key_id: Option<&str>) -> Result<Decrypted, EnclaveKmsError> {
+    pub async fn decrypt_under(
+        &self,
+        ciphertext: &[u8],
+        context: &BTreeMap<String, String>,
+        key_id: Option<&str>,
+    ) -> Result<Decrypted, EnclaveKmsError> {
         let mut req = self.client()?.decrypt().ciphertext_blob(Blob::new(ciphertext)).recipient(self.recipient_info()?);
         for (k, v) in context {
             req = req.encryption_context(k, v);
@@ -196,7 +206,13 @@ impl EnclaveKms {
     }
 
     /// A new data key of `spec` (AES_256, AES_128) or `number_of_bytes`.
-    pub async fn generate_data_key(&self, key_id: &str, spec: Option<DataKeySpec>, number_of_bytes: Option<i32>, context: &BTreeMap<String, String>) -> Result<DataKey, EnclaveKmsError> {
+    pub async fn generate_data_key(
+        &self,
+        key_id: &str,
+        spec: Option<DataKeySpec>,
+        number_of_bytes: Option<i32>,
+        context: &BTreeMap<String, String>,
+    ) -> Result<DataKey, EnclaveKmsError> {
         let mut req = self.client()?.generate_data_key().key_id(key_id).recipient(self.recipient_info()?);
         if let Some(s) = spec {
             req = req.key_spec(s);
@@ -216,7 +232,12 @@ impl EnclaveKms {
     }
 
     /// A new key pair whose private half is sealed to the enclave.
-    pub async fn generate_data_key_pair(&self, key_id: &str, spec: DataKeyPairSpec, context: &BTreeMap<String, String>) -> Result<DataKeyPair, EnclaveKmsError> {
+    pub async fn generate_data_key_pair(
+        &self,
+        key_id: &str,
+        spec: DataKeyPairSpec,
+        context: &BTreeMap<String, String>,
+    ) -> Result<DataKeyPair, EnclaveKmsError> {
         let mut req = self.client()?.generate_data_key_pair().key_id(key_id).key_pair_spec(spec).recipient(self.recipient_info()?);
         for (k, v) in context {
             req = req.encryption_context(k, v);
@@ -225,7 +246,11 @@ impl EnclaveKms {
         Ok(DataKeyPair {
             private_key: self.open(out.ciphertext_for_recipient())?,
             public_key: out.public_key().ok_or(EnclaveKmsError::Incomplete("PublicKey"))?.as_ref().to_vec(),
-            private_key_ciphertext_blob: out.private_key_ciphertext_blob().ok_or(EnclaveKmsError::Incomplete("PrivateKeyCiphertextBlob"))?.as_ref().to_vec(),
+            private_key_ciphertext_blob: out
+                .private_key_ciphertext_blob()
+                .ok_or(EnclaveKmsError::Incomplete("PrivateKeyCiphertextBlob"))?
+                .as_ref()
+                .to_vec(),
         })
     }
 

@@ -14,6 +14,6 @@
 mod http;
 mod kms;
 
-pub use http::{ChannelHttpClient, TlsRoots};
 pub use aws_sdk_kms::types::{DataKeyPairSpec, DataKeySpec};
+pub use http::{ChannelHttpClient, TlsRoots};
 pub use kms::{Credentials, DataKey, DataKeyPair, Decrypted, EnclaveKms, EnclaveKmsError};

@@ -64,11 +64,18 @@ impl World {
     /// A plain SDK client for the parent's own calls, straight over TCP with the dev CA.
     fn parent(&self, name: &str) -> aws_sdk_kms::Client {
         let c = self.credentials(name);
-        let http = ChannelHttpClient::new(format!("tcp://127.0.0.1:{}", self.port).parse().unwrap(), TlsRoots::Pem(self.ca.clone())).unwrap();
+        let http =
+            ChannelHttpClient::new(format!("tcp://127.0.0.1:{}", self.port).parse().unwrap(), TlsRoots::Pem(self.ca.clone())).unwrap();
         let conf = aws_sdk_kms::Config::builder()
             .behavior_version(aws_sdk_kms::config::BehaviorVersion::latest())
             .region(aws_sdk_kms::config::Region::new("us-east-1"))
-            .credentials_provider(aws_sdk_kms::config::Credentials::new(c.access_key_id, c.secret_access_key.as_str(), c.session_token.map(|t| t.to_string()), None, "t"))
+            .credentials_provider(aws_sdk_kms::config::Credentials::new(
+                c.access_key_id,
+                c.secret_access_key.as_str(),
+                c.session_token.map(|t| t.to_string()),
+                None,
+                "t",
+            ))
             .endpoint_url(format!("https://localhost:{}", self.port))
             .http_client(http)
             .build();
@@ -116,14 +123,29 @@ async fn the_enclave_reaches_kms_through_the_proxy_and_only_it_sees_plaintext() 
     assert!(!format!("{:?}", enclave.credentials_summary().unwrap()).contains(&*w.credentials("instance").secret_access_key));
 
     let key = w.parent("admin").create_key().policy(policy(&pcr0)).send().await.unwrap().key_metadata().unwrap().arn().unwrap().to_owned();
-    let ct = w.parent("instance").encrypt().key_id(&key).plaintext(Blob::new("Hello, KMS!")).encryption_context("app", "kmstool").send().await.unwrap();
+    let ct = w
+        .parent("instance")
+        .encrypt()
+        .key_id(&key)
+        .plaintext(Blob::new("Hello, KMS!"))
+        .encryption_context("app", "kmstool")
+        .send()
+        .await
+        .unwrap();
     let blob = ct.ciphertext_blob().unwrap().as_ref().to_vec();
 
     let context = BTreeMap::from([("app".to_owned(), "kmstool".to_owned())]);
     assert_eq!(&enclave.decrypt(&blob, &context, None).await.unwrap()[..], b"Hello, KMS!");
     assert_eq!(enclave.decrypt(&blob, &BTreeMap::new(), None).await.unwrap_err().kms_code(), Some("InvalidCiphertextException"));
     // The instance itself cannot decrypt.
-    assert!(w.parent("instance").decrypt().ciphertext_blob(Blob::new(blob.clone())).encryption_context("app", "kmstool").send().await.is_err());
+    assert!(w
+        .parent("instance")
+        .decrypt()
+        .ciphertext_blob(Blob::new(blob.clone()))
+        .encryption_context("app", "kmstool")
+        .send()
+        .await
+        .is_err());
 
     let dk = enclave.generate_data_key(&key, Some(DataKeySpec::Aes256), None, &BTreeMap::new()).await.unwrap();
     assert_eq!(dk.plaintext.len(), 32);

@@ -129,7 +129,14 @@ pub fn render(event: &Value) -> String {
     let caller = event["userIdentity"]["arn"].as_str().map(short_arn).unwrap_or_else(|| "(unauthenticated)".into());
     let key = event["resources"].get(0).and_then(|r| r["ARN"].as_str()).map(short_arn).unwrap_or_else(|| "-".into());
     let outcome = match event["errorCode"].as_str() {
-        Some(code @ ("AccessDeniedException" | "UnrecognizedClientException" | "InvalidSignatureException" | "IncompleteSignatureException" | "MissingAuthenticationTokenException" | "ExpiredTokenException")) => {
+        Some(
+            code @ ("AccessDeniedException"
+            | "UnrecognizedClientException"
+            | "InvalidSignatureException"
+            | "IncompleteSignatureException"
+            | "MissingAuthenticationTokenException"
+            | "ExpiredTokenException"),
+        ) => {
             format!("DENIED {code}: {}", s(&event["errorMessage"]))
         }
         Some(code) => format!("FAILED {code}: {}", s(&event["errorMessage"])),
@@ -160,8 +167,13 @@ mod tests {
         let mut facts = AuditFacts::default();
         facts.request_parameters.insert("keyId".into(), "alias/x".into());
         facts.resources.push("arn:aws:kms:us-east-1:111122223333:key/k1".into());
-        facts.recipient = Some(json!({"attestationDocumentModuleId": "i-0abc-enc0123", "attestationDocumentEnclaveImageDigest": "ab".repeat(48)}));
-        let who = Identity { arn: Some("arn:aws:sts::111122223333:assumed-role/nekms-instance/i-0abc"), account: "111122223333", access_key_id: Some("ASIAX") };
+        facts.recipient =
+            Some(json!({"attestationDocumentModuleId": "i-0abc-enc0123", "attestationDocumentEnclaveImageDigest": "ab".repeat(48)}));
+        let who = Identity {
+            arn: Some("arn:aws:sts::111122223333:assumed-role/nekms-instance/i-0abc"),
+            account: "111122223333",
+            access_key_id: Some("ASIAX"),
+        };
         let at = time::macros::datetime!(2026-11-23 10:00:00.123 UTC);
         let e = event(at, "Decrypt", "us-east-1", &who, "127.0.0.1", "test", "rid", &facts, Some(("AccessDeniedException", "no")));
         assert_eq!(e["eventTime"], "2026-11-23T10:00:00Z");
@@ -170,7 +182,10 @@ mod tests {
         assert_eq!(e["additionalEventData"]["recipient"]["attestationDocumentModuleId"], "i-0abc-enc0123");
         let line = render(&e);
         assert!(line.starts_with("2026-11-23T10:00:00Z  Decrypt"), "{line}");
-        assert!(line.contains("assumed-role/nekms-instance/i-0abc") && line.contains("key/k1") && line.contains("DENIED AccessDeniedException"), "{line}");
+        assert!(
+            line.contains("assumed-role/nekms-instance/i-0abc") && line.contains("key/k1") && line.contains("DENIED AccessDeniedException"),
+            "{line}"
+        );
         assert!(line.contains("recipient i-0abc-enc0123 image abababababababab"), "{line}");
         let debug = AuditFacts {
             recipient: Some(json!({"attestationDocumentModuleId": "m", "attestationDocumentEnclaveImageDigest": "00".repeat(48),
@@ -182,7 +197,8 @@ mod tests {
         let ok = event(at, "GenerateRandom", "us-east-1", &who, "127.0.0.1", "t", "r", &AuditFacts::default(), None);
         assert!(ok.get("errorCode").is_none());
         assert!(render(&ok).ends_with(" ok"));
-        let failed = event(at, "Encrypt", "us-east-1", &who, "1", "t", "r", &AuditFacts::default(), Some(("ValidationException", "too long")));
+        let failed =
+            event(at, "Encrypt", "us-east-1", &who, "1", "t", "r", &AuditFacts::default(), Some(("ValidationException", "too long")));
         assert!(render(&failed).contains("FAILED ValidationException: too long"));
     }
 }

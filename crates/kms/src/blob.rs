@@ -78,9 +78,7 @@ pub fn seal(key_arn: &str, material_version: u32, material: &[u8; 32], context: 
     SystemRandom::new().fill(&mut nonce).expect("system RNG");
     out.extend_from_slice(&nonce);
     let mut body = plaintext.to_vec();
-    key(material)
-        .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(&aad), &mut body)
-        .expect("AES-GCM seal");
+    key(material).seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(&aad), &mut body).expect("AES-GCM seal");
     out.extend_from_slice(&body);
     out
 }

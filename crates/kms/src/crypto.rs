@@ -214,7 +214,8 @@ pub fn generate_agreement(spec: KeySpec) -> Result<GeneratedPair, KmsError> {
     let alg = ecdh_alg(spec).ok_or_else(|| KmsError::validation(format!("{} cannot be used for KEY_AGREEMENT", spec.name())))?;
     let private = agreement::PrivateKey::generate(alg).map_err(|_| failed("EC key generation"))?;
     let der: Pkcs8V1Der = private.as_der().map_err(|_| failed("PKCS#8 encoding"))?;
-    let public: PublicKeyX509Der = private.compute_public_key().map_err(|_| failed("public key"))?.as_der().map_err(|_| failed("SPKI encoding"))?;
+    let public: PublicKeyX509Der =
+        private.compute_public_key().map_err(|_| failed("public key"))?.as_der().map_err(|_| failed("SPKI encoding"))?;
     Ok(GeneratedPair { private_pkcs8: Zeroizing::new(der.as_ref().to_vec()), public_spki: public.as_ref().to_vec() })
 }
 
@@ -222,7 +223,8 @@ pub fn generate_agreement(spec: KeySpec) -> Result<GeneratedPair, KmsError> {
 pub fn agreement_public_key(spec: KeySpec, pkcs8: &[u8]) -> Result<Vec<u8>, KmsError> {
     let alg = ecdh_alg(spec).ok_or_else(|| failed("loading the key"))?;
     let private = agreement::PrivateKey::from_private_key_der(alg, pkcs8).map_err(|_| failed("loading the EC key"))?;
-    let public: PublicKeyX509Der = private.compute_public_key().map_err(|_| failed("public key"))?.as_der().map_err(|_| failed("SPKI encoding"))?;
+    let public: PublicKeyX509Der =
+        private.compute_public_key().map_err(|_| failed("public key"))?.as_der().map_err(|_| failed("SPKI encoding"))?;
     Ok(public.as_ref().to_vec())
 }
 
@@ -268,7 +270,10 @@ mod tests {
         }
         let a = generate_agreement(KeySpec::EccNistP256).unwrap();
         let other_curve = generate_agreement(KeySpec::EccNistP384).unwrap();
-        assert_eq!(derive_shared_secret(KeySpec::EccNistP256, &a.private_pkcs8, &other_curve.public_spki).unwrap_err().kind, "ValidationException");
+        assert_eq!(
+            derive_shared_secret(KeySpec::EccNistP256, &a.private_pkcs8, &other_curve.public_spki).unwrap_err().kind,
+            "ValidationException"
+        );
         assert_eq!(derive_shared_secret(KeySpec::EccNistP256, &a.private_pkcs8, b"junk").unwrap_err().kind, "ValidationException");
     }
 }

@@ -42,7 +42,10 @@ impl KmsError {
 
     /// A single constraint violation, worded as KMS words it.
     pub fn constraint(member: &str, constraint: impl fmt::Display) -> KmsError {
-        KmsError::validation(format!("1 validation error detected: Value at '{}' failed to satisfy constraint: {constraint}", lower_first(member)))
+        KmsError::validation(format!(
+            "1 validation error detected: Value at '{}' failed to satisfy constraint: {constraint}",
+            lower_first(member)
+        ))
     }
 
     pub fn serialization(message: impl Into<String>) -> KmsError {
@@ -100,7 +103,9 @@ impl From<crate::store::StoreError> for KmsError {
     fn from(e: crate::store::StoreError) -> KmsError {
         use crate::store::StoreError;
         match e {
-            StoreError::AliasExists(name) => KmsError::new("AlreadyExistsException", format!("An alias with the name arn:aws:kms:*:*:{name} already exists")),
+            StoreError::AliasExists(name) => {
+                KmsError::new("AlreadyExistsException", format!("An alias with the name arn:aws:kms:*:*:{name} already exists"))
+            }
             StoreError::NoAlias(name) => KmsError::not_found(format!("Alias {name} is not found.")),
             // Never echo material; the store's messages name keys, not bytes.
             other => KmsError::internal(format!("the local KMS's state failed: {other}")),

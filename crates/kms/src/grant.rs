@@ -113,7 +113,9 @@ pub fn supported_operations(spec: KeySpec, usage: KeyUsage) -> &'static [&'stati
         ],
         (_, KeyUsage::SignVerify) => &["Sign", "Verify", "GetPublicKey", "CreateGrant", "RetireGrant", "DescribeKey"],
         (_, KeyUsage::KeyAgreement) => &["DeriveSharedSecret", "GetPublicKey", "CreateGrant", "RetireGrant", "DescribeKey"],
-        (_, KeyUsage::EncryptDecrypt) => &["Encrypt", "Decrypt", "ReEncryptFrom", "ReEncryptTo", "GetPublicKey", "CreateGrant", "RetireGrant", "DescribeKey"],
+        (_, KeyUsage::EncryptDecrypt) => {
+            &["Encrypt", "Decrypt", "ReEncryptFrom", "ReEncryptTo", "GetPublicKey", "CreateGrant", "RetireGrant", "DescribeKey"]
+        }
     }
 }
 

@@ -125,15 +125,29 @@ impl Op {
 
     fn negated(self) -> bool {
         use Op::*;
-        matches!(self, StringNotEquals | StringNotEqualsIgnoreCase | StringNotLike | NumericNotEquals | DateNotEquals | NotIpAddress | ArnNotEquals | ArnNotLike)
+        matches!(
+            self,
+            StringNotEquals
+                | StringNotEqualsIgnoreCase
+                | StringNotLike
+                | NumericNotEquals
+                | DateNotEquals
+                | NotIpAddress
+                | ArnNotEquals
+                | ArnNotLike
+        )
     }
 
     /// A policy value this operator cannot compare with is a malformed policy.
     fn check_value(self, value: &str) -> Result<(), String> {
         use Op::*;
         let ok = match self {
-            NumericEquals | NumericNotEquals | NumericLessThan | NumericLessThanEquals | NumericGreaterThan | NumericGreaterThanEquals => number(value).is_some(),
-            DateEquals | DateNotEquals | DateLessThan | DateLessThanEquals | DateGreaterThan | DateGreaterThanEquals => date(value).is_some(),
+            NumericEquals | NumericNotEquals | NumericLessThan | NumericLessThanEquals | NumericGreaterThan | NumericGreaterThanEquals => {
+                number(value).is_some()
+            }
+            DateEquals | DateNotEquals | DateLessThan | DateLessThanEquals | DateGreaterThan | DateGreaterThanEquals => {
+                date(value).is_some()
+            }
             Bool => value.eq_ignore_ascii_case("true") || value.eq_ignore_ascii_case("false"),
             Null => value.eq_ignore_ascii_case("true") || value.eq_ignore_ascii_case("false"),
             BinaryEquals => base64::Engine::decode(&base64::engine::general_purpose::STANDARD, value).is_ok(),
@@ -158,7 +172,19 @@ impl Op {
     /// https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_variables.html
     fn takes_variables(self) -> bool {
         use Op::*;
-        matches!(self, StringEquals | StringNotEquals | StringEqualsIgnoreCase | StringNotEqualsIgnoreCase | StringLike | StringNotLike | ArnEquals | ArnLike | ArnNotEquals | ArnNotLike)
+        matches!(
+            self,
+            StringEquals
+                | StringNotEquals
+                | StringEqualsIgnoreCase
+                | StringNotEqualsIgnoreCase
+                | StringLike
+                | StringNotLike
+                | ArnEquals
+                | ArnLike
+                | ArnNotEquals
+                | ArnNotLike
+        )
     }
 
     /// As [`Op::matches`]; `wild(i)` says whether a `*` or `?` at byte `i`
@@ -184,7 +210,9 @@ impl Op {
             DateGreaterThanEquals => dates().is_some_and(|(r, p)| r >= p),
             Bool => request.eq_ignore_ascii_case(policy),
             BinaryEquals => request == policy,
-            IpAddress | NotIpAddress => request.parse::<std::net::IpAddr>().ok().zip(cidr(policy)).is_some_and(|(ip, net)| in_cidr(ip, net)),
+            IpAddress | NotIpAddress => {
+                request.parse::<std::net::IpAddr>().ok().zip(cidr(policy)).is_some_and(|(ip, net)| in_cidr(ip, net))
+            }
             ArnEquals | ArnNotEquals | ArnLike | ArnNotLike => arn_matches(request, policy, wild),
             Null => unreachable!("Null tests presence"),
         }
@@ -244,7 +272,9 @@ fn arn_matches(request: &str, policy: &str, wild: &dyn Fn(usize) -> bool) -> boo
         start = i + 1;
     }
     parts.push((start, &policy[start..]));
-    r.len() == 6 && parts.len() == 6 && r.iter().zip(&parts).all(|(r, (off, p))| glob_marked(p.as_bytes(), &|i| wild(off + i), r.as_bytes(), false))
+    r.len() == 6
+        && parts.len() == 6
+        && r.iter().zip(&parts).all(|(r, (off, p))| glob_marked(p.as_bytes(), &|i| wild(off + i), r.as_bytes(), false))
 }
 
 /// A policy value with its variables substituted: the text, and for each
@@ -407,7 +437,8 @@ const MODELLED: &[&str] = &[
 
 /// Condition keys that hold one value per request: a set operator on them
 /// does not read as it seems (ForAnyValue on an absent key is false).
-const SINGLE_VALUED_PREFIXES: &[&str] = &["kms:recipientattestation:", "aws:principal", "aws:sourceip", "kms:calleraccount", "kms:encryptioncontext:"];
+const SINGLE_VALUED_PREFIXES: &[&str] =
+    &["kms:recipientattestation:", "aws:principal", "aws:sourceip", "kms:calleraccount", "kms:encryptioncontext:"];
 
 impl Statement {
     fn covers_action(&self, action: &str) -> bool {
@@ -420,7 +451,13 @@ impl Statement {
     /// Whether the statement holds only with a Recipient attestation key
     /// compared positively (so never without a document).
     pub fn requires_attestation(&self) -> bool {
-        self.conditions.iter().any(|c| c.set == SetOp::Single && !c.op.negated() && !c.if_exists && c.op != Op::Null && c.key.to_ascii_lowercase().starts_with("kms:recipientattestation:"))
+        self.conditions.iter().any(|c| {
+            c.set == SetOp::Single
+                && !c.op.negated()
+                && !c.if_exists
+                && c.op != Op::Null
+                && c.key.to_ascii_lowercase().starts_with("kms:recipientattestation:")
+        })
     }
 
     /// "role/x, when ImageSha384 equals ..." in plain words.
@@ -432,7 +469,9 @@ impl Statement {
             Principals::Aws(arns) => arns
                 .iter()
                 .map(|a| {
-                    if is_account_principal(a, account.unwrap_or_else(|| a.split(':').nth(4).unwrap_or(a))) || a.chars().all(|c| c.is_ascii_digit()) {
+                    if is_account_principal(a, account.unwrap_or_else(|| a.split(':').nth(4).unwrap_or(a)))
+                        || a.chars().all(|c| c.is_ascii_digit())
+                    {
                         format!("{a} (the account root, and whoever the account's IAM policies allow)")
                     } else {
                         a.clone()
@@ -470,7 +509,9 @@ impl Policy {
 
     /// Whether an unconditional Deny for every principal covers `action`.
     pub fn denied_to_everyone(&self, action: &str) -> bool {
-        self.statements.iter().any(|s| s.effect == Effect::Deny && s.principals == Principals::Any && s.conditions.is_empty() && s.covers_action(action))
+        self.statements
+            .iter()
+            .any(|s| s.effect == Effect::Deny && s.principals == Principals::Any && s.conditions.is_empty() && s.covers_action(action))
     }
 
     /// Whether a Deny for every principal refuses `action` whenever an
@@ -481,7 +522,9 @@ impl Policy {
                 && s.principals == Principals::Any
                 && s.covers_action(action)
                 && s.conditions.len() == 1
-                && s.conditions.iter().all(|c| c.set == SetOp::Single && c.op.negated() && c.key.to_ascii_lowercase().starts_with("kms:recipientattestation:"))
+                && s.conditions.iter().all(|c| {
+                    c.set == SetOp::Single && c.op.negated() && c.key.to_ascii_lowercase().starts_with("kms:recipientattestation:")
+                })
         })
     }
 
@@ -495,7 +538,9 @@ impl Policy {
         self.statements.iter().any(|s| {
             s.effect == Effect::Deny
                 && s.covers_action("kms:Encrypt")
-                && s.conditions.iter().any(|c| c.key.eq_ignore_ascii_case("kms:EncryptionContextKeys") && c.values.iter().any(|v| v.starts_with("nekms:")))
+                && s.conditions
+                    .iter()
+                    .any(|c| c.key.eq_ignore_ascii_case("kms:EncryptionContextKeys") && c.values.iter().any(|v| v.starts_with("nekms:")))
         })
     }
 
@@ -514,7 +559,10 @@ impl Policy {
                     ));
                 }
                 if key.starts_with("kms:recipientattestation:") && c.values.iter().any(|v| !v.is_empty() && v.bytes().all(|b| b == b'0')) {
-                    out.push(format!("{name}: {} names an all-zero PCR, which every debug-mode enclave reports: it admits every debug-mode image", c.key));
+                    out.push(format!(
+                        "{name}: {} names an all-zero PCR, which every debug-mode enclave reports: it admits every debug-mode image",
+                        c.key
+                    ));
                 }
             }
             // Several PCRs under one negated operator in a Deny are ANDed: it fires only when all differ.
@@ -584,7 +632,8 @@ impl Policy {
         };
         // Policy variables are recognised only in Version 2012-10-17; otherwise `${...}` is literal text.
         let variables = doc.get("Version").is_some_and(|v| v == "2012-10-17");
-        let statements = statements.iter().enumerate().map(|(i, s)| parse_statement(i, s, key_policy, variables)).collect::<Result<_, _>>()?;
+        let statements =
+            statements.iter().enumerate().map(|(i, s)| parse_statement(i, s, key_policy, variables)).collect::<Result<_, _>>()?;
         Ok(Policy { statements })
     }
 }
@@ -592,7 +641,10 @@ impl Policy {
 fn parse_statement(i: usize, s: &Value, key_policy: bool, variables: bool) -> Result<Statement, PolicyError> {
     let Value::Object(s) = s else { return bad(format!("Statement {i} must be an object")) };
     for k in s.keys() {
-        if !matches!(k.as_str(), "Sid" | "Effect" | "Principal" | "NotPrincipal" | "Action" | "NotAction" | "Resource" | "NotResource" | "Condition") {
+        if !matches!(
+            k.as_str(),
+            "Sid" | "Effect" | "Principal" | "NotPrincipal" | "Action" | "NotAction" | "Resource" | "NotResource" | "Condition"
+        ) {
             return bad(format!("Statement {i} has unknown element {k:?}"));
         }
     }
@@ -759,10 +811,7 @@ impl RequestContext {
     /// (which keep the context keys' case).
     pub fn encryption_context(&self) -> crate::blob::EncryptionContext {
         const EC: &str = "kms:encryptioncontext:";
-        self.keys
-            .iter()
-            .filter_map(|(k, v)| Some((k.strip_prefix(EC)?.to_owned(), v.first()?.clone())))
-            .collect()
+        self.keys.iter().filter_map(|(k, v)| Some((k.strip_prefix(EC)?.to_owned(), v.first()?.clone()))).collect()
     }
 
     fn is_account_root(&self) -> bool {
@@ -885,7 +934,10 @@ impl Statement {
 pub enum Decision {
     Allow,
     /// A Deny statement matched (its Sid, when it has one).
-    ExplicitDeny { sid: Option<String>, in_key_policy: bool },
+    ExplicitDeny {
+        sid: Option<String>,
+        in_key_policy: bool,
+    },
     /// Nothing allowed it.
     ImplicitDeny,
 }

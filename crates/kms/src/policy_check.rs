@@ -22,7 +22,10 @@ pub fn check(policy: &Policy, account: Option<&str>) -> Vec<Finding> {
     let say = |out: &mut Vec<Finding>, warning: bool, text: String| out.push(Finding { warning, text });
     let questions: [(&str, &[&str]); 4] = [
         ("decrypt", &["kms:Decrypt"]),
-        ("mint ciphertext (Encrypt, GenerateDataKey*, ReEncrypt*)", &["kms:Encrypt", "kms:GenerateDataKey", "kms:GenerateDataKeyWithoutPlaintext", "kms:GenerateDataKeyPair", "kms:ReEncryptTo"]),
+        (
+            "mint ciphertext (Encrypt, GenerateDataKey*, ReEncrypt*)",
+            &["kms:Encrypt", "kms:GenerateDataKey", "kms:GenerateDataKeyWithoutPlaintext", "kms:GenerateDataKeyPair", "kms:ReEncryptTo"],
+        ),
         ("change the policy", &["kms:PutKeyPolicy"]),
         ("create grants", &["kms:CreateGrant"]),
     ];
@@ -46,7 +49,11 @@ pub fn check(policy: &Policy, account: Option<&str>) -> Vec<Finding> {
             if policy.denied_to_everyone(actions[0]) {
                 say(&mut out, false, format!("  A Deny for every principal closes it: nobody can {what}."));
             } else {
-                say(&mut out, true, format!("whoever can {what} can reopen the key: a custody key denies {} to every principal", actions[0]));
+                say(
+                    &mut out,
+                    true,
+                    format!("whoever can {what} can reopen the key: a custody key denies {} to every principal", actions[0]),
+                );
             }
         }
     }

@@ -81,7 +81,8 @@ impl Recipient {
 
     /// Encrypt `plaintext` to the recipient in KMS's CMS form.
     pub fn seal(&self, plaintext: &[u8]) -> Result<Vec<u8>, KmsError> {
-        nekms_cms::seal_for_recipient(plaintext, &self.public_key).map_err(|e| KmsError::internal(format!("sealing for the recipient failed: {e}")))
+        nekms_cms::seal_for_recipient(plaintext, &self.public_key)
+            .map_err(|e| KmsError::internal(format!("sealing for the recipient failed: {e}")))
     }
 
     /// What CloudTrail records about the recipient (`additionalEventData.recipient`).

@@ -63,19 +63,17 @@ pub fn config_from_dev(dev: &DevDir, trust_aws_root: bool, max_age: Duration) ->
             .iter()
             .map(|text| Policy::parse(text, false).map_err(|e| format!("principals.toml: identity policy of {}: {e}", p.name)))
             .collect::<Result<Vec<_>, _>>()?;
-        principals.insert(p.access_key_id.clone(), Principal { credential: Credential::from(&p), identity_policies: policies, tags: p.tags.clone(), user_id: p.user_id.clone() });
+        principals.insert(
+            p.access_key_id.clone(),
+            Principal { credential: Credential::from(&p), identity_policies: policies, tags: p.tags.clone(), user_id: p.user_id.clone() },
+        );
     }
     let mut roots = vec![pem_certificate_der(&dev.root_pem().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?];
     if trust_aws_root {
         roots.push(pem_certificate_der(AWS_NITRO_ROOT_G1_PEM).map_err(|e| e.to_string())?);
     }
     let verifier = Verifier::from_der(roots).map_err(|e| format!("attestation roots: {e}"))?;
-    Ok(KmsConfig {
-        region: config.region,
-        account: config.account_id,
-        principals,
-        recipient: RecipientPolicy { verifier, max_age },
-    })
+    Ok(KmsConfig { region: config.region, account: config.account_id, principals, recipient: RecipientPolicy { verifier, max_age } })
 }
 
 fn parse_addr(flag: &str, v: &str) -> Result<Option<SocketAddr>, String> {

@@ -60,7 +60,16 @@ impl Server {
 
     /// Handle one HTTP request (the whole body already read).
     #[allow(clippy::too_many_arguments)]
-    pub fn handle(&self, method: &str, path: &str, query: &str, headers: &[(String, String)], body: &[u8], peer: &str, secure: bool) -> Handled {
+    pub fn handle(
+        &self,
+        method: &str,
+        path: &str,
+        query: &str,
+        headers: &[(String, String)],
+        body: &[u8],
+        peer: &str,
+        secure: bool,
+    ) -> Handled {
         let now = OffsetDateTime::now_utc();
         let request_id = uuid();
         let header = |name: &str| headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
@@ -70,14 +79,22 @@ impl Server {
         let mut caller: Option<Caller> = None;
         let result = (|| {
             if method != "POST" || path != "/" {
-                return Err(KmsError::new("UnknownOperationException", format!("{method} {path} is not a KMS operation; send POST / with X-Amz-Target")));
+                return Err(KmsError::new(
+                    "UnknownOperationException",
+                    format!("{method} {path} is not a KMS operation; send POST / with X-Amz-Target"),
+                ));
             }
             let signed = SignedRequest { method, path, query, headers, body };
             let auth = self
                 .sigv4
                 .verify(&signed, now, |akid| self.kms.credential(akid))
                 .map_err(|e| KmsError::new(e.aws_type(), e.to_string()))?;
-            let c = Caller { principal_arn: auth.principal_arn, access_key_id: auth.access_key_id, source_ip: peer.to_owned(), secure_transport: secure };
+            let c = Caller {
+                principal_arn: auth.principal_arn,
+                access_key_id: auth.access_key_id,
+                source_ip: peer.to_owned(),
+                secure_transport: secure,
+            };
             caller = Some(c.clone());
             if op.is_empty() {
                 return Err(KmsError::new("UnknownOperationException", "X-Amz-Target must be TrentService.<Operation>"));
@@ -143,20 +160,17 @@ async fn serve_http(server: Arc<Server>, req: Request<Incoming>, peer: String, s
             return Ok(response(e.status(), e.body(), &uuid(), Some(e.kind)));
         }
     };
-    let headers: Vec<(String, String)> = parts
-        .headers
-        .iter()
-        .filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str().to_owned(), v.to_owned())))
-        .collect();
+    let headers: Vec<(String, String)> =
+        parts.headers.iter().filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str().to_owned(), v.to_owned()))).collect();
     let method = parts.method.as_str().to_owned();
     let path = parts.uri.path().to_owned();
     let query = parts.uri.query().unwrap_or("").to_owned();
     let s = server.clone();
     // The handler does short SQLite work (and an fsync on writes): run it on
     // this worker without a thread hand-off, letting tokio move other tasks.
-    let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tokio::task::block_in_place(move || {
-        s.handle(&method, &path, &query, &headers, &body, &peer, secure)
-    })));
+    let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        tokio::task::block_in_place(move || s.handle(&method, &path, &query, &headers, &body, &peer, secure))
+    }));
     Ok(match handled {
         Ok(h) => response(h.status, h.body, &h.request_id, h.error_type),
         Err(_) => {
@@ -180,9 +194,8 @@ where
 pub fn tls_acceptor(cert_pem: &str, key_pem: &str) -> Result<TlsAcceptor, String> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("TLS certificate: {e}"))?;
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<_, _>>().map_err(|e| format!("TLS certificate: {e}"))?;
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| format!("TLS key: {e}"))?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -256,7 +269,8 @@ pub async fn serve(server: Arc<Server>, bound: Bound) {
                     let acceptor = acceptor.clone();
                     let server = server.clone();
                     tokio::spawn(async move {
-                        if let Ok(Ok(tls_stream)) = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await {
+                        if let Ok(Ok(tls_stream)) = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await
+                        {
                             spawn_connection(server, tls_stream, peer, true);
                         }
                     });

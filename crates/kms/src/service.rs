@@ -256,7 +256,6 @@ fn denied(caller: &Caller, action: &str, resource: &str, decision: &Decision) ->
 
 type SigningRequest = (StoredKey, SigningAlgorithm, Zeroizing<Vec<u8>>, bool);
 
-
 impl Call<'_> {
     fn record_parameters(&mut self, op: &str) {
         // Only these scalar, non-secret members (never Plaintext, CiphertextBlob,
@@ -264,9 +263,26 @@ impl Call<'_> {
         // CloudTrail's lower camel case.
         let mut m = Map::new();
         for name in [
-            "KeyId", "AliasName", "TargetKeyId", "KeySpec", "KeyUsage", "NumberOfBytes", "KeyPairSpec", "EncryptionAlgorithm",
-            "SigningAlgorithm", "MessageType", "PolicyName", "PendingWindowInDays", "Description", "DestinationKeyId", "SourceKeyId",
-            "KeyAgreementAlgorithm", "GrantId", "GranteePrincipal", "RetiringPrincipal", "Name",
+            "KeyId",
+            "AliasName",
+            "TargetKeyId",
+            "KeySpec",
+            "KeyUsage",
+            "NumberOfBytes",
+            "KeyPairSpec",
+            "EncryptionAlgorithm",
+            "SigningAlgorithm",
+            "MessageType",
+            "PolicyName",
+            "PendingWindowInDays",
+            "Description",
+            "DestinationKeyId",
+            "SourceKeyId",
+            "KeyAgreementAlgorithm",
+            "GrantId",
+            "GranteePrincipal",
+            "RetiringPrincipal",
+            "Name",
         ] {
             if let Ok(Some(v)) = self.req.opt_str(name).map(|o| o.map(str::to_owned)) {
                 m.insert(camel(name), v.into());
@@ -280,7 +296,8 @@ impl Call<'_> {
             }
         }
         self.audit.request_parameters = m;
-        self.audit.read_only = op.starts_with("Describe") || op.starts_with("List") || op.starts_with("Get") && !op.starts_with("GenerateDataKey");
+        self.audit.read_only =
+            op.starts_with("Describe") || op.starts_with("List") || op.starts_with("Get") && !op.starts_with("GenerateDataKey");
     }
 
     fn account(&self) -> &str {
@@ -303,7 +320,8 @@ impl Call<'_> {
         ctx.set("aws:CurrentTime", self.now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default());
         ctx.set("aws:EpochTime", self.now.unix_timestamp().to_string());
         let principal = self.kms.config.principals.get(&self.caller.access_key_id);
-        let user_id = principal.and_then(|p| p.user_id.clone()).unwrap_or_else(|| derived_user_id(&self.caller.principal_arn, self.account()));
+        let user_id =
+            principal.and_then(|p| p.user_id.clone()).unwrap_or_else(|| derived_user_id(&self.caller.principal_arn, self.account()));
         ctx.set("aws:userid", user_id);
         if let Some(name) = self.caller.principal_arn.split_once(":user/").map(|(_, n)| n.rsplit('/').next().unwrap_or(n)) {
             ctx.set("aws:username", name.to_owned());
@@ -318,10 +336,15 @@ impl Call<'_> {
     fn key(&self, id: &str) -> Result<StoredKey, KmsError> {
         let not_found = || {
             if id.starts_with("alias/") || id.contains(":alias/") {
-                let arn = if id.starts_with("arn:") { id.to_owned() } else { format!("arn:aws:kms:{}:{}:{id}", self.region(), self.account()) };
+                let arn =
+                    if id.starts_with("arn:") { id.to_owned() } else { format!("arn:aws:kms:{}:{}:{id}", self.region(), self.account()) };
                 KmsError::not_found(format!("Alias {arn} is not found."))
             } else {
-                let arn = if id.starts_with("arn:") { id.to_owned() } else { format!("arn:aws:kms:{}:{}:key/{id}", self.region(), self.account()) };
+                let arn = if id.starts_with("arn:") {
+                    id.to_owned()
+                } else {
+                    format!("arn:aws:kms:{}:{}:key/{id}", self.region(), self.account())
+                };
                 KmsError::not_found(format!("Key '{arn}' does not exist"))
             }
         };
@@ -349,7 +372,10 @@ impl Call<'_> {
         self.audit.resources.push(key.metadata.arn.clone());
         let mut ctx = self.context(action, &key.metadata.arn);
         ctx.set("kms:KeySpec", key.metadata.key_spec.name());
-        ctx.set("kms:KeyUsage", serde_json::to_value(key.metadata.key_usage).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default());
+        ctx.set(
+            "kms:KeyUsage",
+            serde_json::to_value(key.metadata.key_usage).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+        );
         ctx.set("kms:KeyOrigin", "AWS_KMS");
         extra(&mut ctx);
         let policy = self.kms.policy_of(key)?;
@@ -364,12 +390,12 @@ impl Call<'_> {
                     return Err(denied(self.caller, action, &key.metadata.arn, &d));
                 }
                 match self.grant_for(key, action, &ctx)? {
-                Some(g) => {
-                    self.audit.grant_id = Some(g.grant_id.clone());
-                    self.via_grant = Some(g);
-                    Ok(())
-                }
-                None => Err(denied(self.caller, action, &key.metadata.arn, &Decision::ImplicitDeny)),
+                    Some(g) => {
+                        self.audit.grant_id = Some(g.grant_id.clone());
+                        self.via_grant = Some(g);
+                        Ok(())
+                    }
+                    None => Err(denied(self.caller, action, &key.metadata.arn, &Decision::ImplicitDeny)),
                 }
             }
             d => Err(denied(self.caller, action, &key.metadata.arn, &d)),
@@ -447,7 +473,12 @@ impl Call<'_> {
             Some(a @ ("RSAES_OAEP_SHA_1" | "RSAES_OAEP_SHA_256" | "SM2PKE")) => {
                 Err(KmsError::key_usage(format!("The encryption algorithm {a} is not valid for a symmetric key")))
             }
-            Some(a) => Err(KmsError::constraint(member, format!("Member must satisfy enum value set: [SYMMETRIC_DEFAULT, RSAES_OAEP_SHA_1, RSAES_OAEP_SHA_256, SM2PKE] (got {a:?})"))),
+            Some(a) => Err(KmsError::constraint(
+                member,
+                format!(
+                    "Member must satisfy enum value set: [SYMMETRIC_DEFAULT, RSAES_OAEP_SHA_1, RSAES_OAEP_SHA_256, SM2PKE] (got {a:?})"
+                ),
+            )),
         }
     }
 
@@ -458,7 +489,14 @@ impl Call<'_> {
     }
 
     /// Open a blob with its key; `expected` is the KeyId the caller named, if any.
-    fn open_blob(&mut self, blob_bytes: &[u8], context: &EncryptionContext, key_member: &str, action: &str, extra: &dyn Fn(&mut RequestContext)) -> Result<(StoredKey, Zeroizing<Vec<u8>>), KmsError> {
+    fn open_blob(
+        &mut self,
+        blob_bytes: &[u8],
+        context: &EncryptionContext,
+        key_member: &str,
+        action: &str,
+        extra: &dyn Fn(&mut RequestContext),
+    ) -> Result<(StoredKey, Zeroizing<Vec<u8>>), KmsError> {
         let header = blob::peek(blob_bytes)?;
         let key = self.key(&header.key_arn).map_err(|e| match e.kind {
             "NotFoundException" => KmsError::invalid_ciphertext("The ciphertext refers to a key that does not exist in this KMS"),
@@ -467,13 +505,18 @@ impl Call<'_> {
         if let Some(named) = self.req.str_len(key_member, 1, 2048)? {
             let named = self.key(named)?;
             if named.metadata.key_id != key.metadata.key_id {
-                return Err(KmsError::new("IncorrectKeyException", "The key ID in the request does not identify a CMK that can perform this operation."));
+                return Err(KmsError::new(
+                    "IncorrectKeyException",
+                    "The key ID in the request does not identify a CMK that can perform this operation.",
+                ));
             }
         }
         self.authorize(&key, action, extra)?;
         self.symmetric(&key, "Decrypt")?;
         let material = self.store().material(&key.metadata.key_id, header.material_version).map_err(|e| match e {
-            crate::store::StoreError::NoMaterial(_) => KmsError::invalid_ciphertext("The ciphertext names key material this key does not have"),
+            crate::store::StoreError::NoMaterial(_) => {
+                KmsError::invalid_ciphertext("The ciphertext names key material this key does not have")
+            }
             e => e.into(),
         })?;
         let material: &[u8; 32] = material.as_slice().try_into().map_err(|_| KmsError::internal("symmetric material is not 32 bytes"))?;
@@ -488,11 +531,22 @@ impl Call<'_> {
             None | Some("ENCRYPT_DECRYPT") => KeyUsage::EncryptDecrypt,
             Some("SIGN_VERIFY") => KeyUsage::SignVerify,
             Some("KEY_AGREEMENT") => KeyUsage::KeyAgreement,
-            Some("GENERATE_VERIFY_MAC") => return Err(KmsError::unsupported("HMAC keys (GENERATE_VERIFY_MAC) are not implemented by this KMS")),
-            Some(u) => return Err(KmsError::constraint("KeyUsage", format!("Member must satisfy enum value set: [ENCRYPT_DECRYPT, SIGN_VERIFY, GENERATE_VERIFY_MAC, KEY_AGREEMENT] (got {u:?})"))),
+            Some("GENERATE_VERIFY_MAC") => {
+                return Err(KmsError::unsupported("HMAC keys (GENERATE_VERIFY_MAC) are not implemented by this KMS"))
+            }
+            Some(u) => return Err(KmsError::constraint(
+                "KeyUsage",
+                format!(
+                    "Member must satisfy enum value set: [ENCRYPT_DECRYPT, SIGN_VERIFY, GENERATE_VERIFY_MAC, KEY_AGREEMENT] (got {u:?})"
+                ),
+            )),
         };
         let spec_name = match (self.req.opt_str("KeySpec")?, self.req.opt_str("CustomerMasterKeySpec")?) {
-            (Some(_), Some(_)) => return Err(KmsError::validation("You cannot specify KeySpec and CustomerMasterKeySpec in the same request. CustomerMasterKeySpec is deprecated.")),
+            (Some(_), Some(_)) => {
+                return Err(KmsError::validation(
+                    "You cannot specify KeySpec and CustomerMasterKeySpec in the same request. CustomerMasterKeySpec is deprecated.",
+                ))
+            }
             (Some(s), None) | (None, Some(s)) => s,
             (None, None) => "SYMMETRIC_DEFAULT",
         };
@@ -564,12 +618,7 @@ impl Call<'_> {
 
     fn list_keys(&mut self) -> Result<Value, KmsError> {
         self.authorize_identity("kms:ListKeys", &|_| {})?;
-        let keys: Vec<Value> = self
-            .store()
-            .list_keys()?
-            .into_iter()
-            .map(|(id, arn)| json!({"KeyId": id, "KeyArn": arn}))
-            .collect();
+        let keys: Vec<Value> = self.store().list_keys()?.into_iter().map(|(id, arn)| json!({"KeyId": id, "KeyArn": arn})).collect();
         self.page(keys, "Keys", 1000, 100)
     }
 
@@ -577,7 +626,11 @@ impl Call<'_> {
         let limit = self.req.opt_int("Limit", 1, max)?.unwrap_or(default) as usize;
         let start = match self.req.opt_str("Marker")? {
             None => 0,
-            Some(m) => m.parse::<usize>().ok().filter(|n| *n <= items.len()).ok_or_else(|| KmsError::new("InvalidMarkerException", "Invalid marker"))?,
+            Some(m) => m
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n <= items.len())
+                .ok_or_else(|| KmsError::new("InvalidMarkerException", "Invalid marker"))?,
         };
         let end = (start + limit).min(items.len());
         let mut out = json!({ name: items[start..end].to_vec(), "Truncated": end < items.len() });
@@ -625,7 +678,11 @@ impl Call<'_> {
     }
 
     fn update_description(&mut self) -> Result<Value, KmsError> {
-        let description = self.req.str_len("Description", 0, 8192)?.ok_or_else(|| KmsError::constraint("Description", "Member must not be null"))?.to_owned();
+        let description = self
+            .req
+            .str_len("Description", 0, 8192)?
+            .ok_or_else(|| KmsError::constraint("Description", "Member must not be null"))?
+            .to_owned();
         let mut key = self.authorized_key("KeyId", "kms:UpdateKeyDescription", &|_| {})?;
         key.metadata.description = description;
         self.store().update_metadata(&key.metadata)?;
@@ -640,7 +697,10 @@ impl Call<'_> {
             return Err(KmsError::validation("Alias must start with the prefix \"alias/\". Please see https://docs.aws.amazon.com/kms/latest/developerguide/kms-alias.html"));
         }
         if name.starts_with("alias/aws/") {
-            return Err(KmsError::new("NotAuthorizedException", "Cannot create, update or delete an alias that begins with alias/aws/; that namespace is reserved for AWS"));
+            return Err(KmsError::new(
+                "NotAuthorizedException",
+                "Cannot create, update or delete an alias that begins with alias/aws/; that namespace is reserved for AWS",
+            ));
         }
         if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_-".contains(&b)) {
             return Err(KmsError::constraint("AliasName", "Member must satisfy regular expression pattern: ^[a-zA-Z0-9:/_-]+$"));
@@ -681,7 +741,9 @@ impl Call<'_> {
         self.authorize_alias("kms:CreateAlias", &name)?;
         let key = self.target_key("kms:CreateAlias")?;
         self.store().create_alias(&name, &key.metadata.key_id, epoch(self.now)).map_err(|e| match e {
-            crate::store::StoreError::AliasExists(_) => KmsError::new("AlreadyExistsException", format!("An alias with the name {} already exists", self.alias_arn(&name))),
+            crate::store::StoreError::AliasExists(_) => {
+                KmsError::new("AlreadyExistsException", format!("An alias with the name {} already exists", self.alias_arn(&name)))
+            }
             e => e.into(),
         })?;
         Ok(json!({}))
@@ -690,11 +752,14 @@ impl Call<'_> {
     fn update_alias(&mut self) -> Result<Value, KmsError> {
         let name = self.alias_name()?;
         self.authorize_alias("kms:UpdateAlias", &name)?;
-        let old = self.store().resolve(&name)?.ok_or_else(|| KmsError::not_found(format!("Alias {} is not found.", self.alias_arn(&name))))?;
+        let old =
+            self.store().resolve(&name)?.ok_or_else(|| KmsError::not_found(format!("Alias {} is not found.", self.alias_arn(&name))))?;
         let old = self.store().key(&old)?.ok_or_else(|| KmsError::internal("alias points at a missing key"))?;
         self.authorize(&old, "kms:UpdateAlias", &|_| {})?;
         let key = self.target_key("kms:UpdateAlias")?;
-        if key.metadata.key_usage != old.metadata.key_usage || key.metadata.key_spec.is_rsa() != old.metadata.key_spec.is_rsa() && key.metadata.key_usage != KeyUsage::SignVerify {
+        if key.metadata.key_usage != old.metadata.key_usage
+            || key.metadata.key_spec.is_rsa() != old.metadata.key_spec.is_rsa() && key.metadata.key_usage != KeyUsage::SignVerify
+        {
             return Err(KmsError::validation("The new target key must have the same key usage and type as the current one"));
         }
         self.store().update_alias(&name, &key.metadata.key_id)?;
@@ -704,7 +769,8 @@ impl Call<'_> {
     fn delete_alias(&mut self) -> Result<Value, KmsError> {
         let name = self.alias_name()?;
         self.authorize_alias("kms:DeleteAlias", &name)?;
-        let key_id = self.store().resolve(&name)?.ok_or_else(|| KmsError::not_found(format!("Alias {} is not found.", self.alias_arn(&name))))?;
+        let key_id =
+            self.store().resolve(&name)?.ok_or_else(|| KmsError::not_found(format!("Alias {} is not found.", self.alias_arn(&name))))?;
         let key = self.store().key(&key_id)?.ok_or_else(|| KmsError::internal("alias points at a missing key"))?;
         self.authorize(&key, "kms:DeleteAlias", &|_| {})?;
         self.store().delete_alias(&name)?;
@@ -750,7 +816,8 @@ impl Call<'_> {
 
     fn put_key_policy(&mut self) -> Result<Value, KmsError> {
         self.policy_name()?;
-        let text = self.req.str_len("Policy", 1, 32768)?.ok_or_else(|| KmsError::constraint("Policy", "Member must not be null"))?.to_owned();
+        let text =
+            self.req.str_len("Policy", 1, 32768)?.ok_or_else(|| KmsError::constraint("Policy", "Member must not be null"))?.to_owned();
         let policy = Policy::parse(&text, true).map_err(|e| KmsError::new("MalformedPolicyDocumentException", e.to_string()))?;
         refuse_unmodelled(&policy)?;
         let bypass = self.req.opt_bool("BypassPolicyLockoutSafetyCheck")?.unwrap_or(false);
@@ -789,7 +856,8 @@ impl Call<'_> {
 
     fn list_resource_tags(&mut self) -> Result<Value, KmsError> {
         let key = self.authorized_key("KeyId", "kms:ListResourceTags", &|_| {})?;
-        let tags: Vec<Value> = self.store().tags(&key.metadata.key_id)?.into_iter().map(|(k, v)| json!({"TagKey": k, "TagValue": v})).collect();
+        let tags: Vec<Value> =
+            self.store().tags(&key.metadata.key_id)?.into_iter().map(|(k, v)| json!({"TagKey": k, "TagValue": v})).collect();
         self.page(tags, "Tags", 50, 50)
     }
 
@@ -854,7 +922,8 @@ impl Call<'_> {
         self.check_encryption_algorithm("SourceEncryptionAlgorithm")?;
         self.check_encryption_algorithm("DestinationEncryptionAlgorithm")?;
         let source_keys = Self::context_keys(&source_context);
-        let (source, plaintext) = self.open_blob(&blob_bytes, &source_context, "SourceKeyId", "kms:ReEncryptFrom", &|ctx| source_keys(ctx))?;
+        let (source, plaintext) =
+            self.open_blob(&blob_bytes, &source_context, "SourceKeyId", "kms:ReEncryptFrom", &|ctx| source_keys(ctx))?;
         let dest_keys = Self::context_keys(&dest_context);
         let dest = self.authorized_key("DestinationKeyId", "kms:ReEncryptTo", &|ctx| dest_keys(ctx))?;
         self.symmetric(&dest, "ReEncrypt")?;
@@ -875,7 +944,9 @@ impl Call<'_> {
             (Some(_), Some(_)) => return Err(KmsError::validation("Please specify either number of bytes or key spec.")),
             (Some("AES_256"), None) => 32,
             (Some("AES_128"), None) => 16,
-            (Some(s), None) => return Err(KmsError::constraint("KeySpec", format!("Member must satisfy enum value set: [AES_256, AES_128] (got {s:?})"))),
+            (Some(s), None) => {
+                return Err(KmsError::constraint("KeySpec", format!("Member must satisfy enum value set: [AES_256, AES_128] (got {s:?})")))
+            }
             (None, Some(n)) => n as usize,
             (None, None) => return Err(KmsError::validation("Please specify either number of bytes or key spec.")),
         };
@@ -942,7 +1013,9 @@ impl Call<'_> {
     }
 
     fn generate_random(&mut self) -> Result<Value, KmsError> {
-        let n = self.req.opt_int("NumberOfBytes", 1, 1024)?.ok_or_else(|| KmsError::constraint("NumberOfBytes", "Member must not be null"))? as usize;
+        let n =
+            self.req.opt_int("NumberOfBytes", 1, 1024)?.ok_or_else(|| KmsError::constraint("NumberOfBytes", "Member must not be null"))?
+                as usize;
         if self.req.has("CustomKeyStoreId") {
             return Err(KmsError::unsupported("custom key stores are not supported by this KMS"));
         }
@@ -969,8 +1042,15 @@ impl Call<'_> {
         let is_digest = match self.req.opt_str("MessageType")? {
             None | Some("RAW") => false,
             Some("DIGEST") => true,
-            Some("EXTERNAL_MU") => return Err(KmsError::unsupported("MessageType EXTERNAL_MU is for ML-DSA keys, which this KMS does not implement")),
-            Some(t) => return Err(KmsError::constraint("MessageType", format!("Member must satisfy enum value set: [RAW, DIGEST, EXTERNAL_MU] (got {t:?})"))),
+            Some("EXTERNAL_MU") => {
+                return Err(KmsError::unsupported("MessageType EXTERNAL_MU is for ML-DSA keys, which this KMS does not implement"))
+            }
+            Some(t) => {
+                return Err(KmsError::constraint(
+                    "MessageType",
+                    format!("Member must satisfy enum value set: [RAW, DIGEST, EXTERNAL_MU] (got {t:?})"),
+                ))
+            }
         };
         let alg_name = self.req.str("SigningAlgorithm")?.to_owned();
         let message_type = if is_digest { "DIGEST" } else { "RAW" };
@@ -1013,7 +1093,9 @@ impl Call<'_> {
         self.usable(&key)?;
         let m = &key.metadata;
         let material = match (m.key_spec, m.key_usage) {
-            (KeySpec::SymmetricDefault, _) => return Err(KmsError::unsupported(format!("{} is a symmetric key; it has no public key", m.arn))),
+            (KeySpec::SymmetricDefault, _) => {
+                return Err(KmsError::unsupported(format!("{} is a symmetric key; it has no public key", m.arn)))
+            }
             _ => self.store().material(&m.key_id, 1)?,
         };
         let spki = match m.key_usage {
@@ -1040,7 +1122,12 @@ impl Call<'_> {
         self.grant_tokens()?;
         match self.req.str("KeyAgreementAlgorithm")? {
             "ECDH" => {}
-            a => return Err(KmsError::constraint("KeyAgreementAlgorithm", format!("Member must satisfy enum value set: [ECDH] (got {a:?})"))),
+            a => {
+                return Err(KmsError::constraint(
+                    "KeyAgreementAlgorithm",
+                    format!("Member must satisfy enum value set: [ECDH] (got {a:?})"),
+                ))
+            }
         }
         let peer = self.req.blob("PublicKey", 1, 8192)?;
         let recipient = self.recipient()?;
@@ -1104,7 +1191,8 @@ impl Call<'_> {
     fn list_key_rotations(&mut self) -> Result<Value, KmsError> {
         let key = self.authorized_key("KeyId", "kms:ListKeyRotations", &|_| {})?;
         let (current, _) = self.store().current_material(&key.metadata.key_id)?;
-        let rotations: Vec<Value> = (2..=current).map(|v| json!({"KeyId": key.metadata.key_id, "RotationType": "ON_DEMAND", "MaterialVersion": v})).collect();
+        let rotations: Vec<Value> =
+            (2..=current).map(|v| json!({"KeyId": key.metadata.key_id, "RotationType": "ON_DEMAND", "MaterialVersion": v})).collect();
         self.page(rotations, "Rotations", 1000, 100)
     }
 }

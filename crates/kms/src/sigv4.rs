@@ -134,14 +134,20 @@ pub struct Authorization {
 /// SignedHeaders=a;b;c, Signature=HEX`.
 pub fn parse_authorization(value: &str) -> Result<Authorization, AuthError> {
     let incomplete = |m: &str| AuthError::Incomplete(m.to_owned());
-    let (alg, rest) = value.trim().split_once(' ').ok_or_else(|| incomplete("Authorization header requires a space-separated algorithm and parameters"))?;
+    let (alg, rest) = value
+        .trim()
+        .split_once(' ')
+        .ok_or_else(|| incomplete("Authorization header requires a space-separated algorithm and parameters"))?;
     if alg != ALGORITHM {
         return Err(incomplete(&format!("Unsupported AWS 'algorithm': '{alg}'")));
     }
     let (mut credential, mut signed, mut signature) = (None, None, None);
     for part in rest.split(',') {
         let Some((k, v)) = part.trim().split_once('=') else {
-            return Err(incomplete(&format!("Authorization header requires each component to be of the form key=value: '{}'", part.trim())));
+            return Err(incomplete(&format!(
+                "Authorization header requires each component to be of the form key=value: '{}'",
+                part.trim()
+            )));
         };
         let slot = match k {
             "Credential" => &mut credential,
@@ -322,9 +328,9 @@ impl Verifier {
     ) -> Result<Authenticated, AuthError> {
         let header = req.header("authorization").ok_or(AuthError::Missing)?;
         let auth = parse_authorization(header)?;
-        let amz = req
-            .header("x-amz-date")
-            .ok_or_else(|| AuthError::Incomplete("Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header.".into()))?;
+        let amz = req.header("x-amz-date").ok_or_else(|| {
+            AuthError::Incomplete("Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header.".into())
+        })?;
         for required in ["host", "x-amz-date"] {
             if !auth.signed_headers.iter().any(|h| h == required) {
                 return Err(AuthError::Incomplete(format!("'{required}' must be a signed header")));
@@ -415,7 +421,12 @@ pub fn sign(
     let sig = hmac::sign(&signing_key(&credential.secret_access_key, date, region, service), to_sign.as_bytes());
     headers.push((
         "authorization".into(),
-        format!("{ALGORITHM} Credential={}/{scope}, SignedHeaders={}, Signature={}", credential.access_key_id, names.join(";"), hex::encode(sig.as_ref())),
+        format!(
+            "{ALGORITHM} Credential={}/{scope}, SignedHeaders={}, Signature={}",
+            credential.access_key_id,
+            names.join(";"),
+            hex::encode(sig.as_ref())
+        ),
     ));
 }
 
@@ -452,7 +463,9 @@ mod tests {
     fn the_aws_documentation_example_verifies() {
         let (headers, cred) = aws_example();
         let req = SignedRequest { method: "GET", path: "/", query: "Action=ListUsers&Version=2010-05-08", headers: &headers, body: b"" };
-        let canonical = canonical_request(&req, &["content-type".into(), "host".into(), "x-amz-date".into()], &hex::encode(digest(&SHA256, b""))).unwrap();
+        let canonical =
+            canonical_request(&req, &["content-type".into(), "host".into(), "x-amz-date".into()], &hex::encode(digest(&SHA256, b"")))
+                .unwrap();
         assert_eq!(hex::encode(digest(&SHA256, canonical.as_bytes())), "f536975d06c0309214f805bb90ccff089219ecd68b2577efef23edd43b7e1a59");
         let ok = Verifier::new("us-east-1", "iam").verify(&req, at("20150830T123900Z"), |_| Some(cred.clone())).unwrap();
         assert_eq!(ok.principal_arn, "arn:aws:iam::111122223333:user/example");
@@ -538,7 +551,15 @@ mod tests {
         sign("POST", "/", "", &mut headers, body, &cred, "us-east-1", "kms", now);
         let swapped: Vec<(String, String)> = headers
             .iter()
-            .map(|(n, val)| if n == "x-amz-target" { (n.clone(), "TrentService.ScheduleKeyDeletion".into()) } else { (n.clone(), val.clone()) })
+            .map(
+                |(n, val)| {
+                    if n == "x-amz-target" {
+                        (n.clone(), "TrentService.ScheduleKeyDeletion".into())
+                    } else {
+                        (n.clone(), val.clone())
+                    }
+                },
+            )
             .collect();
         let req = SignedRequest { method: "POST", path: "/", query: "", headers: &swapped, body };
         assert_eq!(v.verify(&req, now, |_| Some(cred.clone())).unwrap_err(), AuthError::Mismatch);

@@ -206,8 +206,7 @@ impl Store {
                 Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, bool>(2)?))
             })
             .optional()?;
-        row.map(|(m, policy, rotation_enabled)| Ok(StoredKey { metadata: serde_json::from_str(&m)?, policy, rotation_enabled }))
-            .transpose()
+        row.map(|(m, policy, rotation_enabled)| Ok(StoredKey { metadata: serde_json::from_str(&m)?, policy, rotation_enabled })).transpose()
     }
 
     /// Resolve a key id, key ARN, alias name (`alias/x`) or alias ARN to a key id.
@@ -270,7 +269,10 @@ impl Store {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let version: u32 = tx.query_row("SELECT COALESCE(MAX(version), 0) + 1 FROM material WHERE key_id = ?1", [key_id], |r| r.get(0))?;
-        tx.execute("INSERT INTO material (key_id, version, sealed) VALUES (?1, ?2, ?3)", params![key_id, version, self.seal(key_id, version, material)])?;
+        tx.execute(
+            "INSERT INTO material (key_id, version, sealed) VALUES (?1, ?2, ?3)",
+            params![key_id, version, self.seal(key_id, version, material)],
+        )?;
         tx.commit()?;
         Ok(version)
     }
@@ -320,7 +322,9 @@ impl Store {
     pub fn grant(&self, grant_id: &str) -> Result<Option<(String, Grant)>, StoreError> {
         let row = self
             .conn()
-            .query_row("SELECT key_id, grant FROM grants WHERE grant_id = ?1", [grant_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .query_row("SELECT key_id, grant FROM grants WHERE grant_id = ?1", [grant_id], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })
             .optional()?;
         row.map(|(k, g)| Ok((k, serde_json::from_str(&g)?))).transpose()
     }
@@ -469,7 +473,11 @@ mod tests {
         // Move k2's sealed material under k1: it must not open there.
         {
             let conn = s.conn();
-            conn.execute("UPDATE material SET sealed = (SELECT sealed FROM material WHERE key_id = 'k2') WHERE key_id = 'k1' AND version = 1", []).unwrap();
+            conn.execute(
+                "UPDATE material SET sealed = (SELECT sealed FROM material WHERE key_id = 'k2') WHERE key_id = 'k1' AND version = 1",
+                [],
+            )
+            .unwrap();
         }
         assert!(matches!(s.material("k1", 1), Err(StoreError::Material { .. })));
         fs::remove_dir_all(dir).unwrap();

@@ -77,7 +77,11 @@ fn sigv4_failures_get_the_error_types_aws_returns() {
 
     let ok = send(&kms, &signed_headers(&kms, "GenerateRandom", body, &good, now), body);
     assert_eq!(ok.status, 200, "{:?}", ok.body);
-    assert!(ok.headers.contains("x-amzn-requestid: ") && ok.headers.contains("content-type: application/x-amz-json-1.1") && ok.headers.contains("\r\ndate: "));
+    assert!(
+        ok.headers.contains("x-amzn-requestid: ")
+            && ok.headers.contains("content-type: application/x-amz-json-1.1")
+            && ok.headers.contains("\r\ndate: ")
+    );
 
     let mut wrong_secret = good.clone();
     wrong_secret.secret_access_key = Zeroizing::new("not the secret".into());
@@ -105,7 +109,10 @@ fn sigv4_failures_get_the_error_types_aws_returns() {
     missing.retain(|(n, _)| n != "x-amz-target");
     let r = send(&kms, &missing, body);
     assert_eq!(r.kind(), "IncompleteSignatureException", "{:?}", r.body);
-    let mut unsigned_host = vec![("content-type".to_owned(), "application/x-amz-json-1.1".to_owned()), ("x-amz-target".to_owned(), "TrentService.GenerateRandom".to_owned())];
+    let mut unsigned_host = vec![
+        ("content-type".to_owned(), "application/x-amz-json-1.1".to_owned()),
+        ("x-amz-target".to_owned(), "TrentService.GenerateRandom".to_owned()),
+    ];
     sigv4::sign("POST", "/", "", &mut unsigned_host, body, &good, "us-east-1", "kms", now);
     unsigned_host.push(("host".into(), addr(&kms)));
     let r = send(&kms, &unsigned_host, body);

@@ -63,7 +63,9 @@ fn lockout_the_instance_role_decrypts_only_from_the_enclave_image() {
     assert_eq!(evaluate(&p, &[], &attested(ROLE, "kms:Decrypt", PCR0)), Decision::Allow);
     assert_eq!(evaluate(&p, &[], &attested(ROLE, "kms:Decrypt", &PCR0.to_uppercase())), Decision::Allow, "IgnoreCase");
     // Its identity policy (kms:Encrypt) does not help: the key policy no longer delegates to IAM.
-    let iam = Policy::parse(r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":["kms:Encrypt"],"Resource":["*"]}]}"#, false).unwrap();
+    let iam =
+        Policy::parse(r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":["kms:Encrypt"],"Resource":["*"]}]}"#, false)
+            .unwrap();
     assert_eq!(evaluate(&p, &[iam], &ctx(ROLE, "kms:Encrypt")), Decision::ImplicitDeny);
 }
 
@@ -155,10 +157,7 @@ fn two_enclave_each_image_does_only_its_own_operation() {
     // negated condition holds for absent keys, so the Deny applies, as the
     // document's "with an explicit deny" output shows.
     let bare = ctx("arn:aws:sts::111122223333:assumed-role/instance/i-0e4fc2c648b901c7e", "kms:GenerateDataKey");
-    assert_eq!(
-        evaluate(&p, &[], &bare),
-        Decision::ExplicitDeny { sid: Some("Only Allow NitroEnclaveDemo-1".into()), in_key_policy: true }
-    );
+    assert_eq!(evaluate(&p, &[], &bare), Decision::ExplicitDeny { sid: Some("Only Allow NitroEnclaveDemo-1".into()), in_key_policy: true });
 }
 
 #[test]
@@ -190,7 +189,9 @@ fn the_default_policy_delegates_to_identity_policies() {
 
 fn one(condition: &str) -> Policy {
     Policy::parse(
-        &format!(r#"{{"Statement": [{{"Effect": "Allow", "Principal": "*", "Action": "kms:*", "Resource": "*", "Condition": {condition}}}]}}"#),
+        &format!(
+            r#"{{"Statement": [{{"Effect": "Allow", "Principal": "*", "Action": "kms:*", "Resource": "*", "Condition": {condition}}}]}}"#
+        ),
         true,
     )
     .unwrap()
@@ -265,11 +266,26 @@ fn malformed_policies_are_refused_with_a_reason() {
         (r#"{"Statement": [{"Effect": "Maybe", "Principal": "*", "Action": "kms:*"}]}"#, "Effect"),
         (r#"{"Statement": [{"Effect": "Allow", "Action": "kms:*"}]}"#, "needs a Principal"),
         (r#"{"Statement": [{"Effect": "Allow", "Principal": "*"}]}"#, "Action and NotAction"),
-        (r#"{"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "kms:*", "Condition": {"NumericLessThanOrSo": {"a": "1"}}}]}"#, "unsupported condition operator"),
-        (r#"{"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "kms:*", "Condition": {"NumericLessThan": {"a": "one"}}}]}"#, "not a value NumericLessThan compares"),
-        (r#"{"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "kms:*", "Condition": {"DateLessThan": {"aws:CurrentTime": "soon"}}}]}"#, "not a value"),
-        (r#"{"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "kms:*", "Condition": {"IpAddress": {"aws:SourceIp": "10.0.0.0/33"}}}]}"#, "not a value"),
-        (r#"{"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "kms:*", "Condition": {"Bool": {"aws:SecureTransport": "yes"}}}]}"#, "not a value"),
+        (
+            r#"{"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "kms:*", "Condition": {"NumericLessThanOrSo": {"a": "1"}}}]}"#,
+            "unsupported condition operator",
+        ),
+        (
+            r#"{"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "kms:*", "Condition": {"NumericLessThan": {"a": "one"}}}]}"#,
+            "not a value NumericLessThan compares",
+        ),
+        (
+            r#"{"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "kms:*", "Condition": {"DateLessThan": {"aws:CurrentTime": "soon"}}}]}"#,
+            "not a value",
+        ),
+        (
+            r#"{"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "kms:*", "Condition": {"IpAddress": {"aws:SourceIp": "10.0.0.0/33"}}}]}"#,
+            "not a value",
+        ),
+        (
+            r#"{"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "kms:*", "Condition": {"Bool": {"aws:SecureTransport": "yes"}}}]}"#,
+            "not a value",
+        ),
         (r#"{"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "kms:*", "Shape": 1}]}"#, "unknown element"),
         (r#"{"Version": "2099-01-01", "Statement": [{"Effect": "Allow", "Principal": "*", "Action": "kms:*"}]}"#, "Version"),
     ] {
@@ -291,24 +307,69 @@ fn absent_keys_set_operators_and_null_as_aws_documents() {
         // Set operators on an absent key: ForAnyValue is false, ForAllValues true, whatever
         // the operator (negated or ...IfExists included).
         // https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_condition-single-vs-multi-valued-context-keys.html
-        ("ForAnyValue negated, absent: false", format!(r#"{{"ForAnyValue:StringNotEquals": {{"kms:RecipientAttestation:ImageSha384": "{PCR0}"}}}}"#), plain, false),
-        ("ForAnyValue IfExists, absent: false", format!(r#"{{"ForAnyValue:StringEqualsIfExists": {{"kms:RecipientAttestation:ImageSha384": "{PCR0}"}}}}"#), plain, false),
-        ("ForAnyValue IfExists, present and equal", format!(r#"{{"ForAnyValue:StringEqualsIfExists": {{"kms:RecipientAttestation:ImageSha384": "{PCR0}"}}}}"#), enclave, true),
-        ("ForAllValues, absent: true", format!(r#"{{"ForAllValues:StringEquals": {{"kms:RecipientAttestation:ImageSha384": "{OTHER}"}}}}"#), plain, true),
-        ("ForAllValues negated, absent: true", r#"{"ForAllValues:StringNotLike": {"kms:EncryptionContextKeys": "nekms:*"}}"#.to_owned(), plain, true),
+        (
+            "ForAnyValue negated, absent: false",
+            format!(r#"{{"ForAnyValue:StringNotEquals": {{"kms:RecipientAttestation:ImageSha384": "{PCR0}"}}}}"#),
+            plain,
+            false,
+        ),
+        (
+            "ForAnyValue IfExists, absent: false",
+            format!(r#"{{"ForAnyValue:StringEqualsIfExists": {{"kms:RecipientAttestation:ImageSha384": "{PCR0}"}}}}"#),
+            plain,
+            false,
+        ),
+        (
+            "ForAnyValue IfExists, present and equal",
+            format!(r#"{{"ForAnyValue:StringEqualsIfExists": {{"kms:RecipientAttestation:ImageSha384": "{PCR0}"}}}}"#),
+            enclave,
+            true,
+        ),
+        (
+            "ForAllValues, absent: true",
+            format!(r#"{{"ForAllValues:StringEquals": {{"kms:RecipientAttestation:ImageSha384": "{OTHER}"}}}}"#),
+            plain,
+            true,
+        ),
+        (
+            "ForAllValues negated, absent: true",
+            r#"{"ForAllValues:StringNotLike": {"kms:EncryptionContextKeys": "nekms:*"}}"#.to_owned(),
+            plain,
+            true,
+        ),
         // Single-valued operators on an absent key: positive fails, negated and IfExists hold.
         // https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_elements_condition_operators.html#Conditions_IfExists
         ("positive, absent: false", format!(r#"{{"StringEquals": {{"kms:RecipientAttestation:ImageSha384": "{PCR0}"}}}}"#), plain, false),
         ("negated, absent: true", format!(r#"{{"StringNotEquals": {{"kms:RecipientAttestation:ImageSha384": "{PCR0}"}}}}"#), plain, true),
-        ("IfExists, absent: true", format!(r#"{{"StringEqualsIfExists": {{"kms:RecipientAttestation:ImageSha384": "{OTHER}"}}}}"#), plain, true),
+        (
+            "IfExists, absent: true",
+            format!(r#"{{"StringEqualsIfExists": {{"kms:RecipientAttestation:ImageSha384": "{OTHER}"}}}}"#),
+            plain,
+            true,
+        ),
         // Null: the values are ORed like any other operator's.
         // https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_elements_condition_operators.html#Conditions_Null
-        ("Null [false, true], absent: true", r#"{"Null": {"kms:RecipientAttestation:ImageSha384": ["false", "true"]}}"#.to_owned(), plain, true),
-        ("Null [false, true], present: true", r#"{"Null": {"kms:RecipientAttestation:ImageSha384": ["false", "true"]}}"#.to_owned(), enclave, true),
+        (
+            "Null [false, true], absent: true",
+            r#"{"Null": {"kms:RecipientAttestation:ImageSha384": ["false", "true"]}}"#.to_owned(),
+            plain,
+            true,
+        ),
+        (
+            "Null [false, true], present: true",
+            r#"{"Null": {"kms:RecipientAttestation:ImageSha384": ["false", "true"]}}"#.to_owned(),
+            enclave,
+            true,
+        ),
         ("Null true, present: false", r#"{"Null": {"kms:RecipientAttestation:ImageSha384": "true"}}"#.to_owned(), enclave, false),
         // aws:PrincipalAccount is set on every request.
         // https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_condition-keys.html#condition-keys-principalaccount
-        ("aws:PrincipalAccount is the caller's account", format!(r#"{{"StringEquals": {{"aws:PrincipalAccount": "{ACCOUNT}"}}}}"#), plain, true),
+        (
+            "aws:PrincipalAccount is the caller's account",
+            format!(r#"{{"StringEquals": {{"aws:PrincipalAccount": "{ACCOUNT}"}}}}"#),
+            plain,
+            true,
+        ),
     ];
     // The other operator families, on the global keys the emulator sets.
     // https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_elements_condition_operators.html
@@ -360,7 +421,9 @@ fn absent_keys_set_operators_and_null_as_aws_documents() {
 
 #[test]
 fn condition_keys_this_kms_does_not_set_are_named() {
-    let p = one(r#"{"StringEquals": {"aws:SourceVpc": "vpc-1", "aws:PrincipalTag/team": "payments", "kms:EncryptionContext:app": "x", "kms:RecipientAttestation:PCR8": "00"}}"#);
+    let p = one(
+        r#"{"StringEquals": {"aws:SourceVpc": "vpc-1", "aws:PrincipalTag/team": "payments", "kms:EncryptionContext:app": "x", "kms:RecipientAttestation:PCR8": "00"}}"#,
+    );
     assert_eq!(p.unmodelled_keys(), vec!["aws:SourceVpc".to_owned()]);
     assert!(one(r#"{"StringEquals": {"aws:PrincipalType": "AssumedRole", "kms:ViaService": "x"}}"#).unmodelled_keys().is_empty());
     // aws:PrincipalType as AWS sets it.
@@ -392,17 +455,80 @@ fn policy_variables_as_aws_documents() {
     type Row<'a> = (&'a str, String, &'a str, &'a RequestContext, bool, &'a str);
     let rows: &[Row] = &[
         (V, r#"{"StringEquals": {"kms:EncryptionContext:owner": "${aws:PrincipalArn}"}}"#.into(), "*", &with_ctx, true, "substituted"),
-        ("", r#"{"StringEquals": {"kms:EncryptionContext:owner": "${aws:PrincipalArn}"}}"#.into(), "*", &with_ctx, false, "no Version: literal text"),
-        (r#""Version": "2008-10-17","#, r#"{"StringEquals": {"kms:EncryptionContext:owner": "${aws:PrincipalArn}"}}"#.into(), "*", &with_ctx, false, "Version 2008-10-17: literal text"),
-        (V, r#"{"ArnLike": {"aws:PrincipalArn": "arn:aws:iam::${aws:PrincipalAccount}:role/*"}}"#.into(), "*", &with_ctx, true, "ARN operator, wildcard kept"),
-        (V, r#"{"StringLike": {"aws:PrincipalArn": "${kms:EncryptionContext:tenant}"}}"#.into(), "*", &with_ctx, false, "a substituted * is literal, not a wildcard"),
+        (
+            "",
+            r#"{"StringEquals": {"kms:EncryptionContext:owner": "${aws:PrincipalArn}"}}"#.into(),
+            "*",
+            &with_ctx,
+            false,
+            "no Version: literal text",
+        ),
+        (
+            r#""Version": "2008-10-17","#,
+            r#"{"StringEquals": {"kms:EncryptionContext:owner": "${aws:PrincipalArn}"}}"#.into(),
+            "*",
+            &with_ctx,
+            false,
+            "Version 2008-10-17: literal text",
+        ),
+        (
+            V,
+            r#"{"ArnLike": {"aws:PrincipalArn": "arn:aws:iam::${aws:PrincipalAccount}:role/*"}}"#.into(),
+            "*",
+            &with_ctx,
+            true,
+            "ARN operator, wildcard kept",
+        ),
+        (
+            V,
+            r#"{"StringLike": {"aws:PrincipalArn": "${kms:EncryptionContext:tenant}"}}"#.into(),
+            "*",
+            &with_ctx,
+            false,
+            "a substituted * is literal, not a wildcard",
+        ),
         (V, r#"{"StringEquals": {"kms:EncryptionContext:tenant": "t-${*}"}}"#.into(), "*", &with_ctx, true, "${*} is a literal *"),
         (V, r#"{"StringLike": {"aws:PrincipalArn": "${*}"}}"#.into(), "*", &with_ctx, false, "${*} under StringLike matches only a *"),
-        (V, r#"{"StringEquals": {"kms:EncryptionContext:owner": "${kms:EncryptionContext:missing}"}}"#.into(), "*", &with_ctx, false, "a missing key matches nothing"),
-        (V, r#"{"StringNotEquals": {"kms:EncryptionContext:owner": "${kms:EncryptionContext:missing}"}}"#.into(), "*", &with_ctx, true, "... so its negation holds"),
-        (V, r#"{"StringEquals": {"kms:EncryptionContext:tenant": "${kms:EncryptionContext:missing, 't-*'}"}}"#.into(), "*", &with_ctx, true, "a default value"),
-        (V, format!(r#"{{"StringEquals": {{"aws:PrincipalAccount": "{ACCOUNT}"}}}}"#), "arn:aws:kms:*:${aws:PrincipalAccount}:key/*", &with_ctx, true, "in Resource"),
-        (V, format!(r#"{{"StringEquals": {{"aws:PrincipalAccount": "{ACCOUNT}"}}}}"#), "arn:aws:kms:*:${kms:EncryptionContext:missing}:key/*", &with_ctx, false, "in Resource, a missing key matches nothing"),
+        (
+            V,
+            r#"{"StringEquals": {"kms:EncryptionContext:owner": "${kms:EncryptionContext:missing}"}}"#.into(),
+            "*",
+            &with_ctx,
+            false,
+            "a missing key matches nothing",
+        ),
+        (
+            V,
+            r#"{"StringNotEquals": {"kms:EncryptionContext:owner": "${kms:EncryptionContext:missing}"}}"#.into(),
+            "*",
+            &with_ctx,
+            true,
+            "... so its negation holds",
+        ),
+        (
+            V,
+            r#"{"StringEquals": {"kms:EncryptionContext:tenant": "${kms:EncryptionContext:missing, 't-*'}"}}"#.into(),
+            "*",
+            &with_ctx,
+            true,
+            "a default value",
+        ),
+        (
+            V,
+            format!(r#"{{"StringEquals": {{"aws:PrincipalAccount": "{ACCOUNT}"}}}}"#),
+            "arn:aws:kms:*:${aws:PrincipalAccount}:key/*",
+            &with_ctx,
+            true,
+            "in Resource",
+        ),
+        (
+            V,
+            format!(r#"{{"StringEquals": {{"aws:PrincipalAccount": "{ACCOUNT}"}}}}"#),
+            "arn:aws:kms:*:${kms:EncryptionContext:missing}:key/*",
+            &with_ctx,
+            false,
+            "in Resource, a missing key matches nothing",
+        ),
     ];
     for (version, condition, resource, request, allowed, why) in rows {
         let p = versioned(version, condition, resource);

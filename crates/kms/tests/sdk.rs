@@ -32,9 +32,7 @@ impl Enclave {
     }
 
     fn document(&self) -> Vec<u8> {
-        self.nsm
-            .attestation(AttestationRequest { public_key: Some(self.key.public_key_der().unwrap()), ..Default::default() })
-            .unwrap()
+        self.nsm.attestation(AttestationRequest { public_key: Some(self.key.public_key_der().unwrap()), ..Default::default() }).unwrap()
     }
 
     fn recipient(&self) -> RecipientInfo {
@@ -78,13 +76,22 @@ fn kmstool_policy(pcr0: &str) -> String {
 async fn key_management_and_symmetric_cryptography() {
     let kms = LocalKms::start();
     let admin = kms.client("admin");
-    let key = admin.create_key().description("sdk test").tags(aws_sdk_kms::types::Tag::builder().tag_key("team").tag_value("a").build().unwrap()).send().await.unwrap();
+    let key = admin
+        .create_key()
+        .description("sdk test")
+        .tags(aws_sdk_kms::types::Tag::builder().tag_key("team").tag_value("a").build().unwrap())
+        .send()
+        .await
+        .unwrap();
     let meta = key.key_metadata().unwrap();
     let key_id = meta.key_id().to_owned();
     assert_eq!(meta.key_spec(), Some(&KeySpec::SymmetricDefault));
     assert!(meta.arn().unwrap().starts_with(&format!("arn:aws:kms:us-east-1:{ACCOUNT}:key/")));
     admin.create_alias().alias_name("alias/sdk").target_key_id(&key_id).send().await.unwrap();
-    assert_eq!(code(admin.create_alias().alias_name("alias/sdk").target_key_id(&key_id).send().await.unwrap_err()), "AlreadyExistsException");
+    assert_eq!(
+        code(admin.create_alias().alias_name("alias/sdk").target_key_id(&key_id).send().await.unwrap_err()),
+        "AlreadyExistsException"
+    );
 
     // Policies: the default delegates to IAM; put and get round-trip.
     let policy = admin.get_key_policy().key_id("alias/sdk").send().await.unwrap();
@@ -93,7 +100,14 @@ async fn key_management_and_symmetric_cryptography() {
     assert_eq!(listed.policy_names(), ["default"]);
 
     // Encrypt / decrypt with an encryption context; alias names work as KeyId.
-    let ct = admin.encrypt().key_id("alias/sdk").plaintext(Blob::new("attack at dawn")).encryption_context("purpose", "test").send().await.unwrap();
+    let ct = admin
+        .encrypt()
+        .key_id("alias/sdk")
+        .plaintext(Blob::new("attack at dawn"))
+        .encryption_context("purpose", "test")
+        .send()
+        .await
+        .unwrap();
     let blob = ct.ciphertext_blob().unwrap().clone();
     let pt = admin.decrypt().ciphertext_blob(blob.clone()).encryption_context("purpose", "test").send().await.unwrap();
     assert_eq!(pt.plaintext().unwrap().as_ref(), b"attack at dawn");
@@ -102,7 +116,10 @@ async fn key_management_and_symmetric_cryptography() {
     assert_eq!(code(wrong), "InvalidCiphertextException");
     let mut tampered = blob.as_ref().to_vec();
     *tampered.last_mut().unwrap() ^= 1;
-    assert_eq!(code(admin.decrypt().ciphertext_blob(Blob::new(tampered)).encryption_context("purpose", "test").send().await.unwrap_err()), "InvalidCiphertextException");
+    assert_eq!(
+        code(admin.decrypt().ciphertext_blob(Blob::new(tampered)).encryption_context("purpose", "test").send().await.unwrap_err()),
+        "InvalidCiphertextException"
+    );
 
     // A second key named in Decrypt is the wrong key.
     let other = admin.create_key().send().await.unwrap().key_metadata().unwrap().key_id().to_owned();
@@ -110,7 +127,14 @@ async fn key_management_and_symmetric_cryptography() {
     assert_eq!(code(e), "IncorrectKeyException");
 
     // ReEncrypt moves the ciphertext to the other key.
-    let re = admin.re_encrypt().ciphertext_blob(blob.clone()).source_encryption_context("purpose", "test").destination_key_id(&other).send().await.unwrap();
+    let re = admin
+        .re_encrypt()
+        .ciphertext_blob(blob.clone())
+        .source_encryption_context("purpose", "test")
+        .destination_key_id(&other)
+        .send()
+        .await
+        .unwrap();
     let back = admin.decrypt().ciphertext_blob(re.ciphertext_blob().unwrap().clone()).send().await.unwrap();
     assert_eq!(back.plaintext().unwrap().as_ref(), b"attack at dawn");
 
@@ -126,7 +150,10 @@ async fn key_management_and_symmetric_cryptography() {
     let random = admin.generate_random().number_of_bytes(1024).send().await.unwrap();
     assert_eq!(random.plaintext().unwrap().as_ref().len(), 1024);
     assert_eq!(code(admin.generate_random().number_of_bytes(1025).send().await.unwrap_err()), "ValidationException");
-    assert_eq!(code(admin.encrypt().key_id(&key_id).plaintext(Blob::new(vec![0u8; 4097])).send().await.unwrap_err()), "ValidationException");
+    assert_eq!(
+        code(admin.encrypt().key_id(&key_id).plaintext(Blob::new(vec![0u8; 4097])).send().await.unwrap_err()),
+        "ValidationException"
+    );
 
     // Rotation: old ciphertexts still decrypt.
     admin.enable_key_rotation().key_id(&key_id).send().await.unwrap();
@@ -139,7 +166,13 @@ async fn key_management_and_symmetric_cryptography() {
     assert_eq!(old.plaintext().unwrap().as_ref(), b"attack at dawn");
 
     // Tags.
-    admin.tag_resource().key_id(&key_id).tags(aws_sdk_kms::types::Tag::builder().tag_key("env").tag_value("dev").build().unwrap()).send().await.unwrap();
+    admin
+        .tag_resource()
+        .key_id(&key_id)
+        .tags(aws_sdk_kms::types::Tag::builder().tag_key("env").tag_value("dev").build().unwrap())
+        .send()
+        .await
+        .unwrap();
     admin.untag_resource().key_id(&key_id).tag_keys("team").send().await.unwrap();
     let tags = admin.list_resource_tags().key_id(&key_id).send().await.unwrap();
     assert_eq!(tags.tags().iter().map(|t| t.tag_key()).collect::<Vec<_>>(), ["env"]);
@@ -151,7 +184,10 @@ async fn key_management_and_symmetric_cryptography() {
     let scheduled = admin.schedule_key_deletion().key_id(&key_id).pending_window_in_days(7).send().await.unwrap();
     assert_eq!(scheduled.pending_window_in_days(), Some(7));
     assert_eq!(code(admin.encrypt().key_id(&key_id).plaintext(Blob::new("x")).send().await.unwrap_err()), "KMSInvalidStateException");
-    assert_eq!(code(admin.schedule_key_deletion().key_id(&key_id).pending_window_in_days(6).send().await.unwrap_err()), "ValidationException");
+    assert_eq!(
+        code(admin.schedule_key_deletion().key_id(&key_id).pending_window_in_days(6).send().await.unwrap_err()),
+        "ValidationException"
+    );
     admin.cancel_key_deletion().key_id(&key_id).send().await.unwrap();
     admin.enable_key().key_id(&key_id).send().await.unwrap();
 
@@ -199,21 +235,64 @@ async fn signing_keys_sign_verify_and_publish_their_public_key() {
         let key = admin.create_key().key_usage(KeyUsageType::SignVerify).key_spec(spec.clone()).send().await.unwrap();
         let id = key.key_metadata().unwrap().key_id().to_owned();
         let sig = admin.sign().key_id(&id).message(Blob::new("hello")).signing_algorithm(alg.clone()).send().await.unwrap();
-        let ok = admin.verify().key_id(&id).message(Blob::new("hello")).signature(sig.signature().unwrap().clone()).signing_algorithm(alg.clone()).send().await.unwrap();
+        let ok = admin
+            .verify()
+            .key_id(&id)
+            .message(Blob::new("hello"))
+            .signature(sig.signature().unwrap().clone())
+            .signing_algorithm(alg.clone())
+            .send()
+            .await
+            .unwrap();
         assert!(ok.signature_valid(), "{spec:?}");
-        let bad = admin.verify().key_id(&id).message(Blob::new("hellp")).signature(sig.signature().unwrap().clone()).signing_algorithm(alg.clone()).send().await.unwrap_err();
+        let bad = admin
+            .verify()
+            .key_id(&id)
+            .message(Blob::new("hellp"))
+            .signature(sig.signature().unwrap().clone())
+            .signing_algorithm(alg.clone())
+            .send()
+            .await
+            .unwrap_err();
         assert_eq!(code(bad), "KMSInvalidSignatureException");
         // A digest signed as DIGEST verifies against the raw message.
-        let digest = aws_lc_rs::digest::digest(if alg == SigningAlgorithmSpec::EcdsaSha384 { &aws_lc_rs::digest::SHA384 } else { &aws_lc_rs::digest::SHA256 }, b"hello");
-        let dsig = admin.sign().key_id(&id).message(Blob::new(digest.as_ref())).message_type(MessageType::Digest).signing_algorithm(alg.clone()).send().await.unwrap();
-        assert!(admin.verify().key_id(&id).message(Blob::new("hello")).signature(dsig.signature().unwrap().clone()).signing_algorithm(alg.clone()).send().await.unwrap().signature_valid());
+        let digest = aws_lc_rs::digest::digest(
+            if alg == SigningAlgorithmSpec::EcdsaSha384 { &aws_lc_rs::digest::SHA384 } else { &aws_lc_rs::digest::SHA256 },
+            b"hello",
+        );
+        let dsig = admin
+            .sign()
+            .key_id(&id)
+            .message(Blob::new(digest.as_ref()))
+            .message_type(MessageType::Digest)
+            .signing_algorithm(alg.clone())
+            .send()
+            .await
+            .unwrap();
+        assert!(admin
+            .verify()
+            .key_id(&id)
+            .message(Blob::new("hello"))
+            .signature(dsig.signature().unwrap().clone())
+            .signing_algorithm(alg.clone())
+            .send()
+            .await
+            .unwrap()
+            .signature_valid());
         let public = admin.get_public_key().key_id(&id).send().await.unwrap();
         assert!(public.public_key().unwrap().as_ref().len() > 60);
         // Symmetric operations on a signing key are the wrong usage.
         assert_eq!(code(admin.encrypt().key_id(&id).plaintext(Blob::new("x")).send().await.unwrap_err()), "InvalidKeyUsageException");
     }
     let ec = admin.create_key().key_usage(KeyUsageType::SignVerify).key_spec(KeySpec::EccNistP256).send().await.unwrap();
-    let e = admin.sign().key_id(ec.key_metadata().unwrap().key_id()).message(Blob::new("x")).signing_algorithm(SigningAlgorithmSpec::RsassaPssSha256).send().await.unwrap_err();
+    let e = admin
+        .sign()
+        .key_id(ec.key_metadata().unwrap().key_id())
+        .message(Blob::new("x"))
+        .signing_algorithm(SigningAlgorithmSpec::RsassaPssSha256)
+        .send()
+        .await
+        .unwrap_err();
     assert_eq!(code(e), "InvalidKeyUsageException");
 
     // Key agreement: both sides derive the same secret.
@@ -229,7 +308,12 @@ async fn signing_keys_sign_verify_and_publish_their_public_key() {
         .await
         .unwrap();
     let kms_public = admin.get_public_key().key_id(&ka_id).send().await.unwrap();
-    let ours = nekms_kms::crypto::derive_shared_secret(nekms_kms::model::KeySpec::EccNistP256, &peer.private_pkcs8, kms_public.public_key().unwrap().as_ref()).unwrap();
+    let ours = nekms_kms::crypto::derive_shared_secret(
+        nekms_kms::model::KeySpec::EccNistP256,
+        &peer.private_pkcs8,
+        kms_public.public_key().unwrap().as_ref(),
+    )
+    .unwrap();
     assert_eq!(derived.shared_secret().unwrap().as_ref(), &ours[..]);
     // secp256k1 is for signing only, as in KMS.
     let e = admin.create_key().key_usage(KeyUsageType::KeyAgreement).key_spec(KeySpec::EccSecgP256K1).send().await.unwrap_err();
@@ -273,10 +357,19 @@ async fn kmstool_policy_only_the_enclave_image_decrypts_and_root_is_locked_out()
     assert!(wrong.key.open(sealed).is_err());
     // The administrators manage the key but cannot decrypt, even with the enclave's document.
     assert!(admin.describe_key().key_id(&arn).send().await.is_ok());
-    assert_eq!(code(admin.decrypt().ciphertext_blob(blob.clone()).recipient(good.recipient()).send().await.unwrap_err()), "AccessDeniedException");
+    assert_eq!(
+        code(admin.decrypt().ciphertext_blob(blob.clone()).recipient(good.recipient()).send().await.unwrap_err()),
+        "AccessDeniedException"
+    );
     // The root user is locked out of everything, including the policy.
-    assert_eq!(code(root.decrypt().ciphertext_blob(blob.clone()).recipient(good.recipient()).send().await.unwrap_err()), "AccessDeniedException");
-    assert_eq!(code(root.put_key_policy().key_id(&arn).policy(kmstool_policy(&good.pcr0)).send().await.unwrap_err()), "AccessDeniedException");
+    assert_eq!(
+        code(root.decrypt().ciphertext_blob(blob.clone()).recipient(good.recipient()).send().await.unwrap_err()),
+        "AccessDeniedException"
+    );
+    assert_eq!(
+        code(root.put_key_policy().key_id(&arn).policy(kmstool_policy(&good.pcr0)).send().await.unwrap_err()),
+        "AccessDeniedException"
+    );
     assert_eq!(code(root.schedule_key_deletion().key_id(&arn).send().await.unwrap_err()), "AccessDeniedException");
 
     // GenerateDataKey for the enclave: only CiphertextForRecipient carries the key.
@@ -286,10 +379,20 @@ async fn kmstool_policy_only_the_enclave_image_decrypts_and_root_is_locked_out()
     assert_eq!(data_key.len(), 32);
     let again = instance.decrypt().ciphertext_blob(dk.ciphertext_blob().unwrap().clone()).recipient(good.recipient()).send().await.unwrap();
     assert_eq!(good.key.open(again.ciphertext_for_recipient().unwrap().as_ref()).unwrap(), data_key);
-    let pair = instance.generate_data_key_pair().key_id(&arn).key_pair_spec(DataKeyPairSpec::EccSecgP256K1).recipient(good.recipient()).send().await.unwrap();
+    let pair = instance
+        .generate_data_key_pair()
+        .key_id(&arn)
+        .key_pair_spec(DataKeyPairSpec::EccSecgP256K1)
+        .recipient(good.recipient())
+        .send()
+        .await
+        .unwrap();
     assert!(pair.private_key_plaintext().is_none());
     let private = good.key.open(pair.ciphertext_for_recipient().unwrap().as_ref()).unwrap();
-    assert_eq!(nekms_kms::crypto::public_key(nekms_kms::model::KeySpec::EccSecgP256k1, &private).unwrap(), pair.public_key().unwrap().as_ref());
+    assert_eq!(
+        nekms_kms::crypto::public_key(nekms_kms::model::KeySpec::EccSecgP256k1, &private).unwrap(),
+        pair.public_key().unwrap().as_ref()
+    );
 
     // The audit log records the enclave's image for Recipient requests, and no secrets.
     let lines = kms.audit_lines();
@@ -311,7 +414,10 @@ async fn recipient_documents_that_fail_verification_are_refused() {
     let enclave = Enclave::boot(&kms.dev(), b"image");
 
     let recipient = |doc: Vec<u8>| {
-        RecipientInfo::builder().key_encryption_algorithm(KeyEncryptionMechanism::RsaesOaepSha256).attestation_document(Blob::new(doc)).build()
+        RecipientInfo::builder()
+            .key_encryption_algorithm(KeyEncryptionMechanism::RsaesOaepSha256)
+            .attestation_document(Blob::new(doc))
+            .build()
     };
     let refused = |e: aws_sdk_kms::error::SdkError<aws_sdk_kms::operation::decrypt::DecryptError, _>| {
         let m = message(&e);

@@ -181,10 +181,7 @@ mod tests {
             describe_pcr_response(Response::DescribePCR { lock: false, data: vec![0; 32] }),
             Err(NsmError::UnexpectedResponse { .. })
         ));
-        assert!(matches!(
-            extend_pcr_response(Response::Error(ApiCode::ReadOnlyIndex)),
-            Err(NsmError::Code(ErrorCode::ReadOnlyIndex))
-        ));
+        assert!(matches!(extend_pcr_response(Response::Error(ApiCode::ReadOnlyIndex)), Err(NsmError::Code(ErrorCode::ReadOnlyIndex))));
         assert!(matches!(extend_pcr_response(Response::LockPCRs), Err(NsmError::UnexpectedResponse { request: "ExtendPCR" })));
         let d = describe_response(Response::DescribeNSM {
             version_major: 1,

@@ -81,11 +81,7 @@ fn out_of_range_indexes_are_invalid_index() {
 fn oversized_input_is_input_too_large_and_the_limits_themselves_pass() {
     let w = world();
     let nsm = boot(&w, SimConfig::new(image()));
-    let at_limit = AttestationRequest {
-        user_data: Some(vec![1; 512]),
-        nonce: Some(vec![2; 512]),
-        public_key: Some(vec![3; 1024]),
-    };
+    let at_limit = AttestationRequest { user_data: Some(vec![1; 512]), nonce: Some(vec![2; 512]), public_key: Some(vec![3; 1024]) };
     nsm.attestation(at_limit.clone()).unwrap();
     for over in [
         AttestationRequest { user_data: Some(vec![1; 513]), ..Default::default() },
@@ -102,11 +98,7 @@ fn oversized_input_is_input_too_large_and_the_limits_themselves_pass() {
 fn documents_verify_against_the_development_root_and_carry_the_request() {
     let w = world();
     let nsm = boot(&w, SimConfig::new(image()));
-    let req = AttestationRequest {
-        user_data: Some(b"user".to_vec()),
-        nonce: Some(b"nonce".to_vec()),
-        public_key: Some(b"key".to_vec()),
-    };
+    let req = AttestationRequest { user_data: Some(b"user".to_vec()), nonce: Some(b"nonce".to_vec()), public_key: Some(b"key".to_vec()) };
     let bytes = nsm.attestation(req).unwrap();
     assert_eq!(bytes[0], 0xd2, "tagged COSE_Sign1 (18)");
     let opts = VerifyOptions::now().expect_pcr(0, image().pcr0).expect_nonce(b"nonce".to_vec());

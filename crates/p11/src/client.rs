@@ -35,7 +35,9 @@ fn transport(e: impl std::fmt::Display) -> CallError {
 impl Conn {
     /// Connect to `unix:///path` and shake hands.
     pub fn connect(address: &str) -> Result<Conn, CallError> {
-        let path = address.strip_prefix("unix://").ok_or_else(|| CallError::Transport(format!("NEKMS_P11_RPC must be unix:///path, not {address:?}")))?;
+        let path = address
+            .strip_prefix("unix://")
+            .ok_or_else(|| CallError::Transport(format!("NEKMS_P11_RPC must be unix:///path, not {address:?}")))?;
         let stream = UnixStream::connect(path).map_err(|e| CallError::Transport(format!("{address}: {e}")))?;
         stream.set_read_timeout(Some(Duration::from_secs(60))).map_err(transport)?;
         stream.set_write_timeout(Some(Duration::from_secs(60))).map_err(transport)?;
@@ -87,7 +89,9 @@ impl Conn {
                     };
                 }
                 ServerFrame::Reply { .. } => continue,
-                ServerFrame::Goodbye { message } => return Err(CallError::Transport(format!("the enclave closed the connection: {message}"))),
+                ServerFrame::Goodbye { message } => {
+                    return Err(CallError::Transport(format!("the enclave closed the connection: {message}")))
+                }
                 ServerFrame::Welcome { .. } => return Err(CallError::Transport("a second Welcome".into())),
             }
         }

@@ -461,7 +461,13 @@ pub unsafe extern "C" fn C_GetMechanismInfo(slot: CK_SLOT_ID, mechanism: CK_MECH
 // ---- sessions and login ----
 
 #[no_mangle]
-pub unsafe extern "C" fn C_OpenSession(slot: CK_SLOT_ID, flags: CK_FLAGS, _app: *mut c_void, _notify: CK_NOTIFY, session: *mut CK_SESSION_HANDLE) -> CK_RV {
+pub unsafe extern "C" fn C_OpenSession(
+    slot: CK_SLOT_ID,
+    flags: CK_FLAGS,
+    _app: *mut c_void,
+    _notify: CK_NOTIFY,
+    session: *mut CK_SESSION_HANDLE,
+) -> CK_RV {
     with_module(|m| {
         if session.is_null() {
             return Err(CKR_ARGUMENTS_BAD);
@@ -630,7 +636,12 @@ pub unsafe extern "C" fn C_FindObjectsInit(session: CK_SESSION_HANDLE, t: *mut C
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn C_FindObjects(session: CK_SESSION_HANDLE, out: *mut CK_OBJECT_HANDLE, max: CK_ULONG, count: *mut CK_ULONG) -> CK_RV {
+pub unsafe extern "C" fn C_FindObjects(
+    session: CK_SESSION_HANDLE,
+    out: *mut CK_OBJECT_HANDLE,
+    max: CK_ULONG,
+    count: *mut CK_ULONG,
+) -> CK_RV {
     with_module(|m| {
         if count.is_null() || (out.is_null() && max > 0) {
             return Err(CKR_ARGUMENTS_BAD);
@@ -766,7 +777,13 @@ pub unsafe extern "C" fn C_SignInit(session: CK_SESSION_HANDLE, mechanism: *mut 
 
 /// Sign `data` with the session's operation (which ends unless the caller
 /// only asked for the length or gave a short buffer).
-unsafe fn finish_sign(m: &mut Module, session: CK_SESSION_HANDLE, data: Option<&[u8]>, sig: *mut u8, sig_len: *mut CK_ULONG) -> Result<(), CK_RV> {
+unsafe fn finish_sign(
+    m: &mut Module,
+    session: CK_SESSION_HANDLE,
+    data: Option<&[u8]>,
+    sig: *mut u8,
+    sig_len: *mut CK_ULONG,
+) -> Result<(), CK_RV> {
     if sig_len.is_null() {
         m.session(session)?.sign = None;
         return Err(CKR_ARGUMENTS_BAD);
@@ -789,7 +806,13 @@ unsafe fn finish_sign(m: &mut Module, session: CK_SESSION_HANDLE, data: Option<&
             return Err(CKR_DATA_INVALID);
         }
         let handle = m.handle(op.slot)?;
-        let out = match m.call(P11Request::Decrypt { handle, id: op.key_id.clone(), padding: nekms_keys::RsaPadding::Raw, ciphertext: block, label: None }) {
+        let out = match m.call(P11Request::Decrypt {
+            handle,
+            id: op.key_id.clone(),
+            padding: nekms_keys::RsaPadding::Raw,
+            ciphertext: block,
+            label: None,
+        }) {
             Ok(P11Response::Plaintext(p)) => p.into_zeroizing(),
             Ok(_) => return Err(CKR_DEVICE_ERROR),
             Err(CKR_ENCRYPTED_DATA_INVALID) => return Err(CKR_DATA_INVALID),
@@ -825,7 +848,13 @@ unsafe fn finish_sign(m: &mut Module, session: CK_SESSION_HANDLE, data: Option<&
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn C_Sign(session: CK_SESSION_HANDLE, data: *mut u8, data_len: CK_ULONG, sig: *mut u8, sig_len: *mut CK_ULONG) -> CK_RV {
+pub unsafe extern "C" fn C_Sign(
+    session: CK_SESSION_HANDLE,
+    data: *mut u8,
+    data_len: CK_ULONG,
+    sig: *mut u8,
+    sig_len: *mut CK_ULONG,
+) -> CK_RV {
     with_module(|m| {
         let op = m.session(session)?.sign.as_ref().ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
         if op.hasher.is_some() {
@@ -893,7 +922,9 @@ unsafe fn generation_template(t: &[CK_ATTRIBUTE]) -> Result<Asked, CK_RV> {
             CKA_LABEL => label = Some(String::from_utf8(v.to_vec()).map_err(|_| CKR_ATTRIBUTE_VALUE_INVALID)?),
             CKA_MODULUS_BITS => bits = Some(ulong()?),
             CKA_EC_PARAMS => params = Some(v.to_vec()),
-            CKA_PUBLIC_EXPONENT if v.iter().skip_while(|b| **b == 0).copied().collect::<Vec<_>>() != [1, 0, 1] => return Err(CKR_TEMPLATE_INCONSISTENT),
+            CKA_PUBLIC_EXPONENT if v.iter().skip_while(|b| **b == 0).copied().collect::<Vec<_>>() != [1, 0, 1] => {
+                return Err(CKR_TEMPLATE_INCONSISTENT)
+            }
             // Token objects only; private keys are always sensitive and never extractable.
             CKA_TOKEN if !flag() => return Err(CKR_TEMPLATE_INCONSISTENT),
             CKA_EXTRACTABLE if flag() => return Err(CKR_ATTRIBUTE_VALUE_INVALID),
@@ -1004,7 +1035,13 @@ pub unsafe extern "C" fn C_DecryptInit(session: CK_SESSION_HANDLE, mechanism: *m
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn C_Decrypt(session: CK_SESSION_HANDLE, data: *mut u8, data_len: CK_ULONG, out: *mut u8, out_len: *mut CK_ULONG) -> CK_RV {
+pub unsafe extern "C" fn C_Decrypt(
+    session: CK_SESSION_HANDLE,
+    data: *mut u8,
+    data_len: CK_ULONG,
+    out: *mut u8,
+    out_len: *mut CK_ULONG,
+) -> CK_RV {
     with_module(|m| {
         let s = m.session(session)?;
         let op = s.decrypt.as_mut().ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
@@ -1097,7 +1134,13 @@ pub unsafe extern "C" fn C_EncryptInit(session: CK_SESSION_HANDLE, mechanism: *m
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn C_Encrypt(session: CK_SESSION_HANDLE, data: *mut u8, data_len: CK_ULONG, out: *mut u8, out_len: *mut CK_ULONG) -> CK_RV {
+pub unsafe extern "C" fn C_Encrypt(
+    session: CK_SESSION_HANDLE,
+    data: *mut u8,
+    data_len: CK_ULONG,
+    out: *mut u8,
+    out_len: *mut CK_ULONG,
+) -> CK_RV {
     with_module(|m| {
         let s = m.session(session)?;
         let op = s.encrypt.as_ref().ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
@@ -1160,7 +1203,13 @@ pub unsafe extern "C" fn C_VerifyInit(session: CK_SESSION_HANDLE, mechanism: *mu
             return Err(CKR_KEY_TYPE_INCONSISTENT);
         }
         let chosen = signing_mechanism(&*mechanism, o.key.spec)?;
-        let op = VerifyOp { public_key: o.key.public_key.clone(), spec: o.key.spec, sig_len: objects::signature_len(o.key), mech: chosen, hasher: None };
+        let op = VerifyOp {
+            public_key: o.key.public_key.clone(),
+            spec: o.key.spec,
+            sig_len: objects::signature_len(o.key),
+            mech: chosen,
+            hasher: None,
+        };
         m.session(session)?.verify = Some(op);
         Ok(())
     })
@@ -1252,7 +1301,13 @@ pub unsafe extern "C" fn C_DigestInit(session: CK_SESSION_HANDLE, mechanism: *mu
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn C_Digest(session: CK_SESSION_HANDLE, data: *mut u8, data_len: CK_ULONG, out: *mut u8, out_len: *mut CK_ULONG) -> CK_RV {
+pub unsafe extern "C" fn C_Digest(
+    session: CK_SESSION_HANDLE,
+    data: *mut u8,
+    data_len: CK_ULONG,
+    out: *mut u8,
+    out_len: *mut CK_ULONG,
+) -> CK_RV {
     with_module(|m| {
         let s = m.session(session)?;
         let ctx = s.digest.as_ref().ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
@@ -1363,7 +1418,12 @@ pub unsafe extern "C" fn C_SeedRandom(session: CK_SESSION_HANDLE, _seed: *mut u8
 // ---- what a key never does here ----
 
 #[no_mangle]
-pub unsafe extern "C" fn C_SetAttributeValue(session: CK_SESSION_HANDLE, _h: CK_OBJECT_HANDLE, _t: *mut CK_ATTRIBUTE, _n: CK_ULONG) -> CK_RV {
+pub unsafe extern "C" fn C_SetAttributeValue(
+    session: CK_SESSION_HANDLE,
+    _h: CK_OBJECT_HANDLE,
+    _t: *mut CK_ATTRIBUTE,
+    _n: CK_ULONG,
+) -> CK_RV {
     with_module(|m| {
         m.session(session)?;
         Err(CKR_ATTRIBUTE_READ_ONLY)
@@ -1371,7 +1431,13 @@ pub unsafe extern "C" fn C_SetAttributeValue(session: CK_SESSION_HANDLE, _h: CK_
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn C_CopyObject(session: CK_SESSION_HANDLE, _h: CK_OBJECT_HANDLE, _t: *mut CK_ATTRIBUTE, _n: CK_ULONG, _new: *mut CK_OBJECT_HANDLE) -> CK_RV {
+pub unsafe extern "C" fn C_CopyObject(
+    session: CK_SESSION_HANDLE,
+    _h: CK_OBJECT_HANDLE,
+    _t: *mut CK_ATTRIBUTE,
+    _n: CK_ULONG,
+    _new: *mut CK_OBJECT_HANDLE,
+) -> CK_RV {
     with_module(|m| {
         m.session(session)?;
         Err(CKR_ACTION_PROHIBITED)
@@ -1569,7 +1635,12 @@ pub unsafe extern "C" fn C_GetInterfaceList(list: *mut CK_INTERFACE, count: *mut
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn C_GetInterface(name: *mut CK_UTF8CHAR, version: *mut CK_VERSION, out: *mut *mut CK_INTERFACE, _flags: CK_FLAGS) -> CK_RV {
+pub unsafe extern "C" fn C_GetInterface(
+    name: *mut CK_UTF8CHAR,
+    version: *mut CK_VERSION,
+    out: *mut *mut CK_INTERFACE,
+    _flags: CK_FLAGS,
+) -> CK_RV {
     guarded(|| {
         if out.is_null() {
             return CKR_ARGUMENTS_BAD;

@@ -130,7 +130,12 @@ fn is_rsa(spec: KeySpec) -> bool {
 
 /// The mechanism for a key, from its type and parameters (`params`: the
 /// PSS parameters, when given). Errors are CK_RVs.
-pub fn mechanism(spec: KeySpec, mechanism: CK_MECHANISM_TYPE, params: Option<&CK_RSA_PKCS_PSS_PARAMS>, param_len: usize) -> Result<Mech, CK_RV> {
+pub fn mechanism(
+    spec: KeySpec,
+    mechanism: CK_MECHANISM_TYPE,
+    params: Option<&CK_RSA_PKCS_PSS_PARAMS>,
+    param_len: usize,
+) -> Result<Mech, CK_RV> {
     let ec = matches!(spec, KeySpec::P256 | KeySpec::P384 | KeySpec::Secp256k1);
     let pss = |fixed: Option<Hash>| -> Result<Pss, CK_RV> {
         let p = params.filter(|_| param_len == std::mem::size_of::<CK_RSA_PKCS_PSS_PARAMS>()).ok_or(CKR_MECHANISM_PARAM_INVALID)?;
@@ -308,7 +313,9 @@ pub unsafe fn decryption(m: &CK_MECHANISM) -> Result<(nekms_keys::RsaPadding, Op
             }
             let label = match (p.source, p.ulSourceDataLen) {
                 (_, 0) => None,
-                (CKZ_DATA_SPECIFIED, n) if !p.pSourceData.is_null() && n <= 4096 => Some(std::slice::from_raw_parts(p.pSourceData as *const u8, n as usize).to_vec()),
+                (CKZ_DATA_SPECIFIED, n) if !p.pSourceData.is_null() && n <= 4096 => {
+                    Some(std::slice::from_raw_parts(p.pSourceData as *const u8, n as usize).to_vec())
+                }
                 _ => return Err(CKR_MECHANISM_PARAM_INVALID),
             };
             Ok((RsaPadding::Oaep(hash), label))
@@ -355,7 +362,9 @@ mod tests {
     #[test]
     fn a_digest_info_names_its_hash() {
         let di = nekms_keys::rsa_raw::digest_info(Hash::Sha256, &[7u8; 32]);
-        assert!(matches!(to_scheme(KeySpec::Rsa2048, Mech::RsaPkcs, &di), Ok((Scheme::RsaPkcs1(Hash::Sha256), Payload::Digest(d))) if d == [7u8; 32]));
+        assert!(
+            matches!(to_scheme(KeySpec::Rsa2048, Mech::RsaPkcs, &di), Ok((Scheme::RsaPkcs1(Hash::Sha256), Payload::Digest(d))) if d == [7u8; 32])
+        );
         let sha1 = nekms_keys::rsa_raw::digest_info(Hash::Sha1, &[7u8; 20]);
         assert!(matches!(to_scheme(KeySpec::Rsa2048, Mech::RsaPkcs, &sha1), Ok((Scheme::RsaPkcs1(Hash::Sha1), _))));
         assert_eq!(raw_block(KeySpec::Rsa2048, Mech::RsaPkcs, &sha1), Ok(None));

@@ -99,7 +99,10 @@ pub fn ec_params(spec: KeySpec) -> Option<&'static [u8]> {
 /// Modulus and public exponent (without leading zeros), or the EC point,
 /// from a SubjectPublicKeyInfo.
 pub enum PublicParts {
-    Rsa { modulus: Vec<u8>, exponent: Vec<u8> },
+    Rsa {
+        modulus: Vec<u8>,
+        exponent: Vec<u8>,
+    },
     /// The point as CKA_EC_POINT holds it: a DER OCTET STRING.
     Ec(Vec<u8>),
 }
@@ -179,7 +182,9 @@ impl Object<'_> {
                 CKA_TRUSTED => boolean(false),
                 CKA_CERTIFICATE_CATEGORY => ulong(if n == 0 { 1 } else { 2 }),
                 CKA_JAVA_MIDP_SECURITY_DOMAIN => ulong(0),
-                CKA_START_DATE | CKA_END_DATE | CKA_URL | CKA_HASH_OF_SUBJECT_PUBLIC_KEY | CKA_HASH_OF_ISSUER_PUBLIC_KEY => Value::Bytes(Vec::new()),
+                CKA_START_DATE | CKA_END_DATE | CKA_URL | CKA_HASH_OF_SUBJECT_PUBLIC_KEY | CKA_HASH_OF_ISSUER_PUBLIC_KEY => {
+                    Value::Bytes(Vec::new())
+                }
                 _ => Value::Invalid,
             };
         }
@@ -218,7 +223,9 @@ impl Object<'_> {
                 CKA_SENSITIVE | CKA_ALWAYS_SENSITIVE | CKA_NEVER_EXTRACTABLE => boolean(true),
                 CKA_DECRYPT => boolean(key.decrypt && key_type(key.spec) == CKK_RSA),
                 CKA_EXTRACTABLE | CKA_ALWAYS_AUTHENTICATE | CKA_WRAP_WITH_TRUSTED | CKA_SIGN_RECOVER | CKA_UNWRAP => boolean(false),
-                CKA_VALUE | CKA_PRIVATE_EXPONENT | CKA_PRIME_1 | CKA_PRIME_2 | CKA_EXPONENT_1 | CKA_EXPONENT_2 | CKA_COEFFICIENT => Value::Sensitive,
+                CKA_VALUE | CKA_PRIVATE_EXPONENT | CKA_PRIME_1 | CKA_PRIME_2 | CKA_EXPONENT_1 | CKA_EXPONENT_2 | CKA_COEFFICIENT => {
+                    Value::Sensitive
+                }
                 _ => Value::Invalid,
             }
         } else {

@@ -41,7 +41,8 @@ pub fn import_state(json: &[u8]) -> Result<LastSigned, ImportError> {
     let v: Value = serde_json::from_slice(json).map_err(|e| ImportError::Json(e.to_string()))?;
     let obj = v.as_object().ok_or_else(|| ImportError::Format("not a JSON object".into()))?;
     let tmkms = matches!(obj.get("round"), Some(Value::String(_)));
-    let known: &[&str] = if tmkms { &["height", "round", "step", "block_id"] } else { &["height", "round", "step", "signature", "signbytes"] };
+    let known: &[&str] =
+        if tmkms { &["height", "round", "step", "block_id"] } else { &["height", "round", "step", "signature", "signbytes"] };
     if let Some(k) = obj.keys().find(|k| !known.contains(&k.as_str())) {
         return Err(ImportError::Format(format!("unknown field {k:?}")));
     }
@@ -64,7 +65,9 @@ pub fn import_state(json: &[u8]) -> Result<LastSigned, ImportError> {
     let (mut sign_bytes, mut signature) = (None, None);
     if !tmkms {
         if let Some(s) = obj.get("signature").and_then(Value::as_str).filter(|s| !s.is_empty()) {
-            signature = Some(base64::engine::general_purpose::STANDARD.decode(s).map_err(|_| ImportError::Format("signature is not base64".into()))?);
+            signature = Some(
+                base64::engine::general_purpose::STANDARD.decode(s).map_err(|_| ImportError::Format("signature is not base64".into()))?,
+            );
         }
         if let Some(s) = obj.get("signbytes").and_then(Value::as_str).filter(|s| !s.is_empty()) {
             sign_bytes = Some(hex::decode(s).map_err(|_| ImportError::Format("signbytes is not hex".into()))?);

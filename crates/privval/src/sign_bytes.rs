@@ -6,7 +6,8 @@
 
 use prost::Message;
 use tendermint_proto::v0_38::types::{
-    BlockId, CanonicalBlockId, CanonicalPartSetHeader, CanonicalProposal, CanonicalVote, CanonicalVoteExtension, Proposal, SignedMsgType, Vote,
+    BlockId, CanonicalBlockId, CanonicalPartSetHeader, CanonicalProposal, CanonicalVote, CanonicalVoteExtension, Proposal, SignedMsgType,
+    Vote,
 };
 
 /// A block id as it is signed: none for a nil vote (no hash and an empty
@@ -20,7 +21,10 @@ pub fn canonical_block_id(id: Option<&BlockId>) -> Option<CanonicalBlockId> {
     }
     Some(CanonicalBlockId {
         hash: id.hash.clone(),
-        part_set_header: Some(CanonicalPartSetHeader { total: header.map_or(0, |h| h.total), hash: header.map(|h| h.hash.clone()).unwrap_or_default() }),
+        part_set_header: Some(CanonicalPartSetHeader {
+            total: header.map_or(0, |h| h.total),
+            hash: header.map(|h| h.hash.clone()).unwrap_or_default(),
+        }),
     })
 }
 
@@ -62,8 +66,13 @@ pub fn proposal(chain_id: &str, p: &Proposal) -> Vec<u8> {
 /// What a vote extension's signature covers (CometBFT v0.38+: signed for
 /// every non-nil precommit, an empty extension included).
 pub fn vote_extension(chain_id: &str, vote: &Vote) -> Vec<u8> {
-    CanonicalVoteExtension { extension: vote.extension.clone(), height: vote.height, round: i64::from(vote.round), chain_id: chain_id.to_owned() }
-        .encode_length_delimited_to_vec()
+    CanonicalVoteExtension {
+        extension: vote.extension.clone(),
+        height: vote.height,
+        round: i64::from(vote.round),
+        chain_id: chain_id.to_owned(),
+    }
+    .encode_length_delimited_to_vec()
 }
 
 /// Whether `bytes` are sign bytes this crate could have built for `chain_id`
@@ -85,8 +94,15 @@ pub fn check_canonical(bytes: &[u8], chain_id: &str, height: i64, round: i32, st
         }
         Step::Propose => {
             let p = CanonicalProposal::decode_length_delimited(bytes).map_err(|e| format!("not a canonical proposal: {e}"))?;
-            if p.r#type != SignedMsgType::Proposal as i32 || p.height != height || p.round != i64::from(round) || p.chain_id != chain_id || p.timestamp.is_none() {
-                return Err(format!("a canonical proposal for another height, round or chain than the state's ({height}/{round} on {chain_id:?})"));
+            if p.r#type != SignedMsgType::Proposal as i32
+                || p.height != height
+                || p.round != i64::from(round)
+                || p.chain_id != chain_id
+                || p.timestamp.is_none()
+            {
+                return Err(format!(
+                    "a canonical proposal for another height, round or chain than the state's ({height}/{round} on {chain_id:?})"
+                ));
             }
             p.encode_length_delimited_to_vec()
         }

@@ -61,7 +61,10 @@ pub enum Decision {
     Sign,
     /// Give back this signature (and, when only the timestamp differed,
     /// this timestamp in the reply's vote or proposal).
-    Reuse { signature: Vec<u8>, timestamp: Option<Timestamp> },
+    Reuse {
+        signature: Vec<u8>,
+        timestamp: Option<Timestamp>,
+    },
     Refuse(Refusal),
 }
 

@@ -163,7 +163,13 @@ mod tests {
         for r in [StoreRequest::Get { name: name.clone() }, StoreRequest::Put { name: name.clone(), record: vec![1, 2, 3] }] {
             assert_eq!(StoreRequest::decode(&r.encode()), Ok(r));
         }
-        for r in [StoreReply::None, StoreReply::Found(vec![7]), StoreReply::Stored, StoreReply::Failed("disk full".into()), StoreReply::Slots(vec![vec![1], vec![2, 3]])] {
+        for r in [
+            StoreReply::None,
+            StoreReply::Found(vec![7]),
+            StoreReply::Stored,
+            StoreReply::Failed("disk full".into()),
+            StoreReply::Slots(vec![vec![1], vec![2, 3]]),
+        ] {
             assert_eq!(StoreReply::decode(&r.encode()), Ok(r));
         }
         for bad in [&b""[..], b"\x01", b"\x01\x00\x05abc", b"\x09\x00\x00", b"\x02\x00\x03a/b"] {

@@ -9,7 +9,9 @@
 use prost::Message;
 use tendermint_proto::google::protobuf::Timestamp;
 use tendermint_proto::v0_38::crypto::{public_key, PublicKey};
-use tendermint_proto::v0_38::privval::{message::Sum, Message as Envelope, PubKeyResponse, RemoteSignerError, SignedProposalResponse, SignedVoteResponse};
+use tendermint_proto::v0_38::privval::{
+    message::Sum, Message as Envelope, PubKeyResponse, RemoteSignerError, SignedProposalResponse, SignedVoteResponse,
+};
 use tendermint_proto::v0_38::types::{BlockId, Proposal, Vote};
 
 use crate::state::{step_of, Step};

@@ -53,13 +53,22 @@ fn a_state_record_opens_only_untouched_and_for_its_own_key_and_chain() {
 #[test]
 fn tmkms_and_cometbft_state_files_import_and_height_zero_does_not() {
     let tmkms = br#"{"height":"1234","round":"2","step":1,"block_id":{"hash":"AB","parts":{"total":1,"hash":"CD"}}}"#;
-    assert_eq!(import_state(tmkms), Ok(LastSigned { height: 1234, round: 2, step: Some(Step::Prevote), sign_bytes: None, signature: None }));
+    assert_eq!(
+        import_state(tmkms),
+        Ok(LastSigned { height: 1234, round: 2, step: Some(Step::Prevote), sign_bytes: None, signature: None })
+    );
     let tmkms_proposal = br#"{"height":"9","round":"0","step":0}"#;
     assert_eq!(import_state(tmkms_proposal).unwrap().step, Some(Step::Propose));
     let comet = br#"{"height":"77","round":1,"step":3,"signature":"AAEC","signbytes":"0A0B"}"#;
     assert_eq!(
         import_state(comet),
-        Ok(LastSigned { height: 77, round: 1, step: Some(Step::Precommit), sign_bytes: Some(vec![0x0a, 0x0b]), signature: Some(vec![0, 1, 2]) })
+        Ok(LastSigned {
+            height: 77,
+            round: 1,
+            step: Some(Step::Precommit),
+            sign_bytes: Some(vec![0x0a, 0x0b]),
+            signature: Some(vec![0, 1, 2])
+        })
     );
     assert_eq!(import_state(br#"{"height":"0","round":0,"step":0}"#), Err(ImportError::HeightZero));
     assert_eq!(import_state(br#"{"height":"0","round":"0","step":0}"#), Err(ImportError::HeightZero));

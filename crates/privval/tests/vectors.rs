@@ -13,8 +13,13 @@ fn go_vote(hash: &[u8]) -> Vote {
         height: 12345,
         round: 2,
         timestamp: Some(Timestamp { seconds: 1_514_170_801, nanos: 234_000_000 }),
-        block_id: Some(BlockId { hash: hash.to_vec(), part_set_header: Some(PartSetHeader { total: 1_000_000, hash: b"0022446688AACCEE1133557799BBDDFF".to_vec() }) }),
-        validator_address: vec![0xa3, 0xb2, 0xcc, 0xdd, 0x71, 0x86, 0xf1, 0x68, 0x5f, 0x21, 0xf2, 0x48, 0x2a, 0xf4, 0xfb, 0x34, 0x46, 0xa8, 0x4b, 0x35],
+        block_id: Some(BlockId {
+            hash: hash.to_vec(),
+            part_set_header: Some(PartSetHeader { total: 1_000_000, hash: b"0022446688AACCEE1133557799BBDDFF".to_vec() }),
+        }),
+        validator_address: vec![
+            0xa3, 0xb2, 0xcc, 0xdd, 0x71, 0x86, 0xf1, 0x68, 0x5f, 0x21, 0xf2, 0x48, 0x2a, 0xf4, 0xfb, 0x34, 0x46, 0xa8, 0x4b, 0x35,
+        ],
         validator_index: 56789,
         ..Default::default()
     }
@@ -23,9 +28,10 @@ fn go_vote(hash: &[u8]) -> Vote {
 #[test]
 fn vote_sign_bytes_match_go() {
     let want: &[u8] = &[
-        124, 8, 1, 17, 57, 48, 0, 0, 0, 0, 0, 0, 25, 2, 0, 0, 0, 0, 0, 0, 0, 34, 74, 10, 32, 68, 69, 65, 68, 66, 69, 69, 70, 68, 69, 65, 68, 66, 69, 69, 70, 66, 65, 70, 66, 65, 70, 66,
-        65, 70, 66, 65, 70, 66, 65, 70, 65, 18, 38, 8, 192, 132, 61, 18, 32, 48, 48, 50, 50, 52, 52, 54, 54, 56, 56, 65, 65, 67, 67, 69, 69, 49, 49, 51, 51, 53, 53, 55, 55, 57, 57, 66, 66,
-        68, 68, 70, 70, 42, 11, 8, 177, 211, 129, 210, 5, 16, 128, 157, 202, 111, 50, 13, 116, 101, 115, 116, 95, 99, 104, 97, 105, 110, 95, 105, 100,
+        124, 8, 1, 17, 57, 48, 0, 0, 0, 0, 0, 0, 25, 2, 0, 0, 0, 0, 0, 0, 0, 34, 74, 10, 32, 68, 69, 65, 68, 66, 69, 69, 70, 68, 69, 65,
+        68, 66, 69, 69, 70, 66, 65, 70, 66, 65, 70, 66, 65, 70, 66, 65, 70, 66, 65, 70, 65, 18, 38, 8, 192, 132, 61, 18, 32, 48, 48, 50,
+        50, 52, 52, 54, 54, 56, 56, 65, 65, 67, 67, 69, 69, 49, 49, 51, 51, 53, 53, 55, 55, 57, 57, 66, 66, 68, 68, 70, 70, 42, 11, 8, 177,
+        211, 129, 210, 5, 16, 128, 157, 202, 111, 50, 13, 116, 101, 115, 116, 95, 99, 104, 97, 105, 110, 95, 105, 100,
     ];
     assert_eq!(sign_bytes::vote("test_chain_id", &go_vote(b"DEADBEEFDEADBEEFBAFBAFBAFBAFBAFA")), want);
     // The validator's address, index, signature and extension are not signed.
@@ -39,9 +45,9 @@ fn vote_sign_bytes_match_go() {
 #[test]
 fn a_block_id_without_hash_keeps_its_part_set_header_as_go_does() {
     let want: &[u8] = &[
-        90, 8, 1, 17, 57, 48, 0, 0, 0, 0, 0, 0, 25, 2, 0, 0, 0, 0, 0, 0, 0, 34, 40, 18, 38, 8, 192, 132, 61, 18, 32, 48, 48, 50, 50, 52, 52, 54, 54, 56, 56, 65, 65, 67, 67, 69, 69, 49, 49,
-        51, 51, 53, 53, 55, 55, 57, 57, 66, 66, 68, 68, 70, 70, 42, 11, 8, 177, 211, 129, 210, 5, 16, 128, 157, 202, 111, 50, 13, 116, 101, 115, 116, 95, 99, 104, 97, 105, 110, 95, 105,
-        100,
+        90, 8, 1, 17, 57, 48, 0, 0, 0, 0, 0, 0, 25, 2, 0, 0, 0, 0, 0, 0, 0, 34, 40, 18, 38, 8, 192, 132, 61, 18, 32, 48, 48, 50, 50, 52,
+        52, 54, 54, 56, 56, 65, 65, 67, 67, 69, 69, 49, 49, 51, 51, 53, 53, 55, 55, 57, 57, 66, 66, 68, 68, 70, 70, 42, 11, 8, 177, 211,
+        129, 210, 5, 16, 128, 157, 202, 111, 50, 13, 116, 101, 115, 116, 95, 99, 104, 97, 105, 110, 95, 105, 100,
     ];
     assert_eq!(sign_bytes::vote("test_chain_id", &go_vote(b"")), want);
     // A nil vote (no hash, no header) signs no block id at all.
@@ -66,10 +72,11 @@ fn proposal_sign_bytes_match_go_with_pol_round_minus_one() {
         signature: vec![1; 64],
     };
     let want: &[u8] = &[
-        136, 1, 8, 32, 17, 57, 48, 0, 0, 0, 0, 0, 0, 25, 160, 91, 0, 0, 0, 0, 0, 0, 32, 255, 255, 255, 255, 255, 255, 255, 255, 255, 1, 42, 74, 10, 32, 222, 173, 190, 239, 222, 173,
-        190, 239, 186, 251, 175, 186, 251, 175, 186, 250, 222, 173, 190, 239, 222, 173, 190, 239, 186, 251, 175, 186, 251, 175, 186, 250, 18, 38, 8, 255, 255, 3, 18, 32, 0, 34, 68, 102,
-        136, 170, 204, 238, 17, 51, 85, 119, 153, 187, 221, 255, 0, 34, 68, 102, 136, 170, 204, 238, 17, 51, 85, 119, 153, 187, 221, 255, 50, 12, 8, 162, 216, 255, 211, 5, 16, 192, 242,
-        227, 236, 2, 58, 13, 116, 101, 115, 116, 95, 99, 104, 97, 105, 110, 95, 105, 100,
+        136, 1, 8, 32, 17, 57, 48, 0, 0, 0, 0, 0, 0, 25, 160, 91, 0, 0, 0, 0, 0, 0, 32, 255, 255, 255, 255, 255, 255, 255, 255, 255, 1, 42,
+        74, 10, 32, 222, 173, 190, 239, 222, 173, 190, 239, 186, 251, 175, 186, 251, 175, 186, 250, 222, 173, 190, 239, 222, 173, 190, 239,
+        186, 251, 175, 186, 251, 175, 186, 250, 18, 38, 8, 255, 255, 3, 18, 32, 0, 34, 68, 102, 136, 170, 204, 238, 17, 51, 85, 119, 153,
+        187, 221, 255, 0, 34, 68, 102, 136, 170, 204, 238, 17, 51, 85, 119, 153, 187, 221, 255, 50, 12, 8, 162, 216, 255, 211, 5, 16, 192,
+        242, 227, 236, 2, 58, 13, 116, 101, 115, 116, 95, 99, 104, 97, 105, 110, 95, 105, 100,
     ];
     assert_eq!(sign_bytes::proposal("test_chain_id", &p), want);
 }
@@ -95,8 +102,12 @@ fn hex(s: &str) -> Vec<u8> {
 }
 
 fn vote_at(height: i64, round: i32, ty: i32, hash: &[u8], seconds: i64) -> Vec<u8> {
-    let block_id = (!hash.is_empty()).then(|| BlockId { hash: hash.to_vec(), part_set_header: Some(PartSetHeader { total: 1, hash: vec![7; 32] }) });
-    sign_bytes::vote("chain", &Vote { r#type: ty, height, round, block_id, timestamp: Some(Timestamp { seconds, nanos: 5 }), ..Default::default() })
+    let block_id =
+        (!hash.is_empty()).then(|| BlockId { hash: hash.to_vec(), part_set_header: Some(PartSetHeader { total: 1, hash: vec![7; 32] }) });
+    sign_bytes::vote(
+        "chain",
+        &Vote { r#type: ty, height, round, block_id, timestamp: Some(Timestamp { seconds, nanos: 5 }), ..Default::default() },
+    )
 }
 
 fn signed(height: i64, round: i32, step: Step, bytes: Vec<u8>) -> LastSigned {
@@ -117,13 +128,19 @@ fn the_double_sign_matrix() {
     // The identical request: the same signature.
     assert_eq!(d(10, 1, Step::Prevote, 1, &a, 100), Decision::Reuse { signature: vec![0xaa; 64], timestamp: None });
     // Only the timestamp differs: the same signature, with the old timestamp.
-    assert_eq!(d(10, 1, Step::Prevote, 1, &a, 200), Decision::Reuse { signature: vec![0xaa; 64], timestamp: Some(Timestamp { seconds: 100, nanos: 5 }) });
+    assert_eq!(
+        d(10, 1, Step::Prevote, 1, &a, 200),
+        Decision::Reuse { signature: vec![0xaa; 64], timestamp: Some(Timestamp { seconds: 100, nanos: 5 }) }
+    );
     // Another block, or nil after a block: the double sign, refused.
     assert_eq!(d(10, 1, Step::Prevote, 1, &b, 100), Decision::Refuse(Refusal::Conflict { height: 10, round: 1, step: Step::Prevote }));
     assert!(matches!(d(10, 1, Step::Prevote, 1, &[], 100), Decision::Refuse(Refusal::Conflict { .. })));
     // A block after nil, likewise.
     let nil = signed(10, 1, Step::Prevote, vote_at(10, 1, 1, &[], 100));
-    assert!(matches!(decide(&nil, none, Kind::Vote, 10, 1, Step::Prevote, &vote_at(10, 1, 1, &a, 100)), Decision::Refuse(Refusal::Conflict { .. })));
+    assert!(matches!(
+        decide(&nil, none, Kind::Vote, 10, 1, Step::Prevote, &vote_at(10, 1, 1, &a, 100)),
+        Decision::Refuse(Refusal::Conflict { .. })
+    ));
     // Precommit C after prevote B: FilePV signs it (a later step); a later round or height too.
     assert_eq!(d(10, 1, Step::Precommit, 2, &b, 100), Decision::Sign);
     assert_eq!(d(10, 2, Step::Prevote, 1, &b, 100), Decision::Sign);

@@ -75,10 +75,34 @@ impl Allowlist {
     /// vsock-proxy's shipped configuration lists them, plus the local KMS.
     pub fn default_kms() -> Allowlist {
         let mut entries: Vec<Allowed> = [
-            "us-east-1", "us-east-2", "us-west-1", "us-west-2", "af-south-1", "ap-east-1", "ap-south-1", "ap-south-2",
-            "ap-northeast-1", "ap-northeast-2", "ap-northeast-3", "ap-southeast-1", "ap-southeast-2", "ap-southeast-3",
-            "ap-southeast-4", "ca-central-1", "eu-central-1", "eu-central-2", "eu-west-1", "eu-west-2", "eu-west-3",
-            "eu-south-1", "eu-south-2", "eu-north-1", "il-central-1", "me-south-1", "me-central-1", "sa-east-1",
+            "us-east-1",
+            "us-east-2",
+            "us-west-1",
+            "us-west-2",
+            "af-south-1",
+            "ap-east-1",
+            "ap-south-1",
+            "ap-south-2",
+            "ap-northeast-1",
+            "ap-northeast-2",
+            "ap-northeast-3",
+            "ap-southeast-1",
+            "ap-southeast-2",
+            "ap-southeast-3",
+            "ap-southeast-4",
+            "ca-central-1",
+            "eu-central-1",
+            "eu-central-2",
+            "eu-west-1",
+            "eu-west-2",
+            "eu-west-3",
+            "eu-south-1",
+            "eu-south-2",
+            "eu-north-1",
+            "il-central-1",
+            "me-south-1",
+            "me-central-1",
+            "sa-east-1",
         ]
         .iter()
         .map(|r| Allowed { address: format!("kms.{r}.amazonaws.com"), port: 443 })
@@ -156,9 +180,8 @@ impl Proxy {
                 entries: allowlist.describe(),
             });
         }
-        let listener = Listener::bind(&config.listen)
-            .await
-            .map_err(|source| ProxyError::Listen { address: config.listen.to_string(), source })?;
+        let listener =
+            Listener::bind(&config.listen).await.map_err(|source| ProxyError::Listen { address: config.listen.to_string(), source })?;
         Ok(Proxy { config, listener, stats: Arc::new(Stats::default()) })
     }
 
@@ -257,13 +280,20 @@ mod tests {
 
     #[test]
     fn vsock_proxy_allowlists_parse_in_both_yaml_styles() {
-        let flow = "allowlist:\n- {address: kms.us-east-1.amazonaws.com, port: 443}\n- {address: kms-fips.us-east-1.amazonaws.com, port: 443}\n";
+        let flow =
+            "allowlist:\n- {address: kms.us-east-1.amazonaws.com, port: 443}\n- {address: kms-fips.us-east-1.amazonaws.com, port: 443}\n";
         let a = Allowlist::parse(flow, "flow.yaml").unwrap();
         assert!(a.allows("KMS.us-east-1.amazonaws.com", 443));
         assert!(!a.allows("kms.us-east-1.amazonaws.com", 80));
         let block = "allowlist:\n  - address: 127.0.0.1\n    port: 7701\n";
         assert!(Allowlist::parse(block, "block.yaml").unwrap().allows("127.0.0.1", 7701));
-        for bad in ["", "allowlist: 5", "allowlist:\n- {address: x}", "allowlist:\n- {address: x, port: 70000}", "allowlist:\n- {address: x, port: 1, extra: 2}"] {
+        for bad in [
+            "",
+            "allowlist: 5",
+            "allowlist:\n- {address: x}",
+            "allowlist:\n- {address: x, port: 70000}",
+            "allowlist:\n- {address: x, port: 1, extra: 2}",
+        ] {
             assert!(matches!(Allowlist::parse(bad, "bad.yaml"), Err(ProxyError::Allowlist { .. })), "{bad:?}");
         }
         assert!(Allowlist::default_kms().allows("kms.eu-west-1.amazonaws.com", 443));

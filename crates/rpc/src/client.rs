@@ -6,14 +6,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use nekms_transport::{Address, FrameCodec};
 use nekms_keys::{KeyRecord, Payload, Scheme, Signature};
+use nekms_transport::{Address, FrameCodec};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::FramedRead;
 
-use crate::protocol::{GenerateKey, ImportKey, ErrorCode,
-    self, ClientFrame, CredentialsInfo, CredentialsUpdate, Description, Hello, Request, Response, RpcError, Secret, ServerFrame, PROTOCOL,
-    VERSIONS,
+use crate::protocol::{
+    self, ClientFrame, CredentialsInfo, CredentialsUpdate, Description, ErrorCode, GenerateKey, Hello, ImportKey, Request, Response,
+    RpcError, Secret, ServerFrame, PROTOCOL, VERSIONS,
 };
 use crate::wire::{write_frames, zeroized_after, Outgoing};
 
@@ -105,8 +105,12 @@ impl Client {
             None => return Err(ClientError::Handshake("the enclave closed the connection".into())),
             Some(Err(e)) => return Err(ClientError::Handshake(e.to_string())),
             Some(Ok(frame)) => match protocol::decode::<ServerFrame>(&frame) {
-                Ok(ServerFrame::Welcome { version, agent, max_frame, .. }) if VERSIONS.contains(&version) => (version, agent, max_frame as usize),
-                Ok(ServerFrame::Welcome { version, .. }) => return Err(ClientError::Handshake(format!("the enclave chose version {version}, which was not offered"))),
+                Ok(ServerFrame::Welcome { version, agent, max_frame, .. }) if VERSIONS.contains(&version) => {
+                    (version, agent, max_frame as usize)
+                }
+                Ok(ServerFrame::Welcome { version, .. }) => {
+                    return Err(ClientError::Handshake(format!("the enclave chose version {version}, which was not offered")))
+                }
                 Ok(ServerFrame::Goodbye { message }) => return Err(ClientError::Handshake(message)),
                 Ok(ServerFrame::Reply { .. }) => return Err(ClientError::Handshake("a Reply before Welcome".into())),
                 Err(e) => return Err(ClientError::Handshake(e.to_string())),
@@ -173,7 +177,12 @@ impl Client {
         }
     }
 
-    pub async fn attest(&self, nonce: Option<Vec<u8>>, user_data: Option<Vec<u8>>, public_key: Option<Vec<u8>>) -> Result<Vec<u8>, ClientError> {
+    pub async fn attest(
+        &self,
+        nonce: Option<Vec<u8>>,
+        user_data: Option<Vec<u8>>,
+        public_key: Option<Vec<u8>>,
+    ) -> Result<Vec<u8>, ClientError> {
         match self.call(&Request::Attest { nonce, user_data, public_key }).await? {
             Response::Attested { document } => Ok(document),
             _ => Err(ClientError::Unexpected { operation: "Attest" }),
@@ -187,7 +196,12 @@ impl Client {
         }
     }
 
-    pub async fn decrypt(&self, ciphertext: Vec<u8>, encryption_context: BTreeMap<String, String>, key_id: Option<String>) -> Result<Secret, ClientError> {
+    pub async fn decrypt(
+        &self,
+        ciphertext: Vec<u8>,
+        encryption_context: BTreeMap<String, String>,
+        key_id: Option<String>,
+    ) -> Result<Secret, ClientError> {
         match self.call(&Request::Decrypt { ciphertext, encryption_context, key_id }).await? {
             Response::Decrypted { plaintext } => Ok(plaintext),
             _ => Err(ClientError::Unexpected { operation: "Decrypt" }),

@@ -20,6 +20,8 @@ mod wire;
 
 pub use client::{Client, ClientError};
 pub use protocol::{
-    CacheInfo, CredentialsInfo, P11Key, P11PublicKey, P11Request, P11Response, P11Slot, P11Token, PinVerifier, CredentialsUpdate, Description, Entropy, GenerateKey, ImportKey, ErrorCode, NsmInfo, PcrInfo, PrivvalChain, PrivvalRequest, PrivvalResponse, PrivvalStatus, Request, Response, RpcError, Secret, SecretString, TrustInfo,
+    CacheInfo, CredentialsInfo, CredentialsUpdate, Description, Entropy, ErrorCode, GenerateKey, ImportKey, NsmInfo, P11Key, P11PublicKey,
+    P11Request, P11Response, P11Slot, P11Token, PcrInfo, PinVerifier, PrivvalChain, PrivvalRequest, PrivvalResponse, PrivvalStatus,
+    Request, Response, RpcError, Secret, SecretString, TrustInfo,
 };
 pub use server::{serve, serve_connection, Handler, ServerOptions};

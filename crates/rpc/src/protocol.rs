@@ -18,8 +18,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::{Deserialize, Serialize};
 use nekms_keys::{KeyRecord, KeySpec, Payload, Scheme, Signature};
+use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 /// The name both sides put in the handshake.
@@ -114,7 +114,10 @@ pub enum ClientFrame {
     Hello(Hello),
     /// `request` is kept as a CBOR value until the server interprets it, so a
     /// request it cannot read costs that call only, not the connection.
-    Call { id: u64, request: ciborium::Value },
+    Call {
+        id: u64,
+        request: ciborium::Value,
+    },
 }
 
 /// A `Call` as the client writes it: the same bytes as
@@ -150,10 +153,20 @@ pub(crate) fn decode_incoming(bytes: &[u8]) -> Incoming {
 /// Every frame the server sends.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ServerFrame {
-    Welcome { version: u16, agent: String, max_frame: u32, max_in_flight: u32 },
-    Reply { id: u64, outcome: Result<Response, RpcError> },
+    Welcome {
+        version: u16,
+        agent: String,
+        max_frame: u32,
+        max_in_flight: u32,
+    },
+    Reply {
+        id: u64,
+        outcome: Result<Response, RpcError>,
+    },
     /// The server is closing the connection, and why.
-    Goodbye { message: String },
+    Goodbye {
+        message: String,
+    },
 }
 
 /// The calls.
@@ -316,9 +329,15 @@ pub enum PrivvalResponse {
     Configured(Box<PrivvalStatus>),
     Removed,
     /// The first state record, as written: its height, round and step.
-    StateInitialized { height: i64, round: i32, step: u8 },
+    StateInitialized {
+        height: i64,
+        round: i32,
+        step: u8,
+    },
     Status(Vec<PrivvalStatus>),
-    AnchorCredentialsSet { access_key_id: String },
+    AnchorCredentialsSet {
+        access_key_id: String,
+    },
 }
 
 /// PKCS#11 calls. A token's keys are custody records; the enclave keeps
@@ -329,21 +348,46 @@ pub enum P11Request {
     /// Add (or, with `replace`, update) a token. A new token takes `pin`;
     /// one restored from the parent's token database takes the
     /// `pin_verifier` the enclave gave when it was added.
-    AddToken { token: P11Token, #[serde(default)] replace: bool },
-    RemoveToken { label: String },
+    AddToken {
+        token: P11Token,
+        #[serde(default)]
+        replace: bool,
+    },
+    RemoveToken {
+        label: String,
+    },
     /// Every token's public description, without certificates (so 1024
     /// tokens fit one frame); `Slot` gives one token with them.
     Slots,
-    Slot { slot: u64 },
+    Slot {
+        slot: u64,
+    },
     /// A module process opens its own handle on a slot; login state lives there.
-    Open { slot: u64 },
-    Close { handle: Secret },
-    Login { handle: Secret, pin: SecretString },
-    Logout { handle: Secret },
+    Open {
+        slot: u64,
+    },
+    Close {
+        handle: Secret,
+    },
+    Login {
+        handle: Secret,
+        pin: SecretString,
+    },
+    Logout {
+        handle: Secret,
+    },
     /// Sign with the key whose CKA_ID is `id`, on a handle that is logged in.
-    Sign { handle: Secret, #[serde(with = "serde_bytes")] id: Vec<u8>, scheme: Scheme, payload: Payload },
+    Sign {
+        handle: Secret,
+        #[serde(with = "serde_bytes")]
+        id: Vec<u8>,
+        scheme: Scheme,
+        payload: Payload,
+    },
     /// Random bytes from the NSM (C_GenerateRandom).
-    Random { length: u32 },
+    Random {
+        length: u32,
+    },
     /// A key pair made in the enclave as a custody record (with its origin
     /// document) and added to the handle's token, which must be writable.
     GenerateKeyPair {
@@ -355,7 +399,9 @@ pub enum P11Request {
     },
     /// A token's keys with their records, for the parent's store and token
     /// database (records are sealed: public).
-    Keys { label: String },
+    Keys {
+        label: String,
+    },
     /// RSA decryption with the key whose CKA_ID is `id`, on a logged-in handle.
     Decrypt {
         handle: Secret,
@@ -605,16 +651,22 @@ pub enum Response {
         document: Vec<u8>,
     },
     CredentialsSet(CredentialsInfo),
-    Decrypted { plaintext: Secret },
+    Decrypted {
+        plaintext: Secret,
+    },
     DataKey {
         key_id: String,
         #[serde(with = "serde_bytes")]
         ciphertext_blob: Vec<u8>,
         plaintext: Secret,
     },
-    Random { bytes: Secret },
+    Random {
+        bytes: Secret,
+    },
     /// A new record; its `attestation` commits to the public key.
-    KeyCreated { record: Box<KeyRecord> },
+    KeyCreated {
+        record: Box<KeyRecord>,
+    },
     Signed(Signature),
     P11(P11Response),
     Privval(PrivvalResponse),
@@ -809,7 +861,12 @@ mod tests {
                 expiration: Some(1_900_000_000),
             }),
             Request::Decrypt { ciphertext: vec![9; 100], encryption_context: [("a".to_string(), "b".to_string())].into(), key_id: None },
-            Request::GenerateDataKey { key_id: "alias/x".into(), key_spec: Some("AES_256".into()), number_of_bytes: None, encryption_context: BTreeMap::new() },
+            Request::GenerateDataKey {
+                key_id: "alias/x".into(),
+                key_spec: Some("AES_256".into()),
+                number_of_bytes: None,
+                encryption_context: BTreeMap::new(),
+            },
             Request::GenerateRandom { length: 32 },
         ];
         for (id, r) in requests.into_iter().enumerate() {
@@ -822,7 +879,11 @@ mod tests {
 
     #[test]
     fn a_call_written_directly_is_the_call_written_through_a_value() {
-        let r = Request::Decrypt { ciphertext: vec![9; 100], encryption_context: [("a".to_string(), "b".to_string())].into(), key_id: Some("k".into()) };
+        let r = Request::Decrypt {
+            ciphertext: vec![9; 100],
+            encryption_context: [("a".to_string(), "b".to_string())].into(),
+            key_id: Some("k".into()),
+        };
         let direct = encode(&CallRef::Call { id: 300, request: &r });
         assert_eq!(direct, encode(&ClientFrame::Call { id: 300, request: request_to_value(&r) }));
         assert!(matches!(decode_incoming(&direct), Incoming::Known { id: 300, request } if request == r));

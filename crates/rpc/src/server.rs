@@ -103,7 +103,10 @@ impl Sender {
         let mut body = Outgoing::new(protocol::encode(&frame));
         if body.len() > self.max_frame {
             if let ServerFrame::Reply { id, .. } = frame {
-                let e = RpcError::new(ErrorCode::Internal, format!("the reply ({} bytes) exceeds the frame limit of {} bytes", body.len(), self.max_frame));
+                let e = RpcError::new(
+                    ErrorCode::Internal,
+                    format!("the reply ({} bytes) exceeds the frame limit of {} bytes", body.len(), self.max_frame),
+                );
                 body = Outgoing::new(protocol::encode(&ServerFrame::Reply { id, outcome: Err(e) }));
             }
         }
@@ -118,7 +121,12 @@ pub async fn serve_connection<H: Handler>(stream: Stream, handler: Arc<H>, optio
 
 /// Run the protocol on one accepted stream; with a `refusal`, answer the
 /// client's Hello with a Goodbye saying it, and close.
-pub async fn serve_checked<H: Handler>(stream: Stream, handler: Arc<H>, options: Arc<ServerOptions>, refusal: Option<String>) -> Result<(), ConnectionError> {
+pub async fn serve_checked<H: Handler>(
+    stream: Stream,
+    handler: Arc<H>,
+    options: Arc<ServerOptions>,
+    refusal: Option<String>,
+) -> Result<(), ConnectionError> {
     let (read, write) = tokio::io::split(stream);
     let mut frames = FramedRead::new(read, FrameCodec::new(options.max_frame));
     let (tx, rx) = mpsc::channel::<Outgoing>(options.max_in_flight.max(1) * 2);

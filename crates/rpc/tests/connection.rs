@@ -33,7 +33,10 @@ impl Handler for TestHandler {
             Request::Decrypt { ciphertext, .. } => Ok(Response::Decrypted { plaintext: Secret::new(ciphertext) }),
             // As an enclave that has not opened the record: the origin document is needed.
             Request::Sign { record, .. } => match record.attestation {
-                None => Err(RpcError::new(ErrorCode::RecordRejected, format!("rule provenance: key record {} {}", record.key_id, nekms_keys::origin::MISSING))),
+                None => Err(RpcError::new(
+                    ErrorCode::RecordRejected,
+                    format!("rule provenance: key record {} {}", record.key_id, nekms_keys::origin::MISSING),
+                )),
                 Some(doc) => Ok(Response::Signed(nekms_keys::Signature {
                     scheme: nekms_keys::Scheme::Ed25519,
                     signature: doc,
@@ -129,7 +132,9 @@ async fn the_handshake_refuses_other_versions_and_protocols_with_a_reason() {
     let mut c = raw(&s.address).await;
     c.send(hello(vec![7, 9])).await.unwrap();
     match next_frame(&mut c).await {
-        Some(ServerFrame::Goodbye { message }) => assert!(message.contains("no common protocol version") && message.contains("[7, 9]"), "{message}"),
+        Some(ServerFrame::Goodbye { message }) => {
+            assert!(message.contains("no common protocol version") && message.contains("[7, 9]"), "{message}")
+        }
         other => panic!("{other:?}"),
     }
     assert!(next_frame(&mut c).await.is_none(), "the connection closes");

@@ -24,7 +24,10 @@ pub struct DynamoStore {
     table: String,
 }
 
-fn sdk_error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static, R: std::fmt::Debug>(table: &str, e: SdkError<E, R>) -> StoreError {
+fn sdk_error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static, R: std::fmt::Debug>(
+    table: &str,
+    e: SdkError<E, R>,
+) -> StoreError {
     match &e {
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
             let detail = std::error::Error::source(&e).map(|s| format!("{s}")).unwrap_or_else(|| e.to_string());
@@ -34,10 +37,13 @@ fn sdk_error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static
             let code = s.err().code().unwrap_or("Unknown");
             let message = s.err().message().unwrap_or_default();
             match code {
-                "ResourceNotFoundException" => {
-                    StoreError::Backend(format!("table {table} does not exist (create it with `nekms store create-table --store dynamodb:{table}`)"))
-                }
-                "ProvisionedThroughputExceededException" | "RequestLimitExceeded" | "ThrottlingException" | "InternalServerError"
+                "ResourceNotFoundException" => StoreError::Backend(format!(
+                    "table {table} does not exist (create it with `nekms store create-table --store dynamodb:{table}`)"
+                )),
+                "ProvisionedThroughputExceededException"
+                | "RequestLimitExceeded"
+                | "ThrottlingException"
+                | "InternalServerError"
                 | "ServiceUnavailable" => StoreError::Unavailable(format!("{code}: {message}")),
                 _ => StoreError::Backend(format!("{code}: {message}")),
             }
@@ -145,7 +151,8 @@ impl DynamoStore {
     /// Create the table (on-demand capacity) and wait until it is active.
     /// An existing table with the right key is accepted.
     pub async fn create_table(&self) -> Result<bool, StoreError> {
-        let attr = AttributeDefinition::builder().attribute_name("key_id").attribute_type(ScalarAttributeType::S).build().expect("all fields set");
+        let attr =
+            AttributeDefinition::builder().attribute_name("key_id").attribute_type(ScalarAttributeType::S).build().expect("all fields set");
         let key = KeySchemaElement::builder().attribute_name("key_id").key_type(KeyType::Hash).build().expect("all fields set");
         let created = match self
             .client
@@ -166,7 +173,10 @@ impl DynamoStore {
             let table = d.table();
             let schema = table.map(|t| t.key_schema()).unwrap_or_default();
             if !(schema.len() == 1 && schema[0].attribute_name() == "key_id") {
-                return Err(StoreError::Backend(format!("table {} exists with another key schema; nekms needs key_id as its only key", self.table)));
+                return Err(StoreError::Backend(format!(
+                    "table {} exists with another key schema; nekms needs key_id as its only key",
+                    self.table
+                )));
             }
             if table.and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
                 return Ok(created);
@@ -189,7 +199,9 @@ impl KeyStore for DynamoStore {
             .await
         {
             Ok(_) => Ok(()),
-            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => Err(StoreError::Exists(record.key_id.clone())),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Err(StoreError::Exists(record.key_id.clone()))
+            }
             Err(e) => Err(sdk_error(&self.table, e)),
         }
     }

@@ -35,7 +35,9 @@ pub struct SqliteStore {
 
 fn backend(e: rusqlite::Error) -> StoreError {
     match &e {
-        rusqlite::Error::SqliteFailure(f, _) if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) =>
+        {
             StoreError::Unavailable(e.to_string())
         }
         _ => StoreError::Backend(e.to_string()),
@@ -88,7 +90,10 @@ impl SqliteStore {
         Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)) })
     }
 
-    async fn with<T: Send + 'static>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
         let conn = self.conn.clone();
         tokio::task::spawn_blocking(move || {
             let guard = conn.lock().unwrap_or_else(|p| p.into_inner());
@@ -121,7 +126,9 @@ impl KeyStore for SqliteStore {
             );
             match result {
                 Ok(_) => Ok(()),
-                Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => Err(StoreError::Exists(r.key_id.clone())),
+                Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+                    Err(StoreError::Exists(r.key_id.clone()))
+                }
                 Err(e) => Err(backend(e)),
             }
         })
@@ -144,7 +151,8 @@ impl KeyStore for SqliteStore {
         let after = after.unwrap_or("").to_owned();
         let limit = limit.clamp(1, 1000);
         self.with(move |c| {
-            let mut stmt = c.prepare(&format!("SELECT {COLUMNS} FROM key_records WHERE key_id > ?1 ORDER BY key_id LIMIT ?2")).map_err(backend)?;
+            let mut stmt =
+                c.prepare(&format!("SELECT {COLUMNS} FROM key_records WHERE key_id > ?1 ORDER BY key_id LIMIT ?2")).map_err(backend)?;
             let rows = stmt.query_map(params![after, (limit + 1) as i64], from_row).map_err(backend)?;
             let mut records = Vec::new();
             for row in rows {

@@ -74,9 +74,7 @@ impl FromStr for Address {
     type Err = AddressError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (scheme, rest) = s
-            .split_once("://")
-            .ok_or_else(|| AddressError::MissingScheme(s.to_owned()))?;
+        let (scheme, rest) = s.split_once("://").ok_or_else(|| AddressError::MissingScheme(s.to_owned()))?;
         match scheme {
             "vsock" => parse_vsock(rest),
             "unix" => parse_unix(rest),

@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::extract::{ConnectInfo, MatchedPath, Path, Query, Request, State};
-use axum::Extension;
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::Extension;
 use axum::{Json, Router};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -82,7 +82,12 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into(), retryable: status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            retryable: status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS,
+        }
     }
     fn bad(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
@@ -117,7 +122,9 @@ impl From<ClientError> for ApiError {
     fn from(e: ClientError) -> ApiError {
         let Some(remote) = e.remote() else {
             return match e {
-                ClientError::Connect { .. } | ClientError::Closed(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "enclave_unavailable", e.to_string()),
+                ClientError::Connect { .. } | ClientError::Closed(_) => {
+                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "enclave_unavailable", e.to_string())
+                }
                 ClientError::TooLarge { .. } => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string()),
                 _ => ApiError::new(StatusCode::BAD_GATEWAY, "enclave_protocol", e.to_string()),
             };
@@ -235,15 +242,21 @@ fn label(s: &str) -> String {
 
 async fn metrics(State(state): State<Shared>) -> Response {
     let mut out = String::new();
-    out.push_str("# HELP nekms_agent_requests_total HTTP requests served, by route, method and status.\n# TYPE nekms_agent_requests_total counter\n");
+    out.push_str(
+        "# HELP nekms_agent_requests_total HTTP requests served, by route, method and status.\n# TYPE nekms_agent_requests_total counter\n",
+    );
     for ((route, method, status), n) in state.metrics.requests.lock().unwrap_or_else(|p| p.into_inner()).iter() {
         out.push_str(&format!("nekms_agent_requests_total{{route=\"{}\",method=\"{method}\",status=\"{status}\"}} {n}\n", label(route)));
     }
-    out.push_str("# HELP nekms_agent_errors_total Requests that failed, by route and error code.\n# TYPE nekms_agent_errors_total counter\n");
+    out.push_str(
+        "# HELP nekms_agent_errors_total Requests that failed, by route and error code.\n# TYPE nekms_agent_errors_total counter\n",
+    );
     for ((route, code), n) in state.metrics.errors.lock().unwrap_or_else(|p| p.into_inner()).iter() {
         out.push_str(&format!("nekms_agent_errors_total{{route=\"{}\",code=\"{code}\"}} {n}\n", label(route)));
     }
-    out.push_str("# HELP nekms_agent_request_duration_seconds Time to answer, by route.\n# TYPE nekms_agent_request_duration_seconds histogram\n");
+    out.push_str(
+        "# HELP nekms_agent_request_duration_seconds Time to answer, by route.\n# TYPE nekms_agent_request_duration_seconds histogram\n",
+    );
     for (route, h) in state.metrics.latency.lock().unwrap_or_else(|p| p.into_inner()).iter() {
         let r = label(route);
         for (i, b) in BUCKETS.iter().enumerate() {
@@ -264,7 +277,9 @@ async fn metrics(State(state): State<Shared>) -> Response {
         out.push_str("# HELP nekms_enclave_key_cache_entries Opened keys held now.\n# TYPE nekms_enclave_key_cache_entries gauge\n");
         out.push_str(&format!("nekms_enclave_key_cache_entries {}\n", c.entries));
     }
-    if let Ok(nekms_rpc::PrivvalResponse::Status(chains)) = state.enclave.call(|c| async move { c.privval(nekms_rpc::PrivvalRequest::Status).await }).await {
+    if let Ok(nekms_rpc::PrivvalResponse::Status(chains)) =
+        state.enclave.call(|c| async move { c.privval(nekms_rpc::PrivvalRequest::Status).await }).await
+    {
         privval_metrics(&mut out, &chains);
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
@@ -280,17 +295,29 @@ fn privval_metrics(out: &mut String, chains: &[nekms_rpc::PrivvalStatus]) {
     };
     gauge(out, "nekms_privval_last_height", "Last signed height (or the height the state starts at).", "gauge", &|c| c.height.to_string());
     gauge(out, "nekms_privval_last_round", "Last signed round.", "gauge", &|c| c.round.to_string());
-    gauge(out, "nekms_privval_last_step", "Last signed step: 0 none, 1 proposal, 2 prevote, 3 precommit.", "gauge", &|c| c.step.to_string());
+    gauge(out, "nekms_privval_last_step", "Last signed step: 0 none, 1 proposal, 2 prevote, 3 precommit.", "gauge", &|c| {
+        c.step.to_string()
+    });
     gauge(out, "nekms_privval_signatures_total", "Consensus signatures released.", "counter", &|c| c.signatures.to_string());
-    gauge(out, "nekms_privval_extension_signatures_total", "Vote-extension signatures released.", "counter", &|c| c.extension_signatures.to_string());
-    gauge(out, "nekms_privval_store_failures_total", "State commits that failed (nothing released for them).", "counter", &|c| c.store_failures.to_string());
-    gauge(out, "nekms_privval_state_uncommitted", "1 while the newest state has not been acknowledged by the store.", "gauge", &|c| ((c.counter > c.committed) as u8).to_string());
+    gauge(out, "nekms_privval_extension_signatures_total", "Vote-extension signatures released.", "counter", &|c| {
+        c.extension_signatures.to_string()
+    });
+    gauge(out, "nekms_privval_store_failures_total", "State commits that failed (nothing released for them).", "counter", &|c| {
+        c.store_failures.to_string()
+    });
+    gauge(out, "nekms_privval_state_uncommitted", "1 while the newest state has not been acknowledged by the store.", "gauge", &|c| {
+        ((c.counter > c.committed) as u8).to_string()
+    });
     gauge(out, "nekms_privval_connections", "Validator connections open now.", "gauge", &|c| c.connections.to_string());
     gauge(out, "nekms_privval_connections_total", "Validator connections accepted.", "counter", &|c| c.connections_total.to_string());
     out.push_str("# HELP nekms_privval_refusals_total Requests refused, by reason.\n# TYPE nekms_privval_refusals_total counter\n");
     for c in chains {
         for (reason, n) in &c.refusals {
-            out.push_str(&format!("nekms_privval_refusals_total{{chain_id=\"{}\",reason=\"{}\"}} {n}\n", label(&c.chain_id), label(reason)));
+            out.push_str(&format!(
+                "nekms_privval_refusals_total{{chain_id=\"{}\",reason=\"{}\"}} {n}\n",
+                label(&c.chain_id),
+                label(reason)
+            ));
         }
     }
     out.push_str("# HELP nekms_privval_sign_duration_seconds Time from request to signed reply inside the enclave (state commit included).\n# TYPE nekms_privval_sign_duration_seconds histogram\n");
@@ -337,7 +364,11 @@ struct ListQuery {
     limit: Option<usize>,
 }
 
-async fn list_keys(State(state): State<Shared>, Extension(caller): Extension<Caller>, Query(q): Query<ListQuery>) -> Result<Json<Value>, ApiError> {
+async fn list_keys(
+    State(state): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
     let page = state.store.list(q.after.as_deref(), q.limit.unwrap_or(100).clamp(1, 1000)).await?;
     let keys: Vec<Value> = page.records.iter().filter(|r| caller.may_use(&r.key_id)).map(summary).collect();
     Ok(Json(json!({"keys": keys, "next": page.next})))
@@ -381,7 +412,11 @@ async fn record(state: &AppState, name: &str) -> Result<KeyRecord, ApiError> {
     state.store.get(name).await?.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no key named {name:?}")))
 }
 
-async fn show_key(State(state): State<Shared>, Extension(caller): Extension<Caller>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn show_key(
+    State(state): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     allowed(&caller, &name, false)?;
     let r = record(&state, &name).await?;
     let mut v = summary(&r);
@@ -389,7 +424,11 @@ async fn show_key(State(state): State<Shared>, Extension(caller): Extension<Call
     Ok(Json(v))
 }
 
-async fn public_key(State(state): State<Shared>, Extension(caller): Extension<Caller>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn public_key(
+    State(state): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     allowed(&caller, &name, false)?;
     let r = record(&state, &name).await?;
     let p = r.public().map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store_corrupt", e.to_string()))?;
@@ -429,7 +468,11 @@ async fn store_new(state: &AppState, record: KeyRecord) -> Result<Response, ApiE
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 
-async fn create_key(State(state): State<Shared>, Extension(caller): Extension<Caller>, Json(b): Json<CreateBody>) -> Result<Response, ApiError> {
+async fn create_key(
+    State(state): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    Json(b): Json<CreateBody>,
+) -> Result<Response, ApiError> {
     allowed(&caller, &b.name, true)?;
     let spec: KeySpec = b.spec.parse().map_err(|e: nekms_keys::UnknownSpec| ApiError::bad(e.to_string()))?;
     let entropy = match b.entropy.as_deref() {
@@ -439,8 +482,23 @@ async fn create_key(State(state): State<Shared>, Extension(caller): Extension<Ca
     };
     let nonce = b.nonce.as_deref().map(|n| hex_field("nonce", n)).transpose()?;
     check_new(&state, &b.name).await?;
-    let request = GenerateKey { key_id: b.name, spec, kms_key_id: b.kms_key_id, entropy, encryption_context: b.encryption_context, nonce, decrypt: false, privval: false };
-    let record = state.enclave.call(|c| { let r = request.clone(); async move { c.generate_key(r).await } }).await?;
+    let request = GenerateKey {
+        key_id: b.name,
+        spec,
+        kms_key_id: b.kms_key_id,
+        entropy,
+        encryption_context: b.encryption_context,
+        nonce,
+        decrypt: false,
+        privval: false,
+    };
+    let record = state
+        .enclave
+        .call(|c| {
+            let r = request.clone();
+            async move { c.generate_key(r).await }
+        })
+        .await?;
     store_new(&state, record).await
 }
 
@@ -460,7 +518,11 @@ struct ImportBody {
     encryption_context: BTreeMap<String, String>,
 }
 
-async fn import_key(State(state): State<Shared>, Extension(caller): Extension<Caller>, Json(b): Json<ImportBody>) -> Result<Response, ApiError> {
+async fn import_key(
+    State(state): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    Json(b): Json<ImportBody>,
+) -> Result<Response, ApiError> {
     allowed(&caller, &b.name, true)?;
     let spec = b.spec.as_deref().map(|s| s.parse::<KeySpec>().map_err(|e| ApiError::bad(e.to_string()))).transpose()?;
     if spec.is_none() {
@@ -489,7 +551,13 @@ async fn import_key(State(state): State<Shared>, Extension(caller): Extension<Ca
         decrypt: false,
         privval: false,
     };
-    let record = state.enclave.call(|c| { let r = request.clone(); async move { c.import_key(r).await } }).await?;
+    let record = state
+        .enclave
+        .call(|c| {
+            let r = request.clone();
+            async move { c.import_key(r).await }
+        })
+        .await?;
     store_new(&state, record).await
 }
 
@@ -509,10 +577,21 @@ async fn sign_with(state: &AppState, name: &str, scheme: Option<Scheme>, payload
     if let Some(s) = scheme {
         s.check_spec(r.spec).map_err(|e| ApiError::bad(e.to_string()))?;
     }
-    Ok(state.enclave.call(|c| { let (r, p) = ((*r).clone(), payload.clone()); async move { c.sign(r, scheme, p).await } }).await?)
+    Ok(state
+        .enclave
+        .call(|c| {
+            let (r, p) = ((*r).clone(), payload.clone());
+            async move { c.sign(r, scheme, p).await }
+        })
+        .await?)
 }
 
-async fn sign(State(state): State<Shared>, Extension(caller): Extension<Caller>, Path(name): Path<String>, Json(b): Json<SignBody>) -> Result<Json<Value>, ApiError> {
+async fn sign(
+    State(state): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    Json(b): Json<SignBody>,
+) -> Result<Json<Value>, ApiError> {
     allowed(&caller, &name, false)?;
     let mut scheme = b.scheme.as_deref().map(|s| s.parse::<Scheme>().map_err(|e| ApiError::bad(e.to_string()))).transpose()?;
     let given = [b.message.is_some(), b.message_hex.is_some(), b.message_base64.is_some(), b.digest.is_some(), b.typed_data.is_some()];
@@ -535,7 +614,12 @@ async fn sign(State(state): State<Shared>, Extension(caller): Extension<Caller>,
     Ok(Json(serde_json::to_value(&s).expect("a signature serializes")))
 }
 
-async fn sign_transaction(State(state): State<Shared>, Extension(caller): Extension<Caller>, Path(name): Path<String>, Json(tx): Json<Value>) -> Result<Json<Value>, ApiError> {
+async fn sign_transaction(
+    State(state): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    Json(tx): Json<Value>,
+) -> Result<Json<Value>, ApiError> {
     allowed(&caller, &name, false)?;
     if !tx.is_object() {
         return Err(ApiError::bad("the body is a transaction object"));
@@ -554,10 +638,20 @@ struct AttestBody {
     user_data: Option<String>,
 }
 
-async fn attestation(State(state): State<Shared>, Extension(_caller): Extension<Caller>, Json(b): Json<AttestBody>) -> Result<Json<Value>, ApiError> {
+async fn attestation(
+    State(state): State<Shared>,
+    Extension(_caller): Extension<Caller>,
+    Json(b): Json<AttestBody>,
+) -> Result<Json<Value>, ApiError> {
     let nonce = b.nonce.as_deref().map(|n| hex_field("nonce", n)).transpose()?;
     let user_data = b.user_data.as_deref().map(|n| hex_field("user_data", n)).transpose()?;
-    let doc = state.enclave.call(|c| { let (n, u) = (nonce.clone(), user_data.clone()); async move { c.attest(n, u, None).await } }).await?;
+    let doc = state
+        .enclave
+        .call(|c| {
+            let (n, u) = (nonce.clone(), user_data.clone());
+            async move { c.attest(n, u, None).await }
+        })
+        .await?;
     Ok(Json(json!({"document": B64.encode(doc)})))
 }
 
@@ -619,8 +713,12 @@ async fn authenticate(State(state): State<Shared>, ConnectInfo(peer): ConnectInf
     if peer.uid.is_none() {
         let host = request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
         if !loopback_host(host) {
-            return ApiError::new(StatusCode::MISDIRECTED_REQUEST, "bad_host", format!("Host {host:?} is not a loopback name; the agent answers only localhost, 127.0.0.1 and [::1]"))
-                .into_response();
+            return ApiError::new(
+                StatusCode::MISDIRECTED_REQUEST,
+                "bad_host",
+                format!("Host {host:?} is not a loopback name; the agent answers only localhost, 127.0.0.1 and [::1]"),
+            )
+            .into_response();
         }
     }
     if PUBLIC.contains(&request.uri().path()) {
@@ -683,7 +781,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         (None, Some(t)) => Access::single_token(t)?,
         (None, None) => Access::single_token(&default_token_file()?)?,
     };
-    let socket_mode = u32::from_str_radix(&a.socket_mode, 8).with_context(|| format!("--socket-mode {}: octal, e.g. 600", a.socket_mode))?;
+    let socket_mode =
+        u32::from_str_radix(&a.socket_mode, 8).with_context(|| format!("--socket-mode {}: octal, e.g. 600", a.socket_mode))?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
         let store = a.store.open().await?;
@@ -741,7 +840,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 /// The OpenAPI 3.0 description of the routes.
 pub fn openapi() -> Value {
     let error = json!({"description": "An error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
-    let name = json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:@-]{1,128}$"}});
+    let name =
+        json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:@-]{1,128}$"}});
     let ok = |d: &str, schema: Value| json!({"description": d, "content": {"application/json": {"schema": schema}}});
     let body = |schema: Value| json!({"required": true, "content": {"application/json": {"schema": schema}}});
     let errors = |codes: &[&str]| codes.iter().map(|c| (c.to_string(), error.clone())).collect::<serde_json::Map<_, _>>();

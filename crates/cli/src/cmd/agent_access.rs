@@ -135,7 +135,8 @@ impl Access {
         if meta.mode() & 0o022 != 0 {
             bail!("access file {} is writable by group or others (mode {:o})", path.display(), meta.mode() & 0o777);
         }
-        let file: AccessFile = toml::from_str(&std::fs::read_to_string(path)?).with_context(|| format!("access file {}", path.display()))?;
+        let file: AccessFile =
+            toml::from_str(&std::fs::read_to_string(path)?).with_context(|| format!("access file {}", path.display()))?;
         let mut access = Access::default();
         for c in file.client {
             let caller = Caller { name: c.name.clone(), keys: c.keys.clone(), manage: c.manage };
@@ -165,7 +166,12 @@ impl Access {
             let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
             aws_lc_rs::rand::fill(&mut *bytes).map_err(|_| anyhow::anyhow!("the random generator failed"))?;
             let token = zeroize::Zeroizing::new(hex::encode(*bytes));
-            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).with_context(|| path.display().to_string())?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| path.display().to_string())?;
             f.write_all(token.as_bytes())?;
             f.write_all(b"\n")?;
         }
@@ -188,7 +194,11 @@ impl Access {
 
     /// The caller a Unix peer's uid names.
     pub fn by_uid(&self, uid: u32) -> Option<Caller> {
-        self.uids.iter().find(|(u, _)| *u == uid).map(|(_, c)| c.clone()).or_else(|| (Some(uid) == self.owner).then(|| Caller::everything("owner")))
+        self.uids
+            .iter()
+            .find(|(u, _)| *u == uid)
+            .map(|(_, c)| c.clone())
+            .or_else(|| (Some(uid) == self.owner).then(|| Caller::everything("owner")))
     }
 }
 
@@ -227,7 +237,9 @@ mod tests {
         assert!(!star.may_use(&long) && star.may_use("axe"));
         assert!(started.elapsed() < std::time::Duration::from_millis(50), "no exponential backtracking");
         assert!(!Caller::everything("all").may_use(&"a".repeat(129)), "not a key name");
-        for (p, t, want) in [("*", "", true), ("a*", "a", true), ("*a", "ba", true), ("a?c", "abc", true), ("a?c", "ac", false), ("**b", "ab", true)] {
+        for (p, t, want) in
+            [("*", "", true), ("a*", "a", true), ("*a", "ba", true), ("a?c", "abc", true), ("a?c", "ac", false), ("**b", "ab", true)]
+        {
             assert_eq!(glob(p.as_bytes(), t.as_bytes()), want, "{p} {t}");
         }
     }

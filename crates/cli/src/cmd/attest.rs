@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
-use base64::Engine;
 use anyhow::{bail, Context};
+use base64::Engine;
 use nekms_attestation::{Pcr48, Verified, Verifier, VerifyOptions, AWS_NITRO_ROOT_G1_PEM};
 use nekms_nsm::measure::Measurement;
 use nekms_nsm::{AttestationRequest, Nsm, SimConfig, SimulatedNsm};
@@ -92,7 +92,9 @@ impl DocumentFields {
                 Some(if bytes.starts_with(b"-----BEGIN") {
                     let text = String::from_utf8_lossy(&bytes);
                     let body: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
-                    base64::engine::general_purpose::STANDARD.decode(body.trim()).with_context(|| format!("{}: PEM body is not base64", p.display()))?
+                    base64::engine::general_purpose::STANDARD
+                        .decode(body.trim())
+                        .with_context(|| format!("{}: PEM body is not base64", p.display()))?
                 } else {
                     bytes
                 })
@@ -210,7 +212,13 @@ pub fn print_document(v: &Verified) {
     println!("user_data is {}", statement(d.user_data.as_deref()));
     println!("chain:");
     for (i, c) in v.chain.iter().enumerate() {
-        let role = if i == 0 { "root" } else if i + 1 == v.chain.len() { "leaf" } else { "ca  " };
+        let role = if i == 0 {
+            "root"
+        } else if i + 1 == v.chain.len() {
+            "leaf"
+        } else {
+            "ca  "
+        };
         println!("  {role} {} (until {})", c.subject, c.not_after);
     }
 }

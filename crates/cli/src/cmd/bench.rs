@@ -179,10 +179,15 @@ async fn bench_in(tmp: &std::path::Path, args: &KmsArgs) -> anyhow::Result<()> {
     };
     // Check once that the Recipient path really seals for the enclave.
     let sealed = Conn::open(&ours).await?.call("Decrypt", &json!({"CiphertextBlob": our_blob, "Recipient": recipient})).await?;
-    let opened = recipient_key.open(&base64::engine::general_purpose::STANDARD.decode(sealed["CiphertextForRecipient"].as_str().unwrap_or(""))?)?;
+    let opened =
+        recipient_key.open(&base64::engine::general_purpose::STANDARD.decode(sealed["CiphertextForRecipient"].as_str().unwrap_or(""))?)?;
     anyhow::ensure!(opened.as_slice() == [9u8; 32], "Recipient decrypt returned the wrong plaintext");
 
-    println!("nekms bench kms: {} s per cell, loopback HTTP/1.1 keep-alive, SigV4-signed, {} cores", args.seconds, std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    println!(
+        "nekms bench kms: {} s per cell, loopback HTTP/1.1 keep-alive, SigV4-signed, {} cores",
+        args.seconds,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
     if theirs.is_some() {
         println!("reference: moto's KMS (python3 -m moto.server) in the same run; moto ignores Recipient and returns Plaintext.");
     }

@@ -16,8 +16,8 @@ use zeroize::Zeroizing;
 
 use super::bench_loop::{measure, Cell};
 use super::kmstool::KmstoolClient;
-use crate::kms_client::{Conn, InProcessKms, Target};
 use crate::enclave_path::{enclave_only_secret, proxy_to, EnclavePath};
+use crate::kms_client::{Conn, InProcessKms, Target};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -130,8 +130,10 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     println!("every Decrypt carries a fresh attestation document; KMS answers with CiphertextForRecipient, opened in the enclave.");
     println!("{:<48} {:>7} {:>10} {:>11} {:>7}", "path", "clients", "req/s", "p50", "ratio");
     for &clients in &a.clients {
-        let reference = measure_workers((0..clients).map(|_| Sealed { kms: direct.clone(), blob: blob.clone() }).collect(), a.seconds).await?;
-        let proxied = measure_workers((0..clients).map(|_| Sealed { kms: through_proxy.clone(), blob: blob.clone() }).collect(), a.seconds).await?;
+        let reference =
+            measure_workers((0..clients).map(|_| Sealed { kms: direct.clone(), blob: blob.clone() }).collect(), a.seconds).await?;
+        let proxied =
+            measure_workers((0..clients).map(|_| Sealed { kms: through_proxy.clone(), blob: blob.clone() }).collect(), a.seconds).await?;
         let mut workers = Vec::new();
         for _ in 0..clients {
             let mut client = KmstoolClient::connect(&path.kmstool).await?;

@@ -38,4 +38,3 @@ where
     all.sort();
     Ok(Cell { per_second: all.len() as f64 / elapsed, p50: all.get(all.len() / 2).copied().unwrap_or_default() })
 }
-

@@ -191,7 +191,8 @@ fn measure(module: &Path, env: &[(&str, String)], id: &str, mech: &str, clients:
     let mut children = Vec::new();
     for _ in 0..clients {
         let mut cmd = Command::new(&exe);
-        cmd.args(["bench", "p11-worker", "--label", "bench", "--id", id, "--mech", mech, "--seconds", &seconds.to_string(), "--module"]).arg(module);
+        cmd.args(["bench", "p11-worker", "--label", "bench", "--id", id, "--mech", mech, "--seconds", &seconds.to_string(), "--module"])
+            .arg(module);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -215,7 +216,11 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         Some(m) => m,
         None => std::env::current_exe()?.parent().context("the executable's directory")?.join("libnekms_p11.so"),
     };
-    anyhow::ensure!(module.exists(), "{} is missing: build it with `cargo build --release -p nekms-p11` (or give --module)", module.display());
+    anyhow::ensure!(
+        module.exists(),
+        "{} is missing: build it with `cargo build --release -p nekms-p11` (or give --module)",
+        module.display()
+    );
     for (file, package) in [(SOFTHSM, "softhsm2"), (P11KIT_CLIENT, "p11-kit-modules")] {
         anyhow::ensure!(Path::new(file).exists(), "{file} is missing: apt install {package}");
     }
@@ -228,12 +233,27 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let mut rpc_keys = Vec::new();
     for (spec, id) in [(KeySpec::Rsa2048, 1u8), (KeySpec::P256, 2)] {
         let record = rpc
-            .generate_key(GenerateKey { key_id: format!("bench-{spec}"), spec, kms_key_id: None, entropy: Entropy::Nsm, encryption_context: Default::default(), nonce: None, decrypt: false, privval: false })
+            .generate_key(GenerateKey {
+                key_id: format!("bench-{spec}"),
+                spec,
+                kms_key_id: None,
+                entropy: Entropy::Nsm,
+                encryption_context: Default::default(),
+                nonce: None,
+                decrypt: false,
+                privval: false,
+            })
             .await?;
         rpc_keys.push((id, record.public_key.clone()));
         keys.push(P11Key { id: vec![id], label: record.key_id.clone(), record, certificates: vec![], decrypt: false });
     }
-    let token = P11Token { label: "bench".into(), pin: Some(SecretString(zeroize::Zeroizing::new(PIN.into()))), pin_verifier: None, keys, writable: false };
+    let token = P11Token {
+        label: "bench".into(),
+        pin: Some(SecretString(zeroize::Zeroizing::new(PIN.into()))),
+        pin_verifier: None,
+        keys,
+        writable: false,
+    };
     rpc.call(&Request::P11(P11Request::AddToken { token, replace: false })).await?;
 
     // SoftHSM2 with the same two keys' kinds, in a directory of its own.
@@ -242,10 +262,17 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let hsm_conf = hsm_dir.join("softhsm2.conf");
     std::fs::write(&hsm_conf, format!("directories.tokendir = {}\nobjectstore.backend = file\n", hsm_dir.join("tokens").display()))?;
     let hsm_env = [("SOFTHSM2_CONF", hsm_conf.display().to_string())];
-    run_tool(Command::new("softhsm2-util").args(["--init-token", "--free", "--label", "bench", "--pin", PIN, "--so-pin", "12345678"]).env(hsm_env[0].0, &hsm_env[0].1), "softhsm2-util --init-token")?;
+    run_tool(
+        Command::new("softhsm2-util")
+            .args(["--init-token", "--free", "--label", "bench", "--pin", PIN, "--so-pin", "12345678"])
+            .env(hsm_env[0].0, &hsm_env[0].1),
+        "softhsm2-util --init-token",
+    )?;
     for (kind, id) in [("rsa:2048", "01"), ("EC:prime256v1", "02")] {
         run_tool(
-            Command::new("pkcs11-tool").args(["--module", SOFTHSM, "--login", "--pin", PIN, "--keypairgen", "--key-type", kind, "--id", id]).env(hsm_env[0].0, &hsm_env[0].1),
+            Command::new("pkcs11-tool")
+                .args(["--module", SOFTHSM, "--login", "--pin", PIN, "--keypairgen", "--key-type", kind, "--id", id])
+                .env(hsm_env[0].0, &hsm_env[0].1),
             "pkcs11-tool --keypairgen (apt install opensc)",
         )?;
     }
@@ -263,7 +290,10 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let client = Path::new(P11KIT_CLIENT);
 
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    println!("nekms bench p11: {} s per cell, {cores} cores; each client is a process; SoftHSM2 behind the identical p11-kit path", a.seconds);
+    println!(
+        "nekms bench p11: {} s per cell, {cores} cores; each client is a process; SoftHSM2 behind the identical p11-kit path",
+        a.seconds
+    );
     println!("  {:<34} {:>7} {:>10} {:>10} {:>7}", "path", "clients", "nekms/s", "softhsm/s", "ratio");
     for (name, id, mech) in [("RSA-2048 SHA256-RSA-PKCS", "01", "rsa"), ("P-256 ECDSA", "02", "ecdsa")] {
         println!("{name}:");
@@ -281,7 +311,13 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         let (nd, _) = measure(&module, &nekms_env, id, mech, 1, a.seconds)?;
         let (hd, _) = measure(Path::new(SOFTHSM), &hsm_env, id, mech, 1, a.seconds)?;
         println!("  {:<34} {:>7} {nd:>10.0} {hd:>10.0} {:>7.2}", "direct (no p11-kit)", 1, nd / hd);
-        println!("  {:<34} {:>7} {:>10.0} {:>10.0}  (us per signature)", "p11-kit's cost", "", 1e6 / one - 1e6 / nd, 1e6 / hsm_one - 1e6 / hd);
+        println!(
+            "  {:<34} {:>7} {:>10.0} {:>10.0}  (us per signature)",
+            "p11-kit's cost",
+            "",
+            1e6 / one - 1e6 / nd,
+            1e6 / hsm_one - 1e6 / hd
+        );
         let (_, first) = measure(client, &nekms_through, id, mech, 1, 0.001)?;
         println!("  {:<34} {:>7} {first:>9.1}ms", "first signature through p11-kit", "");
     }
@@ -346,7 +382,20 @@ impl Tls {
     /// A certificate for the public key in `pub_pem`.
     fn cert_for(&self, name: &str, pub_pem: &Path) -> anyhow::Result<PathBuf> {
         let out = self.dir.join(format!("{name}.crt"));
-        self.openssl(&["x509", "-new", "-subj", "/CN=localhost", "-days", "1", "-key", "ca.key", "-force_pubkey", &pub_pem.display().to_string(), "-out", &out.display().to_string()])?;
+        self.openssl(&[
+            "x509",
+            "-new",
+            "-subj",
+            "/CN=localhost",
+            "-days",
+            "1",
+            "-key",
+            "ca.key",
+            "-force_pubkey",
+            &pub_pem.display().to_string(),
+            "-out",
+            &out.display().to_string(),
+        ])?;
         Ok(out)
     }
 
@@ -429,7 +478,10 @@ impl Tls {
         std::fs::write(&pin, PIN)?;
         println!("nginx TLS 1.2 handshakes/s (openssl s_time -new, {} s; 2 workers; session cache and tickets off):", self.seconds);
         println!("  {:<34} {:>7} {:>10} {:>10} {:>10} {:>8} {:>8}", "key", "clients", "key file", "nekms", "softhsm", "nekms/f", "hsm/f");
-        for (id, name, genpkey) in [(1u8, "RSA-2048", &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"][..]), (2, "P-256", &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"][..])] {
+        for (id, name, genpkey) in [
+            (1u8, "RSA-2048", &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"][..]),
+            (2, "P-256", &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"][..]),
+        ] {
             let key_file = self.dir.join(format!("file-{id}.key"));
             let mut args = vec!["genpkey"];
             args.extend_from_slice(genpkey);
@@ -450,12 +502,26 @@ impl Tls {
             }
             run_tool(&mut read, "pkcs11-tool --read-object (SoftHSM2 public key)")?;
             let hsm_pub = self.dir.join(format!("hsm-{id}.pub"));
-            self.openssl(&["pkey", "-pubin", "-inform", "DER", "-in", &hsm_der.display().to_string(), "-out", &hsm_pub.display().to_string()])?;
+            self.openssl(&[
+                "pkey",
+                "-pubin",
+                "-inform",
+                "DER",
+                "-in",
+                &hsm_der.display().to_string(),
+                "-out",
+                &hsm_pub.display().to_string(),
+            ])?;
             let hsm_cert = self.cert_for(&format!("hsm-{id}"), &hsm_pub)?;
             let uri = format!("engine:pkcs11:pkcs11:token=bench;id=%{id:02x};type=private?pin-source=file:{}", pin.display());
             let cnf_env = ("OPENSSL_CONF", cnf.display().to_string());
             let (_file, file_port) = self.start(&format!("file-{id}"), &file_cert, &key_path, &[])?;
-            let (_nekms, nekms_port) = self.start(&format!("nekms-{id}"), &nekms_cert, &uri, &[("P11_KIT_SERVER_ADDRESS", nekms_kit.address.clone()), cnf_env.clone()])?;
+            let (_nekms, nekms_port) = self.start(
+                &format!("nekms-{id}"),
+                &nekms_cert,
+                &uri,
+                &[("P11_KIT_SERVER_ADDRESS", nekms_kit.address.clone()), cnf_env.clone()],
+            )?;
             let mut hsm_env = vec![("P11_KIT_SERVER_ADDRESS", hsm_kit.address.clone()), cnf_env];
             hsm_env.extend(self.hsm_env.iter().cloned());
             let (_hsm, hsm_port) = self.start(&format!("hsm-{id}"), &hsm_cert, &uri, &hsm_env)?;

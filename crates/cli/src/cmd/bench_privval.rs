@@ -127,7 +127,8 @@ async fn closed_loop(link: &mut Link, chain: &str, seconds: f64) -> anyhow::Resu
                 validator_address: vec![0x11; 20],
                 ..Default::default()
             };
-            let body = Envelope { sum: Some(Sum::SignVoteRequest(SignVoteRequest { vote: Some(vote), chain_id: chain.into() })) }.encode_to_vec();
+            let body =
+                Envelope { sum: Some(Sum::SignVoteRequest(SignVoteRequest { vote: Some(vote), chain_id: chain.into() })) }.encode_to_vec();
             let start = Instant::now();
             match link.ask(body).await?.sum {
                 Some(Sum::SignedVoteResponse(r)) if r.error.is_none() && r.vote.as_ref().is_some_and(|v| v.signature.len() == 64) => {}
@@ -185,7 +186,8 @@ fn start_tmkms(bin: &std::path::Path, dir: &std::path::Path, name: &str, chain: 
     use base64::Engine;
     std::fs::write(d.join("consensus.key"), base64::engine::general_purpose::STANDARD.encode([0x42u8; 32]))?;
     std::fs::write(d.join("identity.key"), base64::engine::general_purpose::STANDARD.encode([0x43u8; 32]))?;
-    let secret = if addr.starts_with("tcp://") { format!("secret_key = \"{}\"\n", d.join("identity.key").display()) } else { String::new() };
+    let secret =
+        if addr.starts_with("tcp://") { format!("secret_key = \"{}\"\n", d.join("identity.key").display()) } else { String::new() };
     std::fs::write(
         d.join("tmkms.toml"),
         format!(
@@ -227,7 +229,10 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let identity = durable_rpc.generate_key(generate("bench-identity", false)).await?;
 
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    println!("nekms bench privval: {} s per row, {cores} cores; prevote then precommit at each height, one request outstanding per validator", a.seconds);
+    println!(
+        "nekms bench privval: {} s per row, {cores} cores; prevote then precommit at each height, one request outstanding per validator",
+        a.seconds
+    );
     println!("  {:<52} {:>11} {:>11} {:>9} {:>9}", "signer (transport)", "p50", "p99", "sig/s", "p50/tmkms");
     let tmkms = tmkms_path(&a);
     if tmkms.is_none() {
@@ -238,10 +243,12 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let mut n = 0;
     let mut nekms_row = |rpc: &Client, enclave: &EnclavePath, tcp: bool, chain: String| {
         n += 1;
-        let (rpc, privval, key, identity, dir) = (rpc.clone(), enclave.privval.clone(), key.clone(), identity.clone(), tmp.path().to_path_buf());
+        let (rpc, privval, key, identity, dir) =
+            (rpc.clone(), enclave.privval.clone(), key.clone(), identity.clone(), tmp.path().to_path_buf());
         let name = format!("nekms-{n}");
         async move {
-            rpc.privval(PrivvalRequest::InitState { key: Box::new(key.clone()), chain_id: chain.clone(), height: Some(1), import: None }).await?;
+            rpc.privval(PrivvalRequest::InitState { key: Box::new(key.clone()), chain_id: chain.clone(), height: Some(1), import: None })
+                .await?;
             rpc.privval(PrivvalRequest::Configure(Box::new(PrivvalChain {
                 chain_id: chain.clone(),
                 key,
@@ -273,8 +280,11 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             }
             None => None,
         };
-        for (label, rpc, enclave) in [("nekms, state committed with fdatasync", &durable_rpc, &durable), ("nekms, state committed without fsync", &fast_rpc, &fast)] {
-            let chain = format!("{}-{}", if enclave.privval == durable.privval { "durable" } else { "nofsync" }, if tcp { "tcp" } else { "unix" });
+        for (label, rpc, enclave) in
+            [("nekms, state committed with fdatasync", &durable_rpc, &durable), ("nekms, state committed without fsync", &fast_rpc, &fast)]
+        {
+            let chain =
+                format!("{}-{}", if enclave.privval == durable.privval { "durable" } else { "nofsync" }, if tcp { "tcp" } else { "unix" });
             let (mut link, relay, _laddr) = nekms_row(rpc, enclave, tcp, chain.clone()).await?;
             let row = summarise(closed_loop(&mut link, &chain, a.seconds).await?, a.seconds);
             print(&format!("{label} ({transport})"), &row, reference.as_ref());
@@ -294,15 +304,19 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                 moto.port,
                 anchor_proxy.display()
             );
-            let anchored = EnclavePath::start_full(dev, local, nsm.clone(), &tmp.path().join("anchored"), None, &anchored_config, true).await?;
+            let anchored =
+                EnclavePath::start_full(dev, local, nsm.clone(), &tmp.path().join("anchored"), None, &anchored_config, true).await?;
             anchored.supply_instance_credentials(dev)?;
             let anchored_rpc = Client::connect(&anchored.rpc, "nekms bench").await?;
             // The administrator's ciphertext of the anchor's credentials (moto takes any).
             let mut admin = crate::kms_client::Conn::open(&local.target(dev, "admin")?).await?;
             let context = serde_json::json!({"nekms:purpose": nekms_enclave::privval_anchor::PURPOSE_ANCHOR_CREDENTIALS, "nekms:anchor-table": table});
             use base64::Engine;
-            let plaintext = base64::engine::general_purpose::STANDARD.encode(br#"{"access_key_id":"testing","secret_access_key":"testing"}"#);
-            let ct = admin.call("Encrypt", &serde_json::json!({"KeyId": world.custody_key, "Plaintext": plaintext, "EncryptionContext": context})).await?;
+            let plaintext =
+                base64::engine::general_purpose::STANDARD.encode(br#"{"access_key_id":"testing","secret_access_key":"testing"}"#);
+            let ct = admin
+                .call("Encrypt", &serde_json::json!({"KeyId": world.custody_key, "Plaintext": plaintext, "EncryptionContext": context}))
+                .await?;
             let blob = base64::engine::general_purpose::STANDARD.decode(ct["CiphertextBlob"].as_str().context("no CiphertextBlob")?)?;
             anchored_rpc.privval(PrivvalRequest::SetAnchorCredentials { ciphertext: blob }).await?;
             let (mut link, relay, _laddr) = nekms_row(&anchored_rpc, &anchored, false, "anchored-unix".into()).await?;

@@ -11,8 +11,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use hyper::body::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
 use nekms_keys::{KeyRecord, KeySpec, Payload, PrivateKey, Scheme};
 use nekms_rpc::{Client, Entropy, GenerateKey};
 use nekms_store::{KeyStore, SqliteStore, Store};
@@ -57,7 +57,11 @@ impl Http {
 
     async fn post(&mut self, path: &str, body: Bytes) -> anyhow::Result<()> {
         self.sender.ready().await?;
-        let req = hyper::Request::post(path).header("host", &self.host).header("authorization", &self.authorization).header("content-type", "application/json").body(Full::new(body))?;
+        let req = hyper::Request::post(path)
+            .header("host", &self.host)
+            .header("authorization", &self.authorization)
+            .header("content-type", "application/json")
+            .body(Full::new(body))?;
         let resp = self.sender.send_request(req).await?;
         let status = resp.status();
         let bytes = resp.into_body().collect().await?.to_bytes();

@@ -59,7 +59,11 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                 });
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                println!("ContentInfo: envelopedData, {} bytes, {}", bytes.len(), if e.indefinite_lengths { "BER indefinite lengths" } else { "definite lengths" });
+                println!(
+                    "ContentInfo: envelopedData, {} bytes, {}",
+                    bytes.len(),
+                    if e.indefinite_lengths { "BER indefinite lengths" } else { "definite lengths" }
+                );
                 println!("EnvelopedData version {}", e.version);
                 println!("recipient: KeyTransRecipientInfo version {}", r.version);
                 println!("  subjectKeyIdentifier {} ({} bytes)", hex::encode(&r.subject_key_identifier), r.subject_key_identifier.len());

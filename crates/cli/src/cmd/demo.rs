@@ -17,7 +17,6 @@ use nekms_attestation::{Verifier, VerifyOptions, AWS_NITRO_ROOT_G1_PEM};
 use nekms_nsm::measure::Measurement;
 use nekms_nsm::{AttestationRequest, Nsm, SimConfig, SimulatedNsm};
 
-
 use crate::DirArg;
 
 #[derive(clap::Args)]
@@ -67,11 +66,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 
     step(4, "Ask the NSM for an attestation document");
     let nonce = nsm.get_random()?[..16].to_vec();
-    let doc = nsm.attestation(AttestationRequest {
-        nonce: Some(nonce.clone()),
-        user_data: Some(b"nekms demo".to_vec()),
-        public_key: None,
-    })?;
+    let doc =
+        nsm.attestation(AttestationRequest { nonce: Some(nonce.clone()), user_data: Some(b"nekms demo".to_vec()), public_key: None })?;
     let out = dir.path().join("demo-attestation.cbor");
     std::fs::write(&out, &doc).with_context(|| format!("cannot write {}", out.display()))?;
     println!("    {} bytes, COSE_Sign1/ES384, nonce {}", doc.len(), hex::encode(&nonce));
@@ -135,7 +131,12 @@ fn refusal(v: &serde_json::Value) -> String {
     v["__type"].as_str().unwrap_or("?").to_owned()
 }
 
-async fn kms_flow(dir: &nekms_devworld::DevDir, local: &crate::kms_client::InProcessKms, nsm: &SimulatedNsm, measurement: &Measurement) -> anyhow::Result<()> {
+async fn kms_flow(
+    dir: &nekms_devworld::DevDir,
+    local: &crate::kms_client::InProcessKms,
+    nsm: &SimulatedNsm,
+    measurement: &Measurement,
+) -> anyhow::Result<()> {
     use base64::engine::general_purpose::STANDARD as B64;
     use base64::Engine;
     use serde_json::json;
@@ -143,8 +144,14 @@ async fn kms_flow(dir: &nekms_devworld::DevDir, local: &crate::kms_client::InPro
     println!("    local KMS on http://{} (state and audit log in {})", local.addr, dir.path().join("kms").display());
     let mut instance = crate::kms_client::Conn::open(&local.target(dir, "instance")?).await?;
     let mut root = crate::kms_client::Conn::open(&local.target(dir, "root")?).await?;
-    let (arn, blob) =
-        crate::enclave_path::enclave_only_secret(dir, local, &measurement.pcr0.to_hex(), "nekms demo: decrypt only in the enclave", b"correct horse battery staple").await?;
+    let (arn, blob) = crate::enclave_path::enclave_only_secret(
+        dir,
+        local,
+        &measurement.pcr0.to_hex(),
+        "nekms demo: decrypt only in the enclave",
+        b"correct horse battery staple",
+    )
+    .await?;
     println!("    admin created {arn}");
     println!("      with a policy that has no root statement: Decrypt only for role/nekms-instance with ImageSha384 = this PCR0");
     println!("    the instance encrypted a secret: {} bytes of ciphertext", B64.decode(&blob)?.len());
@@ -173,7 +180,11 @@ async fn kms_flow(dir: &nekms_devworld::DevDir, local: &crate::kms_client::InPro
     Ok(())
 }
 
-async fn kmstool_flow(dir: &nekms_devworld::DevDir, local: &crate::kms_client::InProcessKms, measurement: &Measurement) -> anyhow::Result<()> {
+async fn kmstool_flow(
+    dir: &nekms_devworld::DevDir,
+    local: &crate::kms_client::InProcessKms,
+    measurement: &Measurement,
+) -> anyhow::Result<()> {
     use std::sync::Arc;
 
     use serde_json::json;
@@ -186,7 +197,8 @@ async fn kmstool_flow(dir: &nekms_devworld::DevDir, local: &crate::kms_client::I
     println!("    proxy        {} -> 127.0.0.1:{} (allowlisted)", path.proxy, local.https_addr.port());
     println!("    enclave      kmstool protocol on {}, KMS {} through the proxy", path.kmstool, path.endpoint);
 
-    let (arn, ciphertext) = crate::enclave_path::enclave_only_secret(dir, local, &measurement.pcr0.to_hex(), "nekms demo: kmstool", b"Hello, KMS!").await?;
+    let (arn, ciphertext) =
+        crate::enclave_path::enclave_only_secret(dir, local, &measurement.pcr0.to_hex(), "nekms demo: kmstool", b"Hello, KMS!").await?;
     println!("    the instance encrypted \"Hello, KMS!\" under {arn}");
     let mut instance = crate::kms_client::Conn::open(&local.target(dir, "instance")?).await?;
     let (_, v) = instance.call_raw("Decrypt", &json!({"CiphertextBlob": ciphertext})).await?;

@@ -80,7 +80,16 @@ fn describe(r: &KeyRecord) {
 }
 
 fn generate(key_id: &str, entropy: Entropy) -> GenerateKey {
-    GenerateKey { key_id: key_id.into(), spec: KeySpec::Secp256k1, kms_key_id: None, entropy, encryption_context: Default::default(), nonce: None, decrypt: false, privval: false }
+    GenerateKey {
+        key_id: key_id.into(),
+        spec: KeySpec::Secp256k1,
+        kms_key_id: None,
+        entropy,
+        encryption_context: Default::default(),
+        nonce: None,
+        decrypt: false,
+        privval: false,
+    }
 }
 
 pub async fn two_enclaves(dir: &DevDir, local: &InProcessKms, store: &SqliteStore) -> anyhow::Result<()> {
@@ -117,15 +126,31 @@ pub async fn two_enclaves(dir: &DevDir, local: &InProcessKms, store: &SqliteStor
     let message = Payload::Message(b"Hello World".to_vec());
     let sig = e2.client.sign(record.clone(), None, message.clone()).await?;
     public.verify(Scheme::EcdsaDer, &message, &sig.signature)?;
-    println!("    enclave 2 checked the record's origin document, signed \"Hello World\": {}…; the parent verified it", &hex::encode(&sig.signature)[..24]);
-    println!("    enclave 1 signing the same record   -> refused: {}", refused(e1.client.sign(record.clone(), None, message.clone()).await));
-    println!("    enclave 2 generating a key          -> refused: {}", refused(e2.client.generate_key(generate("u002", Entropy::Nsm)).await));
+    println!(
+        "    enclave 2 checked the record's origin document, signed \"Hello World\": {}…; the parent verified it",
+        &hex::encode(&sig.signature)[..24]
+    );
+    println!(
+        "    enclave 1 signing the same record   -> refused: {}",
+        refused(e1.client.sign(record.clone(), None, message.clone()).await)
+    );
+    println!(
+        "    enclave 2 generating a key          -> refused: {}",
+        refused(e2.client.generate_key(generate("u002", Entropy::Nsm)).await)
+    );
     let mut instance = Conn::open(&local.target(dir, "instance")?).await?;
     let (_, v) = instance
-        .call_raw("Decrypt", &json!({"CiphertextBlob": B64.encode(&record.encrypted_data_key), "EncryptionContext": record.encryption_context}))
+        .call_raw(
+            "Decrypt",
+            &json!({"CiphertextBlob": B64.encode(&record.encrypted_data_key), "EncryptionContext": record.encryption_context}),
+        )
         .await?;
     println!("    the instance role decrypting the data key -> refused: {}", v["__type"].as_str().unwrap_or("?"));
-    let ask = Request::Decrypt { ciphertext: record.encrypted_data_key.clone(), encryption_context: record.encryption_context.clone(), key_id: None };
+    let ask = Request::Decrypt {
+        ciphertext: record.encrypted_data_key.clone(),
+        encryption_context: record.encryption_context.clone(),
+        key_id: None,
+    };
     println!("    the parent asking enclave 2 itself for it -> refused: {}", refused(e2.client.call(&ask).await));
     Ok(())
 }
@@ -164,25 +189,39 @@ pub async fn lockout_and_tmkms(dir: &DevDir, local: &InProcessKms, image: &Path,
     println!("    the account root decrypting it      -> refused: {}", v["__type"].as_str().unwrap_or("?"));
     let (_, v) = instance.call_raw("Decrypt", &json!({"CiphertextBlob": blob, "EncryptionContext": context})).await?;
     println!("    the instance role decrypting it     -> refused: {}", v["__type"].as_str().unwrap_or("?"));
-    let open_policy = json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "kms:*", "Resource": "*"}]});
+    let open_policy =
+        json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "kms:*", "Resource": "*"}]});
     let (_, v) = admin
-        .call_raw("PutKeyPolicy", &json!({"KeyId": key, "PolicyName": "default", "Policy": open_policy.to_string(), "BypassPolicyLockoutSafetyCheck": true}))
+        .call_raw(
+            "PutKeyPolicy",
+            &json!({"KeyId": key, "PolicyName": "default", "Policy": open_policy.to_string(), "BypassPolicyLockoutSafetyCheck": true}),
+        )
         .await?;
     println!("    the administrator reopening the key -> refused: {}", v["__type"].as_str().unwrap_or("?"));
-    let (_, v) = instance.call_raw("Encrypt", &json!({"KeyId": key, "Plaintext": B64.encode([7u8; 32]), "EncryptionContext": context})).await?;
+    let (_, v) =
+        instance.call_raw("Encrypt", &json!({"KeyId": key, "Plaintext": B64.encode([7u8; 32]), "EncryptionContext": context})).await?;
     println!("    the instance minting an import      -> refused: {}", v["__type"].as_str().unwrap_or("?"));
 
     // Through the enclave itself, as root on the parent would try.
     let ciphertext = B64.decode(&blob)?;
     let parent_decrypt = |context| Request::Decrypt { ciphertext: ciphertext.clone(), encryption_context: context, key_id: None };
-    println!("    the parent asking the enclave (RPC Decrypt) for the import plaintext -> refused: {}", refused(e.client.call(&parent_decrypt(context.clone())).await));
+    println!(
+        "    the parent asking the enclave (RPC Decrypt) for the import plaintext -> refused: {}",
+        refused(e.client.call(&parent_decrypt(context.clone())).await)
+    );
     let shouted = context.iter().map(|(k, v)| (k.to_uppercase(), v.clone())).collect();
-    println!("      the same with the context keys upper-cased                        -> refused: {}", refused(e.client.call(&parent_decrypt(shouted)).await));
+    println!(
+        "      the same with the context keys upper-cased                        -> refused: {}",
+        refused(e.client.call(&parent_decrypt(shouted)).await)
+    );
     let p = dir.principals()?.into_iter().find(|p| p.name == "instance").context("no instance principal")?;
     let mut kmstool = crate::cmd::kmstool::KmstoolClient::connect(&e.path.kmstool).await?;
     kmstool.set_client(&p.access_key_id, &p.secret_access_key, p.session_token.as_deref(), Some("us-east-1")).await?;
     let why = kmstool.decrypt(&blob, &context).await.map(|_| ()).unwrap_err();
-    println!("      the same through kmstool's port                                  -> refused: {}", rule(&format!("{why:#}")).unwrap_or_else(|| format!("{why:#}")));
+    println!(
+        "      the same through kmstool's port                                  -> refused: {}",
+        rule(&format!("{why:#}")).unwrap_or_else(|| format!("{why:#}"))
+    );
 
     let import = |name: &str, spec, blob: &str| ImportKey {
         key_id: name.into(),
@@ -196,7 +235,10 @@ pub async fn lockout_and_tmkms(dir: &DevDir, local: &InProcessKms, image: &Path,
         decrypt: false,
         privval: false,
     };
-    println!("    importing it under another name     -> refused: {}", refused(e.client.import_key(import("other", KeySpec::Secp256k1, &blob)).await));
+    println!(
+        "    importing it under another name     -> refused: {}",
+        refused(e.client.import_key(import("other", KeySpec::Secp256k1, &blob)).await)
+    );
     let record = e.client.import_key(import("lockout", KeySpec::Secp256k1, &blob)).await?;
     let address = record.public()?.eth_address().expect("secp256k1").to_checksum(None);
     println!("    the enclave decrypted it with its attestation and resealed it as a record: address {address}");
@@ -208,9 +250,14 @@ pub async fn lockout_and_tmkms(dir: &DevDir, local: &InProcessKms, image: &Path,
     println!("    it signed an EIP-1559 transaction: hash 0x{}", hex::encode(sig.transaction_hash.unwrap_or_default()));
     println!("      raw 0x{}…", &hex::encode(sig.raw_transaction.unwrap_or_default())[..40]);
 
-    let data_key = Request::Decrypt { ciphertext: record.encrypted_data_key.clone(), encryption_context: record.encryption_context.clone(), key_id: None };
+    let data_key = Request::Decrypt {
+        ciphertext: record.encrypted_data_key.clone(),
+        encryption_context: record.encryption_context.clone(),
+        key_id: None,
+    };
     println!("    the parent asking the enclave for the record's data key   -> refused: {}", refused(e.client.call(&data_key).await));
-    let own_key = Request::Attest { nonce: None, user_data: None, public_key: Some(nekms_cms::RecipientKey::generate()?.public_key_der()?) };
+    let own_key =
+        Request::Attest { nonce: None, user_data: None, public_key: Some(nekms_cms::RecipientKey::generate()?.public_key_der()?) };
     println!("    the parent asking for a document over its own RSA key     -> refused: {}", refused(e.client.call(&own_key).await));
     let plant = Request::GenerateDataKey {
         key_id: key.clone(),
@@ -221,13 +268,17 @@ pub async fn lockout_and_tmkms(dir: &DevDir, local: &InProcessKms, image: &Path,
     println!("    the parent asking for a data key to plant its own record  -> refused: {}", refused(e.client.call(&plant).await));
     let mut copied = record.clone();
     copied.key_id = "copy".into();
-    println!("    the record copied under another name                       -> refused: {}", refused(e.client.sign(copied, None, Payload::Message(b"x".to_vec())).await));
+    println!(
+        "    the record copied under another name                       -> refused: {}",
+        refused(e.client.sign(copied, None, Payload::Message(b"x".to_vec())).await)
+    );
 
     // tmkms: `tmkms softsign keygen` writes base64 of the Ed25519 seed. It
     // becomes a consensus key (nekms:usage=privval): only the validator signer uses it.
     let softsign = B64.encode([0x5au8; 32]);
     let context = import_context_with_usage("validator", KeySpec::Ed25519, &Default::default(), Usage::Privval)?;
-    let ct = admin.call("Encrypt", &json!({"KeyId": key, "Plaintext": B64.encode(softsign.as_bytes()), "EncryptionContext": context})).await?;
+    let ct =
+        admin.call("Encrypt", &json!({"KeyId": key, "Plaintext": B64.encode(softsign.as_bytes()), "EncryptionContext": context})).await?;
     let blob = ct["CiphertextBlob"].as_str().context("Encrypt gave no CiphertextBlob")?.to_owned();
     let mut consensus = import("validator", KeySpec::Ed25519, &blob);
     println!("    a tmkms softsign key, encrypted for import as a consensus key (nekms:usage=privval):");
@@ -246,14 +297,16 @@ pub async fn lockout_and_tmkms(dir: &DevDir, local: &InProcessKms, image: &Path,
 /// The validator signer: a chain configured, votes signed over the privval
 /// protocol, and the double sign refused.
 async fn privval_signer(e: &Running, record: &KeyRecord) -> anyhow::Result<()> {
+    use nekms_privval::prost::Message as _;
     use nekms_privval::proto::privval::{message::Sum, Message as Envelope, SignVoteRequest};
     use nekms_privval::proto::types::{BlockId, PartSetHeader, Vote};
     use nekms_rpc::{PrivvalChain, PrivvalRequest};
-    use nekms_privval::prost::Message as _;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let chain = "demo-chain";
-    e.client.privval(PrivvalRequest::InitState { key: Box::new(record.clone()), chain_id: chain.into(), height: Some(1), import: None }).await?;
+    e.client
+        .privval(PrivvalRequest::InitState { key: Box::new(record.clone()), chain_id: chain.into(), height: Some(1), import: None })
+        .await?;
     let config = PrivvalChain {
         chain_id: chain.into(),
         key: record.clone(),
@@ -273,7 +326,8 @@ async fn privval_signer(e: &Running, record: &KeyRecord) -> anyhow::Result<()> {
     conn.read_exact(&mut ok).await?;
     let block = |b: u8| Some(BlockId { hash: vec![b; 32], part_set_header: Some(PartSetHeader { total: 1, hash: vec![b; 32] }) });
     let mut ask = async |vote: Vote| -> anyhow::Result<Result<Vote, String>> {
-        let body = Envelope { sum: Some(Sum::SignVoteRequest(SignVoteRequest { vote: Some(vote), chain_id: chain.into() })) }.encode_to_vec();
+        let body =
+            Envelope { sum: Some(Sum::SignVoteRequest(SignVoteRequest { vote: Some(vote), chain_id: chain.into() })) }.encode_to_vec();
         conn.write_all(&nekms_privval::frame::encode(&body, nekms_privval::frame::MAX_REQUEST)?).await?;
         let mut buf = Vec::new();
         loop {
@@ -298,16 +352,30 @@ async fn privval_signer(e: &Running, record: &KeyRecord) -> anyhow::Result<()> {
     let signed = ask(prevote.clone()).await?.map_err(anyhow::Error::msg)?;
     let public = nekms_keys::PublicKey::from_spki(&record.public_key)?;
     public.verify(Scheme::Ed25519, &Payload::Message(nekms_privval::sign_bytes::vote(chain, &prevote)), &signed.signature)?;
-    println!("      prevote for block B1 at 1/0          -> signed ({}…), verified over its canonical bytes with {}…", &hex::encode(&signed.signature)[..16], &hex::encode(public.point())[..16]);
+    println!(
+        "      prevote for block B1 at 1/0          -> signed ({}…), verified over its canonical bytes with {}…",
+        &hex::encode(&signed.signature)[..16],
+        &hex::encode(public.point())[..16]
+    );
     let again = ask(prevote.clone()).await?.map_err(anyhow::Error::msg)?;
     println!("      the same prevote again               -> the same signature: {}", again.signature == signed.signature);
     let conflict = Vote { block_id: block(0xb2), ..prevote.clone() };
-    println!("      prevote for block B2 at 1/0          -> refused: {}", ask(conflict).await?.err().unwrap_or_else(|| "SIGNED (unexpected)".into()));
+    println!(
+        "      prevote for block B2 at 1/0          -> refused: {}",
+        ask(conflict).await?.err().unwrap_or_else(|| "SIGNED (unexpected)".into())
+    );
     let jump = Vote { height: 5000, ..prevote.clone() };
-    println!("      prevote at height 5000               -> refused: {}", ask(jump).await?.err().unwrap_or_else(|| "SIGNED (unexpected)".into()));
+    println!(
+        "      prevote at height 5000               -> refused: {}",
+        ask(jump).await?.err().unwrap_or_else(|| "SIGNED (unexpected)".into())
+    );
     let precommit = Vote { r#type: 2, extension: b"oracle price 42".to_vec(), ..prevote };
     let pc = ask(precommit.clone()).await?.map_err(anyhow::Error::msg)?;
-    public.verify(Scheme::Ed25519, &Payload::Message(nekms_privval::sign_bytes::vote_extension(chain, &precommit)), &pc.extension_signature)?;
+    public.verify(
+        Scheme::Ed25519,
+        &Payload::Message(nekms_privval::sign_bytes::vote_extension(chain, &precommit)),
+        &pc.extension_signature,
+    )?;
     println!("      precommit for B1 with an extension   -> signed, and its extension signed too (verified)");
     Ok(())
 }

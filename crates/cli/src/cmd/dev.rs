@@ -91,7 +91,8 @@ fn print_line(line: &str, json: bool) {
 }
 
 fn audit(path: &std::path::Path, follow: bool, json: bool, last: Option<usize>) -> anyhow::Result<()> {
-    let file = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: {e} (has the local KMS run with this directory?)", path.display()))?;
+    let file =
+        std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: {e} (has the local KMS run with this directory?)", path.display()))?;
     let mut reader = BufReader::new(file);
     let mut lines: Vec<String> = Vec::new();
     let mut buf = String::new();

@@ -11,7 +11,6 @@ use nekms_rpc::{Client, CredentialsInfo, CredentialsUpdate, SecretString};
 use nekms_transport::Address;
 use zeroize::Zeroizing;
 
-
 /// Which enclave: `--enclave 16` (a CID; port 5000) or an address.
 #[derive(clap::Args, Clone, Debug)]
 pub struct EnclaveArg {
@@ -235,7 +234,10 @@ async fn describe(enclave: &EnclaveArg, json: bool) -> anyhow::Result<()> {
 }
 
 /// Credentials from the default chain (environment, profile, IMDS), and the chain's region.
-pub async fn default_chain(profile: Option<&str>, region: Option<&str>) -> anyhow::Result<(aws_credential_types::provider::SharedCredentialsProvider, Option<String>)> {
+pub async fn default_chain(
+    profile: Option<&str>,
+    region: Option<&str>,
+) -> anyhow::Result<(aws_credential_types::provider::SharedCredentialsProvider, Option<String>)> {
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
     if let Some(p) = profile {
         loader = loader.profile_name(p);
@@ -248,7 +250,13 @@ pub async fn default_chain(profile: Option<&str>, region: Option<&str>) -> anyho
     Ok((provider, config.region().map(|r| r.to_string())))
 }
 
-pub async fn credentials(enclave: &EnclaveArg, profile: Option<String>, region: Option<String>, watch: bool, interval: Duration) -> anyhow::Result<()> {
+pub async fn credentials(
+    enclave: &EnclaveArg,
+    profile: Option<String>,
+    region: Option<String>,
+    watch: bool,
+    interval: Duration,
+) -> anyhow::Result<()> {
     let (provider, region) = default_chain(profile.as_deref(), region.as_deref()).await?;
     let mut client: Option<Client> = None;
     loop {

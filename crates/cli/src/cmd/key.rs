@@ -334,9 +334,16 @@ impl OriginArgs {
     fn verify(&self, r: &KeyRecord) -> anyhow::Result<nekms_keys::origin::Origin> {
         let (verifier, _) = self.root.verifier()?;
         if r.origin == nekms_keys::Origin::Imported && !self.allow_imported {
-            bail!("rule import-disabled: key record {} was imported by an administrator; pass --allow-imported to accept imported keys", r.key_id);
+            bail!(
+                "rule import-disabled: key record {} was imported by an administrator; pass --allow-imported to accept imported keys",
+                r.key_id
+            );
         }
-        let trusted = self.pcr0.iter().map(|h| h.parse::<nekms_attestation::Pcr48>().with_context(|| format!("--pcr0 {h}"))).collect::<anyhow::Result<Vec<_>>>()?;
+        let trusted = self
+            .pcr0
+            .iter()
+            .map(|h| h.parse::<nekms_attestation::Pcr48>().with_context(|| format!("--pcr0 {h}")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(nekms_keys::origin::verify_origin(r, &verifier, &trusted)?)
     }
 }
@@ -372,7 +379,8 @@ pub(crate) async fn encrypt_for_import(
     for (k, v) in &context {
         req = req.encryption_context(k, v);
     }
-    let out = req.send().await.map_err(|e| anyhow::anyhow!("KMS Encrypt under {kms_key}: {}", aws_sdk_kms::error::DisplayErrorContext(&e)))?;
+    let out =
+        req.send().await.map_err(|e| anyhow::anyhow!("KMS Encrypt under {kms_key}: {}", aws_sdk_kms::error::DisplayErrorContext(&e)))?;
     Ok(out.ciphertext_blob().context("KMS Encrypt gave no CiphertextBlob")?.as_ref().to_vec())
 }
 
@@ -438,12 +446,10 @@ pub async fn ciphertext_from_secret(id: &str, endpoint: Option<&str>) -> anyhow:
         config = config.endpoint_url(e);
     }
     let client = aws_sdk_secretsmanager::Client::from_conf(config.build());
-    let out = client
-        .get_secret_value()
-        .secret_id(id)
-        .send()
-        .await
-        .map_err(|e| anyhow::anyhow!("Secrets Manager GetSecretValue {id}: {}", aws_sdk_secretsmanager::error::DisplayErrorContext(&e)))?;
+    let out =
+        client.get_secret_value().secret_id(id).send().await.map_err(|e| {
+            anyhow::anyhow!("Secrets Manager GetSecretValue {id}: {}", aws_sdk_secretsmanager::error::DisplayErrorContext(&e))
+        })?;
     if let Some(b) = out.secret_binary() {
         return Ok(b.as_ref().to_vec());
     }
@@ -459,7 +465,10 @@ fn ciphertext_arg(file: &Option<PathBuf>, b64: &Option<String>) -> anyhow::Resul
     let Some(p) = file else { return Ok(None) };
     let bytes = std::fs::read(p).with_context(|| p.display().to_string())?;
     // A file from `aws kms encrypt --output text` is base64; from fileb:// or the SDK, binary.
-    let text = std::str::from_utf8(&bytes).ok().map(str::trim).filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"+/=\n\r".contains(&b)));
+    let text = std::str::from_utf8(&bytes)
+        .ok()
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"+/=\n\r".contains(&b)));
     Ok(Some(match text.and_then(|t| B64.decode(t).ok()) {
         Some(decoded) => decoded,
         None => bytes,
@@ -544,9 +553,20 @@ pub fn run_key(cmd: KeyCommand) -> anyhow::Result<()> {
                 let r = record(&store.open().await?, &name).await?;
                 let checked = origin.verify(&r)?;
                 if json {
-                    println!("{}", serde_json::to_string_pretty(&json!({"key_id": r.key_id, "origin_verified": true, "origin": r.origin, "document": checked}))?);
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(
+                            &json!({"key_id": r.key_id, "origin_verified": true, "origin": r.origin, "document": checked})
+                        )?
+                    );
                 } else {
-                    println!("origin verified: {} ({}, {}) was made by the enclave image with PCR0 {}", r.key_id, r.spec, r.origin.as_str(), checked.pcr0);
+                    println!(
+                        "origin verified: {} ({}, {}) was made by the enclave image with PCR0 {}",
+                        r.key_id,
+                        r.spec,
+                        r.origin.as_str(),
+                        checked.pcr0
+                    );
                     println!("  document signed at {} ms by {}", checked.timestamp, checked.module_id);
                     println!("  commitment {}", checked.commitment);
                 }
@@ -558,7 +578,16 @@ pub fn run_key(cmd: KeyCommand) -> anyhow::Result<()> {
                 // Refuse now what the enclave would refuse at import; the spec goes into the context.
                 let spec = nekms_keys::parse_private_key(&secret, spec)?.spec();
                 let extra = nekms_enclave::app::encryption_context(&context)?;
-                let blob = encrypt_for_import(&admin_kms(endpoint_url.as_deref(), profile.as_deref()).await, &name, spec, &kms_key, &secret, &extra, Usage::from_flags(decrypt, privval).map_err(anyhow::Error::msg)?).await?;
+                let blob = encrypt_for_import(
+                    &admin_kms(endpoint_url.as_deref(), profile.as_deref()).await,
+                    &name,
+                    spec,
+                    &kms_key,
+                    &secret,
+                    &extra,
+                    Usage::from_flags(decrypt, privval).map_err(anyhow::Error::msg)?,
+                )
+                .await?;
                 match out {
                     Some(path) => {
                         std::fs::write(&path, &blob).with_context(|| path.display().to_string())?;
@@ -566,7 +595,13 @@ pub fn run_key(cmd: KeyCommand) -> anyhow::Result<()> {
                     }
                     None => println!("{}", B64.encode(&blob)),
                 }
-                let flag = if decrypt { " --decrypt" } else if privval { " --privval" } else { "" };
+                let flag = if decrypt {
+                    " --decrypt"
+                } else if privval {
+                    " --privval"
+                } else {
+                    ""
+                };
                 eprintln!("import it with: nekms key import --name {name} --spec {spec}{flag} --ciphertext ...");
                 Ok(())
             }
@@ -602,7 +637,8 @@ pub fn run_key(cmd: KeyCommand) -> anyhow::Result<()> {
                 let r = record(&store.open().await?, &name).await?;
                 let public = r.public()?;
                 if address {
-                    let a = public.eth_address().with_context(|| format!("{name} is {}, not secp256k1: it has no Ethereum address", r.spec))?;
+                    let a =
+                        public.eth_address().with_context(|| format!("{name} is {}, not secp256k1: it has no Ethereum address", r.spec))?;
                     println!("{}", a.to_checksum(None));
                 } else if pem {
                     print!("{}", public.to_pem());

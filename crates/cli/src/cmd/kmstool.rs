@@ -61,7 +61,8 @@ pub struct KmstoolClient {
 
 impl KmstoolClient {
     pub async fn connect(address: &Address) -> anyhow::Result<KmstoolClient> {
-        let stream = nekms_transport::connect(address).await.with_context(|| format!("connecting to the enclave's kmstool port at {address}"))?;
+        let stream =
+            nekms_transport::connect(address).await.with_context(|| format!("connecting to the enclave's kmstool port at {address}"))?;
         Ok(KmstoolClient { stream, buf: Zeroizing::new(Vec::new()) })
     }
 

@@ -14,9 +14,9 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use nekms_store::KeyStore;
 use nekms_keys::KeySpec;
 use nekms_rpc::{P11Key, P11Request, P11Response, P11Token, PinVerifier, Request, Response, SecretString};
+use nekms_store::KeyStore;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -258,7 +258,15 @@ fn acm_key_name(token: &str, id: u8) -> String {
     format!("acm-{safe}-{id:02x}")
 }
 
-async fn acm_convert(input: &PathBuf, token: &str, kms_key: &str, acm_kms_key: &str, out: &PathBuf, profile: Option<&str>, endpoint: Option<&str>) -> anyhow::Result<()> {
+async fn acm_convert(
+    input: &PathBuf,
+    token: &str,
+    kms_key: &str,
+    acm_kms_key: &str,
+    out: &PathBuf,
+    profile: Option<&str>,
+    endpoint: Option<&str>,
+) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(input).with_context(|| input.display().to_string())?;
     let keys: Vec<AcmKey> = serde_json::from_str(&text).with_context(|| format!("{}: not a p11ne-db key database", input.display()))?;
     if keys.is_empty() {
@@ -275,27 +283,28 @@ async fn acm_convert(input: &PathBuf, token: &str, kms_key: &str, acm_kms_key: &
         // ciphertexts carry no context): an entry without one is refused.
         let certificates = match &k.cert_pem {
             Some(pem) => pem_certificates(pem).with_context(|| format!("key {:?}: cert_pem", k.label))?,
-            None => bail!("key {:?} has no cert_pem: nothing binds its ciphertext to it; add its certificate chain to the database", k.label),
+            None => {
+                bail!("key {:?} has no cert_pem: nothing binds its ciphertext to it; add its certificate chain to the database", k.label)
+            }
         };
         let blob = B64.decode(k.encrypted_pem_b64.trim()).with_context(|| format!("key {:?}: encrypted_pem_b64 is not base64", k.label))?;
         // ACM encrypted the PEM with no encryption context.
-        let opened = client
-            .decrypt()
-            .key_id(acm_kms_key)
-            .ciphertext_blob(aws_sdk_kms::primitives::Blob::new(blob))
-            .send()
-            .await
-            .map_err(|e| anyhow::anyhow!("key {:?}: KMS Decrypt of ACM's ciphertext: {}", k.label, aws_sdk_kms::error::DisplayErrorContext(&e)))?;
+        let opened =
+            client.decrypt().key_id(acm_kms_key).ciphertext_blob(aws_sdk_kms::primitives::Blob::new(blob)).send().await.map_err(|e| {
+                anyhow::anyhow!("key {:?}: KMS Decrypt of ACM's ciphertext: {}", k.label, aws_sdk_kms::error::DisplayErrorContext(&e))
+            })?;
         let pem = Zeroizing::new(opened.plaintext().context("KMS Decrypt gave no plaintext")?.as_ref().to_vec());
         let private = nekms_keys::parse_private_key(&pem, None).with_context(|| format!("key {:?}: ACM's plaintext", k.label))?;
         let spec = private.spec();
-        let (_, cert) = x509_parser::parse_x509_certificate(&certificates[0]).map_err(|e| anyhow::anyhow!("key {:?}: not a DER certificate: {e}", k.label))?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&certificates[0])
+            .map_err(|e| anyhow::anyhow!("key {:?}: not a DER certificate: {e}", k.label))?;
         if cert.tbs_certificate.subject_pki.raw != private.public_key().spki() {
             bail!("key {:?}: its certificate is for another public key than the key in encrypted_pem_b64", k.label);
         }
         drop(private);
         let name = acm_key_name(token, id);
-        let ciphertext = super::key::encrypt_for_import(&client, &name, spec, kms_key, &pem, &BTreeMap::new(), nekms_keys::context::Usage::Sign).await?;
+        let ciphertext =
+            super::key::encrypt_for_import(&client, &name, spec, kms_key, &pem, &BTreeMap::new(), nekms_keys::context::Usage::Sign).await?;
         drop(pem);
         out_keys.push(AcmBundleKey {
             name,
@@ -308,7 +317,12 @@ async fn acm_convert(input: &PathBuf, token: &str, kms_key: &str, acm_kms_key: &
     }
     let bundle = AcmBundle { token: token.to_owned(), kms_key: kms_key.to_owned(), keys: out_keys };
     std::fs::write(out, serde_json::to_vec_pretty(&bundle)?).with_context(|| out.display().to_string())?;
-    println!("{} key(s) converted for token {token:?}: {}; on the parent: nekms p11 acm import --in {} --pin-file PIN", bundle.keys.len(), out.display(), out.display());
+    println!(
+        "{} key(s) converted for token {token:?}: {}; on the parent: nekms p11 acm import --in {} --pin-file PIN",
+        bundle.keys.len(),
+        out.display(),
+        out.display()
+    );
     Ok(())
 }
 
@@ -349,7 +363,12 @@ async fn acm_import(enclave: &EnclaveArg, store: &StoreArg, db: &DbArg, input: &
             imported.push(k.name.clone());
             keys.push(DbKey { id: k.id.clone(), key: k.name.clone(), certificates: k.certificates.clone(), decrypt: false });
         }
-        let token = DbToken { label: bundle.token.clone(), pin_verifier: DbVerifier { salt: String::new(), iterations: 0, hash: String::new() }, keys, writable: false };
+        let token = DbToken {
+            label: bundle.token.clone(),
+            pin_verifier: DbVerifier { salt: String::new(), iterations: 0, hash: String::new() },
+            keys,
+            writable: false,
+        };
         let request = token_request(&store, &token, Some(pin)).await?;
         let v = match client.call(&Request::P11(P11Request::AddToken { token: request, replace: false })).await? {
             Response::P11(P11Response::TokenAdded { pin_verifier, .. }) => pin_verifier,
@@ -362,7 +381,13 @@ async fn acm_import(enclave: &EnclaveArg, store: &StoreArg, db: &DbArg, input: &
         Ok(token) => {
             database.tokens.push(token);
             save(&path, &database)?;
-            println!("token {:?} provisioned from ACM's database with {} key(s) (records {}); the database {}", bundle.token, imported.len(), imported.join(", "), path.display());
+            println!(
+                "token {:?} provisioned from ACM's database with {} key(s) (records {}); the database {}",
+                bundle.token,
+                imported.len(),
+                imported.join(", "),
+                path.display()
+            );
             Ok(())
         }
         Err(e) => {
@@ -426,7 +451,13 @@ fn save(path: &PathBuf, db: &Db) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
     }
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).with_context(|| tmp.display().to_string())?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| tmp.display().to_string())?;
     f.write_all(&serde_json::to_vec_pretty(db)?)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path).with_context(|| path.display().to_string())?;
@@ -484,7 +515,12 @@ fn db_token(a: &TokenSpec, verifier: Option<DbVerifier>) -> anyhow::Result<DbTok
     for k in &a.keys {
         let (name, id) = split_pair(k, "--key")?;
         hex::decode(id).with_context(|| format!("--key {k}: the CKA_ID is not hex"))?;
-        keys.push(DbKey { id: id.to_ascii_lowercase(), key: name.to_owned(), certificates: certs.remove(name).unwrap_or_default(), decrypt: a.decrypt.iter().any(|d| d == name) });
+        keys.push(DbKey {
+            id: id.to_ascii_lowercase(),
+            key: name.to_owned(),
+            certificates: certs.remove(name).unwrap_or_default(),
+            decrypt: a.decrypt.iter().any(|d| d == name),
+        });
     }
     if let Some(d) = a.decrypt.iter().find(|d| !keys.iter().any(|k| k.key == **d)) {
         bail!("--decrypt names {d}, which no --key names");
@@ -506,7 +542,11 @@ async fn token_request(store: &nekms_store::Store, t: &DbToken, pin: Option<Secr
     }
     let pin_verifier = match pin {
         Some(_) => None,
-        None => Some(PinVerifier { salt: hex::decode(&t.pin_verifier.salt)?, iterations: t.pin_verifier.iterations, hash: hex::decode(&t.pin_verifier.hash)? }),
+        None => Some(PinVerifier {
+            salt: hex::decode(&t.pin_verifier.salt)?,
+            iterations: t.pin_verifier.iterations,
+            hash: hex::decode(&t.pin_verifier.hash)?,
+        }),
     };
     Ok(P11Token { label: t.label.clone(), pin, pin_verifier, keys, writable: t.writable })
 }
@@ -541,7 +581,8 @@ async fn add(t: TokenArgs, replace: bool) -> anyhow::Result<()> {
         P11Response::TokenAdded { slot, pin_verifier } => (slot, pin_verifier),
         other => bail!("the enclave answered {other:?}"),
     };
-    let token = DbToken { pin_verifier: DbVerifier { salt: hex::encode(v.salt), iterations: v.iterations, hash: hex::encode(v.hash) }, ..token };
+    let token =
+        DbToken { pin_verifier: DbVerifier { salt: hex::encode(v.salt), iterations: v.iterations, hash: hex::encode(v.hash) }, ..token };
     match existing {
         Some(i) => db.tokens[i] = token,
         None => db.tokens.push(token),
@@ -575,7 +616,8 @@ async fn pack(a: TokenSpec, replace: bool) -> anyhow::Result<()> {
         }
         if let Some(leaf) = k.certificates.first() {
             let der = B64.decode(leaf)?;
-            let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| anyhow::anyhow!("{}: not a DER certificate: {e}", k.key))?;
+            let (_, cert) =
+                x509_parser::parse_x509_certificate(&der).map_err(|e| anyhow::anyhow!("{}: not a DER certificate: {e}", k.key))?;
             if cert.tbs_certificate.subject_pki.raw != record.public_key.as_slice() {
                 bail!("the first certificate given for {} is not for that key's public key", k.key);
             }
@@ -630,7 +672,12 @@ async fn describe(enclave: &EnclaveArg, db: &DbArg, label: &str, json: bool) -> 
             let theirs: Vec<(String, usize, bool)> = s.keys.iter().map(|k| (hex::encode(&k.id), k.certificates.len(), k.decrypt)).collect();
             for k in &theirs {
                 if !ours.contains(k) {
-                    differences.push(format!("key {} (with {} certificate(s){}) is not so in the database", k.0, k.1, if k.2 { ", decrypts" } else { "" }));
+                    differences.push(format!(
+                        "key {} (with {} certificate(s){}) is not so in the database",
+                        k.0,
+                        k.1,
+                        if k.2 { ", decrypts" } else { "" }
+                    ));
                 }
             }
             for k in &ours {
@@ -662,15 +709,30 @@ async fn describe(enclave: &EnclaveArg, db: &DbArg, label: &str, json: bool) -> 
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    let state = if s.locked { "LOCKED: provision it again to unlock".to_owned() } else { format!("{} wrong PIN(s) since the last good one", s.failures) };
+    let state = if s.locked {
+        "LOCKED: provision it again to unlock".to_owned()
+    } else {
+        format!("{} wrong PIN(s) since the last good one", s.failures)
+    };
     println!("token {:?} in slot {} ({}, {state})", s.label, s.slot, if s.writable { "writable" } else { "write-protected" });
     for k in &keys {
-        println!("  key id {} {} {}{}, public key SHA-256 {}", k["id"].as_str().unwrap_or(""), k["label"].as_str().unwrap_or(""), k["spec"].as_str().unwrap_or(""),
-            if k["decrypt"] == true { ", decrypts" } else { "" }, k["public_key_sha256"].as_str().unwrap_or(""));
+        println!(
+            "  key id {} {} {}{}, public key SHA-256 {}",
+            k["id"].as_str().unwrap_or(""),
+            k["label"].as_str().unwrap_or(""),
+            k["spec"].as_str().unwrap_or(""),
+            if k["decrypt"] == true { ", decrypts" } else { "" },
+            k["public_key_sha256"].as_str().unwrap_or("")
+        );
         for c in k["certificates"].as_array().into_iter().flatten() {
             match c.get("error") {
                 Some(e) => println!("    certificate: {e}"),
-                None => println!("    certificate {} (issuer {}), valid until {}", c["subject"].as_str().unwrap_or(""), c["issuer"].as_str().unwrap_or(""), c["not_after"].as_str().unwrap_or("")),
+                None => println!(
+                    "    certificate {} (issuer {}), valid until {}",
+                    c["subject"].as_str().unwrap_or(""),
+                    c["issuer"].as_str().unwrap_or(""),
+                    c["not_after"].as_str().unwrap_or("")
+                ),
             }
         }
     }
@@ -726,7 +788,9 @@ pub fn run(c: Command) -> anyhow::Result<()> {
             Command::Acm(AcmCommand::Convert { input, token_label, kms_key, acm_kms_key, out, profile, endpoint_url }) => {
                 acm_convert(&input, &token_label, &kms_key, &acm_kms_key, &out, profile.as_deref(), endpoint_url.as_deref()).await
             }
-            Command::Acm(AcmCommand::Import { enclave, store, db, input, pin_file }) => acm_import(&enclave, &store, &db, &input, &pin_file).await,
+            Command::Acm(AcmCommand::Import { enclave, store, db, input, pin_file }) => {
+                acm_import(&enclave, &store, &db, &input, &pin_file).await
+            }
             Command::Token(TokenCommand::Remove { enclave, db, label }) => {
                 let path = db.path()?;
                 let mut tokens = load(&path)?;
@@ -739,7 +803,11 @@ pub fn run(c: Command) -> anyhow::Result<()> {
             Command::Token(TokenCommand::Sync { enclave, store, db, label }) => {
                 let path = db.path()?;
                 let mut tokens = load(&path)?;
-                let i = tokens.tokens.iter().position(|t| t.label == label).with_context(|| format!("the token database has no token labelled {label:?}"))?;
+                let i = tokens
+                    .tokens
+                    .iter()
+                    .position(|t| t.label == label)
+                    .with_context(|| format!("the token database has no token labelled {label:?}"))?;
                 let keys = match p11(&enclave, P11Request::Keys { label: label.clone() }).await? {
                     P11Response::Keys(k) => k,
                     other => bail!("the enclave answered {other:?}"),
@@ -756,7 +824,12 @@ pub fn run(c: Command) -> anyhow::Result<()> {
                         Some(_) => bail!("the store already has another key named {:?}", k.record.key_id),
                         None => store.create(&k.record).await?,
                     }
-                    tokens.tokens[i].keys.push(DbKey { id: id.clone(), key: k.record.key_id.clone(), certificates: vec![], decrypt: k.decrypt });
+                    tokens.tokens[i].keys.push(DbKey {
+                        id: id.clone(),
+                        key: k.record.key_id.clone(),
+                        certificates: vec![],
+                        decrypt: k.decrypt,
+                    });
                     println!("key {} (CKA_ID {id}) stored", k.record.key_id);
                     added += 1;
                 }
@@ -774,7 +847,9 @@ pub fn run(c: Command) -> anyhow::Result<()> {
                 for t in &tokens.tokens {
                     let request = token_request(&store, t, None).await?;
                     let replace = have.contains(&t.label);
-                    p11(&enclave, P11Request::AddToken { token: request, replace }).await.with_context(|| format!("token {:?}", t.label))?;
+                    p11(&enclave, P11Request::AddToken { token: request, replace })
+                        .await
+                        .with_context(|| format!("token {:?}", t.label))?;
                     println!("token {:?} restored", t.label);
                 }
                 Ok(())
@@ -803,7 +878,14 @@ pub fn run(c: Command) -> anyhow::Result<()> {
                         let state = if s.locked { "LOCKED".to_owned() } else { format!("{} wrong PIN(s)", s.failures) };
                         println!("slot {}: {} ({state})", s.slot, s.label);
                         for k in &s.keys {
-                            println!("  id {} {} {} ({} certificate(s){})", hex::encode(&k.id), k.label, k.spec.as_str(), k.certificate_count, if k.decrypt { ", decrypts" } else { "" });
+                            println!(
+                                "  id {} {} {} ({} certificate(s){})",
+                                hex::encode(&k.id),
+                                k.label,
+                                k.spec.as_str(),
+                                k.certificate_count,
+                                if k.decrypt { ", decrypts" } else { "" }
+                            );
                         }
                     }
                 }

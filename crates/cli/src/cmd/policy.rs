@@ -62,7 +62,11 @@ pub enum Command {
 
 pub fn run(cmd: Command) -> anyhow::Result<()> {
     if let Command::Check { file, account, json } = &cmd {
-        let text = if file.as_os_str() == "-" { std::io::read_to_string(std::io::stdin())? } else { std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))? };
+        let text = if file.as_os_str() == "-" {
+            std::io::read_to_string(std::io::stdin())?
+        } else {
+            std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?
+        };
         let policy = nekms_kms::policy::Policy::parse(&text, true).map_err(|e| anyhow::anyhow!("not a key policy AWS would take: {e}"))?;
         let findings = nekms_kms::policy_check::check(&policy, account.as_deref());
         if *json {

@@ -266,7 +266,11 @@ impl TmkmsConfig {
     pub fn read(path: &Path) -> anyhow::Result<TmkmsConfig> {
         let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
         let config: TmkmsConfig = toml::from_str(&text).with_context(|| format!("{}: not a tmkms.toml nekms reads", path.display()))?;
-        for (name, present) in [("yubihsm", config.providers.yubihsm.is_some()), ("ledgertm", config.providers.ledgertm.is_some()), ("fortanixdsm", config.providers.fortanixdsm.is_some())] {
+        for (name, present) in [
+            ("yubihsm", config.providers.yubihsm.is_some()),
+            ("ledgertm", config.providers.ledgertm.is_some()),
+            ("fortanixdsm", config.providers.fortanixdsm.is_some()),
+        ] {
             if present {
                 bail!("[[providers.{name}]]: nekms signs with keys in its enclave; only [[providers.softsign]] entries (with key = or encrypted_key_b64 =) are read");
             }
@@ -306,7 +310,10 @@ pub fn parse_validator_addr(addr: &str) -> anyhow::Result<(Address, Option<Strin
     };
     let sa: std::net::SocketAddr = match host.parse() {
         Ok(sa) => sa,
-        Err(_) => std::net::ToSocketAddrs::to_socket_addrs(host).with_context(|| format!("validator address {addr:?}"))?.next().context("no address")?,
+        Err(_) => std::net::ToSocketAddrs::to_socket_addrs(host)
+            .with_context(|| format!("validator address {addr:?}"))?
+            .next()
+            .context("no address")?,
     };
     Ok((Address::Tcp(sa), id))
 }
@@ -328,10 +335,22 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                 init(&enclave, &store, &key, &chain_id, None, Some(json)).await
             }
             Command::State(StateCommand::Show { dir, json }) => show(&dir, json),
-            Command::Anchor(AnchorCommand::EncryptCredentials { kms_key, table, access_key_id, secret_access_key_file, out, endpoint_url, profile }) => {
+            Command::Anchor(AnchorCommand::EncryptCredentials {
+                kms_key,
+                table,
+                access_key_id,
+                secret_access_key_file,
+                out,
+                endpoint_url,
+                profile,
+            }) => {
                 use base64::Engine;
-                let secret = zeroize::Zeroizing::new(std::fs::read_to_string(&secret_access_key_file).with_context(|| secret_access_key_file.display().to_string())?);
-                let plaintext = zeroize::Zeroizing::new(serde_json::to_vec(&serde_json::json!({"access_key_id": access_key_id, "secret_access_key": secret.trim()}))?);
+                let secret = zeroize::Zeroizing::new(
+                    std::fs::read_to_string(&secret_access_key_file).with_context(|| secret_access_key_file.display().to_string())?,
+                );
+                let plaintext = zeroize::Zeroizing::new(serde_json::to_vec(
+                    &serde_json::json!({"access_key_id": access_key_id, "secret_access_key": secret.trim()}),
+                )?);
                 let client = super::key::admin_kms(endpoint_url.as_deref(), profile.as_deref()).await;
                 let sent = client
                     .encrypt()
@@ -428,7 +447,9 @@ async fn push_config(enclave: &EnclaveArg, store: &StoreArg, path: &Path) -> any
         let name = s.key.clone().context("[[providers.softsign]]: give key = \"NAME\" (the consensus key's custody record)")?;
         if s.encrypted_key_b64.is_some() && store.get(&name).await?.is_none() {
             use base64::Engine;
-            let blob = base64::engine::general_purpose::STANDARD.decode(s.encrypted_key_b64.as_deref().expect("present").trim()).context("encrypted_key_b64 is not base64")?;
+            let blob = base64::engine::general_purpose::STANDARD
+                .decode(s.encrypted_key_b64.as_deref().expect("present").trim())
+                .context("encrypted_key_b64 is not base64")?;
             let spec = nekms_keys::KeySpec::Ed25519;
             let request = nekms_rpc::ImportKey {
                 key_id: name.clone(),
@@ -464,7 +485,8 @@ async fn push_config(enclave: &EnclaveArg, store: &StoreArg, path: &Path) -> any
         let key_name = keys.get(&chain.id).with_context(|| format!("chain {:?} has no [[providers.softsign]] key", chain.id))?;
         let key = record(&store, key_name).await?;
         let validators: Vec<&ValidatorConfig> = config.validator.iter().filter(|v| v.chain_id == chain.id).collect();
-        let versions: std::collections::BTreeSet<String> = validators.iter().map(|v| v.protocol_version.clone().unwrap_or_else(|| "v0.34".into())).collect();
+        let versions: std::collections::BTreeSet<String> =
+            validators.iter().map(|v| v.protocol_version.clone().unwrap_or_else(|| "v0.34".into())).collect();
         if versions.len() > 1 {
             bail!("chain {:?}: its validators give different protocol_version values ({versions:?})", chain.id);
         }
@@ -476,7 +498,13 @@ async fn push_config(enclave: &EnclaveArg, store: &StoreArg, path: &Path) -> any
             Some(n) => Some(record(&store, n).await?),
             None => None,
         };
-        let max_height = validators.iter().filter_map(|v| v.max_height.as_ref()).map(toml_height).collect::<anyhow::Result<Vec<i64>>>()?.into_iter().min();
+        let max_height = validators
+            .iter()
+            .filter_map(|v| v.max_height.as_ref())
+            .map(toml_height)
+            .collect::<anyhow::Result<Vec<i64>>>()?
+            .into_iter()
+            .min();
         let request = PrivvalChain {
             chain_id: chain.id.clone(),
             key,
@@ -504,7 +532,14 @@ fn toml_height(v: &toml::Value) -> anyhow::Result<i64> {
     }
 }
 
-async fn init(enclave: &EnclaveArg, store: &StoreArg, key: &str, chain_id: &str, height: Option<i64>, import: Option<String>) -> anyhow::Result<()> {
+async fn init(
+    enclave: &EnclaveArg,
+    store: &StoreArg,
+    key: &str,
+    chain_id: &str,
+    height: Option<i64>,
+    import: Option<String>,
+) -> anyhow::Result<()> {
     let record = record(&store.open().await?, key).await?;
     let request = PrivvalRequest::InitState { key: Box::new(record), chain_id: chain_id.into(), height, import };
     match enclave.connect().await?.privval(request).await? {
@@ -618,7 +653,12 @@ fn answer(dir: &Path, sync: bool, body: &[u8]) -> StoreReply {
 async fn persist(listen: &str, dir: &Path, sync: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
     let listener = nekms_transport::Listener::bind(&listen.parse()?).await.with_context(|| format!("listening on {listen}"))?;
-    eprintln!("nekms privval persist: state records in {} ({}); listening on {}", dir.display(), if sync { "two slots per chain, fdatasync before each acknowledgement" } else { "NO fsync" }, listener.local_address());
+    eprintln!(
+        "nekms privval persist: state records in {} ({}); listening on {}",
+        dir.display(),
+        if sync { "two slots per chain, fdatasync before each acknowledgement" } else { "NO fsync" },
+        listener.local_address()
+    );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         r = serve_store(listener, dir.to_path_buf(), sync) => r,
@@ -650,7 +690,9 @@ pub async fn serve_store(listener: nekms_transport::Listener, dir: PathBuf, sync
                 let reply = {
                     let _held = lock.lock().await;
                     let dir = dir.clone();
-                    tokio::task::spawn_blocking(move || answer(&dir, sync, &body)).await.unwrap_or_else(|e| StoreReply::Failed(e.to_string()))
+                    tokio::task::spawn_blocking(move || answer(&dir, sync, &body))
+                        .await
+                        .unwrap_or_else(|e| StoreReply::Failed(e.to_string()))
                 };
                 if let StoreReply::Failed(why) = &reply {
                     eprintln!("nekms privval persist: {why}");
@@ -690,7 +732,8 @@ async fn read_frame(stream: &mut Stream, buf: &mut Vec<u8>, max: usize) -> anyho
 
 fn show(dir: &Path, json: bool) -> anyhow::Result<()> {
     let mut rows = Vec::new();
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir).with_context(|| dir.display().to_string())?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    let mut paths: Vec<PathBuf> =
+        std::fs::read_dir(dir).with_context(|| dir.display().to_string())?.filter_map(|e| e.ok().map(|e| e.path())).collect();
     paths.sort();
     for path in paths {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();

@@ -155,8 +155,18 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let config = dev.config()?;
     let run_dir = a.run_dir.clone().unwrap_or_else(|| dev.path().join("up"));
     std::fs::create_dir_all(&run_dir).with_context(|| run_dir.display().to_string())?;
-    let [kms_ready, proxy_sock, rpc_sock, kmstool_sock, allowlist, p11_sock, p11kit_sock, privval_sock, state_sock] =
-        ["kms.ready.json", "proxy.sock", "rpc.sock", "kmstool.sock", "allowlist.yaml", "p11.sock", "p11-kit.sock", "privval.sock", "privval-state.sock"].map(|n| run_dir.join(n));
+    let [kms_ready, proxy_sock, rpc_sock, kmstool_sock, allowlist, p11_sock, p11kit_sock, privval_sock, state_sock] = [
+        "kms.ready.json",
+        "proxy.sock",
+        "rpc.sock",
+        "kmstool.sock",
+        "allowlist.yaml",
+        "p11.sock",
+        "p11-kit.sock",
+        "privval.sock",
+        "privval-state.sock",
+    ]
+    .map(|n| run_dir.join(n));
     let state_dir = dev.path().join("privval-state");
     for stale in [&kms_ready, &proxy_sock, &rpc_sock, &kmstool_sock, &p11_sock, &p11kit_sock, &privval_sock, &state_sock] {
         let _ = std::fs::remove_file(stale);
@@ -175,7 +185,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let ready: serde_json::Value = serde_json::from_slice(&std::fs::read(&kms_ready)?)?;
     let url = |k: &str| ready[k].as_str().map(str::to_owned).with_context(|| format!("the KMS ready file lacks {k}"));
     let (kms_http_url, kms_https_url) = (url("http")?, url("https")?);
-    let https_port: u16 = kms_https_url.rsplit(':').next().and_then(|p| p.trim_end_matches('/').parse().ok()).context("the KMS's HTTPS port")?;
+    let https_port: u16 =
+        kms_https_url.rsplit(':').next().and_then(|p| p.trim_end_matches('/').parse().ok()).context("the KMS's HTTPS port")?;
 
     // 2. The proxy, allowing exactly that endpoint.
     std::fs::write(&allowlist, format!("allowlist:\n  - {{address: localhost, port: {https_port}}}\n"))?;
@@ -191,7 +202,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let (program, prefix) = enclave_program()?;
     let image = a.image.clone().unwrap_or_else(|| program.clone());
     let enclave_config = run_dir.join("enclave.toml");
-    let http_addr: std::net::SocketAddr = kms_http_url.trim_start_matches("http://").trim_end_matches('/').parse().context("the KMS's HTTP address")?;
+    let http_addr: std::net::SocketAddr =
+        kms_http_url.trim_start_matches("http://").trim_end_matches('/').parse().context("the KMS's HTTP address")?;
     let admin = crate::kms_client::Target::principal(&dev, http_addr, "admin")?;
     let configure = |arn: &str| -> anyhow::Result<nekms_nsm::measure::Measurement> {
         let mut text = String::from("# nekms-enclave's measured configuration, written by nekms dev up: PCR0 covers it.\n");
@@ -199,7 +211,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         text.push_str(&format!("parent-decrypt = {}\n", !a.no_parent_decrypt));
         text.push_str(&format!("allow-import = {}\n", !a.no_import));
         if let (Some(t), Some(e)) = (&a.privval_anchor_table, &a.privval_anchor_endpoint) {
-            text.push_str(&format!("privval-anchor-table = {t:?}\nprivval-anchor-endpoint = {e:?}\nprivval-anchor-region = {:?}\n", config.region));
+            text.push_str(&format!(
+                "privval-anchor-table = {t:?}\nprivval-anchor-endpoint = {e:?}\nprivval-anchor-region = {:?}\n",
+                config.region
+            ));
         }
         if let Some(j) = a.privval_max_height_jump {
             text.push_str(&format!("privval-max-height-jump = {j}\n"));
@@ -272,7 +287,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let p11 = match (&p11_module, &p11kit) {
         (Some(module), Some(kit)) => {
             let mut server = Command::new(kit);
-            server.args(["server", "-f", "-p"]).arg(module).arg("-n").arg(&p11kit_sock).arg("pkcs11:").env("NEKMS_P11_RPC", unix(&p11_sock));
+            server
+                .args(["server", "-f", "-p"])
+                .arg(module)
+                .arg("-n")
+                .arg(&p11kit_sock)
+                .arg("pkcs11:")
+                .env("NEKMS_P11_RPC", unix(&p11_sock));
             let pid = group.spawn("p11-kit server", server)?;
             wait_for("p11-kit server", &mut group, || p11kit_sock.exists())?;
             Ok((format!("unix:path={}", p11kit_sock.display()), pid))
@@ -286,7 +307,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let description = rt.block_on(async {
         let client = nekms_rpc::Client::connect(&rpc_address.parse()?, concat!("nekms ", env!("CARGO_PKG_VERSION"))).await?;
         if !a.no_credentials {
-            let instance = dev.principals()?.into_iter().find(|p| p.name == "instance").context("principals.toml has no instance principal")?;
+            let instance =
+                dev.principals()?.into_iter().find(|p| p.name == "instance").context("principals.toml has no instance principal")?;
             client
                 .set_credentials(CredentialsUpdate {
                     access_key_id: instance.access_key_id.clone(),
@@ -341,14 +363,26 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     println!("nekms dev up: running; Ctrl-C stops everything");
     println!("  local KMS   {kms_http_url} (parent) and {kms_https_url} (enclave), pid {kms_pid}");
     println!("  proxy       {} -> localhost:{https_port}, pid {proxy_pid}", unix(&proxy_sock));
-    println!("  enclave     {} (image {}), pid {enclave_pid}", if description.simulated { "simulated" } else { "hardware" }, image.display());
+    println!(
+        "  enclave     {} (image {}), pid {enclave_pid}",
+        if description.simulated { "simulated" } else { "hardware" },
+        image.display()
+    );
     println!("              RPC {rpc_address}");
     println!("              kmstool {}", unix(&kmstool_sock));
     match &p11 {
-        Ok((address, pid)) => println!("  PKCS#11     p11-kit server {address} (module {}), pid {pid}; add tokens with nekms p11 token add", p11_module.as_ref().map(|m| m.display().to_string()).unwrap_or_default()),
+        Ok((address, pid)) => println!(
+            "  PKCS#11     p11-kit server {address} (module {}), pid {pid}; add tokens with nekms p11 token add",
+            p11_module.as_ref().map(|m| m.display().to_string()).unwrap_or_default()
+        ),
         Err(why) => println!("  PKCS#11     not served: {why}"),
     }
-    println!("  validator signer {} (state store {}, pid {persist_pid}, records in {})", unix(&privval_sock), unix(&state_sock), state_dir.display());
+    println!(
+        "  validator signer {} (state store {}, pid {persist_pid}, records in {})",
+        unix(&privval_sock),
+        unix(&state_sock),
+        state_dir.display()
+    );
     if let Some(pid) = privval_proxy {
         println!("              privval proxy pid {pid}; nekms privval status shows the chains");
     }
@@ -356,7 +390,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         println!("  PCR{i}        {}", pcr(i));
     }
     println!("  custody key {custody_key}");
-    println!("              pinned in {} (measured into PCR0); its final policy names this PCR0 and locks the administrator out", enclave_config.display());
+    println!(
+        "              pinned in {} (measured into PCR0); its final policy names this PCR0 and locks the administrator out",
+        enclave_config.display()
+    );
     if a.debug_mode {
         println!("  WARNING     debug mode: PCRs are all zero, so a policy naming them admits every debug-mode image");
     }

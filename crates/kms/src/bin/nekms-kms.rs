@@ -3,7 +3,11 @@
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(name = "nekms-kms", version, about = "A local AWS KMS that enforces enclave attestation (KMS JSON 1.1 over HTTP/HTTPS, SigV4, key policies, Recipient)")]
+#[command(
+    name = "nekms-kms",
+    version,
+    about = "A local AWS KMS that enforces enclave attestation (KMS JSON 1.1 over HTTP/HTTPS, SigV4, key policies, Recipient)"
+)]
 struct Cli {
     #[command(flatten)]
     serve: nekms_kms::run::ServeArgs,

@@ -11,7 +11,9 @@ use serde_json::{json, Value};
 use super::Call;
 use crate::blob::EncryptionContext;
 use crate::error::KmsError;
-use crate::grant::{supported_operations, Constraints, Grant, GRANT_OPERATIONS, MAX_CONSTRAINT_PAIRS, MAX_CONSTRAINT_VALUE, MAX_GRANTS_PER_KEY};
+use crate::grant::{
+    supported_operations, Constraints, Grant, GRANT_OPERATIONS, MAX_CONSTRAINT_PAIRS, MAX_CONSTRAINT_VALUE, MAX_GRANTS_PER_KEY,
+};
 use crate::model::KeyState;
 use crate::policy::{evaluate_identity, Decision, RequestContext};
 use crate::request::{b64, Request};
@@ -40,17 +42,25 @@ fn constraint_context(req: &Request, name: &str) -> Result<Option<EncryptionCont
     }
     let ctx = req.context(name)?;
     if ctx.len() > MAX_CONSTRAINT_PAIRS {
-        return Err(KmsError::validation(format!("Constraints.{name} has {} pairs; a grant constraint holds at most {MAX_CONSTRAINT_PAIRS}", ctx.len())));
+        return Err(KmsError::validation(format!(
+            "Constraints.{name} has {} pairs; a grant constraint holds at most {MAX_CONSTRAINT_PAIRS}",
+            ctx.len()
+        )));
     }
     if let Some((k, _)) = ctx.iter().find(|(k, v)| k.is_empty() || v.chars().count() > MAX_CONSTRAINT_VALUE) {
-        return Err(KmsError::validation(format!("Constraints.{name}: the pair {k:?} has an empty key or a value over {MAX_CONSTRAINT_VALUE} characters")));
+        return Err(KmsError::validation(format!(
+            "Constraints.{name}: the pair {k:?} has an empty key or a value over {MAX_CONSTRAINT_VALUE} characters"
+        )));
     }
     Ok(Some(ctx))
 }
 
 fn constraints(req: &Request) -> Result<Option<Constraints>, KmsError> {
     let Some(c) = req.object("Constraints")? else { return Ok(None) };
-    let c = Constraints { equals: constraint_context(&c, "EncryptionContextEquals")?, subset: constraint_context(&c, "EncryptionContextSubset")? };
+    let c = Constraints {
+        equals: constraint_context(&c, "EncryptionContextEquals")?,
+        subset: constraint_context(&c, "EncryptionContextSubset")?,
+    };
     Ok((c.equals.is_some() || c.subset.is_some()).then_some(c))
 }
 
@@ -63,7 +73,10 @@ fn operations(req: &Request) -> Result<Vec<String>, KmsError> {
         return Err(KmsError::validation("Operations must name at least one operation"));
     }
     if let Some(bad) = ops.iter().find(|o| !GRANT_OPERATIONS.contains(&o.as_str())) {
-        return Err(KmsError::constraint("Operations", format!("Member must satisfy enum value set: [{}] (got {bad:?})", GRANT_OPERATIONS.join(", "))));
+        return Err(KmsError::constraint(
+            "Operations",
+            format!("Member must satisfy enum value set: [{}] (got {bad:?})", GRANT_OPERATIONS.join(", ")),
+        ));
     }
     let mut seen = std::collections::BTreeSet::new();
     ops.retain(|o| seen.insert(o.clone()));
@@ -112,7 +125,8 @@ impl Call<'_> {
             }
             let grantee = self.caller_is(&g.grantee_principal, ctx)
                 || g.grantee_principal == root
-                    && (self.caller.principal_arn == root || evaluate_identity(self.kms.identity_policies(self.caller), ctx) == Decision::Allow);
+                    && (self.caller.principal_arn == root
+                        || evaluate_identity(self.kms.identity_policies(self.caller), ctx) == Decision::Allow);
             if grantee {
                 out.push(g);
             }
@@ -122,7 +136,8 @@ impl Call<'_> {
 
     pub(super) fn create_grant(&mut self) -> Result<Value, KmsError> {
         self.grant_tokens()?;
-        let grantee = principal(&self.req, "GranteePrincipal")?.ok_or_else(|| KmsError::constraint("GranteePrincipal", "Member must not be null"))?;
+        let grantee =
+            principal(&self.req, "GranteePrincipal")?.ok_or_else(|| KmsError::constraint("GranteePrincipal", "Member must not be null"))?;
         let retiring = principal(&self.req, "RetiringPrincipal")?;
         let ops = operations(&self.req)?;
         let constraints = constraints(&self.req)?;
@@ -191,7 +206,11 @@ impl Call<'_> {
         // same grant and a new token.
         if name.is_some() {
             let existing = self.store().grants(&key.metadata.key_id)?.into_iter().find(|g| {
-                g.name == name && g.grantee_principal == grantee && g.retiring_principal == retiring && same_operations(&g.operations, &ops) && g.constraints == constraints
+                g.name == name
+                    && g.grantee_principal == grantee
+                    && g.retiring_principal == retiring
+                    && same_operations(&g.operations, &ops)
+                    && g.constraints == constraints
             });
             if let Some(g) = existing {
                 self.store().add_grant_token(&g.grant_id, &token)?;
@@ -210,7 +229,10 @@ impl Call<'_> {
             constraints,
         };
         if !self.store().insert_grant(&key.metadata.key_id, &grant, &token, MAX_GRANTS_PER_KEY)? {
-            return Err(KmsError::new("LimitExceededException", format!("{} already has {MAX_GRANTS_PER_KEY} grants, the most a key may have", key.metadata.arn)));
+            return Err(KmsError::new(
+                "LimitExceededException",
+                format!("{} already has {MAX_GRANTS_PER_KEY} grants, the most a key may have", key.metadata.arn),
+            ));
         }
         self.audit.request_parameters.insert("grantId".into(), grant.grant_id.clone().into());
         Ok(json!({"GrantToken": token, "GrantId": grant.grant_id}))
@@ -231,16 +253,25 @@ impl Call<'_> {
     }
 
     pub(super) fn list_retirable_grants(&mut self) -> Result<Value, KmsError> {
-        let retiring = principal(&self.req, "RetiringPrincipal")?.ok_or_else(|| KmsError::constraint("RetiringPrincipal", "Member must not be null"))?;
+        let retiring = principal(&self.req, "RetiringPrincipal")?
+            .ok_or_else(|| KmsError::constraint("RetiringPrincipal", "Member must not be null"))?;
         self.authorize_identity("kms:ListRetirableGrants", &|_| {})?;
-        let grants: Vec<Value> = self.store().grants_retirable_by(&retiring)?.into_iter().map(|g| serde_json::to_value(g).expect("a grant serialises")).collect();
+        let grants: Vec<Value> = self
+            .store()
+            .grants_retirable_by(&retiring)?
+            .into_iter()
+            .map(|g| serde_json::to_value(g).expect("a grant serialises"))
+            .collect();
         self.page(grants, "Grants", 100, 50)
     }
 
     /// The grant named by `GrantId` (and `KeyId`, which must be its key).
     fn named_grant(&mut self, grant_id: &str, key: Option<&StoredKey>) -> Result<Grant, KmsError> {
         if !grant_id_valid(grant_id) {
-            return Err(KmsError::new("InvalidGrantIdException", format!("The grant id {grant_id:?} is not valid: grant ids are 64 hexadecimal digits")));
+            return Err(KmsError::new(
+                "InvalidGrantIdException",
+                format!("The grant id {grant_id:?} is not valid: grant ids are 64 hexadecimal digits"),
+            ));
         }
         let not_found = || KmsError::not_found(format!("Grant ID {grant_id} not found"));
         let (key_id, grant) = self.store().grant(grant_id)?.ok_or_else(not_found)?;
@@ -260,7 +291,9 @@ impl Call<'_> {
         let key_id = self.req.str_len("KeyId", 1, 2048)?.map(str::to_owned);
         let grant = match (token, grant_id, key_id) {
             (Some(t), id, key) => {
-                let by_token = self.store().token_grant(&t)?.ok_or_else(|| KmsError::new("InvalidGrantTokenException", "The grant token is not valid: this KMS did not issue it"))?;
+                let by_token = self.store().token_grant(&t)?.ok_or_else(|| {
+                    KmsError::new("InvalidGrantTokenException", "The grant token is not valid: this KMS did not issue it")
+                })?;
                 if id.as_ref().is_some_and(|id| *id != by_token) {
                     return Err(KmsError::validation("GrantId does not name the grant the GrantToken was issued for"));
                 }
@@ -284,7 +317,10 @@ impl Call<'_> {
             return Err(super::denied(self.caller, "kms:RetireGrant", &grant.key_id, &d));
         }
         let in_account = grant.key_id.split(':').nth(4) == Some(self.account());
-        let may = grant.retiring_principal.as_deref().is_some_and(|r| self.caller_is(r, &ctx) || r == root && in_account && identity == Decision::Allow)
+        let may = grant
+            .retiring_principal
+            .as_deref()
+            .is_some_and(|r| self.caller_is(r, &ctx) || r == root && in_account && identity == Decision::Allow)
             || self.caller_is(&grant.grantee_principal, &ctx) && grant.operations.iter().any(|o| o == "RetireGrant")
             || self.caller.principal_arn == root
             || in_account && identity == Decision::Allow;
@@ -305,7 +341,8 @@ impl Call<'_> {
     }
 
     pub(super) fn revoke_grant(&mut self) -> Result<Value, KmsError> {
-        let grant_id = self.req.str_len("GrantId", 1, 128)?.ok_or_else(|| KmsError::constraint("GrantId", "Member must not be null"))?.to_owned();
+        let grant_id =
+            self.req.str_len("GrantId", 1, 128)?.ok_or_else(|| KmsError::constraint("GrantId", "Member must not be null"))?.to_owned();
         let key = self.authorized_key("KeyId", "kms:RevokeGrant", &|ctx| ctx.set("kms:GrantIsForAWSResource", "false"))?;
         self.audit.resources.clear();
         let grant = self.named_grant(&grant_id, Some(&key))?;

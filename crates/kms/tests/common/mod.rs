@@ -120,7 +120,9 @@ impl Drop for LocalKms {
 }
 
 /// The error code of an SDK error.
-pub fn code<E: aws_sdk_kms::error::ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(e: aws_sdk_kms::error::SdkError<E, R>) -> String {
+pub fn code<E: aws_sdk_kms::error::ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
+    e: aws_sdk_kms::error::SdkError<E, R>,
+) -> String {
     use aws_sdk_kms::error::ProvideErrorMetadata;
     let code = e.code().map(str::to_owned);
     code.unwrap_or_else(|| format!("no code: {}", aws_sdk_kms::error::DisplayErrorContext(&e)))
