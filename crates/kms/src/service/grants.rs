@@ -314,7 +314,7 @@ impl Call<'_> {
         // https://docs.aws.amazon.com/kms/latest/developerguide/grant-delete.html
         let identity = evaluate_identity(self.kms.identity_policies(self.caller), &ctx);
         if let d @ Decision::ExplicitDeny { .. } = identity {
-            return Err(super::denied(self.caller, "kms:RetireGrant", &grant.key_id, &d));
+            return Err(super::authorization::denied(self.caller, "kms:RetireGrant", &grant.key_id, &d));
         }
         let in_account = grant.key_id.split(':').nth(4) == Some(self.account());
         let may = grant
