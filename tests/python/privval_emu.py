@@ -11,7 +11,6 @@ signature with `cryptography`.
 
 import os
 import socket
-import time
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
@@ -313,13 +312,6 @@ def script(chain_ids, heights=60, seed=1):
 
 def encode(chain, kind, msg):
     return sign_proposal_request(chain, msg) if kind == "proposal" else sign_vote_request(chain, msg)
-
-
-def wait_for(path, timeout=30):
-    deadline = time.time() + timeout
-    while not os.path.exists(path):
-        assert time.time() < deadline, f"{path} did not appear"
-        time.sleep(0.05)
 
 
 class Recorder:

@@ -13,11 +13,9 @@ the rule's name.
 
 import base64
 import json
-import os
 import stat
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
@@ -27,8 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from eth_account import Account
 from eth_account.messages import encode_defunct
 
-from test_dev_up import NEKMS, Up
-from test_keys import Moto, secret_forms
+from conftest import NEKMS, secret_forms, stop
 
 
 class Agent:
@@ -37,14 +34,8 @@ class Agent:
         self.log = up.base / f"{name}.log"
         # The agent makes the token file (0600, a random token) if it is missing; every agent here shares it.
         self.token_file = up.base / "agent.token"
-        self.proc = subprocess.Popen([NEKMS, "agent", "--listen", "127.0.0.1:0", "--token-file", str(self.token_file),
-                                      "--ready-file", str(self.ready), *args],
-                                     env=env or up.env, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT)
-        deadline = time.time() + 30
-        while not self.ready.exists():
-            assert self.proc.poll() is None, self.log.read_text()
-            assert time.time() < deadline
-            time.sleep(0.05)
+        self.proc = up.start([NEKMS, "agent", "--listen", "127.0.0.1:0", "--token-file", str(self.token_file),
+                              "--ready-file", str(self.ready), *args], self.ready, f"the agent {name}", self.log, env=env)
         self.url = json.loads(self.ready.read_text())["url"]
         self.token = self.token_file.read_text().strip()
         self.responses = []
@@ -68,26 +59,18 @@ class Agent:
             return status, text
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
+        stop(self.proc)
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    base = tmp_path_factory.mktemp("agent")
-    u = Up(base)
-    u.env["NEKMS_STORE"] = f"sqlite:{base / 'keys.db'}"
-    u.moto = Moto(base / "moto.log")
-    u.env["NEKMS_SECRETS_ENDPOINT"] = u.moto.url
-    u.env["NEKMS_STORE_ENDPOINT"] = u.moto.url
+def env(dev_up):
+    u = dev_up("agent")
+    u.env["NEKMS_STORE"] = f"sqlite:{u.base / 'keys.db'}"
+    u.moto = u.start_moto()
     # The custody key dev up pinned in the enclave's measured configuration.
     u.key = u.info["custody_kms_key"]
     u.agent = Agent(u, "agent")
-    yield u
-    u.agent.stop()
-    u.moto.stop()
-    u.stop()
+    return u
 
 
 def test_callers_need_the_token_and_a_loopback_host(env):

@@ -26,81 +26,29 @@ import socket
 import sqlite3
 import struct
 import subprocess
-import time
 
-import boto3
 import cbor2
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from test_dev_up import ACCOUNT, NEKMS, NEKMS_ENCLAVE, Up
-
-ADMIN = f"arn:aws:iam::{ACCOUNT}:role/nekms-key-admin"
-INSTANCE = f"arn:aws:iam::{ACCOUNT}:role/nekms-instance"
-
-
-class Rpc:
-    """The native RPC as its module documentation describes it: 4-byte
-    big-endian length, CBOR body; Hello/Welcome, then Call/Reply."""
-
-    def __init__(self, address):
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.connect(address.removeprefix("unix://"))
-        self.id = 0
-        self.send({"Hello": {"protocol": "nekms-rpc", "versions": [1], "agent": "attacker"}})
-        assert "Welcome" in self.recv()
-
-    def send_raw(self, body: bytes):
-        self.sock.sendall(struct.pack(">I", len(body)) + body)
-
-    def send(self, frame):
-        self.send_raw(cbor2.dumps(frame))
-
-    def recv(self):
-        head = self.read(4)
-        return cbor2.loads(self.read(struct.unpack(">I", head)[0]))
-
-    def read(self, n):
-        out = b""
-        while len(out) < n:
-            chunk = self.sock.recv(n - len(out))
-            assert chunk, "the enclave closed the connection"
-            out += chunk
-        return out
-
-    def call(self, request, raw=None):
-        """The outcome: ("Ok", value) or ("Err", {code, message, ...})."""
-        self.id += 1
-        if raw is None:
-            self.send({"Call": {"id": self.id, "request": request}})
-        else:
-            self.send_raw(raw(self.id))
-        reply = self.recv()["Reply"]
-        assert reply["id"] == self.id
-        (kind, value), = reply["outcome"].items()
-        return kind, value
+from conftest import ACCOUNT, ADMIN, INSTANCE, NEKMS, Rpc, Up, cbor_record, nekms, spawn, stop, wait_for
 
 
 class World:
-    """`nekms dev up` and what the attacker collects."""
+    """`nekms dev up`, its key store, and what the attacker collects."""
 
-    def __init__(self, base):
-        self.up = Up(base)
-        self.base = base
-        self.store_path = base / "keys.db"
-        self.env = {**self.up.env, "NEKMS_STORE": f"sqlite:{self.store_path}"}
-        self.custody = self.up.info["custody_kms_key"]
-        self.seen = []  # every text and byte string the attacker saw
+    def __init__(self, up):
+        self.up = up
+        self.base = up.base
+        self.store_path = up.base / "keys.db"
+        up.env["NEKMS_STORE"] = f"sqlite:{self.store_path}"
+        self.env = up.env
+        self.custody = up.info["custody_kms_key"]
+        self.seen = up.outputs  # every text and byte string the attacker saw (the CLI's outputs among them)
         self.secrets = []  # what must never be seen
-
-    def nekms(self, *args, check=True, env=None):
-        r = subprocess.run([NEKMS, *args], capture_output=True, text=True, env=env or self.env, timeout=120)
-        self.seen += [r.stdout, r.stderr]
-        if check:
-            assert r.returncode == 0, f"nekms {' '.join(args)}: {r.stderr}"
-        return r
+        self.nekms = up.nekms
 
     def refused(self, *args, rule):
         """Run `nekms ARGS`: it must fail, naming `rule`; returns stderr."""
@@ -134,18 +82,8 @@ class World:
                  base64.b64decode(record["attestation"]) if record.get("attestation") else None))
 
 
-def enclave_cli(world, verb, *args):
-    """kmstool-enclave-cli's verb, run by an enclave with dev up's measured
-    configuration (so its PCR0 is the one the custody policy names)."""
-    c = world.up.creds["instance"]
-    https_port = world.up.info["kms_https"].rsplit(":", 1)[1]
-    cmd = [NEKMS_ENCLAVE, "--config", world.up.info["enclave_config"], "--sim", "--dev-dir", str(world.up.dev),
-           "--proxy", world.up.info["proxy"], "--kms-endpoint", f"https://localhost:{https_port}", "--kms-ca", str(world.up.dev / "tls-ca.pem"),
-           "cli", verb, "--region", "us-east-1", "--aws-access-key-id", c["access_key_id"],
-           "--aws-secret-access-key", c["secret_access_key"], "--aws-session-token", c["session_token"], *args]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    world.seen += [r.stdout, r.stderr]
-    return r
+# A key policy that gives the instance role and the administrators everything.
+OPEN_POLICY = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"AWS": [INSTANCE, ADMIN]}, "Action": "kms:*", "Resource": "*"}]}
 
 
 def import_context(name, spec="secp256k1"):
@@ -161,8 +99,8 @@ def kms_error(fn, *args, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    w = World(tmp_path_factory.mktemp("attacker"))
+def world(dev_up):
+    w = World(dev_up("attacker"))
     # The victims: a key made in the enclave, and a key the administrator imported.
     w.nekms("key", "create", "--name", "victim", "--spec", "secp256k1")
     w.imported_secret = os.urandom(32)
@@ -172,11 +110,8 @@ def world(tmp_path_factory):
     w.import_blob = base64.b64encode(blob).decode()
     w.nekms("key", "import", "--name", "imported", "--spec", "secp256k1", "--ciphertext", w.import_blob)
     # A KMS key the parent controls outright (the administrator made it for the instance).
-    open_policy = {"Version": "2012-10-17", "Statement": [
-        {"Effect": "Allow", "Principal": {"AWS": [INSTANCE, ADMIN]}, "Action": "kms:*", "Resource": "*"}]}
-    w.parent_key = w.kms("admin").create_key(Policy=json.dumps(open_policy))["KeyMetadata"]["Arn"]
-    yield w
-    w.up.stop()
+    w.parent_key = w.kms("admin").create_key(Policy=json.dumps(OPEN_POLICY))["KeyMetadata"]["Arn"]
+    return w
 
 
 def test_the_enclave_does_not_decrypt_custody_material_for_the_parent(world):
@@ -200,7 +135,7 @@ def test_the_enclave_does_not_decrypt_custody_material_for_the_parent(world):
         world.refused("enclave", "decrypt", *args, edk, rule="reserved-context")
         world.refused("kmstool", "decrypt", "--address", world.up.info["kmstool"], "--region", "us-east-1", *args, edk,
                       rule="reserved-context")
-        r = enclave_cli(world, "decrypt", "--ciphertext", edk, *args)
+        r = world.up.enclave_cli("decrypt", "--ciphertext", edk, *args)
         assert r.returncode != 0 and "rule reserved-context" in r.stderr, r.stderr
     # Without the context KMS refuses; naming the custody key is refused before KMS.
     world.refused("enclave", "decrypt", "--key-id", world.custody, edk, rule="custody-key")
@@ -310,7 +245,7 @@ def test_the_parent_cannot_mint_custody_ciphertexts_or_reopen_the_key(world):
     world.refused("enclave", "data-key", "--key-id", world.custody, *args, rule="reserved-context")
     world.refused("enclave", "data-key", "--key-id", world.parent_key, *args, rule="reserved-context")
     world.refused("enclave", "data-key", "--key-id", world.custody, rule="custody-key")
-    r = enclave_cli(world, "genkey", "--key-id", world.custody, "--key-spec", "AES-256")
+    r = world.up.enclave_cli("genkey", "--key-id", world.custody, "--key-spec", "AES-256")
     assert r.returncode != 0 and "rule custody-key" in r.stderr, r.stderr
     # Directly at KMS, as the instance role and as the administrator.
     instance, admin = world.kms("instance"), world.kms("admin")
@@ -332,15 +267,6 @@ def test_the_parent_cannot_mint_custody_ciphertexts_or_reopen_the_key(world):
     policy = json.loads(admin.get_key_policy(KeyId=world.custody, PolicyName="default")["Policy"])
     assert not any("*" in a for s in policy["Statement"] if s["Effect"] == "Allow"
                    for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])), policy
-
-
-def cbor_record(r):
-    """A record as the RPC carries it (bytes as CBOR byte strings)."""
-    out = dict(r)
-    for k in ("public_key", "encrypted_data_key", "sealed_private_key", "attestation"):
-        if out.get(k) is not None:
-            out[k] = base64.b64decode(out[k])
-    return out
 
 
 def aad(r):
@@ -439,17 +365,14 @@ def test_parent_side_access_control(world, tmp_path):
     token_file.write_text("ops-token-0123456789abcdef0123\n")
     os.chmod(token_file, 0o600)
     ready = tmp_path / "agent.json"
-    agent = subprocess.Popen([NEKMS, "agent", "--listen", "127.0.0.1:0", "--access", str(access), "--no-credentials",
-                              "--ready-file", str(ready)], env=world.env, stdout=open(tmp_path / "agent.log", "wb"), stderr=subprocess.STDOUT)
+    agent = spawn([NEKMS, "agent", "--listen", "127.0.0.1:0", "--access", str(access), "--no-credentials", "--ready-file", str(ready)],
+                  tmp_path / "agent.log", env=world.env)
     sock = tmp_path / "agent.sock"
-    agent_unix = subprocess.Popen([NEKMS, "agent", "--listen", f"unix://{sock}", "--access", str(access), "--no-credentials"],
-                                  env=world.env, stdout=open(tmp_path / "agent-unix.log", "wb"), stderr=subprocess.STDOUT)
+    agent_unix = spawn([NEKMS, "agent", "--listen", f"unix://{sock}", "--access", str(access), "--no-credentials"],
+                       tmp_path / "agent-unix.log", env=world.env)
     try:
-        deadline = time.time() + 30
-        while not ready.exists() or not sock.exists():
-            assert agent.poll() is None and agent_unix.poll() is None, (tmp_path / "agent.log").read_text()
-            assert time.time() < deadline
-            time.sleep(0.05)
+        wait_for(ready, agent, "the agent", log=tmp_path / "agent.log")
+        wait_for(sock, agent_unix, "the agent on a Unix socket", log=tmp_path / "agent-unix.log")
         port = int(json.loads(ready.read_text())["url"].rsplit(":", 1)[1])
 
         def call(method, path, token=None, host=None, body=None):
@@ -492,9 +415,7 @@ def test_parent_side_access_control(world, tmp_path):
                                    user=65534, capture_output=True, text=True)
             assert probe.returncode != 0 and "Permission denied" in probe.stderr, (path, probe.stderr)
     finally:
-        for p in (agent, agent_unix):
-            p.terminate()
-            p.wait(timeout=10)
+        stop(agent, agent_unix)
         for log in ("agent.log", "agent-unix.log"):
             world.seen.append((tmp_path / log).read_text())
     # A token file others can read is refused.
@@ -508,16 +429,13 @@ def test_an_old_record_is_refused_after_re_pinning(world, tmp_path):
     the old key are neither opened nor decryptable through the parent's
     paths; reusing the old pin (the same image and configuration) opens them."""
     base = tmp_path / "repin"
-    first = Up(base)
-    env = {**first.env, "NEKMS_STORE": f"sqlite:{base / 'keys.db'}"}
-    run = lambda *a, check=True: subprocess.run([NEKMS, *a], capture_output=True, text=True, env=env, timeout=120, check=check)
-    run("key", "create", "--name", "old", "--spec", "ed25519")
-    old_key = first.info["custody_kms_key"]
-    record = json.loads(run("key", "show", "old", "--json").stdout)
-    first.stop()
-    (base / "up.json").unlink()
-    second = Up(base)
-    try:
+    with Up(base) as first:
+        env = {**first.env, "NEKMS_STORE": f"sqlite:{base / 'keys.db'}"}
+        run = lambda *a, check=True: nekms(*a, env=env, check=check, timeout=120)
+        run("key", "create", "--name", "old", "--spec", "ed25519")
+        old_key = first.info["custody_kms_key"]
+        record = json.loads(run("key", "show", "old", "--json").stdout)
+    with Up(base) as second:
         assert second.info["custody_kms_key"] != old_key
         r = run("sign", "--key", "old", "--message", "m", check=False)
         assert r.returncode != 0 and "rule pinned-kms-key" in r.stderr, r.stderr
@@ -527,40 +445,28 @@ def test_an_old_record_is_refused_after_re_pinning(world, tmp_path):
         # The old key's policy names the old image: its PCR0 covered the old pin.
         r = run("enclave", "data-key", "--key-id", old_key, check=False)
         assert r.returncode != 0 and "AccessDeniedException" in r.stderr, r.stderr
-    finally:
-        second.stop()
-    (base / "up.json").unlink()
-    third = Up(base, "--custody-kms-key", old_key)
-    try:
+    with Up(base, "--custody-kms-key", old_key) as third:
         assert third.info["pcr0"] == first.info["pcr0"], "the same image and configuration measure the same"
         run("sign", "--key", "old", "--message", "m")
-        open_policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"AWS": [INSTANCE, ADMIN]}, "Action": "kms:*", "Resource": "*"}]}
-        loose = third.client("admin").create_key(Policy=json.dumps(open_policy))["KeyMetadata"]["Arn"]
-    finally:
-        third.stop()
+        loose = third.client("admin").create_key(Policy=json.dumps(OPEN_POLICY))["KeyMetadata"]["Arn"]
     # Reusing a key whose policy is not the custody policy for this image is refused before anything starts.
-    r = subprocess.run([NEKMS, "dev", "up", "--dir", str(first.dev), "--kms-http", "127.0.0.1:0", "--kms-https", "127.0.0.1:0",
-                        "--custody-kms-key", loose], capture_output=True, text=True, timeout=120)
+    r = nekms("dev", "up", "--dir", str(first.dev), "--kms-http", "127.0.0.1:0", "--kms-https", "127.0.0.1:0", "--custody-kms-key", loose,
+              check=False, timeout=120)
     assert r.returncode != 0 and "not the custody policy" in r.stderr, r.stderr
 
 
 def test_parent_decryption_can_be_turned_off(tmp_path):
     """An operator who does not want kmstool's service turns it off in the
     measured configuration; custody is unaffected."""
-    u = Up(tmp_path / "off", "--no-parent-decrypt")
-    try:
-        policy = {"Version": "2012-10-17", "Statement": [
-            {"Effect": "Allow", "Principal": {"AWS": [INSTANCE, ADMIN]}, "Action": "kms:*", "Resource": "*"}]}
-        key = u.client("admin").create_key(Policy=json.dumps(policy))["KeyMetadata"]["Arn"]
+    with Up(tmp_path / "off", "--no-parent-decrypt") as u:
+        key = u.client("admin").create_key(Policy=json.dumps(OPEN_POLICY))["KeyMetadata"]["Arn"]
         blob = base64.b64encode(u.client("instance").encrypt(KeyId=key, Plaintext=b"Hello, KMS!")["CiphertextBlob"]).decode()
         for args in (["enclave", "decrypt", blob], ["kmstool", "decrypt", "--address", u.info["kmstool"], "--region", "us-east-1", blob]):
             r = u.nekms(*args, check=False)
             assert r.returncode != 0 and "rule parent-decrypt" in r.stderr, r.stderr
         env = {**u.env, "NEKMS_STORE": f"sqlite:{tmp_path / 'keys.db'}"}
-        subprocess.run([NEKMS, "key", "create", "--name", "k", "--spec", "p256"], env=env, check=True, capture_output=True)
-        subprocess.run([NEKMS, "sign", "--key", "k", "--message", "m"], env=env, check=True, capture_output=True)
-    finally:
-        u.stop()
+        nekms("key", "create", "--name", "k", "--spec", "p256", env=env)
+        nekms("sign", "--key", "k", "--message", "m", env=env)
 
 
 def test_no_secret_reached_the_parent(world):

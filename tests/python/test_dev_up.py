@@ -23,13 +23,9 @@ import sys
 import time
 import tomllib
 
-import boto3
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-NEKMS = os.environ.get("NEKMS_BIN", str(ROOT / "target" / "debug" / "nekms"))
-NEKMS_ENCLAVE = os.environ.get("NEKMS_ENCLAVE_BIN", str(ROOT / "target" / "debug" / "nekms-enclave"))
-ACCOUNT = "111122223333"
+from conftest import NEKMS, NEKMS_ENCLAVE, Up, enclave_policy, spawn, stop
 
 
 def alive(pid):
@@ -44,75 +40,13 @@ def alive(pid):
         return False
 
 
-class Up:
-    def __init__(self, base: pathlib.Path, *extra):
-        self.base = base
-        base.mkdir(parents=True, exist_ok=True)
-        self.dev = base / "dev"
-        self.ready = base / "up.json"
-        self.log = base / "up.log"
-        self.proc = subprocess.Popen(
-            [NEKMS, "dev", "up", "--dir", str(self.dev), "--kms-http", "127.0.0.1:0", "--kms-https", "127.0.0.1:0",
-             "--ready-file", str(self.ready), *extra],
-            stdout=open(self.log, "wb"), stderr=subprocess.STDOUT)
-        deadline = time.time() + 60
-        while not self.ready.exists():
-            assert self.proc.poll() is None, f"dev up exited: {self.log.read_text()}"
-            assert time.time() < deadline, "dev up did not come up"
-            time.sleep(0.05)
-        self.info = json.loads(self.ready.read_text())
-        self.env = {**os.environ, **self.info["env"]}
-        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
-            self.env.pop(k, None)
-        principals = tomllib.loads((self.dev / "principals.toml").read_text())["principal"]
-        self.creds = {p["name"]: p for p in principals}
-
-    def nekms(self, *args, check=True, env=None):
-        r = subprocess.run([NEKMS, *args], capture_output=True, text=True, env=env or self.env, timeout=60)
-        if check:
-            assert r.returncode == 0, f"nekms {' '.join(args)}: {r.stderr}"
-        return r
-
-    def client(self, profile):
-        c = self.creds[profile]
-        return boto3.client("kms", region_name="us-east-1", endpoint_url=self.info["kms_http"],
-                            aws_access_key_id=c["access_key_id"], aws_secret_access_key=c["secret_access_key"],
-                            aws_session_token=c.get("session_token"))
-
-    def enclave_cli(self, verb, *args, profile="instance"):
-        c = self.creds[profile]
-        https_port = self.info["kms_https"].rsplit(":", 1)[1]
-        # The same image with the same measured configuration as the running enclave (so the same PCR0).
-        cmd = [NEKMS_ENCLAVE, "--config", self.info["enclave_config"], "--sim", "--dev-dir", str(self.dev), "--proxy", self.info["proxy"],
-               "--kms-endpoint", f"https://localhost:{https_port}", "--kms-ca", str(self.dev / "tls-ca.pem"),
-               "cli", verb, "--region", "us-east-1", "--aws-access-key-id", c["access_key_id"],
-               "--aws-secret-access-key", c["secret_access_key"], *args]
-        if c.get("session_token"):
-            cmd += ["--aws-session-token", c["session_token"]]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=30)
-
-
 @pytest.fixture(scope="module")
-def up(tmp_path_factory):
-    u = Up(tmp_path_factory.mktemp("up"))
+def up(dev_up):
+    u = dev_up("up")
     pcr0 = json.loads(u.nekms("pcr", "sim", NEKMS_ENCLAVE, "--config", u.info["enclave_config"]).stdout)["Measurements"]["PCR0"]
-    policy = {"Version": "2012-10-17", "Statement": [
-        {"Sid": "Enclave", "Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:role/nekms-instance"},
-         "Action": ["kms:Decrypt", "kms:GenerateDataKey", "kms:GenerateRandom"], "Resource": "*",
-         "Condition": {"StringEqualsIgnoreCase": {"kms:RecipientAttestation:ImageSha384": pcr0}}},
-        {"Sid": "Instance encrypts", "Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:role/nekms-instance"},
-         "Action": "kms:Encrypt", "Resource": "*"},
-        {"Sid": "Admins", "Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:role/nekms-key-admin"},
-         "Action": "kms:*", "Resource": "*"}]}
-    u.key = u.client("admin").create_key(Policy=json.dumps(policy))["KeyMetadata"]["Arn"]
+    u.key = u.client("admin").create_key(Policy=json.dumps(enclave_policy(pcr0)))["KeyMetadata"]["Arn"]
     u.ciphertext = base64.b64encode(u.client("instance").encrypt(KeyId=u.key, Plaintext=b"Hello, KMS!")["CiphertextBlob"]).decode()
-    yield u
-    u.stop()
+    return u
 
 
 def test_describe_and_documents_carry_the_pcrs_nekms_pcr_sim_prints(up, tmp_path):
@@ -227,14 +161,12 @@ def test_credentials_come_from_the_default_chain_and_expiry_is_enforced(up, tmp_
     assert r.returncode != 0 and "expired" in r.stderr, r.stderr
 
     # --watch keeps pushing; the enclave is usable again.
-    watch = subprocess.Popen([NEKMS, "enclave", "credentials", "--watch", "--interval", "1"], env=up.env,
-                             stdout=subprocess.PIPE, text=True)
+    watch = spawn([NEKMS, "enclave", "credentials", "--watch", "--interval", "1"], env=up.env, stdout=subprocess.PIPE, text=True)
     try:
         lines = [watch.stdout.readline() for _ in range(2)]
         assert all("credentials set in the enclave" in l for l in lines), lines
     finally:
-        watch.terminate()
-        watch.wait(timeout=10)
+        stop(watch)
     assert len(base64.b64decode(up.nekms("enclave", "random", "--length", "16").stdout)) == 16
 
 
@@ -257,18 +189,18 @@ def test_no_enclave_is_a_clear_error(up, tmp_path):
 
 
 def test_the_supervisor_reports_a_dead_child_and_stops_the_rest(tmp_path):
-    u = Up(tmp_path)
-    pids = u.info["pids"]
-    os.kill(pids["proxy"], signal.SIGKILL)
-    assert u.proc.wait(timeout=30) != 0
-    log = u.log.read_text()
-    assert f"the proxy (pid {pids['proxy']}) exited" in log, log
-    for name in ("kms", "enclave"):
-        assert not alive(pids[name]), name
+    with Up(tmp_path) as u:
+        pids = u.info["pids"]
+        os.kill(pids["proxy"], signal.SIGKILL)
+        assert u.proc.wait(timeout=30) != 0
+        log = u.log.read_text()
+        assert f"the proxy (pid {pids['proxy']}) exited" in log, log
+        for name in ("kms", "enclave"):
+            assert not alive(pids[name]), name
 
-    u = Up(tmp_path / "again")
-    pids = u.info["pids"]
-    u.proc.send_signal(signal.SIGTERM)
-    assert u.proc.wait(timeout=30) == 0
-    for name in ("kms", "proxy", "enclave"):
-        assert not alive(pids[name]), name
+    with Up(tmp_path / "again") as u:
+        pids = u.info["pids"]
+        u.proc.send_signal(signal.SIGTERM)
+        assert u.proc.wait(timeout=30) == 0
+        for name in ("kms", "proxy", "enclave"):
+            assert not alive(pids[name]), name

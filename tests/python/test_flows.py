@@ -15,36 +15,23 @@
 
 import base64
 import json
-import subprocess
-import time
 
-import boto3
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from eth_account import Account
 
-from test_dev_up import ACCOUNT, NEKMS_ENCLAVE, Up
-from test_keys import ADMIN, INSTANCE, Moto
+from conftest import ADMIN, INSTANCE, secret_forms
 
 TABLE = "nekms-keys"
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    base = tmp_path_factory.mktemp("flows")
-    u = Up(base)
-    u.moto = Moto(base / "moto.log")
-    u.env["NEKMS_STORE_ENDPOINT"] = u.moto.url
-    u.env["NEKMS_SECRETS_ENDPOINT"] = u.moto.url
-    u.env["NEKMS_STORE"] = f"sqlite:{base / 'keys.db'}"
-    u.procs = []
-    yield u
-    for p in u.procs:
-        p.terminate()
-        p.wait(timeout=10)
-    u.moto.stop()
-    u.stop()
+def world(dev_up):
+    u = dev_up("flows")
+    u.moto = u.start_moto()
+    u.env["NEKMS_STORE"] = f"sqlite:{u.base / 'keys.db'}"
+    return u
 
 
 def measure(u, name, image_bytes, custody_keys, origin_pcr0=()):
@@ -62,19 +49,10 @@ def measure(u, name, image_bytes, custody_keys, origin_pcr0=()):
 
 
 def start_enclave(u, name, image, config):
-    """Another simulated enclave, from another image and configuration, on the same proxy."""
+    """Another simulated enclave, from another image and configuration, on the same proxy (stopped with dev up)."""
     rpc = u.base / f"{name}.sock"
-    https_port = u.info["kms_https"].rsplit(":", 1)[1]
-    p = subprocess.Popen([NEKMS_ENCLAVE, "--config", str(config), "--sim", "--dev-dir", str(u.dev), "--image", str(image),
-                          "--rpc", f"unix://{rpc}",
-                          "--kmstool", f"unix://{u.base / (name + '-kmstool.sock')}", "--proxy", u.info["proxy"],
-                          "--kms-endpoint", f"https://localhost:{https_port}", "--kms-ca", str(u.dev / "tls-ca.pem")],
-                         stdout=open(u.base / f"{name}.log", "wb"), stderr=subprocess.STDOUT)
-    u.procs.append(p)
-    deadline = time.time() + 30
-    while not rpc.exists():
-        assert p.poll() is None and time.time() < deadline, (u.base / f"{name}.log").read_text()
-        time.sleep(0.05)
+    u.start([*u.enclave_args(config), "--image", str(image), "--rpc", f"unix://{rpc}",
+             "--kmstool", f"unix://{u.base / (name + '-kmstool.sock')}"], rpc, name, u.base / f"{name}.log")
     address = f"unix://{rpc}"
     u.nekms("enclave", "credentials", "--enclave", address)
     pcrs = json.loads(u.nekms("enclave", "describe", "--json", "--enclave", address).stdout)["pcrs"]
@@ -228,7 +206,7 @@ def test_lockout_seed_in_secrets_manager_signs_a_transaction(world, tmp_path):
     items = u.moto.client("dynamodb").scan(TableName=TABLE)["Items"]
     item_bytes = b"".join(v.get("B", b"") or str(v).encode() for i in items for v in i.values())
     assert any(i["key_id"]["S"] == "lockout" for i in items)
-    for form in (seed, seed.hex().encode(), seed.hex().upper().encode(), base64.b64encode(seed)):
+    for form in secret_forms(seed):
         for haystack in (item_bytes, u.log.read_bytes(), (u.base / "moto.log").read_bytes(), (u.base / "keys.db").read_bytes()):
             assert form not in haystack
 

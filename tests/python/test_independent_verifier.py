@@ -9,8 +9,6 @@ ours means "standard COSE/X.509", not "agrees with itself".
 import datetime
 import hashlib
 import os
-import pathlib
-import subprocess
 
 import cbor2
 import pytest
@@ -20,15 +18,10 @@ from pycose.keys import EC2Key
 from pycose.keys.curves import P384
 from pycose.messages import CoseMessage
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-NEKMS = os.environ.get("NEKMS_BIN", str(ROOT / "target" / "debug" / "nekms"))
+from conftest import NEKMS, ROOT, nekms
+
 REAL = ROOT / "crates" / "attestation" / "tests" / "data"
 AWS_ROOT = ROOT / "crates" / "attestation" / "src" / "aws-nitro-root-g1.pem"
-
-
-def nekms(*args, dev):
-    return subprocess.run([NEKMS, *args], env={**os.environ, "NEKMS_DEV_DIR": str(dev)},
-                          check=True, capture_output=True, text=True).stdout
 
 
 def independent_verify(raw: bytes, root_pem: bytes, at: datetime.datetime) -> dict:
@@ -108,7 +101,8 @@ def test_the_independent_verifier_rejects_a_flipped_signature_bit():
 
 def test_simulated_documents_are_standard_cose_and_x509(tmp_path):
     dev = tmp_path / "dev"
-    nekms("dev", "init", dev=dev)
+    env = {**os.environ, "NEKMS_DEV_DIR": str(dev)}
+    nekms("dev", "init", env=env)
     image = tmp_path / "enclave.bin"
     image.write_bytes(b"\x7fELF pretend enclave" * 100)
     config = tmp_path / "enclave.toml"
@@ -117,7 +111,7 @@ def test_simulated_documents_are_standard_cose_and_x509(tmp_path):
     pub.write_bytes(bytes(range(256)) + bytes(38))  # 294 bytes, the size of an RSA-2048 SPKI
     out = tmp_path / "doc.cbor"
     nekms("attest", "sim", "--image", str(image), "--image-config", str(config), "--nonce", "00ff" * 8,
-          "--user-data", "68656c6c6f", "--public-key", str(pub), "-o", str(out), dev=dev)
+          "--user-data", "68656c6c6f", "--public-key", str(pub), "-o", str(out), env=env)
 
     raw = out.read_bytes()
     assert cbor2.loads(raw).tag == 18
@@ -136,16 +130,17 @@ def test_simulated_documents_are_standard_cose_and_x509(tmp_path):
 
     # nitro-cli-shaped output of `nekms pcr sim` agrees too.
     import json
-    m = json.loads(nekms("pcr", "sim", str(image), "--config", str(config), dev=dev))["Measurements"]
+    m = json.loads(nekms("pcr", "sim", str(image), "--config", str(config), env=env).stdout)["Measurements"]
     assert m["HashAlgorithm"] == "Sha384 { ... }"
     assert [m["PCR0"], m["PCR1"], m["PCR2"]] == [want[i].hex() for i in (0, 1, 2)]
 
 
 def test_a_tampered_simulated_document_fails_independent_verification(tmp_path):
     dev = tmp_path / "dev"
-    nekms("dev", "init", dev=dev)
+    env = {**os.environ, "NEKMS_DEV_DIR": str(dev)}
+    nekms("dev", "init", env=env)
     out = tmp_path / "doc.cbor"
-    nekms("attest", "sim", "--image", NEKMS, "--user-data", "41414141", "-o", str(out), dev=dev)
+    nekms("attest", "sim", "--image", NEKMS, "--user-data", "41414141", "-o", str(out), env=env)
     raw = bytearray(out.read_bytes())
     raw[raw.index(b"AAAA")] ^= 1
     with pytest.raises(Exception):

@@ -17,78 +17,21 @@ import base64
 import hashlib
 import json
 import os
-import pathlib
-import socket
 import sqlite3
 import subprocess
-import sys
-import time
 
-import boto3
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from eth_account import Account
 from eth_account.messages import encode_defunct, encode_typed_data
 
-from test_dev_up import ACCOUNT, NEKMS, NEKMS_ENCLAVE, Up
-
-INSTANCE = f"arn:aws:iam::{ACCOUNT}:role/nekms-instance"
-ADMIN = f"arn:aws:iam::{ACCOUNT}:role/nekms-key-admin"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Moto:
-    """moto's server on 127.0.0.1, started and stopped by the test."""
-
-    def __init__(self, log: pathlib.Path, port=None):
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        self.start()
-
-    def spawn(self):
-        return subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                                stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
-
-    def start(self):
-        self.proc = self.spawn()
-        deadline = time.time() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                assert self.proc.poll() is None, self.log.read_text()
-                assert time.time() < deadline, "moto_server did not start"
-                time.sleep(0.1)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-
-    def client(self, service):
-        return boto3.client(service, region_name="us-east-1", endpoint_url=self.url,
-                            aws_access_key_id="testing", aws_secret_access_key="testing")
-
-
-def enclave_policy(pcr0, actions=("kms:Decrypt", "kms:GenerateDataKey", "kms:GenerateRandom")):
-    return {"Version": "2012-10-17", "Statement": [
-        {"Sid": "Enclave", "Effect": "Allow", "Principal": {"AWS": INSTANCE}, "Action": list(actions), "Resource": "*",
-         "Condition": {"StringEqualsIgnoreCase": {"kms:RecipientAttestation:ImageSha384": pcr0}}},
-        {"Sid": "Instance encrypts", "Effect": "Allow", "Principal": {"AWS": INSTANCE}, "Action": "kms:Encrypt", "Resource": "*"},
-        {"Sid": "Admins manage", "Effect": "Allow", "Principal": {"AWS": ADMIN}, "Action": "kms:*", "Resource": "*"}]}
+from conftest import enclave_policy, secret_forms
 
 
 @pytest.fixture(scope="module")
-def up(tmp_path_factory):
-    u = Up(tmp_path_factory.mktemp("keys"))
+def up(dev_up):
+    u = dev_up("keys")
     u.store = f"sqlite:{u.base / 'keys.db'}"
     u.env["NEKMS_STORE"] = u.store
     # Custody: the key dev up set up and pinned in the enclave's measured configuration.
@@ -97,20 +40,12 @@ def up(tmp_path_factory):
     # fine for the generic Decrypt flow, never for custody.
     u.other = u.client("admin").create_key(Policy=json.dumps(enclave_policy(u.info["pcr0"])))["KeyMetadata"]["Arn"]
     u.client("admin").create_alias(AliasName="alias/signing", TargetKeyId=u.other)
-    u.outputs = []
-    yield u
-    u.stop()
-
-
-def run(up, *args, check=True, env=None):
-    r = up.nekms(*args, check=check, env=env)
-    up.outputs.append(r.stdout + r.stderr)
-    return r
+    return u
 
 
 def create(up, name, spec, *extra):
     """A generated key, under the only pinned custody key (the default)."""
-    return json.loads(run(up, "key", "create", "--name", name, "--spec", spec, "--json", *extra).stdout)
+    return json.loads(up.nekms("key", "create", "--name", name, "--spec", spec, "--json", *extra).stdout)
 
 
 def import_ciphertext(up, name, spec, plaintext, **extra_context):
@@ -138,12 +73,12 @@ def origin_commitment(record):
 
 
 def sign(up, name, *args):
-    return json.loads(run(up, "sign", "--key", name, "--json", *args).stdout)
+    return json.loads(up.nekms("sign", "--key", name, "--json", *args).stdout)
 
 
 def pem(up, name, tmp_path):
     path = tmp_path / f"{name}.pem"
-    path.write_text(run(up, "key", "public-key", name, "--pem").stdout)
+    path.write_text(up.nekms("key", "public-key", name, "--pem").stdout)
     return path
 
 
@@ -184,7 +119,7 @@ def test_generated_keys_sign_and_openssl_and_cryptography_verify(up, tmp_path):
         ok, _ = openssl_verify(args, tmp_path, bytes(bad), msg)
         assert not ok, f"{spec} {scheme} accepted a damaged signature"
         # nekms verify agrees.
-        run(up, "verify", "--key", name, "--message", "Hello World", "--scheme", scheme, "--signature", sig.hex())
+        up.nekms("verify", "--key", name, "--message", "Hello World", "--scheme", scheme, "--signature", sig.hex())
 
     # secp256k1: Python's cryptography verifies DER; raw r||s is the same signature.
     create(up, "gen-k1", "secp256k1")
@@ -197,16 +132,16 @@ def test_generated_keys_sign_and_openssl_and_cryptography_verify(up, tmp_path):
     public.verify(encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big")), b"Hello World",
                   ec.ECDSA(hashes.SHA256()))
     # A P-384 prehash must be 48 bytes.
-    r = run(up, "sign", "--key", "gen-p384", "--digest", digest, check=False)
+    r = up.nekms("sign", "--key", "gen-p384", "--digest", digest, check=False)
     assert r.returncode != 0 and "48-byte" in r.stderr, r.stderr
     # A scheme the key cannot use is refused before the enclave opens anything.
-    r = run(up, "sign", "--key", "gen-ed25519", "--message", "x", "--scheme", "ecdsa", check=False)
+    r = up.nekms("sign", "--key", "gen-ed25519", "--message", "x", "--scheme", "ecdsa", check=False)
     assert r.returncode != 0 and "cannot sign with ecdsa" in r.stderr
 
 
 def test_ethereum_signatures_recover_to_the_keys_address(up, tmp_path):
     create(up, "eth", "secp256k1", "--entropy", "kms")
-    address = run(up, "key", "public-key", "eth", "--address").stdout.strip()
+    address = up.nekms("key", "public-key", "eth", "--address").stdout.strip()
     to = "0x000000000000000000000000000000000000dEaD"
     tx1559 = {"type": 2, "chainId": 11155111, "nonce": 7, "to": to, "value": 10**16, "gas": 21000,
               "maxFeePerGas": 30 * 10**9, "maxPriorityFeePerGas": 10**9, "data": "0x", "accessList": []}
@@ -235,10 +170,10 @@ def test_ethereum_signatures_recover_to_the_keys_address(up, tmp_path):
     assert s2["signature"] == s["signature"]
     # Bad transactions get clear errors.
     f.write_text(json.dumps({k: v for k, v in legacy.items() if k != "chainId"}))
-    r = run(up, "sign", "--key", "eth", "--eth-tx", str(f), check=False)
+    r = up.nekms("sign", "--key", "eth", "--eth-tx", str(f), check=False)
     assert r.returncode != 0 and "chainId" in r.stderr
     f.write_text(json.dumps({**tx1559, "to": "0x1234"}))
-    r = run(up, "sign", "--key", "eth", "--eth-tx", str(f), check=False)
+    r = up.nekms("sign", "--key", "eth", "--eth-tx", str(f), check=False)
     assert r.returncode != 0 and "address" in r.stderr
 
 
@@ -248,25 +183,25 @@ def test_the_creation_document_commits_to_the_whole_record(up, tmp_path):
     the document's size rather than claiming anything about it."""
     record = create(up, "attested", "p256", "--nonce", "c0ffee", "--kms-key", up.key)
     doc = tmp_path / "doc.cbor"
-    run(up, "key", "show", "attested", "--attestation-out", str(doc))
+    up.nekms("key", "show", "attested", "--attestation-out", str(doc))
     pcrs = [a for i in range(3) for a in ("--pcr", f"{i}={up.info[f'pcr{i}']}")]
-    out = json.loads(run(up, "attest", "verify", "--dev-root", "--dir", str(up.dev), "--nonce", "c0ffee", *pcrs, "--json", str(doc)).stdout)
+    out = json.loads(up.nekms("attest", "verify", "--dev-root", "--dir", str(up.dev), "--nonce", "c0ffee", *pcrs, "--json", str(doc)).stdout)
     user_data = out["document"]["user_data"]
     user_data = bytes.fromhex(user_data) if isinstance(user_data, str) else bytes(user_data)
     spki = base64.b64decode(record["public_key"])
     assert user_data.startswith(f"nekms-key:v2:generated:attested:p256:{hashlib.sha256(spki).hexdigest()}:".encode()), user_data
     assert user_data == origin_commitment(record)
 
-    shown = json.loads(run(up, "key", "show", "attested").stdout)
+    shown = json.loads(up.nekms("key", "show", "attested").stdout)
     assert "attested" not in shown and shown["origin_document_bytes"] == doc.stat().st_size > 0
-    verified = json.loads(run(up, "key", "verify-origin", "attested", "--dev-root", "--pcr0", up.info["pcr0"], "--json").stdout)
+    verified = json.loads(up.nekms("key", "verify-origin", "attested", "--dev-root", "--pcr0", up.info["pcr0"], "--json").stdout)
     assert verified["origin_verified"] is True and verified["document"]["pcr0"] == up.info["pcr0"]
     assert verified["document"]["commitment"].encode() == origin_commitment(record)
     # Another image's PCR0 is refused.
-    r = run(up, "key", "verify-origin", "attested", "--dev-root", "--pcr0", "00" * 48, check=False)
+    r = up.nekms("key", "verify-origin", "attested", "--dev-root", "--pcr0", "00" * 48, check=False)
     assert r.returncode != 0 and "rule provenance" in r.stderr, r.stderr
     # The AWS root (the default) does not vouch for a simulated enclave's document.
-    r = run(up, "key", "verify-origin", "attested", "--pcr0", up.info["pcr0"], check=False)
+    r = up.nekms("key", "verify-origin", "attested", "--pcr0", up.info["pcr0"], check=False)
     assert r.returncode != 0 and "rule provenance" in r.stderr, r.stderr
 
 
@@ -274,15 +209,11 @@ def test_custody_uses_only_the_pinned_kms_key(up):
     """Another KMS key, by alias, ARN or key id, is refused before KMS is asked, even one whose policy admits
     this image; the pinned key by its bare key id is accepted."""
     for other in ("alias/signing", up.other, up.other.rsplit("/", 1)[1]):
-        r = run(up, "key", "create", "--name", "unpinned", "--spec", "p256", "--kms-key", other, check=False)
+        r = up.nekms("key", "create", "--name", "unpinned", "--spec", "p256", "--kms-key", other, check=False)
         assert r.returncode != 0 and "rule pinned-kms-key" in r.stderr, (other, r.stderr)
-    assert run(up, "key", "show", "unpinned", check=False).returncode != 0, "nothing stored after a refusal"
+    assert up.nekms("key", "show", "unpinned", check=False).returncode != 0, "nothing stored after a refusal"
     record = create(up, "pinned-by-id", "ed25519", "--kms-key", up.key.rsplit("/", 1)[1])
     assert record["kms_key_id"] == up.key
-
-
-def secret_forms(secret: bytes):
-    return [secret, secret.hex().encode(), secret.hex().upper().encode(), base64.b64encode(secret)]
 
 
 def test_imported_keys_work_and_their_secrets_never_reach_the_parent(up, tmp_path):
@@ -293,25 +224,25 @@ def test_imported_keys_work_and_their_secrets_never_reach_the_parent(up, tmp_pat
     secrets.append(eth_key)
     ct = import_ciphertext(up, "imp-eth", "secp256k1", b"0x" + eth_key.hex().encode())
     (tmp_path / "eth.ct").write_bytes(ct)
-    rec = json.loads(run(up, "key", "import", "--name", "imp-eth", "--spec", "secp256k1",
-                         "--ciphertext-file", str(tmp_path / "eth.ct"), "--json").stdout)
+    rec = json.loads(up.nekms("key", "import", "--name", "imp-eth", "--spec", "secp256k1",
+                              "--ciphertext-file", str(tmp_path / "eth.ct"), "--json").stdout)
     assert rec["origin"] == "imported" and rec["kms_key_id"] == up.key
     assert rec["encryption_context"]["nekms:origin"] == "imported"
-    assert run(up, "key", "public-key", "imp-eth", "--address").stdout.strip() == Account.from_key(eth_key).address
+    assert up.nekms("key", "public-key", "imp-eth", "--address").stdout.strip() == Account.from_key(eth_key).address
     # The parent accepts an imported key's origin only when told to: its secret is as safe as the administrator kept it.
-    r = run(up, "key", "verify-origin", "imp-eth", "--dev-root", "--pcr0", up.info["pcr0"], check=False)
+    r = up.nekms("key", "verify-origin", "imp-eth", "--dev-root", "--pcr0", up.info["pcr0"], check=False)
     assert r.returncode != 0 and "rule import-disabled" in r.stderr, r.stderr
-    run(up, "key", "verify-origin", "imp-eth", "--dev-root", "--pcr0", up.info["pcr0"], "--allow-imported")
+    up.nekms("key", "verify-origin", "imp-eth", "--dev-root", "--pcr0", up.info["pcr0"], "--allow-imported")
 
     # tmkms softsign: base64 of the Ed25519 seed, encrypted with `nekms key encrypt-for-import` as the administrator.
     seed = os.urandom(32)
     secrets.append(seed)
     (tmp_path / "tm.key").write_bytes(base64.b64encode(seed) + b"\n")
-    ct_b64 = run(up, "key", "encrypt-for-import", "--name", "imp-tm", "--spec", "ed25519", "--kms-key", up.key,
-                 "--profile", "admin", str(tmp_path / "tm.key")).stdout.strip()
+    ct_b64 = up.nekms("key", "encrypt-for-import", "--name", "imp-tm", "--spec", "ed25519", "--kms-key", up.key,
+                      "--profile", "admin", str(tmp_path / "tm.key")).stdout.strip()
     (tmp_path / "tm.ct.b64").write_text(ct_b64)
-    run(up, "key", "import", "--name", "imp-tm", "--spec", "ed25519", "--kms-key", up.key,
-        "--ciphertext-file", str(tmp_path / "tm.ct.b64"))
+    up.nekms("key", "import", "--name", "imp-tm", "--spec", "ed25519", "--kms-key", up.key,
+             "--ciphertext-file", str(tmp_path / "tm.ct.b64"))
     sig = bytes.fromhex(sign(up, "imp-tm", "--message", "block 1")["signature"])
     ed25519.Ed25519PrivateKey.from_private_bytes(seed).public_key().verify(sig, b"block 1")
 
@@ -322,14 +253,14 @@ def test_imported_keys_work_and_their_secrets_never_reach_the_parent(up, tmp_pat
     secrets.append(priv.private_numbers().private_value.to_bytes(48, "big"))
     ct = import_ciphertext(up, "imp-p384", "p384", key_pem.read_bytes(), ticket="OPS-42")
     # Without the extra entry the context does not match: refused.
-    r = run(up, "key", "import", "--name", "imp-p384", "--spec", "p384", "--ciphertext", base64.b64encode(ct).decode(), check=False)
+    r = up.nekms("key", "import", "--name", "imp-p384", "--spec", "p384", "--ciphertext", base64.b64encode(ct).decode(), check=False)
     assert r.returncode != 0 and "rule import-ciphertext" in r.stderr, r.stderr
     # Nor as another spec than the one the administrator bound.
-    r = run(up, "key", "import", "--name", "imp-p384", "--spec", "p256", "--ciphertext-context", "ticket=OPS-42",
-            "--ciphertext", base64.b64encode(ct).decode(), check=False)
+    r = up.nekms("key", "import", "--name", "imp-p384", "--spec", "p256", "--ciphertext-context", "ticket=OPS-42",
+                 "--ciphertext", base64.b64encode(ct).decode(), check=False)
     assert r.returncode != 0 and "rule import-ciphertext" in r.stderr, r.stderr
-    run(up, "key", "import", "--name", "imp-p384", "--spec", "p384", "--ciphertext-context", "ticket=OPS-42",
-        "--ciphertext", base64.b64encode(ct).decode())
+    up.nekms("key", "import", "--name", "imp-p384", "--spec", "p384", "--ciphertext-context", "ticket=OPS-42",
+             "--ciphertext", base64.b64encode(ct).decode())
     ours = serialization.load_pem_public_key(pem(up, "imp-p384", tmp_path).read_bytes())
     assert ours.public_numbers() == priv.public_key().public_numbers()
     der = bytes.fromhex(sign(up, "imp-p384", "--message", "m")["signature"])
@@ -337,24 +268,24 @@ def test_imported_keys_work_and_their_secrets_never_reach_the_parent(up, tmp_pat
 
     # A wrong declared spec (the administrator's, bound consistently) is refused, and nothing is stored.
     bad = import_ciphertext(up, "imp-bad", "p256", key_pem.read_bytes())
-    r = run(up, "key", "import", "--name", "imp-bad", "--spec", "p256", "--ciphertext", base64.b64encode(bad).decode(), check=False)
+    r = up.nekms("key", "import", "--name", "imp-bad", "--spec", "p256", "--ciphertext", base64.b64encode(bad).decode(), check=False)
     assert r.returncode != 0 and "p384" in r.stderr
-    assert run(up, "key", "show", "imp-bad", check=False).returncode != 0
+    assert up.nekms("key", "show", "imp-bad", check=False).returncode != 0
 
     # Only import ciphertexts made for this name: one made for another name is refused...
-    r = run(up, "key", "import", "--name", "imp-other", "--spec", "p384", "--ciphertext", base64.b64encode(ct).decode(),
-            "--ciphertext-context", "ticket=OPS-42", check=False)
+    r = up.nekms("key", "import", "--name", "imp-other", "--spec", "p384", "--ciphertext", base64.b64encode(ct).decode(),
+                 "--ciphertext-context", "ticket=OPS-42", check=False)
     assert r.returncode != 0 and "rule import-ciphertext" in r.stderr, r.stderr
     # ... as is a record's own data key (no import context), which would otherwise reseal a key the parent could open.
-    r = run(up, "key", "import", "--name", "imp-dk", "--spec", "secp256k1", "--ciphertext", rec["encrypted_data_key"], check=False)
+    r = up.nekms("key", "import", "--name", "imp-dk", "--spec", "secp256k1", "--ciphertext", rec["encrypted_data_key"], check=False)
     assert r.returncode != 0 and "rule import-ciphertext" in r.stderr, r.stderr
     # ... and a ciphertext under any other KMS key than the pinned one.
     other_ct = up.client("instance").encrypt(KeyId=up.other, Plaintext=key_pem.read_bytes())["CiphertextBlob"]
-    r = run(up, "key", "import", "--name", "imp-other", "--spec", "p384", "--kms-key", "alias/signing",
-            "--ciphertext", base64.b64encode(other_ct).decode(), check=False)
+    r = up.nekms("key", "import", "--name", "imp-other", "--spec", "p384", "--kms-key", "alias/signing",
+                 "--ciphertext", base64.b64encode(other_ct).decode(), check=False)
     assert r.returncode != 0 and "rule pinned-kms-key" in r.stderr, r.stderr
     for name in ("imp-other", "imp-dk"):
-        assert run(up, "key", "show", name, check=False).returncode != 0, name
+        assert up.nekms("key", "show", name, check=False).returncode != 0, name
     # The instance role may not Encrypt under the custody key at all, and the administrator only for imports.
     with pytest.raises(Exception) as denied:
         up.client("instance").encrypt(KeyId=up.key, Plaintext=b"0x" + eth_key.hex().encode(),
@@ -418,30 +349,30 @@ def test_tampered_records_are_refused_with_a_clear_error(up, tmp_path):
     for i, (what, (record, refusal)) in enumerate(cases.items()):
         path = f"{other}-{i}"
         write_record(path, record)
-        r = run(up, "sign", "--store", f"sqlite:{path}", "--key", "tamper-a", "--message", "x", check=False)
+        r = up.nekms("sign", "--store", f"sqlite:{path}", "--key", "tamper-a", "--message", "x", check=False)
         assert r.returncode != 0, what
         assert refusal in r.stderr, f"{what}: {r.stderr}"
         # `key add` checks the origin document the same way, so such records never reach a store through it.
         if refusal.startswith("rule"):
             f = tmp_path / f"t{i}.json"
             f.write_text(json.dumps(record))
-            r = run(up, "key", "add", "--dev-root", "--pcr0", up.info["pcr0"], "--store", f"sqlite:{other}-add-{i}", str(f), check=False)
+            r = up.nekms("key", "add", "--dev-root", "--pcr0", up.info["pcr0"], "--store", f"sqlite:{other}-add-{i}", str(f), check=False)
             assert r.returncode != 0 and "rule provenance" in r.stderr, f"{what}: {r.stderr}"
     # A record renamed is refused when added: its context binds the old name.
     f = tmp_path / "renamed.json"
     f.write_text(json.dumps(tampered(a, key_id="tamper-c")))
-    r = run(up, "key", "add", "--dev-root", "--pcr0", up.info["pcr0"], "--store", f"sqlite:{other}-r", str(f), check=False)
+    r = up.nekms("key", "add", "--dev-root", "--pcr0", up.info["pcr0"], "--store", f"sqlite:{other}-r", str(f), check=False)
     assert r.returncode != 0 and "nekms:key-id" in r.stderr
     # Junk is refused by `key add` too.
     f.write_text("{\"key_id\": \"junk\"}")
-    assert run(up, "key", "add", "--dev-root", "--pcr0", up.info["pcr0"], "--store", f"sqlite:{other}-j", str(f), check=False).returncode != 0
+    assert up.nekms("key", "add", "--dev-root", "--pcr0", up.info["pcr0"], "--store", f"sqlite:{other}-j", str(f), check=False).returncode != 0
     # An untouched copy is added (its origin checked) and signs; the original still signs; a record is never overwritten.
     f.write_text(json.dumps(a))
-    run(up, "key", "add", "--dev-root", "--pcr0", up.info["pcr0"], "--store", f"sqlite:{other}-copy", str(f))
+    up.nekms("key", "add", "--dev-root", "--pcr0", up.info["pcr0"], "--store", f"sqlite:{other}-copy", str(f))
     sign(up, "tamper-a", "--store", f"sqlite:{other}-copy", "--message", "x")
     sign(up, "tamper-a", "--message", "x")
     f.write_text(json.dumps(b))
-    r = run(up, "key", "add", "--dev-root", "--pcr0", up.info["pcr0"], str(f), check=False)
+    r = up.nekms("key", "add", "--dev-root", "--pcr0", up.info["pcr0"], str(f), check=False)
     assert r.returncode != 0 and "already exists" in r.stderr
-    r = run(up, "key", "create", "--name", "tamper-a", "--spec", "p256", check=False)
+    r = up.nekms("key", "create", "--name", "tamper-a", "--spec", "p256", check=False)
     assert r.returncode != 0 and "already exists" in r.stderr

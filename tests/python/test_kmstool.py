@@ -10,38 +10,14 @@ prints for its executable, and the key policy is written from that.
 
 import base64
 import json
-import os
 import pathlib
 import socket
 import subprocess
 import threading
-import time
-import tomllib
 
-import boto3
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-NEKMS = os.environ.get("NEKMS_BIN", str(ROOT / "target" / "debug" / "nekms"))
-NEKMS_KMS = os.environ.get("NEKMS_KMS_BIN", str(ROOT / "target" / "debug" / "nekms-kms"))
-NEKMS_ENCLAVE = os.environ.get("NEKMS_ENCLAVE_BIN", str(ROOT / "target" / "debug" / "nekms-enclave"))
-ACCOUNT = "111122223333"
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def wait_for(path: pathlib.Path, proc, what):
-    deadline = time.time() + 30
-    while not path.exists():
-        assert proc.poll() is None, f"{what} exited"
-        assert time.time() < deadline, f"{what} did not start"
-        time.sleep(0.02)
+from conftest import ADMIN, INSTANCE, NEKMS, NEKMS_ENCLAVE, enclave_args, free_port, kms_client, nekms, principals, start, start_kms, stop
 
 
 class KmstoolClient:
@@ -71,62 +47,51 @@ class KmstoolClient:
 
 
 class World:
+    """nekms-kms, `nekms proxy` and a simulated enclave, each started on its own (and stopped by close())."""
+
     def __init__(self, base: pathlib.Path):
         self.base = base
         self.dev = base / "dev"
-        subprocess.run([NEKMS, "dev", "init", "--dir", str(self.dev)], check=True, capture_output=True)
         self.port = free_port()
         self.procs = {}
-        self.logs = {}
-        self.start_kms()
-        self.start_proxy()
-        self.enclave_log = base / "enclave.log"
-        self.start_enclave("enclave", self.enclave_log)
-        principals = tomllib.loads((self.dev / "principals.toml").read_text())["principal"]
-        self.creds = {p["name"]: p for p in principals}
+        try:
+            nekms("dev", "init", "--dir", str(self.dev))
+            self.start_kms()
+            self.start_proxy()
+            self.enclave_log = base / "enclave.log"
+            self.start_enclave("enclave", self.enclave_log)
+            self.creds = principals(self.dev)
+        except BaseException:
+            self.close()
+            raise
 
     def start_kms(self):
-        ready = self.base / "kms.ready"
-        ready.unlink(missing_ok=True)
-        p = subprocess.Popen([NEKMS_KMS, "--dir", str(self.dev), "--http", "off", "--https", f"127.0.0.1:{self.port}",
-                              "--exit-after", "900", "--ready-file", str(ready)], stdout=subprocess.DEVNULL)
-        wait_for(ready, p, "nekms-kms")
-        self.procs["kms"] = p
+        self.procs["kms"], _ = start_kms(self.dev, self.base / "kms.ready", http="off", https=f"127.0.0.1:{self.port}")
 
     def start_proxy(self):
         allow = self.base / "allowlist.yaml"
         allow.write_text(f"allowlist:\n- {{address: 127.0.0.1, port: {self.port}}}\n")
         sock = self.base / "proxy.sock"
         sock.unlink(missing_ok=True)
-        p = subprocess.Popen([NEKMS, "proxy", f"unix://{sock}", "127.0.0.1", str(self.port), "--config", str(allow)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(sock, p, "nekms proxy")
-        self.procs["proxy"] = p
+        self.procs["proxy"] = start([NEKMS, "proxy", f"unix://{sock}", "127.0.0.1", str(self.port), "--config", str(allow)], sock,
+                                    "nekms proxy", stderr=subprocess.DEVNULL, interval=0.02)
 
     def start_enclave(self, name, log, image=None):
         sock = self.base / f"{name}.sock"
         sock.unlink(missing_ok=True)
-        args = [NEKMS_ENCLAVE, "--sim", "--dev-dir", str(self.dev), "--kmstool", f"unix://{sock}",
-                "--rpc", f"unix://{self.base / (name + '.rpc.sock')}",
-                "--proxy", f"unix://{self.base / 'proxy.sock'}", "--kms-endpoint", f"https://localhost:{self.port}",
-                "--kms-ca", str(self.dev / "tls-ca.pem")]
+        args = [*enclave_args(self.dev, f"unix://{self.base / 'proxy.sock'}", self.port), "--kmstool", f"unix://{sock}",
+                "--rpc", f"unix://{self.base / (name + '.rpc.sock')}"]
         if image:
             args += ["--image", str(image)]
-        p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
-        wait_for(sock, p, name)
-        self.procs[name] = p
+        # The enclave's stderr is its log.
+        self.procs[name] = start(args, sock, name, log, stdout=subprocess.DEVNULL, interval=0.02)
         return sock
 
     def stop(self, name):
-        p = self.procs.pop(name)
-        p.terminate()
-        p.wait(10)
+        stop(self.procs.pop(name))
 
     def client(self, profile):
-        c = self.creds[profile]
-        return boto3.client("kms", region_name="us-east-1", endpoint_url=f"https://localhost:{self.port}",
-                            verify=str(self.dev / "tls-ca.pem"), aws_access_key_id=c["access_key_id"],
-                            aws_secret_access_key=c["secret_access_key"], aws_session_token=c.get("session_token"))
+        return kms_client(f"https://localhost:{self.port}", self.creds[profile], verify=str(self.dev / "tls-ca.pem"))
 
     def set_client(self, kc, profile="instance", **override):
         c = self.creds[profile]
@@ -138,33 +103,28 @@ class World:
         return kc.send(msg)
 
     def close(self):
-        for p in self.procs.values():
-            p.terminate()
-        for p in self.procs.values():
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(*self.procs.values())
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     w = World(tmp_path_factory.mktemp("kmstool"))
-    pcr0 = json.loads(subprocess.run([NEKMS, "pcr", "sim", NEKMS_ENCLAVE], check=True, capture_output=True,
-                                     text=True).stdout)["Measurements"]["PCR0"]
-    policy = {"Version": "2012-10-17", "Statement": [
-        {"Sid": "Enable decrypt from enclave", "Effect": "Allow",
-         "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:role/nekms-instance"}, "Action": "kms:Decrypt", "Resource": "*",
-         "Condition": {"StringEqualsIgnoreCase": {"kms:RecipientAttestation:ImageSha384": pcr0}}},
-        {"Sid": "Enable encrypt from instance", "Effect": "Allow",
-         "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:role/nekms-instance"}, "Action": "kms:Encrypt", "Resource": "*"},
-        {"Sid": "Admins", "Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:role/nekms-key-admin"},
-         "Action": ["kms:Create*", "kms:Describe*", "kms:Put*", "kms:Get*"], "Resource": "*"}]}
-    w.key = w.client("admin").create_key(Policy=json.dumps(policy))["KeyMetadata"]["Arn"]
-    w.ciphertext = base64.b64encode(
-        w.client("instance").encrypt(KeyId=w.key, Plaintext=b"Hello, KMS!")["CiphertextBlob"]).decode()
-    yield w
-    w.close()
+    try:
+        pcr0 = json.loads(nekms("pcr", "sim", NEKMS_ENCLAVE).stdout)["Measurements"]["PCR0"]
+        policy = {"Version": "2012-10-17", "Statement": [
+            {"Sid": "Enable decrypt from enclave", "Effect": "Allow",
+             "Principal": {"AWS": INSTANCE}, "Action": "kms:Decrypt", "Resource": "*",
+             "Condition": {"StringEqualsIgnoreCase": {"kms:RecipientAttestation:ImageSha384": pcr0}}},
+            {"Sid": "Enable encrypt from instance", "Effect": "Allow",
+             "Principal": {"AWS": INSTANCE}, "Action": "kms:Encrypt", "Resource": "*"},
+            {"Sid": "Admins", "Effect": "Allow", "Principal": {"AWS": ADMIN},
+             "Action": ["kms:Create*", "kms:Describe*", "kms:Put*", "kms:Get*"], "Resource": "*"}]}
+        w.key = w.client("admin").create_key(Policy=json.dumps(policy))["KeyMetadata"]["Arn"]
+        w.ciphertext = base64.b64encode(
+            w.client("instance").encrypt(KeyId=w.key, Plaintext=b"Hello, KMS!")["CiphertextBlob"]).decode()
+        yield w
+    finally:
+        w.close()
 
 
 def test_decrypt_through_enclave_proxy_and_local_kms(world):

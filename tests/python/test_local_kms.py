@@ -10,7 +10,6 @@ import json
 import os
 import pathlib
 import subprocess
-import time
 
 import boto3
 import botocore.exceptions
@@ -18,30 +17,19 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-NEKMS = os.environ.get("NEKMS_BIN", str(ROOT / "target" / "debug" / "nekms"))
-NEKMS_KMS = os.environ.get("NEKMS_KMS_BIN", str(ROOT / "target" / "debug" / "nekms-kms"))
-ACCOUNT = "111122223333"
+from conftest import ACCOUNT, ADMIN, INSTANCE, ROOT, nekms, start_kms, stop
 
 
 class LocalKms:
+    """nekms-kms on its own, serving a new development world `dev`."""
+
     def __init__(self, dev: pathlib.Path, principals_extra: str = ""):
         self.dev = dev
-        subprocess.run([NEKMS, "dev", "init", "--dir", str(dev)], check=True, capture_output=True)
+        nekms("dev", "init", "--dir", str(dev))
         if principals_extra:
             with open(dev / "principals.toml", "a") as f:
                 f.write(principals_extra)
-        ready = dev / "ready.json"
-        self.proc = subprocess.Popen(
-            [NEKMS_KMS, "--dir", str(dev), "--http", "127.0.0.1:0", "--https", "127.0.0.1:0",
-             "--exit-after", "900", "--ready-file", str(ready)],
-            stdout=subprocess.DEVNULL)
-        deadline = time.time() + 30
-        while not ready.exists():
-            assert self.proc.poll() is None, "nekms-kms exited"
-            assert time.time() < deadline, "nekms-kms did not become ready"
-            time.sleep(0.02)
-        info = json.loads(ready.read_text())
+        self.proc, info = start_kms(dev, dev / "ready.json")
         self.http, self.https, self.ca = info["http"], info["https"], info["ca"]
         self.env = {**os.environ,
                     "AWS_SHARED_CREDENTIALS_FILE": str(dev / "aws" / "credentials"),
@@ -72,11 +60,7 @@ class LocalKms:
                               env=self.env, capture_output=True, text=True)
 
     def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop(self.proc)
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +82,7 @@ def test_boto3_key_lifecycle_and_symmetric_cryptography(kms):
     policy = json.loads(admin.get_key_policy(KeyId="alias/boto3", PolicyName="default")["Policy"])
     assert policy["Statement"][0]["Principal"]["AWS"] == f"arn:aws:iam::{ACCOUNT}:root"
     policy["Statement"].append({"Sid": "Admins", "Effect": "Allow",
-                                "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:role/nekms-key-admin"},
+                                "Principal": {"AWS": ADMIN},
                                 "Action": "kms:*", "Resource": "*"})
     admin.put_key_policy(KeyId=key["KeyId"], PolicyName="default", Policy=json.dumps(policy))
     assert "Admins" in admin.get_key_policy(KeyId=key["Arn"])["Policy"]
@@ -182,7 +166,7 @@ def test_aws_cli_policies_aliases_data_keys_signatures_and_lockout(kms):
     policy = json.loads(ok("get-key-policy", "--key-id", "alias/cli", "--policy-name", "default")["Policy"])
     # Lock the root user out: only the administrators keep the key.
     policy["Statement"] = [{"Sid": "Admins", "Effect": "Allow",
-                            "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:role/nekms-key-admin"},
+                            "Principal": {"AWS": ADMIN},
                             "Action": "kms:*", "Resource": "*"}]
     policy_file = kms.dev / "cli-policy.json"
     policy_file.write_text(json.dumps(policy))
@@ -218,14 +202,12 @@ def enclave(kms, name: str, image: bytes):
                                                   serialization.NoEncryption()))
     (d / "spki.der").write_bytes(key.public_key().public_bytes(serialization.Encoding.DER,
                                                                 serialization.PublicFormat.SubjectPublicKeyInfo))
-    pcrs = json.loads(subprocess.run([NEKMS, "pcr", "sim", str(d / "image")], check=True, capture_output=True,
-                                     text=True, env=kms.env).stdout)["Measurements"]
+    pcrs = json.loads(nekms("pcr", "sim", str(d / "image"), env=kms.env).stdout)["Measurements"]
     return d, pcrs["PCR0"]
 
 
 def document(kms, d):
-    subprocess.run([NEKMS, "attest", "sim", "--image", str(d / "image"), "--public-key", str(d / "spki.der"),
-                    "-o", str(d / "doc.cbor")], check=True, capture_output=True, env=kms.env)
+    nekms("attest", "sim", "--image", str(d / "image"), "--public-key", str(d / "spki.der"), "-o", str(d / "doc.cbor"), env=kms.env)
     return {"KeyEncryptionAlgorithm": "RSAES_OAEP_SHA_256", "AttestationDocument": (d / "doc.cbor").read_bytes()}
 
 
@@ -244,12 +226,12 @@ def test_lockout_seed_scenarios_with_boto3_and_simulated_enclaves(kms):
     # administrators manage but cannot decrypt.
     policy = {"Version": "2012-10-17", "Statement": [
         {"Sid": "Enable decrypt from enclave", "Effect": "Allow",
-         "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:role/nekms-instance"}, "Action": "kms:Decrypt", "Resource": "*",
+         "Principal": {"AWS": INSTANCE}, "Action": "kms:Decrypt", "Resource": "*",
          "Condition": {"StringEqualsIgnoreCase": {"kms:RecipientAttestation:ImageSha384": pcr0.upper()}}},
         {"Sid": "Enable encrypt from instance", "Effect": "Allow",
-         "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:role/nekms-instance"}, "Action": "kms:Encrypt", "Resource": "*"},
+         "Principal": {"AWS": INSTANCE}, "Action": "kms:Encrypt", "Resource": "*"},
         {"Sid": "Allow access for Key Administrators", "Effect": "Allow",
-         "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:role/nekms-key-admin"},
+         "Principal": {"AWS": ADMIN},
          "Action": ["kms:Create*", "kms:Describe*", "kms:Enable*", "kms:List*", "kms:Put*", "kms:Update*",
                     "kms:Revoke*", "kms:Disable*", "kms:Get*", "kms:Delete*", "kms:TagResource",
                     "kms:UntagResource", "kms:ScheduleKeyDeletion", "kms:CancelKeyDeletion"], "Resource": "*"}]}
@@ -274,9 +256,7 @@ def test_lockout_seed_scenarios_with_boto3_and_simulated_enclaves(kms):
     # Same ASN.1 shape as a real KMS response.
     (good / "ours.ber").write_bytes(out["CiphertextForRecipient"])
     real = ROOT / "crates" / "cms" / "tests" / "data" / "kms-ciphertext-for-recipient.ber"
-    ours_shape, real_shape = (json.loads(subprocess.run([NEKMS, "cms", "inspect", "--json", str(f)], check=True,
-                                                        capture_output=True, text=True).stdout)
-                              for f in (good / "ours.ber", real))
+    ours_shape, real_shape = (json.loads(nekms("cms", "inspect", "--json", str(f)).stdout) for f in (good / "ours.ber", real))
     for shape in (ours_shape, real_shape):
         shape["ski_len"] = len(shape["recipient"].pop("subject_key_identifier")) // 2
         shape["iv_len"] = len(shape.pop("iv")) // 2
@@ -291,12 +271,12 @@ def test_lockout_seed_scenarios_with_boto3_and_simulated_enclaves(kms):
     assert "Plaintext" not in r and len(openssl_cms_decrypt(good, r["CiphertextForRecipient"])) == 32
 
     # The audit log names the image of every Recipient request.
-    r = subprocess.run([NEKMS, "dev", "kms", "audit", "--json"], env=kms.env, check=True, capture_output=True, text=True)
+    r = nekms("dev", "kms", "audit", "--json", env=kms.env)
     events = [json.loads(l) for l in r.stdout.splitlines()]
     decrypts = [e for e in events if e["eventName"] == "Decrypt" and "additionalEventData" in e]
     digests = {e["additionalEventData"]["recipient"]["attestationDocumentEnclaveImageDigest"] for e in decrypts}
     assert {pcr0, bad_pcr0} <= digests
-    readable = subprocess.run([NEKMS, "dev", "kms", "audit", "-n", "5"], env=kms.env, check=True, capture_output=True, text=True)
+    readable = nekms("dev", "kms", "audit", "-n", "5", env=kms.env)
     assert "GenerateRandom" in readable.stdout and "recipient" in readable.stdout
 
 
@@ -307,20 +287,20 @@ def test_kmstool_debug_mode_policy_admits_only_zero_pcrs(kms):
     admin, instance = kms.client("admin"), kms.client("instance")
     policy = {"Version": "2012-10-17", "Statement": [
         {"Sid": "Enable decrypt from enclave", "Effect": "Allow",
-         "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:role/nekms-instance"}, "Action": "kms:Decrypt", "Resource": "*",
+         "Principal": {"AWS": INSTANCE}, "Action": "kms:Decrypt", "Resource": "*",
          "Condition": {"StringEqualsIgnoreCase": {"kms:RecipientAttestation:ImageSha384": "0" * 96}}},
         {"Sid": "Enable encrypt from instance", "Effect": "Allow",
-         "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:role/nekms-instance"}, "Action": "kms:Encrypt", "Resource": "*"},
+         "Principal": {"AWS": INSTANCE}, "Action": "kms:Encrypt", "Resource": "*"},
         {"Sid": "Allow access for Key Administrators", "Effect": "Allow",
-         "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:role/nekms-key-admin"},
+         "Principal": {"AWS": ADMIN},
          "Action": ["kms:Create*", "kms:Describe*", "kms:Put*", "kms:Get*"], "Resource": "*"}]}
     key = admin.create_key(Description="Nitro Enclaves Test Key", Policy=json.dumps(policy))["KeyMetadata"]["Arn"]
     blob = instance.encrypt(KeyId=key, Plaintext=b"Hello, KMS!")["CiphertextBlob"]
     with pytest.raises(botocore.exceptions.ClientError) as e:
         instance.decrypt(CiphertextBlob=blob, Recipient=document(kms, d))
     assert error_code(e) == "AccessDeniedException"
-    subprocess.run([NEKMS, "attest", "sim", "--debug-mode", "--image", str(d / "image"), "--public-key",
-                    str(d / "spki.der"), "-o", str(d / "debug.cbor")], check=True, capture_output=True, env=kms.env)
+    nekms("attest", "sim", "--debug-mode", "--image", str(d / "image"), "--public-key", str(d / "spki.der"), "-o", str(d / "debug.cbor"),
+          env=kms.env)
     out = instance.decrypt(CiphertextBlob=blob, Recipient={"KeyEncryptionAlgorithm": "RSAES_OAEP_SHA_256",
                                                            "AttestationDocument": (d / "debug.cbor").read_bytes()})
     assert openssl_cms_decrypt(d, out["CiphertextForRecipient"]) == b"Hello, KMS!"
@@ -392,8 +372,8 @@ def test_a_grant_opens_a_key_its_policy_keeps_closed_until_retired_or_revoked(km
     (so no attestation condition), is bound by its encryption-context
     constraint, and an explicit Deny in the key policy still wins."""
     admin, instance = kms.client("admin"), kms.client("instance")
-    admin_arn = f"arn:aws:iam::{ACCOUNT}:role/nekms-key-admin"
-    instance_arn = f"arn:aws:iam::{ACCOUNT}:role/nekms-instance"
+    admin_arn = ADMIN
+    instance_arn = INSTANCE
     manage = {"Sid": "Administrators", "Effect": "Allow", "Principal": {"AWS": admin_arn},
               "Action": ["kms:Create*", "kms:Describe*", "kms:List*", "kms:Put*", "kms:Get*", "kms:Revoke*",
                          "kms:Encrypt"], "Resource": "*"}
@@ -477,7 +457,7 @@ def test_a_grant_opens_a_key_its_policy_keeps_closed_until_retired_or_revoked(km
         admin.revoke_grant(KeyId=key, GrantId=g["GrantId"])
 
     # The audit log names the grant that allowed a request.
-    r = subprocess.run([NEKMS, "dev", "kms", "audit", "--json"], env=kms.env, check=True, capture_output=True, text=True)
+    r = nekms("dev", "kms", "audit", "--json", env=kms.env)
     assert any(json.loads(l).get("additionalEventData", {}).get("grantId") == grant_id for l in r.stdout.splitlines())
 
     # Bad input: AWS's exceptions, and nothing changed.
@@ -502,8 +482,8 @@ def test_a_policy_limits_what_grants_a_principal_may_create(kms):
     """kms:GrantOperations and kms:GranteePrincipal in a key policy: the
     instance may hand out Encrypt to one role and nothing else."""
     admin, instance = kms.client("admin"), kms.client("instance")
-    admin_arn = f"arn:aws:iam::{ACCOUNT}:role/nekms-key-admin"
-    instance_arn = f"arn:aws:iam::{ACCOUNT}:role/nekms-instance"
+    admin_arn = ADMIN
+    instance_arn = INSTANCE
     policy = {"Version": "2012-10-17", "Statement": [
         {"Effect": "Allow", "Principal": {"AWS": admin_arn}, "Action": "kms:*", "Resource": "*"},
         {"Effect": "Allow", "Principal": {"AWS": instance_arn}, "Action": "kms:CreateGrant", "Resource": "*",
@@ -528,8 +508,8 @@ def test_principal_tags_and_userid_decide_as_on_aws(tmp_path):
     local = LocalKms(tmp_path / "dev", principals_extra='\n[principal.tags]\nteam = "payments"\n')
     try:
         admin, instance = local.client("admin"), local.client("instance")
-        admin_arn = f"arn:aws:iam::{ACCOUNT}:role/nekms-key-admin"
-        instance_arn = f"arn:aws:iam::{ACCOUNT}:role/nekms-instance"
+        admin_arn = ADMIN
+        instance_arn = INSTANCE
 
         def key_with(condition):
             return admin.create_key(Policy=json.dumps({"Version": "2012-10-17", "Statement": [

@@ -10,11 +10,11 @@ slip in a record the enclave did not make.
 """
 
 import base64
-import datetime
 import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -23,134 +23,18 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, utils
-from cryptography.x509.oid import NameOID
 
-from test_dev_up import NEKMS, ROOT, Up
-
-MODULE = os.environ.get("NEKMS_P11_MODULE", str(ROOT / "target" / "debug" / "libnekms_p11.so"))
-P11KIT_CLIENT = "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so"
-PIN = "1234-pin"
+from conftest import Rpc, Up, cbor_record, free_port, nekms, stop, wait_for
+from p11_support import (HOLDER, MODULE, NGINX_CONF, OPENSSL_CNF, P11KIT_CLIENT, PIN, PROVIDER, PROVIDER_CNF, SERVER, Tokens, handshake,
+                         children, lattice_split, logged_in, provisioned, pss_kib, pykcs11, rss_kib, serves, stop_nginx, verify)
 
 pytestmark = pytest.mark.skipif(shutil.which("pkcs11-tool") is None or shutil.which("p11-kit") is None,
                                 reason="scripts/test installs opensc and p11-kit")
 
 
-class Tokens:
-    """`nekms dev up`, keys in a store, and a token database."""
-
-    def __init__(self, base):
-        self.base = base
-        self.up = Up(base)
-        self.env = {**self.up.env, "NEKMS_STORE": f"sqlite:{base / 'keys.db'}", "NEKMS_P11_DB": str(base / "tokens.json"),
-                    "NEKMS_P11_RPC": self.up.info["rpc"]}
-        self.pin_file = base / "pin"
-        self.pin_file.write_text(PIN + "\n")
-        os.chmod(self.pin_file, 0o600)
-        self.ca = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "nekms test CA")])
-        self.ca_cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(self.ca.public_key())
-                        .serial_number(1).not_valid_before(now - datetime.timedelta(minutes=5))
-                        .not_valid_after(now + datetime.timedelta(days=1))
-                        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-                        .sign(self.ca, hashes.SHA256()))
-        self.ca_pem = base / "ca.pem"
-        self.ca_pem.write_bytes(self.ca_cert.public_bytes(serialization.Encoding.PEM))
-        self.kit = None
-
-    def nekms(self, *args, check=True):
-        r = subprocess.run([NEKMS, *args], env=self.env, capture_output=True, text=True, timeout=120)
-        if check:
-            assert r.returncode == 0, f"nekms {' '.join(args)}: {r.stderr}"
-        return r
-
-    def public_key(self, name):
-        return serialization.load_der_public_key(base64.b64decode(json.loads(self.nekms("key", "show", name, "--json").stdout)["public_key"]))
-
-    def key(self, name, spec, *extra):
-        """A key in the store and a certificate for it (leaf, then the CA)."""
-        self.nekms("key", "create", "--name", name, "--spec", spec, *extra)
-        now = datetime.datetime.now(datetime.timezone.utc)
-        ca_cert = self.ca_cert
-        leaf = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-                .issuer_name(ca_cert.subject).public_key(self.public_key(name))
-                .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-                .not_valid_after(now + datetime.timedelta(days=1))
-                .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-                .sign(self.ca, hashes.SHA256()))
-        path = self.base / f"{name}.pem"
-        path.write_bytes(leaf.public_bytes(serialization.Encoding.PEM) + ca_cert.public_bytes(serialization.Encoding.PEM))
-        return path
-
-    def tool(self, *args, module=MODULE, check=True, env=None):
-        r = subprocess.run(["pkcs11-tool", "--module", module, *args], env=env or self.env, capture_output=True, timeout=120)
-        if check:
-            assert r.returncode == 0, f"pkcs11-tool {' '.join(args)}: {r.stderr.decode()}"
-        return r
-
-    def start_kit(self):
-        """p11-kit's server loading the module, as the enclave runs it."""
-        sock = self.base / "p11-kit.sock"
-        if self.kit is not None:
-            return {**self.env, "P11_KIT_SERVER_ADDRESS": f"unix:path={sock}"}
-        # Its own process group: `p11-kit server` runs the real server as a child, which must stop with it.
-        self.kit = subprocess.Popen(["p11-kit", "server", "-f", "-p", MODULE, "-n", str(sock), "pkcs11:"],
-                                    env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.time() + 20
-        while not sock.exists():
-            assert self.kit.poll() is None, "p11-kit server exited"
-            assert time.time() < deadline
-            time.sleep(0.05)
-        return {**self.env, "P11_KIT_SERVER_ADDRESS": f"unix:path={sock}"}
-
-    def stop(self):
-        if self.kit:
-            try:
-                os.killpg(self.kit.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            self.kit.wait(10)
-        self.up.stop()
-
-
 @pytest.fixture(scope="module")
-def tokens(tmp_path_factory):
-    t = Tokens(tmp_path_factory.mktemp("p11"))
-    specs = [("web-rsa", "rsa2048"), ("web-ec", "p256"), ("web-p384", "p384"), ("web-rsa4k", "rsa4096"), ("web-ed", "ed25519"), ("web-k1", "secp256k1")]
-    # web-rsa is made to decrypt as well as sign (fixed in its record); the others sign only.
-    chains = {name: t.key(name, spec, *(["--decrypt"] if name == "web-rsa" else [])) for name, spec in specs}
-    # Ed25519 and secp256k1 keys on a token of their own: libp11 0.4.12
-    # (Debian bookworm's OpenSSL engine) stops enumerating a token's keys at
-    # the first CKK_EC_EDWARDS key, so a web server's token holds none.
-    for label, names in [("web", [n for n, _ in specs[:4]]), ("other", [n for n, _ in specs[4:]])]:
-        args = ["p11", "token", "add", "--label", label, "--pin-file", str(t.pin_file)]
-        for name in names:
-            i = [n for n, _ in specs].index(name) + 1
-            args += ["--key", f"{name}:{i:02x}", "--cert", f"{name}:{chains[name]}"]
-        if label == "web":
-            args += ["--decrypt", "web-rsa"]
-        t.nekms(*args)
-    t.chains = chains
-    yield t
-    t.stop()
-
-
-def verify(public, mech, data, sig):
-    """Check a signature with `cryptography` (for ECDSA, `sig` is r || s)."""
-    if mech.startswith("ECDSA"):
-        half = len(sig) // 2
-        der = utils.encode_dss_signature(int.from_bytes(sig[:half], "big"), int.from_bytes(sig[half:], "big"))
-        if mech == "ECDSA":
-            public.verify(der, data, ec.ECDSA(utils.Prehashed(hashes.SHA256() if len(data) == 32 else hashes.SHA384())))
-        else:
-            public.verify(der, data, ec.ECDSA(getattr(hashes, mech.split("-")[1])()))
-    elif mech == "EDDSA":
-        public.verify(sig, data)
-    elif "PSS" in mech:
-        h = getattr(hashes, mech.split("-")[0])()
-        public.verify(sig, data, padding.PSS(mgf=padding.MGF1(h), salt_length=h.digest_size), h)
-    else:
-        public.verify(sig, data, padding.PKCS1v15(), getattr(hashes, mech.split("-")[0])())
+def tokens(dev_up):
+    return provisioned(Tokens(dev_up("p11")))
 
 
 def test_pkcs11_tool_lists_the_token_its_mechanisms_and_objects(tokens):
@@ -248,10 +132,7 @@ def test_rsa_decryption_pkcs1_and_oaep(tokens):
         assert out == b"a premaster secret, say", (mech, extra, out)
     # C_Encrypt runs in the module with the public key (pkcs11-tool encrypts with secret keys only: PyKCS11 asks);
     # the enclave decrypts what it made, and a raw CKM_RSA_X_509 encryption is c = m^e mod n.
-    P, lib = pykcs11(tokens)
-    slot = next(x for x in lib.getSlotList(tokenPresent=True) if lib.getTokenInfo(x).label.strip() == "web")
-    session = lib.openSession(slot)
-    session.login(PIN)
+    P, lib, session = logged_in(tokens, "web")
     try:
         public = session.findObjects([(P.CKA_CLASS, P.CKO_PUBLIC_KEY), (P.CKA_ID, (1,))])[0]
         private = session.findObjects([(P.CKA_CLASS, P.CKO_PRIVATE_KEY), (P.CKA_ID, (1,))])[0]
@@ -306,22 +187,11 @@ def test_through_p11_kit_server_and_client(tokens):
             public.verify(sig, h, padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32), utils.Prehashed(hashes.SHA256()))
 
 
-def pykcs11(tokens, module=MODULE):
-    import PyKCS11
-    os.environ["NEKMS_P11_RPC"] = tokens.env["NEKMS_P11_RPC"]
-    lib = PyKCS11.PyKCS11Lib()
-    lib.load(module)
-    return PyKCS11, lib
-
-
 def test_the_parent_cannot_get_a_token_key_out(tokens):
     """CKA_VALUE and the private exponent are sensitive; the key cannot be
     made extractable, copied, wrapped or destroyed; the CKA_EXTRACTABLE the
     tools read stays false."""
-    P, lib = pykcs11(tokens)
-    slot = next(s for s in lib.getSlotList(tokenPresent=True) if lib.getTokenInfo(s).label.strip() == "web")
-    s = lib.openSession(slot)
-    s.login(PIN)
+    P, lib, s = logged_in(tokens, "web")
     key = s.findObjects([(P.CKA_CLASS, P.CKO_PRIVATE_KEY), (P.CKA_ID, (1,))])[0]
     # PyKCS11 turns CKR_ATTRIBUTE_SENSITIVE into None; the raw call says which error it was.
     for attr in (P.CKA_VALUE, P.CKA_PRIVATE_EXPONENT, P.CKA_PRIME_1, P.CKA_COEFFICIENT):
@@ -414,7 +284,6 @@ def test_provisioning_refuses_what_the_enclave_would_not_sign_with(tokens, tmp_p
     refused("add", "--label", "shortpin", "--pin-file", str(tmp_path / "short"), "--key", "web-ec:01", says="4 to 64 bytes")
     # Past the CLI (which checks the store's rows), straight to the enclave's
     # RPC: a record renamed, and a record whose sealed key is another's.
-    from test_attacker import Rpc, cbor_record
     ec_record = json.loads(tokens.nekms("key", "show", "web-ec", "--json").stdout)
     rsa_record = json.loads(tokens.nekms("key", "show", "web-rsa", "--json").stdout)
     renamed = {**ec_record, "key_id": "planted"}
@@ -430,73 +299,6 @@ def test_provisioning_refuses_what_the_enclave_would_not_sign_with(tokens, tmp_p
     assert tokens.nekms("p11", "slots", "--json").stdout == before
 
 
-OPENSSL_CNF = """openssl_conf = openssl_init
-[openssl_init]
-engines = engine_section
-[engine_section]
-pkcs11 = pkcs11_section
-[pkcs11_section]
-engine_id = pkcs11
-dynamic_path = /usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so
-MODULE_PATH = {module}
-# OpenSSL 3 loads the engine only with this.
-init = 1
-"""
-
-NGINX_CONF = """daemon on;
-master_process on;
-worker_processes 2;
-user root;
-pid {base}/nginx.pid;
-error_log {base}/nginx-error.log info;
-env P11_KIT_SERVER_ADDRESS;
-env OPENSSL_CONF;
-ssl_engine pkcs11;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {base}/tmp;
-    proxy_temp_path {base}/tmp;
-    fastcgi_temp_path {base}/tmp;
-    uwsgi_temp_path {base}/tmp;
-    scgi_temp_path {base}/tmp;
-    ssl_session_cache off;
-    ssl_session_tickets off;
-    ssl_protocols TLSv1.2 TLSv1.3;
-{servers}
-}}
-"""
-
-SERVER = """    server {{
-        listen 127.0.0.1:{port} ssl;
-        ssl_certificate {chain};
-        ssl_certificate_key "engine:pkcs11:pkcs11:token={token};id=%{id};type=private?pin-source=file:{pin}";
-        location / {{ return 200 "{token}:{id}\\n"; }}
-    }}
-"""
-
-
-def free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def handshake(port, ca, version):
-    import socket
-    import ssl
-    ctx = ssl.create_default_context(cafile=str(ca))
-    ctx.minimum_version = ctx.maximum_version = version
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
-        with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
-            tls.sendall(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            data = b""
-            while chunk := tls.recv(4096):
-                data += chunk
-            return tls.version(), data.split(b"\r\n\r\n", 1)[1]
-
-
 @pytest.mark.skipif(shutil.which("nginx") is None, reason="scripts/test installs nginx-light")
 def test_nginx_serves_tls_with_token_keys_through_p11_kit(tokens):
     """ACM's deployment: nginx (two workers) loads the key through libp11's
@@ -504,7 +306,6 @@ def test_nginx_serves_tls_with_token_keys_through_p11_kit(tokens):
     0600 file. RSA-2048 and P-256, TLS 1.2 and 1.3, 500 handshakes, a killed
     worker, a reload, and a token added while nginx runs (served after a
     binary upgrade)."""
-    import ssl
     env = tokens.start_kit()
     b = tokens.base / "nginx"
     (b / "tmp").mkdir(parents=True, exist_ok=True)
@@ -526,14 +327,7 @@ def test_nginx_serves_tls_with_token_keys_through_p11_kit(tokens):
     assert started.returncode == 0, started.stderr
     master = int((b / "nginx.pid").read_text())
     try:
-        deadline = time.time() + 30
-        while True:
-            try:
-                handshake(ports["ec"], ca, ssl.TLSVersion.TLSv1_3)
-                break
-            except OSError:
-                assert time.time() < deadline, (b / "nginx-error.log").read_text()
-                time.sleep(0.2)
+        wait_for(lambda: serves(ports["ec"], ca), what="nginx", log=b / "nginx-error.log", interval=0.2)
         for name, port in ports.items():
             for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
                 got, body = handshake(port, ca, version)
@@ -562,36 +356,18 @@ def test_nginx_serves_tls_with_token_keys_through_p11_kit(tokens):
         servers.append(SERVER.format(port=ports["added"], chain=pem, token="added", id="09", pin=pin))
         conf.write_text(NGINX_CONF.format(base=b, servers="".join(servers)))
         os.kill(master, signal.SIGUSR2)
-        deadline = time.time() + 30
-        while True:
-            try:
-                assert handshake(ports["added"], ca, ssl.TLSVersion.TLSv1_3)[1] == b"added:09\n"
-                break
-            except OSError:
-                assert time.time() < deadline, (b / "nginx-error.log").read_text()
-                time.sleep(0.2)
+        assert wait_for(lambda: serves(ports["added"], ca), what="the new master", log=b / "nginx-error.log", interval=0.2)[1] == b"added:09\n"
         new_master = int((b / "nginx.pid").read_text())
         assert new_master != master
         os.kill(master, signal.SIGQUIT)
-        deadline = time.time() + 30
-        while os.path.exists(f"/proc/{master}"):
-            assert time.time() < deadline, "the old master did not quit"
-            time.sleep(0.1)
+        wait_for(lambda: not os.path.exists(f"/proc/{master}"), what="the old master quitting", interval=0.1)
         for port in ports.values():
             handshake(port, ca, ssl.TLSVersion.TLSv1_3)
         # No PIN in any nginx file.
         for f in [conf, b / "openssl.cnf"]:
             assert PIN not in f.read_text()
     finally:
-        for pidfile in (b / "nginx.pid", b / "nginx.pid.oldbin"):
-            try:
-                os.kill(int(pidfile.read_text()), signal.SIGTERM)
-            except (OSError, ValueError):
-                pass
-        try:
-            os.kill(master, signal.SIGTERM)
-        except OSError:
-            pass
+        stop_nginx(b, master)
 
 
 def test_error_codes_of_the_module_loaded_direct(tokens):
@@ -693,7 +469,6 @@ def test_error_codes_of_the_module_loaded_direct(tokens):
 def test_the_1025th_token_is_refused_and_1024_fit(tokens):
     """1024 tokens, each with a key and a two-certificate chain, added over
     the RPC; the 1025th is refused. The enclave's memory is reported."""
-    from test_attacker import Rpc, cbor_record
     record = cbor_record(json.loads(tokens.nekms("key", "show", "web-rsa", "--json").stdout))
     chain = tokens.chains["web-rsa"].read_text()
     ders = [x509.load_pem_x509_certificate(p.encode()).public_bytes(serialization.Encoding.DER)
@@ -702,11 +477,7 @@ def test_the_1025th_token_is_refused_and_1024_fit(tokens):
     kind, slots = rpc.call({"P11": "Slots"})
     have = len(slots["P11"]["Slots"])
     pid = int(subprocess.run(["pgrep", "-f", "nekms-enclave.*" + str(tokens.up.dev)], capture_output=True, text=True).stdout.split()[0])
-
-    def rss():
-        return int(next(l for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS")).split()[1])
-
-    before = rss()
+    before = rss_kib(pid)
     verifier = None
     added = []
     for i in range(1024 - have):
@@ -719,7 +490,7 @@ def test_the_1025th_token_is_refused_and_1024_fit(tokens):
         assert kind == "Ok", out
         verifier = out["P11"]["TokenAdded"]["pin_verifier"]
         added.append(f"bulk-{i}")
-    after = rss()
+    after = rss_kib(pid)
     token = {"label": "one-too-many", "pin_verifier": verifier, "keys": [{"id": b"\x01", "label": "k", "record": record}]}
     kind, err = rpc.call({"P11": {"AddToken": {"token": token, "replace": False}}})
     assert kind == "Err" and "1024 tokens" in err["message"], err
@@ -732,31 +503,14 @@ def test_the_1025th_token_is_refused_and_1024_fit(tokens):
     # the enclave and every p11-kit process together (PSS, so shared pages
     # count once) must fit ACM's default 256 MiB enclave.
     env = tokens.start_kit()
-    client = (
-        "import os, sys, PyKCS11\n"
-        "lib = PyKCS11.PyKCS11Lib(); lib.load(sys.argv[1])\n"
-        "slots = lib.getSlotList(tokenPresent=True); assert len(slots) == 1024, len(slots)\n"
-        "slot = next(x for x in slots if lib.getTokenInfo(x).label.strip() == 'web')\n"
-        "s = lib.openSession(slot); s.login(sys.argv[2])\n"
-        "k = s.findObjects([(PyKCS11.CKA_CLASS, PyKCS11.CKO_PRIVATE_KEY), (PyKCS11.CKA_ID, (1,))])[0]\n"
-        "s.sign(k, bytes(32), PyKCS11.Mechanism(PyKCS11.CKM_SHA256_RSA_PKCS))\n"
-        "print('ready', flush=True); sys.stdin.read()\n"
-    )
-    holders = [subprocess.Popen([sys.executable, "-c", client, P11KIT_CLIENT, PIN], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    holders = [subprocess.Popen([sys.executable, "-c", HOLDER, P11KIT_CLIENT, PIN], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
                for _ in range(8)]
     try:
         for h in holders:
             assert h.stdout.readline().strip() == "ready"
-
-        def pss(p):
-            try:
-                return int(next(l for l in open(f"/proc/{p}/smaps_rollup") if l.startswith("Pss:")).split()[1])
-            except (FileNotFoundError, StopIteration, ProcessLookupError):
-                return 0
-        kit = [int(p) for p in os.listdir("/proc") if p.isdigit() and os.path.exists(f"/proc/{p}/stat")
-               and open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[2] == str(tokens.kit.pid)]
+        kit = children(tokens.kit.pid)
         assert len(kit) >= 9, kit  # the server and one module process per connection
-        total = pss(pid) + sum(pss(p) for p in kit)
+        total = pss_kib(pid) + sum(pss_kib(p) for p in kit)
         print(f"\n1024 tokens: nekms-enclave RSS {before // 1024} MiB -> {after // 1024} MiB; with 8 p11-kit connections, "
               f"the enclave and {len(kit)} p11-kit processes: {total // 1024} MiB PSS")
         assert total < 256 * 1024, total
@@ -770,9 +524,7 @@ def test_the_1025th_token_is_refused_and_1024_fit(tokens):
 
 @pytest.mark.skipif(not os.path.exists("/usr/lib/softhsm/libsofthsm2.so"), reason="scripts/test installs softhsm2")
 def test_the_p11_benchmark_measures_both_modules_on_every_path(tmp_path):
-    r = subprocess.run([NEKMS, "bench", "p11", "--seconds", "0.3", "--module", MODULE], capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "HOME": str(tmp_path)})
-    assert r.returncode == 0, r.stderr
+    r = nekms("bench", "p11", "--seconds", "0.3", "--module", MODULE, env={**os.environ, "HOME": str(tmp_path)}, timeout=300)
     for row in ["through p11-kit", "two connections / one", "direct (no p11-kit)", "p11-kit's cost", "first signature through p11-kit"]:
         assert r.stdout.count(row) >= 2, (row, r.stdout)
     for line in r.stdout.splitlines():
@@ -795,7 +547,6 @@ def test_dev_up_serves_the_module_through_p11_kit(tokens):
     out = tokens.tool("-L", module=P11KIT_CLIENT, env=env).stdout.decode()
     assert "token label        : web" in out and "token label        : other" in out
     # The module's socket serves the module's calls only: no provisioning, no other RPC.
-    from test_attacker import Rpc
     p11 = Rpc(tokens.up.info["p11"])
     for request in ({"P11": {"RemoveToken": {"label": "web"}}}, "Describe", {"GenerateRandom": {"length": 16}}):
         kind, err = p11.call(request)
@@ -810,7 +561,7 @@ def test_key_pairs_generated_in_a_token_sign_at_once_and_survive_a_restart(tmp_p
     custody key), `nekms p11 token restore` brings the token back and the key
     still signs. Read-only sessions, write-protected tokens and small RSA
     keys are refused."""
-    t = Tokens(tmp_path / "gen")
+    t = Tokens(Up(tmp_path / "gen"))
     try:
         pem = t.key("seed-ec", "p256")
         t.nekms("p11", "token", "add", "--label", "gen", "--writable", "--pin-file", str(t.pin_file), "--key", "seed-ec:01", "--cert", f"seed-ec:{pem}")
@@ -837,7 +588,6 @@ def test_key_pairs_generated_in_a_token_sign_at_once_and_survive_a_restart(tmp_p
         t.nekms("key", "verify-origin", "p11/gen/0a", "--pcr0", pcr0, "--dev-root", "--dir", str(t.up.dev))
         custody = t.up.info["custody_kms_key"]
         t.up.stop()
-        (t.base / "up.json").unlink()
         t.up = Up(t.base, "--custody-kms-key", custody)
         t.env.update({"NEKMS_ENCLAVE": t.up.info["rpc"], "NEKMS_P11_RPC": t.up.info["rpc"]})
         assert "gen" not in t.nekms("p11", "slots").stdout, "tokens live in the enclave's memory"
@@ -893,10 +643,7 @@ def test_acm_mechanisms_and_raw_rsa(tokens):
     tokens.tool(*sign, "-m", "RSA-PKCS", "--id", "01")
     assert rsa.recover_data_from_signature((b / "raw.sig").read_bytes(), padding.PKCS1v15(), None) == b"not a DigestInfo at all: just bytes"
     # One byte more than k-11 (pkcs11-tool feeds that much part by part, so PyKCS11 asks).
-    P, lib = pykcs11(tokens)
-    slot = next(s for s in lib.getSlotList(tokenPresent=True) if lib.getTokenInfo(s).label.strip() == "web")
-    session = lib.openSession(slot)
-    session.login(PIN)
+    P, lib, session = logged_in(tokens, "web")
     key = session.findObjects([(P.CKA_CLASS, P.CKO_PRIVATE_KEY), (P.CKA_ID, (1,))])[0]
     with pytest.raises(P.PyKCS11Error) as e:
         session.sign(key, b"x" * 246, P.Mechanism(P.CKM_RSA_PKCS))
@@ -924,35 +671,6 @@ def test_acm_mechanisms_and_raw_rsa(tokens):
     assert b"CKR_KEY_FUNCTION_NOT_PERMITTED" in r.stderr, r.stderr
 
 
-def _lattice_split(c, n, k):
-    """Two type-1 blocks whose signatures combine into c^d mod n: find x, y
-    below W = 2^(8(k-11)) with A + y = c (A + x) mod n, where A is the fixed
-    head 00 01 FF*8 00 of a block whose k-11 trailing bytes are free. The
-    pairs (x, c x mod n) form a lattice of determinant n; Gauss reduction
-    gives a basis of vectors about sqrt(n) long, far shorter than W, and
-    rounding the target's coordinates in it gives a point inside the box."""
-    from fractions import Fraction
-    w = 1 << (8 * (k - 11))
-    a = int.from_bytes(b"\x00\x01" + b"\xff" * 8 + b"\x00", "big") << (8 * (k - 11))
-    b = (c - 1) * a % n  # y - c x = b (mod n)
-    u, v = (1, c % n), (0, n)
-    dot = lambda p, q: p[0] * q[0] + p[1] * q[1]
-    while True:
-        if dot(u, u) > dot(v, v):
-            u, v = v, u
-        m = round(Fraction(dot(u, v), dot(u, u)))
-        if m == 0:
-            break
-        v = (v[0] - m * u[0], v[1] - m * u[1])
-    t = (w // 2, w // 2 - b)
-    det = u[0] * v[1] - u[1] * v[0]
-    a1 = round(Fraction(t[0] * v[1] - t[1] * v[0], det))
-    a2 = round(Fraction(u[0] * t[1] - u[1] * t[0], det))
-    x, y = a1 * u[0] + a2 * v[0], a1 * u[1] + a2 * v[1] + b
-    assert 0 <= x < w and 0 <= y < w and (a + y - c * (a + x)) % n == 0
-    return x.to_bytes(k - 11, "big"), y.to_bytes(k - 11, "big")
-
-
 def test_raw_pkcs1_signing_is_no_decryption_oracle_for_sign_only_keys(tokens, tmp_path):
     """The attacker holds a token's PIN (or is root on the parent) and a
     ciphertext made for a sign-only RSA key. Raw CKM_RSA_PKCS signing of
@@ -961,10 +679,7 @@ def test_raw_pkcs1_signing_is_no_decryption_oracle_for_sign_only_keys(tokens, tm
     DigestInfo for such a key and nothing else, so the attack stops at its
     first signature; the same attack against the key provisioned to decrypt
     succeeds, which shows the attack itself is sound."""
-    P, lib = pykcs11(tokens)
-    slot = next(s for s in lib.getSlotList(tokenPresent=True) if lib.getTokenInfo(s).label.strip() == "web")
-    session = lib.openSession(slot)
-    session.login(PIN)
+    P, lib, session = logged_in(tokens, "web")
     try:
         for name, key_id, decrypts in [("web-rsa", 1, True), ("web-rsa4k", 4, False)]:
             public = tokens.public_key(name)
@@ -972,7 +687,7 @@ def test_raw_pkcs1_signing_is_no_decryption_oracle_for_sign_only_keys(tokens, tm
             k = (n.bit_length() + 7) // 8
             ciphertext = public.encrypt(b"the session key of someone else", padding.PKCS1v15())
             c = int.from_bytes(ciphertext, "big")
-            x, y = _lattice_split(c, n, k)
+            x, y = lattice_split(c, n, k)
             key = session.findObjects([(P.CKA_CLASS, P.CKO_PRIVATE_KEY), (P.CKA_ID, (key_id,))])[0]
             if not decrypts:
                 with pytest.raises(P.PyKCS11Error) as err:
@@ -991,7 +706,6 @@ def test_raw_pkcs1_signing_is_no_decryption_oracle_for_sign_only_keys(tokens, tm
         session.logout()
         session.closeSession()
     # Over the raw RPC there is no scheme that signs caller-chosen bytes at all.
-    from test_attacker import Rpc, cbor_record
     record = json.loads(tokens.nekms("key", "show", "web-rsa4k", "--json").stdout)
     rpc = Rpc(tokens.up.info["rpc"])
     for scheme in ("rsa-pkcs1-raw", "rsa-x509", "raw"):
@@ -1039,23 +753,6 @@ def test_describe_device_and_a_database_packed_without_the_enclave(tokens, tmp_p
         tokens.nekms("p11", "token", "remove", "--label", "packed", "--db", str(db))
 
 
-PROVIDER = "/usr/lib/x86_64-linux-gnu/ossl-modules/pkcs11.so"
-PROVIDER_CNF = """openssl_conf = openssl_init
-[openssl_init]
-providers = provider_sect
-[provider_sect]
-default = default_sect
-pkcs11 = pkcs11_sect
-[default_sect]
-activate = 1
-[pkcs11_sect]
-module = {provider}
-pkcs11-module-path = {module}
-pkcs11-module-token-pin = file:{pin}
-activate = 1
-"""
-
-
 @pytest.mark.skipif(not os.path.exists(PROVIDER), reason="pkcs11-provider is in bookworm-backports; scripts/test installs it where it can")
 def test_openssl_3_provider_signs_and_serves_tls_through_p11_kit(tokens, tmp_path):
     """OpenSSL 3's provider path (pkcs11-provider, not the deprecated
@@ -1081,28 +778,21 @@ def test_openssl_3_provider_signs_and_serves_tls_through_p11_kit(tokens, tmp_pat
         else:
             public.verify(sig, (tmp_path / "msg").read_bytes(), ec.ECDSA(hashes.SHA256()))
     # s_server with the token's P-256 key; s_client checks the handshake against the CA.
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen(["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-cert", str(tokens.chains["web-ec"]),
                                "-key", "pkcs11:token=web;id=%02;type=private", "-tls1_3", "-naccept", "1", "-www"],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         # Wait until it listens, without connecting (a probe would use up its one accept).
         listening = f"0100007F:{port:04X}"
-        deadline = time.time() + 20
-        while not any(line.split()[1] == listening and line.split()[3] == "0A" for line in open("/proc/net/tcp").readlines()[1:]):
-            assert server.poll() is None, server.stderr.read()
-            assert time.time() < deadline, "s_server did not listen"
-            time.sleep(0.1)
+        wait_for(lambda: any(line.split()[1] == listening and line.split()[3] == "0A" for line in open("/proc/net/tcp").readlines()[1:]),
+                 server, "openssl s_server", timeout=20, log=lambda: server.stderr.read(), interval=0.1)
         r = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-CAfile", str(tokens.ca_pem), "-verify_return_error",
                             "-servername", "localhost", "-tls1_3"], input="GET / HTTP/1.0\r\n\r\n", capture_output=True, text=True, timeout=30,
                            env={k: v for k, v in os.environ.items() if k != "OPENSSL_CONF"})
         assert "Verify return code: 0 (ok)" in r.stdout and "TLSv1.3" in r.stdout, r.stdout + r.stderr
     finally:
-        server.kill()
-        server.wait(10)
+        stop(server, sig=signal.SIGKILL)
 
 
 def test_an_acm_token_database_moves_over_and_its_swaps_are_refused(tokens, tmp_path):
@@ -1122,11 +812,7 @@ def test_an_acm_token_database_moves_over_and_its_swaps_are_refused(tokens, tmp_
         pem = subprocess.run(["openssl", "genpkey", *algorithm], check=True, capture_output=True).stdout
         private = serialization.load_pem_private_key(pem, None)
         privates[i] = private
-        now = datetime.datetime.now(datetime.timezone.utc)
-        leaf = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"acm-{i}.example")]))
-                .issuer_name(tokens.ca_cert.subject).public_key(private.public_key()).serial_number(x509.random_serial_number())
-                .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-                .sign(tokens.ca, hashes.SHA256()))
+        leaf = tokens.leaf(f"acm-{i}.example", private.public_key()).sign(tokens.ca, hashes.SHA256())
         chain = (leaf.public_bytes(serialization.Encoding.PEM) + tokens.ca_cert.public_bytes(serialization.Encoding.PEM)).decode()
         # What `p11ne-db pack-key` writes: aws kms encrypt of the PEM text, no context; id a number.
         blob = admin.encrypt(KeyId=acm_key, Plaintext=pem)["CiphertextBlob"]

@@ -11,18 +11,15 @@ import base64
 import hashlib
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
 
-import boto3
 import pytest
 
 import privval_emu as emu
-from test_attacker import Rpc
-from test_keys import Moto
-from test_privval import NEKMS, OwnSigner, World, block, connect_nekms, pubkey, scan_parent, secret_forms, status
+from conftest import Moto, Rpc, secret_forms
+from privval_support import OwnSigner, World, block, connect_nekms, pubkey, scan_parent, status
 
 TABLE = "nekms-privval-anchor"
 
@@ -46,34 +43,18 @@ class IamMoto(Moto):
     setup's `setup_actions` calls are made."""
 
     def __init__(self, log, setup_actions):
-        self.setup_actions = setup_actions
+        self.env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(setup_actions)}
         super().__init__(log)
 
-    def spawn(self):
-        env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(self.setup_actions)}
-        return subprocess.Popen([sys.executable, "-c", MOTO_SERIAL, str(self.port)], env=env,
-                                stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
-
-    def client(self, service, key_id="testing", secret="testing"):
-        return boto3.client(service, region_name="us-east-1", endpoint_url=self.url, aws_access_key_id=key_id, aws_secret_access_key=secret)
+    def command(self):
+        return [sys.executable, "-c", MOTO_SERIAL, str(self.port)]
 
 
 @pytest.fixture(scope="module")
-def anchored(tmp_path_factory):
+def anchored(dev_up, tmp_path_factory):
+    # Whatever fails during the setup, `dev_up` stops all it was given (dev up with the signer's processes, moto).
     base = tmp_path_factory.mktemp("anchor")
-    moto = IamMoto(base / "moto.log", setup_actions=7)
-    w = None
-    try:
-        w = setup_anchored(base, moto)
-        yield w
-    finally:
-        # Whatever failed during the setup, nothing is left running.
-        if w is not None:
-            w.stop()
-        moto.stop()
-
-
-def setup_anchored(base, moto):
+    moto = dev_up.keep(IamMoto(base / "moto.log", setup_actions=7))
     root_ddb, iam = moto.client("dynamodb"), moto.client("iam")
     root_ddb.create_table(TableName=TABLE, KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
                           AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}], BillingMode="PAY_PER_REQUEST")
@@ -88,20 +69,16 @@ def setup_anchored(base, moto):
         users[name] = iam.create_access_key(UserName=name)["AccessKey"]
     # From here moto enforces IAM. The enclave's traffic to it goes through a recorder (the capture).
     recorder = emu.Recorder(("127.0.0.1", 0), ("127.0.0.1", moto.port))
-    w = World(base, "--privval-anchor-table", TABLE, "--privval-anchor-endpoint", f"http://127.0.0.1:{recorder.address[1]}")
-    try:
-        w.moto, w.users, w.recorder = moto, users, recorder
-        secret = base / "writer.secret"
-        secret.write_text(users["anchor-writer"]["SecretAccessKey"])
-        w.anchor_credentials = base / "anchor.ct"
-        w.nekms("privval", "anchor", "encrypt-credentials", "--kms-key", w.custody, "--table", TABLE, "--access-key-id", users["anchor-writer"]["AccessKeyId"],
-                "--secret-access-key-file", str(secret), "--profile", "admin", "-o", str(w.anchor_credentials))
-        w.nekms("privval", "anchor", "credentials", "--ciphertext-file", str(w.anchor_credentials))
-        w.seed = os.urandom(32)
-        w.softsign = w.import_consensus_key("validator", w.seed)
-    except BaseException:
-        w.stop()
-        raise
+    w = World(dev_up, base, "--privval-anchor-table", TABLE, "--privval-anchor-endpoint", f"http://127.0.0.1:{recorder.address[1]}")
+    w.moto, w.users, w.recorder = moto, users, recorder
+    secret = base / "writer.secret"
+    secret.write_text(users["anchor-writer"]["SecretAccessKey"])
+    w.anchor_credentials = base / "anchor.ct"
+    w.nekms("privval", "anchor", "encrypt-credentials", "--kms-key", w.custody, "--table", TABLE, "--access-key-id", users["anchor-writer"]["AccessKeyId"],
+            "--secret-access-key-file", str(secret), "--profile", "admin", "-o", str(w.anchor_credentials))
+    w.nekms("privval", "anchor", "credentials", "--ciphertext-file", str(w.anchor_credentials))
+    w.seed = os.urandom(32)
+    w.softsign = w.import_consensus_key("validator", w.seed)
     return w
 
 

@@ -8,8 +8,7 @@ use anyhow::{bail, Context};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use nekms_kms_client::DataKeySpec;
-use nekms_nsm::measure::Measurement;
-use nekms_nsm::{Nsm, SimConfig, SimulatedNsm};
+use nekms_nsm::Nsm;
 use zeroize::Zeroizing;
 
 use crate::config::{EnclaveArgs, EnclaveConfig};
@@ -106,17 +105,7 @@ pub fn open_nsm(c: &EnclaveConfig) -> anyhow::Result<Arc<dyn Nsm>> {
         let nsm = nekms_nsm::DeviceNsm::open().context("opening /dev/nsm (use --sim outside an enclave)")?;
         return Ok(Arc::new(nsm));
     }
-    let dev = nekms_devworld::DevDir::resolve(c.dev_dir.as_deref())?;
-    let image = match &c.image {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()?,
-    };
-    // The configuration file is part of the image: it is measured with it.
-    let measurement = Measurement::of_files(&image, c.config_file.as_deref()).with_context(|| format!("measuring {}", image.display()))?;
-    let mut sim = SimConfig::new(measurement);
-    sim.debug_mode = c.debug_mode;
-    sim.parent_instance_id = dev.config().ok().map(|c| c.instance_id);
-    Ok(Arc::new(SimulatedNsm::boot(sim, dev.document_signer()?)))
+    crate::sim::open_simulated(c)
 }
 
 /// Run what the command line asks for.

@@ -7,6 +7,7 @@
 //! digest of every sealed field, so a record changed in any way is opened
 //! afresh and checked afresh.
 
+use nekms_keys::RecordExt;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

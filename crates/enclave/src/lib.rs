@@ -17,6 +17,7 @@ pub mod p11;
 pub mod privval;
 pub mod privval_anchor;
 pub mod rpc;
+mod sim;
 pub mod trust;
 
 use std::sync::Arc;
@@ -144,7 +145,7 @@ pub fn check_region(region: &str) -> Result<(), String> {
 fn origin_verifier(nsm: &dyn Nsm, config: &config::EnclaveConfig) -> anyhow::Result<nekms_attestation::Verifier> {
     let pem = match &config.trust.attestation_root {
         Some(path) => std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("attestation-root {}: {e}", path.display()))?,
-        None if nsm.is_simulated() => nekms_devworld::DevDir::resolve(config.dev_dir.as_deref())?.root_pem()?,
+        None if nsm.is_simulated() => sim::dev_root_pem(config)?,
         None => return Ok(nekms_attestation::Verifier::aws()),
     };
     nekms_attestation::Verifier::from_pem(&pem).map_err(|e| anyhow::anyhow!("the attestation root: {e}"))

@@ -24,6 +24,7 @@
 //! (it can already make the enclave sign with a custody key over the native
 //! RPC), but not extract a key.
 
+use nekms_keys::PinVerifierExt;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 

@@ -31,6 +31,7 @@
 //!   parent's `nekms privval persist`) there is no freshness, and
 //!   [`PrivvalStatus::freshness`] says `local`.
 
+use nekms_keys::RecordExt;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -217,12 +218,13 @@ impl Signer {
 /// The parent's state process, dialled by the enclave; one request at a time.
 struct StateStore {
     address: Option<Address>,
-    conn: tokio::sync::Mutex<Option<tokio_util_frames::Framed>>,
+    conn: tokio::sync::Mutex<Option<framed::Framed>>,
 }
 
-/// Frames of nekms's transport over a [`Stream`], without more machinery.
-mod tokio_util_frames {
+/// A stream read and written one frame at a time ([`nekms_transport::frame`]).
+mod framed {
     use super::*;
+    use nekms_transport::frame::{read_frame, write_frame, FrameError};
 
     pub struct Framed {
         pub stream: Stream,
@@ -230,32 +232,15 @@ mod tokio_util_frames {
     }
 
     impl Framed {
-        pub async fn send(&mut self, body: &[u8]) -> std::io::Result<()> {
-            let mut out = (body.len() as u32).to_be_bytes().to_vec();
-            out.extend_from_slice(body);
-            self.stream.write_all(&out).await
+        pub async fn send(&mut self, body: &[u8]) -> Result<(), FrameError> {
+            write_frame(&mut self.stream, body, u32::MAX as usize).await
         }
 
-        pub async fn recv(&mut self, max: usize) -> std::io::Result<Vec<u8>> {
-            loop {
-                if self.buf.len() >= 4 {
-                    let n = u32::from_be_bytes(self.buf[..4].try_into().expect("4 bytes")) as usize;
-                    if n > max {
-                        return Err(std::io::Error::other(format!("a frame of {n} bytes; at most {max}")));
-                    }
-                    if self.buf.len() >= 4 + n {
-                        let body = self.buf[4..4 + n].to_vec();
-                        self.buf.drain(..4 + n);
-                        return Ok(body);
-                    }
-                }
-                let mut chunk = [0u8; 8192];
-                let got = self.stream.read(&mut chunk).await?;
-                if got == 0 {
-                    return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the state store closed the connection"));
-                }
-                self.buf.extend_from_slice(&chunk[..got]);
-            }
+        /// The next frame; the peer closing between frames is an error here.
+        pub async fn recv(&mut self, max: usize) -> Result<Vec<u8>, FrameError> {
+            read_frame(&mut self.stream, &mut self.buf, max)
+                .await?
+                .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the peer closed the connection").into())
         }
     }
 }
@@ -271,7 +256,7 @@ impl StateStore {
         for attempt in 0..2 {
             if conn.is_none() {
                 match tokio::time::timeout(STORE_TIMEOUT, nekms_transport::connect(address)).await {
-                    Ok(Ok(stream)) => *conn = Some(tokio_util_frames::Framed { stream, buf: Vec::new() }),
+                    Ok(Ok(stream)) => *conn = Some(framed::Framed { stream, buf: Vec::new() }),
                     Ok(Err(e)) => return Err(format!("the state store: {e}")),
                     Err(_) => return Err(format!("the state store at {address} did not answer in {STORE_TIMEOUT:?}")),
                 }
@@ -867,7 +852,7 @@ pub async fn serve(listener: nekms_transport::Listener, enclave: Arc<Enclave>, r
 }
 
 async fn connection(mut stream: Stream, enclave: &Enclave) -> Result<(), String> {
-    let mut framed = tokio_util_frames::Framed { stream, buf: Vec::new() };
+    let mut framed = framed::Framed { stream, buf: Vec::new() };
     let hello = tokio::time::timeout(Duration::from_secs(10), framed.recv(MAX_HELLO))
         .await
         .map_err(|_| "no hello".to_string())?

@@ -3,7 +3,7 @@
 
 use zeroize::Zeroizing;
 
-use crate::spec::KeySpec;
+use crate::KeySpec;
 
 /// Length of a DER TLV starting at `bytes[0]`, header included.
 pub(crate) fn outer_len(bytes: &[u8]) -> Option<usize> {

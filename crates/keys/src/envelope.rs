@@ -7,7 +7,7 @@ use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LE
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use zeroize::Zeroizing;
 
-use crate::record::KeyRecord;
+use crate::record::{KeyRecord, RecordExt};
 use crate::KeyError;
 
 const VERSION: u8 = 1;

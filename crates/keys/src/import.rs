@@ -11,7 +11,7 @@ use zeroize::Zeroizing;
 
 use crate::private::{ecdsa_alg, PrivateKey};
 use crate::public::pem_block;
-use crate::spec::KeySpec;
+use crate::KeySpec;
 use crate::KeyError;
 
 /// Parse `material` as a private key. `spec` is required for raw secrets

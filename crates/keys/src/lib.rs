@@ -9,6 +9,9 @@
 //! - [`envelope`]: AES-256-GCM sealing under a KMS data key, with the
 //!   record's public fields as associated data.
 //!
+//! The vocabulary (specs, schemes, records, errors) is `nekms-protocol`'s,
+//! re-exported here; this crate adds what computes on it.
+//!
 //! It does not talk to KMS or store anything: the enclave brings the data
 //! key, the parent's store keeps the record.
 //!
@@ -23,54 +26,26 @@
 // interface lacks); everything else is safe code.
 #![deny(unsafe_code)]
 
-pub mod context;
 mod der;
 pub mod envelope;
 pub mod eth;
+mod hash;
 mod import;
 pub mod origin;
+mod pin;
 mod private;
 mod public;
 pub mod record;
 pub mod rsa_raw;
-mod scheme;
 mod sign;
-mod spec;
 
 pub use der::{ecdsa_der_to_fixed, ecdsa_fixed_to_der};
+pub use hash::HashExt;
 pub use import::parse_private_key;
-pub use private::{OaepHash, PrivateKey, RsaPadding};
+pub use nekms_protocol::context;
+pub use nekms_protocol::{Hash, KeyError, KeyRecord, KeySpec, OaepHash, Origin, Payload, RsaPadding, Scheme, Signature, UnknownSpec};
+pub use pin::PinVerifierExt;
+pub use private::PrivateKey;
 pub use public::PublicKey;
-pub use record::{KeyRecord, Origin};
-pub use scheme::{Hash, Payload, Scheme};
-pub use sign::Signature;
-pub use spec::{KeySpec, UnknownSpec};
+pub use record::RecordExt;
 
-/// What went wrong, with the fact the user needs and never a secret.
-#[derive(Debug, thiserror::Error)]
-pub enum KeyError {
-    #[error("cannot import the key: {0}")]
-    Import(String),
-    #[error("entropy: {0}")]
-    Entropy(String),
-    #[error("cryptographic operation failed: {0}")]
-    Crypto(&'static str),
-    #[error("public key: {0}")]
-    PublicKey(String),
-    #[error("{0}")]
-    Scheme(String),
-    #[error("payload: {0}")]
-    Payload(String),
-    #[error("transaction: {0}")]
-    Transaction(String),
-    #[error("EIP-712 typed data: {0}")]
-    TypedData(String),
-    #[error("{0}")]
-    BadSignature(String),
-    #[error("key record {key_id}: {reason}")]
-    Record { key_id: String, reason: String },
-    #[error("key record {key_id}: the sealed key does not open with this data key and these public fields (tampered with, or taken from another record)")]
-    Sealed { key_id: String },
-    #[error("key record {key_id}: the sealed key opened but is not the record's public key")]
-    Mismatch { key_id: String },
-}

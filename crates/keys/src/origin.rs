@@ -12,7 +12,7 @@
 
 use nekms_attestation::{Pcr48, Verifier, VerifyOptions};
 
-use crate::record::KeyRecord;
+use crate::record::{KeyRecord, RecordExt};
 
 /// What a verified origin document says.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -30,7 +30,7 @@ pub struct Origin {
 
 /// What [`OriginError::Missing`] says, so a client that sent a record
 /// without its document (to spare the bytes) knows to send it whole.
-pub const MISSING: &str = "has no origin document";
+pub use nekms_protocol::record::ORIGIN_MISSING as MISSING;
 
 /// Why a record's origin is not proven; each names the rule.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

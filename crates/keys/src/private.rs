@@ -10,7 +10,7 @@ use zeroize::Zeroizing;
 
 use crate::der;
 use crate::public::{secp256k1_spki, PublicKey};
-use crate::spec::KeySpec;
+use crate::{KeySpec, OaepHash, RsaPadding};
 use crate::KeyError;
 
 pub(crate) enum Inner {
@@ -179,7 +179,7 @@ impl PrivateKey {
             RsaPadding::Raw => unreachable!("returned above"),
             RsaPadding::Oaep(hash) => {
                 let k = OaepPrivateDecryptingKey::new(key).map_err(|_| KeyError::Crypto("RSA decryption key"))?;
-                let alg = hash.algorithm();
+                let alg = oaep_algorithm(hash);
                 k.decrypt(alg, ciphertext, &mut out, label).map_err(|_| failed())?.len()
             }
         };
@@ -192,32 +192,12 @@ impl PrivateKey {
     }
 }
 
-/// RSA decryption padding.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum RsaPadding {
-    Pkcs1,
-    Oaep(OaepHash),
-    /// None: the raw private operation (PKCS#11's `CKM_RSA_X_509`).
-    Raw,
-}
-
-/// OAEP's hash (MGF1 uses the same).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum OaepHash {
-    Sha1,
-    Sha256,
-    Sha384,
-    Sha512,
-}
-
-impl OaepHash {
-    /// AWS-LC's OAEP with this hash and MGF1 over the same.
-    pub(crate) fn algorithm(self) -> &'static aws_lc_rs::rsa::OaepAlgorithm {
-        match self {
-            OaepHash::Sha1 => &aws_lc_rs::rsa::OAEP_SHA1_MGF1SHA1,
-            OaepHash::Sha256 => &aws_lc_rs::rsa::OAEP_SHA256_MGF1SHA256,
-            OaepHash::Sha384 => &aws_lc_rs::rsa::OAEP_SHA384_MGF1SHA384,
-            OaepHash::Sha512 => &aws_lc_rs::rsa::OAEP_SHA512_MGF1SHA512,
-        }
+/// AWS-LC's OAEP with this hash and MGF1 over the same.
+pub(crate) fn oaep_algorithm(hash: OaepHash) -> &'static aws_lc_rs::rsa::OaepAlgorithm {
+    match hash {
+        OaepHash::Sha1 => &aws_lc_rs::rsa::OAEP_SHA1_MGF1SHA1,
+        OaepHash::Sha256 => &aws_lc_rs::rsa::OAEP_SHA256_MGF1SHA256,
+        OaepHash::Sha384 => &aws_lc_rs::rsa::OAEP_SHA384_MGF1SHA384,
+        OaepHash::Sha512 => &aws_lc_rs::rsa::OAEP_SHA512_MGF1SHA512,
     }
 }

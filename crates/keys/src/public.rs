@@ -4,7 +4,7 @@ use aws_lc_rs::encoding::AsDer;
 use base64::Engine;
 
 use crate::der;
-use crate::spec::KeySpec;
+use crate::KeySpec;
 use crate::KeyError;
 
 // SubjectPublicKeyInfo prefixes for the fixed-size keys; the point or key follows.
@@ -63,7 +63,7 @@ impl PublicKey {
             }
             RsaPadding::Oaep(hash) => {
                 let k = OaepPublicEncryptingKey::new(key).map_err(|_| KeyError::Crypto("RSA public key"))?;
-                let alg = hash.algorithm();
+                let alg = crate::private::oaep_algorithm(hash);
                 if plaintext.len() > k.max_plaintext_size(alg) {
                     return Err(too_long(k.max_plaintext_size(alg)));
                 }

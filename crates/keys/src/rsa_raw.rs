@@ -11,7 +11,7 @@
 use aws_lc_sys as sys;
 use zeroize::Zeroizing;
 
-use crate::scheme::Hash;
+use crate::Hash;
 use crate::KeyError;
 
 /// An `EVP_PKEY` holding an RSA key, freed when dropped.

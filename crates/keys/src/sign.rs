@@ -2,45 +2,16 @@
 
 use aws_lc_rs::digest::Digest;
 use aws_lc_rs::signature::{self as sig, UnparsedPublicKey};
-use serde::{Deserialize, Serialize};
+
 
 use crate::der::{ecdsa_der_to_fixed, ecdsa_fixed_to_der};
 use crate::eth::{personal_hash, typed_data_hash, SignedTransaction, TxRequest};
 use crate::private::{Inner, PrivateKey};
 use crate::public::PublicKey;
 use crate::rsa_raw;
-use crate::scheme::{serde_bytes_compat, Hash, Payload, Scheme};
-use crate::spec::KeySpec;
+use crate::{Hash, HashExt, Payload, Scheme, Signature};
+use crate::KeySpec;
 use crate::KeyError;
-
-/// A signature and, for transactions, what to broadcast.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Signature {
-    pub scheme: Scheme,
-    #[serde(with = "serde_bytes_compat")]
-    pub signature: Vec<u8>,
-    /// The hash that was signed, where the scheme signs a hash.
-    #[serde(with = "serde_bytes_compat")]
-    pub digest: Vec<u8>,
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_bytes")]
-    pub raw_transaction: Option<Vec<u8>>,
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_bytes")]
-    pub transaction_hash: Option<Vec<u8>>,
-}
-
-mod opt_bytes {
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    #[derive(Serialize, Deserialize)]
-    struct W(#[serde(with = "crate::scheme::serde_bytes_compat")] Vec<u8>);
-
-    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
-        v.as_ref().map(|b| W(b.clone())).serialize(s)
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
-        Ok(Option::<W>::deserialize(d)?.map(|w| w.0))
-    }
-}
 
 /// The hash an ECDSA or RSA scheme signs: the message hashed, or a digest of the right length.
 fn prehash(scheme: Scheme, spec: KeySpec, payload: &Payload) -> Result<(Hash, Vec<u8>), KeyError> {

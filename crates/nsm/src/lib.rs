@@ -30,12 +30,14 @@
 
 mod device;
 pub mod measure;
+#[cfg(feature = "simulator")]
 mod simulator;
 
 use std::collections::BTreeSet;
 
 pub use device::DeviceNsm;
 pub use nekms_attestation::Pcr48;
+#[cfg(feature = "simulator")]
 pub use simulator::{SimConfig, SimulatedNsm};
 
 /// Largest `user_data` in an attestation request.
@@ -125,27 +127,3 @@ pub trait Nsm: Send + Sync {
     fn is_simulated(&self) -> bool;
 }
 
-/// CBOR length of a head (major type + argument) for `n`.
-pub(crate) fn cbor_head_len(n: usize) -> usize {
-    match n {
-        0..=23 => 1,
-        24..=0xff => 2,
-        0x100..=0xffff => 3,
-        0x1_0000..=0xffff_ffff => 5,
-        _ => 9,
-    }
-}
-
-/// Size of the CBOR request the driver would send, as serde_cbor encodes
-/// `Request`: `{"Variant": {"field": value, ...}}` with text keys.
-pub(crate) fn request_size(variant: &str, fields: &[(&str, Option<usize>)]) -> usize {
-    let mut n = 1 + cbor_head_len(variant.len()) + variant.len() + cbor_head_len(fields.len());
-    for (name, len) in fields {
-        n += cbor_head_len(name.len()) + name.len();
-        n += match len {
-            Some(l) => cbor_head_len(*l) + l,
-            None => 1, // null
-        };
-    }
-    n
-}

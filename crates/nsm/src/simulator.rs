@@ -25,7 +25,7 @@ use time::OffsetDateTime;
 
 use crate::measure::Measurement;
 use crate::{
-    cbor_head_len, request_size, AttestationRequest, ErrorCode, Nsm, NsmDescription, NsmError, PcrState, MAX_NONCE, MAX_PUBLIC_KEY,
+    AttestationRequest, ErrorCode, Nsm, NsmDescription, NsmError, PcrState, MAX_NONCE, MAX_PUBLIC_KEY,
     MAX_REQUEST, MAX_USER_DATA, RANDOM_LEN,
 };
 
@@ -197,4 +197,29 @@ impl Nsm for SimulatedNsm {
     fn is_simulated(&self) -> bool {
         true
     }
+}
+
+/// CBOR length of a head (major type + argument) for `n`.
+fn cbor_head_len(n: usize) -> usize {
+    match n {
+        0..=23 => 1,
+        24..=0xff => 2,
+        0x100..=0xffff => 3,
+        0x1_0000..=0xffff_ffff => 5,
+        _ => 9,
+    }
+}
+
+/// Size of the CBOR request the driver would send, as serde_cbor encodes
+/// `Request`: `{"Variant": {"field": value, ...}}` with text keys.
+fn request_size(variant: &str, fields: &[(&str, Option<usize>)]) -> usize {
+    let mut n = 1 + cbor_head_len(variant.len()) + variant.len() + cbor_head_len(fields.len());
+    for (name, len) in fields {
+        n += cbor_head_len(name.len()) + name.len();
+        n += match len {
+            Some(l) => cbor_head_len(*l) + l,
+            None => 1, // null
+        };
+    }
+    n
 }

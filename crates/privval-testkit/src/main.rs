@@ -22,27 +22,21 @@ fn node_id(public: &[u8]) -> String {
     hex::encode(&sha2::Sha256::digest(public)[..20])
 }
 
-fn read_frame(r: &mut impl Read) -> std::io::Result<Option<Vec<u8>>> {
-    let mut prefix = Vec::new();
+/// The emulator's next privval frame, whole (prefix and body), read with
+/// the privval crate's varint framing; `buf` keeps what follows it.
+fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>) -> std::io::Result<Option<Vec<u8>>> {
     loop {
-        let mut b = [0u8; 1];
-        if r.read(&mut b)? == 0 {
-            return Ok(None);
+        match nekms_privval::frame::decode(buf, nekms_privval::frame::MAX_REQUEST) {
+            Ok(Some((taken, _))) => return Ok(Some(buf.drain(..taken).collect())),
+            Ok(None) => {}
+            Err(e) => return Err(std::io::Error::other(e)),
         }
-        prefix.push(b[0]);
-        if b[0] & 0x80 == 0 {
-            break;
-        }
-        if prefix.len() > 5 {
-            return Err(std::io::Error::other("a length prefix over 5 bytes"));
+        let mut chunk = [0u8; 16 * 1024];
+        match r.read(&mut chunk)? {
+            0 => return Ok(None),
+            n => buf.extend_from_slice(&chunk[..n]),
         }
     }
-    let len = prefix.iter().enumerate().fold(0usize, |n, (i, b)| n | (usize::from(b & 0x7f) << (7 * i)));
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body)?;
-    let mut frame = prefix;
-    frame.extend_from_slice(&body);
-    Ok(Some(frame))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -89,7 +83,8 @@ fn main() -> anyhow::Result<()> {
             }
             let _ = emu_out.shutdown(std::net::Shutdown::Both);
         });
-        while let Ok(Some(frame)) = read_frame(&mut emu_in) {
+        let mut pending = Vec::new();
+        while let Ok(Some(frame)) = read_frame(&mut emu_in, &mut pending) {
             if to_signer.write_all(&frame).is_err() {
                 break;
             }

@@ -5,8 +5,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::KeyError;
 use crate::spec::KeySpec;
-use crate::KeyError;
 
 /// How a payload becomes a signature.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -60,18 +60,6 @@ impl Hash {
             Hash::Sha384 => "sha384",
             Hash::Sha512 => "sha512",
         }
-    }
-    pub fn algorithm(self) -> &'static aws_lc_rs::digest::Algorithm {
-        match self {
-            Hash::Sha1 => &aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY,
-            Hash::Sha224 => &aws_lc_rs::digest::SHA224,
-            Hash::Sha256 => &aws_lc_rs::digest::SHA256,
-            Hash::Sha384 => &aws_lc_rs::digest::SHA384,
-            Hash::Sha512 => &aws_lc_rs::digest::SHA512,
-        }
-    }
-    pub fn digest(self, message: &[u8]) -> Vec<u8> {
-        aws_lc_rs::digest::digest(self.algorithm(), message).as_ref().to_vec()
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use nekms_keys::{KeyRecord, Payload, Scheme, Signature};
+use nekms_protocol::{KeyRecord, Payload, Scheme, Signature};
 use nekms_transport::{Address, FrameCodec};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::FramedRead;
@@ -259,7 +259,7 @@ impl Client {
         let document = record.attestation.take();
         let mut request = Request::Sign { record, scheme, payload };
         let mut outcome = self.call(&request).await;
-        let missing = matches!(&outcome, Err(e) if e.remote().is_some_and(|r| r.code == ErrorCode::RecordRejected && r.message.contains(nekms_keys::origin::MISSING)));
+        let missing = matches!(&outcome, Err(e) if e.remote().is_some_and(|r| r.code == ErrorCode::RecordRejected && r.message.contains(nekms_protocol::record::ORIGIN_MISSING)));
         if let (true, Some(doc), Request::Sign { record, .. }) = (missing, document, &mut request) {
             record.attestation = Some(doc);
             outcome = self.call(&request).await;

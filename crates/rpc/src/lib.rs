@@ -6,7 +6,8 @@
 //! the one it chose, or with a `Goodbye` saying why not. After that the client
 //! sends calls tagged with ids, as many as it likes without waiting; the server
 //! runs up to `max_in_flight` of them at once per connection and replies as
-//! each finishes. See [`protocol`] for the messages.
+//! each finishes. See [`protocol`] (`nekms_protocol::rpc`, shared with the PKCS#11 module) for
+//! the messages.
 //!
 //! Secrets (credentials going in, plaintext coming out) travel as
 //! [`protocol::Secret`] and [`protocol::SecretString`]: redacted in `Debug`,
@@ -14,11 +15,11 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
-pub mod protocol;
 pub mod server;
 mod wire;
 
 pub use client::{Client, ClientError};
+pub use nekms_protocol::rpc as protocol;
 pub use protocol::{
     CacheInfo, CredentialsInfo, CredentialsUpdate, Description, Entropy, ErrorCode, GenerateKey, ImportKey, NsmInfo, P11Key, P11PublicKey,
     P11Request, P11Response, P11Slot, P11Token, PcrInfo, PinVerifier, PrivvalChain, PrivvalRequest, PrivvalResponse, PrivvalStatus,

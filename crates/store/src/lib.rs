@@ -23,6 +23,7 @@
 mod dynamodb;
 mod sqlite;
 
+use nekms_keys::RecordExt;
 use std::future::Future;
 use std::path::PathBuf;
 use std::str::FromStr;

@@ -8,8 +8,13 @@
 //!   `tcp://IP:PORT`, parsed once with precise errors.
 //! - [`Listener`] and [`connect`]: an async listener and connector for each
 //!   kind, yielding one [`Stream`] type the rest of the code is unaware of.
-//! - [`FrameCodec`]: length-prefixed frames with a hard maximum, so a peer can
-//!   never make us allocate more than that maximum or panic on a short read.
+//! - [`frame`]: length-prefixed frames with a hard maximum, so a peer can
+//!   never make us allocate more than that maximum or panic on a short read;
+//!   the async codec ([`FrameCodec`]) and a blocking reader and writer
+//!   ([`frame::blocking`]), the only framing code in nekms.
+//!
+//! Without the default `tokio` feature only [`Address`] and [`frame`]'s
+//! blocking half remain: what the PKCS#11 module links.
 //!
 //! It does not know what the frames mean; protocols live in the crates above.
 //!
@@ -23,9 +28,13 @@
 #![forbid(unsafe_code)]
 
 mod address;
-mod frame;
+pub mod frame;
+#[cfg(feature = "tokio")]
 mod stream;
 
 pub use address::{Address, AddressError, VsockCid};
-pub use frame::{FrameCodec, FrameError, DEFAULT_MAX_FRAME};
+#[cfg(feature = "tokio")]
+pub use frame::FrameCodec;
+pub use frame::{FrameError, DEFAULT_MAX_FRAME};
+#[cfg(feature = "tokio")]
 pub use stream::{connect, from_reserved_vsock_port, Listener, Stream, RESERVED_PORTS};

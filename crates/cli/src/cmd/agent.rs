@@ -8,6 +8,7 @@
 //!
 //! Routes are listed in [`openapi`]; `/metrics` is Prometheus text.
 
+use nekms_keys::RecordExt;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;

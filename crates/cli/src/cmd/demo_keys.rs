@@ -6,6 +6,7 @@
 //! naming the measured images), and the parent's attempts to get a key out
 //! through the enclave itself are shown refused.
 
+use nekms_keys::RecordExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -320,10 +321,10 @@ async fn privval_signer(e: &Running, record: &KeyRecord) -> anyhow::Result<()> {
     println!("      state acknowledged durably before a signature leaves the enclave; what a validator sends over its privval socket:");
     let mut conn = nekms_transport::connect(&e.path.privval).await?;
     let hello = json!({"chain_id": chain, "validator": "unix:///demo"}).to_string();
-    conn.write_all(&(hello.len() as u32).to_be_bytes()).await?;
-    conn.write_all(hello.as_bytes()).await?;
-    let mut ok = [0u8; 6];
-    conn.read_exact(&mut ok).await?;
+    nekms_transport::frame::write_frame(&mut conn, hello.as_bytes(), 4096).await?;
+    let mut leftover = Vec::new();
+    let answer = nekms_transport::frame::read_frame(&mut conn, &mut leftover, 4096).await?;
+    anyhow::ensure!(answer.as_deref() == Some(&b"ok"[..]), "the signer refused the demo chain: {answer:?}");
     let block = |b: u8| Some(BlockId { hash: vec![b; 32], part_set_header: Some(PartSetHeader { total: 1, hash: vec![b; 32] }) });
     let mut ask = async |vote: Vote| -> anyhow::Result<Result<Vote, String>> {
         let body =

@@ -2,6 +2,7 @@
 //! records made or imported by the enclave, kept in the parent's store,
 //! used by the enclave to sign.
 
+use nekms_keys::RecordExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};

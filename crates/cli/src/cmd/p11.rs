@@ -6,6 +6,7 @@
 //! and the certificates, never the PIN, so `nekms p11 token restore` can put
 //! every token back after the enclave restarts.
 
+use nekms_keys::PinVerifierExt;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;

@@ -17,9 +17,10 @@ use anyhow::{bail, Context};
 use nekms_privval::store::{StoreReply, StoreRequest};
 use nekms_rpc::{PrivvalChain, PrivvalRequest, PrivvalResponse, PrivvalStatus};
 use nekms_store::KeyStore;
-use nekms_transport::{Address, Stream};
+use nekms_transport::frame::{self, read_frame, write_frame};
+use nekms_transport::Address;
 use serde::Deserialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use super::enclave::EnclaveArg;
 use super::key::{record, runtime, StoreArg};
@@ -581,7 +582,7 @@ fn read_slot(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    let n = bytes.get(..4).map(|p| u32::from_be_bytes(p.try_into().expect("4 bytes")) as usize).unwrap_or(0);
+    let n = frame::body_len(&bytes, usize::MAX).ok().flatten().unwrap_or(0);
     // A torn or emptied slot reads as whatever bytes it holds; the enclave's tag check decides.
     Ok(Some(bytes.get(4..4 + n).map(<[u8]>::to_vec).unwrap_or_else(|| bytes.clone())))
 }
@@ -591,8 +592,7 @@ fn write_slot(dir: &Path, file: &str, record: &[u8], sync: bool) -> std::io::Res
     let path = dir.join(file);
     let new = !path.exists();
     let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(false).open(&path)?;
-    let mut block = (record.len() as u32).to_be_bytes().to_vec();
-    block.extend_from_slice(record);
+    let mut block = frame::encode(record, u32::MAX as usize).map_err(std::io::Error::other)?;
     block.resize(block.len().max(SLOT), 0);
     f.seek(std::io::SeekFrom::Start(0))?;
     f.write_all(&block)?;
@@ -697,10 +697,7 @@ pub async fn serve_store(listener: nekms_transport::Listener, dir: PathBuf, sync
                 if let StoreReply::Failed(why) = &reply {
                     eprintln!("nekms privval persist: {why}");
                 }
-                let body = reply.encode();
-                let mut out = (body.len() as u32).to_be_bytes().to_vec();
-                out.extend_from_slice(&body);
-                if stream.write_all(&out).await.is_err() {
+                if write_frame(&mut stream, &reply.encode(), u32::MAX as usize).await.is_err() {
                     return;
                 }
             }
@@ -708,27 +705,6 @@ pub async fn serve_store(listener: nekms_transport::Listener, dir: PathBuf, sync
     }
 }
 
-async fn read_frame(stream: &mut Stream, buf: &mut Vec<u8>, max: usize) -> anyhow::Result<Option<Vec<u8>>> {
-    loop {
-        if buf.len() >= 4 {
-            let n = u32::from_be_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
-            if n > max {
-                bail!("a frame of {n} bytes; at most {max}");
-            }
-            if buf.len() >= 4 + n {
-                let body = buf[4..4 + n].to_vec();
-                buf.drain(..4 + n);
-                return Ok(Some(body));
-            }
-        }
-        let mut chunk = [0u8; 8192];
-        let got = stream.read(&mut chunk).await?;
-        if got == 0 {
-            return if buf.is_empty() { Ok(None) } else { bail!("the stream ended inside a frame") };
-        }
-        buf.extend_from_slice(&chunk[..got]);
-    }
-}
 
 fn show(dir: &Path, json: bool) -> anyhow::Result<()> {
     let mut rows = Vec::new();
@@ -817,9 +793,7 @@ pub(crate) async fn relay_once(enclave: &Address, v: &ValidatorConfig) -> anyhow
     // enclave serves its chain.
     let mut signer = nekms_transport::connect(enclave).await?;
     let hello = serde_json::to_vec(&Hello { chain_id: &v.chain_id, validator: &v.addr, node_id: node_id.as_deref() })?;
-    let mut out = (hello.len() as u32).to_be_bytes().to_vec();
-    out.extend_from_slice(&hello);
-    signer.write_all(&out).await?;
+    write_frame(&mut signer, &hello, u32::MAX as usize).await?;
     let mut buf = Vec::new();
     let answer = read_frame(&mut signer, &mut buf, 4096).await?.context("the enclave closed the connection")?;
     if answer != b"ok" {

@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use nekms_keys::{KeyRecord, KeySpec, Payload, Scheme, Signature};
+use crate::{KeyRecord, KeySpec, Payload, Scheme, Signature};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -124,7 +124,8 @@ pub enum ClientFrame {
 /// `ClientFrame::Call { id, request: request_to_value(request) }`, without
 /// building the intermediate value.
 #[derive(Serialize)]
-pub(crate) enum CallRef<'a> {
+#[doc(hidden)]
+pub enum CallRef<'a> {
     Call { id: u64, request: &'a Request },
 }
 
@@ -137,13 +138,13 @@ pub(crate) enum KnownCall {
 
 /// A frame read by the server: a call it can run, or a `ClientFrame` whose
 /// request it could not read (answered with BadRequest) or that is no call.
-pub(crate) enum Incoming {
+pub enum Incoming {
     Known { id: u64, request: Request },
     Other(Result<ClientFrame, DecodeError>),
 }
 
 /// Read a frame body on the server.
-pub(crate) fn decode_incoming(bytes: &[u8]) -> Incoming {
+pub fn decode_incoming(bytes: &[u8]) -> Incoming {
     match decode::<KnownCall>(bytes) {
         Ok(KnownCall::Call { id, request }) => Incoming::Known { id, request },
         Err(_) => Incoming::Other(decode::<ClientFrame>(bytes)),
@@ -194,7 +195,7 @@ pub enum Request {
     Decrypt {
         #[serde(with = "serde_bytes")]
         ciphertext: Vec<u8>,
-        #[serde(default, deserialize_with = "nekms_keys::context::unique_map")]
+        #[serde(default, deserialize_with = "crate::context::unique_map")]
         encryption_context: BTreeMap<String, String>,
         #[serde(default)]
         key_id: Option<String>,
@@ -206,7 +207,7 @@ pub enum Request {
         key_spec: Option<String>,
         #[serde(default)]
         number_of_bytes: Option<u32>,
-        #[serde(default, deserialize_with = "nekms_keys::context::unique_map")]
+        #[serde(default, deserialize_with = "crate::context::unique_map")]
         encryption_context: BTreeMap<String, String>,
     },
     /// KMS GenerateRandom with a Recipient.
@@ -407,7 +408,7 @@ pub enum P11Request {
         handle: Secret,
         #[serde(with = "serde_bytes")]
         id: Vec<u8>,
-        padding: nekms_keys::RsaPadding,
+        padding: crate::RsaPadding,
         #[serde(with = "serde_bytes")]
         ciphertext: Vec<u8>,
         #[serde(default, with = "serde_bytes")]
@@ -445,7 +446,7 @@ pub struct P11Key {
 }
 
 /// PBKDF2-HMAC-SHA256 of the PIN: what the parent's token database keeps
-/// instead of the PIN.
+/// instead of the PIN (made and checked by nekms-keys' `PinVerifierExt`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PinVerifier {
     #[serde(with = "serde_bytes")]
@@ -460,30 +461,6 @@ impl PinVerifier {
     pub const ITERATIONS: u32 = 100_000;
     /// The most a verifier may ask for (a bound on one login's work).
     pub const MAX_ITERATIONS: u32 = 10_000_000;
-
-    /// A new verifier for `pin` (4-64 bytes) with a random salt; `None`
-    /// for a PIN out of range or no randomness.
-    pub fn new(pin: &[u8]) -> Option<PinVerifier> {
-        use aws_lc_rs::rand::SecureRandom;
-        if !(4..=64).contains(&pin.len()) {
-            return None;
-        }
-        let mut salt = vec![0u8; 16];
-        aws_lc_rs::rand::SystemRandom::new().fill(&mut salt).ok()?;
-        let mut hash = vec![0u8; 32];
-        let n = std::num::NonZeroU32::new(Self::ITERATIONS)?;
-        aws_lc_rs::pbkdf2::derive(aws_lc_rs::pbkdf2::PBKDF2_HMAC_SHA256, n, &salt, pin, &mut hash);
-        Some(PinVerifier { salt, iterations: Self::ITERATIONS, hash })
-    }
-
-    /// Whether `pin` matches, compared in constant time. A verifier with
-    /// iterations out of range matches nothing.
-    pub fn matches(&self, pin: &[u8]) -> bool {
-        match std::num::NonZeroU32::new(self.iterations).filter(|n| n.get() <= Self::MAX_ITERATIONS) {
-            Some(n) => aws_lc_rs::pbkdf2::verify(aws_lc_rs::pbkdf2::PBKDF2_HMAC_SHA256, n, &self.salt, pin, &self.hash).is_ok(),
-            None => false,
-        }
-    }
 
     /// Whether its iterations are in range.
     pub fn iterations_in_range(&self) -> bool {
@@ -560,7 +537,7 @@ pub struct GenerateKey {
     pub entropy: Entropy,
     /// Extra encryption-context entries (the `nekms:` ones are added; a
     /// caller's key in that namespace, in any casing, is refused).
-    #[serde(default, deserialize_with = "nekms_keys::context::unique_map")]
+    #[serde(default, deserialize_with = "crate::context::unique_map")]
     pub encryption_context: BTreeMap<String, String>,
     /// Put into the attestation document that vouches for the key.
     #[serde(default, with = "serde_bytes")]
@@ -592,12 +569,12 @@ pub struct ImportKey {
     #[serde(with = "serde_bytes")]
     pub ciphertext: Vec<u8>,
     /// The administrator's own entries in that context, if any (never reserved ones).
-    #[serde(default, deserialize_with = "nekms_keys::context::unique_map")]
+    #[serde(default, deserialize_with = "crate::context::unique_map")]
     pub ciphertext_context: BTreeMap<String, String>,
     /// The KMS key of the ciphertext; absent means the record's.
     #[serde(default)]
     pub ciphertext_key_id: Option<String>,
-    #[serde(default, deserialize_with = "nekms_keys::context::unique_map")]
+    #[serde(default, deserialize_with = "crate::context::unique_map")]
     pub encryption_context: BTreeMap<String, String>,
     #[serde(default, with = "serde_bytes")]
     pub nonce: Option<Vec<u8>>,

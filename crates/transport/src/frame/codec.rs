@@ -1,28 +1,12 @@
-//! Length-prefixed frames: a 4-byte big-endian length, then that many bytes.
-//!
-//! The length is checked against the codec's maximum before a single byte of
-//! the body is buffered, so a hostile prefix (say 4 GiB) costs nothing but an
-//! error. A stream that ends inside a frame is reported as truncated rather
-//! than silently dropped.
+//! Frames over async streams: the `tokio_util` codec and one-at-a-time helpers.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::{Decoder, Encoder};
 
-/// The default maximum body size: 1 MiB, far above any nekms message.
-pub const DEFAULT_MAX_FRAME: usize = 1 << 20;
-
-const PREFIX: usize = 4;
-
-/// What went wrong with a frame.
-#[derive(Debug, thiserror::Error)]
-pub enum FrameError {
-    #[error("frame of {len} bytes exceeds the maximum of {max} bytes")]
-    TooLarge { len: u64, max: usize },
-    #[error("stream ended inside a frame: {received} of {expected} bytes received")]
-    Truncated { expected: u64, received: usize },
-    #[error("I/O error on the channel: {0}")]
-    Io(#[from] std::io::Error),
-}
+#[cfg(test)]
+use super::DEFAULT_MAX_FRAME;
+use super::{body_len, check_len, truncated, FrameError, PREFIX};
 
 /// A `tokio_util` codec for length-prefixed frames with a hard maximum.
 #[derive(Clone, Copy, Debug)]
@@ -46,14 +30,7 @@ impl FrameCodec {
     /// `Ok(None)` means "need more bytes". Never reserves more than the
     /// declared (and already bounded) frame length.
     pub fn decode_frame(&self, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
-        if buf.len() < PREFIX {
-            return Ok(None);
-        }
-        let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as u64;
-        if len > self.max as u64 {
-            return Err(FrameError::TooLarge { len, max: self.max });
-        }
-        let len = len as usize;
+        let Some(len) = body_len(buf, self.max)? else { return Ok(None) };
         if buf.len() < PREFIX + len {
             buf.reserve(PREFIX + len - buf.len());
             return Ok(None);
@@ -65,7 +42,7 @@ impl FrameCodec {
 
 impl Default for FrameCodec {
     fn default() -> Self {
-        FrameCodec::new(DEFAULT_MAX_FRAME)
+        FrameCodec::new(super::DEFAULT_MAX_FRAME)
     }
 }
 
@@ -81,16 +58,7 @@ impl Decoder for FrameCodec {
         match self.decode_frame(buf)? {
             Some(frame) => Ok(Some(frame)),
             None if buf.is_empty() => Ok(None),
-            None => {
-                // Either the prefix itself or the body is incomplete.
-                let (expected, received) = if buf.len() < PREFIX {
-                    (PREFIX as u64, buf.len())
-                } else {
-                    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as u64;
-                    (len, buf.len() - PREFIX)
-                };
-                Err(FrameError::Truncated { expected, received })
-            }
+            None => Err(truncated(buf)),
         }
     }
 }
@@ -100,14 +68,40 @@ impl<T: AsRef<[u8]>> Encoder<T> for FrameCodec {
 
     fn encode(&mut self, item: T, dst: &mut BytesMut) -> Result<(), FrameError> {
         let body = item.as_ref();
-        if body.len() > self.max {
-            return Err(FrameError::TooLarge { len: body.len() as u64, max: self.max });
-        }
+        check_len(body, self.max)?;
         dst.reserve(PREFIX + body.len());
         dst.put_u32(body.len() as u32);
         dst.put_slice(body);
         Ok(())
     }
+}
+
+/// Read one frame's body from an async stream, for a caller that reads
+/// frames one at a time. `buf` keeps what arrived after the frame (the next
+/// frame, or bytes of another protocol that follows) for the next call.
+/// `Ok(None)` when the stream ends cleanly between frames.
+pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, buf: &mut Vec<u8>, max: usize) -> Result<Option<Vec<u8>>, FrameError> {
+    loop {
+        if let Some(len) = body_len(buf, max)? {
+            if buf.len() >= PREFIX + len {
+                let body = buf[PREFIX..PREFIX + len].to_vec();
+                buf.drain(..PREFIX + len);
+                return Ok(Some(body));
+            }
+        }
+        let mut chunk = [0u8; 8192];
+        let got = r.read(&mut chunk).await?;
+        if got == 0 {
+            return if buf.is_empty() { Ok(None) } else { Err(truncated(buf)) };
+        }
+        buf.extend_from_slice(&chunk[..got]);
+    }
+}
+
+/// Write one frame to an async stream in a single write.
+pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, body: &[u8], max: usize) -> Result<(), FrameError> {
+    w.write_all(&super::encode(body, max)?).await?;
+    Ok(())
 }
 
 #[cfg(test)]

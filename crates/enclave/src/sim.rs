@@ -1,0 +1,48 @@
+//! The development world's NSM and attestation root, compiled in only with
+//! the `sim` feature. A binary built for an image (without it) refuses
+//! `--sim` and trusts no development root: it has neither the simulator nor
+//! the development world's code.
+
+use std::sync::Arc;
+
+use nekms_nsm::Nsm;
+
+use crate::config::EnclaveConfig;
+
+/// Boot the simulated NSM over the development world's document signer,
+/// measuring this executable (or `--image`) and the configuration file.
+#[cfg(feature = "sim")]
+pub fn open_simulated(c: &EnclaveConfig) -> anyhow::Result<Arc<dyn Nsm>> {
+    use anyhow::Context;
+    use nekms_nsm::measure::Measurement;
+    use nekms_nsm::{SimConfig, SimulatedNsm};
+
+    let dev = nekms_devworld::DevDir::resolve(c.dev_dir.as_deref())?;
+    let image = match &c.image {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?,
+    };
+    // The configuration file is part of the image: it is measured with it.
+    let measurement = Measurement::of_files(&image, c.config_file.as_deref()).with_context(|| format!("measuring {}", image.display()))?;
+    let mut sim = SimConfig::new(measurement);
+    sim.debug_mode = c.debug_mode;
+    sim.parent_instance_id = dev.config().ok().map(|c| c.instance_id);
+    Ok(Arc::new(SimulatedNsm::boot(sim, dev.document_signer()?)))
+}
+
+#[cfg(not(feature = "sim"))]
+pub fn open_simulated(_: &EnclaveConfig) -> anyhow::Result<Arc<dyn Nsm>> {
+    anyhow::bail!("this nekms-enclave is built for an enclave image, without the simulated NSM (cargo feature `sim`): --sim is refused")
+}
+
+/// The development world's root certificate (PEM), which a simulated NSM's
+/// documents chain to.
+#[cfg(feature = "sim")]
+pub fn dev_root_pem(c: &EnclaveConfig) -> anyhow::Result<String> {
+    Ok(nekms_devworld::DevDir::resolve(c.dev_dir.as_deref())?.root_pem()?)
+}
+
+#[cfg(not(feature = "sim"))]
+pub fn dev_root_pem(_: &EnclaveConfig) -> anyhow::Result<String> {
+    anyhow::bail!("no development root in an image's nekms-enclave")
+}
