@@ -262,6 +262,43 @@ impl Drop for EnclavePath {
     }
 }
 
+/// A benchmark's world, in a temporary directory: the development PKI, the
+/// local KMS in this process, a custody key set up in two steps and a
+/// simulated NSM measured from `label`'s image with the configuration that
+/// pins the key (the configuration is returned to start enclaves with).
+pub struct BenchWorld {
+    pub tmp: tempfile::TempDir,
+    pub dev: DevDir,
+    pub local: InProcessKms,
+    pub config: String,
+    pub nsm: Arc<dyn Nsm>,
+    pub custody_key: String,
+}
+
+impl BenchWorld {
+    pub async fn new(label: &str) -> anyhow::Result<BenchWorld> {
+        let tmp = tempfile::tempdir()?;
+        let dev = DevDir::new(tmp.path().join("dev"));
+        dev.init()?;
+        let local = InProcessKms::start(&dev, &tmp.path().join("kms"), false).await?;
+        let image = format!("{label} enclave");
+        let (custody_key, (config, measurement)) = custody_key(
+            &dev,
+            &local.target(&dev, "admin")?,
+            label,
+            |arn| {
+                let config = trust_toml(&[arn], &[]);
+                let m = nekms_nsm::measure::Measurement::of_image(image.as_bytes(), Some(config.as_bytes()));
+                Ok((config, m))
+            },
+            |roles, (_, m)| crate::key_policy::custody(roles, &[m.pcr0.to_hex()]),
+        )
+        .await?;
+        let nsm: Arc<dyn Nsm> = Arc::new(nekms_nsm::SimulatedNsm::boot(nekms_nsm::SimConfig::new(measurement), dev.document_signer()?));
+        Ok(BenchWorld { tmp, dev, local, config, nsm, custody_key })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,42 +338,5 @@ mod tests {
         let (status, err) = instance.call_raw("Decrypt", &json!({"CiphertextBlob": blob})).await.unwrap();
         assert_eq!(status, 400);
         assert!(err["message"].as_str().unwrap().contains("explicit deny in a resource-based policy"), "{err}");
-    }
-}
-
-/// A benchmark's world, in a temporary directory: the development PKI, the
-/// local KMS in this process, a custody key set up in two steps and a
-/// simulated NSM measured from `label`'s image with the configuration that
-/// pins the key (the configuration is returned to start enclaves with).
-pub struct BenchWorld {
-    pub tmp: tempfile::TempDir,
-    pub dev: DevDir,
-    pub local: InProcessKms,
-    pub config: String,
-    pub nsm: Arc<dyn Nsm>,
-    pub custody_key: String,
-}
-
-impl BenchWorld {
-    pub async fn new(label: &str) -> anyhow::Result<BenchWorld> {
-        let tmp = tempfile::tempdir()?;
-        let dev = DevDir::new(tmp.path().join("dev"));
-        dev.init()?;
-        let local = InProcessKms::start(&dev, &tmp.path().join("kms"), false).await?;
-        let image = format!("{label} enclave");
-        let (custody_key, (config, measurement)) = custody_key(
-            &dev,
-            &local.target(&dev, "admin")?,
-            label,
-            |arn| {
-                let config = trust_toml(&[arn], &[]);
-                let m = nekms_nsm::measure::Measurement::of_image(image.as_bytes(), Some(config.as_bytes()));
-                Ok((config, m))
-            },
-            |roles, (_, m)| crate::key_policy::custody(roles, &[m.pcr0.to_hex()]),
-        )
-        .await?;
-        let nsm: Arc<dyn Nsm> = Arc::new(nekms_nsm::SimulatedNsm::boot(nekms_nsm::SimConfig::new(measurement), dev.document_signer()?));
-        Ok(BenchWorld { tmp, dev, local, config, nsm, custody_key })
     }
 }

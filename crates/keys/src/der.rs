@@ -1,8 +1,10 @@
 //! The little DER this crate writes and reads itself: ECDSA signatures and
 //! RFC 5915 private keys. Everything else goes through AWS-LC.
 
+#[cfg(feature = "private-keys")]
 use zeroize::Zeroizing;
 
+#[cfg(feature = "private-keys")]
 use crate::KeySpec;
 
 /// Length of a DER TLV starting at `bytes[0]`, header included.
@@ -92,6 +94,7 @@ pub fn ecdsa_der_to_fixed(der: &[u8], size: usize) -> Option<Vec<u8>> {
     rest.is_empty().then_some(out)
 }
 
+#[cfg(feature = "private-keys")]
 /// An RFC 5915 ECPrivateKey holding only the scalar and the curve, which
 /// AWS-LC completes with the public point.
 pub(crate) fn ec_private_key(spec: KeySpec, scalar: &[u8]) -> Zeroizing<Vec<u8>> {

@@ -7,7 +7,9 @@ use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LE
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use zeroize::Zeroizing;
 
-use crate::record::{KeyRecord, RecordExt};
+use crate::record::KeyRecord;
+#[cfg(feature = "private-keys")]
+use crate::record::RecordExt;
 use crate::KeyError;
 
 const VERSION: u8 = 1;
@@ -73,6 +75,7 @@ pub fn open(data_key: &[u8], record: &KeyRecord) -> Result<Zeroizing<Vec<u8>>, K
 }
 
 /// Seal `private` into `record`, whose public fields must already describe it.
+#[cfg(feature = "private-keys")]
 pub fn seal_record(mut record: KeyRecord, data_key: &[u8], private: &crate::PrivateKey) -> Result<KeyRecord, KeyError> {
     if record.public_key != private.public_key().spki() || record.spec != private.spec() {
         return Err(KeyError::Record { key_id: record.key_id, reason: "the record does not describe the key being sealed".into() });
@@ -83,6 +86,7 @@ pub fn seal_record(mut record: KeyRecord, data_key: &[u8], private: &crate::Priv
 }
 
 /// Open a record's key and refuse it unless it is the record's public key.
+#[cfg(feature = "private-keys")]
 pub fn open_record(record: &KeyRecord, data_key: &[u8]) -> Result<crate::PrivateKey, KeyError> {
     record.check()?;
     let secret = open(data_key, record)?;

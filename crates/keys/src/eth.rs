@@ -20,7 +20,9 @@ use alloy_eips::eip2930::{AccessList, AccessListItem};
 use alloy_primitives::{Address, Bytes, TxKind, B256, U256};
 use serde_json::{Map, Value};
 
-use crate::KeyError;
+use crate::public::PublicKey;
+use crate::verify::prehash;
+use crate::{KeyError, KeySpec, Payload, Scheme};
 
 fn bad(msg: impl Into<String>) -> KeyError {
     KeyError::Transaction(msg.into())
@@ -182,6 +184,62 @@ impl TxRequest {
             TxRequest::Eip1559(tx) => tx.into_signed(sig).into(),
         };
         SignedTransaction { raw: envelope.encoded_2718(), hash: envelope.tx_hash().0 }
+    }
+}
+
+/// The 32-byte hash an Ethereum scheme signs, and the transaction if any.
+pub(crate) fn eth_hash(scheme: Scheme, payload: &Payload) -> Result<([u8; 32], Option<TxRequest>), KeyError> {
+    match (scheme, payload) {
+        (Scheme::EthPersonal, Payload::Message(m)) => Ok((personal_hash(m), None)),
+        (Scheme::Eip712, Payload::TypedData(json)) => Ok((typed_data_hash(json)?, None)),
+        (Scheme::Eip712, Payload::Digest(d)) => Ok((
+            d.as_slice().try_into().map_err(|_| KeyError::Payload(format!("an EIP-712 signing hash is 32 bytes, not {}", d.len())))?,
+            None,
+        )),
+        (Scheme::EthTransaction, Payload::Transaction(json)) => {
+            let tx = TxRequest::from_json(json)?;
+            Ok((tx.signature_hash(), Some(tx)))
+        }
+        (Scheme::EcdsaRecoverable, p) => {
+            let (_, d) = prehash(scheme, KeySpec::Secp256k1, p)?;
+            Ok((d.try_into().expect("SHA-256"), None))
+        }
+        (Scheme::EthPersonal, _) => Err(KeyError::Payload("eth-personal signs a message".into())),
+        (Scheme::Eip712, _) => Err(KeyError::Payload("eip712 signs typed-data JSON or its 32-byte signing hash".into())),
+        _ => Err(KeyError::Payload("eth-tx signs a transaction (JSON)".into())),
+    }
+}
+
+/// Check a recoverable secp256k1 signature (`ecdsa-recoverable`,
+/// `eth-personal`, `eip712`): recover the signer and compare it with `public`.
+pub(crate) fn verify_recoverable(public: &PublicKey, scheme: Scheme, payload: &Payload, signature: &[u8]) -> Result<(), KeyError> {
+    let invalid = || KeyError::BadSignature(format!("the {scheme} signature does not verify with this {} key", public.spec()));
+    let pk = secp256k1::PublicKey::from_slice(public.point()).map_err(|_| KeyError::PublicKey("not a secp256k1 point".into()))?;
+    let (hash, _) = eth_hash(scheme, payload)?;
+    let msg = secp256k1::Message::from_digest(hash);
+    if signature.len() != 65 {
+        return Err(KeyError::BadSignature(format!("a recoverable signature is 65 bytes, not {}", signature.len())));
+    }
+    let v = signature[64];
+    let rid = match (scheme, v) {
+        (Scheme::EcdsaRecoverable, 0 | 1) => v,
+        (Scheme::EthPersonal | Scheme::Eip712, 27 | 28) => v - 27,
+        _ => return Err(KeyError::BadSignature(format!("recovery byte {v} is not valid for {scheme}"))),
+    };
+    let rid = secp256k1::ecdsa::RecoveryId::try_from(rid as i32).map_err(|_| invalid())?;
+    let rs = secp256k1::ecdsa::RecoverableSignature::from_compact(&signature[..64], rid).map_err(|_| invalid())?;
+    let recovered = secp256k1::SECP256K1.recover_ecdsa(&msg, &rs).map_err(|_| invalid())?;
+    if recovered == pk {
+        Ok(())
+    } else {
+        Err(invalid())
+    }
+}
+
+impl PublicKey {
+    /// The Ethereum address of a secp256k1 key.
+    pub fn eth_address(&self) -> Option<alloy_primitives::Address> {
+        (self.spec() == KeySpec::Secp256k1).then(|| alloy_primitives::Address::from_raw_public_key(&self.point()[1..]))
     }
 }
 

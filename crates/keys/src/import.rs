@@ -11,8 +11,8 @@ use zeroize::Zeroizing;
 
 use crate::private::{ecdsa_alg, PrivateKey};
 use crate::public::pem_block;
-use crate::KeySpec;
 use crate::KeyError;
+use crate::KeySpec;
 
 /// Parse `material` as a private key. `spec` is required for raw secrets
 /// (32 bytes could be secp256k1, Ed25519 or P-256) and, when given, must

@@ -12,6 +12,10 @@
 //! The vocabulary (specs, schemes, records, errors) is `nekms-protocol`'s,
 //! re-exported here; this crate adds what computes on it.
 //!
+//! Without the default `private-keys` feature only the public half is
+//! built ([`PublicKey`], verification, [`rsa_raw`]'s public operations):
+//! no libsecp256k1, no alloy.
+//!
 //! It does not talk to KMS or store anything: the enclave brings the data
 //! key, the parent's store keeps the record.
 //!
@@ -28,24 +32,31 @@
 
 mod der;
 pub mod envelope;
+#[cfg(feature = "private-keys")]
 pub mod eth;
 mod hash;
+#[cfg(feature = "private-keys")]
 mod import;
+#[cfg(feature = "private-keys")]
 pub mod origin;
 mod pin;
+#[cfg(feature = "private-keys")]
 mod private;
 mod public;
 pub mod record;
 pub mod rsa_raw;
+#[cfg(feature = "private-keys")]
 mod sign;
+mod verify;
 
 pub use der::{ecdsa_der_to_fixed, ecdsa_fixed_to_der};
 pub use hash::HashExt;
+#[cfg(feature = "private-keys")]
 pub use import::parse_private_key;
 pub use nekms_protocol::context;
 pub use nekms_protocol::{Hash, KeyError, KeyRecord, KeySpec, OaepHash, Origin, Payload, RsaPadding, Scheme, Signature, UnknownSpec};
 pub use pin::PinVerifierExt;
+#[cfg(feature = "private-keys")]
 pub use private::PrivateKey;
 pub use public::PublicKey;
 pub use record::RecordExt;
-

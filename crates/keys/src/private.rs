@@ -9,9 +9,9 @@ use aws_lc_rs::signature::{EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPair};
 use zeroize::Zeroizing;
 
 use crate::der;
-use crate::public::{secp256k1_spki, PublicKey};
-use crate::{KeySpec, OaepHash, RsaPadding};
+use crate::public::{oaep_algorithm, secp256k1_spki, PublicKey};
 use crate::KeyError;
+use crate::{KeySpec, RsaPadding};
 
 pub(crate) enum Inner {
     Secp256k1(secp256k1::SecretKey),
@@ -189,15 +189,5 @@ impl PrivateKey {
 
     pub fn spec(&self) -> KeySpec {
         self.public.spec()
-    }
-}
-
-/// AWS-LC's OAEP with this hash and MGF1 over the same.
-pub(crate) fn oaep_algorithm(hash: OaepHash) -> &'static aws_lc_rs::rsa::OaepAlgorithm {
-    match hash {
-        OaepHash::Sha1 => &aws_lc_rs::rsa::OAEP_SHA1_MGF1SHA1,
-        OaepHash::Sha256 => &aws_lc_rs::rsa::OAEP_SHA256_MGF1SHA256,
-        OaepHash::Sha384 => &aws_lc_rs::rsa::OAEP_SHA384_MGF1SHA384,
-        OaepHash::Sha512 => &aws_lc_rs::rsa::OAEP_SHA512_MGF1SHA512,
     }
 }

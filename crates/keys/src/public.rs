@@ -3,9 +3,10 @@
 use aws_lc_rs::encoding::AsDer;
 use base64::Engine;
 
+#[cfg(feature = "private-keys")]
 use crate::der;
-use crate::KeySpec;
 use crate::KeyError;
+use crate::KeySpec;
 
 // SubjectPublicKeyInfo prefixes for the fixed-size keys; the point or key follows.
 pub(crate) const SPKI_SECP256K1: &[u8] = &[
@@ -63,7 +64,7 @@ impl PublicKey {
             }
             RsaPadding::Oaep(hash) => {
                 let k = OaepPublicEncryptingKey::new(key).map_err(|_| KeyError::Crypto("RSA public key"))?;
-                let alg = crate::private::oaep_algorithm(hash);
+                let alg = oaep_algorithm(hash);
                 if plaintext.len() > k.max_plaintext_size(alg) {
                     return Err(too_long(k.max_plaintext_size(alg)));
                 }
@@ -88,12 +89,8 @@ impl PublicKey {
                 if spec.is_ecdsa() && spki[prefix.len()] != 0x04 {
                     return Err(KeyError::PublicKey("only uncompressed EC points are accepted".into()));
                 }
-                if spec == KeySpec::Secp256k1 {
-                    secp256k1::PublicKey::from_slice(&spki[prefix.len()..])
-                        .map_err(|e| KeyError::PublicKey(format!("not a secp256k1 point: {e}")))?;
-                }
                 let key = PublicKey { spec, spki: spki.to_vec() };
-                if matches!(spec, KeySpec::P256 | KeySpec::P384) {
+                if spec.is_ecdsa() {
                     key.ecdsa_check()?;
                 }
                 return Ok(key);
@@ -123,6 +120,7 @@ impl PublicKey {
 
     fn ecdsa_check(&self) -> Result<(), KeyError> {
         let alg: &'static aws_lc_rs::signature::EcdsaVerificationAlgorithm = match self.spec {
+            KeySpec::Secp256k1 => &aws_lc_rs::signature::ECDSA_P256K1_SHA256_ASN1,
             KeySpec::P256 => &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1,
             _ => &aws_lc_rs::signature::ECDSA_P384_SHA384_ASN1,
         };
@@ -156,17 +154,13 @@ impl PublicKey {
         &self.spki[prefix..]
     }
 
-    /// The Ethereum address of a secp256k1 key.
-    pub fn eth_address(&self) -> Option<alloy_primitives::Address> {
-        (self.spec == KeySpec::Secp256k1).then(|| alloy_primitives::Address::from_raw_public_key(&self.point()[1..]))
-    }
-
     /// SHA-256 of the SubjectPublicKeyInfo: what an attestation commits to.
     pub fn fingerprint(&self) -> [u8; 32] {
         let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &self.spki);
         d.as_ref().try_into().expect("SHA-256 is 32 bytes")
     }
 
+    #[cfg(feature = "private-keys")]
     pub(crate) fn from_parts(spec: KeySpec, spki: Vec<u8>) -> PublicKey {
         PublicKey { spec, spki }
     }
@@ -197,10 +191,21 @@ pub(crate) fn pem_encode(label: &str, der: &[u8]) -> String {
     out
 }
 
+#[cfg(feature = "private-keys")]
 /// Build the SubjectPublicKeyInfo of a secp256k1 point.
 pub(crate) fn secp256k1_spki(point: &[u8; 65]) -> Vec<u8> {
     let mut spki = SPKI_SECP256K1.to_vec();
     spki.extend_from_slice(point);
     debug_assert_eq!(der::outer_len(&spki), Some(spki.len()));
     spki
+}
+
+/// AWS-LC's OAEP with this hash and MGF1 over the same.
+pub(crate) fn oaep_algorithm(hash: crate::OaepHash) -> &'static aws_lc_rs::rsa::OaepAlgorithm {
+    match hash {
+        crate::OaepHash::Sha1 => &aws_lc_rs::rsa::OAEP_SHA1_MGF1SHA1,
+        crate::OaepHash::Sha256 => &aws_lc_rs::rsa::OAEP_SHA256_MGF1SHA256,
+        crate::OaepHash::Sha384 => &aws_lc_rs::rsa::OAEP_SHA384_MGF1SHA384,
+        crate::OaepHash::Sha512 => &aws_lc_rs::rsa::OAEP_SHA512_MGF1SHA512,
+    }
 }

@@ -39,9 +39,10 @@ impl RecordExt for KeyRecord {
         let want = [(CONTEXT_KEY_ID, self.key_id.as_str()), (CONTEXT_SPEC, self.spec.as_str()), (CONTEXT_ORIGIN, self.origin.as_str())];
         for (k, v) in want {
             if self.encryption_context.get(k).map(String::as_str) != Some(v) {
-                return Err(err(self, format!(
-                    "its encryption context does not bind {k} to {v:?} (a record made before nekms-key:v2 provenance, or altered)"
-                )));
+                return Err(err(
+                    self,
+                    format!("its encryption context does not bind {k} to {v:?} (a record made before nekms-key:v2 provenance, or altered)"),
+                ));
             }
         }
         nekms_protocol::context::Usage::of_context(&self.encryption_context, self.spec)

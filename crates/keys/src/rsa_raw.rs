@@ -9,6 +9,7 @@
 #![allow(unsafe_code)]
 
 use aws_lc_sys as sys;
+#[cfg(feature = "private-keys")]
 use zeroize::Zeroizing;
 
 use crate::Hash;
@@ -71,6 +72,7 @@ fn md(hash: Hash) -> *const sys::EVP_MD {
     }
 }
 
+#[cfg(feature = "private-keys")]
 /// The private operation with `padding` (RSA_PKCS1_PADDING: `input` is
 /// padded with PKCS#1 v1.5 type 1 and may be up to k-11 bytes;
 /// RSA_NO_PADDING: `input` is k bytes, as an integer below the modulus).
@@ -90,6 +92,7 @@ fn private_op(pkcs8: &[u8], input: &[u8], padding: i32) -> Result<Zeroizing<Vec<
     Ok(out)
 }
 
+#[cfg(feature = "private-keys")]
 /// PKCS#1 v1.5 (type 1) signature over `t`, a DigestInfo. Never give it
 /// bytes a caller chose freely: with most of the block chosen, two such
 /// signatures combine into a raw private operation (a decryption), by
@@ -98,11 +101,13 @@ pub(crate) fn sign_pkcs1(pkcs8: &[u8], t: &[u8]) -> Result<Vec<u8>, KeyError> {
     Ok(private_op(pkcs8, t, sys::RSA_PKCS1_PADDING)?.to_vec())
 }
 
+#[cfg(feature = "private-keys")]
 /// The raw private operation, m^d mod n, over k bytes.
 pub(crate) fn private_raw(pkcs8: &[u8], input: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
     private_op(pkcs8, input, sys::RSA_NO_PADDING)
 }
 
+#[cfg(feature = "private-keys")]
 /// PSS over `digest` (a `hash` digest), MGF1 over `mgf`, `salt` bytes.
 pub(crate) fn sign_pss(pkcs8: &[u8], digest: &[u8], hash: Hash, mgf: Hash, salt: usize) -> Result<Vec<u8>, KeyError> {
     if digest.len() != hash.output_len() {

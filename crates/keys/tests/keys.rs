@@ -2,6 +2,8 @@
 //! where there are any. (OpenSSL, eth-account and Python's cryptography
 //! check our output in tests/python.)
 
+use nekms_keys::HashExt;
+use nekms_keys::RecordExt;
 use std::collections::BTreeMap;
 
 use aws_lc_rs::encoding::AsDer;

@@ -126,4 +126,3 @@ pub trait Nsm: Send + Sync {
     /// True for the simulator, so callers can say so in their output.
     fn is_simulated(&self) -> bool;
 }
-

@@ -25,8 +25,8 @@ use time::OffsetDateTime;
 
 use crate::measure::Measurement;
 use crate::{
-    AttestationRequest, ErrorCode, Nsm, NsmDescription, NsmError, PcrState, MAX_NONCE, MAX_PUBLIC_KEY,
-    MAX_REQUEST, MAX_USER_DATA, RANDOM_LEN,
+    AttestationRequest, ErrorCode, Nsm, NsmDescription, NsmError, PcrState, MAX_NONCE, MAX_PUBLIC_KEY, MAX_REQUEST, MAX_USER_DATA,
+    RANDOM_LEN,
 };
 
 /// PCRs locked once the boot measurement is in.

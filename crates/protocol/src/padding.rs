@@ -17,4 +17,3 @@ pub enum OaepHash {
     Sha384,
     Sha512,
 }
-

@@ -32,4 +32,3 @@ mod opt_bytes {
         Ok(Option::<W>::deserialize(d)?.map(|w| w.0))
     }
 }
-

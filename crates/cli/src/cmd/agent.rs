@@ -531,7 +531,7 @@ async fn import_key(
     }
     let ciphertext = match (&b.ciphertext, &b.secret_id) {
         (Some(c), None) => B64.decode(c.trim()).map_err(|_| ApiError::bad("ciphertext must be base64"))?,
-        (None, Some(id)) => super::key::ciphertext_from_secret(id, state.secrets_endpoint.as_deref())
+        (None, Some(id)) => nekms_parent::secrets::ciphertext(id, state.secrets_endpoint.as_deref())
             .await
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "secret_unreadable", format!("{e:#}")))?,
         _ => return Err(ApiError::bad("give exactly one of ciphertext and secret_id")),
@@ -796,9 +796,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             secrets_endpoint: a.secrets_endpoint_url.clone(),
         });
         if !a.no_credentials {
-            let (enclave, profile, interval) = (a.enclave.clone(), a.profile.clone(), Duration::from_secs(a.credentials_interval));
+            let (enclave, profile, interval) = (a.enclave.address()?, a.profile.clone(), Duration::from_secs(a.credentials_interval));
             tokio::spawn(async move {
-                if let Err(e) = super::enclave::credentials(&enclave, profile, None, true, interval).await {
+                let pushed = |info: &nekms_rpc::CredentialsInfo| {
+                    println!("credentials set in the enclave: {}", nekms_parent::credentials::describe(info))
+                };
+                if let Err(e) = nekms_parent::credentials::push(&enclave, profile, None, true, interval, pushed).await {
                     eprintln!("nekms agent: credentials relay stopped: {e:#}");
                 }
             });

@@ -1,13 +1,12 @@
 //! `nekms enclave ...`: talk to a running enclave over the native RPC.
 
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
-use aws_credential_types::provider::ProvideCredentials;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use nekms_rpc::{Client, CredentialsInfo, CredentialsUpdate, SecretString};
+use nekms_rpc::{Client, CredentialsInfo};
 use nekms_transport::Address;
 use zeroize::Zeroizing;
 
@@ -21,19 +20,11 @@ pub struct EnclaveArg {
 
 impl EnclaveArg {
     pub fn address(&self) -> anyhow::Result<Address> {
-        address_or_cid(&self.enclave, 5000)
+        nekms_parent::enclave::address_or_cid(&self.enclave, nekms_parent::enclave::RPC_PORT)
     }
 
     pub async fn connect(&self) -> anyhow::Result<Client> {
         Ok(Client::connect(&self.address()?, concat!("nekms ", env!("CARGO_PKG_VERSION"))).await?)
-    }
-}
-
-/// A bare number is a vsock CID on `port`; anything else is an address.
-pub fn address_or_cid(s: &str, port: u32) -> anyhow::Result<Address> {
-    match s.parse::<u32>() {
-        Ok(cid) => Ok(format!("vsock://{cid}:{port}").parse()?),
-        Err(_) => s.parse().with_context(|| format!("{s}: not a CID or an address")),
     }
 }
 
@@ -148,25 +139,13 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                 Ok(())
             }
             Command::Credentials { enclave, profile, region, watch, interval } => {
-                credentials(&enclave, profile, region, watch, Duration::from_secs(interval.max(1))).await
+                let pushed =
+                    |info: &CredentialsInfo| println!("credentials set in the enclave: {}", nekms_parent::credentials::describe(info));
+                nekms_parent::credentials::push(&enclave.address()?, profile, region, watch, Duration::from_secs(interval.max(1)), pushed)
+                    .await
             }
         }
     })
-}
-
-fn time_text(secs: u64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(secs as i64)
-        .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-        .unwrap_or_else(|| secs.to_string())
-}
-
-fn credentials_text(c: &CredentialsInfo) -> String {
-    let kind = if c.temporary { "temporary" } else { "long-term" };
-    match c.expiration {
-        Some(e) => format!("{} ({kind}, region {}, expires {})", c.access_key_id, c.region, time_text(e)),
-        None => format!("{} ({kind}, region {})", c.access_key_id, c.region),
-    }
 }
 
 async fn describe(enclave: &EnclaveArg, json: bool) -> anyhow::Result<()> {
@@ -212,7 +191,7 @@ async fn describe(enclave: &EnclaveArg, json: bool) -> anyhow::Result<()> {
         println!("kmstool:     {k}");
     }
     match &d.credentials {
-        Some(c) => println!("credentials: {}", credentials_text(c)),
+        Some(c) => println!("credentials: {}", nekms_parent::credentials::describe(c)),
         None => println!("credentials: none yet (nekms enclave credentials)"),
     }
     println!("recipient:   RSA-2048, SPKI SHA-256 {}", hex::encode(&d.recipient_key_sha256));
@@ -231,74 +210,4 @@ async fn describe(enclave: &EnclaveArg, json: bool) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Credentials from the default chain (environment, profile, IMDS), and the chain's region.
-pub async fn default_chain(
-    profile: Option<&str>,
-    region: Option<&str>,
-) -> anyhow::Result<(aws_credential_types::provider::SharedCredentialsProvider, Option<String>)> {
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-    if let Some(p) = profile {
-        loader = loader.profile_name(p);
-    }
-    if let Some(r) = region {
-        loader = loader.region(aws_config::Region::new(r.to_owned()));
-    }
-    let config = loader.load().await;
-    let provider = config.credentials_provider().context("the default chain has no credentials provider")?;
-    Ok((provider, config.region().map(|r| r.to_string())))
-}
-
-pub async fn credentials(
-    enclave: &EnclaveArg,
-    profile: Option<String>,
-    region: Option<String>,
-    watch: bool,
-    interval: Duration,
-) -> anyhow::Result<()> {
-    let (provider, region) = default_chain(profile.as_deref(), region.as_deref()).await?;
-    let mut client: Option<Client> = None;
-    loop {
-        let pushed = async {
-            let c = provider.provide_credentials().await.context("getting credentials from the default chain")?;
-            let expiration = c.expiry().map(|e| e.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0));
-            let update = CredentialsUpdate {
-                access_key_id: c.access_key_id().to_owned(),
-                secret_access_key: SecretString::new(c.secret_access_key()),
-                session_token: c.session_token().map(SecretString::new),
-                region: region.clone(),
-                expiration,
-            };
-            if client.is_none() {
-                client = Some(enclave.connect().await?);
-            }
-            let info = client.as_ref().expect("connected above").set_credentials(update).await;
-            if info.is_err() {
-                client = None;
-            }
-            anyhow::Ok((info?, c.expiry()))
-        }
-        .await;
-        let wait = match pushed {
-            Ok((info, expiry)) => {
-                println!("credentials set in the enclave: {}", credentials_text(&info));
-                if !watch {
-                    return Ok(());
-                }
-                // Push again five minutes before expiry, or at the interval, whichever is sooner.
-                let until_refresh = expiry
-                    .and_then(|e| e.duration_since(SystemTime::now()).ok())
-                    .map(|left| left.saturating_sub(Duration::from_secs(300)))
-                    .unwrap_or(interval);
-                until_refresh.min(interval).max(Duration::from_secs(1))
-            }
-            Err(e) if !watch => return Err(e),
-            Err(e) => {
-                eprintln!("nekms: pushing credentials failed, retrying in 5 s: {e:#}");
-                Duration::from_secs(5)
-            }
-        };
-        tokio::time::sleep(wait).await;
-    }
 }

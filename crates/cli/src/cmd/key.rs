@@ -439,26 +439,6 @@ fn nonce(hex: &Option<String>) -> anyhow::Result<Option<Vec<u8>>> {
     hex.as_deref().map(|h| super::hex_arg("--nonce", h)).transpose()
 }
 
-pub async fn ciphertext_from_secret(id: &str, endpoint: Option<&str>) -> anyhow::Result<Vec<u8>> {
-    let region = aws_config::meta::region::RegionProviderChain::default_provider().or_else("us-east-1");
-    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest()).region(region).load().await;
-    let mut config = aws_sdk_secretsmanager::config::Builder::from(&shared);
-    if let Some(e) = endpoint {
-        config = config.endpoint_url(e);
-    }
-    let client = aws_sdk_secretsmanager::Client::from_conf(config.build());
-    let out =
-        client.get_secret_value().secret_id(id).send().await.map_err(|e| {
-            anyhow::anyhow!("Secrets Manager GetSecretValue {id}: {}", aws_sdk_secretsmanager::error::DisplayErrorContext(&e))
-        })?;
-    if let Some(b) = out.secret_binary() {
-        return Ok(b.as_ref().to_vec());
-    }
-    let s = out.secret_string().with_context(|| format!("secret {id} has neither SecretBinary nor SecretString"))?;
-    // The decoder's error would quote the offending byte: say only what was wrong.
-    B64.decode(s.trim()).map_err(|_| anyhow::anyhow!("secret {id}: SecretString is not base64 of a KMS ciphertext"))
-}
-
 fn ciphertext_arg(file: &Option<PathBuf>, b64: &Option<String>) -> anyhow::Result<Option<Vec<u8>>> {
     if let Some(b) = b64 {
         return Ok(Some(B64.decode(b.trim()).context("--ciphertext is not base64")?));
@@ -520,7 +500,7 @@ pub fn run_key(cmd: KeyCommand) -> anyhow::Result<()> {
                 }
                 let blob = match (ciphertext_arg(&ciphertext_file, &ciphertext)?, &secret_id) {
                     (Some(b), _) => b,
-                    (None, Some(id)) => ciphertext_from_secret(id, secrets_endpoint_url.as_deref()).await?,
+                    (None, Some(id)) => nekms_parent::secrets::ciphertext(id, secrets_endpoint_url.as_deref()).await?,
                     (None, None) => bail!("give the key's KMS ciphertext: --ciphertext-file, --ciphertext or --secret-id"),
                 };
                 let request = ImportKey {

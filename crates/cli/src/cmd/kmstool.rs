@@ -147,7 +147,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
         match (&a.aws_access_key_id, &a.aws_secret_access_key) {
             (Some(id), Some(secret)) => client.set_client(id, secret, a.aws_session_token.as_deref(), a.region.as_deref()).await?,
             _ => {
-                let (provider, chain_region) = super::enclave::default_chain(a.profile.as_deref(), a.region.as_deref()).await?;
+                let (provider, chain_region) = nekms_parent::credentials::default_chain(a.profile.as_deref(), a.region.as_deref()).await?;
                 let c = provider.provide_credentials().await.context("getting credentials from the default chain")?;
                 let region = a.region.clone().or(chain_region);
                 client.set_client(c.access_key_id(), c.secret_access_key(), c.session_token(), region.as_deref()).await?;

@@ -439,10 +439,9 @@ async fn push_config(enclave: &EnclaveArg, store: &StoreArg, path: &Path) -> any
                 bail!("[[providers.softsign]] key_type = {t:?}: nekms signs consensus messages only (key_type = \"consensus\")");
             }
         }
-        if s.path.is_some() {
+        if let Some(path) = &s.path {
             bail!(
-                "[[providers.softsign]] path = {:?}: a softsign file is the consensus key in the clear on the parent; nekms keeps it in custody. As the administrator: nekms key encrypt-for-import --privval --name NAME --spec ed25519 --kms-key ARN FILE; then nekms key import --privval --name NAME ..., and key = \"NAME\" here",
-                s.path.as_ref().expect("present")
+                "[[providers.softsign]] path = {path:?}: a softsign file is the consensus key in the clear on the parent; nekms keeps it in custody. As the administrator: nekms key encrypt-for-import --privval --name NAME --spec ed25519 --kms-key ARN FILE; then nekms key import --privval --name NAME ..., and key = \"NAME\" here"
             );
         }
         let name = s.key.clone().context("[[providers.softsign]]: give key = \"NAME\" (the consensus key's custody record)")?;
@@ -704,7 +703,6 @@ pub async fn serve_store(listener: nekms_transport::Listener, dir: PathBuf, sync
         });
     }
 }
-
 
 fn show(dir: &Path, json: bool) -> anyhow::Result<()> {
     let mut rows = Vec::new();
