@@ -1,14 +1,14 @@
 //! A blocking client of the enclave's native RPC, for the module: one Unix
 //! socket, one call at a time (the module serialises its calls anyway),
-//! reconnected after a failure. The handshake and frames are the RPC's own
-//! (a `u32` big-endian length, then CBOR).
+//! reconnected after a failure. The handshake and messages are the RPC's own
+//! (`nekms_protocol::rpc`), the frames `nekms_transport::frame::blocking`'s.
 
-use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use nekms_rpc::protocol::{self, ClientFrame, Hello, P11Request, P11Response, Request, Response, ServerFrame, PROTOCOL};
-use nekms_rpc::RpcError;
+use nekms_protocol::rpc::RpcError;
+use nekms_protocol::rpc::{self as protocol, ClientFrame, Hello, P11Request, P11Response, Request, Response, ServerFrame, PROTOCOL};
+use nekms_transport::frame::blocking as frame;
 use zeroize::Zeroizing;
 
 /// Largest reply frame read.
@@ -52,22 +52,16 @@ impl Conn {
     }
 
     fn write(&mut self, body: &[u8]) -> Result<(), CallError> {
-        let mut frame = Zeroizing::new(Vec::with_capacity(4 + body.len()));
-        frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        frame.extend_from_slice(body);
-        self.stream.write_all(&frame).map_err(transport)
+        frame::write_frame(&mut self.stream, body, MAX_FRAME).map_err(transport)
     }
 
+    /// The next frame, in a buffer wiped on drop (replies carry PIN handles).
     fn read(&mut self) -> Result<Zeroizing<Vec<u8>>, CallError> {
-        let mut len = [0u8; 4];
-        self.stream.read_exact(&mut len).map_err(transport)?;
-        let len = u32::from_be_bytes(len) as usize;
-        if len > MAX_FRAME {
-            return Err(CallError::Transport(format!("a {len}-byte frame from the enclave")));
+        match frame::read_frame(&mut self.stream, MAX_FRAME) {
+            Ok(Some(body)) => Ok(Zeroizing::new(body)),
+            Ok(None) => Err(CallError::Transport("the enclave closed the connection".into())),
+            Err(e) => Err(transport(e)),
         }
-        let mut body = Zeroizing::new(vec![0u8; len]);
-        self.stream.read_exact(&mut body).map_err(transport)?;
-        Ok(body)
     }
 
     /// One PKCS#11 call.

@@ -3,7 +3,7 @@
 
 use cryptoki_sys::*;
 use nekms_keys::rsa_raw::parse_digest_info;
-use nekms_keys::{Hash, KeySpec, Payload, Scheme};
+use nekms_keys::{Hash, HashExt, KeySpec, Payload, Scheme};
 
 /// The mechanisms this module offers, with their CK_MECHANISM_INFO. Those
 /// the enclave performs (signing, decryption, key-pair generation) carry
@@ -285,23 +285,62 @@ pub fn x509_block(spec: KeySpec, data: &[u8]) -> Result<Vec<u8>, CK_RV> {
     Ok(block)
 }
 
+/// A sign or verify `CK_MECHANISM` as the ABI layer read it.
+#[derive(Clone, Copy, Debug)]
+pub struct SigningMechanism {
+    pub mechanism: CK_MECHANISM_TYPE,
+    /// The parameters, when `pParameter` is not NULL and `ulParameterLen`
+    /// is the size of CK_RSA_PKCS_PSS_PARAMS.
+    pub pss: Option<CK_RSA_PKCS_PSS_PARAMS>,
+    /// `ulParameterLen`, or 0 when `pParameter` is NULL.
+    pub param_len: usize,
+}
+
+impl SigningMechanism {
+    /// The mechanism for a key of this type, with its PSS parameters if any.
+    pub fn for_key(&self, spec: KeySpec) -> Result<Mech, CK_RV> {
+        mechanism(spec, self.mechanism, self.pss.as_ref(), self.param_len)
+    }
+}
+
+/// Longest OAEP label (CKZ_DATA_SPECIFIED source data) taken.
+pub const MAX_OAEP_LABEL: usize = 4096;
+
+/// An encrypt or decrypt `CK_MECHANISM` as the ABI layer read it.
+#[derive(Clone, Copy, Debug)]
+pub struct CipherMechanism<'a> {
+    pub mechanism: CK_MECHANISM_TYPE,
+    /// `ulParameterLen` as the caller gave it, whatever `pParameter` is.
+    pub param_len: CK_ULONG,
+    /// The parameters, for CKM_RSA_PKCS_OAEP when `pParameter` is not NULL
+    /// and `ulParameterLen` is the size of CK_RSA_PKCS_OAEP_PARAMS.
+    pub oaep: Option<OaepParams<'a>>,
+}
+
+/// CK_RSA_PKCS_OAEP_PARAMS as the ABI layer read it.
+#[derive(Clone, Copy, Debug)]
+pub struct OaepParams<'a> {
+    pub hash_alg: CK_MECHANISM_TYPE,
+    pub mgf: CK_RSA_PKCS_MGF_TYPE,
+    pub source: CK_RSA_PKCS_OAEP_SOURCE_TYPE,
+    /// `ulSourceDataLen`.
+    pub source_len: CK_ULONG,
+    /// `pSourceData`'s `source_len` bytes; `None` when it is NULL or
+    /// longer than [`MAX_OAEP_LABEL`] (then it is not read).
+    pub source_data: Option<&'a [u8]>,
+}
+
 /// A decryption mechanism: CKM_RSA_PKCS, or CKM_RSA_PKCS_OAEP with
 /// CK_RSA_PKCS_OAEP_PARAMS (SHA-1/256/384/512, MGF1 over the same hash, an
 /// optional label as CKZ_DATA_SPECIFIED source data).
-///
-/// # Safety
-/// `m.pParameter` must point to `m.ulParameterLen` readable bytes.
-pub unsafe fn decryption(m: &CK_MECHANISM) -> Result<(nekms_keys::RsaPadding, Option<Vec<u8>>), CK_RV> {
+pub fn decryption(m: &CipherMechanism<'_>) -> Result<(nekms_keys::RsaPadding, Option<Vec<u8>>), CK_RV> {
     use nekms_keys::{OaepHash, RsaPadding};
     match m.mechanism {
-        CKM_RSA_PKCS if m.ulParameterLen == 0 => Ok((RsaPadding::Pkcs1, None)),
-        CKM_RSA_X_509 if m.ulParameterLen == 0 => Ok((RsaPadding::Raw, None)),
+        CKM_RSA_PKCS if m.param_len == 0 => Ok((RsaPadding::Pkcs1, None)),
+        CKM_RSA_X_509 if m.param_len == 0 => Ok((RsaPadding::Raw, None)),
         CKM_RSA_PKCS_OAEP => {
-            if m.pParameter.is_null() || m.ulParameterLen as usize != std::mem::size_of::<CK_RSA_PKCS_OAEP_PARAMS>() {
-                return Err(CKR_MECHANISM_PARAM_INVALID);
-            }
-            let p = &*(m.pParameter as *const CK_RSA_PKCS_OAEP_PARAMS);
-            let (hash, mgf) = match p.hashAlg {
+            let p = m.oaep.as_ref().ok_or(CKR_MECHANISM_PARAM_INVALID)?;
+            let (hash, mgf) = match p.hash_alg {
                 CKM_SHA_1 => (OaepHash::Sha1, CKG_MGF1_SHA1),
                 CKM_SHA256 => (OaepHash::Sha256, CKG_MGF1_SHA256),
                 CKM_SHA384 => (OaepHash::Sha384, CKG_MGF1_SHA384),
@@ -311,11 +350,9 @@ pub unsafe fn decryption(m: &CK_MECHANISM) -> Result<(nekms_keys::RsaPadding, Op
             if p.mgf != mgf {
                 return Err(CKR_MECHANISM_PARAM_INVALID);
             }
-            let label = match (p.source, p.ulSourceDataLen) {
-                (_, 0) => None,
-                (CKZ_DATA_SPECIFIED, n) if !p.pSourceData.is_null() && n <= 4096 => {
-                    Some(std::slice::from_raw_parts(p.pSourceData as *const u8, n as usize).to_vec())
-                }
+            let label = match (p.source, p.source_len, p.source_data) {
+                (_, 0, _) => None,
+                (CKZ_DATA_SPECIFIED, _, Some(data)) => Some(data.to_vec()),
                 _ => return Err(CKR_MECHANISM_PARAM_INVALID),
             };
             Ok((RsaPadding::Oaep(hash), label))

@@ -8,7 +8,7 @@
 
 use cryptoki_sys::*;
 use nekms_keys::KeySpec;
-use nekms_rpc::protocol::{P11PublicKey, P11Slot};
+use nekms_protocol::rpc::{P11PublicKey, P11Slot};
 
 /// What an object is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

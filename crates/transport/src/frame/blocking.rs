@@ -2,6 +2,8 @@
 
 use std::io::{ErrorKind, Read, Write};
 
+use zeroize::Zeroize;
+
 use super::{body_len, check_len, truncated, FrameError, PREFIX};
 
 /// Read one frame's body. `Ok(None)` when the stream ends cleanly before a
@@ -23,12 +25,19 @@ pub fn read_frame(r: &mut impl Read, max: usize) -> Result<Option<Vec<u8>>, Fram
     let mut body = vec![0u8; len];
     let mut filled = 0;
     while filled < len {
-        match r.read(&mut body[filled..]) {
-            Ok(0) => return Err(FrameError::Truncated { expected: len as u64, received: filled }),
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(e.into()),
-        }
+        let failed = match r.read(&mut body[filled..]) {
+            Ok(0) => FrameError::Truncated { expected: len as u64, received: filled },
+            Ok(n) => {
+                filled += n;
+                continue;
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => e.into(),
+        };
+        // What arrived of a frame that failed may be part of a secret: wipe it
+        // (callers wrap whole frames in zeroizing buffers themselves).
+        body.zeroize();
+        return Err(failed);
     }
     Ok(Some(body))
 }
