@@ -239,7 +239,7 @@ impl EnclavePath {
         let store_dir = run_dir.join("privval-state");
         let _ = std::fs::remove_dir_all(&store_dir);
         let store_task = tokio::spawn(async move {
-            let _ = crate::cmd::privval::serve_store(store, store_dir, store_sync).await;
+            let _ = nekms_privval_parent::store::serve_store(store, store_dir, store_sync).await;
         });
         let privval_task = tokio::spawn(nekms_enclave::privval::serve(Listener::bind(&privval).await?, enclave.clone(), true));
         Ok(EnclavePath {

@@ -1,5 +1,11 @@
 //! A small strict BER reader: low tag numbers, definite and indefinite
 //! lengths, bounded depth. Enough for CMS; refuses what it does not know.
+//!
+//! Why not a crate: KMS's CiphertextForRecipient is BER with indefinite
+//! lengths and constructed strings, which the `der`-based `cms` crate
+//! refuses; `rasn` reads it but decodes far more than nekms accepts. This
+//! reader takes exactly the shapes KMS sends, is fuzzed, and is checked
+//! against OpenSSL's CMS and the real KMS vectors in testdata/.
 
 /// A parsed BER element borrowing from the input.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -130,20 +130,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// `KEY=VALUE` arguments as an encryption context; a key given twice is refused.
+/// `KEY=VALUE` arguments as an encryption context ([`nekms_keys::context::parse_pairs`]).
 pub fn encryption_context(items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
-    let mut context = BTreeMap::new();
-    for kv in items {
-        match kv.split_once('=') {
-            Some((k, v)) if !k.is_empty() => {
-                if context.insert(k.to_owned(), v.to_owned()).is_some() {
-                    bail!("rule duplicate-context-key: encryption-context key {k:?} is given twice");
-                }
-            }
-            _ => bail!("{kv:?}: an encryption context pair is KEY=VALUE"),
-        }
-    }
-    Ok(context)
+    nekms_keys::context::parse_pairs(items).map_err(anyhow::Error::msg)
 }
 
 async fn one_shot(config: &EnclaveConfig, verb: Verb) -> anyhow::Result<()> {

@@ -6,6 +6,12 @@
 //! time. Everything the signature depends on is checked for being present
 //! and signed: the `host` and `x-amz-date` headers, the credential scope
 //! (date, region, service), and the body through its SHA-256.
+//!
+//! Why not a crate: `aws-sigv4` signs (the client's side) and has no
+//! verifier, and none other is maintained. So the server recomputes with
+//! this module's own canonical request, and `tests/sigv4_peer.rs` holds it to
+//! `aws-sigv4` request by request (the SDK, boto3 and awscli tests do the
+//! same end to end).
 
 use std::fmt;
 

@@ -5,7 +5,9 @@
 //!   connection to it;
 //! - [`credentials`]: AWS credentials from the parent's default chain,
 //!   pushed into the enclave and refreshed before they expire;
-//! - [`secrets`]: KMS ciphertexts kept in Secrets Manager.
+//! - [`secrets`]: KMS ciphertexts kept in Secrets Manager;
+//! - [`import`]: the administrator's KMS client and the import ciphertext
+//!   (`nekms key encrypt-for-import`, `nekms p11 acm convert`).
 //!
 //! The CLI, the agent and the validator signer's parent side use these; none
 //! of it runs in the enclave.
@@ -18,4 +20,5 @@
 
 pub mod credentials;
 pub mod enclave;
+pub mod import;
 pub mod secrets;

@@ -101,6 +101,23 @@ pub const MAX_PAIRS: usize = 64;
 /// Most bytes of keys and values together (KMS's own limit is 8 KiB).
 pub const MAX_BYTES: usize = 8192;
 
+/// `KEY=VALUE` arguments (the command line's `--context`) as an encryption
+/// context; an empty key or a key given twice is refused.
+pub fn parse_pairs(items: &[String]) -> Result<BTreeMap<String, String>, String> {
+    let mut context = BTreeMap::new();
+    for kv in items {
+        match kv.split_once('=') {
+            Some((k, v)) if !k.is_empty() => {
+                if context.insert(k.to_owned(), v.to_owned()).is_some() {
+                    return Err(format!("rule duplicate-context-key: encryption-context key {k:?} is given twice"));
+                }
+            }
+            _ => return Err(format!("{kv:?}: an encryption context pair is KEY=VALUE")),
+        }
+    }
+    Ok(context)
+}
+
 /// Whether `key` is in the reserved namespace, whatever its casing.
 pub fn is_reserved(key: &str) -> bool {
     let head: String = key.trim_start().chars().take(RESERVED_PREFIX.len() + 2).collect();

@@ -259,8 +259,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             })))
             .await?;
             let laddr = Laddr::new(tcp, &dir, &name).await?;
-            let v = super::privval::ValidatorConfig::for_relay(&chain, &laddr.addr()?);
-            let relay = tokio::spawn(async move { super::privval::relay_once(&privval, &v).await });
+            let v = nekms_privval_parent::config::ValidatorConfig::for_relay(&chain, &laddr.addr()?);
+            let relay = tokio::spawn(async move { nekms_privval_parent::proxy::relay_once(&privval, &v).await });
             let link = laddr.accept().await?;
             anyhow::Ok((link, relay, laddr))
         }

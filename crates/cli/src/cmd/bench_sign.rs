@@ -86,9 +86,9 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let agent_addr = listener.local_addr()?;
     let token_file = tmp.path().join("agent.token");
-    let access = super::agent_access::Access::single_token(&token_file)?;
+    let access = nekms_agent::Access::single_token(&token_file)?;
     let token = std::fs::read_to_string(&token_file)?.trim().to_owned();
-    let _agent = super::agent::spawn(listener, warm.rpc.clone(), Store::Sqlite(agent_store.clone()), access);
+    let _agent = nekms_agent::spawn(listener, warm.rpc.clone(), Store::Sqlite(agent_store.clone()), access);
     let rpc = Client::connect(&warm.rpc, "nekms bench").await?;
     let mut connections = Vec::new();
     for _ in 0..a.clients.iter().copied().max().unwrap_or(1) {

@@ -120,13 +120,13 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             }
             Command::Decrypt { enclave, encryption_context, key_id, ciphertext } => {
                 let blob = B64.decode(ciphertext.trim()).context("the ciphertext is not base64")?;
-                let context = nekms_enclave::app::encryption_context(&encryption_context)?;
+                let context = nekms_keys::context::parse_pairs(&encryption_context).map_err(anyhow::Error::msg)?;
                 let plaintext = enclave.connect().await?.decrypt(blob, context, key_id).await?;
                 println!("{}", Zeroizing::new(B64.encode(plaintext.expose())).as_str());
                 Ok(())
             }
             Command::DataKey { enclave, key_id, key_spec, encryption_context } => {
-                let context = nekms_enclave::app::encryption_context(&encryption_context)?;
+                let context = nekms_keys::context::parse_pairs(&encryption_context).map_err(anyhow::Error::msg)?;
                 let (key_id, blob, plaintext) = enclave.connect().await?.generate_data_key(key_id, Some(key_spec), None, context).await?;
                 println!("KEY: {key_id}");
                 println!("CIPHERTEXT: {}", B64.encode(&blob));

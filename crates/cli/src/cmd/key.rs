@@ -349,41 +349,7 @@ impl OriginArgs {
     }
 }
 
-/// A KMS client with the administrator's credentials (a profile, or
-/// aws-config's default chain) and endpoint.
-pub(crate) async fn admin_kms(endpoint: Option<&str>, profile: Option<&str>) -> aws_sdk_kms::Client {
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-    if let Some(p) = profile {
-        loader = loader.profile_name(p);
-    }
-    let shared = loader.load().await;
-    let mut config = aws_sdk_kms::config::Builder::from(&shared);
-    if let Some(e) = endpoint {
-        config = config.endpoint_url(e);
-    }
-    aws_sdk_kms::Client::from_conf(config.build())
-}
-
-/// KMS Encrypt of `secret` for import as `name` (the administrator's side).
-pub(crate) async fn encrypt_for_import(
-    client: &aws_sdk_kms::Client,
-    name: &str,
-    spec: KeySpec,
-    kms_key: &str,
-    secret: &[u8],
-    extra: &std::collections::BTreeMap<String, String>,
-    usage: Usage,
-) -> anyhow::Result<Vec<u8>> {
-    usage.check_spec(spec).map_err(anyhow::Error::msg)?;
-    let context = nekms_keys::context::import_context_with_usage(name, spec, extra, usage)?;
-    let mut req = client.encrypt().key_id(kms_key).plaintext(aws_sdk_kms::primitives::Blob::new(secret));
-    for (k, v) in &context {
-        req = req.encryption_context(k, v);
-    }
-    let out =
-        req.send().await.map_err(|e| anyhow::anyhow!("KMS Encrypt under {kms_key}: {}", aws_sdk_kms::error::DisplayErrorContext(&e)))?;
-    Ok(out.ciphertext_blob().context("KMS Encrypt gave no CiphertextBlob")?.as_ref().to_vec())
-}
+// The administrator's KMS client, which `nekms privval` reaches through here.
 
 #[derive(clap::Subcommand)]
 pub enum StoreCommand {
@@ -469,7 +435,7 @@ pub fn run_key(cmd: KeyCommand) -> anyhow::Result<()> {
                     spec,
                     kms_key_id: kms_key,
                     entropy,
-                    encryption_context: nekms_enclave::app::encryption_context(&context)?,
+                    encryption_context: nekms_keys::context::parse_pairs(&context).map_err(anyhow::Error::msg)?,
                     nonce: nonce(&n)?,
                     decrypt,
                     privval,
@@ -508,9 +474,9 @@ pub fn run_key(cmd: KeyCommand) -> anyhow::Result<()> {
                     spec: Some(spec),
                     kms_key_id: kms_key,
                     ciphertext: blob,
-                    ciphertext_context: nekms_enclave::app::encryption_context(&ciphertext_context)?,
+                    ciphertext_context: nekms_keys::context::parse_pairs(&ciphertext_context).map_err(anyhow::Error::msg)?,
                     ciphertext_key_id: None,
-                    encryption_context: nekms_enclave::app::encryption_context(&context)?,
+                    encryption_context: nekms_keys::context::parse_pairs(&context).map_err(anyhow::Error::msg)?,
                     nonce: nonce(&n)?,
                     decrypt,
                     privval,
@@ -558,9 +524,9 @@ pub fn run_key(cmd: KeyCommand) -> anyhow::Result<()> {
                 let secret = zeroize::Zeroizing::new(std::fs::read(&key_file).with_context(|| key_file.display().to_string())?);
                 // Refuse now what the enclave would refuse at import; the spec goes into the context.
                 let spec = nekms_keys::parse_private_key(&secret, spec)?.spec();
-                let extra = nekms_enclave::app::encryption_context(&context)?;
-                let blob = encrypt_for_import(
-                    &admin_kms(endpoint_url.as_deref(), profile.as_deref()).await,
+                let extra = nekms_keys::context::parse_pairs(&context).map_err(anyhow::Error::msg)?;
+                let blob = nekms_parent::import::encrypt_for_import(
+                    &nekms_parent::import::admin_kms(endpoint_url.as_deref(), profile.as_deref()).await,
                     &name,
                     spec,
                     &kms_key,

@@ -140,7 +140,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
         }
         (None, None) => unreachable!("clap requires --cid or --address"),
     };
-    let context = nekms_enclave::app::encryption_context(&a.encryption_context)?;
+    let context = nekms_keys::context::parse_pairs(&a.encryption_context).map_err(anyhow::Error::msg)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let plaintext = rt.block_on(async {
         let mut client = KmstoolClient::connect(&address).await?;

@@ -1,5 +1,4 @@
 pub mod agent;
-pub mod agent_access;
 pub mod attest;
 pub mod bench;
 pub mod bench_kmstool;

@@ -247,11 +247,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let anchor_sock = run_dir.join("privval-anchor-proxy.sock");
     let _ = std::fs::remove_file(&anchor_sock);
     if let Some(endpoint) = &a.privval_anchor_endpoint {
-        let url: anchor_url::Url = endpoint.parse().map_err(|e| anyhow::anyhow!("--privval-anchor-endpoint {endpoint}: {e}"))?;
+        let (host, port) = anchor_host_port(endpoint).map_err(|e| anyhow::anyhow!("--privval-anchor-endpoint {endpoint}: {e}"))?;
         let allow = run_dir.join("anchor-allowlist.yaml");
-        std::fs::write(&allow, format!("allowlist:\n  - {{address: {}, port: {}}}\n", url.host, url.port))?;
+        std::fs::write(&allow, format!("allowlist:\n  - {{address: {host}, port: {port}}}\n"))?;
         let mut p = Command::new(&me);
-        p.arg("proxy").arg(unix(&anchor_sock)).args([url.host.as_str(), &url.port.to_string(), "--config"]).arg(&allow);
+        p.arg("proxy").arg(unix(&anchor_sock)).args([host.as_str(), &port.to_string(), "--config"]).arg(&allow);
         group.spawn("anchor proxy", p)?;
         wait_for("anchor proxy", &mut group, || anchor_sock.exists())?;
     }
@@ -460,31 +460,12 @@ fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.is_file()))
 }
 
-/// Just enough of a URL for the anchor's proxy: host and port.
-mod anchor_url {
-    pub struct Url {
-        pub host: String,
-        pub port: u16,
+/// The host and port of the anchor's endpoint (http or https), for its proxy.
+fn anchor_host_port(endpoint: &str) -> Result<(String, u16), String> {
+    let url = url::Url::parse(endpoint).map_err(|e| e.to_string())?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("scheme {}: http or https", url.scheme()));
     }
-
-    impl std::str::FromStr for Url {
-        type Err = String;
-        fn from_str(s: &str) -> Result<Url, String> {
-            let (scheme, rest) = s.split_once("://").ok_or("a URL is scheme://host[:port]")?;
-            let authority = rest.split('/').next().unwrap_or_default();
-            let default = match scheme {
-                "http" => 80,
-                "https" => 443,
-                other => return Err(format!("scheme {other}: http or https")),
-            };
-            let (host, port) = match authority.rsplit_once(':') {
-                Some((h, p)) => (h.to_owned(), p.parse().map_err(|_| format!("port {p:?}"))?),
-                None => (authority.to_owned(), default),
-            };
-            if host.is_empty() {
-                return Err("no host".into());
-            }
-            Ok(Url { host, port })
-        }
-    }
+    let host = url.host_str().filter(|h| !h.is_empty()).ok_or("no host")?;
+    Ok((host.to_owned(), url.port_or_known_default().ok_or("no port")?))
 }

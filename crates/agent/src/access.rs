@@ -7,10 +7,11 @@
 //! - Over a Unix socket (mode 0600 unless told otherwise) the kernel says who
 //!   connected (SO_PEERCRED): a uid listed in the access file, or the agent's
 //!   own uid, is a caller without a token; anyone else needs one.
-//! - The access file (`--access`, TOML, not writable by group or others)
-//!   names each caller: its token file or uid, the key names it may use
-//!   (globs), and whether it may create or import keys. Without one, a single
-//!   token (`--token-file`, made 0600 if missing) grants everything.
+//! - The access file ([`Access::from_file`]; `nekms agent --access`; TOML,
+//!   not writable by group or others) names each caller: its token file or
+//!   uid, the key names it may use (globs), and whether it may create or
+//!   import keys. Without one, a single token ([`Access::single_token`];
+//!   `--token-file`; made 0600 if missing) grants everything.
 //!
 //! None of this stops root on the instance, who can read any token and
 //! speak to the enclave directly: the enclave's own rules are what hold
