@@ -1,13 +1,23 @@
 //! `nekms`: the parent-side command line. It parses arguments and wires the
 //! libraries together; the work is done in the `nekms-*` crates.
+//!
+//! The default `dev` feature adds the development world: `nekms demo`,
+//! `nekms dev` (up, kms, enclave), `nekms bench`, `nekms attest sim` and
+//! `--dev-root`, with the local KMS, the simulated NSM and an in-process
+//! enclave. A production build leaves all of it out:
+//! `cargo build --release -p nekms --no-default-features`.
 #![forbid(unsafe_code)]
 
 mod cmd;
+#[cfg(feature = "dev")]
 mod enclave_path;
+#[cfg(feature = "dev")]
 mod image;
 mod key_policy;
+#[cfg(feature = "dev")]
 mod kms_client;
 
+#[cfg(feature = "dev")]
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -20,6 +30,7 @@ struct Cli {
 }
 
 /// Where the development world lives (shared by every command that needs it).
+#[cfg(feature = "dev")]
 #[derive(clap::Args, Clone, Debug)]
 pub struct DirArg {
     /// Development directory [default: $XDG_DATA_HOME/nekms/dev or ~/.local/share/nekms/dev]
@@ -27,6 +38,7 @@ pub struct DirArg {
     pub dir: Option<PathBuf>,
 }
 
+#[cfg(feature = "dev")]
 impl DirArg {
     pub fn resolve(&self) -> anyhow::Result<nekms_devworld::DevDir> {
         Ok(nekms_devworld::DevDir::resolve(self.dir.as_deref())?)
@@ -36,8 +48,10 @@ impl DirArg {
 #[derive(Subcommand)]
 enum Command {
     /// Run the main flows end to end on the embedded development world
+    #[cfg(feature = "dev")]
     Demo(cmd::demo::Args),
     /// The development world (PKI and configuration)
+    #[cfg(feature = "dev")]
     #[command(subcommand)]
     Dev(cmd::dev::Command),
     /// PCR measurements
@@ -79,6 +93,7 @@ enum Command {
     #[command(subcommand)]
     Privval(cmd::privval::Command),
     /// Measure nekms against a reference measured in the same run
+    #[cfg(feature = "dev")]
     #[command(subcommand)]
     Bench(cmd::bench::Command),
 }
@@ -86,14 +101,17 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
+        #[cfg(feature = "dev")]
         Command::Demo(a) => cmd::demo::run(a),
         Command::Policy(c) => cmd::policy::run(c),
         Command::P11(c) => cmd::p11::run(c),
         Command::Privval(c) => cmd::privval::run(c),
+        #[cfg(feature = "dev")]
         Command::Dev(c) => cmd::dev::run(c),
         Command::Pcr(c) => cmd::pcr::run(c),
         Command::Attest(c) => cmd::attest::run(c),
         Command::Cms(c) => cmd::cms::run(c),
+        #[cfg(feature = "dev")]
         Command::Bench(c) => cmd::bench::run(c),
         Command::Proxy(a) => cmd::proxy::run(a),
         Command::Enclave(c) => cmd::enclave::run(c),

@@ -21,12 +21,7 @@ use nekms_kms_client::{ChannelHttpClient, TlsRoots};
 use nekms_transport::Address;
 use zeroize::Zeroizing;
 
-/// The context an administrator encrypts the anchor's credentials with:
-/// this purpose, and the table (as the measured configuration names it)
-/// under [`ANCHOR_TABLE`], so credentials made for one table are never
-/// taken for another.
-pub const PURPOSE_ANCHOR_CREDENTIALS: &str = "privval-anchor-credentials";
-pub const ANCHOR_TABLE: &str = "nekms:anchor-table";
+pub use nekms_keys::context::{ANCHOR_TABLE, PURPOSE_ANCHOR_CREDENTIALS};
 
 pub struct Anchor {
     pub table: String,

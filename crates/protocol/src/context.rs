@@ -30,6 +30,12 @@ pub const ORIGIN: &str = "nekms:origin";
 /// `import` on an administrator's import ciphertext.
 pub const PURPOSE: &str = "nekms:purpose";
 pub const PURPOSE_IMPORT: &str = "import";
+/// The context an administrator encrypts the validator signer's anchor
+/// credentials with: this purpose, and the table (as the measured
+/// configuration names it) under [`ANCHOR_TABLE`], so credentials made for
+/// one table are never taken for another.
+pub const PURPOSE_ANCHOR_CREDENTIALS: &str = "privval-anchor-credentials";
+pub const ANCHOR_TABLE: &str = "nekms:anchor-table";
 /// What a record's key may do, when it is not plain signing: present only on
 /// RSA keys made to decrypt too ([`USAGE_SIGN_DECRYPT`]) and on consensus
 /// keys, which only the validator signer uses ([`USAGE_PRIVVAL`]).

@@ -2,15 +2,15 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use base64::Engine;
 use nekms_attestation::{Pcr48, Verified, Verifier, VerifyOptions, AWS_NITRO_ROOT_G1_PEM};
-use nekms_nsm::measure::Measurement;
-use nekms_nsm::{AttestationRequest, Nsm, SimConfig, SimulatedNsm};
+use nekms_nsm::AttestationRequest;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use super::hex_arg;
+#[cfg(feature = "dev")]
 use crate::DirArg;
 
 #[derive(clap::Subcommand)]
@@ -18,6 +18,7 @@ pub enum Command {
     /// Verify an attestation document and print what it says
     Verify(VerifyArgs),
     /// Produce a simulated attestation document signed by the development PKI
+    #[cfg(feature = "dev")]
     Sim(SimArgs),
 }
 
@@ -25,11 +26,14 @@ pub enum Command {
 #[derive(clap::Args, Clone, Debug)]
 pub struct RootArgs {
     /// Trust this root certificate (PEM) instead of the built-in AWS Nitro Enclaves Root-G1
-    #[arg(long, value_name = "PEM", conflicts_with = "dev_root")]
+    #[cfg_attr(feature = "dev", arg(long, value_name = "PEM", conflicts_with = "dev_root"))]
+    #[cfg_attr(not(feature = "dev"), arg(long, value_name = "PEM"))]
     root: Option<PathBuf>,
     /// Trust the development root of --dir (simulated enclaves)
+    #[cfg(feature = "dev")]
     #[arg(long)]
     dev_root: bool,
+    #[cfg(feature = "dev")]
     #[command(flatten)]
     dir: DirArg,
 }
@@ -40,12 +44,28 @@ impl RootArgs {
         Ok(if let Some(root) = &self.root {
             let pem = std::fs::read_to_string(root).with_context(|| format!("cannot read {}", root.display()))?;
             (Verifier::from_pem(&pem).with_context(|| format!("{} is not a usable root", root.display()))?, root.display().to_string())
-        } else if self.dev_root {
-            let dir = self.dir.resolve()?;
-            (Verifier::from_pem(&dir.root_pem()?)?, format!("development root {}", dir.root_cert_path().display()))
+        } else if let Some(dev) = self.dev_root()? {
+            dev
         } else {
             (Verifier::from_pem(AWS_NITRO_ROOT_G1_PEM)?, "AWS Nitro Enclaves Root-G1 (built in)".to_owned())
         })
+    }
+}
+
+impl RootArgs {
+    /// The development root, when `--dev-root` asked for it.
+    #[cfg(feature = "dev")]
+    fn dev_root(&self) -> anyhow::Result<Option<(Verifier, String)>> {
+        if !self.dev_root {
+            return Ok(None);
+        }
+        let dir = self.dir.resolve()?;
+        Ok(Some((Verifier::from_pem(&dir.root_pem()?)?, format!("development root {}", dir.root_cert_path().display()))))
+    }
+
+    #[cfg(not(feature = "dev"))]
+    fn dev_root(&self) -> anyhow::Result<Option<(Verifier, String)>> {
+        Ok(None)
     }
 }
 
@@ -108,6 +128,7 @@ impl DocumentFields {
     }
 }
 
+#[cfg(feature = "dev")]
 #[derive(clap::Args)]
 pub struct SimArgs {
     #[command(flatten)]
@@ -131,6 +152,7 @@ pub struct SimArgs {
 pub fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Verify(a) => verify(a),
+        #[cfg(feature = "dev")]
         Command::Sim(a) => sim(a),
     }
 }
@@ -223,7 +245,12 @@ pub fn print_document(v: &Verified) {
     }
 }
 
+#[cfg(feature = "dev")]
 fn sim(a: SimArgs) -> anyhow::Result<()> {
+    use anyhow::bail;
+    use nekms_nsm::measure::Measurement;
+    use nekms_nsm::{Nsm, SimConfig, SimulatedNsm};
+
     let dir = a.dir.resolve()?;
     let config = dir.config()?;
     let (image, label) = crate::image::enclave_image(a.image)?;

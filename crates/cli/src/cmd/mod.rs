@@ -1,14 +1,23 @@
 pub mod agent;
 pub mod attest;
+#[cfg(feature = "dev")]
 pub mod bench;
+#[cfg(feature = "dev")]
 pub mod bench_kmstool;
+#[cfg(feature = "dev")]
 pub mod bench_loop;
+#[cfg(feature = "dev")]
 pub mod bench_p11;
+#[cfg(feature = "dev")]
 pub mod bench_privval;
+#[cfg(feature = "dev")]
 pub mod bench_sign;
 pub mod cms;
+#[cfg(feature = "dev")]
 pub mod demo;
+#[cfg(feature = "dev")]
 pub mod demo_keys;
+#[cfg(feature = "dev")]
 pub mod dev;
 pub mod enclave;
 pub mod key;
@@ -18,6 +27,7 @@ pub mod pcr;
 pub mod policy;
 pub mod privval;
 pub mod proxy;
+#[cfg(feature = "dev")]
 pub mod up;
 
 /// Parse hex given on the command line, naming the option on error.

@@ -67,8 +67,8 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
         } else {
             std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?
         };
-        let policy = nekms_kms::policy::Policy::parse(&text, true).map_err(|e| anyhow::anyhow!("not a key policy AWS would take: {e}"))?;
-        let findings = nekms_kms::policy_check::check(&policy, account.as_deref());
+        let policy = nekms_kms_policy::Policy::parse(&text, true).map_err(|e| anyhow::anyhow!("not a key policy AWS would take: {e}"))?;
+        let findings = nekms_kms_policy::check::check(&policy, account.as_deref());
         if *json {
             println!("{}", serde_json::to_string_pretty(&findings)?);
         } else {

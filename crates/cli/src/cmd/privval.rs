@@ -178,8 +178,8 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                     .encrypt()
                     .key_id(&kms_key)
                     .plaintext(aws_sdk_kms::primitives::Blob::new(plaintext.as_slice()))
-                    .encryption_context(nekms_keys::context::PURPOSE, nekms_enclave::privval_anchor::PURPOSE_ANCHOR_CREDENTIALS)
-                    .encryption_context(nekms_enclave::privval_anchor::ANCHOR_TABLE, &table)
+                    .encryption_context(nekms_keys::context::PURPOSE, nekms_keys::context::PURPOSE_ANCHOR_CREDENTIALS)
+                    .encryption_context(nekms_keys::context::ANCHOR_TABLE, &table)
                     .send()
                     .await
                     .map_err(|e| anyhow::anyhow!("KMS Encrypt under {kms_key}: {}", aws_sdk_kms::error::DisplayErrorContext(&e)))?;

@@ -6,7 +6,7 @@
 //! delegates to IAM. It does not know the account's IAM policies, so it
 //! says where they decide.
 
-use crate::policy::{Effect, Policy};
+use crate::{Effect, Policy};
 
 /// One finding: `warning` for a policy that does not do what it reads as.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]

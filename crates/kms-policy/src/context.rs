@@ -58,7 +58,7 @@ impl RequestContext {
 
     /// The request's encryption context, from its `kms:EncryptionContext:` keys
     /// (which keep the context keys' case).
-    pub fn encryption_context(&self) -> crate::blob::EncryptionContext {
+    pub fn encryption_context(&self) -> std::collections::BTreeMap<String, String> {
         const EC: &str = "kms:encryptioncontext:";
         self.keys.iter().filter_map(|(k, v)| Some((k.strip_prefix(EC)?.to_owned(), v.first()?.clone()))).collect()
     }

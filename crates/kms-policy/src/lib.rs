@@ -1,4 +1,7 @@
-//! Key policies and identity policies, evaluated the way AWS does.
+//! `nekms-kms-policy`: key policies and identity policies, parsed and
+//! evaluated the way AWS does, and read back in plain words
+//! ([`check`], `nekms policy check`). The local KMS authorizes with it; the
+//! parent's CLI checks policies with it without linking the local KMS.
 //!
 //! - A request is allowed when some statement allows it and no statement
 //!   denies it: an explicit `Deny` always wins.
@@ -18,6 +21,7 @@
 //!   values ORed. Condition key names are case-insensitive.
 
 mod analysis;
+pub mod check;
 mod condition;
 mod context;
 mod evaluate;
