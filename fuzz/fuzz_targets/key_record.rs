@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nekms_keys::{ecdsa_der_to_fixed, ecdsa_fixed_to_der, KeyRecord, PublicKey};
+use nekms_keys::{ecdsa_der_to_fixed, ecdsa_fixed_to_der, KeyRecord, PublicKey, RecordExt};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(record) = serde_json::from_slice::<KeyRecord>(data) {

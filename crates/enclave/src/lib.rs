@@ -14,6 +14,7 @@ pub mod config;
 pub mod custody;
 pub mod kmstool;
 pub mod p11;
+mod p11_public;
 pub mod privval;
 pub mod privval_anchor;
 pub mod rpc;

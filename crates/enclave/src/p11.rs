@@ -475,6 +475,9 @@ impl Tokens {
 impl Enclave {
     /// Answer a PKCS#11 call.
     pub async fn p11_call(&self, request: P11Request) -> Result<P11Response, RpcError> {
+        if let Some(answer) = crate::p11_public::answer(&request) {
+            return answer;
+        }
         let tokens = &self.p11;
         match request {
             P11Request::AddToken { token, replace } => {
@@ -578,6 +581,10 @@ impl Enclave {
                 }
                 out.truncate(length as usize);
                 Ok(P11Response::Random(Secret::from(zeroize::Zeroizing::new(out))))
+            }
+            // Answered by p11_public above.
+            P11Request::Verify { .. } | P11Request::RsaPublic { .. } | P11Request::Encrypt { .. } => {
+                Err(RpcError::new(nekms_rpc::ErrorCode::Internal, "a public operation reached the token service"))
             }
         }
     }

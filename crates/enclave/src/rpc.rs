@@ -181,7 +181,8 @@ fn data_key_spec(spec: Option<&str>, bytes: Option<u32>) -> Result<Option<DataKe
 }
 
 /// The enclave as the PKCS#11 module's socket serves it: the module's
-/// calls only (slots, handles, login, sign, decrypt, random), never
+/// calls only (slots, handles, login, sign, decrypt, random, the public
+/// operations of `p11_public`), never
 /// provisioning or the rest of the RPC, so p11-kit's server (C code that
 /// parses what any client sends) cannot reach more than a token user can.
 pub struct P11Only(pub std::sync::Arc<Enclave>);
@@ -200,7 +201,10 @@ impl Handler for P11Only {
                 | P::Sign { .. }
                 | P::Decrypt { .. }
                 | P::Random { .. }
-                | P::GenerateKeyPair { .. }),
+                | P::GenerateKeyPair { .. }
+                | P::Verify { .. }
+                | P::RsaPublic { .. }
+                | P::Encrypt { .. }),
             ) => Ok(Response::P11(self.0.p11_call(r).await?)),
             other => Err(RpcError::refused(format!("{} is not served on the PKCS#11 module's socket", other.name()))),
         }

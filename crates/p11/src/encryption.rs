@@ -1,9 +1,10 @@
-//! RSA decryption, in the enclave, and encryption, here with the key's
-//! public half: C_DecryptInit, C_Decrypt, C_EncryptInit, C_Encrypt
-//! (single-part only; the multi-part calls are not offered).
+//! RSA decryption and encryption, both in the enclave (encryption with the
+//! key's public half, which needs no login): C_DecryptInit, C_Decrypt,
+//! C_EncryptInit, C_Encrypt (single-part only; the multi-part calls are not
+//! offered).
 
 use cryptoki_sys::*;
-use nekms_protocol::rpc::{P11Request, P11Response};
+use nekms_protocol::rpc::{P11Request, P11Response, Secret};
 use zeroize::Zeroizing;
 
 use crate::arguments::{OutSpace, Reply};
@@ -16,7 +17,7 @@ pub(crate) struct DecryptOp {
     slot: u64,
     key_id: Vec<u8>,
     modulus_len: usize,
-    padding: nekms_keys::RsaPadding,
+    padding: nekms_protocol::RsaPadding,
     label: Option<Vec<u8>>,
     /// A plaintext already computed for a caller whose buffer was too short.
     done: Option<Zeroizing<Vec<u8>>>,
@@ -26,7 +27,7 @@ pub(crate) struct DecryptOp {
 pub(crate) struct EncryptOp {
     public_key: Vec<u8>,
     modulus_len: usize,
-    padding: nekms_keys::RsaPadding,
+    padding: nekms_protocol::RsaPadding,
     label: Option<Vec<u8>>,
 }
 
@@ -170,7 +171,7 @@ pub(crate) fn encrypt(
     let op = s.encrypt.take().expect("checked");
     let input = data?;
     let block;
-    let plaintext = if op.padding == nekms_keys::RsaPadding::Raw {
+    let plaintext = if op.padding == nekms_protocol::RsaPadding::Raw {
         // CKM_RSA_X_509: up to k bytes, padded on the left with zeros.
         if input.len() > need {
             return Err(CKR_DATA_LEN_RANGE);
@@ -180,11 +181,12 @@ pub(crate) fn encrypt(
     } else {
         input
     };
-    let public = nekms_keys::PublicKey::from_spki(&op.public_key).map_err(|_| CKR_DEVICE_ERROR)?;
-    let ciphertext = public.rsa_encrypt(op.padding, plaintext, op.label.as_deref()).map_err(|e| match e {
-        nekms_keys::KeyError::Payload(_) => CKR_DATA_LEN_RANGE,
-        _ => CKR_DEVICE_ERROR,
-    })?;
+    let request =
+        P11Request::Encrypt { public_key: op.public_key, padding: op.padding, plaintext: Secret::new(plaintext.to_vec()), label: op.label };
+    let ciphertext = match m.call(request)? {
+        P11Response::Output(c) => c,
+        _ => return Err(CKR_DEVICE_ERROR),
+    };
     if ciphertext.len() != need {
         return Err(CKR_DEVICE_ERROR);
     }

@@ -58,15 +58,15 @@ pub(crate) fn generate_key_pair(
     let (priv_id, priv_label, _, _) = generation_template(&private_template?)?;
     let spec = match mechanism {
         CKM_RSA_PKCS_KEY_PAIR_GEN => match bits {
-            Some(2048) => nekms_keys::KeySpec::Rsa2048,
-            Some(3072) => nekms_keys::KeySpec::Rsa3072,
-            Some(4096) => nekms_keys::KeySpec::Rsa4096,
+            Some(2048) => nekms_protocol::KeySpec::Rsa2048,
+            Some(3072) => nekms_protocol::KeySpec::Rsa3072,
+            Some(4096) => nekms_protocol::KeySpec::Rsa4096,
             Some(_) => return Err(CKR_KEY_SIZE_RANGE),
             None => return Err(CKR_TEMPLATE_INCOMPLETE),
         },
         CKM_EC_KEY_PAIR_GEN => {
             let p = params.ok_or(CKR_TEMPLATE_INCOMPLETE)?;
-            [nekms_keys::KeySpec::P256, nekms_keys::KeySpec::P384, nekms_keys::KeySpec::Secp256k1]
+            [nekms_protocol::KeySpec::P256, nekms_protocol::KeySpec::P384, nekms_protocol::KeySpec::Secp256k1]
                 .into_iter()
                 .find(|s| objects::ec_params(*s) == Some(p.as_slice()))
                 .ok_or(CKR_CURVE_NOT_SUPPORTED)?

@@ -50,6 +50,7 @@ pub mod client;
 mod digest;
 mod encryption;
 mod general;
+pub mod hash;
 mod keygen;
 pub mod mech;
 mod object_access;

@@ -2,8 +2,10 @@
 //! enclave's scheme and payload.
 
 use cryptoki_sys::*;
-use nekms_keys::rsa_raw::parse_digest_info;
-use nekms_keys::{Hash, HashExt, KeySpec, Payload, Scheme};
+use nekms_protocol::digest_info::parse_digest_info;
+use nekms_protocol::{Hash, KeySpec, Payload, Scheme};
+
+use crate::hash::digest;
 
 /// The mechanisms this module offers, with their CK_MECHANISM_INFO. Those
 /// the enclave performs (signing, decryption, key-pair generation) carry
@@ -42,15 +44,14 @@ pub const MECHANISMS: &[(CK_MECHANISM_TYPE, CK_ULONG, CK_ULONG, CK_FLAGS)] = &[
     (CKM_SHA512, 0, 0, CKF_DIGEST),
 ];
 
-/// A digest mechanism's algorithm.
-pub fn digest_algorithm(m: CK_MECHANISM_TYPE) -> Option<&'static aws_lc_rs::digest::Algorithm> {
-    use aws_lc_rs::digest;
+/// A digest mechanism's hash.
+pub fn digest_algorithm(m: CK_MECHANISM_TYPE) -> Option<Hash> {
     Some(match m {
-        CKM_SHA_1 => &digest::SHA1_FOR_LEGACY_USE_ONLY,
-        CKM_SHA224 => &digest::SHA224,
-        CKM_SHA256 => &digest::SHA256,
-        CKM_SHA384 => &digest::SHA384,
-        CKM_SHA512 => &digest::SHA512,
+        CKM_SHA_1 => Hash::Sha1,
+        CKM_SHA224 => Hash::Sha224,
+        CKM_SHA256 => Hash::Sha256,
+        CKM_SHA384 => Hash::Sha384,
+        CKM_SHA512 => Hash::Sha512,
         _ => return None,
     })
 }
@@ -232,20 +233,20 @@ pub fn to_scheme(spec: KeySpec, mech: Mech, data: &[u8]) -> Result<(Scheme, Payl
             }
             (Scheme::EcdsaRaw, Payload::Digest(ecdsa_digest(spec, data)))
         }
-        Mech::EcdsaWith(h) => (Scheme::EcdsaRaw, Payload::Digest(ecdsa_digest(spec, &h.digest(data)))),
+        Mech::EcdsaWith(h) => (Scheme::EcdsaRaw, Payload::Digest(ecdsa_digest(spec, &digest(h, data)))),
         Mech::EdDsa => (Scheme::Ed25519, Payload::Message(data.to_vec())),
         Mech::RsaPkcs => match parse_digest_info(data) {
             Some((h, digest)) => (Scheme::RsaPkcs1(h), Payload::Digest(digest.to_vec())),
             None => return Err(CKR_DATA_INVALID),
         },
-        Mech::RsaPkcsWith(h) => (Scheme::RsaPkcs1(h), Payload::Digest(h.digest(data))),
+        Mech::RsaPkcsWith(h) => (Scheme::RsaPkcs1(h), Payload::Digest(digest(h, data))),
         Mech::RsaPss(p) => {
             if data.len() != p.hash.output_len() {
                 return Err(CKR_DATA_LEN_RANGE);
             }
             (p.scheme(), Payload::Digest(data.to_vec()))
         }
-        Mech::RsaPssWith(p) => (p.scheme(), Payload::Digest(p.hash.digest(data))),
+        Mech::RsaPssWith(p) => (p.scheme(), Payload::Digest(digest(p.hash, data))),
         Mech::RsaX509 => return Err(CKR_FUNCTION_NOT_SUPPORTED),
     })
 }
@@ -333,8 +334,8 @@ pub struct OaepParams<'a> {
 /// A decryption mechanism: CKM_RSA_PKCS, or CKM_RSA_PKCS_OAEP with
 /// CK_RSA_PKCS_OAEP_PARAMS (SHA-1/256/384/512, MGF1 over the same hash, an
 /// optional label as CKZ_DATA_SPECIFIED source data).
-pub fn decryption(m: &CipherMechanism<'_>) -> Result<(nekms_keys::RsaPadding, Option<Vec<u8>>), CK_RV> {
-    use nekms_keys::{OaepHash, RsaPadding};
+pub fn decryption(m: &CipherMechanism<'_>) -> Result<(nekms_protocol::RsaPadding, Option<Vec<u8>>), CK_RV> {
+    use nekms_protocol::{OaepHash, RsaPadding};
     match m.mechanism {
         CKM_RSA_PKCS if m.param_len == 0 => Ok((RsaPadding::Pkcs1, None)),
         CKM_RSA_X_509 if m.param_len == 0 => Ok((RsaPadding::Raw, None)),
@@ -398,11 +399,11 @@ mod tests {
 
     #[test]
     fn a_digest_info_names_its_hash() {
-        let di = nekms_keys::rsa_raw::digest_info(Hash::Sha256, &[7u8; 32]);
+        let di = nekms_protocol::digest_info::digest_info(Hash::Sha256, &[7u8; 32]);
         assert!(
             matches!(to_scheme(KeySpec::Rsa2048, Mech::RsaPkcs, &di), Ok((Scheme::RsaPkcs1(Hash::Sha256), Payload::Digest(d))) if d == [7u8; 32])
         );
-        let sha1 = nekms_keys::rsa_raw::digest_info(Hash::Sha1, &[7u8; 20]);
+        let sha1 = nekms_protocol::digest_info::digest_info(Hash::Sha1, &[7u8; 20]);
         assert!(matches!(to_scheme(KeySpec::Rsa2048, Mech::RsaPkcs, &sha1), Ok((Scheme::RsaPkcs1(Hash::Sha1), _))));
         assert_eq!(raw_block(KeySpec::Rsa2048, Mech::RsaPkcs, &sha1), Ok(None));
         // Other bytes need the raw operation, on a type-1 block, up to k-11.

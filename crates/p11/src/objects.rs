@@ -7,8 +7,8 @@
 //! CKA_PRIVATE_EXPONENT and the like answers CKR_ATTRIBUTE_SENSITIVE.
 
 use cryptoki_sys::*;
-use nekms_keys::KeySpec;
 use nekms_protocol::rpc::{P11PublicKey, P11Slot};
+use nekms_protocol::KeySpec;
 
 /// What an object is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,14 +1,15 @@
-//! Signing, in the enclave, and verification, here with the key's public
-//! half: C_SignInit, C_Sign, C_SignUpdate, C_SignFinal, C_VerifyInit,
-//! C_Verify, C_VerifyUpdate, C_VerifyFinal. Multi-part mechanisms hash the
-//! parts here; the enclave signs the digest.
+//! Signing and verification, both in the enclave (verification with the
+//! key's public half, which needs no login): C_SignInit, C_Sign,
+//! C_SignUpdate, C_SignFinal, C_VerifyInit, C_Verify, C_VerifyUpdate,
+//! C_VerifyFinal. Multi-part mechanisms hash the parts here; the enclave
+//! signs or verifies the digest.
 
 use cryptoki_sys::*;
-use nekms_keys::HashExt;
 use nekms_protocol::rpc::{P11Request, P11Response};
 use zeroize::Zeroizing;
 
 use crate::arguments::{OutSpace, Reply};
+use crate::hash::{self, Hasher};
 use crate::mech::{self, Mech, SigningMechanism};
 use crate::objects::{self, Kind};
 use crate::state::{Module, Session};
@@ -17,11 +18,11 @@ use crate::state::{Module, Session};
 pub(crate) struct SignOp {
     slot: u64,
     key_id: Vec<u8>,
-    spec: nekms_keys::KeySpec,
+    spec: nekms_protocol::KeySpec,
     sig_len: usize,
     mech: Mech,
     /// The running hash of C_SignUpdate's parts.
-    hasher: Option<aws_lc_rs::digest::Context>,
+    hasher: Option<Hasher>,
     /// The key was provisioned to decrypt (raw operations allowed).
     decrypt: bool,
 }
@@ -29,10 +30,10 @@ pub(crate) struct SignOp {
 /// A verification under way.
 pub(crate) struct VerifyOp {
     public_key: Vec<u8>,
-    spec: nekms_keys::KeySpec,
+    spec: nekms_protocol::KeySpec,
     sig_len: usize,
     mech: Mech,
-    hasher: Option<aws_lc_rs::digest::Context>,
+    hasher: Option<Hasher>,
 }
 
 /// C_SignInit.
@@ -96,7 +97,7 @@ fn finish_sign(m: &mut Module, session: CK_SESSION_HANDLE, data: Option<&[u8]>, 
         let out = match m.call(P11Request::Decrypt {
             handle,
             id: op.key_id.clone(),
-            padding: nekms_keys::RsaPadding::Raw,
+            padding: nekms_protocol::RsaPadding::Raw,
             ciphertext: block,
             label: None,
         }) {
@@ -112,10 +113,10 @@ fn finish_sign(m: &mut Module, session: CK_SESSION_HANDLE, data: Option<&[u8]>, 
     }
     let (scheme, payload) = match (data, op.hasher) {
         (Some(input), _) => mech::to_scheme(op.spec, op.mech, input)?,
-        (None, Some(h)) => mech::to_scheme_hashed(op.spec, op.mech, h.finish().as_ref())?,
+        (None, Some(h)) => mech::to_scheme_hashed(op.spec, op.mech, &h.finish())?,
         (None, None) => {
             let h = mech::running_hash(op.mech).ok_or(CKR_FUNCTION_NOT_SUPPORTED)?;
-            mech::to_scheme_hashed(op.spec, op.mech, &h.digest(&[]))?
+            mech::to_scheme_hashed(op.spec, op.mech, &hash::digest(h, &[]))?
         }
     };
     let handle = m.handle(op.slot)?;
@@ -167,7 +168,7 @@ pub(crate) fn sign_update(m: &mut Module, session: CK_SESSION_HANDLE, part: Resu
         Err(rv) => return failed(s, rv),
     };
     let hash = mech::running_hash(op.mech).expect("multi-part mechanisms hash");
-    op.hasher.get_or_insert_with(|| aws_lc_rs::digest::Context::new(hash.algorithm())).update(part);
+    op.hasher.get_or_insert_with(|| Hasher::new(hash)).update(part);
     Ok(())
 }
 
@@ -209,26 +210,32 @@ pub(crate) fn verify_init(
     Ok(())
 }
 
-/// Check a signature with the key's public key, here (no enclave call):
-/// over `data`, or over the parts hashed so far.
-fn finish_verify(op: VerifyOp, data: Option<&[u8]>, signature: &[u8]) -> Result<(), CK_RV> {
+/// Check a signature with the key's public key, in the enclave (a public
+/// operation: no handle, no login): over `data`, or over the parts hashed so far.
+fn finish_verify(m: &mut Module, op: VerifyOp, data: Option<&[u8]>, signature: &[u8]) -> Result<(), CK_RV> {
     if signature.len() != op.sig_len {
         return Err(CKR_SIGNATURE_LEN_RANGE);
     }
     if let Some(block) = mech::raw_block(op.spec, op.mech, data.unwrap_or_default())? {
-        let recovered = nekms_keys::rsa_raw::public_raw(&op.public_key, signature).ok_or(CKR_SIGNATURE_INVALID)?;
-        return if recovered == block { Ok(()) } else { Err(CKR_SIGNATURE_INVALID) };
+        let request = P11Request::RsaPublic { public_key: op.public_key, input: signature.to_vec() };
+        return match m.call(request)? {
+            P11Response::Output(recovered) if recovered == block => Ok(()),
+            P11Response::Output(_) => Err(CKR_SIGNATURE_INVALID),
+            _ => Err(CKR_DEVICE_ERROR),
+        };
     }
     let (scheme, payload) = match (data, op.hasher) {
         (Some(d), _) => mech::to_scheme(op.spec, op.mech, d)?,
-        (None, Some(h)) => mech::to_scheme_hashed(op.spec, op.mech, h.finish().as_ref())?,
+        (None, Some(h)) => mech::to_scheme_hashed(op.spec, op.mech, &h.finish())?,
         (None, None) => {
             let h = mech::running_hash(op.mech).ok_or(CKR_FUNCTION_NOT_SUPPORTED)?;
-            mech::to_scheme_hashed(op.spec, op.mech, &h.digest(&[]))?
+            mech::to_scheme_hashed(op.spec, op.mech, &hash::digest(h, &[]))?
         }
     };
-    let public = nekms_keys::PublicKey::from_spki(&op.public_key).map_err(|_| CKR_DEVICE_ERROR)?;
-    public.verify(scheme, &payload, signature).map_err(|_| CKR_SIGNATURE_INVALID)
+    match m.call(P11Request::Verify { public_key: op.public_key, scheme, payload, signature: signature.to_vec() })? {
+        P11Response::Done => Ok(()),
+        _ => Err(CKR_DEVICE_ERROR),
+    }
 }
 
 /// C_Verify: single-part, over `data`.
@@ -243,7 +250,7 @@ pub(crate) fn verify(
     if op.hasher.is_some() {
         return Err(CKR_OPERATION_ACTIVE);
     }
-    finish_verify(op, Some(data?), signature?)
+    finish_verify(m, op, Some(data?), signature?)
 }
 
 /// C_VerifyUpdate: one more part into the running hash.
@@ -252,7 +259,7 @@ pub(crate) fn verify_update(m: &mut Module, session: CK_SESSION_HANDLE, part: Re
     let op = s.verify.as_mut().ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
     match (part, mech::running_hash(op.mech)) {
         (Ok(p), Some(hash)) => {
-            op.hasher.get_or_insert_with(|| aws_lc_rs::digest::Context::new(hash.algorithm())).update(p);
+            op.hasher.get_or_insert_with(|| Hasher::new(hash)).update(p);
             Ok(())
         }
         (Ok(_), None) => {
@@ -273,5 +280,5 @@ pub(crate) fn verify_final(m: &mut Module, session: CK_SESSION_HANDLE, signature
     if !op.mech.multi_part() {
         return Err(CKR_FUNCTION_NOT_SUPPORTED);
     }
-    finish_verify(op, None, signature?)
+    finish_verify(m, op, None, signature?)
 }

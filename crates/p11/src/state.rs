@@ -24,7 +24,7 @@ pub(crate) struct Session {
     pub find: Option<(Vec<CK_OBJECT_HANDLE>, usize)>,
     pub sign: Option<SignOp>,
     pub verify: Option<VerifyOp>,
-    pub digest: Option<aws_lc_rs::digest::Context>,
+    pub digest: Option<crate::hash::Hasher>,
     pub decrypt: Option<DecryptOp>,
     pub encrypt: Option<EncryptOp>,
 }

@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 pub mod context;
+pub mod digest_info;
 mod error;
 mod padding;
 pub mod record;

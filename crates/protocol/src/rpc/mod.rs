@@ -414,6 +414,38 @@ pub enum P11Request {
         #[serde(default, with = "serde_bytes")]
         label: Option<Vec<u8>>,
     },
+    /// The module's public operations, done by the enclave's verifier so that
+    /// the module carries no cryptography of its own. Each uses only the
+    /// SubjectPublicKeyInfo it is given, never a key the enclave holds, and
+    /// needs no session: what it returns, anyone with the public key computes.
+    ///
+    /// C_Verify: `Done`, or CKR_SIGNATURE_INVALID.
+    Verify {
+        #[serde(with = "serde_bytes")]
+        public_key: Vec<u8>,
+        scheme: Scheme,
+        payload: Payload,
+        #[serde(with = "serde_bytes")]
+        signature: Vec<u8>,
+    },
+    /// RSA's public operation (`input^e mod n`), for CKM_RSA_X_509 and
+    /// CKM_RSA_PKCS verification: `Output`, or CKR_SIGNATURE_INVALID.
+    RsaPublic {
+        #[serde(with = "serde_bytes")]
+        public_key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        input: Vec<u8>,
+    },
+    /// C_Encrypt with an RSA public key: `Output` (the ciphertext), or
+    /// CKR_DATA_LEN_RANGE for a plaintext the padding cannot take.
+    Encrypt {
+        #[serde(with = "serde_bytes")]
+        public_key: Vec<u8>,
+        padding: crate::RsaPadding,
+        plaintext: Secret,
+        #[serde(default, with = "serde_bytes")]
+        label: Option<Vec<u8>>,
+    },
 }
 
 /// A token as provisioned.
@@ -502,16 +534,25 @@ pub struct P11PublicKey {
 /// PKCS#11 answers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum P11Response {
-    TokenAdded { slot: u64, pin_verifier: PinVerifier },
+    TokenAdded {
+        slot: u64,
+        pin_verifier: PinVerifier,
+    },
     Slots(Vec<P11Slot>),
     Slot(P11Slot),
-    Opened { handle: Secret },
+    Opened {
+        handle: Secret,
+    },
     Done,
     Signature(#[serde(with = "serde_bytes")] Vec<u8>),
     Random(Secret),
     Plaintext(Secret),
-    KeyPair { public_key: serde_bytes::ByteBuf },
+    KeyPair {
+        public_key: serde_bytes::ByteBuf,
+    },
     Keys(Vec<P11Key>),
+    /// What a public operation computed (`RsaPublic`, `Encrypt`).
+    Output(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 /// Where a new key's entropy comes from. NSM GetRandom and the OS generator
