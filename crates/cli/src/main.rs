@@ -4,18 +4,11 @@
 //! The default `dev` feature adds the development world: `nekms demo`,
 //! `nekms dev` (up, kms, enclave), `nekms bench`, `nekms attest sim` and
 //! `--dev-root`, with the local KMS, the simulated NSM and an in-process
-//! enclave. A production build leaves all of it out:
-//! `cargo build --release -p nekms --no-default-features`.
+//! enclave; their work is done in `nekms-dev`. A production build leaves
+//! all of it out: `cargo build --release -p nekms --no-default-features`.
 #![forbid(unsafe_code)]
 
 mod cmd;
-#[cfg(feature = "dev")]
-mod enclave_path;
-#[cfg(feature = "dev")]
-mod image;
-mod key_policy;
-#[cfg(feature = "dev")]
-mod kms_client;
 
 #[cfg(feature = "dev")]
 use std::path::PathBuf;

@@ -7,7 +7,10 @@
 //!   pushed into the enclave and refreshed before they expire;
 //! - [`secrets`]: KMS ciphertexts kept in Secrets Manager;
 //! - [`import`]: the administrator's KMS client and the import ciphertext
-//!   (`nekms key encrypt-for-import`, `nekms p11 acm convert`).
+//!   (`nekms key encrypt-for-import`, `nekms p11 acm convert`);
+//! - [`key_policy`]: the custody key policies nekms writes and their
+//!   two-step setup (`nekms policy`, `nekms dev up`);
+//! - [`kmstool`]: kmstool's protocol from the client's side.
 //!
 //! The CLI, the agent and the validator signer's parent side use these; none
 //! of it runs in the enclave.
@@ -21,4 +24,6 @@
 pub mod credentials;
 pub mod enclave;
 pub mod import;
+pub mod key_policy;
+pub mod kmstool;
 pub mod secrets;

@@ -247,26 +247,12 @@ pub fn print_document(v: &Verified) {
 
 #[cfg(feature = "dev")]
 fn sim(a: SimArgs) -> anyhow::Result<()> {
-    use anyhow::bail;
-    use nekms_nsm::measure::Measurement;
-    use nekms_nsm::{Nsm, SimConfig, SimulatedNsm};
-
     let dir = a.dir.resolve()?;
-    let config = dir.config()?;
-    let (image, label) = crate::image::enclave_image(a.image)?;
-    let measurement = Measurement::of_files(&image, a.image_config.as_deref())?;
-    let mut sim_config = SimConfig::new(measurement);
-    sim_config.debug_mode = a.debug_mode;
-    sim_config.parent_instance_id = Some(config.instance_id);
-    let nsm = SimulatedNsm::boot(sim_config, dir.document_signer()?);
-    let request = a.fields.request()?;
-    let doc = nsm.attestation(request)?;
-    if doc.is_empty() {
-        bail!("the simulator produced an empty document");
-    }
+    let enclave = nekms_dev::image::SimulatedEnclave::boot(&dir, a.image, a.image_config.as_deref(), a.debug_mode)?;
+    let doc = enclave.attest(a.fields.request()?)?;
     std::fs::write(&a.output, &doc).with_context(|| format!("cannot write {}", a.output.display()))?;
-    println!("wrote {} ({} bytes), module {}", a.output.display(), doc.len(), nsm.module_id());
-    println!("image measured: {} ({label})", image.display());
+    println!("wrote {} ({} bytes), module {}", a.output.display(), doc.len(), enclave.module_id());
+    println!("image measured: {} ({})", enclave.image.display(), enclave.label);
     println!("verify with: nekms attest verify {} --root {}", a.output.display(), dir.root_cert_path().display());
     Ok(())
 }

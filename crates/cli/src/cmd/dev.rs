@@ -1,8 +1,6 @@
 //! `nekms dev ...`: the development world.
 
-use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::PathBuf;
-use std::time::Duration;
 
 use crate::DirArg;
 
@@ -74,7 +72,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                 Some(l) => l,
                 None => dir.resolve()?.path().join("kms/audit.log"),
             };
-            audit(&log, follow, json, lines)
+            nekms_dev::audit::read(&log, lines, follow, |line| print_line(line, json))
         }
     }
 }
@@ -87,42 +85,5 @@ fn print_line(line: &str, json: bool) {
     match serde_json::from_str::<serde_json::Value>(line) {
         Ok(v) => println!("{}", nekms_kms::audit::render(&v)),
         Err(_) => println!("(unreadable line) {line}"),
-    }
-}
-
-fn audit(path: &std::path::Path, follow: bool, json: bool, last: Option<usize>) -> anyhow::Result<()> {
-    let file =
-        std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: {e} (has the local KMS run with this directory?)", path.display()))?;
-    let mut reader = BufReader::new(file);
-    let mut lines: Vec<String> = Vec::new();
-    let mut buf = String::new();
-    while reader.read_line(&mut buf)? > 0 {
-        if buf.ends_with('\n') {
-            lines.push(buf.trim_end().to_owned());
-            buf.clear();
-        }
-    }
-    let skip = last.map(|n| lines.len().saturating_sub(n)).unwrap_or(0);
-    for l in &lines[skip..] {
-        print_line(l, json);
-    }
-    if !follow {
-        return Ok(());
-    }
-    loop {
-        let n = reader.read_line(&mut buf)?;
-        if n == 0 {
-            std::thread::sleep(Duration::from_millis(200));
-            // A rotated or truncated log starts over.
-            let pos = reader.stream_position()?;
-            if std::fs::metadata(path).map(|m| m.len() < pos).unwrap_or(false) {
-                reader.seek(SeekFrom::Start(0))?;
-            }
-            continue;
-        }
-        if buf.ends_with('\n') {
-            print_line(buf.trim_end(), json);
-            buf.clear();
-        }
     }
 }

@@ -1,11 +1,11 @@
 //! `nekms policy bootstrap|custody`: print the key policies of the two-step
-//! custody setup ([`crate::key_policy`]) for an account and its roles, to
+//! custody setup ([`nekms_parent::key_policy`]) for an account and its roles, to
 //! put on a real KMS key (`aws kms create-key --policy file://...`,
 //! `aws kms put-key-policy ... --bypass-policy-lockout-safety-check`).
 //! `nekms policy check FILE`: what a key policy lets whom do, in plain
 //! words, and where it is written in a form AWS evaluates differently.
 
-use crate::key_policy::{self, Roles};
+use nekms_parent::key_policy::{self, Roles};
 
 #[derive(clap::Args)]
 pub struct RoleArgs {

@@ -18,16 +18,17 @@ use nekms_privval::proto::types::{BlockId, PartSetHeader, Vote};
 use nekms_rpc::{Client, Entropy, GenerateKey, PrivvalChain, PrivvalRequest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::enclave_path::EnclavePath;
+use crate::kms::Conn;
+use crate::world::{proxy_to, BenchWorld, EnclavePath};
 
-#[derive(clap::Args)]
-pub struct Args {
-    /// Seconds per row
-    #[arg(long, default_value_t = 3.0)]
-    seconds: f64,
-    /// tmkms 0.15.0 built with softsign [default: $NEKMS_TMKMS_BIN, else ~/.cache/nekms/peers/tmkms-0.15.0/bin/tmkms]
-    #[arg(long, value_name = "FILE")]
-    tmkms: Option<PathBuf>,
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Seconds per row.
+    pub seconds: f64,
+    /// tmkms 0.15.0 built with softsign [default: $NEKMS_TMKMS_BIN, else
+    /// ~/.cache/nekms/peers/tmkms-0.15.0/bin/tmkms]; its row is left out when there is none.
+    pub tmkms: Option<PathBuf>,
 }
 
 /// One validator connection, as the validator reads and writes it.
@@ -162,7 +163,7 @@ fn print(label: &str, row: &Row, reference: Option<&Row>) {
     println!("  {label:<52} {:>11} {:>11} {:>9.0} {:>9}", ms(row.p50), ms(row.p99), row.per_second, ratio);
 }
 
-fn tmkms_path(a: &Args) -> Option<PathBuf> {
+fn tmkms_path(a: &Options) -> Option<PathBuf> {
     a.tmkms
         .clone()
         .or_else(|| std::env::var_os("NEKMS_TMKMS_BIN").map(PathBuf::from))
@@ -206,8 +207,9 @@ fn start_tmkms(bin: &std::path::Path, dir: &std::path::Path, name: &str, chain: 
     Ok(Tmkms(child))
 }
 
-pub async fn run(a: Args) -> anyhow::Result<()> {
-    let world = crate::enclave_path::BenchWorld::new("nekms bench privval").await?;
+/// Measure, printing a row per signer and transport.
+pub async fn run(a: &Options) -> anyhow::Result<()> {
+    let world = BenchWorld::new("nekms bench privval").await?;
     let (tmp, dev, local, config, nsm) = (&world.tmp, &world.dev, &world.local, &world.config, &world.nsm);
     let durable = EnclavePath::start_full(dev, local, nsm.clone(), &tmp.path().join("durable"), None, config, true).await?;
     let fast = EnclavePath::start_full(dev, local, nsm.clone(), &tmp.path().join("nofsync"), None, config, false).await?;
@@ -234,7 +236,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         a.seconds
     );
     println!("  {:<52} {:>11} {:>11} {:>9} {:>9}", "signer (transport)", "p50", "p99", "sig/s", "p50/tmkms");
-    let tmkms = tmkms_path(&a);
+    let tmkms = tmkms_path(a);
     if tmkms.is_none() {
         println!("  (tmkms 0.15.0 not found: ./scripts/test builds it; give --tmkms FILE)");
     }
@@ -298,7 +300,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         Ok(moto) => {
             let table = "nekms-bench-anchor";
             let anchor_proxy = tmp.path().join("anchor-proxy.sock");
-            let _forward = crate::enclave_path::proxy_to(format!("unix://{}", anchor_proxy.display()).parse()?, moto.port).await?;
+            let _forward = proxy_to(format!("unix://{}", anchor_proxy.display()).parse()?, moto.port).await?;
             let anchored_config = format!(
                 "{config}privval-anchor-table = {table:?}\nprivval-anchor-endpoint = \"http://127.0.0.1:{}\"\nprivval-anchor-proxy = \"unix://{}\"\n",
                 moto.port,
@@ -309,7 +311,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             anchored.supply_instance_credentials(dev)?;
             let anchored_rpc = Client::connect(&anchored.rpc, "nekms bench").await?;
             // The administrator's ciphertext of the anchor's credentials (moto takes any).
-            let mut admin = crate::kms_client::Conn::open(&local.target(dev, "admin")?).await?;
+            let mut admin = Conn::open(&local.target(dev, "admin")?).await?;
             let context = serde_json::json!({"nekms:purpose": nekms_enclave::privval_anchor::PURPOSE_ANCHOR_CREDENTIALS, "nekms:anchor-table": table});
             use base64::Engine;
             let plaintext =

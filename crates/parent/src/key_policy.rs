@@ -28,6 +28,9 @@
 //!
 //! GenerateRandom is not in these policies: it names no key, so only IAM
 //! policies govern it.
+//!
+//! `nekms-dev` compiles this file as its own `key_policy` module: the
+//! development world sets its keys up with the same policies.
 
 use serde_json::{json, Value};
 
@@ -123,8 +126,6 @@ pub fn custody(roles: &Roles, pcr0: &[String]) -> Value {
 /// generator's PCR0/1/2, Decrypt only for the signer's. One Deny per
 /// PCR: KMS ANDs the keys of one condition, so a single statement naming
 /// PCR0/1/2 would let another image with the same kernel (PCR1) through.
-// Printed by the demo; a production build has no command that prints it yet.
-#[cfg_attr(not(feature = "dev"), allow(dead_code))]
 pub fn two_enclaves(roles: &Roles, generator: [String; 3], signer: [String; 3]) -> Value {
     let deny = |actions: Value, pcrs: &[String; 3]| -> Vec<Value> {
         pcrs.iter()

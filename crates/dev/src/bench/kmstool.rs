@@ -14,19 +14,19 @@ use nekms_transport::Address;
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use super::bench_loop::{measure, Cell};
-use super::kmstool::KmstoolClient;
-use crate::enclave_path::{enclave_only_secret, proxy_to, EnclavePath};
-use crate::kms_client::{Conn, InProcessKms, Target};
+use super::measure::{measure, Cell};
+use crate::custody::enclave_only_secret;
+use crate::kms::{Conn, InProcessKms, Target};
+use crate::kmstool_client::KmstoolClient;
+use crate::world::{proxy_to, EnclavePath};
 
-#[derive(clap::Args)]
-pub struct Args {
-    /// Seconds per cell
-    #[arg(long, default_value_t = 3.0)]
-    seconds: f64,
-    /// Concurrent kmstool clients to measure with
-    #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
-    clients: Vec<usize>,
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Seconds per cell.
+    pub seconds: f64,
+    /// Concurrent kmstool clients to measure with.
+    pub clients: Vec<usize>,
 }
 
 /// One client's loop body.
@@ -91,7 +91,8 @@ fn row(label: &str, clients: usize, cell: &Cell, reference: Option<&Cell>) {
     println!("{label:<48} {clients:>7} {:>10.0} {:>9.2}ms {ratio:>7}", cell.per_second, cell.p50.as_secs_f64() * 1000.0);
 }
 
-pub async fn run(a: Args) -> anyhow::Result<()> {
+/// Measure, printing a table row per path and concurrency.
+pub async fn run(a: &Options) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let dev = nekms_devworld::DevDir::new(tmp.path().join("dev"));
     dev.init()?;

@@ -1,5 +1,7 @@
-//! A small SigV4-signing KMS client over keep-alive HTTP/1.1, for the
-//! demo and the benchmark (the tests use the real AWS SDKs instead).
+//! The local KMS served in this process ([`InProcessKms`]), and a small
+//! SigV4-signing KMS client over keep-alive HTTP/1.1 ([`Conn`]) for the
+//! demo, `dev up` and the benchmarks (the tests use the real AWS SDKs
+//! instead).
 
 use std::net::SocketAddr;
 

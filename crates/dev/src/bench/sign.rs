@@ -17,26 +17,22 @@ use nekms_keys::{KeyRecord, KeySpec, Payload, PrivateKey, Scheme};
 use nekms_rpc::{Client, Entropy, GenerateKey};
 use nekms_store::{KeyStore, SqliteStore, Store};
 
-use super::bench_loop::{measure, Cell};
-use crate::enclave_path::EnclavePath;
+use super::measure::{measure, Cell};
+use crate::world::{BenchWorld, EnclavePath};
 
-#[derive(clap::Args)]
-pub struct Args {
-    /// Key specs to measure
-    #[arg(long, value_delimiter = ',', default_value = "secp256k1,ed25519,p256,rsa2048")]
-    spec: Vec<KeySpec>,
-    /// Concurrent clients
-    #[arg(long, value_delimiter = ',', default_value = "2")]
-    clients: Vec<usize>,
-    /// Calls each client keeps outstanding in (b) and (c)
-    #[arg(long, default_value_t = 8)]
-    depth: usize,
-    /// Seconds per cell
-    #[arg(long, default_value_t = 2.0)]
-    seconds: f64,
-    /// Cold signatures to time per spec
-    #[arg(long, default_value_t = 50)]
-    cold: usize,
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Key specs to measure.
+    pub spec: Vec<KeySpec>,
+    /// Concurrent clients.
+    pub clients: Vec<usize>,
+    /// Calls each client keeps outstanding in (b) and (c).
+    pub depth: usize,
+    /// Seconds per cell.
+    pub seconds: f64,
+    /// Cold signatures to time per spec.
+    pub cold: usize,
 }
 
 /// A keep-alive HTTP/1.1 connection to the agent.
@@ -75,8 +71,9 @@ fn row(label: &str, clients: usize, cell: &Cell, reference: Option<&Cell>) {
     println!("  {label:<40} {clients:>7} {:>10.0} {:>9.3}ms {ratio:>7}", cell.per_second, cell.p50.as_secs_f64() * 1000.0);
 }
 
-pub async fn run(a: Args) -> anyhow::Result<()> {
-    let world = crate::enclave_path::BenchWorld::new("nekms bench sign").await?;
+/// Measure, printing a table per key spec.
+pub async fn run(a: &Options) -> anyhow::Result<()> {
+    let world = BenchWorld::new("nekms bench sign").await?;
     let (tmp, dev, local, config, nsm) = (&world.tmp, &world.dev, &world.local, &world.config, world.nsm.clone());
     let warm = EnclavePath::start_with(dev, local, nsm.clone(), &tmp.path().join("warm"), None, config).await?;
     let cold = EnclavePath::start_with(dev, local, nsm.clone(), &tmp.path().join("cold"), Some(0), config).await?;
