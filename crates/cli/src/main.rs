@@ -50,7 +50,7 @@ enum Command {
     /// PCR measurements
     #[command(subcommand)]
     Pcr(cmd::pcr::Command),
-    /// Attestation documents: verify real or simulated ones, make simulated ones
+    /// Attestation documents: verify them (development builds also make simulated ones)
     #[command(subcommand)]
     Attest(cmd::attest::Command),
     /// CMS EnvelopedData (KMS CiphertextForRecipient): inspect and decrypt
