@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from conftest import Rpc
 
-CKR_DATA_LEN_RANGE, CKR_DEVICE_ERROR, CKR_SIGNATURE_INVALID = 0x21, 0x30, 0xC0
+CKR_DATA_LEN_RANGE, CKR_DEVICE_ERROR, CKR_MECHANISM_INVALID, CKR_SIGNATURE_INVALID = 0x21, 0x30, 0x70, 0xC0
 
 
 def spki(public_key):
@@ -52,6 +52,11 @@ def test_p11_public_operations_use_only_the_given_public_key(dev_up):
         der = ec_key.sign(b"hello", ec.ECDSA(hashes.SHA256()))
         ec_verify = {"public_key": spki(ec_key.public_key()), "scheme": "ecdsa", "payload": {"message": b"hello"}}
         assert rpc.call({"P11": {"Verify": {**ec_verify, "signature": der}}}) == ("Ok", {"P11": "Done"})
+        # No PKCS#11 mechanism is an Ethereum scheme: their parsers (typed-data JSON) stay out of this path.
+        k1 = ec.generate_private_key(ec.SECP256K1())
+        kind, err = rpc.call({"P11": {"Verify": {"public_key": spki(k1.public_key()), "scheme": "eip712",
+                                                 "payload": {"typed_data": "{}"}, "signature": bytes(65)}}})
+        assert kind == "Err" and err["pkcs11"] == CKR_MECHANISM_INVALID, err
 
         # Encrypt is a public encryption under the given key: the attacker's own private key opens it.
         kind, out = rpc.call({"P11": {"Encrypt": {"public_key": spki(mine.public_key()), "padding": {"Oaep": "Sha256"},

@@ -5,7 +5,7 @@
 //! only what anyone holding that public key computes: offered to the parent
 //! as to the module, it gives the parent nothing it lacks.
 
-use nekms_keys::{KeyError, PublicKey};
+use nekms_keys::{KeyError, Payload, PublicKey, Scheme};
 use nekms_rpc::protocol::{P11Request, P11Response};
 use nekms_rpc::RpcError;
 
@@ -13,7 +13,19 @@ use nekms_rpc::RpcError;
 mod ckr {
     pub const DATA_LEN_RANGE: u64 = 0x21;
     pub const DEVICE_ERROR: u64 = 0x30;
+    pub const MECHANISM_INVALID: u64 = 0x70;
     pub const SIGNATURE_INVALID: u64 = 0xC0;
+}
+
+/// What the module verifies: ECDSA, Ed25519 and RSA over a digest or a
+/// message. The Ethereum schemes (typed-data JSON, transactions) are no
+/// PKCS#11 mechanism, so their parsers stay out of reach of this path.
+fn module_verifies(scheme: Scheme, payload: &Payload) -> bool {
+    let scheme_ok = matches!(
+        scheme,
+        Scheme::EcdsaDer | Scheme::EcdsaRaw | Scheme::Ed25519 | Scheme::RsaPkcs1(_) | Scheme::RsaPss(_) | Scheme::RsaPssParams(..)
+    );
+    scheme_ok && matches!(payload, Payload::Digest(_) | Payload::Message(_))
 }
 
 fn public_key(spki: &[u8]) -> Result<PublicKey, RpcError> {
@@ -23,6 +35,9 @@ fn public_key(spki: &[u8]) -> Result<PublicKey, RpcError> {
 /// Answer `Verify`, `RsaPublic` or `Encrypt`; `None` for any other request.
 pub fn answer(request: &P11Request) -> Option<Result<P11Response, RpcError>> {
     Some(match request {
+        P11Request::Verify { scheme, payload, .. } if !module_verifies(*scheme, payload) => {
+            Err(RpcError::pkcs11(ckr::MECHANISM_INVALID, format!("{scheme} is no PKCS#11 mechanism of the module's")))
+        }
         P11Request::Verify { public_key: spki, scheme, payload, signature } => public_key(spki).and_then(|key| {
             key.verify(*scheme, payload, signature)
                 .map(|()| P11Response::Done)

@@ -69,7 +69,8 @@ impl Conn {
         let id = self.next_id;
         self.next_id += 1;
         let request = Request::P11(request);
-        let body = Zeroizing::new(protocol::encode(&ClientFrame::Call { id, request: protocol::request_to_value(&request) }));
+        // Straight into a wiped buffer: requests carry PINs and plaintexts.
+        let body = protocol::encode_secret(&protocol::CallRef::Call { id, request: &request });
         drop(request);
         self.write(&body)?;
         loop {

@@ -176,13 +176,19 @@ pub(crate) fn encrypt(
         if input.len() > need {
             return Err(CKR_DATA_LEN_RANGE);
         }
-        block = [vec![0u8; need - input.len()], input.to_vec()].concat();
+        let mut padded = Zeroizing::new(vec![0u8; need]);
+        padded[need - input.len()..].copy_from_slice(input);
+        block = padded;
         &block[..]
     } else {
         input
     };
-    let request =
-        P11Request::Encrypt { public_key: op.public_key, padding: op.padding, plaintext: Secret::new(plaintext.to_vec()), label: op.label };
+    let request = P11Request::Encrypt {
+        public_key: op.public_key,
+        padding: op.padding,
+        plaintext: Secret::from(Zeroizing::new(plaintext.to_vec())),
+        label: op.label,
+    };
     let ciphertext = match m.call(request)? {
         P11Response::Output(c) => c,
         _ => return Err(CKR_DEVICE_ERROR),

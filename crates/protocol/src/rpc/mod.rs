@@ -519,6 +519,31 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     out
 }
 
+/// CBOR for one frame body that carries a secret (a PIN, a plaintext): every
+/// buffer the encoding outgrows is wiped before it is freed, and so is the
+/// result when dropped.
+pub fn encode_secret<T: Serialize>(value: &T) -> Zeroizing<Vec<u8>> {
+    /// A writer whose growth copies into a new zeroizing buffer.
+    struct Wiped(Zeroizing<Vec<u8>>);
+    impl std::io::Write for Wiped {
+        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+            if self.0.len() + data.len() > self.0.capacity() {
+                let mut grown = Zeroizing::new(Vec::with_capacity((self.0.len() + data.len()).max(2 * self.0.capacity())));
+                grown.extend_from_slice(&self.0);
+                self.0 = grown;
+            }
+            self.0.extend_from_slice(data);
+            Ok(data.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut out = Wiped(Zeroizing::new(Vec::with_capacity(1024)));
+    ciborium::into_writer(value, &mut out).expect("serializing to memory cannot fail");
+    out.0
+}
+
 /// Read one frame body; trailing bytes are an error.
 pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, DecodeError> {
     let mut reader = bytes;
@@ -590,6 +615,18 @@ mod tests {
         let unknown = ciborium::Value::Map(vec![(ciborium::Value::Text("Frobnicate".into()), ciborium::Value::Integer(1.into()))]);
         let frame = encode(&ClientFrame::Call { id: 8, request: unknown });
         assert!(matches!(decode_incoming(&frame), Incoming::Other(Ok(ClientFrame::Call { id: 8, .. }))));
+    }
+
+    #[test]
+    fn a_secret_frame_encodes_as_any_other() {
+        let r = Request::P11(P11Request::Login { handle: Secret::new(vec![7; 32]), pin: SecretString::new("1234-secret") });
+        let big = Request::Decrypt { ciphertext: vec![9; 5000], encryption_context: BTreeMap::new(), key_id: None };
+        for request in [r, big] {
+            assert_eq!(
+                &encode_secret(&CallRef::Call { id: 3, request: &request })[..],
+                &encode(&CallRef::Call { id: 3, request: &request })[..]
+            );
+        }
     }
 
     #[test]
