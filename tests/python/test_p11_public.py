@@ -20,6 +20,7 @@ def spki(public_key):
 
 def test_p11_public_operations_use_only_the_given_public_key(dev_up):
     up = dev_up("p11-public")
+    up.env["NEKMS_STORE"] = f"sqlite:{up.base / 'keys.db'}"
     up.nekms("key", "create", "--name", "tls-rsa", "--spec", "rsa2048")
     record = json.loads(up.nekms("key", "show", "tls-rsa", "--json").stdout)
     theirs = serialization.load_der_public_key(base64.b64decode(record["public_key"]))

@@ -21,9 +21,9 @@ use std::sync::Arc;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
+use nekms_transport::frame::{delimited, FrameError};
 use nekms_transport::{Listener, Stream};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use zeroize::Zeroizing;
 
 use crate::Enclave;
@@ -53,29 +53,25 @@ pub async fn serve(listener: Listener, enclave: Arc<Enclave>, max_message: usize
 }
 
 async fn reply(stream: &mut Stream, v: &Value) -> std::io::Result<()> {
-    let mut out = serde_json::to_vec(v).expect("JSON");
-    out.push(0);
-    stream.write_all(&out).await
+    delimited::write_message(stream, &serde_json::to_vec(v).expect("JSON")).await
 }
 
 async fn connection(mut stream: Stream, enclave: &Enclave, max_message: usize) -> std::io::Result<()> {
     let mut buf: Vec<u8> = Vec::new();
-    let mut chunk = [0u8; 16 * 1024];
     loop {
-        while let Some(end) = buf.iter().position(|b| *b == 0) {
-            let message: Zeroizing<Vec<u8>> = Zeroizing::new(buf.drain(..=end).take(end).collect());
-            let answer = handle(&message, enclave).await;
-            reply(&mut stream, &answer).await?;
+        match delimited::read_message(&mut stream, &mut buf, max_message).await {
+            Ok(Some(message)) => {
+                let answer = handle(&message, enclave).await;
+                reply(&mut stream, &answer).await?;
+            }
+            Ok(None) => return Ok(()),
+            Err(FrameError::TooLarge { .. }) => {
+                reply(&mut stream, &error(format!("message exceeds {max_message} bytes without a zero-byte separator"))).await?;
+                return Ok(());
+            }
+            Err(FrameError::Io(e)) => return Err(e),
+            Err(e) => return Err(std::io::Error::other(e)),
         }
-        if buf.len() > max_message {
-            reply(&mut stream, &error(format!("message exceeds {max_message} bytes without a zero-byte separator"))).await?;
-            return Ok(());
-        }
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
     }
 }
 

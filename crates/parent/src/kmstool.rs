@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use anyhow::{bail, Context};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
+use nekms_transport::frame::{delimited, FrameError};
 use nekms_transport::{Address, Stream};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use zeroize::Zeroizing;
 
 /// A connection speaking kmstool's protocol: JSON objects, each followed by a zero byte.
@@ -26,23 +26,12 @@ impl KmstoolClient {
 
     /// Send one command, read its reply; an `Error` status is an error carrying its message.
     pub async fn command(&mut self, command: &Value) -> anyhow::Result<Option<String>> {
-        let mut out = Zeroizing::new(serde_json::to_vec(command)?);
-        out.push(0);
-        self.stream.write_all(&out).await?;
-        let reply = loop {
-            if let Some(end) = self.buf.iter().position(|b| *b == 0) {
-                let reply: Zeroizing<Vec<u8>> = Zeroizing::new(self.buf.drain(..=end).take(end).collect());
-                break reply;
-            }
-            if self.buf.len() > 1 << 20 {
-                bail!("the enclave's reply exceeds 1 MiB without a zero byte");
-            }
-            let mut chunk = [0u8; 8192];
-            let n = self.stream.read(&mut chunk).await?;
-            if n == 0 {
-                bail!("the enclave closed the connection without replying");
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
+        delimited::write_message(&mut self.stream, &Zeroizing::new(serde_json::to_vec(command)?)).await?;
+        let reply = match delimited::read_message(&mut self.stream, &mut self.buf, 1 << 20).await {
+            Ok(Some(reply)) => reply,
+            Ok(None) => bail!("the enclave closed the connection without replying"),
+            Err(FrameError::TooLarge { .. }) => bail!("the enclave's reply exceeds 1 MiB without a zero byte"),
+            Err(e) => return Err(e.into()),
         };
         let v: Value = serde_json::from_slice(&reply).context("the enclave's reply is not JSON")?;
         let message = v.get("Message").and_then(Value::as_str).map(str::to_owned);

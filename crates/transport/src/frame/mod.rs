@@ -11,7 +11,8 @@
 //! - [`blocking`] reads and writes frames over `std::io` streams (the
 //!   PKCS#11 module has no async runtime);
 //! - with the `tokio` feature, [`FrameCodec`] (a `tokio_util` codec) and
-//!   [`read_frame`]/[`write_frame`] for async streams.
+//!   [`read_frame`]/[`write_frame`] for async streams, and kmstool's
+//!   zero-byte-delimited JSON ([`delimited`]).
 //!
 //! A stream that ends inside a frame is reported as truncated rather than
 //! silently dropped.
@@ -19,6 +20,8 @@
 pub mod blocking;
 #[cfg(feature = "tokio")]
 mod codec;
+#[cfg(feature = "tokio")]
+pub mod delimited;
 
 #[cfg(feature = "tokio")]
 pub use codec::{read_frame, write_frame, FrameCodec};
