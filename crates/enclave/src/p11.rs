@@ -475,8 +475,12 @@ impl Tokens {
 impl Enclave {
     /// Answer a PKCS#11 call.
     pub async fn p11_call(&self, request: P11Request) -> Result<P11Response, RpcError> {
-        if let Some(answer) = crate::p11_public::answer(&request) {
-            return answer;
+        if crate::p11_public::is_public(&request) {
+            // RSA and ECDSA arithmetic on a key the caller chose, needing no
+            // login: off the async workers that serve signing and the validator signer.
+            return tokio::task::spawn_blocking(move || crate::p11_public::answer(&request))
+                .await
+                .map_err(|e| RpcError::new(nekms_rpc::ErrorCode::Internal, format!("a public operation stopped: {e}")))?;
         }
         let tokens = &self.p11;
         match request {

@@ -32,9 +32,14 @@ fn public_key(spki: &[u8]) -> Result<PublicKey, RpcError> {
     PublicKey::from_spki(spki).map_err(|e| RpcError::pkcs11(ckr::DEVICE_ERROR, format!("the object's public key: {e}")))
 }
 
-/// Answer `Verify`, `RsaPublic` or `Encrypt`; `None` for any other request.
-pub fn answer(request: &P11Request) -> Option<Result<P11Response, RpcError>> {
-    Some(match request {
+/// Whether `request` is one of the public operations this module answers.
+pub fn is_public(request: &P11Request) -> bool {
+    matches!(request, P11Request::Verify { .. } | P11Request::RsaPublic { .. } | P11Request::Encrypt { .. })
+}
+
+/// Answer `Verify`, `RsaPublic` or `Encrypt` (see [`is_public`]).
+pub fn answer(request: &P11Request) -> Result<P11Response, RpcError> {
+    match request {
         P11Request::Verify { scheme, payload, .. } if !module_verifies(*scheme, payload) => {
             Err(RpcError::pkcs11(ckr::MECHANISM_INVALID, format!("{scheme} is no PKCS#11 mechanism of the module's")))
         }
@@ -52,6 +57,6 @@ pub fn answer(request: &P11Request) -> Option<Result<P11Response, RpcError>> {
                 e => RpcError::pkcs11(ckr::DEVICE_ERROR, e.to_string()),
             })
         }),
-        _ => return None,
-    })
+        _ => Err(RpcError::new(nekms_rpc::ErrorCode::Internal, "not a public operation")),
+    }
 }
