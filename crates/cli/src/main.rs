@@ -50,6 +50,9 @@ enum Command {
     /// PCR measurements
     #[command(subcommand)]
     Pcr(cmd::pcr::Command),
+    /// The enclave image (EIF): build, sign and measure it without Docker, describe any EIF
+    #[command(subcommand)]
+    Image(cmd::image::Command),
     /// Attestation documents: verify them (development builds also make simulated ones)
     #[command(subcommand)]
     Attest(cmd::attest::Command),
@@ -102,6 +105,7 @@ fn main() {
         #[cfg(feature = "dev")]
         Command::Dev(c) => cmd::dev::run(c),
         Command::Pcr(c) => cmd::pcr::run(c),
+        Command::Image(c) => cmd::image::run(c),
         Command::Attest(c) => cmd::attest::run(c),
         Command::Cms(c) => cmd::cms::run(c),
         #[cfg(feature = "dev")]

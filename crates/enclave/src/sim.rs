@@ -9,6 +9,16 @@ use nekms_nsm::Nsm;
 
 use crate::config::EnclaveConfig;
 
+/// What an image's binary says when asked for the simulator; `nekms image
+/// build` requires these words in the binary it packs.
+#[cfg(not(feature = "sim"))]
+pub const IMAGE_BINARY: &str = "this nekms-enclave is built for an enclave image, without the simulated NSM (cargo feature `sim`)";
+
+/// What a development binary says when it boots the simulator; `nekms image
+/// build` refuses a binary holding these words.
+#[cfg(feature = "sim")]
+pub const DEVELOPMENT_BINARY: &str = "this nekms-enclave is built with the simulated NSM, for development only";
+
 /// Boot the simulated NSM over the development world's document signer,
 /// measuring this executable (or `--image`) and the configuration file.
 #[cfg(feature = "sim")]
@@ -24,6 +34,7 @@ pub fn open_simulated(c: &EnclaveConfig) -> anyhow::Result<Arc<dyn Nsm>> {
     };
     // The configuration file is part of the image: it is measured with it.
     let measurement = Measurement::of_files(&image, c.config_file.as_deref()).with_context(|| format!("measuring {}", image.display()))?;
+    eprintln!("nekms-enclave: {DEVELOPMENT_BINARY}: booting the simulator");
     let mut sim = SimConfig::new(measurement);
     sim.debug_mode = c.debug_mode;
     sim.parent_instance_id = dev.config().ok().map(|c| c.instance_id);
@@ -32,7 +43,7 @@ pub fn open_simulated(c: &EnclaveConfig) -> anyhow::Result<Arc<dyn Nsm>> {
 
 #[cfg(not(feature = "sim"))]
 pub fn open_simulated(_: &EnclaveConfig) -> anyhow::Result<Arc<dyn Nsm>> {
-    anyhow::bail!("this nekms-enclave is built for an enclave image, without the simulated NSM (cargo feature `sim`): --sim is refused")
+    anyhow::bail!("{IMAGE_BINARY}: --sim is refused")
 }
 
 /// The development world's root certificate (PEM), which a simulated NSM's

@@ -8,6 +8,7 @@ pub mod demo;
 #[cfg(feature = "dev")]
 pub mod dev;
 pub mod enclave;
+pub mod image;
 pub mod key;
 pub mod kmstool;
 pub mod p11;

@@ -45,8 +45,11 @@ pub enum Command {
         #[command(flatten)]
         roles: RoleArgs,
         /// PCR0 of a trusted enclave image, hex (repeatable: every image that makes or opens records)
-        #[arg(long = "pcr0", value_name = "HEX", required = true)]
+        #[arg(long = "pcr0", value_name = "HEX", required_unless_present = "images")]
         pcr0: Vec<String>,
+        /// A trusted enclave image (EIF) whose PCR0 to name, measured here (repeatable)
+        #[arg(long = "image", value_name = "EIF")]
+        images: Vec<std::path::PathBuf>,
     },
     /// Say who can decrypt, mint ciphertext, change the policy or create grants, and flag forms AWS reads differently
     Check {
@@ -83,7 +86,11 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
     let policy = match cmd {
         Command::Check { .. } => unreachable!("answered above"),
         Command::Bootstrap(r) => key_policy::bootstrap(&r.roles()?),
-        Command::Custody { roles, pcr0 } => {
+        Command::Custody { roles, mut pcr0, images } => {
+            for image in &images {
+                let m = nekms_image::measure_file(image)?;
+                pcr0.push(m.pcr(0).expect("every measurement has PCR0").to_string());
+            }
             for p in &pcr0 {
                 p.parse::<nekms_attestation::Pcr48>().map_err(|e| anyhow::anyhow!("--pcr0 {p}: {e}"))?;
                 if p.bytes().all(|b| b == b'0') {
