@@ -118,6 +118,20 @@ pub fn generate_intermediate(root: &CaMaterial, now: OffsetDateTime) -> Result<C
     Ok(ca_material(cert, &key))
 }
 
+/// A CA for one boot of a guest VM (`nekms dev vm`), issued by the root and
+/// allowed to sign leaves only, valid for a day: the launcher hands it to
+/// the guest's simulated NSM, as the Nitro hypervisor's chain vouches for
+/// one enclave's NSM. It stands where AWS's zonal and instance CAs stand.
+pub fn generate_boot_ca(root: &CaMaterial, label: &str, now: OffsetDateTime) -> Result<CaMaterial, PkiError> {
+    let issuer = load_issuer(root)?;
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384)?;
+    let mut p = ca_params(&format!("nekms guest VM {label}"), Some(0), now, 1)?;
+    p.not_before = now - Duration::minutes(5);
+    p.not_after = now + Duration::days(1);
+    let cert = p.signed_by(&key, &issuer)?;
+    Ok(ca_material(cert, &key))
+}
+
 /// A new self-signed CA for the development world's TLS servers (the local
 /// KMS's HTTPS endpoint), valid for 30 years. It is deliberately separate
 /// from the attestation root: a TLS key can never vouch for a document.

@@ -17,6 +17,8 @@
 //! - [`demo`]: `nekms demo`, the main flows end to end;
 //! - [`up`]: `nekms dev up`'s supervisor of the local KMS, the proxy, the
 //!   simulated enclave and their companions;
+//! - [`vm`]: `nekms dev vm`, an enclave image booted in a guest VM over real
+//!   vsock, measured by the launcher;
 //! - [`audit`]: reading the local KMS's audit log (`nekms dev kms audit`);
 //! - [`bench`](mod@bench): `nekms bench`'s measurements.
 //!
@@ -47,5 +49,6 @@ pub mod demo;
 pub mod image;
 pub mod kms;
 pub mod up;
+pub mod vm;
 pub mod world;
 use nekms_parent::{key_policy, kmstool as kmstool_client};

@@ -434,6 +434,14 @@ impl DevDir {
         toml::from_str(&self.read("config.toml")?).map_err(|source| DevError::Config { path, source })
     }
 
+    /// A CA for one boot of a guest VM, issued now by the development root
+    /// ([`pki::generate_boot_ca`]): the VM launcher hands it to the guest.
+    pub fn boot_ca(&self, label: &str) -> Result<CaMaterial, DevError> {
+        let root = self.load_ca("root")?;
+        pki::generate_boot_ca(&root, label, OffsetDateTime::now_utc())
+            .map_err(|source| DevError::Pki { path: self.file("root.key"), source })
+    }
+
     /// A signer for simulated attestation documents (new leaf key each call).
     pub fn document_signer(&self) -> Result<DocumentSigner, DevError> {
         let inter = self.load_ca("intermediate")?;

@@ -101,7 +101,7 @@ pub struct VerbArgs {
 
 /// Open `/dev/nsm`, or boot the simulator when configured so.
 pub fn open_nsm(c: &EnclaveConfig) -> anyhow::Result<Arc<dyn Nsm>> {
-    if !c.sim {
+    if !c.sim && c.sim_from.is_none() {
         let nsm = nekms_nsm::DeviceNsm::open().context("opening /dev/nsm (use --sim outside an enclave)")?;
         return Ok(Arc::new(nsm));
     }

@@ -20,6 +20,10 @@ pub struct EnclaveArgs {
     /// Simulated NSM: the image to measure for PCR0-2 [default: this executable]
     #[arg(long, value_name = "FILE")]
     pub image: Option<PathBuf>,
+    /// Simulated NSM in a guest VM: the PCRs and the document-signing CA the launcher handed over (fw_cfg:
+    /// /sys/firmware/qemu_fw_cfg/by_name/opt/nekms/nsm/raw), instead of measuring --image
+    #[arg(long, value_name = "FILE")]
+    pub sim_from: Option<PathBuf>,
     /// Where the native RPC is served [default: vsock://any:5000]
     #[arg(long, value_name = "ADDR")]
     pub rpc: Option<String>,
@@ -147,6 +151,7 @@ pub struct EnclaveConfig {
     pub debug_mode: bool,
     pub dev_dir: Option<PathBuf>,
     pub image: Option<PathBuf>,
+    pub sim_from: Option<PathBuf>,
     pub rpc: String,
     pub kmstool: String,
     pub p11: Option<String>,
@@ -178,6 +183,7 @@ impl EnclaveArgs {
             debug_mode: self.debug_mode || file.debug_mode,
             dev_dir: self.dev_dir.or(file.dev_dir),
             image: self.image.or(file.image),
+            sim_from: self.sim_from.or(file.sim_from),
             rpc: self.rpc.or(file.rpc).unwrap_or_else(|| "vsock://any:5000".into()),
             kmstool: self.kmstool.or(file.kmstool).unwrap_or_else(|| "vsock://any:3000".into()),
             p11: self.p11.or(file.p11),

@@ -27,6 +27,14 @@ pub fn open_simulated(c: &EnclaveConfig) -> anyhow::Result<Arc<dyn Nsm>> {
     use nekms_nsm::measure::Measurement;
     use nekms_nsm::{SimConfig, SimulatedNsm};
 
+    if let Some(path) = &c.sim_from {
+        // In a guest VM: what the launcher measured, and its boot CA.
+        let handover = read_handover(path)?;
+        let (mut sim, signer) = handover.boot_parts().with_context(|| path.display().to_string())?;
+        eprintln!("nekms-enclave: {DEVELOPMENT_BINARY}: booting the simulator from the launcher's handover {}", path.display());
+        sim.debug_mode = c.debug_mode;
+        return Ok(Arc::new(SimulatedNsm::boot(sim, signer)));
+    }
     let dev = nekms_devworld::DevDir::resolve(c.dev_dir.as_deref())?;
     let image = match &c.image {
         Some(p) => p.clone(),
@@ -50,7 +58,17 @@ pub fn open_simulated(_: &EnclaveConfig) -> anyhow::Result<Arc<dyn Nsm>> {
 /// documents chain to.
 #[cfg(feature = "sim")]
 pub fn dev_root_pem(c: &EnclaveConfig) -> anyhow::Result<String> {
+    if let Some(path) = &c.sim_from {
+        return Ok(read_handover(path)?.root_pem);
+    }
     Ok(nekms_devworld::DevDir::resolve(c.dev_dir.as_deref())?.root_pem()?)
+}
+
+#[cfg(feature = "sim")]
+fn read_handover(path: &std::path::Path) -> anyhow::Result<nekms_nsm::handover::Handover> {
+    use anyhow::Context;
+    let bytes = std::fs::read(path).with_context(|| format!("{}: the launcher's handover", path.display()))?;
+    nekms_nsm::handover::Handover::parse(&bytes).with_context(|| path.display().to_string())
 }
 
 #[cfg(not(feature = "sim"))]

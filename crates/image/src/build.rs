@@ -82,6 +82,7 @@ pub fn build(blobs: &Blobs, payload: &Payload, signing: Option<&Signing>, meta: 
         custom_info: serde_json::json!({
             "EnclaveBinary": payload.enclave_bin.file_name().map(|n| n.to_string_lossy().into_owned()),
             "Arch": arch.name(),
+            "Development": payload.development,
         }),
     };
     let flags = match arch {

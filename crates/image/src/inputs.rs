@@ -41,6 +41,11 @@ pub struct Blobs {
     pub nsm_ko: Vec<u8>,
     /// The kernel's version string, for the metadata.
     pub kernel_version: String,
+    /// nekms's extension for kernels that need modules before the NSM's
+    /// (Debian's, in the tests): `modules/*.ko` and `modules/order`, put in
+    /// the bootstrap ramdisk under `modules/` for nekms-init to load. AWS's
+    /// blobs have no such directory.
+    pub modules: Vec<(String, Vec<u8>)>,
 }
 
 impl Blobs {
@@ -69,12 +74,36 @@ impl Blobs {
             return Err(ImageError::input(&init_path, format!("dynamically linked (asks for {loader}); an init must be static")));
         }
         let nsm_ko = read(&dir.join("nsm.ko"))?;
-        Ok(Blobs { arch, kernel, cmdline, init, nsm_ko, kernel_version })
+        let mut modules = Vec::new();
+        let module_dir = dir.join("modules");
+        if module_dir.is_dir() {
+            let listing = std::fs::read_dir(&module_dir).map_err(|e| ImageError::file(&module_dir, e))?;
+            for entry in listing {
+                let entry = entry.map_err(|e| ImageError::file(&module_dir, e))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name != "order" && !name.ends_with(".ko") {
+                    return Err(ImageError::input(&entry.path(), "modules/ holds only .ko files and an order file"));
+                }
+                modules.push((name, read(&entry.path())?));
+            }
+            modules.sort();
+        }
+        Ok(Blobs { arch, kernel, cmdline, init, nsm_ko, kernel_version, modules })
     }
 
-    /// The bootstrap ramdisk nitro-cli writes: `dev`, `init`, `nsm.ko`.
+    /// The bootstrap ramdisk nitro-cli writes: `dev`, `init`, `nsm.ko`
+    /// (and `modules/` when the blobs have it).
     pub fn bootstrap_entries(&self) -> Vec<Entry> {
-        vec![Entry::dir("dev", 0o755), Entry::file("init", 0o755, self.init.clone()), Entry::file("nsm.ko", 0o755, self.nsm_ko.clone())]
+        let mut e = vec![
+            Entry::dir("dev", 0o755),
+            Entry::file("init", 0o755, self.init.clone()),
+            Entry::file("nsm.ko", 0o755, self.nsm_ko.clone()),
+        ];
+        if !self.modules.is_empty() {
+            e.push(Entry::dir("modules", 0o755));
+            e.extend(self.modules.iter().map(|(name, data)| Entry::file(&format!("modules/{name}"), 0o644, data.clone())));
+        }
+        e
     }
 }
 
@@ -118,6 +147,9 @@ pub struct Payload {
     pub args: Vec<String>,
     /// `KEY=VALUE` lines of the enclave's environment.
     pub env: Vec<String>,
+    /// Accept a binary built with the simulated NSM: a development image,
+    /// for `nekms dev vm` only (its documents chain to the development root).
+    pub development: bool,
 }
 
 /// What nekms-enclave says in a binary built for an image, and in one
@@ -145,14 +177,19 @@ impl Payload {
                 ),
             ));
         }
-        if contains(&bin, DEVELOPMENT_BINARY_MARK) {
+        let development = contains(&bin, DEVELOPMENT_BINARY_MARK);
+        if development && !self.development {
             return Err(ImageError::input(
                 &self.enclave_bin,
-                "holds the simulated NSM (built with feature `sim`, as the workspace's development build is): build it alone, cargo build --release -p nekms-enclave",
+                "holds the simulated NSM (built with feature `sim`, as the workspace's development build is): build it alone, \
+                 cargo build --release -p nekms-enclave (or pass --development for an image only nekms dev vm boots)",
             ));
         }
-        if !contains(&bin, IMAGE_BINARY_MARK) {
+        if !development && !contains(&bin, IMAGE_BINARY_MARK) {
             return Err(ImageError::input(&self.enclave_bin, "not an nekms-enclave binary built for an image"));
+        }
+        if self.development && !development {
+            return Err(ImageError::input(&self.enclave_bin, "--development, but the binary has no simulated NSM"));
         }
         let config = read(&self.config)?;
         check_config(&self.config, &config, &self.files)?;

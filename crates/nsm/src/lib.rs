@@ -29,6 +29,8 @@
 #![forbid(unsafe_code)]
 
 mod device;
+#[cfg(feature = "simulator")]
+pub mod handover;
 pub mod measure;
 #[cfg(feature = "simulator")]
 mod simulator;

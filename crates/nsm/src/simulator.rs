@@ -44,11 +44,13 @@ pub struct SimConfig {
     pub parent_role_arn: Option<String>,
     /// PCR4: the parent instance id (`i-...`); also the prefix of the module id.
     pub parent_instance_id: Option<String>,
+    /// PCR8: the hash of a signed image's signing certificate.
+    pub pcr8: Option<Pcr48>,
 }
 
 impl SimConfig {
     pub fn new(measurement: Measurement) -> SimConfig {
-        SimConfig { measurement, debug_mode: false, parent_role_arn: None, parent_instance_id: None }
+        SimConfig { measurement, debug_mode: false, parent_role_arn: None, parent_instance_id: None, pcr8: None }
     }
 }
 
@@ -78,6 +80,9 @@ impl SimulatedNsm {
         }
         if let Some(id) = &config.parent_instance_id {
             pcrs[4] = Pcr48::ZERO.extended(id.as_bytes());
+        }
+        if let Some(pcr8) = config.pcr8 {
+            pcrs[8] = pcr8;
         }
         if config.debug_mode {
             pcrs[..DEBUG_ZEROED as usize].fill(Pcr48::ZERO);

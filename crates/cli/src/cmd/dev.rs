@@ -21,6 +21,8 @@ pub enum Command {
     },
     /// Start the local KMS (HTTPS), the proxy and a simulated enclave as separate processes; Ctrl-C stops them
     Up(Box<super::up::Args>),
+    /// Boot an enclave image (EIF) in a guest VM over real vsock, measured by this launcher; Ctrl-C stops it
+    Vm(Box<super::vm::Args>),
     /// Run the enclave program from this executable (what `dev up` uses when nekms-enclave is not built)
     #[command(hide = true)]
     Enclave(Box<nekms_enclave::app::Cli>),
@@ -65,6 +67,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Up(a) => super::up::run(*a),
+        Command::Vm(a) => super::vm::run(*a),
         Command::Enclave(cli) => nekms_enclave::app::run(*cli),
         Command::Kms { command: None, serve } => nekms_kms::run::run(*serve).map_err(anyhow::Error::msg),
         Command::Kms { command: Some(KmsCommand::Audit { dir, log, follow, json, lines }), .. } => {

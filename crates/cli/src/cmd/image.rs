@@ -61,6 +61,9 @@ pub struct BuildArgs {
     /// The build time in the metadata, RFC 3339 (not measured) [default: $SOURCE_DATE_EPOCH, else 1970-01-01T00:00:00Z, so builds are byte-identical]
     #[arg(long, value_name = "TIME")]
     build_time: Option<String>,
+    /// Accept a nekms-enclave built with the simulated NSM: a development image that only `nekms dev vm` boots
+    #[arg(long)]
+    development: bool,
     /// Where to write the EIF
     #[arg(short, long, value_name = "FILE")]
     output: PathBuf,
@@ -92,7 +95,8 @@ fn build(a: BuildArgs) -> anyhow::Result<()> {
         let (src, dest) = f.split_once(':').ok_or_else(|| anyhow::anyhow!("--file {f}: give SOURCE:/PATH/IN/IMAGE"))?;
         files.push((PathBuf::from(src), dest.to_string()));
     }
-    let payload = Payload { enclave_bin: a.enclave_bin, config: a.config, files, args: a.enclave_args, env: a.env };
+    let payload =
+        Payload { enclave_bin: a.enclave_bin, config: a.config, files, args: a.enclave_args, env: a.env, development: a.development };
     // The blobs are for the binary's architecture.
     let bin = std::fs::read(&payload.enclave_bin).map_err(|e| nekms_image::ImageError::file(&payload.enclave_bin, e))?;
     let arch: Arch = nekms_image::elf::probe(&bin).map_err(|e| anyhow::anyhow!("{}: {e}", payload.enclave_bin.display()))?.arch;

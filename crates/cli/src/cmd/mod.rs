@@ -18,6 +18,8 @@ pub mod privval;
 pub mod proxy;
 #[cfg(feature = "dev")]
 pub mod up;
+#[cfg(feature = "dev")]
+pub mod vm;
 
 /// Parse hex given on the command line, naming the option on error.
 pub fn hex_arg(option: &str, s: &str) -> anyhow::Result<Vec<u8>> {

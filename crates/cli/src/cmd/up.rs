@@ -58,6 +58,24 @@ pub struct Args {
     /// The anchor's DynamoDB endpoint (http://127.0.0.1:PORT for moto); dev up proxies the enclave to it
     #[arg(long, value_name = "URL")]
     privval_anchor_endpoint: Option<String>,
+    /// Run the enclave as an image in a guest VM over real vsock: build it (nekms image build --development, which needs
+    /// nekms's `image` feature) from these blobs (bzImage, cmdline, init, nsm.ko, modules/) around the custody key, and
+    /// boot it with `nekms dev vm`'s launcher (QEMU and vhost-device-vsock)
+    #[arg(long, value_name = "DIR")]
+    vm_blobs: Option<PathBuf>,
+    /// The guest's nekms-enclave: static, with the simulator
+    /// (cargo rustc -p nekms-enclave --features sim --bin nekms-enclave -- -C target-feature=+crt-static)
+    #[arg(long, value_name = "FILE", env = "NEKMS_VM_ENCLAVE_BIN", requires = "vm_blobs")]
+    vm_enclave_bin: Option<PathBuf>,
+    /// The guest's accelerator: kvm, tcg, or auto (KVM where the host has VMX or SVM)
+    #[arg(long, value_name = "ACCEL", default_value = "auto")]
+    vm_accel: String,
+    /// The guest's memory
+    #[arg(long, value_name = "MIB", default_value_t = 512)]
+    vm_memory: u32,
+    /// The guest's vCPUs
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    vm_cpus: u32,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
@@ -76,6 +94,20 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         privval_max_height_jump: a.privval_max_height_jump,
         privval_anchor_table: a.privval_anchor_table,
         privval_anchor_endpoint: a.privval_anchor_endpoint,
+        vm: match a.vm_blobs {
+            Some(blobs) => Some(nekms_dev::up::vm::VmSpec {
+                blobs,
+                enclave_bin: a.vm_enclave_bin.ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--vm-blobs needs --vm-enclave-bin (or NEKMS_VM_ENCLAVE_BIN): a static nekms-enclave with the simulator"
+                    )
+                })?,
+                accel: a.vm_accel,
+                memory_mib: a.vm_memory,
+                cpus: a.vm_cpus,
+            }),
+            None => None,
+        },
     };
     let mut up = nekms_dev::up::start(&dev, &options)?;
     println!("nekms dev up: running; Ctrl-C stops everything");
@@ -87,6 +119,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         up.image.display(),
         up.enclave_pid
     );
+    if let Some(vm) = &up.vm {
+        println!(
+            "              in a guest VM under {} (QEMU pid {}), up in {:.1} s; console {}",
+            vm.accel,
+            vm.qemu_pid,
+            vm.ready_after.as_secs_f64(),
+            vm.serial_log.display()
+        );
+    }
     println!("              RPC {}", up.rpc);
     println!("              kmstool {}", up.kmstool);
     match &up.p11 {
@@ -135,6 +176,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             println!("nekms dev up: stopping the enclave, the proxy and the local KMS");
             drop(up);
             Ok(())
+        }
+        Stopped::GuestStopped(why) => {
+            eprintln!("nekms dev up: the guest VM stopped: {why}; stopping the others");
+            drop(up);
+            bail!("the guest VM stopped")
         }
         Stopped::Died { name, pid, status } => {
             eprintln!("nekms dev up: the {name} (pid {pid}) exited with {status}; stopping the others");

@@ -20,6 +20,7 @@ use crate::kms::{Conn, Target};
 
 mod config;
 mod supervisor;
+pub mod vm;
 
 use supervisor::Group;
 pub use supervisor::Stopped;
@@ -53,6 +54,8 @@ pub struct Options {
     pub privval_anchor_table: Option<String>,
     /// The anchor's DynamoDB endpoint, which the enclave reaches through a proxy.
     pub privval_anchor_endpoint: Option<String>,
+    /// Run the enclave as an image in a guest VM instead of a process here.
+    pub vm: Option<vm::VmSpec>,
 }
 
 /// p11-kit's server with libnekms_p11.so, serving the enclave's tokens.
@@ -105,6 +108,8 @@ pub struct Up {
     /// The environment for the parent's tools, and the file it was written to.
     pub env: Vec<(&'static str, String)>,
     pub env_file: PathBuf,
+    /// The guest VM the enclave runs in, with `--vm-blobs`.
+    pub vm: Option<crate::vm::Vm>,
 }
 
 fn unix(path: &Path) -> String {
@@ -131,6 +136,15 @@ pub fn start(dev: &DevDir, o: &Options) -> anyhow::Result<Up> {
     ]
     .map(|n| run_dir.join(n));
     let state_dir = dev.path().join("privval-state");
+    // In a guest VM the enclave reaches the proxy and the state store over
+    // vsock: its connections out to port P arrive at RUN_DIR/vm/vsock_P.
+    let (proxy_sock, state_sock) = match &o.vm {
+        Some(_) => {
+            std::fs::create_dir_all(run_dir.join("vm"))?;
+            (vm::outbound(&run_dir, vm::PROXY_PORT), vm::outbound(&run_dir, vm::STATE_PORT))
+        }
+        None => (proxy_sock, state_sock),
+    };
     for stale in [&kms_ready, &proxy_sock, &rpc_sock, &kmstool_sock, &p11_sock, &p11kit_sock, &privval_sock, &state_sock] {
         let _ = std::fs::remove_file(stale);
     }
@@ -168,8 +182,15 @@ pub fn start(dev: &DevDir, o: &Options) -> anyhow::Result<Up> {
     let http_addr: std::net::SocketAddr =
         kms_http_url.trim_start_matches("http://").trim_end_matches('/').parse().context("the KMS's HTTP address")?;
     let admin = Target::principal(dev, http_addr, "admin")?;
+    let vm_image = run_dir.join("image.eif");
     let configure = |arn: &str| -> anyhow::Result<Measurement> {
-        std::fs::write(&enclave_config, config::enclave_toml(arn, o, &config.region))?;
+        let mut text = config::enclave_toml(arn, o, &config.region);
+        if let Some(spec) = &o.vm {
+            text.push_str(&vm::guest_toml(&config.region, https_port, o.privval_anchor_endpoint.is_some()));
+            std::fs::write(&enclave_config, text)?;
+            return vm::build_image(spec, &enclave_config, &dev.tls_ca_path(), &vm_image);
+        }
+        std::fs::write(&enclave_config, text)?;
         Ok(Measurement::of_files(&image, Some(&enclave_config))?)
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -194,7 +215,10 @@ pub fn start(dev: &DevDir, o: &Options) -> anyhow::Result<Up> {
     };
 
     // The anchor's proxy, allowing exactly its endpoint.
-    let anchor_sock = run_dir.join("privval-anchor-proxy.sock");
+    let anchor_sock = match &o.vm {
+        Some(_) => vm::outbound(&run_dir, vm::ANCHOR_PORT),
+        None => run_dir.join("privval-anchor-proxy.sock"),
+    };
     let _ = std::fs::remove_file(&anchor_sock);
     if let Some(endpoint) = &o.privval_anchor_endpoint {
         let (host, port) = config::anchor_host_port(endpoint).map_err(|e| anyhow::anyhow!("--privval-anchor-endpoint {endpoint}: {e}"))?;
@@ -210,6 +234,7 @@ pub fn start(dev: &DevDir, o: &Options) -> anyhow::Result<Up> {
     persist.args(["privval", "persist", "--listen", &unix(&state_sock), "--dir"]).arg(&state_dir);
     let persist_pid = group.spawn("privval persist", persist)?;
     group.wait_for("privval persist", || state_sock.exists())?;
+    let mut guest = None;
     let mut enclave = Command::new(&program);
     enclave
         .args(&prefix)
@@ -225,11 +250,25 @@ pub fn start(dev: &DevDir, o: &Options) -> anyhow::Result<Up> {
         enclave.arg("--debug-mode");
     }
     enclave.arg("--image").arg(&image);
-    let enclave_pid = group.spawn("enclave", enclave)?;
-    group.wait_for("enclave", || rpc_sock.exists() && kmstool_sock.exists() && p11_sock.exists() && privval_sock.exists())?;
+    let enclave_pid = match &o.vm {
+        Some(spec) => {
+            let forwards =
+                vec![(vm::RPC_PORT, rpc_sock.clone()), (vm::KMSTOOL_PORT, kmstool_sock.clone()), (vm::PRIVVAL_PORT, privval_sock.clone())];
+            let started = vm::boot(dev, spec, &vm_image, &run_dir, forwards)?;
+            let pid = started.qemu_pid;
+            guest = Some(started);
+            pid
+        }
+        None => {
+            let pid = group.spawn("enclave", enclave)?;
+            group.wait_for("enclave", || rpc_sock.exists() && kmstool_sock.exists() && p11_sock.exists() && privval_sock.exists())?;
+            pid
+        }
+    };
 
     // PKCS#11: p11-kit's server loading libnekms_p11.so, as in the enclave image.
     let p11 = match (config::p11_module(), config::which("p11-kit")) {
+        _ if o.vm.is_some() => Err("PKCS#11 from a guest VM needs p11-kit's server inside the image, which dev up does not build yet"),
         (Some(module), Some(kit)) => {
             let mut server = Command::new(kit);
             server
@@ -313,7 +352,7 @@ pub fn start(dev: &DevDir, o: &Options) -> anyhow::Result<Up> {
         https_port,
         proxy_pid,
         simulated: description.simulated,
-        image,
+        image: if o.vm.is_some() { vm_image } else { image },
         enclave_pid,
         rpc: rpc_address,
         kmstool: unix(&kmstool_sock),
@@ -332,6 +371,7 @@ pub fn start(dev: &DevDir, o: &Options) -> anyhow::Result<Up> {
         credentials: description.credentials.as_ref().map(|c| c.access_key_id.clone()),
         env,
         env_file,
+        vm: guest,
         group,
         rt,
     };
@@ -359,6 +399,13 @@ impl Up {
             "pids": {"kms": self.kms_pid, "proxy": self.proxy_pid, "enclave": self.enclave_pid, "privval_persist": self.persist_pid,
                      "privval_proxy": self.privval_proxy_pid, "supervisor": std::process::id()},
             "env": self.env.iter().map(|(k, v)| (k.to_string(), serde_json::Value::String(v.clone()))).collect::<serde_json::Map<_, _>>(),
+            "vm": self.vm.as_ref().map(|vm| serde_json::json!({
+                "image": self.image.display().to_string(),
+                "accel": vm.accel, "qemu_pid": vm.qemu_pid, "serial_log": vm.serial_log.display().to_string(),
+                "uds": vm.uds.display().to_string(), "ready_ms": vm.ready_after.as_millis() as u64,
+                "heartbeat_ms": vm.heartbeat_after.map(|d| d.as_millis() as u64), "qemu_rss_kib": vm.qemu_rss_kib(),
+                "measurements": vm.measurements.0,
+            })),
         });
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, serde_json::to_vec_pretty(&v)?)?;
@@ -369,6 +416,6 @@ impl Up {
     /// Supervise: return on SIGINT or SIGTERM, or when any child dies. The
     /// children keep running until this is dropped.
     pub fn supervise(&mut self) -> anyhow::Result<Stopped> {
-        self.rt.block_on(supervisor::supervise(&mut self.group))
+        self.rt.block_on(supervisor::supervise(&mut self.group, self.vm.as_mut()))
     }
 }

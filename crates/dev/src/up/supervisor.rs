@@ -93,10 +93,12 @@ pub enum Stopped {
     Signal,
     /// A child exited on its own: its name, pid and status.
     Died { name: &'static str, pid: u32, status: ExitStatus },
+    /// The guest VM (QEMU or its vsock device) stopped: why.
+    GuestStopped(String),
 }
 
-/// Wait for a signal, or for any child of `group` to die.
-pub(super) async fn supervise(group: &mut Group) -> anyhow::Result<Stopped> {
+/// Wait for a signal, or for any child of `group` (or the guest VM) to die.
+pub(super) async fn supervise(group: &mut Group, mut vm: Option<&mut crate::vm::Vm>) -> anyhow::Result<Stopped> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
@@ -105,6 +107,9 @@ pub(super) async fn supervise(group: &mut Group) -> anyhow::Result<Stopped> {
             _ = int.recv() => return Ok(Stopped::Signal),
             _ = term.recv() => return Ok(Stopped::Signal),
             _ = tick.tick() => {
+                if let Some(Err(e)) = vm.as_deref_mut().map(crate::vm::Vm::check) {
+                    return Ok(Stopped::GuestStopped(format!("{e:#}")));
+                }
                 if let Some((name, pid, status)) = group.exited() {
                     // Ctrl-C in a terminal reaches the children too; one that stopped for it is not a death.
                     if tokio::time::timeout(Duration::from_millis(300), int.recv()).await.is_ok() {
