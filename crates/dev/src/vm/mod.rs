@@ -166,8 +166,10 @@ impl Vm {
         for stale in [vhost_sock.clone(), uds.clone(), PathBuf::from(format!("{}_9000", uds.display()))] {
             let _ = std::fs::remove_file(stale);
         }
-        for (port, path) in o.forwards.iter().chain(&o.links) {
+        for (_, path) in &o.forwards {
             let _ = std::fs::remove_file(path);
+        }
+        for (port, _) in &o.links {
             let _ = std::fs::remove_file(format!("{}_{port}", uds.display()));
         }
 
@@ -212,11 +214,14 @@ impl Vm {
 
         let mem = format!("{}M", o.memory_mib);
         let mut q = Command::new(&qemu);
-        q.args(["-accel", accel, "-M", "microvm,memory-backend=mem", "-cpu", if accel == "kvm" { "host" } else { "max" }])
+        // q35 rather than microvm: a guest kernel on microvm calibrates its
+        // clock against the PIT alone and, under TCG on a busy host, fails to
+        // and hangs; q35's HPET gives it another clock.
+        q.args(["-accel", accel, "-M", "q35,memory-backend=mem", "-cpu", if accel == "kvm" { "host" } else { "max" }])
             .args(["-smp", &o.cpus.to_string(), "-m", &mem])
             .args(["-object", &format!("memory-backend-memfd,id=mem,size={mem},share=on")])
             .args(["-chardev", &format!("socket,id=vsock,path={}", vhost_sock.display())])
-            .args(["-device", "vhost-user-vsock-device,chardev=vsock"])
+            .args(["-device", "vhost-user-vsock-pci,chardev=vsock"])
             .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
             .args(["-serial", &format!("file:{}", serial_log.display())])
             .arg("-kernel")

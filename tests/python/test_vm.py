@@ -1,0 +1,191 @@
+"""The enclave as an image in a guest VM: `nekms dev up --vm-blobs` builds
+the EIF around the custody key it sets up, and `nekms dev vm`'s launcher
+boots it under QEMU with vhost-device-vsock, handing the guest's simulated
+NSM the PCRs it measured from the EIF (fw_cfg). Inside, nekms-init starts
+nekms-enclave on real AF_VSOCK sockets in a real kernel; the parent's tools
+reach it through the launcher's Unix sockets, and it reaches the KMS proxy
+and the state store through the host's side of the vsock device.
+
+Checked with clients nobody here wrote: boto3 (KMS), `cryptography`
+(signatures), tmkms 0.15.0 (a validator script signed byte for byte alike),
+and eif_reader.py for the PCRs. The parent, as attacker, boots an image one
+byte different and opens the guest's RPC from a non-reserved port."""
+
+import base64
+import json
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+
+import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+import eif_reader
+import privval_emu as emu
+from conftest import NEKMS, ROOT, enclave_policy, nekms, start, stop
+from privval_support import TMKMS, World, connect_nekms, pubkey, run_script, tmkms_toml
+
+IMAGE_DIR = ROOT / "target" / "image"
+INIT = os.environ.get("NEKMS_IMAGE_INIT_BIN", str(IMAGE_DIR / "nekms-init"))
+VM_ENCLAVE = os.environ.get("NEKMS_VM_ENCLAVE_BIN", str(IMAGE_DIR / "nekms-enclave-dev"))
+MODULES = ["vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport", "qemu_fw_cfg"]
+CMDLINE = "console=ttyS0 reboot=k panic=-1 random.trust_cpu=on nekms.parent_cid=2\n"
+
+
+def guest_blobs(d: pathlib.Path):
+    """A blobs directory for the guest: Debian's kernel and modules (scripts/guest-kernel), nekms-init."""
+    kernel = pathlib.Path(os.environ.get("NEKMS_GUEST_KERNEL_DIR") or subprocess.run(
+        [str(ROOT / "scripts" / "guest-kernel")], check=True, capture_output=True, text=True).stdout.strip())
+    (d / "modules").mkdir(parents=True)
+    shutil.copy(kernel / "bzImage", d / "bzImage")
+    shutil.copy(kernel / "modules" / "nsm.ko", d / "nsm.ko")
+    for m in MODULES:
+        shutil.copy(kernel / "modules" / f"{m}.ko", d / "modules" / f"{m}.ko")
+    (d / "modules" / "order").write_text("".join(f"{m}.ko\n" for m in MODULES))
+    shutil.copy(INIT, d / "init")
+    (d / "cmdline").write_text(CMDLINE)
+    return d
+
+
+@pytest.fixture(scope="module")
+def world(dev_up, tmp_path_factory):
+    base = tmp_path_factory.mktemp("vm")
+    blobs = guest_blobs(base / "blobs")
+    w = World(dev_up, base, "--vm-blobs", str(blobs), "--vm-enclave-bin", VM_ENCLAVE)
+    w.blobs = blobs
+    w.vm = w.up.info["vm"]
+    w.eif = pathlib.Path(w.vm["image"])
+    return w
+
+
+def test_the_guest_reports_the_measurements_the_launcher_took_from_the_eif(world, tmp_path):
+    w = world
+    pcrs = eif_reader.pcrs(w.eif.read_bytes())
+    assert {k: v for k, v in w.vm["measurements"].items() if k.startswith("PCR")} == pcrs
+    described = json.loads(w.nekms("enclave", "describe", "--json").stdout)
+    assert described["simulated"] is True
+    for i in range(3):
+        assert described["pcrs"][f"PCR{i}"] == pcrs[f"PCR{i}"] == w.up.info[f"pcr{i}"]
+    # A document from the guest chains to the development root through the boot CA and carries the EIF's PCRs.
+    doc = tmp_path / "doc.cbor"
+    w.nekms("enclave", "attest", "--nonce", "0badc0de", "-o", str(doc))
+    pcr_args = [a for i in range(3) for a in ("--pcr", f"{i}={pcrs[f'PCR{i}']}")]
+    v = json.loads(w.nekms("attest", "verify", "--dev-root", "--dir", str(w.up.dev), "--nonce", "0badc0de", *pcr_args, "--json",
+                           str(doc)).stdout)
+    assert len(v["document"]["cabundle"]) == 2
+    # The guest ran nekms-init and nekms-enclave on real vsock, with no other device.
+    console = pathlib.Path(w.vm["serial_log"]).read_text()
+    assert "nekms-init: loaded /modules/vmw_vsock_virtio_transport.ko" in console
+    assert "heartbeat answered" in console, console[-2000:]
+    assert "RPC on vsock://any:5000" in console and "KMS through vsock://2:8000" in console
+    assert w.vm["heartbeat_ms"] is not None and w.vm["ready_ms"] < 60000
+    print(f"\nguest VM under {w.vm['accel']}: heartbeat {w.vm['heartbeat_ms']} ms, RPC ready {w.vm['ready_ms']} ms, "
+          f"QEMU RSS {w.vm['qemu_rss_kib'] // 1024} MiB")
+
+
+def test_key_create_and_sign_through_the_guest(world):
+    w = world
+    for name, spec in (("vm-k1", "secp256k1"), ("vm-p256", "p256")):
+        w.nekms("key", "create", "--name", name, "--spec", spec)
+        pem = w.nekms("key", "public-key", name, "--pem").stdout.encode()
+        sig = json.loads(w.nekms("sign", "--key", name, "--message", "through the guest", "--json").stdout)
+        der = bytes.fromhex(sig["signature"])
+        serialization.load_pem_public_key(pem).verify(der, b"through the guest", ec.ECDSA(hashes.SHA256()))
+
+
+def test_kmstool_decrypt_through_the_guest_and_the_instance_is_denied(world):
+    w = world
+    admin, instance = w.up.client("admin"), w.up.client("instance")
+    key = admin.create_key(Policy=json.dumps(enclave_policy(w.up.info["pcr0"])))["KeyMetadata"]["Arn"]
+    ct = base64.b64encode(instance.encrypt(KeyId=key, Plaintext=b"Hello from the guest")["CiphertextBlob"]).decode()
+    out = w.nekms("kmstool", "decrypt", "--address", w.up.info["kmstool"], "--region", "us-east-1", ct)
+    assert out.stdout == "Hello from the guest"
+    with pytest.raises(instance.exceptions.ClientError) as denied:
+        instance.decrypt(CiphertextBlob=base64.b64decode(ct))
+    assert "AccessDenied" in str(denied.value)
+
+
+def test_a_validator_script_through_the_guest_matches_tmkms_byte_for_byte(world):
+    w = world
+    if not TMKMS.exists():
+        pytest.fail(f"tmkms 0.15.0 is not built at {TMKMS} (./scripts/test builds it)")
+    seed = os.urandom(32)
+    softsign = w.import_consensus_key("vm-validator", seed)
+    chain = "vm-chain"
+    w.nekms("privval", "state", "init", "--key", "vm-validator", "--chain-id", chain, "--height", "1")
+    steps = emu.script([chain], heights=8)
+    ours = connect_nekms(w, "vm", [chain], key="vm-validator")
+    ours_key, ours_replies = pubkey(ours[chain], chain), run_script(ours, steps)
+    tdir = w.base / "tmkms"
+    tdir.mkdir()
+    theirs = {chain: emu.Validator(tdir / "v.sock")}
+    (tdir / "tmkms.toml").write_text(tmkms_toml([chain], f'path = "{softsign}"', [(chain, theirs[chain].addr)], state_dir=tdir))
+    w.start_tmkms(tdir / "tmkms.toml", tdir / "tmkms.log")
+    theirs[chain].accept()
+    assert pubkey(theirs[chain], chain) == ours_key
+    # Every signature byte for byte tmkms's, and over the rebuilt canonical bytes (tmkms 0.15 drops extensions).
+    for (_, kind, msg), (_, ours_v, ours_e), (_, theirs_v, theirs_e) in zip(steps, ours_replies, run_script(theirs, steps)):
+        assert ours_e is None and theirs_e is None, (ours_e, theirs_e)
+        assert ours_v["signature"] == theirs_v["signature"], (kind, msg["height"], msg["round"])
+        canonical = emu.canonical_proposal(chain, msg) if kind == "proposal" else emu.canonical_vote(chain, msg)
+        emu.verify(ours_key, canonical, ours_v["signature"])
+
+
+def test_an_image_one_byte_different_gets_another_pcr0_and_the_kms_refuses_it(world, tmp_path):
+    w = world
+    config = tmp_path / "enclave.toml"
+    original = pathlib.Path(w.up.info["enclave_config"]).read_bytes()
+    config.write_bytes(original.replace(b"written by nekms dev up", b"written by nekms dev uP"))
+    assert len(config.read_bytes()) == len(original) and config.read_bytes() != original
+    changed = tmp_path / "changed.eif"
+    nekms("image", "build", "--development", "--enclave-bin", VM_ENCLAVE, "--config", str(config), "--blobs", str(w.blobs),
+          "--file", f"{w.up.dev / 'tls-ca.pem'}:/etc/nekms/kms-ca.pem", "--enclave-arg", "--sim-from", "--enclave-arg",
+          "/sys/firmware/qemu_fw_cfg/by_name/opt/nekms/nsm/raw", "-o", str(changed))
+    pcrs = eif_reader.pcrs(changed.read_bytes())
+    assert pcrs["PCR0"] != w.up.info["pcr0"] and pcrs["PCR2"] != w.up.info["pcr2"] and pcrs["PCR1"] == w.up.info["pcr1"]
+
+    # The parent boots it beside the real one (CID 17), on the same KMS proxy, with the instance's credentials.
+    run = tmp_path / "run"
+    ready = tmp_path / "vm.json"
+    proxy = w.up.info["proxy"].removeprefix("unix://")
+    vm = start([NEKMS, "dev", "vm", str(changed), "--dir", str(w.up.dev), "--run-dir", str(run), "--cid", "17", "--link",
+                f"8000={proxy}", "--ready-file", str(ready)], ready, "dev vm", log=tmp_path / "vm.log", timeout=120)
+    try:
+        rpc = f"unix://{run / 'rpc.sock'}"
+        env = {**w.env, "NEKMS_ENCLAVE": rpc}
+        assert json.loads(nekms("enclave", "describe", "--json", env=env).stdout)["pcrs"]["PCR0"] == pcrs["PCR0"]
+        nekms("enclave", "credentials", env=env)
+        r = nekms("key", "create", "--name", "from-changed", "--spec", "p256", env=env, check=False)
+        assert r.returncode != 0 and "AccessDenied" in r.stderr, r.stderr
+        # A record the real image made does not open in the changed one: it does not trust the record's origin.
+        r = nekms("sign", "--key", "vm-k1", "--message", "x", env=env, check=False)
+        assert r.returncode != 0 and "rule provenance" in r.stderr and w.up.info["pcr0"] in r.stderr, r.stderr
+        # The real guest still signs.
+        w.nekms("sign", "--key", "vm-k1", "--message", "x")
+    finally:
+        stop(vm, timeout=30)
+
+
+def test_the_guest_serves_the_rpc_only_to_reserved_ports_up_to_the_1025th_connection(world):
+    """vhost-device-vsock gives host connections source ports 0, 1, 2, ... per boot, whoever opens them, so
+    the guest sees the first 1,024 as from reserved ports and refuses the rest (threat-model.md: the guest
+    cannot tell root from another local user there). Runs last: the guest's RPC is unusable afterwards."""
+    w = world
+    served, refusals = 0, []
+    for i in range(1100):
+        r = nekms("enclave", "describe", "--json", env=w.env, check=False)
+        if r.returncode == 0:
+            assert not refusals, f"connection {i} served after a refusal: {refusals[0]}"
+            served += 1
+        else:
+            m = re.search(r"vsock://2:(\d+): this port serves only connections from a vsock port below 1024", r.stderr)
+            assert m, r.stderr
+            refusals.append(int(m.group(1)))
+        if len(refusals) == 3:
+            break
+    # The first port refused is 1024: every one below it was served.
+    assert refusals == [1024, 1025, 1026], (served, refusals)
+    print(f"\nthe guest served {served} RPC connections of this test, then refused ports {refusals}")
