@@ -7,7 +7,7 @@ reach it through the launcher's Unix sockets, and it reaches the KMS proxy
 and the state store through the host's side of the vsock device.
 
 Checked with clients nobody here wrote: boto3 (KMS), `cryptography`
-(signatures), tmkms 0.15.0 (a validator script signed byte for byte alike),
+(signatures), pkcs11-tool through p11-kit's client, tmkms 0.15.0 (a validator script signed byte for byte alike),
 and eif_reader.py for the PCRs. The parent, as attacker, boots an image one
 byte different and opens the guest's RPC from a non-reserved port."""
 
@@ -22,10 +22,12 @@ import subprocess
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
 
 import eif_reader
 import privval_emu as emu
 from conftest import NEKMS, ROOT, enclave_policy, nekms, start, stop
+from p11_support import P11KIT_CLIENT
 from privval_support import TMKMS, World, connect_nekms, pubkey, run_script, tmkms_toml
 
 IMAGE_DIR = ROOT / "target" / "image"
@@ -134,6 +136,35 @@ def test_a_validator_script_through_the_guest_matches_tmkms_byte_for_byte(world)
         emu.verify(ours_key, canonical, ours_v["signature"])
 
 
+def test_a_pkcs11_signature_through_p11_kit_in_the_guest(world, tmp_path):
+    """ACM for Nitro Enclaves' layout: p11-kit's server runs in the guest beside nekms-enclave (which starts it,
+    as the measured configuration says), loads libnekms_p11.so and listens on vsock port 9999; p11-kit's
+    client module on the parent reaches it, here through the launcher's socket."""
+    w = world
+    kit = w.up.info["p11_kit"]
+    assert kit and kit.startswith("unix:path="), kit
+    env = {**w.env, "NEKMS_P11_DB": str(tmp_path / "tokens.json"), "NEKMS_P11_RPC": w.up.info["rpc"], "P11_KIT_SERVER_ADDRESS": kit}
+    pin = tmp_path / "pin"
+    pin.write_text("1234-pin")
+    os.chmod(pin, 0o600)
+    nekms("key", "create", "--name", "vm-web", "--spec", "p256", env=env)
+    nekms("p11", "token", "add", "--label", "vmweb", "--pin-file", str(pin), "--key", "vm-web:01", env=env)
+    digest = os.urandom(32)
+    (tmp_path / "h.bin").write_bytes(digest)
+    tool = ["pkcs11-tool", "--module", P11KIT_CLIENT, "--token-label", "vmweb", "--login", "--sign", "-m", "ECDSA", "--id", "01",
+            "-i", str(tmp_path / "h.bin"), "-o", str(tmp_path / "sig.bin")]
+    r = subprocess.run([*tool, "--pin", "1234-pin"], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    sig = (tmp_path / "sig.bin").read_bytes()
+    der = encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big"))
+    public = serialization.load_pem_public_key(nekms("key", "public-key", "vm-web", "--pem", env=env).stdout.encode())
+    public.verify(der, digest, ec.ECDSA(Prehashed(hashes.SHA256())))
+    # The parent without the PIN gets nothing signed.
+    r = subprocess.run([*tool, "--pin", "0000-pin"], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "CKR_PIN_INCORRECT" in r.stderr, r.stderr
+    assert "p11-kit's server started: /usr/libexec/p11-kit/p11-kit-server" in pathlib.Path(w.vm["serial_log"]).read_text()
+
+
 def test_an_image_one_byte_different_gets_another_pcr0_and_the_kms_refuses_it(world, tmp_path):
     w = world
     config = tmp_path / "enclave.toml"
@@ -141,9 +172,10 @@ def test_an_image_one_byte_different_gets_another_pcr0_and_the_kms_refuses_it(wo
     config.write_bytes(original.replace(b"written by nekms dev up", b"written by nekms dev uP"))
     assert len(config.read_bytes()) == len(original) and config.read_bytes() != original
     changed = tmp_path / "changed.eif"
-    nekms("image", "build", "--development", "--enclave-bin", VM_ENCLAVE, "--config", str(config), "--blobs", str(w.blobs),
-          "--file", f"{w.up.dev / 'tls-ca.pem'}:/etc/nekms/kms-ca.pem", "--enclave-arg", "--sim-from", "--enclave-arg",
-          "/sys/firmware/qemu_fw_cfg/by_name/opt/nekms/nsm/raw", "-o", str(changed))
+    # dev up's own build, with the changed configuration.
+    args = json.loads(w.eif.with_suffix(".build.json").read_text())
+    args[args.index("--config") + 1], args[args.index("-o") + 1] = str(config), str(changed)
+    nekms(*args)
     pcrs = eif_reader.pcrs(changed.read_bytes())
     assert pcrs["PCR0"] != w.up.info["pcr0"] and pcrs["PCR2"] != w.up.info["pcr2"] and pcrs["PCR1"] == w.up.info["pcr1"]
 

@@ -205,6 +205,12 @@ pub fn serve(config: EnclaveConfig) -> anyhow::Result<()> {
             }
             None => None,
         };
+        // p11-kit's server beside the enclave, as the image's configuration says.
+        let p11_kit = match (&config.p11, config.p11_kit_server.is_empty()) {
+            (Some(addr), false) => Some(tokio::spawn(crate::companion::p11_kit_server(config.p11_kit_server.clone(), addr.clone()))),
+            (None, false) => anyhow::bail!("p11-kit-server is configured without p11 (the module's socket)"),
+            (_, true) => None,
+        };
         let serving_privval = match &config.privval {
             Some(addr) => {
                 let listener = nekms_transport::Listener::bind(&addr.parse()?).await.with_context(|| format!("listening on {addr}"))?;
@@ -226,7 +232,7 @@ pub fn serve(config: EnclaveConfig) -> anyhow::Result<()> {
         }
         serving_rpc.abort();
         serving_kmstool.abort();
-        for p in [serving_p11, serving_privval].into_iter().flatten() {
+        for p in [serving_p11, serving_privval, p11_kit].into_iter().flatten() {
             p.abort();
         }
         anyhow::Ok(())

@@ -90,6 +90,14 @@ pub struct EnclaveArgs {
     #[arg(skip)]
     #[serde(default)]
     pub privval_max_height_jump: Option<i64>,
+    /// p11-kit's server for the PKCS#11 module, which the enclave starts
+    /// (and restarts) beside itself: its command line, e.g.
+    /// ["/usr/libexec/p11-kit/p11-kit-server", "-f", "-n", "vsock:port=9999",
+    /// "--provider", "/usr/lib/nekms/libnekms_p11.so", "pkcs11:"]. In the
+    /// measured file only; it needs `p11`.
+    #[arg(skip)]
+    #[serde(default)]
+    pub p11_kit_server: Vec<String>,
     #[arg(skip)]
     #[serde(default)]
     pub privval_anchor_table: Option<String>,
@@ -155,6 +163,7 @@ pub struct EnclaveConfig {
     pub rpc: String,
     pub kmstool: String,
     pub p11: Option<String>,
+    pub p11_kit_server: Vec<String>,
     pub privval: Option<String>,
     pub privval_state: Option<String>,
     pub privval_anchor_proxy: Option<String>,
@@ -187,6 +196,7 @@ impl EnclaveArgs {
             rpc: self.rpc.or(file.rpc).unwrap_or_else(|| "vsock://any:5000".into()),
             kmstool: self.kmstool.or(file.kmstool).unwrap_or_else(|| "vsock://any:3000".into()),
             p11: self.p11.or(file.p11),
+            p11_kit_server: file.p11_kit_server,
             privval: self.privval.or(file.privval),
             privval_state: self.privval_state.or(file.privval_state),
             privval_anchor_proxy: self.privval_anchor_proxy.or(file.privval_anchor_proxy),

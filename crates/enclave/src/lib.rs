@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod companion;
 pub mod config;
 pub mod custody;
 pub mod kmstool;

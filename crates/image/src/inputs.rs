@@ -207,7 +207,10 @@ impl Payload {
             if dest == ENCLAVE_PATH || dest == CONFIG_PATH {
                 return Err(ImageError::input(src, format!("{dest} is where the image keeps nekms's own file")));
             }
-            entries.push(Entry::file(&format!("rootfs{dest}"), 0o644, read(src)?));
+            // An executable stays one (p11-kit's server and its loader): 0755, else 0644.
+            let executable =
+                std::fs::metadata(src).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0).unwrap_or(false);
+            entries.push(Entry::file(&format!("rootfs{dest}"), if executable { 0o755 } else { 0o644 }, read(src)?));
         }
         // Every directory the files need, and those AWS's init mounts on.
         let mut dirs: Vec<String> =
@@ -269,6 +272,17 @@ fn check_config(path: &Path, text: &[u8], files: &[(PathBuf, String)]) -> Result
         ));
     }
     let held: Vec<&str> = files.iter().map(|(_, d)| d.as_str()).collect();
+    if let Some(program) = args.p11_kit_server.first() {
+        if !held.contains(&program.as_str()) {
+            return Err(ImageError::input(
+                path,
+                format!("p11-kit-server runs {program}, which the image does not hold: add --file SOURCE:{program}"),
+            ));
+        }
+        if args.p11.is_none() {
+            return Err(ImageError::input(path, "p11-kit-server without p11 (the module's socket in the enclave)"));
+        }
+    }
     for (setting, file) in [("kms-ca", &args.kms_ca), ("attestation-root", &args.attestation_root)] {
         if let Some(f) = file {
             let f = f.to_string_lossy();

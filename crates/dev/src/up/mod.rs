@@ -183,12 +183,13 @@ pub fn start(dev: &DevDir, o: &Options) -> anyhow::Result<Up> {
         kms_http_url.trim_start_matches("http://").trim_end_matches('/').parse().context("the KMS's HTTP address")?;
     let admin = Target::principal(dev, http_addr, "admin")?;
     let vm_image = run_dir.join("image.eif");
+    let vm_p11 = vm::p11_parts();
     let configure = |arn: &str| -> anyhow::Result<Measurement> {
         let mut text = config::enclave_toml(arn, o, &config.region);
         if let Some(spec) = &o.vm {
-            text.push_str(&vm::guest_toml(&config.region, https_port, o.privval_anchor_endpoint.is_some()));
+            text.push_str(&vm::guest_toml(&config.region, https_port, o.privval_anchor_endpoint.is_some(), vm_p11.is_ok()));
             std::fs::write(&enclave_config, text)?;
-            return vm::build_image(spec, &enclave_config, &dev.tls_ca_path(), &vm_image);
+            return vm::build_image(spec, &enclave_config, &dev.tls_ca_path(), vm_p11.as_ref().ok(), &vm_image);
         }
         std::fs::write(&enclave_config, text)?;
         Ok(Measurement::of_files(&image, Some(&enclave_config))?)
@@ -252,8 +253,11 @@ pub fn start(dev: &DevDir, o: &Options) -> anyhow::Result<Up> {
     enclave.arg("--image").arg(&image);
     let enclave_pid = match &o.vm {
         Some(spec) => {
-            let forwards =
+            let mut forwards =
                 vec![(vm::RPC_PORT, rpc_sock.clone()), (vm::KMSTOOL_PORT, kmstool_sock.clone()), (vm::PRIVVAL_PORT, privval_sock.clone())];
+            if vm_p11.is_ok() {
+                forwards.push((vm::P11_KIT_PORT, p11kit_sock.clone()));
+            }
             let started = vm::boot(dev, spec, &vm_image, &run_dir, forwards)?;
             let pid = started.qemu_pid;
             guest = Some(started);
@@ -268,7 +272,13 @@ pub fn start(dev: &DevDir, o: &Options) -> anyhow::Result<Up> {
 
     // PKCS#11: p11-kit's server loading libnekms_p11.so, as in the enclave image.
     let p11 = match (config::p11_module(), config::which("p11-kit")) {
-        _ if o.vm.is_some() => Err("PKCS#11 from a guest VM needs p11-kit's server inside the image, which dev up does not build yet"),
+        // In a guest VM, p11-kit's server runs inside, beside nekms-enclave, on vsock port 9999.
+        _ if o.vm.is_some() => match &vm_p11 {
+            Ok((_, module)) => {
+                Ok(P11Kit { address: format!("unix:path={}", p11kit_sock.display()), pid: enclave_pid, module: module.clone() })
+            }
+            Err(why) => Err(*why),
+        },
         (Some(module), Some(kit)) => {
             let mut server = Command::new(kit);
             server

@@ -20,6 +20,13 @@ pub const PRIVVAL_PORT: u32 = 5100;
 pub const PROXY_PORT: u32 = 8000;
 pub const ANCHOR_PORT: u32 = 8001;
 pub const STATE_PORT: u32 = 5101;
+pub const P11_KIT_PORT: u32 = 9999;
+/// Where the image keeps p11-kit's server and the module, and the module's socket.
+const P11_KIT_SERVER: &str = "/usr/libexec/p11-kit/p11-kit-server";
+/// What the server runs for each connection, with the module loaded.
+const P11_KIT_REMOTE: &str = "/usr/libexec/p11-kit/p11-kit-remote";
+const P11_MODULE: &str = "/usr/lib/nekms/libnekms_p11.so";
+const P11_SOCKET: &str = "unix:///run/nekms-p11.sock";
 /// The host's CID as a guest sees it (a Nitro enclave's parent is CID 3).
 pub const HOST_CID: u32 = 2;
 
@@ -42,18 +49,60 @@ pub fn outbound(run_dir: &Path, port: u32) -> PathBuf {
 
 /// The guest's part of the measured configuration: its KMS endpoint and CA,
 /// and the host's CID for every connection out.
-pub fn guest_toml(region: &str, https_port: u16, anchor: bool) -> String {
+pub fn guest_toml(region: &str, https_port: u16, anchor: bool, p11: bool) -> String {
     let mut t = format!("region = {region:?}\nkms-endpoint = \"https://localhost:{https_port}\"\nkms-ca = \"/etc/nekms/kms-ca.pem\"\n");
     t.push_str(&format!("proxy = \"vsock://{HOST_CID}:{PROXY_PORT}\"\n"));
     t.push_str(&format!("privval = \"vsock://any:{PRIVVAL_PORT}\"\nprivval-state = \"vsock://{HOST_CID}:{STATE_PORT}\"\n"));
     if anchor {
         t.push_str(&format!("privval-anchor-proxy = \"vsock://{HOST_CID}:{ANCHOR_PORT}\"\n"));
     }
+    if p11 {
+        t.push_str(&format!("p11 = {P11_SOCKET:?}\n"));
+        t.push_str(&format!(
+            "p11-kit-server = [{P11_KIT_SERVER:?}, \"-f\", \"-n\", \"vsock:port={P11_KIT_PORT}\", \"--provider\", {P11_MODULE:?}, \"pkcs11:\"]\n"
+        ));
+    }
     t
 }
 
+/// p11-kit's server and libnekms_p11.so on this machine, if both are here:
+/// the guest runs them (ACM for Nitro Enclaves' layout).
+pub fn p11_parts() -> Result<(PathBuf, PathBuf), &'static str> {
+    let module = super::config::p11_module().ok_or("libnekms_p11.so is not built beside nekms (or set NEKMS_P11_MODULE)")?;
+    let server = PathBuf::from(P11_KIT_SERVER);
+    if !server.is_file() || !Path::new(P11_KIT_REMOTE).is_file() {
+        return Err("p11-kit's server is not installed (apt install p11-kit)");
+    }
+    Ok((server, module))
+}
+
+/// The shared libraries `binaries` load (and their loader), as ldd lists
+/// them: the image holds no libraries of its own.
+fn shared_libraries(binaries: &[&Path]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut libs = std::collections::BTreeSet::new();
+    for b in binaries {
+        let out = Command::new("ldd").arg(b).output().context("running ldd")?;
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let path = match line.split_once("=> ") {
+                Some((_, rest)) => rest.split_whitespace().next(),
+                None => line.split_whitespace().next(),
+            };
+            if let Some(p) = path.filter(|p| p.starts_with('/')) {
+                libs.insert(PathBuf::from(p));
+            }
+        }
+    }
+    Ok(libs.into_iter().collect())
+}
+
 /// Build the development image with `config` and return its measurement.
-pub fn build_image(spec: &VmSpec, config: &Path, tls_ca: &Path, out: &Path) -> anyhow::Result<Measurement> {
+pub fn build_image(
+    spec: &VmSpec,
+    config: &Path,
+    tls_ca: &Path,
+    p11: Option<&(PathBuf, PathBuf)>,
+    out: &Path,
+) -> anyhow::Result<Measurement> {
     let me = std::env::current_exe()?;
     let mut build = Command::new(&me);
     build
@@ -67,6 +116,18 @@ pub fn build_image(spec: &VmSpec, config: &Path, tls_ca: &Path, out: &Path) -> a
         .arg(format!("{}:/etc/nekms/kms-ca.pem", tls_ca.display()))
         .args(["--enclave-arg", "--sim-from", "--enclave-arg", GUEST_PATH, "-o"])
         .arg(out);
+    if let Some((server, module)) = p11 {
+        let remote = server.with_file_name("p11-kit-remote");
+        build.arg("--file").arg(format!("{}:{P11_KIT_SERVER}", server.display()));
+        build.arg("--file").arg(format!("{}:{P11_KIT_REMOTE}", remote.display()));
+        build.arg("--file").arg(format!("{}:{P11_MODULE}", module.display()));
+        for lib in shared_libraries(&[server, &remote, module])? {
+            build.arg("--file").arg(format!("{}:{}", lib.display(), lib.display()));
+        }
+    }
+    // How the image was built, beside it: `nekms <args>` builds it again.
+    let args: Vec<String> = build.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+    std::fs::write(out.with_extension("build.json"), serde_json::to_vec_pretty(&args)?)?;
     let result = build.output().with_context(|| format!("running {}", me.display()))?;
     if !result.status.success() {
         bail!("building the guest's image: {}", String::from_utf8_lossy(&result.stderr).trim());
