@@ -18,6 +18,8 @@ pub enum Command {
     P11(P11Args),
     /// Validator signing: prevote/precommit latency and signatures/s, nekms (with and without fsync) vs tmkms 0.15.0, Unix and TCP+SecretConnection, two chains
     Privval(PrivvalArgs),
+    /// The enclave as an image in a guest VM vs as a process on the parent: start-up, memory, warm signature latency
+    Vm(VmArgs),
     /// One client process of `bench p11`
     #[command(hide = true)]
     P11Worker(WorkerArgs),
@@ -34,6 +36,25 @@ pub struct KmsArgs {
     /// Measure only the local KMS (no moto)
     #[arg(long)]
     no_moto: bool,
+}
+
+#[derive(clap::Args)]
+pub struct VmArgs {
+    /// The guest's blobs (as for dev up --vm-blobs)
+    #[arg(long, value_name = "DIR")]
+    vm_blobs: PathBuf,
+    /// The guest's nekms-enclave: static, with the simulator
+    #[arg(long, value_name = "FILE", env = "NEKMS_VM_ENCLAVE_BIN")]
+    vm_enclave_bin: PathBuf,
+    /// kvm, tcg, or auto
+    #[arg(long, default_value = "auto")]
+    vm_accel: String,
+    /// The guest's memory
+    #[arg(long, value_name = "MIB", default_value_t = 512)]
+    vm_memory: u32,
+    /// Seconds per cell
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
 }
 
 #[derive(clap::Args)]
@@ -124,6 +145,13 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
         Command::P11(a) => {
             runtime()?.block_on(bench::p11::run(&bench::p11::Options { seconds: a.seconds, module: a.module, no_nginx: a.no_nginx }))
         }
+        Command::Vm(a) => bench::vm::run(&bench::vm::Options {
+            blobs: a.vm_blobs,
+            enclave_bin: a.vm_enclave_bin,
+            accel: a.vm_accel,
+            memory_mib: a.vm_memory,
+            seconds: a.seconds,
+        }),
         Command::P11Worker(a) => {
             bench::p11::worker(&bench::p11::WorkerOptions { module: a.module, label: a.label, id: a.id, mech: a.mech, seconds: a.seconds })
         }

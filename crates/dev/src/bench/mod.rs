@@ -9,9 +9,11 @@
 //!   the agent, and a cold signature's latency;
 //! - [`p11`]: PKCS#11 C_Sign through p11-kit against SoftHSM2, and nginx's
 //!   TLS handshakes;
-//! - [`privval`]: the validator signer against tmkms.
+//! - [`privval`]: the validator signer against tmkms;
+//! - [`vm`]: the enclave in a guest VM against the enclave as a process.
 //!
-//! Each `run` is async: the caller gives it a multi-threaded runtime.
+//! Each `run` is async (the caller gives it a multi-threaded runtime), but
+//! [`vm`]'s, which starts `dev up` worlds with runtimes of their own.
 
 pub mod kms;
 pub mod kmstool;
@@ -19,3 +21,4 @@ mod measure;
 pub mod p11;
 pub mod privval;
 pub mod sign;
+pub mod vm;
