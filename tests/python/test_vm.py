@@ -105,6 +105,7 @@ def test_kmstool_decrypt_through_the_guest_and_the_instance_is_denied(world):
     ct = base64.b64encode(instance.encrypt(KeyId=key, Plaintext=b"Hello from the guest")["CiphertextBlob"]).decode()
     out = w.nekms("kmstool", "decrypt", "--address", w.up.info["kmstool"], "--region", "us-east-1", ct)
     assert out.stdout == "Hello from the guest"
+    w.ciphertext = ct
     with pytest.raises(instance.exceptions.ClientError) as denied:
         instance.decrypt(CiphertextBlob=base64.b64decode(ct))
     assert "AccessDenied" in str(denied.value)
@@ -195,6 +196,15 @@ def test_an_image_one_byte_different_gets_another_pcr0_and_the_kms_refuses_it(wo
         # A record the real image made does not open in the changed one: it does not trust the record's origin.
         r = nekms("sign", "--key", "vm-k1", "--message", "x", env=env, check=False)
         assert r.returncode != 0 and "rule provenance" in r.stderr and w.up.info["pcr0"] in r.stderr, r.stderr
+        # kmstool's ciphertext, under a key whose policy names the real image's PCR0: KMS refuses the changed one.
+        r = nekms("kmstool", "decrypt", "--address", f"unix://{run / 'kmstool.sock'}", "--region", "us-east-1", w.ciphertext,
+                  env=env, check=False)
+        assert r.returncode != 0 and "AccessDenied" in r.stderr, r.stderr
+        # The validator's consensus key, made into a record by the real image, does not open in the changed one.
+        toml = tmp_path / "tmkms.toml"
+        toml.write_text(tmkms_toml(["vm-chain"], 'key = "vm-validator"', []))
+        r = nekms("privval", "push-config", "-c", str(toml), env=env, check=False)
+        assert r.returncode != 0 and "rule provenance" in r.stderr, r.stderr
         # The real guest still signs.
         w.nekms("sign", "--key", "vm-k1", "--message", "x")
     finally:
