@@ -214,7 +214,7 @@ def test_unfit_inputs_are_refused_with_the_file_named_and_nothing_written(blobs,
     refused(d / "nsm.ko", "no such file", blobs_dir=d)
     d = blobs_without("bzImage", b"MZ not a kernel" * 100)
     refused(d / "bzImage", "not an x86_64 bzImage", blobs_dir=d)
-    d = blobs_without("init", pathlib.Path(NEKMS_ENCLAVE).read_bytes()[:4096])
+    d = blobs_without("init", pathlib.Path("/bin/ls").read_bytes())
     refused(d / "init", "dynamically linked", blobs_dir=d)
     refused(tmp_path / "no-blobs", "no such blobs directory", blobs_dir=tmp_path / "no-blobs")
 

@@ -9,6 +9,9 @@ use serde_json::{json, Map, Value};
 use crate::build::from_crate;
 use crate::{eif, ImageError};
 
+/// The largest section `describe` hands to AWS's reader.
+const MAX_SECTION: u64 = 2 << 30;
+
 /// describe-eif's JSON: `EifVersion`, `Measurements`, `IsSigned`,
 /// `CheckCRC`, and for a signed image `SigningCertificate` and
 /// `SignatureCheck`, then `ImageName`, `ImageVersion` and `Metadata` when
@@ -17,6 +20,11 @@ pub fn describe(path: &Path) -> Result<Value, ImageError> {
     let mut file = std::fs::File::open(path).map_err(|e| ImageError::file(path, e))?;
     let len = file.metadata().map_err(|e| ImageError::file(path, e))?.len();
     let layout = eif::walk(&mut file, len).map_err(|m| ImageError::input(path, m))?;
+    // AWS's reader allocates each section whole: refuse sizes no image has
+    // (a sparse file can claim any) rather than abort on the allocation.
+    if let Some(s) = layout.sections.iter().find(|s| s.len > MAX_SECTION) {
+        return Err(ImageError::input(path, format!("a {:?} section of {} bytes, more than an image holds (2 GiB)", s.kind, s.len)));
+    }
     let p = path.to_string_lossy().into_owned();
     let described = crate::isolated("describe", move || -> Result<Value, String> {
         let mut reader = EifReader::from_eif(p)?;

@@ -1,7 +1,9 @@
 //! A structural walk over an EIF before AWS's reader sees it. That reader
 //! allocates whatever a section header claims and indexes the signature
 //! list without checking it, so a damaged or hostile file would abort the
-//! process; this walk refuses such a file with a message instead.
+//! process; this walk refuses a section larger than the file and an empty
+//! signature list with a message instead (and `describe` caps a section's
+//! size, since a sparse file can be as large as it claims).
 
 use std::io::{Read, Seek, SeekFrom};
 

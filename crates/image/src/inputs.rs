@@ -193,6 +193,7 @@ impl Payload {
         }
         let config = read(&self.config)?;
         check_config(&self.config, &config, &self.files)?;
+        self.check_args()?;
 
         let mut entries = vec![
             Entry::file("cmd", 0o644, self.cmd().into_bytes()),
@@ -229,7 +230,17 @@ impl Payload {
         Ok((entries, e.arch))
     }
 
-    /// AWS's init reads the command from `cmd`, one argument per line.
+    /// AWS's init reads the command from `cmd`, one argument per line: an
+    /// argument may hold no newline, and none may be empty.
+    fn check_args(&self) -> Result<(), ImageError> {
+        for a in &self.args {
+            if a.is_empty() || a.contains('\n') || a.contains('\0') {
+                return Err(ImageError::Usage(format!("--enclave-arg {a:?}: an argument is one non-empty line")));
+            }
+        }
+        Ok(())
+    }
+
     fn cmd(&self) -> String {
         let mut lines = vec![ENCLAVE_PATH.to_string(), "--config".into(), CONFIG_PATH.into()];
         lines.extend(self.args.iter().cloned());
@@ -259,10 +270,10 @@ fn check_config(path: &Path, text: &[u8], files: &[(PathBuf, String)]) -> Result
     }
     let args = nekms_enclave::config::EnclaveArgs::from_toml(text)
         .map_err(|e| ImageError::input(path, format!("not an enclave configuration: {e}")))?;
-    if args.sim || args.debug_mode || args.dev_dir.is_some() || args.image.is_some() {
+    if args.sim || args.debug_mode || args.dev_dir.is_some() || args.image.is_some() || args.sim_from.is_some() {
         return Err(ImageError::input(
             path,
-            "sets sim, debug-mode, dev-dir or image: settings of the simulator, which an image's binary does not have",
+            "sets sim, debug-mode, dev-dir, image or sim-from: settings of the simulator, which an image's binary does not have",
         ));
     }
     if args.custody_kms_keys.is_empty() && args.parent_decrypt_keys.is_empty() {

@@ -329,7 +329,8 @@ pub fn start(dev: &DevDir, o: &Options) -> anyhow::Result<Up> {
         ("AWS_ENDPOINT_URL_KMS", kms_http_url.clone()),
         ("AWS_REGION", config.region.clone()),
         ("NEKMS_CUSTODY_KMS_KEY", custody_key.clone()),
-        ("NEKMS_P11_RPC", unix(&p11_sock)),
+        // In a guest VM the module's socket is inside; provisioning goes over the RPC.
+        ("NEKMS_P11_RPC", if o.vm.is_some() { rpc_address.clone() } else { unix(&p11_sock) }),
         ("NEKMS_PRIVVAL", unix(&privval_sock)),
     ];
     let mut env = env.to_vec();
@@ -364,9 +365,9 @@ pub fn start(dev: &DevDir, o: &Options) -> anyhow::Result<Up> {
         simulated: description.simulated,
         image: if o.vm.is_some() { vm_image } else { image },
         enclave_pid,
+        p11_rpc: if o.vm.is_some() { rpc_address.clone() } else { unix(&p11_sock) },
         rpc: rpc_address,
         kmstool: unix(&kmstool_sock),
-        p11_rpc: unix(&p11_sock),
         p11,
         privval: unix(&privval_sock),
         privval_state: unix(&state_sock),

@@ -49,7 +49,7 @@ pub struct Options {
     pub links: Vec<(u32, PathBuf)>,
     /// `kvm`, `tcg`, or `auto` (KVM where the host has VMX or SVM).
     pub accel: String,
-    /// How long the guest has to answer on every forwarded port.
+    /// How long the guest has to answer on the first forwarded port.
     pub boot_timeout: Duration,
 }
 
@@ -79,7 +79,7 @@ pub struct Vm {
     pub uds: PathBuf,
     pub serial_log: PathBuf,
     pub accel: &'static str,
-    /// From QEMU's start to the heartbeat, and to every forwarded port answering.
+    /// From QEMU's start to the heartbeat, and to the first forwarded port answering.
     pub heartbeat_after: Option<Duration>,
     pub ready_after: Duration,
     pub qemu_pid: u32,
@@ -121,11 +121,11 @@ pub struct Image {
 
 impl Image {
     pub fn read(path: &Path) -> anyhow::Result<Image> {
-        let mut f = std::fs::File::open(path).with_context(|| path.display().to_string())?;
-        let len = f.metadata()?.len();
-        let layout = eif::walk(&mut f, len).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        // Read once: what is measured is what boots, whatever happens to the file meanwhile.
+        let bytes = std::fs::read(path).with_context(|| path.display().to_string())?;
+        let mut f = std::io::Cursor::new(&bytes);
+        let layout = eif::walk(&mut f, bytes.len() as u64).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let measurements = nekms_image::pcr::measure(&mut f, &layout).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        let bytes = std::fs::read(path)?;
         let section = |s: &eif::Section| bytes[s.offset as usize..(s.offset + s.len) as usize].to_vec();
         let mut image = Image { kernel: Vec::new(), cmdline: String::new(), initrd: Vec::new(), measurements };
         for s in &layout.sections {
@@ -141,14 +141,18 @@ impl Image {
 }
 
 impl Vm {
-    /// Boot `o.eif` and wait until every forwarded guest port answers.
+    /// Boot `o.eif` and wait until the first forwarded guest port answers.
     pub fn start(dev: &DevDir, o: &Options) -> anyhow::Result<Vm> {
         let image = Image::read(&o.eif)?;
         let qemu = program("NEKMS_QEMU", "qemu-system-x86_64")?;
         let vhost = program("NEKMS_VHOST_VSOCK", "vhost-device-vsock")?;
         let accel = accel(&o.accel)?;
+        // The device's sockets (vm/vsock is a gateway to every guest port,
+        // whose source ports the guest cannot tell apart) are reachable only
+        // through this directory: this user's alone.
         let dir = o.run_dir.join("vm");
         std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         let [kernel, initrd, handover, serial_log, vhost_sock, uds] =
             ["kernel", "initrd", "nsm.json", "serial.log", "vhost.sock", "vsock"].map(|n| dir.join(n));
         std::fs::write(&kernel, &image.kernel)?;
@@ -191,6 +195,8 @@ impl Vm {
         vm.rt.spawn(forward::heartbeat(beat, booted_tx));
         for (port, path) in &o.forwards {
             let listener = vm.rt.block_on(async { tokio::net::UnixListener::bind(path) }).with_context(|| path.display().to_string())?;
+            // As the enclave's own sockets: this user's alone.
+            std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
             vm.rt.spawn(forward::serve(listener, uds.clone(), *port));
         }
         for (port, target) in &o.links {
