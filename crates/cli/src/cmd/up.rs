@@ -65,7 +65,7 @@ pub struct Args {
     vm_blobs: Option<PathBuf>,
     /// The guest's nekms-enclave: static, with the simulator
     /// (cargo rustc -p nekms-enclave --features sim --bin nekms-enclave -- -C target-feature=+crt-static)
-    #[arg(long, value_name = "FILE", env = "NEKMS_VM_ENCLAVE_BIN", requires = "vm_blobs")]
+    #[arg(long, value_name = "FILE", env = "NEKMS_VM_ENCLAVE_BIN")]
     vm_enclave_bin: Option<PathBuf>,
     /// The guest's accelerator: kvm, tcg, or auto (KVM where the host has VMX or SVM)
     #[arg(long, value_name = "ACCEL", default_value = "auto")]
