@@ -27,6 +27,17 @@ def sections(data: bytes):
     return out
 
 
+def with_signature(data: bytes, signature_section: bytes) -> bytes:
+    """`data` with its signature section's body replaced (the header's own table is left as it was)."""
+    out, at = bytearray(data[:HEADER]), HEADER
+    while at < len(data):
+        kind, flags, size = struct.unpack(">HHQ", data[at:at + 12])
+        body = signature_section if kind == 4 else data[at + 12:at + 12 + size]
+        out += struct.pack(">HHQ", kind, flags, len(body)) + body
+        at += 12 + size
+    return bytes(out)
+
+
 def header(data: bytes):
     version, flags, mem, cpus = struct.unpack(">HHQQ", data[4:24])
     return {"version": version, "flags": flags, "default_mem": mem, "default_cpus": cpus}

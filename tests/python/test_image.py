@@ -147,6 +147,23 @@ def test_signed_with_a_local_p384_key(blobs, config, tmp_path):
     assert d["SigningCertificate"]["IssuerName"]["commonName"] == "nekms test signer"
     check_signed(tmp_path / "s2.eif", second, cert, unsigned)
 
+    # nekms's own check of the signature (what run-enclave checks) passes; a signature section copied from
+    # another image signed by the same key (so the same certificate, the same PCR8) fails it, and the VM
+    # launcher will not boot such an image.
+    assert json.loads(nekms("image", "measure", "--check-signature", str(tmp_path / "s1.eif")).stdout)["Measurements"] == first
+    changed = tmp_path / "changed.toml"
+    changed.write_text(CONFIG.replace("us-east-1\"\n", "us-east-2\"\n"))
+    build(blobs, changed, tmp_path / "other.eif", "--sign-key", str(key), "--sign-cert", str(cert))
+    spliced = tmp_path / "spliced.eif"
+    mine, theirs = (tmp_path / "s1.eif").read_bytes(), (tmp_path / "other.eif").read_bytes()
+    (sig_theirs,) = [b for k, b in eif_reader.sections(theirs) if k == "signature"]
+    spliced.write_bytes(eif_reader.with_signature(mine, sig_theirs))
+    assert eif_reader.pcrs(spliced.read_bytes()) == pcrs_of(first), "the copied section claims the same PCR8"
+    r = nekms("image", "measure", "--check-signature", str(spliced), check=False)
+    assert r.returncode == 1 and "over another image's PCR0" in r.stderr, r.stderr
+    r = nekms("dev", "vm", str(spliced), "--dir", str(tmp_path / "dev"), check=False)
+    assert r.returncode == 1 and "nitro-cli would not boot it" in r.stderr, r.stderr
+
     # A certificate that is not the key's: refused, nothing written.
     _, other_cert = make_signer(tmp_path, "other")
     r = build(blobs, config, tmp_path / "bad.eif", "--sign-key", str(key), "--sign-cert", str(other_cert), check=False)
@@ -175,6 +192,7 @@ def test_signed_with_a_p384_key_in_the_local_kms(blobs, config, tmp_path):
         unsigned = build(blobs, config, tmp_path / "u.eif")
         printed = build(blobs, config, tmp_path / "kms.eif", "--sign-key", arn, "--sign-cert", str(cert), env=env)
         check_signed(tmp_path / "kms.eif", printed, cert, unsigned)
+        assert json.loads(nekms("image", "measure", "--check-signature", str(tmp_path / "kms.eif")).stdout)["Measurements"] == printed
 
         # A principal KMS does not let sign: the KMS error, and no image.
         denied = {**env, "AWS_PROFILE": "instance"}

@@ -35,6 +35,7 @@ pub mod elf;
 #[cfg(feature = "build")]
 pub mod inputs;
 pub mod pcr;
+pub mod signature;
 
 use std::path::Path;
 
@@ -46,6 +47,15 @@ pub use elf::Arch;
 #[cfg(feature = "build")]
 pub use inputs::{Blobs, Payload, DEFAULT_BLOBS};
 pub use pcr::{pcr8_of_certificate, Measurements};
+
+/// Check the signature of the EIF at `path` over `pcr0` ([`signature::verify`]);
+/// an unsigned image passes.
+pub fn check_signature_file(path: &Path, pcr0: &str) -> Result<bool, ImageError> {
+    let mut file = std::fs::File::open(path).map_err(|e| ImageError::file(path, e))?;
+    let len = file.metadata().map_err(|e| ImageError::file(path, e))?.len();
+    let layout = eif::walk(&mut file, len).map_err(|m| ImageError::input(path, m))?;
+    signature::verify(&mut file, &layout, pcr0).map_err(|m| ImageError::input(path, m))
+}
 
 /// Measure the EIF at `path` with nekms's own reader.
 pub fn measure_file(path: &Path) -> Result<Measurements, ImageError> {

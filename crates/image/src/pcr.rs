@@ -79,24 +79,27 @@ pub fn measure<R: Read + Seek>(file: &mut R, layout: &Layout) -> Result<Measurem
 
 /// The first signature's certificate (PEM) from a signature section.
 fn signing_certificate(section: &[u8]) -> Result<Vec<u8>, String> {
+    signature_field(section, "signing_certificate")
+}
+
+/// A field of the first signature in a signature section: the certificate
+/// (PEM) or the COSE_Sign1, as bytes (written as a CBOR byte string or as an
+/// array of integers, as AWS's crate writes a `Vec<u8>`).
+pub(crate) fn signature_field(section: &[u8], field: &str) -> Result<Vec<u8>, String> {
     let v: ciborium::Value = ciborium::from_reader(section).map_err(|e| format!("signature section: {e}"))?;
     let entry = v.as_array().and_then(|a| a.first()).and_then(|e| e.as_map()).ok_or("signature section: no signature")?;
-    let cert = entry
-        .iter()
-        .find(|(k, _)| k.as_text() == Some("signing_certificate"))
-        .map(|(_, v)| v)
-        .ok_or("signature section: no certificate")?;
-    match cert {
+    let value = entry.iter().find(|(k, _)| k.as_text() == Some(field)).map(|(_, v)| v).ok_or(format!("signature section: no {field}"))?;
+    bytes_of(value).map_err(|e| format!("signature section: {field}: {e}"))
+}
+
+/// A CBOR byte string, or an array of integers 0-255, as bytes.
+pub(crate) fn bytes_of(value: &ciborium::Value) -> Result<Vec<u8>, String> {
+    match value {
         ciborium::Value::Bytes(b) => Ok(b.clone()),
-        ciborium::Value::Array(a) => a
-            .iter()
-            .map(|x| {
-                x.as_integer()
-                    .and_then(|i| u8::try_from(i).ok())
-                    .ok_or_else(|| "signature section: a certificate byte out of range".to_string())
-            })
-            .collect(),
-        _ => Err("signature section: the certificate is not bytes".into()),
+        ciborium::Value::Array(a) => {
+            a.iter().map(|x| x.as_integer().and_then(|i| u8::try_from(i).ok()).ok_or_else(|| "a byte out of range".to_string())).collect()
+        }
+        _ => Err("not bytes".into()),
     }
 }
 

@@ -17,6 +17,9 @@ pub enum Command {
     Measure {
         /// The EIF
         file: PathBuf,
+        /// Refuse a signed image whose ES384 signature over PCR0 does not verify under its certificate (as run-enclave does)
+        #[arg(long)]
+        check_signature: bool,
     },
     /// PCR8 of images signed with a certificate (like `nitro-cli pcr --signing-certificate`)
     Pcr8 {
@@ -71,8 +74,12 @@ pub struct BuildArgs {
 
 pub fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
-        Command::Measure { file } => {
-            println!("{}", nekms_image::measure_file(&file)?.to_nitro_cli_json());
+        Command::Measure { file, check_signature } => {
+            let m = nekms_image::measure_file(&file)?;
+            if check_signature {
+                nekms_image::check_signature_file(&file, m.pcr(0).unwrap_or_default())?;
+            }
+            println!("{}", m.to_nitro_cli_json());
             Ok(())
         }
         Command::Pcr8 { cert } => {

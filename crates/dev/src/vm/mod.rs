@@ -126,6 +126,12 @@ impl Image {
         let mut f = std::io::Cursor::new(&bytes);
         let layout = eif::walk(&mut f, bytes.len() as u64).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let measurements = nekms_image::pcr::measure(&mut f, &layout).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        // As nitro-cli run-enclave: a signed image boots only if its signature
+        // verifies over its PCR0; otherwise its PCR8 would be a copied one.
+        let pcr0 = measurements.pcr(0).unwrap_or_default().to_string();
+        nekms_image::signature::verify(&mut f, &layout, &pcr0).map_err(|e| {
+            anyhow::anyhow!("{}: a signed image whose signature does not check: {e}; nitro-cli would not boot it", path.display())
+        })?;
         let section = |s: &eif::Section| bytes[s.offset as usize..(s.offset + s.len) as usize].to_vec();
         let mut image = Image { kernel: Vec::new(), cmdline: String::new(), initrd: Vec::new(), measurements };
         for s in &layout.sections {
