@@ -14,7 +14,7 @@ use std::time::Instant;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use nekms_keys::{KeyRecord, KeySpec, Payload, PrivateKey, Scheme};
-use nekms_rpc::{Client, Entropy, GenerateKey};
+use nekms_rpc::{Client, GenerateKey};
 use nekms_store::{KeyStore, SqliteStore, Store};
 
 use super::measure::{measure, Cell};
@@ -102,18 +102,7 @@ pub async fn run(a: &Options) -> anyhow::Result<()> {
     for spec in &a.spec {
         let spec = *spec;
         let name = format!("bench-{spec}");
-        let record = rpc
-            .generate_key(GenerateKey {
-                key_id: name.clone(),
-                spec,
-                kms_key_id: None,
-                entropy: Entropy::Nsm,
-                encryption_context: Default::default(),
-                nonce: None,
-                decrypt: false,
-                privval: false,
-            })
-            .await?;
+        let record = rpc.generate_key(GenerateKey::new(name.clone(), spec)).await?;
         agent_store.create(&record).await?;
         let record: Arc<KeyRecord> = Arc::new(record);
         let message = b"nekms bench: a 32-byte message..".to_vec();

@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 
 use nekms_devworld::DevDir;
 use nekms_keys::{KeySpec, Payload, Scheme};
-use nekms_rpc::{Client, Entropy, GenerateKey};
+use nekms_rpc::{Client, GenerateKey};
 
 use super::measure::measure;
 use crate::up::{self, vm::VmSpec, Up};
+use crate::vm::rss_kib;
 
 /// What to measure with.
 #[derive(Clone, Debug)]
@@ -25,11 +26,6 @@ pub struct Options {
     pub memory_mib: u32,
     /// Seconds per cell.
     pub seconds: f64,
-}
-
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
 /// Measure, printing as it goes. Not inside a runtime: dev up runs its own.
@@ -82,18 +78,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
             let mut cells = Vec::new();
             for (label, up) in [("process", &process), ("guest", &guest)] {
                 let client = Client::connect(&up.rpc.parse()?, "nekms bench vm").await?;
-                let record = client
-                    .generate_key(GenerateKey {
-                        key_id: format!("bench-vm-{spec}"),
-                        spec,
-                        kms_key_id: None,
-                        entropy: Entropy::Nsm,
-                        encryption_context: Default::default(),
-                        nonce: None,
-                        decrypt: false,
-                        privval: false,
-                    })
-                    .await?;
+                let record = client.generate_key(GenerateKey::new(format!("bench-vm-{spec}"), spec)).await?;
                 let scheme = Scheme::default_for(spec);
                 let payload = Payload::Message(b"nekms bench vm: a 32-byte message".to_vec());
                 // Opened once: the measured signatures are warm.

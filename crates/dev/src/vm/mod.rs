@@ -295,8 +295,7 @@ impl Vm {
 
     /// QEMU's resident memory, in KiB.
     pub fn qemu_rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.qemu_pid)).ok()?;
-        status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok())
+        rss_kib(self.qemu_pid)
     }
 
     /// Block until QEMU or the device exits, or SIGINT/SIGTERM.
@@ -323,6 +322,12 @@ impl Vm {
             }
         }
     }
+}
+
+/// A process's resident memory, in KiB (`VmRSS` in /proc/PID/status).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
 fn tail(path: &Path) -> String {

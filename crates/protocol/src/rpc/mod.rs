@@ -276,6 +276,23 @@ pub struct GenerateKey {
     pub privval: bool,
 }
 
+impl GenerateKey {
+    /// A key that signs only, under the only pinned custody key, from the
+    /// NSM's entropy (with the OS generator's), with no extra context.
+    pub fn new(key_id: impl Into<String>, spec: KeySpec) -> GenerateKey {
+        GenerateKey {
+            key_id: key_id.into(),
+            spec,
+            kms_key_id: None,
+            entropy: Entropy::Nsm,
+            encryption_context: BTreeMap::new(),
+            nonce: None,
+            decrypt: false,
+            privval: false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ImportKey {
     pub key_id: String,

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use nekms_keys::KeySpec;
-use nekms_rpc::{Client, Entropy, GenerateKey, P11Key, P11Request, P11Token, Request, SecretString};
+use nekms_rpc::{Client, GenerateKey, P11Key, P11Request, P11Token, Request, SecretString};
 
 use crate::world::{BenchWorld, EnclavePath};
 
@@ -150,18 +150,7 @@ pub async fn run(a: &Options) -> anyhow::Result<()> {
     let mut keys = Vec::new();
     let mut rpc_keys = Vec::new();
     for (spec, id) in [(KeySpec::Rsa2048, 1u8), (KeySpec::P256, 2)] {
-        let record = rpc
-            .generate_key(GenerateKey {
-                key_id: format!("bench-{spec}"),
-                spec,
-                kms_key_id: None,
-                entropy: Entropy::Nsm,
-                encryption_context: Default::default(),
-                nonce: None,
-                decrypt: false,
-                privval: false,
-            })
-            .await?;
+        let record = rpc.generate_key(GenerateKey::new(format!("bench-{spec}"), spec)).await?;
         rpc_keys.push((id, record.public_key.clone()));
         keys.push(P11Key { id: vec![id], label: record.key_id.clone(), record, certificates: vec![], decrypt: false });
     }
