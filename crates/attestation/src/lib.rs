@@ -33,6 +33,7 @@ mod cert;
 mod cose;
 mod document;
 mod error;
+pub mod image_signature;
 mod pcr;
 pub mod pki;
 mod verify;

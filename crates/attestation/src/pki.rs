@@ -55,6 +55,15 @@ impl CaMaterial {
     pub fn cert_der(&self) -> Result<Vec<u8>, PkiError> {
         pem_certificate_der(&self.cert_pem)
     }
+
+    /// The private key's PKCS#8 DER.
+    pub fn key_der(&self) -> Result<Zeroizing<Vec<u8>>, PkiError> {
+        let pem = x509_parser::pem::Pem::iter_from_buffer(self.key_pem.as_bytes())
+            .filter_map(Result::ok)
+            .find(|p| p.label == "PRIVATE KEY")
+            .ok_or(PkiError::Key)?;
+        Ok(Zeroizing::new(pem.contents))
+    }
 }
 
 /// The DER of the first CERTIFICATE block in `pem`.
@@ -129,6 +138,22 @@ pub fn generate_boot_ca(root: &CaMaterial, label: &str, now: OffsetDateTime) -> 
     p.not_before = now - Duration::minutes(5);
     p.not_after = now + Duration::days(1);
     let cert = p.signed_by(&key, &issuer)?;
+    Ok(ca_material(cert, &key))
+}
+
+/// A development image-signing certificate and key (P-384, self-signed,
+/// 30 years, digitalSignature only), standing in for the key that signs
+/// production images (which belongs in KMS or an HSM): images it signs
+/// carry its PCR8, and custody keys may trust that PCR8.
+pub fn generate_image_signer(label: &str, now: OffsetDateTime) -> Result<CaMaterial, PkiError> {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384)?;
+    let mut p = CertificateParams::default();
+    p.distinguished_name = name(&format!("nekms development image signer {label}"), "development image signing");
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.not_before = now - Duration::days(1);
+    p.not_after = now + Duration::days(365 * 30);
+    p.serial_number = Some(random_serial()?);
+    let cert = p.self_signed(&key)?;
     Ok(ca_material(cert, &key))
 }
 

@@ -358,5 +358,20 @@ fn policy_check_says_who_can_do_what_and_flags_what_aws_reads_differently() {
             && out.ends_with("0 warning(s)\n"),
         "{out}"
     );
+    // Trust by signer: the same guarantees, and the signer named in words; bootstrap --pcr8 prints the same final policy.
+    let pcr8 = "5a".repeat(48);
+    let signer = ok(nekms(tmp.path(), &["policy", "custody", "--account", "111122223333", "--pcr8", &pcr8]));
+    assert_eq!(signer, ok(nekms(tmp.path(), &["policy", "bootstrap", "--account", "111122223333", "--pcr8", &pcr8])));
+    let out = check("signer.json", serde_json::from_str(&signer).unwrap());
+    assert!(
+        out.contains("Who can change the policy: nobody")
+            && out.contains(&format!("Trust by signer: every image signed with the certificate whose PCR8 is {pcr8}"))
+            && out.ends_with("0 warning(s)\n"),
+        "{out}"
+    );
+    assert!(fail(nekms(tmp.path(), &["policy", "custody", "--account", "111122223333", "--pcr8", &zeros])).contains("unsigned"));
+    let mut unsigned: serde_json::Value = serde_json::from_str(&signer).unwrap();
+    unsigned["Statement"][0]["Condition"]["StringEqualsIgnoreCase"]["kms:RecipientAttestation:PCR8"] = serde_json::json!([zeros]);
+    assert!(check("unsigned.json", unsigned).contains("all-zero PCR8, which every unsigned image"));
     assert!(fail(nekms(tmp.path(), &["policy", "check", tmp.path().join("missing.json").to_str().unwrap()])).contains("missing.json"));
 }

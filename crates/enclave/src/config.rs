@@ -24,6 +24,10 @@ pub struct EnclaveArgs {
     /// /sys/firmware/qemu_fw_cfg/by_name/opt/nekms/nsm/raw), instead of measuring --image
     #[arg(long, value_name = "FILE")]
     pub sim_from: Option<PathBuf>,
+    /// Simulated NSM: a signature section over the measured PCR0 (`nekms pcr sim --sign-key`), checked as nitro-cli
+    /// checks an image's; its certificate becomes PCR8
+    #[arg(long, value_name = "FILE")]
+    pub sim_signature: Option<PathBuf>,
     /// Where the native RPC is served [default: vsock://any:5000]
     #[arg(long, value_name = "ADDR")]
     pub rpc: Option<String>,
@@ -72,6 +76,12 @@ pub struct EnclaveArgs {
     #[arg(skip)]
     #[serde(default)]
     pub origin_pcr0: Vec<String>,
+    #[arg(skip)]
+    #[serde(default)]
+    pub origin_pcr8: Vec<String>,
+    #[arg(skip)]
+    #[serde(default)]
+    pub custody_trust: Option<String>,
     #[arg(skip)]
     #[serde(default)]
     pub parent_decrypt: Option<bool>,
@@ -123,6 +133,13 @@ pub struct TrustArgs {
     /// Other enclave images (PCR0, hex) whose origin documents this enclave
     /// accepts on records, besides its own (the two-enclave flow).
     pub origin_pcr0: Vec<String>,
+    /// Image signers (PCR8, hex) whose images' origin documents this
+    /// enclave accepts: every image their keys sign.
+    pub origin_pcr8: Vec<String>,
+    /// `"pcr0"` [default]: this image trusts records its own build made;
+    /// `"pcr8"`: also those any image of its own signer made (so a rebuilt,
+    /// signed image keeps its keys; the custody key's policy trusts PCR8).
+    pub custody_trust: Option<String>,
     /// Whether Decrypt/GenerateDataKey for the parent (kmstool's service,
     /// the RPC's generic calls, the cli verbs) are offered [default: only
     /// when no custody key is pinned].
@@ -160,6 +177,7 @@ pub struct EnclaveConfig {
     pub dev_dir: Option<PathBuf>,
     pub image: Option<PathBuf>,
     pub sim_from: Option<PathBuf>,
+    pub sim_signature: Option<PathBuf>,
     pub rpc: String,
     pub kmstool: String,
     pub p11: Option<String>,
@@ -193,6 +211,7 @@ impl EnclaveArgs {
             dev_dir: self.dev_dir.or(file.dev_dir),
             image: self.image.or(file.image),
             sim_from: self.sim_from.or(file.sim_from),
+            sim_signature: self.sim_signature.or(file.sim_signature),
             rpc: self.rpc.or(file.rpc).unwrap_or_else(|| "vsock://any:5000".into()),
             kmstool: self.kmstool.or(file.kmstool).unwrap_or_else(|| "vsock://any:3000".into()),
             p11: self.p11.or(file.p11),
@@ -210,6 +229,8 @@ impl EnclaveArgs {
             trust: TrustArgs {
                 custody_kms_keys: file.custody_kms_keys,
                 origin_pcr0: file.origin_pcr0,
+                origin_pcr8: file.origin_pcr8,
+                custody_trust: file.custody_trust,
                 parent_decrypt: file.parent_decrypt,
                 parent_decrypt_keys: file.parent_decrypt_keys,
                 allow_import: file.allow_import,

@@ -58,8 +58,9 @@ impl Enclave {
         let http = ChannelHttpClient::new(config.proxy.parse()?, roots).map_err(anyhow::Error::msg)?;
         let kms = EnclaveKms::new(nsm.clone(), http, config.kms_endpoint.clone())?;
         let own_pcr0 = nsm.describe_pcr(0).map_err(|e| anyhow::anyhow!("reading PCR0: {e}"))?.value;
+        let own_pcr8 = nsm.describe_pcr(8).map_err(|e| anyhow::anyhow!("reading PCR8: {e}"))?.value;
         let verifier = origin_verifier(&*nsm, config)?;
-        let trust = trust::Trust::new(&config.trust, own_pcr0, verifier, nsm.is_simulated())
+        let trust = trust::Trust::new(&config.trust, (own_pcr0, own_pcr8), verifier, nsm.is_simulated())
             .map_err(|e| anyhow::anyhow!("the enclave's configuration: {e}"))?;
         // The custody keys fix the region; a configured one must agree.
         let region = match (trust.region(), &config.region) {

@@ -87,6 +87,8 @@ impl Enclave {
         nekms_rpc::TrustInfo {
             custody_kms_keys: self.trust.custody_keys().iter().map(|k| k.to_string()).collect(),
             origin_pcr0: self.trust.origin_pcr0().iter().map(|p| p.to_hex()).collect(),
+            custody_trust: self.trust.custody_trust().into(),
+            origin_pcr8: self.trust.origin_pcr8().iter().map(|p| p.to_hex()).collect(),
             parent_decrypt,
             parent_decrypt_keys: keys.iter().map(|k| k.to_string()).collect(),
         }

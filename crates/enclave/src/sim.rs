@@ -43,8 +43,18 @@ pub fn open_simulated(c: &EnclaveConfig) -> anyhow::Result<Arc<dyn Nsm>> {
     // The configuration file is part of the image: it is measured with it.
     let measurement = Measurement::of_files(&image, c.config_file.as_deref()).with_context(|| format!("measuring {}", image.display()))?;
     eprintln!("nekms-enclave: {DEVELOPMENT_BINARY}: booting the simulator");
+    let pcr0 = measurement.pcr0;
     let mut sim = SimConfig::new(measurement);
     sim.debug_mode = c.debug_mode;
+    if let Some(path) = &c.sim_signature {
+        // As nitro-cli run-enclave: the signature must be over this image's
+        // PCR0, so a signature copied from another image gives no PCR8.
+        let section = std::fs::read(path).with_context(|| format!("--sim-signature {}", path.display()))?;
+        let signed = nekms_attestation::image_signature::verify_now(&section, &pcr0)
+            .map_err(|e| anyhow::anyhow!("--sim-signature {}: {e}; nitro-cli would not boot this image", path.display()))?;
+        eprintln!("nekms-enclave: the image is signed by {} (PCR8 {})", signed.subject, signed.pcr8);
+        sim.pcr8 = Some(signed.pcr8);
+    }
     sim.parent_instance_id = dev.config().ok().map(|c| c.instance_id);
     Ok(Arc::new(SimulatedNsm::boot(sim, dev.document_signer()?)))
 }

@@ -20,7 +20,9 @@
 //!   the configuration allows imports.
 //! - **provenance**: a record is opened only if its origin document verifies
 //!   (chain to the pinned root at the document's time), was made by this
-//!   image or one the configuration trusts (PCR0), carries no public key,
+//!   image or one the configuration trusts (PCR0: `origin-pcr0`), or, with
+//!   `custody-trust = "pcr8"` or `origin-pcr8`, by an image of a trusted
+//!   signer (PCR8), carries no public key,
 //!   and its user_data is exactly the record's origin commitment.
 //! - **attest-own-keys**: documents for callers never carry a caller's
 //!   public key, and their user_data always starts `nekms-caller:v1:`.
@@ -31,6 +33,7 @@ use std::str::FromStr;
 
 use nekms_attestation::{Pcr48, Verifier};
 use nekms_keys::context::check_caller_context;
+use nekms_keys::origin::TrustedImages;
 use nekms_keys::KeyRecord;
 use nekms_rpc::{ErrorCode, RpcError};
 
@@ -98,8 +101,10 @@ impl fmt::Display for KmsKeyArn {
 /// What the enclave trusts, fixed at start from its measured configuration.
 pub struct Trust {
     custody: Vec<KmsKeyArn>,
-    /// This image's PCR0 first, then the configured others.
-    origin_pcr0: Vec<Pcr48>,
+    /// This image's PCR0 first, then the configured others; the trusted
+    /// signers (this image's own first under `custody-trust = "pcr8"`).
+    origin: TrustedImages,
+    by_signer: bool,
     parent_decrypt: bool,
     parent_decrypt_keys: Vec<KmsKeyArn>,
     allow_import: bool,
@@ -115,10 +120,12 @@ fn rejected(message: String) -> RpcError {
 }
 
 impl Trust {
-    /// Parse the settings; `own_pcr0` is this enclave's, `verifier` trusts
-    /// the root origin documents must chain to. `simulated`: a development
-    /// NSM, whose debug mode (zero PCRs) may still run custody for tests.
-    pub fn new(args: &TrustArgs, own_pcr0: Pcr48, verifier: Verifier, simulated: bool) -> Result<Trust, String> {
+    /// Parse the settings; `own` is this enclave's PCR0 and PCR8, `verifier`
+    /// trusts the root origin documents must chain to. `simulated`: a
+    /// development NSM, whose debug mode (zero PCRs) may still run custody
+    /// for tests.
+    pub fn new(args: &TrustArgs, own: (Pcr48, Pcr48), verifier: Verifier, simulated: bool) -> Result<Trust, String> {
+        let (own_pcr0, own_pcr8) = own;
         let arns = |list: &[String], what: &str| -> Result<Vec<KmsKeyArn>, String> {
             list.iter().map(|s| s.parse::<KmsKeyArn>().map_err(|e| format!("{what}: {e}"))).collect()
         };
@@ -137,12 +144,42 @@ impl Trust {
         if !simulated && !custody.is_empty() && origin_pcr0.contains(&Pcr48::ZERO) {
             return Err("PCR0 is all zero (a debug-mode enclave, or origin-pcr0 naming one): every debug-mode image reports it, so custody is refused".into());
         }
+        let by_signer = match args.custody_trust.as_deref() {
+            None | Some("pcr0") => false,
+            Some("pcr8") => true,
+            Some(other) => {
+                return Err(format!("custody-trust = {other:?}: say \"pcr0\" (this image) or \"pcr8\" (every image of its signer)"))
+            }
+        };
+        let mut origin_pcr8 = Vec::new();
+        if by_signer {
+            // Zero is every unsigned image's PCR8.
+            if own_pcr8.is_zero() {
+                return Err("custody-trust = \"pcr8\", but this image is not signed (PCR8 is all zero): sign the image (nekms image build --sign-key/--sign-cert), or trust by image (\"pcr0\")".into());
+            }
+            origin_pcr8.push(own_pcr8);
+        }
+        for hex in &args.origin_pcr8 {
+            let p = hex.parse::<Pcr48>().map_err(|e| format!("origin-pcr8 {hex:?}: {e}"))?;
+            if p.is_zero() {
+                return Err("origin-pcr8 names an all-zero PCR8, which every unsigned image reports".into());
+            }
+            origin_pcr8.push(p);
+        }
         let parent_decrypt_keys = arns(&args.parent_decrypt_keys, "parent-decrypt-keys")?;
         if let Some(k) = parent_decrypt_keys.iter().find(|k| custody.contains(k)) {
             return Err(format!("parent-decrypt-keys names {k}, a custody key; custody keys never serve parent decryption"));
         }
         let parent_decrypt = args.parent_decrypt.unwrap_or(custody.is_empty());
-        Ok(Trust { custody, origin_pcr0, parent_decrypt, parent_decrypt_keys, allow_import: args.allow_import, verifier })
+        Ok(Trust {
+            custody,
+            origin: TrustedImages { pcr0: origin_pcr0, pcr8: origin_pcr8 },
+            by_signer,
+            parent_decrypt,
+            parent_decrypt_keys,
+            allow_import: args.allow_import,
+            verifier,
+        })
     }
 
     /// The region the custody keys imply, if any are pinned.
@@ -155,7 +192,20 @@ impl Trust {
     }
 
     pub fn origin_pcr0(&self) -> &[Pcr48] {
-        &self.origin_pcr0
+        &self.origin.pcr0
+    }
+
+    pub fn origin_pcr8(&self) -> &[Pcr48] {
+        &self.origin.pcr8
+    }
+
+    /// `"pcr8"` when this image trusts its own signer's images, else `"pcr0"`.
+    pub fn custody_trust(&self) -> &'static str {
+        if self.by_signer {
+            "pcr8"
+        } else {
+            "pcr0"
+        }
     }
 
     pub fn parent_decrypt(&self) -> (bool, &[KmsKeyArn]) {
@@ -252,7 +302,7 @@ impl Trust {
                 "rule import-disabled: key record {id} was imported, and this enclave's configuration does not allow imported keys"
             )));
         }
-        nekms_keys::origin::verify_origin(record, &self.verifier, &self.origin_pcr0).map_err(|e| rejected(e.to_string()))?;
+        nekms_keys::origin::verify_origin(record, &self.verifier, &self.origin).map_err(|e| rejected(e.to_string()))?;
         Ok(pinned)
     }
 }
@@ -265,7 +315,7 @@ mod tests {
 
     fn trust(custody: &[&str]) -> Trust {
         let args = TrustArgs { custody_kms_keys: custody.iter().map(|s| s.to_string()).collect(), ..Default::default() };
-        Trust::new(&args, Pcr48::ZERO, Verifier::aws(), true).unwrap()
+        Trust::new(&args, (Pcr48::ZERO, Pcr48::ZERO), Verifier::aws(), true).unwrap()
     }
 
     #[test]
@@ -305,7 +355,7 @@ mod tests {
     fn the_parent_never_decrypts_under_custody_keys_or_reserved_contexts() {
         let t = Trust::new(
             &TrustArgs { custody_kms_keys: vec![ARN.into()], parent_decrypt: Some(true), ..Default::default() },
-            Pcr48::ZERO,
+            (Pcr48::ZERO, Pcr48::ZERO),
             Verifier::aws(),
             true,
         )
@@ -325,29 +375,41 @@ mod tests {
     fn parent_decryption_can_be_turned_off_or_limited() {
         let other = "arn:aws:kms:eu-west-1:111122223333:key/other";
         let off = TrustArgs { parent_decrypt: Some(false), ..Default::default() };
-        let t = Trust::new(&off, Pcr48::ZERO, Verifier::aws(), true).unwrap();
+        let t = Trust::new(&off, (Pcr48::ZERO, Pcr48::ZERO), Verifier::aws(), true).unwrap();
         assert!(t.check_parent_request(&BTreeMap::new(), None).unwrap_err().message.contains("parent-decrypt"));
         let listed = TrustArgs { parent_decrypt_keys: vec![other.into()], ..Default::default() };
-        let t = Trust::new(&listed, Pcr48::ZERO, Verifier::aws(), true).unwrap();
+        let t = Trust::new(&listed, (Pcr48::ZERO, Pcr48::ZERO), Verifier::aws(), true).unwrap();
         assert!(t.check_parent_answer(other).is_ok());
         assert!(t.check_parent_answer("arn:aws:kms:eu-west-1:111122223333:key/third").is_err());
         let both = TrustArgs { custody_kms_keys: vec![ARN.into()], parent_decrypt_keys: vec![ARN.into()], ..Default::default() };
-        assert!(Trust::new(&both, Pcr48::ZERO, Verifier::aws(), true).is_err(), "a custody key never serves the parent");
+        assert!(Trust::new(&both, (Pcr48::ZERO, Pcr48::ZERO), Verifier::aws(), true).is_err(), "a custody key never serves the parent");
         let mixed =
             TrustArgs { custody_kms_keys: vec![ARN.into(), "arn:aws:kms:us-east-1:111122223333:key/x".into()], ..Default::default() };
-        assert!(Trust::new(&mixed, Pcr48::ZERO, Verifier::aws(), true).is_err());
+        assert!(Trust::new(&mixed, (Pcr48::ZERO, Pcr48::ZERO), Verifier::aws(), true).is_err());
     }
 
     #[test]
     fn custody_turns_parent_decryption_off_unless_configured_and_debug_images_are_refused() {
         let custody = TrustArgs { custody_kms_keys: vec![ARN.into()], ..Default::default() };
-        let t = Trust::new(&custody, Pcr48([1; 48]), Verifier::aws(), false).unwrap();
+        let t = Trust::new(&custody, (Pcr48([1; 48]), Pcr48::ZERO), Verifier::aws(), false).unwrap();
         assert!(!t.parent_decrypt().0, "custody pinned: off by default");
-        assert!(Trust::new(&TrustArgs::default(), Pcr48([1; 48]), Verifier::aws(), false).unwrap().parent_decrypt().0);
-        assert!(Trust::new(&custody, Pcr48::ZERO, Verifier::aws(), false).err().expect("refused").contains("debug-mode"));
+        assert!(Trust::new(&TrustArgs::default(), (Pcr48([1; 48]), Pcr48::ZERO), Verifier::aws(), false).unwrap().parent_decrypt().0);
+        assert!(Trust::new(&custody, (Pcr48::ZERO, Pcr48::ZERO), Verifier::aws(), false).err().expect("refused").contains("debug-mode"));
         let zero_origin = TrustArgs { origin_pcr0: vec!["00".repeat(48)], ..custody.clone() };
-        assert!(Trust::new(&zero_origin, Pcr48([1; 48]), Verifier::aws(), false).is_err());
+        assert!(Trust::new(&zero_origin, (Pcr48([1; 48]), Pcr48::ZERO), Verifier::aws(), false).is_err());
         assert!(t.check_import().unwrap_err().message.contains("import-disabled"));
+        // Signer trust needs a signed image, and never a zero signer.
+        let by_signer = TrustArgs { custody_trust: Some("pcr8".into()), ..custody.clone() };
+        assert!(Trust::new(&by_signer, (Pcr48([1; 48]), Pcr48::ZERO), Verifier::aws(), true)
+            .err()
+            .expect("refused")
+            .contains("not signed"));
+        let t8 = Trust::new(&by_signer, (Pcr48([1; 48]), Pcr48([8; 48])), Verifier::aws(), false).unwrap();
+        assert_eq!((t8.custody_trust(), t8.origin_pcr8()), ("pcr8", &[Pcr48([8; 48])][..]));
+        let zero_signer = TrustArgs { origin_pcr8: vec!["00".repeat(48)], ..custody.clone() };
+        assert!(Trust::new(&zero_signer, (Pcr48([1; 48]), Pcr48::ZERO), Verifier::aws(), true).is_err());
+        let bad = TrustArgs { custody_trust: Some("pcr1".into()), ..custody.clone() };
+        assert!(Trust::new(&bad, (Pcr48([1; 48]), Pcr48([8; 48])), Verifier::aws(), true).is_err());
 
         // An imported record under the pinned key is not opened while imports are off.
         let key = nekms_keys::PrivateKey::generate(nekms_keys::KeySpec::Ed25519, &[3; 32]).unwrap();

@@ -270,10 +270,16 @@ fn check_config(path: &Path, text: &[u8], files: &[(PathBuf, String)]) -> Result
     }
     let args = nekms_enclave::config::EnclaveArgs::from_toml(text)
         .map_err(|e| ImageError::input(path, format!("not an enclave configuration: {e}")))?;
-    if args.sim || args.debug_mode || args.dev_dir.is_some() || args.image.is_some() || args.sim_from.is_some() {
+    if args.sim
+        || args.debug_mode
+        || args.dev_dir.is_some()
+        || args.image.is_some()
+        || args.sim_from.is_some()
+        || args.sim_signature.is_some()
+    {
         return Err(ImageError::input(
             path,
-            "sets sim, debug-mode, dev-dir, image or sim-from: settings of the simulator, which an image's binary does not have",
+            "sets sim, debug-mode, dev-dir, image, sim-from or sim-signature: settings of the simulator, which an image's binary does not have",
         ));
     }
     if args.custody_kms_keys.is_empty() && args.parent_decrypt_keys.is_empty() {

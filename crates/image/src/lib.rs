@@ -49,8 +49,8 @@ pub use inputs::{Blobs, Payload, DEFAULT_BLOBS};
 pub use pcr::{pcr8_of_certificate, Measurements};
 
 /// Check the signature of the EIF at `path` over `pcr0` ([`signature::verify`]);
-/// an unsigned image passes.
-pub fn check_signature_file(path: &Path, pcr0: &str) -> Result<bool, ImageError> {
+/// an unsigned image passes (`None`).
+pub fn check_signature_file(path: &Path, pcr0: &str) -> Result<Option<nekms_attestation::image_signature::SignedImage>, ImageError> {
     let mut file = std::fs::File::open(path).map_err(|e| ImageError::file(path, e))?;
     let len = file.metadata().map_err(|e| ImageError::file(path, e))?.len();
     let layout = eif::walk(&mut file, len).map_err(|m| ImageError::input(path, m))?;

@@ -107,17 +107,8 @@ pub(crate) fn bytes_of(value: &ciborium::Value) -> Result<Vec<u8>, String> {
 /// extended once over SHA-384 of the certificate's DER, as `nitro-cli pcr
 /// --signing-certificate` prints it.
 pub fn pcr8_of_certificate(bytes: &[u8]) -> Result<String, String> {
-    let der = if bytes.starts_with(b"-----BEGIN") {
-        let (_, pem) = x509_parser::pem::parse_x509_pem(bytes).map_err(|e| format!("not a PEM certificate: {e}"))?;
-        if pem.label != "CERTIFICATE" {
-            return Err(format!("a PEM {}, not a CERTIFICATE", pem.label));
-        }
-        pem.contents
-    } else {
-        bytes.to_vec()
-    };
-    x509_parser::parse_x509_certificate(&der).map_err(|e| format!("not an X.509 certificate: {e}"))?;
-    Ok(extend(digest(&SHA384, &der).as_ref()))
+    let der = nekms_attestation::image_signature::certificate_der(bytes)?;
+    Ok(nekms_attestation::image_signature::pcr8_of_certificate_der(&der).to_hex())
 }
 
 /// One TPM-style extension of a zeroed 48-byte register.

@@ -21,6 +21,9 @@ pub struct Origin {
     pub pcr0: String,
     pub pcr1: String,
     pub pcr2: String,
+    /// PCR8 of that image: its signing certificate's measurement (zeros
+    /// for an unsigned image).
+    pub pcr8: String,
     /// When the NSM signed (milliseconds since the Unix epoch).
     pub timestamp: u64,
     pub module_id: String,
@@ -43,16 +46,38 @@ pub enum OriginError {
     Document(String, String),
     #[error("rule provenance: key record {0}: its origin document carries a public key; origin documents never do")]
     PublicKey(String),
-    #[error("rule provenance: key record {0}: its origin document comes from an enclave image (PCR0 {1}) that is not trusted")]
-    Image(String, String),
+    #[error("rule provenance: key record {0}: its origin document comes from an enclave image (PCR0 {1}, PCR8 {2}) that is not trusted, by image (PCR0) or by signer (PCR8)")]
+    Image(String, String, String),
     #[error("rule provenance: key record {0}: its origin document does not commit to this record (key id, spec, public key, KMS key, encryption context and origin): it says {1:?}")]
     Commitment(String, String),
 }
 
+/// The images whose origin documents are trusted: an image is trusted if its
+/// PCR0 is listed (by image) or its PCR8 is (by signer: every image the
+/// certificate's key signed). All-zero values never match: an unsigned
+/// image reports PCR8 zero, and a debug-mode one zeros everywhere.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrustedImages {
+    pub pcr0: Vec<Pcr48>,
+    pub pcr8: Vec<Pcr48>,
+}
+
+impl TrustedImages {
+    /// Trust by image only.
+    pub fn by_pcr0(pcr0: &[Pcr48]) -> TrustedImages {
+        TrustedImages { pcr0: pcr0.to_vec(), pcr8: Vec::new() }
+    }
+
+    /// Whether an image with these PCRs is trusted.
+    pub fn admits(&self, pcr0: &Pcr48, pcr8: &Pcr48) -> bool {
+        self.pcr0.contains(pcr0) || (!pcr8.is_zero() && self.pcr8.contains(pcr8))
+    }
+}
+
 /// Check `record`'s origin document against `verifier`'s roots (at the
 /// document's own time: real leaf certificates last hours) and the trusted
-/// images' PCR0 values.
-pub fn verify_origin(record: &KeyRecord, verifier: &Verifier, trusted_pcr0: &[Pcr48]) -> Result<Origin, OriginError> {
+/// images.
+pub fn verify_origin(record: &KeyRecord, verifier: &Verifier, trusted: &TrustedImages) -> Result<Origin, OriginError> {
     let id = || record.key_id.clone();
     let public = record.check().map_err(|e| OriginError::Record(id(), e.to_string()))?;
     let document = record.attestation.as_deref().ok_or_else(|| OriginError::Missing(id()))?;
@@ -62,8 +87,8 @@ pub fn verify_origin(record: &KeyRecord, verifier: &Verifier, trusted_pcr0: &[Pc
         return Err(OriginError::PublicKey(id()));
     }
     let pcr = |i: u8| doc.pcrs.get(&i).copied().unwrap_or(Pcr48::ZERO);
-    if !trusted_pcr0.contains(&pcr(0)) {
-        return Err(OriginError::Image(id(), pcr(0).to_hex()));
+    if !trusted.admits(&pcr(0), &pcr(8)) {
+        return Err(OriginError::Image(id(), pcr(0).to_hex(), pcr(8).to_hex()));
     }
     let commitment = record.origin_commitment(&public);
     if doc.user_data.as_deref() != Some(&commitment[..]) {
@@ -74,6 +99,7 @@ pub fn verify_origin(record: &KeyRecord, verifier: &Verifier, trusted_pcr0: &[Pc
         pcr0: pcr(0).to_hex(),
         pcr1: pcr(1).to_hex(),
         pcr2: pcr(2).to_hex(),
+        pcr8: pcr(8).to_hex(),
         timestamp: doc.timestamp,
         module_id: doc.module_id,
         commitment: String::from_utf8_lossy(&commitment).into_owned(),

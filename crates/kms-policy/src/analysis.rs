@@ -167,10 +167,14 @@ impl Policy {
                     ));
                 }
                 if key.starts_with("kms:recipientattestation:") && c.values.iter().any(|v| !v.is_empty() && v.bytes().all(|b| b == b'0')) {
-                    out.push(format!(
-                        "{name}: {} names an all-zero PCR, which every debug-mode enclave reports: it admits every debug-mode image",
-                        c.key
-                    ));
+                    out.push(if key == "kms:recipientattestation:pcr8" {
+                        format!("{name}: {} names an all-zero PCR8, which every unsigned image (and every debug-mode one) reports: it admits them all", c.key)
+                    } else {
+                        format!(
+                            "{name}: {} names an all-zero PCR, which every debug-mode enclave reports: it admits every debug-mode image",
+                            c.key
+                        )
+                    });
                 }
             }
             // Several PCRs under one negated operator in a Deny are ANDed: it fires only when all differ.

@@ -60,6 +60,26 @@ pub fn check(policy: &Policy, account: Option<&str>) -> Vec<Finding> {
     for w in policy.misleading_forms() {
         say(&mut out, true, w);
     }
+    let signers: Vec<&String> = policy
+        .statements
+        .iter()
+        .filter(|s| s.effect == Effect::Allow)
+        .flat_map(|s| &s.conditions)
+        .filter(|c| !c.op.negated() && c.key.eq_ignore_ascii_case("kms:RecipientAttestation:PCR8"))
+        .flat_map(|c| &c.values)
+        .collect();
+    if !signers.is_empty() {
+        say(
+            &mut out,
+            false,
+            format!(
+                "Trust by signer: every image signed with the certificate whose PCR8 is {} passes, whoever built it; whoever holds its \
+             signing key can build an image that opens this key (keep that key in KMS or an HSM, never on the parent or a build host). \
+             An older signed image with a known flaw stays trusted until custody moves to another key.",
+                signers.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" or ")
+            ),
+        );
+    }
     if policy.mentions_recipient() && !policy.denies_reserved_context() {
         say(&mut out, true, "no Deny keeps ciphertexts with nekms's reserved context (nekms:*) from being minted outside the enclave (Encrypt and GenerateDataKey* with kms:EncryptionContextKeys like nekms:*)".into());
     }

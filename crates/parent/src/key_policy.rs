@@ -13,7 +13,8 @@
 //!    `PutKeyPolicy`. From then on the policy cannot be reopened.
 //!
 //! What the final policies say:
-//! - Only a Recipient document whose PCR0 is a trusted image may decrypt or
+//! - Only a Recipient document whose PCR0 is a trusted image, or whose PCR8
+//!   is a trusted image signer ([`custody_for`]), may decrypt or
 //!   generate data keys (the instance role carries the calls); an explicit
 //!   Deny says so for every principal, so no grant made before the final
 //!   policy (during the bootstrap) can open the key either.
@@ -29,8 +30,8 @@
 //! GenerateRandom is not in these policies: it names no key, so only IAM
 //! policies govern it.
 //!
-//! `nekms-dev` compiles this file as its own `key_policy` module: the
-//! development world sets its keys up with the same policies.
+//! The development world (`nekms-dev`) sets its keys up with the same
+//! policies.
 
 use serde_json::{json, Value};
 
@@ -86,18 +87,31 @@ fn administrator(roles: &Roles) -> Vec<Value> {
     ]
 }
 
-/// The Deny statements every custody policy carries; `pcr0` are the images
-/// allowed to generate data keys with a reserved context.
-fn guards(roles: &Roles, pcr0: &[String]) -> Vec<Value> {
-    vec![
-        json!({"Sid": "Nobody reopens the policy, grants, re-encrypts, replicates or replaces the key material",
+/// The Deny statements every custody policy carries; `trust` says which
+/// images may decrypt and generate data keys: one Deny per attestation key,
+/// since the keys of one negated condition are ANDed (a Deny naming PCR0
+/// and PCR8 together would let an image matching either through).
+fn guards(roles: &Roles, trust: &ImageTrust) -> Vec<Value> {
+    let mut outside = Vec::new();
+    if !trust.pcr0.is_empty() {
+        outside.push(json!({"Sid": "Nothing decrypts or makes data keys outside a trusted enclave image, whatever a grant says",
+               "Effect": "Deny", "Principal": {"AWS": "*"}, "Action": ["kms:Decrypt", "kms:GenerateDataKey*"], "Resource": "*",
+               "Condition": {"StringNotEqualsIgnoreCase": {"kms:RecipientAttestation:ImageSha384": trust.pcr0}}}));
+    }
+    if !trust.pcr8.is_empty() {
+        outside.push(
+            json!({"Sid": "Nothing decrypts or makes data keys outside an image signed by a trusted signer (PCR8), whatever a grant says",
+               "Effect": "Deny", "Principal": {"AWS": "*"}, "Action": ["kms:Decrypt", "kms:GenerateDataKey*"], "Resource": "*",
+               "Condition": {"StringNotEqualsIgnoreCase": {"kms:RecipientAttestation:PCR8": trust.pcr8}}}),
+        );
+    }
+    let mut guards = vec![json!({"Sid": "Nobody reopens the policy, grants, re-encrypts, replicates or replaces the key material",
                "Effect": "Deny", "Principal": {"AWS": "*"},
                "Action": ["kms:PutKeyPolicy", "kms:CreateGrant", "kms:ReEncrypt*", "kms:ReplicateKey", "kms:ImportKeyMaterial",
                           "kms:UpdatePrimaryRegion"],
-               "Resource": "*"}),
-        json!({"Sid": "Nothing decrypts or makes data keys outside a trusted enclave image, whatever a grant says",
-               "Effect": "Deny", "Principal": {"AWS": "*"}, "Action": ["kms:Decrypt", "kms:GenerateDataKey*"], "Resource": "*",
-               "Condition": {"StringNotEqualsIgnoreCase": {"kms:RecipientAttestation:ImageSha384": pcr0}}}),
+               "Resource": "*"})];
+    guards.extend(outside);
+    guards.extend([
         json!({"Sid": "Reserved-context Encrypt only as an import",
                "Effect": "Deny", "Principal": {"AWS": "*"}, "Action": "kms:Encrypt", "Resource": "*",
                "Condition": {"ForAnyValue:StringLike": {"kms:EncryptionContextKeys": "nekms:*"},
@@ -106,19 +120,59 @@ fn guards(roles: &Roles, pcr0: &[String]) -> Vec<Value> {
                "Effect": "Deny", "Principal": {"AWS": "*"}, "Action": "kms:Encrypt", "Resource": "*",
                "Condition": {"ForAnyValue:StringLike": {"kms:EncryptionContextKeys": "nekms:*"},
                              "StringNotEquals": {"aws:PrincipalArn": roles.admin}}}),
-    ]
+    ]);
+    guards
+}
+
+/// Which enclave images a custody key serves: by image (PCR0, one per
+/// build), by signer (PCR8, the hash of the image-signing certificate:
+/// every image that certificate's key signs, so a rebuilt image keeps its
+/// keys), or both (an image must match both).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ImageTrust {
+    /// Trusted PCR0 values, lower-case hex.
+    pub pcr0: Vec<String>,
+    /// Trusted PCR8 values, lower-case hex.
+    pub pcr8: Vec<String>,
+}
+
+impl ImageTrust {
+    /// The attestation keys an image must match, for an Allow's condition.
+    fn allow_condition(&self) -> Value {
+        let mut keys = serde_json::Map::new();
+        if !self.pcr0.is_empty() {
+            keys.insert("kms:RecipientAttestation:ImageSha384".into(), json!(self.pcr0));
+        }
+        if !self.pcr8.is_empty() {
+            keys.insert("kms:RecipientAttestation:PCR8".into(), json!(self.pcr8));
+        }
+        json!({"StringEqualsIgnoreCase": keys})
+    }
 }
 
 /// Step 3 for custody: the images `pcr0` (hex; one or more) may decrypt and
 /// generate data keys, through the instance role.
 pub fn custody(roles: &Roles, pcr0: &[String]) -> Value {
+    custody_for(roles, &ImageTrust { pcr0: pcr0.to_vec(), pcr8: Vec::new() })
+}
+
+/// The custody policy for images chosen by `trust` (at least one PCR). With
+/// PCR8 alone nothing is circular (the signer's certificate is known before
+/// the key exists), so the key can be created with this policy at once.
+pub fn custody_for(roles: &Roles, trust: &ImageTrust) -> Value {
+    assert!(!trust.pcr0.is_empty() || !trust.pcr8.is_empty(), "a custody policy trusts some image");
+    let sid = match (trust.pcr0.is_empty(), trust.pcr8.is_empty()) {
+        (false, true) => "Only inside a trusted enclave image",
+        (true, false) => "Only inside an enclave image signed by a trusted signer (PCR8)",
+        _ => "Only inside a trusted enclave image (PCR0) signed by a trusted signer (PCR8)",
+    };
     let mut statements = vec![json!({
-        "Sid": "Only inside a trusted enclave image", "Effect": "Allow", "Principal": {"AWS": roles.instance},
+        "Sid": sid, "Effect": "Allow", "Principal": {"AWS": roles.instance},
         "Action": ["kms:Decrypt", "kms:GenerateDataKey"], "Resource": "*",
-        "Condition": {"StringEqualsIgnoreCase": {"kms:RecipientAttestation:ImageSha384": pcr0}}
+        "Condition": trust.allow_condition()
     })];
     statements.extend(administrator(roles));
-    statements.extend(guards(roles, pcr0));
+    statements.extend(guards(roles, trust));
     json!({"Version": "2012-10-17", "Statement": statements})
 }
 
@@ -143,7 +197,7 @@ pub fn two_enclaves(roles: &Roles, generator: [String; 3], signer: [String; 3]) 
     statements.extend(administrator(roles));
     statements.extend(deny(json!("kms:GenerateDataKey"), &generator));
     statements.extend(deny(json!("kms:Decrypt"), &signer));
-    statements.extend(guards(roles, &[generator[0].clone(), signer[0].clone()]));
+    statements.extend(guards(roles, &ImageTrust { pcr0: vec![generator[0].clone(), signer[0].clone()], pcr8: Vec::new() }));
     json!({"Version": "2012-10-17", "Statement": statements})
 }
 
@@ -170,6 +224,8 @@ mod tests {
         let roles = Roles::standard("111122223333");
         for policy in [
             custody(&roles, &["aa".into()]),
+            custody_for(&roles, &ImageTrust { pcr0: vec![], pcr8: vec!["bb".into()] }),
+            custody_for(&roles, &ImageTrust { pcr0: vec!["aa".into()], pcr8: vec!["bb".into()] }),
             two_enclaves(&roles, ["a".into(), "b".into(), "c".into()], ["d".into(), "e".into(), "f".into()]),
         ] {
             let allowed = actions(&policy, "Allow", &roles.admin);
@@ -180,6 +236,47 @@ mod tests {
             let denied = actions(&policy, "Deny", &roles.admin);
             for a in ["kms:PutKeyPolicy", "kms:CreateGrant", "kms:ReEncrypt*", "kms:ReplicateKey", "kms:Decrypt"] {
                 assert!(denied.contains(&a.to_owned()), "{a} denied to everyone");
+            }
+        }
+    }
+
+    /// Every custody template, evaluated as KMS evaluates it, for each
+    /// principal, action and Recipient document: only the instance role with
+    /// a document from a trusted image decrypts or makes data keys, and
+    /// nobody reopens the policy.
+    #[test]
+    fn the_probe_matrix_admits_exactly_the_trusted_images() {
+        use nekms_kms_policy::{evaluate, Decision, Policy, RequestContext};
+        let roles = Roles::standard("111122223333");
+        let (a, b, s, u, zero) = ("aa".repeat(48), "bb".repeat(48), "5a".repeat(48), "0f".repeat(48), "00".repeat(48));
+        // (pcr0, pcr8) of a Recipient document, or none.
+        let documents: [Option<(&str, &str)>; 6] =
+            [None, Some((&a, &s)), Some((&b, &s)), Some((&a, &u)), Some((&b, &zero)), Some((&a, &zero))];
+        let templates = [
+            ("pcr0", ImageTrust { pcr0: vec![a.clone()], pcr8: vec![] }),
+            ("pcr8", ImageTrust { pcr0: vec![], pcr8: vec![s.clone()] }),
+            ("both", ImageTrust { pcr0: vec![a.clone()], pcr8: vec![s.clone()] }),
+        ];
+        for (name, trust) in &templates {
+            let policy = Policy::parse(&custody_for(&roles, trust).to_string(), true).unwrap();
+            for principal in [roles.instance.as_str(), roles.admin.as_str(), "arn:aws:iam::111122223333:root"] {
+                for action in ["kms:Decrypt", "kms:GenerateDataKey", "kms:PutKeyPolicy", "kms:CreateGrant", "kms:ReEncryptFrom"] {
+                    for doc in &documents {
+                        let mut ctx = RequestContext::new(principal, "111122223333", action, "arn:aws:kms:us-east-1:111122223333:key/k");
+                        if let Some((pcr0, pcr8)) = doc {
+                            ctx.set("kms:RecipientAttestation:ImageSha384", *pcr0);
+                            ctx.set("kms:RecipientAttestation:PCR0", *pcr0);
+                            ctx.set("kms:RecipientAttestation:PCR8", *pcr8);
+                        }
+                        let trusted = doc.is_some_and(|(pcr0, pcr8)| {
+                            (trust.pcr0.is_empty() || trust.pcr0.iter().any(|p| p == pcr0))
+                                && (trust.pcr8.is_empty() || trust.pcr8.iter().any(|p| p == pcr8))
+                        });
+                        let want = principal == roles.instance && matches!(action, "kms:Decrypt" | "kms:GenerateDataKey") && trusted;
+                        let got = evaluate(&policy, &[], &ctx) == Decision::Allow;
+                        assert_eq!(got, want, "{name}: {principal} {action} {doc:?}");
+                    }
+                }
             }
         }
     }

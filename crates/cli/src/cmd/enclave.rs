@@ -203,6 +203,9 @@ async fn describe(enclave: &EnclaveArg, json: bool) -> anyhow::Result<()> {
             println!("custody:     {k}");
         }
         println!("origins:     records made by PCR0 {}", t.origin_pcr0.join(", "));
+        if !t.origin_pcr8.is_empty() {
+            println!("             or by any image signed by PCR8 {}", t.origin_pcr8.join(", "));
+        }
         let keys = if t.parent_decrypt_keys.is_empty() { "any non-custody key".to_owned() } else { t.parent_decrypt_keys.join(", ") };
         println!("parent:      decryption for the parent {}", if t.parent_decrypt { format!("on ({keys})") } else { "off".into() });
         if t.origin_pcr0.first().is_some_and(|p| p.bytes().all(|b| b == b'0')) {

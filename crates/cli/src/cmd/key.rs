@@ -321,8 +321,11 @@ pub struct VerifyArgs {
 #[derive(clap::Args, Clone, Debug)]
 pub struct OriginArgs {
     /// PCR0 (hex) of an enclave image trusted to make keys (repeatable; `nekms enclave describe` or nitro-cli shows it)
-    #[arg(long = "pcr0", value_name = "HEX", required = true)]
+    #[arg(long = "pcr0", value_name = "HEX", required_unless_present = "pcr8")]
     pcr0: Vec<String>,
+    /// PCR8 (hex) of an image signer trusted to make keys: every image it signed (repeatable; `nekms image pcr8 --cert`)
+    #[arg(long = "pcr8", value_name = "HEX")]
+    pcr8: Vec<String>,
     /// Accept imported keys too (their secret is as safe as the administrator who imported them kept it)
     #[arg(long)]
     allow_imported: bool,
@@ -340,11 +343,15 @@ impl OriginArgs {
                 r.key_id
             );
         }
-        let trusted = self
-            .pcr0
-            .iter()
-            .map(|h| h.parse::<nekms_attestation::Pcr48>().with_context(|| format!("--pcr0 {h}")))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let parse = |list: &[String], flag: &str| {
+            list.iter()
+                .map(|h| h.parse::<nekms_attestation::Pcr48>().with_context(|| format!("{flag} {h}")))
+                .collect::<anyhow::Result<Vec<_>>>()
+        };
+        let trusted = nekms_keys::origin::TrustedImages { pcr0: parse(&self.pcr0, "--pcr0")?, pcr8: parse(&self.pcr8, "--pcr8")? };
+        if trusted.pcr8.iter().any(|p| p.is_zero()) {
+            bail!("--pcr8 all zero is every unsigned image's PCR8; name a signer");
+        }
         Ok(nekms_keys::origin::verify_origin(r, &verifier, &trusted)?)
     }
 }
@@ -514,6 +521,9 @@ pub fn run_key(cmd: KeyCommand) -> anyhow::Result<()> {
                         r.origin.as_str(),
                         checked.pcr0
                     );
+                    if checked.pcr8.bytes().any(|b| b != b'0') {
+                        println!("  signed by the image signer with PCR8 {}", checked.pcr8);
+                    }
                     println!("  document signed at {} ms by {}", checked.timestamp, checked.module_id);
                     println!("  commitment {}", checked.commitment);
                 }

@@ -5,7 +5,7 @@
 //! `nekms policy check FILE`: what a key policy lets whom do, in plain
 //! words, and where it is written in a form AWS evaluates differently.
 
-use nekms_parent::key_policy::{self, Roles};
+use nekms_parent::key_policy::{self, ImageTrust, Roles};
 
 #[derive(clap::Args)]
 pub struct RoleArgs {
@@ -38,18 +38,32 @@ impl RoleArgs {
 
 #[derive(clap::Subcommand)]
 pub enum Command {
-    /// Step 1: the policy to create the custody key with (nobody may use it; the administrator may put the final policy)
-    Bootstrap(RoleArgs),
+    /// Step 1: the policy to create the custody key with (nobody may use it; the administrator may put the final policy).
+    /// With --pcr8 (trust by signer) nothing is circular: this prints the final policy to create the key with at once
+    Bootstrap {
+        #[command(flatten)]
+        roles: RoleArgs,
+        /// PCR8 of a trusted image signer, hex (`nekms image pcr8 --cert`): print the final custody policy instead
+        #[arg(long = "pcr8", value_name = "HEX")]
+        pcr8: Vec<String>,
+    },
     /// Step 3: the final custody policy naming the measured image(s), which locks the administrator out
     Custody {
         #[command(flatten)]
         roles: RoleArgs,
         /// PCR0 of a trusted enclave image, hex (repeatable: every image that makes or opens records)
-        #[arg(long = "pcr0", value_name = "HEX", required_unless_present = "images")]
+        #[arg(long = "pcr0", value_name = "HEX", required_unless_present_any = ["images", "pcr8"])]
         pcr0: Vec<String>,
-        /// A trusted enclave image (EIF) whose PCR0 to name, measured here (repeatable)
+        /// PCR8 of a trusted image signer, hex (repeatable): every image its key signs, so rebuilt images keep the keys.
+        /// With --pcr0 too, an image must match both
+        #[arg(long = "pcr8", value_name = "HEX")]
+        pcr8: Vec<String>,
+        /// A trusted enclave image (EIF) whose PCR0 to name (or, with --use-pcr8, its signer's PCR8), measured here (repeatable)
         #[arg(long = "image", value_name = "EIF")]
         images: Vec<std::path::PathBuf>,
+        /// Take PCR8 (the signer) from each --image, after checking its signature over its PCR0, instead of PCR0
+        #[arg(long, requires = "images")]
+        use_pcr8: bool,
     },
     /// Say who can decrypt, mint ciphertext, change the policy or create grants, and flag forms AWS reads differently
     Check {
@@ -61,6 +75,23 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// PCR values as lower-case hex, each 48 bytes; zero is refused for PCR8
+/// (every unsigned image) and warned about for PCR0 (every debug image).
+fn checked(flag: &str, values: Vec<String>) -> anyhow::Result<Vec<String>> {
+    for p in &values {
+        p.parse::<nekms_attestation::Pcr48>().map_err(|e| anyhow::anyhow!("{flag} {p}: {e}"))?;
+        if p.bytes().all(|b| b == b'0') {
+            if flag == "--pcr8" {
+                anyhow::bail!("{flag} all zero is what every unsigned image reports; name a signer's PCR8");
+            }
+            eprintln!("nekms policy: warning: PCR0 all zero admits every debug-mode enclave image");
+        }
+    }
+    let mut values: Vec<String> = values.iter().map(|p| p.to_ascii_lowercase()).collect();
+    values.dedup();
+    Ok(values)
 }
 
 pub fn run(cmd: Command) -> anyhow::Result<()> {
@@ -85,19 +116,32 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
     }
     let policy = match cmd {
         Command::Check { .. } => unreachable!("answered above"),
-        Command::Bootstrap(r) => key_policy::bootstrap(&r.roles()?),
-        Command::Custody { roles, mut pcr0, images } => {
+        Command::Bootstrap { roles, pcr8 } if pcr8.is_empty() => key_policy::bootstrap(&roles.roles()?),
+        Command::Bootstrap { roles, pcr8 } => {
+            key_policy::custody_for(&roles.roles()?, &ImageTrust { pcr0: Vec::new(), pcr8: checked("--pcr8", pcr8)? })
+        }
+        Command::Custody { roles, mut pcr0, mut pcr8, images, use_pcr8 } => {
             for image in &images {
                 let m = nekms_image::measure_file(image)?;
-                pcr0.push(m.pcr(0).expect("every measurement has PCR0").to_string());
-            }
-            for p in &pcr0 {
-                p.parse::<nekms_attestation::Pcr48>().map_err(|e| anyhow::anyhow!("--pcr0 {p}: {e}"))?;
-                if p.bytes().all(|b| b == b'0') {
-                    eprintln!("nekms policy: warning: PCR0 all zero admits every debug-mode enclave image");
+                let own = m.pcr(0).expect("every measurement has PCR0").to_string();
+                if !use_pcr8 {
+                    pcr0.push(own);
+                    continue;
                 }
+                let signed = nekms_image::check_signature_file(image, &own)?
+                    .ok_or_else(|| anyhow::anyhow!("{}: not signed, so it has no PCR8 to trust", image.display()))?;
+                let years = (signed.not_after - time::OffsetDateTime::now_utc()).whole_days() / 365;
+                if years < 5 {
+                    eprintln!(
+                        "nekms policy: warning: {}'s signing certificate expires {} (in {years} years): nitro-cli boots no image signed \
+                         with an expired one, and a renewed certificate is another PCR8, so every key must migrate before then",
+                        image.display(),
+                        signed.not_after
+                    );
+                }
+                pcr8.push(signed.pcr8.to_hex());
             }
-            key_policy::custody(&roles.roles()?, &pcr0.iter().map(|p| p.to_ascii_lowercase()).collect::<Vec<_>>())
+            key_policy::custody_for(&roles.roles()?, &ImageTrust { pcr0: checked("--pcr0", pcr0)?, pcr8: checked("--pcr8", pcr8)? })
         }
     };
     println!("{}", serde_json::to_string_pretty(&policy)?);

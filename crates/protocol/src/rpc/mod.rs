@@ -425,6 +425,12 @@ pub struct TrustInfo {
     pub custody_kms_keys: Vec<String>,
     /// PCR0 values (hex) whose origin documents records may carry; this image's first.
     pub origin_pcr0: Vec<String>,
+    /// `"pcr0"`, or `"pcr8"` when this image trusts every image of its own signer.
+    #[serde(default)]
+    pub custody_trust: String,
+    /// PCR8 values (hex): signers whose images' origin documents records may carry.
+    #[serde(default)]
+    pub origin_pcr8: Vec<String>,
     /// Whether Decrypt/GenerateDataKey serve the parent at all.
     pub parent_decrypt: bool,
     /// If not empty, the only keys they may use.
