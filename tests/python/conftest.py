@@ -232,8 +232,12 @@ class Up:
         return kms_client(self.info["kms_http"], self.creds[profile])
 
     def enclave_args(self, config=None):
-        """Another simulated enclave on dev up's proxy and KMS; with dev up's measured configuration (so its PCR0), unless `config`."""
-        return enclave_args(self.dev, self.info["proxy"], self.info["kms_https"].rsplit(":", 1)[1], config or self.info["enclave_config"])
+        """Another simulated enclave on dev up's proxy and KMS; with dev up's measured configuration (so its PCR0, and its
+        signature, so its PCR8), unless `config`."""
+        args = enclave_args(self.dev, self.info["proxy"], self.info["kms_https"].rsplit(":", 1)[1], config or self.info["enclave_config"])
+        if config is None and self.info.get("sim_signature"):
+            args += ["--sim-signature", self.info["sim_signature"]]
+        return args
 
     def enclave_cli(self, verb, *args, profile="instance"):
         """kmstool-enclave-cli's verb, run by an enclave like dev up's, with `profile`'s credentials."""

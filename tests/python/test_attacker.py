@@ -429,13 +429,13 @@ def test_an_old_record_is_refused_after_re_pinning(world, tmp_path):
     the old key are neither opened nor decryptable through the parent's
     paths; reusing the old pin (the same image and configuration) opens them."""
     base = tmp_path / "repin"
-    with Up(base) as first:
+    with Up(base, "--trust", "pcr0") as first:
         env = {**first.env, "NEKMS_STORE": f"sqlite:{base / 'keys.db'}"}
         run = lambda *a, check=True: nekms(*a, env=env, check=check, timeout=120)
         run("key", "create", "--name", "old", "--spec", "ed25519")
         old_key = first.info["custody_kms_key"]
         record = json.loads(run("key", "show", "old", "--json").stdout)
-    with Up(base) as second:
+    with Up(base, "--trust", "pcr0") as second:
         assert second.info["custody_kms_key"] != old_key
         r = run("sign", "--key", "old", "--message", "m", check=False)
         assert r.returncode != 0 and "rule pinned-kms-key" in r.stderr, r.stderr
@@ -445,12 +445,12 @@ def test_an_old_record_is_refused_after_re_pinning(world, tmp_path):
         # The old key's policy names the old image: its PCR0 covered the old pin.
         r = run("enclave", "data-key", "--key-id", old_key, check=False)
         assert r.returncode != 0 and "AccessDeniedException" in r.stderr, r.stderr
-    with Up(base, "--custody-kms-key", old_key) as third:
+    with Up(base, "--trust", "pcr0", "--custody-kms-key", old_key) as third:
         assert third.info["pcr0"] == first.info["pcr0"], "the same image and configuration measure the same"
         run("sign", "--key", "old", "--message", "m")
         loose = third.client("admin").create_key(Policy=json.dumps(OPEN_POLICY))["KeyMetadata"]["Arn"]
     # Reusing a key whose policy is not the custody policy for this image is refused before anything starts.
-    r = nekms("dev", "up", "--dir", str(first.dev), "--kms-http", "127.0.0.1:0", "--kms-https", "127.0.0.1:0", "--custody-kms-key", loose,
+    r = nekms("dev", "up", "--dir", str(first.dev), "--kms-http", "127.0.0.1:0", "--kms-https", "127.0.0.1:0", "--trust", "pcr0", "--custody-kms-key", loose,
               check=False, timeout=120)
     assert r.returncode != 0 and "not the custody policy" in r.stderr, r.stderr
 

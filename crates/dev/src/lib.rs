@@ -51,4 +51,5 @@ pub mod kms;
 pub mod up;
 pub mod vm;
 pub mod world;
+pub mod world_custody;
 use nekms_parent::{key_policy, kmstool as kmstool_client};

@@ -365,7 +365,36 @@ impl DevDir {
             self.write_ca("kms-tls", &server)?;
             report.created.push("kms-tls.pem, kms-tls.key (local KMS HTTPS certificate)");
         }
+        if self.file("image-signer.pem").exists() && self.file("image-signer.key").exists() {
+            report.kept.push("image-signer.pem, image-signer.key");
+        } else {
+            let signer = pki::generate_image_signer(&config.account_id, now)
+                .map_err(|source| DevError::Pki { path: self.file("image-signer.pem"), source })?;
+            self.write_ca("image-signer", &signer)?;
+            report.created.push("image-signer.pem, image-signer.key (development image-signing key, P-384: PCR8)");
+        }
         Ok(report)
+    }
+
+    /// The development image-signing certificate (PEM) and key: images it
+    /// signs report its PCR8, which the world's custody key trusts.
+    pub fn image_signer(&self) -> Result<CaMaterial, DevError> {
+        self.load_ca("image-signer")
+    }
+
+    pub fn image_signer_paths(&self) -> (PathBuf, PathBuf) {
+        (self.file("image-signer.key"), self.file("image-signer.pem"))
+    }
+
+    /// The world's custody key record (`custody.toml`, written by
+    /// `nekms dev init`/`dev up`).
+    pub fn custody_path(&self) -> PathBuf {
+        self.file("custody.toml")
+    }
+
+    /// Where the local KMS keeps its keys for this world.
+    pub fn kms_data(&self) -> PathBuf {
+        self.file("kms")
     }
 
     /// The account's principals from `principals.toml` (which must be 0600).

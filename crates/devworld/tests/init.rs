@@ -12,8 +12,8 @@ fn init_creates_the_pki_with_private_files_at_0600() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = DevDir::new(tmp.path().join("dev"));
     let report = dir.init().unwrap();
-    assert_eq!(report.created.len(), 7, "{report}");
-    for private in ["root.key", "intermediate.key", "principals.toml", "aws/credentials", "tls-ca.key", "kms-tls.key"] {
+    assert_eq!(report.created.len(), 8, "{report}");
+    for private in ["root.key", "intermediate.key", "principals.toml", "aws/credentials", "tls-ca.key", "kms-tls.key", "image-signer.key"] {
         assert_eq!(mode(&dir.path().join(private)), 0o600, "{private}");
     }
     assert_eq!(mode(dir.path()), 0o700);

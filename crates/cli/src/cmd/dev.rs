@@ -6,10 +6,15 @@ use crate::DirArg;
 
 #[derive(clap::Subcommand)]
 pub enum Command {
-    /// Create the development root, intermediate, principals, AWS profiles and TLS CA (idempotent)
+    /// Create the development root, intermediate, principals, AWS profiles, TLS CA, image signer and the world's
+    /// custody key (idempotent: what exists is kept)
     Init {
         #[command(flatten)]
         dir: DirArg,
+        /// Make a new custody key for the world even though DEV/custody.toml names one (records made under the old
+        /// key stay unusable)
+        #[arg(long)]
+        new_custody_key: bool,
     },
     /// Run the local KMS (the same server as `nekms-kms`), or read its audit log
     #[command(args_conflicts_with_subcommands = true)]
@@ -51,9 +56,20 @@ pub enum KmsCommand {
 
 pub fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
-        Command::Init { dir } => {
+        Command::Init { dir, new_custody_key } => {
             let dir = dir.resolve()?;
             print!("{}", dir.init()?);
+            let world = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?.block_on(async {
+                let local = nekms_dev::kms::InProcessKms::start(&dir, &dir.kms_data(), false).await?;
+                nekms_dev::world_custody::ensure(&dir, &local.target(&dir, "admin")?, new_custody_key).await
+            })?;
+            println!(
+                "  {} custody.toml: custody key {} in {}, trusting images the development signer signs (PCR8 {})",
+                if world.created { "created" } else { "kept   " },
+                world.arn,
+                dir.kms_data().display(),
+                world.pcr8
+            );
             println!("root certificate: {}", dir.root_cert_path().display());
             println!("principals of account {}:", dir.config()?.account_id);
             for p in dir.principals()? {

@@ -34,10 +34,15 @@ pub struct Args {
     /// Write the addresses as JSON here once everything is up
     #[arg(long, value_name = "FILE")]
     ready_file: Option<PathBuf>,
-    /// Reuse this custody KMS key (ARN) from an earlier run instead of setting up a new one
-    /// (its final policy already names the image measured with the same configuration)
+    /// Reuse this custody KMS key (ARN) instead of the world's (its final policy in force must be the custody policy
+    /// for the development signer, or with --trust pcr0 for the image measured with the same configuration)
     #[arg(long, value_name = "ARN")]
     custody_kms_key: Option<String>,
+    /// How the custody key trusts images: pcr8 = the world's custody key (DEV/custody.toml, made once), trusting every
+    /// image the development image signer signs, so restarts and rebuilds keep every key; pcr0 = a new custody key
+    /// for this one image and configuration (debug mode always trusts by image)
+    #[arg(long, value_name = "TRUST", default_value = "pcr8", value_parser = ["pcr8", "pcr0"])]
+    trust: String,
     /// Turn off decryption for the parent (kmstool's service, RPC Decrypt/GenerateDataKey) in the enclave's configuration
     /// (dev up turns it on for kmstool's flow; an enclave with custody keys has it off unless its configuration says otherwise)
     #[arg(long)]
@@ -88,6 +93,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         image: a.image,
         no_credentials: a.no_credentials,
         custody_kms_key: a.custody_kms_key,
+        trust_by_image: a.trust == "pcr0",
         no_parent_decrypt: a.no_parent_decrypt,
         no_import: a.no_import,
         privval_config: a.privval_config,

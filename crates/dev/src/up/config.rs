@@ -20,6 +20,9 @@ pub(super) fn enclave_program() -> anyhow::Result<(PathBuf, Vec<String>)> {
 pub(super) fn enclave_toml(arn: &str, o: &Options, region: &str) -> String {
     let mut text = String::from("# nekms-enclave's measured configuration, written by nekms dev up: PCR0 covers it.\n");
     text.push_str(&crate::custody::trust_toml(&[arn], &[]));
+    if o.by_signer() {
+        text.push_str("custody-trust = \"pcr8\"\n");
+    }
     text.push_str(&format!("parent-decrypt = {}\n", !o.no_parent_decrypt));
     text.push_str(&format!("allow-import = {}\n", !o.no_import));
     if let (Some(t), Some(e)) = (&o.privval_anchor_table, &o.privval_anchor_endpoint) {
@@ -68,10 +71,13 @@ mod tests {
 
     #[test]
     fn the_measured_configuration_pins_the_key_and_says_what_the_flags_turned_off() {
-        let o = Options { no_import: true, privval_max_height_jump: Some(50), ..Options::default() };
+        let o = Options { no_import: true, privval_max_height_jump: Some(50), trust_by_image: true, ..Options::default() };
         let text = enclave_toml("arn:aws:kms:us-east-1:111122223333:key/k", &o, "us-east-1");
         assert!(text.contains("custody-kms-keys = [\"arn:aws:kms:us-east-1:111122223333:key/k\"]\n"), "{text}");
         assert!(text.contains("parent-decrypt = true\nallow-import = false\n"), "{text}");
         assert!(text.contains("privval-max-height-jump = 50\n") && !text.contains("privval-anchor"), "{text}");
+        assert!(!text.contains("custody-trust"), "{text}");
+        assert!(enclave_toml("arn:aws:kms:us-east-1:111122223333:key/k", &Options::default(), "us-east-1")
+            .contains("custody-trust = \"pcr8\"\n"));
     }
 }

@@ -42,6 +42,9 @@ pub struct Options {
     pub no_credentials: bool,
     /// Reuse this custody key (ARN) after checking its policy.
     pub custody_kms_key: Option<String>,
+    /// Trust by image (PCR0): a new custody key each run, as before signer
+    /// trust; the default is the world's custody key trusting its signer.
+    pub trust_by_image: bool,
     /// `parent-decrypt = false` in the enclave's configuration.
     pub no_parent_decrypt: bool,
     /// `allow-import = false` in the enclave's configuration.
@@ -56,6 +59,15 @@ pub struct Options {
     pub privval_anchor_endpoint: Option<String>,
     /// Run the enclave as an image in a guest VM instead of a process here.
     pub vm: Option<vm::VmSpec>,
+}
+
+impl Options {
+    /// Whether the world's custody key and image signer are used (signer
+    /// trust, PCR8): unless asked for image trust, or in debug mode (whose
+    /// PCR8 reads zero, as every PCR does).
+    pub fn by_signer(&self) -> bool {
+        !self.trust_by_image && !self.debug_mode
+    }
 }
 
 /// p11-kit's server with libnekms_p11.so, serving the enclave's tokens.
@@ -100,6 +112,10 @@ pub struct Up {
     pub privval_proxy_pid: Option<u32>,
     /// PCR0, PCR1 and PCR2 as the enclave reports them (hex).
     pub pcrs: [String; 3],
+    /// PCR8 as the enclave reports it (zeros: unsigned).
+    pub pcr8: String,
+    /// The simulated image's signature (`--sim-signature`), when signed.
+    pub sim_signature: Option<PathBuf>,
     pub custody_key: String,
     /// The measured configuration that pins the custody key.
     pub enclave_config: PathBuf,
@@ -172,27 +188,40 @@ pub fn start(dev: &DevDir, o: &Options) -> anyhow::Result<Up> {
     let proxy_pid = group.spawn("proxy", proxy)?;
     group.wait_for("proxy", || proxy_sock.exists())?;
 
-    // 3. The custody key, in the two steps the ordering needs: the admin
+    // 3. The custody key. By default the world's own (DEV/custody.toml),
+    //    trusting the world's image signer (PCR8): created once with its
+    //    final policy, kept across runs and rebuilds. With --trust pcr0 (or
+    //    in debug mode), in the two steps the ordering needs: the admin
     //    creates it with the bootstrap policy; the enclave's configuration
     //    pins its ARN and is measured with the image; the admin puts the
     //    final policy naming that PCR0, locking itself out.
     let (program, prefix) = config::enclave_program()?;
     let image = o.image.clone().unwrap_or_else(|| program.clone());
     let enclave_config = run_dir.join("enclave.toml");
+    let sim_signature = run_dir.join("enclave.sig");
+    let _ = std::fs::remove_file(&sim_signature);
     let http_addr: std::net::SocketAddr =
         kms_http_url.trim_start_matches("http://").trim_end_matches('/').parse().context("the KMS's HTTP address")?;
     let admin = Target::principal(dev, http_addr, "admin")?;
     let vm_image = run_dir.join("image.eif");
     let vm_p11 = vm::p11_parts();
+    let signer = if o.by_signer() { Some(dev.image_signer_paths()) } else { None };
     let configure = |arn: &str| -> anyhow::Result<Measurement> {
         let mut text = config::enclave_toml(arn, o, &config.region);
         if let Some(spec) = &o.vm {
             text.push_str(&vm::guest_toml(&config.region, https_port, o.privval_anchor_endpoint.is_some(), vm_p11.is_ok()));
             std::fs::write(&enclave_config, text)?;
-            return vm::build_image(spec, &enclave_config, &dev.tls_ca_path(), vm_p11.as_ref().ok(), &vm_image);
+            return vm::build_image(spec, &enclave_config, &dev.tls_ca_path(), vm_p11.as_ref().ok(), signer.as_ref(), &vm_image);
         }
         std::fs::write(&enclave_config, text)?;
-        Ok(Measurement::of_files(&image, Some(&enclave_config))?)
+        let m = Measurement::of_files(&image, Some(&enclave_config))?;
+        if signer.is_some() {
+            // Signed as nitro-cli signs an image: the simulator checks it over the PCR0 it measures.
+            let s = dev.image_signer()?;
+            let section = nekms_attestation::image_signature::sign_pem(&m.pcr0, &s.key_pem, &s.cert_pem).map_err(anyhow::Error::msg)?;
+            std::fs::write(&sim_signature, section)?;
+        }
+        Ok(m)
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     // A debug-mode enclave reports zeros: the policy must name them (and so admits every debug image).
@@ -200,11 +229,14 @@ pub fn start(dev: &DevDir, o: &Options) -> anyhow::Result<Up> {
         let pcr0 = if o.debug_mode { nekms_attestation::Pcr48::ZERO } else { m.pcr0 };
         crate::key_policy::custody(roles, &[pcr0.to_hex()])
     };
-    let (custody_key, measurement) = match &o.custody_kms_key {
-        Some(arn) => {
-            // Reuse only a key whose policy in force is exactly the custody policy for this image.
+    let (custody_key, measurement) = match (&o.custody_kms_key, o.by_signer()) {
+        (Some(arn), by_signer) => {
+            // Reuse only a key whose policy in force is exactly the custody policy for this image (or signer).
             let m = configure(arn)?;
-            let policy = final_policy(&Roles::standard(&config.account_id), &m);
+            let policy = match by_signer {
+                true => crate::world_custody::policy(dev, &crate::world_custody::signer_pcr8(dev)?)?,
+                false => final_policy(&Roles::standard(&config.account_id), &m),
+            };
             rt.block_on(async {
                 let mut conn = Conn::open(&admin).await?;
                 crate::custody::check_custody_key(&mut conn, arn, &policy).await
@@ -212,7 +244,18 @@ pub fn start(dev: &DevDir, o: &Options) -> anyhow::Result<Up> {
             .with_context(|| format!("--custody-kms-key {arn}"))?;
             (arn.clone(), m)
         }
-        None => rt.block_on(crate::custody::custody_key(dev, &admin, "nekms dev up: custody", configure, final_policy))?,
+        (None, true) => {
+            let world = rt.block_on(crate::world_custody::ensure(dev, &admin, false))?;
+            if world.created {
+                println!(
+                    "nekms dev up: created the development world's custody key {} (trusting image signer PCR8 {})",
+                    world.arn, world.pcr8
+                );
+            }
+            let m = configure(&world.arn)?;
+            (world.arn, m)
+        }
+        (None, false) => rt.block_on(crate::custody::custody_key(dev, &admin, "nekms dev up: custody", configure, final_policy))?,
     };
 
     // The anchor's proxy, allowing exactly its endpoint.
@@ -249,6 +292,9 @@ pub fn start(dev: &DevDir, o: &Options) -> anyhow::Result<Up> {
         .arg(dev.tls_ca_path());
     if o.debug_mode {
         enclave.arg("--debug-mode");
+    }
+    if sim_signature.exists() {
+        enclave.arg("--sim-signature").arg(&sim_signature);
     }
     enclave.arg("--image").arg(&image);
     let enclave_pid = match &o.vm {
@@ -319,6 +365,12 @@ pub fn start(dev: &DevDir, o: &Options) -> anyhow::Result<Up> {
     if !o.debug_mode && pcr(0) != measurement.pcr0.to_hex() {
         bail!("the enclave reports PCR0 {}, but its image and configuration measure {}", pcr(0), measurement.pcr0);
     }
+    if o.by_signer() {
+        let want = crate::world_custody::signer_pcr8(dev)?;
+        if pcr(8) != want.to_hex() {
+            bail!("the enclave reports PCR8 {}, but the image was signed by the development signer (PCR8 {want})", pcr(8));
+        }
+    }
 
     let env = [
         ("NEKMS_ENCLAVE", rpc_address.clone()),
@@ -377,6 +429,8 @@ pub fn start(dev: &DevDir, o: &Options) -> anyhow::Result<Up> {
         persist_pid,
         privval_proxy_pid,
         pcrs: [pcr(0), pcr(1), pcr(2)],
+        pcr8: pcr(8),
+        sim_signature: sim_signature.exists().then_some(sim_signature),
         custody_key,
         enclave_config,
         credentials: description.credentials.as_ref().map(|c| c.access_key_id.clone()),
@@ -407,6 +461,7 @@ impl Up {
             "p11_kit": self.p11.as_ref().ok().map(|kit| kit.address.clone()),
             "pcr0": self.pcrs[0], "pcr1": self.pcrs[1], "pcr2": self.pcrs[2],
             "custody_kms_key": self.custody_key, "enclave_config": self.enclave_config.display().to_string(),
+            "pcr8": self.pcr8, "sim_signature": self.sim_signature.as_ref().map(|p| p.display().to_string()),
             "pids": {"kms": self.kms_pid, "proxy": self.proxy_pid, "enclave": self.enclave_pid, "privval_persist": self.persist_pid,
                      "privval_proxy": self.privval_proxy_pid, "supervisor": std::process::id()},
             "env": self.env.iter().map(|(k, v)| (k.to_string(), serde_json::Value::String(v.clone()))).collect::<serde_json::Map<_, _>>(),

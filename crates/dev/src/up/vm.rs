@@ -101,6 +101,7 @@ pub fn build_image(
     config: &Path,
     tls_ca: &Path,
     p11: Option<&(PathBuf, PathBuf)>,
+    signer: Option<&(PathBuf, PathBuf)>,
     out: &Path,
 ) -> anyhow::Result<Measurement> {
     let me = std::env::current_exe()?;
@@ -116,6 +117,9 @@ pub fn build_image(
         .arg(format!("{}:/etc/nekms/kms-ca.pem", tls_ca.display()))
         .args(["--enclave-arg", "--sim-from", "--enclave-arg", GUEST_PATH, "-o"])
         .arg(out);
+    if let Some((key, cert)) = signer {
+        build.arg("--sign-key").arg(key).arg("--sign-cert").arg(cert);
+    }
     if let Some((server, module)) = p11 {
         let remote = server.with_file_name("p11-kit-remote");
         build.arg("--file").arg(format!("{}:{P11_KIT_SERVER}", server.display()));
