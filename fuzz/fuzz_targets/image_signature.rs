@@ -1,6 +1,8 @@
 //! Any bytes as an image's signature section (an EIF's, or the simulator's
-//! `--sim-signature` file): refused or verified, never a panic; and a real
-//! signature, once a byte of it changes, never verifies over another PCR0.
+//! `--sim-signature` file): refused or verified, never a panic, and what
+//! verifies names a non-zero PCR8. Seed it with a real section
+//! (`nekms pcr sim FILE --sign-key K --sign-cert C --signature
+//! fuzz/corpus/image_signature/real.sig`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

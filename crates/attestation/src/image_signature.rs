@@ -55,7 +55,11 @@ pub fn certificate_der(bytes: &[u8]) -> Result<Vec<u8>, String> {
     } else {
         bytes.to_vec()
     };
-    x509_parser::parse_x509_certificate(&der).map_err(|e| format!("not an X.509 certificate: {e}"))?;
+    let (rest, _) = x509_parser::parse_x509_certificate(&der).map_err(|e| format!("not an X.509 certificate: {e}"))?;
+    if !rest.is_empty() {
+        // PCR8 hashes the certificate's DER: bytes after it would give a PCR8 no enclave reports.
+        return Err(format!("{} bytes after the certificate", rest.len()));
+    }
     Ok(der)
 }
 
@@ -67,19 +71,31 @@ pub fn section_fields(section: &[u8]) -> Result<(Vec<u8>, Vec<u8>), String> {
     }
     let err = |e: minicbor::decode::Error| format!("signature section: {e}");
     let mut d = Decoder::new(section);
-    match d.array().map_err(err)? {
-        Some(n) if n >= 1 => {}
+    let n = match d.array().map_err(err)? {
+        Some(n) if n >= 1 => n,
         _ => return Err("signature section: no signature".into()),
-    }
+    };
     let entries = d.map().map_err(err)?.ok_or("signature section: an indefinite map")?;
     let (mut cert, mut signature) = (None, None);
     for _ in 0..entries {
         let key = d.str().map_err(err)?;
-        match key {
-            "signing_certificate" => cert = Some(bytes_of(&mut d).map_err(|e| format!("signature section: {key}: {e}"))?),
-            "signature" => signature = Some(bytes_of(&mut d).map_err(|e| format!("signature section: {key}: {e}"))?),
-            _ => d.skip().map_err(err)?,
+        let slot = match key {
+            "signing_certificate" => &mut cert,
+            "signature" => &mut signature,
+            _ => return Err(format!("signature section: an unknown field {key:?}")),
+        };
+        // Two readers taking different copies of a repeated field would disagree about the signer.
+        if slot.is_some() {
+            return Err(format!("signature section: {key} twice"));
         }
+        *slot = Some(bytes_of(&mut d).map_err(|e| format!("signature section: {key}: {e}"))?);
+    }
+    // Further signatures (nitro-cli checks only the first), then nothing.
+    for _ in 1..n {
+        d.skip().map_err(err)?;
+    }
+    if d.position() != section.len() {
+        return Err("signature section: bytes after the signatures".into());
     }
     Ok((cert.ok_or("signature section: no signing_certificate")?, signature.ok_or("signature section: no signature")?))
 }
@@ -105,6 +121,9 @@ fn bytes_of(d: &mut Decoder<'_>) -> Result<Vec<u8>, String> {
 /// valid at `now`, and the signed payload is exactly register 0 = `pcr0`.
 pub fn verify(section: &[u8], pcr0: &Pcr48, now: OffsetDateTime) -> Result<SignedImage, String> {
     let (cert, cose) = section_fields(section)?;
+    if !cert.starts_with(b"-----BEGIN CERTIFICATE-----") {
+        return Err("the signing certificate is not PEM, as nitro-cli requires".into());
+    }
     let der = certificate_der(&cert).map_err(|e| format!("the signing certificate: {e}"))?;
     let (_, parsed) = x509_parser::parse_x509_certificate(&der).map_err(|e| format!("the signing certificate: {e}"))?;
     let validity = parsed.validity();
@@ -229,6 +248,31 @@ mod tests {
             .unwrap();
         e.str("signature").and_then(|e| e.bytes(&cose)).unwrap();
         assert!(verify(&e.into_writer(), &pcr0, now).unwrap_err().contains("does not verify"));
+        // A repeated field (two readers could take different copies), bytes after the list, a DER certificate.
+        let mut twice = Encoder::new(Vec::new());
+        twice
+            .array(1)
+            .and_then(|e| e.map(3))
+            .and_then(|e| e.str("signing_certificate"))
+            .and_then(|e| e.bytes(other.cert_pem.as_bytes()))
+            .unwrap();
+        twice.str("signing_certificate").and_then(|e| e.bytes(signer.cert_pem.as_bytes())).unwrap();
+        twice.str("signature").and_then(|e| e.bytes(&cose)).unwrap();
+        assert!(verify(&twice.into_writer(), &pcr0, now).unwrap_err().contains("signing_certificate twice"));
+        let mut trailing = section.clone();
+        trailing.push(0);
+        assert!(verify(&trailing, &pcr0, now).unwrap_err().contains("bytes after"));
+        let mut der = Encoder::new(Vec::new());
+        der.array(1)
+            .and_then(|e| e.map(2))
+            .and_then(|e| e.str("signing_certificate"))
+            .and_then(|e| e.bytes(&signer.cert_der().unwrap()))
+            .unwrap();
+        der.str("signature").and_then(|e| e.bytes(&cose)).unwrap();
+        assert!(verify(&der.into_writer(), &pcr0, now).unwrap_err().contains("not PEM"));
+        let mut padded = signer.cert_der().unwrap();
+        padded.push(0);
+        assert!(certificate_der(&padded).unwrap_err().contains("after the certificate"));
         for bad in [&b""[..], &[0x80], &[0x81, 0xa0], &section[..section.len() - 1]] {
             assert!(verify(bad, &pcr0, now).is_err());
         }

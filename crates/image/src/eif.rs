@@ -108,19 +108,10 @@ pub fn walk<R: Read + Seek>(file: &mut R, len: u64) -> Result<Layout, String> {
 }
 
 /// The signature section: a CBOR array of at least one map holding the
-/// certificate and the COSE_Sign1, both byte strings.
+/// certificate and the COSE_Sign1, read by the one reader the signature
+/// check and the measurement use.
 fn signature_list(bytes: &[u8]) -> Result<(), String> {
-    let v: ciborium::Value = ciborium::from_reader(bytes).map_err(|e| format!("signature section: not CBOR: {e}"))?;
-    let list = v.as_array().ok_or("signature section: not a CBOR array")?;
-    let first = list.first().ok_or("signature section: no signature in it")?;
-    let map = first.as_map().ok_or("signature section: an entry that is not a map")?;
-    for field in ["signing_certificate", "signature"] {
-        let found = map.iter().any(|(k, v)| k.as_text() == Some(field) && (v.is_bytes() || v.is_array()));
-        if !found {
-            return Err(format!("signature section: no {field}"));
-        }
-    }
-    Ok(())
+    nekms_attestation::image_signature::section_fields(bytes).map(|_| ())
 }
 
 #[cfg(test)]

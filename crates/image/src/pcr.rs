@@ -61,7 +61,9 @@ pub fn measure<R: Read + Seek>(file: &mut R, layout: &Layout) -> Result<Measurem
             Kind::Signature => {
                 let mut sig = vec![0u8; s.len as usize];
                 file.read_exact(&mut sig).map_err(|e| e.to_string())?;
-                pcr8 = Some(pcr8_of_certificate(&signing_certificate(&sig)?)?);
+                // The same reader the signature check uses, so both see one certificate.
+                let (cert, _) = nekms_attestation::image_signature::section_fields(&sig)?;
+                pcr8 = Some(pcr8_of_certificate(&cert)?);
             }
             Kind::Metadata => {}
         }
@@ -75,32 +77,6 @@ pub fn measure<R: Read + Seek>(file: &mut R, layout: &Layout) -> Result<Measurem
         m.insert("PCR8".into(), p);
     }
     Ok(Measurements(m))
-}
-
-/// The first signature's certificate (PEM) from a signature section.
-fn signing_certificate(section: &[u8]) -> Result<Vec<u8>, String> {
-    signature_field(section, "signing_certificate")
-}
-
-/// A field of the first signature in a signature section: the certificate
-/// (PEM) or the COSE_Sign1, as bytes (written as a CBOR byte string or as an
-/// array of integers, as AWS's crate writes a `Vec<u8>`).
-pub(crate) fn signature_field(section: &[u8], field: &str) -> Result<Vec<u8>, String> {
-    let v: ciborium::Value = ciborium::from_reader(section).map_err(|e| format!("signature section: {e}"))?;
-    let entry = v.as_array().and_then(|a| a.first()).and_then(|e| e.as_map()).ok_or("signature section: no signature")?;
-    let value = entry.iter().find(|(k, _)| k.as_text() == Some(field)).map(|(_, v)| v).ok_or(format!("signature section: no {field}"))?;
-    bytes_of(value).map_err(|e| format!("signature section: {field}: {e}"))
-}
-
-/// A CBOR byte string, or an array of integers 0-255, as bytes.
-pub(crate) fn bytes_of(value: &ciborium::Value) -> Result<Vec<u8>, String> {
-    match value {
-        ciborium::Value::Bytes(b) => Ok(b.clone()),
-        ciborium::Value::Array(a) => {
-            a.iter().map(|x| x.as_integer().and_then(|i| u8::try_from(i).ok()).ok_or_else(|| "a byte out of range".to_string())).collect()
-        }
-        _ => Err("not bytes".into()),
-    }
 }
 
 /// PCR8 of an image signed with this certificate (PEM or DER): SHA-384
@@ -140,7 +116,7 @@ mod tests {
         for v in [as_bytes, as_ints] {
             let mut b = Vec::new();
             ciborium::into_writer(&v, &mut b).unwrap();
-            assert_eq!(signing_certificate(&b).unwrap(), b"PEM");
+            assert_eq!(nekms_attestation::image_signature::section_fields(&b).unwrap().0, b"PEM");
         }
         assert!(pcr8_of_certificate(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").is_err());
     }

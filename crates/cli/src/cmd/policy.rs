@@ -80,18 +80,27 @@ pub enum Command {
 /// PCR values as lower-case hex, each 48 bytes; zero is refused for PCR8
 /// (every unsigned image) and warned about for PCR0 (every debug image).
 fn checked(flag: &str, values: Vec<String>) -> anyhow::Result<Vec<String>> {
+    let mut parsed = Vec::new();
     for p in &values {
-        p.parse::<nekms_attestation::Pcr48>().map_err(|e| anyhow::anyhow!("{flag} {p}: {e}"))?;
-        if p.bytes().all(|b| b == b'0') {
+        let pcr = p.parse::<nekms_attestation::Pcr48>().map_err(|e| anyhow::anyhow!("{flag} {p}: {e}"))?;
+        parsed.push(pcr.to_hex());
+        if pcr.is_zero() {
             if flag == "--pcr8" {
                 anyhow::bail!("{flag} all zero is what every unsigned image reports; name a signer's PCR8");
             }
             eprintln!("nekms policy: warning: PCR0 all zero admits every debug-mode enclave image");
         }
     }
-    let mut values: Vec<String> = values.iter().map(|p| p.to_ascii_lowercase()).collect();
-    values.dedup();
-    Ok(values)
+    if flag == "--pcr8" && !parsed.is_empty() {
+        eprintln!(
+            "nekms policy: note: trust by signer rests on the signature over PCR0 being checked before PCR8 is reported; nitro-cli \
+             checks it, and whether the Nitro hypervisor refuses an image started without that check is still to be confirmed \
+             on AWS (docs/upgrades.md). Naming --pcr0 too makes an image match both."
+        );
+    }
+    parsed.sort();
+    parsed.dedup();
+    Ok(parsed)
 }
 
 pub fn run(cmd: Command) -> anyhow::Result<()> {

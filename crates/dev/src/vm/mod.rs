@@ -129,9 +129,13 @@ impl Image {
         // As nitro-cli run-enclave: a signed image boots only if its signature
         // verifies over its PCR0; otherwise its PCR8 would be a copied one.
         let pcr0 = measurements.pcr(0).unwrap_or_default().to_string();
-        nekms_image::signature::verify(&mut f, &layout, &pcr0).map_err(|e| {
+        let signed = nekms_image::signature::verify(&mut f, &layout, &pcr0).map_err(|e| {
             anyhow::anyhow!("{}: a signed image whose signature does not check: {e}; nitro-cli would not boot it", path.display())
         })?;
+        // The PCR8 handed to the guest is the certificate whose key signed.
+        if signed.map(|s| s.pcr8.to_hex()).as_deref() != measurements.pcr(8) {
+            anyhow::bail!("{}: the measured PCR8 is not the signer's", path.display());
+        }
         let section = |s: &eif::Section| bytes[s.offset as usize..(s.offset + s.len) as usize].to_vec();
         let mut image = Image { kernel: Vec::new(), cmdline: String::new(), initrd: Vec::new(), measurements };
         for s in &layout.sections {
