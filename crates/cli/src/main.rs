@@ -82,6 +82,9 @@ enum Command {
     /// The custody key's policies: the bootstrap one, and the final one naming the measured image
     #[command(subcommand)]
     Policy(cmd::policy::Command),
+    /// Moving custody to another KMS key under a quorum: approve a migration statement, check approvals
+    #[command(subcommand)]
+    Migrate(cmd::migrate::Command),
     /// PKCS#11 tokens in the enclave (for libnekms_p11.so behind p11-kit): add, update, remove, restore, slots
     #[command(subcommand)]
     P11(cmd::p11::Command),
@@ -101,6 +104,7 @@ fn main() {
         Command::Demo(a) => cmd::demo::run(a),
         Command::Policy(c) => cmd::policy::run(c),
         Command::P11(c) => cmd::p11::run(c),
+        Command::Migrate(c) => cmd::migrate::run(c),
         Command::Privval(c) => cmd::privval::run(c),
         #[cfg(feature = "dev")]
         Command::Dev(c) => cmd::dev::run(c),

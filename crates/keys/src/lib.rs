@@ -38,6 +38,8 @@ mod hash;
 #[cfg(feature = "private-keys")]
 mod import;
 #[cfg(feature = "private-keys")]
+pub mod migration;
+#[cfg(feature = "private-keys")]
 pub mod origin;
 mod pin;
 #[cfg(feature = "private-keys")]

@@ -11,6 +11,7 @@ pub mod enclave;
 pub mod image;
 pub mod key;
 pub mod kmstool;
+pub mod migrate;
 pub mod p11;
 pub mod pcr;
 pub mod policy;
