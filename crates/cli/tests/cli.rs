@@ -370,6 +370,23 @@ fn policy_check_says_who_can_do_what_and_flags_what_aws_reads_differently() {
         "{out}"
     );
     assert!(fail(nekms(tmp.path(), &["policy", "custody", "--account", "111122223333", "--pcr8", &zeros])).contains("unsigned"));
+    // A migration target with a window for the source's signer: said in words, no warning; misuses refused.
+    let (target, acct) = ("0f".repeat(48), ["policy", "custody", "--account", "111122223333"]);
+    let window = |extra: &[&str]| nekms(tmp.path(), &[&acct[..], extra].concat());
+    let text = ok(window(&["--pcr8", &target, "--window-from-pcr8", &pcr8, "--window-until", "2030-01-01T00:00:00Z"]));
+    let out = check("window.json", serde_json::from_str(&text).unwrap());
+    assert!(
+        out.contains(&format!("Migration window: images signed with the certificate whose PCR8 is {pcr8} may make data keys for records whose nekms:origin is migrated until 2030-01-01T00:00:00Z, and never decrypt"))
+            && out.ends_with("0 warning(s)\n"),
+        "{out}"
+    );
+    assert!(fail(window(&["--pcr0", &pcr0, "--pcr8", &target, "--window-from-pcr8", &pcr8, "--window-until", "2030-01-01T00:00:00Z"]))
+        .contains("no --pcr0"));
+    assert!(
+        fail(window(&["--pcr8", &target, "--window-from-pcr8", &pcr8, "--window-until", "2030-01-01"])).contains("YYYY-MM-DDTHH:MM:SSZ")
+    );
+    assert!(fail(window(&["--pcr8", &target, "--window-from-pcr8", &target, "--window-until", "2030-01-01T00:00:00Z"]))
+        .contains("trusts anyway"));
     let mut unsigned: serde_json::Value = serde_json::from_str(&signer).unwrap();
     unsigned["Statement"][0]["Condition"]["StringEqualsIgnoreCase"]["kms:RecipientAttestation:PCR8"] = serde_json::json!([zeros]);
     assert!(check("unsigned.json", unsigned).contains("all-zero PCR8, which every unsigned image"));

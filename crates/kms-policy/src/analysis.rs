@@ -49,7 +49,7 @@ const SINGLE_VALUED_PREFIXES: &[&str] =
     &["kms:recipientattestation:", "aws:principal", "aws:sourceip", "kms:calleraccount", "kms:encryptioncontext:"];
 
 impl Statement {
-    fn covers_action(&self, action: &str) -> bool {
+    pub(crate) fn covers_action(&self, action: &str) -> bool {
         match &self.actions {
             Matcher::Only(a) => a.iter().any(|p| glob(p.as_bytes(), action.as_bytes(), true)),
             Matcher::AllBut(a) => !a.iter().any(|p| glob(p.as_bytes(), action.as_bytes(), true)),

@@ -63,7 +63,7 @@ pub fn check(policy: &Policy, account: Option<&str>) -> Vec<Finding> {
     let signers: Vec<&String> = policy
         .statements
         .iter()
-        .filter(|s| s.effect == Effect::Allow)
+        .filter(|s| s.effect == Effect::Allow && s.covers_action("kms:Decrypt"))
         .flat_map(|s| &s.conditions)
         .filter(|c| !c.op.negated() && c.key.eq_ignore_ascii_case("kms:RecipientAttestation:PCR8"))
         .flat_map(|c| &c.values)
@@ -79,6 +79,32 @@ pub fn check(policy: &Policy, account: Option<&str>) -> Vec<Finding> {
                 signers.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" or ")
             ),
         );
+    }
+    // A migration window: an Allow for data keys only, bounded in time.
+    for st in policy.statements.iter().filter(|s| s.effect == Effect::Allow && !s.covers_action("kms:Decrypt")) {
+        let values = |key: &str| {
+            st.conditions
+                .iter()
+                .filter(|c| !c.op.negated() && c.key.eq_ignore_ascii_case(key))
+                .flat_map(|c| c.values.clone())
+                .collect::<Vec<_>>()
+        };
+        let (window_signers, until) = (values("kms:RecipientAttestation:PCR8"), values("aws:CurrentTime"));
+        if !window_signers.is_empty() && !until.is_empty() && st.covers_action("kms:GenerateDataKey") {
+            let origin = values("kms:EncryptionContext:nekms:origin");
+            let records =
+                if origin.is_empty() { String::new() } else { format!(" for records whose nekms:origin is {}", origin.join(" or ")) };
+            say(
+                &mut out,
+                false,
+                format!(
+                    "Migration window: images signed with the certificate whose PCR8 is {} may make data keys{records} until {}, and never \
+                     decrypt; they can seal records here for the images this key trusts.",
+                    window_signers.join(" or "),
+                    until.join(", ")
+                ),
+            );
+        }
     }
     if policy.mentions_recipient() && !policy.denies_reserved_context() {
         say(&mut out, true, "no Deny keeps ciphertexts with nekms's reserved context (nekms:*) from being minted outside the enclave (Encrypt and GenerateDataKey* with kms:EncryptionContextKeys like nekms:*)".into());

@@ -2,6 +2,8 @@
 //! evaluated the way AWS does, and read back in plain words
 //! ([`check`], `nekms policy check`). The local KMS authorizes with it; the
 //! parent's CLI checks policies with it without linking the local KMS.
+//! [`templates`] are the custody key policies nekms writes; the enclave
+//! links them to recognise a migration target's policy.
 //!
 //! - A request is allowed when some statement allows it and no statement
 //!   denies it: an explicit `Deny` always wins.
@@ -27,6 +29,7 @@ mod context;
 mod evaluate;
 mod operators;
 mod parse;
+pub mod templates;
 mod variables;
 mod wildcard;
 

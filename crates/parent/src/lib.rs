@@ -9,7 +9,8 @@
 //! - [`import`]: the administrator's KMS client and the import ciphertext
 //!   (`nekms key encrypt-for-import`, `nekms p11 acm convert`);
 //! - [`key_policy`]: the custody key policies nekms writes and their
-//!   two-step setup (`nekms policy`, `nekms dev up`);
+//!   two-step setup (`nekms policy`, `nekms dev up`), from
+//!   `nekms_kms_policy::templates`;
 //! - [`kmstool`]: kmstool's protocol from the client's side.
 //!
 //! The CLI, the agent and the validator signer's parent side use these; none
@@ -24,6 +25,6 @@
 pub mod credentials;
 pub mod enclave;
 pub mod import;
-pub mod key_policy;
+pub use nekms_kms_policy::templates as key_policy;
 pub mod kmstool;
 pub mod secrets;

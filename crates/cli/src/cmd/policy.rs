@@ -64,6 +64,13 @@ pub enum Command {
         /// Take PCR8 (the signer) from each --image, after checking its signature over its PCR0, instead of PCR0
         #[arg(long, requires = "images")]
         use_pcr8: bool,
+        /// A migration target: until --window-until, images of this (the source's) signer may make data keys for
+        /// migrated records (nekms:origin=migrated) under the key, never decrypt (repeatable; needs --pcr8 and no --pcr0)
+        #[arg(long, value_name = "HEX", requires = "window_until")]
+        window_from_pcr8: Vec<String>,
+        /// When the migration window closes (UTC, YYYY-MM-DDTHH:MM:SSZ)
+        #[arg(long, value_name = "TIME", requires = "window_from_pcr8")]
+        window_until: Option<String>,
     },
     /// Say who can decrypt, mint ciphertext, change the policy or create grants, and flag forms AWS reads differently
     Check {
@@ -85,7 +92,7 @@ fn checked(flag: &str, values: Vec<String>) -> anyhow::Result<Vec<String>> {
         let pcr = p.parse::<nekms_attestation::Pcr48>().map_err(|e| anyhow::anyhow!("{flag} {p}: {e}"))?;
         parsed.push(pcr.to_hex());
         if pcr.is_zero() {
-            if flag == "--pcr8" {
+            if flag != "--pcr0" {
                 anyhow::bail!("{flag} all zero is what every unsigned image reports; name a signer's PCR8");
             }
             eprintln!("nekms policy: warning: PCR0 all zero admits every debug-mode enclave image");
@@ -129,7 +136,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Bootstrap { roles, pcr8 } => {
             key_policy::custody_for(&roles.roles()?, &ImageTrust { pcr0: Vec::new(), pcr8: checked("--pcr8", pcr8)? })
         }
-        Command::Custody { roles, mut pcr0, mut pcr8, images, use_pcr8 } => {
+        Command::Custody { roles, mut pcr0, mut pcr8, images, use_pcr8, window_from_pcr8, window_until } => {
             for image in &images {
                 let m = nekms_image::measure_file(image)?;
                 let own = m.pcr(0).expect("every measurement has PCR0").to_string();
@@ -150,7 +157,23 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
                 }
                 pcr8.push(signed.pcr8.to_hex());
             }
-            key_policy::custody_for(&roles.roles()?, &ImageTrust { pcr0: checked("--pcr0", pcr0)?, pcr8: checked("--pcr8", pcr8)? })
+            let trust = ImageTrust { pcr0: checked("--pcr0", pcr0)?, pcr8: checked("--pcr8", pcr8)? };
+            match window_until {
+                None => key_policy::custody_for(&roles.roles()?, &trust),
+                Some(until) => {
+                    if !trust.pcr0.is_empty() || trust.pcr8.is_empty() {
+                        anyhow::bail!("a migration window is for a target trusting signers: give --pcr8 (and no --pcr0)");
+                    }
+                    if nekms_keys::migration::parse_utc(&until).is_none() {
+                        anyhow::bail!("--window-until {until}: write it YYYY-MM-DDTHH:MM:SSZ (UTC)");
+                    }
+                    let from_pcr8 = checked("--window-from-pcr8", window_from_pcr8)?;
+                    if from_pcr8.iter().any(|p| trust.pcr8.contains(p)) {
+                        anyhow::bail!("--window-from-pcr8 names a signer the target trusts anyway");
+                    }
+                    key_policy::migration_target(&roles.roles()?, &trust, &key_policy::MigrationWindow { from_pcr8, until })
+                }
+            }
         }
     };
     println!("{}", serde_json::to_string_pretty(&policy)?);

@@ -171,8 +171,81 @@ pub fn custody_for(roles: &Roles, trust: &ImageTrust) -> Value {
         "Action": ["kms:Decrypt", "kms:GenerateDataKey"], "Resource": "*",
         "Condition": trust.allow_condition()
     })];
+    if !trust.pcr8.is_empty() {
+        statements.push(instance_reads(roles));
+    }
     statements.extend(administrator(roles));
     statements.extend(guards(roles, trust));
+    json!({"Version": "2012-10-17", "Statement": statements})
+}
+
+/// Signer-trust templates let the instance role read the key's metadata,
+/// policy and grants: a source enclave checks a migration target with its
+/// own credentials before it seals anything under it.
+fn instance_reads(roles: &Roles) -> Value {
+    json!({"Sid": "The instance reads the key's description, policy and grants (a migrating enclave checks its target)",
+           "Effect": "Allow", "Principal": {"AWS": roles.instance},
+           "Action": ["kms:DescribeKey", "kms:GetKeyPolicy", "kms:ListGrants"], "Resource": "*"})
+}
+
+/// A migration window on a signer-trust target: until `until` (RFC 3339,
+/// UTC), images signed by `from_pcr8` (the source enclave's signer) may
+/// GenerateDataKey under the target, only with `nekms:origin = migrated`;
+/// they never decrypt under it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MigrationWindow {
+    pub from_pcr8: Vec<String>,
+    pub until: String,
+}
+
+/// The custody policy for a migration target trusting the signers
+/// `trust.pcr8` (only), with a window for the source's signers: the Allow
+/// for the source, and the "outside a trusted image" Deny split so that
+/// Decrypt stays with the target's signers while GenerateDataKey* admits
+/// the source only for migrated records and only before `until`.
+pub fn migration_target(roles: &Roles, trust: &ImageTrust, window: &MigrationWindow) -> Value {
+    assert!(trust.pcr0.is_empty() && !trust.pcr8.is_empty() && !window.from_pcr8.is_empty(), "a signer-trust target, a source signer");
+    let pcr8 = "kms:RecipientAttestation:PCR8";
+    let migrated = "kms:EncryptionContext:nekms:origin";
+    let deny = |sid: &str, actions: Value, condition: Value| json!({"Sid": sid, "Effect": "Deny", "Principal": {"AWS": "*"}, "Action": actions, "Resource": "*", "Condition": condition});
+    let mut both = trust.pcr8.clone();
+    both.extend(window.from_pcr8.iter().cloned());
+    let mut statements = vec![
+        json!({"Sid": "Only inside an enclave image signed by a trusted signer (PCR8)", "Effect": "Allow", "Principal": {"AWS": roles.instance},
+               "Action": ["kms:Decrypt", "kms:GenerateDataKey"], "Resource": "*", "Condition": trust.allow_condition()}),
+        json!({"Sid": "Migration window: the source signer's image seals migrated records, until the window closes",
+               "Effect": "Allow", "Principal": {"AWS": roles.instance}, "Action": "kms:GenerateDataKey", "Resource": "*",
+               "Condition": {"StringEqualsIgnoreCase": {pcr8: window.from_pcr8}, "StringEquals": {migrated: "migrated"},
+                             "DateLessThan": {"aws:CurrentTime": window.until}}}),
+        instance_reads(roles),
+    ];
+    statements.extend(administrator(roles));
+    let mut guards = guards(roles, &ImageTrust::default());
+    let rest = guards.split_off(1);
+    statements.extend(guards);
+    statements.extend([
+        deny(
+            "Nothing decrypts outside an image signed by a trusted signer (PCR8), whatever a grant says",
+            json!("kms:Decrypt"),
+            json!({"StringNotEqualsIgnoreCase": {pcr8: trust.pcr8}}),
+        ),
+        deny(
+            "No data keys outside an image of the trusted or the source signer, whatever a grant says",
+            json!("kms:GenerateDataKey*"),
+            json!({"StringNotEqualsIgnoreCase": {pcr8: both}}),
+        ),
+        deny(
+            "The source signer's data keys only for migrated records",
+            json!("kms:GenerateDataKey*"),
+            json!({"StringNotEqualsIgnoreCase": {pcr8: trust.pcr8}, "StringNotEquals": {migrated: "migrated"}}),
+        ),
+        deny(
+            "The source signer's data keys only until the window closes",
+            json!("kms:GenerateDataKey*"),
+            json!({"StringNotEqualsIgnoreCase": {pcr8: trust.pcr8}, "DateGreaterThanEquals": {"aws:CurrentTime": window.until}}),
+        ),
+    ]);
+    statements.extend(rest);
     json!({"Version": "2012-10-17", "Statement": statements})
 }
 
@@ -246,7 +319,7 @@ mod tests {
     /// nobody reopens the policy.
     #[test]
     fn the_probe_matrix_admits_exactly_the_trusted_images() {
-        use nekms_kms_policy::{evaluate, Decision, Policy, RequestContext};
+        use crate::{evaluate, Decision, Policy, RequestContext};
         let roles = Roles::standard("111122223333");
         let (a, b, s, u, zero) = ("aa".repeat(48), "bb".repeat(48), "5a".repeat(48), "0f".repeat(48), "00".repeat(48));
         // (pcr0, pcr8) of a Recipient document, or none.
@@ -275,6 +348,56 @@ mod tests {
                         let want = principal == roles.instance && matches!(action, "kms:Decrypt" | "kms:GenerateDataKey") && trusted;
                         let got = evaluate(&policy, &[], &ctx) == Decision::Allow;
                         assert_eq!(got, want, "{name}: {principal} {action} {doc:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// A migration target with a window: the target's signer T decrypts and
+    /// makes data keys; the source's signer S only makes data keys, only
+    /// for migrated records, only before the window closes; nobody else
+    /// anything; the instance reads the policy; nobody reopens it.
+    #[test]
+    fn a_migration_window_admits_the_source_only_to_seal_migrated_records_in_time() {
+        use crate::{evaluate, Decision, Policy, RequestContext};
+        let roles = Roles::standard("111122223333");
+        let (t, s, u, zero) = ("0f".repeat(48), "5a".repeat(48), "33".repeat(48), "00".repeat(48));
+        let until = "2030-01-01T00:00:00Z";
+        let policy = migration_target(
+            &roles,
+            &ImageTrust { pcr0: vec![], pcr8: vec![t.clone()] },
+            &MigrationWindow { from_pcr8: vec![s.clone()], until: until.into() },
+        );
+        let policy = Policy::parse(&policy.to_string(), true).unwrap();
+        let findings = crate::check::check(&policy, Some("111122223333"));
+        assert!(findings.iter().all(|f| !f.warning), "{findings:?}");
+        for principal in [roles.instance.as_str(), roles.admin.as_str()] {
+            for action in
+                ["kms:Decrypt", "kms:GenerateDataKey", "kms:GenerateDataKeyWithoutPlaintext", "kms:PutKeyPolicy", "kms:GetKeyPolicy"]
+            {
+                for doc in [None, Some(&t), Some(&s), Some(&u), Some(&zero)] {
+                    for origin in ["migrated", "generated"] {
+                        for now in ["2029-12-31T23:59:59Z", until, "2031-01-01T00:00:00Z"] {
+                            let mut ctx =
+                                RequestContext::new(principal, "111122223333", action, "arn:aws:kms:us-east-1:111122223333:key/k");
+                            if let Some(pcr8) = doc {
+                                ctx.set("kms:RecipientAttestation:PCR8", pcr8.as_str());
+                            }
+                            ctx.set("kms:EncryptionContext:nekms:origin", origin);
+                            ctx.set("aws:CurrentTime", now);
+                            let instance = principal == roles.instance;
+                            let want = match action {
+                                "kms:Decrypt" => instance && doc == Some(&t),
+                                "kms:GenerateDataKey" => {
+                                    instance && (doc == Some(&t) || (doc == Some(&s) && origin == "migrated" && now < until))
+                                }
+                                "kms:GetKeyPolicy" => true,
+                                _ => false,
+                            };
+                            let got = evaluate(&policy, &[], &ctx) == Decision::Allow;
+                            assert_eq!(got, want, "{principal} {action} {doc:?} {origin} {now}");
+                        }
                     }
                 }
             }
