@@ -14,12 +14,14 @@ an outsider, approvals of another statement.
 import base64
 import hashlib
 import json
+import subprocess
+import time
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from conftest import kms_client, nekms, principals, start_kms, stop
+from conftest import INSTANCE, Up, kms_client, nekms, principals, start_kms, stop
 
 
 def statement(**change):
@@ -115,3 +117,160 @@ def test_approvals_from_files_and_kms_reach_the_threshold_and_nothing_less(kms, 
     assert r.returncode != 0 and "approvers hold Ed25519 or P-256 keys" in r.stderr, r.stderr
     r = verify("ed", threshold=5, check=False)
     assert r.returncode != 0 and "never reachable" in r.stderr, r.stderr
+
+
+# ---- the enclave's checks, before anything is re-sealed --------------------------------------------------------
+
+
+def canonical(obj):
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def signer_pcr8(tmp_path, name):
+    """A P-384 image-signing certificate made by OpenSSL, and its PCR8 as nekms computes it."""
+    key, cert = tmp_path / f"{name}.key", tmp_path / f"{name}.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-384", "-nodes", "-keyout", str(key),
+                    "-out", str(cert), "-days", "3650", "-subj", f"/CN={name}"], check=True, capture_output=True)
+    return json.loads(nekms("image", "pcr8", "--cert", str(cert)).stdout)["PCR8"]
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """dev up with three approvers (an Ed25519 file, a P-256 file, a P-256 key in the local KMS), two needed, and two records."""
+    base = tmp_path_factory.mktemp("source")
+    dev = base / "dev"
+    nekms("dev", "init", "--dir", str(dev), timeout=120)
+    proc, ready = start_kms(dev, base / "kms.json")
+    try:
+        admin = kms_client(ready["http"], principals(dev)["admin"])
+        kms_arn = admin.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["Arn"]
+        (base / "kms.der").write_bytes(admin.get_public_key(KeyId=kms_arn)["PublicKey"])
+    finally:
+        stop(proc)
+    ed, p256 = ed25519.Ed25519PrivateKey.generate(), ec.generate_private_key(ec.SECP256R1())
+    for name, key in (("ed", ed), ("p256", p256)):
+        (base / f"{name}.pem").write_bytes(pem_private(key))
+        (base / f"{name}.pub").write_bytes(pem_public(key))
+    approvers = ["--migration-approver", str(base / "ed.pub"), "--migration-approver", str(base / "p256.pub"),
+                 "--migration-approver", str(base / "kms.der"), "--migration-threshold", "2"]
+    up = Up(base, *approvers)
+    try:
+        up.store = f"sqlite:{base / 'keys.db'}"
+        up.run = lambda *a, check=True: up.nekms(*a, env={**up.env, "NEKMS_STORE": up.store}, check=check)
+        for name, spec in (("m-ed", "ed25519"), ("m-p256", "p256")):
+            up.run("key", "create", "--name", name, "--spec", spec)
+        up.base, up.approvers, up.kms_arn = base, approvers, kms_arn
+        yield up
+    finally:
+        up.stop()
+
+
+def target_key(u, policy):
+    return u.client("admin").create_key(Policy=json.dumps(policy), BypassPolicyLockoutSafetyCheck=True)["KeyMetadata"]["Arn"]
+
+
+def window_policy(u, trusted, until):
+    return json.loads(u.nekms("policy", "custody", "--account", "111122223333", "--pcr8", trusted, "--window-from-pcr8", u.info["pcr8"],
+                              "--window-until", until).stdout)
+
+
+def plan(u, out, arn, trusted, until, *extra):
+    u.run("migrate", "plan", "--target-kms-key", arn, "--target-pcr8", trusted, "--window-until", until, "--profile", "admin",
+          "--kms-endpoint-url", u.info["kms_http"], "-o", str(out), *extra)
+    return out
+
+
+def approve(u, out, *who):
+    sigs = []
+    for name in who:
+        sig = out / f"{name}.sig"
+        if name == "kms":
+            u.nekms("migrate", "approve", str(out / "statement.json"), "--kms-key", u.kms_arn, "--profile", "admin",
+                    "--endpoint-url", u.info["kms_http"], "-o", str(sig))
+        else:
+            u.nekms("migrate", "approve", str(out / "statement.json"), "--key-file", str(u.base / f"{name}.pem"), "-o", str(sig))
+        sigs += ["--signature", str(sig)]
+    return sigs
+
+
+def check(u, out, sigs, ok=True):
+    r = u.nekms("migrate", "check", str(out), *sigs, check=ok)
+    return r.stdout if ok else r.stderr
+
+
+def test_the_enclave_checks_a_quorum_approved_migration_and_refuses_each_attack(source, tmp_path):
+    """A statement planned against the running enclave, approved by two of three (a key file and a KMS key), passes every
+    check; what the parent can do to it is refused by a named rule, and the target key never sees a GenerateDataKey."""
+    u = source
+    until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
+    t, other = signer_pcr8(tmp_path, "t"), signer_pcr8(tmp_path, "u")
+    target = target_key(u, window_policy(u, t, until))
+    good = plan(u, tmp_path / "good", target, t, until)
+    statement = json.loads((good / "statement.json").read_bytes())
+    assert statement["records"]["count"] == 2 and statement["source"]["enclave"] == {"pcr8": [u.info["pcr8"]]}, statement
+    out = check(u, good, approve(u, good, "ed", "kms"))
+    assert "the enclave accepts this migration: approved by 2 of 2 needed" in out and target in out and "nothing was sealed" in out, out
+    targets = [target]
+
+    # Fewer approvals than the threshold.
+    err = check(u, good, approve(u, good, "p256"), ok=False)
+    assert "rule migration-quorum: 1 valid approval(s) of the 2 needed" in err, err
+    # The target changed after signing: the approvals are over another statement.
+    changed = tmp_path / "changed"
+    changed.mkdir()
+    statement["target"]["trust"] = {"pcr8": [other]}
+    (changed / "statement.json").write_bytes(canonical(statement))
+    err = check(u, changed, approve(u, good, "ed", "kms"), ok=False)
+    assert "rule migration-quorum: 0 valid" in err, err
+    # A target whose policy lets the instance decrypt outside any image.
+    loose_policy = window_policy(u, t, until)
+    loose_policy["Statement"].append({"Sid": "Instance decrypts", "Effect": "Allow", "Principal": {"AWS": INSTANCE}, "Action": "kms:Decrypt",
+                                      "Resource": "*"})
+    loose = target_key(u, loose_policy)
+    targets.append(loose)
+    p = plan(u, tmp_path / "loose", loose, t, until)
+    err = check(u, p, approve(u, p, "ed", "p256"), ok=False)
+    assert "rule migration-target-policy" in err, err
+    # A target trusting a signer the approvers were not told of.
+    elsewhere = target_key(u, window_policy(u, other, until))
+    targets.append(elsewhere)
+    p = plan(u, tmp_path / "elsewhere", elsewhere, t, until)
+    err = check(u, p, approve(u, p, "ed", "p256"), ok=False)
+    assert "rule migration-target-pcr" in err, err
+    # An approval that has expired.
+    p = plan(u, tmp_path / "expired", target, t, until, "--expires", "2021-01-01T00:00:00Z")
+    err = check(u, p, approve(u, p, "ed", "p256"), ok=False)
+    assert "rule migration-expired" in err, err
+    # A nonce this boot never issued.
+    forged = tmp_path / "forged"
+    forged.mkdir()
+    statement = json.loads((good / "statement.json").read_bytes())
+    statement["nonce"] = base64.b64encode(b"\1" * 32).decode()
+    (forged / "statement.json").write_bytes(canonical(statement))
+    err = check(u, forged, approve(u, forged, "ed", "p256"), ok=False)
+    assert "rule migration-replay" in err, err
+
+    # Nothing was ever sealed under any target.
+    audit = (u.dev / "kms" / "audit.log").read_text()
+    for arn in targets:
+        assert not [line for line in audit.splitlines() if arn in line and "GenerateDataKey" in line], arn
+
+
+def test_an_old_approval_is_refused_after_the_enclave_restarts(source, tmp_path):
+    u = source
+    until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
+    t = signer_pcr8(tmp_path, "t")
+    p = plan(u, tmp_path / "old", target_key(u, window_policy(u, t, until)), t, until)
+    sigs = approve(u, p, "ed", "p256")
+    assert "accepts this migration" in check(u, p, sigs)
+    u.stop()
+    # Without approvers in its configuration, the enclave migrates nothing.
+    with Up(u.base) as plain:
+        r = plain.nekms("migrate", "check", str(p), *sigs, check=False)
+        assert r.returncode != 0 and "rule migration-disabled" in r.stderr, r.stderr
+    restarted = Up(u.base, *u.approvers)
+    try:
+        r = restarted.nekms("migrate", "check", str(p), *sigs, check=False)
+        assert r.returncode != 0 and "rule migration-replay" in r.stderr, r.stderr
+    finally:
+        restarted.stop()

@@ -84,6 +84,12 @@ pub struct EnclaveArgs {
     pub custody_trust: Option<String>,
     #[arg(skip)]
     #[serde(default)]
+    pub migration_approvers: Vec<String>,
+    #[arg(skip)]
+    #[serde(default)]
+    pub migration_threshold: Option<usize>,
+    #[arg(skip)]
+    #[serde(default)]
     pub parent_decrypt: Option<bool>,
     #[arg(skip)]
     #[serde(default)]
@@ -140,6 +146,11 @@ pub struct TrustArgs {
     /// `"pcr8"`: also those any image of its own signer made (so a rebuilt,
     /// signed image keeps its keys; the custody key's policy trusts PCR8).
     pub custody_trust: Option<String>,
+    /// Who may approve moving custody to another KMS key (base64 SPKI DER,
+    /// Ed25519 or P-256) and how many of them must ([`crate::migrate`]).
+    /// None: migration is off.
+    pub migration_approvers: Vec<String>,
+    pub migration_threshold: Option<usize>,
     /// Whether Decrypt/GenerateDataKey for the parent (kmstool's service,
     /// the RPC's generic calls, the cli verbs) are offered [default: only
     /// when no custody key is pinned].
@@ -231,6 +242,8 @@ impl EnclaveArgs {
                 origin_pcr0: file.origin_pcr0,
                 origin_pcr8: file.origin_pcr8,
                 custody_trust: file.custody_trust,
+                migration_approvers: file.migration_approvers,
+                migration_threshold: file.migration_threshold,
                 parent_decrypt: file.parent_decrypt,
                 parent_decrypt_keys: file.parent_decrypt_keys,
                 allow_import: file.allow_import,

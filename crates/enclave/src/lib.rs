@@ -14,6 +14,7 @@ pub mod companion;
 pub mod config;
 pub mod custody;
 pub mod kmstool;
+pub mod migrate;
 pub mod p11;
 mod p11_public;
 pub mod privval;
@@ -47,6 +48,8 @@ pub struct Enclave {
     pub p11: p11::Tokens,
     /// The validator signer ([`privval`]).
     pub privval: privval::Signer,
+    /// Moving custody to another key under a quorum ([`migrate`]).
+    pub migrations: migrate::Migrations,
 }
 
 impl Enclave {
@@ -71,6 +74,8 @@ impl Enclave {
             (None, given) => given.clone(),
         };
         let anchor = anchor(config, &region, nsm.is_simulated())?;
+        let migrations = migrate::Migrations::new(&config.trust.migration_approvers, config.trust.migration_threshold)
+            .map_err(|e| anyhow::anyhow!("the enclave's configuration: {e}"))?;
         Ok(Enclave {
             nsm,
             kms,
@@ -86,6 +91,7 @@ impl Enclave {
                 config.trust.privval_max_height_jump,
                 anchor,
             )?,
+            migrations,
         })
     }
 

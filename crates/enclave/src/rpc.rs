@@ -33,7 +33,7 @@ pub fn kms_error(e: EnclaveKmsError) -> RpcError {
     }
 }
 
-fn nsm_error(e: NsmError) -> RpcError {
+pub(crate) fn nsm_error(e: NsmError) -> RpcError {
     RpcError::new(ErrorCode::Attestation, e.to_string())
 }
 
@@ -89,6 +89,8 @@ impl Enclave {
             origin_pcr0: self.trust.origin_pcr0().iter().map(|p| p.to_hex()).collect(),
             custody_trust: self.trust.custody_trust().into(),
             origin_pcr8: self.trust.origin_pcr8().iter().map(|p| p.to_hex()).collect(),
+            migration_approvers: self.migrations.summary().0,
+            migration_threshold: self.migrations.summary().1 as u32,
             parent_decrypt,
             parent_decrypt_keys: keys.iter().map(|k| k.to_string()).collect(),
         }
@@ -243,6 +245,7 @@ impl Handler for Enclave {
             Request::Sign { record, scheme, payload } => Ok(Response::Signed(self.sign(&record, scheme, &payload).await?)),
             Request::P11(request) => Ok(Response::P11(self.p11_call(request).await?)),
             Request::Privval(request) => Ok(Response::Privval(self.privval_call(request).await?)),
+            Request::Migrate(request) => Ok(Response::Migrate(self.migrate_call(request).await?)),
         }
     }
 }

@@ -215,6 +215,18 @@ impl Statement {
     }
 }
 
+/// Hex SHA-256.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(digest(&SHA256, bytes))
+}
+
+/// A key policy's `policy_sha256`: SHA-256 of its JSON with keys sorted and
+/// no whitespace, so the administrator's and the enclave's readings agree
+/// however KMS spaced it.
+pub fn policy_sha256(policy: &serde_json::Value) -> String {
+    sha256_hex(&serde_json::to_vec(policy).expect("a Value serialises"))
+}
+
 /// What an approval signs for `statement` (its canonical bytes).
 pub fn message(statement: &[u8]) -> Vec<u8> {
     let mut m = DOMAIN.to_vec();
@@ -227,17 +239,7 @@ pub fn approver_id(spki: &[u8]) -> String {
     hex::encode(&digest(&SHA256, spki).as_ref()[..8])
 }
 
-/// A detached approval.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Approval {
-    /// Base64 of the approver's SubjectPublicKeyInfo (DER).
-    pub approver: String,
-    /// `ed25519` or `ecdsa-p256-sha256`.
-    pub algorithm: String,
-    /// Base64: Ed25519's 64 bytes, or ECDSA's DER.
-    pub signature: String,
-}
+pub use nekms_protocol::rpc::Approval;
 
 /// The algorithm an approver's key signs with, if it may approve.
 fn algorithm(spec: KeySpec) -> Option<(&'static str, Scheme)> {

@@ -274,4 +274,40 @@ impl EnclaveKms {
             .map_err(sdk_error)?;
         self.open(out.ciphertext_for_recipient())
     }
+
+    /// What KMS says about a key, read with the enclave's own credentials
+    /// through its own TLS session (the parent can make this fail, not lie):
+    /// DescribeKey, GetKeyPolicy (`default`) and ListGrants.
+    pub async fn key_facts(&self, key_id: &str) -> Result<KeyFacts, EnclaveKmsError> {
+        let client = self.client()?;
+        let described = client.describe_key().key_id(key_id).send().await.map_err(sdk_error)?;
+        let meta = described.key_metadata().ok_or(EnclaveKmsError::Incomplete("KeyMetadata"))?;
+        let policy = client.get_key_policy().key_id(key_id).policy_name("default").send().await.map_err(sdk_error)?;
+        let grants = client.list_grants().key_id(key_id).limit(100).send().await.map_err(sdk_error)?;
+        Ok(KeyFacts {
+            arn: meta.arn().unwrap_or_default().to_owned(),
+            key_spec: meta.key_spec().map(|s| s.as_str().to_owned()).unwrap_or_default(),
+            origin: meta.origin().map(|s| s.as_str().to_owned()).unwrap_or_default(),
+            key_state: meta.key_state().map(|s| s.as_str().to_owned()).unwrap_or_default(),
+            multi_region: meta.multi_region().unwrap_or(false),
+            custom_key_store: meta.custom_key_store_id().is_some(),
+            policy: policy.policy().ok_or(EnclaveKmsError::Incomplete("Policy"))?.to_owned(),
+            grants: grants.grants().len() + usize::from(grants.truncated()),
+        })
+    }
+}
+
+/// A key as KMS describes it ([`EnclaveKms::key_facts`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyFacts {
+    pub arn: String,
+    pub key_spec: String,
+    pub origin: String,
+    pub key_state: String,
+    pub multi_region: bool,
+    pub custom_key_store: bool,
+    /// The key policy, JSON.
+    pub policy: String,
+    /// Grants on the key (100 or more when listed as truncated).
+    pub grants: usize,
 }

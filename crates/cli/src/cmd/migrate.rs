@@ -1,8 +1,10 @@
-//! `nekms migrate approve|verify`: the approvers' side of a migration of
-//! custody to another KMS key ([`nekms_keys::migration`]). An approver reads
-//! the statement (canonical JSON), and signs it offline with a key file or
-//! with a KMS key; anyone checks a set of approvals against the approvers
-//! and threshold.
+//! `nekms migrate ...`: moving custody to another KMS key under a quorum
+//! ([`nekms_keys::migration`]). The administrator plans (a nonce from the
+//! running enclave, the records from the store, the target key's policy);
+//! approvers read the statement and sign it offline with a key file or a KMS
+//! key; anyone checks approvals against approvers and a threshold; the
+//! enclave checks the whole of it, the target key and its policy read by
+//! itself, before anything is sealed.
 
 use std::path::PathBuf;
 
@@ -10,10 +12,56 @@ use anyhow::{bail, Context};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use nekms_keys::migration::{self, Approval, Statement};
+use nekms_keys::RecordExt;
+use nekms_rpc::{MigrateRequest, MigrateResponse, Request, Response};
 use zeroize::Zeroizing;
 
 #[derive(clap::Subcommand)]
 pub enum Command {
+    /// Write a migration statement and its manifest (DIR/statement.json, DIR/manifest.json) for the approvers
+    Plan {
+        #[command(flatten)]
+        enclave: super::enclave::EnclaveArg,
+        #[command(flatten)]
+        store: super::key::StoreArg,
+        /// The key to move custody to
+        #[arg(long, value_name = "ARN")]
+        target_kms_key: String,
+        /// The signer(s) the target trusts (PCR8, hex)
+        #[arg(long, value_name = "HEX", required_unless_present = "target_pcr0")]
+        target_pcr8: Vec<String>,
+        /// The image(s) the target trusts (PCR0, hex)
+        #[arg(long, value_name = "HEX")]
+        target_pcr0: Vec<String>,
+        /// The target's migration window closes then (UTC, YYYY-MM-DDTHH:MM:SSZ), as its policy says
+        #[arg(long, value_name = "TIME")]
+        window_until: Option<String>,
+        /// Only these records [default: every record under the source key]
+        #[arg(long = "name", value_name = "NAME")]
+        names: Vec<String>,
+        /// How long the approvals may take: hours (72h) or a time (YYYY-MM-DDTHH:MM:SSZ); at most 30 days
+        #[arg(long, value_name = "WHEN", default_value = "72h")]
+        expires: String,
+        /// KMS endpoint for reading the target's policy (the administrator's view) instead of the SDK's
+        #[arg(long = "kms-endpoint-url", env = "AWS_ENDPOINT_URL_KMS", value_name = "URL")]
+        kms_endpoint_url: Option<String>,
+        /// AWS profile of the key administrator
+        #[arg(long)]
+        profile: Option<String>,
+        /// The directory to write to
+        #[arg(short, long, value_name = "DIR")]
+        output: PathBuf,
+    },
+    /// Ask the running enclave to check a statement and its approvals as it will before re-sealing: nothing is sealed
+    Check {
+        #[command(flatten)]
+        enclave: super::enclave::EnclaveArg,
+        /// The plan's directory (statement.json)
+        dir: PathBuf,
+        /// An approval (repeatable)
+        #[arg(long = "signature", value_name = "FILE", required = true)]
+        signatures: Vec<PathBuf>,
+    },
     /// Sign a migration statement as one approver (a detached approval, JSON), after printing what it says
     Approve {
         /// The statement (canonical JSON, as `migrate plan` writes it)
@@ -54,7 +102,7 @@ fn read(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
 }
 
 /// A public key file, PEM or DER, as SPKI DER.
-fn spki(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn spki(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
     let bytes = read(path)?;
     let der = match std::str::from_utf8(&bytes).ok().filter(|t| t.contains("-----BEGIN PUBLIC KEY-----")) {
         Some(text) => {
@@ -98,6 +146,33 @@ fn describe(s: &Statement) -> String {
 
 pub fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
+        Command::Plan { .. } => tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(plan(cmd)),
+        Command::Check { enclave, dir, signatures } => {
+            tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+                let statement = read(&dir.join("statement.json"))?;
+                let approvals = signatures
+                    .iter()
+                    .map(|p| serde_json::from_slice::<Approval>(&read(p)?).with_context(|| p.display().to_string()))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let client = enclave.connect().await?;
+                match client.call(&Request::Migrate(MigrateRequest::Check { statement, approvals })).await? {
+                    Response::Migrate(MigrateResponse::Checked(c)) => {
+                        println!(
+                        "the enclave accepts this migration: approved by {} of {} needed ({}); target {} with the policy the approvers saw \
+                         (SHA-256 {}); checked at {}; nothing was sealed",
+                        c.approvers.len(),
+                        c.threshold,
+                        c.approvers.join(", "),
+                        c.target_key,
+                        c.target_policy_sha256,
+                        migration::format_utc(c.checked_at as i64).unwrap_or_default()
+                    );
+                        Ok(())
+                    }
+                    other => bail!("unexpected answer from the enclave: {other:?}"),
+                }
+            })
+        }
         Command::Approve { statement, key_file, kms_key, endpoint_url, profile, output } => {
             let bytes = read(&statement)?;
             let parsed = Statement::parse(&bytes).with_context(|| statement.display().to_string())?;
@@ -163,4 +238,105 @@ async fn kms_approve(statement: &[u8], arn: &str, endpoint: Option<&str>, profil
     // What KMS returned must count, before anyone relies on it.
     migration::check_quorum(statement, std::slice::from_ref(&approval), &[spki], 1)?;
     Ok(approval)
+}
+
+/// `expires` as the statement's time: `72h` from now, or a time.
+fn expiry(expires: &str) -> anyhow::Result<String> {
+    if let Some(hours) = expires.strip_suffix('h') {
+        let hours: i64 = hours.parse().with_context(|| format!("--expires {expires}"))?;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
+        return migration::format_utc(now + hours * 3600).context("--expires: out of range");
+    }
+    migration::parse_utc(expires).with_context(|| format!("--expires {expires}: hours (72h) or YYYY-MM-DDTHH:MM:SSZ"))?;
+    Ok(expires.to_owned())
+}
+
+async fn plan(cmd: Command) -> anyhow::Result<()> {
+    let Command::Plan {
+        enclave,
+        store,
+        target_kms_key,
+        target_pcr8,
+        target_pcr0,
+        window_until,
+        names,
+        expires,
+        kms_endpoint_url,
+        profile,
+        output,
+    } = cmd
+    else {
+        unreachable!("plan")
+    };
+    let client = enclave.connect().await?;
+    let described = client.describe().await?;
+    let trust = described.trust.context("the enclave did not describe its trust settings")?;
+    let [source] = &trust.custody_kms_keys[..] else {
+        bail!("the enclave pins {} custody keys; a migration moves the records of one", trust.custody_kms_keys.len());
+    };
+    let pcr = |i: u16| described.pcrs.iter().find(|p| p.index == i).map(|p| hex::encode(&p.value)).unwrap_or_default();
+    let source_images = if trust.custody_trust == "pcr8" {
+        migration::Images { pcr0: vec![], pcr8: vec![pcr(8)] }
+    } else {
+        migration::Images { pcr0: vec![pcr(0)], pcr8: vec![] }
+    };
+    // The records under the source key, as the store holds them.
+    let records: Vec<_> = nekms_store::list_all(&store.open().await?, 500)
+        .await?
+        .into_iter()
+        .filter(|r| r.kms_key_id == *source && (names.is_empty() || names.contains(&r.key_id)))
+        .collect();
+    if let Some(missing) = names.iter().find(|n| !records.iter().any(|r| &r.key_id == *n)) {
+        bail!("{missing}: no such record under {source}");
+    }
+    let leaves = records
+        .iter()
+        .map(|r| migration::Leaf {
+            key_id: r.key_id.clone(),
+            source_record_sha256: hex::encode(r.cache_digest()),
+            first_origin: r.origin.as_str().to_owned(),
+            spec: r.spec.to_string(),
+            spki_sha256: migration::sha256_hex(&r.public_key),
+        })
+        .collect();
+    let manifest = migration::Manifest::new(leaves)?;
+    // The target's policy as the administrator reads it; the enclave reads it again itself.
+    let kms = nekms_parent::import::admin_kms(kms_endpoint_url.as_deref(), profile.as_deref()).await;
+    let got = kms
+        .get_key_policy()
+        .key_id(&target_kms_key)
+        .policy_name("default")
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("KMS GetKeyPolicy {target_kms_key}: {}", e.into_service_error()))?;
+    let policy: serde_json::Value = serde_json::from_str(got.policy().context("GetKeyPolicy gave no policy")?)?;
+    let normalise = |v: Vec<String>| -> anyhow::Result<Vec<String>> {
+        v.iter().map(|p| Ok(p.parse::<nekms_attestation::Pcr48>().map_err(|e| anyhow::anyhow!("{p}: {e}"))?.to_hex())).collect()
+    };
+    let nonce = match client.call(&Request::Migrate(MigrateRequest::Begin)).await? {
+        Response::Migrate(MigrateResponse::Begun { nonce, .. }) => nonce,
+        other => bail!("unexpected answer from the enclave: {other:?}"),
+    };
+    let statement = Statement {
+        version: 1,
+        kind: migration::KIND.into(),
+        expires: expiry(&expires)?,
+        nonce: B64.encode(nonce),
+        records: migration::RecordSet { count: manifest.leaves.len() as u32, root: manifest.root() },
+        source: migration::Source { custody_kms_key: source.clone(), enclave: source_images },
+        target: migration::Target {
+            custody_kms_key: target_kms_key,
+            policy_sha256: migration::policy_sha256(&policy),
+            trust: migration::Images { pcr0: normalise(target_pcr0)?, pcr8: normalise(target_pcr8)? },
+            window_until,
+        },
+    };
+    let bytes = statement.to_bytes()?;
+    std::fs::create_dir_all(&output).with_context(|| output.display().to_string())?;
+    std::fs::write(output.join("statement.json"), &bytes)?;
+    std::fs::write(output.join("manifest.json"), serde_json::to_vec_pretty(&manifest)?)?;
+    std::fs::write(output.join("target-policy.json"), serde_json::to_vec_pretty(&policy)?)?;
+    print!("{}", describe(&statement));
+    println!("wrote {}/statement.json, manifest.json and target-policy.json: give statement.json to the approvers", output.display());
+    Ok(())
 }

@@ -81,6 +81,12 @@ pub struct Args {
     /// The guest's vCPUs
     #[arg(long, value_name = "N", default_value_t = 2)]
     vm_cpus: u32,
+    /// A migration approver's public key (PEM or DER SPKI, Ed25519 or P-256), into the measured configuration (repeatable)
+    #[arg(long = "migration-approver", value_name = "FILE", requires = "migration_threshold")]
+    migration_approvers: Vec<PathBuf>,
+    /// How many approvers must approve a migration
+    #[arg(long, value_name = "N", requires = "migration_approvers")]
+    migration_threshold: Option<usize>,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
@@ -94,6 +100,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         no_credentials: a.no_credentials,
         custody_kms_key: a.custody_kms_key,
         trust_by_image: a.trust == "pcr0",
+        migration_approvers: a
+            .migration_approvers
+            .iter()
+            .map(|p| Ok(base64::engine::Engine::encode(&base64::engine::general_purpose::STANDARD, super::migrate::spki(p)?)))
+            .collect::<anyhow::Result<_>>()?,
+        migration_threshold: a.migration_threshold,
         no_parent_decrypt: a.no_parent_decrypt,
         no_import: a.no_import,
         privval_config: a.privval_config,

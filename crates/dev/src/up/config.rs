@@ -31,6 +31,13 @@ pub(super) fn enclave_toml(arn: &str, o: &Options, region: &str) -> String {
     if let Some(j) = o.privval_max_height_jump {
         text.push_str(&format!("privval-max-height-jump = {j}\n"));
     }
+    if !o.migration_approvers.is_empty() {
+        let list = o.migration_approvers.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ");
+        text.push_str(&format!("migration-approvers = [{list}]\n"));
+    }
+    if let Some(t) = o.migration_threshold {
+        text.push_str(&format!("migration-threshold = {t}\n"));
+    }
     text
 }
 

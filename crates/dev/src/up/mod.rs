@@ -59,6 +59,9 @@ pub struct Options {
     pub privval_anchor_endpoint: Option<String>,
     /// Run the enclave as an image in a guest VM instead of a process here.
     pub vm: Option<vm::VmSpec>,
+    /// `migration-approvers` (base64 SPKI) and `migration-threshold` in the enclave's configuration.
+    pub migration_approvers: Vec<String>,
+    pub migration_threshold: Option<usize>,
 }
 
 impl Options {

@@ -20,6 +20,7 @@ use std::fmt;
 
 use crate::{KeyRecord, KeySpec, Payload, Scheme, Signature};
 
+mod migrate;
 mod p11;
 mod privval;
 use serde::{Deserialize, Serialize};
@@ -232,8 +233,11 @@ pub enum Request {
     P11(P11Request),
     /// The validator signer: its chains, their double-sign state, its figures.
     Privval(PrivvalRequest),
+    /// Moving custody to another KMS key under a quorum of approvers.
+    Migrate(MigrateRequest),
 }
 
+pub use migrate::{Approval, MigrateRequest, MigrateResponse, MigrationCheck};
 pub use p11::{P11Key, P11PublicKey, P11Request, P11Response, P11Slot, P11Token, PinVerifier};
 pub use privval::{PrivvalChain, PrivvalRequest, PrivvalResponse, PrivvalStatus};
 
@@ -340,6 +344,7 @@ impl Request {
             Request::Sign { .. } => "Sign",
             Request::P11(_) => "P11",
             Request::Privval(_) => "Privval",
+            Request::Migrate(_) => "Migrate",
         }
     }
 }
@@ -387,6 +392,7 @@ pub enum Response {
     Signed(Signature),
     P11(P11Response),
     Privval(PrivvalResponse),
+    Migrate(MigrateResponse),
 }
 
 /// What the enclave says about itself.
@@ -431,6 +437,11 @@ pub struct TrustInfo {
     /// PCR8 values (hex): signers whose images' origin documents records may carry.
     #[serde(default)]
     pub origin_pcr8: Vec<String>,
+    /// Who may approve moving custody to another key (approver ids), and how many must.
+    #[serde(default)]
+    pub migration_approvers: Vec<String>,
+    #[serde(default)]
+    pub migration_threshold: u32,
     /// Whether Decrypt/GenerateDataKey serve the parent at all.
     pub parent_decrypt: bool,
     /// If not empty, the only keys they may use.
