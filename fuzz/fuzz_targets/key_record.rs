@@ -15,7 +15,12 @@ fuzz_target!(|data: &[u8]| {
         let _ = record.cache_digest();
         let verifier = nekms_attestation::Verifier::aws();
         // Nothing the fuzzer makes is signed by AWS's root: the check must refuse, never panic.
-        assert!(nekms_keys::origin::verify_origin(&record, &verifier, &[nekms_attestation::Pcr48::ZERO]).is_err());
+        assert!(nekms_keys::origin::verify_origin(
+            &record,
+            &verifier,
+            &nekms_keys::origin::TrustedImages::by_pcr0(&[nekms_attestation::Pcr48::ZERO])
+        )
+        .is_err());
         let _ = nekms_keys::context::check_caller_context(&record.encryption_context);
     }
     if let Ok(public) = PublicKey::parse(data) {

@@ -14,14 +14,17 @@ an outsider, approvals of another statement.
 import base64
 import hashlib
 import json
+import pathlib
+import sqlite3
 import subprocess
 import time
+import tomllib
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from conftest import INSTANCE, Up, kms_client, nekms, principals, start_kms, stop
+from conftest import INSTANCE, NEKMS_ENCLAVE, Up, kms_client, nekms, principals, start_kms, stop
 
 
 def statement(**change):
@@ -254,6 +257,69 @@ def test_the_enclave_checks_a_quorum_approved_migration_and_refuses_each_attack(
     audit = (u.dev / "kms" / "audit.log").read_text()
     for arn in targets:
         assert not [line for line in audit.splitlines() if arn in line and "GenerateDataKey" in line], arn
+
+
+def test_a_migration_moves_every_record_to_images_of_the_new_signer(source, tmp_path):
+    """The source image (signer S) re-seals both records under a target trusting signer T, with the window its policy
+    grants; an image signed by T pinning the target signs with them (the same public keys), S's image does not open
+    them, a record whose approval was cut below the threshold is refused, and the spent statement re-seals nothing."""
+    u = source
+    until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
+    t = signer_pcr8(tmp_path, "t")
+    target = target_key(u, window_policy(u, t, until))
+    p = plan(u, tmp_path / "plan", target, t, until)
+    sigs = approve(u, p, "ed", "kms")
+    new_store = f"sqlite:{tmp_path / 'migrated.db'}"
+    out = u.run("migrate", "run", str(p), *sigs, "--to", new_store).stdout
+    assert "migrated 2 record(s)" in out, out
+    err = u.run("migrate", "run", str(p), *sigs, "--to", f"sqlite:{tmp_path / 'again.db'}", check=False).stderr
+    assert "rule migration-replay" in err, err
+
+    # An image signed by T, pinning the target, with the same approvers.
+    measured = tomllib.loads(pathlib.Path(u.info["enclave_config"]).read_text())
+    config = tmp_path / "t.toml"
+    config.write_text(f'custody-kms-keys = ["{target}"]\ncustody-trust = "pcr8"\nallow-import = true\n'
+                      f'migration-approvers = {json.dumps(measured["migration-approvers"])}\nmigration-threshold = 2\n')
+    sig = tmp_path / "t.sig"
+    nekms("pcr", "sim", NEKMS_ENCLAVE, "--config", str(config), "--sign-key", str(tmp_path / "t.key"), "--sign-cert", str(tmp_path / "t.pem"),
+          "--signature", str(sig))
+    rpc = tmp_path / "t.sock"
+    u.start([*u.enclave_args(config), "--sim-signature", str(sig), "--rpc", f"unix://{rpc}", "--kmstool", f"unix://{tmp_path / 't-k.sock'}"],
+            rpc, "enclave T", tmp_path / "t.log")
+    t_env = {**u.env, "NEKMS_ENCLAVE": f"unix://{rpc}", "NEKMS_STORE": new_store}
+    nekms("enclave", "credentials", env=t_env)
+
+    # Cut one record's approval below the threshold: refused before KMS is asked.
+    db = sqlite3.connect(tmp_path / "migrated.db")
+    (blob,) = db.execute("SELECT migration FROM key_records WHERE key_id = 'm-p256'").fetchone()
+    carried = json.loads(blob)
+    carried["approvals"] = carried["approvals"][:1]
+    db.execute("UPDATE key_records SET migration = ? WHERE key_id = 'm-p256'", (json.dumps(carried).encode(),))
+    db.commit()
+    r = nekms("sign", "--key", "m-p256", "--message", "m", env=t_env, check=False)
+    assert r.returncode != 0 and "rule provenance" in r.stderr and "migration-quorum" in r.stderr, r.stderr
+    db.execute("UPDATE key_records SET migration = ? WHERE key_id = 'm-p256'", (blob,))
+    db.commit()
+
+    for name in ("m-ed", "m-p256"):
+        old = json.loads(u.run("key", "show", name, "--json").stdout)
+        new = json.loads(nekms("key", "show", name, "--json", env=t_env).stdout)
+        assert new["public_key"] == old["public_key"] and new["kms_key_id"] == target and new["origin"] == "migrated", new
+        signature = bytes.fromhex(json.loads(nekms("sign", "--key", name, "--message", "moved", "--json", env=t_env).stdout)["signature"])
+        public = serialization.load_der_public_key(base64.b64decode(new["public_key"]))
+        if name == "m-ed":
+            public.verify(signature, b"moved")
+        else:
+            public.verify(signature, b"moved", ec.ECDSA(hashes.SHA256()))
+    # On the parent: the origin is the approved migration, checked against the approvers.
+    root = ["--dev-root", "--dir", str(u.dev)]
+    approvers = [a for n in ("ed.pub", "p256.pub", "kms.der") for a in ("--approver", str(u.base / n))]
+    nekms("key", "verify-origin", "m-ed", "--pcr8", t, *approvers, "--threshold", "2", *root, env=t_env)
+    r = nekms("key", "verify-origin", "m-ed", "--pcr8", t, *root, env=t_env, check=False)
+    assert r.returncode != 0 and "migration-quorum" in r.stderr, r.stderr
+    # S's image does not open the migrated records: the target is not pinned there, and its policy denies S Decrypt.
+    r = u.nekms("sign", "--key", "m-ed", "--message", "m", env={**u.env, "NEKMS_STORE": new_store}, check=False)
+    assert r.returncode != 0 and "rule pinned-kms-key" in r.stderr, r.stderr
 
 
 def test_an_old_approval_is_refused_after_the_enclave_restarts(source, tmp_path):

@@ -145,13 +145,14 @@ impl Enclave {
 
     /// Seal `private` into a new record under `data_key`, with an origin
     /// document whose user_data is the record's origin commitment.
-    fn seal_new(
+    pub(crate) fn seal_new(
         &self,
         private: &PrivateKey,
         key_id: &str,
         (context, data_key): (BTreeMap<String, String>, nekms_kms_client::DataKey),
         origin: Origin,
         nonce: Option<Vec<u8>>,
+        migration: Option<Vec<u8>>,
     ) -> Result<KeyRecord, RpcError> {
         let template = KeyRecord {
             key_id: key_id.to_owned(),
@@ -165,6 +166,7 @@ impl Enclave {
             origin,
             created_at: now_seconds(),
             attestation: None,
+            migration,
         };
         let mut record = seal_record(template, &data_key.plaintext, private).map_err(key_error)?;
         let user_data = record.origin_commitment(private.public_key());
@@ -190,7 +192,7 @@ impl Enclave {
             .await
             .map_err(|e| RpcError::new(ErrorCode::Internal, format!("key generation task: {e}")))?
             .map_err(key_error)?;
-        self.seal_new(&private, &req.key_id, data_key, Origin::Generated, req.nonce)
+        self.seal_new(&private, &req.key_id, data_key, Origin::Generated, req.nonce, None)
     }
 
     /// Import an administrator's key: only an import ciphertext (made under
@@ -230,7 +232,7 @@ impl Enclave {
         let data_key = self
             .data_key_for(&req.key_id, private.spec(), Origin::Imported, req.kms_key_id.as_deref(), &req.encryption_context, usage)
             .await?;
-        self.seal_new(&private, &req.key_id, data_key, Origin::Imported, req.nonce)
+        self.seal_new(&private, &req.key_id, data_key, Origin::Imported, req.nonce, None)
     }
 
     /// The record's key, from the cache or opened now.

@@ -63,7 +63,7 @@ impl Enclave {
         let own_pcr0 = nsm.describe_pcr(0).map_err(|e| anyhow::anyhow!("reading PCR0: {e}"))?.value;
         let own_pcr8 = nsm.describe_pcr(8).map_err(|e| anyhow::anyhow!("reading PCR8: {e}"))?.value;
         let verifier = origin_verifier(&*nsm, config)?;
-        let trust = trust::Trust::new(&config.trust, (own_pcr0, own_pcr8), verifier, nsm.is_simulated())
+        let mut trust = trust::Trust::new(&config.trust, (own_pcr0, own_pcr8), verifier, nsm.is_simulated())
             .map_err(|e| anyhow::anyhow!("the enclave's configuration: {e}"))?;
         // The custody keys fix the region; a configured one must agree.
         let region = match (trust.region(), &config.region) {
@@ -76,6 +76,8 @@ impl Enclave {
         let anchor = anchor(config, &region, nsm.is_simulated())?;
         let migrations = migrate::Migrations::new(&config.trust.migration_approvers, config.trust.migration_threshold)
             .map_err(|e| anyhow::anyhow!("the enclave's configuration: {e}"))?;
+        let (approvers, threshold) = migrations.approvers();
+        trust.set_migration_approvers(approvers, threshold);
         Ok(Enclave {
             nsm,
             kms,

@@ -21,11 +21,17 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
+use nekms_keys::context::{self, is_reserved};
 use nekms_keys::migration::{self, Statement};
+use nekms_keys::record::binding_context;
+use nekms_keys::{KeyRecord, Origin, RecordExt};
+use nekms_kms_client::DataKeySpec;
 use nekms_kms_policy::templates::{self, ImageTrust, MigrationWindow, Roles};
-use nekms_rpc::{Approval, MigrateRequest, MigrateResponse, MigrationCheck, RpcError};
+use nekms_rpc::{Approval, MigrateItem, MigrateRequest, MigrateResponse, MigrationCheck, RpcError};
 use serde_json::Value;
 
 use crate::rpc::{kms_error, nsm_error};
@@ -38,6 +44,8 @@ pub const NONCE_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const MAX_EXPIRY: u64 = 30 * 24 * 3600;
 /// Nonces kept at once.
 const MAX_NONCES: usize = 64;
+/// Records re-sealed in one call.
+pub const MAX_BATCH: usize = 32;
 
 /// The approvers and threshold from the measured configuration, and the
 /// nonces this boot issued.
@@ -78,6 +86,11 @@ impl Migrations {
         Ok(Migrations { approvers, threshold, nonces: Mutex::new(HashMap::new()) })
     }
 
+    /// The approvers (SPKI DER) and the threshold.
+    pub fn approvers(&self) -> (Vec<Vec<u8>>, usize) {
+        (self.approvers.clone(), self.threshold)
+    }
+
     /// The approvers' ids and the threshold, for Describe.
     pub fn summary(&self) -> (Vec<String>, usize) {
         (self.approvers.iter().map(|a| migration::approver_id(a)).collect(), self.threshold)
@@ -100,6 +113,14 @@ impl Migrations {
         }
         nonces.insert(nonce, Instant::now());
         Ok(nonce)
+    }
+
+    /// Spend a nonce: nothing more is re-sealed under its statement.
+    fn spend(&self, encoded: &str) -> Result<(), RpcError> {
+        self.check_nonce(encoded)?;
+        let nonce: [u8; 32] = B64.decode(encoded).ok().and_then(|n| n.try_into().ok()).expect("checked");
+        self.nonces.lock().unwrap_or_else(|p| p.into_inner()).remove(&nonce);
+        Ok(())
     }
 
     fn check_nonce(&self, encoded: &str) -> Result<(), RpcError> {
@@ -154,7 +175,77 @@ impl Enclave {
             MigrateRequest::Check { statement, approvals } => {
                 Ok(MigrateResponse::Checked(self.check_migration(&statement, &approvals).await?.1))
             }
+            MigrateRequest::Records { statement, approvals, records } => {
+                if records.len() > MAX_BATCH {
+                    return Err(RpcError::bad_request(format!("at most {MAX_BATCH} records a call")));
+                }
+                let (s, _) = self.check_migration(&statement, &approvals).await?;
+                let mut out = Vec::with_capacity(records.len());
+                for item in records {
+                    out.push(self.migrate_record(&statement, &approvals, &s, item).await?);
+                }
+                Ok(MigrateResponse::Migrated { records: out })
+            }
+            MigrateRequest::Finish { statement } => {
+                let s = Statement::parse(&statement).map_err(|e| RpcError::refused(e.to_string()))?;
+                self.migrations.spend(&s.nonce)?;
+                Ok(MigrateResponse::Finished)
+            }
         }
+    }
+
+    /// Re-seal one source record under the target, after every check: the
+    /// record is under the source key and is the approved leaf, it opens
+    /// under all of today's rules, and KMS answers for the target itself.
+    async fn migrate_record(&self, bytes: &[u8], approvals: &[Approval], s: &Statement, item: MigrateItem) -> Result<KeyRecord, RpcError> {
+        let record = item.record;
+        let id = record.key_id.clone();
+        let manifest = |why: String| RpcError::refused(format!("rule migration-manifest: record {id}: {why}"));
+        if record.kms_key_id != s.source.custody_kms_key {
+            return Err(manifest(format!("it is under {}, not the statement's source key", record.kms_key_id)));
+        }
+        if item.proof.len() > 16 * 1024 {
+            return Err(manifest("an oversized proof".into()));
+        }
+        let proof: migration::Proof = serde_json::from_slice(&item.proof).map_err(|e| manifest(format!("its proof: {e}")))?;
+        // A record migrated before carries its first origin through.
+        let first_origin = match record.origin {
+            Origin::Migrated => {
+                let earlier = migration::MigrationProof::parse(record.migration.as_deref().unwrap_or_default())
+                    .map_err(|e| manifest(e.to_string()))?;
+                earlier.leaf.first_origin
+            }
+            other => other.as_str().to_owned(),
+        };
+        let leaf = migration::Leaf {
+            key_id: record.key_id.clone(),
+            source_record_sha256: hex::encode(record.cache_digest()),
+            first_origin,
+            spec: record.spec.as_str().to_owned(),
+            spki_sha256: migration::sha256_hex(&record.public_key),
+        };
+        proof.verify(&leaf, &s.records.root, s.records.count).map_err(|e| RpcError::refused(e.to_string()))?;
+        let private = self.open(&record).await?;
+
+        // The new record's context: the caller's entries and usage kept, origin migrated, the approval bound.
+        let extra: BTreeMap<String, String> =
+            record.encryption_context.iter().filter(|(k, _)| !is_reserved(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut ctx =
+            binding_context(&record.key_id, record.spec, Origin::Migrated, &extra).map_err(|e| RpcError::refused(e.to_string()))?;
+        if let Some(u) = record.encryption_context.get(context::USAGE) {
+            ctx.insert(context::USAGE.into(), u.clone());
+        }
+        ctx.insert(context::MIGRATION.into(), migration::context_value(bytes, &leaf));
+        let target: KmsKeyArn = s.target.custody_kms_key.parse().map_err(|e| refused("migration-target-key", e))?;
+        let data_key = self.kms.generate_data_key(target.as_str(), Some(DataKeySpec::Aes256), None, &ctx).await.map_err(kms_error)?;
+        self.trust.check_answered(&target, &data_key.key_id)?;
+        let carried = migration::MigrationProof {
+            statement: String::from_utf8_lossy(bytes).into_owned(),
+            approvals: approvals.to_vec(),
+            leaf,
+            proof,
+        };
+        self.seal_new(&private, &record.key_id, (ctx, data_key), Origin::Migrated, None, Some(carried.to_bytes()))
     }
 
     /// The NSM's time (a fresh document's timestamp: the hypervisor's

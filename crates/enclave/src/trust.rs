@@ -173,7 +173,7 @@ impl Trust {
         let parent_decrypt = args.parent_decrypt.unwrap_or(custody.is_empty());
         Ok(Trust {
             custody,
-            origin: TrustedImages { pcr0: origin_pcr0, pcr8: origin_pcr8 },
+            origin: TrustedImages { pcr0: origin_pcr0, pcr8: origin_pcr8, allow_imported: args.allow_import, ..Default::default() },
             by_signer,
             parent_decrypt,
             parent_decrypt_keys,
@@ -193,6 +193,18 @@ impl Trust {
 
     pub fn origin_pcr0(&self) -> &[Pcr48] {
         &self.origin.pcr0
+    }
+
+    /// The measured migration approvers and threshold: migrated records are
+    /// accepted only with their approval ([`crate::migrate`]).
+    pub fn set_migration_approvers(&mut self, approvers: Vec<Vec<u8>>, threshold: usize) {
+        self.origin.approvers = approvers;
+        self.origin.threshold = threshold;
+    }
+
+    /// Whether this image trusts any of the images a migration targets.
+    pub fn admits_any(&self, images: &nekms_keys::migration::Images) -> bool {
+        self.origin.admits_any(images)
     }
 
     pub fn origin_pcr8(&self) -> &[Pcr48] {
@@ -425,6 +437,7 @@ mod tests {
             origin,
             created_at: 0,
             attestation: None,
+            migration: None,
         };
         assert!(t.check_record(&record).unwrap_err().message.contains("rule import-disabled"));
     }

@@ -459,6 +459,82 @@ impl Proof {
     }
 }
 
+/// What a migrated record carries (its `migration` field, JSON): the
+/// statement (as approved, its canonical text), the approvals, the record's
+/// leaf in the manifest and the proof that leads from it to the root.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationProof {
+    pub statement: String,
+    pub approvals: Vec<Approval>,
+    pub leaf: Leaf,
+    pub proof: Proof,
+}
+
+/// The most bytes a record's `migration` field may hold.
+pub const MAX_PROOF: usize = 64 * 1024;
+
+/// `nekms:migration` of a record migrated by `statement` as `leaf`.
+pub fn context_value(statement: &[u8], leaf: &Leaf) -> String {
+    format!("{}.{}", sha256_hex(statement), hex::encode(leaf.hash()))
+}
+
+impl MigrationProof {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a proof serialises")
+    }
+
+    pub fn parse(bytes: &[u8]) -> Result<MigrationProof, MigrationError> {
+        if bytes.len() > MAX_PROOF {
+            return Err(MigrationError::Manifest(format!("a migration proof of {} bytes, more than {MAX_PROOF}", bytes.len())));
+        }
+        serde_json::from_slice(bytes).map_err(|e| MigrationError::Manifest(format!("the record's migration proof: {e}")))
+    }
+}
+
+/// Check a migrated record's approval against this image's approvers and
+/// threshold, and `trusts` (whether this image trusts the images a target
+/// names): the statement, the binding of the approval into the record's
+/// context, the leaf (this record's id, spec and public key; an imported
+/// first origin only if `allow_imported`), the proof to the approved root,
+/// the target (this record's KMS key, images this one trusts) and the
+/// quorum. The origin document (from the source image) is checked by the
+/// caller against the returned statement.
+pub fn verify_migrated(
+    record: &crate::KeyRecord,
+    approvers: &[Vec<u8>],
+    threshold: usize,
+    trusts: impl Fn(&Images) -> bool,
+    allow_imported: bool,
+) -> Result<(Statement, MigrationProof), MigrationError> {
+    let bad = |why: String| MigrationError::Manifest(format!("record {}: {why}", record.key_id));
+    let proof = MigrationProof::parse(record.migration.as_deref().ok_or_else(|| bad("no migration proof".into()))?)?;
+    let statement = Statement::parse(proof.statement.as_bytes())?;
+    let bound = record.encryption_context.get(nekms_protocol::context::MIGRATION).map(String::as_str);
+    if bound != Some(context_value(proof.statement.as_bytes(), &proof.leaf).as_str()) {
+        return Err(bad("its data key's context does not bind this approval".into()));
+    }
+    let leaf = &proof.leaf;
+    if leaf.key_id != record.key_id || leaf.spec != record.spec.as_str() || leaf.spki_sha256 != sha256_hex(&record.public_key) {
+        return Err(bad("its manifest leaf is another key's".into()));
+    }
+    match leaf.first_origin.as_str() {
+        "generated" => {}
+        "imported" if allow_imported => {}
+        "imported" => return Err(bad("it was first imported, and imports are not accepted".into())),
+        other => return Err(bad(format!("a first origin {other:?}"))),
+    }
+    proof.proof.verify(leaf, &statement.records.root, statement.records.count)?;
+    if statement.target.custody_kms_key != record.kms_key_id {
+        return Err(bad(format!("the approval moves records to {}, not {}", statement.target.custody_kms_key, record.kms_key_id)));
+    }
+    if !trusts(&statement.target.trust) {
+        return Err(bad("the approval names target images this image does not trust".into()));
+    }
+    check_quorum(proof.statement.as_bytes(), &proof.approvals, approvers, threshold)?;
+    Ok((statement, proof))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -48,6 +48,8 @@ pub enum OriginError {
     PublicKey(String),
     #[error("rule provenance: key record {0}: its origin document comes from an enclave image (PCR0 {1}, PCR8 {2}) that is not trusted, by image (PCR0) or by signer (PCR8)")]
     Image(String, String, String),
+    #[error("rule provenance: key record {0}: its migration is not proven: {1}")]
+    Migration(String, String),
     #[error("rule provenance: key record {0}: its origin document does not commit to this record (key id, spec, public key, KMS key, encryption context and origin): it says {1:?}")]
     Commitment(String, String),
 }
@@ -60,12 +62,25 @@ pub enum OriginError {
 pub struct TrustedImages {
     pub pcr0: Vec<Pcr48>,
     pub pcr8: Vec<Pcr48>,
+    /// Who approves migrations (SPKI DER) and how many must: a migrated
+    /// record is accepted only with such an approval. None: none is.
+    pub approvers: Vec<Vec<u8>>,
+    pub threshold: usize,
+    /// Whether records first imported are accepted.
+    pub allow_imported: bool,
 }
 
 impl TrustedImages {
     /// Trust by image only.
     pub fn by_pcr0(pcr0: &[Pcr48]) -> TrustedImages {
-        TrustedImages { pcr0: pcr0.to_vec(), pcr8: Vec::new() }
+        TrustedImages { pcr0: pcr0.to_vec(), ..Default::default() }
+    }
+
+    /// Whether any image a statement names (PCR0 or PCR8, hex) is trusted here.
+    pub fn admits_any(&self, images: &crate::migration::Images) -> bool {
+        let parse = |v: &[String]| v.iter().filter_map(|h| h.parse::<Pcr48>().ok()).collect::<Vec<_>>();
+        parse(&images.pcr0).iter().any(|p| self.pcr0.contains(p))
+            || parse(&images.pcr8).iter().any(|p| !p.is_zero() && self.pcr8.contains(p))
     }
 
     /// Whether an image with these PCRs is trusted.
@@ -87,7 +102,25 @@ pub fn verify_origin(record: &KeyRecord, verifier: &Verifier, trusted: &TrustedI
         return Err(OriginError::PublicKey(id()));
     }
     let pcr = |i: u8| doc.pcrs.get(&i).copied().unwrap_or(Pcr48::ZERO);
-    if !trusted.admits(&pcr(0), &pcr(8)) {
+    if record.origin == crate::Origin::Migrated {
+        // Made by the source image of an approved migration, before the statement expired.
+        let (statement, _) = crate::migration::verify_migrated(
+            record,
+            &trusted.approvers,
+            trusted.threshold,
+            |i| trusted.admits_any(i),
+            trusted.allow_imported,
+        )
+        .map_err(|e| OriginError::Migration(id(), e.to_string()))?;
+        let source = &statement.source.enclave;
+        let matches = |want: &[String], got: Pcr48| want.iter().all(|w| *w == got.to_hex());
+        if !matches(&source.pcr0, pcr(0)) || !matches(&source.pcr8, pcr(8)) {
+            return Err(OriginError::Migration(id(), "its document is not from the approved source image".into()));
+        }
+        if doc.timestamp / 1000 > statement.expires_at().max(0) as u64 {
+            return Err(OriginError::Migration(id(), "it was re-sealed after the approval expired".into()));
+        }
+    } else if !trusted.admits(&pcr(0), &pcr(8)) {
         return Err(OriginError::Image(id(), pcr(0).to_hex(), pcr(8).to_hex()));
     }
     let commitment = record.origin_commitment(&public);

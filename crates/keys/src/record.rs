@@ -47,12 +47,13 @@ impl RecordExt for KeyRecord {
         }
         nekms_protocol::context::Usage::of_context(&self.encryption_context, self.spec)
             .map_err(|e| err(self, format!("its encryption context's usage: {e}")))?;
-        if let Some(k) = self
-            .encryption_context
-            .keys()
-            .find(|k| is_reserved(k) && k.as_str() != nekms_protocol::context::USAGE && !want.iter().any(|(w, _)| w == k))
-        {
+        let migrated = self.origin == nekms_protocol::Origin::Migrated;
+        let allowed = |k: &str| k == nekms_protocol::context::USAGE || (migrated && k == nekms_protocol::context::MIGRATION);
+        if let Some(k) = self.encryption_context.keys().find(|k| is_reserved(k) && !allowed(k) && !want.iter().any(|(w, _)| w == k)) {
             return Err(err(self, format!("its encryption context holds {k:?}, a reserved key no record carries")));
+        }
+        if migrated != self.encryption_context.contains_key(nekms_protocol::context::MIGRATION) || migrated != self.migration.is_some() {
+            return Err(err(self, "a migrated record, and only one, carries its approval and binds it (nekms:migration)"));
         }
         let public = PublicKey::from_spki(&self.public_key).map_err(|e| err(self, e.to_string()))?;
         if public.spec() != self.spec {

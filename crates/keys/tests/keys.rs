@@ -143,6 +143,7 @@ fn record_for(key: &PrivateKey, key_id: &str) -> KeyRecord {
         origin: Origin::Generated,
         created_at: 0,
         attestation: None,
+        migration: None,
     }
 }
 

@@ -42,6 +42,9 @@ pub const ANCHOR_TABLE: &str = "nekms:anchor-table";
 pub const USAGE: &str = "nekms:usage";
 pub const USAGE_SIGN_DECRYPT: &str = "sign,decrypt";
 pub const USAGE_PRIVVAL: &str = "privval";
+/// On a migrated record only: `<hex SHA-256 of the approved statement>.<hex
+/// manifest leaf hash>`, binding the record's data key to its approval.
+pub const MIGRATION: &str = "nekms:migration";
 
 /// What a key is made for, fixed when it is made: bound into its record's
 /// data-key context and, for an imported key, into the administrator's

@@ -31,6 +31,9 @@ pub enum Origin {
     Generated,
     /// Brought by an administrator, KMS-encrypted.
     Imported,
+    /// Re-sealed under another custody key by a migration a quorum
+    /// approved; the record carries the approval (`migration`).
+    Migrated,
 }
 
 impl Origin {
@@ -38,6 +41,7 @@ impl Origin {
         match self {
             Origin::Generated => "generated",
             Origin::Imported => "imported",
+            Origin::Migrated => "migrated",
         }
     }
 }
@@ -48,6 +52,7 @@ impl std::str::FromStr for Origin {
         match s {
             "generated" => Ok(Origin::Generated),
             "imported" => Ok(Origin::Imported),
+            "migrated" => Ok(Origin::Migrated),
             _ => Err(format!("unknown origin {s:?}")),
         }
     }
@@ -78,6 +83,11 @@ pub struct KeyRecord {
     /// its user_data commits to the public key (nekms-keys' `RecordExt::origin_commitment`).
     #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_b64")]
     pub attestation: Option<Vec<u8>>,
+    /// A migrated record's approval: the statement, the approvals, its
+    /// manifest leaf and proof (JSON, `nekms_keys::migration::MigrationProof`),
+    /// bound into the data key's context (`nekms:migration`).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_b64")]
+    pub migration: Option<Vec<u8>>,
 }
 
 /// A key name: 1-128 characters of letters, digits and `._-:@/`.

@@ -21,8 +21,9 @@ mod wire;
 pub use client::{Client, ClientError};
 pub use nekms_protocol::rpc as protocol;
 pub use protocol::{
-    Approval, CacheInfo, CredentialsInfo, CredentialsUpdate, Description, Entropy, ErrorCode, GenerateKey, ImportKey, MigrateRequest,
-    MigrateResponse, MigrationCheck, NsmInfo, P11Key, P11PublicKey, P11Request, P11Response, P11Slot, P11Token, PcrInfo, PinVerifier,
-    PrivvalChain, PrivvalRequest, PrivvalResponse, PrivvalStatus, Request, Response, RpcError, Secret, SecretString, TrustInfo,
+    Approval, CacheInfo, CredentialsInfo, CredentialsUpdate, Description, Entropy, ErrorCode, GenerateKey, ImportKey, MigrateItem,
+    MigrateRequest, MigrateResponse, MigrationCheck, NsmInfo, P11Key, P11PublicKey, P11Request, P11Response, P11Slot, P11Token, PcrInfo,
+    PinVerifier, PrivvalChain, PrivvalRequest, PrivvalResponse, PrivvalStatus, Request, Response, RpcError, Secret, SecretString,
+    TrustInfo,
 };
 pub use server::{serve, serve_connection, Handler, ServerOptions};

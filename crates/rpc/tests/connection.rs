@@ -249,6 +249,7 @@ async fn sign_sends_the_origin_document_only_when_the_enclave_asks_for_it() {
         origin: nekms_keys::Origin::Generated,
         created_at: 0,
         attestation: Some(b"the document".to_vec()),
+        migration: None,
     };
     let payload = nekms_keys::Payload::Message(b"m".to_vec());
     let sig = client.sign(record.clone(), None, payload.clone()).await.unwrap();

@@ -66,6 +66,9 @@ fn to_item(r: &KeyRecord) -> Item {
     item.insert("sealed_private_key".into(), AttributeValue::B(Blob::new(r.sealed_private_key.clone())));
     item.insert("origin".into(), AttributeValue::S(r.origin.as_str().into()));
     item.insert("created_at".into(), AttributeValue::N(r.created_at.to_string()));
+    if let Some(proof) = &r.migration {
+        item.insert("migration".into(), AttributeValue::B(Blob::new(proof.clone())));
+    }
     if let Some(doc) = &r.attestation {
         item.insert("attestation".into(), AttributeValue::B(Blob::new(doc.clone())));
     }
@@ -107,6 +110,11 @@ fn from_item(item: &Item) -> Result<KeyRecord, StoreError> {
         Some(AttributeValue::B(v)) => Some(v.as_ref().to_vec()),
         Some(_) => return Err(corrupt("attestation is not binary".into())),
     };
+    let migration = match item.get("migration") {
+        None => None,
+        Some(AttributeValue::B(v)) => Some(v.as_ref().to_vec()),
+        Some(_) => return Err(corrupt("migration is not binary".into())),
+    };
     Ok(KeyRecord {
         key_id: key_id.clone(),
         spec,
@@ -118,6 +126,7 @@ fn from_item(item: &Item) -> Result<KeyRecord, StoreError> {
         origin,
         created_at,
         attestation,
+        migration,
     })
 }
 

@@ -20,12 +20,13 @@ CREATE TABLE IF NOT EXISTS key_records (
     sealed_private_key BLOB NOT NULL,
     origin             TEXT NOT NULL,
     created_at         INTEGER NOT NULL,
-    attestation        BLOB
+    attestation        BLOB,
+    migration          BLOB
 ) STRICT;
 ";
 
 const COLUMNS: &str =
-    "key_id, spec, public_key, kms_key_id, encryption_context, encrypted_data_key, sealed_private_key, origin, created_at, attestation";
+    "key_id, spec, public_key, kms_key_id, encryption_context, encrypted_data_key, sealed_private_key, origin, created_at, attestation, migration";
 
 /// Key records in a SQLite file.
 #[derive(Clone)]
@@ -74,6 +75,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<Result<KeyRecord, StoreError>> {
         origin,
         created_at: created_at.max(0) as u64,
         attestation: row.get(9)?,
+        migration: row.get(10)?,
     }))
 }
 
@@ -87,6 +89,13 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(backend)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(backend)?;
         conn.execute_batch(SCHEMA).map_err(backend)?;
+        // A store made before migrated records: add their column.
+        let has_migration: bool = conn
+            .query_row("SELECT COUNT(*) > 0 FROM pragma_table_info('key_records') WHERE name = 'migration'", [], |r| r.get(0))
+            .map_err(backend)?;
+        if !has_migration {
+            conn.execute_batch("ALTER TABLE key_records ADD COLUMN migration BLOB").map_err(backend)?;
+        }
         Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)) })
     }
 
@@ -110,7 +119,7 @@ impl KeyStore for SqliteStore {
         self.with(move |c| {
             let context = serde_json::to_string(&r.encryption_context).expect("a string map serializes");
             let result = c.execute(
-                &format!("INSERT INTO key_records ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
+                &format!("INSERT INTO key_records ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
                 params![
                     r.key_id,
                     r.spec.as_str(),
@@ -121,7 +130,8 @@ impl KeyStore for SqliteStore {
                     r.sealed_private_key,
                     r.origin.as_str(),
                     r.created_at as i64,
-                    r.attestation
+                    r.attestation,
+                    r.migration
                 ],
             );
             match result {

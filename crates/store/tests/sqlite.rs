@@ -8,19 +8,29 @@ use nekms_keys::{KeyRecord, KeySpec, Origin, PrivateKey};
 use nekms_store::{list_all, KeyStore, SqliteStore, StoreError, StoreUrl};
 
 fn record(key_id: &str) -> KeyRecord {
+    record_of(key_id, Origin::Generated)
+}
+
+fn record_of(key_id: &str, origin: Origin) -> KeyRecord {
     let seed: Vec<u8> = key_id.bytes().cycle().take(64).collect();
     let key = PrivateKey::generate(KeySpec::Secp256k1, &seed).unwrap();
+    let mut encryption_context = binding_context(key_id, key.spec(), origin, &BTreeMap::new()).unwrap();
+    let migration = (origin == Origin::Migrated).then(|| {
+        encryption_context.insert(nekms_keys::context::MIGRATION.into(), "ab.cd".into());
+        b"{\"statement\":\"...\"}".to_vec()
+    });
     let r = KeyRecord {
         key_id: key_id.into(),
         spec: key.spec(),
         public_key: key.public_key().spki().to_vec(),
         kms_key_id: "arn:aws:kms:us-east-1:111122223333:key/k".into(),
-        encryption_context: binding_context(key_id, key.spec(), Origin::Generated, &BTreeMap::new()).unwrap(),
+        encryption_context,
         encrypted_data_key: vec![7; 120],
         sealed_private_key: Vec::new(),
-        origin: Origin::Generated,
+        origin,
         created_at: 1_700_000_000,
         attestation: Some(vec![1, 2, 3]),
+        migration,
     };
     seal_record(r, &[5u8; 32], &key).unwrap()
 }
@@ -84,4 +94,44 @@ fn store_urls_are_parsed_with_clear_errors() {
     assert_eq!("dynamodb:nekms-keys".parse::<StoreUrl>().unwrap(), StoreUrl::DynamoDb("nekms-keys".into()));
     assert!("dynamodb:a".parse::<StoreUrl>().is_err());
     assert!("postgres://x".parse::<StoreUrl>().unwrap_err().contains("sqlite:PATH"));
+}
+
+/// A store written before migrated records existed gains their column on
+/// open, and its records read back unchanged; a migrated record's approval
+/// is kept byte for byte.
+#[tokio::test]
+async fn an_older_store_gains_the_migration_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    let r = record("old1");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE key_records (key_id TEXT PRIMARY KEY NOT NULL, spec TEXT NOT NULL, public_key BLOB NOT NULL, kms_key_id TEXT NOT NULL,
+             encryption_context TEXT NOT NULL, encrypted_data_key BLOB NOT NULL, sealed_private_key BLOB NOT NULL, origin TEXT NOT NULL,
+             created_at INTEGER NOT NULL, attestation BLOB) STRICT;",
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO key_records VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            rusqlite::params![
+                r.key_id,
+                r.spec.as_str(),
+                r.public_key,
+                r.kms_key_id,
+                serde_json::to_string(&r.encryption_context).unwrap(),
+                r.encrypted_data_key,
+                r.sealed_private_key,
+                r.origin.as_str(),
+                r.created_at as i64,
+                r.attestation
+            ],
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.get("old1").await.unwrap().unwrap(), r);
+    let migrated = record_of("new1", Origin::Migrated);
+    store.create(&migrated).await.unwrap();
+    assert_eq!(SqliteStore::open(&path).unwrap().get("new1").await.unwrap().unwrap(), migrated);
 }

@@ -326,6 +326,13 @@ pub struct OriginArgs {
     /// PCR8 (hex) of an image signer trusted to make keys: every image it signed (repeatable; `nekms image pcr8 --cert`)
     #[arg(long = "pcr8", value_name = "HEX")]
     pcr8: Vec<String>,
+    /// A migration approver's public key (PEM or DER SPKI): migrated records are accepted only with enough approvals
+    /// (repeatable)
+    #[arg(long = "approver", value_name = "FILE", requires = "threshold")]
+    approvers: Vec<PathBuf>,
+    /// How many approvers a migrated record's approval needs
+    #[arg(long, value_name = "N", requires = "approvers")]
+    threshold: Option<usize>,
     /// Accept imported keys too (their secret is as safe as the administrator who imported them kept it)
     #[arg(long)]
     allow_imported: bool,
@@ -348,7 +355,13 @@ impl OriginArgs {
                 .map(|h| h.parse::<nekms_attestation::Pcr48>().with_context(|| format!("{flag} {h}")))
                 .collect::<anyhow::Result<Vec<_>>>()
         };
-        let trusted = nekms_keys::origin::TrustedImages { pcr0: parse(&self.pcr0, "--pcr0")?, pcr8: parse(&self.pcr8, "--pcr8")? };
+        let trusted = nekms_keys::origin::TrustedImages {
+            pcr0: parse(&self.pcr0, "--pcr0")?,
+            pcr8: parse(&self.pcr8, "--pcr8")?,
+            approvers: self.approvers.iter().map(super::migrate::spki).collect::<anyhow::Result<_>>()?,
+            threshold: self.threshold.unwrap_or(0),
+            allow_imported: self.allow_imported,
+        };
         if trusted.pcr8.iter().any(|p| p.is_zero()) {
             bail!("--pcr8 all zero is every unsigned image's PCR8; name a signer");
         }

@@ -14,6 +14,7 @@ use base64::Engine;
 use nekms_keys::migration::{self, Approval, Statement};
 use nekms_keys::RecordExt;
 use nekms_rpc::{MigrateRequest, MigrateResponse, Request, Response};
+use nekms_store::KeyStore;
 use zeroize::Zeroizing;
 
 #[derive(clap::Subcommand)]
@@ -51,6 +52,22 @@ pub enum Command {
         /// The directory to write to
         #[arg(short, long, value_name = "DIR")]
         output: PathBuf,
+    },
+    /// Have the running enclave re-seal every record of the plan under the target, then spend the statement's nonce;
+    /// the new records go into another store (the old one stays the rollback until the source key is deleted)
+    Run {
+        #[command(flatten)]
+        enclave: super::enclave::EnclaveArg,
+        #[command(flatten)]
+        store: super::key::StoreArg,
+        /// The plan's directory (statement.json, manifest.json)
+        dir: PathBuf,
+        /// An approval (repeatable)
+        #[arg(long = "signature", value_name = "FILE", required = true)]
+        signatures: Vec<PathBuf>,
+        /// The store the migrated records go into: sqlite:PATH or dynamodb:TABLE (never the source store)
+        #[arg(long, value_name = "URL")]
+        to: String,
     },
     /// Ask the running enclave to check a statement and its approvals as it will before re-sealing: nothing is sealed
     Check {
@@ -147,6 +164,9 @@ fn describe(s: &Statement) -> String {
 pub fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Plan { .. } => tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(plan(cmd)),
+        Command::Run { enclave, store, dir, signatures, to } => {
+            tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(run_migration(enclave, store, dir, signatures, to))
+        }
         Command::Check { enclave, dir, signatures } => {
             tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
                 let statement = read(&dir.join("statement.json"))?;
@@ -338,5 +358,64 @@ async fn plan(cmd: Command) -> anyhow::Result<()> {
     std::fs::write(output.join("target-policy.json"), serde_json::to_vec_pretty(&policy)?)?;
     print!("{}", describe(&statement));
     println!("wrote {}/statement.json, manifest.json and target-policy.json: give statement.json to the approvers", output.display());
+    Ok(())
+}
+
+fn approvals_from(signatures: &[PathBuf]) -> anyhow::Result<Vec<Approval>> {
+    signatures.iter().map(|p| serde_json::from_slice::<Approval>(&read(p)?).with_context(|| p.display().to_string())).collect()
+}
+
+/// Send the plan's records in batches, store what comes back, spend the nonce.
+async fn run_migration(
+    enclave: super::enclave::EnclaveArg,
+    store: super::key::StoreArg,
+    dir: PathBuf,
+    signatures: Vec<PathBuf>,
+    to: String,
+) -> anyhow::Result<()> {
+    let statement = read(&dir.join("statement.json"))?;
+    let parsed = Statement::parse(&statement).with_context(|| dir.join("statement.json").display().to_string())?;
+    let manifest: migration::Manifest = serde_json::from_slice(&read(&dir.join("manifest.json"))?).context("manifest.json")?;
+    if manifest.root() != parsed.records.root || manifest.leaves.len() as u32 != parsed.records.count {
+        bail!("manifest.json is not the manifest the statement approves");
+    }
+    let approvals = approvals_from(&signatures)?;
+    let to_url: nekms_store::StoreUrl = to.parse().map_err(anyhow::Error::msg)?;
+    if to_url == store.url()? {
+        bail!("--to {to} is the source store; migrated records go into another one");
+    }
+    let source = store.open().await?;
+    let target = nekms_store::Store::open(&to_url, store.endpoint_url.as_deref()).await.with_context(|| format!("opening {to_url}"))?;
+    let client = enclave.connect().await?;
+    let mut done = 0;
+    for batch in manifest.leaves.chunks(16) {
+        let mut items = Vec::new();
+        for leaf in batch {
+            let record = source.get(&leaf.key_id).await?.with_context(|| format!("{}: not in the source store", leaf.key_id))?;
+            if hex::encode(record.cache_digest()) != leaf.source_record_sha256 {
+                bail!("{}: the stored record is not the one approved (changed since the plan)", leaf.key_id);
+            }
+            let proof = manifest.proof(&leaf.key_id).expect("a leaf of this manifest");
+            items.push(nekms_rpc::MigrateItem { record, proof: serde_json::to_vec(&proof)? });
+        }
+        let request = MigrateRequest::Records { statement: statement.clone(), approvals: approvals.clone(), records: items };
+        let records = match client.call(&Request::Migrate(request)).await? {
+            Response::Migrate(MigrateResponse::Migrated { records }) => records,
+            other => bail!("unexpected answer from the enclave: {other:?}"),
+        };
+        for r in &records {
+            target.create(r).await.with_context(|| format!("storing the migrated {}", r.key_id))?;
+        }
+        done += records.len();
+    }
+    match client.call(&Request::Migrate(MigrateRequest::Finish { statement })).await? {
+        Response::Migrate(MigrateResponse::Finished) => {}
+        other => bail!("unexpected answer from the enclave: {other:?}"),
+    }
+    println!(
+        "migrated {done} record(s) to {} in {to_url}; the statement is spent. Images the target trusts open them; the old records stay \
+         usable by images the source key trusts until the source key is deleted",
+        parsed.target.custody_kms_key
+    );
     Ok(())
 }

@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::record::KeyRecord;
+
 /// A detached approval of a migration statement.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,6 +31,28 @@ pub enum MigrateRequest {
         statement: Vec<u8>,
         approvals: Vec<Approval>,
     },
+    /// The same checks, then each record (under the source key, its leaf
+    /// under the approved root) opened and re-sealed under the target with
+    /// origin `migrated`; the new records come back.
+    Records {
+        #[serde(with = "serde_bytes")]
+        statement: Vec<u8>,
+        approvals: Vec<Approval>,
+        records: Vec<MigrateItem>,
+    },
+    /// The statement's nonce is spent: nothing more is re-sealed under it.
+    Finish {
+        #[serde(with = "serde_bytes")]
+        statement: Vec<u8>,
+    },
+}
+
+/// A source record and its manifest proof (`nekms_keys::migration::Proof`, JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MigrateItem {
+    pub record: KeyRecord,
+    #[serde(with = "serde_bytes")]
+    pub proof: Vec<u8>,
 }
 
 impl MigrateRequest {
@@ -36,6 +60,8 @@ impl MigrateRequest {
         match self {
             MigrateRequest::Begin => "Begin",
             MigrateRequest::Check { .. } => "Check",
+            MigrateRequest::Records { .. } => "Records",
+            MigrateRequest::Finish { .. } => "Finish",
         }
     }
 }
@@ -49,6 +75,10 @@ pub enum MigrateResponse {
         expires: u64,
     },
     Checked(MigrationCheck),
+    Migrated {
+        records: Vec<KeyRecord>,
+    },
+    Finished,
 }
 
 /// What a successful check found.

@@ -237,7 +237,7 @@ pub enum Request {
     Migrate(MigrateRequest),
 }
 
-pub use migrate::{Approval, MigrateRequest, MigrateResponse, MigrationCheck};
+pub use migrate::{Approval, MigrateItem, MigrateRequest, MigrateResponse, MigrationCheck};
 pub use p11::{P11Key, P11PublicKey, P11Request, P11Response, P11Slot, P11Token, PinVerifier};
 pub use privval::{PrivvalChain, PrivvalRequest, PrivvalResponse, PrivvalStatus};
 
