@@ -20,10 +20,11 @@ import pathlib
 import re
 import shutil
 import subprocess
+import time
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
 
 import eif_reader
@@ -58,7 +59,16 @@ def guest_blobs(d: pathlib.Path):
 def world(dev_up, tmp_path_factory):
     base = tmp_path_factory.mktemp("vm")
     blobs = guest_blobs(base / "blobs")
-    w = World(dev_up, base, "--vm-blobs", str(blobs), "--vm-enclave-bin", VM_ENCLAVE)
+    # Migration approvers in the measured configuration: two Ed25519 files and a P-256 one, two needed.
+    approvers = []
+    for name, key in (("a1", ed25519.Ed25519PrivateKey.generate()), ("a2", ec.generate_private_key(ec.SECP256R1())),
+                      ("a3", ed25519.Ed25519PrivateKey.generate())):
+        (base / f"{name}.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                             serialization.NoEncryption()))
+        (base / f"{name}.pub").write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                                         serialization.PublicFormat.SubjectPublicKeyInfo))
+        approvers += ["--migration-approver", str(base / f"{name}.pub")]
+    w = World(dev_up, base, "--vm-blobs", str(blobs), "--vm-enclave-bin", VM_ENCLAVE, *approvers, "--migration-threshold", "2")
     w.blobs = blobs
     w.vm = w.up.info["vm"]
     w.eif = pathlib.Path(w.vm["image"])
@@ -237,6 +247,53 @@ def test_an_image_one_byte_different_opens_the_keys_only_when_the_same_signer_si
         stop(vm, timeout=30)
     # The real guest still signs.
     w.nekms("sign", "--key", "vm-k1", "--message", "x")
+
+
+def test_a_quorum_moves_the_guests_keys_to_an_image_of_another_signer(world, tmp_path):
+    """The guest (signer S, the world's) re-seals its keys under a new custody key trusting signer T, approved by two
+    of three approvers; the same image rebuilt pinning the new key and signed by T boots and signs with them; the
+    guest signed by S does not open the moved records."""
+    w = world
+    until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
+    key, cert = tmp_path / "t.key", tmp_path / "t.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-384", "-nodes", "-keyout", str(key),
+                    "-out", str(cert), "-days", "3650", "-subj", "/CN=the next signer"], check=True, capture_output=True)
+    t = json.loads(nekms("image", "pcr8", "--cert", str(cert)).stdout)["PCR8"]
+    policy = w.nekms("policy", "custody", "--account", "111122223333", "--pcr8", t, "--window-from-pcr8", w.up.info["pcr8"],
+                     "--window-until", until).stdout
+    target = w.up.client("admin").create_key(Policy=policy, BypassPolicyLockoutSafetyCheck=True)["KeyMetadata"]["Arn"]
+    plan = tmp_path / "plan"
+    w.nekms("migrate", "plan", "--target-kms-key", target, "--target-pcr8", t, "--window-until", until, "--name", "vm-k1",
+            "--name", "vm-p256", "--profile", "admin", "--kms-endpoint-url", w.up.info["kms_http"], "-o", str(plan))
+    sigs = []
+    for name in ("a1", "a2"):
+        w.nekms("migrate", "approve", str(plan / "statement.json"), "--key-file", str(w.base / f"{name}.pem"), "-o", str(plan / f"{name}.sig"))
+        sigs += ["--signature", str(plan / f"{name}.sig")]
+    moved = f"sqlite:{tmp_path / 'moved.db'}"
+    assert "migrated 2 record(s)" in w.nekms("migrate", "run", str(plan), *sigs, "--to", moved).stdout
+
+    # Image D: the guest's build pinning the new key, signed by T.
+    config = tmp_path / "enclave.toml"
+    config.write_text(pathlib.Path(w.up.info["enclave_config"]).read_text().replace(w.custody, target))
+    args = json.loads(w.eif.with_suffix(".build.json").read_text())
+    eif = tmp_path / "d.eif"
+    for flag, value in (("--config", config), ("-o", eif), ("--sign-key", key), ("--sign-cert", cert)):
+        args[args.index(flag) + 1] = str(value)
+    nekms(*args)
+    run, vm = boot(w, eif, tmp_path, "d")
+    try:
+        env = {**w.env, "NEKMS_ENCLAVE": f"unix://{run / 'rpc.sock'}", "NEKMS_STORE": moved}
+        assert json.loads(nekms("enclave", "describe", "--json", env=env).stdout)["pcrs"]["PCR8"] == t
+        nekms("enclave", "credentials", env=env)
+        for name in ("vm-k1", "vm-p256"):
+            sig = bytes.fromhex(json.loads(nekms("sign", "--key", name, "--message", "moved", "--json", env=env).stdout)["signature"])
+            pem = w.nekms("key", "public-key", name, "--pem").stdout.encode()
+            serialization.load_pem_public_key(pem).verify(sig, b"moved", ec.ECDSA(hashes.SHA256()))
+    finally:
+        stop(vm, timeout=30)
+    # The S guest does not open them.
+    r = w.nekms("sign", "--key", "vm-k1", "--message", "x", env={**w.env, "NEKMS_STORE": moved}, check=False)
+    assert r.returncode != 0 and "rule pinned-kms-key" in r.stderr, r.stderr
 
 
 def test_the_guest_serves_the_rpc_only_to_reserved_ports_up_to_the_1025th_connection(world):
