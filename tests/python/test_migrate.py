@@ -33,6 +33,7 @@ def statement(**change):
         "records": {"count": 12, "root": "ab" * 32},
         "source": {"custody_kms_key": "arn:aws:kms:us-east-1:111122223333:key/source", "enclave": {"pcr8": ["5a" * 48]}},
         "target": {"custody_kms_key": "arn:aws:kms:us-east-1:111122223333:key/target", "policy_sha256": "cd" * 32,
+                   "roles": {"admin": "arn:aws:iam::111122223333:role/nekms-key-admin", "instance": "arn:aws:iam::111122223333:role/nekms-instance"},
                    "trust": {"pcr8": ["0f" * 48]}, "window_until": "2030-01-01T00:00:00Z"},
     }
     s["target"].update(change)
@@ -120,6 +121,11 @@ def test_approvals_from_files_and_kms_reach_the_threshold_and_nothing_less(kms, 
     assert r.returncode != 0 and "approvers hold Ed25519 or P-256 keys" in r.stderr, r.stderr
     r = verify("ed", threshold=5, check=False)
     assert r.returncode != 0 and "never reachable" in r.stderr, r.stderr
+    # A statement whose target administrator is the instance role (whose credentials the parent holds) is never signed.
+    same = tmp_path / "same.json"
+    same.write_bytes(statement(roles={"admin": INSTANCE, "instance": INSTANCE}))
+    r = nekms("migrate", "approve", str(same), "--key-file", str(tmp_path / "ed.pem"), "-o", str(tmp_path / "y.sig"), check=False)
+    assert r.returncode != 0 and "rule migration-statement" in r.stderr and "administrator is its instance role" in r.stderr, r.stderr
 
 
 # ---- the enclave's checks, before anything is re-sealed --------------------------------------------------------
@@ -240,6 +246,10 @@ def test_the_enclave_checks_a_quorum_approved_migration_and_refuses_each_attack(
     p = plan(u, tmp_path / "elsewhere", elsewhere, t, until)
     err = check(u, p, approve(u, p, "ed", "p256"), ok=False)
     assert "rule migration-target-pcr" in err, err
+    # A statement naming other roles than the target's policy does (the enclave never takes them from the policy).
+    p = plan(u, tmp_path / "roles", target, t, until, "--admin-role", "arn:aws:iam::111122223333:role/someone-else")
+    err = check(u, p, approve(u, p, "ed", "p256"), ok=False)
+    assert "rule migration-target-policy" in err, err
     # An approval that has expired.
     p = plan(u, tmp_path / "expired", target, t, until, "--expires", "2021-01-01T00:00:00Z")
     err = check(u, p, approve(u, p, "ed", "p256"), ok=False)
@@ -278,7 +288,7 @@ def test_a_migration_moves_every_record_to_images_of_the_new_signer(source, tmp_
     # An image signed by T, pinning the target, with the same approvers.
     measured = tomllib.loads(pathlib.Path(u.info["enclave_config"]).read_text())
     config = tmp_path / "t.toml"
-    config.write_text(f'custody-kms-keys = ["{target}"]\ncustody-trust = "pcr8"\nallow-import = true\n'
+    config.write_text(f'custody-kms-keys = ["{target}"]\ncustody-trust = "pcr8"\norigin-pcr8 = ["{u.info["pcr8"]}"]\nallow-import = true\n'
                       f'migration-approvers = {json.dumps(measured["migration-approvers"])}\nmigration-threshold = 2\n')
     sig = tmp_path / "t.sig"
     nekms("pcr", "sim", NEKMS_ENCLAVE, "--config", str(config), "--sign-key", str(tmp_path / "t.key"), "--sign-cert", str(tmp_path / "t.pem"),
@@ -314,9 +324,13 @@ def test_a_migration_moves_every_record_to_images_of_the_new_signer(source, tmp_
     # On the parent: the origin is the approved migration, checked against the approvers.
     root = ["--dev-root", "--dir", str(u.dev)]
     approvers = [a for n in ("ed.pub", "p256.pub", "kms.der") for a in ("--approver", str(u.base / n))]
-    nekms("key", "verify-origin", "m-ed", "--pcr8", t, *approvers, "--threshold", "2", *root, env=t_env)
-    r = nekms("key", "verify-origin", "m-ed", "--pcr8", t, *root, env=t_env, check=False)
+    trusted = ["--pcr8", t, "--pcr8", u.info["pcr8"]]
+    nekms("key", "verify-origin", "m-ed", *trusted, *approvers, "--threshold", "2", *root, env=t_env)
+    r = nekms("key", "verify-origin", "m-ed", *trusted, *root, env=t_env, check=False)
     assert r.returncode != 0 and "migration-quorum" in r.stderr, r.stderr
+    # An image that does not trust the source signer does not accept what it re-sealed.
+    r = nekms("key", "verify-origin", "m-ed", "--pcr8", t, *approvers, "--threshold", "2", *root, env=t_env, check=False)
+    assert r.returncode != 0 and "source image that re-sealed it is not one this image trusts" in r.stderr, r.stderr
     # S's image does not open the migrated records: the target is not pinned there, and its policy denies S Decrypt.
     r = u.nekms("sign", "--key", "m-ed", "--message", "m", env={**u.env, "NEKMS_STORE": new_store}, check=False)
     assert r.returncode != 0 and "rule pinned-kms-key" in r.stderr, r.stderr

@@ -274,7 +274,9 @@ def test_a_quorum_moves_the_guests_keys_to_an_image_of_another_signer(world, tmp
 
     # Image D: the guest's build pinning the new key, signed by T.
     config = tmp_path / "enclave.toml"
-    config.write_text(pathlib.Path(w.up.info["enclave_config"]).read_text().replace(w.custody, target))
+    # D trusts its own signer, and S as the source of migrated records.
+    config.write_text(pathlib.Path(w.up.info["enclave_config"]).read_text().replace(w.custody, target)
+                      + f'origin-pcr8 = ["{w.up.info["pcr8"]}"]\n')
     args = json.loads(w.eif.with_suffix(".build.json").read_text())
     eif = tmp_path / "d.eif"
     for flag, value in (("--config", config), ("-o", eif), ("--sign-key", key), ("--sign-cert", cert)):

@@ -17,7 +17,7 @@
 //! - `migration-target-policy`: anything else about the target's policy
 //!   (the enclave reads it itself and rebuilds the template from it).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -47,12 +47,16 @@ const MAX_NONCES: usize = 64;
 /// Records re-sealed in one call.
 pub const MAX_BATCH: usize = 32;
 
+/// When a nonce was issued, and the manifest leaves re-sealed under it.
+type Issued = (Instant, HashSet<[u8; 32]>);
+
 /// The approvers and threshold from the measured configuration, and the
 /// nonces this boot issued.
 pub struct Migrations {
     approvers: Vec<Vec<u8>>,
     threshold: usize,
-    nonces: Mutex<HashMap<[u8; 32], Instant>>,
+    /// Issued nonces: when, and the leaves re-sealed under each.
+    nonces: Mutex<HashMap<[u8; 32], Issued>>,
 }
 
 fn refused(rule: &str, message: impl std::fmt::Display) -> RpcError {
@@ -107,11 +111,11 @@ impl Migrations {
         let mut nonce = [0u8; 32];
         aws_lc_rs::rand::fill(&mut nonce).map_err(|_| RpcError::new(nekms_rpc::ErrorCode::Internal, "the random generator failed"))?;
         let mut nonces = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
-        nonces.retain(|_, issued| issued.elapsed() < NONCE_LIFETIME);
+        nonces.retain(|_, (issued, _)| issued.elapsed() < NONCE_LIFETIME);
         if nonces.len() >= MAX_NONCES {
             return Err(refused("migration-replay", format!("{MAX_NONCES} nonces are outstanding; use or let them expire")));
         }
-        nonces.insert(nonce, Instant::now());
+        nonces.insert(nonce, (Instant::now(), HashSet::new()));
         Ok(nonce)
     }
 
@@ -123,29 +127,29 @@ impl Migrations {
         Ok(())
     }
 
+    /// Whether `leaf` was re-sealed under the statement with `encoded`'s nonce
+    /// (refused if so); with `mark`, record that it now is.
+    fn resealed(&self, encoded: &str, leaf: [u8; 32], mark: bool) -> Result<(), RpcError> {
+        let nonce: [u8; 32] =
+            B64.decode(encoded).ok().and_then(|n| n.try_into().ok()).ok_or_else(|| refused("migration-replay", "a malformed nonce"))?;
+        let mut nonces = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
+        let (_, done) = nonces.get_mut(&nonce).ok_or_else(|| refused("migration-replay", "the statement's nonce is spent"))?;
+        let already = if mark { !done.insert(leaf) } else { done.contains(&leaf) };
+        if already {
+            return Err(refused("migration-replay", "this record was already re-sealed under this statement"));
+        }
+        Ok(())
+    }
+
     fn check_nonce(&self, encoded: &str) -> Result<(), RpcError> {
         let nonce: [u8; 32] =
             B64.decode(encoded).ok().and_then(|n| n.try_into().ok()).ok_or_else(|| refused("migration-replay", "a malformed nonce"))?;
         let nonces = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
         match nonces.get(&nonce) {
-            Some(issued) if issued.elapsed() < NONCE_LIFETIME => Ok(()),
+            Some((issued, _)) if issued.elapsed() < NONCE_LIFETIME => Ok(()),
             _ => Err(refused("migration-replay", "the statement's nonce was not issued by this boot of the enclave, or has expired")),
         }
     }
-}
-
-/// The roles a custody template names: the instance (its first Allow) and
-/// the administrator (the Allow that manages the key).
-fn roles_of(policy: &Value) -> Option<Roles> {
-    let statements = policy["Statement"].as_array()?;
-    let principal = |sid_prefix: &str| {
-        statements
-            .iter()
-            .find(|s| s["Effect"] == "Allow" && s["Sid"].as_str().is_some_and(|sid| sid.starts_with(sid_prefix)))
-            .and_then(|s| s["Principal"]["AWS"].as_str())
-            .map(str::to_owned)
-    };
-    Some(Roles { instance: principal("Only inside")?, admin: principal("Administrator manages")? })
 }
 
 /// The custody template the statement's target names, for `roles`.
@@ -208,6 +212,9 @@ impl Enclave {
             return Err(manifest("an oversized proof".into()));
         }
         let proof: migration::Proof = serde_json::from_slice(&item.proof).map_err(|e| manifest(format!("its proof: {e}")))?;
+        // Every rule a Sign applies, provenance included, before anything is read from the record's approval (the
+        // cache is keyed by a digest that covers the approval, so a hit is this very record, checked before).
+        let private = self.open(&record).await?;
         // A record migrated before carries its first origin through.
         let first_origin = match record.origin {
             Origin::Migrated => {
@@ -225,7 +232,9 @@ impl Enclave {
             spki_sha256: migration::sha256_hex(&record.public_key),
         };
         proof.verify(&leaf, &s.records.root, s.records.count).map_err(|e| RpcError::refused(e.to_string()))?;
-        let private = self.open(&record).await?;
+        // Each approved record is re-sealed once per statement (marked once sealed, so a KMS failure can be retried).
+        let leaf_hash = leaf.hash();
+        self.migrations.resealed(&s.nonce, leaf_hash, false)?;
 
         // The new record's context: the caller's entries and usage kept, origin migrated, the approval bound.
         let extra: BTreeMap<String, String> =
@@ -245,7 +254,9 @@ impl Enclave {
             leaf,
             proof,
         };
-        self.seal_new(&private, &record.key_id, (ctx, data_key), Origin::Migrated, None, Some(carried.to_bytes()))
+        let sealed = self.seal_new(&private, &record.key_id, (ctx, data_key), Origin::Migrated, None, Some(carried.to_bytes()))?;
+        self.migrations.resealed(&s.nonce, leaf_hash, true)?;
+        Ok(sealed)
     }
 
     /// The NSM's time (a fresh document's timestamp: the hypervisor's
@@ -323,11 +334,12 @@ impl Enclave {
                 ),
             ));
         }
+        nekms_kms_policy::check_unique_keys(&facts.policy).map_err(|e| refused("migration-target-policy", e))?;
         let policy: Value =
             serde_json::from_str(&facts.policy).map_err(|e| refused("migration-target-policy", format!("not JSON: {e}")))?;
-        let policy_sha256 =
-            hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &serde_json::to_vec(&policy).expect("a Value")));
-        let roles = roles_of(&policy).ok_or_else(|| refused("migration-target-policy", "not one of nekms's custody templates"))?;
+        let policy_sha256 = migration::policy_sha256(&policy);
+        // The roles the approvers saw in the statement, never ones read from the policy itself.
+        let roles = Roles { instance: s.target.roles.instance.clone(), admin: s.target.roles.admin.clone() };
         if policy != expected_policy(&roles, &s)? {
             // nekms's template, but for other images?
             let mut other = s.clone();
@@ -389,5 +401,13 @@ mod tests {
         assert!(m.check_nonce(&B64.encode(nonce)).is_ok());
         assert!(m.check_nonce(&B64.encode([0u8; 32])).unwrap_err().message.contains("migration-replay"));
         assert!(m.check_nonce("short").is_err());
+        // Each leaf once per statement; a spent nonce re-seals nothing.
+        let encoded = B64.encode(nonce);
+        m.resealed(&encoded, [1; 32], false).unwrap();
+        m.resealed(&encoded, [1; 32], true).unwrap();
+        assert!(m.resealed(&encoded, [1; 32], false).unwrap_err().message.contains("already re-sealed"));
+        m.resealed(&encoded, [2; 32], false).unwrap();
+        m.spend(&encoded).unwrap();
+        assert!(m.resealed(&encoded, [2; 32], false).unwrap_err().message.contains("spent"));
     }
 }

@@ -85,11 +85,22 @@ pub struct Source {
     pub enclave: Images,
 }
 
+/// The roles the target's policy names: the instance role that carries the
+/// enclave's calls, and the key administrator. The approvers see them; the
+/// enclave rebuilds the target's template with exactly these.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Roles {
+    pub admin: String,
+    pub instance: String,
+}
+
 /// Where they go.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Target {
     pub custody_kms_key: String,
+    pub roles: Roles,
     /// Hex SHA-256 of the target key's policy, as canonical JSON.
     pub policy_sha256: String,
     /// The images the target key trusts.
@@ -205,6 +216,25 @@ impl Statement {
         }
         if self.source.custody_kms_key == self.target.custody_kms_key {
             return Err(statement_error("the target key is the source key"));
+        }
+        // The roles: two distinct IAM roles of the target key's own account, no wildcard.
+        let account = |arn: &str| arn.split(':').nth(4).map(str::to_owned);
+        let target_account = account(&self.target.custody_kms_key);
+        for role in [&self.target.roles.admin, &self.target.roles.instance] {
+            let ok = role.starts_with("arn:aws")
+                && role.split(':').nth(2) == Some("iam")
+                && account(role) == target_account
+                && role.split(':').nth(5).is_some_and(|r| r.starts_with("role/") && r.len() > 5)
+                && !role.contains(['*', '?', '$']);
+            if !ok {
+                return Err(statement_error(format!("target role {role:?}: an IAM role of the target key's account, no wildcard")));
+            }
+        }
+        if self.target.roles.admin == self.target.roles.instance {
+            return Err(statement_error("the target's administrator is its instance role"));
+        }
+        if target_account != account(&self.source.custody_kms_key) {
+            return Err(statement_error("the target key is in another account than the source key"));
         }
         Ok(())
     }
@@ -531,6 +561,9 @@ pub fn verify_migrated(
     if !trusts(&statement.target.trust) {
         return Err(bad("the approval names target images this image does not trust".into()));
     }
+    if !trusts(&statement.source.enclave) {
+        return Err(bad("the source image that re-sealed it is not one this image trusts (origin-pcr0, origin-pcr8)".into()));
+    }
     check_quorum(proof.statement.as_bytes(), &proof.approvals, approvers, threshold)?;
     Ok((statement, proof))
 }
@@ -552,6 +585,10 @@ mod tests {
             },
             target: Target {
                 custody_kms_key: "arn:aws:kms:us-east-1:111122223333:key/dst".into(),
+                roles: Roles {
+                    admin: "arn:aws:iam::111122223333:role/nekms-key-admin".into(),
+                    instance: "arn:aws:iam::111122223333:role/nekms-instance".into(),
+                },
                 policy_sha256: "cd".repeat(32),
                 trust: Images { pcr0: vec![], pcr8: vec!["0f".repeat(48)] },
                 window_until: Some("2026-12-20T00:00:00Z".into()),
@@ -590,6 +627,17 @@ mod tests {
         let mut s = statement();
         s.target.trust.pcr8 = vec!["00".repeat(48)];
         assert!(s.to_bytes().is_err());
+        for (admin, instance) in [
+            ("arn:aws:iam::111122223333:role/nekms-instance", "arn:aws:iam::111122223333:role/nekms-instance"),
+            ("*", "arn:aws:iam::111122223333:role/nekms-instance"),
+            ("arn:aws:iam::111122223333:root", "arn:aws:iam::111122223333:role/nekms-instance"),
+            ("arn:aws:iam::444455556666:role/admin", "arn:aws:iam::111122223333:role/nekms-instance"),
+            ("arn:aws:iam::111122223333:role/*", "arn:aws:iam::111122223333:role/nekms-instance"),
+        ] {
+            let mut s = statement();
+            s.target.roles = Roles { admin: admin.into(), instance: instance.into() };
+            assert!(s.to_bytes().is_err(), "{admin} {instance}");
+        }
     }
 
     #[test]

@@ -102,6 +102,14 @@ impl RecordExt for KeyRecord {
             ctx.update(&(field.len() as u64).to_be_bytes());
             ctx.update(field);
         }
+        // A migrated record's approval is checked on open like its document,
+        // but unlike the document it is never left out of a call: another
+        // approval is another record, checked afresh.
+        if let Some(m) = &self.migration {
+            ctx.update(b"migration");
+            ctx.update(&(m.len() as u64).to_be_bytes());
+            ctx.update(m);
+        }
         ctx.finish().as_ref().try_into().expect("SHA-256")
     }
 }

@@ -35,6 +35,7 @@ mod wildcard;
 
 pub use context::RequestContext;
 pub use evaluate::{evaluate, evaluate_identity, Decision};
+pub use parse::check_unique_keys;
 
 use condition::Condition;
 

@@ -148,3 +148,69 @@ fn parse_statement(i: usize, s: &Value, key_policy: bool, variables: bool) -> Re
     let resource_variables = variables && matches!(&resources, Matcher::Only(r) | Matcher::AllBut(r) if r.iter().any(|r| r.contains("${")));
     Ok(Statement { sid, effect, principals, actions, resources, resource_variables, conditions })
 }
+
+/// Refuse JSON in which an object names a key twice: serde keeps the last
+/// copy, another parser may keep the first, so the policy one reader checks
+/// could differ from the one another enforces.
+pub fn check_unique_keys(text: &str) -> Result<(), PolicyError> {
+    use serde::de::{DeserializeSeed, Deserializer, Error, MapAccess, SeqAccess, Visitor};
+    struct Unique;
+    impl<'de> DeserializeSeed<'de> for Unique {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(Unique)
+        }
+    }
+    impl<'de> Visitor<'de> for Unique {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("JSON")
+        }
+        fn visit_bool<E: Error>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E: Error>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E: Error>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E: Error>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E: Error>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E: Error>(self) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<(), A::Error> {
+            while a.next_element_seed(Unique)?.is_some() {}
+            Ok(())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<(), A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(k) = m.next_key::<String>()? {
+                if !seen.insert(k.clone()) {
+                    return Err(A::Error::custom(format!("the key {k:?} appears twice in one object")));
+                }
+                m.next_value_seed(Unique)?;
+            }
+            Ok(())
+        }
+    }
+    let mut d = serde_json::Deserializer::from_str(text);
+    Unique.deserialize(&mut d).map_err(|e| PolicyError(format!("policy: {e}")))?;
+    d.end().map_err(|e| PolicyError(format!("policy: {e}")))
+}
+
+#[cfg(test)]
+mod unique_tests {
+    #[test]
+    fn a_key_twice_in_one_object_is_refused() {
+        assert!(super::check_unique_keys(r#"{"a": [{"b": 1, "c": {"d": null}}], "e": "x"}"#).is_ok());
+        assert!(super::check_unique_keys(r#"{"a": 1, "a": 2}"#).is_err());
+        assert!(super::check_unique_keys(r#"{"S": [{"Effect": "Allow", "Effect": "Deny"}]}"#).is_err());
+        assert!(super::check_unique_keys(r#"{"a": 1} x"#).is_err());
+    }
+}

@@ -49,6 +49,12 @@ pub enum Command {
         /// AWS profile of the key administrator
         #[arg(long)]
         profile: Option<String>,
+        /// The instance role the target's policy names [default: arn:aws:iam::ACCOUNT:role/nekms-instance, the target's account]
+        #[arg(long, value_name = "ARN")]
+        instance_role: Option<String>,
+        /// The administrator the target's policy names [default: arn:aws:iam::ACCOUNT:role/nekms-key-admin]
+        #[arg(long, value_name = "ARN")]
+        admin_role: Option<String>,
         /// The directory to write to
         #[arg(short, long, value_name = "DIR")]
         output: PathBuf,
@@ -145,14 +151,17 @@ fn describe(s: &Statement) -> String {
         v.join(" and ")
     };
     let mut out = format!(
-        "move {} record(s) (manifest root {})\n  from custody key {}, re-sealed by the image with {}\n  to custody key {} (policy SHA-256 {}), trusting {}\n",
+        "move {} record(s) (manifest root {})\n  from custody key {}, re-sealed by the image with {}\n  to custody key {} (policy SHA-256 {}), trusting {}\n  \
+         whose policy names the instance role {} and the administrator {}\n",
         s.records.count,
         s.records.root,
         s.source.custody_kms_key,
         images(&s.source.enclave),
         s.target.custody_kms_key,
         s.target.policy_sha256,
-        images(&s.target.trust)
+        images(&s.target.trust),
+        s.target.roles.instance,
+        s.target.roles.admin
     );
     if let Some(w) = &s.target.window_until {
         out.push_str(&format!("  the target's policy lets the source image seal migrated records until {w}\n"));
@@ -197,6 +206,17 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             let bytes = read(&statement)?;
             let parsed = Statement::parse(&bytes).with_context(|| statement.display().to_string())?;
             print!("{}", describe(&parsed));
+            // The records themselves, when the plan's manifest is beside the statement.
+            let manifest_path = statement.with_file_name("manifest.json");
+            if manifest_path.exists() {
+                let manifest: migration::Manifest = serde_json::from_slice(&read(&manifest_path)?).context("manifest.json")?;
+                if manifest.root() != parsed.records.root || manifest.leaves.len() as u32 != parsed.records.count {
+                    bail!("{}: not the manifest this statement approves; approve nothing", manifest_path.display());
+                }
+                for l in &manifest.leaves {
+                    println!("  record {} ({}, first {}, public key SHA-256 {})", l.key_id, l.spec, l.first_origin, l.spki_sha256);
+                }
+            }
             let approval = match (key_file, kms_key) {
                 (Some(path), _) => {
                     let pem = Zeroizing::new(read(&path)?);
@@ -283,6 +303,8 @@ async fn plan(cmd: Command) -> anyhow::Result<()> {
         expires,
         kms_endpoint_url,
         profile,
+        instance_role,
+        admin_role,
         output,
     } = cmd
     else {
@@ -314,7 +336,16 @@ async fn plan(cmd: Command) -> anyhow::Result<()> {
         .map(|r| migration::Leaf {
             key_id: r.key_id.clone(),
             source_record_sha256: hex::encode(r.cache_digest()),
-            first_origin: r.origin.as_str().to_owned(),
+            // A record migrated before carries its first origin through.
+            first_origin: match r.origin {
+                nekms_keys::Origin::Migrated => r
+                    .migration
+                    .as_deref()
+                    .and_then(|m| migration::MigrationProof::parse(m).ok())
+                    .map(|p| p.leaf.first_origin)
+                    .unwrap_or_default(),
+                other => other.as_str().to_owned(),
+            },
             spec: r.spec.to_string(),
             spki_sha256: migration::sha256_hex(&r.public_key),
         })
@@ -345,6 +376,10 @@ async fn plan(cmd: Command) -> anyhow::Result<()> {
         records: migration::RecordSet { count: manifest.leaves.len() as u32, root: manifest.root() },
         source: migration::Source { custody_kms_key: source.clone(), enclave: source_images },
         target: migration::Target {
+            roles: {
+                let standard = nekms_parent::key_policy::Roles::standard(target_kms_key.split(':').nth(4).unwrap_or_default());
+                migration::Roles { admin: admin_role.unwrap_or(standard.admin), instance: instance_role.unwrap_or(standard.instance) }
+            },
             custody_kms_key: target_kms_key,
             policy_sha256: migration::policy_sha256(&policy),
             trust: migration::Images { pcr0: normalise(target_pcr0)?, pcr8: normalise(target_pcr8)? },
