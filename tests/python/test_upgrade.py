@@ -19,7 +19,9 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding
 
+import privval_emu as emu
 from conftest import NEKMS, NEKMS_ENCLAVE, Up, nekms
+from privval_support import block, pubkey, tmkms_toml
 
 SPECS = ["secp256k1", "ed25519", "p256", "p384", "rsa2048"]
 
@@ -166,3 +168,46 @@ def test_a_world_whose_key_or_signer_is_gone_says_what_to_do(tmp_path):
     os.remove(base / "dev" / "image-signer.pem")
     r = nekms("dev", "up", "--dir", str(base / "dev"), "--kms-http", "127.0.0.1:0", "--kms-https", "127.0.0.1:0", check=False, timeout=120)
     assert r.returncode != 0 and "is another" in r.stderr and "image-signer.pem" in r.stderr, r.stderr
+
+
+def test_a_rebuilt_image_continues_the_validators_state(world, tmp_path, monkeypatch):
+    """A validator's consensus key made in one run signs a prevote; after a rebuild (a new PCR0, the same signer)
+    dev up pushes the same configuration, the enclave reads the kept state: the same height, round and step with
+    another block is refused, the next height is signed with the same key."""
+    base = world
+    chain = "upgrade-chain"
+    env_of = lambda u: {**u.env, "NEKMS_STORE": f"sqlite:{tmp_path / 'keys.db'}"}
+    v = emu.Validator(tmp_path / "validator.sock")
+    toml = tmp_path / "tmkms.toml"
+    toml.write_text(tmkms_toml([chain], 'key = "consensus"', [(chain, v.addr)]))
+    vote = lambda h, blk: {"type": emu.PREVOTE, "height": h, "round": 0, "block_id": blk, "timestamp": (1_770_000_000 + h, 0)}
+    ask = lambda msg: emu.decode_reply(v.request(emu.sign_vote_request(chain, msg)))
+    with Up(base) as first:
+        run = lambda *a: nekms(*a, env=env_of(first), timeout=120)
+        run("key", "create", "--name", "consensus", "--spec", "ed25519", "--privval")
+        run("privval", "state", "init", "--key", "consensus", "--chain-id", chain, "--height", "1")
+        run("privval", "push-config", "-c", str(toml))
+        first.spawn([NEKMS, "privval", "proxy", "--privval", first.info["privval"], "-c", str(toml)], tmp_path / "proxy.log")
+        v.accept(timeout=60)
+        key = pubkey(v, chain)
+        _, value, err = ask(vote(5, block()))
+        assert err is None, err
+    rebuilt = tmp_path / "nekms-enclave-rebuilt"
+    shutil.copy(NEKMS_ENCLAVE, rebuilt)
+    with open(rebuilt, "ab") as f:
+        f.write(b"\1")
+    # dev up pushes the configuration itself, reading the records from this store.
+    monkeypatch.setenv("NEKMS_STORE", f"sqlite:{tmp_path / 'keys.db'}")
+    second = Up(base, "--image", str(rebuilt), "--privval-config", str(toml))
+    try:
+        assert second.info["pcr8"] != "00" * 48
+        v.accept(timeout=90)
+        assert pubkey(v, chain) == key
+        _, _, err = ask(vote(5, block()))
+        assert err is not None, "a second prevote at height 5 with another block was signed"
+        msg = vote(6, block())
+        _, value, err = ask(msg)
+        assert err is None, err
+        emu.verify(key, emu.canonical_vote(chain, msg), value["signature"])
+    finally:
+        second.stop()
