@@ -75,11 +75,12 @@ class World:
         with sqlite3.connect(self.store_path) as db:
             db.execute("DELETE FROM key_records WHERE key_id = ?", (record["key_id"],))
             db.execute(
-                "INSERT INTO key_records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO key_records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (record["key_id"], record["spec"], base64.b64decode(record["public_key"]), record["kms_key_id"],
                  json.dumps(record["encryption_context"]), base64.b64decode(record["encrypted_data_key"]),
                  base64.b64decode(record["sealed_private_key"]), record["origin"], record["created_at"],
-                 base64.b64decode(record["attestation"]) if record.get("attestation") else None))
+                 base64.b64decode(record["attestation"]) if record.get("attestation") else None,
+                 base64.b64decode(record["migration"]) if record.get("migration") else None))
 
 
 # A key policy that gives the instance role and the administrators everything.
