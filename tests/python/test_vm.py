@@ -24,14 +24,14 @@ import time
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
 
 import eif_reader
 import privval_emu as emu
-from conftest import NEKMS, ROOT, enclave_policy, nekms, start, stop
+from conftest import NEKMS, ROOT, enclave_policy, nekms, spawn, start, stop
 from p11_support import P11KIT_CLIENT
-from privval_support import TMKMS, World, connect_nekms, pubkey, run_script, tmkms_toml
+from privval_support import TMKMS, World, block, connect_nekms, pubkey, run_script, tmkms_toml
 
 IMAGE_DIR = ROOT / "target" / "image"
 INIT = os.environ.get("NEKMS_IMAGE_INIT_BIN", str(IMAGE_DIR / "nekms-init"))
@@ -134,6 +134,7 @@ def test_a_validator_script_through_the_guest_matches_tmkms_byte_for_byte(world)
     steps = emu.script([chain], heights=8)
     ours = connect_nekms(w, "vm", [chain], key="vm-validator")
     ours_key, ours_replies = pubkey(ours[chain], chain), run_script(ours, steps)
+    w.validator_key, w.validator_height = ours_key, max(m["height"] for _, _, m in steps)
     tdir = w.base / "tmkms"
     tdir.mkdir()
     theirs = {chain: emu.Validator(tdir / "v.sock")}
@@ -156,7 +157,7 @@ def test_a_pkcs11_signature_through_p11_kit_in_the_guest(world, tmp_path):
     w = world
     kit = w.up.info["p11_kit"]
     assert kit and kit.startswith("unix:path="), kit
-    env = {**w.env, "NEKMS_P11_DB": str(tmp_path / "tokens.json"), "NEKMS_P11_RPC": w.up.info["rpc"], "P11_KIT_SERVER_ADDRESS": kit}
+    env = {**w.env, "NEKMS_P11_DB": str(w.base / "tokens.json"), "NEKMS_P11_RPC": w.up.info["rpc"], "P11_KIT_SERVER_ADDRESS": kit}
     pin = tmp_path / "pin"
     pin.write_text("1234-pin")
     os.chmod(pin, 0o600)
@@ -178,13 +179,32 @@ def test_a_pkcs11_signature_through_p11_kit_in_the_guest(world, tmp_path):
     assert "p11-kit's server started: /usr/libexec/p11-kit/p11-kit-server" in pathlib.Path(w.vm["serial_log"]).read_text()
 
 
-def boot(w, eif, tmp_path, name):
-    """`nekms dev vm EIF` beside the real guest (CID 17), on the same KMS proxy; its RPC address and the process."""
+def boot(w, eif, tmp_path, name, all_ports=False):
+    """`nekms dev vm EIF` beside the real guest (CID 17), on the same KMS proxy; its run directory and the process.
+    With `all_ports`, also its validator and p11-kit ports, and its connections to the validator state store."""
     run, ready = tmp_path / name, tmp_path / f"{name}.json"
     proxy = w.up.info["proxy"].removeprefix("unix://")
-    vm = start([NEKMS, "dev", "vm", str(eif), "--dir", str(w.up.dev), "--run-dir", str(run), "--cid", "17", "--link",
-                f"8000={proxy}", "--ready-file", str(ready)], ready, "dev vm", log=tmp_path / f"{name}.log", timeout=120)
+    ports = ["--link", f"8000={proxy}"]
+    if all_ports:
+        ports += ["--link", f"5101={w.up.info['privval_state'].removeprefix('unix://')}"]
+        ports += [a for port, sock in ((5000, "rpc"), (3000, "kmstool"), (5100, "privval"), (9999, "p11kit"))
+                  for a in ("--forward", f"{port}={run / sock}.sock")]
+    vm = start([NEKMS, "dev", "vm", str(eif), "--dir", str(w.up.dev), "--run-dir", str(run), "--cid", "17", *ports,
+                "--ready-file", str(ready)], ready, "dev vm", log=tmp_path / f"{name}.log", timeout=120)
     return run, vm
+
+
+SPECS = {"vm-k1": "secp256k1", "vm-p256": "p256", "vm-ed": "ed25519", "vm-p384": "p384", "vm-rsa": "rsa2048"}
+
+
+def verify_any(spec, pem, message, signature):
+    key = serialization.load_pem_public_key(pem)
+    if spec == "ed25519":
+        key.verify(signature, message)
+    elif spec.startswith("rsa"):
+        key.verify(signature, message, padding.PKCS1v15(), hashes.SHA256())
+    else:
+        key.verify(signature, message, ec.ECDSA(hashes.SHA384() if spec == "p384" else hashes.SHA256()))
 
 
 def test_an_image_one_byte_different_opens_the_keys_only_when_the_same_signer_signed_it(world, tmp_path):
@@ -249,11 +269,18 @@ def test_an_image_one_byte_different_opens_the_keys_only_when_the_same_signer_si
     w.nekms("sign", "--key", "vm-k1", "--message", "x")
 
 
-def test_a_quorum_moves_the_guests_keys_to_an_image_of_another_signer(world, tmp_path):
-    """The guest (signer S, the world's) re-seals its keys under a new custody key trusting signer T, approved by two
-    of three approvers; the same image rebuilt pinning the new key and signed by T boots and signs with them; the
-    guest signed by S does not open the moved records."""
+def test_a_quorum_moves_every_key_the_token_and_the_validator_to_an_image_of_another_signer(world, tmp_path):
+    """The guest (signer S, the world's) re-seals its keys (every spec, the PKCS#11 token's key and the validator's
+    consensus key) under a new custody key trusting signer T, approved by two of three approvers. The same image rebuilt
+    pinning the new key and signed by T boots and signs with every key, serves the token through p11-kit in the guest,
+    and continues the validator's state (the last height with another block refused, the next one signed); the guest
+    signed by S does not open the moved records."""
     w = world
+    for name, spec in SPECS.items():
+        if name not in ("vm-k1", "vm-p256"):
+            w.nekms("key", "create", "--name", name, "--spec", spec)
+    public = {name: w.nekms("key", "public-key", name, "--pem").stdout.encode() for name in SPECS}
+    names = [*SPECS, "vm-web", "vm-validator"]
     until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
     key, cert = tmp_path / "t.key", tmp_path / "t.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-384", "-nodes", "-keyout", str(key),
@@ -263,14 +290,18 @@ def test_a_quorum_moves_the_guests_keys_to_an_image_of_another_signer(world, tmp
                      "--window-until", until).stdout
     target = w.up.client("admin").create_key(Policy=policy, BypassPolicyLockoutSafetyCheck=True)["KeyMetadata"]["Arn"]
     plan = tmp_path / "plan"
-    w.nekms("migrate", "plan", "--target-kms-key", target, "--target-pcr8", t, "--window-until", until, "--name", "vm-k1",
-            "--name", "vm-p256", "--profile", "admin", "--kms-endpoint-url", w.up.info["kms_http"], "-o", str(plan))
+    w.nekms("migrate", "plan", "--target-kms-key", target, "--target-pcr8", t, "--window-until", until,
+            *[a for n in names for a in ("--name", n)], "--profile", "admin", "--kms-endpoint-url", w.up.info["kms_http"], "-o", str(plan))
     sigs = []
     for name in ("a1", "a2"):
         w.nekms("migrate", "approve", str(plan / "statement.json"), "--key-file", str(w.base / f"{name}.pem"), "-o", str(plan / f"{name}.sig"))
         sigs += ["--signature", str(plan / f"{name}.sig")]
     moved = f"sqlite:{tmp_path / 'moved.db'}"
-    assert "migrated 2 record(s)" in w.nekms("migrate", "run", str(plan), *sigs, "--to", moved).stdout
+    started = time.monotonic()
+    # Under TCG each record takes seconds (its KMS Decrypt and GenerateDataKey, its origin document checked again).
+    out = nekms("migrate", "run", str(plan), *sigs, "--to", moved, env=w.env, timeout=900).stdout
+    assert f"migrated {len(names)} record(s)" in out, out
+    print(f"\nthe guest re-sealed {len(names)} records in {time.monotonic() - started:.1f} s")
 
     # Image D: the guest's build pinning the new key, signed by T.
     config = tmp_path / "enclave.toml"
@@ -282,20 +313,54 @@ def test_a_quorum_moves_the_guests_keys_to_an_image_of_another_signer(world, tmp
     for flag, value in (("--config", config), ("-o", eif), ("--sign-key", key), ("--sign-cert", cert)):
         args[args.index(flag) + 1] = str(value)
     nekms(*args)
-    run, vm = boot(w, eif, tmp_path, "d")
+    run, vm = boot(w, eif, tmp_path, "d", all_ports=True)
+    proxy = None
     try:
-        env = {**w.env, "NEKMS_ENCLAVE": f"unix://{run / 'rpc.sock'}", "NEKMS_STORE": moved}
+        rpc = f"unix://{run / 'rpc.sock'}"
+        env = {**w.env, "NEKMS_ENCLAVE": rpc, "NEKMS_P11_RPC": rpc, "NEKMS_STORE": moved, "NEKMS_P11_DB": str(w.base / "tokens.json")}
         assert json.loads(nekms("enclave", "describe", "--json", env=env).stdout)["pcrs"]["PCR8"] == t
         nekms("enclave", "credentials", env=env)
-        for name in ("vm-k1", "vm-p256"):
+        for name, spec in SPECS.items():
             sig = bytes.fromhex(json.loads(nekms("sign", "--key", name, "--message", "moved", "--json", env=env).stdout)["signature"])
-            pem = w.nekms("key", "public-key", name, "--pem").stdout.encode()
-            serialization.load_pem_public_key(pem).verify(sig, b"moved", ec.ECDSA(hashes.SHA256()))
+            verify_any(spec, public[name], b"moved", sig)
+        # The token, restored from the same database, signs through p11-kit's server in D.
+        nekms("p11", "token", "restore", env=env)
+        digest = os.urandom(32)
+        (tmp_path / "h.bin").write_bytes(digest)
+        r = subprocess.run(["pkcs11-tool", "--module", P11KIT_CLIENT, "--token-label", "vmweb", "--login", "--pin", "1234-pin", "--sign",
+                            "-m", "ECDSA", "--id", "01", "-i", str(tmp_path / "h.bin"), "-o", str(tmp_path / "sig.bin")],
+                           env={**env, "P11_KIT_SERVER_ADDRESS": f"unix:path={run / 'p11kit.sock'}"}, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        sig = (tmp_path / "sig.bin").read_bytes()
+        der = encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big"))
+        serialization.load_pem_public_key(w.nekms("key", "public-key", "vm-web", "--pem").stdout.encode()).verify(
+            der, digest, ec.ECDSA(Prehashed(hashes.SHA256())))
+        # The validator: D reads the state S left in the state store (the script's last height, H).
+        chain, v = "vm-chain", emu.Validator(tmp_path / "d-validator.sock")
+        toml = tmp_path / "d-tmkms.toml"
+        toml.write_text(tmkms_toml([chain], 'key = "vm-validator"', [(chain, v.addr)]))
+        nekms("privval", "push-config", "-c", str(toml), env=env)
+        proxy = start_proxy_to(run / "privval.sock", toml, tmp_path / "d-proxy.log", env)
+        v.accept()
+        assert pubkey(v, chain) == world.validator_key
+        vote = lambda h: {"type": emu.PREVOTE, "height": h, "round": 0, "block_id": block(), "timestamp": (1_800_000_000, 0)}
+        last = world.validator_height
+        _, _, err = emu.decode_reply(v.request(emu.sign_vote_request(chain, vote(last))))
+        assert err is not None, f"D signed a prevote at height {last}, where S had already signed"
+        msg = vote(last + 1)
+        _, value, err = emu.decode_reply(v.request(emu.sign_vote_request(chain, msg)))
+        assert err is None, err
+        emu.verify(world.validator_key, emu.canonical_vote(chain, msg), value["signature"])
     finally:
-        stop(vm, timeout=30)
+        stop(proxy, vm, timeout=30)
     # The S guest does not open them.
     r = w.nekms("sign", "--key", "vm-k1", "--message", "x", env={**w.env, "NEKMS_STORE": moved}, check=False)
     assert r.returncode != 0 and "rule pinned-kms-key" in r.stderr, r.stderr
+
+
+def start_proxy_to(privval, toml, log, env):
+    """`nekms privval proxy` to the enclave listening at `privval` (a Unix socket)."""
+    return spawn([NEKMS, "privval", "proxy", "--privval", f"unix://{privval}", "-c", str(toml)], log, env=env)
 
 
 def test_the_guest_serves_the_rpc_only_to_reserved_ports_up_to_the_1025th_connection(world):

@@ -179,10 +179,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Check { enclave, dir, signatures } => {
             tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
                 let statement = read(&dir.join("statement.json"))?;
-                let approvals = signatures
-                    .iter()
-                    .map(|p| serde_json::from_slice::<Approval>(&read(p)?).with_context(|| p.display().to_string()))
-                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let approvals = approvals_from(&signatures)?;
                 let client = enclave.connect().await?;
                 match client.call(&Request::Migrate(MigrateRequest::Check { statement, approvals })).await? {
                     Response::Migrate(MigrateResponse::Checked(c)) => {
@@ -239,10 +236,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Verify { statement, signatures, approvers, threshold } => {
             let bytes = read(&statement)?;
             Statement::parse(&bytes).with_context(|| statement.display().to_string())?;
-            let approvals = signatures
-                .iter()
-                .map(|p| serde_json::from_slice::<Approval>(&read(p)?).with_context(|| p.display().to_string()))
-                .collect::<anyhow::Result<Vec<_>>>()?;
+            let approvals = approvals_from(&signatures)?;
             let approvers = approvers.iter().map(spki).collect::<anyhow::Result<Vec<_>>>()?;
             if threshold > approvers.len() {
                 bail!("--threshold {threshold} with {} approver(s): never reachable", approvers.len());
