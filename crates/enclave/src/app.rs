@@ -201,7 +201,15 @@ pub fn serve(config: EnclaveConfig) -> anyhow::Result<()> {
             Some(addr) => {
                 let listener = nekms_transport::Listener::bind(&addr.parse()?).await.with_context(|| format!("listening on {addr}"))?;
                 eprintln!("nekms-enclave: PKCS#11 module socket on {}", listener.local_address());
-                Some(tokio::spawn(nekms_rpc::serve(listener, Arc::new(crate::rpc::P11Only(enclave.clone())), options.clone())))
+                {
+                    // A handler per connection: each module process's handles are counted apart.
+                    let enclave = enclave.clone();
+                    Some(tokio::spawn(nekms_rpc::serve_each(
+                        listener,
+                        move || Arc::new(crate::rpc::P11Only::new(enclave.clone())),
+                        options.clone(),
+                    )))
+                }
             }
             None => None,
         };

@@ -68,6 +68,10 @@ pub struct EnclaveArgs {
     /// Seconds an opened key stays cached [default: 300]
     #[arg(long, value_name = "SECONDS")]
     pub key_cache_ttl: Option<u64>,
+    /// Seconds since its last logged-in use after which a PKCS#11 handle that is not logged in may be dropped
+    /// to make room on a full token [default: 60]
+    #[arg(long, value_name = "SECONDS")]
+    pub p11_idle: Option<u64>,
     // What the enclave trusts ([`TrustArgs`]): in the configuration file
     // only, which is measured into PCR0 with the image (a flag would not be).
     #[arg(skip)]
@@ -203,6 +207,7 @@ pub struct EnclaveConfig {
     pub max_message: usize,
     pub key_cache: usize,
     pub key_cache_ttl: u64,
+    pub p11_idle: u64,
     pub trust: TrustArgs,
     /// The configuration file, measured with the image by a simulated NSM.
     pub config_file: Option<PathBuf>,
@@ -237,6 +242,7 @@ impl EnclaveArgs {
             max_message: self.max_message.or(file.max_message).unwrap_or(64 * 1024),
             key_cache: self.key_cache.or(file.key_cache).unwrap_or(1024),
             key_cache_ttl: self.key_cache_ttl.or(file.key_cache_ttl).unwrap_or(300),
+            p11_idle: self.p11_idle.or(file.p11_idle).unwrap_or(60),
             trust: TrustArgs {
                 custody_kms_keys: file.custody_kms_keys,
                 origin_pcr0: file.origin_pcr0,

@@ -12,6 +12,12 @@
 //! `Error` reply and the connection stays open. One client's input never
 //! affects another's.
 //!
+//! SetClient's credentials belong to that connection: its Decrypts use them,
+//! and nothing else does. They never replace the enclave's own credentials
+//! (the RPC's SetCredentials, which custody uses), so another local process
+//! that reaches this port cannot disturb custody, and a Decrypt on a
+//! connection that has not sent SetClient is an `Error`.
+//!
 //! Decrypt follows the enclave's parent-decrypt rules ([`crate::trust`]): a
 //! reserved context key (any casing), a key given twice, a custody KMS key,
 //! or parent decryption turned off gets an `Error` naming the rule.
@@ -21,6 +27,7 @@ use std::sync::Arc;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
+use nekms_kms_client::KmsSession;
 use nekms_transport::frame::{delimited, FrameError};
 use nekms_transport::{Listener, Stream};
 use serde_json::{json, Value};
@@ -58,10 +65,11 @@ async fn reply(stream: &mut Stream, v: &Value) -> std::io::Result<()> {
 
 async fn connection(mut stream: Stream, enclave: &Enclave, max_message: usize) -> std::io::Result<()> {
     let mut buf: Vec<u8> = Vec::new();
+    let mut session = None;
     loop {
         match delimited::read_message(&mut stream, &mut buf, max_message).await {
             Ok(Some(message)) => {
-                let answer = handle(&message, enclave).await;
+                let answer = handle(&message, enclave, &mut session).await;
                 reply(&mut stream, &answer).await?;
             }
             Ok(None) => return Ok(()),
@@ -143,20 +151,25 @@ pub fn parse(message: &[u8]) -> Result<Command, String> {
     }
 }
 
-/// One command -> one reply.
-pub async fn handle(message: &[u8], enclave: &Enclave) -> Value {
+/// One command -> one reply; `session` holds the connection's credentials.
+pub async fn handle(message: &[u8], enclave: &Enclave, session: &mut Option<KmsSession>) -> Value {
     match parse(message) {
         Err(e) => error(e),
         Ok(Command::SetClient { access_key_id, secret_access_key, session_token, region }) => {
             if let Some(Err(e)) = region.as_deref().map(crate::check_region) {
                 return error(format!("AwsRegion: {e}"));
             }
-            enclave.set_credentials(access_key_id, secret_access_key, session_token, region, None);
+            *session = Some(enclave.kmstool_session(access_key_id, secret_access_key, session_token, region));
             json!({"Status": "Ok"})
         }
-        Ok(Command::Decrypt { ciphertext, context }) => match enclave.parent_decrypt(&ciphertext, &context, None).await {
-            Ok(plaintext) => json!({"Status": "Ok", "Message": Zeroizing::new(B64.encode(&plaintext[..])).as_str()}),
-            Err(e) => error(e.message),
-        },
+        Ok(Command::Decrypt { .. }) if session.is_none() => {
+            error("no credentials on this connection: send SetClient first (kmstool's credentials belong to the connection that set them)")
+        }
+        Ok(Command::Decrypt { ciphertext, context }) => {
+            match enclave.parent_decrypt_as(session.as_ref(), &ciphertext, &context, None).await {
+                Ok(plaintext) => json!({"Status": "Ok", "Message": Zeroizing::new(B64.encode(&plaintext[..])).as_str()}),
+                Err(e) => error(e.message),
+            }
+        }
     }
 }

@@ -87,7 +87,7 @@ impl Enclave {
             kmstool: Some(config.kmstool.clone()),
             keys: custody::KeyCache::new(config.key_cache, std::time::Duration::from_secs(config.key_cache_ttl)),
             trust,
-            p11: p11::Tokens::default(),
+            p11: p11::Tokens::new(std::time::Duration::from_secs(config.p11_idle)),
             privval: privval::Signer::new(
                 config.privval_state.as_deref().map(str::parse).transpose().map_err(|e| anyhow::anyhow!("--privval-state: {e}"))?,
                 config.trust.privval_max_height_jump,
@@ -97,7 +97,7 @@ impl Enclave {
         })
     }
 
-    /// Install credentials from the parent (kmstool's SetClient or the RPC's
+    /// Install the enclave's credentials from the parent (the RPC's
     /// SetCredentials). The region: the enclave's own setting, else the
     /// parent's, else us-east-1, as kmstool documents.
     pub fn set_credentials(
@@ -111,6 +111,19 @@ impl Enclave {
         let region = self.region.clone().or(region).unwrap_or_else(|| "us-east-1".into());
         self.kms.set_credentials(Credentials { access_key_id, secret_access_key, session_token, region, expiration });
         self.credentials_info().expect("credentials were just set")
+    }
+
+    /// Credentials for one kmstool connection, with the same region rule;
+    /// the enclave's own credentials stay as they are.
+    pub fn kmstool_session(
+        &self,
+        access_key_id: String,
+        secret_access_key: Zeroizing<String>,
+        session_token: Option<Zeroizing<String>>,
+        region: Option<String>,
+    ) -> nekms_kms_client::KmsSession {
+        let region = self.region.clone().or(region).unwrap_or_else(|| "us-east-1".into());
+        self.kms.session(Credentials { access_key_id, secret_access_key, session_token, region, expiration: None })
     }
 }
 

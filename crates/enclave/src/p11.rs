@@ -39,6 +39,9 @@ use crate::Enclave;
 pub const MAX_TOKENS: usize = 1024;
 /// Most module handles (processes) open on one token.
 pub const MAX_HANDLES_PER_TOKEN: usize = 1024;
+/// Most handles one connection to the module's socket (one module process,
+/// which needs one per token) holds open on one token.
+pub const MAX_HANDLES_PER_CONNECTION: usize = 4;
 /// Wrong PINs in a row before a token locks.
 pub const MAX_PIN_FAILURES: u32 = 10;
 /// Most keys on one token, and certificates per key.
@@ -86,11 +89,11 @@ struct TokenKey {
 struct Handle {
     slot: u64,
     logged_in: bool,
+    /// When it was opened or last used logged in: calls that need no PIN
+    /// (a C_Logout refused, a login with a wrong PIN) never move it, so a
+    /// handle nobody logs in on ages and can be dropped whatever it is sent.
     last_used: std::time::Instant,
 }
-
-/// A handle not logged in and unused this long may be dropped to make room.
-const IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[derive(Default)]
 struct State {
@@ -100,9 +103,10 @@ struct State {
 }
 
 /// The tokens and the handles on them.
-#[derive(Default)]
 pub struct Tokens {
     state: Mutex<State>,
+    /// A handle not logged in, unused logged in for this long, may be dropped to make room.
+    idle: std::time::Duration,
 }
 
 fn err(rv: u64, message: impl Into<String>) -> RpcError {
@@ -150,6 +154,10 @@ fn certificate_spki(der: &[u8]) -> Result<Vec<u8>, String> {
 }
 
 impl Tokens {
+    pub fn new(idle: std::time::Duration) -> Tokens {
+        Tokens { state: Mutex::default(), idle }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -199,7 +207,7 @@ impl Tokens {
             let idle = state
                 .handles
                 .iter()
-                .filter(|(_, h)| h.slot == slot && !h.logged_in && h.last_used.elapsed() >= IDLE)
+                .filter(|(_, h)| h.slot == slot && !h.logged_in && h.last_used.elapsed() >= self.idle)
                 .min_by_key(|(_, h)| h.last_used)
                 .map(|(id, _)| *id);
             match idle {
@@ -215,6 +223,27 @@ impl Tokens {
         Ok(Secret::new(id.to_vec()))
     }
 
+    /// Open for one connection to the module's socket, which already opened
+    /// the handles in `mine`: at most [`MAX_HANDLES_PER_CONNECTION`] of them
+    /// still open on `slot`.
+    pub(crate) fn open_for(&self, slot: u64, mine: &mut Vec<[u8; 32]>) -> Result<Secret, RpcError> {
+        {
+            let state = self.lock();
+            mine.retain(|id| state.handles.contains_key(id));
+            if mine.iter().filter(|id| state.handles[*id].slot == slot).count() >= MAX_HANDLES_PER_CONNECTION {
+                return Err(err(
+                    ckr::SESSION_COUNT,
+                    format!(
+                        "this connection already holds {MAX_HANDLES_PER_CONNECTION} handles on slot {slot}; a module process needs one"
+                    ),
+                ));
+            }
+        }
+        let handle = self.open(slot)?;
+        mine.push(handle_id(&handle)?);
+        Ok(handle)
+    }
+
     fn close(&self, handle: &Secret) -> Result<(), RpcError> {
         self.lock().handles.remove(&handle_id(handle)?);
         Ok(())
@@ -226,7 +255,9 @@ impl Tokens {
             .handles
             .get_mut(handle)
             .ok_or_else(|| err(ckr::SESSION_HANDLE_INVALID, "no such handle (closed, dropped while idle, or its token was removed)"))?;
-        h.last_used = std::time::Instant::now();
+        if h.logged_in {
+            h.last_used = std::time::Instant::now();
+        }
         if !state.tokens.contains_key(&h.slot) {
             return Err(err(ckr::TOKEN_NOT_PRESENT, format!("the token of slot {} was removed", h.slot)));
         }
@@ -274,7 +305,8 @@ impl Tokens {
             });
         }
         token.failures = 0;
-        state.handles.get_mut(&id).expect("checked").logged_in = true;
+        let h = state.handles.get_mut(&id).expect("checked");
+        (h.logged_in, h.last_used) = (true, std::time::Instant::now());
         Ok(())
     }
 

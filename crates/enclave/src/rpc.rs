@@ -120,8 +120,20 @@ impl Enclave {
         context: &BTreeMap<String, String>,
         key_id: Option<&str>,
     ) -> Result<Zeroizing<Vec<u8>>, RpcError> {
+        self.parent_decrypt_as(None, ciphertext, context, key_id).await
+    }
+
+    /// As [`Enclave::parent_decrypt`], with a caller's own credentials when
+    /// given (a kmstool connection's SetClient).
+    pub async fn parent_decrypt_as(
+        &self,
+        session: Option<&nekms_kms_client::KmsSession>,
+        ciphertext: &[u8],
+        context: &BTreeMap<String, String>,
+        key_id: Option<&str>,
+    ) -> Result<Zeroizing<Vec<u8>>, RpcError> {
         self.trust.check_parent_request(context, key_id)?;
-        let out = self.kms.decrypt_under(ciphertext, context, key_id).await.map_err(kms_error)?;
+        let out = self.kms.decrypt_as(session, ciphertext, context, key_id).await.map_err(kms_error)?;
         // Dropping `out` on refusal wipes the plaintext.
         self.trust.check_parent_answer(&out.key_id)?;
         Ok(out.plaintext)
@@ -189,16 +201,31 @@ fn data_key_spec(spec: Option<&str>, bytes: Option<u32>) -> Result<Option<DataKe
 /// operations of `p11_public`), never
 /// provisioning or the rest of the RPC, so p11-kit's server (C code that
 /// parses what any client sends) cannot reach more than a token user can.
-pub struct P11Only(pub std::sync::Arc<Enclave>);
+/// One per connection (one module process), which opens at most
+/// [`crate::p11::MAX_HANDLES_PER_CONNECTION`] handles on a token.
+pub struct P11Only {
+    enclave: std::sync::Arc<Enclave>,
+    opened: std::sync::Mutex<Vec<[u8; 32]>>,
+}
+
+impl P11Only {
+    pub fn new(enclave: std::sync::Arc<Enclave>) -> P11Only {
+        P11Only { enclave, opened: Default::default() }
+    }
+}
 
 impl Handler for P11Only {
     async fn handle(&self, request: Request) -> Result<Response, RpcError> {
         use nekms_rpc::P11Request as P;
         match request {
+            Request::P11(P::Open { slot }) => {
+                let mut mine = self.opened.lock().unwrap_or_else(|p| p.into_inner());
+                let handle = self.enclave.p11.open_for(slot, &mut mine)?;
+                Ok(Response::P11(nekms_rpc::P11Response::Opened { handle }))
+            }
             Request::P11(
                 r @ (P::Slots
                 | P::Slot { .. }
-                | P::Open { .. }
                 | P::Close { .. }
                 | P::Login { .. }
                 | P::Logout { .. }
@@ -209,7 +236,7 @@ impl Handler for P11Only {
                 | P::Verify { .. }
                 | P::RsaPublic { .. }
                 | P::Encrypt { .. }),
-            ) => Ok(Response::P11(self.0.p11_call(r).await?)),
+            ) => Ok(Response::P11(self.enclave.p11_call(r).await?)),
             other => Err(RpcError::refused(format!("{} is not served on the PKCS#11 module's socket", other.name()))),
         }
     }

@@ -96,6 +96,12 @@ pub struct DataKeyPair {
     pub private_key_ciphertext_blob: Vec<u8>,
 }
 
+/// A KMS client holding one caller's credentials (see [`EnclaveKms::session`]).
+pub struct KmsSession {
+    client: aws_sdk_kms::Client,
+    expiration: Option<SystemTime>,
+}
+
 /// KMS as the enclave uses it.
 pub struct EnclaveKms {
     nsm: Arc<dyn Nsm>,
@@ -115,6 +121,18 @@ impl EnclaveKms {
 
     /// Replace the credentials (the parent pushes fresh ones before they expire).
     pub fn set_credentials(&self, credentials: Credentials) {
+        let client = self.client_for(&credentials);
+        *self.client.write().unwrap_or_else(|p| p.into_inner()) = Some((client, credentials));
+    }
+
+    /// A client with credentials of its own, for one caller (a kmstool
+    /// connection's SetClient): it never replaces the enclave's credentials,
+    /// which custody uses.
+    pub fn session(&self, credentials: Credentials) -> KmsSession {
+        KmsSession { client: self.client_for(&credentials), expiration: credentials.expiration }
+    }
+
+    fn client_for(&self, credentials: &Credentials) -> aws_sdk_kms::Client {
         let sdk_credentials = aws_sdk_kms::config::Credentials::new(
             credentials.access_key_id.clone(),
             credentials.secret_access_key.as_str(),
@@ -131,8 +149,7 @@ impl EnclaveKms {
         if let Some(e) = &self.endpoint {
             b = b.endpoint_url(e);
         }
-        let client = aws_sdk_kms::Client::from_conf(b.build());
-        *self.client.write().unwrap_or_else(|p| p.into_inner()) = Some((client, credentials));
+        aws_sdk_kms::Client::from_conf(b.build())
     }
 
     /// The credentials' access key id, region and expiry (never the secret).
@@ -194,7 +211,24 @@ impl EnclaveKms {
         context: &BTreeMap<String, String>,
         key_id: Option<&str>,
     ) -> Result<Decrypted, EnclaveKmsError> {
-        let mut req = self.client()?.decrypt().ciphertext_blob(Blob::new(ciphertext)).recipient(self.recipient_info()?);
+        self.decrypt_as(None, ciphertext, context, key_id).await
+    }
+
+    /// As [`EnclaveKms::decrypt_under`], with a caller's own credentials
+    /// (`session`) instead of the enclave's when given.
+    pub async fn decrypt_as(
+        &self,
+        session: Option<&KmsSession>,
+        ciphertext: &[u8],
+        context: &BTreeMap<String, String>,
+        key_id: Option<&str>,
+    ) -> Result<Decrypted, EnclaveKmsError> {
+        let client = match session {
+            Some(s) if s.expiration.is_some_and(|e| e <= SystemTime::now()) => return Err(EnclaveKmsError::CredentialsExpired),
+            Some(s) => s.client.clone(),
+            None => self.client()?,
+        };
+        let mut req = client.decrypt().ciphertext_blob(Blob::new(ciphertext)).recipient(self.recipient_info()?);
         for (k, v) in context {
             req = req.encryption_context(k, v);
         }

@@ -26,4 +26,4 @@ pub use protocol::{
     PinVerifier, PrivvalChain, PrivvalRequest, PrivvalResponse, PrivvalStatus, Request, Response, RpcError, Secret, SecretString,
     TrustInfo,
 };
-pub use server::{serve, serve_connection, Handler, ServerOptions};
+pub use server::{serve, serve_connection, serve_each, Handler, ServerOptions};

@@ -51,13 +51,19 @@ impl Default for ServerOptions {
 
 /// Serve every connection on `listener` until the task is dropped.
 pub async fn serve<H: Handler>(listener: Listener, handler: Arc<H>, options: ServerOptions) {
+    serve_each(listener, move || handler.clone(), options).await
+}
+
+/// As [`serve`], with a handler made by `handler` for each connection (for
+/// state that belongs to one client, such as the handles it opened).
+pub async fn serve_each<H: Handler>(listener: Listener, handler: impl Fn() -> Arc<H>, options: ServerOptions) {
     let options = Arc::new(options);
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let (handler, options) = (handler.clone(), options.clone());
+                    let (handler, options) = (handler(), options.clone());
                     let refusal = match (options.reserved_vsock_ports_only, nekms_transport::from_reserved_vsock_port(&peer)) {
                         (true, Some(false)) => Some(format!(
                             "{peer}: this port serves only connections from a vsock port below 1024, which only root (or CAP_NET_BIND_SERVICE) can bind; run the client as root"
