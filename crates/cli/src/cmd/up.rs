@@ -190,8 +190,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
 
     match up.supervise()? {
-        Stopped::Signal => {
-            println!("nekms dev up: stopping the enclave, the proxy and the local KMS");
+        Stopped::Signal(sig) => {
+            println!("nekms dev up: {sig}: stopping the enclave, the proxy, the local KMS and the rest");
             drop(up);
             Ok(())
         }

@@ -19,6 +19,7 @@ use crate::key_policy::Roles;
 use crate::kms::{Conn, Target};
 
 mod config;
+mod held;
 mod supervisor;
 pub mod vm;
 
@@ -83,8 +84,6 @@ pub struct P11Kit {
 
 /// Everything `dev up` started and where it is; the children stop when it is dropped.
 pub struct Up {
-    group: Group,
-    rt: tokio::runtime::Runtime,
     /// The local KMS for the parent (`http://...`) and for the enclave (`https://...`).
     pub kms_http: String,
     pub kms_https: String,
@@ -127,8 +126,23 @@ pub struct Up {
     /// The environment for the parent's tools, and the file it was written to.
     pub env: Vec<(&'static str, String)>,
     pub env_file: PathBuf,
-    /// The guest VM the enclave runs in, with `--vm-blobs`.
+    /// The guest VM the enclave runs in, with `--vm-blobs` (stopped first).
     pub vm: Option<crate::vm::Vm>,
+    /// The children, stopped when this is dropped; then the files they used are removed.
+    group: Group,
+    cleanup: Cleanup,
+}
+
+/// Files a run creates for its children and its users (sockets, the env
+/// file, ready files), removed when it ends however it ends.
+struct Cleanup(Vec<PathBuf>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for path in &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 fn unix(path: &Path) -> String {
@@ -164,19 +178,33 @@ pub fn start(dev: &DevDir, o: &Options) -> anyhow::Result<Up> {
         }
         None => (proxy_sock, state_sock),
     };
-    for stale in [&kms_ready, &proxy_sock, &rpc_sock, &kmstool_sock, &p11_sock, &p11kit_sock, &privval_sock, &state_sock] {
+    let anchor_sock = match &o.vm {
+        Some(_) => vm::outbound(&run_dir, vm::ANCHOR_PORT),
+        None => run_dir.join("privval-anchor-proxy.sock"),
+    };
+    let env_file = run_dir.join("env");
+    // Declared before the group, so dropped after it: the children stop, then their files go. Filled only once the group
+    // exists, so a start refused for a previous run's children leaves that run's files alone.
+    let mut cleanup = Cleanup(Vec::new());
+    let mut group = Group::new(&run_dir)?;
+    cleanup.0 =
+        [&kms_ready, &proxy_sock, &rpc_sock, &kmstool_sock, &p11_sock, &p11kit_sock, &privval_sock, &state_sock, &anchor_sock, &env_file]
+            .map(|p| p.to_path_buf())
+            .to_vec();
+    for stale in &cleanup.0 {
         let _ = std::fs::remove_file(stale);
     }
     let me = std::env::current_exe()?;
     let dir = dev.path().to_path_buf();
-    let mut group = Group::new();
 
     // 1. The local KMS, HTTP for the parent and HTTPS for the enclave.
     let http = o.kms_http.clone().unwrap_or_else(|| config.kms_http.to_string());
     let https = o.kms_https.clone().unwrap_or_else(|| config.kms_https.to_string());
+    held::check_free(&http, "--kms-http")?;
+    held::check_free(&https, "--kms-https")?;
     let mut kms = Command::new(&me);
     kms.args(["dev", "kms", "--dir"]).arg(&dir).args(["--http", &http, "--https", &https, "--ready-file"]).arg(&kms_ready);
-    let kms_pid = group.spawn("local KMS", kms)?;
+    let kms_pid = group.spawn("kms", kms)?;
     group.wait_for("local KMS", || kms_ready.exists())?;
     let ready: serde_json::Value = serde_json::from_slice(&std::fs::read(&kms_ready)?)?;
     let url = |k: &str| ready[k].as_str().map(str::to_owned).with_context(|| format!("the KMS ready file lacks {k}"));
@@ -226,7 +254,6 @@ pub fn start(dev: &DevDir, o: &Options) -> anyhow::Result<Up> {
         }
         Ok(m)
     };
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     // A debug-mode enclave reports zeros: the policy must name them (and so admits every debug image).
     let final_policy = |roles: &Roles, m: &Measurement| {
         let pcr0 = if o.debug_mode { nekms_attestation::Pcr48::ZERO } else { m.pcr0 };
@@ -240,15 +267,17 @@ pub fn start(dev: &DevDir, o: &Options) -> anyhow::Result<Up> {
                 true => crate::world_custody::policy(dev, &crate::world_custody::signer_pcr8(dev)?)?,
                 false => final_policy(&Roles::standard(&config.account_id), &m),
             };
-            rt.block_on(async {
-                let mut conn = Conn::open(&admin).await?;
-                crate::custody::check_custody_key(&mut conn, arn, &policy).await
-            })
-            .with_context(|| format!("--custody-kms-key {arn}"))?;
+            group
+                .rt
+                .block_on(async {
+                    let mut conn = Conn::open(&admin).await?;
+                    crate::custody::check_custody_key(&mut conn, arn, &policy).await
+                })
+                .with_context(|| format!("--custody-kms-key {arn}"))?;
             (arn.clone(), m)
         }
         (None, true) => {
-            let world = rt.block_on(crate::world_custody::ensure(dev, &admin, false))?;
+            let world = group.rt.block_on(crate::world_custody::ensure(dev, &admin, false))?;
             if world.created {
                 println!(
                     "nekms dev up: created the development world's custody key {} (trusting image signer PCR8 {})",
@@ -258,28 +287,23 @@ pub fn start(dev: &DevDir, o: &Options) -> anyhow::Result<Up> {
             let m = configure(&world.arn)?;
             (world.arn, m)
         }
-        (None, false) => rt.block_on(crate::custody::custody_key(dev, &admin, "nekms dev up: custody", configure, final_policy))?,
+        (None, false) => group.rt.block_on(crate::custody::custody_key(dev, &admin, "nekms dev up: custody", configure, final_policy))?,
     };
 
     // The anchor's proxy, allowing exactly its endpoint.
-    let anchor_sock = match &o.vm {
-        Some(_) => vm::outbound(&run_dir, vm::ANCHOR_PORT),
-        None => run_dir.join("privval-anchor-proxy.sock"),
-    };
-    let _ = std::fs::remove_file(&anchor_sock);
     if let Some(endpoint) = &o.privval_anchor_endpoint {
         let (host, port) = config::anchor_host_port(endpoint).map_err(|e| anyhow::anyhow!("--privval-anchor-endpoint {endpoint}: {e}"))?;
         let allow = run_dir.join("anchor-allowlist.yaml");
         std::fs::write(&allow, format!("allowlist:\n  - {{address: {host}, port: {port}}}\n"))?;
         let mut p = Command::new(&me);
         p.arg("proxy").arg(unix(&anchor_sock)).args([host.as_str(), &port.to_string(), "--config"]).arg(&allow);
-        group.spawn("anchor proxy", p)?;
+        group.spawn("anchor-proxy", p)?;
         group.wait_for("anchor proxy", || anchor_sock.exists())?;
     }
     // 4. The validator signer's state store, then the simulated enclave.
     let mut persist = Command::new(&me);
     persist.args(["privval", "persist", "--listen", &unix(&state_sock), "--dir"]).arg(&state_dir);
-    let persist_pid = group.spawn("privval persist", persist)?;
+    let persist_pid = group.spawn("privval-persist", persist)?;
     group.wait_for("privval persist", || state_sock.exists())?;
     let mut guest = None;
     let mut enclave = Command::new(&program);
@@ -308,6 +332,9 @@ pub fn start(dev: &DevDir, o: &Options) -> anyhow::Result<Up> {
                 forwards.push((vm::P11_KIT_PORT, p11kit_sock.clone()));
             }
             let started = vm::boot(dev, spec, &vm_image, &run_dir, forwards)?;
+            for (name, pid) in started.pids() {
+                group.list(name, pid);
+            }
             let pid = started.qemu_pid;
             guest = Some(started);
             pid
@@ -337,7 +364,7 @@ pub fn start(dev: &DevDir, o: &Options) -> anyhow::Result<Up> {
                 .arg(&p11kit_sock)
                 .arg("pkcs11:")
                 .env("NEKMS_P11_RPC", unix(&p11_sock));
-            let pid = group.spawn("p11-kit server", server)?;
+            let pid = group.spawn("p11-kit-server", server)?;
             group.wait_for("p11-kit server", || p11kit_sock.exists())?;
             Ok(P11Kit { address: format!("unix:path={}", p11kit_sock.display()), pid, module })
         }
@@ -347,7 +374,7 @@ pub fn start(dev: &DevDir, o: &Options) -> anyhow::Result<Up> {
 
     // 5. Credentials and a description, over the RPC.
     let rpc_address = unix(&rpc_sock);
-    let description = rt.block_on(async {
+    let description = group.rt.block_on(async {
         let client = nekms_rpc::Client::connect(&rpc_address.parse()?, concat!("nekms ", env!("CARGO_PKG_VERSION"))).await?;
         if !o.no_credentials {
             let instance =
@@ -405,11 +432,10 @@ pub fn start(dev: &DevDir, o: &Options) -> anyhow::Result<Up> {
             print!("{}", String::from_utf8_lossy(&out.stdout));
             let mut proxy = Command::new(&me);
             proxy.args(["privval", "proxy", "--privval", &unix(&privval_sock), "-c"]).arg(toml);
-            Some(group.spawn("privval proxy", proxy)?)
+            Some(group.spawn("privval-proxy", proxy)?)
         }
         None => None,
     };
-    let env_file = run_dir.join("env");
     let up = Up {
         kms_http: kms_http_url,
         kms_https: kms_https_url,
@@ -441,7 +467,7 @@ pub fn start(dev: &DevDir, o: &Options) -> anyhow::Result<Up> {
         env_file,
         vm: guest,
         group,
-        rt,
+        cleanup,
     };
     std::fs::write(&up.env_file, up.env_text())?;
     Ok(up)
@@ -455,7 +481,8 @@ impl Up {
 
     /// Write the addresses, PCRs, pids and environment as JSON to `path`
     /// (through a temporary file, so a reader sees all of it or nothing).
-    pub fn write_ready_file(&self, path: &Path) -> anyhow::Result<()> {
+    pub fn write_ready_file(&mut self, path: &Path) -> anyhow::Result<()> {
+        self.cleanup.0.push(path.to_path_buf());
         let v = serde_json::json!({
             "kms_http": self.kms_http, "kms_https": self.kms_https, "proxy": self.proxy,
             "rpc": self.rpc, "kmstool": self.kmstool, "p11": self.p11_rpc,
@@ -467,6 +494,7 @@ impl Up {
             "pcr8": self.pcr8, "sim_signature": self.sim_signature.as_ref().map(|p| p.display().to_string()),
             "pids": {"kms": self.kms_pid, "proxy": self.proxy_pid, "enclave": self.enclave_pid, "privval_persist": self.persist_pid,
                      "privval_proxy": self.privval_proxy_pid, "supervisor": std::process::id()},
+            "children": self.group.pids().into_iter().map(|(name, pid)| serde_json::json!({"name": name, "pid": pid})).collect::<Vec<_>>(),
             "env": self.env.iter().map(|(k, v)| (k.to_string(), serde_json::Value::String(v.clone()))).collect::<serde_json::Map<_, _>>(),
             "vm": self.vm.as_ref().map(|vm| serde_json::json!({
                 "image": self.image.display().to_string(),
@@ -482,9 +510,9 @@ impl Up {
         Ok(())
     }
 
-    /// Supervise: return on SIGINT or SIGTERM, or when any child dies. The
-    /// children keep running until this is dropped.
+    /// Supervise: return on SIGHUP, SIGINT or SIGTERM, or when any child
+    /// dies. The children keep running until this is dropped.
     pub fn supervise(&mut self) -> anyhow::Result<Stopped> {
-        self.rt.block_on(supervisor::supervise(&mut self.group, self.vm.as_mut()))
+        supervisor::supervise(&mut self.group, self.vm.as_mut())
     }
 }

@@ -218,6 +218,7 @@ impl Vm {
         let mut device = Command::new(&vhost);
         device.args(["--guest-cid", &o.cid.to_string(), "--socket"]).arg(&vhost_sock).arg("--uds-path").arg(&uds);
         device.stdin(Stdio::null()).stdout(Stdio::null());
+        crate::child::die_with_parent(&mut device);
         vm.children.push(("vhost-device-vsock", device.spawn().with_context(|| format!("starting {}", vhost.display()))?));
         let deadline = Instant::now() + Duration::from_secs(10);
         while !vhost_sock.exists() {
@@ -247,6 +248,7 @@ impl Vm {
             .args(["-append", &image.cmdline])
             .args(["-fw_cfg", &format!("name={FW_CFG_NAME},file={}", handover.display())]);
         q.stdin(Stdio::null()).stdout(Stdio::null());
+        crate::child::die_with_parent(&mut q);
         let started = Instant::now();
         let child = q.spawn().with_context(|| format!("starting {}", qemu.display()))?;
         vm.qemu_pid = child.id();
@@ -338,6 +340,13 @@ fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+impl Vm {
+    /// The guest's processes here (its vsock device, QEMU) and their pids.
+    pub fn pids(&self) -> Vec<(&'static str, u32)> {
+        self.children.iter().map(|(name, child)| (*name, child.id())).collect()
+    }
 }
 
 impl Drop for Vm {
