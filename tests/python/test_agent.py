@@ -225,6 +225,26 @@ def test_a_dynamodb_backed_agent_survives_moto_restarting(env):
         dyn.stop()
 
 
+def test_every_error_has_the_documented_shape_body_errors_included(env):
+    """Errors axum would answer in plain text (a wrong content type, malformed JSON, a wrong field, a body over the
+    limit, a method a route does not take) come back as {"error": {"code", "message", "retryable"}}."""
+    a = env.agent
+    cases = [
+        ({"content-type": "text/plain"}, b'{"name": "x", "spec": "p256"}', "POST", 415, "unsupported_media_type"),
+        (None, b"{not json", "POST", 400, "malformed_json"),
+        (None, b'{"name": 5, "spec": "p256"}', "POST", 422, "invalid_body"),
+        (None, b'{"name": "' + b"x" * (300 * 1024) + b'"}', "POST", 413, "body_too_large"),
+        (None, None, "DELETE", 405, "method_not_allowed"),
+    ]
+    for headers, raw, method, want, code in cases:
+        status, e = a.call(method, "/v1/keys", raw=raw, headers=headers)
+        assert status == want and isinstance(e, dict), (code, status, e)
+        assert e["error"]["code"] == code and e["error"]["message"] and e["error"]["retryable"] is False, e
+    assert a.call("GET", "/v1/keys/body-error-x")[0] == 404, "nothing was made"
+    # The agent said where its token is.
+    assert f"the bearer token is in {a.token_file}" in a.log.read_text()
+
+
 def test_schemathesis_finds_no_server_error(env):
     a = env.agent
     # Something to find behind the path parameters.

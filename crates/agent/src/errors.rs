@@ -41,6 +41,32 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A JSON request body whose every rejection (no or another content type,
+/// malformed JSON, a missing or unknown field, a body over the limit)
+/// answers in the API's error shape, never as axum's plain text.
+pub(crate) struct JsonBody<T>(pub(crate) T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        use axum::extract::rejection::JsonRejection as R;
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(JsonBody(v)),
+            Err(r) => {
+                let code = match &r {
+                    R::MissingJsonContentType(_) => "unsupported_media_type",
+                    R::JsonSyntaxError(_) => "malformed_json",
+                    R::JsonDataError(_) => "invalid_body",
+                    R::BytesRejection(_) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+                    _ => "bad_request",
+                };
+                Err(ApiError::new(r.status(), code, r.body_text()))
+            }
+        }
+    }
+}
+
 /// The error code of a response, for the metrics (see [`crate::metrics`]).
 #[derive(Clone, Copy)]
 pub(crate) struct ErrorLabel(pub(crate) &'static str);

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 mod cmd;
+mod exit;
 
 #[cfg(feature = "dev")]
 use std::path::PathBuf;
@@ -98,6 +99,7 @@ enum Command {
 }
 
 fn main() {
+    exit::install_panic_hook();
     let cli = Cli::parse();
     let result = match cli.command {
         #[cfg(feature = "dev")]
@@ -125,6 +127,6 @@ fn main() {
     };
     if let Err(e) = result {
         eprintln!("nekms: {e:#}");
-        std::process::exit(1);
+        std::process::exit(exit::classify(&e) as i32);
     }
 }

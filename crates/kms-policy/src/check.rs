@@ -60,6 +60,19 @@ pub fn check(policy: &Policy, account: Option<&str>) -> Vec<Finding> {
     for w in policy.misleading_forms() {
         say(&mut out, true, w);
     }
+    for st in
+        policy.statements.iter().filter(|s| s.effect == Effect::Allow && s.principals == crate::Principals::Any && s.conditions.is_empty())
+    {
+        say(
+            &mut out,
+            true,
+            format!(
+                "{} lets any principal of any AWS account use this key, with no condition: name the roles, or add a condition such as \
+                 aws:PrincipalAccount",
+                st.sid.as_deref().map(|s| format!("statement {s:?}")).unwrap_or_else(|| "a statement".into())
+            ),
+        );
+    }
     let signers: Vec<&String> = policy
         .statements
         .iter()

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::hex_field;
 use crate::access::Caller;
-use crate::errors::ApiError;
+use crate::errors::{ApiError, JsonBody};
 use crate::state::Shared;
 
 #[derive(Deserialize)]
@@ -22,7 +22,7 @@ pub(super) struct AttestBody {
 pub(super) async fn attestation(
     State(state): State<Shared>,
     Extension(_caller): Extension<Caller>,
-    Json(b): Json<AttestBody>,
+    JsonBody(b): JsonBody<AttestBody>,
 ) -> Result<Json<Value>, ApiError> {
     let nonce = b.nonce.as_deref().map(|n| hex_field("nonce", n)).transpose()?;
     let user_data = b.user_data.as_deref().map(|n| hex_field("user_data", n)).transpose()?;

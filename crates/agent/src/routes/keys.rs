@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 
 use super::{allowed, hex_field};
 use crate::access::Caller;
-use crate::errors::ApiError;
+use crate::errors::{ApiError, JsonBody};
 use crate::state::{AppState, Shared};
 
 /// A key as the API shows it (without its record).
@@ -112,7 +112,7 @@ async fn store_new(state: &AppState, record: KeyRecord) -> Result<Response, ApiE
 pub(super) async fn create_key(
     State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
-    Json(b): Json<CreateBody>,
+    JsonBody(b): JsonBody<CreateBody>,
 ) -> Result<Response, ApiError> {
     allowed(&caller, &b.name, true)?;
     let spec: KeySpec = b.spec.parse().map_err(|e: nekms_keys::UnknownSpec| ApiError::bad(e.to_string()))?;
@@ -162,7 +162,7 @@ pub(super) struct ImportBody {
 pub(super) async fn import_key(
     State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
-    Json(b): Json<ImportBody>,
+    JsonBody(b): JsonBody<ImportBody>,
 ) -> Result<Response, ApiError> {
     allowed(&caller, &b.name, true)?;
     let spec = b.spec.as_deref().map(|s| s.parse::<KeySpec>().map_err(|e| ApiError::bad(e.to_string()))).transpose()?;

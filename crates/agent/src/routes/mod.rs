@@ -31,6 +31,7 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/v1/keys/{name}/eth/transaction", post(sign::sign_transaction))
         .route("/v1/attestation", post(attest::attestation))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), crate::server::authenticate))
         .layer(axum::middleware::from_fn_with_state(state.clone(), crate::metrics::track))
         .layer(axum::extract::DefaultBodyLimit::max(256 * 1024))
@@ -43,6 +44,10 @@ async fn openapi_json() -> Json<Value> {
 
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route; see /openapi.json")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method; see /openapi.json")
 }
 
 /// The caller may use key `name` (and, to make it, manage keys).

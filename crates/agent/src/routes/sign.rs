@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use super::keys::record;
 use super::{allowed, hex_field};
 use crate::access::Caller;
-use crate::errors::ApiError;
+use crate::errors::{ApiError, JsonBody};
 use crate::state::{AppState, Shared};
 
 /// Records are never overwritten, so one read recently is still the record;
@@ -71,7 +71,7 @@ pub(super) async fn sign(
     State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
-    Json(b): Json<SignBody>,
+    JsonBody(b): JsonBody<SignBody>,
 ) -> Result<Json<Value>, ApiError> {
     allowed(&caller, &name, false)?;
     let mut scheme = b.scheme.as_deref().map(|s| s.parse::<Scheme>().map_err(|e| ApiError::bad(e.to_string()))).transpose()?;

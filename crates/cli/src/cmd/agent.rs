@@ -63,9 +63,19 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
     };
     let access = match (&a.access, &a.token_file) {
-        (Some(file), _) => Access::from_file(file)?,
-        (None, Some(t)) => Access::single_token(t)?,
-        (None, None) => Access::single_token(&default_token_file()?)?,
+        (Some(file), _) => {
+            eprintln!("nekms agent: callers and their token files as {} names them", file.display());
+            Access::from_file(file)?
+        }
+        (None, given) => {
+            let path = match given {
+                Some(t) => t.clone(),
+                None => default_token_file()?,
+            };
+            let access = Access::single_token(&path)?;
+            eprintln!("nekms agent: the bearer token is in {} (send Authorization: Bearer <its contents>)", path.display());
+            access
+        }
     };
     let socket_mode =
         u32::from_str_radix(&a.socket_mode, 8).with_context(|| format!("--socket-mode {}: octal, e.g. 600", a.socket_mode))?;

@@ -170,7 +170,9 @@ fn verify(a: VerifyArgs) -> anyhow::Result<()> {
     let (verifier, root_name) = a.root.verifier()?;
     let mut opts = match a.at.as_deref() {
         None => VerifyOptions::now(),
-        Some("document") => VerifyOptions::at_document_time(&bytes).map_err(|e| anyhow::anyhow!("verification failed: {e}"))?,
+        Some("document") => {
+            VerifyOptions::at_document_time(&bytes).map_err(|e| crate::exit::verification(anyhow::anyhow!("verification failed: {e}")))?
+        }
         Some(t) => VerifyOptions::at(OffsetDateTime::parse(t, &Rfc3339).with_context(|| format!("--at {t:?} is not RFC 3339"))?),
     };
     for p in &a.pcrs {
@@ -180,7 +182,7 @@ fn verify(a: VerifyArgs) -> anyhow::Result<()> {
     if let Some(n) = &a.nonce {
         opts = opts.expect_nonce(hex_arg("--nonce", n)?);
     }
-    let verified = verifier.verify(&bytes, &opts).map_err(|e| anyhow::anyhow!("verification failed: {e}"))?;
+    let verified = verifier.verify(&bytes, &opts).map_err(|e| crate::exit::verification(anyhow::anyhow!("verification failed: {e}")))?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&verified)?);
     } else {

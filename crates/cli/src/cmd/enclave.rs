@@ -169,7 +169,8 @@ async fn describe(enclave: &EnclaveArg, json: bool) -> anyhow::Result<()> {
             "region": d.region,
             "kmstool": d.kmstool,
             "credentials": d.credentials.as_ref().map(|c| serde_json::json!({
-                "access_key_id": c.access_key_id, "region": c.region, "temporary": c.temporary, "expiration": c.expiration,
+                "access_key_id": c.access_key_id, "region": c.region, "temporary": c.temporary,
+                "expiration": c.expiration.map(nekms_parent::credentials::time_text),
             })),
             "recipient_key_sha256": hex::encode(&d.recipient_key_sha256),
             "trust": d.trust,

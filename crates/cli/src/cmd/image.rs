@@ -77,7 +77,8 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Measure { file, check_signature } => {
             let m = nekms_image::measure_file(&file)?;
             if check_signature {
-                let signed = nekms_image::check_signature_file(&file, m.pcr(0).unwrap_or_default())?;
+                let signed = nekms_image::check_signature_file(&file, m.pcr(0).unwrap_or_default())
+                    .map_err(|e| crate::exit::verification(e.into()))?;
                 anyhow::ensure!(
                     signed.map(|s| s.pcr8.to_hex()).as_deref() == m.pcr(8),
                     "{}: the measured PCR8 is not the signer's",

@@ -259,7 +259,7 @@ impl PayloadArg {
         } else if let Some(p) = &self.eip712 {
             (Payload::TypedData(read_text(p)?), Some(Scheme::Eip712))
         } else {
-            bail!("say what to sign: --message, --message-file, --digest, --eth-tx, --eth-personal or --eip712")
+            return Err(crate::exit::usage("say what to sign: --message, --message-file, --digest, --eth-tx, --eth-personal or --eip712"));
         })
     }
 }
@@ -381,7 +381,7 @@ pub enum StoreCommand {
 }
 
 pub(crate) async fn record(store: &Store, name: &str) -> anyhow::Result<KeyRecord> {
-    store.get(name).await?.with_context(|| format!("no key named {name:?} in the store"))
+    store.get(name).await?.ok_or_else(|| crate::exit::not_found(format!("no key named {name:?} in the store")))
 }
 
 fn summary(r: &KeyRecord) -> serde_json::Value {
@@ -518,7 +518,7 @@ pub fn run_key(cmd: KeyCommand) -> anyhow::Result<()> {
             }
             KeyCommand::VerifyOrigin { store, name, origin, json } => {
                 let r = record(&store.open().await?, &name).await?;
-                let checked = origin.verify(&r)?;
+                let checked = origin.verify(&r).map_err(crate::exit::verification)?;
                 if json {
                     println!(
                         "{}",
@@ -537,7 +537,8 @@ pub fn run_key(cmd: KeyCommand) -> anyhow::Result<()> {
                     if checked.pcr8.bytes().any(|b| b != b'0') {
                         println!("  signed by the image signer with PCR8 {}", checked.pcr8);
                     }
-                    println!("  document signed at {} ms by {}", checked.timestamp, checked.module_id);
+                    let at = nekms_parent::credentials::time_text(checked.timestamp / 1000);
+                    println!("  document signed at {at} by {}", checked.module_id);
                     println!("  commitment {}", checked.commitment);
                 }
                 Ok(())
@@ -622,7 +623,7 @@ pub fn run_key(cmd: KeyCommand) -> anyhow::Result<()> {
                     println!("deleted {name}");
                     Ok(())
                 } else {
-                    bail!("no key named {name:?} in the store")
+                    Err(crate::exit::not_found(format!("no key named {name:?} in the store")))
                 }
             }
         }
@@ -669,16 +670,16 @@ pub fn run_verify(a: VerifyArgs) -> anyhow::Result<()> {
         let public = match (&a.key, &a.public_key) {
             (Some(name), _) => record(&a.store.open().await?, name).await?.public()?,
             (None, Some(path)) => PublicKey::parse(&std::fs::read(path).with_context(|| path.display().to_string())?)?,
-            (None, None) => bail!("give --key NAME or --public-key FILE"),
+            (None, None) => return Err(crate::exit::usage("give --key NAME or --public-key FILE")),
         };
         let signature = match (&a.signature, &a.signature_file) {
             (Some(h), _) => super::hex_arg("--signature", h.trim_start_matches("0x"))?,
             (None, Some(p)) => std::fs::read(p).with_context(|| p.display().to_string())?,
-            (None, None) => bail!("give --signature HEX or --signature-file FILE"),
+            (None, None) => return Err(crate::exit::usage("give --signature HEX or --signature-file FILE")),
         };
         let (payload, implied) = a.payload.resolve()?;
         let scheme = a.scheme.or(implied).unwrap_or_else(|| Scheme::default_for(public.spec()));
-        public.verify(scheme, &payload, &signature)?;
+        public.verify(scheme, &payload, &signature).map_err(|e| crate::exit::verification(e.into()))?;
         println!("signature OK ({scheme}, {} key {})", public.spec(), hex::encode(public.fingerprint()));
         Ok(())
     })

@@ -241,7 +241,8 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             if threshold > approvers.len() {
                 bail!("--threshold {threshold} with {} approver(s): never reachable", approvers.len());
             }
-            let ids = migration::check_quorum(&bytes, &approvals, &approvers, threshold)?;
+            let ids =
+                migration::check_quorum(&bytes, &approvals, &approvers, threshold).map_err(|e| crate::exit::verification(e.into()))?;
             println!("approved by {} of {threshold} needed: {}", ids.len(), ids.join(", "));
             Ok(())
         }

@@ -5,6 +5,7 @@
 //! `nekms policy check FILE`: what a key policy lets whom do, in plain
 //! words, and where it is written in a form AWS evaluates differently.
 
+use anyhow::Context;
 use nekms_parent::key_policy::{self, ImageTrust, Roles};
 
 #[derive(clap::Args)]
@@ -81,6 +82,9 @@ pub enum Command {
         account: Option<String>,
         #[arg(long)]
         json: bool,
+        /// Exit 5 (verification failed) when there is any warning, to gate CI
+        #[arg(long)]
+        strict: bool,
     },
 }
 
@@ -111,11 +115,11 @@ fn checked(flag: &str, values: Vec<String>) -> anyhow::Result<Vec<String>> {
 }
 
 pub fn run(cmd: Command) -> anyhow::Result<()> {
-    if let Command::Check { file, account, json } = &cmd {
+    if let Command::Check { file, account, json, strict } = &cmd {
         let text = if file.as_os_str() == "-" {
             std::io::read_to_string(std::io::stdin())?
         } else {
-            std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?
+            std::fs::read_to_string(file).with_context(|| file.display().to_string())?
         };
         let policy = nekms_kms_policy::Policy::parse(&text, true).map_err(|e| anyhow::anyhow!("not a key policy AWS would take: {e}"))?;
         let findings = nekms_kms_policy::check::check(&policy, account.as_deref());
@@ -125,8 +129,11 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             for f in &findings {
                 println!("{}{}", if f.warning { "WARNING: " } else { "" }, f.text);
             }
-            let warnings = findings.iter().filter(|f| f.warning).count();
-            println!("{} warning(s)", warnings);
+            println!("{} warning(s)", findings.iter().filter(|f| f.warning).count());
+        }
+        let warnings = findings.iter().filter(|f| f.warning).count();
+        if *strict && warnings > 0 {
+            return Err(crate::exit::error(crate::exit::Class::VerificationFailed, format!("--strict: {warnings} warning(s)")));
         }
         return Ok(());
     }
