@@ -13,6 +13,7 @@ the rule's name.
 
 import base64
 import json
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -243,6 +244,28 @@ def test_every_error_has_the_documented_shape_body_errors_included(env):
     assert a.call("GET", "/v1/keys/body-error-x")[0] == 404, "nothing was made"
     # The agent said where its token is.
     assert f"the bearer token is in {a.token_file}" in a.log.read_text()
+
+
+def test_the_agent_lists_damaged_records_and_refuses_keys_pending_deletion(env):
+    a = env.agent
+    for name in ("store-ok", "store-bad", "store-del"):
+        assert a.call("POST", "/v1/keys", {"name": name, "spec": "p256", "kms_key_id": env.key})[0] == 201
+    with sqlite3.connect(env.base / "keys.db") as db:
+        db.execute("UPDATE key_records SET spec = 'rsa9' WHERE key_id = 'store-bad'")
+    status, page = a.call("GET", "/v1/keys?limit=1000")
+    assert status == 200 and "store-ok" in [k["name"] for k in page["keys"]], page
+    assert [d["name"] for d in page["damaged"]] == ["store-bad"] and page["damaged"][0]["damaged"], page["damaged"]
+    assert a.call("POST", "/v1/keys/store-ok/sign", {"message": "fine"})[0] == 200
+    env.nekms("key", "delete", "store-del")
+    status, e = a.call("POST", "/v1/keys/store-del/sign", {"message": "x"})
+    assert status == 409 and e["error"]["code"] == "pending_deletion" and "cancel-deletion" in e["error"]["message"], e
+    status, shown = a.call("GET", "/v1/keys/store-del")
+    assert status == 200 and shown["pending_deletion"].endswith("Z"), shown
+    env.nekms("key", "cancel-deletion", "store-del")
+    assert a.call("POST", "/v1/keys/store-del/sign", {"message": "back"})[0] == 200
+    # A damaged record can still be deleted at once; then it is listed no more.
+    env.nekms("key", "delete", "store-bad", "--now", "--yes")
+    assert a.call("GET", "/v1/keys?limit=1000")[1]["damaged"] == []
 
 
 def test_schemathesis_finds_no_server_error(env):

@@ -75,7 +75,7 @@ class World:
         with sqlite3.connect(self.store_path) as db:
             db.execute("DELETE FROM key_records WHERE key_id = ?", (record["key_id"],))
             db.execute(
-                "INSERT INTO key_records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO key_records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
                 (record["key_id"], record["spec"], base64.b64decode(record["public_key"]), record["kms_key_id"],
                  json.dumps(record["encryption_context"]), base64.b64decode(record["encrypted_data_key"]),
                  base64.b64decode(record["sealed_private_key"]), record["origin"], record["created_at"],
@@ -181,7 +181,7 @@ def test_import_takes_only_ciphertexts_made_for_import(world):
     world.refused("key", "import", "--name", "imported2", "--spec", "secp256k1", "--ciphertext", world.import_blob,
                   rule="import-ciphertext")
     # One secret, imported again as a key of another kind: the import context binds the spec.
-    world.nekms("key", "delete", "imported")
+    world.nekms("key", "delete", "imported", "--now", "--yes")
     try:
         for spec in ("p256", "ed25519"):
             world.refused("key", "import", "--name", "imported", "--spec", spec, "--ciphertext", world.import_blob, rule="import-ciphertext")

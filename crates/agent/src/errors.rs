@@ -77,7 +77,8 @@ impl From<StoreError> for ApiError {
             StoreError::Exists(_) => (StatusCode::CONFLICT, "exists"),
             StoreError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
             StoreError::Corrupt { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "store_corrupt"),
-            StoreError::Backend(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
+            StoreError::Backend(_) | StoreError::Missing(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
+            StoreError::PendingDeletion { .. } => (StatusCode::CONFLICT, "pending_deletion"),
         };
         ApiError::new(status, code, e.to_string())
     }

@@ -27,7 +27,7 @@ pub fn openapi() -> Value {
                 "get": {"summary": "List keys", "parameters": [
                     {"name": "after", "in": "query", "schema": {"type": "string"}},
                     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}],
-                    "responses": with(errors(&["400", "503"]), "200", ok("A page of keys", json!({"type": "object", "properties": {"keys": {"type": "array", "items": {"$ref": "#/components/schemas/Key"}}, "next": {"type": "string", "nullable": true}}})))},
+                    "responses": with(errors(&["400", "503"]), "200", ok("A page of keys", json!({"type": "object", "properties": {"keys": {"type": "array", "items": {"$ref": "#/components/schemas/Key"}}, "damaged": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}, "damaged": {"type": "string"}}}}, "next": {"type": "string", "nullable": true}}})))},
                 "post": {"summary": "Make a key inside the enclave and store its sealed record", "requestBody": body(json!({"$ref": "#/components/schemas/CreateKey"})),
                     "responses": with(errors(&["400", "403", "404", "409", "422", "503"]), "201", ok("Created", json!({"$ref": "#/components/schemas/Key"})))}
             },

@@ -115,6 +115,16 @@ pub fn classify(e: &anyhow::Error) -> Class {
         if let Some(r) = cause.downcast_ref::<RpcError>() {
             return of_rpc(r);
         }
+        if let Some(s) = cause.downcast_ref::<nekms_store::StoreError>() {
+            use nekms_store::StoreError as S;
+            return match s {
+                S::Missing(_) => Class::NotFound,
+                S::Unavailable(_) => Class::Unavailable,
+                S::Exists(_) | S::PendingDeletion { .. } => Class::Refused,
+                S::Corrupt { .. } => Class::VerificationFailed,
+                S::Backend(_) => Class::Internal,
+            };
+        }
         if let Some(class) = cause.downcast_ref::<std::io::Error>().and_then(of_io) {
             return class;
         }

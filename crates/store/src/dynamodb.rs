@@ -13,7 +13,27 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_dynamodb::Client;
 use nekms_keys::{KeyRecord, KeySpec, Origin};
 
-use crate::{checked, KeyStore, Page, StoreError};
+use crate::{checked, Damaged, Entry, KeyStore, Page, StoreError};
+
+/// An item's deletion date, if one is scheduled.
+fn deletion_of(item: &Item) -> Result<Option<u64>, StoreError> {
+    match item.get("deletion_date") {
+        None => Ok(None),
+        Some(AttributeValue::N(n)) => n.parse().map(Some).map_err(|_| StoreError::Corrupt {
+            key_id: item.get("key_id").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default(),
+            reason: format!("deletion_date {n:?} is not a number"),
+        }),
+        Some(_) => Err(StoreError::Corrupt {
+            key_id: item.get("key_id").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default(),
+            reason: "deletion_date is not a number".into(),
+        }),
+    }
+}
+
+fn entry_of(item: &Item) -> Result<Entry, StoreError> {
+    let record = from_item(item).and_then(checked)?;
+    Ok((record, deletion_of(item)?))
+}
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -215,7 +235,7 @@ impl KeyStore for DynamoStore {
         }
     }
 
-    async fn get(&self, key_id: &str) -> Result<Option<KeyRecord>, StoreError> {
+    async fn entry(&self, key_id: &str) -> Result<Option<Entry>, StoreError> {
         let out = self
             .client
             .get_item()
@@ -225,33 +245,80 @@ impl KeyStore for DynamoStore {
             .send()
             .await
             .map_err(|e| sdk_error(&self.table, e))?;
-        out.item().map(|i| from_item(i).and_then(checked)).transpose()
+        match out.item().map(entry_of).transpose()? {
+            Some((_, Some(at))) if at <= crate::now() => {
+                self.delete(key_id).await?;
+                Ok(None)
+            }
+            entry => Ok(entry),
+        }
+    }
+
+    async fn set_deletion(&self, key_id: &str, at: Option<u64>) -> Result<bool, StoreError> {
+        let update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("key_id", AttributeValue::S(key_id.into()))
+            .condition_expression("attribute_exists(key_id)");
+        let update = match at {
+            Some(at) => {
+                update.update_expression("SET deletion_date = :d").expression_attribute_values(":d", AttributeValue::N(at.to_string()))
+            }
+            None => update.update_expression("REMOVE deletion_date"),
+        };
+        match update.send().await {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => Ok(false),
+            Err(e) => Err(sdk_error(&self.table, e)),
+        }
     }
 
     async fn list(&self, after: Option<&str>, limit: usize) -> Result<Page, StoreError> {
         let limit = limit.clamp(1, 1000);
-        let mut records = Vec::new();
+        let mut page = Page::default();
+        let mut read = 0;
+        let mut last_read: Option<String> = None;
+        let mut expired = Vec::new();
         let mut start = after.map(|a| HashMap::from([("key_id".to_string(), AttributeValue::S(a.into()))]));
         loop {
             let out = self
                 .client
                 .scan()
                 .table_name(&self.table)
-                .limit((limit - records.len()) as i32)
+                .limit((limit - read) as i32)
                 .set_exclusive_start_key(start.take())
                 .consistent_read(true)
                 .send()
                 .await
                 .map_err(|e| sdk_error(&self.table, e))?;
             for item in out.items() {
-                records.push(from_item(item).and_then(checked)?);
+                read += 1;
+                let key_id = item.get("key_id").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
+                last_read = Some(key_id.clone());
+                match entry_of(item) {
+                    Ok((_, Some(at))) if at <= crate::now() => expired.push(key_id),
+                    Ok((record, at)) => {
+                        if let Some(at) = at {
+                            page.pending_deletion.insert(key_id, at);
+                        }
+                        page.records.push(record);
+                    }
+                    Err(StoreError::Corrupt { reason, .. }) => page.damaged.push(Damaged { key_id, reason }),
+                    Err(e) => return Err(e),
+                }
             }
             let last = out.last_evaluated_key().and_then(|k| k.get("key_id")).and_then(|v| v.as_s().ok()).cloned();
             match last {
                 // A page can come back short (1 MB of reads); keep going until full or done.
-                Some(l) if records.len() < limit => start = Some(HashMap::from([("key_id".to_string(), AttributeValue::S(l))])),
-                Some(_) => return Ok(Page { next: records.last().map(|r| r.key_id.clone()), records }),
-                None => return Ok(Page { records, next: None }),
+                Some(l) if read < limit => start = Some(HashMap::from([("key_id".to_string(), AttributeValue::S(l))])),
+                last => {
+                    for key_id in expired {
+                        self.delete(&key_id).await?;
+                    }
+                    page.next = last.and(last_read);
+                    return Ok(page);
+                }
             }
         }
     }

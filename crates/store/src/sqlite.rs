@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use nekms_keys::{KeyRecord, KeySpec, Origin};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use crate::{checked, KeyStore, Page, StoreError};
+use crate::{checked, Damaged, Entry, KeyStore, Page, StoreError};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS key_records (
@@ -21,12 +21,14 @@ CREATE TABLE IF NOT EXISTS key_records (
     origin             TEXT NOT NULL,
     created_at         INTEGER NOT NULL,
     attestation        BLOB,
-    migration          BLOB
+    migration          BLOB,
+    deletion_date      INTEGER
 ) STRICT;
 ";
 
 const COLUMNS: &str =
-    "key_id, spec, public_key, kms_key_id, encryption_context, encrypted_data_key, sealed_private_key, origin, created_at, attestation, migration";
+    "key_id, spec, public_key, kms_key_id, encryption_context, encrypted_data_key, sealed_private_key, origin, created_at, \
+                       attestation, migration, deletion_date";
 
 /// Key records in a SQLite file.
 #[derive(Clone)]
@@ -45,8 +47,18 @@ fn backend(e: rusqlite::Error) -> StoreError {
     }
 }
 
-fn from_row(row: &Row<'_>) -> rusqlite::Result<Result<KeyRecord, StoreError>> {
+/// A row: its key id, and the record with its deletion date or why it is damaged.
+fn from_row(row: &Row<'_>) -> rusqlite::Result<(String, Result<Entry, StoreError>)> {
     let key_id: String = row.get(0)?;
+    let entry = match read_row(row, &key_id) {
+        Ok(r) => r.and_then(|(record, at)| checked(record).map(|r| (r, at))),
+        Err(e) => Err(StoreError::Corrupt { key_id: key_id.clone(), reason: e.to_string() }),
+    };
+    Ok((key_id, entry))
+}
+
+fn read_row(row: &Row<'_>, key_id: &str) -> rusqlite::Result<Result<Entry, StoreError>> {
+    let key_id = key_id.to_owned();
     let spec: String = row.get(1)?;
     let context: String = row.get(4)?;
     let origin: String = row.get(7)?;
@@ -64,7 +76,8 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<Result<KeyRecord, StoreError>> {
         Err(e) => return Ok(Err(corrupt(e))),
     };
     let created_at: i64 = row.get(8)?;
-    Ok(Ok(KeyRecord {
+    let deletion: Option<i64> = row.get(11)?;
+    let record = KeyRecord {
         key_id: key_id.clone(),
         spec,
         public_key: row.get(2)?,
@@ -76,7 +89,8 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<Result<KeyRecord, StoreError>> {
         created_at: created_at.max(0) as u64,
         attestation: row.get(9)?,
         migration: row.get(10)?,
-    }))
+    };
+    Ok(Ok((record, deletion.map(|d| d.max(0) as u64))))
 }
 
 impl SqliteStore {
@@ -95,6 +109,13 @@ impl SqliteStore {
             .map_err(backend)?;
         if !has_migration {
             conn.execute_batch("ALTER TABLE key_records ADD COLUMN migration BLOB").map_err(backend)?;
+        }
+        // A store made before scheduled deletion: add its column.
+        let has_deletion: bool = conn
+            .query_row("SELECT COUNT(*) > 0 FROM pragma_table_info('key_records') WHERE name = 'deletion_date'", [], |r| r.get(0))
+            .map_err(backend)?;
+        if !has_deletion {
+            conn.execute_batch("ALTER TABLE key_records ADD COLUMN deletion_date INTEGER").map_err(backend)?;
         }
         Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)) })
     }
@@ -119,7 +140,7 @@ impl KeyStore for SqliteStore {
         self.with(move |c| {
             let context = serde_json::to_string(&r.encryption_context).expect("a string map serializes");
             let result = c.execute(
-                &format!("INSERT INTO key_records ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+                &format!("INSERT INTO key_records ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, NULL)"),
                 params![
                     r.key_id,
                     r.spec.as_str(),
@@ -145,14 +166,32 @@ impl KeyStore for SqliteStore {
         .await
     }
 
-    async fn get(&self, key_id: &str) -> Result<Option<KeyRecord>, StoreError> {
+    async fn entry(&self, key_id: &str) -> Result<Option<Entry>, StoreError> {
         let key_id = key_id.to_owned();
         self.with(move |c| {
             let row = c
                 .query_row(&format!("SELECT {COLUMNS} FROM key_records WHERE key_id = ?1"), params![key_id], from_row)
                 .optional()
                 .map_err(backend)?;
-            row.map(|r| r.and_then(checked)).transpose()
+            match row {
+                Some((_, Ok((_, Some(at))))) if at <= crate::now() => {
+                    c.execute("DELETE FROM key_records WHERE key_id = ?1", params![key_id]).map_err(backend)?;
+                    Ok(None)
+                }
+                Some((_, entry)) => entry.map(Some),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn set_deletion(&self, key_id: &str, at: Option<u64>) -> Result<bool, StoreError> {
+        let key_id = key_id.to_owned();
+        self.with(move |c| {
+            let n = c
+                .execute("UPDATE key_records SET deletion_date = ?2 WHERE key_id = ?1", params![key_id, at.map(|a| a as i64)])
+                .map_err(backend)?;
+            Ok(n > 0)
         })
         .await
     }
@@ -164,17 +203,34 @@ impl KeyStore for SqliteStore {
             let mut stmt =
                 c.prepare(&format!("SELECT {COLUMNS} FROM key_records WHERE key_id > ?1 ORDER BY key_id LIMIT ?2")).map_err(backend)?;
             let rows = stmt.query_map(params![after, (limit + 1) as i64], from_row).map_err(backend)?;
-            let mut records = Vec::new();
+            let mut read = Vec::new();
             for row in rows {
-                records.push(row.map_err(backend)?.and_then(checked)?);
+                read.push(row.map_err(backend)?);
             }
-            let next = if records.len() > limit {
-                records.truncate(limit);
-                records.last().map(|r| r.key_id.clone())
+            let next = if read.len() > limit {
+                read.truncate(limit);
+                read.last().map(|(id, _)| id.clone())
             } else {
                 None
             };
-            Ok(Page { records, next })
+            let mut page = Page { next, ..Page::default() };
+            let now = crate::now();
+            for (key_id, entry) in read {
+                match entry {
+                    Ok((_, Some(at))) if at <= now => {
+                        c.execute("DELETE FROM key_records WHERE key_id = ?1", params![key_id]).map_err(backend)?;
+                    }
+                    Ok((record, at)) => {
+                        if let Some(at) = at {
+                            page.pending_deletion.insert(key_id, at);
+                        }
+                        page.records.push(record);
+                    }
+                    Err(StoreError::Corrupt { key_id, reason }) => page.damaged.push(Damaged { key_id, reason }),
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(page)
         })
         .await
     }

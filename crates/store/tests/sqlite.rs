@@ -86,6 +86,53 @@ async fn a_damaged_row_is_reported_as_damaged() {
     let err = store.get("u001").await.unwrap_err();
     assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
     assert!(!err.is_retryable());
+    // A listing names it as damaged and still lists every other record, across pages.
+    for id in ["u000", "u002", "u003"] {
+        store.create(&record(id)).await.unwrap();
+    }
+    conn.execute("UPDATE key_records SET encryption_context = 'not json' WHERE key_id = 'u002'", []).unwrap();
+    let first = store.list(None, 2).await.unwrap();
+    assert_eq!(first.records.iter().map(|r| r.key_id.as_str()).collect::<Vec<_>>(), ["u000"]);
+    assert_eq!(first.damaged.iter().map(|d| d.key_id.as_str()).collect::<Vec<_>>(), ["u001"]);
+    let second = store.list(first.next.as_deref(), 2).await.unwrap();
+    assert_eq!(second.records.iter().map(|r| r.key_id.as_str()).collect::<Vec<_>>(), ["u003"]);
+    assert!(second.damaged[0].key_id == "u002" && second.damaged[0].reason.contains("encryption context"), "{:?}", second.damaged);
+    assert_eq!(list_all(&store, 10).await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_scheduled_deletion_refuses_use_until_cancelled_and_deletes_at_its_date() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
+    let r = record("d001");
+    store.create(&r).await.unwrap();
+    let at = nekms_store::now() + 7 * 86_400;
+    assert!(store.set_deletion("d001", Some(at)).await.unwrap());
+    assert!(!store.set_deletion("nope", Some(at)).await.unwrap());
+    let err = store.get("d001").await.unwrap_err();
+    assert!(matches!(&err, StoreError::PendingDeletion { key_id, at: a } if key_id == "d001" && *a == at), "{err}");
+    assert!(err.to_string().contains("cancel-deletion d001"), "{err}");
+    assert_eq!(store.entry("d001").await.unwrap(), Some((r.clone(), Some(at))));
+    let page = store.list(None, 10).await.unwrap();
+    assert_eq!(page.pending_deletion.get("d001"), Some(&at));
+    assert!(list_all(&store, 10).await.unwrap().is_empty(), "list_all leaves pending deletions out");
+    assert!(store.set_deletion("d001", None).await.unwrap());
+    assert_eq!(store.get("d001").await.unwrap(), Some(r));
+    // Past its date, the next access deletes it.
+    store.set_deletion("d001", Some(nekms_store::now() - 1)).await.unwrap();
+    assert!(store.entry("d001").await.unwrap().is_none());
+    assert!(!store.delete("d001").await.unwrap(), "already gone");
+    assert_eq!(nekms_store::rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+    assert_eq!(nekms_store::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+}
+
+#[tokio::test]
+async fn reading_a_store_that_does_not_exist_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let url: StoreUrl = format!("sqlite:{}", dir.path().join("mistyped/keys.db").display()).parse().unwrap();
+    let err = nekms_store::Store::open_existing(&url, None).await.err().unwrap();
+    assert!(matches!(err, StoreError::Missing(_)), "{err}");
+    assert!(!dir.path().join("mistyped").exists());
 }
 
 #[test]

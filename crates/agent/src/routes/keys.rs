@@ -48,8 +48,22 @@ pub(super) async fn list_keys(
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let page = state.store.list(q.after.as_deref(), q.limit.unwrap_or(100).clamp(1, 1000)).await?;
-    let keys: Vec<Value> = page.records.iter().filter(|r| caller.may_use(&r.key_id)).map(summary).collect();
-    Ok(Json(json!({"keys": keys, "next": page.next})))
+    let keys: Vec<Value> = page
+        .records
+        .iter()
+        .filter(|r| caller.may_use(&r.key_id))
+        .map(|r| {
+            let mut v = summary(r);
+            if let Some(at) = page.pending_deletion.get(&r.key_id) {
+                v["pending_deletion"] = json!(nekms_store::rfc3339(*at));
+            }
+            v
+        })
+        .collect();
+    // An item that does not read back is listed as damaged, with why; the others are unaffected.
+    let damaged: Vec<Value> =
+        page.damaged.iter().filter(|d| caller.may_use(&d.key_id)).map(|d| json!({"name": d.key_id, "damaged": d.reason})).collect();
+    Ok(Json(json!({"keys": keys, "damaged": damaged, "next": page.next})))
 }
 
 /// The record named `name`, or 404.
@@ -63,9 +77,16 @@ pub(super) async fn show_key(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     allowed(&caller, &name, false)?;
-    let r = record(&state, &name).await?;
+    let (r, pending) = state
+        .store
+        .entry(&name)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no key named {name:?}")))?;
     let mut v = summary(&r);
     v["record"] = serde_json::to_value(&r).expect("a record serializes");
+    if let Some(at) = pending {
+        v["pending_deletion"] = json!(nekms_store::rfc3339(at));
+    }
     Ok(Json(v))
 }
 

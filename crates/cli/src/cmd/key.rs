@@ -11,7 +11,7 @@ use base64::Engine;
 use nekms_keys::context::Usage;
 use nekms_keys::{KeyRecord, KeySpec, Payload, PublicKey, Scheme, Signature};
 use nekms_rpc::{Entropy, GenerateKey, ImportKey};
-use nekms_store::{list_all, DynamoStore, KeyStore, Store, StoreUrl};
+use nekms_store::{DynamoStore, KeyStore, Store, StoreUrl};
 use serde_json::json;
 
 use super::enclave::EnclaveArg;
@@ -44,6 +44,15 @@ impl StoreArg {
     pub async fn open(&self) -> anyhow::Result<Store> {
         let url = self.url()?;
         Store::open(&url, self.endpoint_url.as_deref()).await.with_context(|| format!("opening {url}"))
+    }
+
+    /// For commands that only read: a store that does not exist is an error, and nothing is created.
+    pub async fn open_existing(&self) -> anyhow::Result<Store> {
+        let url = self.url()?;
+        Store::open_existing(&url, self.endpoint_url.as_deref()).await.map_err(|e| match e {
+            nekms_store::StoreError::Missing(_) => crate::exit::not_found(e.to_string()),
+            e => anyhow::Error::new(e).context(format!("opening {url}")),
+        })
     }
 }
 
@@ -209,8 +218,24 @@ pub enum KeyCommand {
         #[arg(long, group = "form")]
         address: bool,
     },
-    /// Delete a record (the key becomes unusable unless another copy exists)
+    /// Schedule a record's deletion (it signs nothing meanwhile), or with --now delete it at once (the key becomes
+    /// unusable unless another copy of the record exists)
     Delete {
+        #[command(flatten)]
+        store: StoreArg,
+        name: String,
+        /// Days until the record is deleted, 7 to 30, as KMS's ScheduleKeyDeletion
+        #[arg(long, value_name = "DAYS", default_value_t = 30)]
+        pending_days: u32,
+        /// Delete at once (asks for the name on a terminal, unless --yes)
+        #[arg(long)]
+        now: bool,
+        /// With --now: do not ask
+        #[arg(long, requires = "now")]
+        yes: bool,
+    },
+    /// Keep a record scheduled for deletion
+    CancelDeletion {
         #[command(flatten)]
         store: StoreArg,
         name: String,
@@ -517,7 +542,7 @@ pub fn run_key(cmd: KeyCommand) -> anyhow::Result<()> {
                 Ok(())
             }
             KeyCommand::VerifyOrigin { store, name, origin, json } => {
-                let r = record(&store.open().await?, &name).await?;
+                let r = record(&store.open_existing().await?, &name).await?;
                 let checked = origin.verify(&r).map_err(crate::exit::verification)?;
                 if json {
                     println!(
@@ -577,22 +602,49 @@ pub fn run_key(cmd: KeyCommand) -> anyhow::Result<()> {
                 Ok(())
             }
             KeyCommand::List { store, json, page_size } => {
-                let records = list_all(&store.open().await?, page_size).await?;
-                if json {
-                    println!("{}", serde_json::to_string_pretty(&records.iter().map(summary).collect::<Vec<_>>())?);
-                } else {
-                    for r in &records {
-                        let s = summary(r);
-                        println!("{:<24} {:<10} {:<9} {}", r.key_id, r.spec, r.origin.as_str(), s["eth_address"].as_str().unwrap_or(""));
+                let store = store.open_existing().await?;
+                let (mut listed, mut damaged, mut after) = (Vec::new(), Vec::new(), None::<String>);
+                loop {
+                    let page = store.list(after.as_deref(), page_size).await?;
+                    for r in &page.records {
+                        let mut s = summary(r);
+                        super::key_delete::annotate(&page, &mut s);
+                        listed.push(s);
                     }
-                    if records.is_empty() {
+                    damaged.extend(page.damaged.iter().map(|d| json!({"key_id": d.key_id, "damaged": d.reason})));
+                    match page.next {
+                        Some(n) => after = Some(n),
+                        None => break,
+                    }
+                }
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&listed.iter().chain(&damaged).collect::<Vec<_>>())?);
+                } else {
+                    for s in &listed {
+                        let pending = s["pending_deletion"].as_str().map(|t| format!(" (deletion at {t})")).unwrap_or_default();
+                        let (id, spec, origin) = (s["key_id"].as_str(), s["spec"].as_str(), s["origin"].as_str());
+                        let eth = s["eth_address"].as_str().unwrap_or("");
+                        println!("{:<24} {:<10} {:<9} {eth}{pending}", id.unwrap_or(""), spec.unwrap_or(""), origin.unwrap_or(""));
+                    }
+                    for d in &damaged {
+                        println!("{:<24} DAMAGED: {}", d["key_id"].as_str().unwrap_or(""), d["damaged"].as_str().unwrap_or(""));
+                    }
+                    if listed.is_empty() && damaged.is_empty() {
                         eprintln!("no keys");
                     }
                 }
                 Ok(())
             }
             KeyCommand::Show { store, name, json, attestation_out } => {
-                let r = record(&store.open().await?, &name).await?;
+                let (r, pending) = store
+                    .open_existing()
+                    .await?
+                    .entry(&name)
+                    .await?
+                    .ok_or_else(|| crate::exit::not_found(format!("no key named {name:?} in the store")))?;
+                if let Some(at) = pending {
+                    eprintln!("{name} is scheduled for deletion at {} and signs nothing meanwhile", nekms_store::rfc3339(at));
+                }
                 if let Some(path) = attestation_out {
                     let doc = r.attestation.as_ref().context("this record carries no attestation document")?;
                     std::fs::write(&path, doc).with_context(|| path.display().to_string())?;
@@ -605,7 +657,7 @@ pub fn run_key(cmd: KeyCommand) -> anyhow::Result<()> {
                 Ok(())
             }
             KeyCommand::PublicKey { store, name, pem, address } => {
-                let r = record(&store.open().await?, &name).await?;
+                let r = record(&store.open_existing().await?, &name).await?;
                 let public = r.public()?;
                 if address {
                     let a =
@@ -618,14 +670,10 @@ pub fn run_key(cmd: KeyCommand) -> anyhow::Result<()> {
                 }
                 Ok(())
             }
-            KeyCommand::Delete { store, name } => {
-                if store.open().await?.delete(&name).await? {
-                    println!("deleted {name}");
-                    Ok(())
-                } else {
-                    Err(crate::exit::not_found(format!("no key named {name:?} in the store")))
-                }
+            KeyCommand::Delete { store, name, pending_days, now, yes } => {
+                super::key_delete::delete(&store.open_existing().await?, &name, now, yes, pending_days).await
             }
+            KeyCommand::CancelDeletion { store, name } => super::key_delete::cancel(&store.open_existing().await?, &name).await,
         }
     })
 }
@@ -654,7 +702,7 @@ pub fn print_signature(sig: &Signature, json_out: bool) -> anyhow::Result<()> {
 
 pub fn run_sign(a: SignArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
-        let r = record(&a.store.open().await?, &a.key).await?;
+        let r = record(&a.store.open_existing().await?, &a.key).await?;
         let (payload, implied) = a.payload.resolve()?;
         let scheme = a.scheme.or(implied);
         let sig = a.enclave.connect().await?.sign(r, scheme, payload).await?;
@@ -668,7 +716,7 @@ pub fn run_sign(a: SignArgs) -> anyhow::Result<()> {
 pub fn run_verify(a: VerifyArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
         let public = match (&a.key, &a.public_key) {
-            (Some(name), _) => record(&a.store.open().await?, name).await?.public()?,
+            (Some(name), _) => record(&a.store.open_existing().await?, name).await?.public()?,
             (None, Some(path)) => PublicKey::parse(&std::fs::read(path).with_context(|| path.display().to_string())?)?,
             (None, None) => return Err(crate::exit::usage("give --key NAME or --public-key FILE")),
         };

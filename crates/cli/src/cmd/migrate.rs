@@ -318,7 +318,7 @@ async fn plan(cmd: Command) -> anyhow::Result<()> {
         migration::Images { pcr0: vec![pcr(0)], pcr8: vec![] }
     };
     // The records under the source key, as the store holds them.
-    let records: Vec<_> = nekms_store::list_all(&store.open().await?, 500)
+    let records: Vec<_> = nekms_store::list_all(&store.open_existing().await?, 500)
         .await?
         .into_iter()
         .filter(|r| r.kms_key_id == *source && (names.is_empty() || names.contains(&r.key_id)))
@@ -414,7 +414,7 @@ async fn run_migration(
     if to_url == store.url()? {
         bail!("--to {to} is the source store; migrated records go into another one");
     }
-    let source = store.open().await?;
+    let source = store.open_existing().await?;
     let target = nekms_store::Store::open(&to_url, store.endpoint_url.as_deref()).await.with_context(|| format!("opening {to_url}"))?;
     let client = enclave.connect().await?;
     let mut done = 0;

@@ -10,6 +10,7 @@ pub mod dev;
 pub mod enclave;
 pub mod image;
 pub mod key;
+mod key_delete;
 pub mod kmstool;
 pub mod migrate;
 pub mod p11;

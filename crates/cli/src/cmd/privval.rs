@@ -223,7 +223,7 @@ async fn push_config(enclave: &EnclaveArg, store: &StoreArg, path: &Path) -> any
 }
 
 async fn init(enclave: &EnclaveArg, store: &StoreArg, key: &str, chain_id: &str, start: Start) -> anyhow::Result<()> {
-    let record = record(&store.open().await?, key).await?;
+    let record = record(&store.open_existing().await?, key).await?;
     let state = state::init(&enclave.connect().await?, record, chain_id, start).await?;
     if state.step == 0 {
         println!("state of {key} on {chain_id}: starts at height {}; no height below it is ever signed", state.height);
