@@ -37,6 +37,8 @@ pub struct AgentConfig {
     /// The enclave as the start-up line names it: as the operator gave it
     /// (a CID such as `16`, or an address).
     pub enclave_name: String,
+    /// Timeouts and caps ([`crate::Limits`]).
+    pub limits: crate::Limits,
 }
 
 /// Where the agent listens.

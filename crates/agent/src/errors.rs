@@ -51,7 +51,16 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
         use axum::extract::rejection::JsonRejection as R;
-        match Json::<T>::from_request(req, state).await {
+        // Headers are in; the body must follow within the body timeout.
+        let timeout = req.extensions().get::<crate::listen::Limits>().map_or(std::time::Duration::from_secs(10), |l| l.body_timeout);
+        let Ok(read) = tokio::time::timeout(timeout, Json::<T>::from_request(req, state)).await else {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!("the request body did not arrive within {} s", timeout.as_secs()),
+            ));
+        };
+        match read {
             Ok(Json(v)) => Ok(JsonBody(v)),
             Err(r) => {
                 let code = match &r {
@@ -88,7 +97,7 @@ impl From<ClientError> for ApiError {
     fn from(e: ClientError) -> ApiError {
         let Some(remote) = e.remote() else {
             return match e {
-                ClientError::Connect { .. } | ClientError::Closed(_) => {
+                ClientError::Connect { .. } | ClientError::Closed(_) | ClientError::Deadline(_) => {
                     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "enclave_unavailable", e.to_string())
                 }
                 ClientError::TooLarge { .. } => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string()),

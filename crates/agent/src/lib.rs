@@ -39,6 +39,7 @@
 //!     ready_file: None,
 //!     store_name: store.to_string(),
 //!     enclave_name: "vsock://16:5000".into(),
+//!     limits: nekms_agent::Limits::default(),
 //! };
 //! nekms_agent::serve(config).await
 //! # }
@@ -49,6 +50,7 @@ pub mod access;
 pub mod config;
 mod enclave;
 mod errors;
+mod listen;
 mod metrics;
 mod openapi;
 mod routes;
@@ -57,5 +59,6 @@ mod state;
 
 pub use access::{Access, Caller};
 pub use config::{AgentConfig, CredentialsRelay, Listen, LoopbackAddr, NotLoopback};
+pub use listen::Limits;
 pub use openapi::openapi;
 pub use server::{serve, spawn};

@@ -20,19 +20,24 @@ use crate::state::{AppState, Shared};
 /// Who connected: a Unix peer's uid (SO_PEERCRED), or nothing over TCP.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Peer {
-    uid: Option<u32>,
+    pub(crate) uid: Option<u32>,
 }
 
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>> for Peer {
-    fn connect_info(_: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Peer {
-        Peer { uid: None }
+/// The body limit, before anything reads the body: a declared length over it
+/// is refused at once (413), and the limits go with the request for the
+/// body's own timeout ([`crate::errors::JsonBody`]).
+pub(crate) async fn limit_body(State(state): State<Shared>, mut request: Request, next: Next) -> Response {
+    let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > crate::routes::MAX_BODY as u64) {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the body declares {} bytes; the agent takes at most {}", declared.unwrap_or_default(), crate::routes::MAX_BODY),
+        )
+        .into_response();
     }
-}
-
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::UnixListener>> for Peer {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::UnixListener>) -> Peer {
-        Peer { uid: stream.io().peer_cred().ok().map(|c| c.uid()) }
-    }
+    request.extensions_mut().insert(state.limits);
+    next.run(request).await
 }
 
 /// Routes that need no caller (they reveal no key).
@@ -76,6 +81,14 @@ pub(crate) async fn authenticate(
         },
         (None, None) => return unauthorized("send Authorization: Bearer <token> (the agent's token file)".into()),
     };
+    let Some(_admitted) = state.admit(&caller.name) else {
+        return ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            format!("caller {} already has {} requests in progress; retry", caller.name, state.limits.max_per_caller),
+        )
+        .into_response();
+    };
     request.extensions_mut().insert(caller);
     next.run(request).await
 }
@@ -83,19 +96,29 @@ pub(crate) async fn authenticate(
 /// Serve the API on `listener` in this process (the benchmark and the demo
 /// do), with no credential relay; stops when the task is aborted.
 pub fn spawn(listener: tokio::net::TcpListener, enclave: Address, store: Store, access: Access) -> tokio::task::JoinHandle<()> {
-    let state = AppState::new(enclave, store, access, None);
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, router(state).into_make_service_with_connect_info::<Peer>()).await;
-    })
+    let limits = crate::listen::Limits::default();
+    let state = AppState::new(enclave, store, access, None, limits);
+    tokio::spawn(crate::listen::serve(crate::listen::Listener::Tcp(listener), router(state), limits, std::future::pending()))
 }
 
 /// Serve the API as `config` says until SIGINT or SIGTERM, relaying the
 /// instance's credentials to the enclave unless told not to. Prints one line
 /// once listening (and writes the ready file).
 pub async fn serve(config: AgentConfig) -> anyhow::Result<()> {
-    let AgentConfig { listen, socket_mode, enclave, store, access, credentials, secrets_endpoint, ready_file, store_name, enclave_name } =
-        config;
-    let state = AppState::new(enclave.clone(), store, access, secrets_endpoint);
+    let AgentConfig {
+        listen,
+        socket_mode,
+        enclave,
+        store,
+        access,
+        credentials,
+        secrets_endpoint,
+        ready_file,
+        store_name,
+        enclave_name,
+        limits,
+    } = config;
+    let state = AppState::new(enclave.clone(), store, access, secrets_endpoint, limits);
     if let Some(relay) = credentials {
         tokio::spawn(relay_credentials(enclave, relay));
     }
@@ -106,7 +129,7 @@ pub async fn serve(config: AgentConfig) -> anyhow::Result<()> {
             _ = term.recv() => {}
         }
     };
-    let app = router(state).into_make_service_with_connect_info::<Peer>();
+    let app = router(state);
     let announce = |url: String| -> anyhow::Result<()> {
         println!("nekms agent listening on {url} (store {store_name}, enclave {enclave_name})");
         if let Some(path) = &ready_file {
@@ -119,7 +142,7 @@ pub async fn serve(config: AgentConfig) -> anyhow::Result<()> {
             let addr = addr.get();
             let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
             announce(format!("http://{}", listener.local_addr()?))?;
-            axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+            crate::listen::serve(crate::listen::Listener::Tcp(listener), app, limits, shutdown).await;
         }
         Listen::Unix(path) => {
             use std::os::unix::fs::PermissionsExt;
@@ -127,7 +150,7 @@ pub async fn serve(config: AgentConfig) -> anyhow::Result<()> {
             let listener = tokio::net::UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(socket_mode))?;
             announce(format!("unix://{}", path.display()))?;
-            axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+            crate::listen::serve(crate::listen::Listener::Unix(listener), app, limits, shutdown).await;
         }
     }
     Ok(())

@@ -23,19 +23,42 @@ pub(crate) struct AppState {
     pub(crate) metrics: Metrics,
     /// Secrets Manager's endpoint (moto) instead of the SDK's.
     pub(crate) secrets_endpoint: Option<String>,
+    pub(crate) limits: crate::listen::Limits,
+    /// Requests in progress, per caller (at most `limits.max_per_caller` each).
+    pub(crate) in_flight: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
 }
 
 pub(crate) type Shared = Arc<AppState>;
 
 impl AppState {
-    pub(crate) fn new(enclave: Address, store: Store, access: Access, secrets_endpoint: Option<String>) -> Shared {
+    pub(crate) fn new(
+        enclave: Address,
+        store: Store,
+        access: Access,
+        secrets_endpoint: Option<String>,
+        limits: crate::listen::Limits,
+    ) -> Shared {
         Arc::new(AppState {
-            enclave: EnclaveConn::new(enclave),
+            enclave: EnclaveConn::new(enclave, limits.enclave_deadline),
             store,
             access,
             records: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
             secrets_endpoint,
+            limits,
+            in_flight: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// A place for one more request of `caller`, or `None` when it has as many in progress as it may.
+    pub(crate) fn admit(&self, caller: &str) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let sem = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(caller.to_owned())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.limits.max_per_caller)))
+            .clone();
+        sem.try_acquire_owned().ok()
     }
 }

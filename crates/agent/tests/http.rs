@@ -120,7 +120,7 @@ async fn with_the_token_a_caller_lists_keys_and_unknown_routes_are_404() {
     let agent = Agent::start().await;
     let token = agent.token.clone();
     let keys = agent.get("/v1/keys", Some(&token)).await;
-    assert_eq!((keys.status, keys.json()), (200, serde_json::json!({"keys": [], "next": null})));
+    assert_eq!((keys.status, keys.json()), (200, serde_json::json!({"keys": [], "damaged": [], "next": null})));
     let missing = agent.get("/v1/keys/nothing-here", Some(&token)).await;
     assert_eq!(missing.error(), (404, "not_found".into(), "no key named \"nothing-here\"".into(), false));
     let route = agent.get("/v2/keys", Some(&token)).await;
@@ -177,6 +177,7 @@ async fn over_the_unix_socket_the_owner_needs_no_token_and_the_socket_is_private
         ready_file: Some(ready.clone()),
         store_name: "sqlite:keys.db".into(),
         enclave_name: "none".into(),
+        limits: nekms_agent::Limits::default(),
     };
     let task = tokio::spawn(nekms_agent::serve(config));
     let started = std::time::Instant::now();

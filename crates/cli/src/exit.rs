@@ -104,7 +104,7 @@ pub fn classify(e: &anyhow::Error) -> Class {
         }
         if let Some(c) = cause.downcast_ref::<ClientError>() {
             return match c {
-                ClientError::Connect { .. } | ClientError::Closed(_) => Class::Unavailable,
+                ClientError::Connect { .. } | ClientError::Closed(_) | ClientError::Deadline(_) => Class::Unavailable,
                 ClientError::Handshake(why) if why.contains("below 1024") => Class::Refused,
                 ClientError::Handshake(_) => Class::Unavailable,
                 ClientError::TooLarge { .. } => Class::Usage,

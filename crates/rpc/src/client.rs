@@ -30,6 +30,9 @@ pub enum ClientError {
     TooLarge { len: usize, max: usize },
     #[error("the enclave answered {operation} with an unexpected reply")]
     Unexpected { operation: &'static str },
+    /// The caller's deadline passed first (a stopped or overloaded enclave); worth retrying.
+    #[error("the enclave did not answer within {} s; retry", .0.as_secs())]
+    Deadline(std::time::Duration),
     /// The enclave's answer; shown once (it is not also reported as a source).
     #[error("{0}")]
     Remote(RpcError),

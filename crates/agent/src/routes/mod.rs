@@ -17,6 +17,9 @@ use crate::access::Caller;
 use crate::errors::ApiError;
 use crate::state::Shared;
 
+/// The largest request body.
+pub(crate) const MAX_BODY: usize = 256 * 1024;
+
 /// Every route, behind the caller check, counted, bodies at most 256 KiB.
 pub(crate) fn router(state: Shared) -> Router {
     Router::new()
@@ -34,7 +37,8 @@ pub(crate) fn router(state: Shared) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), crate::server::authenticate))
         .layer(axum::middleware::from_fn_with_state(state.clone(), crate::metrics::track))
-        .layer(axum::extract::DefaultBodyLimit::max(256 * 1024))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::server::limit_body))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
 

@@ -45,6 +45,21 @@ pub struct Args {
     /// Write {"url": ...} here once listening
     #[arg(long, value_name = "FILE")]
     ready_file: Option<PathBuf>,
+    /// Seconds a connection has to send a request's headers
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    header_timeout: u64,
+    /// Seconds a request's body has to arrive once its headers are in
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    body_timeout: u64,
+    /// Connections open at once; the next gets a retryable 503
+    #[arg(long, value_name = "N", default_value_t = 512)]
+    max_connections: usize,
+    /// Requests in progress at once per caller; the next gets a retryable 429
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    max_per_caller: usize,
+    /// Seconds a call to the enclave may take before the request gets a retryable 503
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    enclave_deadline: u64,
 }
 
 fn default_token_file() -> anyhow::Result<PathBuf> {
@@ -94,6 +109,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             ready_file: a.ready_file,
             store_name: a.store.url()?.to_string(),
             enclave_name: a.enclave.enclave,
+            limits: nekms_agent::Limits {
+                header_timeout: Duration::from_secs(a.header_timeout.max(1)),
+                body_timeout: Duration::from_secs(a.body_timeout.max(1)),
+                max_connections: a.max_connections.max(1),
+                max_per_caller: a.max_per_caller.max(1),
+                enclave_deadline: Duration::from_secs(a.enclave_deadline.max(1)),
+            },
         };
         nekms_agent::serve(config).await
     })
