@@ -320,6 +320,12 @@ def test_a_quorum_moves_every_key_the_token_and_the_validator_to_an_image_of_ano
     # The S guest does not open them.
     r = w.nekms("sign", "--key", "vm-k1", "--message", "x", env={**w.env, "NEKMS_STORE": moved}, check=False)
     assert r.returncode != 0 and "rule pinned-kms-key" in r.stderr, r.stderr
+    # The guest's audit trail reached the parent over vsock (port 5102) and verifies, the migration in it.
+    audit = pathlib.Path(w.up.info["audit"])
+    time.sleep(3)  # a checkpoint within 2 s of the last decision
+    r = nekms("audit", "verify", str(audit), "--dev-root", "--dir", str(w.up.dev), "--pcr0", w.up.info["pcr0"], check=False)
+    assert r.returncode == 0 and "chain intact, signed up to seq" in r.stdout, r.stdout + r.stderr
+    assert '"op":"Migrate"' in audit.read_text() and '"channel":"p11"' in audit.read_text()
 
 
 def start_proxy_to(privval, toml, log, env):

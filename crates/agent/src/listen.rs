@@ -38,7 +38,7 @@ impl Default for Limits {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(10),
             max_connections: 512,
-            max_per_caller: 64,
+            max_per_caller: 16,
             enclave_deadline: Duration::from_secs(30),
         }
     }

@@ -67,6 +67,15 @@ pub(crate) async fn authenticate(
         }
     }
     if PUBLIC.contains(&request.uri().path()) {
+        // Anyone may ask these; together they count as one caller.
+        let Some(_admitted) = state.admit("(public routes)") else {
+            return ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_requests",
+                "too many requests to public routes in progress; retry",
+            )
+            .into_response();
+        };
         return next.run(request).await;
     }
     let bearer = request.headers().get(header::AUTHORIZATION).and_then(|h| h.to_str().ok()).and_then(|h| h.strip_prefix("Bearer "));

@@ -24,6 +24,8 @@ pub(crate) struct AppState {
     /// Secrets Manager's endpoint (moto) instead of the SDK's.
     pub(crate) secrets_endpoint: Option<String>,
     pub(crate) limits: crate::listen::Limits,
+    /// The last health check: when, its status and body.
+    pub(crate) health: tokio::sync::Mutex<Option<(Instant, axum::http::StatusCode, serde_json::Value)>>,
     /// Requests in progress, per caller (at most `limits.max_per_caller` each).
     pub(crate) in_flight: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
 }
@@ -46,6 +48,7 @@ impl AppState {
             metrics: Metrics::default(),
             secrets_endpoint,
             limits,
+            health: tokio::sync::Mutex::new(None),
             in_flight: Mutex::new(HashMap::new()),
         })
     }

@@ -29,6 +29,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod audit_trail;
 mod cert;
 mod cose;
 mod document;

@@ -75,9 +75,9 @@ fn of_rpc(e: &RpcError) -> Class {
 
 fn of_kms(exception: &str) -> Class {
     match exception.trim_end_matches("Exception") {
-        "AccessDenied" | "Disabled" | "KMSInvalidState" | "IncorrectKey" | "InvalidGrantToken" | "KeyUnavailable" => Class::Refused,
+        "AccessDenied" | "Disabled" | "KMSInvalidState" | "IncorrectKey" | "InvalidGrantToken" => Class::Refused,
         "NotFound" => Class::NotFound,
-        "KMSInternal" | "DependencyTimeout" | "Throttling" | "LimitExceeded" => Class::Unavailable,
+        "KMSInternal" | "DependencyTimeout" | "Throttling" | "LimitExceeded" | "KeyUnavailable" => Class::Unavailable,
         "UnrecognizedClient" | "ExpiredToken" | "InvalidSignature" => Class::Refused,
         "Validation" | "InvalidCiphertext" | "InvalidKeyUsage" | "InvalidArn" => Class::Usage,
         _ => Class::Internal,
@@ -106,7 +106,8 @@ pub fn classify(e: &anyhow::Error) -> Class {
             return match c {
                 ClientError::Connect { .. } | ClientError::Closed(_) | ClientError::Deadline(_) => Class::Unavailable,
                 ClientError::Handshake(why) if why.contains("below 1024") => Class::Refused,
-                ClientError::Handshake(_) => Class::Unavailable,
+                // A protocol or version mismatch: retrying will not help.
+                ClientError::Handshake(_) => Class::Internal,
                 ClientError::TooLarge { .. } => Class::Usage,
                 ClientError::Unexpected { .. } => Class::Internal,
                 ClientError::Remote(r) => of_rpc(r),

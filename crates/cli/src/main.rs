@@ -80,6 +80,9 @@ enum Command {
     /// The key store (create the DynamoDB table)
     #[command(subcommand)]
     Store(cmd::key::StoreCommand),
+    /// The enclave's audit trail: collect it on the parent, verify a file of it
+    #[command(subcommand)]
+    Audit(cmd::audit::Command),
     /// The custody key's policies: the bootstrap one, and the final one naming the measured image
     #[command(subcommand)]
     Policy(cmd::policy::Command),
@@ -124,6 +127,7 @@ fn main() {
         Command::Verify(a) => cmd::key::run_verify(*a),
         Command::Store(c) => cmd::key::run_store(c),
         Command::Agent(a) => cmd::agent::run(*a),
+        Command::Audit(c) => cmd::audit::run(c),
     };
     if let Err(e) = result {
         eprintln!("nekms: {e:#}");

@@ -231,8 +231,17 @@ pub fn serve(config: EnclaveConfig) -> anyhow::Result<()> {
             }
             None => None,
         };
+        let streaming_audit = match &config.audit {
+            Some(addr) => {
+                let address: nekms_transport::Address = addr.parse().with_context(|| format!("audit {addr}"))?;
+                eprintln!("nekms-enclave: audit trail to {addr}");
+                let enclave = enclave.clone();
+                Some(tokio::spawn(async move { enclave.audit.stream(address).await }))
+            }
+            None => None,
+        };
         let serving_rpc = tokio::spawn(nekms_rpc::serve(rpc, enclave.clone(), options));
-        let serving_kmstool = tokio::spawn(crate::kmstool::serve(kmstool, enclave, config.max_message));
+        let serving_kmstool = tokio::spawn(crate::kmstool::serve(kmstool, enclave.clone(), config.max_message));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
@@ -240,7 +249,10 @@ pub fn serve(config: EnclaveConfig) -> anyhow::Result<()> {
         }
         serving_rpc.abort();
         serving_kmstool.abort();
-        for p in [serving_p11, serving_privval, p11_kit].into_iter().flatten() {
+        if streaming_audit.is_some() {
+            enclave.audit.flush().await;
+        }
+        for p in [serving_p11, serving_privval, p11_kit, streaming_audit].into_iter().flatten() {
             p.abort();
         }
         anyhow::Ok(())

@@ -47,6 +47,11 @@ pub struct EnclaveArgs {
     /// dials it, e.g. vsock://parent:5101 [default: none]
     #[arg(long, value_name = "ADDR")]
     pub privval_state: Option<String>,
+    /// The parent's audit collector (`nekms audit collect`), as the enclave
+    /// dials it, e.g. vsock://parent:5102 [default: none: lines wait in a
+    /// bounded queue and the oldest are dropped, said in the trail]
+    #[arg(long, value_name = "ADDR")]
+    pub audit: Option<String>,
     /// The parent's KMS proxy, as the enclave dials it [default: vsock://parent:8000]
     #[arg(long, value_name = "ADDR")]
     pub proxy: Option<String>,
@@ -68,10 +73,6 @@ pub struct EnclaveArgs {
     /// Seconds an opened key stays cached [default: 300]
     #[arg(long, value_name = "SECONDS")]
     pub key_cache_ttl: Option<u64>,
-    /// Seconds since its last logged-in use after which a PKCS#11 handle that is not logged in may be dropped
-    /// to make room on a full token [default: 60]
-    #[arg(long, value_name = "SECONDS")]
-    pub p11_idle: Option<u64>,
     // What the enclave trusts ([`TrustArgs`]): in the configuration file
     // only, which is measured into PCR0 with the image (a flag would not be).
     #[arg(skip)]
@@ -200,6 +201,7 @@ pub struct EnclaveConfig {
     pub privval: Option<String>,
     pub privval_state: Option<String>,
     pub privval_anchor_proxy: Option<String>,
+    pub audit: Option<String>,
     pub proxy: String,
     pub kms_endpoint: Option<String>,
     pub kms_ca: Option<PathBuf>,
@@ -207,7 +209,6 @@ pub struct EnclaveConfig {
     pub max_message: usize,
     pub key_cache: usize,
     pub key_cache_ttl: u64,
-    pub p11_idle: u64,
     pub trust: TrustArgs,
     /// The configuration file, measured with the image by a simulated NSM.
     pub config_file: Option<PathBuf>,
@@ -234,6 +235,7 @@ impl EnclaveArgs {
             p11_kit_server: file.p11_kit_server,
             privval: self.privval.or(file.privval),
             privval_state: self.privval_state.or(file.privval_state),
+            audit: self.audit.or(file.audit),
             privval_anchor_proxy: self.privval_anchor_proxy.or(file.privval_anchor_proxy),
             proxy: self.proxy.or(file.proxy).unwrap_or_else(|| "vsock://parent:8000".into()),
             kms_endpoint: self.kms_endpoint.or(file.kms_endpoint),
@@ -242,7 +244,6 @@ impl EnclaveArgs {
             max_message: self.max_message.or(file.max_message).unwrap_or(64 * 1024),
             key_cache: self.key_cache.or(file.key_cache).unwrap_or(1024),
             key_cache_ttl: self.key_cache_ttl.or(file.key_cache_ttl).unwrap_or(300),
-            p11_idle: self.p11_idle.or(file.p11_idle).unwrap_or(60),
             trust: TrustArgs {
                 custody_kms_keys: file.custody_kms_keys,
                 origin_pcr0: file.origin_pcr0,

@@ -166,7 +166,15 @@ pub async fn handle(message: &[u8], enclave: &Enclave, session: &mut Option<KmsS
             error("no credentials on this connection: send SetClient first (kmstool's credentials belong to the connection that set them)")
         }
         Ok(Command::Decrypt { ciphertext, context }) => {
-            match enclave.parent_decrypt_as(session.as_ref(), &ciphertext, &context, None).await {
+            let outcome = enclave.parent_decrypt_as(session.as_ref(), &ciphertext, &context, None).await;
+            let d = crate::audit::Decision {
+                channel: "kmstool",
+                op: "Decrypt".into(),
+                payload_sha256: Some(crate::audit::sha256_hex(&ciphertext)),
+                ..Default::default()
+            };
+            enclave.audit.decision(d, &outcome);
+            match outcome {
                 Ok(plaintext) => json!({"Status": "Ok", "Message": Zeroizing::new(B64.encode(&plaintext[..])).as_str()}),
                 Err(e) => error(e.message),
             }

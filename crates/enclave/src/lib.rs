@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod audit;
 pub mod companion;
 pub mod config;
 pub mod custody;
@@ -50,6 +51,8 @@ pub struct Enclave {
     pub privval: privval::Signer,
     /// Moving custody to another key under a quorum ([`migrate`]).
     pub migrations: migrate::Migrations,
+    /// The audit trail ([`audit`]).
+    pub audit: audit::Audit,
 }
 
 impl Enclave {
@@ -63,6 +66,7 @@ impl Enclave {
         let own_pcr0 = nsm.describe_pcr(0).map_err(|e| anyhow::anyhow!("reading PCR0: {e}"))?.value;
         let own_pcr8 = nsm.describe_pcr(8).map_err(|e| anyhow::anyhow!("reading PCR8: {e}"))?.value;
         let verifier = origin_verifier(&*nsm, config)?;
+        let audit = audit::Audit::new(&*nsm)?;
         let mut trust = trust::Trust::new(&config.trust, (own_pcr0, own_pcr8), verifier, nsm.is_simulated())
             .map_err(|e| anyhow::anyhow!("the enclave's configuration: {e}"))?;
         // The custody keys fix the region; a configured one must agree.
@@ -87,13 +91,14 @@ impl Enclave {
             kmstool: Some(config.kmstool.clone()),
             keys: custody::KeyCache::new(config.key_cache, std::time::Duration::from_secs(config.key_cache_ttl)),
             trust,
-            p11: p11::Tokens::new(std::time::Duration::from_secs(config.p11_idle)),
+            p11: p11::Tokens::default(),
             privval: privval::Signer::new(
                 config.privval_state.as_deref().map(str::parse).transpose().map_err(|e| anyhow::anyhow!("--privval-state: {e}"))?,
                 config.trust.privval_max_height_jump,
                 anchor,
             )?,
             migrations,
+            audit,
         })
     }
 

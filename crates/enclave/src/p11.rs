@@ -91,7 +91,7 @@ struct Handle {
     logged_in: bool,
     /// When it was opened or last used logged in: calls that need no PIN
     /// (a C_Logout refused, a login with a wrong PIN) never move it, so a
-    /// handle nobody logs in on ages and can be dropped whatever it is sent.
+    /// handle nobody logs in on ages whatever it is sent.
     last_used: std::time::Instant,
 }
 
@@ -103,10 +103,9 @@ struct State {
 }
 
 /// The tokens and the handles on them.
+#[derive(Default)]
 pub struct Tokens {
     state: Mutex<State>,
-    /// A handle not logged in, unused logged in for this long, may be dropped to make room.
-    idle: std::time::Duration,
 }
 
 fn err(rv: u64, message: impl Into<String>) -> RpcError {
@@ -154,10 +153,6 @@ fn certificate_spki(der: &[u8]) -> Result<Vec<u8>, String> {
 }
 
 impl Tokens {
-    pub fn new(idle: std::time::Duration) -> Tokens {
-        Tokens { state: Mutex::default(), idle }
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -202,14 +197,11 @@ impl Tokens {
             return Err(err(ckr::SLOT_ID_INVALID, format!("no token in slot {slot}")));
         }
         if state.handles.values().filter(|h| h.slot == slot).count() >= MAX_HANDLES_PER_TOKEN {
-            // Make room by dropping the longest-idle handle that is not logged
-            // in (a flood of Opens needs no PIN; keeping logged-in ones does).
-            let idle = state
-                .handles
-                .iter()
-                .filter(|(_, h)| h.slot == slot && !h.logged_in && h.last_used.elapsed() >= self.idle)
-                .min_by_key(|(_, h)| h.last_used)
-                .map(|(id, _)| *id);
+            // Make room by dropping the handle not logged in that has gone
+            // longest without logged-in use: a flood of Opens needs no PIN and
+            // only ever displaces its own kind, never a logged-in handle.
+            let idle =
+                state.handles.iter().filter(|(_, h)| h.slot == slot && !h.logged_in).min_by_key(|(_, h)| h.last_used).map(|(id, _)| *id);
             match idle {
                 Some(id) => {
                     state.handles.remove(&id);
@@ -242,6 +234,22 @@ impl Tokens {
         let handle = self.open(slot)?;
         mine.push(handle_id(&handle)?);
         Ok(handle)
+    }
+
+    /// Close the handles a connection opened (its module process is gone).
+    pub(crate) fn close_all(&self, ids: &[[u8; 32]]) {
+        let mut state = self.lock();
+        for id in ids {
+            state.handles.remove(id);
+        }
+    }
+
+    /// The label of the token a handle is on, for the audit trail.
+    pub(crate) fn label_of(&self, handle: &Secret) -> Option<String> {
+        let id = handle_id(handle).ok()?;
+        let state = self.lock();
+        let slot = state.handles.get(&id)?.slot;
+        state.tokens.get(&slot).map(|t| t.label.clone())
     }
 
     fn close(&self, handle: &Secret) -> Result<(), RpcError> {

@@ -214,8 +214,27 @@ impl P11Only {
     }
 }
 
+/// A connection that ends takes its handles with it.
+impl Drop for P11Only {
+    fn drop(&mut self) {
+        let opened = self.opened.lock().unwrap_or_else(|p| p.into_inner());
+        self.enclave.p11.close_all(&opened);
+    }
+}
+
 impl Handler for P11Only {
     async fn handle(&self, request: Request) -> Result<Response, RpcError> {
+        let decision = crate::audit::of_request(&self.enclave, "p11", &request);
+        let outcome = self.dispatch(request).await;
+        if let Some(d) = decision {
+            self.enclave.audit.decision(d, &outcome);
+        }
+        outcome
+    }
+}
+
+impl P11Only {
+    async fn dispatch(&self, request: Request) -> Result<Response, RpcError> {
         use nekms_rpc::P11Request as P;
         match request {
             Request::P11(P::Open { slot }) => {
@@ -244,6 +263,17 @@ impl Handler for P11Only {
 
 impl Handler for Enclave {
     async fn handle(&self, request: Request) -> Result<Response, RpcError> {
+        let decision = crate::audit::of_request(self, "rpc", &request);
+        let outcome = self.dispatch(request).await;
+        if let Some(d) = decision {
+            self.audit.decision(d, &outcome);
+        }
+        outcome
+    }
+}
+
+impl Enclave {
+    async fn dispatch(&self, request: Request) -> Result<Response, RpcError> {
         match request {
             Request::Describe => Ok(Response::Described(Box::new(self.description()?))),
             Request::Attest { nonce, user_data, public_key } => {

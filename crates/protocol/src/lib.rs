@@ -22,6 +22,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod context;
 pub mod digest_info;
 mod error;

@@ -99,7 +99,7 @@ pub(super) async fn sign_transaction(
     State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
-    Json(tx): Json<Value>,
+    JsonBody(tx): JsonBody<Value>,
 ) -> Result<Json<Value>, ApiError> {
     allowed(&caller, &name, false)?;
     if !tx.is_object() {

@@ -54,8 +54,8 @@ pub struct Args {
     /// Connections open at once; the next gets a retryable 503
     #[arg(long, value_name = "N", default_value_t = 512)]
     max_connections: usize,
-    /// Requests in progress at once per caller; the next gets a retryable 429
-    #[arg(long, value_name = "N", default_value_t = 64)]
+    /// Requests in progress at once per caller (the public routes count as one); the next gets a retryable 429
+    #[arg(long, value_name = "N", default_value_t = 16)]
     max_per_caller: usize,
     /// Seconds a call to the enclave may take before the request gets a retryable 503
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]

@@ -536,7 +536,9 @@ pub fn run_key(cmd: KeyCommand) -> anyhow::Result<()> {
                     std::fs::read_to_string(&record).with_context(|| record.display().to_string())?
                 };
                 let r: KeyRecord = serde_json::from_str(&text).context("not a key record (JSON)")?;
-                let origin = origin.verify(&r).with_context(|| format!("key record {} was not added", r.key_id))?;
+                let origin = origin
+                    .verify(&r)
+                    .map_err(|e| crate::exit::verification(e.context(format!("key record {} was not added", r.key_id))))?;
                 store.open().await?.create(&r).await?;
                 println!("added {} (origin checked: made by the image with PCR0 {})", r.key_id, origin.pcr0);
                 Ok(())

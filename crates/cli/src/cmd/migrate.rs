@@ -317,12 +317,25 @@ async fn plan(cmd: Command) -> anyhow::Result<()> {
     } else {
         migration::Images { pcr0: vec![pcr(0)], pcr8: vec![] }
     };
-    // The records under the source key, as the store holds them.
-    let records: Vec<_> = nekms_store::list_all(&store.open_existing().await?, 500)
-        .await?
-        .into_iter()
-        .filter(|r| r.kms_key_id == *source && (names.is_empty() || names.contains(&r.key_id)))
-        .collect();
+    // The records under the source key, as the store holds them. A damaged record or one pending deletion cannot
+    // move: say so now, since the old records become unusable once the source key is retired.
+    let opened = store.open_existing().await?;
+    let (mut all, mut after) = (Vec::new(), None::<String>);
+    loop {
+        let page = nekms_store::KeyStore::list(&opened, after.as_deref(), 500).await?;
+        for d in &page.damaged {
+            eprintln!("nekms migrate: warning: {} is damaged ({}) and is not in the plan", d.key_id, d.reason);
+        }
+        for (name, at) in &page.pending_deletion {
+            eprintln!("nekms migrate: warning: {name} is scheduled for deletion at {} and is not in the plan", nekms_store::rfc3339(*at));
+        }
+        all.extend(page.records.into_iter().filter(|r| !page.pending_deletion.contains_key(&r.key_id)));
+        match page.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    let records: Vec<_> = all.into_iter().filter(|r| r.kms_key_id == *source && (names.is_empty() || names.contains(&r.key_id))).collect();
     if let Some(missing) = names.iter().find(|n| !records.iter().any(|r| &r.key_id == *n)) {
         bail!("{missing}: no such record under {source}");
     }

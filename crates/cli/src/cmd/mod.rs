@@ -1,5 +1,6 @@
 pub mod agent;
 pub mod attest;
+pub mod audit;
 #[cfg(feature = "dev")]
 pub mod bench;
 pub mod cms;

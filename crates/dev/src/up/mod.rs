@@ -126,6 +126,8 @@ pub struct Up {
     /// The environment for the parent's tools, and the file it was written to.
     pub env: Vec<(&'static str, String)>,
     pub env_file: PathBuf,
+    /// The enclave's audit trail, appended across runs (`nekms audit verify` checks it).
+    pub audit_file: PathBuf,
     /// The guest VM the enclave runs in, with `--vm-blobs` (stopped first).
     pub vm: Option<crate::vm::Vm>,
     /// The children, stopped when this is dropped; then the files they used are removed.
@@ -183,14 +185,31 @@ pub fn start(dev: &DevDir, o: &Options) -> anyhow::Result<Up> {
         None => run_dir.join("privval-anchor-proxy.sock"),
     };
     let env_file = run_dir.join("env");
+    // The audit trail: the enclave streams it to a collector here, which appends it to RUN/audit.jsonl (kept across runs).
+    let audit_sock = match &o.vm {
+        Some(_) => vm::outbound(&run_dir, vm::AUDIT_PORT),
+        None => run_dir.join("audit.sock"),
+    };
+    let audit_file = run_dir.join("audit.jsonl");
     // Declared before the group, so dropped after it: the children stop, then their files go. Filled only once the group
     // exists, so a start refused for a previous run's children leaves that run's files alone.
     let mut cleanup = Cleanup(Vec::new());
     let mut group = Group::new(&run_dir)?;
-    cleanup.0 =
-        [&kms_ready, &proxy_sock, &rpc_sock, &kmstool_sock, &p11_sock, &p11kit_sock, &privval_sock, &state_sock, &anchor_sock, &env_file]
-            .map(|p| p.to_path_buf())
-            .to_vec();
+    cleanup.0 = [
+        &kms_ready,
+        &proxy_sock,
+        &rpc_sock,
+        &kmstool_sock,
+        &p11_sock,
+        &p11kit_sock,
+        &privval_sock,
+        &state_sock,
+        &anchor_sock,
+        &env_file,
+        &audit_sock,
+    ]
+    .map(|p| p.to_path_buf())
+    .to_vec();
     for stale in &cleanup.0 {
         let _ = std::fs::remove_file(stale);
     }
@@ -305,6 +324,10 @@ pub fn start(dev: &DevDir, o: &Options) -> anyhow::Result<Up> {
     persist.args(["privval", "persist", "--listen", &unix(&state_sock), "--dir"]).arg(&state_dir);
     let persist_pid = group.spawn("privval-persist", persist)?;
     group.wait_for("privval persist", || state_sock.exists())?;
+    let mut collect = Command::new(&me);
+    collect.args(["audit", "collect", "--listen", &unix(&audit_sock), "-o"]).arg(&audit_file);
+    group.spawn("audit", collect)?;
+    group.wait_for("audit collector", || audit_sock.exists())?;
     let mut guest = None;
     let mut enclave = Command::new(&program);
     enclave
@@ -315,6 +338,7 @@ pub fn start(dev: &DevDir, o: &Options) -> anyhow::Result<Up> {
         .arg(&dir)
         .args(["--rpc", &unix(&rpc_sock), "--kmstool", &unix(&kmstool_sock), "--proxy", &unix(&proxy_sock), "--p11", &unix(&p11_sock)])
         .args(["--privval", &unix(&privval_sock), "--privval-state", &unix(&state_sock), "--privval-anchor-proxy", &unix(&anchor_sock)])
+        .args(["--audit", &unix(&audit_sock)])
         .args(["--kms-endpoint", &format!("https://localhost:{https_port}"), "--kms-ca"])
         .arg(dev.tls_ca_path());
     if o.debug_mode {
@@ -465,6 +489,7 @@ pub fn start(dev: &DevDir, o: &Options) -> anyhow::Result<Up> {
         credentials: description.credentials.as_ref().map(|c| c.access_key_id.clone()),
         env,
         env_file,
+        audit_file,
         vm: guest,
         group,
         cleanup,
@@ -492,6 +517,7 @@ impl Up {
             "pcr0": self.pcrs[0], "pcr1": self.pcrs[1], "pcr2": self.pcrs[2],
             "custody_kms_key": self.custody_key, "enclave_config": self.enclave_config.display().to_string(),
             "pcr8": self.pcr8, "sim_signature": self.sim_signature.as_ref().map(|p| p.display().to_string()),
+            "audit": self.audit_file.display().to_string(),
             "pids": {"kms": self.kms_pid, "proxy": self.proxy_pid, "enclave": self.enclave_pid, "privval_persist": self.persist_pid,
                      "privval_proxy": self.privval_proxy_pid, "supervisor": std::process::id()},
             "children": self.group.pids().into_iter().map(|(name, pid)| serde_json::json!({"name": name, "pid": pid})).collect::<Vec<_>>(),

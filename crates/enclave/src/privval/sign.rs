@@ -46,8 +46,32 @@ const CODE_OTHER: i32 = 1;
 const CODE_DOUBLE_SIGN: i32 = 2;
 
 impl Enclave {
-    /// Decide, sign, commit; the signature (and the timestamp to put back) only once committed.
+    /// [`Enclave::decide_and_sign`], recorded in the audit trail.
     async fn sign_consensus(
+        &self,
+        c: &Chain,
+        kind: Kind,
+        height: i64,
+        round: i32,
+        step: Step,
+        bytes: Vec<u8>,
+    ) -> Result<(Vec<u8>, Option<nekms_privval::Timestamp>), RemoteSignerError> {
+        let d = crate::audit::Decision {
+            channel: "privval",
+            op: format!("{kind:?} {height}/{round}/{step:?}"),
+            key: Some(c.key_id.clone()),
+            key_sha256: Some(c.fingerprint.clone()),
+            payload_sha256: Some(crate::audit::sha256_hex(&bytes)),
+            caller: Some(format!("chain {}", c.chain_id)),
+            ..Default::default()
+        };
+        let outcome = self.decide_and_sign(c, kind, height, round, step, bytes).await;
+        self.audit.record(d, outcome.as_ref().map(|_| ()).map_err(|e| (e.code == CODE_DOUBLE_SIGN, e.description.clone())));
+        outcome
+    }
+
+    /// Decide, sign, commit; the signature (and the timestamp to put back) only once committed.
+    async fn decide_and_sign(
         &self,
         c: &Chain,
         kind: Kind,
