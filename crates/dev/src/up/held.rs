@@ -107,7 +107,15 @@ mod tests {
         let file = dir.path().join("pids.json");
         let me = process(std::process::id()).unwrap();
         let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
-        let sleeper = process(child.id()).unwrap();
+        // Until it has exec'd, the child shows this process's command line.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let sleeper = loop {
+            match process(child.id()) {
+                Some(h) if h.command == "sleep 30" => break h,
+                _ if std::time::Instant::now() > deadline => panic!("sleep never showed its command line"),
+                _ => std::thread::sleep(std::time::Duration::from_millis(5)),
+            }
+        };
         let recorded = vec![
             ("sleeper".to_string(), sleeper.pid, sleeper.command.clone()),
             ("reused pid".to_string(), sleeper.pid, "something else".to_string()),

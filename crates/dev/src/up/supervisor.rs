@@ -21,6 +21,8 @@ use super::held;
 struct Supervised {
     name: &'static str,
     child: Child,
+    /// Its command line as `/proc/PID/cmdline` shows it once it runs.
+    command: String,
 }
 
 impl Supervised {
@@ -106,6 +108,11 @@ impl Group {
         crate::child::die_with_parent(&mut cmd);
         let log = self.logs.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).with_context(|| log.display().to_string())?;
+        let command = std::iter::once(cmd.get_program())
+            .chain(cmd.get_args())
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
         let mut child = cmd.spawn().with_context(|| format!("starting the {name}: {cmd:?}"))?;
         let pid = child.id();
         let file = std::sync::Arc::new(std::sync::Mutex::new(file));
@@ -115,7 +122,7 @@ impl Group {
         if let Some(err) = child.stderr.take() {
             pump(name, err, file);
         }
-        self.children.push(Supervised { name, child });
+        self.children.push(Supervised { name, child, command });
         self.write_pids();
         Ok(pid)
     }
@@ -132,8 +139,13 @@ impl Group {
     }
 
     fn write_pids(&self) {
-        let entries: Vec<(String, u32, String)> =
-            self.pids().into_iter().filter_map(|(name, pid)| held::process(pid).map(|h| (name.to_string(), pid, h.command))).collect();
+        // A child just forked may not have exec'd yet: its command is the one it was given.
+        let entries: Vec<(String, u32, String)> = self
+            .children
+            .iter()
+            .map(|s| (s.name.to_string(), s.child.id(), s.command.clone()))
+            .chain(self.others.iter().filter_map(|(name, pid)| held::process(*pid).map(|h| (name.to_string(), *pid, h.command))))
+            .collect();
         // Through a temporary file, so a reader sees the whole list or the one before.
         let tmp = self.pids_file.with_extension("tmp");
         if serde_json::to_vec_pretty(&entries).is_ok_and(|bytes| std::fs::write(&tmp, bytes).is_ok()) {
