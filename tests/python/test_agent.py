@@ -179,6 +179,10 @@ def test_metrics_count_requests_errors_latency_and_cache_hits(env):
     assert 'nekms_agent_requests_total{route="/v1/keys/{name}/sign",method="POST",status="200"}' in after
     assert 'nekms_agent_request_duration_seconds_bucket{route="/v1/keys/{name}/sign",le="+Inf"}' in after
     assert "nekms_agent_errors_total{" in after and "nekms_enclave_up 1" in after
+    # The audit trail's counters: three signatures are three more lines (and checkpoints), none lost under dev up.
+    audit = lambda text, name: int(next(l for l in text.splitlines() if l.startswith(name + " ")).split()[1])
+    assert audit(after, "nekms_audit_records_total") >= audit(before, "nekms_audit_records_total") + 3
+    assert audit(after, "nekms_audit_lost_total") == 0
 
 
 def test_lockout_relay_imports_from_secrets_manager_and_no_secret_reaches_the_parent(env):

@@ -88,7 +88,18 @@ pub(crate) async fn metrics(State(state): State<Shared>) -> Response {
         out.push_str(&format!("nekms_agent_request_duration_seconds_sum{{route=\"{r}\"}} {}\n", h.sum));
         out.push_str(&format!("nekms_agent_request_duration_seconds_count{{route=\"{r}\"}} {}\n", h.count));
     }
-    let cache = state.enclave.call(|c| async move { c.describe().await }).await.ok().and_then(|d| d.key_cache);
+    let described = state.enclave.call(|c| async move { c.describe().await }).await.ok();
+    let (cache, audit) = described.map_or((None, None), |d| (d.key_cache, d.audit));
+    if let Some(a) = audit {
+        out.push_str(
+            "# HELP nekms_audit_records_total Lines the enclave wrote to its audit trail.\n# TYPE nekms_audit_records_total counter\n",
+        );
+        out.push_str(&format!("nekms_audit_records_total {}\n", a.written));
+        out.push_str(
+            "# HELP nekms_audit_lost_total Audit lines the enclave dropped because the parent did not take them.\n# TYPE nekms_audit_lost_total counter\n",
+        );
+        out.push_str(&format!("nekms_audit_lost_total {}\n", a.lost));
+    }
     out.push_str("# HELP nekms_enclave_up Whether the enclave answered Describe.\n# TYPE nekms_enclave_up gauge\n");
     out.push_str(&format!("nekms_enclave_up {}\n", cache.is_some() as u8));
     if let Some(c) = cache {

@@ -77,6 +77,10 @@ impl Enclave {
             credentials: self.credentials_info(),
             recipient_key_sha256: recipient.as_ref().to_vec(),
             key_cache: Some(self.keys.info()),
+            audit: Some(nekms_rpc::protocol::AuditInfo {
+                written: self.audit.written.load(std::sync::atomic::Ordering::Relaxed),
+                lost: self.audit.dropped.load(std::sync::atomic::Ordering::Relaxed),
+            }),
             trust: Some(self.trust_info()),
         })
     }

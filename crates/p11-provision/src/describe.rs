@@ -387,6 +387,7 @@ mod tests {
             recipient_key_sha256: vec![],
             key_cache: None,
             trust: None,
+            audit: None,
         };
         let d = DeviceSummary::of(&description, &[locked.clone(), writable.clone()]);
         assert_eq!(

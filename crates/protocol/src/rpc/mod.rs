@@ -422,6 +422,16 @@ pub struct Description {
     /// What the enclave's measured configuration trusts.
     #[serde(default)]
     pub trust: Option<TrustInfo>,
+    /// The audit trail's lines so far: written, and dropped because the parent did not take them.
+    #[serde(default)]
+    pub audit: Option<AuditInfo>,
+}
+
+/// The audit trail's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditInfo {
+    pub written: u64,
+    pub lost: u64,
 }
 
 /// The trust settings in force (from the measured configuration).
