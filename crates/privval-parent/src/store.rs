@@ -138,10 +138,21 @@ pub async fn serve_store(listener: Listener, dir: PathBuf, sync: bool) -> anyhow
     let dir = Arc::new(dir);
     // One write at a time: the enclave sends one, and a second enclave must not interleave.
     let lock = Arc::new(tokio::sync::Mutex::new(()));
+    // At most this many connections at once (an enclave keeps one or two).
+    let open = Arc::new(tokio::sync::Semaphore::new(64));
     loop {
         let (mut stream, peer) = listener.accept().await?;
+        if nekms_transport::from_enclave_cid(&peer) == Some(false) {
+            eprintln!("nekms privval persist: refused {peer}: not an enclave (only CID 3 and up write here)");
+            continue;
+        }
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            eprintln!("nekms privval persist: refused {peer}: 64 connections are open");
+            continue;
+        };
         let (dir, lock) = (dir.clone(), lock.clone());
         tokio::spawn(async move {
+            let _permit = permit;
             let mut buf = Vec::new();
             loop {
                 let body = match read_frame(&mut stream, &mut buf, nekms_privval::store::MAX_RECORD + 256).await {

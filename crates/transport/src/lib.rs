@@ -37,4 +37,4 @@ pub use address::{Address, AddressError, VsockCid};
 pub use frame::FrameCodec;
 pub use frame::{FrameError, DEFAULT_MAX_FRAME};
 #[cfg(feature = "tokio")]
-pub use stream::{connect, from_reserved_vsock_port, Listener, Stream, RESERVED_PORTS};
+pub use stream::{connect, from_enclave_cid, from_reserved_vsock_port, Listener, Stream, RESERVED_PORTS};

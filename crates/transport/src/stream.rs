@@ -80,6 +80,17 @@ pub fn from_reserved_vsock_port(peer: &str) -> Option<bool> {
     Some(port < 1024)
 }
 
+/// For a vsock peer (`vsock://CID:PORT`, as [`Listener::accept`] names it),
+/// whether it is an enclave (CID 3 and up) rather than this host (1, 2) or
+/// the hypervisor (0); `None` for other peers. A listener that only
+/// enclaves should reach (the state store, the audit collector) refuses the
+/// rest, so another local process cannot write to it.
+pub fn from_enclave_cid(peer: &str) -> Option<bool> {
+    let rest = peer.strip_prefix("vsock://")?;
+    let cid: u32 = rest.split(':').next()?.parse().ok()?;
+    Some(cid >= 3)
+}
+
 /// A bound listener for any [`Address`] kind.
 #[derive(Debug)]
 pub struct Listener {
@@ -228,5 +239,17 @@ mod reserved_port_tests {
         assert_eq!(from_reserved_vsock_port("unix:///run/nekms/rpc.sock"), None);
         assert_eq!(from_reserved_vsock_port("tcp://127.0.0.1:80"), None);
         assert_eq!(from_reserved_vsock_port("vsock://3:garbage"), None);
+    }
+
+    #[test]
+    fn only_enclave_cids_count_as_enclaves() {
+        use super::from_enclave_cid;
+        assert_eq!(from_enclave_cid("vsock://16:1023"), Some(true));
+        assert_eq!(from_enclave_cid("vsock://3:5"), Some(true));
+        assert_eq!(from_enclave_cid("vsock://2:49152"), Some(false));
+        assert_eq!(from_enclave_cid("vsock://1:49152"), Some(false));
+        assert_eq!(from_enclave_cid("vsock://0:1"), Some(false));
+        assert_eq!(from_enclave_cid("unix:///run/x.sock"), None);
+        assert_eq!(from_enclave_cid("vsock://x:1"), None);
     }
 }

@@ -70,7 +70,7 @@ async fn collect(listen: String, out: PathBuf) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => return Ok(()),
         };
         // On vsock, only an enclave (CID 3 and up) writes here, never a process of this host.
-        if peer.strip_prefix("vsock://").and_then(|p| p.split(':').next()).and_then(|c| c.parse::<u32>().ok()).is_some_and(|c| c < 3) {
+        if nekms_transport::from_enclave_cid(&peer) == Some(false) {
             eprintln!("nekms audit collect: refused {peer}: not an enclave");
             continue;
         }
