@@ -198,7 +198,7 @@ class Up:
     environment and keeps every output in `outputs`; what is started through `spawn()`/`start()`, and what is
     given to `keep()`, is stopped by `stop()` (or at the end of a `with` block), before dev up itself."""
 
-    def __init__(self, base, *extra):
+    def __init__(self, base, *extra, env=None):
         self.base = pathlib.Path(base)
         self.base.mkdir(parents=True, exist_ok=True)
         self.dev, self.ready, self.log = self.base / "dev", self.base / "up.json", self.base / "up.log"
@@ -206,7 +206,7 @@ class Up:
         self._stops = []
         self.ready.unlink(missing_ok=True)  # a previous dev up's, in the same place
         self.proc = start([NEKMS, "dev", "up", "--dir", str(self.dev), "--kms-http", "127.0.0.1:0", "--kms-https", "127.0.0.1:0",
-                           "--ready-file", str(self.ready), *extra], self.ready, "dev up", log=self.log, mode="wb", timeout=60)
+                           "--ready-file", str(self.ready), *extra], self.ready, "dev up", log=self.log, mode="wb", timeout=60, env=env)
         try:
             self.info = json.loads(self.ready.read_text())
             self.env = {**os.environ, **self.info["env"]}

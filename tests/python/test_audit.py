@@ -7,6 +7,11 @@ by the enclave's audit key, which its start document binds to the image's
 PCR0. The parent, as attacker, edits a record, deletes one, swaps two,
 forges a checkpoint and cuts the file short: each is found and named. No
 secret (the PIN, the signed messages) is in the file.
+
+The same session runs every program at RUST_LOG=debug with JSON log lines:
+each child's log is in RUN/logs, the enclave's stream reached the parent's
+collector, and no secret the session used (PINs, an imported seed, the
+messages and plaintexts, the world's AWS secret keys) is in any log.
 """
 
 import base64
@@ -17,11 +22,12 @@ import subprocess
 import pytest
 
 import privval_emu as emu
-from conftest import NEKMS, Up, enclave_policy, nekms
+from conftest import NEKMS, Up, enclave_policy, nekms, secret_forms
 from p11_support import P11KIT_CLIENT
 from privval_support import block, pubkey, tmkms_toml
 
 PIN = "2468-pin"
+SEED = bytes.fromhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +40,18 @@ def trail(tmp_path_factory):
     pin = base / "pin"
     pin.write_text(PIN)
     os.chmod(pin, 0o600)
-    with Up(base) as up:
+    (base / "seed.key").write_bytes(base64.b64encode(SEED) + b"\n")
+    debug = {**os.environ, "RUST_LOG": "debug", "NEKMS_LOG_FORMAT": "json"}
+    with Up(base, env=debug) as up:
         env = {**up.env, "NEKMS_STORE": f"sqlite:{base / 'keys.db'}", "NEKMS_P11_DB": str(base / "tokens.json")}
         run = lambda *a, check=True: nekms(*a, env=env, check=check, timeout=120)
         run("key", "create", "--name", "audit-k", "--spec", "p256")
         run("sign", "--key", "audit-k", "--message", "the first secret message")
+        # An imported Ed25519 seed, encrypted for import by the administrator.
+        ct = run("key", "encrypt-for-import", "--name", "audit-imported", "--spec", "ed25519", "--kms-key", up.info["custody_kms_key"],
+                 "--profile", "admin", str(base / "seed.key")).stdout.strip()
+        run("key", "import", "--name", "audit-imported", "--spec", "ed25519", "--ciphertext", ct)
+        run("sign", "--key", "audit-imported", "--message", "an imported key's message")
         run("key", "create", "--name", "audit-consensus", "--spec", "ed25519", "--privval")
         r = run("sign", "--key", "audit-consensus", "--message", "not a vote", check=False)
         assert r.returncode == 4 and "rule key-usage" in r.stderr, r.stderr
@@ -67,6 +80,7 @@ def trail(tmp_path_factory):
         vote["block_id"] = block()
         assert emu.decode_reply(v.request(emu.sign_vote_request(chain, vote)))[2] is not None, "a double sign was signed"
         info = up.info
+        info["secrets"] = [up.creds[p][k] for p in up.creds for k in ("secret_access_key", "session_token") if up.creds[p].get(k)]
     # dev up stopped: the enclave signed a last checkpoint on its way out.
     return base, info, pathlib_of(info["audit"])
 
@@ -117,6 +131,35 @@ def tampered(trail, tmp_path, change):
 def middle(lines):
     """The index of a decision line with more lines after it."""
     return next(i for i, l in enumerate(lines) if '"kind":"decision"' in l and i > 2)
+
+
+def test_each_program_logs_apart_in_json_and_no_secret_reaches_a_log(trail):
+    base, info, audit = trail
+    logs = audit.parent / "logs"
+    names = {p.name for p in logs.iterdir()}
+    assert {"kms.log", "proxy.log", "privval-persist.log", "audit.log", "logs.log", "enclave.log", "enclave-stream.log"} <= names, names
+    # Every line a program wrote is a JSON object with a time and a level (the stream too: the enclave's own lines).
+    for name in ("enclave.log", "enclave-stream.log", "kms.log", "proxy.log"):
+        lines = (logs / name).read_text().splitlines()
+        assert lines, name
+        for line in lines:
+            entry = json.loads(line)
+            assert entry["timestamp"].endswith("Z") and entry["level"] in ("ERROR", "WARN", "INFO", "DEBUG", "TRACE"), line
+    stream = [json.loads(l) for l in (logs / "enclave-stream.log").read_text().splitlines()]
+    said = lambda op, result: [e for e in stream if e.get("op") == op and e["message"].startswith(result)]
+    # The enclave said what it decided (keys by name, never their bytes), and the parent's collector has it.
+    assert said("Sign", "ok") and said("ImportKey", "ok")
+    assert said("P11 Login", "refused"), stream[-20:]
+    assert [e for e in stream if e.get("channel") == "privval" and e["message"].startswith("refused")], stream[-20:]
+    assert any(e["message"].startswith("RPC on unix://") for e in stream)
+    # No secret the session used, in any form, in any log, at debug level.
+    secrets = [PIN.encode(), b"0000-pin", SEED, b"the first secret message", b"an imported key's message", b"kmstool secret"]
+    secrets += [s.encode() for s in info["secrets"]]
+    files = [*logs.iterdir(), base / "up.log", base / "proxy.log"]
+    for secret in secrets:
+        for form in secret_forms(secret, unpadded=True):
+            for f in files:
+                assert form not in f.read_bytes(), f"{form!r} in {f}"
 
 
 def test_an_edited_record_is_named(trail, tmp_path):

@@ -31,7 +31,7 @@ def wait_gone(pids, timeout=20):
 
 
 RUNTIME_FILES = ["env", "kms.ready.json", "proxy.sock", "rpc.sock", "kmstool.sock", "p11.sock", "p11-kit.sock", "privval.sock",
-                 "privval-state.sock", "pids.json"]
+                 "privval-state.sock", "pids.json", "audit.sock", "logs.sock"]
 
 
 def test_sighup_stops_every_child_and_leaves_no_stale_file(tmp_path):
@@ -48,7 +48,9 @@ def test_sighup_stops_every_child_and_leaves_no_stale_file(tmp_path):
     # Each child's output in its own log, and in dev up's with its name in front.
     u.nekms("enclave", "describe")
     assert "RPC on unix://" in (run / "logs" / "enclave.log").read_text()
-    assert "[enclave] nekms-enclave: RPC on unix://" in u.log.read_text()
+    assert any(line.startswith("[enclave] ") and " INFO nekms-enclave: RPC on unix://" in line for line in u.log.read_text().splitlines())
+    # The enclave's log stream, as the parent's collector took it over its socket.
+    assert "RPC on unix://" in (run / "logs" / "enclave-stream.log").read_text()
     assert (run / "logs" / "kms.log").stat().st_size > 0
 
     u.proc.send_signal(signal.SIGHUP)

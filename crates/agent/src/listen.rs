@@ -84,7 +84,7 @@ pub(crate) async fn serve(listener: Listener, app: Router, limits: Limits, shutd
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
-                    eprintln!("nekms agent: accept failed: {e}");
+                    tracing::warn!("agent: accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }

@@ -140,7 +140,7 @@ pub async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     };
     let app = router(state);
     let announce = |url: String| -> anyhow::Result<()> {
-        println!("nekms agent listening on {url} (store {store_name}, enclave {enclave_name})");
+        tracing::info!("agent: listening on {url} (store {store_name}, enclave {enclave_name})");
         if let Some(path) = &ready_file {
             std::fs::write(path, json!({"url": url}).to_string())?;
         }
@@ -170,6 +170,6 @@ async fn relay_credentials(enclave: Address, relay: CredentialsRelay) {
     let pushed =
         |info: &nekms_rpc::CredentialsInfo| println!("credentials set in the enclave: {}", nekms_parent::credentials::describe(info));
     if let Err(e) = nekms_parent::credentials::push(&enclave, relay.profile, None, true, relay.interval, pushed).await {
-        eprintln!("nekms agent: credentials relay stopped: {e:#}");
+        tracing::error!("agent: credentials relay stopped: {e:#}");
     }
 }

@@ -19,6 +19,8 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "nekms", version, about = "Keys and secrets usable only inside an attested AWS Nitro Enclave")]
 struct Cli {
+    #[command(flatten)]
+    log: nekms_log::LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -83,6 +85,9 @@ enum Command {
     /// The enclave's audit trail: collect it on the parent, verify a file of it
     #[command(subcommand)]
     Audit(cmd::audit::Command),
+    /// The enclave's log lines on the parent
+    #[command(subcommand)]
+    Logs(cmd::logs::Command),
     /// The custody key's policies: the bootstrap one, and the final one naming the measured image
     #[command(subcommand)]
     Policy(cmd::policy::Command),
@@ -104,6 +109,8 @@ enum Command {
 fn main() {
     exit::install_panic_hook();
     let cli = Cli::parse();
+    let format = cli.log.format();
+    nekms_log::init("nekms", format);
     let result = match cli.command {
         #[cfg(feature = "dev")]
         Command::Demo(a) => cmd::demo::run(a),
@@ -128,9 +135,15 @@ fn main() {
         Command::Store(c) => cmd::key::run_store(c),
         Command::Agent(a) => cmd::agent::run(*a),
         Command::Audit(c) => cmd::audit::run(c),
+        Command::Logs(c) => cmd::logs::run(c),
     };
     if let Err(e) = result {
-        eprintln!("nekms: {e:#}");
-        std::process::exit(exit::classify(&e) as i32);
+        let code = exit::classify(&e) as i32;
+        match format {
+            // A daemon's last line in the same shape as the others.
+            nekms_log::Format::Json => tracing::error!(exit = code, "{e:#}"),
+            nekms_log::Format::Text => eprintln!("nekms: {e:#}"),
+        }
+        std::process::exit(code);
     }
 }

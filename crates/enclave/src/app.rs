@@ -119,11 +119,24 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let mut config = cli.args.resolve(file);
     config.config_file = cli.config.clone();
     match cli.command {
-        None => serve(config),
+        None => {
+            let logs = match &config.logs {
+                Some(addr) => {
+                    let address: nekms_transport::Address = addr.parse().with_context(|| format!("logs {addr}"))?;
+                    Some((nekms_log::Stream::init(PROGRAM, config.log_format), address))
+                }
+                None => {
+                    nekms_log::init(PROGRAM, config.log_format);
+                    None
+                }
+            };
+            serve(config, logs)
+        }
         Some(Command::Cli(verb)) => {
             if !proxy_given {
                 config.proxy = format!("vsock://parent:{}", verb.common().proxy_port);
             }
+            nekms_log::init(PROGRAM, config.log_format);
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             rt.block_on(one_shot(&config, verb))
         }
@@ -169,29 +182,58 @@ async fn one_shot(config: &EnclaveConfig, verb: Verb) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Serve the RPC and kmstool's protocol until SIGINT or SIGTERM.
-pub fn serve(config: EnclaveConfig) -> anyhow::Result<()> {
+/// The name log lines carry.
+pub const PROGRAM: &str = "nekms-enclave";
+
+/// An error already logged (and sent to the parent's collector, if any).
+#[derive(Debug)]
+pub struct Reported(String);
+
+impl std::fmt::Display for Reported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Reported {}
+
+/// Serve the RPC and kmstool's protocol until SIGINT or SIGTERM; with
+/// `logs`, the log lines also go to the parent's collector at that address.
+pub fn serve(config: EnclaveConfig, logs: Option<(Arc<nekms_log::Stream>, nekms_transport::Address)>) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let sending = logs.as_ref().map(|(stream, address)| {
+        let (stream, address) = (stream.clone(), address.clone());
+        rt.spawn(async move { stream.send_to(address).await })
+    });
+    let result = serve_on(&rt, config);
+    if let Err(e) = &result {
+        tracing::error!("{e:#}");
+    }
+    if let Some((stream, _)) = &logs {
+        rt.block_on(stream.flush(std::time::Duration::from_secs(1)));
+    }
+    if let Some(s) = sending {
+        s.abort();
+    }
+    result.map_err(|e| Reported(format!("{e:#}")).into())
+}
+
+fn serve_on(rt: &tokio::runtime::Runtime, config: EnclaveConfig) -> anyhow::Result<()> {
     let nsm = open_nsm(&config)?;
     let pcrs: Vec<String> = (0..3).map(|i| nsm.describe_pcr(i).map(|p| p.value.to_hex()).unwrap_or_default()).collect();
     let enclave = Arc::new(Enclave::new(nsm.clone(), &config)?);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let rpc = nekms_transport::Listener::bind(&config.rpc.parse()?).await.with_context(|| format!("listening on {}", config.rpc))?;
         let kmstool =
             nekms_transport::Listener::bind(&config.kmstool.parse()?).await.with_context(|| format!("listening on {}", config.kmstool))?;
-        eprintln!(
-            "nekms-enclave: {} NSM; PCR0 {} PCR1 {} PCR2 {}",
+        tracing::info!(
+            "{} NSM; PCR0 {} PCR1 {} PCR2 {}",
             if nsm.is_simulated() { "simulated" } else { "hardware" },
             pcrs[0],
             pcrs[1],
             pcrs[2]
         );
-        eprintln!(
-            "nekms-enclave: RPC on {}; kmstool protocol on {}; KMS through {}",
-            rpc.local_address(),
-            kmstool.local_address(),
-            config.proxy
-        );
+        tracing::info!("RPC on {}; kmstool protocol on {}; KMS through {}", rpc.local_address(), kmstool.local_address(), config.proxy);
         let options = nekms_rpc::ServerOptions {
             agent: format!("nekms-enclave {}", env!("CARGO_PKG_VERSION")),
             reserved_vsock_ports_only: !config.trust.rpc_any_vsock_peer,
@@ -200,7 +242,7 @@ pub fn serve(config: EnclaveConfig) -> anyhow::Result<()> {
         let serving_p11 = match &config.p11 {
             Some(addr) => {
                 let listener = nekms_transport::Listener::bind(&addr.parse()?).await.with_context(|| format!("listening on {addr}"))?;
-                eprintln!("nekms-enclave: PKCS#11 module socket on {}", listener.local_address());
+                tracing::info!("PKCS#11 module socket on {}", listener.local_address());
                 {
                     // A handler per connection: each module process's handles are counted apart.
                     let enclave = enclave.clone();
@@ -222,8 +264,8 @@ pub fn serve(config: EnclaveConfig) -> anyhow::Result<()> {
         let serving_privval = match &config.privval {
             Some(addr) => {
                 let listener = nekms_transport::Listener::bind(&addr.parse()?).await.with_context(|| format!("listening on {addr}"))?;
-                eprintln!(
-                    "nekms-enclave: validator signer on {}; state store {}",
+                tracing::info!(
+                    "validator signer on {}; state store {}",
                     listener.local_address(),
                     config.privval_state.as_deref().unwrap_or("(none: chains cannot be served)")
                 );
@@ -234,7 +276,7 @@ pub fn serve(config: EnclaveConfig) -> anyhow::Result<()> {
         let streaming_audit = match &config.audit {
             Some(addr) => {
                 let address: nekms_transport::Address = addr.parse().with_context(|| format!("audit {addr}"))?;
-                eprintln!("nekms-enclave: audit trail to {addr}");
+                tracing::info!("audit trail to {addr}");
                 let enclave = enclave.clone();
                 Some(tokio::spawn(async move { enclave.audit.stream(address).await }))
             }

@@ -186,6 +186,13 @@ impl Audit {
             Err((true, why)) => format!("refused: {why}"),
             Err((false, why)) => format!("error: {why}"),
         };
+        let key = d.key.as_deref().unwrap_or("-");
+        let caller = d.caller.as_deref().unwrap_or("-");
+        if result == "ok" {
+            tracing::debug!(channel = d.channel, op = %d.op, key, caller, "{result}");
+        } else {
+            tracing::info!(channel = d.channel, op = %d.op, key, caller, "{result}");
+        }
         let mut fields = json!({"kind": "decision", "channel": d.channel, "op": d.op, "result": result});
         for (name, value) in
             [("key", d.key), ("key_sha256", d.key_sha256), ("scheme", d.scheme), ("payload_sha256", d.payload_sha256), ("caller", d.caller)]

@@ -14,13 +14,13 @@ pub async fn p11_kit_server(argv: Vec<String>, module_rpc: String) {
         cmd.args(args).env("NEKMS_P11_RPC", &module_rpc).kill_on_drop(true);
         match cmd.spawn() {
             Ok(mut child) => {
-                eprintln!("nekms-enclave: p11-kit's server started: {}", argv.join(" "));
+                tracing::info!("p11-kit's server started: {}", argv.join(" "));
                 match child.wait().await {
-                    Ok(status) => eprintln!("nekms-enclave: p11-kit's server exited with {status}; starting it again in 1 s"),
-                    Err(e) => eprintln!("nekms-enclave: p11-kit's server: {e}; starting it again in 1 s"),
+                    Ok(status) => tracing::warn!("p11-kit's server exited with {status}; starting it again in 1 s"),
+                    Err(e) => tracing::warn!("p11-kit's server: {e}; starting it again in 1 s"),
                 }
             }
-            Err(e) => eprintln!("nekms-enclave: starting {program}: {e}; trying again in 1 s"),
+            Err(e) => tracing::warn!("starting {program}: {e}; trying again in 1 s"),
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }

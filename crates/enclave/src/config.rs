@@ -52,6 +52,16 @@ pub struct EnclaveArgs {
     /// bounded queue and the oldest are dropped, said in the trail]
     #[arg(long, value_name = "ADDR")]
     pub audit: Option<String>,
+    /// The parent's log collector (`nekms logs collect`), as the enclave
+    /// dials it, e.g. vsock://parent:5103: every log line goes there as
+    /// well as to stderr (a production enclave has no console) [default:
+    /// none]
+    #[arg(long, value_name = "ADDR")]
+    pub logs: Option<String>,
+    /// Log lines as text or JSON objects; levels come from RUST_LOG
+    /// (the image's environment) [default: text, and info]
+    #[arg(long, value_enum, value_name = "FORMAT", env = "NEKMS_LOG_FORMAT")]
+    pub log_format: Option<nekms_log::Format>,
     /// The parent's KMS proxy, as the enclave dials it [default: vsock://parent:8000]
     #[arg(long, value_name = "ADDR")]
     pub proxy: Option<String>,
@@ -202,6 +212,8 @@ pub struct EnclaveConfig {
     pub privval_state: Option<String>,
     pub privval_anchor_proxy: Option<String>,
     pub audit: Option<String>,
+    pub logs: Option<String>,
+    pub log_format: nekms_log::Format,
     pub proxy: String,
     pub kms_endpoint: Option<String>,
     pub kms_ca: Option<PathBuf>,
@@ -236,6 +248,8 @@ impl EnclaveArgs {
             privval: self.privval.or(file.privval),
             privval_state: self.privval_state.or(file.privval_state),
             audit: self.audit.or(file.audit),
+            logs: self.logs.or(file.logs),
+            log_format: self.log_format.or(file.log_format).unwrap_or_default(),
             privval_anchor_proxy: self.privval_anchor_proxy.or(file.privval_anchor_proxy),
             proxy: self.proxy.or(file.proxy).unwrap_or_else(|| "vsock://parent:8000".into()),
             kms_endpoint: self.kms_endpoint.or(file.kms_endpoint),

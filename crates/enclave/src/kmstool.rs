@@ -47,12 +47,12 @@ pub async fn serve(listener: Listener, enclave: Arc<Enclave>, max_message: usize
                 let enclave = enclave.clone();
                 tokio::spawn(async move {
                     if let Err(e) = connection(stream, &enclave, max_message).await {
-                        eprintln!("nekms-enclave: kmstool client {peer}: {e}");
+                        tracing::warn!(%peer, "kmstool client: {e}");
                     }
                 });
             }
             Err(e) => {
-                eprintln!("nekms-enclave: kmstool accept failed: {e}");
+                tracing::warn!("kmstool accept failed: {e}");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }

@@ -15,7 +15,9 @@ struct Main {
 
 fn main() {
     if let Err(e) = nekms_enclave::app::run(Main::parse().cli) {
-        eprintln!("nekms-enclave: {e:#}");
+        if !e.is::<nekms_enclave::app::Reported>() {
+            nekms_log::fatal(nekms_enclave::app::PROGRAM, &format_args!("{e:#}"));
+        }
         std::process::exit(1);
     }
 }

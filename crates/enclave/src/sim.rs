@@ -31,7 +31,7 @@ pub fn open_simulated(c: &EnclaveConfig) -> anyhow::Result<Arc<dyn Nsm>> {
         // In a guest VM: what the launcher measured, and its boot CA.
         let handover = read_handover(path)?;
         let (mut sim, signer) = handover.boot_parts().with_context(|| path.display().to_string())?;
-        eprintln!("nekms-enclave: {DEVELOPMENT_BINARY}: booting the simulator from the launcher's handover {}", path.display());
+        tracing::warn!("{DEVELOPMENT_BINARY}: booting the simulator from the launcher's handover {}", path.display());
         sim.debug_mode = c.debug_mode;
         return Ok(Arc::new(SimulatedNsm::boot(sim, signer)));
     }
@@ -42,7 +42,7 @@ pub fn open_simulated(c: &EnclaveConfig) -> anyhow::Result<Arc<dyn Nsm>> {
     };
     // The configuration file is part of the image: it is measured with it.
     let measurement = Measurement::of_files(&image, c.config_file.as_deref()).with_context(|| format!("measuring {}", image.display()))?;
-    eprintln!("nekms-enclave: {DEVELOPMENT_BINARY}: booting the simulator");
+    tracing::warn!("{DEVELOPMENT_BINARY}: booting the simulator");
     let pcr0 = measurement.pcr0;
     let mut sim = SimConfig::new(measurement);
     sim.debug_mode = c.debug_mode;
@@ -52,7 +52,7 @@ pub fn open_simulated(c: &EnclaveConfig) -> anyhow::Result<Arc<dyn Nsm>> {
         let section = std::fs::read(path).with_context(|| format!("--sim-signature {}", path.display()))?;
         let signed = nekms_attestation::image_signature::verify_now(&section, &pcr0)
             .map_err(|e| anyhow::anyhow!("--sim-signature {}: {e}; nitro-cli would not boot this image", path.display()))?;
-        eprintln!("nekms-enclave: the image is signed by {} (PCR8 {})", signed.subject, signed.pcr8);
+        tracing::info!("the image is signed by {} (PCR8 {})", signed.subject, signed.pcr8);
         sim.pcr8 = Some(signed.pcr8);
     }
     sim.parent_instance_id = dev.config().ok().map(|c| c.instance_id);

@@ -41,7 +41,7 @@ impl AuditLog {
         line.push(b'\n');
         let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
         if let Err(e) = f.write_all(&line) {
-            eprintln!("nekms-kms: cannot write the audit log {}: {e}", self.path.display());
+            tracing::error!("cannot write the audit log {}: {e}", self.path.display());
         }
     }
 }

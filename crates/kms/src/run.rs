@@ -82,7 +82,7 @@ fn parse_addr(flag: &str, v: &str) -> Result<Option<SocketAddr>, String> {
     }
     let a: SocketAddr = v.parse().map_err(|_| format!("--{flag} {v}: expected IP:PORT or off"))?;
     if !a.ip().is_loopback() {
-        eprintln!("nekms-kms: warning: --{flag} {a} is not a loopback address; the local KMS is for development");
+        tracing::warn!("--{flag} {a} is not a loopback address; the local KMS is for development");
     }
     Ok(Some(a))
 }
@@ -124,14 +124,14 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         let urls: Vec<String> = bound.iter().map(server::Bound::url).collect();
         let server = Arc::new(Server::new(kms, audit));
         for url in &urls {
-            println!("nekms-kms: listening on {url}");
+            tracing::info!("listening on {url}");
         }
-        println!("nekms-kms: state in {}", data.display());
+        tracing::info!("state in {}", data.display());
         if let Some(a) = &server.audit {
-            println!("nekms-kms: audit log {}", a.path().display());
+            tracing::info!("audit log {}", a.path().display());
         }
-        println!(
-            "nekms-kms: try  AWS_SHARED_CREDENTIALS_FILE={} AWS_CONFIG_FILE={} aws --profile admin --endpoint-url {} kms list-keys",
+        tracing::info!(
+            "try  AWS_SHARED_CREDENTIALS_FILE={} AWS_CONFIG_FILE={} aws --profile admin --endpoint-url {} kms list-keys",
             dev.aws_credentials_path().display(),
             dev.aws_config_path().display(),
             urls.first().map(String::as_str).unwrap_or("")
@@ -159,9 +159,9 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         };
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| e.to_string())?;
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => eprintln!("nekms-kms: interrupted; stopping"),
-            _ = term.recv() => eprintln!("nekms-kms: terminated; stopping"),
-            _ = exit_after => eprintln!("nekms-kms: --exit-after elapsed; stopping"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
+            _ = term.recv() => tracing::info!("terminated; stopping"),
+            _ = exit_after => tracing::info!("--exit-after elapsed; stopping"),
         }
         for t in tasks {
             t.abort();

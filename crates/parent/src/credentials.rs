@@ -94,7 +94,7 @@ pub async fn push(
             }
             Err(e) if !watch => return Err(e),
             Err(e) => {
-                eprintln!("nekms: pushing credentials failed, retrying in 5 s: {e:#}");
+                tracing::warn!("pushing credentials failed, retrying in 5 s: {e:#}");
                 Duration::from_secs(5)
             }
         };

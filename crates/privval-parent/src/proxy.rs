@@ -74,10 +74,10 @@ pub async fn run(enclave: Address, validators: Vec<ValidatorConfig>) -> anyhow::
             loop {
                 match relay_once(&enclave, &v).await {
                     Ok(()) => {
-                        eprintln!("nekms privval proxy: {} ({}): connection closed", v.addr, v.chain_id);
+                        tracing::info!(validator = %v.addr, chain = %v.chain_id, "privval proxy: connection closed");
                         backoff = Duration::from_millis(100);
                     }
-                    Err(e) => eprintln!("nekms privval proxy: {} ({}): {e:#}", v.addr, v.chain_id),
+                    Err(e) => tracing::warn!(validator = %v.addr, chain = %v.chain_id, "privval proxy: {e:#}"),
                 }
                 if !v.reconnect {
                     return;
@@ -116,7 +116,7 @@ pub async fn relay_once(enclave: &Address, v: &ValidatorConfig) -> anyhow::Resul
         bail!("the enclave: {}", String::from_utf8_lossy(&answer));
     }
     let mut validator = nekms_transport::connect(&address).await?;
-    eprintln!("nekms privval proxy: {} ({}): connected", v.addr, v.chain_id);
+    tracing::info!(validator = %v.addr, chain = %v.chain_id, "privval proxy: connected");
     // What the enclave sent after its answer (the start of a SecretConnection
     // handshake) was read with it: the validator gets it first.
     if !buf.is_empty() {

@@ -55,7 +55,7 @@ pub async fn push_config<S: KeyStore>(
     }
     for chain in &config.chain {
         for note in notes(chain) {
-            eprintln!("{note}");
+            tracing::warn!("{note}");
         }
         if chain.state_hook.is_some() {
             bail!("chain {:?}: state_hook runs a command on the parent to bootstrap the state; nekms starts only from an imported or initialised state", chain.id);

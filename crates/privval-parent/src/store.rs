@@ -118,8 +118,8 @@ fn answer(dir: &Path, sync: bool, body: &[u8]) -> StoreReply {
 pub async fn persist(listen: &str, dir: &Path, sync: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
     let listener = Listener::bind(&listen.parse()?).await.with_context(|| format!("listening on {listen}"))?;
-    eprintln!(
-        "nekms privval persist: state records in {} ({}); listening on {}",
+    tracing::info!(
+        "privval persist: state records in {} ({}); listening on {}",
         dir.display(),
         if sync { "two slots per chain, fdatasync before each acknowledgement" } else { "NO fsync" },
         listener.local_address()
@@ -143,11 +143,11 @@ pub async fn serve_store(listener: Listener, dir: PathBuf, sync: bool) -> anyhow
     loop {
         let (mut stream, peer) = listener.accept().await?;
         if nekms_transport::from_enclave_cid(&peer) == Some(false) {
-            eprintln!("nekms privval persist: refused {peer}: not an enclave (only CID 3 and up write here)");
+            tracing::warn!(%peer, "privval persist: refused: not an enclave (only CID 3 and up write here)");
             continue;
         }
         let Ok(permit) = open.clone().try_acquire_owned() else {
-            eprintln!("nekms privval persist: refused {peer}: 64 connections are open");
+            tracing::warn!(%peer, "privval persist: refused: 64 connections are open");
             continue;
         };
         let (dir, lock) = (dir.clone(), lock.clone());
@@ -159,7 +159,7 @@ pub async fn serve_store(listener: Listener, dir: PathBuf, sync: bool) -> anyhow
                     Ok(Some(b)) => b,
                     Ok(None) => return,
                     Err(e) => {
-                        eprintln!("nekms privval persist: {peer}: {e}");
+                        tracing::warn!(%peer, "privval persist: {e}");
                         return;
                     }
                 };
@@ -171,7 +171,7 @@ pub async fn serve_store(listener: Listener, dir: PathBuf, sync: bool) -> anyhow
                         .unwrap_or_else(|e| StoreReply::Failed(e.to_string()))
                 };
                 if let StoreReply::Failed(why) = &reply {
-                    eprintln!("nekms privval persist: {why}");
+                    tracing::error!("privval persist: {why}");
                 }
                 if write_frame(&mut stream, &reply.encode(), u32::MAX as usize).await.is_err() {
                     return;

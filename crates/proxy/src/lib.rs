@@ -166,7 +166,11 @@ pub struct Proxy {
 }
 
 fn log(msg: std::fmt::Arguments<'_>) {
-    eprintln!("nekms proxy: {msg}");
+    tracing::info!("proxy: {msg}");
+}
+
+fn warn(msg: std::fmt::Arguments<'_>) {
+    tracing::warn!("proxy: {msg}");
 }
 
 impl Proxy {
@@ -211,14 +215,14 @@ impl Proxy {
             let (stream, peer) = match accepted {
                 Ok(x) => x,
                 Err(e) => {
-                    log(format_args!("accept failed: {e}"));
+                    warn(format_args!("accept failed: {e}"));
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             };
             let Ok(permit) = limit.clone().try_acquire_owned() else {
                 self.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
-                log(format_args!("refused a connection from {peer}: {} connections already open", config.max_connections));
+                warn(format_args!("refused a connection from {peer}: {} connections already open", config.max_connections));
                 drop(stream);
                 continue;
             };
@@ -231,7 +235,7 @@ impl Proxy {
                     Ok(s) => s,
                     Err(e) => {
                         stats.failed_connect.fetch_add(1, Ordering::Relaxed);
-                        log(format_args!("cannot reach {}:{} for {peer}: {e}", config.remote_host, config.remote_port));
+                        warn(format_args!("cannot reach {}:{} for {peer}: {e}", config.remote_host, config.remote_port));
                         return;
                     }
                 };

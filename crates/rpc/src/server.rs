@@ -72,12 +72,12 @@ pub async fn serve_each<H: Handler>(listener: Listener, handler: impl Fn() -> Ar
                     };
                     connections.spawn(async move {
                         if let Err(e) = serve_checked(stream, handler, options, refusal).await {
-                            eprintln!("nekms-rpc: connection from {peer}: {e}");
+                            tracing::warn!(%peer, "RPC connection: {e}");
                         }
                     });
                 }
                 Err(e) => {
-                    eprintln!("nekms-rpc: accept failed: {e}");
+                    tracing::warn!("RPC accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
@@ -217,7 +217,15 @@ pub async fn serve_checked<H: Handler>(
             let (handler, tx, in_flight) = (handler.clone(), tx.clone(), in_flight.clone());
             calls.spawn(async move {
                 let outcome = match request {
-                    Ok(request) => handler.handle(request).await,
+                    Ok(request) => {
+                        let op = request.name();
+                        let outcome = handler.handle(request).await;
+                        match &outcome {
+                            Ok(_) => tracing::debug!(op, id, "call answered"),
+                            Err(e) => tracing::debug!(op, id, code = ?e.code, "call refused: {}", e.message),
+                        }
+                        outcome
+                    }
                     Err(e) => Err(e),
                 };
                 in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);

@@ -79,7 +79,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     };
     let access = match (&a.access, &a.token_file) {
         (Some(file), _) => {
-            eprintln!("nekms agent: callers and their token files as {} names them", file.display());
+            tracing::info!("agent: callers and their token files as {} names them", file.display());
             Access::from_file(file)?
         }
         (None, given) => {
@@ -88,7 +88,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 None => default_token_file()?,
             };
             let access = Access::single_token(&path)?;
-            eprintln!("nekms agent: the bearer token is in {} (send Authorization: Bearer <its contents>)", path.display());
+            tracing::info!("agent: the bearer token is in {} (send Authorization: Bearer <its contents>)", path.display());
             access
         }
     };

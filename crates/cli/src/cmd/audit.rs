@@ -6,14 +6,11 @@
 //! that the file still reaches the last checkpoint an earlier verify saw.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use nekms_attestation::audit_trail;
 use nekms_protocol::audit::MAX_LINE;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 
 use super::attest::RootArgs;
 use crate::exit::{error, Class};
@@ -46,57 +43,14 @@ pub enum Command {
 pub fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Collect { listen, out } => {
-            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?.block_on(collect(listen, out))
+            let sink = super::collect::Sink { name: "audit collect", max_line: MAX_LINE, sync: true, echo: false };
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()?
+                .block_on(super::collect::collect(&listen, &out, sink))
         }
         Command::Verify { file, root, pcr0, state } => verify(&file, &root, &pcr0, state.as_deref()),
-    }
-}
-
-async fn collect(listen: String, out: PathBuf) -> anyhow::Result<()> {
-    let address: nekms_transport::Address = listen.parse().with_context(|| format!("--listen {listen}"))?;
-    let listener = nekms_transport::Listener::bind(&address).await.with_context(|| format!("listening on {listen}"))?;
-    if let nekms_transport::Address::Unix(path) = &address {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    }
-    let file = std::fs::OpenOptions::new().create(true).append(true).open(&out).with_context(|| out.display().to_string())?;
-    let file = Arc::new(Mutex::new(file));
-    eprintln!("nekms audit collect: {} -> {}", listener.local_address(), out.display());
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => accepted?,
-            _ = term.recv() => return Ok(()),
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-        };
-        // On vsock, only an enclave (CID 3 and up) writes here, never a process of this host.
-        if nekms_transport::from_enclave_cid(&peer) == Some(false) {
-            eprintln!("nekms audit collect: refused {peer}: not an enclave");
-            continue;
-        }
-        let file = file.clone();
-        tokio::spawn(async move {
-            let mut lines = tokio::io::BufReader::new(stream);
-            let mut line = Vec::new();
-            loop {
-                line.clear();
-                match (&mut lines).take(MAX_LINE as u64 + 1).read_until(b'\n', &mut line).await {
-                    Ok(0) => return,
-                    Ok(n) if n > MAX_LINE || line.last() != Some(&b'\n') => {
-                        eprintln!("nekms audit collect: {peer}: a line over {MAX_LINE} bytes; closing");
-                        return;
-                    }
-                    Ok(_) => {
-                        let mut f = file.lock().unwrap_or_else(|p| p.into_inner());
-                        if f.write_all(&line).and_then(|_| f.sync_data()).is_err() {
-                            eprintln!("nekms audit collect: cannot write; closing {peer}");
-                            return;
-                        }
-                    }
-                    Err(_) => return,
-                }
-            }
-        });
     }
 }
 

@@ -4,6 +4,7 @@ pub mod audit;
 #[cfg(feature = "dev")]
 pub mod bench;
 pub mod cms;
+mod collect;
 #[cfg(feature = "dev")]
 pub mod demo;
 #[cfg(feature = "dev")]
@@ -13,6 +14,7 @@ pub mod image;
 pub mod key;
 mod key_delete;
 pub mod kmstool;
+pub mod logs;
 pub mod migrate;
 pub mod p11;
 pub mod pcr;

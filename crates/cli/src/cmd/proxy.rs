@@ -61,7 +61,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let proxy = Proxy::bind(config, &allowlist).await?;
         tokio::select! {
             _ = proxy.run() => {}
-            _ = tokio::signal::ctrl_c() => eprintln!("nekms proxy: interrupted; stopping"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("proxy: interrupted; stopping"),
         }
         anyhow::Ok(())
     })

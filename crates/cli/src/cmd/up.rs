@@ -196,12 +196,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             Ok(())
         }
         Stopped::GuestStopped(why) => {
-            eprintln!("nekms dev up: the guest VM stopped: {why}; stopping the others");
+            tracing::error!("dev up: the guest VM stopped: {why}; stopping the others");
             drop(up);
             bail!("the guest VM stopped")
         }
         Stopped::Died { name, pid, status } => {
-            eprintln!("nekms dev up: the {name} (pid {pid}) exited with {status}; stopping the others");
+            tracing::error!("dev up: the {name} (pid {pid}) exited with {status}; stopping the others");
             drop(up);
             bail!("the {name} died")
         }

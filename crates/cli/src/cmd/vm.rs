@@ -97,6 +97,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         std::fs::rename(&tmp, path)?;
     }
     let why = vm.wait()?;
-    eprintln!("nekms dev vm: {why}; stopping the guest");
+    tracing::info!("dev vm: {why}; stopping the guest");
     Ok(())
 }

@@ -191,6 +191,12 @@ pub fn start(dev: &DevDir, o: &Options) -> anyhow::Result<Up> {
         None => run_dir.join("audit.sock"),
     };
     let audit_file = run_dir.join("audit.jsonl");
+    // The enclave's log stream, as the parent's collector gets it: RUN/logs/enclave-stream.log
+    // (its stderr is RUN/logs/enclave.log already, so the collector does not echo it again).
+    let logs_sock = match &o.vm {
+        Some(_) => vm::outbound(&run_dir, vm::LOGS_PORT),
+        None => run_dir.join("logs.sock"),
+    };
     // Declared before the group, so dropped after it: the children stop, then their files go. Filled only once the group
     // exists, so a start refused for a previous run's children leaves that run's files alone.
     let mut cleanup = Cleanup(Vec::new());
@@ -207,6 +213,7 @@ pub fn start(dev: &DevDir, o: &Options) -> anyhow::Result<Up> {
         &anchor_sock,
         &env_file,
         &audit_sock,
+        &logs_sock,
     ]
     .map(|p| p.to_path_buf())
     .to_vec();
@@ -328,6 +335,10 @@ pub fn start(dev: &DevDir, o: &Options) -> anyhow::Result<Up> {
     collect.args(["audit", "collect", "--listen", &unix(&audit_sock), "-o"]).arg(&audit_file);
     group.spawn("audit", collect)?;
     group.wait_for("audit collector", || audit_sock.exists())?;
+    let mut logs = Command::new(&me);
+    logs.args(["logs", "collect", "--no-echo", "--listen", &unix(&logs_sock), "-o"]).arg(run_dir.join("logs").join("enclave-stream.log"));
+    group.spawn("logs", logs)?;
+    group.wait_for("log collector", || logs_sock.exists())?;
     let mut guest = None;
     let mut enclave = Command::new(&program);
     enclave
@@ -338,7 +349,7 @@ pub fn start(dev: &DevDir, o: &Options) -> anyhow::Result<Up> {
         .arg(&dir)
         .args(["--rpc", &unix(&rpc_sock), "--kmstool", &unix(&kmstool_sock), "--proxy", &unix(&proxy_sock), "--p11", &unix(&p11_sock)])
         .args(["--privval", &unix(&privval_sock), "--privval-state", &unix(&state_sock), "--privval-anchor-proxy", &unix(&anchor_sock)])
-        .args(["--audit", &unix(&audit_sock)])
+        .args(["--audit", &unix(&audit_sock), "--logs", &unix(&logs_sock)])
         .args(["--kms-endpoint", &format!("https://localhost:{https_port}"), "--kms-ca"])
         .arg(dev.tls_ca_path());
     if o.debug_mode {

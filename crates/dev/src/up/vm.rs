@@ -21,6 +21,7 @@ pub const PROXY_PORT: u32 = 8000;
 pub const ANCHOR_PORT: u32 = 8001;
 pub const STATE_PORT: u32 = 5101;
 pub const AUDIT_PORT: u32 = 5102;
+pub const LOGS_PORT: u32 = 5103;
 pub const P11_KIT_PORT: u32 = 9999;
 /// Where the image keeps p11-kit's server and the module, and the module's socket.
 const P11_KIT_SERVER: &str = "/usr/libexec/p11-kit/p11-kit-server";
@@ -54,7 +55,7 @@ pub fn guest_toml(region: &str, https_port: u16, anchor: bool, p11: bool) -> Str
     let mut t = format!("region = {region:?}\nkms-endpoint = \"https://localhost:{https_port}\"\nkms-ca = \"/etc/nekms/kms-ca.pem\"\n");
     t.push_str(&format!("proxy = \"vsock://{HOST_CID}:{PROXY_PORT}\"\n"));
     t.push_str(&format!("privval = \"vsock://any:{PRIVVAL_PORT}\"\nprivval-state = \"vsock://{HOST_CID}:{STATE_PORT}\"\n"));
-    t.push_str(&format!("audit = \"vsock://{HOST_CID}:{AUDIT_PORT}\"\n"));
+    t.push_str(&format!("audit = \"vsock://{HOST_CID}:{AUDIT_PORT}\"\nlogs = \"vsock://{HOST_CID}:{LOGS_PORT}\"\n"));
     if anchor {
         t.push_str(&format!("privval-anchor-proxy = \"vsock://{HOST_CID}:{ANCHOR_PORT}\"\n"));
     }

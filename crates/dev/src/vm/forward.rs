@@ -49,7 +49,7 @@ pub async fn serve(listener: UnixListener, uds: PathBuf, port: u32) {
                 Ok(mut guest) => {
                     let _ = tokio::io::copy_bidirectional(&mut client, &mut guest).await;
                 }
-                Err(e) => eprintln!("nekms dev vm: guest port {port}: {e:#}"),
+                Err(e) => tracing::warn!("dev vm: guest port {port}: {e:#}"),
             }
         });
     }
@@ -66,7 +66,7 @@ pub async fn link(listener: UnixListener, target: PathBuf) {
                 Ok(mut host) => {
                     let _ = tokio::io::copy_bidirectional(&mut guest, &mut host).await;
                 }
-                Err(e) => eprintln!("nekms dev vm: {}: {e}", target.display()),
+                Err(e) => tracing::warn!("dev vm: {}: {e}", target.display()),
             }
         });
     }

@@ -90,19 +90,19 @@ pub async fn serve(listener: nekms_transport::Listener, enclave: Arc<Enclave>, r
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("nekms-enclave: privval accept: {e}");
+                tracing::warn!("privval accept: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
         if reserved_vsock_ports_only && nekms_transport::from_reserved_vsock_port(&peer) == Some(false) {
-            eprintln!("nekms-enclave: privval: refused {peer}: not from a reserved vsock port (below 1024, root's)");
+            tracing::warn!(%peer, "privval: refused: not from a reserved vsock port (below 1024, root's)");
             continue;
         }
         let enclave = enclave.clone();
         tokio::spawn(async move {
             if let Err(e) = connection(stream, &enclave).await {
-                eprintln!("nekms-enclave: privval connection from {peer}: {e}");
+                tracing::warn!(%peer, "privval connection: {e}");
             }
         });
     }

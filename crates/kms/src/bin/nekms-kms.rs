@@ -10,13 +10,16 @@ use clap::Parser;
 )]
 struct Cli {
     #[command(flatten)]
+    log: nekms_log::LogArgs,
+    #[command(flatten)]
     serve: nekms_kms::run::ServeArgs,
 }
 
 fn main() {
     let cli = Cli::parse();
+    nekms_log::init("nekms-kms", cli.log.format());
     if let Err(e) = nekms_kms::run::run(cli.serve) {
-        eprintln!("nekms-kms: {e}");
+        nekms_log::fatal("nekms-kms", &format_args!("{e:#}"));
         std::process::exit(1);
     }
 }
