@@ -286,6 +286,8 @@ def test_the_files_agree_on_ports_cid_and_sizes():
     argv = {p.name: " ".join(" ".join(a) for a in exec_lines(p)) for p in SERVICES}
     assert f" {port(conf['proxy'])} kms." in argv["nekms-proxy.service"]
     assert f"vsock://any:{port(conf['privval-state'])}" in argv["nekms-privval-persist.service"]
+    assert f"vsock://any:{port(conf['audit'])}" in argv["nekms-audit.service"]
+    assert f"vsock://any:{port(conf['logs'])}" in argv["nekms-logs.service"]
     run = next(a for a in exec_lines(UNIT_DIR / "nekms-enclave.service") if a[1] == "run-enclave")
     cid = run[run.index("--enclave-cid") + 1]
     assert f"--privval vsock://{cid}:{port(conf['privval'])}" in argv["nekms-privval-proxy.service"]

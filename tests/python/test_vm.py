@@ -326,6 +326,9 @@ def test_a_quorum_moves_every_key_the_token_and_the_validator_to_an_image_of_ano
     r = nekms("audit", "verify", str(audit), "--dev-root", "--dir", str(w.up.dev), "--pcr0", w.up.info["pcr0"], check=False)
     assert r.returncode == 0 and "chain intact, signed up to seq" in r.stdout, r.stdout + r.stderr
     assert '"op":"Migrate"' in audit.read_text() and '"channel":"p11"' in audit.read_text()
+    # The guest's log lines reached the parent's collector over vsock (port 5103): a production enclave's only way out.
+    stream = (audit.parent / "logs" / "enclave-stream.log").read_text()
+    assert "RPC on vsock://" in stream and " nekms-enclave: " in stream, stream[:2000]
 
 
 def start_proxy_to(privval, toml, log, env):

@@ -2,8 +2,8 @@
 //!
 //! Every line also waits in a bounded queue; a task dials the collector,
 //! reconnecting as needed, and writes what waits. When the parent does not
-//! take the lines, the oldest are dropped and counted, and the next
-//! connection begins with a line saying how many. Lines that a broken
+//! take the lines, the oldest are dropped and counted, and the next lines
+//! it takes begin with one saying how many. Lines that a broken
 //! connection may not have delivered are sent again (at least once).
 
 use std::collections::VecDeque;
@@ -70,10 +70,6 @@ impl Stream {
                     continue;
                 }
             };
-            let lost = self.unreported.swap(0, Ordering::Relaxed);
-            if lost > 0 {
-                tracing::warn!(lost, "log lines dropped while the parent's collector was away");
-            }
             if self.deliver(&mut conn).await.is_err() {
                 continue;
             }
@@ -82,6 +78,11 @@ impl Stream {
 
     async fn deliver(&self, conn: &mut nekms_transport::Stream) -> io::Result<()> {
         loop {
+            // Said where they were lost: after what the parent took, before what waited.
+            let lost = self.unreported.swap(0, Ordering::Relaxed);
+            if lost > 0 {
+                tracing::warn!(lost, "log lines dropped: the parent's collector did not take them");
+            }
             let taken: Vec<Vec<u8>> = self.queue().drain(..).collect();
             if taken.is_empty() {
                 self.wake.notified().await;
