@@ -27,6 +27,7 @@ pub async fn proxy_to(listen: Address, port: u16) -> anyhow::Result<tokio::task:
         ip_version: nekms_proxy::IpVersion::V4,
         max_connections: 1024,
         connect_timeout: Duration::from_secs(5),
+        idle_timeout: Duration::from_secs(300),
     };
     Ok(tokio::spawn(nekms_proxy::Proxy::bind(config, &allowlist).await?.run()))
 }

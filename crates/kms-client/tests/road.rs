@@ -51,6 +51,7 @@ impl World {
             ip_version: IpVersion::Any,
             max_connections: 64,
             connect_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(300),
         };
         tokio::spawn(Proxy::bind(config, &allow).await.unwrap().run())
     }

@@ -146,6 +146,9 @@ pub struct ProxyConfig {
     pub ip_version: IpVersion,
     pub max_connections: usize,
     pub connect_timeout: Duration,
+    /// A stream with no byte either way for this long is closed (the
+    /// enclave's HTTP client opens another when it needs one).
+    pub idle_timeout: Duration,
 }
 
 /// Counters, for logs and tests.
@@ -153,6 +156,9 @@ pub struct ProxyConfig {
 pub struct Stats {
     pub accepted: AtomicU64,
     pub refused_busy: AtomicU64,
+    /// vsock peers that are not enclaves (CID below 3: a process of this host).
+    pub refused_not_enclave: AtomicU64,
+    pub closed_idle: AtomicU64,
     pub failed_connect: AtomicU64,
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
@@ -220,6 +226,13 @@ impl Proxy {
                     continue;
                 }
             };
+            // Only enclaves reach KMS through here: a process of this host
+            // could otherwise hold every slot and cut the enclave off.
+            if nekms_transport::from_enclave_cid(&peer) == Some(false) {
+                self.stats.refused_not_enclave.fetch_add(1, Ordering::Relaxed);
+                warn(format_args!("refused a connection from {peer}: not an enclave (only CID 3 and up)"));
+                continue;
+            }
             let Ok(permit) = limit.clone().try_acquire_owned() else {
                 self.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
                 warn(format_args!("refused a connection from {peer}: {} connections already open", config.max_connections));
@@ -230,8 +243,7 @@ impl Proxy {
             let (config, stats) = (config.clone(), self.stats.clone());
             streams.spawn(async move {
                 let _permit = permit;
-                let mut inbound = stream;
-                let mut outbound = match connect_remote(&config).await {
+                let outbound = match connect_remote(&config).await {
                     Ok(s) => s,
                     Err(e) => {
                         stats.failed_connect.fetch_add(1, Ordering::Relaxed);
@@ -239,13 +251,59 @@ impl Proxy {
                         return;
                     }
                 };
-                if let Ok((up, down)) = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await {
-                    stats.bytes_up.fetch_add(up, Ordering::Relaxed);
-                    stats.bytes_down.fetch_add(down, Ordering::Relaxed);
+                if !forward(stream, outbound, config.idle_timeout, &stats).await {
+                    stats.closed_idle.fetch_add(1, Ordering::Relaxed);
                 }
             });
         }
     }
+}
+
+/// Copy both ways until both sides have closed (`true`), or until no byte
+/// has moved either way for `idle` (`false`: both are cut).
+async fn forward(inbound: nekms_transport::Stream, outbound: TcpStream, idle: Duration, stats: &Stats) -> bool {
+    let start = tokio::time::Instant::now();
+    let moved = AtomicU64::new(0);
+    let (in_read, in_write) = tokio::io::split(inbound);
+    let (out_read, out_write) = outbound.into_split();
+    let both = async {
+        tokio::join!(pump(in_read, out_write, &moved, &stats.bytes_up, start), pump(out_read, in_write, &moved, &stats.bytes_down, start))
+    };
+    let watchdog = async {
+        loop {
+            tokio::time::sleep((idle / 4).max(Duration::from_millis(50))).await;
+            let last = start + Duration::from_millis(moved.load(Ordering::Relaxed));
+            if last.elapsed() >= idle {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = both => true,
+        _ = watchdog => false,
+    }
+}
+
+/// One direction: read, write, note when; on end of stream, shut the writer (a half-close, passed on).
+async fn pump<R, W>(mut from: R, mut to: W, moved: &AtomicU64, count: &AtomicU64, start: tokio::time::Instant)
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+        count.fetch_add(n as u64, Ordering::Relaxed);
+        moved.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+    let _ = to.shutdown().await;
 }
 
 /// Resolve the remote now (honouring the IP version) and connect to the first address that answers.

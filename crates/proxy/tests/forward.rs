@@ -31,6 +31,7 @@ fn config(dir: &std::path::Path, host: &str, port: u16) -> ProxyConfig {
         ip_version: IpVersion::Any,
         max_connections: 1024,
         connect_timeout: Duration::from_secs(2),
+        idle_timeout: Duration::from_secs(300),
     }
 }
 
@@ -138,4 +139,35 @@ async fn an_unreachable_remote_or_wrong_ip_version_closes_the_stream() {
     let mut s = UnixStream::connect(dir.path().join("proxy.sock")).await.unwrap();
     assert_eq!(s.read(&mut b).await.unwrap_or(0), 0);
     assert_eq!(stats.failed_connect.load(Ordering::Relaxed), 1, "127.0.0.1 has no IPv6 address");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_quiet_both_ways_is_closed_and_a_busy_one_is_not() {
+    let port = echo_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path(), "127.0.0.1", port);
+    c.idle_timeout = Duration::from_millis(400);
+    let proxy = Proxy::bind(c, &allow(port)).await.unwrap();
+    let stats = proxy.stats.clone();
+    tokio::spawn(proxy.run());
+    let sock = dir.path().join("proxy.sock");
+    // A client that connects and says nothing (a slot held for nothing).
+    let mut quiet = UnixStream::connect(&sock).await.unwrap();
+    // A client that talks every 100 ms for 1.5 s: never idle that long.
+    let mut busy = UnixStream::connect(&sock).await.unwrap();
+    for _ in 0..15 {
+        busy.write_all(b"tick").await.unwrap();
+        let mut b = [0u8; 4];
+        busy.read_exact(&mut b).await.unwrap();
+        assert_eq!(&b, b"tick");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut b = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(5), quiet.read(&mut b)).await.unwrap().unwrap_or(0);
+    assert_eq!(n, 0, "the quiet stream is closed");
+    assert_eq!(stats.closed_idle.load(Ordering::Relaxed), 1);
+    busy.write_all(b"tock").await.unwrap();
+    let mut b = [0u8; 4];
+    busy.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"tock", "the busy stream still forwards");
 }

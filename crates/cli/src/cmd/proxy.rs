@@ -31,6 +31,9 @@ pub struct Args {
     /// Seconds to wait for the remote to accept
     #[arg(long, default_value_t = 10)]
     connect_timeout: u64,
+    /// Seconds a stream may carry nothing either way before it is closed
+    #[arg(long, default_value_t = 300)]
+    idle_timeout: u64,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
@@ -55,6 +58,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         },
         max_connections: a.max_connections.max(1),
         connect_timeout: Duration::from_secs(a.connect_timeout),
+        idle_timeout: Duration::from_secs(a.idle_timeout.max(1)),
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
