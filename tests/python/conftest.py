@@ -338,6 +338,21 @@ class Moto:
                             aws_secret_access_key=secret)
 
 
+def verify_default_scheme(spec, public_key, message, signature):
+    """Checks a signature made with a key spec's default scheme (`nekms sign` without --scheme) with `cryptography`;
+    `public_key` is PEM or DER."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, padding
+    load = serialization.load_pem_public_key if public_key.startswith(b"-----") else serialization.load_der_public_key
+    key = load(public_key)
+    if spec == "ed25519":
+        key.verify(signature, message)
+    elif spec.startswith("rsa"):
+        key.verify(signature, message, padding.PKCS1v15(), hashes.SHA256())
+    else:
+        key.verify(signature, message, ec.ECDSA(hashes.SHA384() if spec == "p384" else hashes.SHA256()))
+
+
 def secret_forms(secret: bytes, unpadded=False):
     """A secret raw, in hex (both cases) and in base64 (also without its padding, with `unpadded`)."""
     forms = {secret, secret.hex().encode(), secret.hex().upper().encode(), base64.b64encode(secret)}

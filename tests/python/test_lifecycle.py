@@ -7,7 +7,6 @@ a start that cannot work says which process stands in the way.
 """
 
 import json
-import os
 import pathlib
 import signal
 import subprocess

@@ -788,7 +788,7 @@ def test_the_parents_traffic_carries_no_key_and_no_signature_before_its_state(wo
     signature (the signatures seen are the replies')."""
     w = world
     s = OwnSigner(w, "captured", "captured-chain", record=True)
-    key = pubkey(s.validator, s.chain)
+    pubkey(s.validator, s.chain)
     sigs = []
     for h in range(2, 12):
         for t in (emu.PREVOTE, emu.PRECOMMIT):

@@ -16,31 +16,19 @@ import shutil
 import subprocess
 
 import pytest
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding
 
 import privval_emu as emu
-from conftest import NEKMS, NEKMS_ENCLAVE, Up, nekms
+from conftest import NEKMS, NEKMS_ENCLAVE, Up, nekms, verify_default_scheme
 from privval_support import block, pubkey, tmkms_toml
 
 SPECS = ["secp256k1", "ed25519", "p256", "p384", "rsa2048"]
-
-
-def verify(spec, public_der, message, signature):
-    key = serialization.load_der_public_key(public_der)
-    if spec == "ed25519":
-        key.verify(signature, message)
-    elif spec.startswith("rsa"):
-        key.verify(signature, message, padding.PKCS1v15(), hashes.SHA256())
-    else:
-        key.verify(signature, message, ec.ECDSA(hashes.SHA384() if spec == "p384" else hashes.SHA256()))
 
 
 def sign_all(run, tag):
     for spec in SPECS:
         out = json.loads(run("sign", "--key", f"k-{spec}", "--message", tag, "--json").stdout)
         public = base64.b64decode(json.loads(run("key", "show", f"k-{spec}", "--json").stdout)["public_key"])
-        verify(spec, public, tag.encode(), bytes.fromhex(out["signature"]))
+        verify_default_scheme(spec, public, tag.encode(), bytes.fromhex(out["signature"]))
 
 
 @pytest.fixture(scope="module")

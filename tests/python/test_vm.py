@@ -26,12 +26,12 @@ import time
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
 
 import eif_reader
 import privval_emu as emu
-from conftest import NEKMS, ROOT, enclave_policy, nekms, spawn, start, stop
+from conftest import NEKMS, ROOT, enclave_policy, nekms, spawn, start, stop, verify_default_scheme
 from p11_support import P11KIT_CLIENT
 from privval_support import TMKMS, World, block, connect_nekms, pubkey, run_script, tmkms_toml
 
@@ -58,16 +58,6 @@ def guest_blobs(d: pathlib.Path):
 
 
 SPECS = {"vm-k1": "secp256k1", "vm-p256": "p256", "vm-ed": "ed25519", "vm-p384": "p384", "vm-rsa": "rsa2048"}
-
-
-def verify_any(spec, pem, message, signature):
-    key = serialization.load_pem_public_key(pem)
-    if spec == "ed25519":
-        key.verify(signature, message)
-    elif spec.startswith("rsa"):
-        key.verify(signature, message, padding.PKCS1v15(), hashes.SHA256())
-    else:
-        key.verify(signature, message, ec.ECDSA(hashes.SHA384() if spec == "p384" else hashes.SHA256()))
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +111,7 @@ def test_key_create_and_sign_through_the_guest(world):
         w.nekms("key", "create", "--name", name, "--spec", spec)
         pem = w.nekms("key", "public-key", name, "--pem").stdout.encode()
         sig = json.loads(w.nekms("sign", "--key", name, "--message", "through the guest", "--json").stdout)
-        verify_any(spec, pem, b"through the guest", bytes.fromhex(sig["signature"]))
+        verify_default_scheme(spec, pem, b"through the guest", bytes.fromhex(sig["signature"]))
 
 
 def test_kmstool_decrypt_through_the_guest_and_the_instance_is_denied(world):
@@ -345,7 +335,7 @@ def serve_everything(w, run, env, tmp_path, name):
     nekms("enclave", "credentials", env=env)
     for key, spec in SPECS.items():
         sig = bytes.fromhex(json.loads(nekms("sign", "--key", key, "--message", name, "--json", env=env).stdout)["signature"])
-        verify_any(spec, w.nekms("key", "public-key", key, "--pem").stdout.encode(), name.encode(), sig)
+        verify_default_scheme(spec, w.nekms("key", "public-key", key, "--pem").stdout.encode(), name.encode(), sig)
     nekms("p11", "token", "restore", env=env)
     digest = os.urandom(32)
     (tmp_path / f"{name}.h").write_bytes(digest)
