@@ -120,7 +120,7 @@ impl Target {
             .into_iter()
             .find(|p| p.name == name)
             .ok_or_else(|| anyhow::anyhow!("no principal {name} in principals.toml"))?;
-        Ok(Target { name, addr, credential: Credential::from(&p), via: None })
+        Ok(Target { name, addr, credential: nekms_kms::dev_credential(&p), via: None })
     }
 }
 

@@ -12,8 +12,6 @@
 //! needs no KeyId for symmetric keys; rotated material keeps its version so
 //! old blobs still decrypt.
 
-use std::collections::BTreeMap;
-
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use zeroize::Zeroizing;
@@ -25,7 +23,7 @@ const TAG_LEN: usize = 16;
 pub const MAX_BLOB: usize = 6144;
 
 /// An encryption context: sorted, so its encoding is canonical.
-pub type EncryptionContext = BTreeMap<String, String>;
+pub use nekms_kms_proto::request::EncryptionContext;
 
 /// Why a blob cannot be opened (`InvalidCiphertextException` on the wire).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -121,6 +119,12 @@ pub fn open(blob: &[u8], header: &BlobHeader, material: &[u8; 32], context: &Enc
         .len();
     body.truncate(len);
     Ok(body)
+}
+
+impl From<BlobError> for crate::error::KmsError {
+    fn from(e: BlobError) -> crate::error::KmsError {
+        crate::error::KmsError::invalid_ciphertext(e.to_string())
+    }
 }
 
 #[cfg(test)]

@@ -26,15 +26,24 @@
 pub mod audit;
 pub mod blob;
 pub mod crypto;
-pub mod error;
 pub mod grant;
 pub mod model;
 pub use nekms_kms_policy as policy;
 pub use nekms_kms_policy::check as policy_check;
 pub mod recipient;
-pub mod request;
 pub mod run;
 pub mod server;
 pub mod service;
-pub mod sigv4;
 pub mod store;
+pub use nekms_kms_proto::{error, request, sigv4};
+
+/// The credential a development principal signs with (no expiry).
+pub fn dev_credential(p: &nekms_devworld::DevPrincipal) -> sigv4::Credential {
+    sigv4::Credential {
+        access_key_id: p.access_key_id.clone(),
+        secret_access_key: zeroize::Zeroizing::new(p.secret_access_key.clone()),
+        session_token: p.session_token.clone(),
+        expires: None,
+        principal_arn: p.arn.clone(),
+    }
+}

@@ -16,7 +16,6 @@ use crate::policy::Policy;
 use crate::recipient::RecipientPolicy;
 use crate::server::{self, Listen, Server};
 use crate::service::{Kms, KmsConfig, Principal};
-use crate::sigv4::Credential;
 
 /// Options of `nekms-kms` / `nekms dev kms`.
 #[derive(Clone, Debug, clap::Args)]
@@ -65,7 +64,12 @@ pub fn config_from_dev(dev: &DevDir, trust_aws_root: bool, max_age: Duration) ->
             .collect::<Result<Vec<_>, _>>()?;
         principals.insert(
             p.access_key_id.clone(),
-            Principal { credential: Credential::from(&p), identity_policies: policies, tags: p.tags.clone(), user_id: p.user_id.clone() },
+            Principal {
+                credential: crate::dev_credential(&p),
+                identity_policies: policies,
+                tags: p.tags.clone(),
+                user_id: p.user_id.clone(),
+            },
         );
     }
     let mut roots = vec![pem_certificate_der(&dev.root_pem().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?];

@@ -414,6 +414,20 @@ impl Store {
     }
 }
 
+impl From<StoreError> for crate::error::KmsError {
+    fn from(e: StoreError) -> crate::error::KmsError {
+        match e {
+            StoreError::AliasExists(name) => crate::error::KmsError::new(
+                "AlreadyExistsException",
+                format!("An alias with the name arn:aws:kms:*:*:{name} already exists"),
+            ),
+            StoreError::NoAlias(name) => crate::error::KmsError::not_found(format!("Alias {name} is not found.")),
+            // Never echo material; the store's messages name keys, not bytes.
+            other => crate::error::KmsError::internal(format!("the local KMS's state failed: {other}")),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

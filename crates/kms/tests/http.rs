@@ -24,7 +24,7 @@ impl Reply {
 }
 
 fn credential(kms: &LocalKms, profile: &str) -> Credential {
-    Credential::from(&kms.dev().principals().unwrap().into_iter().find(|p| p.name == profile).unwrap())
+    nekms_kms::dev_credential(&kms.dev().principals().unwrap().into_iter().find(|p| p.name == profile).unwrap())
 }
 
 fn addr(kms: &LocalKms) -> String {

@@ -9,8 +9,10 @@ use base64::Engine;
 use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
-use crate::blob::EncryptionContext;
 use crate::error::KmsError;
+
+/// An encryption context: KMS's name-value pairs, in canonical (sorted) order.
+pub type EncryptionContext = std::collections::BTreeMap<String, String>;
 
 /// Largest request body the server reads.
 pub const MAX_BODY: usize = 256 * 1024;

@@ -68,19 +68,6 @@ impl fmt::Debug for Credential {
     }
 }
 
-impl From<&nekms_devworld::DevPrincipal> for Credential {
-    /// The credential a development principal signs with (no expiry).
-    fn from(p: &nekms_devworld::DevPrincipal) -> Credential {
-        Credential {
-            access_key_id: p.access_key_id.clone(),
-            secret_access_key: Zeroizing::new(p.secret_access_key.clone()),
-            session_token: p.session_token.clone(),
-            expires: None,
-            principal_arn: p.arn.clone(),
-        }
-    }
-}
-
 /// Why a request is not authenticated. The variants map onto the error
 /// types AWS returns ([`AuthError::aws_type`]).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -98,23 +98,3 @@ impl fmt::Display for KmsError {
 }
 
 impl std::error::Error for KmsError {}
-
-impl From<crate::store::StoreError> for KmsError {
-    fn from(e: crate::store::StoreError) -> KmsError {
-        use crate::store::StoreError;
-        match e {
-            StoreError::AliasExists(name) => {
-                KmsError::new("AlreadyExistsException", format!("An alias with the name arn:aws:kms:*:*:{name} already exists"))
-            }
-            StoreError::NoAlias(name) => KmsError::not_found(format!("Alias {name} is not found.")),
-            // Never echo material; the store's messages name keys, not bytes.
-            other => KmsError::internal(format!("the local KMS's state failed: {other}")),
-        }
-    }
-}
-
-impl From<crate::blob::BlobError> for KmsError {
-    fn from(e: crate::blob::BlobError) -> KmsError {
-        KmsError::invalid_ciphertext(e.to_string())
-    }
-}
