@@ -36,6 +36,15 @@ struct ClientEntry {
     keys: Vec<String>,
     #[serde(default)]
     manage: bool,
+    /// The KMS API: the access key id this caller signs its requests with (SigV4) ...
+    #[serde(default)]
+    kms_access_key_id: Option<String>,
+    /// ... and the file holding its secret access key (mode 0600).
+    #[serde(default)]
+    kms_secret_file: Option<PathBuf>,
+    /// What the names of keys it makes with the KMS API's CreateKey begin with (then a UUID).
+    #[serde(default)]
+    kms_key_prefix: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -53,11 +62,13 @@ pub struct Caller {
     keys: Vec<String>,
     /// May create and import keys (named within `keys`).
     pub manage: bool,
+    /// The KMS API's CreateKey names keys PREFIX + a UUID.
+    pub key_prefix: String,
 }
 
 impl Caller {
     fn everything(name: &str) -> Caller {
-        Caller { name: name.to_owned(), keys: vec!["*".into()], manage: true }
+        Caller { name: name.to_owned(), keys: vec!["*".into()], manage: true, key_prefix: String::new() }
     }
 
     /// Whether this caller may use (or, with `manage`, create) key `name`
@@ -100,6 +111,8 @@ fn glob(pattern: &[u8], text: &[u8]) -> bool {
 pub struct Access {
     tokens: Vec<([u8; 32], Caller)>,
     uids: Vec<(u32, Caller)>,
+    /// The KMS API's callers: access key id, secret access key.
+    kms_keys: Vec<(String, Secret, Caller)>,
     /// The agent's own uid: a full caller over the Unix socket when no
     /// access file says who the callers are.
     owner: Option<u32>,
@@ -128,7 +141,41 @@ fn read_token(path: &Path) -> anyhow::Result<[u8; 32]> {
     Ok(token_digest(&text))
 }
 
+/// A secret access key: zeroized when dropped, never in `Debug`.
+#[derive(Clone)]
+struct Secret(zeroize::Zeroizing<String>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// An access key id as AWS makes them: 16-128 letters and digits.
+fn check_access_key_id(id: &str) -> anyhow::Result<()> {
+    if !(16..=128).contains(&id.len()) || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        bail!("kms-access-key-id {id:?} is not 16-128 letters and digits");
+    }
+    Ok(())
+}
+
+/// A secret access key from its file (0600), at least 16 characters.
+fn read_secret(path: &Path) -> anyhow::Result<Secret> {
+    check_private(path, "kms-secret-file")?;
+    let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).with_context(|| path.display().to_string())?);
+    let secret = zeroize::Zeroizing::new(text.trim().to_owned());
+    if secret.len() < 16 {
+        bail!("kms-secret-file {} holds fewer than 16 characters", path.display());
+    }
+    Ok(Secret(secret))
+}
+
 impl Access {
+    /// The KMS API's caller with this access key id, and its secret (to check the request's signature).
+    pub fn by_access_key(&self, id: &str) -> Option<(Caller, zeroize::Zeroizing<String>)> {
+        self.kms_keys.iter().find(|(k, _, _)| k == id).map(|(_, secret, caller)| (caller.clone(), secret.0.clone()))
+    }
+
     /// From an access file.
     pub fn from_file(path: &Path) -> anyhow::Result<Access> {
         use std::os::unix::fs::MetadataExt;
@@ -140,9 +187,26 @@ impl Access {
             toml::from_str(&std::fs::read_to_string(path)?).with_context(|| format!("access file {}", path.display()))?;
         let mut access = Access::default();
         for c in file.client {
-            let caller = Caller { name: c.name.clone(), keys: c.keys.clone(), manage: c.manage };
+            let caller = Caller {
+                name: c.name.clone(),
+                keys: c.keys.clone(),
+                manage: c.manage,
+                key_prefix: c.kms_key_prefix.clone().unwrap_or_default(),
+            };
+            match (&c.kms_access_key_id, &c.kms_secret_file) {
+                (Some(id), Some(file)) => {
+                    check_access_key_id(id).with_context(|| format!("access file {}: client {:?}", path.display(), c.name))?;
+                    if access.kms_keys.iter().any(|(other, _, _)| other == id) {
+                        bail!("access file {}: access key id {id} is given twice", path.display());
+                    }
+                    access.kms_keys.push((id.clone(), read_secret(file)?, caller.clone()));
+                }
+                (None, None) => {}
+                _ => bail!("access file {}: client {:?}: give kms-access-key-id and kms-secret-file together", path.display(), c.name),
+            }
             match (&c.token_file, c.uid) {
-                (None, None) => bail!("access file {}: client {:?} has neither token-file nor uid", path.display(), c.name),
+                (None, None) if c.kms_access_key_id.is_some() => {}
+                (None, None) => bail!("access file {}: client {:?} has no token-file, uid or kms-access-key-id", path.display(), c.name),
                 (token, uid) => {
                     if let Some(t) = token {
                         access.tokens.push((read_token(t)?, caller.clone()));
@@ -177,7 +241,7 @@ impl Access {
             f.write_all(b"\n")?;
         }
         let digest = read_token(path)?;
-        Ok(Access { tokens: vec![(digest, Caller::everything("token"))], uids: vec![], owner: Some(nix::unistd::getuid().as_raw()) })
+        Ok(Access { tokens: vec![(digest, Caller::everything("token"))], owner: Some(nix::unistd::getuid().as_raw()), ..Access::default() })
     }
 
     /// The caller a bearer token names.
@@ -229,10 +293,11 @@ mod tests {
 
     #[test]
     fn globs_limit_a_caller_to_its_keys() {
-        let c = Caller { name: "w".into(), keys: vec!["wallet-*".into(), "k?".into()], manage: false };
+        let c = Caller { name: "w".into(), keys: vec!["wallet-*".into(), "k?".into()], manage: false, key_prefix: String::new() };
         assert!(c.may_use("wallet-1") && c.may_use("k1"));
         assert!(!c.may_use("validator") && !c.may_use("k10") && !c.may_use("wallet"));
-        let star = Caller { name: "s".into(), keys: vec!["a*b*c*d*e*f*g*h*z".into(), "*x*".into()], manage: false };
+        let star =
+            Caller { name: "s".into(), keys: vec!["a*b*c*d*e*f*g*h*z".into(), "*x*".into()], manage: false, key_prefix: String::new() };
         let long = "a".repeat(128);
         let started = std::time::Instant::now();
         assert!(!star.may_use(&long) && star.may_use("axe"));

@@ -39,6 +39,8 @@ pub struct AgentConfig {
     pub enclave_name: String,
     /// Timeouts and caps ([`crate::Limits`]).
     pub limits: crate::Limits,
+    /// AWS KMS's API for the same keys, on a listener of its own ([`crate::KmsApi`]).
+    pub kms_api: Option<crate::KmsApi>,
 }
 
 /// Where the agent listens.

@@ -40,6 +40,7 @@
 //!     store_name: store.to_string(),
 //!     enclave_name: "vsock://16:5000".into(),
 //!     limits: nekms_agent::Limits::default(),
+//!     kms_api: None,
 //! };
 //! nekms_agent::serve(config).await
 //! # }
@@ -50,6 +51,7 @@ pub mod access;
 pub mod config;
 mod enclave;
 mod errors;
+mod kms_api;
 mod listen;
 mod metrics;
 mod openapi;
@@ -59,6 +61,7 @@ mod state;
 
 pub use access::{Access, Caller};
 pub use config::{AgentConfig, CredentialsRelay, Listen, LoopbackAddr, NotLoopback};
+pub use kms_api::KmsApi;
 pub use listen::Limits;
 pub use openapi::openapi;
 pub use server::{serve, spawn};

@@ -126,6 +126,7 @@ pub async fn serve(config: AgentConfig) -> anyhow::Result<()> {
         store_name,
         enclave_name,
         limits,
+        kms_api,
     } = config;
     let state = AppState::new(enclave.clone(), store, access, secrets_endpoint, limits);
     if let Some(relay) = credentials {
@@ -138,7 +139,19 @@ pub async fn serve(config: AgentConfig) -> anyhow::Result<()> {
             _ = term.recv() => {}
         }
     };
+    let kms = match &kms_api {
+        Some(settings) => Some((bind(&settings.listen, socket_mode).await?, crate::kms_api::router(state.clone(), settings))),
+        None => None,
+    };
     let app = router(state);
+    let (stop_kms, kms_stopped) = tokio::sync::watch::channel(false);
+    if let Some(((listener, url), kms_app)) = kms {
+        tracing::info!("agent: KMS API on {url} (region {})", kms_api.as_ref().map(|k| k.region.as_str()).unwrap_or_default());
+        let mut stopped = kms_stopped.clone();
+        tokio::spawn(crate::listen::serve(listener, kms_app, limits, async move {
+            let _ = stopped.changed().await;
+        }));
+    }
     let announce = |url: String| -> anyhow::Result<()> {
         tracing::info!("agent: listening on {url} (store {store_name}, enclave {enclave_name})");
         if let Some(path) = &ready_file {
@@ -146,23 +159,30 @@ pub async fn serve(config: AgentConfig) -> anyhow::Result<()> {
         }
         Ok(())
     };
-    match listen {
+    let (listener, url) = bind(&listen, socket_mode).await?;
+    announce(url)?;
+    crate::listen::serve(listener, app, limits, shutdown).await;
+    let _ = stop_kms.send(true);
+    Ok(())
+}
+
+/// Bind `listen` (a Unix socket gets `socket_mode`), and say it as a URL.
+async fn bind(listen: &Listen, socket_mode: u32) -> anyhow::Result<(crate::listen::Listener, String)> {
+    Ok(match listen {
         Listen::Tcp(addr) => {
             let addr = addr.get();
             let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
-            announce(format!("http://{}", listener.local_addr()?))?;
-            crate::listen::serve(crate::listen::Listener::Tcp(listener), app, limits, shutdown).await;
+            let url = format!("http://{}", listener.local_addr()?);
+            (crate::listen::Listener::Tcp(listener), url)
         }
         Listen::Unix(path) => {
             use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::remove_file(&path);
-            let listener = tokio::net::UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(socket_mode))?;
-            announce(format!("unix://{}", path.display()))?;
-            crate::listen::serve(crate::listen::Listener::Unix(listener), app, limits, shutdown).await;
+            let _ = std::fs::remove_file(path);
+            let listener = tokio::net::UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(socket_mode))?;
+            (crate::listen::Listener::Unix(listener), format!("unix://{}", path.display()))
         }
-    }
-    Ok(())
+    })
 }
 
 /// Push the credentials now and whenever they are due, until that fails.

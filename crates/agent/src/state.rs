@@ -32,6 +32,9 @@ pub(crate) struct AppState {
 
 pub(crate) type Shared = Arc<AppState>;
 
+/// How long a record read for signing is used before it is read again.
+pub(crate) const RECORD_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl AppState {
     pub(crate) fn new(
         enclave: Address,
@@ -51,6 +54,30 @@ impl AppState {
             health: tokio::sync::Mutex::new(None),
             in_flight: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The record `name` for signing, from a cache of [`RECORD_TTL`] in front
+    /// of the store (records are never overwritten, so one read recently is
+    /// still the record; a deleted key stops signing within the TTL);
+    /// `None` if there is none.
+    pub(crate) async fn cached_record(&self, name: &str) -> Result<Option<Arc<KeyRecord>>, nekms_store::StoreError> {
+        use nekms_store::KeyStore;
+        if let Some((r, at)) = self.records.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
+            if at.elapsed() < RECORD_TTL {
+                return Ok(Some(r.clone()));
+            }
+        }
+        // Whole: the enclave checks the origin document before it opens a record.
+        let Some(r) = self.store.get(name).await? else { return Ok(None) };
+        let r = Arc::new(r);
+        let mut cache = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= 4096 {
+            cache.retain(|_, (_, at)| at.elapsed() < RECORD_TTL);
+        }
+        if cache.len() < 4096 {
+            cache.insert(name.to_owned(), (r.clone(), Instant::now()));
+        }
+        Ok(Some(r))
     }
 
     /// A place for one more request of `caller`, or `None` when it has as many in progress as it may.

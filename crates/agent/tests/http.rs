@@ -178,6 +178,7 @@ async fn over_the_unix_socket_the_owner_needs_no_token_and_the_socket_is_private
         store_name: "sqlite:keys.db".into(),
         enclave_name: "none".into(),
         limits: nekms_agent::Limits::default(),
+        kms_api: None,
     };
     let task = tokio::spawn(nekms_agent::serve(config));
     let started = std::time::Instant::now();

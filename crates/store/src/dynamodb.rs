@@ -13,6 +13,7 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_dynamodb::Client;
 use nekms_keys::{KeyRecord, KeySpec, Origin};
 
+use crate::alias::{Alias, DYNAMO_PREFIX};
 use crate::{checked, Damaged, Entry, KeyStore, Page, StoreError};
 
 /// An item's deletion date, if one is scheduled.
@@ -216,6 +217,81 @@ impl DynamoStore {
     }
 }
 
+fn alias_of(item: &Item) -> Option<Alias> {
+    let s = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned();
+    let n = |k: &str| item.get(k).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
+    Some(Alias {
+        name: s("key_id")?.strip_prefix(DYNAMO_PREFIX)?.to_owned(),
+        target: s("alias_target")?,
+        created: n("created"),
+        updated: n("updated"),
+    })
+}
+
+impl DynamoStore {
+    pub(crate) async fn alias(&self, name: &str) -> Result<Option<Alias>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("key_id", AttributeValue::S(format!("{DYNAMO_PREFIX}{name}")))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| sdk_error(&self.table, e))?;
+        Ok(out.item().and_then(alias_of))
+    }
+
+    pub(crate) async fn put_alias(&self, a: &Alias, replace: bool) -> Result<bool, StoreError> {
+        let item = HashMap::from([
+            ("key_id".to_string(), AttributeValue::S(format!("{DYNAMO_PREFIX}{}", a.name))),
+            ("alias_target".to_string(), AttributeValue::S(a.target.clone())),
+            ("created".to_string(), AttributeValue::N(a.created.to_string())),
+            ("updated".to_string(), AttributeValue::N(a.updated.to_string())),
+        ]);
+        let put = self.client.put_item().table_name(&self.table).set_item(Some(item));
+        let put = match replace {
+            true => put.condition_expression("attribute_exists(key_id)"),
+            false => put.condition_expression("attribute_not_exists(key_id)"),
+        };
+        match put.send().await {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => match replace {
+                true => Ok(false),
+                false => Err(StoreError::Exists(a.name.clone())),
+            },
+            Err(e) => Err(sdk_error(&self.table, e)),
+        }
+    }
+
+    pub(crate) async fn delete_alias(&self, name: &str) -> Result<bool, StoreError> {
+        self.delete(&format!("{DYNAMO_PREFIX}{name}")).await
+    }
+
+    pub(crate) async fn aliases(&self) -> Result<Vec<Alias>, StoreError> {
+        let mut all = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .filter_expression("begins_with(key_id, :p)")
+                .expression_attribute_values(":p", AttributeValue::S(DYNAMO_PREFIX.into()))
+                .set_exclusive_start_key(start.take())
+                .consistent_read(true)
+                .send()
+                .await
+                .map_err(|e| sdk_error(&self.table, e))?;
+            all.extend(out.items().iter().filter_map(alias_of));
+            match out.last_evaluated_key() {
+                Some(k) => start = Some(k.clone()),
+                None => return Ok(all),
+            }
+        }
+    }
+}
+
 impl KeyStore for DynamoStore {
     async fn create(&self, record: &KeyRecord) -> Result<(), StoreError> {
         match self
@@ -296,6 +372,9 @@ impl KeyStore for DynamoStore {
                 read += 1;
                 let key_id = item.get("key_id").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
                 last_read = Some(key_id.clone());
+                if key_id.starts_with(DYNAMO_PREFIX) {
+                    continue; // an alias, not a record
+                }
                 match entry_of(item) {
                     Ok((_, Some(at))) if at <= crate::now() => expired.push(key_id),
                     Ok((record, at)) => {

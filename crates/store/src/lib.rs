@@ -27,6 +27,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod alias;
 mod dynamodb;
 mod sqlite;
 

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use nekms_keys::{KeyRecord, KeySpec, Origin};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
+use crate::alias::Alias;
 use crate::{checked, Damaged, Entry, KeyStore, Page, StoreError};
 
 const SCHEMA: &str = "
@@ -23,6 +24,12 @@ CREATE TABLE IF NOT EXISTS key_records (
     attestation        BLOB,
     migration          BLOB,
     deletion_date      INTEGER
+) STRICT;
+CREATE TABLE IF NOT EXISTS aliases (
+    name    TEXT PRIMARY KEY NOT NULL,
+    target  TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    updated INTEGER NOT NULL
 ) STRICT;
 ";
 
@@ -118,6 +125,69 @@ impl SqliteStore {
             conn.execute_batch("ALTER TABLE key_records ADD COLUMN deletion_date INTEGER").map_err(backend)?;
         }
         Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)) })
+    }
+
+    pub(crate) async fn alias(&self, name: &str) -> Result<Option<Alias>, StoreError> {
+        let name = name.to_owned();
+        self.with(move |c| {
+            c.query_row("SELECT name, target, created, updated FROM aliases WHERE name = ?1", params![name], |r| {
+                Ok(Alias {
+                    name: r.get(0)?,
+                    target: r.get(1)?,
+                    created: r.get::<_, i64>(2)?.max(0) as u64,
+                    updated: r.get::<_, i64>(3)?.max(0) as u64,
+                })
+            })
+            .optional()
+            .map_err(backend)
+        })
+        .await
+    }
+
+    pub(crate) async fn put_alias(&self, a: &Alias, replace: bool) -> Result<bool, StoreError> {
+        let a = a.clone();
+        self.with(move |c| {
+            if replace {
+                let n = c
+                    .execute("UPDATE aliases SET target = ?2, updated = ?3 WHERE name = ?1", params![a.name, a.target, a.updated as i64])
+                    .map_err(backend)?;
+                return Ok(n > 0);
+            }
+            match c.execute(
+                "INSERT INTO aliases (name, target, created, updated) VALUES (?1, ?2, ?3, ?4)",
+                params![a.name, a.target, a.created as i64, a.updated as i64],
+            ) {
+                Ok(_) => Ok(true),
+                Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+                    Err(StoreError::Exists(a.name.clone()))
+                }
+                Err(e) => Err(backend(e)),
+            }
+        })
+        .await
+    }
+
+    pub(crate) async fn delete_alias(&self, name: &str) -> Result<bool, StoreError> {
+        let name = name.to_owned();
+        self.with(move |c| Ok(c.execute("DELETE FROM aliases WHERE name = ?1", params![name]).map_err(backend)? > 0)).await
+    }
+
+    pub(crate) async fn aliases(&self) -> Result<Vec<Alias>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT name, target, created, updated FROM aliases ORDER BY name").map_err(backend)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(Alias {
+                        name: r.get(0)?,
+                        target: r.get(1)?,
+                        created: r.get::<_, i64>(2)?.max(0) as u64,
+                        updated: r.get::<_, i64>(3)?.max(0) as u64,
+                    })
+                })
+                .map_err(backend)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+        })
+        .await
     }
 
     async fn with<T: Send + 'static>(

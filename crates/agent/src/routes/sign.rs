@@ -3,7 +3,6 @@
 //! a cache of a few seconds in front of the store.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use axum::extract::{Path, State};
 use axum::{Extension, Json};
@@ -13,33 +12,17 @@ use nekms_keys::{KeyRecord, Payload, Scheme};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::keys::record;
 use super::{allowed, hex_field};
 use crate::access::Caller;
 use crate::errors::{ApiError, JsonBody};
 use crate::state::{AppState, Shared};
 
-/// Records are never overwritten, so one read recently is still the record;
-/// a deleted key stops signing within [`RECORD_TTL`].
-const RECORD_TTL: Duration = Duration::from_secs(5);
-
-/// The record for signing, from a short-lived cache in front of the store.
+/// The record for signing, from the state's short-lived cache (a deleted key stops signing within seconds).
 async fn signing_record(state: &AppState, name: &str) -> Result<Arc<KeyRecord>, ApiError> {
-    if let Some((r, at)) = state.records.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
-        if at.elapsed() < RECORD_TTL {
-            return Ok(r.clone());
-        }
-    }
-    // Whole: the enclave checks the origin document before it opens a record.
-    let r = Arc::new(record(state, name).await?);
-    let mut cache = state.records.lock().unwrap_or_else(|p| p.into_inner());
-    if cache.len() >= 4096 {
-        cache.retain(|_, (_, at)| at.elapsed() < RECORD_TTL);
-    }
-    if cache.len() < 4096 {
-        cache.insert(name.to_owned(), (r.clone(), Instant::now()));
-    }
-    Ok(r)
+    state
+        .cached_record(name)
+        .await?
+        .ok_or_else(|| ApiError::new(axum::http::StatusCode::NOT_FOUND, "not_found", format!("no key named {name:?}")))
 }
 
 #[derive(Deserialize)]

@@ -60,6 +60,23 @@ pub struct Args {
     /// Seconds a call to the enclave may take before the request gets a retryable 503
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     enclave_deadline: u64,
+    /// Also serve AWS KMS's API for the same keys here: IP:PORT on loopback, or unix:///PATH (docs/kms-api.md)
+    #[arg(long, value_name = "ADDR")]
+    kms_api: Option<String>,
+    /// The region KMS API requests are signed for and its ARNs name
+    #[arg(long, value_name = "REGION", default_value = "us-east-1")]
+    kms_region: String,
+    /// The 12-digit account its ARNs name
+    #[arg(long, value_name = "ACCOUNT", default_value = "000000000000")]
+    kms_account: String,
+}
+
+/// `IP:PORT` on loopback, or `unix:///PATH`.
+fn listen_arg(flag: &str, value: &str) -> anyhow::Result<Listen> {
+    Ok(match value.strip_prefix("unix://") {
+        Some(path) => Listen::Unix(PathBuf::from(path)),
+        None => Listen::Tcp(LoopbackAddr::new(value.parse().with_context(|| format!("{flag} {value}: IP:PORT or unix:///PATH"))?)?),
+    })
 }
 
 fn default_token_file() -> anyhow::Result<PathBuf> {
@@ -71,11 +88,15 @@ fn default_token_file() -> anyhow::Result<PathBuf> {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let listen = match a.listen.strip_prefix("unix://") {
-        Some(path) => Listen::Unix(PathBuf::from(path)),
-        None => {
-            Listen::Tcp(LoopbackAddr::new(a.listen.parse().with_context(|| format!("--listen {}: IP:PORT or unix:///PATH", a.listen))?)?)
+    let listen = listen_arg("--listen", &a.listen)?;
+    if a.kms_account.len() != 12 || !a.kms_account.bytes().all(|b| b.is_ascii_digit()) {
+        anyhow::bail!("--kms-account {}: 12 digits", a.kms_account);
+    }
+    let kms_api = match &a.kms_api {
+        Some(v) => {
+            Some(nekms_agent::KmsApi { listen: listen_arg("--kms-api", v)?, region: a.kms_region.clone(), account: a.kms_account.clone() })
         }
+        None => None,
     };
     let access = match (&a.access, &a.token_file) {
         (Some(file), _) => {
@@ -116,6 +137,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 max_per_caller: a.max_per_caller.max(1),
                 enclave_deadline: Duration::from_secs(a.enclave_deadline.max(1)),
             },
+            kms_api,
         };
         nekms_agent::serve(config).await
     })

@@ -1,0 +1,313 @@
+"""AWS KMS's own API for enclave keys (`nekms agent --kms-api`), driven by
+clients nobody on this project wrote: the aws CLI and boto3 with
+`--endpoint-url`, signatures checked by OpenSSL and `cryptography` against
+GetPublicKey's SPKI, against a real simulated enclave under `dev up`.
+
+The parent's other users play the attacker: a caller's key pair used on
+another caller's key (by id, ARN or alias), aliases aimed across callers,
+a caller that may not manage keys creating or deleting one, requests
+signed with a wrong secret, re-signed bodies, old signatures replayed, a
+consensus key through Sign. And the same client code against `nekms-kms`'s
+own asymmetric keys gives the same fields and error types.
+"""
+
+import base64
+import datetime
+import hashlib
+import http.client
+import json
+import os
+import subprocess
+import unittest.mock
+
+import boto3
+import botocore.auth
+import botocore.awsrequest
+import botocore.credentials
+import pytest
+from botocore.exceptions import ClientError
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+
+from conftest import NEKMS, free_port, port_open
+
+ACCOUNT = "111122223333"
+CALLERS = {
+    # name: (access key id, keys, manage, prefix)
+    "alice": ("AKIANEKMSALICE000001", ["alice-*"], True, "alice-"),
+    "bob": ("AKIANEKMSBOB00000001", ["bob-*"], True, "bob-"),
+    "auditor": ("AKIANEKMSAUDITOR0001", ["alice-*"], False, ""),
+}
+SPECS = {
+    "ECC_SECG_P256K1": "ECDSA_SHA_256",
+    "ECC_NIST_P256": "ECDSA_SHA_256",
+    "ECC_NIST_P384": "ECDSA_SHA_384",
+    "ECC_NIST_EDWARDS25519": "ED25519_SHA_512",
+    "RSA_2048": "RSASSA_PKCS1_V1_5_SHA_256",
+}
+
+
+@pytest.fixture(scope="module")
+def api(dev_up):
+    u = dev_up("kms-api")
+    u.env["NEKMS_STORE"] = f"sqlite:{u.base / 'keys.db'}"
+    lines = []
+    u.secrets = {}
+    for name, (akid, keys, manage, prefix) in CALLERS.items():
+        secret = base64.b64encode(os.urandom(30)).decode()
+        path = u.base / f"{name}.secret"
+        path.write_text(secret + "\n")
+        path.chmod(0o600)
+        u.secrets[name] = (akid, secret)
+        lines.append(f'[[client]]\nname = "{name}"\nkms-access-key-id = "{akid}"\nkms-secret-file = "{path}"\n'
+                     f'keys = {json.dumps(keys)}\nmanage = {str(manage).lower()}\nkms-key-prefix = "{prefix}"\n')
+    access = u.base / "access.toml"
+    access.write_text("\n".join(lines))
+    access.chmod(0o600)
+    u.port, ready = free_port(), u.base / "agent.json"
+    u.start([NEKMS, "agent", "--listen", "127.0.0.1:0", "--access", str(access), "--no-credentials", "--ready-file", str(ready),
+             "--kms-api", f"127.0.0.1:{u.port}", "--kms-account", ACCOUNT], lambda: ready.exists() and port_open(u.port),
+            "the agent", u.base / "agent.log")
+    u.url = f"http://127.0.0.1:{u.port}"
+    return u
+
+
+def kms(api, who="alice", region="us-east-1"):
+    akid, secret = api.secrets[who]
+    return boto3.client("kms", region_name=region, endpoint_url=api.url, aws_access_key_id=akid, aws_secret_access_key=secret)
+
+
+def aws(api, who, *args, check=True):
+    akid, secret = api.secrets[who]
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": akid, "AWS_SECRET_ACCESS_KEY": secret, "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"}
+    env.pop("AWS_SESSION_TOKEN", None)
+    r = subprocess.run(["aws", "--endpoint-url", api.url, "--output", "json", "kms", *args], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert not check or r.returncode == 0, r.stderr
+    return r
+
+
+def error_type(call):
+    with pytest.raises(ClientError) as e:
+        call()
+    return e.value.response["Error"]["Code"]
+
+
+def openssl_verify(tmp_path, pem, algorithm, message, signature):
+    """OpenSSL's verdict on a KMS signature over `message`."""
+    (tmp_path / "pub.pem").write_bytes(pem)
+    (tmp_path / "msg").write_bytes(message)
+    (tmp_path / "sig").write_bytes(signature)
+    if algorithm == "ED25519_SHA_512":
+        cmd = ["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", "pub.pem", "-rawin", "-in", "msg", "-sigfile", "sig"]
+    else:
+        digest = "-sha" + algorithm.rsplit("_", 1)[1]
+        cmd = ["openssl", "dgst", digest, "-verify", "pub.pem", "-signature", "sig"]
+        if "PSS" in algorithm:
+            cmd += ["-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:digest"]
+        cmd += ["msg"]
+    return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
+
+
+def test_the_aws_cli_creates_aliases_signs_and_openssl_verifies_every_spec(api, tmp_path):
+    message = b"a message the aws CLI sends"
+    for spec, algorithm in SPECS.items():
+        meta = json.loads(aws(api, "alice", "create-key", "--key-spec", spec, "--key-usage", "SIGN_VERIFY").stdout)["KeyMetadata"]
+        assert meta["KeyId"].startswith("alice-") and meta["Arn"] == f"arn:aws:kms:us-east-1:{ACCOUNT}:key/{meta['KeyId']}"
+        assert meta["KeySpec"] == spec and meta["KeyUsage"] == "SIGN_VERIFY" and meta["KeyState"] == "Enabled"
+        alias = f"alias/alice-{spec.lower()}"
+        aws(api, "alice", "create-alias", "--alias-name", alias, "--target-key-id", meta["KeyId"])
+        public = json.loads(aws(api, "alice", "get-public-key", "--key-id", alias).stdout)
+        assert algorithm in public["SigningAlgorithms"] and public["KeyId"] == meta["Arn"]
+        pem = serialization.load_der_public_key(base64.b64decode(public["PublicKey"])).public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        (tmp_path / "m.bin").write_bytes(message)
+        out = json.loads(aws(api, "alice", "sign", "--key-id", alias, "--message", f"fileb://{tmp_path / 'm.bin'}",
+                             "--message-type", "RAW", "--signing-algorithm", algorithm).stdout)
+        signature = base64.b64decode(out["Signature"])
+        r = openssl_verify(tmp_path, pem, algorithm, message, signature)
+        assert r.returncode == 0 and ("Verified OK" in r.stdout or "Verified Successfully" in r.stdout), (spec, r.stdout, r.stderr)
+        assert openssl_verify(tmp_path, pem, algorithm, message + b"!", signature).returncode != 0
+        # The same endpoint's Verify agrees; a signature over another message is KMSInvalidSignatureException.
+        v = json.loads(aws(api, "alice", "verify", "--key-id", meta["KeyId"], "--message", f"fileb://{tmp_path / 'm.bin'}",
+                           "--message-type", "RAW", "--signing-algorithm", algorithm, "--signature",
+                           f"fileb://{tmp_path / 'sig'}").stdout)
+        assert v["SignatureValid"] is True
+        (tmp_path / "other.bin").write_bytes(b"another message")
+        r = aws(api, "alice", "verify", "--key-id", meta["KeyId"], "--message", f"fileb://{tmp_path / 'other.bin'}",
+                "--message-type", "RAW", "--signing-algorithm", algorithm, "--signature", f"fileb://{tmp_path / 'sig'}", check=False)
+        assert r.returncode != 0 and "KMSInvalidSignatureException" in r.stderr, r.stderr
+
+
+def test_boto3_digest_and_every_rsa_algorithm_verify_with_cryptography(api):
+    c = kms(api)
+    ec_key = c.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+    public = serialization.load_der_public_key(c.get_public_key(KeyId=ec_key)["PublicKey"])
+    digest = hashlib.sha256(b"hashed elsewhere").digest()
+    sig = c.sign(KeyId=ec_key, Message=digest, MessageType="DIGEST", SigningAlgorithm="ECDSA_SHA_256")["Signature"]
+    public.verify(sig, digest, ec.ECDSA(Prehashed(hashes.SHA256())))
+    public.verify(sig, b"hashed elsewhere", ec.ECDSA(hashes.SHA256()))
+    # A digest of the wrong length, and an algorithm the key does not have.
+    assert error_type(lambda: c.sign(KeyId=ec_key, Message=digest[:31], MessageType="DIGEST",
+                                     SigningAlgorithm="ECDSA_SHA_256")) == "ValidationException"
+    assert error_type(lambda: c.sign(KeyId=ec_key, Message=b"m", SigningAlgorithm="ECDSA_SHA_384")) == "InvalidKeyUsageException"
+    rsa_key = c.create_key(KeySpec="RSA_2048", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+    public = serialization.load_der_public_key(c.get_public_key(KeyId=rsa_key)["PublicKey"])
+    for bits, h in ((256, hashes.SHA256()), (384, hashes.SHA384()), (512, hashes.SHA512())):
+        for kind in ("PKCS1_V1_5", "PSS"):
+            algorithm = f"RSASSA_{kind}_SHA_{bits}"
+            sig = c.sign(KeyId=rsa_key, Message=b"rsa message", SigningAlgorithm=algorithm)["Signature"]
+            pad = padding.PKCS1v15() if kind == "PKCS1_V1_5" else padding.PSS(padding.MGF1(h), padding.PSS.DIGEST_LENGTH)
+            public.verify(sig, b"rsa message", pad, h)
+
+
+def test_a_caller_sees_and_uses_only_its_keys_and_aliases(api):
+    alice, bob = kms(api, "alice"), kms(api, "bob")
+    key = alice.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]
+    alice.create_alias(AliasName="alias/payments", TargetKeyId=key["KeyId"])
+    # Bob's key pair on Alice's key: by id, by ARN, by alias; nothing listed.
+    for key_id in (key["KeyId"], key["Arn"], "alias/payments", f"arn:aws:kms:us-east-1:{ACCOUNT}:alias/payments"):
+        assert error_type(lambda: bob.sign(KeyId=key_id, Message=b"m", SigningAlgorithm="ECDSA_SHA_256")) == "AccessDeniedException"
+        assert error_type(lambda: bob.get_public_key(KeyId=key_id)) == "AccessDeniedException"
+    assert key["KeyId"] not in {k["KeyId"] for k in bob.list_keys()["Keys"]}
+    assert "alias/payments" not in {a["AliasName"] for a in bob.list_aliases()["Aliases"]}
+    assert key["KeyId"] in {k["KeyId"] for k in alice.list_keys()["Keys"]}
+    # Bob cannot aim Alice's alias at his key, aim his own at hers, or delete hers.
+    mine = bob.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+    assert error_type(lambda: bob.update_alias(AliasName="alias/payments", TargetKeyId=mine)) == "AccessDeniedException"
+    assert error_type(lambda: bob.create_alias(AliasName="alias/bobs", TargetKeyId=key["KeyId"])) == "AccessDeniedException"
+    assert error_type(lambda: bob.delete_alias(AliasName="alias/payments")) == "AccessDeniedException"
+    # A name Bob takes first never leads Alice to his key: she is refused, not served Bob's signature.
+    bob.create_alias(AliasName="alias/treasury", TargetKeyId=mine)
+    assert error_type(lambda: alice.sign(KeyId="alias/treasury", Message=b"m", SigningAlgorithm="ECDSA_SHA_256")) == "AccessDeniedException"
+    assert error_type(lambda: alice.create_alias(AliasName="alias/treasury", TargetKeyId=key["KeyId"])) == "AlreadyExistsException"
+    # The alias still names Alice's key, which signs for her.
+    assert alice.sign(KeyId="alias/payments", Message=b"m", SigningAlgorithm="ECDSA_SHA_256")["KeyId"] == key["Arn"]
+    # A caller that may not manage keys reads and signs, but creates, aliases and deletes nothing.
+    auditor = kms(api, "auditor")
+    assert auditor.describe_key(KeyId="alias/payments")["KeyMetadata"]["KeyId"] == key["KeyId"]
+    assert error_type(lambda: auditor.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")) == "AccessDeniedException"
+    assert error_type(lambda: auditor.schedule_key_deletion(KeyId=key["KeyId"])) == "AccessDeniedException"
+    assert error_type(lambda: auditor.create_alias(AliasName="alias/a2", TargetKeyId=key["KeyId"])) == "AccessDeniedException"
+    # A key of another account or region is not found; an unknown one either.
+    assert error_type(lambda: alice.describe_key(KeyId=f"arn:aws:kms:us-east-1:999999999999:key/{key['KeyId']}")) == "NotFoundException"
+    assert error_type(lambda: alice.describe_key(KeyId="alice-no-such-key")) == "NotFoundException"
+
+
+def signed_request(api, who, target, body, when=None, secret=None):
+    """A KMS request signed by botocore's SigV4 signer (at `when`)."""
+    akid, real = api.secrets[who]
+    request = botocore.awsrequest.AWSRequest(method="POST", url=api.url + "/", data=body, headers={
+        "Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": f"TrentService.{target}"})
+    signer = botocore.auth.SigV4Auth(botocore.credentials.Credentials(akid, secret or real), "kms", "us-east-1")
+    if when is None:
+        signer.add_auth(request)
+    else:
+        with unittest.mock.patch("botocore.auth.get_current_datetime", lambda: when.replace(tzinfo=None)):
+            signer.add_auth(request)
+    return request
+
+
+def send(api, request, body=None, host=None):
+    c = http.client.HTTPConnection("127.0.0.1", api.port, timeout=30)
+    headers = dict(request.headers.items())
+    if host:
+        headers["Host"] = host
+    c.request("POST", "/", body=body if body is not None else request.body, headers=headers)
+    r = c.getresponse()
+    out = (r.status, json.loads(r.read() or b"{}"))
+    c.close()
+    return out
+
+
+def test_forged_stale_and_rewritten_requests_are_refused(api):
+    key = kms(api).create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+    body = json.dumps({"KeyId": key, "Message": base64.b64encode(b"pay 10").decode(), "SigningAlgorithm": "ECDSA_SHA_256"}).encode()
+    good = signed_request(api, "alice", "Sign", body)
+    assert send(api, good)[0] == 200
+    # The same request again (within KMS's five minutes) is the same operation again, as with KMS: a new signature of "pay 10".
+    assert send(api, good)[0] == 200
+    # Its body changed under the same signature: refused.
+    status, err = send(api, good, body=body.replace(base64.b64encode(b"pay 10"), base64.b64encode(b"pay 99")))
+    assert (status, err["__type"]) == (400, "InvalidSignatureException"), err
+    # Signed ten minutes ago: refused.
+    old = signed_request(api, "alice", "Sign", body, when=datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=10))
+    status, err = send(api, old)
+    assert err["__type"] == "InvalidSignatureException" and "Signature expired" in err["message"], err
+    # A wrong secret, an unknown key id, no signature at all.
+    assert send(api, signed_request(api, "alice", "Sign", body, secret="x" * 40))[1]["__type"] == "InvalidSignatureException"
+    api.secrets["mallory"] = ("AKIANEKMSMALLORY0001", "y" * 40)
+    assert send(api, signed_request(api, "mallory", "Sign", body))[1]["__type"] == "UnrecognizedClientException"
+    unsigned = botocore.awsrequest.AWSRequest(method="POST", url=api.url + "/", data=body, headers={
+        "Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": "TrentService.Sign"})
+    assert send(api, unsigned)[1]["__type"] == "MissingAuthenticationTokenException"
+    # A web page's request by DNS rebinding names another host: refused before anything else.
+    status, err = send(api, good, host=f"evil.example:{api.port}")
+    assert err["__type"] == "AccessDeniedException" and "loopback" in err["message"], err
+
+
+def test_a_consensus_key_does_not_sign_through_the_kms_api(api):
+    api.nekms("key", "create", "--name", "alice-consensus", "--spec", "ed25519", "--privval")
+    c = kms(api)
+    assert c.describe_key(KeyId="alice-consensus")["KeyMetadata"]["KeySpec"] == "ECC_NIST_EDWARDS25519"
+    assert error_type(lambda: c.sign(KeyId="alice-consensus", Message=b"a vote", SigningAlgorithm="ED25519_SHA_512")) == \
+        "InvalidKeyUsageException"
+
+
+def test_deletion_waits_its_window_and_can_be_cancelled(api):
+    c = kms(api)
+    key = c.create_key(KeySpec="ECC_SECG_P256K1", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+    assert error_type(lambda: c.schedule_key_deletion(KeyId=key, PendingWindowInDays=6)) == "ValidationException"
+    out = c.schedule_key_deletion(KeyId=key, PendingWindowInDays=7)
+    assert out["KeyState"] == "PendingDeletion" and out["PendingWindowInDays"] == 7
+    meta = c.describe_key(KeyId=key)["KeyMetadata"]
+    assert meta["KeyState"] == "PendingDeletion" and meta["Enabled"] is False and "DeletionDate" in meta
+    assert error_type(lambda: c.sign(KeyId=key, Message=b"m", SigningAlgorithm="ECDSA_SHA_256")) == "KMSInvalidStateException"
+    assert error_type(lambda: c.schedule_key_deletion(KeyId=key)) == "KMSInvalidStateException"
+    c.cancel_key_deletion(KeyId=key)
+    assert c.describe_key(KeyId=key)["KeyMetadata"]["KeyState"] == "Enabled"
+    c.sign(KeyId=key, Message=b"m", SigningAlgorithm="ECDSA_SHA_256")
+    # The CLI's store says the same.
+    assert "pending" not in api.nekms("key", "list").stdout.split(key)[1].split("\n")[0]
+
+
+def fields(v):
+    """A response's shape: its field names, nested (values left out)."""
+    if isinstance(v, dict):
+        return {k: fields(x) for k, x in v.items() if k != "ResponseMetadata"}
+    return type(v).__name__
+
+
+def test_the_same_client_code_sees_the_same_shapes_from_nekms_kms(api):
+    """GetPublicKey, Sign, Verify and DescribeKey, and three errors, from both servers, field by field."""
+    admin = api.client("admin")
+    theirs_key = admin.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+    ours = kms(api)
+    ours_key = ours.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+
+    def session(c, key, missing):
+        out = {"GetPublicKey": c.get_public_key(KeyId=key)}
+        out["Sign"] = c.sign(KeyId=key, Message=b"conformance", SigningAlgorithm="ECDSA_SHA_256")
+        out["Verify"] = c.verify(KeyId=key, Message=b"conformance", Signature=out["Sign"]["Signature"],
+                                 SigningAlgorithm="ECDSA_SHA_256")
+        out["DescribeKey"] = c.describe_key(KeyId=key)
+        errors = {
+            "unknown key": error_type(lambda: c.sign(KeyId=missing, Message=b"m", SigningAlgorithm="ECDSA_SHA_256")),
+            "bad signature": error_type(lambda: c.verify(KeyId=key, Message=b"other", Signature=out["Sign"]["Signature"],
+                                                         SigningAlgorithm="ECDSA_SHA_256")),
+            "long digest": error_type(lambda: c.sign(KeyId=key, Message=b"x" * 33, MessageType="DIGEST",
+                                                     SigningAlgorithm="ECDSA_SHA_256")),
+        }
+        return out, errors
+
+    theirs, theirs_errors = session(admin, theirs_key, "11111111-2222-3333-4444-555555555555")
+    mine, mine_errors = session(ours, ours_key, "alice-missing")
+    for op in ("GetPublicKey", "Sign", "Verify"):
+        assert fields(mine[op]) == fields(theirs[op]), op
+    # KeyMetadata: every field nekms-kms gives (its Description, Enabled...) is there with the same type.
+    m, t = fields(mine["DescribeKey"]["KeyMetadata"]), fields(theirs["DescribeKey"]["KeyMetadata"])
+    assert {k: t[k] for k in t if k in m} == {k: m[k] for k in t if k in m}
+    assert set(t) - set(m) <= {"EncryptionAlgorithms", "KeyAgreementAlgorithms", "MacAlgorithms"}, set(t) - set(m)
+    assert mine_errors == theirs_errors, (mine_errors, theirs_errors)
