@@ -89,3 +89,40 @@ def test_reading_a_mistyped_store_creates_nothing(up, tmp_path):
         r = up.nekms(*args, "--store", f"sqlite:{missing}", check=False)
         assert r.returncode == 3 and "no key store at" in r.stderr, (args, r.returncode, r.stderr)
     assert not (tmp_path / "mistyped").exists()
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_aliases_of_the_kms_api_live_beside_the_records(up, kind):
+    """The agent's KMS API keeps its aliases in the store: a name taken once, moved, deleted; listings of records
+    never show them (on DynamoDB they are items of the same table)."""
+    from conftest import NEKMS, free_port, port_open
+    store = url(up, kind)
+    secret, access = up.base / f"{kind}.secret", up.base / f"{kind}-access.toml"
+    secret.write_text("s" * 40)
+    secret.chmod(0o600)
+    access.write_text(f'[[client]]\nname = "ops"\nkms-access-key-id = "AKIANEKMSSTORES00001"\nkms-secret-file = "{secret}"\n'
+                      f'keys = ["*"]\nmanage = true\nkms-key-prefix = "{kind}-kms-"\n')
+    access.chmod(0o600)
+    port, ready = free_port(), up.base / f"{kind}-agent.json"
+    agent = up.start([NEKMS, "agent", "--listen", "127.0.0.1:0", "--access", str(access), "--store", store, "--no-credentials",
+                      "--ready-file", str(ready), "--kms-api", f"127.0.0.1:{port}"], lambda: ready.exists() and port_open(port),
+                     "the agent", up.base / f"{kind}-agent.log")
+    try:
+        kms = boto3.client("kms", region_name="us-east-1", endpoint_url=f"http://127.0.0.1:{port}",
+                           aws_access_key_id="AKIANEKMSSTORES00001", aws_secret_access_key="s" * 40)
+        a, b = (kms.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"] for _ in range(2))
+        kms.create_alias(AliasName="alias/ops", TargetKeyId=a)
+        with pytest.raises(kms.exceptions.AlreadyExistsException):
+            kms.create_alias(AliasName="alias/ops", TargetKeyId=b)
+        assert kms.describe_key(KeyId="alias/ops")["KeyMetadata"]["KeyId"] == a
+        kms.update_alias(AliasName="alias/ops", TargetKeyId=b)
+        assert kms.describe_key(KeyId="alias/ops")["KeyMetadata"]["KeyId"] == b
+        assert [x["TargetKeyId"] for x in kms.list_aliases(KeyId=b)["Aliases"]] == [b]
+        listed = json.loads(up.nekms("key", "list", "--store", store, "--json").stdout)
+        assert {a, b} <= {k["key_id"] for k in listed} and not [k for k in listed if "alias" in k["key_id"] or "damaged" in k], listed
+        kms.delete_alias(AliasName="alias/ops")
+        with pytest.raises(kms.exceptions.NotFoundException):
+            kms.describe_key(KeyId="alias/ops")
+    finally:
+        agent.terminate()
+        agent.wait(10)
