@@ -34,10 +34,10 @@ from conftest import NEKMS, free_port, port_open
 
 ACCOUNT = "111122223333"
 CALLERS = {
-    # name: (access key id, keys, manage, prefix)
-    "alice": ("AKIANEKMSALICE000001", ["alice-*"], True, "alice-"),
-    "bob": ("AKIANEKMSBOB00000001", ["bob-*"], True, "bob-"),
-    "auditor": ("AKIANEKMSAUDITOR0001", ["alice-*"], False, ""),
+    # name: (access key id, keys, manage, prefix, delete)
+    "alice": ("AKIANEKMSALICE000001", ["alice-*"], True, "alice-", True),
+    "bob": ("AKIANEKMSBOB00000001", ["bob-*"], True, "bob-", False),
+    "auditor": ("AKIANEKMSAUDITOR0001", ["alice-*"], False, "", False),
 }
 SPECS = {
     "ECC_SECG_P256K1": "ECDSA_SHA_256",
@@ -54,14 +54,14 @@ def api(dev_up):
     u.env["NEKMS_STORE"] = f"sqlite:{u.base / 'keys.db'}"
     lines = []
     u.secrets = {}
-    for name, (akid, keys, manage, prefix) in CALLERS.items():
+    for name, (akid, keys, manage, prefix, delete) in CALLERS.items():
         secret = base64.b64encode(os.urandom(30)).decode()
         path = u.base / f"{name}.secret"
         path.write_text(secret + "\n")
         path.chmod(0o600)
         u.secrets[name] = (akid, secret)
         lines.append(f'[[client]]\nname = "{name}"\nkms-access-key-id = "{akid}"\nkms-secret-file = "{path}"\n'
-                     f'keys = {json.dumps(keys)}\nmanage = {str(manage).lower()}\nkms-key-prefix = "{prefix}"\n')
+                     f'keys = {json.dumps(keys)}\nmanage = {str(manage).lower()}\nkms-key-prefix = "{prefix}"\ndelete = {str(delete).lower()}\n')
     access = u.base / "access.toml"
     access.write_text("\n".join(lines))
     access.chmod(0o600)
@@ -166,31 +166,37 @@ def test_boto3_digest_and_every_rsa_algorithm_verify_with_cryptography(api):
 def test_a_caller_sees_and_uses_only_its_keys_and_aliases(api):
     alice, bob = kms(api, "alice"), kms(api, "bob")
     key = alice.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]
-    alice.create_alias(AliasName="alias/payments", TargetKeyId=key["KeyId"])
-    # Bob's key pair on Alice's key: by id, by ARN, by alias; nothing listed.
-    for key_id in (key["KeyId"], key["Arn"], "alias/payments", f"arn:aws:kms:us-east-1:{ACCOUNT}:alias/payments"):
+    alice.create_alias(AliasName="alias/alice-payments", TargetKeyId=key["KeyId"])
+    # Bob's key pair on Alice's key: by id or ARN refused; by her alias, as if it did not exist; nothing listed.
+    for key_id in (key["KeyId"], key["Arn"]):
         assert error_type(lambda: bob.sign(KeyId=key_id, Message=b"m", SigningAlgorithm="ECDSA_SHA_256")) == "AccessDeniedException"
         assert error_type(lambda: bob.get_public_key(KeyId=key_id)) == "AccessDeniedException"
+    for alias in ("alias/alice-payments", f"arn:aws:kms:us-east-1:{ACCOUNT}:alias/alice-payments"):
+        with pytest.raises(ClientError) as e:
+            bob.sign(KeyId=alias, Message=b"m", SigningAlgorithm="ECDSA_SHA_256")
+        assert e.value.response["Error"]["Code"] == "NotFoundException" and key["KeyId"] not in str(e.value), e.value
     assert key["KeyId"] not in {k["KeyId"] for k in bob.list_keys()["Keys"]}
-    assert "alias/payments" not in {a["AliasName"] for a in bob.list_aliases()["Aliases"]}
+    assert "alias/alice-payments" not in {a["AliasName"] for a in bob.list_aliases()["Aliases"]}
     assert key["KeyId"] in {k["KeyId"] for k in alice.list_keys()["Keys"]}
-    # Bob cannot aim Alice's alias at his key, aim his own at hers, or delete hers.
+    # Bob cannot aim Alice's alias at his key, aim one of his at hers, delete hers, or take a name in her namespace.
     mine = bob.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
-    assert error_type(lambda: bob.update_alias(AliasName="alias/payments", TargetKeyId=mine)) == "AccessDeniedException"
-    assert error_type(lambda: bob.create_alias(AliasName="alias/bobs", TargetKeyId=key["KeyId"])) == "AccessDeniedException"
-    assert error_type(lambda: bob.delete_alias(AliasName="alias/payments")) == "AccessDeniedException"
-    # A name Bob takes first never leads Alice to his key: she is refused, not served Bob's signature.
-    bob.create_alias(AliasName="alias/treasury", TargetKeyId=mine)
-    assert error_type(lambda: alice.sign(KeyId="alias/treasury", Message=b"m", SigningAlgorithm="ECDSA_SHA_256")) == "AccessDeniedException"
-    assert error_type(lambda: alice.create_alias(AliasName="alias/treasury", TargetKeyId=key["KeyId"])) == "AlreadyExistsException"
+    assert error_type(lambda: bob.update_alias(AliasName="alias/alice-payments", TargetKeyId=mine)) == "AccessDeniedException"
+    assert error_type(lambda: bob.create_alias(AliasName="alias/bob-hers", TargetKeyId=key["KeyId"])) == "AccessDeniedException"
+    assert error_type(lambda: bob.delete_alias(AliasName="alias/alice-payments")) == "NotFoundException"
+    assert error_type(lambda: bob.create_alias(AliasName="alias/alice-treasury", TargetKeyId=mine)) == "AccessDeniedException"
+    # Bob's own alias, to Alice, does not exist: it never leads her to his key.
+    bob.create_alias(AliasName="alias/bob-treasury", TargetKeyId=mine)
+    assert error_type(lambda: alice.sign(KeyId="alias/bob-treasury", Message=b"m", SigningAlgorithm="ECDSA_SHA_256")) == "NotFoundException"
     # The alias still names Alice's key, which signs for her.
-    assert alice.sign(KeyId="alias/payments", Message=b"m", SigningAlgorithm="ECDSA_SHA_256")["KeyId"] == key["Arn"]
-    # A caller that may not manage keys reads and signs, but creates, aliases and deletes nothing.
+    assert alice.sign(KeyId="alias/alice-payments", Message=b"m", SigningAlgorithm="ECDSA_SHA_256")["KeyId"] == key["Arn"]
+    # A caller that may not manage keys reads and signs, but creates, aliases and deletes nothing; Bob (manage,
+    # no delete) deletes nothing either.
     auditor = kms(api, "auditor")
-    assert auditor.describe_key(KeyId="alias/payments")["KeyMetadata"]["KeyId"] == key["KeyId"]
+    assert auditor.describe_key(KeyId="alias/alice-payments")["KeyMetadata"]["KeyId"] == key["KeyId"]
     assert error_type(lambda: auditor.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")) == "AccessDeniedException"
     assert error_type(lambda: auditor.schedule_key_deletion(KeyId=key["KeyId"])) == "AccessDeniedException"
-    assert error_type(lambda: auditor.create_alias(AliasName="alias/a2", TargetKeyId=key["KeyId"])) == "AccessDeniedException"
+    assert error_type(lambda: auditor.create_alias(AliasName="alias/alice-a2", TargetKeyId=key["KeyId"])) == "AccessDeniedException"
+    assert error_type(lambda: bob.schedule_key_deletion(KeyId=mine)) == "AccessDeniedException"
     # A key of another account or region is not found; an unknown one either.
     assert error_type(lambda: alice.describe_key(KeyId=f"arn:aws:kms:us-east-1:999999999999:key/{key['KeyId']}")) == "NotFoundException"
     assert error_type(lambda: alice.describe_key(KeyId="alice-no-such-key")) == "NotFoundException"
@@ -254,6 +260,8 @@ def test_a_consensus_key_does_not_sign_through_the_kms_api(api):
     assert c.describe_key(KeyId="alice-consensus")["KeyMetadata"]["KeySpec"] == "ECC_NIST_EDWARDS25519"
     assert error_type(lambda: c.sign(KeyId="alice-consensus", Message=b"a vote", SigningAlgorithm="ED25519_SHA_512")) == \
         "InvalidKeyUsageException"
+    # Nor is it deleted through it: its administrator does that.
+    assert error_type(lambda: c.schedule_key_deletion(KeyId="alice-consensus")) == "AccessDeniedException"
 
 
 def test_deletion_waits_its_window_and_can_be_cancelled(api):

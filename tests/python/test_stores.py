@@ -101,7 +101,7 @@ def test_aliases_of_the_kms_api_live_beside_the_records(up, kind):
     secret.write_text("s" * 40)
     secret.chmod(0o600)
     access.write_text(f'[[client]]\nname = "ops"\nkms-access-key-id = "AKIANEKMSSTORES00001"\nkms-secret-file = "{secret}"\n'
-                      f'keys = ["*"]\nmanage = true\nkms-key-prefix = "{kind}-kms-"\n')
+                      f'keys = ["*"]\nmanage = true\nkms-key-prefix = "{kind}-kms-"\ndelete = true\n')
     access.chmod(0o600)
     port, ready = free_port(), up.base / f"{kind}-agent.json"
     agent = up.start([NEKMS, "agent", "--listen", "127.0.0.1:0", "--access", str(access), "--store", store, "--no-credentials",

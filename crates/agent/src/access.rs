@@ -36,6 +36,9 @@ struct ClientEntry {
     keys: Vec<String>,
     #[serde(default)]
     manage: bool,
+    /// May schedule and cancel the deletion of its keys (the KMS API).
+    #[serde(default)]
+    delete: bool,
     /// The KMS API: the access key id this caller signs its requests with (SigV4) ...
     #[serde(default)]
     kms_access_key_id: Option<String>,
@@ -64,11 +67,13 @@ pub struct Caller {
     pub manage: bool,
     /// The KMS API's CreateKey names keys PREFIX + a UUID.
     pub key_prefix: String,
+    /// May schedule and cancel the deletion of keys (within `keys`).
+    pub delete: bool,
 }
 
 impl Caller {
     fn everything(name: &str) -> Caller {
-        Caller { name: name.to_owned(), keys: vec!["*".into()], manage: true, key_prefix: String::new() }
+        Caller { name: name.to_owned(), keys: vec!["*".into()], manage: true, key_prefix: String::new(), delete: false }
     }
 
     /// Whether this caller may use (or, with `manage`, create) key `name`
@@ -192,6 +197,7 @@ impl Access {
                 keys: c.keys.clone(),
                 manage: c.manage,
                 key_prefix: c.kms_key_prefix.clone().unwrap_or_default(),
+                delete: c.delete,
             };
             match (&c.kms_access_key_id, &c.kms_secret_file) {
                 (Some(id), Some(file)) => {
@@ -293,11 +299,22 @@ mod tests {
 
     #[test]
     fn globs_limit_a_caller_to_its_keys() {
-        let c = Caller { name: "w".into(), keys: vec!["wallet-*".into(), "k?".into()], manage: false, key_prefix: String::new() };
+        let c = Caller {
+            name: "w".into(),
+            keys: vec!["wallet-*".into(), "k?".into()],
+            manage: false,
+            key_prefix: String::new(),
+            delete: false,
+        };
         assert!(c.may_use("wallet-1") && c.may_use("k1"));
         assert!(!c.may_use("validator") && !c.may_use("k10") && !c.may_use("wallet"));
-        let star =
-            Caller { name: "s".into(), keys: vec!["a*b*c*d*e*f*g*h*z".into(), "*x*".into()], manage: false, key_prefix: String::new() };
+        let star = Caller {
+            name: "s".into(),
+            keys: vec!["a*b*c*d*e*f*g*h*z".into(), "*x*".into()],
+            manage: false,
+            key_prefix: String::new(),
+            delete: false,
+        };
         let long = "a".repeat(128);
         let started = std::time::Instant::now();
         assert!(!star.may_use(&long) && star.may_use("axe"));

@@ -64,4 +64,4 @@ pub use config::{AgentConfig, CredentialsRelay, Listen, LoopbackAddr, NotLoopbac
 pub use kms_api::KmsApi;
 pub use listen::Limits;
 pub use openapi::openapi;
-pub use server::{serve, spawn};
+pub use server::{serve, spawn, spawn_kms_api};

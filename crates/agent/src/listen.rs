@@ -73,9 +73,23 @@ impl Listener {
 const BUSY: &str =
     r#"{"error":{"code":"too_many_connections","message":"the agent has as many connections open as it takes; retry","retryable":true}}"#;
 
-/// Serve `app` on `listener` until `shutdown` completes, then let open connections finish.
-pub(crate) async fn serve(listener: Listener, app: Router, limits: Limits, shutdown: impl std::future::Future<Output = ()>) {
-    let open = Arc::new(Semaphore::new(limits.max_connections));
+/// The connections the agent's listeners hold together (`limits.max_connections`).
+pub(crate) fn connection_slots(limits: &Limits) -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(limits.max_connections))
+}
+
+/// Serve `app` on `listener`, each connection holding one of `open`'s
+/// slots (shared by every listener of the agent), until `shutdown`
+/// completes; then let this listener's connections finish.
+pub(crate) async fn serve(
+    listener: Listener,
+    app: Router,
+    limits: Limits,
+    open: Arc<Semaphore>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let mine = Arc::new(tokio::sync::Notify::new());
+    let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
@@ -95,8 +109,11 @@ pub(crate) async fn serve(listener: Listener, app: Router, limits: Limits, shutd
             continue;
         };
         let (app, mut stop) = (app.clone(), stop_rx.clone());
+        let (mine, live) = (mine.clone(), live.clone());
+        live.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         tokio::spawn(async move {
             let _permit = permit;
+            let _done = Done(live, mine);
             let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
                 request.extensions_mut().insert(ConnectInfo(peer));
                 let mut app = app.clone();
@@ -120,8 +137,23 @@ pub(crate) async fn serve(listener: Listener, app: Router, limits: Limits, shutd
         });
     }
     let _ = stop_tx.send(true);
-    // Every connection's permit back, or ten seconds.
-    let _ = tokio::time::timeout(Duration::from_secs(10), open.acquire_many(limits.max_connections as u32)).await;
+    // Every connection of this listener closed, or ten seconds.
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while live.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            mine.notified().await;
+        }
+    })
+    .await;
+}
+
+/// A connection's end: one fewer live, and the listener told.
+struct Done(Arc<std::sync::atomic::AtomicUsize>, Arc<tokio::sync::Notify>);
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.1.notify_one();
+    }
 }
 
 /// Over the cap: a 503 the client can read, then the connection closes.

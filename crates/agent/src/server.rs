@@ -107,7 +107,24 @@ pub(crate) async fn authenticate(
 pub fn spawn(listener: tokio::net::TcpListener, enclave: Address, store: Store, access: Access) -> tokio::task::JoinHandle<()> {
     let limits = crate::listen::Limits::default();
     let state = AppState::new(enclave, store, access, None, limits);
-    tokio::spawn(crate::listen::serve(crate::listen::Listener::Tcp(listener), router(state), limits, std::future::pending()))
+    let open = crate::listen::connection_slots(&limits);
+    tokio::spawn(crate::listen::serve(crate::listen::Listener::Tcp(listener), router(state), limits, open, std::future::pending()))
+}
+
+/// Serve the KMS API on `listener` in this process (the benchmark does),
+/// with `settings`' region and account; stops when the task is aborted.
+pub fn spawn_kms_api(
+    listener: tokio::net::TcpListener,
+    enclave: Address,
+    store: Store,
+    access: Access,
+    settings: &crate::KmsApi,
+) -> tokio::task::JoinHandle<()> {
+    let limits = crate::listen::Limits::default();
+    let state = AppState::new(enclave, store, access, None, limits);
+    let app = crate::kms_api::router(state, settings);
+    let open = crate::listen::connection_slots(&limits);
+    tokio::spawn(crate::listen::serve(crate::listen::Listener::Tcp(listener), app, limits, open, std::future::pending()))
 }
 
 /// Serve the API as `config` says until SIGINT or SIGTERM, relaying the
@@ -144,14 +161,16 @@ pub async fn serve(config: AgentConfig) -> anyhow::Result<()> {
         None => None,
     };
     let app = router(state);
+    // Both listeners share one connection cap, and stop together.
+    let open = crate::listen::connection_slots(&limits);
     let (stop_kms, kms_stopped) = tokio::sync::watch::channel(false);
-    if let Some(((listener, url), kms_app)) = kms {
+    let kms_task = kms.map(|((listener, url), kms_app)| {
         tracing::info!("agent: KMS API on {url} (region {})", kms_api.as_ref().map(|k| k.region.as_str()).unwrap_or_default());
         let mut stopped = kms_stopped.clone();
-        tokio::spawn(crate::listen::serve(listener, kms_app, limits, async move {
+        tokio::spawn(crate::listen::serve(listener, kms_app, limits, open.clone(), async move {
             let _ = stopped.changed().await;
-        }));
-    }
+        }))
+    });
     let announce = |url: String| -> anyhow::Result<()> {
         tracing::info!("agent: listening on {url} (store {store_name}, enclave {enclave_name})");
         if let Some(path) = &ready_file {
@@ -161,8 +180,14 @@ pub async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     };
     let (listener, url) = bind(&listen, socket_mode).await?;
     announce(url)?;
-    crate::listen::serve(listener, app, limits, shutdown).await;
-    let _ = stop_kms.send(true);
+    let shutdown = async {
+        shutdown.await;
+        let _ = stop_kms.send(true);
+    };
+    crate::listen::serve(listener, app, limits, open, shutdown).await;
+    if let Some(t) = kms_task {
+        let _ = t.await;
+    }
     Ok(())
 }
 

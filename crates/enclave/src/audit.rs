@@ -188,7 +188,8 @@ impl Audit {
         };
         let key = d.key.as_deref().unwrap_or("-");
         let caller = d.caller.as_deref().unwrap_or("-");
-        if result == "ok" {
+        // A record sent without its origin document is the client's first try (it sends the whole record next).
+        if result == "ok" || result.contains(nekms_protocol::record::ORIGIN_MISSING) {
             tracing::debug!(channel = d.channel, op = %d.op, key, caller, "{result}");
         } else {
             tracing::info!(channel = d.channel, op = %d.op, key, caller, "{result}");

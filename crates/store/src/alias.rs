@@ -29,20 +29,21 @@ impl Store {
         }
     }
 
-    /// Write `alias`: a new one ([`StoreError::Exists`] if the name is taken),
-    /// or with `replace`, one that must exist (`Ok(false)` if it does not).
-    pub async fn put_alias(&self, alias: &Alias, replace: bool) -> Result<bool, StoreError> {
+    /// Write `alias`: a new one ([`StoreError::Exists`] if the name is
+    /// taken), or with `replacing`, one that must still point at that target
+    /// (`Ok(false)` if it is gone or was moved meanwhile).
+    pub async fn put_alias(&self, alias: &Alias, replacing: Option<&str>) -> Result<bool, StoreError> {
         match self {
-            Store::Sqlite(s) => s.put_alias(alias, replace).await,
-            Store::DynamoDb(s) => s.put_alias(alias, replace).await,
+            Store::Sqlite(s) => s.put_alias(alias, replacing).await,
+            Store::DynamoDb(s) => s.put_alias(alias, replacing).await,
         }
     }
 
-    /// Whether there was an alias `name` to delete.
-    pub async fn delete_alias(&self, name: &str) -> Result<bool, StoreError> {
+    /// Delete the alias `name` if it still points at `target`; whether it did.
+    pub async fn delete_alias(&self, name: &str, target: &str) -> Result<bool, StoreError> {
         match self {
-            Store::Sqlite(s) => s.delete_alias(name).await,
-            Store::DynamoDb(s) => s.delete_alias(name).await,
+            Store::Sqlite(s) => s.delete_alias(name, target).await,
+            Store::DynamoDb(s) => s.delete_alias(name, target).await,
         }
     }
 

@@ -242,7 +242,7 @@ impl DynamoStore {
         Ok(out.item().and_then(alias_of))
     }
 
-    pub(crate) async fn put_alias(&self, a: &Alias, replace: bool) -> Result<bool, StoreError> {
+    pub(crate) async fn put_alias(&self, a: &Alias, replacing: Option<&str>) -> Result<bool, StoreError> {
         let item = HashMap::from([
             ("key_id".to_string(), AttributeValue::S(format!("{DYNAMO_PREFIX}{}", a.name))),
             ("alias_target".to_string(), AttributeValue::S(a.target.clone())),
@@ -250,22 +250,35 @@ impl DynamoStore {
             ("updated".to_string(), AttributeValue::N(a.updated.to_string())),
         ]);
         let put = self.client.put_item().table_name(&self.table).set_item(Some(item));
-        let put = match replace {
-            true => put.condition_expression("attribute_exists(key_id)"),
-            false => put.condition_expression("attribute_not_exists(key_id)"),
+        let put = match replacing {
+            Some(old) => put.condition_expression("alias_target = :old").expression_attribute_values(":old", AttributeValue::S(old.into())),
+            None => put.condition_expression("attribute_not_exists(key_id)"),
         };
         match put.send().await {
             Ok(_) => Ok(true),
-            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => match replace {
-                true => Ok(false),
-                false => Err(StoreError::Exists(a.name.clone())),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => match replacing {
+                Some(_) => Ok(false),
+                None => Err(StoreError::Exists(a.name.clone())),
             },
             Err(e) => Err(sdk_error(&self.table, e)),
         }
     }
 
-    pub(crate) async fn delete_alias(&self, name: &str) -> Result<bool, StoreError> {
-        self.delete(&format!("{DYNAMO_PREFIX}{name}")).await
+    pub(crate) async fn delete_alias(&self, name: &str, target: &str) -> Result<bool, StoreError> {
+        match self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key("key_id", AttributeValue::S(format!("{DYNAMO_PREFIX}{name}")))
+            .condition_expression("alias_target = :t")
+            .expression_attribute_values(":t", AttributeValue::S(target.into()))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => Ok(false),
+            Err(e) => Err(sdk_error(&self.table, e)),
+        }
     }
 
     pub(crate) async fn aliases(&self) -> Result<Vec<Alias>, StoreError> {

@@ -144,12 +144,15 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn put_alias(&self, a: &Alias, replace: bool) -> Result<bool, StoreError> {
-        let a = a.clone();
+    pub(crate) async fn put_alias(&self, a: &Alias, replacing: Option<&str>) -> Result<bool, StoreError> {
+        let (a, replacing) = (a.clone(), replacing.map(str::to_owned));
         self.with(move |c| {
-            if replace {
+            if let Some(old) = replacing {
                 let n = c
-                    .execute("UPDATE aliases SET target = ?2, updated = ?3 WHERE name = ?1", params![a.name, a.target, a.updated as i64])
+                    .execute(
+                        "UPDATE aliases SET target = ?2, updated = ?3 WHERE name = ?1 AND target = ?4",
+                        params![a.name, a.target, a.updated as i64, old],
+                    )
                     .map_err(backend)?;
                 return Ok(n > 0);
             }
@@ -167,9 +170,12 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn delete_alias(&self, name: &str) -> Result<bool, StoreError> {
-        let name = name.to_owned();
-        self.with(move |c| Ok(c.execute("DELETE FROM aliases WHERE name = ?1", params![name]).map_err(backend)? > 0)).await
+    pub(crate) async fn delete_alias(&self, name: &str, target: &str) -> Result<bool, StoreError> {
+        let (name, target) = (name.to_owned(), target.to_owned());
+        self.with(
+            move |c| Ok(c.execute("DELETE FROM aliases WHERE name = ?1 AND target = ?2", params![name, target]).map_err(backend)? > 0),
+        )
+        .await
     }
 
     pub(crate) async fn aliases(&self) -> Result<Vec<Alias>, StoreError> {

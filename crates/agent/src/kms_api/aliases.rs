@@ -11,8 +11,10 @@ use serde_json::{json, Value};
 
 use super::{store_error, Answer, Ctx};
 
-/// An alias name as KMS allows it for customer aliases.
-fn check_name(name: &str) -> Result<(), KmsError> {
+/// An alias name as KMS allows it for customer aliases, and one this
+/// caller may take: what follows `alias/` is within its key globs, so
+/// callers with separate keys have separate alias names.
+fn check_name(ctx: &Ctx<'_>, name: &str) -> Result<(), KmsError> {
     let ok = name.len() <= 256
         && name.strip_prefix("alias/").is_some_and(|rest| !rest.is_empty())
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_-:".contains(&b));
@@ -21,6 +23,12 @@ fn check_name(name: &str) -> Result<(), KmsError> {
     }
     if name.starts_with("alias/aws/") {
         return Err(KmsError::new("NotAuthorizedException", "alias/aws/ names are reserved for AWS"));
+    }
+    if !ctx.caller.may_use(&name["alias/".len()..]) {
+        return Err(KmsError::new(
+            "AccessDeniedException",
+            format!("{name}: {} takes aliases named as the keys it may use (alias/ + a name its key globs allow)", ctx.caller.name),
+        ));
     }
     Ok(())
 }
@@ -36,27 +44,23 @@ async fn target(ctx: &Ctx<'_>, f: &Fields, action: &str) -> Result<String, KmsEr
     Ok(name)
 }
 
-/// The alias `name`, which must exist and point at a key this caller may use.
-async fn existing(ctx: &Ctx<'_>, name: &str, action: &str) -> Result<Alias, KmsError> {
-    let alias = ctx
-        .state
-        .store
-        .alias(name)
-        .await
-        .map_err(store_error)?
-        .ok_or_else(|| KmsError::not_found(format!("Alias {} is not found.", ctx.alias_arn(name))))?;
-    ctx.may(&alias.target, action)?;
-    Ok(alias)
+/// The alias `name`, which must exist and point at a key this caller may
+/// use (one that does not is, to this caller, not found).
+async fn existing(ctx: &Ctx<'_>, name: &str) -> Result<Alias, KmsError> {
+    match ctx.state.store.alias(name).await.map_err(store_error)? {
+        Some(a) if ctx.caller.may_use(&a.target) => Ok(a),
+        _ => Err(KmsError::not_found(format!("Alias {} is not found.", ctx.alias_arn(name)))),
+    }
 }
 
 pub(super) async fn create_alias(ctx: &Ctx<'_>, f: &Fields) -> Answer {
     ctx.manages("CreateAlias")?;
     let name = f.str("AliasName")?;
-    check_name(name)?;
+    check_name(ctx, name)?;
     let target = target(ctx, f, "CreateAlias").await?;
     let now = nekms_store::now();
     let alias = Alias { name: name.to_owned(), target, created: now, updated: now };
-    match ctx.state.store.put_alias(&alias, false).await {
+    match ctx.state.store.put_alias(&alias, None).await {
         Ok(_) => Ok(json!({})),
         Err(nekms_store::StoreError::Exists(_)) => {
             Err(KmsError::new("AlreadyExistsException", format!("An alias with the name {} already exists", ctx.alias_arn(name))))
@@ -68,12 +72,16 @@ pub(super) async fn create_alias(ctx: &Ctx<'_>, f: &Fields) -> Answer {
 pub(super) async fn update_alias(ctx: &Ctx<'_>, f: &Fields) -> Answer {
     ctx.manages("UpdateAlias")?;
     let name = f.str("AliasName")?;
-    check_name(name)?;
-    let mut alias = existing(ctx, name, "UpdateAlias").await?;
-    alias.target = target(ctx, f, "UpdateAlias").await?;
+    check_name(ctx, name)?;
+    let mut alias = existing(ctx, name).await?;
+    let old = std::mem::replace(&mut alias.target, target(ctx, f, "UpdateAlias").await?);
     alias.updated = nekms_store::now();
-    if !ctx.state.store.put_alias(&alias, true).await.map_err(store_error)? {
-        return Err(KmsError::not_found(format!("Alias {} is not found.", ctx.alias_arn(name))));
+    // Only if it still points where it did when checked.
+    if !ctx.state.store.put_alias(&alias, Some(&old)).await.map_err(store_error)? {
+        return Err(KmsError::new(
+            "ConcurrentModificationException",
+            format!("Alias {} changed meanwhile; try again.", ctx.alias_arn(name)),
+        ));
     }
     Ok(json!({}))
 }
@@ -81,8 +89,13 @@ pub(super) async fn update_alias(ctx: &Ctx<'_>, f: &Fields) -> Answer {
 pub(super) async fn delete_alias(ctx: &Ctx<'_>, f: &Fields) -> Answer {
     ctx.manages("DeleteAlias")?;
     let name = f.str("AliasName")?;
-    existing(ctx, name, "DeleteAlias").await?;
-    ctx.state.store.delete_alias(name).await.map_err(store_error)?;
+    let alias = existing(ctx, name).await?;
+    if !ctx.state.store.delete_alias(name, &alias.target).await.map_err(store_error)? {
+        return Err(KmsError::new(
+            "ConcurrentModificationException",
+            format!("Alias {} changed meanwhile; try again.", ctx.alias_arn(name)),
+        ));
+    }
     Ok(json!({}))
 }
 

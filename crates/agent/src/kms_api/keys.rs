@@ -149,8 +149,6 @@ pub(super) async fn get_public_key(ctx: &Ctx<'_>, f: &Fields) -> Answer {
     if deletion.is_some() {
         return Err(KmsError::invalid_state(format!("{} is pending deletion.", ctx.arn(&name))));
     }
-    let usage = Usage::of_context(&r.encryption_context, r.spec).map_err(KmsError::internal)?;
-    let _ = usage;
     Ok(json!({
         "KeyId": ctx.arn(&name),
         "PublicKey": b64(&r.public_key),
@@ -165,7 +163,8 @@ pub(super) async fn list_keys(ctx: &Ctx<'_>, f: &Fields) -> Answer {
     let limit = f.opt_int("Limit", 1, 1000)?.unwrap_or(100) as usize;
     let mut after = f.opt_str("Marker")?.map(str::to_owned);
     let mut keys = Vec::new();
-    loop {
+    // At most this many store pages a request: a caller with few keys in a big store gets them over several.
+    for _ in 0..10 {
         let page = ctx.state.store.list(after.as_deref(), 1000).await.map_err(store_error)?;
         for r in &page.records {
             if !ctx.caller.may_use(&r.key_id) {
@@ -182,13 +181,20 @@ pub(super) async fn list_keys(ctx: &Ctx<'_>, f: &Fields) -> Answer {
             None => return Ok(json!({"Keys": keys, "Truncated": false})),
         }
     }
+    Ok(json!({"Keys": keys, "Truncated": true, "NextMarker": after.unwrap_or_default()}))
 }
 
 pub(super) async fn schedule_key_deletion(ctx: &Ctx<'_>, f: &Fields) -> Answer {
-    ctx.manages("ScheduleKeyDeletion")?;
+    ctx.deletes("ScheduleKeyDeletion")?;
     let name = ctx.resolve(f.key_id("KeyId")?, "ScheduleKeyDeletion").await?;
     let days = f.opt_int("PendingWindowInDays", 7, 30)?.unwrap_or(30) as u64;
-    let (_, deletion) = entry(ctx, &name).await?;
+    let (record, deletion) = entry(ctx, &name).await?;
+    if Usage::of_context(&record.encryption_context, record.spec) == Ok(Usage::Privval) {
+        return Err(KmsError::new(
+            "AccessDeniedException",
+            format!("{} is a validator's consensus key: its administrator deletes it (nekms key delete)", ctx.arn(&name)),
+        ));
+    }
     if deletion.is_some() {
         return Err(KmsError::invalid_state(format!("{} is pending deletion.", ctx.arn(&name))));
     }
@@ -202,7 +208,7 @@ pub(super) async fn schedule_key_deletion(ctx: &Ctx<'_>, f: &Fields) -> Answer {
 }
 
 pub(super) async fn cancel_key_deletion(ctx: &Ctx<'_>, f: &Fields) -> Answer {
-    ctx.manages("CancelKeyDeletion")?;
+    ctx.deletes("CancelKeyDeletion")?;
     let name = ctx.resolve(f.key_id("KeyId")?, "CancelKeyDeletion").await?;
     let (_, deletion) = entry(ctx, &name).await?;
     if deletion.is_none() {

@@ -209,22 +209,26 @@ impl Ctx<'_> {
                     return Err(KmsError::not_found(format!("Invalid arn {key_id}: not this region and account")));
                 }
                 match resource.strip_prefix("key/") {
-                    Some(name) => name.to_owned(),
+                    // A key ARN names a record, whatever its name looks like.
+                    Some(name) => {
+                        self.may(name, action)?;
+                        return Ok(name.to_owned());
+                    }
                     None if resource.starts_with("alias/") => resource.to_owned(),
                     None => return Err(KmsError::not_found(format!("Invalid arn {key_id}"))),
                 }
             }
             None => key_id.to_owned(),
         };
-        let name = match local.starts_with("alias/") {
-            true => match self.state.store.alias(&local).await.map_err(store_error)? {
-                Some(a) => a.target,
-                None => return Err(KmsError::not_found(format!("Alias {} is not found.", self.alias_arn(&local)))),
-            },
-            false => local,
-        };
-        self.may(&name, action)?;
-        Ok(name)
+        if local.starts_with("alias/") {
+            // An alias of a key this caller may not use is, to it, no alias at all.
+            return match self.state.store.alias(&local).await.map_err(store_error)? {
+                Some(a) if self.caller.may_use(&a.target) => Ok(a.target),
+                _ => Err(KmsError::not_found(format!("Alias {} is not found.", self.alias_arn(&local)))),
+            };
+        }
+        self.may(&local, action)?;
+        Ok(local)
     }
 
     /// Refused unless this caller may use key `name`.
@@ -238,7 +242,18 @@ impl Ctx<'_> {
         ))
     }
 
-    /// Refused unless this caller may create, delete and alias keys.
+    /// Refused unless this caller may schedule deletions.
+    fn deletes(&self, action: &str) -> Result<(), KmsError> {
+        if self.caller.delete {
+            return Ok(());
+        }
+        Err(KmsError::new(
+            "AccessDeniedException",
+            format!("User: {} is not authorized to perform: kms:{action} (the access file does not let it delete keys)", self.caller.name),
+        ))
+    }
+
+    /// Refused unless this caller may create and alias keys.
     fn manages(&self, action: &str) -> Result<(), KmsError> {
         if self.caller.manage {
             return Ok(());

@@ -14,6 +14,8 @@ pub enum Command {
     Kmstool(KmstoolArgs),
     /// Signatures per second in process vs through the enclave RPC vs through the agent, and cold-signature latency
     Sign(SignArgs),
+    /// Sign per second through the agent's KMS API (SigV4) vs in process vs the local KMS's own asymmetric Sign, and where the time goes
+    KmsApi(KmsApiArgs),
     /// PKCS#11 C_Sign per second through p11-kit: libnekms_p11.so vs SoftHSM2, one and two connections, direct, first signature
     P11(P11Args),
     /// Validator signing: prevote/precommit latency and signatures/s, nekms (with and without fsync) vs tmkms 0.15.0, Unix and TCP+SecretConnection, two chains
@@ -87,6 +89,19 @@ pub struct SignArgs {
 }
 
 #[derive(clap::Args)]
+pub struct KmsApiArgs {
+    /// Key specs to measure
+    #[arg(long, value_delimiter = ',', default_value = "secp256k1,p256,ed25519")]
+    spec: Vec<KeySpec>,
+    /// Keep-alive connections
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// Seconds per cell
+    #[arg(long, default_value_t = 2.0)]
+    seconds: f64,
+}
+
+#[derive(clap::Args)]
 pub struct P11Args {
     /// Seconds per measurement
     #[arg(long, default_value_t = 3.0)]
@@ -141,6 +156,11 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
             depth: a.depth,
             seconds: a.seconds,
             cold: a.cold,
+        })),
+        Command::KmsApi(a) => runtime()?.block_on(bench::kms_api::run(&bench::kms_api::Options {
+            spec: a.spec,
+            clients: a.clients.max(1),
+            seconds: a.seconds,
         })),
         Command::P11(a) => {
             runtime()?.block_on(bench::p11::run(&bench::p11::Options { seconds: a.seconds, module: a.module, no_nginx: a.no_nginx }))

@@ -16,6 +16,7 @@
 //! [`vm`]'s, which starts `dev up` worlds with runtimes of their own.
 
 pub mod kms;
+pub mod kms_api;
 pub mod kmstool;
 mod measure;
 pub mod p11;

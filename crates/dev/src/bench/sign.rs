@@ -36,14 +36,14 @@ pub struct Options {
 }
 
 /// A keep-alive HTTP/1.1 connection to the agent.
-struct Http {
+pub(super) struct Http {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
     host: String,
     authorization: String,
 }
 
 impl Http {
-    async fn open(addr: std::net::SocketAddr, token: &str) -> anyhow::Result<Http> {
+    pub(super) async fn open(addr: std::net::SocketAddr, token: &str) -> anyhow::Result<Http> {
         let stream = tokio::net::TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
@@ -51,7 +51,7 @@ impl Http {
         Ok(Http { sender, host: addr.to_string(), authorization: format!("Bearer {token}") })
     }
 
-    async fn post(&mut self, path: &str, body: Bytes) -> anyhow::Result<()> {
+    pub(super) async fn post(&mut self, path: &str, body: Bytes) -> anyhow::Result<()> {
         self.sender.ready().await?;
         let req = hyper::Request::post(path)
             .header("host", &self.host)
