@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from conftest import NEKMS, free_port, port_open
+from conftest import NEKMS, ROOT, free_port, port_open
 
 ACCOUNT = "111122223333"
 CALLERS = {
@@ -319,3 +319,27 @@ def test_the_same_client_code_sees_the_same_shapes_from_nekms_kms(api):
     assert {k: t[k] for k in t if k in m} == {k: m[k] for k in t if k in m}
     assert set(t) - set(m) <= {"EncryptionAlgorithms", "KeyAgreementAlgorithms", "MacAlgorithms"}, set(t) - set(m)
     assert mine_errors == theirs_errors, (mine_errors, theirs_errors)
+
+
+ALLOY_KMS = os.environ.get("NEKMS_ALLOY_KMS_BIN", str(ROOT / "target" / "debug" / "nekms-alloy-kms"))
+
+
+def test_alloys_aws_signer_makes_a_transaction_eth_account_recovers(api):
+    """alloy's AwsSigner (crates/ecosystem: an aws_sdk_kms client, a key id, a chain id, as its users write it) on an
+    enclave secp256k1 key: eth-account recovers the transaction and the message to the key's address."""
+    from eth_account import Account
+    from eth_account.messages import encode_defunct
+    from eth_keys import keys
+    c = kms(api)
+    key = c.create_key(KeySpec="ECC_SECG_P256K1", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+    akid, secret = api.secrets["alice"]
+    r = subprocess.run([ALLOY_KMS, api.url, key, "1"], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "AWS_ACCESS_KEY_ID": akid, "AWS_SECRET_ACCESS_KEY": secret})
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    point = serialization.load_der_public_key(c.get_public_key(KeyId=key)["PublicKey"]).public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)[1:]
+    address = keys.PublicKey(point).to_checksum_address()
+    assert out["address"] == address == api.nekms("key", "public-key", key, "--address").stdout.strip()
+    assert Account.recover_transaction(out["raw_transaction"]) == address
+    assert Account.recover_message(encode_defunct(text=out["message"]), signature=out["message_signature"]) == address
