@@ -61,6 +61,7 @@ mod state;
 
 pub use access::{Access, Caller};
 pub use config::{AgentConfig, CredentialsRelay, Listen, LoopbackAddr, NotLoopback};
+pub use kms_api::parse as kms_api_parse;
 pub use kms_api::KmsApi;
 pub use listen::Limits;
 pub use openapi::openapi;

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use super::{enclave_error, store_error, uuid_of, Answer, Ctx};
 
 /// KMS's name of a key spec.
-pub(super) fn kms_spec(spec: KeySpec) -> &'static str {
+pub(crate) fn kms_spec(spec: KeySpec) -> &'static str {
     match spec {
         KeySpec::Secp256k1 => "ECC_SECG_P256K1",
         KeySpec::P256 => "ECC_NIST_P256",
@@ -31,7 +31,7 @@ fn spec_of_kms(name: &str) -> Option<KeySpec> {
 }
 
 /// The signing algorithms KMS lists for a key of `spec` (those nekms serves).
-pub(super) fn signing_algorithms(spec: KeySpec) -> Vec<&'static str> {
+pub(crate) fn signing_algorithms(spec: KeySpec) -> Vec<&'static str> {
     match spec {
         KeySpec::Secp256k1 | KeySpec::P256 => vec!["ECDSA_SHA_256"],
         KeySpec::P384 => vec!["ECDSA_SHA_384"],

@@ -20,6 +20,7 @@
 
 mod aliases;
 mod keys;
+pub mod parse;
 mod sign;
 
 use std::sync::Arc;
@@ -201,34 +202,17 @@ impl Ctx<'_> {
     /// A KeyId as KMS takes it (a key id, a key ARN, an alias name or an
     /// alias ARN) as a record name this caller may use.
     async fn resolve(&self, key_id: &str, action: &str) -> Result<String, KmsError> {
-        let local = match key_id.strip_prefix("arn:aws:kms:") {
-            Some(rest) => {
-                let mut p = rest.splitn(3, ':');
-                let (region, account, resource) = (p.next().unwrap_or(""), p.next().unwrap_or(""), p.next().unwrap_or(""));
-                if region != self.api.region || account != self.api.account {
-                    return Err(KmsError::not_found(format!("Invalid arn {key_id}: not this region and account")));
-                }
-                match resource.strip_prefix("key/") {
-                    // A key ARN names a record, whatever its name looks like.
-                    Some(name) => {
-                        self.may(name, action)?;
-                        return Ok(name.to_owned());
-                    }
-                    None if resource.starts_with("alias/") => resource.to_owned(),
-                    None => return Err(KmsError::not_found(format!("Invalid arn {key_id}"))),
-                }
+        match parse::key_ref(key_id, &self.api.region, &self.api.account)? {
+            parse::KeyRef::Record(name) => {
+                self.may(&name, action)?;
+                Ok(name)
             }
-            None => key_id.to_owned(),
-        };
-        if local.starts_with("alias/") {
             // An alias of a key this caller may not use is, to it, no alias at all.
-            return match self.state.store.alias(&local).await.map_err(store_error)? {
+            parse::KeyRef::Alias(alias) => match self.state.store.alias(&alias).await.map_err(store_error)? {
                 Some(a) if self.caller.may_use(&a.target) => Ok(a.target),
-                _ => Err(KmsError::not_found(format!("Alias {} is not found.", self.alias_arn(&local)))),
-            };
+                _ => Err(KmsError::not_found(format!("Alias {} is not found.", self.alias_arn(&alias)))),
+            },
         }
-        self.may(&local, action)?;
-        Ok(local)
     }
 
     /// Refused unless this caller may use key `name`.
