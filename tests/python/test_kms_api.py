@@ -275,10 +275,42 @@ def test_deletion_waits_its_window_and_can_be_cancelled(api):
     assert error_type(lambda: c.sign(KeyId=key, Message=b"m", SigningAlgorithm="ECDSA_SHA_256")) == "KMSInvalidStateException"
     assert error_type(lambda: c.schedule_key_deletion(KeyId=key)) == "KMSInvalidStateException"
     c.cancel_key_deletion(KeyId=key)
+    # As with KMS, the key comes back disabled, and signs again once enabled.
+    assert c.describe_key(KeyId=key)["KeyMetadata"]["KeyState"] == "Disabled"
+    assert error_type(lambda: c.sign(KeyId=key, Message=b"m", SigningAlgorithm="ECDSA_SHA_256")) == "DisabledException"
+    c.enable_key(KeyId=key)
     assert c.describe_key(KeyId=key)["KeyMetadata"]["KeyState"] == "Enabled"
     c.sign(KeyId=key, Message=b"m", SigningAlgorithm="ECDSA_SHA_256")
     # The CLI's store says the same.
     assert "pending" not in api.nekms("key", "list").stdout.split(key)[1].split("\n")[0]
+
+
+def test_descriptions_tags_and_disabled_keys(api):
+    c, bob, auditor = kms(api), kms(api, "bob"), kms(api, "auditor")
+    meta = c.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY", Description="hot wallet",
+                        Tags=[{"TagKey": "team", "TagValue": "payments"}])["KeyMetadata"]
+    key = meta["KeyId"]
+    assert meta["Description"] == "hot wallet" and c.describe_key(KeyId=key)["KeyMetadata"]["Description"] == "hot wallet"
+    c.tag_resource(KeyId=key, Tags=[{"TagKey": "env", "TagValue": "prod"}])
+    c.untag_resource(KeyId=key, TagKeys=["team"])
+    assert auditor.list_resource_tags(KeyId=key)["Tags"] == [{"TagKey": "env", "TagValue": "prod"}]
+    # Tags are the managers' own: not another caller's, not a reader's.
+    assert error_type(lambda: bob.tag_resource(KeyId=key, Tags=[{"TagKey": "x", "TagValue": "y"}])) == "AccessDeniedException"
+    assert error_type(lambda: auditor.untag_resource(KeyId=key, TagKeys=["env"])) == "AccessDeniedException"
+    assert error_type(lambda: c.tag_resource(KeyId=key, Tags=[{"TagKey": "aws:x", "TagValue": "y"}])) == "TagException"
+    # A disabled key signs, verifies and gives its public key to nobody, until enabled again.
+    sig = c.sign(KeyId=key, Message=b"before", SigningAlgorithm="ECDSA_SHA_256")["Signature"]
+    assert error_type(lambda: auditor.disable_key(KeyId=key)) == "AccessDeniedException"
+    c.disable_key(KeyId=key)
+    d = c.describe_key(KeyId=key)["KeyMetadata"]
+    assert (d["KeyState"], d["Enabled"]) == ("Disabled", False)
+    for call in (lambda: c.sign(KeyId=key, Message=b"m", SigningAlgorithm="ECDSA_SHA_256"),
+                 lambda: auditor.sign(KeyId=key, Message=b"m", SigningAlgorithm="ECDSA_SHA_256"),
+                 lambda: c.verify(KeyId=key, Message=b"before", Signature=sig, SigningAlgorithm="ECDSA_SHA_256"),
+                 lambda: c.get_public_key(KeyId=key)):
+        assert error_type(call) == "DisabledException"
+    c.enable_key(KeyId=key)
+    assert c.verify(KeyId=key, Message=b"before", Signature=sig, SigningAlgorithm="ECDSA_SHA_256")["SignatureValid"]
 
 
 def fields(v):

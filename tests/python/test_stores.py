@@ -92,9 +92,9 @@ def test_reading_a_mistyped_store_creates_nothing(up, tmp_path):
 
 
 @pytest.mark.parametrize("kind", STORES)
-def test_aliases_of_the_kms_api_live_beside_the_records(up, kind):
-    """The agent's KMS API keeps its aliases in the store: a name taken once, moved, deleted; listings of records
-    never show them (on DynamoDB they are items of the same table)."""
+def test_aliases_and_key_metadata_of_the_kms_api_live_beside_the_records(up, kind):
+    """The agent's KMS API keeps its aliases, and keys' tags and disabled state, in the store: a name taken once, moved,
+    deleted; listings of records never show them (on DynamoDB they are items of the same table)."""
     from conftest import NEKMS, free_port, port_open
     store = url(up, kind)
     secret, access = up.base / f"{kind}.secret", up.base / f"{kind}-access.toml"
@@ -123,6 +123,13 @@ def test_aliases_of_the_kms_api_live_beside_the_records(up, kind):
         kms.delete_alias(AliasName="alias/ops")
         with pytest.raises(kms.exceptions.NotFoundException):
             kms.describe_key(KeyId="alias/ops")
+        # A key's tags and disabled state live beside it too, and are not listed as records either.
+        kms.tag_resource(KeyId=a, Tags=[{"TagKey": "store", "TagValue": kind}])
+        kms.disable_key(KeyId=a)
+        assert kms.list_resource_tags(KeyId=a)["Tags"] == [{"TagKey": "store", "TagValue": kind}]
+        assert kms.describe_key(KeyId=a)["KeyMetadata"]["KeyState"] == "Disabled"
+        listed = json.loads(up.nekms("key", "list", "--store", store, "--json").stdout)
+        assert not [k for k in listed if "meta" in k["key_id"] or "damaged" in k], listed
     finally:
         agent.terminate()
         agent.wait(10)

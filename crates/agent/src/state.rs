@@ -20,6 +20,8 @@ pub(crate) struct AppState {
     pub(crate) access: Access,
     /// Records read for signing, and when (see `routes::sign`).
     pub(crate) records: Mutex<HashMap<String, (Arc<KeyRecord>, Instant)>>,
+    /// The KMS API's key metadata read for signing, and when (the same TTL).
+    pub(crate) metas: Mutex<HashMap<String, (nekms_store::meta::KeyMeta, Instant)>>,
     pub(crate) metrics: Metrics,
     /// Secrets Manager's endpoint (moto) instead of the SDK's.
     pub(crate) secrets_endpoint: Option<String>,
@@ -48,6 +50,7 @@ impl AppState {
             store,
             access,
             records: Mutex::new(HashMap::new()),
+            metas: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
             secrets_endpoint,
             limits,

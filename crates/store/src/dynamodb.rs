@@ -229,6 +229,31 @@ fn alias_of(item: &Item) -> Option<Alias> {
 }
 
 impl DynamoStore {
+    pub(crate) async fn meta(&self, key_id: &str) -> Result<Option<String>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("key_id", AttributeValue::S(format!("{}{key_id}", crate::meta::DYNAMO_PREFIX)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| sdk_error(&self.table, e))?;
+        Ok(out.item().and_then(|i| i.get("meta")).and_then(|v| v.as_s().ok()).cloned())
+    }
+
+    pub(crate) async fn put_meta(&self, key_id: &str, meta: String) -> Result<(), StoreError> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .item("key_id", AttributeValue::S(format!("{}{key_id}", crate::meta::DYNAMO_PREFIX)))
+            .item("meta", AttributeValue::S(meta))
+            .send()
+            .await
+            .map_err(|e| sdk_error(&self.table, e))?;
+        Ok(())
+    }
+
     pub(crate) async fn alias(&self, name: &str) -> Result<Option<Alias>, StoreError> {
         let out = self
             .client
@@ -385,8 +410,8 @@ impl KeyStore for DynamoStore {
                 read += 1;
                 let key_id = item.get("key_id").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
                 last_read = Some(key_id.clone());
-                if key_id.starts_with(DYNAMO_PREFIX) {
-                    continue; // an alias, not a record
+                if key_id.starts_with('#') {
+                    continue; // an alias or a key's metadata, not a record
                 }
                 match entry_of(item) {
                     Ok((_, Some(at))) if at <= crate::now() => expired.push(key_id),

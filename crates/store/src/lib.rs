@@ -29,6 +29,7 @@
 
 pub mod alias;
 mod dynamodb;
+pub mod meta;
 mod sqlite;
 
 use nekms_keys::RecordExt;

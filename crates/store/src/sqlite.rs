@@ -25,6 +25,10 @@ CREATE TABLE IF NOT EXISTS key_records (
     migration          BLOB,
     deletion_date      INTEGER
 ) STRICT;
+CREATE TABLE IF NOT EXISTS key_meta (
+    key_id TEXT PRIMARY KEY NOT NULL,
+    meta   TEXT NOT NULL
+) STRICT;
 CREATE TABLE IF NOT EXISTS aliases (
     name    TEXT PRIMARY KEY NOT NULL,
     target  TEXT NOT NULL,
@@ -125,6 +129,27 @@ impl SqliteStore {
             conn.execute_batch("ALTER TABLE key_records ADD COLUMN deletion_date INTEGER").map_err(backend)?;
         }
         Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)) })
+    }
+
+    pub(crate) async fn meta(&self, key_id: &str) -> Result<Option<String>, StoreError> {
+        let key_id = key_id.to_owned();
+        self.with(move |c| {
+            c.query_row("SELECT meta FROM key_meta WHERE key_id = ?1", params![key_id], |r| r.get(0)).optional().map_err(backend)
+        })
+        .await
+    }
+
+    pub(crate) async fn put_meta(&self, key_id: &str, meta: String) -> Result<(), StoreError> {
+        let key_id = key_id.to_owned();
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO key_meta (key_id, meta) VALUES (?1, ?2) ON CONFLICT(key_id) DO UPDATE SET meta = excluded.meta",
+                params![key_id, meta],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
     }
 
     pub(crate) async fn alias(&self, name: &str) -> Result<Option<Alias>, StoreError> {

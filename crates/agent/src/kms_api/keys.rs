@@ -6,6 +6,7 @@ use nekms_keys::{KeyRecord, KeySpec, Origin};
 use nekms_kms_proto::error::KmsError;
 use nekms_kms_proto::request::{b64, Request as Fields};
 use nekms_rpc::{Entropy, GenerateKey};
+use nekms_store::meta::KeyMeta;
 use nekms_store::KeyStore;
 use serde_json::{json, Value};
 
@@ -48,16 +49,21 @@ pub(crate) fn signing_algorithms(spec: KeySpec) -> Vec<&'static str> {
 }
 
 /// KeyMetadata, as DescribeKey and CreateKey return it.
-fn metadata(ctx: &Ctx<'_>, r: &KeyRecord, deletion: Option<u64>) -> Value {
+fn metadata(ctx: &Ctx<'_>, r: &KeyRecord, deletion: Option<u64>, meta: &KeyMeta) -> Value {
+    let state = match (deletion, meta.disabled) {
+        (Some(_), _) => "PendingDeletion",
+        (None, true) => "Disabled",
+        (None, false) => "Enabled",
+    };
     let mut m = json!({
         "AWSAccountId": ctx.api.account,
         "KeyId": r.key_id,
         "Arn": ctx.arn(&r.key_id),
         "CreationDate": r.created_at,
-        "Enabled": deletion.is_none(),
-        "Description": "",
+        "Enabled": state == "Enabled",
+        "Description": meta.description,
         "KeyUsage": "SIGN_VERIFY",
-        "KeyState": if deletion.is_some() { "PendingDeletion" } else { "Enabled" },
+        "KeyState": state,
         "Origin": if r.origin == Origin::Imported { "EXTERNAL" } else { "AWS_KMS" },
         "KeyManager": "CUSTOMER",
         "CustomerMasterKeySpec": kms_spec(r.spec),
@@ -104,9 +110,8 @@ pub(super) async fn create_key(ctx: &Ctx<'_>, f: &Fields) -> Answer {
     if f.has("Policy") {
         return unsupported("Policy: who may use an enclave key is the agent's access file; leave Policy out");
     }
-    if f.opt_str("Description")?.is_some_and(|d| !d.is_empty()) || f.has("Tags") {
-        return unsupported("Description and Tags are not kept for enclave keys yet; leave them out");
-    }
+    let mut meta = KeyMeta { description: f.str_len("Description", 0, 8192)?.unwrap_or("").to_owned(), ..KeyMeta::default() };
+    super::meta::add_tags(&mut meta, f)?;
     if f.opt_bool("MultiRegion")? == Some(true) {
         return unsupported("MultiRegion: an enclave key lives in its store, in no region");
     }
@@ -134,13 +139,18 @@ pub(super) async fn create_key(ctx: &Ctx<'_>, f: &Fields) -> Answer {
         .await
         .map_err(enclave_error)?;
     ctx.state.store.create(&record).await.map_err(store_error)?;
-    Ok(json!({"KeyMetadata": metadata(ctx, &record, None)}))
+    meta.record = record.created_at;
+    if meta != (KeyMeta { record: record.created_at, ..KeyMeta::default() }) {
+        super::meta::put(ctx, &record.key_id, &meta).await?;
+    }
+    Ok(json!({"KeyMetadata": metadata(ctx, &record, None, &meta)}))
 }
 
 pub(super) async fn describe_key(ctx: &Ctx<'_>, f: &Fields) -> Answer {
     let name = ctx.resolve(f.key_id("KeyId")?, "DescribeKey").await?;
     let (r, deletion) = entry(ctx, &name).await?;
-    Ok(json!({"KeyMetadata": metadata(ctx, &r, deletion)}))
+    let meta = ctx.state.store.meta(&name, r.created_at).await.map_err(store_error)?;
+    Ok(json!({"KeyMetadata": metadata(ctx, &r, deletion, &meta)}))
 }
 
 pub(super) async fn get_public_key(ctx: &Ctx<'_>, f: &Fields) -> Answer {
@@ -149,6 +159,7 @@ pub(super) async fn get_public_key(ctx: &Ctx<'_>, f: &Fields) -> Answer {
     if deletion.is_some() {
         return Err(KmsError::invalid_state(format!("{} is pending deletion.", ctx.arn(&name))));
     }
+    super::meta::usable(ctx, &r).await?;
     Ok(json!({
         "KeyId": ctx.arn(&name),
         "PublicKey": b64(&r.public_key),
@@ -210,10 +221,14 @@ pub(super) async fn schedule_key_deletion(ctx: &Ctx<'_>, f: &Fields) -> Answer {
 pub(super) async fn cancel_key_deletion(ctx: &Ctx<'_>, f: &Fields) -> Answer {
     ctx.deletes("CancelKeyDeletion")?;
     let name = ctx.resolve(f.key_id("KeyId")?, "CancelKeyDeletion").await?;
-    let (_, deletion) = entry(ctx, &name).await?;
+    let (record, deletion) = entry(ctx, &name).await?;
     if deletion.is_none() {
         return Err(KmsError::invalid_state(format!("{} is not pending deletion.", ctx.arn(&name))));
     }
+    // As KMS: the key comes back disabled; EnableKey makes it sign again.
+    let mut meta = ctx.state.store.meta(&name, record.created_at).await.map_err(store_error)?;
+    meta.disabled = true;
+    super::meta::put(ctx, &name, &meta).await?;
     ctx.state.store.set_deletion(&name, None).await.map_err(store_error)?;
     Ok(json!({"KeyId": ctx.arn(&name)}))
 }

@@ -13,13 +13,16 @@
 //!   aliases (`alias/...`) live in the store beside the records.
 //! - Operations: [`keys`] (CreateKey, DescribeKey, ListKeys, GetPublicKey,
 //!   ScheduleKeyDeletion, CancelKeyDeletion), [`sign`] (Sign, Verify),
-//!   [`aliases`] (CreateAlias, UpdateAlias, DeleteAlias, ListAliases).
+//!   [`aliases`] (CreateAlias, UpdateAlias, DeleteAlias, ListAliases),
+//!   [`meta`] (EnableKey, DisableKey, TagResource, UntagResource,
+//!   ListResourceTags).
 //!
 //! The enclave's rules hold as everywhere: a consensus key signs only
 //! through the validator signer, so `Sign` with one is refused.
 
 mod aliases;
 mod keys;
+mod meta;
 pub mod parse;
 mod sign;
 
@@ -183,6 +186,11 @@ async fn dispatch(ctx: &Ctx<'_>, op: &str, f: &Fields) -> Answer {
         "UpdateAlias" => aliases::update_alias(ctx, f).await,
         "DeleteAlias" => aliases::delete_alias(ctx, f).await,
         "ListAliases" => aliases::list_aliases(ctx, f).await,
+        "EnableKey" => meta::enable_key(ctx, f).await,
+        "DisableKey" => meta::disable_key(ctx, f).await,
+        "TagResource" => meta::tag_resource(ctx, f).await,
+        "UntagResource" => meta::untag_resource(ctx, f).await,
+        "ListResourceTags" => meta::list_resource_tags(ctx, f).await,
         other => Err(KmsError::new(
             "UnsupportedOperationException",
             format!("{other} is not an operation nekms's KMS API serves for enclave keys (see docs/kms-api.md)"),

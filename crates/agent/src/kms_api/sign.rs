@@ -21,6 +21,7 @@ pub(super) async fn sign(ctx: &Ctx<'_>, f: &Fields) -> Answer {
         .map_err(store_error)?
         .ok_or_else(|| KmsError::not_found(format!("Key '{}' does not exist", ctx.arn(&name))))?;
     let (scheme, payload) = super::parse::sign_request(f, record.spec, algorithm)?;
+    super::meta::usable(ctx, &record).await?;
     let signature = ctx
         .state
         .enclave
@@ -42,6 +43,7 @@ pub(super) async fn verify(ctx: &Ctx<'_>, f: &Fields) -> Answer {
         return Err(KmsError::invalid_state(format!("{} is pending deletion.", ctx.arn(&name))));
     }
     let (scheme, payload) = super::parse::sign_request(f, record.spec, algorithm)?;
+    super::meta::usable(ctx, &record).await?;
     let public = PublicKey::from_spki(&record.public_key).map_err(|e| KmsError::internal(e.to_string()))?;
     match public.verify(scheme, &payload, &signature) {
         Ok(()) => Ok(json!({"KeyId": ctx.arn(&name), "SignatureValid": true, "SigningAlgorithm": algorithm})),
