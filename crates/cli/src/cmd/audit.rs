@@ -17,15 +17,8 @@ use crate::exit::{error, Class};
 
 #[derive(clap::Subcommand)]
 pub enum Command {
-    /// Take the enclave's audit stream and append it to a file (the enclave dials ADDR: --audit in its configuration)
-    Collect {
-        /// Where to listen: unix:///PATH (mode 0600) or vsock://any:5102
-        #[arg(long)]
-        listen: String,
-        /// The file to append to
-        #[arg(short = 'o', long = "out", value_name = "FILE")]
-        out: PathBuf,
-    },
+    /// Take the enclave's audit stream and append it to a file (the enclave dials ADDR, vsock://parent:5102: audit in its configuration)
+    Collect(super::collect::CollectArgs),
     /// Check an audit file: documents, chain, signatures, and nothing removed, reordered, edited or cut off
     Verify {
         file: PathBuf,
@@ -42,7 +35,7 @@ pub enum Command {
 
 pub fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
-        Command::Collect { listen, out } => {
+        Command::Collect(super::collect::CollectArgs { listen, out }) => {
             let sink = super::collect::Sink { name: "audit collect", max_line: MAX_LINE, sync: true, echo: false };
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)

@@ -15,6 +15,17 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 
+/// Where a collector listens and what it appends to.
+#[derive(clap::Args)]
+pub struct CollectArgs {
+    /// Where to listen: unix:///PATH (mode 0600) or vsock://any:PORT
+    #[arg(long)]
+    pub listen: String,
+    /// The file to append to
+    #[arg(short = 'o', long = "out", value_name = "FILE")]
+    pub out: PathBuf,
+}
+
 /// Connections served at once (an enclave keeps one).
 pub const MAX_CONNECTIONS: usize = 16;
 

@@ -3,21 +3,15 @@
 //! streams every line here, where they are appended to a file and echoed
 //! to stderr (the journal, under systemd).
 
-use std::path::PathBuf;
-
 /// The longest line taken.
 pub const MAX_LINE: usize = 64 * 1024;
 
 #[derive(clap::Subcommand)]
 pub enum Command {
-    /// Take the enclave's log stream: append it to a file and echo it to stderr (the enclave dials ADDR: logs in its configuration)
+    /// Take the enclave's log stream: append it to a file and echo it to stderr (the enclave dials ADDR, vsock://parent:5103: logs in its configuration)
     Collect {
-        /// Where to listen: unix:///PATH (mode 0600) or vsock://any:5103
-        #[arg(long)]
-        listen: String,
-        /// The file to append to
-        #[arg(short = 'o', long = "out", value_name = "FILE")]
-        out: PathBuf,
+        #[command(flatten)]
+        to: super::collect::CollectArgs,
         /// Only the file, not stderr
         #[arg(long)]
         no_echo: bool,
@@ -26,7 +20,7 @@ pub enum Command {
 
 pub fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
-        Command::Collect { listen, out, no_echo } => {
+        Command::Collect { to: super::collect::CollectArgs { listen, out }, no_echo } => {
             let sink = super::collect::Sink { name: "logs collect", max_line: MAX_LINE, sync: false, echo: !no_echo };
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)

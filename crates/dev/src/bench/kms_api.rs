@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use nekms_keys::{KeySpec, Payload, PrivateKey, Scheme};
+use nekms_keys::{KeySpec, PrivateKey, Scheme};
 use nekms_kms::sigv4::{self, Credential, SignedRequest, Verifier};
 use nekms_store::{SqliteStore, Store};
 use serde_json::{json, Value};
@@ -149,32 +149,11 @@ pub async fn run(a: &Options) -> anyhow::Result<()> {
         let body = json!({"KeyId": key_id, "Message": B64.encode(&message), "MessageType": "RAW", "SigningAlgorithm": algorithm});
         println!("{spec} ({algorithm}):");
         let key = Arc::new(PrivateKey::generate(spec, &[7u8; 64])?);
-        let reference = measure(a.clients, a.seconds, |_| {
-            let (key, payload) = (key.clone(), Payload::Message(message.clone()));
-            move || {
-                let (key, payload) = (key.clone(), payload.clone());
-                async move {
-                    key.sign(scheme, &payload)?;
-                    anyhow::Ok(())
-                }
-            }
-        })
-        .await?;
+        let reference = super::sign::in_process(&key, scheme, &message, a.clients, a.seconds).await?;
         let through = kms_sign(&ours, a.clients, a.seconds, body.clone()).await?;
-        let mut conns = Vec::new();
-        for _ in 0..a.clients {
-            conns.push(Arc::new(tokio::sync::Mutex::new(super::sign::Http::open(native_addr, &bearer).await?)));
-        }
         let native_body = hyper::body::Bytes::from(serde_json::to_vec(&json!({"message_hex": hex::encode(&message)}))?);
         let path = format!("/v1/keys/{key_id}/sign");
-        let native = measure(a.clients, a.seconds, |i| {
-            let (conn, body, path) = (conns[i].clone(), native_body.clone(), path.clone());
-            move || {
-                let (conn, body, path) = (conn.clone(), body.clone(), path.clone());
-                async move { conn.lock().await.post(&path, body).await }
-            }
-        })
-        .await?;
+        let native = super::sign::through_agent(native_addr, &bearer, &path, native_body, a.clients, a.seconds).await?;
         // The local KMS's own asymmetric key of the same spec, if it has the spec.
         let mut admin = Conn::open(&theirs).await?;
         let local_cell = match admin.call_raw("CreateKey", &json!({"KeySpec": kms_spec, "KeyUsage": "SIGN_VERIFY"})).await? {

@@ -36,14 +36,14 @@ pub struct Options {
 }
 
 /// A keep-alive HTTP/1.1 connection to the agent.
-pub(super) struct Http {
+struct Http {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
     host: String,
     authorization: String,
 }
 
 impl Http {
-    pub(super) async fn open(addr: std::net::SocketAddr, token: &str) -> anyhow::Result<Http> {
+    async fn open(addr: std::net::SocketAddr, token: &str) -> anyhow::Result<Http> {
         let stream = tokio::net::TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
@@ -51,7 +51,7 @@ impl Http {
         Ok(Http { sender, host: addr.to_string(), authorization: format!("Bearer {token}") })
     }
 
-    pub(super) async fn post(&mut self, path: &str, body: Bytes) -> anyhow::Result<()> {
+    async fn post(&mut self, path: &str, body: Bytes) -> anyhow::Result<()> {
         self.sender.ready().await?;
         let req = hyper::Request::post(path)
             .header("host", &self.host)
@@ -64,6 +64,44 @@ impl Http {
         anyhow::ensure!(status == 200, "agent answered {status}: {}", String::from_utf8_lossy(&bytes));
         Ok(())
     }
+}
+
+/// `loops` loops signing `message` with `key` in this process: the reference.
+pub(super) async fn in_process(key: &Arc<PrivateKey>, scheme: Scheme, message: &[u8], loops: usize, seconds: f64) -> anyhow::Result<Cell> {
+    measure(loops, seconds, |_| {
+        let (key, payload) = (key.clone(), Payload::Message(message.to_vec()));
+        move || {
+            let (key, payload) = (key.clone(), payload.clone());
+            async move {
+                key.sign(scheme, &payload)?;
+                anyhow::Ok(())
+            }
+        }
+    })
+    .await
+}
+
+/// `loops` keep-alive connections posting `body` to the agent's `path`.
+pub(super) async fn through_agent(
+    addr: std::net::SocketAddr,
+    token: &str,
+    path: &str,
+    body: Bytes,
+    loops: usize,
+    seconds: f64,
+) -> anyhow::Result<Cell> {
+    let mut conns = Vec::new();
+    for _ in 0..loops {
+        conns.push(Arc::new(tokio::sync::Mutex::new(Http::open(addr, token).await?)));
+    }
+    measure(loops, seconds, |i| {
+        let (conn, body, path) = (conns[i].clone(), body.clone(), path.to_owned());
+        move || {
+            let (conn, body, path) = (conn.clone(), body.clone(), path.clone());
+            async move { conn.lock().await.post(&path, body).await }
+        }
+    })
+    .await
 }
 
 fn row(label: &str, clients: usize, cell: &Cell, reference: Option<&Cell>) {
@@ -110,17 +148,7 @@ pub async fn run(a: &Options) -> anyhow::Result<()> {
         let scheme = Scheme::default_for(spec);
         println!("{spec} ({scheme}):");
         for &clients in &a.clients {
-            let reference = measure(clients, a.seconds, |_| {
-                let (key, payload) = (local_key.clone(), Payload::Message(message.clone()));
-                move || {
-                    let (key, payload) = (key.clone(), payload.clone());
-                    async move {
-                        key.sign(scheme, &payload)?;
-                        anyhow::Ok(())
-                    }
-                }
-            })
-            .await?;
+            let reference = in_process(&local_key, scheme, &message, clients, a.seconds).await?;
             let depth = a.depth.max(1);
             let channel = measure(clients * depth, a.seconds, |i| {
                 let (rpc, record, payload) = (connections[i / depth].clone(), record.clone(), Payload::Message(message.clone()));
@@ -133,20 +161,9 @@ pub async fn run(a: &Options) -> anyhow::Result<()> {
                 }
             })
             .await?;
-            let mut conns = Vec::new();
-            for _ in 0..clients * depth {
-                conns.push(Arc::new(tokio::sync::Mutex::new(Http::open(agent_addr, &token).await?)));
-            }
             let body = Bytes::from(serde_json::to_vec(&serde_json::json!({"message_hex": hex::encode(&message)}))?);
             let path = format!("/v1/keys/{name}/sign");
-            let http = measure(clients * depth, a.seconds, |i| {
-                let (conn, body, path) = (conns[i].clone(), body.clone(), path.clone());
-                move || {
-                    let (conn, body, path) = (conn.clone(), body.clone(), path.clone());
-                    async move { conn.lock().await.post(&path, body).await }
-                }
-            })
-            .await?;
+            let http = through_agent(agent_addr, &token, &path, body, clients * depth, a.seconds).await?;
             row("(a) in process, key in hand (ref)", clients, &reference, None);
             row("(b) enclave RPC, Unix socket, pipelined", clients, &channel, Some(&reference));
             row("(c) agent HTTP -> enclave RPC", clients, &http, Some(&reference));
