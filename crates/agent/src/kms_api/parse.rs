@@ -20,10 +20,11 @@ pub enum KeyRef {
 /// whatever its name looks like.
 pub fn key_ref(key_id: &str, region: &str, account: &str) -> Result<KeyRef, KmsError> {
     let Some(rest) = key_id.strip_prefix("arn:aws:kms:") else {
-        return Ok(match key_id.starts_with("alias/") {
-            true => KeyRef::Alias(key_id.to_owned()),
-            false => KeyRef::Record(key_id.to_owned()),
-        });
+        return match key_id.strip_prefix("alias/") {
+            Some("") => Err(KmsError::not_found("Alias alias/ is not found.")),
+            Some(_) => Ok(KeyRef::Alias(key_id.to_owned())),
+            None => Ok(KeyRef::Record(key_id.to_owned())),
+        };
     };
     let mut p = rest.splitn(3, ':');
     let (r, a, resource) = (p.next().unwrap_or(""), p.next().unwrap_or(""), p.next().unwrap_or(""));
