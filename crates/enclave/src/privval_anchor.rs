@@ -44,7 +44,7 @@ fn sdk_error<E: std::error::Error + aws_sdk_dynamodb::error::ProvideErrorMetadat
     match &e {
         SdkError::ServiceError(s) => {
             let m = s.err();
-            format!("DynamoDB: {}: {}", m.code().unwrap_or("error"), m.message().unwrap_or_default())
+            format!("DynamoDB: {}: {}", m.code().unwrap_or("error"), nekms_kms_client::first_line(m.message().unwrap_or_default()))
         }
         _ => format!("DynamoDB: {}", aws_sdk_dynamodb::error::DisplayErrorContext(e)),
     }

@@ -67,10 +67,16 @@ impl EnclaveKmsError {
     }
 }
 
+/// An AWS error message's first line: a wrong signature's message goes on
+/// with the canonical request, which names the session token.
+pub fn first_line(message: &str) -> String {
+    message.lines().next().unwrap_or_default().to_owned()
+}
+
 fn sdk_error<E: ProvideErrorMetadata + std::error::Error + 'static, R: fmt::Debug>(e: SdkError<E, R>) -> EnclaveKmsError {
     match (&e, e.code()) {
         (SdkError::ServiceError(_), Some(code)) => {
-            EnclaveKmsError::Kms { code: code.to_owned(), message: e.message().unwrap_or_default().to_owned() }
+            EnclaveKmsError::Kms { code: code.to_owned(), message: first_line(e.message().unwrap_or_default()) }
         }
         _ => EnclaveKmsError::Transport(DisplayErrorContext(&e).to_string()),
     }

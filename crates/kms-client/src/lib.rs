@@ -16,4 +16,4 @@ mod kms;
 
 pub use aws_sdk_kms::types::{DataKeyPairSpec, DataKeySpec};
 pub use http::{ChannelHttpClient, TlsRoots};
-pub use kms::{Credentials, DataKey, DataKeyPair, Decrypted, EnclaveKms, EnclaveKmsError, KeyFacts, KmsSession};
+pub use kms::{first_line, Credentials, DataKey, DataKeyPair, Decrypted, EnclaveKms, EnclaveKmsError, KeyFacts, KmsSession};

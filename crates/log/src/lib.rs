@@ -79,12 +79,63 @@ pub fn fatal(program: &str, error: &dyn fmt::Display) {
 
 type Boxed = Box<dyn Layer<Registry> + Send + Sync>;
 
+/// A formatted line as it may be shown: every control character (C0, DEL,
+/// C1) but the final newline becomes `\uXXXX` (valid in JSON strings too),
+/// so no field a caller chose can start a line of its own or drive a
+/// terminal.
+pub(crate) fn clean(bytes: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(bytes);
+    let body = text.strip_suffix('\n').unwrap_or(&text);
+    let mut out = String::with_capacity(body.len() + 1);
+    for c in body.chars() {
+        if c.is_control() && c != '\t' {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out.push('\n');
+    out.into_bytes()
+}
+
+/// Each event to stderr whole, cleaned ([`clean`]).
+struct CleanStderr;
+
+struct StderrLine(Vec<u8>);
+
+impl<'a> MakeWriter<'a> for CleanStderr {
+    type Writer = StderrLine;
+
+    fn make_writer(&'a self) -> StderrLine {
+        StderrLine(Vec::new())
+    }
+}
+
+impl std::io::Write for StderrLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for StderrLine {
+    fn drop(&mut self) {
+        if !self.0.is_empty() {
+            let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), &clean(&self.0));
+        }
+    }
+}
+
 fn install(program: &'static str, format: Format, to: Option<Boxed>, foreign_info_only: bool) {
     let filter = EnvFilter::builder().with_default_directive(LevelFilter::INFO.into()).from_env_lossy();
     // Only nekms's own events below info: no dependency's debug output (a TLS
     // library's, an HTTP stack's) ever reaches a log the parent reads.
     let foreign = foreign_info_only.then(|| filter_fn(|m| m.target().starts_with("nekms") || *m.level() <= Level::INFO));
-    let layers: Vec<Boxed> = std::iter::once(layer(program, format, std::io::stderr)).chain(to).collect();
+    let layers: Vec<Boxed> = std::iter::once(layer(program, format, CleanStderr)).chain(to).collect();
     if tracing_subscriber::registry().with(layers).with(filter).with(foreign).try_init().is_ok() {
         INSTALLED.store(true, Ordering::Relaxed);
     }
@@ -121,5 +172,22 @@ where
         write!(w, " {:>5} {}: ", event.metadata().level(), self.program)?;
         ctx.field_format().format_fields(w.by_ref(), event)?;
         writeln!(w)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clean;
+
+    #[test]
+    fn a_field_cannot_start_a_line_or_drive_a_terminal() {
+        let forged = "refused: bad\n2026-12-06T00:00:00Z  INFO nekms-enclave: ok\r\u{1b}[2J\u{9b}31m\ttab\n";
+        let out = String::from_utf8(clean(forged.as_bytes())).unwrap();
+        assert_eq!(out.matches('\n').count(), 1, "{out}");
+        assert!(out.ends_with('\n') && out.contains("\\u000a2026") && out.contains("\\u000d\\u001b[2J\\u009b31m\ttab"), "{out}");
+        // In a JSON line the escapes keep it JSON.
+        let json = clean("{\"message\":\"a\u{9b}b\"}\n".as_bytes());
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(v["message"], "a\u{9b}b");
     }
 }

@@ -143,7 +143,7 @@ pub async fn serve_store(listener: Listener, dir: PathBuf, sync: bool) -> anyhow
     loop {
         let (mut stream, peer) = listener.accept().await?;
         if nekms_transport::from_enclave_cid(&peer) == Some(false) {
-            tracing::warn!(%peer, "privval persist: refused: not an enclave (only CID 3 and up write here)");
+            tracing::warn!(%peer, "privval persist: refused: not an enclave (only CID 4 and up write here)");
             continue;
         }
         let Ok(permit) = open.clone().try_acquire_owned() else {

@@ -230,7 +230,7 @@ impl Proxy {
             // could otherwise hold every slot and cut the enclave off.
             if nekms_transport::from_enclave_cid(&peer) == Some(false) {
                 self.stats.refused_not_enclave.fetch_add(1, Ordering::Relaxed);
-                warn(format_args!("refused a connection from {peer}: not an enclave (only CID 3 and up)"));
+                warn(format_args!("refused a connection from {peer}: not an enclave (only CID 4 and up)"));
                 continue;
             }
             let Ok(permit) = limit.clone().try_acquire_owned() else {

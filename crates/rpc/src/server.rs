@@ -149,9 +149,16 @@ pub async fn serve_checked<H: Handler>(
             Some(frame) => zeroized_after(frame?, protocol::decode::<ClientFrame>),
         };
         let version = match hello {
-            Ok(ClientFrame::Hello(h)) if h.protocol == PROTOCOL => protocol::negotiate(&h.versions)
-                .ok_or_else(|| format!("no common protocol version: the server speaks {VERSIONS:?}, the client offered {:?}", h.versions)),
-            Ok(ClientFrame::Hello(h)) => Err(format!("the client speaks {:?}, not {PROTOCOL}", h.protocol)),
+            Ok(ClientFrame::Hello(h)) if h.protocol == PROTOCOL => protocol::negotiate(&h.versions).ok_or_else(|| {
+                format!(
+                    "no common protocol version: the server speaks {VERSIONS:?}, the client offered {:?}",
+                    &h.versions[..h.versions.len().min(8)]
+                )
+            }),
+            Ok(ClientFrame::Hello(h)) => {
+                let spoken: String = h.protocol.chars().take(64).collect();
+                Err(format!("the client speaks {spoken:?}, not {PROTOCOL}"))
+            }
             Ok(ClientFrame::Call { .. }) => Err("the first frame must be Hello".to_string()),
             Err(e) => Err(format!("the first frame must be Hello: {e}")),
         };

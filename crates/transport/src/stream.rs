@@ -81,14 +81,15 @@ pub fn from_reserved_vsock_port(peer: &str) -> Option<bool> {
 }
 
 /// For a vsock peer (`vsock://CID:PORT`, as [`Listener::accept`] names it),
-/// whether it is an enclave (CID 3 and up) rather than this host (1, 2) or
-/// the hypervisor (0); `None` for other peers. A listener that only
+/// whether it is an enclave (CID 4 and up) rather than the parent itself
+/// (3 on a Nitro instance, as its own processes appear to it), this host (1,
+/// 2) or the hypervisor (0); `None` for other peers. A listener that only
 /// enclaves should reach (the state store, the audit collector) refuses the
 /// rest, so another local process cannot write to it.
 pub fn from_enclave_cid(peer: &str) -> Option<bool> {
     let rest = peer.strip_prefix("vsock://")?;
     let cid: u32 = rest.split(':').next()?.parse().ok()?;
-    Some(cid >= 3)
+    Some(cid >= 4)
 }
 
 /// A bound listener for any [`Address`] kind.
@@ -245,7 +246,8 @@ mod reserved_port_tests {
     fn only_enclave_cids_count_as_enclaves() {
         use super::from_enclave_cid;
         assert_eq!(from_enclave_cid("vsock://16:1023"), Some(true));
-        assert_eq!(from_enclave_cid("vsock://3:5"), Some(true));
+        assert_eq!(from_enclave_cid("vsock://4:5"), Some(true));
+        assert_eq!(from_enclave_cid("vsock://3:5"), Some(false));
         assert_eq!(from_enclave_cid("vsock://2:49152"), Some(false));
         assert_eq!(from_enclave_cid("vsock://1:49152"), Some(false));
         assert_eq!(from_enclave_cid("vsock://0:1"), Some(false));

@@ -1,7 +1,7 @@
 //! What `nekms audit collect` and `nekms logs collect` share: take lines an
 //! enclave streams, and append them to a file.
 //!
-//! On vsock only enclaves (CID 3 and up) are served, never a process of
+//! On vsock only enclaves (CID 4 and up) are served, never a process of
 //! this host; on a Unix socket the socket is made root's alone (mode 0600).
 //! A line is at most `max_line` bytes (a longer one closes the connection),
 //! and at most [`MAX_CONNECTIONS`] connections are open at once. A
@@ -56,13 +56,21 @@ pub async fn collect(listen: &str, out: &PathBuf, sink: Sink) -> anyhow::Result<
     let open = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => accepted?,
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
             _ = term.recv() => return Ok(()),
             _ = tokio::signal::ctrl_c() => return Ok(()),
         };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!("{name}: accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
         if nekms_transport::from_enclave_cid(&peer) == Some(false) {
-            tracing::warn!(%peer, "{name}: refused: not an enclave (only CID 3 and up write here)");
+            tracing::warn!(%peer, "{name}: refused: not an enclave (only CID 4 and up write here)");
             continue;
         }
         let Ok(permit) = open.clone().try_acquire_owned() else {
