@@ -1,12 +1,13 @@
 //! A KMS API request as a caller sends it to the agent: any body, read as
 //! Sign's fields, its KeyId resolved and its message built for each key
-//! spec. An error or a well-formed answer: a record or an alias that is
-//! what the KeyId said, a DIGEST exactly as long as its algorithm's hash.
+//! spec, and as Encrypt's or Decrypt's algorithm. An error or a well-formed
+//! answer: a record or an alias that is what the KeyId said, a DIGEST
+//! exactly as long as its algorithm's hash, an OAEP hash KMS names.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nekms_agent::kms_api_parse::{key_ref, sign_request, KeyRef};
-use nekms_keys::{KeySpec, Payload};
+use nekms_agent::kms_api_parse::{encryption_algorithm, key_ref, sign_request, KeyRef};
+use nekms_keys::{KeySpec, OaepHash, Payload};
 
 const SPECS: [KeySpec; 7] =
     [KeySpec::Secp256k1, KeySpec::P256, KeySpec::P384, KeySpec::Ed25519, KeySpec::Rsa2048, KeySpec::Rsa3072, KeySpec::Rsa4096];
@@ -18,6 +19,14 @@ fuzz_target!(|data: &[u8]| {
     let Ok(fields) = nekms_kms::request::Request::parse(data) else { return };
     if let Ok(id) = fields.key_id("KeyId") {
         check_ref(id);
+    }
+    for spec in [KeySpec::Rsa2048, KeySpec::P256] {
+        match encryption_algorithm(&fields, spec) {
+            Ok((OaepHash::Sha1, a)) => assert_eq!(a, "RSAES_OAEP_SHA_1"),
+            Ok((OaepHash::Sha256, a)) => assert_eq!(a, "RSAES_OAEP_SHA_256"),
+            Ok(other) => panic!("KMS names no {other:?}"),
+            Err(_) => {}
+        }
     }
     let Ok(algorithm) = fields.str("SigningAlgorithm") else { return };
     for spec in SPECS {

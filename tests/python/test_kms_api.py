@@ -17,6 +17,7 @@ import hashlib
 import http.client
 import json
 import os
+import pathlib
 import subprocess
 import unittest.mock
 
@@ -30,7 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from conftest import NEKMS, ROOT, free_port, port_open
+from conftest import NEKMS, ROOT, Rpc, cbor_record, free_port, port_open, wait_for
 
 ACCOUNT = "111122223333"
 CALLERS = {
@@ -262,6 +263,112 @@ def test_a_consensus_key_does_not_sign_through_the_kms_api(api):
         "InvalidKeyUsageException"
     # Nor is it deleted through it: its administrator does that.
     assert error_type(lambda: c.schedule_key_deletion(KeyId="alice-consensus")) == "AccessDeniedException"
+
+
+def openssl_oaep_encrypt(tmp_path, pem, message, md):
+    """OpenSSL's RSAES-OAEP (MGF1 over the same hash) to GetPublicKey's key."""
+    (tmp_path / "enc.pem").write_bytes(pem)
+    (tmp_path / "plain").write_bytes(message)
+    subprocess.run(["openssl", "pkeyutl", "-encrypt", "-pubin", "-inkey", "enc.pem", "-in", "plain", "-out", "ct", "-pkeyopt",
+                    "rsa_padding_mode:oaep", "-pkeyopt", f"rsa_oaep_md:{md}", "-pkeyopt", f"rsa_mgf1_md:{md}"], cwd=tmp_path, check=True)
+    return (tmp_path / "ct").read_bytes()
+
+
+def test_rsa_keys_made_to_decrypt_encrypt_and_decrypt_as_kms_does(api, tmp_path):
+    """ENCRYPT_DECRYPT RSA keys: the aws CLI's encrypt and decrypt, ciphertexts
+    OpenSSL and `cryptography` make from GetPublicKey decrypted, KMS's
+    errors for a wrong algorithm, a wrong usage, an altered ciphertext."""
+    message = b"a secret for the enclave's RSA key"
+    (tmp_path / "m.bin").write_bytes(message)
+    meta = json.loads(aws(api, "alice", "create-key", "--key-spec", "RSA_2048", "--key-usage", "ENCRYPT_DECRYPT").stdout)["KeyMetadata"]
+    assert meta["KeyUsage"] == "ENCRYPT_DECRYPT" and meta["EncryptionAlgorithms"] == ["RSAES_OAEP_SHA_1", "RSAES_OAEP_SHA_256"]
+    assert "SigningAlgorithms" not in meta
+    key = meta["KeyId"]
+    aws(api, "alice", "create-alias", "--alias-name", "alias/alice-decrypt", "--target-key-id", key)
+    out = json.loads(aws(api, "alice", "encrypt", "--key-id", "alias/alice-decrypt", "--plaintext", f"fileb://{tmp_path / 'm.bin'}",
+                         "--encryption-algorithm", "RSAES_OAEP_SHA_256").stdout)
+    ciphertext = base64.b64decode(out["CiphertextBlob"])
+    assert len(ciphertext) == 256 and out["EncryptionAlgorithm"] == "RSAES_OAEP_SHA_256" and out["KeyId"] == meta["Arn"]
+    (tmp_path / "ct.bin").write_bytes(ciphertext)
+    out = json.loads(aws(api, "alice", "decrypt", "--key-id", key, "--ciphertext-blob", f"fileb://{tmp_path / 'ct.bin'}",
+                         "--encryption-algorithm", "RSAES_OAEP_SHA_256").stdout)
+    assert base64.b64decode(out["Plaintext"]) == message and out["KeyId"] == meta["Arn"]
+
+    # Anyone with GetPublicKey's SPKI encrypts; the enclave decrypts, SHA-1 and SHA-256, 2048 and 3072.
+    c = kms(api)
+    big = c.create_key(KeySpec="RSA_3072", KeyUsage="ENCRYPT_DECRYPT")["KeyMetadata"]["KeyId"]
+    for k in (key, big):
+        public = c.get_public_key(KeyId=k)
+        assert public["KeyUsage"] == "ENCRYPT_DECRYPT" and "RSAES_OAEP_SHA_1" in public["EncryptionAlgorithms"]
+        spki = serialization.load_der_public_key(public["PublicKey"])
+        pem = spki.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        ct = openssl_oaep_encrypt(tmp_path, pem, message, "sha256")
+        assert c.decrypt(KeyId=k, CiphertextBlob=ct, EncryptionAlgorithm="RSAES_OAEP_SHA_256")["Plaintext"] == message
+        ct1 = spki.encrypt(message, padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None))
+        assert c.decrypt(KeyId=k, CiphertextBlob=ct1, EncryptionAlgorithm="RSAES_OAEP_SHA_1")["Plaintext"] == message
+        # The wrong algorithm, or a changed byte, decrypts nothing, and says no more than that.
+        assert error_type(lambda: c.decrypt(KeyId=k, CiphertextBlob=ct1, EncryptionAlgorithm="RSAES_OAEP_SHA_256")) == \
+            "InvalidCiphertextException"
+        altered = ct[:-1] + bytes([ct[-1] ^ 1])
+        assert error_type(lambda: c.decrypt(KeyId=k, CiphertextBlob=altered, EncryptionAlgorithm="RSAES_OAEP_SHA_256")) == \
+            "InvalidCiphertextException"
+
+    # KMS's answers for what an RSA key does not do.
+    signer = c.create_key(KeySpec="RSA_2048", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+    cases = [
+        (lambda: c.encrypt(KeyId=key, Plaintext=message), "InvalidKeyUsageException"),  # SYMMETRIC_DEFAULT
+        (lambda: c.encrypt(KeyId=key, Plaintext=b"x" * 191, EncryptionAlgorithm="RSAES_OAEP_SHA_256"), "ValidationException"),
+        (lambda: c.encrypt(KeyId=key, Plaintext=message, EncryptionAlgorithm="RSAES_OAEP_SHA_256", EncryptionContext={"a": "b"}),
+         "ValidationException"),
+        (lambda: c.decrypt(CiphertextBlob=ciphertext, EncryptionAlgorithm="RSAES_OAEP_SHA_256"), "ValidationException"),
+        (lambda: c.sign(KeyId=key, Message=message, SigningAlgorithm="RSASSA_PSS_SHA_256"), "InvalidKeyUsageException"),
+        (lambda: c.encrypt(KeyId=signer, Plaintext=message, EncryptionAlgorithm="RSAES_OAEP_SHA_256"), "InvalidKeyUsageException"),
+        (lambda: c.decrypt(KeyId=signer, CiphertextBlob=ciphertext, EncryptionAlgorithm="RSAES_OAEP_SHA_256"), "InvalidKeyUsageException"),
+        (lambda: c.create_key(KeySpec="ECC_NIST_P256", KeyUsage="ENCRYPT_DECRYPT"), "ValidationException"),
+        # Another caller's decryption key is not bob's to use, by id or by alias.
+        (lambda: kms(api, "bob").decrypt(KeyId=key, CiphertextBlob=ciphertext, EncryptionAlgorithm="RSAES_OAEP_SHA_256"),
+         "AccessDeniedException"),
+        (lambda: kms(api, "bob").decrypt(KeyId="alias/alice-decrypt", CiphertextBlob=ciphertext, EncryptionAlgorithm="RSAES_OAEP_SHA_256"),
+         "NotFoundException"),
+    ]
+    for call, expected in cases:
+        assert error_type(call) == expected
+    c.disable_key(KeyId=key)
+    assert error_type(lambda: c.decrypt(KeyId=key, CiphertextBlob=ciphertext, EncryptionAlgorithm="RSAES_OAEP_SHA_256")) == \
+        "DisabledException"
+    c.enable_key(KeyId=key)
+
+
+def test_the_parent_decrypts_only_with_keys_made_to_decrypt(api):
+    """The parent, as root, on the enclave's own RPC: KeyDecrypt with a key
+    made to sign is refused by rule key-usage; a sign-only record edited to
+    claim decryption does not open (KMS holds its data key to the original
+    context); a key made to decrypt decrypts, OAEP only."""
+    c = kms(api)
+    decrypter = c.create_key(KeySpec="RSA_2048", KeyUsage="ENCRYPT_DECRYPT")["KeyMetadata"]["KeyId"]
+    signer = c.create_key(KeySpec="RSA_2048", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+    record = {k: cbor_record(json.loads(api.nekms("key", "show", k, "--json").stdout)) for k in (decrypter, signer)}
+    secret = b"only the caller's"
+    spki = {k: serialization.load_der_public_key(record[k]["public_key"]) for k in record}
+    oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
+    rpc = Rpc(api.info["rpc"])
+
+    kind, value = rpc.call({"KeyDecrypt": {"record": record[decrypter], "hash": "Sha256", "ciphertext": spki[decrypter].encrypt(secret, oaep)}})
+    assert (kind, bytes(value.get("Decrypted", {}).get("plaintext", b""))) == ("Ok", secret), value
+    kind, err = rpc.call({"KeyDecrypt": {"record": record[signer], "hash": "Sha256", "ciphertext": spki[signer].encrypt(secret, oaep)}})
+    assert kind == "Err" and "rule key-usage" in err["message"], err
+    claims = {**record[signer], "encryption_context": {**record[signer]["encryption_context"], "nekms:usage": "sign,decrypt"}}
+    kind, err = rpc.call({"KeyDecrypt": {"record": claims, "hash": "Sha256", "ciphertext": spki[signer].encrypt(secret, oaep)}})
+    assert kind == "Err" and "rule key-usage" not in err["message"], err
+    # PKCS#1 v1.5 is no hash KeyDecrypt takes: no padding oracle, no raw private operation.
+    for hash_ in ("Pkcs1", "Raw"):
+        kind, err = rpc.call({"KeyDecrypt": {"record": record[decrypter], "hash": hash_, "ciphertext": b"\x01" * 256}})
+        assert kind == "Err", err
+    # The trail records each decryption, carried out or refused, with the ciphertext's digest.
+    def decisions():
+        lines = [json.loads(l) for l in pathlib.Path(api.info["audit"]).read_text().splitlines() if l.strip()]
+        return {(d.get("key"), d["result"].split(":")[0]) for d in lines if d["kind"] == "decision" and d["op"] == "KeyDecrypt"}
+    wait_for(lambda: {(decrypter, "ok"), (signer, "refused")} <= decisions(), what="the trail's KeyDecrypt decisions", timeout=15)
 
 
 def test_deletion_waits_its_window_and_can_be_cancelled(api):

@@ -295,6 +295,13 @@ pub fn of_request(enclave: &crate::Enclave, channel: &'static str, request: &nek
             payload_sha256: Some(payload_sha256(payload)),
             ..d("Sign")
         },
+        R::KeyDecrypt { record, hash, ciphertext } => Decision {
+            key: Some(record.key_id.clone()),
+            key_sha256: Some(sha256_hex(&record.public_key)),
+            scheme: Some(format!("RSAES-OAEP-{hash:?}")),
+            payload_sha256: Some(sha256_hex(ciphertext)),
+            ..d("KeyDecrypt")
+        },
         R::GenerateKey(g) => Decision { key: Some(g.key_id.clone()), scheme: Some(g.spec.as_str().to_owned()), ..d("GenerateKey") },
         R::ImportKey(i) => Decision { key: Some(i.key_id.clone()), ..d("ImportKey") },
         R::Decrypt { ciphertext, key_id, .. } => {

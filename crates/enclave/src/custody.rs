@@ -17,7 +17,7 @@ use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use nekms_keys::context::{import_context_with_usage, Usage};
 use nekms_keys::envelope::{open_record, seal_record};
 use nekms_keys::record::{binding_context, check_key_id};
-use nekms_keys::{parse_private_key, KeyError, KeyRecord, Origin, Payload, PrivateKey, Scheme, Signature};
+use nekms_keys::{parse_private_key, KeyError, KeyRecord, OaepHash, Origin, Payload, PrivateKey, RsaPadding, Scheme, Signature};
 use nekms_kms_client::DataKeySpec;
 use nekms_nsm::AttestationRequest;
 use nekms_rpc::{CacheInfo, Entropy, ErrorCode, GenerateKey, ImportKey, RpcError};
@@ -278,6 +278,27 @@ impl Enclave {
         scheme.check_spec(record.spec).map_err(key_error)?;
         let key = self.open(record).await?;
         key.sign(scheme, payload).map_err(key_error)
+    }
+}
+
+impl Enclave {
+    /// RSAES-OAEP decryption with a record's key: only a key made to decrypt
+    /// (rule key-usage), whose usage KMS bound into its data key's context,
+    /// so a record edited to claim it does not open. OAEP only: no PKCS#1
+    /// v1.5 (a padding oracle) and no raw operation (a signing oracle).
+    pub async fn key_decrypt(&self, record: &KeyRecord, hash: OaepHash, ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>, RpcError> {
+        refuse_privval(record)?;
+        if !record.may_decrypt() {
+            return Err(RpcError::refused(format!(
+                "rule key-usage: key {} was made to sign only; only an RSA key made to decrypt (nekms:usage=sign,decrypt, fixed when it was made) decrypts",
+                record.key_id
+            )));
+        }
+        let key = self.open(record).await?;
+        key.rsa_decrypt(RsaPadding::Oaep(hash), ciphertext, None).map_err(|e| match e {
+            KeyError::Payload(m) => RpcError::new(ErrorCode::BadRequest, m),
+            other => key_error(other),
+        })
     }
 }
 

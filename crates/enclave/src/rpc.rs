@@ -304,6 +304,9 @@ impl Enclave {
             Request::GenerateKey(req) => Ok(Response::KeyCreated { record: Box::new(self.generate_key(req).await?) }),
             Request::ImportKey(req) => Ok(Response::KeyCreated { record: Box::new(self.import_key(req).await?) }),
             Request::Sign { record, scheme, payload } => Ok(Response::Signed(self.sign(&record, scheme, &payload).await?)),
+            Request::KeyDecrypt { record, hash, ciphertext } => {
+                Ok(Response::Decrypted { plaintext: Secret::from(self.key_decrypt(&record, hash, &ciphertext).await?) })
+            }
             Request::P11(request) => Ok(Response::P11(self.p11_call(request).await?)),
             Request::Privval(request) => Ok(Response::Privval(self.privval_call(request).await?)),
             Request::Migrate(request) => Ok(Response::Migrate(self.migrate_call(request).await?)),

@@ -258,18 +258,35 @@ impl Client {
     /// of its size: an enclave that has this exact record opened (and so
     /// checked) signs from its cache. One that has not answers that the
     /// document is missing, and the record goes again, whole.
-    pub async fn sign(&self, mut record: KeyRecord, scheme: Option<Scheme>, payload: Payload) -> Result<Signature, ClientError> {
-        let document = record.attestation.take();
-        let mut request = Request::Sign { record, scheme, payload };
-        let mut outcome = self.call(&request).await;
-        let missing = matches!(&outcome, Err(e) if e.remote().is_some_and(|r| r.code == ErrorCode::RecordRejected && r.message.contains(nekms_protocol::record::ORIGIN_MISSING)));
-        if let (true, Some(doc), Request::Sign { record, .. }) = (missing, document, &mut request) {
-            record.attestation = Some(doc);
-            outcome = self.call(&request).await;
-        }
-        match outcome? {
+    pub async fn sign(&self, record: KeyRecord, scheme: Option<Scheme>, payload: Payload) -> Result<Signature, ClientError> {
+        match self.with_record(record, |record| Request::Sign { record, scheme, payload }).await? {
             Response::Signed(signature) => Ok(signature),
             _ => Err(ClientError::Unexpected { operation: "Sign" }),
+        }
+    }
+
+    /// RSAES-OAEP decryption with a record's key made to decrypt; the record
+    /// travels as for [`Client::sign`].
+    pub async fn key_decrypt(&self, record: KeyRecord, hash: nekms_protocol::OaepHash, ciphertext: &[u8]) -> Result<Secret, ClientError> {
+        match self.with_record(record, |record| Request::KeyDecrypt { record, hash, ciphertext: ciphertext.to_vec() }).await? {
+            Response::Decrypted { plaintext } => Ok(plaintext),
+            _ => Err(ClientError::Unexpected { operation: "KeyDecrypt" }),
+        }
+    }
+
+    /// Call `request` with the record less its origin document, and again
+    /// with it when the enclave has not yet checked this record.
+    async fn with_record(&self, mut record: KeyRecord, request: impl FnOnce(KeyRecord) -> Request) -> Result<Response, ClientError> {
+        let document = record.attestation.take();
+        let mut request = request(record);
+        let outcome = self.call(&request).await;
+        let missing = matches!(&outcome, Err(e) if e.remote().is_some_and(|r| r.code == ErrorCode::RecordRejected && r.message.contains(nekms_protocol::record::ORIGIN_MISSING)));
+        match (missing, document, &mut request) {
+            (true, Some(doc), Request::Sign { record, .. } | Request::KeyDecrypt { record, .. }) => {
+                record.attestation = Some(doc);
+                self.call(&request).await
+            }
+            _ => outcome,
         }
     }
 }

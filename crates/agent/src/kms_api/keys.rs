@@ -48,6 +48,21 @@ pub(crate) fn signing_algorithms(spec: KeySpec) -> Vec<&'static str> {
     }
 }
 
+/// KMS's algorithms for RSA keys made to decrypt.
+const ENCRYPTION_ALGORITHMS: [&str; 2] = ["RSAES_OAEP_SHA_1", "RSAES_OAEP_SHA_256"];
+
+/// KeyUsage and its algorithms: an RSA record made to decrypt is, to KMS's
+/// clients, an ENCRYPT_DECRYPT key; every other record signs and verifies.
+fn add_usage(m: &mut Value, r: &KeyRecord) {
+    if r.may_decrypt() {
+        m["KeyUsage"] = json!("ENCRYPT_DECRYPT");
+        m["EncryptionAlgorithms"] = json!(ENCRYPTION_ALGORITHMS);
+    } else {
+        m["KeyUsage"] = json!("SIGN_VERIFY");
+        m["SigningAlgorithms"] = json!(signing_algorithms(r.spec));
+    }
+}
+
 /// KeyMetadata, as DescribeKey and CreateKey return it.
 fn metadata(ctx: &Ctx<'_>, r: &KeyRecord, deletion: Option<u64>, meta: &KeyMeta) -> Value {
     let state = match (deletion, meta.disabled) {
@@ -62,15 +77,14 @@ fn metadata(ctx: &Ctx<'_>, r: &KeyRecord, deletion: Option<u64>, meta: &KeyMeta)
         "CreationDate": r.created_at,
         "Enabled": state == "Enabled",
         "Description": meta.description,
-        "KeyUsage": "SIGN_VERIFY",
         "KeyState": state,
         "Origin": if r.origin == Origin::Imported { "EXTERNAL" } else { "AWS_KMS" },
         "KeyManager": "CUSTOMER",
         "CustomerMasterKeySpec": kms_spec(r.spec),
         "KeySpec": kms_spec(r.spec),
-        "SigningAlgorithms": signing_algorithms(r.spec),
         "MultiRegion": false,
     });
+    add_usage(&mut m, r);
     if let Some(at) = deletion {
         m["DeletionDate"] = json!(at);
     }
@@ -99,11 +113,18 @@ pub(super) async fn create_key(ctx: &Ctx<'_>, f: &Fields) -> Answer {
             "KeySpec {spec_name}: an enclave key is one of ECC_SECG_P256K1, ECC_NIST_P256, ECC_NIST_P384, ECC_NIST_EDWARDS25519, RSA_2048, RSA_3072, RSA_4096"
         )));
     };
-    match f.opt_str("KeyUsage")?.unwrap_or("SIGN_VERIFY") {
-        "SIGN_VERIFY" => {}
-        "ENCRYPT_DECRYPT" => return unsupported("KeyUsage ENCRYPT_DECRYPT: enclave keys made through this API sign and verify"),
-        other => return Err(KmsError::validation(format!("KeyUsage {other} is not SIGN_VERIFY"))),
-    }
+    // KMS's default usage is ENCRYPT_DECRYPT, for its symmetric default spec; an
+    // enclave key names its spec, so signing is the default here.
+    let decrypt = match f.opt_str("KeyUsage")?.unwrap_or("SIGN_VERIFY") {
+        "SIGN_VERIFY" => false,
+        "ENCRYPT_DECRYPT" if spec.is_rsa() => true,
+        "ENCRYPT_DECRYPT" => {
+            return Err(KmsError::validation(format!(
+                "KeyUsage ENCRYPT_DECRYPT is not valid for KeySpec {spec_name}: only RSA keys decrypt"
+            )))
+        }
+        other => return Err(KmsError::validation(format!("KeyUsage {other} is not SIGN_VERIFY or ENCRYPT_DECRYPT"))),
+    };
     if f.opt_str("Origin")?.is_some_and(|o| o != "AWS_KMS") {
         return unsupported("Origin: keys are made in the enclave (AWS_KMS); importing is the administrator's `nekms key import`");
     }
@@ -126,7 +147,7 @@ pub(super) async fn create_key(ctx: &Ctx<'_>, f: &Fields) -> Answer {
         entropy: Entropy::Nsm,
         encryption_context: Default::default(),
         nonce: None,
-        decrypt: false,
+        decrypt,
         privval: false,
     };
     let record = ctx
@@ -160,14 +181,14 @@ pub(super) async fn get_public_key(ctx: &Ctx<'_>, f: &Fields) -> Answer {
         return Err(KmsError::invalid_state(format!("{} is pending deletion.", ctx.arn(&name))));
     }
     super::meta::usable(ctx, &r).await?;
-    Ok(json!({
+    let mut answer = json!({
         "KeyId": ctx.arn(&name),
         "PublicKey": b64(&r.public_key),
         "CustomerMasterKeySpec": kms_spec(r.spec),
         "KeySpec": kms_spec(r.spec),
-        "KeyUsage": "SIGN_VERIFY",
-        "SigningAlgorithms": signing_algorithms(r.spec),
-    }))
+    });
+    add_usage(&mut answer, &r);
+    Ok(answer)
 }
 
 pub(super) async fn list_keys(ctx: &Ctx<'_>, f: &Fields) -> Answer {

@@ -13,6 +13,7 @@
 //!   aliases (`alias/...`) live in the store beside the records.
 //! - Operations: [`keys`] (CreateKey, DescribeKey, ListKeys, GetPublicKey,
 //!   ScheduleKeyDeletion, CancelKeyDeletion), [`sign`] (Sign, Verify),
+//!   [`crypt`] (Encrypt, Decrypt with RSA keys made to decrypt),
 //!   [`aliases`] (CreateAlias, UpdateAlias, DeleteAlias, ListAliases),
 //!   [`meta`] (EnableKey, DisableKey, TagResource, UntagResource,
 //!   ListResourceTags).
@@ -21,6 +22,7 @@
 //! through the validator signer, so `Sign` with one is refused.
 
 mod aliases;
+mod crypt;
 mod keys;
 mod meta;
 pub mod parse;
@@ -182,6 +184,8 @@ async fn dispatch(ctx: &Ctx<'_>, op: &str, f: &Fields) -> Answer {
         "CancelKeyDeletion" => keys::cancel_key_deletion(ctx, f).await,
         "Sign" => sign::sign(ctx, f).await,
         "Verify" => sign::verify(ctx, f).await,
+        "Encrypt" => crypt::encrypt(ctx, f).await,
+        "Decrypt" => crypt::decrypt(ctx, f).await,
         "CreateAlias" => aliases::create_alias(ctx, f).await,
         "UpdateAlias" => aliases::update_alias(ctx, f).await,
         "DeleteAlias" => aliases::delete_alias(ctx, f).await,

@@ -1,8 +1,9 @@
 //! The KMS API's parsing of what a caller sends, apart from any state (and
 //! fuzzed: `fuzz/fuzz_targets/kms_api_request.rs`): a KeyId as a record or
-//! an alias, and a Sign or Verify request as a scheme and a payload.
+//! an alias, a Sign or Verify request as a scheme and a payload, and an
+//! Encrypt or Decrypt request's algorithm.
 
-use nekms_keys::{Hash, KeySpec, Payload, Scheme};
+use nekms_keys::{Hash, KeySpec, OaepHash, Payload, Scheme};
 use nekms_kms_proto::error::KmsError;
 use nekms_kms_proto::request::Request as Fields;
 
@@ -85,4 +86,18 @@ pub fn sign_request(f: &Fields, spec: KeySpec, algorithm: &str) -> Result<(Schem
         other => return Err(KmsError::validation(format!("MessageType {other} is not RAW or DIGEST"))),
     };
     Ok((scheme, payload))
+}
+
+/// The OAEP hash an Encrypt or Decrypt request's EncryptionAlgorithm names
+/// for an RSA key of `spec`: KMS's `RSAES_OAEP_SHA_1` and `RSAES_OAEP_SHA_256`.
+pub fn encryption_algorithm(f: &Fields, spec: KeySpec) -> Result<(OaepHash, &str), KmsError> {
+    match f.opt_str("EncryptionAlgorithm")?.unwrap_or("SYMMETRIC_DEFAULT") {
+        a @ "RSAES_OAEP_SHA_1" => Ok((OaepHash::Sha1, a)),
+        a @ "RSAES_OAEP_SHA_256" => Ok((OaepHash::Sha256, a)),
+        a @ ("SYMMETRIC_DEFAULT" | "SM2PKE") => Err(KmsError::key_usage(format!(
+            "Algorithm {a} is incompatible with key spec {}; use RSAES_OAEP_SHA_1 or RSAES_OAEP_SHA_256",
+            crate::kms_api::keys::kms_spec(spec)
+        ))),
+        other => Err(KmsError::validation(format!("EncryptionAlgorithm {other} is not RSAES_OAEP_SHA_1 or RSAES_OAEP_SHA_256"))),
+    }
 }

@@ -228,6 +228,16 @@ pub enum Request {
         scheme: Option<Scheme>,
         payload: Payload,
     },
+    /// Decrypt with a record's RSA key, RSAES-OAEP with MGF1 over `hash` and
+    /// no label: only a key made to decrypt (`nekms:usage=sign,decrypt`,
+    /// sealed into its record when it was made) does; the plaintext is the
+    /// caller's (AWS KMS's Decrypt with an `ENCRYPT_DECRYPT` RSA key).
+    KeyDecrypt {
+        record: KeyRecord,
+        hash: crate::OaepHash,
+        #[serde(with = "serde_bytes")]
+        ciphertext: Vec<u8>,
+    },
     /// PKCS#11 tokens: provisioning from the parent, and the calls of the
     /// PKCS#11 module (`libnekms_p11.so`).
     P11(P11Request),
@@ -342,6 +352,7 @@ impl Request {
             Request::GenerateKey(_) => "GenerateKey",
             Request::ImportKey(_) => "ImportKey",
             Request::Sign { .. } => "Sign",
+            Request::KeyDecrypt { .. } => "KeyDecrypt",
             Request::P11(_) => "P11",
             Request::Privval(_) => "Privval",
             Request::Migrate(_) => "Migrate",
