@@ -35,10 +35,10 @@ from conftest import NEKMS, ROOT, Rpc, cbor_record, free_port, port_open, wait_f
 
 ACCOUNT = "111122223333"
 CALLERS = {
-    # name: (access key id, keys, manage, prefix, delete)
-    "alice": ("AKIANEKMSALICE000001", ["alice-*"], True, "alice-", True),
-    "bob": ("AKIANEKMSBOB00000001", ["bob-*"], True, "bob-", False),
-    "auditor": ("AKIANEKMSAUDITOR0001", ["alice-*"], False, "", False),
+    # name: (access key id, keys, manage, prefix, delete, decrypt)
+    "alice": ("AKIANEKMSALICE000001", ["alice-*"], True, "alice-", True, True),
+    "bob": ("AKIANEKMSBOB00000001", ["bob-*"], True, "bob-", False, True),
+    "auditor": ("AKIANEKMSAUDITOR0001", ["alice-*"], False, "", False, False),
 }
 SPECS = {
     "ECC_SECG_P256K1": "ECDSA_SHA_256",
@@ -55,14 +55,15 @@ def api(dev_up):
     u.env["NEKMS_STORE"] = f"sqlite:{u.base / 'keys.db'}"
     lines = []
     u.secrets = {}
-    for name, (akid, keys, manage, prefix, delete) in CALLERS.items():
+    for name, (akid, keys, manage, prefix, delete, decrypt) in CALLERS.items():
         secret = base64.b64encode(os.urandom(30)).decode()
         path = u.base / f"{name}.secret"
         path.write_text(secret + "\n")
         path.chmod(0o600)
         u.secrets[name] = (akid, secret)
         lines.append(f'[[client]]\nname = "{name}"\nkms-access-key-id = "{akid}"\nkms-secret-file = "{path}"\n'
-                     f'keys = {json.dumps(keys)}\nmanage = {str(manage).lower()}\nkms-key-prefix = "{prefix}"\ndelete = {str(delete).lower()}\n')
+                     f'keys = {json.dumps(keys)}\nmanage = {str(manage).lower()}\nkms-key-prefix = "{prefix}"\ndelete = {str(delete).lower()}\n'
+                     f'decrypt = {str(decrypt).lower()}\n')
     access = u.base / "access.toml"
     access.write_text("\n".join(lines))
     access.chmod(0o600)
@@ -330,6 +331,14 @@ def test_rsa_keys_made_to_decrypt_encrypt_and_decrypt_as_kms_does(api, tmp_path)
          "AccessDeniedException"),
         (lambda: kms(api, "bob").decrypt(KeyId="alias/alice-decrypt", CiphertextBlob=ciphertext, EncryptionAlgorithm="RSAES_OAEP_SHA_256"),
          "NotFoundException"),
+        # The auditor's globs cover alice's keys, but the access file does not let it decrypt.
+        (lambda: kms(api, "auditor").decrypt(KeyId=key, CiphertextBlob=ciphertext, EncryptionAlgorithm="RSAES_OAEP_SHA_256"),
+         "AccessDeniedException"),
+        # A dry run says only what the request would have done.
+        (lambda: c.decrypt(KeyId=signer, CiphertextBlob=ciphertext, EncryptionAlgorithm="RSAES_OAEP_SHA_256", DryRun=True),
+         "InvalidKeyUsageException"),
+        (lambda: c.decrypt(KeyId=key, CiphertextBlob=ciphertext, EncryptionAlgorithm="RSAES_OAEP_SHA_256", DryRun=True),
+         "DryRunOperationException"),
     ]
     for call, expected in cases:
         assert error_type(call) == expected
@@ -337,6 +346,17 @@ def test_rsa_keys_made_to_decrypt_encrypt_and_decrypt_as_kms_does(api, tmp_path)
     assert error_type(lambda: c.decrypt(KeyId=key, CiphertextBlob=ciphertext, EncryptionAlgorithm="RSAES_OAEP_SHA_256")) == \
         "DisabledException"
     c.enable_key(KeyId=key)
+
+    # A key made to decrypt signs nothing anywhere else either: not through the CLI (the general Sign), nor in a
+    # PKCS#11 token, whose C_Decrypt would compute the raw RSA operation.
+    r = api.nekms("sign", "--key", key, "--message", "not a signature", check=False)
+    assert r.returncode == 4 and "rule key-usage" in r.stderr and "only to decrypt" in r.stderr, r.stderr
+    pin = tmp_path / "pin"
+    pin.write_text("123456")
+    pin.chmod(0o600)
+    for extra in ([], ["--decrypt", key]):
+        r = api.nekms("p11", "token", "add", "--label", "decrypt-only", "--pin-file", str(pin), "--key", f"{key}:01", *extra, check=False)
+        assert r.returncode == 4 and "rule key-usage" in r.stderr, r.stderr
 
 
 def test_the_parent_decrypts_only_with_keys_made_to_decrypt(api):
@@ -355,6 +375,8 @@ def test_the_parent_decrypts_only_with_keys_made_to_decrypt(api):
 
     kind, value = rpc.call({"KeyDecrypt": {"record": record[decrypter], "hash": "Sha256", "ciphertext": spki[decrypter].encrypt(secret, oaep)}})
     assert (kind, bytes(value.get("Decrypted", {}).get("plaintext", b""))) == ("Ok", secret), value
+    kind, err = rpc.call({"Sign": {"record": record[decrypter], "payload": {"message": b"a signature by another name"}}})
+    assert kind == "Err" and "rule key-usage" in err["message"], err
     kind, err = rpc.call({"KeyDecrypt": {"record": record[signer], "hash": "Sha256", "ciphertext": spki[signer].encrypt(secret, oaep)}})
     assert kind == "Err" and "rule key-usage" in err["message"], err
     claims = {**record[signer], "encryption_context": {**record[signer]["encryption_context"], "nekms:usage": "sign,decrypt"}}

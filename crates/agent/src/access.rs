@@ -39,6 +39,9 @@ struct ClientEntry {
     /// May schedule and cancel the deletion of its keys (the KMS API).
     #[serde(default)]
     delete: bool,
+    /// May decrypt with its keys made to decrypt (the KMS API's Decrypt).
+    #[serde(default)]
+    decrypt: bool,
     /// The KMS API: the access key id this caller signs its requests with (SigV4) ...
     #[serde(default)]
     kms_access_key_id: Option<String>,
@@ -69,11 +72,13 @@ pub struct Caller {
     pub key_prefix: String,
     /// May schedule and cancel the deletion of keys (within `keys`).
     pub delete: bool,
+    /// May decrypt with keys made to decrypt (within `keys`).
+    pub decrypt: bool,
 }
 
 impl Caller {
     fn everything(name: &str) -> Caller {
-        Caller { name: name.to_owned(), keys: vec!["*".into()], manage: true, key_prefix: String::new(), delete: false }
+        Caller { name: name.to_owned(), keys: vec!["*".into()], manage: true, key_prefix: String::new(), delete: false, decrypt: false }
     }
 
     /// Whether this caller may use (or, with `manage`, create) key `name`
@@ -198,6 +203,7 @@ impl Access {
                 manage: c.manage,
                 key_prefix: c.kms_key_prefix.clone().unwrap_or_default(),
                 delete: c.delete,
+                decrypt: c.decrypt,
             };
             match (&c.kms_access_key_id, &c.kms_secret_file) {
                 (Some(id), Some(file)) => {
@@ -305,6 +311,7 @@ mod tests {
             manage: false,
             key_prefix: String::new(),
             delete: false,
+            decrypt: false,
         };
         assert!(c.may_use("wallet-1") && c.may_use("k1"));
         assert!(!c.may_use("validator") && !c.may_use("k10") && !c.may_use("wallet"));
@@ -314,6 +321,7 @@ mod tests {
             manage: false,
             key_prefix: String::new(),
             delete: false,
+            decrypt: false,
         };
         let long = "a".repeat(128);
         let started = std::time::Instant::now();

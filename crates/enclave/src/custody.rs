@@ -182,7 +182,11 @@ impl Enclave {
         check_key_id(&req.key_id).map_err(key_error)?;
         check_nonce(&req.nonce)?;
         // KMS first: a key it will not seal is not worth generating.
-        let usage = Usage::from_flags(req.decrypt, req.privval).map_err(RpcError::bad_request)?;
+        let usage = match (req.decrypt_only, Usage::from_flags(req.decrypt, req.privval).map_err(RpcError::bad_request)?) {
+            (false, usage) => usage,
+            (true, Usage::Sign) => Usage::Decrypt,
+            (true, _) => return Err(RpcError::bad_request("decrypt_only is a usage of its own, not with decrypt or privval")),
+        };
         let data_key =
             self.data_key_for(&req.key_id, req.spec, Origin::Generated, req.kms_key_id.as_deref(), &req.encryption_context, usage).await?;
         let seed = self.entropy(req.entropy).await?;
@@ -274,6 +278,7 @@ impl Enclave {
     /// double-sign rules (rule key-usage).
     pub async fn sign(&self, record: &KeyRecord, scheme: Option<Scheme>, payload: &Payload) -> Result<Signature, RpcError> {
         refuse_privval(record)?;
+        refuse_decrypt_only(record)?;
         let scheme = scheme.unwrap_or_else(|| Scheme::default_for_payload(record.spec, payload));
         scheme.check_spec(record.spec).map_err(key_error)?;
         let key = self.open(record).await?;
@@ -290,7 +295,7 @@ impl Enclave {
         refuse_privval(record)?;
         if !record.may_decrypt() {
             return Err(RpcError::refused(format!(
-                "rule key-usage: key {} was made to sign only; only an RSA key made to decrypt (nekms:usage=sign,decrypt, fixed when it was made) decrypts",
+                "rule key-usage: key {} was made to sign only; only an RSA key made to decrypt (nekms:usage=sign,decrypt or decrypt, fixed when it was made) decrypts",
                 record.key_id
             )));
         }
@@ -300,6 +305,17 @@ impl Enclave {
             other => key_error(other),
         })
     }
+}
+
+/// Refuse a key made only to decrypt wherever a signature would come out.
+pub(crate) fn refuse_decrypt_only(record: &KeyRecord) -> Result<(), RpcError> {
+    if record.usage() == Usage::Decrypt {
+        return Err(RpcError::refused(format!(
+            "rule key-usage: key {} was made only to decrypt (nekms:usage=decrypt, AWS KMS's ENCRYPT_DECRYPT); it signs nothing",
+            record.key_id
+        )));
+    }
+    Ok(())
 }
 
 /// Refuse a consensus key anywhere but the validator signer.

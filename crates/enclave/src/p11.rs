@@ -374,6 +374,13 @@ impl Tokens {
                     k.label
                 )));
             }
+            if k.record.usage() == nekms_keys::context::Usage::Decrypt {
+                // A token's C_Decrypt serves PKCS#1 v1.5 and the raw operation, which is a signature.
+                return Err(RpcError::refused(format!(
+                    "rule key-usage: key {i} ({}) was made only to decrypt with RSAES-OAEP (nekms:usage=decrypt, AWS KMS's ENCRYPT_DECRYPT); a token, whose C_Decrypt computes the raw RSA operation, does not take it",
+                    k.label
+                )));
+            }
             if k.certificates.len() > MAX_CHAIN || k.certificates.iter().any(|c| c.len() > 16 * 1024) {
                 return Err(RpcError::bad_request(format!("key {i}: at most {MAX_CHAIN} certificates of 16 KiB each")));
             }
@@ -588,6 +595,7 @@ impl Enclave {
                         nonce: None,
                         decrypt: false,
                         privval: false,
+                        decrypt_only: false,
                     })
                     .await?;
                 let public_key = serde_bytes::ByteBuf::from(record.public_key.clone());

@@ -173,6 +173,7 @@ async fn the_enclaves_rules_refuse_before_kms_is_asked() {
         nonce: None,
         decrypt: false,
         privval: false,
+        decrypt_only: false,
     };
     for other in ["alias/custody", "arn:aws:kms:eu-west-1:444455556666:key/1234abcd-12ab-34cd-56ef-1234567890ab"] {
         let err = e.client.generate_key(generate(Some(other))).await.unwrap_err();

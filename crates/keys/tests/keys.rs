@@ -393,4 +393,9 @@ fn a_consensus_keys_usage_is_sealed_with_it_and_only_ed25519_and_secp256k1_carry
     assert_eq!(consensus.get(USAGE).map(String::as_str), Some(USAGE_PRIVVAL));
     assert!(Usage::from_flags(true, true).is_err());
     assert!(Usage::Privval.check_spec(KeySpec::Rsa2048).is_err() && Usage::SignDecrypt.check_spec(KeySpec::Ed25519).is_err());
+    // Decrypt-only (AWS KMS's ENCRYPT_DECRYPT): RSA only, decrypts, never signs.
+    let only: std::collections::BTreeMap<String, String> = [(USAGE.to_owned(), "decrypt".to_owned())].into();
+    assert_eq!(Usage::of_context(&only, KeySpec::Rsa3072), Ok(Usage::Decrypt));
+    assert!(Usage::of_context(&only, KeySpec::P256).is_err());
+    assert!(Usage::Decrypt.decrypts() && !Usage::Decrypt.signs() && Usage::SignDecrypt.signs() && !Usage::Privval.signs());
 }

@@ -37,10 +37,12 @@ pub const PURPOSE_IMPORT: &str = "import";
 pub const PURPOSE_ANCHOR_CREDENTIALS: &str = "privval-anchor-credentials";
 pub const ANCHOR_TABLE: &str = "nekms:anchor-table";
 /// What a record's key may do, when it is not plain signing: present only on
-/// RSA keys made to decrypt too ([`USAGE_SIGN_DECRYPT`]) and on consensus
-/// keys, which only the validator signer uses ([`USAGE_PRIVVAL`]).
+/// RSA keys made to decrypt too ([`USAGE_SIGN_DECRYPT`]) or only
+/// ([`USAGE_DECRYPT`]), and on consensus keys, which only the validator
+/// signer uses ([`USAGE_PRIVVAL`]).
 pub const USAGE: &str = "nekms:usage";
 pub const USAGE_SIGN_DECRYPT: &str = "sign,decrypt";
+pub const USAGE_DECRYPT: &str = "decrypt";
 pub const USAGE_PRIVVAL: &str = "privval";
 /// On a migrated record only: `<hex SHA-256 of the approved statement>.<hex
 /// manifest leaf hash>`, binding the record's data key to its approval.
@@ -56,6 +58,10 @@ pub enum Usage {
     Sign,
     /// An RSA key that decrypts too (a PKCS#11 token's `--decrypt`).
     SignDecrypt,
+    /// An RSA key that only decrypts, RSAES-OAEP (AWS KMS's
+    /// `ENCRYPT_DECRYPT`): the general Sign refuses it, and no PKCS#11
+    /// token takes it, so it computes no signature by any name.
+    Decrypt,
     /// A validator's consensus key (Ed25519 or secp256k1): signed with only
     /// by the validator signer, under its double-sign rules; the general
     /// Sign, the agent and PKCS#11 refuse it.
@@ -68,8 +74,19 @@ impl Usage {
         match self {
             Usage::Sign => None,
             Usage::SignDecrypt => Some(USAGE_SIGN_DECRYPT),
+            Usage::Decrypt => Some(USAGE_DECRYPT),
             Usage::Privval => Some(USAGE_PRIVVAL),
         }
+    }
+
+    /// Whether a key of this usage signs through the general Sign.
+    pub fn signs(self) -> bool {
+        matches!(self, Usage::Sign | Usage::SignDecrypt)
+    }
+
+    /// Whether a key of this usage decrypts.
+    pub fn decrypts(self) -> bool {
+        matches!(self, Usage::SignDecrypt | Usage::Decrypt)
     }
 
     /// From the request flags `decrypt` and `privval`; both at once is refused.
@@ -86,8 +103,8 @@ impl Usage {
     pub fn check_spec(self, spec: KeySpec) -> Result<(), String> {
         match self {
             Usage::Sign => Ok(()),
-            Usage::SignDecrypt if spec.is_rsa() => Ok(()),
-            Usage::SignDecrypt => Err(format!("a {spec} key does not decrypt; only RSA keys may be made with decrypt")),
+            Usage::SignDecrypt | Usage::Decrypt if spec.is_rsa() => Ok(()),
+            Usage::SignDecrypt | Usage::Decrypt => Err(format!("a {spec} key does not decrypt; only RSA keys may be made with decrypt")),
             Usage::Privval if matches!(spec, KeySpec::Ed25519 | KeySpec::Secp256k1) => Ok(()),
             Usage::Privval => Err(format!("a consensus key is ed25519 or secp256k1, not {spec}")),
         }
@@ -98,6 +115,7 @@ impl Usage {
         let usage = match context.get(USAGE).map(String::as_str) {
             None => Usage::Sign,
             Some(USAGE_SIGN_DECRYPT) => Usage::SignDecrypt,
+            Some(USAGE_DECRYPT) => Usage::Decrypt,
             Some(USAGE_PRIVVAL) => Usage::Privval,
             Some(other) => return Err(format!("{USAGE}={other:?} is no usage nekms makes")),
         };

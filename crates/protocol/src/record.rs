@@ -115,10 +115,10 @@ pub fn binding_context(
 }
 
 impl KeyRecord {
-    /// Whether the record's key was made to decrypt as well as sign
-    /// (`nekms:usage`, bound into its data key's context and its seal).
+    /// Whether the record's key was made to decrypt, as well as or instead
+    /// of signing (`nekms:usage`, bound into its data key's context and its seal).
     pub fn may_decrypt(&self) -> bool {
-        self.usage() == crate::context::Usage::SignDecrypt
+        self.usage().decrypts()
     }
 
     /// What the record's key was made for (`nekms:usage`); a usage its spec

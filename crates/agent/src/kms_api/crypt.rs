@@ -28,9 +28,6 @@ fn no_context(f: &Fields) -> Result<(), KmsError> {
     if f.has("EncryptionContext") {
         return Err(KmsError::validation("EncryptionContext is for symmetric keys; an RSA key takes none"));
     }
-    if f.opt_bool("DryRun")? == Some(true) {
-        return Err(KmsError::new("DryRunOperationException", "The request would have succeeded, but the DryRun option is set."));
-    }
     Ok(())
 }
 
@@ -41,6 +38,7 @@ pub(super) async fn encrypt(ctx: &Ctx<'_>, f: &Fields) -> Answer {
     let record = super::sign::usable_record(ctx, &name).await?;
     decrypts(ctx, &record, "Encrypt")?;
     let (hash, algorithm) = super::parse::encryption_algorithm(f, record.spec)?;
+    super::dry_run(f)?;
     let public = PublicKey::from_spki(&record.public_key).map_err(|e| KmsError::internal(e.to_string()))?;
     let ciphertext = public.rsa_encrypt(RsaPadding::Oaep(hash), &plaintext, None).map_err(|e| KmsError::validation(e.to_string()))?;
     Ok(json!({"KeyId": ctx.arn(&name), "CiphertextBlob": b64(&ciphertext), "EncryptionAlgorithm": algorithm}))
@@ -52,6 +50,12 @@ pub(super) async fn decrypt(ctx: &Ctx<'_>, f: &Fields) -> Answer {
         return Err(KmsError::validation("KeyId is required: an enclave key is asymmetric, and its ciphertext does not name it"));
     };
     let name = ctx.resolve(key_id, "Decrypt").await?;
+    if !ctx.caller.decrypt {
+        return Err(KmsError::new(
+            "AccessDeniedException",
+            format!("User: {} is not authorized to perform: kms:Decrypt (the access file does not let it decrypt)", ctx.caller.name),
+        ));
+    }
     let ciphertext = f.blob("CiphertextBlob", 1, MAX_CIPHERTEXT)?;
     if f.has("Recipient") {
         return Err(KmsError::unsupported(
@@ -62,6 +66,7 @@ pub(super) async fn decrypt(ctx: &Ctx<'_>, f: &Fields) -> Answer {
     let record = super::sign::usable_record(ctx, &name).await?;
     decrypts(ctx, &record, "Decrypt")?;
     let (hash, algorithm) = super::parse::encryption_algorithm(f, record.spec)?;
+    super::dry_run(f)?;
     let plaintext = ctx
         .state
         .enclave

@@ -115,7 +115,7 @@ pub(super) async fn create_key(ctx: &Ctx<'_>, f: &Fields) -> Answer {
     };
     // KMS's default usage is ENCRYPT_DECRYPT, for its symmetric default spec; an
     // enclave key names its spec, so signing is the default here.
-    let decrypt = match f.opt_str("KeyUsage")?.unwrap_or("SIGN_VERIFY") {
+    let decrypt_only = match f.opt_str("KeyUsage")?.unwrap_or("SIGN_VERIFY") {
         "SIGN_VERIFY" => false,
         "ENCRYPT_DECRYPT" if spec.is_rsa() => true,
         "ENCRYPT_DECRYPT" => {
@@ -147,8 +147,9 @@ pub(super) async fn create_key(ctx: &Ctx<'_>, f: &Fields) -> Answer {
         entropy: Entropy::Nsm,
         encryption_context: Default::default(),
         nonce: None,
-        decrypt,
+        decrypt: false,
         privval: false,
+        decrypt_only,
     };
     let record = ctx
         .state

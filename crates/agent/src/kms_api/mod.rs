@@ -261,6 +261,14 @@ impl Ctx<'_> {
     }
 }
 
+/// After every check: a dry run says the request would have been served.
+fn dry_run(f: &Fields) -> Result<(), KmsError> {
+    if f.opt_bool("DryRun")? == Some(true) {
+        return Err(KmsError::new("DryRunOperationException", "The request would have succeeded, but the DryRun option is set."));
+    }
+    Ok(())
+}
+
 /// A store failure, as KMS would say it (retryable when it may pass).
 fn store_error(e: StoreError) -> KmsError {
     match e {

@@ -37,12 +37,10 @@ fn signs(ctx: &Ctx<'_>, record: &KeyRecord, action: &str) -> Result<(), KmsError
 pub(super) async fn sign(ctx: &Ctx<'_>, f: &Fields) -> Answer {
     let name = ctx.resolve(f.key_id("KeyId")?, "Sign").await?;
     let algorithm = f.str("SigningAlgorithm")?;
-    if f.opt_bool("DryRun")? == Some(true) {
-        return Err(KmsError::new("DryRunOperationException", "The request would have succeeded, but the DryRun option is set."));
-    }
     let record = usable_record(ctx, &name).await?;
     signs(ctx, &record, "Sign")?;
     let (scheme, payload) = super::parse::sign_request(f, record.spec, algorithm)?;
+    super::dry_run(f)?;
     let signature = ctx
         .state
         .enclave

@@ -153,6 +153,7 @@ pub(super) async fn create_key(
         nonce,
         decrypt: false,
         privval: false,
+        decrypt_only: false,
     };
     let record = state
         .enclave

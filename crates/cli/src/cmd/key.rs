@@ -88,6 +88,9 @@ pub enum KeyCommand {
         /// A validator's consensus key (ed25519, secp256k1): only the validator signer signs with it; fixed in the record
         #[arg(long, conflicts_with = "decrypt")]
         privval: bool,
+        /// An RSA key that only decrypts, RSAES-OAEP (AWS KMS's ENCRYPT_DECRYPT): it signs nothing and no token takes it
+        #[arg(long, conflicts_with_all = ["decrypt", "privval"])]
+        decrypt_only: bool,
         #[arg(long)]
         json: bool,
     },
@@ -470,7 +473,20 @@ fn ciphertext_arg(file: &Option<PathBuf>, b64: &Option<String>) -> anyhow::Resul
 pub fn run_key(cmd: KeyCommand) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
         match cmd {
-            KeyCommand::Create { enclave, store, name, spec, kms_key, entropy, context, nonce: n, decrypt, privval, json } => {
+            KeyCommand::Create {
+                enclave,
+                store,
+                name,
+                spec,
+                kms_key,
+                entropy,
+                context,
+                nonce: n,
+                decrypt,
+                privval,
+                decrypt_only,
+                json,
+            } => {
                 let store = store.open().await?;
                 if store.get(&name).await?.is_some() {
                     bail!("a key named {name:?} already exists");
@@ -484,6 +500,7 @@ pub fn run_key(cmd: KeyCommand) -> anyhow::Result<()> {
                     nonce: nonce(&n)?,
                     decrypt,
                     privval,
+                    decrypt_only,
                 };
                 let record = enclave.connect().await?.generate_key(request).await?;
                 keep(&store, &record, json).await

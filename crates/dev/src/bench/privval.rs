@@ -226,6 +226,7 @@ pub async fn run(a: &Options) -> anyhow::Result<()> {
         nonce: None,
         decrypt: false,
         privval,
+        decrypt_only: false,
     };
     let key = durable_rpc.generate_key(generate("bench-consensus", true)).await?;
     let identity = durable_rpc.generate_key(generate("bench-identity", false)).await?;

@@ -93,6 +93,7 @@ fn generate(key_id: &str, entropy: Entropy) -> GenerateKey {
         nonce: None,
         decrypt: false,
         privval: false,
+        decrypt_only: false,
     }
 }
 

@@ -288,6 +288,10 @@ pub struct GenerateKey {
     /// validator signer signs with it; the general Sign refuses it.
     #[serde(default)]
     pub privval: bool,
+    /// An RSA key that decrypts and never signs (`nekms:usage=decrypt`,
+    /// AWS KMS's `ENCRYPT_DECRYPT`); not with `decrypt` or `privval`.
+    #[serde(default)]
+    pub decrypt_only: bool,
 }
 
 impl GenerateKey {
@@ -303,6 +307,7 @@ impl GenerateKey {
             nonce: None,
             decrypt: false,
             privval: false,
+            decrypt_only: false,
         }
     }
 }
