@@ -114,6 +114,16 @@ def test_keys_are_made_listed_and_used_through_the_api(env):
 
     status, pk = a.call("GET", "/v1/keys/app-2/public-key")
     public = serialization.load_pem_public_key(pk["pem"].encode())
+    # A public key planted in the store is not handed out: the enclave does not open that record.
+    planted = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(serialization.Encoding.DER,
+                                                                                 serialization.PublicFormat.SubjectPublicKeyInfo)
+    with sqlite3.connect(env.base / "keys.db") as db:
+        real = db.execute("SELECT public_key FROM key_records WHERE key_id = 'app-2'").fetchone()[0]
+        db.execute("UPDATE key_records SET public_key = ? WHERE key_id = 'app-2'", (planted,))
+    status, e = a.call("GET", "/v1/keys/app-2/public-key")
+    with sqlite3.connect(env.base / "keys.db") as db:
+        db.execute("UPDATE key_records SET public_key = ? WHERE key_id = 'app-2'", (real,))
+    assert status == 422 and e["error"]["code"] == "record_rejected", (status, e)
     status, s = a.call("POST", "/v1/keys/app-2/sign", {"message": "Hello World"})
     assert status == 200, s
     public.verify(bytes.fromhex(s["signature"]), b"Hello World", ec.ECDSA(hashes.SHA256()))

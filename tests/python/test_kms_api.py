@@ -18,6 +18,7 @@ import http.client
 import json
 import os
 import pathlib
+import sqlite3
 import subprocess
 import unittest.mock
 
@@ -28,7 +29,7 @@ import botocore.credentials
 import pytest
 from botocore.exceptions import ClientError
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from conftest import NEKMS, ROOT, Rpc, cbor_record, free_port, port_open, wait_for
@@ -391,6 +392,46 @@ def test_the_parent_decrypts_only_with_keys_made_to_decrypt(api):
         lines = [json.loads(l) for l in pathlib.Path(api.info["audit"]).read_text().splitlines() if l.strip()]
         return {(d.get("key"), d["result"].split(":")[0]) for d in lines if d["kind"] == "decision" and d["op"] == "KeyDecrypt"}
     wait_for(lambda: {(decrypter, "ok"), (signer, "refused")} <= decisions(), what="the trail's KeyDecrypt decisions", timeout=15)
+
+
+def test_a_public_key_planted_in_the_store_is_never_handed_out(api):
+    """Whoever can write the store (root, or anyone with the table's rights)
+    puts its own RSA public key in a decryption key's record: GetPublicKey,
+    Encrypt and Verify answer from a record only once the enclave has opened
+    that exact record, so none of them uses the planted key (the agent's own
+    /public-key neither: test_agent.py). The record put back, all answer again."""
+    c = kms(api)
+    key = c.create_key(KeySpec="RSA_2048", KeyUsage="ENCRYPT_DECRYPT")["KeyMetadata"]["KeyId"]
+    signer = c.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+    signature = c.sign(KeyId=signer, Message=b"m", SigningAlgorithm="ECDSA_SHA_256")["Signature"]
+    mine = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    mine_ec = ec.generate_private_key(ec.SECP256R1())
+    der = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    db = sqlite3.connect(api.base / "keys.db")
+    real = dict(db.execute("SELECT key_id, public_key FROM key_records WHERE key_id IN (?, ?)", (key, signer)).fetchall())
+    try:
+        with db:
+            db.execute("UPDATE key_records SET public_key = ? WHERE key_id = ?", (mine.public_key().public_bytes(*der), key))
+            db.execute("UPDATE key_records SET public_key = ? WHERE key_id = ?", (mine_ec.public_key().public_bytes(*der), signer))
+        forged = mine_ec.sign(b"forged", ec.ECDSA(hashes.SHA256()))
+        cases = [
+            lambda: c.get_public_key(KeyId=key),
+            lambda: c.encrypt(KeyId=key, Plaintext=b"for the enclave only", EncryptionAlgorithm="RSAES_OAEP_SHA_256"),
+            lambda: c.get_public_key(KeyId=signer),
+            lambda: c.verify(KeyId=signer, Message=b"forged", Signature=forged, SigningAlgorithm="ECDSA_SHA_256"),
+        ]
+        for call in cases:
+            assert error_type(call) == "KMSInvalidStateException"
+        r = api.nekms("key", "public-key", key, "--pem")
+        assert mine.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode() in r.stdout, \
+            "the CLI reads the store as it is; key verify-origin is its check"
+    finally:
+        with db:
+            for k, v in real.items():
+                db.execute("UPDATE key_records SET public_key = ? WHERE key_id = ?", (v, k))
+        db.close()
+    assert c.get_public_key(KeyId=key)["KeyUsage"] == "ENCRYPT_DECRYPT"
+    assert c.verify(KeyId=signer, Message=b"m", Signature=signature, SigningAlgorithm="ECDSA_SHA_256")["SignatureValid"]
 
 
 def test_deletion_waits_its_window_and_can_be_cancelled(api):

@@ -30,9 +30,15 @@ pub(crate) struct AppState {
     pub(crate) health: tokio::sync::Mutex<Option<(Instant, axum::http::StatusCode, serde_json::Value)>>,
     /// Requests in progress, per caller (at most `limits.max_per_caller` each).
     pub(crate) in_flight: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
+    /// Digests of records the enclave opened, and when: their public keys
+    /// are the sealed keys' (see [`AppState::opened`]).
+    pub(crate) opened: Mutex<HashMap<[u8; 32], Instant>>,
 }
 
 pub(crate) type Shared = Arc<AppState>;
+
+/// How long the enclave's opening of a record vouches for its public key here.
+pub(crate) const OPENED_TTL: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// How long a record read for signing is used before it is read again.
 pub(crate) const RECORD_TTL: std::time::Duration = std::time::Duration::from_secs(5);
@@ -56,7 +62,36 @@ impl AppState {
             limits,
             health: tokio::sync::Mutex::new(None),
             in_flight: Mutex::new(HashMap::new()),
+            opened: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Refused unless the enclave opens `record` (every rule Sign applies,
+    /// its public key checked against its sealed key); remembered by the
+    /// record's digest for [`OPENED_TTL`]. Whoever can write the store (root,
+    /// or anyone with the instance role's DynamoDB rights) could otherwise
+    /// put a public key of its own in a record and have this agent hand it
+    /// out, verify signatures with it and encrypt callers' data to it.
+    pub(crate) async fn opened(&self, record: &KeyRecord) -> Result<(), nekms_rpc::ClientError> {
+        use nekms_keys::RecordExt;
+        let digest = record.cache_digest();
+        if self.opened.lock().unwrap_or_else(|p| p.into_inner()).get(&digest).is_some_and(|at| at.elapsed() < OPENED_TTL) {
+            return Ok(());
+        }
+        self.enclave
+            .call(|c| {
+                let r = record.clone();
+                async move { c.check_record(r).await }
+            })
+            .await?;
+        let mut opened = self.opened.lock().unwrap_or_else(|p| p.into_inner());
+        if opened.len() >= 4096 {
+            opened.retain(|_, at| at.elapsed() < OPENED_TTL);
+        }
+        if opened.len() < 4096 {
+            opened.insert(digest, Instant::now());
+        }
+        Ok(())
     }
 
     /// The record `name` for signing, from a cache of [`RECORD_TTL`] in front

@@ -304,6 +304,10 @@ impl Enclave {
             Request::GenerateKey(req) => Ok(Response::KeyCreated { record: Box::new(self.generate_key(req).await?) }),
             Request::ImportKey(req) => Ok(Response::KeyCreated { record: Box::new(self.import_key(req).await?) }),
             Request::Sign { record, scheme, payload } => Ok(Response::Signed(self.sign(&record, scheme, &payload).await?)),
+            Request::CheckRecord { record } => {
+                self.open(&record).await?;
+                Ok(Response::RecordChecked)
+            }
             Request::KeyDecrypt { record, hash, ciphertext } => {
                 Ok(Response::Decrypted { plaintext: Secret::from(self.key_decrypt(&record, hash, &ciphertext).await?) })
             }

@@ -274,6 +274,15 @@ impl Client {
         }
     }
 
+    /// Whether the enclave opens `record` (every rule Sign applies); the
+    /// record travels as for [`Client::sign`].
+    pub async fn check_record(&self, record: KeyRecord) -> Result<(), ClientError> {
+        match self.with_record(record, |record| Request::CheckRecord { record }).await? {
+            Response::RecordChecked => Ok(()),
+            _ => Err(ClientError::Unexpected { operation: "CheckRecord" }),
+        }
+    }
+
     /// Call `request` with the record less its origin document, and again
     /// with it when the enclave has not yet checked this record.
     async fn with_record(&self, mut record: KeyRecord, request: impl FnOnce(KeyRecord) -> Request) -> Result<Response, ClientError> {
@@ -282,7 +291,7 @@ impl Client {
         let outcome = self.call(&request).await;
         let missing = matches!(&outcome, Err(e) if e.remote().is_some_and(|r| r.code == ErrorCode::RecordRejected && r.message.contains(nekms_protocol::record::ORIGIN_MISSING)));
         match (missing, document, &mut request) {
-            (true, Some(doc), Request::Sign { record, .. } | Request::KeyDecrypt { record, .. }) => {
+            (true, Some(doc), Request::Sign { record, .. } | Request::KeyDecrypt { record, .. } | Request::CheckRecord { record }) => {
                 record.attestation = Some(doc);
                 self.call(&request).await
             }

@@ -182,6 +182,7 @@ pub(super) async fn get_public_key(ctx: &Ctx<'_>, f: &Fields) -> Answer {
         return Err(KmsError::invalid_state(format!("{} is pending deletion.", ctx.arn(&name))));
     }
     super::meta::usable(ctx, &r).await?;
+    super::opened(ctx, &r).await?;
     let mut answer = json!({
         "KeyId": ctx.arn(&name),
         "PublicKey": b64(&r.public_key),

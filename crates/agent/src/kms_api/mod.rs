@@ -281,6 +281,19 @@ fn store_error(e: StoreError) -> KmsError {
     }
 }
 
+/// Refused unless the enclave opens `record` (see `AppState::opened`):
+/// only then are its public key's answers the enclave key's.
+async fn opened(ctx: &Ctx<'_>, record: &nekms_keys::KeyRecord) -> Result<(), KmsError> {
+    ctx.state.opened(record).await.map_err(|e| match e.remote() {
+        Some(r) => KmsError::invalid_state(format!(
+            "{}: the enclave does not open this key's record, so its public key is not vouched for: {}",
+            ctx.arn(&record.key_id),
+            r.message
+        )),
+        None => enclave_error(e),
+    })
+}
+
 /// An enclave failure, as KMS would say it.
 fn enclave_error(e: ClientError) -> KmsError {
     let Some(remote) = e.remote() else {

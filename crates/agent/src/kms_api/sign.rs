@@ -64,6 +64,7 @@ pub(super) async fn verify(ctx: &Ctx<'_>, f: &Fields) -> Answer {
     signs(ctx, &record, "Verify")?;
     let (scheme, payload) = super::parse::sign_request(f, record.spec, algorithm)?;
     super::meta::usable(ctx, &record).await?;
+    super::opened(ctx, &record).await?;
     let public = PublicKey::from_spki(&record.public_key).map_err(|e| KmsError::internal(e.to_string()))?;
     match public.verify(scheme, &payload, &signature) {
         Ok(()) => Ok(json!({"KeyId": ctx.arn(&name), "SignatureValid": true, "SigningAlgorithm": algorithm})),

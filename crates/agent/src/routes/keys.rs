@@ -97,6 +97,8 @@ pub(super) async fn public_key(
 ) -> Result<Json<Value>, ApiError> {
     allowed(&caller, &name, false)?;
     let r = record(&state, &name).await?;
+    // Only a public key the enclave has vouched for, by opening this exact record.
+    state.opened(&r).await?;
     let p = r.public().map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store_corrupt", e.to_string()))?;
     Ok(Json(json!({"name": r.key_id, "spec": r.spec, "pem": p.to_pem(), "spki": B64.encode(p.spki()),
                    "eth_address": p.eth_address().map(|a| a.to_checksum(None))})))

@@ -238,6 +238,11 @@ pub enum Request {
         #[serde(with = "serde_bytes")]
         ciphertext: Vec<u8>,
     },
+    /// Open a record (or find it opened) under every rule Sign applies, and
+    /// say only whether it opened: the agent hands out, verifies with and
+    /// encrypts to a record's public key only once the enclave has opened
+    /// that exact record, so a record changed in the store is caught there.
+    CheckRecord { record: KeyRecord },
     /// PKCS#11 tokens: provisioning from the parent, and the calls of the
     /// PKCS#11 module (`libnekms_p11.so`).
     P11(P11Request),
@@ -358,6 +363,7 @@ impl Request {
             Request::ImportKey(_) => "ImportKey",
             Request::Sign { .. } => "Sign",
             Request::KeyDecrypt { .. } => "KeyDecrypt",
+            Request::CheckRecord { .. } => "CheckRecord",
             Request::P11(_) => "P11",
             Request::Privval(_) => "Privval",
             Request::Migrate(_) => "Migrate",
@@ -406,6 +412,8 @@ pub enum Response {
         record: Box<KeyRecord>,
     },
     Signed(Signature),
+    /// The record opened: its public key is its sealed key's.
+    RecordChecked,
     P11(P11Response),
     Privval(PrivvalResponse),
     Migrate(MigrateResponse),
