@@ -106,6 +106,11 @@ enum Command {
     Bench(cmd::bench::Command),
 }
 
+/// mimalloc, as in the enclave: the daemons (agent, proxy, collectors) and
+/// the benches allocate per request from many threads.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     exit::install_panic_hook();
     let cli = Cli::parse();
