@@ -121,9 +121,14 @@ def test_keys_are_made_listed_and_used_through_the_api(env):
         real = db.execute("SELECT public_key FROM key_records WHERE key_id = 'app-2'").fetchone()[0]
         db.execute("UPDATE key_records SET public_key = ? WHERE key_id = 'app-2'", (planted,))
     status, e = a.call("GET", "/v1/keys/app-2/public-key")
+    shown = a.call("GET", "/v1/keys/app-2")[1]
+    listed = [k for k in a.call("GET", "/v1/keys")[1]["keys"] if k["name"] == "app-2"]
     with sqlite3.connect(env.base / "keys.db") as db:
         db.execute("UPDATE key_records SET public_key = ? WHERE key_id = 'app-2'", (real,))
     assert status == 422 and e["error"]["code"] == "record_rejected", (status, e)
+    assert shown["public_key_pem"] is None and "public_key_unverified" in shown and shown["record"]["key_id"] == "app-2", shown
+    assert listed and listed[0]["public_key_pem"] is None and listed[0]["eth_address"] is None, listed
+    assert a.call("GET", "/v1/keys/app-2")[1]["public_key_pem"] == pk["pem"], "the record put back is vouched for again"
     status, s = a.call("POST", "/v1/keys/app-2/sign", {"message": "Hello World"})
     assert status == 200, s
     public.verify(bytes.fromhex(s["signature"]), b"Hello World", ec.ECDSA(hashes.SHA256()))

@@ -49,7 +49,8 @@ pub fn openapi() -> Value {
         "components": {"schemas": {
             "Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "retryable": {"type": "boolean"}}}}},
             "Key": {"type": "object", "properties": {"name": {"type": "string"}, "spec": {"type": "string"}, "origin": {"type": "string"}, "kms_key_id": {"type": "string"},
-                    "created_at": {"type": "integer"}, "public_key_pem": {"type": "string"}, "eth_address": {"type": "string", "nullable": true}, "record": {"type": "object"}}},
+                    "created_at": {"type": "integer"}, "public_key_pem": {"type": "string", "nullable": true}, "eth_address": {"type": "string", "nullable": true},
+                    "public_key_unverified": {"type": "string"}, "record": {"type": "object"}}},
             "CreateKey": {"type": "object", "required": ["name", "spec"], "additionalProperties": false, "properties": {
                 "name": {"type": "string", "pattern": "^[A-Za-z0-9._:@-]{1,128}$"},
                 "spec": {"type": "string", "enum": ["secp256k1", "ed25519", "p256", "p384", "rsa2048", "rsa3072", "rsa4096"]},

@@ -38,8 +38,8 @@ pub(super) async fn encrypt(ctx: &Ctx<'_>, f: &Fields) -> Answer {
     let record = super::sign::usable_record(ctx, &name).await?;
     decrypts(ctx, &record, "Encrypt")?;
     let (hash, algorithm) = super::parse::encryption_algorithm(f, record.spec)?;
-    super::dry_run(f)?;
     super::opened(ctx, &record).await?;
+    super::dry_run(f)?;
     let public = PublicKey::from_spki(&record.public_key).map_err(|e| KmsError::internal(e.to_string()))?;
     let ciphertext = public.rsa_encrypt(RsaPadding::Oaep(hash), &plaintext, None).map_err(|e| KmsError::validation(e.to_string()))?;
     Ok(json!({"KeyId": ctx.arn(&name), "CiphertextBlob": b64(&ciphertext), "EncryptionAlgorithm": algorithm}))

@@ -285,12 +285,18 @@ fn store_error(e: StoreError) -> KmsError {
 /// only then are its public key's answers the enclave key's.
 async fn opened(ctx: &Ctx<'_>, record: &nekms_keys::KeyRecord) -> Result<(), KmsError> {
     ctx.state.opened(record).await.map_err(|e| match e.remote() {
-        Some(r) => KmsError::invalid_state(format!(
-            "{}: the enclave does not open this key's record, so its public key is not vouched for: {}",
-            ctx.arn(&record.key_id),
-            r.message
-        )),
-        None => enclave_error(e),
+        // The record itself: altered, or not the enclave's. Anything else (KMS, credentials) may pass.
+        Some(r)
+            if r.code == ErrorCode::RecordRejected
+                || (r.code == ErrorCode::Kms && r.kms_code.as_deref() == Some("InvalidCiphertextException")) =>
+        {
+            KmsError::invalid_state(format!(
+                "{}: the enclave does not open this key's record, so its public key is not vouched for: {}",
+                ctx.arn(&record.key_id),
+                r.message
+            ))
+        }
+        _ => enclave_error(e),
     })
 }
 

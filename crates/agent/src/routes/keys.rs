@@ -22,9 +22,10 @@ use crate::access::Caller;
 use crate::errors::{ApiError, JsonBody};
 use crate::state::{AppState, Shared};
 
-/// A key as the API shows it (without its record).
-fn summary(r: &KeyRecord) -> Value {
-    let public = PublicKey::from_spki(&r.public_key).ok();
+/// A key as the API shows it (without its record); its public key (PEM and
+/// address) only when `vouched`: the enclave has opened this exact record.
+fn summary(r: &KeyRecord, vouched: bool) -> Value {
+    let public = PublicKey::from_spki(&r.public_key).ok().filter(|_| vouched);
     json!({
         "name": r.key_id,
         "spec": r.spec,
@@ -53,7 +54,8 @@ pub(super) async fn list_keys(
         .iter()
         .filter(|r| caller.may_use(&r.key_id))
         .map(|r| {
-            let mut v = summary(r);
+            // Names only: a public key comes from /public-key or /v1/keys/{name}, once the enclave vouched for it.
+            let mut v = summary(r, false);
             if let Some(at) = page.pending_deletion.get(&r.key_id) {
                 v["pending_deletion"] = json!(nekms_store::rfc3339(*at));
             }
@@ -82,7 +84,12 @@ pub(super) async fn show_key(
         .entry(&name)
         .await?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no key named {name:?}")))?;
-    let mut v = summary(&r);
+    // The record is public whatever it holds; its key is shown only once the enclave opened it.
+    let vouched = state.opened(&r).await;
+    let mut v = summary(&r, vouched.is_ok());
+    if let Err(e) = vouched {
+        v["public_key_unverified"] = json!(e.to_string());
+    }
     v["record"] = serde_json::to_value(&r).expect("a record serializes");
     if let Some(at) = pending {
         v["pending_deletion"] = json!(nekms_store::rfc3339(at));
@@ -127,7 +134,7 @@ async fn check_new(state: &AppState, name: &str) -> Result<(), ApiError> {
 
 async fn store_new(state: &AppState, record: KeyRecord) -> Result<Response, ApiError> {
     state.store.create(&record).await?;
-    let mut v = summary(&record);
+    let mut v = summary(&record, true);
     v["record"] = serde_json::to_value(&record).expect("a record serializes");
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
