@@ -229,8 +229,8 @@ pub enum Request {
         payload: Payload,
     },
     /// Decrypt with a record's RSA key, RSAES-OAEP with MGF1 over `hash` and
-    /// no label: only a key made to decrypt (`nekms:usage=sign,decrypt`,
-    /// sealed into its record when it was made) does; the plaintext is the
+    /// no label: only a key made to decrypt (`nekms:usage=sign,decrypt` or
+    /// `decrypt`, sealed into its record when it was made) does; the plaintext is the
     /// caller's (AWS KMS's Decrypt with an `ENCRYPT_DECRYPT` RSA key).
     KeyDecrypt {
         record: KeyRecord,
