@@ -357,7 +357,7 @@ fn a_records_usage_is_sealed_with_it_and_only_rsa_keys_decrypt() {
     ec_record.encryption_context.insert(USAGE.into(), USAGE_SIGN_DECRYPT.into());
     assert!(ec_record.check().is_err() && !ec_record.may_decrypt());
     let mut odd = r.clone();
-    odd.encryption_context.insert(USAGE.into(), "decrypt".into());
+    odd.encryption_context.insert(USAGE.into(), "encrypt".into());
     assert!(odd.check().is_err());
 }
 
